@@ -1,0 +1,47 @@
+//! Everything that computes and nothing that talks: the model, the data, DP-SGD, the privacy
+//! accountant and the aggregation math. Builds natively (server, simulator, tools) and for
+//! wasm32 (the browser client); burn's `flex` CPU backend, single-threaded.
+//!
+//! # Layout
+//!
+//! * [`model`]: TinyCNN (defined once), its flat parameter layout.
+//! * [`mnist`]: IDX parsing with pinned hashes, batches.
+//! * [`shard`]: IID and Dirichlet(α) partitions into client shards.
+//! * [`dpsgd`]: per-example gradients, clipping, secure noise, optimizers.
+//! * [`accountant`]: RDP accountant (ε from σ, and σ from a target ε).
+//! * [`client`]: Flower-shaped `fit` / `evaluate`, pure.
+//! * [`fedavg`]: weighted running-sum FedAvg.
+
+pub mod accountant;
+pub mod client;
+pub mod dpsgd;
+pub mod fedavg;
+pub mod mnist;
+pub mod model;
+pub mod shard;
+
+pub use accountant::RdpAccountant;
+pub use client::{Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig, evaluate, fit};
+pub use dpsgd::Optimizer;
+pub use fedavg::FedAvg;
+pub use mnist::{Dataset, Mnist};
+pub use model::{TinyCnn, TinyCnnConfig};
+
+/// Errors of the compute API.
+#[derive(Debug, thiserror::Error)]
+pub enum LearningError {
+    #[error("parameter vector has {actual} values, expected {expected} (TinyCNN layout)")]
+    ParamLength { expected: usize, actual: usize },
+    #[error(transparent)]
+    Config(client::ConfigError),
+    #[error(transparent)]
+    Accountant(accountant::AccountantError),
+    #[error("this round would take the privacy budget to ε = {would_reach:.3}, past this client's cap of {cap} (spent so far: {spent:.3}); refusing to train")]
+    BudgetExhausted { spent: f64, would_reach: f64, cap: f64 },
+    #[error("training diverged: a parameter became NaN or infinite (lower the learning rate)")]
+    Diverged,
+    #[error("no examples to evaluate on: expected at least one")]
+    EmptyData,
+    #[error("no secure randomness from the operating system: {0}")]
+    Rng(String),
+}

