@@ -1,1 +1,10 @@
-//! placeholder
+//! The federated client. This crate will hold the client session (Hello → Welcome → TrainIns →
+//! fit → TrainRes) for both the browser and the simulator; today it exposes the learning core
+//! to JavaScript hosts (browser, node) through wasm-bindgen, starting with the throughput
+//! benchmark that `BENCHMARKS.md` records.
+//!
+//! # Layout
+//!
+//! * [`bench`]: training-step throughput measured inside a JS host.
+
+pub mod bench;

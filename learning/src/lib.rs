@@ -13,6 +13,7 @@
 //! * [`fedavg`]: weighted running-sum FedAvg.
 
 pub mod accountant;
+pub mod bench;
 pub mod client;
 pub mod dpsgd;
 pub mod fedavg;

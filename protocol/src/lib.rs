@@ -1,1 +1,13 @@
-//! placeholder
+//! The wire format, defined once for the server, the browser client and the simulator.
+//!
+//! # Layout
+//!
+//! * [`frame`]: binary tensor frames (fixed header + little-endian f32), with every limit a
+//!   named constant checked before anything is allocated.
+//!
+//! Control messages (hello, train instructions, results, …) join this crate with the server.
+
+pub mod frame;
+
+/// Version of the wire protocol; a peer speaking another version is refused with a typed error.
+pub const PROTOCOL_VERSION: u16 = 1;

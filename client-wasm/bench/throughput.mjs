@@ -1,0 +1,18 @@
+// Wasm training throughput in node (the same `learning::bench` code as the native binary).
+// Run by scripts/bench-wasm.sh after `wasm-bindgen --target nodejs`.
+import { createRequire } from 'node:module';
+const require = createRequire(import.meta.url);
+const dir = process.argv[2];
+const { trainThroughput } = require(`${dir}/client_wasm.js`);
+
+const batch = Number(process.env.BATCH ?? 64);
+const iters = Number(process.env.ITERS ?? 30);
+const runs = Number(process.env.RUNS ?? 3);
+console.log(`TinyCNN in wasm (node ${process.version}), batch ${batch}, ${iters} steps × ${runs} runs (median)`);
+for (const [name, kind] of [['plain step', 'plain'], ['DP-SGD step', 'dp'], ['inference', 'inference']]) {
+  const rates = [];
+  for (let r = 0; r < runs; r++) rates.push(trainThroughput(kind, batch, iters));
+  const sorted = [...rates].sort((a, b) => a - b);
+  const median = sorted[Math.floor(sorted.length / 2)];
+  console.log(`${name.padEnd(12)} ${median.toFixed(0).padStart(8)} samples/s   (runs: ${rates.map((r) => r.toFixed(0)).join(', ')})`);
+}

@@ -1,0 +1,61 @@
+//! `trainThroughput(kind, batch, iters)` for JS hosts: the same measurement as the native
+//! `throughput` binary (`learning::bench`), timed with the host's `performance.now()`.
+
+use learning::bench::{StepKind, train_step_throughput};
+use wasm_bindgen::prelude::*;
+
+/// Parses the step kind named by a JS caller.
+fn parse_kind(kind: &str) -> Result<StepKind, String> {
+    match kind {
+        "plain" => Ok(StepKind::Plain),
+        "dp" => Ok(StepKind::DpSgd),
+        "inference" => Ok(StepKind::Inference),
+        other => Err(format!("unknown step kind {other:?}: expected \"plain\", \"dp\" or \"inference\"")),
+    }
+}
+
+/// Samples per second of `iters` TinyCNN steps of `batch` examples (after 3 warm-up steps).
+#[wasm_bindgen(js_name = trainThroughput)]
+pub fn train_throughput(kind: &str, batch: usize, iters: usize) -> Result<f64, JsError> {
+    let kind = parse_kind(kind).map_err(|e| JsError::new(&e))?;
+    if batch == 0 || iters == 0 {
+        return Err(JsError::new("batch and iters must be at least 1"));
+    }
+    train_step_throughput(kind, batch, 3, iters, &now_ms).map_err(|e| JsError::new(&e.to_string()))
+}
+
+#[cfg(target_arch = "wasm32")]
+fn now_ms() -> f64 {
+    // `performance` exists in browsers, workers and node ≥ 16.
+    let perf = js_sys::Reflect::get(&js_sys::global(), &"performance".into()).ok();
+    let now = perf.as_ref().and_then(|p| js_sys::Reflect::get(p, &"now".into()).ok());
+    match (perf, now.and_then(|f| f.dyn_into::<js_sys::Function>().ok())) {
+        (Some(p), Some(f)) => f.call0(&p).ok().and_then(|v| v.as_f64()).unwrap_or_else(js_sys::Date::now),
+        _ => js_sys::Date::now(),
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn now_ms() -> f64 {
+    use std::sync::OnceLock;
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_and_unknown_is_named() {
+        assert_eq!(parse_kind("dp"), Ok(StepKind::DpSgd));
+        assert_eq!(parse_kind("plain"), Ok(StepKind::Plain));
+        assert!(parse_kind("fast").unwrap_err().contains("unknown step kind \"fast\""));
+    }
+
+    #[test]
+    fn measures_a_positive_rate() {
+        let rate = train_step_throughput(StepKind::DpSgd, 4, 1, 2, &now_ms).expect("runs");
+        assert!(rate.is_finite() && rate > 0.0, "{rate}");
+    }
+}

@@ -1,0 +1,99 @@
+//! Per-round series for the dashboard charts (accuracy, loss, ε, participants, duration).
+//!
+//! Charts are updated in place, never recreated: a round's point is appended once, and a point
+//! for a round already shown (a resent event after a reconnect, or a server that resumed from
+//! a checkpoint) replaces it instead of drawing the round twice.
+
+use serde::{Deserialize, Serialize};
+
+/// One closed round as the dashboard sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RoundPoint {
+    pub server_round: u64,
+    pub accuracy: f64,
+    pub loss: f64,
+    /// ε spent so far (None without DP).
+    pub epsilon: Option<f64>,
+    pub participants: u32,
+    pub duration_secs: f64,
+}
+
+/// What changed, so the chart binding knows whether to push or to rewrite one point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Appended(usize),
+    Replaced(usize),
+}
+
+/// Points ordered by round.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Series {
+    points: Vec<RoundPoint>,
+}
+
+impl Series {
+    /// Adds or replaces the point of `p.server_round`, keeping rounds in order.
+    pub fn upsert(&mut self, p: RoundPoint) -> Change {
+        match self.points.binary_search_by_key(&p.server_round, |q| q.server_round) {
+            Ok(i) => {
+                self.points[i] = p;
+                Change::Replaced(i)
+            }
+            Err(i) => {
+                self.points.insert(i, p);
+                Change::Appended(i)
+            }
+        }
+    }
+
+    pub fn points(&self) -> &[RoundPoint] {
+        &self.points
+    }
+
+    /// Best accuracy so far and its round.
+    pub fn best_accuracy(&self) -> Option<(u64, f64)> {
+        self.points
+            .iter()
+            .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy))
+            .map(|p| (p.server_round, p.accuracy))
+    }
+
+    /// The metrics as CSV (the dashboard's download), one row per round.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("server_round,accuracy,loss,epsilon,participants,duration_secs\n");
+        for p in &self.points {
+            let eps = p.epsilon.map_or(String::new(), |e| e.to_string());
+            out.push_str(&format!("{},{},{},{},{},{}\n", p.server_round, p.accuracy, p.loss, eps, p.participants, p.duration_secs));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(round: u64, acc: f64) -> RoundPoint {
+        RoundPoint { server_round: round, accuracy: acc, loss: 1.0 - acc, epsilon: Some(round as f64 * 0.5), participants: 3, duration_secs: 2.5 }
+    }
+
+    #[test]
+    fn appends_in_order_and_replaces_a_resent_round() {
+        let mut s = Series::default();
+        assert_eq!(s.upsert(p(1, 0.8)), Change::Appended(0));
+        assert_eq!(s.upsert(p(3, 0.9)), Change::Appended(1));
+        assert_eq!(s.upsert(p(2, 0.85)), Change::Appended(1));
+        assert_eq!(s.upsert(p(3, 0.95)), Change::Replaced(2));
+        let rounds: Vec<u64> = s.points().iter().map(|q| q.server_round).collect();
+        assert_eq!(rounds, vec![1, 2, 3]);
+        assert_eq!(s.best_accuracy(), Some((3, 0.95)));
+    }
+
+    #[test]
+    fn csv_has_a_header_and_a_row_per_round() {
+        let mut s = Series::default();
+        s.upsert(p(1, 0.5));
+        s.upsert(RoundPoint { epsilon: None, ..p(2, 0.75) });
+        assert_eq!(s.to_csv(), "server_round,accuracy,loss,epsilon,participants,duration_secs\n1,0.5,0.5,0.5,3,2.5\n2,0.75,0.25,,3,2.5\n");
+    }
+}
