@@ -17,7 +17,7 @@ use clap::Parser;
 use learning::{Batching, ClientPrivacy, DpSgdConfig, Mnist, Optimizer, TinyCnnConfig, TrainConfig, accountant, evaluate, fit};
 
 #[derive(Parser, Debug)]
-#[command(about = "Central (non-federated) TinyCNN training on MNIST, with or without DP-SGD")]
+#[command(about = "Central (non-federated) TinyCNN training on MNIST, with or without DP-SGD", args_override_self = true)]
 struct Args {
     /// Epochs over the 60 000 training images.
     #[arg(long, default_value_t = 10)]
