@@ -10,7 +10,9 @@ fn parse_kind(kind: &str) -> Result<StepKind, String> {
         "plain" => Ok(StepKind::Plain),
         "dp" => Ok(StepKind::DpSgd),
         "inference" => Ok(StepKind::Inference),
-        other => Err(format!("unknown step kind {other:?}: expected \"plain\", \"dp\" or \"inference\"")),
+        other => Err(format!(
+            "unknown step kind {other:?}: expected \"plain\", \"dp\" or \"inference\""
+        )),
     }
 }
 
@@ -28,9 +30,18 @@ pub fn train_throughput(kind: &str, batch: usize, iters: usize) -> Result<f64, J
 fn now_ms() -> f64 {
     // `performance` exists in browsers, workers and node ≥ 16.
     let perf = js_sys::Reflect::get(&js_sys::global(), &"performance".into()).ok();
-    let now = perf.as_ref().and_then(|p| js_sys::Reflect::get(p, &"now".into()).ok());
-    match (perf, now.and_then(|f| f.dyn_into::<js_sys::Function>().ok())) {
-        (Some(p), Some(f)) => f.call0(&p).ok().and_then(|v| v.as_f64()).unwrap_or_else(js_sys::Date::now),
+    let now = perf
+        .as_ref()
+        .and_then(|p| js_sys::Reflect::get(p, &"now".into()).ok());
+    match (
+        perf,
+        now.and_then(|f| f.dyn_into::<js_sys::Function>().ok()),
+    ) {
+        (Some(p), Some(f)) => f
+            .call0(&p)
+            .ok()
+            .and_then(|v| v.as_f64())
+            .unwrap_or_else(js_sys::Date::now),
         _ => js_sys::Date::now(),
     }
 }
@@ -39,7 +50,11 @@ fn now_ms() -> f64 {
 fn now_ms() -> f64 {
     use std::sync::OnceLock;
     static START: OnceLock<std::time::Instant> = OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1000.0
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
+        * 1000.0
 }
 
 #[cfg(test)]
@@ -50,7 +65,11 @@ mod tests {
     fn kinds_parse_and_unknown_is_named() {
         assert_eq!(parse_kind("dp"), Ok(StepKind::DpSgd));
         assert_eq!(parse_kind("plain"), Ok(StepKind::Plain));
-        assert!(parse_kind("fast").unwrap_err().contains("unknown step kind \"fast\""));
+        assert!(
+            parse_kind("fast")
+                .unwrap_err()
+                .contains("unknown step kind \"fast\"")
+        );
     }
 
     #[test]

@@ -7,4 +7,7 @@
 //!
 //! * [`bench`]: training-step throughput measured inside a JS host.
 
+// No unwrap outside tests: bad input gets an error, not a panic.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod bench;

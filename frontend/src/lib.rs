@@ -4,4 +4,7 @@
 //!
 //! * [`series`]: per-round metric series behind the live charts.
 
+// No unwrap outside tests: bad input gets an error, not a panic.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod series;

@@ -34,7 +34,10 @@ pub struct Series {
 impl Series {
     /// Adds or replaces the point of `p.server_round`, keeping rounds in order.
     pub fn upsert(&mut self, p: RoundPoint) -> Change {
-        match self.points.binary_search_by_key(&p.server_round, |q| q.server_round) {
+        match self
+            .points
+            .binary_search_by_key(&p.server_round, |q| q.server_round)
+        {
             Ok(i) => {
                 self.points[i] = p;
                 Change::Replaced(i)
@@ -60,10 +63,14 @@ impl Series {
 
     /// The metrics as CSV (the dashboard's download), one row per round.
     pub fn to_csv(&self) -> String {
-        let mut out = String::from("server_round,accuracy,loss,epsilon,participants,duration_secs\n");
+        let mut out =
+            String::from("server_round,accuracy,loss,epsilon,participants,duration_secs\n");
         for p in &self.points {
             let eps = p.epsilon.map_or(String::new(), |e| e.to_string());
-            out.push_str(&format!("{},{},{},{},{},{}\n", p.server_round, p.accuracy, p.loss, eps, p.participants, p.duration_secs));
+            out.push_str(&format!(
+                "{},{},{},{},{},{}\n",
+                p.server_round, p.accuracy, p.loss, eps, p.participants, p.duration_secs
+            ));
         }
         out
     }
@@ -74,7 +81,14 @@ mod tests {
     use super::*;
 
     fn p(round: u64, acc: f64) -> RoundPoint {
-        RoundPoint { server_round: round, accuracy: acc, loss: 1.0 - acc, epsilon: Some(round as f64 * 0.5), participants: 3, duration_secs: 2.5 }
+        RoundPoint {
+            server_round: round,
+            accuracy: acc,
+            loss: 1.0 - acc,
+            epsilon: Some(round as f64 * 0.5),
+            participants: 3,
+            duration_secs: 2.5,
+        }
     }
 
     #[test]
@@ -93,7 +107,13 @@ mod tests {
     fn csv_has_a_header_and_a_row_per_round() {
         let mut s = Series::default();
         s.upsert(p(1, 0.5));
-        s.upsert(RoundPoint { epsilon: None, ..p(2, 0.75) });
-        assert_eq!(s.to_csv(), "server_round,accuracy,loss,epsilon,participants,duration_secs\n1,0.5,0.5,0.5,3,2.5\n2,0.75,0.25,,3,2.5\n");
+        s.upsert(RoundPoint {
+            epsilon: None,
+            ..p(2, 0.75)
+        });
+        assert_eq!(
+            s.to_csv(),
+            "server_round,accuracy,loss,epsilon,participants,duration_secs\n1,0.5,0.5,0.5,3,2.5\n2,0.75,0.25,,3,2.5\n"
+        );
     }
 }

@@ -32,8 +32,16 @@ pub enum AccountantError {
     Delta(f64),
     #[error("target epsilon is {0}: expected a number > 0")]
     TargetEpsilon(f64),
-    #[error("no noise_multiplier up to {max} keeps epsilon <= {target} for sample_rate {q} over {steps} steps at delta {delta}")]
-    Unreachable { target: f64, q: f64, steps: u64, delta: f64, max: f64 },
+    #[error(
+        "no noise_multiplier up to {max} keeps epsilon <= {target} for sample_rate {q} over {steps} steps at delta {delta}"
+    )]
+    Unreachable {
+        target: f64,
+        q: f64,
+        steps: u64,
+        delta: f64,
+        max: f64,
+    },
 }
 
 /// Checks one mechanism's parameters.
@@ -48,13 +56,21 @@ pub fn check_params(sample_rate: f64, noise_multiplier: f64) -> Result<(), Accou
 }
 
 fn check_delta(delta: f64) -> Result<(), AccountantError> {
-    if delta > 0.0 && delta < 1.0 { Ok(()) } else { Err(AccountantError::Delta(delta)) }
+    if delta > 0.0 && delta < 1.0 {
+        Ok(())
+    } else {
+        Err(AccountantError::Delta(delta))
+    }
 }
 
 /// `ln(e^a + e^b)` without overflow.
 fn log_add(a: f64, b: f64) -> f64 {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-    if lo == f64::NEG_INFINITY { hi } else { hi + (lo - hi).exp().ln_1p() }
+    if lo == f64::NEG_INFINITY {
+        hi
+    } else {
+        hi + (lo - hi).exp().ln_1p()
+    }
 }
 
 /// RDP of one step of the subsampled Gaussian mechanism at integer order `alpha`.
@@ -134,7 +150,11 @@ pub fn noise_multiplier_for(
     }
     while hi - lo > 1e-4 * hi {
         let mid = 0.5 * (lo + hi);
-        if eps(mid)? > target_epsilon { lo = mid } else { hi = mid }
+        if eps(mid)? > target_epsilon {
+            lo = mid
+        } else {
+            hi = mid
+        }
     }
     Ok(hi)
 }
@@ -151,7 +171,12 @@ pub struct RdpAccountant {
 
 impl RdpAccountant {
     /// Records `steps` steps of the subsampled Gaussian mechanism.
-    pub fn record(&mut self, sample_rate: f64, noise_multiplier: f64, steps: u64) -> Result<(), AccountantError> {
+    pub fn record(
+        &mut self,
+        sample_rate: f64,
+        noise_multiplier: f64,
+        steps: u64,
+    ) -> Result<(), AccountantError> {
         check_params(sample_rate, noise_multiplier)?;
         match self.history.last_mut() {
             Some((q, s, n)) if *q == sample_rate && *s == noise_multiplier => *n += steps,
@@ -183,7 +208,13 @@ impl RdpAccountant {
 
     /// ε after `extra_steps` more steps of (q, σ), without recording them: lets a client refuse
     /// a round that would cross its cap before spending anything.
-    pub fn epsilon_after(&self, sample_rate: f64, noise_multiplier: f64, extra_steps: u64, delta: f64) -> Result<f64, AccountantError> {
+    pub fn epsilon_after(
+        &self,
+        sample_rate: f64,
+        noise_multiplier: f64,
+        extra_steps: u64,
+        delta: f64,
+    ) -> Result<f64, AccountantError> {
         let mut next = self.clone();
         next.record(sample_rate, noise_multiplier, extra_steps)?;
         next.epsilon(delta)
@@ -199,23 +230,60 @@ mod tests {
     /// The first row is the classic setting of Abadi et al. / TF Privacy's MNIST tutorial
     /// (batch 256 of 60 000, σ 1.1, 60 epochs).
     const OPACUS: [(f64, f64, u64, f64, f64, f64); 7] = [
-        (256.0 / 60000.0, 1.1, 14100, 1e-5, 2.6007181389429386, 2.6003429386103023),
-        (0.004, 1.0, 5000, 1e-5, 1.7089942034224954, 1.6990717753737625),
+        (
+            256.0 / 60000.0,
+            1.1,
+            14100,
+            1e-5,
+            2.6007181389429386,
+            2.6003429386103023,
+        ),
+        (
+            0.004,
+            1.0,
+            5000,
+            1e-5,
+            1.7089942034224954,
+            1.6990717753737625,
+        ),
         (0.01, 1.5, 1000, 1e-6, 1.152720878846055, 1.152720878846055),
         (0.1, 2.0, 100, 1e-5, 2.58665217816753, 2.5805688086608938),
         (1.0, 5.0, 10, 1e-5, 2.814109167845533, 2.8136532471298397),
-        (64.0 / 600.0, 0.8, 500, 1e-5, 31.130507537074944, 30.337659675417363),
-        (0.001, 0.6, 10000, 1e-5, 3.5019916541165905, 3.3218995971280134),
+        (
+            64.0 / 600.0,
+            0.8,
+            500,
+            1e-5,
+            31.130507537074944,
+            30.337659675417363,
+        ),
+        (
+            0.001,
+            0.6,
+            10000,
+            1e-5,
+            3.5019916541165905,
+            3.3218995971280134,
+        ),
     ];
 
     #[test]
     fn matches_opacus_and_never_under_reports() {
         for (q, s, n, d, opacus_int, opacus_default) in OPACUS {
             let e = epsilon(q, s, n, d).expect("valid");
-            assert!((e - opacus_int).abs() < 1e-9 * opacus_int, "q={q} σ={s}: {e} vs {opacus_int}");
-            assert!(e >= opacus_default, "never below Opacus: {e} < {opacus_default}");
+            assert!(
+                (e - opacus_int).abs() < 1e-9 * opacus_int,
+                "q={q} σ={s}: {e} vs {opacus_int}"
+            );
+            assert!(
+                e >= opacus_default,
+                "never below Opacus: {e} < {opacus_default}"
+            );
             if (1.0..10.0).contains(&e) && s >= 0.8 {
-                assert!(e <= 1.01 * opacus_default, "within 1 % of Opacus: {e} vs {opacus_default}");
+                assert!(
+                    e <= 1.01 * opacus_default,
+                    "within 1 % of Opacus: {e} vs {opacus_default}"
+                );
             }
         }
     }
@@ -263,10 +331,28 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_named() {
-        assert_eq!(epsilon(0.0, 1.0, 1, 1e-5).unwrap_err().to_string(), "sample_rate is 0: expected a number in (0, 1]");
-        assert!(epsilon(1.5, 1.0, 1, 1e-5).unwrap_err().to_string().contains("sample_rate is 1.5"));
-        assert!(epsilon(0.1, -1.0, 1, 1e-5).unwrap_err().to_string().contains("noise_multiplier is -1"));
-        assert!(epsilon(0.1, 1.0, 1, 1.0).unwrap_err().to_string().contains("delta is 1: expected a number in (0, 1)"));
+        assert_eq!(
+            epsilon(0.0, 1.0, 1, 1e-5).unwrap_err().to_string(),
+            "sample_rate is 0: expected a number in (0, 1]"
+        );
+        assert!(
+            epsilon(1.5, 1.0, 1, 1e-5)
+                .unwrap_err()
+                .to_string()
+                .contains("sample_rate is 1.5")
+        );
+        assert!(
+            epsilon(0.1, -1.0, 1, 1e-5)
+                .unwrap_err()
+                .to_string()
+                .contains("noise_multiplier is -1")
+        );
+        assert!(
+            epsilon(0.1, 1.0, 1, 1.0)
+                .unwrap_err()
+                .to_string()
+                .contains("delta is 1: expected a number in (0, 1)")
+        );
         assert!(noise_multiplier_for(0.0, 0.1, 1, 1e-5).is_err());
     }
 }

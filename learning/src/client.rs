@@ -5,11 +5,14 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::LearningError;
 use crate::accountant::{AccountantError, RdpAccountant};
-use crate::dpsgd::{BatchGradient, Optimizer, OptimizerState, SecureRng, add_gaussian_noise, batch_gradient, loss_and_correct};
+use crate::dpsgd::{
+    BatchGradient, Optimizer, OptimizerState, SecureRng, add_gaussian_noise, batch_gradient,
+    loss_and_correct,
+};
 use crate::mnist::Dataset;
 use crate::model::{IMAGE_SIDE, TinyCnnConfig, tensor_vec};
-use crate::LearningError;
 
 /// How batches are drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -51,7 +54,11 @@ impl Default for TrainConfig {
             batching: Batching::BatchSize(64),
             learning_rate: 0.1,
             optimizer: Optimizer::default(),
-            dp: Some(DpSgdConfig { max_grad_norm: 1.0, noise_multiplier: 1.0, delta: 1e-5 }),
+            dp: Some(DpSgdConfig {
+                max_grad_norm: 1.0,
+                noise_multiplier: 1.0,
+                delta: 1e-5,
+            }),
         }
     }
 }
@@ -68,12 +75,26 @@ pub struct ConfigError {
 impl TrainConfig {
     /// Checks every field for a shard of `num_examples`.
     pub fn validate(&self, num_examples: usize) -> Result<(), ConfigError> {
-        let err = |field, value: String, expected| Err(ConfigError { field, value, expected });
+        let err = |field, value: String, expected| {
+            Err(ConfigError {
+                field,
+                value,
+                expected,
+            })
+        };
         if num_examples == 0 {
-            return err("num_examples", "0".into(), "a shard with at least one example");
+            return err(
+                "num_examples",
+                "0".into(),
+                "a shard with at least one example",
+            );
         }
         if !(1..=1000).contains(&self.local_epochs) {
-            return err("local_epochs", self.local_epochs.to_string(), "an integer in 1..=1000");
+            return err(
+                "local_epochs",
+                self.local_epochs.to_string(),
+                "an integer in 1..=1000",
+            );
         }
         match self.batching {
             Batching::BatchSize(b) if b == 0 || b > num_examples => {
@@ -85,25 +106,43 @@ impl TrainConfig {
             _ => {}
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return err("learning_rate", self.learning_rate.to_string(), "a finite number > 0");
+            return err(
+                "learning_rate",
+                self.learning_rate.to_string(),
+                "a finite number > 0",
+            );
         }
         match self.optimizer {
             Optimizer::Sgd { momentum } if !(0.0..1.0).contains(&momentum) => {
                 return err("momentum", momentum.to_string(), "a number in [0, 1)");
             }
-            Optimizer::Adam { beta1, beta2, epsilon }
-                if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && epsilon > 0.0) =>
-            {
-                return err("adam", format!("beta1 {beta1}, beta2 {beta2}, epsilon {epsilon}"), "betas in [0, 1) and epsilon > 0");
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && epsilon > 0.0) => {
+                return err(
+                    "adam",
+                    format!("beta1 {beta1}, beta2 {beta2}, epsilon {epsilon}"),
+                    "betas in [0, 1) and epsilon > 0",
+                );
             }
             _ => {}
         }
         if let Some(dp) = self.dp {
             if !(dp.max_grad_norm > 0.0 && dp.max_grad_norm.is_finite()) {
-                return err("max_grad_norm", dp.max_grad_norm.to_string(), "a finite number > 0");
+                return err(
+                    "max_grad_norm",
+                    dp.max_grad_norm.to_string(),
+                    "a finite number > 0",
+                );
             }
             if !(dp.noise_multiplier > 0.0 && dp.noise_multiplier.is_finite()) {
-                return err("noise_multiplier", dp.noise_multiplier.to_string(), "a finite number > 0");
+                return err(
+                    "noise_multiplier",
+                    dp.noise_multiplier.to_string(),
+                    "a finite number > 0",
+                );
             }
             if !(dp.delta > 0.0 && dp.delta < 1.0) {
                 return err("delta", dp.delta.to_string(), "a number in (0, 1)");
@@ -149,7 +188,11 @@ pub struct ClientPrivacy {
 impl ClientPrivacy {
     /// A fresh ledger with OS randomness.
     pub fn new(epsilon_cap: Option<f64>) -> Result<Self, LearningError> {
-        Ok(Self { ledger: RdpAccountant::default(), epsilon_cap, rng: SecureRng::from_os().map_err(|e| LearningError::Rng(e.to_string()))? })
+        Ok(Self {
+            ledger: RdpAccountant::default(),
+            epsilon_cap,
+            rng: SecureRng::from_os().map_err(|e| LearningError::Rng(e.to_string()))?,
+        })
     }
 }
 
@@ -211,7 +254,12 @@ pub fn fit(
     let q = config.sample_rate(n);
     let steps_per_epoch = config.steps_per_epoch(n);
     if let (Some(dp), Some(cap)) = (config.dp, privacy.epsilon_cap) {
-        let after = privacy.ledger.epsilon_after(q, dp.noise_multiplier as f64, config.steps_per_round(n), dp.delta)?;
+        let after = privacy.ledger.epsilon_after(
+            q,
+            dp.noise_multiplier as f64,
+            config.steps_per_round(n),
+            dp.delta,
+        )?;
         if after > cap {
             return Err(LearningError::BudgetExhausted {
                 spent: privacy.ledger.epsilon(dp.delta)?,
@@ -224,7 +272,8 @@ pub fn fit(
     let device = Device::flex();
     let mut params = global.to_vec();
     let mut optimizer = OptimizerState::new(config.optimizer, params.len());
-    let (mut loss_sum, mut seen, mut correct, mut clipped, mut steps) = (0.0, 0usize, 0usize, 0usize, 0u64);
+    let (mut loss_sum, mut seen, mut correct, mut clipped, mut steps) =
+        (0.0, 0usize, 0usize, 0usize, 0u64);
     let mut order: Vec<usize> = (0..n).collect();
     for epoch in 0..config.local_epochs {
         if config.dp.is_none() {
@@ -242,16 +291,33 @@ pub fn fit(
             let g = if batch.is_empty() {
                 // An empty Poisson batch still takes a (pure noise) step: skipping it would
                 // change the mechanism the accountant analyses.
-                BatchGradient { sum: vec![0.0; params.len()], loss_sum: 0.0, correct: 0, batch_size: 0, clipped: 0 }
+                BatchGradient {
+                    sum: vec![0.0; params.len()],
+                    loss_sum: 0.0,
+                    correct: 0,
+                    batch_size: 0,
+                    clipped: 0,
+                }
             } else {
                 let (x, y) = shard.batch(&batch);
                 let model = model_config.from_flat(&params, &device)?;
-                batch_gradient(&model, &model_config, &x, &y, config.dp.map(|d| d.max_grad_norm), &device)
+                batch_gradient(
+                    &model,
+                    &model_config,
+                    &x,
+                    &y,
+                    config.dp.map(|d| d.max_grad_norm),
+                    &device,
+                )
             };
             let mut grad = g.sum;
             let denominator = match config.dp {
                 Some(dp) => {
-                    add_gaussian_noise(&mut grad, dp.noise_multiplier * dp.max_grad_norm, &mut privacy.rng);
+                    add_gaussian_noise(
+                        &mut grad,
+                        dp.noise_multiplier * dp.max_grad_norm,
+                        &mut privacy.rng,
+                    );
                     privacy.ledger.record(q, dp.noise_multiplier as f64, 1)?;
                     config.expected_batch(n) as f32
                 }
@@ -311,13 +377,20 @@ pub fn evaluate(params: &[f32], data: &Dataset) -> Result<EvaluateRes, LearningE
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(EVAL_BATCH) {
         let (x, y) = data.batch(chunk);
-        let x = Tensor::<4>::from_data(TensorData::new(x, [chunk.len(), 1, IMAGE_SIDE, IMAGE_SIDE]), &device);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(x, [chunk.len(), 1, IMAGE_SIDE, IMAGE_SIDE]),
+            &device,
+        );
         let (l, c) = loss_and_correct(&tensor_vec(model.forward(x)), &y);
         loss += l;
         correct += c;
     }
     let n = data.len();
-    Ok(EvaluateRes { loss: loss / n as f64, accuracy: correct as f64 / n as f64, num_examples: n })
+    Ok(EvaluateRes {
+        loss: loss / n as f64,
+        accuracy: correct as f64 / n as f64,
+        num_examples: n,
+    })
 }
 
 impl From<AccountantError> for LearningError {
@@ -359,18 +432,33 @@ mod tests {
             batching: Batching::BatchSize(100),
             learning_rate: 2.0,
             optimizer: Optimizer::Sgd { momentum: 0.0 },
-            dp: Some(DpSgdConfig { max_grad_norm: 1.0, noise_multiplier: 1.0, delta: 1e-5 }),
+            dp: Some(DpSgdConfig {
+                max_grad_norm: 1.0,
+                noise_multiplier: 1.0,
+                delta: 1e-5,
+            }),
         };
-        let mut privacy = ClientPrivacy { ledger: RdpAccountant::default(), epsilon_cap: None, rng: SecureRng::seeded(5) };
+        let mut privacy = ClientPrivacy {
+            ledger: RdpAccountant::default(),
+            epsilon_cap: None,
+            rng: SecureRng::seeded(5),
+        };
         let mut ticks = 0;
         let res = fit(&global, &config, &shard, &mut privacy, &mut |_| ticks += 1).expect("fit");
         assert_eq!((res.num_examples, res.metrics.steps, ticks), (2000, 40, 40));
         let eps = res.metrics.epsilon.expect("DP on");
         let expected = crate::accountant::epsilon(0.05, 1.0, 40, 1e-5).expect("valid");
-        assert!((eps - expected).abs() < 1e-12, "ledger ε {eps} = accountant ε {expected}");
+        assert!(
+            (eps - expected).abs() < 1e-12,
+            "ledger ε {eps} = accountant ε {expected}"
+        );
         let after: Vec<f32> = global.iter().zip(&res.update).map(|(g, u)| g + u).collect();
         let acc = evaluate(&after, &test).expect("eval").accuracy;
-        assert!(acc > before.accuracy + 0.3, "accuracy {} → {acc}", before.accuracy);
+        assert!(
+            acc > before.accuracy + 0.3,
+            "accuracy {} → {acc}",
+            before.accuracy
+        );
 
         // The cap refuses a round that would cross it, and spends nothing.
         privacy.epsilon_cap = Some(eps * 1.1);
@@ -403,14 +491,49 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_field() {
-        let bad = TrainConfig { learning_rate: -1.0, ..TrainConfig::default() };
-        assert_eq!(bad.validate(100).unwrap_err().to_string(), "learning_rate is -1: expected a finite number > 0");
-        let bad = TrainConfig { batching: Batching::BatchSize(500), ..TrainConfig::default() };
-        assert!(bad.validate(100).unwrap_err().to_string().starts_with("batch_size is 500"));
-        let dp = DpSgdConfig { max_grad_norm: 1.0, noise_multiplier: 0.0, delta: 1e-5 };
-        let bad = TrainConfig { dp: Some(dp), ..TrainConfig::default() };
-        assert!(bad.validate(100).unwrap_err().to_string().starts_with("noise_multiplier is 0"));
-        let err = fit(&[0.0; 3], &TrainConfig::default(), &Dataset { images: vec![], labels: vec![] }, &mut ClientPrivacy::new(None).expect("rng"), &mut |_| {});
+        let bad = TrainConfig {
+            learning_rate: -1.0,
+            ..TrainConfig::default()
+        };
+        assert_eq!(
+            bad.validate(100).unwrap_err().to_string(),
+            "learning_rate is -1: expected a finite number > 0"
+        );
+        let bad = TrainConfig {
+            batching: Batching::BatchSize(500),
+            ..TrainConfig::default()
+        };
+        assert!(
+            bad.validate(100)
+                .unwrap_err()
+                .to_string()
+                .starts_with("batch_size is 500")
+        );
+        let dp = DpSgdConfig {
+            max_grad_norm: 1.0,
+            noise_multiplier: 0.0,
+            delta: 1e-5,
+        };
+        let bad = TrainConfig {
+            dp: Some(dp),
+            ..TrainConfig::default()
+        };
+        assert!(
+            bad.validate(100)
+                .unwrap_err()
+                .to_string()
+                .starts_with("noise_multiplier is 0")
+        );
+        let err = fit(
+            &[0.0; 3],
+            &TrainConfig::default(),
+            &Dataset {
+                images: vec![],
+                labels: vec![],
+            },
+            &mut ClientPrivacy::new(None).expect("rng"),
+            &mut |_| {},
+        );
         assert!(err.unwrap_err().to_string().contains("expected 12810"));
     }
 }

@@ -99,7 +99,11 @@ pub fn per_example_gradients(
     let b = labels.len();
     let [w1, b1, w2, b2] = parts.conv.map(tensor_vec);
     let (a, dz) = (tensor_vec(parts.fc_input), tensor_vec(parts.fc_dz));
-    let (c1, c2, k) = (config.conv1_channels, config.conv2_channels, config.num_classes);
+    let (c1, c2, k) = (
+        config.conv1_channels,
+        config.conv2_channels,
+        config.num_classes,
+    );
     let (n1, n2, f) = (w1.len() / b, w2.len() / b, a.len() / b);
     Ok((0..b)
         .map(|i| {
@@ -137,12 +141,25 @@ pub fn batch_gradient(
         None => (Tensor::<2>::ones([b, 1], device), 0),
         Some(c) => {
             // Squared per-example norm of every layer, [b, 1].
-            let sq3 = |t: &Tensor<3>| t.clone().square().sum_dims_squeeze::<1, _>(&[1, 2]).reshape([b, 1]);
+            let sq3 = |t: &Tensor<3>| {
+                t.clone()
+                    .square()
+                    .sum_dims_squeeze::<1, _>(&[1, 2])
+                    .reshape([b, 1])
+            };
             let a_sq = a.clone().square().sum_dim(1);
             let dz_sq = dz.clone().square().sum_dim(1);
             let total = sq3(&w1) + sq3(&b1) + sq3(&w2) + sq3(&b2) + a_sq.add_scalar(1.0) * dz_sq;
-            let factor = total.sqrt().add_scalar(CLIP_EPS).recip().mul_scalar(c).clamp_max(1.0);
-            let clipped = tensor_vec(factor.clone()).iter().filter(|f| **f < 1.0).count();
+            let factor = total
+                .sqrt()
+                .add_scalar(CLIP_EPS)
+                .recip()
+                .mul_scalar(c)
+                .clamp_max(1.0);
+            let clipped = tensor_vec(factor.clone())
+                .iter()
+                .filter(|f| **f < 1.0)
+                .count();
             (factor, clipped)
         }
     };
@@ -151,10 +168,19 @@ pub fn batch_gradient(
     let dz_scaled = dz * factor;
     let fc_w = a.transpose().matmul(dz_scaled.clone()).reshape([-1]); // [800, 10]
     let fc_b = dz_scaled.sum_dim(0).reshape([-1]);
-    let sum = tensor_vec(Tensor::cat(vec![sum0(w1), sum0(b1), sum0(w2), sum0(b2), fc_w, fc_b], 0));
+    let sum = tensor_vec(Tensor::cat(
+        vec![sum0(w1), sum0(b1), sum0(w2), sum0(b2), fc_w, fc_b],
+        0,
+    ));
 
     let (loss_sum, correct) = loss_and_correct(&logits, labels);
-    BatchGradient { sum, loss_sum, correct, batch_size: b, clipped }
+    BatchGradient {
+        sum,
+        loss_sum,
+        correct,
+        batch_size: b,
+        clipped,
+    }
 }
 
 /// Per-example pieces from one tapped forward/backward pass.
@@ -179,7 +205,10 @@ fn layer_gradients(
     let b = labels.len();
     let (c1, c2) = (config.conv1_channels, config.conv2_channels);
     let (s1, s2) = (IMAGE_SIDE - 2, (IMAGE_SIDE - 2) / 2 - 2); // 26, 11
-    let x = Tensor::<4>::from_data(TensorData::new(images.to_vec(), [b, 1, IMAGE_SIDE, IMAGE_SIDE]), device);
+    let x = Tensor::<4>::from_data(
+        TensorData::new(images.to_vec(), [b, 1, IMAGE_SIDE, IMAGE_SIDE]),
+        device,
+    );
     let ad = device.clone().autodiff();
     let taps = Taps {
         z1: Tensor::zeros([b, c1, s1, s1], &ad).require_grad(),
@@ -200,8 +229,16 @@ fn layer_gradients(
     let loss = (log_softmax(fwd.logits, 1) * onehot).sum().neg();
     let grads = loss.backward();
     let missing = "tap leaves require grad, so backward records their gradient";
-    let dz1 = taps.z1.grad(&grads).expect(missing).reshape([b, c1, s1 * s1]);
-    let dz2 = taps.z2.grad(&grads).expect(missing).reshape([b, c2, s2 * s2]);
+    let dz1 = taps
+        .z1
+        .grad(&grads)
+        .expect(missing)
+        .reshape([b, c1, s1 * s1]);
+    let dz2 = taps
+        .z2
+        .grad(&grads)
+        .expect(missing)
+        .reshape([b, c2, s2 * s2]);
     let fc_dz = taps.z3.grad(&grads).expect(missing);
 
     let unfold = UnfoldOptions::new([1, 1], [0, 0], [1, 1]);
@@ -223,9 +260,17 @@ pub(crate) fn loss_and_correct(logits: &[f32], labels: &[u8]) -> (f64, usize) {
     let mut correct = 0;
     for (row, &label) in logits.chunks_exact(NUM_CLASSES).zip(labels) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let lse = max as f64 + row.iter().map(|v| ((v - max) as f64).exp()).sum::<f64>().ln();
+        let lse = max as f64
+            + row
+                .iter()
+                .map(|v| ((v - max) as f64).exp())
+                .sum::<f64>()
+                .ln();
         loss += lse - row[label as usize] as f64;
-        let argmax = row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best });
+        let argmax = row
+            .iter()
+            .enumerate()
+            .fold(0, |best, (i, v)| if *v > row[best] { i } else { best });
         correct += usize::from(argmax == label as usize);
     }
     (loss, correct)
@@ -245,7 +290,11 @@ pub enum Optimizer {
     /// SGD with optional heavy-ball momentum (PyTorch's formulation).
     Sgd { momentum: f32 },
     /// Adam (Kingma & Ba) with bias correction.
-    Adam { beta1: f32, beta2: f32, epsilon: f32 },
+    Adam {
+        beta1: f32,
+        beta2: f32,
+        epsilon: f32,
+    },
 }
 
 impl Default for Optimizer {
@@ -265,8 +314,17 @@ pub struct OptimizerState {
 
 impl OptimizerState {
     pub fn new(kind: Optimizer, num_params: usize) -> Self {
-        let v = if matches!(kind, Optimizer::Adam { .. }) { vec![0.0; num_params] } else { Vec::new() };
-        Self { kind, m: vec![0.0; num_params], v, t: 0 }
+        let v = if matches!(kind, Optimizer::Adam { .. }) {
+            vec![0.0; num_params]
+        } else {
+            Vec::new()
+        };
+        Self {
+            kind,
+            m: vec![0.0; num_params],
+            v,
+            t: 0,
+        }
     }
 
     /// `params ← params − lr · update(grad)`.
@@ -279,10 +337,19 @@ impl OptimizerState {
                     *p -= lr * if momentum == 0.0 { *g } else { *m };
                 }
             }
-            Optimizer::Adam { beta1, beta2, epsilon } => {
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } => {
                 let c1 = 1.0 - beta1.powi(self.t);
                 let c2 = 1.0 - beta2.powi(self.t);
-                for (((p, g), m), v) in params.iter_mut().zip(grad).zip(&mut self.m).zip(&mut self.v) {
+                for (((p, g), m), v) in params
+                    .iter_mut()
+                    .zip(grad)
+                    .zip(&mut self.m)
+                    .zip(&mut self.v)
+                {
                     *m = beta1 * *m + (1.0 - beta1) * g;
                     *v = beta2 * *v + (1.0 - beta2) * g * g;
                     *p -= lr * (*m / c1) / ((*v / c2).sqrt() + epsilon);
@@ -309,7 +376,12 @@ mod tests {
     }
 
     /// Gradient of one example by burn's own autodiff on the module (batch of one).
-    fn autodiff_gradient(config: &TinyCnnConfig, params: &[f32], image: &[f32], label: u8) -> Vec<f32> {
+    fn autodiff_gradient(
+        config: &TinyCnnConfig,
+        params: &[f32],
+        image: &[f32],
+        label: u8,
+    ) -> Vec<f32> {
         let ad = Device::flex().autodiff();
         let model = config.from_flat(params, &ad).expect("len");
         let x = Tensor::<4>::from_data(TensorData::new(image.to_vec(), [1, 1, 28, 28]), &ad);
@@ -325,7 +397,9 @@ mod tests {
         out.extend(g1(bias(&model.conv1.bias).grad(&grads)));
         out.extend(g(model.conv2.weight.val().grad(&grads)));
         out.extend(g1(bias(&model.conv2.bias).grad(&grads)));
-        out.extend(tensor_vec(model.fc.weight.val().grad(&grads).expect("grad")));
+        out.extend(tensor_vec(
+            model.fc.weight.val().grad(&grads).expect("grad"),
+        ));
         out.extend(g1(bias(&model.fc.bias).grad(&grads)));
         out
     }
@@ -333,11 +407,13 @@ mod tests {
     #[test]
     fn per_example_gradients_equal_batch_of_one_autodiff() {
         let (config, params, images, labels, device) = setup(5, 1);
-        let per_ex = per_example_gradients(&config, &params, &images, &labels, &device).expect("len");
+        let per_ex =
+            per_example_gradients(&config, &params, &images, &labels, &device).expect("len");
         assert_eq!(per_ex.len(), 5);
         let mut max_diff = 0f32;
         for (i, g) in per_ex.iter().enumerate() {
-            let reference = autodiff_gradient(&config, &params, &images[i * 784..(i + 1) * 784], labels[i]);
+            let reference =
+                autodiff_gradient(&config, &params, &images[i * 784..(i + 1) * 784], labels[i]);
             assert_eq!(g.len(), reference.len());
             for (a, b) in g.iter().zip(&reference) {
                 max_diff = max_diff.max((a - b).abs() / (1.0 + b.abs()));
@@ -350,15 +426,22 @@ mod tests {
     #[test]
     fn clipping_bounds_every_example_and_matches_the_explicit_sum() {
         let (config, params, images, labels, device) = setup(8, 2);
-        let per_ex = per_example_gradients(&config, &params, &images, &labels, &device).expect("len");
-        let norms: Vec<f32> = per_ex.iter().map(|g| g.iter().map(|v| v * v).sum::<f32>().sqrt()).collect();
+        let per_ex =
+            per_example_gradients(&config, &params, &images, &labels, &device).expect("len");
+        let norms: Vec<f32> = per_ex
+            .iter()
+            .map(|g| g.iter().map(|v| v * v).sum::<f32>().sqrt())
+            .collect();
         let c = 0.5 * norms.iter().copied().fold(f32::INFINITY, f32::min); // clips all
         let c = c.min(0.5 * norms.iter().copied().sum::<f32>() / norms.len() as f32);
         let mut expected = vec![0f32; params.len()];
         for (g, n) in per_ex.iter().zip(&norms) {
             let f = (c / (n + CLIP_EPS)).min(1.0);
             let clipped_norm = g.iter().map(|v| (v * f).powi(2)).sum::<f32>().sqrt();
-            assert!(clipped_norm <= c * (1.0 + 1e-5), "clipped norm {clipped_norm} > C {c}");
+            assert!(
+                clipped_norm <= c * (1.0 + 1e-5),
+                "clipped norm {clipped_norm} > C {c}"
+            );
             for (e, v) in expected.iter_mut().zip(g) {
                 *e += f * v;
             }
@@ -370,7 +453,10 @@ mod tests {
             assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
         }
         let sum_norm = got.sum.iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!(sum_norm <= 8.0 * c * (1.0 + 1e-5), "sum of 8 clipped gradients has norm ≤ 8C");
+        assert!(
+            sum_norm <= 8.0 * c * (1.0 + 1e-5),
+            "sum of 8 clipped gradients has norm ≤ 8C"
+        );
         // A huge C clips nothing and gives the plain gradient.
         let plain = batch_gradient(&model, &config, &images, &labels, None, &device);
         let loose = batch_gradient(&model, &config, &images, &labels, Some(1e9), &device);
@@ -397,7 +483,9 @@ mod tests {
     #[test]
     fn poisson_sampling_has_rate_q() {
         let mut rng = SecureRng::seeded(3);
-        let sizes: Vec<usize> = (0..200).map(|_| rng.poisson_sample(6000, 0.01).len()).collect();
+        let sizes: Vec<usize> = (0..200)
+            .map(|_| rng.poisson_sample(6000, 0.01).len())
+            .collect();
         let mean = sizes.iter().sum::<usize>() as f64 / sizes.len() as f64;
         assert!((mean - 60.0).abs() < 2.0, "mean batch {mean}");
         assert!(sizes.iter().any(|s| *s != sizes[0]), "batch size varies");
@@ -408,7 +496,11 @@ mod tests {
         for kind in [
             Optimizer::Sgd { momentum: 0.0 },
             Optimizer::Sgd { momentum: 0.9 },
-            Optimizer::Adam { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 },
+            Optimizer::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+            },
         ] {
             let mut p = vec![3.0f32, -2.0];
             let mut st = OptimizerState::new(kind, 2);

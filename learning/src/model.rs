@@ -96,12 +96,30 @@ impl TinyCnnConfig {
         let mut model = self.init_shell(device);
         let part = |i: usize| layout.slice(flat, i).to_vec();
         let shape = |i: usize| layout.entries[i].shape.clone();
-        model.conv1.weight = Param::from_tensor(Tensor::from_data(TensorData::new(part(0), shape(0)), device));
-        model.conv1.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(part(1), shape(1)), device)));
-        model.conv2.weight = Param::from_tensor(Tensor::from_data(TensorData::new(part(2), shape(2)), device));
-        model.conv2.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(part(3), shape(3)), device)));
-        model.fc.weight = Param::from_tensor(Tensor::from_data(TensorData::new(part(4), shape(4)), device));
-        model.fc.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(part(5), shape(5)), device)));
+        model.conv1.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(part(0), shape(0)),
+            device,
+        ));
+        model.conv1.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(part(1), shape(1)),
+            device,
+        )));
+        model.conv2.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(part(2), shape(2)),
+            device,
+        ));
+        model.conv2.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(part(3), shape(3)),
+            device,
+        )));
+        model.fc.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(part(4), shape(4)),
+            device,
+        ));
+        model.fc.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(part(5), shape(5)),
+            device,
+        )));
         Ok(model)
     }
 
@@ -148,13 +166,20 @@ impl TinyCnn {
         // [batch, 32, 11, 11]
         let z2 = tap4(self.conv2.forward(h1.clone()), taps.map(|t| &t.z2));
         // [batch, 32, 5, 5] → [batch, 800]
-        let h2 = self.pool.forward(self.activation.forward(z2)).reshape([batch as i64, -1]);
+        let h2 = self
+            .pool
+            .forward(self.activation.forward(z2))
+            .reshape([batch as i64, -1]);
         // [batch, 10]
         let mut logits = self.fc.forward(h2.clone());
         if let Some(t) = taps {
             logits = logits + t.z3.clone();
         }
-        Forward { logits, conv2_input: h1, fc_input: h2 }
+        Forward {
+            logits,
+            conv2_input: h1,
+            fc_input: h2,
+        }
     }
 
     /// Parameters as one flat vector in [`TinyCnnConfig::layout`] order.
@@ -226,7 +251,12 @@ impl ParamLayout {
             .into_iter()
             .map(|(name, shape)| {
                 let len = shape.iter().product();
-                let e = LayoutEntry { name: name.to_string(), shape, offset, len };
+                let e = LayoutEntry {
+                    name: name.to_string(),
+                    shape,
+                    offset,
+                    len,
+                };
                 offset += len;
                 e
             })
@@ -250,7 +280,10 @@ impl ParamLayout {
         if flat.len() == self.num_params() {
             Ok(())
         } else {
-            Err(LearningError::ParamLength { expected: self.num_params(), actual: flat.len() })
+            Err(LearningError::ParamLength {
+                expected: self.num_params(),
+                actual: flat.len(),
+            })
         }
     }
 }
@@ -279,13 +312,24 @@ mod tests {
         device.seed(7);
         let config = TinyCnnConfig::new();
         let flat = config.init(&device).to_flat();
-        assert!(flat.iter().any(|v| *v != 0.0), "random init is not all zeros");
-        let back = config.from_flat(&flat, &device).expect("right length").to_flat();
+        assert!(
+            flat.iter().any(|v| *v != 0.0),
+            "random init is not all zeros"
+        );
+        let back = config
+            .from_flat(&flat, &device)
+            .expect("right length")
+            .to_flat();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&flat), bits(&back));
         // Same forward output after the round trip.
         let x = Tensor::<4>::ones([2, 1, 28, 28], &device);
-        let a = tensor_vec(config.from_flat(&flat, &device).expect("len").forward(x.clone()));
+        let a = tensor_vec(
+            config
+                .from_flat(&flat, &device)
+                .expect("len")
+                .forward(x.clone()),
+        );
         let b = tensor_vec(config.from_flat(&back, &device).expect("len").forward(x));
         assert_eq!(a, b);
     }
@@ -294,6 +338,9 @@ mod tests {
     fn wrong_length_is_a_clear_error() {
         let config = TinyCnnConfig::new();
         let err = config.from_flat(&[0.0; 5], &Device::flex()).unwrap_err();
-        assert_eq!(err.to_string(), "parameter vector has 5 values, expected 12810 (TinyCNN layout)");
+        assert_eq!(
+            err.to_string(),
+            "parameter vector has 5 values, expected 12810 (TinyCNN layout)"
+        );
     }
 }

@@ -32,11 +32,15 @@ const MAX_DRAWS: usize = 1000;
 pub enum ShardError {
     #[error("num_clients is {0}: expected at least 1")]
     NoClients(usize),
-    #[error("num_clients is {clients} but the data set has only {examples} examples: expected at most one client per {MIN_SHARD_SIZE} examples")]
+    #[error(
+        "num_clients is {clients} but the data set has only {examples} examples: expected at most one client per {MIN_SHARD_SIZE} examples"
+    )]
     TooManyClients { clients: usize, examples: usize },
     #[error("dirichlet alpha is {0}: expected a finite number > 0 (e.g. 0.5)")]
     Alpha(f64),
-    #[error("no Dirichlet(α = {alpha}) draw in {MAX_DRAWS} gave every one of {clients} clients at least {MIN_SHARD_SIZE} examples: use fewer clients or a larger alpha")]
+    #[error(
+        "no Dirichlet(α = {alpha}) draw in {MAX_DRAWS} gave every one of {clients} clients at least {MIN_SHARD_SIZE} examples: use fewer clients or a larger alpha"
+    )]
     Unbalanced { alpha: f64, clients: usize },
 }
 
@@ -51,7 +55,10 @@ pub fn partition(
         return Err(ShardError::NoClients(num_clients));
     }
     if num_clients * MIN_SHARD_SIZE > labels.len() {
-        return Err(ShardError::TooManyClients { clients: num_clients, examples: labels.len() });
+        return Err(ShardError::TooManyClients {
+            clients: num_clients,
+            examples: labels.len(),
+        });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     match scheme {
@@ -121,7 +128,10 @@ fn dirichlet(
             return Ok(shards);
         }
     }
-    Err(ShardError::Unbalanced { alpha, clients: num_clients })
+    Err(ShardError::Unbalanced {
+        alpha,
+        clients: num_clients,
+    })
 }
 
 /// How many examples of each digit the shard holds.
@@ -157,7 +167,11 @@ mod tests {
         assert_ne!(a, partition(&l, 10, ShardScheme::Iid, 43).expect("valid"));
         // IID: every shard sees every class in roughly equal measure.
         for s in &a {
-            assert!(label_histogram(&l, s).iter().all(|&c| (60..=140).contains(&c)));
+            assert!(
+                label_histogram(&l, s)
+                    .iter()
+                    .all(|&c| (60..=140).contains(&c))
+            );
         }
     }
 
@@ -165,7 +179,9 @@ mod tests {
     fn skew(l: &[u8], shards: &[Vec<usize>]) -> f64 {
         shards
             .iter()
-            .map(|s| *label_histogram(l, s).iter().max().expect("10 classes") as f64 / s.len() as f64)
+            .map(|s| {
+                *label_histogram(l, s).iter().max().expect("10 classes") as f64 / s.len() as f64
+            })
             .sum::<f64>()
             / shards.len() as f64
     }
@@ -182,7 +198,10 @@ mod tests {
             assert!(s.iter().all(|s| s.len() >= MIN_SHARD_SIZE));
         }
         let (a, b, c) = (skew(&l, &small), skew(&l, &mid), skew(&l, &large));
-        assert!(a > b && b > c, "skew α=0.1 {a:.2}, α=0.5 {b:.2}, α=1000 {c:.2}");
+        assert!(
+            a > b && b > c,
+            "skew α=0.1 {a:.2}, α=0.5 {b:.2}, α=1000 {c:.2}"
+        );
         assert!(a > 0.5, "α=0.1 shards are dominated by one class: {a:.2}");
         assert!(c < 0.15, "α=1000 is close to IID (0.1): {c:.2}");
         assert_eq!(mid, partition(&l, 10, scheme(0.5), 1).expect("valid"));

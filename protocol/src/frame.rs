@@ -66,8 +66,14 @@ pub enum FrameError {
     Kind(u16),
     #[error("frame declares {0} elements: expected at most {MAX_ELEMENTS}")]
     Count(u64),
-    #[error("frame declares {declared} elements ({expected} payload bytes) but carries {actual} payload bytes")]
-    Length { declared: usize, expected: usize, actual: usize },
+    #[error(
+        "frame declares {declared} elements ({expected} payload bytes) but carries {actual} payload bytes"
+    )]
+    Length {
+        declared: usize,
+        expected: usize,
+        actual: usize,
+    },
 }
 
 impl TensorFrame {
@@ -114,13 +120,21 @@ impl TensorFrame {
         }
         let payload = &bytes[HEADER_LEN..];
         if payload.len() != 4 * count {
-            return Err(FrameError::Length { declared: count, expected: 4 * count, actual: payload.len() });
+            return Err(FrameError::Length {
+                declared: count,
+                expected: 4 * count,
+                actual: payload.len(),
+            });
         }
         let values = payload
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Ok(Self { kind, server_round: u64::from_le_bytes(round), values })
+        Ok(Self {
+            kind,
+            server_round: u64::from_le_bytes(round),
+            values,
+        })
     }
 }
 
@@ -129,7 +143,11 @@ mod tests {
     use super::*;
 
     fn frame() -> TensorFrame {
-        TensorFrame { kind: FrameKind::Update, server_round: 7, values: vec![1.5, -0.0, f32::MIN_POSITIVE, 3e38] }
+        TensorFrame {
+            kind: FrameKind::Update,
+            server_round: 7,
+            values: vec![1.5, -0.0, f32::MIN_POSITIVE, 3e38],
+        }
     }
 
     #[test]
@@ -141,7 +159,11 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&back.values), bits(&frame().values));
         // TinyCNN update: 12 810 floats → 51 260 bytes.
-        let tiny = TensorFrame { kind: FrameKind::GlobalModel, server_round: 1, values: vec![0.0; 12_810] };
+        let tiny = TensorFrame {
+            kind: FrameKind::GlobalModel,
+            server_round: 1,
+            values: vec![0.0; 12_810],
+        };
         assert_eq!(tiny.encode().expect("small").len(), 51_260);
     }
 
@@ -153,16 +175,29 @@ mod tests {
             v[i] = b;
             TensorFrame::decode(&v)
         };
-        assert_eq!(TensorFrame::decode(&good[..5]), Err(FrameError::TooShort(5)));
+        assert_eq!(
+            TensorFrame::decode(&good[..5]),
+            Err(FrameError::TooShort(5))
+        );
         assert_eq!(with(0, b'X'), Err(FrameError::Magic(*b"XLDP")));
         assert_eq!(with(4, 9), Err(FrameError::Version { found: 9 }));
         assert_eq!(with(6, 3), Err(FrameError::Kind(3)));
-        assert_eq!(TensorFrame::decode(&good[..good.len() - 1]).unwrap_err().to_string(),
-            "frame declares 4 elements (16 payload bytes) but carries 15 payload bytes");
+        assert_eq!(
+            TensorFrame::decode(&good[..good.len() - 1])
+                .unwrap_err()
+                .to_string(),
+            "frame declares 4 elements (16 payload bytes) but carries 15 payload bytes"
+        );
         // A hostile count is refused from the header alone.
         let mut huge = good.clone();
         huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(TensorFrame::decode(&huge), Err(FrameError::Count(u32::MAX as u64)));
-        assert_eq!(TensorFrame::decode(&vec![0; MAX_FRAME_BYTES + 1]), Err(FrameError::TooLarge(MAX_FRAME_BYTES + 1)));
+        assert_eq!(
+            TensorFrame::decode(&huge),
+            Err(FrameError::Count(u32::MAX as u64))
+        );
+        assert_eq!(
+            TensorFrame::decode(&vec![0; MAX_FRAME_BYTES + 1]),
+            Err(FrameError::TooLarge(MAX_FRAME_BYTES + 1))
+        );
     }
 }

@@ -7,6 +7,9 @@
 //!
 //! Control messages (hello, train instructions, results, …) join this crate with the server.
 
+// No unwrap outside tests: bad input gets an error, not a panic.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod frame;
 
 /// Version of the wire protocol; a peer speaking another version is refused with a typed error.

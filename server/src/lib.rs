@@ -7,6 +7,9 @@
 //! The round coordinator, strategies, client registry, admin API and store arrive with the
 //! server issue; what is here is the app they plug into.
 
+// No unwrap outside tests: bad input gets an error, not a panic.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use axum::{Json, Router, routing::get};
 use serde::Serialize;
 
@@ -43,11 +46,17 @@ mod tests {
     #[tokio::test]
     async fn health_reports_protocol_and_model() {
         let res = app()
-            .oneshot(Request::get("/api/health").body(Body::empty()).expect("request"))
+            .oneshot(
+                Request::get("/api/health")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
             .await
             .expect("infallible");
         assert_eq!(res.status(), StatusCode::OK);
-        let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.expect("body");
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .expect("body");
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["status"], "ok");
         assert_eq!(v["protocol_version"], 1);
@@ -57,7 +66,11 @@ mod tests {
     #[tokio::test]
     async fn unknown_route_is_404() {
         let res = app()
-            .oneshot(Request::get("/api/nope").body(Body::empty()).expect("request"))
+            .oneshot(
+                Request::get("/api/nope")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
             .await
             .expect("infallible");
         assert_eq!(res.status(), StatusCode::NOT_FOUND);

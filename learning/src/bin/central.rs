@@ -14,10 +14,16 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use learning::{Batching, ClientPrivacy, DpSgdConfig, Mnist, Optimizer, TinyCnnConfig, TrainConfig, accountant, evaluate, fit};
+use learning::{
+    Batching, ClientPrivacy, DpSgdConfig, Mnist, Optimizer, TinyCnnConfig, TrainConfig, accountant,
+    evaluate, fit,
+};
 
 #[derive(Parser, Debug)]
-#[command(about = "Central (non-federated) TinyCNN training on MNIST, with or without DP-SGD", args_override_self = true)]
+#[command(
+    about = "Central (non-federated) TinyCNN training on MNIST, with or without DP-SGD",
+    args_override_self = true
+)]
 struct Args {
     /// Epochs over the 60 000 training images.
     #[arg(long, default_value_t = 10)]
@@ -46,6 +52,9 @@ struct Args {
     /// δ of the guarantee.
     #[arg(long, default_value_t = 1e-5)]
     delta: f64,
+    /// Decay the learning rate along a cosine from --lr to 0 over the epochs (per epoch).
+    #[arg(long)]
+    cosine: bool,
     /// Seed of the model initialisation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -59,7 +68,9 @@ fn main() -> anyhow::Result<()> {
         local_epochs: 1,
         batching: Batching::BatchSize(args.batch_size),
         learning_rate: args.lr,
-        optimizer: Optimizer::Sgd { momentum: args.momentum },
+        optimizer: Optimizer::Sgd {
+            momentum: args.momentum,
+        },
         dp: None,
     };
     if args.dp {
@@ -74,11 +85,19 @@ fn main() -> anyhow::Result<()> {
             }
             (None, None) => anyhow::bail!("--dp needs --noise-multiplier or --target-epsilon"),
         };
-        config.dp = Some(DpSgdConfig { max_grad_norm: args.max_grad_norm, noise_multiplier: sigma, delta: args.delta });
+        config.dp = Some(DpSgdConfig {
+            max_grad_norm: args.max_grad_norm,
+            noise_multiplier: sigma,
+            delta: args.delta,
+        });
     }
     config.validate(n)?;
     println!("config: {args:?}");
-    println!("train config: {config:?}, sample rate {:.6}, {} steps/epoch", config.sample_rate(n), config.steps_per_epoch(n));
+    println!(
+        "train config: {config:?}, sample rate {:.6}, {} steps/epoch",
+        config.sample_rate(n),
+        config.steps_per_epoch(n)
+    );
 
     let device = burn::tensor::Device::flex();
     device.seed(args.seed);
@@ -87,15 +106,27 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut last = None;
     for epoch in 1..=args.epochs {
+        if args.cosine {
+            let progress = (epoch - 1) as f32 / args.epochs as f32;
+            config.learning_rate = args.lr * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos());
+        }
         let res = fit(&params, &config, &mnist.train, &mut privacy, &mut |p| {
             if p.step % 20 == 0 || p.step + 1 == p.steps_per_epoch {
                 let done = (p.step + 1) as f64 / p.steps_per_epoch as f64;
                 let bar = "#".repeat((done * 30.0) as usize);
-                eprint!("\repoch {epoch:3}/{} [{bar:<30}] {:5.1}% loss {:.3}  ", args.epochs, done * 100.0, p.batch_loss);
+                eprint!(
+                    "\repoch {epoch:3}/{} [{bar:<30}] {:5.1}% loss {:.3}  ",
+                    args.epochs,
+                    done * 100.0,
+                    p.batch_loss
+                );
                 std::io::stderr().flush().ok();
             }
         })?;
-        params.iter_mut().zip(&res.update).for_each(|(p, u)| *p += u);
+        params
+            .iter_mut()
+            .zip(&res.update)
+            .for_each(|(p, u)| *p += u);
         let eval = evaluate(&params, &mnist.test)?;
         eprint!("\r");
         println!(
@@ -103,12 +134,17 @@ fn main() -> anyhow::Result<()> {
             res.metrics.loss,
             eval.loss,
             eval.accuracy * 100.0,
-            res.metrics.epsilon.map_or("none".into(), |e| format!("{e:.3}")),
+            res.metrics
+                .epsilon
+                .map_or("none".into(), |e| format!("{e:.3}")),
             start.elapsed().as_secs_f64()
         );
         last = Some((eval.accuracy, res.metrics.epsilon));
     }
     let (acc, eps) = last.context("--epochs must be at least 1")?;
-    println!("accuracy={acc:.4} epsilon={}", eps.map_or("none".into(), |e| format!("{e:.4}")));
+    println!(
+        "accuracy={acc:.4} epsilon={}",
+        eps.map_or("none".into(), |e| format!("{e:.4}"))
+    );
     Ok(())
 }

@@ -41,7 +41,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> Result<(), accountant::AccountantError> {
-    let Args { sample_rate: q, steps, delta, .. } = args;
+    let Args {
+        sample_rate: q,
+        steps,
+        delta,
+        ..
+    } = args;
     match (args.noise_multiplier, args.target_epsilon) {
         (Some(sigma), _) => {
             let eps = accountant::epsilon(q, sigma, steps, delta)?;
@@ -51,7 +56,9 @@ fn run(args: Args) -> Result<(), accountant::AccountantError> {
         (None, Some(target)) => {
             let sigma = accountant::noise_multiplier_for(target, q, steps, delta)?;
             let eps = accountant::epsilon(q, sigma, steps, delta)?;
-            println!("sample_rate={q} target_epsilon={target} steps={steps} delta={delta} (epsilon at this sigma: {eps:.6})");
+            println!(
+                "sample_rate={q} target_epsilon={target} steps={steps} delta={delta} (epsilon at this sigma: {eps:.6})"
+            );
             // Rounded up, never down: a larger σ only lowers ε, so the printed value still meets the target.
             println!("noise_multiplier={:.6}", (sigma * 1e6).ceil() / 1e6);
         }

@@ -21,13 +21,27 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let t0 = std::time::Instant::now();
     let now = move || t0.elapsed().as_secs_f64() * 1000.0;
-    println!("TinyCNN, flex backend, 1 thread, batch {}, {} steps × {} runs (median)", args.batch, args.iters, args.runs);
-    for (name, kind) in [("plain step", StepKind::Plain), ("DP-SGD step", StepKind::DpSgd), ("inference", StepKind::Inference)] {
+    println!(
+        "TinyCNN, flex backend, 1 thread, batch {}, {} steps × {} runs (median)",
+        args.batch, args.iters, args.runs
+    );
+    for (name, kind) in [
+        ("plain step", StepKind::Plain),
+        ("DP-SGD step", StepKind::DpSgd),
+        ("inference", StepKind::Inference),
+    ] {
         let mut runs = (0..args.runs)
             .map(|_| train_step_throughput(kind, args.batch, 5, args.iters, &now))
             .collect::<Result<Vec<_>, _>>()?;
         runs.sort_by(f64::total_cmp);
-        println!("{name:12} {:8.0} samples/s   (runs: {})", runs[runs.len() / 2], runs.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "));
+        println!(
+            "{name:12} {:8.0} samples/s   (runs: {})",
+            runs[runs.len() / 2],
+            runs.iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     Ok(())
 }
