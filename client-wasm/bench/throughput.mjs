@@ -1,9 +1,10 @@
 // Wasm training throughput in node (the same `learning::bench` code as the native binary).
 // Run by scripts/bench-wasm.sh after `wasm-bindgen --target nodejs`.
 import { createRequire } from 'node:module';
+import path from 'node:path';
 const require = createRequire(import.meta.url);
 const dir = process.argv[2];
-const { trainThroughput } = require(`${dir}/client_wasm.js`);
+const { trainThroughput } = require(path.resolve(dir, 'client_wasm.js'));
 
 const batch = Number(process.env.BATCH ?? 64);
 const iters = Number(process.env.ITERS ?? 30);
