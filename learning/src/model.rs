@@ -21,7 +21,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Linear, LinearConfig, Relu};
+use burn::nn::{Initializer, Linear, LinearConfig, Relu};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::LearningError;
@@ -51,9 +51,9 @@ const FEATURE_SIDE: usize = ((IMAGE_SIDE - 2) / 2 - 2) / 2;
 /// The model. See the module documentation for shapes.
 #[derive(Module, Debug)]
 pub struct TinyCnn {
-    pub conv1: Conv2d,
-    pub conv2: Conv2d,
-    pub fc: Linear,
+    pub(crate) conv1: Conv2d,
+    pub(crate) conv2: Conv2d,
+    pub(crate) fc: Linear,
     pool: MaxPool2d,
     activation: Relu,
 }
@@ -61,11 +61,28 @@ pub struct TinyCnn {
 impl TinyCnnConfig {
     /// A freshly initialised model (burn's Kaiming-uniform defaults, seeded by `device.seed`).
     pub fn init(&self, device: &Device) -> TinyCnn {
+        self.build(None, device)
+    }
+
+    /// The model with every parameter drawn by `initializer`, or burn's defaults for `None`.
+    fn build(&self, initializer: Option<Initializer>, device: &Device) -> TinyCnn {
+        let conv = |channels: [usize; 2]| {
+            let config = Conv2dConfig::new(channels, [3, 3]);
+            match &initializer {
+                Some(i) => config.with_initializer(i.clone()),
+                None => config,
+            }
+            .init(device)
+        };
+        let fc = LinearConfig::new(self.flat_features(), self.num_classes);
+        let fc = match &initializer {
+            Some(i) => fc.with_initializer(i.clone()),
+            None => fc,
+        };
         TinyCnn {
-            conv1: Conv2dConfig::new([1, self.conv1_channels], [3, 3]).init(device),
-            conv2: Conv2dConfig::new([self.conv1_channels, self.conv2_channels], [3, 3])
-                .init(device),
-            fc: LinearConfig::new(self.flat_features(), self.num_classes).init(device),
+            conv1: conv([1, self.conv1_channels]),
+            conv2: conv([self.conv1_channels, self.conv2_channels]),
+            fc: fc.init(device),
             pool: MaxPool2dConfig::new([2, 2]).init(),
             activation: Relu::new(),
         }
@@ -93,52 +110,19 @@ impl TinyCnnConfig {
     pub fn from_flat(&self, flat: &[f32], device: &Device) -> Result<TinyCnn, LearningError> {
         let layout = self.layout();
         layout.check_len(flat)?;
-        let mut model = self.init_shell(device);
-        let part = |i: usize| layout.slice(flat, i).to_vec();
-        let shape = |i: usize| layout.entries[i].shape.clone();
-        model.conv1.weight = Param::from_tensor(Tensor::from_data(
-            TensorData::new(part(0), shape(0)),
-            device,
-        ));
-        model.conv1.bias = Some(Param::from_tensor(Tensor::from_data(
-            TensorData::new(part(1), shape(1)),
-            device,
-        )));
-        model.conv2.weight = Param::from_tensor(Tensor::from_data(
-            TensorData::new(part(2), shape(2)),
-            device,
-        ));
-        model.conv2.bias = Some(Param::from_tensor(Tensor::from_data(
-            TensorData::new(part(3), shape(3)),
-            device,
-        )));
-        model.fc.weight = Param::from_tensor(Tensor::from_data(
-            TensorData::new(part(4), shape(4)),
-            device,
-        ));
-        model.fc.bias = Some(Param::from_tensor(Tensor::from_data(
-            TensorData::new(part(5), shape(5)),
-            device,
-        )));
+        // Zeros are cheaper than a random draw, and every one is overwritten below.
+        let mut model = self.build(Some(Initializer::Zeros), device);
+        let data = |i: usize| {
+            let e = &layout.entries[i];
+            TensorData::new(layout.slice(flat, i).to_vec(), e.shape.clone())
+        };
+        model.conv1.weight = Param::from_data(data(0), device);
+        model.conv1.bias = Some(Param::from_data(data(1), device));
+        model.conv2.weight = Param::from_data(data(2), device);
+        model.conv2.bias = Some(Param::from_data(data(3), device));
+        model.fc.weight = Param::from_data(data(4), device);
+        model.fc.bias = Some(Param::from_data(data(5), device));
         Ok(model)
-    }
-
-    /// A model whose parameters are zeros, to be overwritten (cheaper than a random init).
-    fn init_shell(&self, device: &Device) -> TinyCnn {
-        let zeros = burn::nn::Initializer::Zeros;
-        TinyCnn {
-            conv1: Conv2dConfig::new([1, self.conv1_channels], [3, 3])
-                .with_initializer(zeros.clone())
-                .init(device),
-            conv2: Conv2dConfig::new([self.conv1_channels, self.conv2_channels], [3, 3])
-                .with_initializer(zeros.clone())
-                .init(device),
-            fc: LinearConfig::new(self.flat_features(), self.num_classes)
-                .with_initializer(zeros)
-                .init(device),
-            pool: MaxPool2dConfig::new([2, 2]).init(),
-            activation: Relu::new(),
-        }
     }
 }
 
