@@ -1,6 +1,6 @@
 //! Per-round series for the dashboard charts (accuracy, loss, ε, participants, duration).
 //!
-//! Charts are updated in place, never recreated: a round's point is appended once, and a point
+//! Charts are updated in place, never recreated: a round's point is inserted once, and a point
 //! for a round already shown (a resent event after a reconnect, or a server that resumed from
 //! a checkpoint) replaces it instead of drawing the round twice.
 
@@ -18,10 +18,11 @@ pub struct RoundPoint {
     pub duration_secs: f64,
 }
 
-/// What changed, so the chart binding knows whether to push or to rewrite one point.
+/// What changed, so the chart binding knows whether to insert a point (at the end, unless a
+/// late event fills a gap) or to rewrite one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    Appended(usize),
+    Inserted(usize),
     Replaced(usize),
 }
 
@@ -44,7 +45,7 @@ impl Series {
             }
             Err(i) => {
                 self.points.insert(i, p);
-                Change::Appended(i)
+                Change::Inserted(i)
             }
         }
     }
@@ -94,9 +95,9 @@ mod tests {
     #[test]
     fn appends_in_order_and_replaces_a_resent_round() {
         let mut s = Series::default();
-        assert_eq!(s.upsert(p(1, 0.8)), Change::Appended(0));
-        assert_eq!(s.upsert(p(3, 0.9)), Change::Appended(1));
-        assert_eq!(s.upsert(p(2, 0.85)), Change::Appended(1));
+        assert_eq!(s.upsert(p(1, 0.8)), Change::Inserted(0));
+        assert_eq!(s.upsert(p(3, 0.9)), Change::Inserted(1));
+        assert_eq!(s.upsert(p(2, 0.85)), Change::Inserted(1));
         assert_eq!(s.upsert(p(3, 0.95)), Change::Replaced(2));
         let rounds: Vec<u64> = s.points().iter().map(|q| q.server_round).collect();
         assert_eq!(rounds, vec![1, 2, 3]);

@@ -5,7 +5,7 @@
 use burn::tensor::Device;
 
 use crate::dpsgd::{OptimizerState, SecureRng, add_gaussian_noise, batch_gradient};
-use crate::model::{IMAGE_PIXELS, TinyCnnConfig};
+use crate::model::{IMAGE_PIXELS, IMAGE_SIDE, TinyCnnConfig, tensor_vec};
 use crate::{LearningError, Optimizer};
 
 /// Which step to time.
@@ -31,7 +31,7 @@ pub fn train_step_throughput(
     let device = Device::flex();
     let config = TinyCnnConfig::new();
     let mut params = config.init(&device).to_flat();
-    let mut rng = SecureRng::from_os().map_err(|e| LearningError::Rng(e.to_string()))?;
+    let mut rng = SecureRng::from_os()?;
     // Image-like inputs: values do not change the cost of a dense CNN.
     let images: Vec<f32> = (0..batch * IMAGE_PIXELS).map(|_| rng.normal()).collect();
     let labels: Vec<u8> = (0..batch).map(|i| (i % 10) as u8).collect();
@@ -41,10 +41,13 @@ pub fn train_step_throughput(
         match kind {
             StepKind::Inference => {
                 let x = burn::tensor::Tensor::<4>::from_data(
-                    burn::tensor::TensorData::new(images.clone(), [batch, 1, 28, 28]),
+                    burn::tensor::TensorData::new(
+                        images.clone(),
+                        [batch, 1, IMAGE_SIDE, IMAGE_SIDE],
+                    ),
                     &device,
                 );
-                std::hint::black_box(crate::model::tensor_vec(model.forward(x)));
+                std::hint::black_box(tensor_vec(model.forward(x)));
             }
             StepKind::Plain | StepKind::DpSgd => {
                 let clip = (kind == StepKind::DpSgd).then_some(1.0);

@@ -191,7 +191,7 @@ impl ClientPrivacy {
         Ok(Self {
             ledger: RdpAccountant::default(),
             epsilon_cap,
-            rng: SecureRng::from_os().map_err(|e| LearningError::Rng(e.to_string()))?,
+            rng: SecureRng::from_os()?,
         })
     }
 }

@@ -37,8 +37,10 @@ pub struct SecureRng(ChaCha20Rng);
 
 impl SecureRng {
     /// A generator keyed by the operating system's CSPRNG.
-    pub fn from_os() -> Result<Self, rand::rngs::SysError> {
-        Ok(Self(ChaCha20Rng::try_from_rng(&mut SysRng)?))
+    pub fn from_os() -> Result<Self, crate::LearningError> {
+        ChaCha20Rng::try_from_rng(&mut SysRng)
+            .map(Self)
+            .map_err(|e| crate::LearningError::Rng(e.to_string()))
     }
 
     /// A reproducible generator. Tests only: its noise is predictable.
