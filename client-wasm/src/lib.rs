@@ -1,13 +1,18 @@
-//! The federated client. This crate will hold the client session (Hello → Welcome → TrainIns →
-//! fit → TrainRes) for both the browser and the simulator; today it exposes the learning core
-//! to JavaScript hosts (browser, node) through wasm-bindgen, starting with the throughput
-//! benchmark that `BENCHMARKS.md` records.
+//! The federated client: the session a browser tab and a headless simulated client both run,
+//! and the wasm-bindgen exports for JavaScript hosts.
 //!
 //! # Layout
 //!
+//! * [`session`]: the client session state machine (sans-IO): messages in, actions out.
+//! * [`native`]: tokio transport for simulated clients (feature `native`, not on wasm32).
 //! * [`bench`]: training-step throughput measured inside a JS host.
 
 // No unwrap outside tests: bad input gets an error, not a panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod bench;
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+pub mod native;
+pub mod session;
+
+pub use session::{Action, Notice, Session, SessionOptions};

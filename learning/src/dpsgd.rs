@@ -22,7 +22,6 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::{ChaCha20Rng, SysRng};
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
-use serde::{Deserialize, Serialize};
 
 use crate::mnist::NUM_CLASSES;
 use crate::model::{IMAGE_SIDE, Taps, TinyCnn, TinyCnnConfig, tensor_vec};
@@ -285,25 +284,7 @@ pub fn add_gaussian_noise(v: &mut [f32], std: f32, rng: &mut SecureRng) {
     }
 }
 
-/// Optimizer applied to the flat parameter vector.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Optimizer {
-    /// SGD with optional heavy-ball momentum (PyTorch's formulation).
-    Sgd { momentum: f32 },
-    /// Adam (Kingma & Ba) with bias correction.
-    Adam {
-        beta1: f32,
-        beta2: f32,
-        epsilon: f32,
-    },
-}
-
-impl Default for Optimizer {
-    fn default() -> Self {
-        Optimizer::Sgd { momentum: 0.0 }
-    }
-}
+pub use protocol::config::Optimizer;
 
 /// Optimizer state for one `fit` call (FedAvg restarts it every round).
 #[derive(Debug, Clone)]

@@ -7,20 +7,10 @@ use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Gamma};
-use serde::{Deserialize, Serialize};
 
 use crate::mnist::NUM_CLASSES;
 
-/// How to split the training set.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ShardScheme {
-    /// A uniform random split into equal parts.
-    Iid,
-    /// Each class is split among clients with proportions drawn from Dirichlet(α): small α
-    /// (0.1) gives each client a few classes, large α (100) is close to IID.
-    Dirichlet { alpha: f64 },
-}
+pub use protocol::config::ShardScheme;
 
 /// Every shard of a Dirichlet partition holds at least this many examples; draws that leave a
 /// smaller shard are redrawn (as Flower's `DirichletPartitioner` does).

@@ -4,13 +4,20 @@
 //!
 //! * [`frame`]: binary tensor frames (fixed header + little-endian f32), with every limit a
 //!   named constant checked before anything is allocated.
-//!
-//! Control messages (hello, train instructions, results, …) join this crate with the server.
+//! * [`messages`]: control messages between a client and the server (JSON text frames).
+//! * [`config`]: the training configuration a client receives (what `learning::fit` takes).
+//! * [`admin`]: the admin API's run config (with validation), records and dashboard events.
 
 // No unwrap outside tests: bad input gets an error, not a panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod admin;
+pub mod config;
 pub mod frame;
+pub mod messages;
+
+pub use frame::{FrameError, FrameKind, TensorFrame};
+pub use messages::{ClientMessage, ErrorCode, MessageError, ServerMessage};
 
 /// Version of the wire protocol; a peer speaking another version is refused with a typed error.
 pub const PROTOCOL_VERSION: u16 = 1;

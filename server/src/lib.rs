@@ -3,15 +3,45 @@
 //! # Layout
 //!
 //! * [`app`]: the axum router, built by a function so tests call it without a port.
-//!
-//! The round coordinator, strategies, client registry, admin API and store arrive with the
-//! server issue; what is here is the app they plug into.
+//! * [`coordinator`]: the one task that owns the run, the registry and the round state.
+//! * [`strategy`]: pure Flower-shaped strategies (FedAvg, DP wrapper).
+//! * [`ws`]: one task per client socket; validates everything before the coordinator sees it.
+//! * [`admin`]: token-protected admin API, the dashboard event stream, shard downloads.
+//! * [`store`]: SQLite persistence (runs, rounds, ledger, checkpoints).
+//! * [`data`]: the demo data set (MNIST) and its shards.
+//! * [`server`]: wiring it all together for the binary and the tests.
 
 // No unwrap outside tests: bad input gets an error, not a panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-use axum::{Json, Router, routing::get};
+pub mod admin;
+pub mod coordinator;
+pub mod data;
+pub mod server;
+pub mod store;
+pub mod strategy;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use protocol::admin::Event;
 use serde::Serialize;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::coordinator::Command;
+use crate::data::DemoData;
+
+/// What every handler shares: channels to the coordinator, never the round state itself.
+#[derive(Clone)]
+pub struct AppState {
+    pub coordinator: mpsc::Sender<Command>,
+    pub events: broadcast::Sender<Event>,
+    pub admin_token: Arc<String>,
+    pub data: Option<Arc<DemoData>>,
+    pub model_params: usize,
+}
 
 /// What `GET /api/health` answers: enough for a client or an operator to check that it talks
 /// to a compatible server before anything else.
@@ -24,8 +54,26 @@ pub struct Health {
 }
 
 /// The server's router.
-pub fn app() -> Router {
-    Router::new().route("/api/health", get(health))
+pub fn app(state: AppState) -> Router {
+    let admin_routes = Router::new()
+        .route("/check", get(admin::check))
+        .route("/runs", get(admin::list_runs).post(admin::create_run))
+        .route("/runs/{id}", get(admin::history))
+        .route("/runs/{id}/model", get(admin::model))
+        .route("/runs/{id}/{action}", post(admin::control))
+        .route("/clients", get(admin::clients))
+        .route("/events", get(admin::events))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ));
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/ws", get(ws::ws_handler))
+        .route("/api/runs/{run}/shards/{index}/{part}", get(admin::shard))
+        .nest("/api/admin", admin_routes)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
 }
 
 async fn health() -> Json<Health> {
@@ -34,45 +82,4 @@ async fn health() -> Json<Health> {
         protocol_version: protocol::PROTOCOL_VERSION,
         model_params: learning::TinyCnnConfig::new().layout().num_params(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
-    use tower::ServiceExt;
-
-    #[tokio::test]
-    async fn health_reports_protocol_and_model() {
-        let res = app()
-            .oneshot(
-                Request::get("/api/health")
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("infallible");
-        assert_eq!(res.status(), StatusCode::OK);
-        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
-            .await
-            .expect("body");
-        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-        assert_eq!(v["status"], "ok");
-        assert_eq!(v["protocol_version"], 1);
-        assert_eq!(v["model_params"], 12_810);
-    }
-
-    #[tokio::test]
-    async fn unknown_route_is_404() {
-        let res = app()
-            .oneshot(
-                Request::get("/api/nope")
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("infallible");
-        assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    }
 }

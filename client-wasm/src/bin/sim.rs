@@ -1,0 +1,125 @@
+//! Headless simulated clients: N clients in one process, each the same session a browser tab
+//! runs, against a server.
+//!
+//! `cargo run -p client-wasm --release --bin sim -- --server ws://127.0.0.1:3000/ws --clients 10`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use client_wasm::native::{DriverOptions, run_client};
+use client_wasm::{Session, SessionOptions};
+use tokio::sync::Semaphore;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(about = "Start N simulated federated clients against a server")]
+struct Args {
+    /// The server's WebSocket URL.
+    #[arg(long, env = "FL_SERVER", default_value = "ws://127.0.0.1:3000/ws")]
+    server: String,
+    /// Number of clients.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Each client's own ε cap: it refuses rounds that would pass it (default: trust the run).
+    #[arg(long)]
+    epsilon_cap: Option<f64>,
+    /// Bring own data instead of a server shard: each client takes this many MNIST training
+    /// examples of its own (lightweight clients for load tests).
+    #[arg(long)]
+    own_examples: Option<usize>,
+    /// Trainings at once (default: the number of CPUs).
+    #[arg(long)]
+    parallel: Option<usize>,
+    /// Give up after failing to reach the server for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    reconnect_secs: u64,
+    /// Answer the server's evaluation requests.
+    #[arg(long)]
+    evaluate: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,sim=info")),
+        )
+        .init();
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.clients >= 1,
+        "--clients is {}: expected at least 1",
+        args.clients
+    );
+    let parallel = args
+        .parallel
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let slots = Arc::new(Semaphore::new(parallel.max(1)));
+    let own = match args.own_examples {
+        Some(k) => {
+            let mnist =
+                learning::Mnist::load_default().context("loading MNIST for --own-examples")?;
+            anyhow::ensure!(
+                k >= 1 && k * args.clients <= mnist.train.len(),
+                "--own-examples is {k}: expected 1..={} for {} clients",
+                mnist.train.len() / args.clients,
+                args.clients
+            );
+            Some((mnist, k))
+        }
+        None => None,
+    };
+    let start = Instant::now();
+    tracing::info!(target: "sim", clients = args.clients, server = %args.server, parallel, "starting simulated clients");
+    let mut tasks = Vec::new();
+    for i in 0..args.clients {
+        let own_data = own
+            .as_ref()
+            .map(|(m, k)| Arc::new(m.train.subset(&(i * k..(i + 1) * k).collect::<Vec<_>>())));
+        let session = Session::new(SessionOptions {
+            name: format!("sim-{i}"),
+            epsilon_cap: args.epsilon_cap,
+            own_data,
+            can_evaluate: args.evaluate,
+        })?;
+        let options = DriverOptions {
+            server: args.server.clone(),
+            reconnect_for: Duration::from_secs(args.reconnect_secs),
+            exit_when_finished: true,
+            training_slots: slots.clone(),
+        };
+        tasks.push(tokio::spawn(run_client(session, options)));
+    }
+    let mut failed = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await {
+            Ok(Ok(r)) => tracing::info!(
+                target: "sim",
+                client = i,
+                client_id = ?r.client_id,
+                rounds = r.rounds_trained.len(),
+                epsilon = ?r.epsilon,
+                accuracy = ?r.last_accuracy,
+                finished = ?r.finished,
+                "client done"
+            ),
+            Ok(Err(e)) => {
+                failed += 1;
+                tracing::error!(target: "sim", client = i, error = %e, "client stopped");
+            }
+            Err(e) => {
+                failed += 1;
+                tracing::error!(target: "sim", client = i, error = %e, "client task failed");
+            }
+        }
+    }
+    tracing::info!(target: "sim", seconds = start.elapsed().as_secs_f64(), failed, "all clients done");
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} clients stopped with an error",
+        args.clients
+    );
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The native transport for headless simulated clients: tokio-tungstenite for the socket,
+//! hyper for the shard download, `spawn_blocking` for training. It drives the same
+//! [`Session`] the browser worker drives, and reconnects with backoff when the connection drops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{info, warn};
+
+use crate::session::{Action, Notice, Outgoing, Session, SessionError};
+
+/// Why a simulated client stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("server URL {0:?}: expected ws://host:port/path")]
+    Url(String),
+    #[error("could not reach the server for {0:?}; last error: {1}")]
+    Unreachable(Duration, String),
+    #[error("shard download failed: {0}")]
+    Shard(String),
+    #[error("the server refused this client: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// How a simulated client behaves around its connection.
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
+    /// `ws://host:port/ws`
+    pub server: String,
+    /// Give up after failing to (re)connect for this long.
+    pub reconnect_for: Duration,
+    /// Stop when the server says the run finished.
+    pub exit_when_finished: bool,
+    /// Trainings allowed at once in this process (the CPU is shared by every client).
+    pub training_slots: Arc<Semaphore>,
+}
+
+/// What a client did, when it stops.
+#[derive(Debug, Clone, Default)]
+pub struct ClientReport {
+    pub client_id: Option<u64>,
+    pub rounds_trained: Vec<u64>,
+    pub epsilon: Option<f64>,
+    pub last_accuracy: Option<f64>,
+    pub finished: Option<String>,
+}
+
+/// `ws://host:port/...` → `http://host:port`.
+pub fn http_origin(ws_url: &str) -> Result<String, ClientError> {
+    let rest = ws_url
+        .strip_prefix("ws://")
+        .ok_or_else(|| ClientError::Url(ws_url.into()))?;
+    let authority = rest
+        .split('/')
+        .next()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| ClientError::Url(ws_url.into()))?;
+    Ok(format!("http://{authority}"))
+}
+
+async fn http_get(url: &str) -> Result<Vec<u8>, ClientError> {
+    let err = |e: &dyn std::fmt::Display| ClientError::Shard(format!("{url}: {e}"));
+    let uri: hyper::Uri = url.parse().map_err(|e| err(&e))?;
+    let host = uri.host().ok_or_else(|| err(&"no host"))?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| err(&e))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| err(&e))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| err(&e))?;
+    let res = sender.send_request(req).await.map_err(|e| err(&e))?;
+    let status = res.status();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| err(&e))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(err(&format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    Ok(body.to_vec())
+}
+
+/// Runs one client until the run finishes (or it gives up reconnecting).
+pub async fn run_client(
+    mut session: Session,
+    options: DriverOptions,
+) -> Result<ClientReport, ClientError> {
+    let origin = http_origin(&options.server)?;
+    let mut report = ClientReport::default();
+    let mut backoff = Duration::from_millis(100);
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    loop {
+        match tokio_tungstenite::connect_async(options.server.as_str()).await {
+            Ok((ws, _)) => {
+                failing_since = None;
+                backoff = Duration::from_millis(100);
+                match connection(&mut session, ws, &origin, &options, &mut report).await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e @ (ClientError::Refused(_) | ClientError::Shard(_))) => return Err(e),
+                    Err(e) => warn!(error = %e, "connection ended with an error; reconnecting"),
+                }
+            }
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > options.reconnect_for {
+                    return Err(ClientError::Unreachable(
+                        options.reconnect_for,
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    report.client_id = session.client_id();
+    report.rounds_trained = session.rounds_trained.clone();
+    report.finished = session.finished().map(String::from);
+    Ok(report)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One connection; `Ok(true)` when the client is done.
+async fn connection(
+    session: &mut Session,
+    ws: Ws,
+    origin: &str,
+    options: &DriverOptions,
+    report: &mut ClientReport,
+) -> Result<bool, ClientError> {
+    let (mut sink, mut stream) = ws.split();
+    let send = |o: Outgoing| match o {
+        Outgoing::Text(t) => Message::text(t),
+        Outgoing::Binary(b) => Message::binary(b),
+    };
+    sink.send(send(session.hello()))
+        .await
+        .map_err(|e| SessionError::Shard(e.to_string()))
+        .ok();
+    while let Some(msg) = stream.next().await {
+        let actions = match msg {
+            Ok(Message::Text(t)) => session.on_text(t.as_str())?,
+            Ok(Message::Binary(b)) => session.on_binary(&b)?,
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Send(o) => {
+                    if sink.send(send(o)).await.is_err() {
+                        return Ok(false);
+                    }
+                }
+                Action::FetchShard {
+                    images_path,
+                    labels_path,
+                } => {
+                    let images = http_get(&format!("{origin}{images_path}")).await?;
+                    let labels = http_get(&format!("{origin}{labels_path}")).await?;
+                    session.on_shard(&images, &labels)?;
+                }
+                Action::Train(job) => {
+                    let slot = options.training_slots.clone().acquire_owned().await;
+                    let done = tokio::task::spawn_blocking(move || {
+                        let _slot = slot;
+                        job.run(&mut |_| {})
+                    })
+                    .await
+                    .map_err(|e| ClientError::Shard(format!("training task: {e}")))?;
+                    queue.extend(session.on_trained(done));
+                }
+                Action::Evaluate(job) => {
+                    let (round, res) = tokio::task::spawn_blocking(move || job.run())
+                        .await
+                        .map_err(|e| ClientError::Shard(format!("evaluation task: {e}")))?;
+                    queue.extend(session.on_evaluated(round, res));
+                }
+                Action::Notify(n) => {
+                    if on_notice(session, &n, report)? && options.exit_when_finished {
+                        let _closing = sink.send(Message::Close(None)).await;
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Logs a notice; `Ok(true)` when the run is over.
+fn on_notice(
+    session: &Session,
+    n: &Notice,
+    report: &mut ClientReport,
+) -> Result<bool, ClientError> {
+    let id = session.client_id().unwrap_or(0);
+    match n {
+        Notice::Welcome { client_id } => info!(client_id, "welcomed"),
+        Notice::Assigned(a) => info!(
+            client_id = id,
+            shard = a.shard_index,
+            examples = a.num_examples,
+            "shard assigned"
+        ),
+        Notice::Trained {
+            server_round,
+            metrics,
+        } => {
+            report.epsilon = metrics.epsilon;
+            info!(client_id = id, server_round, loss = metrics.loss, epsilon = ?metrics.epsilon, "trained")
+        }
+        Notice::TrainFailed {
+            server_round,
+            reason,
+        } => warn!(client_id = id, server_round, %reason, "did not train"),
+        Notice::RoundClosed {
+            server_round,
+            test_accuracy,
+            epsilon,
+        } => {
+            report.last_accuracy = Some(*test_accuracy);
+            tracing::debug!(
+                client_id = id,
+                server_round,
+                test_accuracy,
+                ?epsilon,
+                "round closed"
+            )
+        }
+        Notice::RunFinished { run_id, reason } => {
+            info!(client_id = id, run_id, %reason, "run finished");
+            return Ok(true);
+        }
+        Notice::ServerError {
+            code,
+            message,
+            fatal,
+        } => {
+            warn!(client_id = id, ?code, %message, fatal, "server error");
+            if *fatal && *code == protocol::ErrorCode::UnsupportedVersion {
+                return Err(ClientError::Refused(message.clone()));
+            }
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_from_ws_url() {
+        assert_eq!(
+            http_origin("ws://127.0.0.1:3000/ws").unwrap(),
+            "http://127.0.0.1:3000"
+        );
+        assert!(http_origin("http://x/ws").is_err());
+        assert!(http_origin("ws:///ws").is_err());
+    }
+}

@@ -1,0 +1,501 @@
+//! What the admin API and the dashboard's event stream exchange: the run configuration (with its
+//! validation, so the dashboard form and the server reject the same things with the same words),
+//! run and round records, client rows, and live events.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Batching, Optimizer, ShardScheme};
+
+/// Upper bounds on config values (named so the form, the server and the docs agree).
+pub const MAX_ROUNDS: u32 = 10_000;
+pub const MAX_LOCAL_EPOCHS: u32 = 100;
+pub const MAX_SHARDS: u32 = 10_000;
+pub const MAX_ROUND_TIMEOUT_SECS: u64 = 24 * 3600;
+pub const MAX_NAME_LEN: usize = 100;
+
+/// Everything an operator chooses for a run. Every field has a default that runs the MNIST demo
+/// (10 IID shards, DP-SGD to ε = 3 at δ = 1e-5), so `{}` is a valid config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    pub name: String,
+    /// Rounds to run (the run may stop earlier when the privacy budget is spent).
+    pub rounds: u32,
+    /// A round starts only when at least this many eligible clients are connected.
+    pub min_clients: u32,
+    /// Fraction of connected eligible clients sampled per round (at least `min_clients`).
+    pub fraction_train: f64,
+    /// Fraction of a round's sampled clients whose results must arrive by the deadline for the
+    /// round to close with them; below it the round is retried.
+    pub quorum: f64,
+    /// Seconds a round waits for results before it closes with what it has.
+    pub round_timeout_secs: u64,
+    /// Whether a round with failures (errors, disconnects, invalid updates) may still be
+    /// aggregated; `false` retries any round with a failure.
+    pub accept_failures: bool,
+    /// Fraction of connected clients asked to evaluate the new global model on their own data
+    /// after each round (0 = server-side evaluation only).
+    pub fraction_evaluate: f64,
+    pub local_epochs: u32,
+    pub batching: Batching,
+    pub learning_rate: f32,
+    pub optimizer: Optimizer,
+    /// `None`: train without differential privacy.
+    pub dp: Option<DpRunConfig>,
+    /// `None`: clients bring their own data; otherwise the server splits MNIST's training set.
+    pub shards: Option<ShardConfig>,
+}
+
+/// DP-SGD for a run. Give `noise_multiplier`, or `target_epsilon` (σ is then solved per shard
+/// size so every client ends the run at ε ≤ target), or both (σ given, target is a hard cap).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpRunConfig {
+    pub max_grad_norm: f32,
+    #[serde(default)]
+    pub noise_multiplier: Option<f32>,
+    #[serde(default)]
+    pub target_epsilon: Option<f64>,
+    pub delta: f64,
+}
+
+/// How the demo data set is split among clients.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    pub scheme: ShardScheme,
+    pub num_shards: u32,
+    /// Seed of the split (not of any privacy noise): the same seed gives the same shards.
+    pub seed: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: "mnist-demo".into(),
+            rounds: 15,
+            min_clients: 2,
+            fraction_train: 1.0,
+            quorum: 0.5,
+            round_timeout_secs: 600,
+            accept_failures: true,
+            fraction_evaluate: 0.0,
+            local_epochs: 1,
+            batching: Batching::BatchSize(512),
+            learning_rate: 2.0,
+            optimizer: Optimizer::Sgd { momentum: 0.0 },
+            dp: Some(DpRunConfig {
+                max_grad_norm: 1.0,
+                noise_multiplier: None,
+                target_epsilon: Some(3.0),
+                delta: 1e-5,
+            }),
+            shards: Some(ShardConfig {
+                scheme: ShardScheme::Iid,
+                num_shards: 10,
+                seed: 42,
+            }),
+        }
+    }
+}
+
+/// A config field out of range: names the field (JSON path) and what it accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{field} is {value}: expected {expected}")]
+pub struct FieldError {
+    pub field: String,
+    pub value: String,
+    pub expected: String,
+}
+
+fn field_err<T>(field: &str, value: impl ToString, expected: &str) -> Result<T, FieldError> {
+    Err(FieldError {
+        field: field.into(),
+        value: value.to_string(),
+        expected: expected.into(),
+    })
+}
+
+fn unit_interval(field: &str, v: f64, lower_open: bool) -> Result<(), FieldError> {
+    let ok = if lower_open {
+        v > 0.0 && v <= 1.0
+    } else {
+        (0.0..=1.0).contains(&v)
+    };
+    if ok {
+        Ok(())
+    } else {
+        field_err(
+            field,
+            v,
+            if lower_open {
+                "a number in (0, 1]"
+            } else {
+                "a number in [0, 1]"
+            },
+        )
+    }
+}
+
+impl RunConfig {
+    /// Checks every field; the first bad one is named. (Shard-size-dependent checks such as a
+    /// batch larger than a shard are made again when a client is configured.)
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.name.trim().is_empty() || self.name.chars().count() > MAX_NAME_LEN {
+            return field_err("name", &self.name, "1 to 100 characters");
+        }
+        if !(1..=MAX_ROUNDS).contains(&self.rounds) {
+            return field_err("rounds", self.rounds, "an integer in 1..=10000");
+        }
+        if self.min_clients < 1 {
+            return field_err("min_clients", self.min_clients, "an integer ≥ 1");
+        }
+        unit_interval("fraction_train", self.fraction_train, true)?;
+        unit_interval("quorum", self.quorum, true)?;
+        unit_interval("fraction_evaluate", self.fraction_evaluate, false)?;
+        if !(1..=MAX_ROUND_TIMEOUT_SECS).contains(&self.round_timeout_secs) {
+            return field_err(
+                "round_timeout_secs",
+                self.round_timeout_secs,
+                "an integer in 1..=86400",
+            );
+        }
+        if !(1..=MAX_LOCAL_EPOCHS).contains(&self.local_epochs) {
+            return field_err("local_epochs", self.local_epochs, "an integer in 1..=100");
+        }
+        match self.batching {
+            Batching::BatchSize(0) => return field_err("batching.batch_size", 0, "an integer ≥ 1"),
+            Batching::SampleRate(q) => unit_interval("batching.sample_rate", q, true)?,
+            _ => {}
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return field_err("learning_rate", self.learning_rate, "a finite number > 0");
+        }
+        match self.optimizer {
+            Optimizer::Sgd { momentum } if !(0.0..1.0).contains(&momentum) => {
+                return field_err("optimizer.momentum", momentum, "a number in [0, 1)");
+            }
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } => {
+                if !(0.0..1.0).contains(&beta1) {
+                    return field_err("optimizer.beta1", beta1, "a number in [0, 1)");
+                }
+                if !(0.0..1.0).contains(&beta2) {
+                    return field_err("optimizer.beta2", beta2, "a number in [0, 1)");
+                }
+                if !(epsilon > 0.0 && epsilon.is_finite()) {
+                    return field_err("optimizer.epsilon", epsilon, "a finite number > 0");
+                }
+            }
+            _ => {}
+        }
+        if let Some(dp) = &self.dp {
+            if !(dp.max_grad_norm > 0.0 && dp.max_grad_norm.is_finite()) {
+                return field_err("dp.max_grad_norm", dp.max_grad_norm, "a finite number > 0");
+            }
+            if !(dp.delta > 0.0 && dp.delta < 1.0) {
+                return field_err("dp.delta", dp.delta, "a number in (0, 1), e.g. 1e-5");
+            }
+            match (dp.noise_multiplier, dp.target_epsilon) {
+                (None, None) => {
+                    return field_err(
+                        "dp.noise_multiplier",
+                        "missing",
+                        "a noise multiplier σ > 0, or dp.target_epsilon to solve σ from",
+                    );
+                }
+                (Some(s), _) if !(s > 0.0 && s.is_finite()) => {
+                    return field_err("dp.noise_multiplier", s, "a finite number > 0");
+                }
+                (_, Some(e)) if !(e > 0.0 && e.is_finite()) => {
+                    return field_err("dp.target_epsilon", e, "a finite number > 0");
+                }
+                _ => {}
+            }
+        }
+        if let Some(shards) = &self.shards {
+            if !(1..=MAX_SHARDS).contains(&shards.num_shards) {
+                return field_err(
+                    "shards.num_shards",
+                    shards.num_shards,
+                    "an integer in 1..=10000",
+                );
+            }
+            if let ShardScheme::Dirichlet { alpha } = shards.scheme
+                && !(alpha > 0.0 && alpha.is_finite())
+            {
+                return field_err(
+                    "shards.scheme.alpha",
+                    alpha,
+                    "a finite number > 0, e.g. 0.5",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a JSON body; a type error names its JSON path, like a range error.
+    pub fn from_json(text: &str) -> Result<Self, FieldError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let config: RunConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            FieldError {
+                field: if path == "." { "body".into() } else { path },
+                value: "invalid".into(),
+                expected: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Configured, not started.
+    Created,
+    /// Rounds run whenever enough clients are connected.
+    Running,
+    /// No new round starts; a round in flight finishes.
+    Paused,
+    /// All rounds done, or the privacy budget is spent.
+    Finished,
+    /// Stopped by the operator.
+    Stopped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Finished => "finished",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Created,
+            Self::Running,
+            Self::Paused,
+            Self::Finished,
+            Self::Stopped,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+
+    /// Finished and stopped runs never train again.
+    pub fn is_over(self) -> bool {
+        matches!(self, Self::Finished | Self::Stopped)
+    }
+}
+
+/// An operator's intent for a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunAction {
+    Start,
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// One run as listed by the admin API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: u64,
+    pub config: RunConfig,
+    pub status: RunStatus,
+    pub completed_rounds: u64,
+    /// Why the run ended, when it has.
+    pub finished_reason: Option<String>,
+    pub created_at_ms: u64,
+}
+
+/// One committed round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub server_round: u64,
+    pub started_at_ms: u64,
+    pub duration_ms: u64,
+    /// Time to combine the updates into the new global model.
+    pub aggregate_ms: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    /// Weighted mean of the clients' own evaluation, when `fraction_evaluate > 0`.
+    pub federated_loss: Option<f64>,
+    pub federated_accuracy: Option<f64>,
+    /// Mean of the participants' training loss.
+    pub train_loss: Option<f64>,
+    pub participants: u64,
+    pub failures: u64,
+    /// Largest ε any client of the run has spent after this round (server ledger).
+    pub epsilon: Option<f64>,
+    /// Attempts it took (a round below quorum is retried).
+    pub attempts: u32,
+}
+
+/// A run with its rounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunHistory {
+    pub run: RunSummary,
+    pub rounds: Vec<RoundRecord>,
+    /// Each client's ε as the server accounts it.
+    pub ledger: Vec<LedgerEntry>,
+}
+
+/// A client's privacy spend in a run as the server computes it from the configs it sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub client_key_prefix: String,
+    pub shard_index: Option<u32>,
+    pub rounds: u64,
+    pub steps: u64,
+    pub epsilon: Option<f64>,
+}
+
+/// A connected client as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub client_id: u64,
+    pub name: String,
+    /// `idle`, `training`, `evaluating`.
+    pub state: String,
+    pub num_examples: Option<u64>,
+    pub shard_index: Option<u32>,
+    pub own_data: bool,
+    pub connected_at_ms: u64,
+    pub last_seen_ms: u64,
+    pub rounds_contributed: u64,
+    pub failures: u64,
+    pub epsilon: Option<f64>,
+}
+
+/// The live stream for dashboards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    RunCreated {
+        run: RunSummary,
+    },
+    RunStatus {
+        run_id: u64,
+        status: RunStatus,
+        reason: Option<String>,
+    },
+    RoundStarted {
+        run_id: u64,
+        server_round: u64,
+        attempt: u32,
+        sampled: Vec<u64>,
+    },
+    RoundRetried {
+        run_id: u64,
+        server_round: u64,
+        reason: String,
+    },
+    RoundClosed {
+        run_id: u64,
+        record: RoundRecord,
+    },
+    ClientJoined {
+        client: ClientInfo,
+    },
+    ClientLeft {
+        client_id: u64,
+    },
+    ClientFailed {
+        client_id: u64,
+        server_round: u64,
+        reason: String,
+    },
+    ClientTrained {
+        client_id: u64,
+        server_round: u64,
+        loss: f64,
+        epsilon: Option<f64>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_body_is_the_demo_config() {
+        let c = RunConfig::from_json("{}").unwrap();
+        assert_eq!(c, RunConfig::default());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let cases = [
+            (r#"{"rounds":0}"#, "rounds"),
+            (r#"{"rounds":"ten"}"#, "rounds"),
+            (r#"{"fraction_train":1.5}"#, "fraction_train"),
+            (r#"{"quorum":0}"#, "quorum"),
+            (r#"{"learning_rate":-1}"#, "learning_rate"),
+            (r#"{"local_epochs":0}"#, "local_epochs"),
+            (r#"{"batching":{"sample_rate":2}}"#, "batching.sample_rate"),
+            (r#"{"batching":{"batch_size":0}}"#, "batching.batch_size"),
+            (
+                r#"{"optimizer":{"kind":"sgd","momentum":1.0}}"#,
+                "optimizer.momentum",
+            ),
+            (
+                r#"{"dp":{"max_grad_norm":0,"noise_multiplier":1,"delta":1e-5}}"#,
+                "dp.max_grad_norm",
+            ),
+            (
+                r#"{"dp":{"max_grad_norm":1,"delta":1e-5}}"#,
+                "dp.noise_multiplier",
+            ),
+            (
+                r#"{"dp":{"max_grad_norm":1,"target_epsilon":-3,"delta":1e-5}}"#,
+                "dp.target_epsilon",
+            ),
+            (
+                r#"{"dp":{"max_grad_norm":1,"noise_multiplier":1,"delta":2}}"#,
+                "dp.delta",
+            ),
+            (
+                r#"{"shards":{"scheme":{"kind":"dirichlet","alpha":0},"num_shards":10,"seed":1}}"#,
+                "shards.scheme.alpha",
+            ),
+            (
+                r#"{"shards":{"scheme":{"kind":"iid"},"num_shards":0,"seed":1}}"#,
+                "shards.num_shards",
+            ),
+            (r#"{"round_timeout_secs":0}"#, "round_timeout_secs"),
+            (r#"{"name":""}"#, "name"),
+            (r#"{"rouns":3}"#, "rouns"),
+            ("3", "body"),
+        ];
+        for (json, field) in cases {
+            let err = RunConfig::from_json(json).expect_err(json);
+            assert_eq!(err.field, field, "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in [
+            RunStatus::Created,
+            RunStatus::Running,
+            RunStatus::Paused,
+            RunStatus::Finished,
+            RunStatus::Stopped,
+        ] {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Training configuration as it travels from the server to a client: what `learning::fit`
+//! takes, defined here once so the server, the browser and the simulator cannot disagree.
+//! Plain data plus the arithmetic that the privacy accounting of both sides shares
+//! (sample rate, steps per round); no tensors.
+
+use serde::{Deserialize, Serialize};
+
+/// How batches are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Batching {
+    /// Expected batch size B; with DP the sample rate is q = B / shard size.
+    BatchSize(usize),
+    /// Poisson sample rate q directly; the expected batch is q · shard size.
+    SampleRate(f64),
+}
+
+/// DP-SGD settings (Opacus names).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DpSgdConfig {
+    /// C: every per-example gradient is scaled to L2 norm ≤ C.
+    pub max_grad_norm: f32,
+    /// σ: the noise std is σ · C.
+    pub noise_multiplier: f32,
+    /// δ of the (ε, δ) guarantee reported.
+    pub delta: f64,
+}
+
+/// Everything `fit` needs to know about local training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Passes over the shard per round (with DP: ⌈1/q⌉ Poisson steps each).
+    pub local_epochs: u32,
+    pub batching: Batching,
+    pub learning_rate: f32,
+    pub optimizer: Optimizer,
+    /// `None` trains without clipping or noise.
+    pub dp: Option<DpSgdConfig>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            local_epochs: 1,
+            batching: Batching::BatchSize(64),
+            learning_rate: 0.1,
+            optimizer: Optimizer::default(),
+            dp: Some(DpSgdConfig {
+                max_grad_norm: 1.0,
+                noise_multiplier: 1.0,
+                delta: 1e-5,
+            }),
+        }
+    }
+}
+
+/// A config value out of range, naming the field and what it accepts.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field} is {value}: expected {expected}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl TrainConfig {
+    /// Checks every field for a shard of `num_examples`.
+    pub fn validate(&self, num_examples: usize) -> Result<(), ConfigError> {
+        let err = |field, value: String, expected| {
+            Err(ConfigError {
+                field,
+                value,
+                expected,
+            })
+        };
+        if num_examples == 0 {
+            return err(
+                "num_examples",
+                "0".into(),
+                "a shard with at least one example",
+            );
+        }
+        if !(1..=1000).contains(&self.local_epochs) {
+            return err(
+                "local_epochs",
+                self.local_epochs.to_string(),
+                "an integer in 1..=1000",
+            );
+        }
+        match self.batching {
+            Batching::BatchSize(b) if b == 0 || b > num_examples => {
+                return err("batch_size", b.to_string(), "an integer in 1..=shard size");
+            }
+            Batching::SampleRate(q) if !(q > 0.0 && q <= 1.0) => {
+                return err("sample_rate", q.to_string(), "a number in (0, 1]");
+            }
+            _ => {}
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return err(
+                "learning_rate",
+                self.learning_rate.to_string(),
+                "a finite number > 0",
+            );
+        }
+        match self.optimizer {
+            Optimizer::Sgd { momentum } if !(0.0..1.0).contains(&momentum) => {
+                return err("momentum", momentum.to_string(), "a number in [0, 1)");
+            }
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && epsilon > 0.0) => {
+                return err(
+                    "adam",
+                    format!("beta1 {beta1}, beta2 {beta2}, epsilon {epsilon}"),
+                    "betas in [0, 1) and epsilon > 0",
+                );
+            }
+            _ => {}
+        }
+        if let Some(dp) = self.dp {
+            if !(dp.max_grad_norm > 0.0 && dp.max_grad_norm.is_finite()) {
+                return err(
+                    "max_grad_norm",
+                    dp.max_grad_norm.to_string(),
+                    "a finite number > 0",
+                );
+            }
+            if !(dp.noise_multiplier > 0.0 && dp.noise_multiplier.is_finite()) {
+                return err(
+                    "noise_multiplier",
+                    dp.noise_multiplier.to_string(),
+                    "a finite number > 0",
+                );
+            }
+            if !(dp.delta > 0.0 && dp.delta < 1.0) {
+                return err("delta", dp.delta.to_string(), "a number in (0, 1)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Poisson sample rate q for a shard of `n`.
+    pub fn sample_rate(&self, n: usize) -> f64 {
+        match self.batching {
+            Batching::BatchSize(b) => (b as f64 / n as f64).min(1.0),
+            Batching::SampleRate(q) => q,
+        }
+    }
+
+    /// Expected batch size q · n (the DP-SGD denominator).
+    pub fn expected_batch(&self, n: usize) -> f64 {
+        self.sample_rate(n) * n as f64
+    }
+
+    /// Steps in one local epoch: ⌈1/q⌉, as Opacus's DP data loader.
+    pub fn steps_per_epoch(&self, n: usize) -> u64 {
+        (1.0 / self.sample_rate(n)).ceil() as u64
+    }
+
+    /// Steps of one `fit` call.
+    pub fn steps_per_round(&self, n: usize) -> u64 {
+        self.local_epochs as u64 * self.steps_per_epoch(n)
+    }
+}
+
+/// Optimizer applied to the flat parameter vector.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Optimizer {
+    /// SGD with optional heavy-ball momentum (PyTorch's formulation).
+    Sgd { momentum: f32 },
+    /// Adam (Kingma & Ba) with bias correction.
+    Adam {
+        beta1: f32,
+        beta2: f32,
+        epsilon: f32,
+    },
+}
+
+impl Default for Optimizer {
+    fn default() -> Self {
+        Optimizer::Sgd { momentum: 0.0 }
+    }
+}
+
+/// Metrics of one `fit` call.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FitMetrics {
+    /// Mean training loss over the examples sampled this round (before each step).
+    pub loss: f64,
+    /// Training accuracy over the same examples.
+    pub accuracy: f64,
+    /// ε spent by this client so far, at the config's δ (`None` without DP).
+    pub epsilon: Option<f64>,
+    pub steps: u64,
+    /// Fraction of per-example gradients that were clipped.
+    pub clipped_fraction: f64,
+}
+
+/// How to split the training set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ShardScheme {
+    /// A uniform random split into equal parts.
+    Iid,
+    /// Each class is split among clients with proportions drawn from Dirichlet(α): small α
+    /// (0.1) gives each client a few classes, large α (100) is close to IID.
+    Dirichlet { alpha: f64 },
+}

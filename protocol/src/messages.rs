@@ -1,0 +1,326 @@
+//! Control messages: small serde-tagged JSON objects in WebSocket text frames. Parameters never
+//! travel here; a message that announces parameters (`TrainIns`, `TrainRes`, `EvaluateIns`) is
+//! followed by exactly one binary [`TensorFrame`](crate::frame::TensorFrame) of the same round.
+//!
+//! ```text
+//! client                                   server
+//!   Hello{version, caps, client_key?}  ─▶
+//!                                      ◀─  Welcome{client_id, client_key}
+//!                                      ◀─  Assignment{run, shard URLs, histogram} (when a run exists)
+//!                                      ◀─  TrainIns{round, config} + GlobalModel frame
+//!   TrainRes{round, n, metrics} + Update frame ─▶      (or TrainFailed{round, reason})
+//!                                      ◀─  EvaluateIns{round} + GlobalModel frame (optional)
+//!   EvaluateRes{round, loss, accuracy} ─▶
+//!                                      ◀─  RoundClosed{round, accuracy, loss, ε}
+//!                                      ◀─  Error{code, message} (any time; the socket stays open
+//!                                          unless the code says otherwise)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{FitMetrics, ShardScheme, TrainConfig};
+
+/// Largest control message accepted, in bytes (checked before parsing). The biggest legitimate
+/// one, an `Assignment`, is well under 1 KiB.
+pub const MAX_CONTROL_BYTES: usize = 64 * 1024;
+/// Longest free-text field (reasons, names) a peer may send; longer ones are refused.
+pub const MAX_TEXT_FIELD: usize = 1024;
+
+/// What a client says about itself in `Hello`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Free-form name shown on the dashboard ("chromium tab", "sim-3").
+    #[serde(default)]
+    pub name: String,
+    /// `Some` when the client trains on its own data instead of a shard the server hands out.
+    #[serde(default)]
+    pub own_data: Option<OwnData>,
+    /// The client's own ε cap: it will refuse rounds past it whatever the server asks.
+    #[serde(default)]
+    pub epsilon_cap: Option<f64>,
+    /// Whether the client answers `EvaluateIns`.
+    #[serde(default)]
+    pub can_evaluate: bool,
+}
+
+/// A client that brings its own data tells its size (FedAvg's weight, the sample rate's
+/// denominator) and may tell its label histogram for the dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwnData {
+    pub num_examples: u64,
+    #[serde(default)]
+    pub label_histogram: Option<Vec<u32>>,
+}
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// First message on every connection.
+    Hello {
+        protocol_version: u16,
+        /// The key from an earlier `Welcome`: the server gives back the same identity, shard and
+        /// privacy ledger (a tab that reconnects, a simulator after a server restart).
+        #[serde(default)]
+        client_key: Option<String>,
+        #[serde(default)]
+        capabilities: Capabilities,
+    },
+    /// Local training done; the `Update` frame of the same round follows.
+    TrainRes {
+        server_round: u64,
+        num_examples: u64,
+        metrics: FitMetrics,
+    },
+    /// Local training refused or failed (budget cap reached, diverged, no data).
+    TrainFailed { server_round: u64, reason: String },
+    /// The global model of `server_round` measured on the client's local data.
+    EvaluateRes {
+        server_round: u64,
+        num_examples: u64,
+        loss: f64,
+        accuracy: f64,
+    },
+}
+
+/// Where a client's shard of the demo data set is and what is in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub run_id: u64,
+    pub shard_index: u32,
+    pub num_shards: u32,
+    pub scheme: ShardScheme,
+    pub num_examples: u64,
+    /// Examples per class 0–9.
+    pub label_histogram: Vec<u32>,
+    /// Paths (relative to the server's HTTP origin) of the shard as IDX files.
+    pub images_path: String,
+    pub labels_path: String,
+}
+
+/// Why the server refused something; the socket stays open unless `fatal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Text that is not a valid control message, or a frame where none was expected.
+    BadMessage,
+    /// `Hello` with another protocol version.
+    UnsupportedVersion,
+    /// A message before `Hello`, or a second `Hello`.
+    BadSequence,
+    /// An update frame that failed validation (length, NaN/Inf, size, kind).
+    InvalidUpdate,
+    /// A result for a round that is not the current one, or already closed.
+    WrongRound,
+    /// A result from a client that was not sampled for this round.
+    NotSampled,
+    /// A second result for the same round.
+    Duplicate,
+    /// Every shard of the run is taken; bring your own data or wait for the next run.
+    NoShardAvailable,
+    /// Something went wrong on the server's side (details are in its log).
+    Internal,
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Welcome {
+        client_id: u64,
+        /// Present it in a later `Hello` to be recognised.
+        client_key: String,
+        /// Parameters of the federated model (TinyCNN: 12 810).
+        model_params: u64,
+    },
+    Assignment(Assignment),
+    /// Train on the `GlobalModel` frame of the same round that follows.
+    TrainIns {
+        server_round: u64,
+        config: TrainConfig,
+        /// Milliseconds the server waits for the result before closing the round.
+        timeout_ms: u64,
+    },
+    /// Evaluate the `GlobalModel` frame of the same round that follows on local data.
+    EvaluateIns {
+        server_round: u64,
+    },
+    /// A round is over: what the server measured on the test set.
+    RoundClosed {
+        server_round: u64,
+        test_accuracy: f64,
+        test_loss: f64,
+        participants: u64,
+        /// Largest ε (server ledger) any client of the run has spent.
+        epsilon: Option<f64>,
+    },
+    /// The run ended (all rounds done, stopped, or privacy budget exhausted).
+    RunFinished {
+        run_id: u64,
+        reason: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        /// The server closes the connection after a fatal error.
+        fatal: bool,
+    },
+}
+
+/// Why text is not a valid control message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("control message is {0} bytes: expected at most {MAX_CONTROL_BYTES}")]
+    TooLarge(usize),
+    #[error("control message does not decode: {0}")]
+    Decode(String),
+    #[error("{field} is {len} characters: expected at most {MAX_TEXT_FIELD}")]
+    FieldTooLong { field: &'static str, len: usize },
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, MessageError> {
+    if text.len() > MAX_CONTROL_BYTES {
+        return Err(MessageError::TooLarge(text.len()));
+    }
+    serde_json::from_str(text).map_err(|e| MessageError::Decode(e.to_string()))
+}
+
+fn check_len(field: &'static str, s: &str) -> Result<(), MessageError> {
+    let len = s.chars().count();
+    if len > MAX_TEXT_FIELD {
+        return Err(MessageError::FieldTooLong { field, len });
+    }
+    Ok(())
+}
+
+impl ClientMessage {
+    /// Parses a text frame, refusing oversized input before parsing it and over-long text fields.
+    pub fn decode(text: &str) -> Result<Self, MessageError> {
+        let msg: Self = decode(text)?;
+        match &msg {
+            Self::Hello {
+                client_key,
+                capabilities,
+                ..
+            } => {
+                check_len("capabilities.name", &capabilities.name)?;
+                if let Some(key) = client_key {
+                    check_len("client_key", key)?;
+                }
+            }
+            Self::TrainFailed { reason, .. } => check_len("reason", reason)?,
+            _ => {}
+        }
+        Ok(msg)
+    }
+
+    pub fn encode(&self) -> String {
+        // Serializing these plain structs cannot fail (no maps with non-string keys).
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl ServerMessage {
+    pub fn decode(text: &str) -> Result<Self, MessageError> {
+        decode(text)
+    }
+
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A refusal that keeps the connection open.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+            fatal: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FitMetrics, TrainConfig};
+
+    #[test]
+    fn messages_round_trip_as_tagged_json() {
+        let hello = ClientMessage::Hello {
+            protocol_version: crate::PROTOCOL_VERSION,
+            client_key: Some("abc".into()),
+            capabilities: Capabilities {
+                name: "sim-1".into(),
+                own_data: None,
+                epsilon_cap: Some(3.0),
+                can_evaluate: true,
+            },
+        };
+        let text = hello.encode();
+        assert!(text.contains(r#""type":"hello""#), "{text}");
+        assert_eq!(ClientMessage::decode(&text).unwrap(), hello);
+
+        let res = ClientMessage::TrainRes {
+            server_round: 3,
+            num_examples: 6000,
+            metrics: FitMetrics {
+                loss: 0.5,
+                accuracy: 0.9,
+                epsilon: Some(1.2),
+                steps: 23,
+                clipped_fraction: 0.4,
+            },
+        };
+        assert_eq!(ClientMessage::decode(&res.encode()).unwrap(), res);
+
+        let ins = ServerMessage::TrainIns {
+            server_round: 2,
+            config: TrainConfig::default(),
+            timeout_ms: 1000,
+        };
+        assert_eq!(ServerMessage::decode(&ins.encode()).unwrap(), ins);
+    }
+
+    #[test]
+    fn a_minimal_hello_decodes_with_defaults() {
+        let m = ClientMessage::decode(r#"{"type":"hello","protocol_version":1}"#).unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Hello {
+                client_key: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bad_text_is_a_typed_error() {
+        assert!(matches!(
+            ClientMessage::decode("not json"),
+            Err(MessageError::Decode(_))
+        ));
+        assert!(matches!(
+            ClientMessage::decode(r#"{"type":"launch_missiles"}"#),
+            Err(MessageError::Decode(_))
+        ));
+        let big = format!(
+            r#"{{"type":"hello","protocol_version":1,"x":"{}"}}"#,
+            "a".repeat(MAX_CONTROL_BYTES)
+        );
+        assert!(matches!(
+            ClientMessage::decode(&big),
+            Err(MessageError::TooLarge(_))
+        ));
+        let long = format!(
+            r#"{{"type":"train_failed","server_round":1,"reason":"{}"}}"#,
+            "a".repeat(MAX_TEXT_FIELD + 1)
+        );
+        assert!(matches!(
+            ClientMessage::decode(&long),
+            Err(MessageError::FieldTooLong {
+                field: "reason",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,505 @@
+//! Strategies in Flower's shape: which clients train (and with what config), how their results
+//! become the next global model, which clients evaluate and how their numbers combine.
+//!
+//! Pure: no I/O, no clock, no global randomness (the coordinator passes a seed). DP is a
+//! wrapper ([`DpFedAvg`]) around another strategy, as in Flower, so robust aggregation can wrap
+//! the same way later. Aggregation sees a running weighted sum ([`learning::FedAvg`]), never one
+//! client's update on its own: the interface secure aggregation will need.
+
+use learning::accountant::{AccountantError, noise_multiplier_for};
+use learning::{DpSgdConfig, FedAvg, RdpAccountant, TrainConfig};
+use protocol::admin::{DpRunConfig, RunConfig};
+use protocol::config::Batching;
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use rand::seq::SliceRandom;
+
+/// A connected client that could train this round.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub client_id: u64,
+    /// Its shard size (FedAvg's weight, the sample rate's denominator).
+    pub num_examples: u64,
+    /// Its privacy spend in this run as the server accounts it.
+    pub ledger: RdpAccountant,
+}
+
+/// One client's instructions for a round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainAssignment {
+    pub client_id: u64,
+    pub config: TrainConfig,
+}
+
+/// What `configure_train` decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainPlan {
+    Train(Vec<TrainAssignment>),
+    /// Not enough eligible clients yet.
+    Wait {
+        eligible: usize,
+        needed: usize,
+    },
+    /// Every known client would pass the run's privacy budget: the run is over.
+    BudgetExhausted,
+}
+
+/// Why a round's results did not become a new global model (the round is retried).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RoundRejected {
+    #[error(
+        "{results} of {sampled} sampled clients returned results: below the quorum of {needed}"
+    )]
+    BelowQuorum {
+        results: usize,
+        sampled: usize,
+        needed: usize,
+    },
+    #[error("{0} clients failed and accept_failures is false")]
+    Failures(usize),
+    #[error("aggregation failed: {0}")]
+    Aggregation(String),
+}
+
+/// A federated learning strategy.
+pub trait Strategy: Send {
+    /// The local training config a client with `num_examples` examples gets.
+    fn train_config(&self, num_examples: u64) -> TrainConfig;
+
+    /// Chooses this round's clients among `candidates` and their train configs.
+    fn configure_train(&self, server_round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan;
+
+    /// Turns the round's running sum into the next global model.
+    fn aggregate_train(
+        &self,
+        server_round: u64,
+        global: &[f32],
+        sum: &FedAvg,
+        sampled: usize,
+        failures: usize,
+    ) -> Result<Vec<f32>, RoundRejected>;
+
+    /// Chooses clients to evaluate the new global model on their own data (may be none).
+    fn configure_evaluate(
+        &self,
+        server_round: u64,
+        candidates: &[Candidate],
+        seed: u64,
+    ) -> Vec<u64>;
+
+    /// Combines `(num_examples, loss, accuracy)` results into `(loss, accuracy)`.
+    fn aggregate_evaluate(
+        &self,
+        server_round: u64,
+        results: &[(u64, f64, f64)],
+    ) -> Option<(f64, f64)>;
+}
+
+fn sample(candidates: &[Candidate], k: usize, seed: u64) -> Vec<&Candidate> {
+    let mut picked: Vec<&Candidate> = candidates.iter().collect();
+    picked.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    picked.truncate(k);
+    picked.sort_by_key(|c| c.client_id);
+    picked
+}
+
+/// Federated Averaging weighted by `num_examples`, with Flower's failure policy.
+#[derive(Debug, Clone)]
+pub struct FedAvgStrategy {
+    pub min_clients: usize,
+    pub fraction_train: f64,
+    pub fraction_evaluate: f64,
+    pub quorum: f64,
+    pub accept_failures: bool,
+    /// Local training config (without DP: a wrapper adds it).
+    pub local: TrainConfig,
+}
+
+impl FedAvgStrategy {
+    pub fn from_run(config: &RunConfig) -> Self {
+        Self {
+            min_clients: config.min_clients as usize,
+            fraction_train: config.fraction_train,
+            fraction_evaluate: config.fraction_evaluate,
+            quorum: config.quorum,
+            accept_failures: config.accept_failures,
+            local: TrainConfig {
+                local_epochs: config.local_epochs,
+                batching: config.batching,
+                learning_rate: config.learning_rate,
+                optimizer: config.optimizer,
+                dp: None,
+            },
+        }
+    }
+}
+
+impl Strategy for FedAvgStrategy {
+    /// A batch size larger than the shard is clamped to the shard (a small Dirichlet shard
+    /// trains full-batch rather than not at all).
+    fn train_config(&self, n: u64) -> TrainConfig {
+        let mut c = self.local;
+        if let Batching::BatchSize(b) = c.batching {
+            c.batching = Batching::BatchSize(b.min(n.max(1) as usize));
+        }
+        c
+    }
+
+    fn configure_train(&self, _round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan {
+        let needed = self.min_clients.max(1);
+        if candidates.len() < needed {
+            return TrainPlan::Wait {
+                eligible: candidates.len(),
+                needed,
+            };
+        }
+        let k = ((self.fraction_train * candidates.len() as f64).ceil() as usize)
+            .max(needed)
+            .min(candidates.len());
+        TrainPlan::Train(
+            sample(candidates, k, seed)
+                .into_iter()
+                .map(|c| TrainAssignment {
+                    client_id: c.client_id,
+                    config: self.train_config(c.num_examples),
+                })
+                .collect(),
+        )
+    }
+
+    fn aggregate_train(
+        &self,
+        _round: u64,
+        global: &[f32],
+        sum: &FedAvg,
+        sampled: usize,
+        failures: usize,
+    ) -> Result<Vec<f32>, RoundRejected> {
+        let needed = ((self.quorum * sampled as f64).ceil() as usize).max(1);
+        if sum.count() < needed {
+            return Err(RoundRejected::BelowQuorum {
+                results: sum.count(),
+                sampled,
+                needed,
+            });
+        }
+        if failures > 0 && !self.accept_failures {
+            return Err(RoundRejected::Failures(failures));
+        }
+        sum.apply(global)
+            .map_err(|e| RoundRejected::Aggregation(e.to_string()))
+    }
+
+    fn configure_evaluate(&self, _round: u64, candidates: &[Candidate], seed: u64) -> Vec<u64> {
+        if self.fraction_evaluate <= 0.0 || candidates.is_empty() {
+            return Vec::new();
+        }
+        let k = ((self.fraction_evaluate * candidates.len() as f64).ceil() as usize)
+            .min(candidates.len());
+        sample(candidates, k, seed)
+            .into_iter()
+            .map(|c| c.client_id)
+            .collect()
+    }
+
+    fn aggregate_evaluate(&self, _round: u64, results: &[(u64, f64, f64)]) -> Option<(f64, f64)> {
+        let total: u64 = results.iter().map(|r| r.0).sum();
+        if total == 0 {
+            return None;
+        }
+        let w = |f: fn(&(u64, f64, f64)) -> f64| {
+            results.iter().map(|r| r.0 as f64 * f(r)).sum::<f64>() / total as f64
+        };
+        Some((w(|r| r.1), w(|r| r.2)))
+    }
+}
+
+/// Client-side DP around another strategy: every client runs DP-SGD with clipping C and its own
+/// noise; σ is fixed, or solved per shard size so that a client sampled in every round ends the
+/// run at exactly ε ≤ target; clients whose next round would pass the target are not sampled.
+#[derive(Debug, Clone)]
+pub struct DpFedAvg<S> {
+    pub inner: S,
+    pub dp: DpRunConfig,
+    pub rounds: u32,
+}
+
+impl<S: Strategy> DpFedAvg<S> {
+    /// σ for a client with `n` examples training `config`.
+    pub fn noise_multiplier(&self, config: &TrainConfig, n: u64) -> Result<f64, AccountantError> {
+        if let Some(s) = self.dp.noise_multiplier {
+            return Ok(s as f64);
+        }
+        let target = self.dp.target_epsilon.unwrap_or(f64::INFINITY);
+        let n = n as usize;
+        noise_multiplier_for(
+            target,
+            config.sample_rate(n),
+            config.steps_per_round(n) * self.rounds as u64,
+            self.dp.delta,
+        )
+    }
+
+    /// The config with DP for a shard of `n`, or why none reaches the target.
+    pub fn with_dp(&self, mut config: TrainConfig, n: u64) -> Result<TrainConfig, AccountantError> {
+        let sigma = self.noise_multiplier(&config, n)?;
+        config.dp = Some(DpSgdConfig {
+            max_grad_norm: self.dp.max_grad_norm,
+            // Rounded up to the next f32 so the client never adds less noise than accounted.
+            noise_multiplier: next_f32_up(sigma),
+            delta: self.dp.delta,
+        });
+        Ok(config)
+    }
+
+    /// Whether one more round of `config` keeps this ledger within the run's target.
+    pub fn within_budget(&self, ledger: &RdpAccountant, config: &TrainConfig, n: u64) -> bool {
+        let (Some(target), Some(dp)) = (self.dp.target_epsilon, config.dp) else {
+            return true;
+        };
+        let n = n as usize;
+        ledger
+            .epsilon_after(
+                config.sample_rate(n),
+                dp.noise_multiplier as f64,
+                config.steps_per_round(n),
+                dp.delta,
+            )
+            .is_ok_and(|e| e <= target)
+    }
+}
+
+/// The smallest f32 ≥ x (so σ sent as f32 is never below the σ the accountant used).
+fn next_f32_up(x: f64) -> f32 {
+    let f = x as f32;
+    if (f as f64) < x { f.next_up() } else { f }
+}
+
+impl<S: Strategy> Strategy for DpFedAvg<S> {
+    fn train_config(&self, n: u64) -> TrainConfig {
+        let base = self.inner.train_config(n);
+        self.with_dp(base, n).unwrap_or(base)
+    }
+
+    fn configure_train(&self, round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan {
+        let eligible: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| {
+                self.with_dp(self.inner.train_config(c.num_examples), c.num_examples)
+                    .is_ok_and(|cfg| self.within_budget(&c.ledger, &cfg, c.num_examples))
+            })
+            .cloned()
+            .collect();
+        if eligible.is_empty() && !candidates.is_empty() {
+            return TrainPlan::BudgetExhausted;
+        }
+        match self.inner.configure_train(round, &eligible, seed) {
+            TrainPlan::Train(assignments) => TrainPlan::Train(
+                assignments
+                    .into_iter()
+                    .filter_map(|a| {
+                        let n = eligible
+                            .iter()
+                            .find(|c| c.client_id == a.client_id)?
+                            .num_examples;
+                        let config = self.with_dp(a.config, n).ok()?;
+                        Some(TrainAssignment { config, ..a })
+                    })
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
+    fn aggregate_train(
+        &self,
+        round: u64,
+        global: &[f32],
+        sum: &FedAvg,
+        sampled: usize,
+        failures: usize,
+    ) -> Result<Vec<f32>, RoundRejected> {
+        self.inner
+            .aggregate_train(round, global, sum, sampled, failures)
+    }
+
+    fn configure_evaluate(&self, round: u64, candidates: &[Candidate], seed: u64) -> Vec<u64> {
+        self.inner.configure_evaluate(round, candidates, seed)
+    }
+
+    fn aggregate_evaluate(&self, round: u64, results: &[(u64, f64, f64)]) -> Option<(f64, f64)> {
+        self.inner.aggregate_evaluate(round, results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidates(n: usize, examples: u64) -> Vec<Candidate> {
+        (0..n as u64)
+            .map(|i| Candidate {
+                client_id: i + 1,
+                num_examples: examples,
+                ledger: RdpAccountant::default(),
+            })
+            .collect()
+    }
+
+    fn fedavg(config: &RunConfig) -> FedAvgStrategy {
+        FedAvgStrategy::from_run(config)
+    }
+
+    #[test]
+    fn waits_for_min_clients_then_samples_a_fraction() {
+        let config = RunConfig {
+            min_clients: 3,
+            fraction_train: 0.5,
+            ..RunConfig::default()
+        };
+        let s = fedavg(&config);
+        assert_eq!(
+            s.configure_train(1, &candidates(2, 100), 7),
+            TrainPlan::Wait {
+                eligible: 2,
+                needed: 3
+            }
+        );
+        // 10 candidates × 0.5 = 5 sampled, deterministic for a seed, different across seeds.
+        let TrainPlan::Train(a) = s.configure_train(1, &candidates(10, 100), 7) else {
+            panic!("expected a plan")
+        };
+        assert_eq!(a.len(), 5);
+        let TrainPlan::Train(b) = s.configure_train(1, &candidates(10, 100), 7) else {
+            panic!()
+        };
+        assert_eq!(a, b);
+        let ids = |v: &[TrainAssignment]| v.iter().map(|a| a.client_id).collect::<Vec<_>>();
+        let differs = (8..20).any(|seed| {
+            let TrainPlan::Train(c) = s.configure_train(1, &candidates(10, 100), seed) else {
+                panic!()
+            };
+            ids(&c) != ids(&a)
+        });
+        assert!(differs);
+        // Never fewer than min_clients.
+        let TrainPlan::Train(c) = s.configure_train(1, &candidates(4, 100), 1) else {
+            panic!()
+        };
+        assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn batch_larger_than_a_shard_is_clamped() {
+        let s = fedavg(&RunConfig::default()); // batch 512
+        assert_eq!(s.train_config(100).batching, Batching::BatchSize(100));
+        assert_eq!(s.train_config(6000).batching, Batching::BatchSize(512));
+    }
+
+    #[test]
+    fn aggregate_is_weighted_and_follows_the_failure_policy() {
+        // Prepare
+        let mut config = RunConfig {
+            quorum: 0.5,
+            ..RunConfig::default()
+        };
+        let mut sum = FedAvg::new(2);
+        sum.add(&[1.0, 0.0], 100).unwrap();
+        sum.add(&[0.0, 1.0], 300).unwrap();
+        // Execute
+        let next = fedavg(&config)
+            .aggregate_train(1, &[10.0, 10.0], &sum, 3, 1)
+            .unwrap();
+        // Assert: global + (100·u1 + 300·u2) / 400
+        assert_eq!(next, vec![10.25, 10.75]);
+        assert_eq!(
+            fedavg(&config).aggregate_train(1, &[0.0, 0.0], &sum, 5, 3),
+            Err(RoundRejected::BelowQuorum {
+                results: 2,
+                sampled: 5,
+                needed: 3
+            })
+        );
+        config.accept_failures = false;
+        assert_eq!(
+            fedavg(&config).aggregate_train(1, &[0.0, 0.0], &sum, 3, 1),
+            Err(RoundRejected::Failures(1))
+        );
+        assert!(
+            fedavg(&config)
+                .aggregate_train(1, &[0.0, 0.0], &sum, 2, 0)
+                .is_ok()
+        );
+        // No results at all never aggregates.
+        assert!(
+            fedavg(&config)
+                .aggregate_train(1, &[0.0, 0.0], &FedAvg::new(2), 0, 0)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn evaluation_is_optional_and_weighted() {
+        let mut config = RunConfig::default();
+        assert!(
+            fedavg(&config)
+                .configure_evaluate(1, &candidates(4, 10), 1)
+                .is_empty()
+        );
+        config.fraction_evaluate = 0.5;
+        assert_eq!(
+            fedavg(&config)
+                .configure_evaluate(1, &candidates(4, 10), 1)
+                .len(),
+            2
+        );
+        let (loss, acc) = fedavg(&config)
+            .aggregate_evaluate(1, &[(100, 1.0, 0.5), (300, 2.0, 0.9)])
+            .unwrap();
+        assert!((loss - 1.75).abs() < 1e-12 && (acc - 0.8).abs() < 1e-12);
+        assert_eq!(fedavg(&config).aggregate_evaluate(1, &[]), None);
+    }
+
+    #[test]
+    fn dp_solves_sigma_so_the_whole_run_lands_on_the_target() {
+        let config = RunConfig::default(); // target ε 3, δ 1e-5, 15 rounds, batch 512
+        let dp = DpFedAvg {
+            inner: fedavg(&config),
+            dp: config.dp.unwrap(),
+            rounds: config.rounds,
+        };
+        let TrainPlan::Train(a) = dp.configure_train(1, &candidates(2, 6000), 1) else {
+            panic!()
+        };
+        let cfg = a[0].config;
+        let sigma = cfg.dp.unwrap().noise_multiplier as f64;
+        let (q, steps) = (cfg.sample_rate(6000), cfg.steps_per_round(6000) * 15);
+        let eps = learning::accountant::epsilon(q, sigma, steps, 1e-5).unwrap();
+        assert!(eps <= 3.0 && eps > 2.95, "ε after the run = {eps}");
+        // A client that already spent 15 rounds is out of budget; all out → run over.
+        let mut spent = candidates(2, 6000);
+        for c in &mut spent {
+            c.ledger.record(q, sigma, steps).unwrap();
+        }
+        assert_eq!(
+            dp.configure_train(16, &spent, 1),
+            TrainPlan::BudgetExhausted
+        );
+        // One spent, one fresh, min_clients 2: wait for another.
+        let mixed = vec![spent[0].clone(), candidates(2, 6000)[1].clone()];
+        assert_eq!(
+            dp.configure_train(16, &mixed, 1),
+            TrainPlan::Wait {
+                eligible: 1,
+                needed: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_fixed_sigma_is_sent_as_given_and_never_rounded_down() {
+        assert!(next_f32_up(1.1) as f64 >= 1.1);
+        assert!(next_f32_up(0.1) as f64 >= 0.1);
+        assert_eq!(next_f32_up(0.5), 0.5);
+    }
+}

@@ -1,0 +1,350 @@
+//! `/ws`: one task per client connection. It checks `Hello`, registers the client with the
+//! coordinator, forwards the coordinator's messages (writer task), and validates everything the
+//! client sends before the coordinator sees it: control messages decode, an update frame follows
+//! its `TrainRes`, has the model's length, the announced round, and only finite values.
+//! Whatever a client sends, it gets an error message and the server goes on.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use protocol::{ClientMessage, ErrorCode, FrameKind, PROTOCOL_VERSION, ServerMessage, TensorFrame};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::AppState;
+use crate::coordinator::{Command, OUTBOX_CAPACITY, Outgoing};
+
+/// Largest WebSocket message accepted: a TinyCNN update is 51 KB; anything over this closes
+/// the connection (after an error message) before it is buffered.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// A connection must say `Hello` within this time.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn ws_handler(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    ws.max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| {
+            let span = info_span!("conn", client_id = tracing::field::Empty);
+            handle_socket(socket, state).instrument(span)
+        })
+}
+
+fn error_text(code: ErrorCode, message: impl Into<String>, fatal: bool) -> Message {
+    Message::Text(Utf8Bytes::from(
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            fatal,
+        }
+        .encode(),
+    ))
+}
+
+/// Owns one connection from `Hello` to close.
+pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
+    // 1. Hello, with a deadline.
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await {
+        Ok(Some(Ok(Message::Text(t)))) => ClientMessage::decode(t.as_str()),
+        Ok(Some(Ok(_))) => {
+            let _closing = socket
+                .send(error_text(
+                    ErrorCode::BadSequence,
+                    "expected a hello text message first",
+                    true,
+                ))
+                .await;
+            return;
+        }
+        _ => return,
+    };
+    let (client_key, capabilities) = match hello {
+        Ok(ClientMessage::Hello {
+            protocol_version,
+            client_key,
+            capabilities,
+        }) => {
+            if protocol_version != PROTOCOL_VERSION {
+                let _closing = socket
+                    .send(error_text(
+                        ErrorCode::UnsupportedVersion,
+                        format!("protocol version {protocol_version}: expected {PROTOCOL_VERSION}"),
+                        true,
+                    ))
+                    .await;
+                return;
+            }
+            (client_key, capabilities)
+        }
+        Ok(_) => {
+            let _closing = socket
+                .send(error_text(
+                    ErrorCode::BadSequence,
+                    "expected hello first",
+                    true,
+                ))
+                .await;
+            return;
+        }
+        Err(e) => {
+            let _closing = socket
+                .send(error_text(ErrorCode::BadMessage, e.to_string(), true))
+                .await;
+            return;
+        }
+    };
+
+    // 2. Register with the coordinator.
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(OUTBOX_CAPACITY);
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let join = Command::Join {
+        client_key,
+        capabilities,
+        outbox: out_tx.clone(),
+        reply: reply_tx,
+    };
+    if state.coordinator.send(join).await.is_err() {
+        return;
+    }
+    let client_id = match reply_rx.await {
+        Ok(Ok(id)) => id,
+        Ok(Err(message)) => {
+            let _closing = socket
+                .send(error_text(ErrorCode::Internal, message, true))
+                .await;
+            return;
+        }
+        Err(_) => return,
+    };
+    tracing::Span::current().record("client_id", client_id);
+    info!("connected");
+
+    // 3. Writer: the coordinator's messages (and our own errors) to the socket.
+    let (mut sink, mut stream) = socket.split();
+    let writer = tokio::spawn(
+        async move {
+            while let Some(out) = out_rx.recv().await {
+                let msg = match out {
+                    Outgoing::Text(t) => Message::Text(Utf8Bytes::from(t)),
+                    Outgoing::Binary(b) => Message::Binary(b),
+                    Outgoing::Close => {
+                        let _closing = sink.send(Message::Close(None::<CloseFrame>)).await;
+                        break;
+                    }
+                };
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+
+    // 4. Reader: validate, then forward.
+    let mut reader = Reader {
+        client_id,
+        coordinator: state.coordinator.clone(),
+        outbox: out_tx,
+        pending: None,
+        model_params: state.model_params,
+    };
+    loop {
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            // The coordinator closed our outbox (replaced or dropped us): stop reading.
+            _ = reader.outbox.closed() => break,
+        };
+        match msg {
+            Some(Ok(Message::Text(t))) => reader.on_text(t.as_str()).await,
+            Some(Ok(Message::Binary(b))) => reader.on_binary(&b).await,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Err(e)) => {
+                warn!(error = %e, "socket error");
+                reader.error(
+                    ErrorCode::BadMessage,
+                    format!(
+                        "connection closed: {e} (messages are limited to {MAX_MESSAGE_BYTES} bytes)"
+                    ),
+                    true,
+                );
+                break;
+            }
+        }
+    }
+    if state
+        .coordinator
+        .send(Command::Leave { client_id })
+        .await
+        .is_err()
+    {
+        warn!("coordinator gone while a client left");
+    }
+    drop(reader);
+    // Let the writer flush a final error, but never hang on a dead peer.
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    info!("disconnected");
+}
+
+/// The per-connection validation state.
+struct Reader {
+    client_id: u64,
+    coordinator: mpsc::Sender<Command>,
+    outbox: mpsc::Sender<Outgoing>,
+    /// A `TrainRes` waiting for its update frame: `(round, num_examples, metrics)`.
+    pending: Option<(u64, u64, protocol::config::FitMetrics)>,
+    model_params: usize,
+}
+
+impl Reader {
+    fn error(&self, code: ErrorCode, message: String, fatal: bool) {
+        warn!(?code, %message, "client input rejected");
+        let text = ServerMessage::Error {
+            code,
+            message,
+            fatal,
+        }
+        .encode();
+        if self.outbox.try_send(Outgoing::Text(text)).is_err() {
+            warn!("could not queue an error message for a client (outbox full or closed)");
+        }
+    }
+
+    async fn forward(&self, cmd: Command) {
+        if self.coordinator.send(cmd).await.is_err() {
+            warn!("coordinator gone");
+        }
+    }
+
+    /// The result announced by `TrainRes` failed validation: the client hears why, and the
+    /// coordinator counts the failure in the round.
+    async fn fail(&mut self, server_round: u64, message: String) {
+        self.error(ErrorCode::InvalidUpdate, message.clone(), false);
+        self.forward(Command::TrainFailed {
+            client_id: self.client_id,
+            server_round,
+            reason: message,
+        })
+        .await;
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let msg = match ClientMessage::decode(text) {
+            Ok(m) => m,
+            Err(e) => return self.error(ErrorCode::BadMessage, e.to_string(), false),
+        };
+        match msg {
+            ClientMessage::Hello { .. } => self.error(
+                ErrorCode::BadSequence,
+                "hello was already received".into(),
+                false,
+            ),
+            ClientMessage::TrainRes {
+                server_round,
+                num_examples,
+                metrics,
+            } => {
+                if let Some((r, ..)) = self.pending.take() {
+                    self.fail(
+                        r,
+                        format!("train_res for round {r} was not followed by its update frame"),
+                    )
+                    .await;
+                }
+                self.pending = Some((server_round, num_examples, metrics));
+            }
+            ClientMessage::TrainFailed {
+                server_round,
+                reason,
+            } => {
+                self.forward(Command::TrainFailed {
+                    client_id: self.client_id,
+                    server_round,
+                    reason: format!("client: {reason}"),
+                })
+                .await
+            }
+            ClientMessage::EvaluateRes {
+                server_round,
+                num_examples,
+                loss,
+                accuracy,
+            } => {
+                self.forward(Command::EvaluateRes {
+                    client_id: self.client_id,
+                    server_round,
+                    num_examples,
+                    loss,
+                    accuracy,
+                })
+                .await
+            }
+        }
+    }
+
+    async fn on_binary(&mut self, bytes: &[u8]) {
+        let Some((round, num_examples, metrics)) = self.pending.take() else {
+            return self.error(
+                ErrorCode::BadSequence,
+                "binary frame without a preceding train_res".into(),
+                false,
+            );
+        };
+        let frame = match TensorFrame::decode(bytes) {
+            Ok(f) => f,
+            Err(e) => return self.fail(round, format!("update frame: {e}")).await,
+        };
+        if frame.kind != FrameKind::Update {
+            return self
+                .fail(
+                    round,
+                    format!("frame kind {:?}: expected Update", frame.kind),
+                )
+                .await;
+        }
+        if frame.server_round != round {
+            return self
+                .fail(
+                    round,
+                    format!(
+                        "update frame is for round {}: expected {round} (from train_res)",
+                        frame.server_round
+                    ),
+                )
+                .await;
+        }
+        if frame.values.len() != self.model_params {
+            return self
+                .fail(
+                    round,
+                    format!(
+                        "update has {} values: expected {} (TinyCNN)",
+                        frame.values.len(),
+                        self.model_params
+                    ),
+                )
+                .await;
+        }
+        if let Some(i) = frame.values.iter().position(|v| !v.is_finite()) {
+            return self
+                .fail(
+                    round,
+                    format!(
+                        "update value {i} is {}: expected finite numbers only",
+                        frame.values[i]
+                    ),
+                )
+                .await;
+        }
+        self.forward(Command::TrainRes {
+            client_id: self.client_id,
+            server_round: round,
+            num_examples,
+            metrics,
+            update: frame.values,
+        })
+        .await;
+    }
+}
