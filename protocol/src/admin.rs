@@ -326,7 +326,7 @@ pub struct RoundRecord {
     pub server_round: u64,
     pub started_at_ms: u64,
     pub duration_ms: u64,
-    /// Time to combine the updates into the new global model.
+    /// CPU time spent aggregating: adding every update to the running sum, and the final mean.
     pub aggregate_ms: f64,
     pub test_loss: f64,
     pub test_accuracy: f64,

@@ -1050,7 +1050,10 @@ impl Coordinator {
             self.reject(client_id, ErrorCode::InvalidUpdate, msg.clone());
             return self.fail_slot(client_id, Some(server_round), &msg);
         }
-        if let Err(e) = round.sum.add(&update, num_examples) {
+        let t = Instant::now();
+        let added = round.sum.add(&update, num_examples);
+        round.aggregate_ms += t.elapsed().as_secs_f64() * 1e3;
+        if let Err(e) = added {
             let msg = format!("update rejected: {e}");
             self.reject(client_id, ErrorCode::InvalidUpdate, msg.clone());
             return self.fail_slot(client_id, Some(server_round), &msg);
@@ -1200,7 +1203,7 @@ impl Coordinator {
             round.sampled.len(),
             round.failures,
         );
-        round.aggregate_ms = t.elapsed().as_secs_f64() * 1e3;
+        round.aggregate_ms += t.elapsed().as_secs_f64() * 1e3;
         match res {
             Err(reason) => {
                 let server_round = round.server_round;
