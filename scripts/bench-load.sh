@@ -8,23 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS="${1:-1000}"
 PORT="${FL_BENCH_PORT:-3198}"
-TOKEN="load-token-$(date +%s)-0123456789"
-DIR="$(mktemp -d)"
 ulimit -n "$(( CLIENTS * 2 + 1024 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-cargo build --release -q -p server -p client-wasm --bins
-./target/release/server --bind "127.0.0.1:$PORT" --data-dir "$DIR" --admin-token "$TOKEN" --no-demo \
-  > "$DIR/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true; rm -rf "$DIR"' EXIT
-for _ in $(seq 50); do curl -fs "http://127.0.0.1:$PORT/api/health" >/dev/null && break; sleep 0.2; done
-api() { curl -fsS -H "Authorization: Bearer $TOKEN" "$@"; }
+source scripts/bench-server.sh
 rss() { awk '/VmRSS|VmHWM/ {printf "%s %.1f MiB  ", $1, $2/1024}' "/proc/$SERVER/status"; echo; }
 echo "server idle: $(rss)"
 CONFIG="{\"name\":\"load\",\"rounds\":1,\"min_clients\":$CLIENTS,\"round_timeout_secs\":600,
   \"batching\":{\"batch_size\":16},\"learning_rate\":0.1,
   \"dp\":{\"max_grad_norm\":1.0,\"noise_multiplier\":1.0,\"delta\":1e-5},\"shards\":null}"
-RUN=$(api -X POST "http://127.0.0.1:$PORT/api/admin/runs" -d "$CONFIG" | python3 -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')
-api -X POST "http://127.0.0.1:$PORT/api/admin/runs/$RUN/start" >/dev/null
+create_run "$CONFIG"
 START=$(date +%s.%N)
 RUST_LOG=warn ./target/release/sim --server "ws://127.0.0.1:$PORT/ws" --clients "$CLIENTS" --own-examples 16 &
 SIM=$!

@@ -38,7 +38,7 @@ pub enum Action {
         labels_path: String,
     },
     /// Run the job (off the UI thread / on a blocking thread), then [`Session::on_trained`].
-    Train(TrainJob),
+    Train(Box<TrainJob>),
     /// Run the job, then [`Session::on_evaluated`].
     Evaluate(EvalJob),
     /// Something the user should see (a round closed, an error from the server).
@@ -353,13 +353,13 @@ impl Session {
                 let Some(privacy) = self.privacy.take() else {
                     return Ok(failed("still training the previous round".into()));
                 };
-                Ok(vec![Action::Train(TrainJob {
+                Ok(vec![Action::Train(Box::new(TrainJob {
                     server_round,
                     global: frame.values,
                     config,
                     data,
                     privacy,
-                })])
+                }))])
             }
             Expect::EvalModel { server_round } if server_round == frame.server_round => {
                 match self.data.clone() {

@@ -96,7 +96,7 @@ fn to_blob(params: &[f32]) -> Vec<u8> {
 }
 
 fn from_blob(bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(StoreError::Corrupt {
             what: "checkpoint",
             detail: format!("{} bytes is not a whole number of f32", bytes.len()),

@@ -464,13 +464,20 @@ async fn hostile_and_malformed_input_is_rejected_and_the_run_goes_on() {
         .await;
     let _ = other.next_msg().await; // not sampled: refused either way
     bad.binary(vec![0u8; 2 << 20]).await;
+    let mut told = None;
     loop {
         match bad.next_msg().await {
             None => break,
-            Some(ServerMessage::Error { fatal: true, .. }) => {}
+            Some(ServerMessage::Error {
+                fatal: true,
+                message,
+                ..
+            }) => told = Some(message),
             Some(_) => {}
         }
     }
+    let told = told.expect("an error message before the socket closed");
+    assert!(told.contains("limited to 1048576 bytes"), "{told}");
 
     // The honest client finishes the run; every hostile result was counted, none aggregated.
     let report = honest.await.unwrap().expect("honest client finishes");

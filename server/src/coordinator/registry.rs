@@ -1,0 +1,232 @@
+//! The client registry: joining (identity by client key), shard assignment, leaving, sending.
+
+use super::*;
+
+impl Coordinator {
+    pub(super) fn send(&mut self, client_id: u64, msg: Outgoing) -> bool {
+        let Some(conn) = self.clients.get(&client_id) else {
+            return false;
+        };
+        match conn.outbox.try_send(msg) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(client_id, error = %e, "client's outbox is full or closed: disconnecting it");
+                self.leave(client_id, "too slow to receive (outbox full) or gone");
+                false
+            }
+        }
+    }
+
+    pub(super) fn send_msg(&mut self, client_id: u64, msg: &ServerMessage) -> bool {
+        self.send(client_id, Outgoing::Text(msg.encode()))
+    }
+
+    pub(super) fn publish(&self, event: Event) {
+        // No subscriber (no dashboard open) is normal: events are a live view, the store has
+        // the history.
+        let _no_dashboard_is_fine = self.events.send(event);
+    }
+
+    pub(super) fn join(
+        &mut self,
+        presented: Option<String>,
+        caps: Capabilities,
+        outbox: mpsc::Sender<Outgoing>,
+    ) -> Result<u64, String> {
+        if self.clients.len() >= MAX_CLIENTS {
+            return Err(format!(
+                "the server has {MAX_CLIENTS} clients connected: expected fewer; try later"
+            ));
+        }
+        let key = match presented {
+            Some(k) if is_client_key(&k) => k,
+            _ => new_client_key().map_err(|e| format!("no randomness for a client key: {e}"))?,
+        };
+        if let Some((&old, _)) = self.clients.iter().find(|(_, c)| c.key == key) {
+            // A tab that reconnects before its old socket timed out: the new one wins.
+            self.send_msg(
+                old,
+                &ServerMessage::Error {
+                    code: ErrorCode::BadSequence,
+                    message: "replaced by a newer connection with the same client key".into(),
+                    fatal: true,
+                },
+            );
+            self.send(old, Outgoing::Close);
+            self.leave(old, "replaced by a newer connection");
+        }
+        let client_id = self.next_client_id;
+        self.next_client_id += 1;
+        let now = now_ms();
+        let own = caps.own_data.as_ref().map(|d| d.num_examples);
+        self.clients.insert(
+            client_id,
+            Conn {
+                key: key.clone(),
+                caps,
+                outbox,
+                num_examples: own,
+                shard_index: None,
+                state: "idle",
+                connected_at_ms: now,
+                last_seen_ms: now,
+                rounds_contributed: 0,
+                failures: 0,
+            },
+        );
+        info!(client_id, "client joined");
+        self.send_msg(
+            client_id,
+            &ServerMessage::Welcome {
+                client_id,
+                client_key: key,
+                model_params: self.model_params as u64,
+            },
+        );
+        self.assign(client_id);
+        if let Some(info) = self.client_info(client_id) {
+            self.publish(Event::ClientJoined { client: info });
+        }
+        Ok(client_id)
+    }
+
+    /// Gives a client its shard in the active run (or records its own data).
+    pub(super) fn assign(&mut self, client_id: u64) {
+        let Some(run) = self.run.as_mut().filter(|r| !r.summary.status.is_over()) else {
+            return;
+        };
+        let Some(conn) = self.clients.get_mut(&client_id) else {
+            return;
+        };
+        let run_id = run.summary.run_id;
+        let existing_shard = run
+            .clients
+            .entry(conn.key.clone())
+            .or_insert_with(|| ClientRow {
+                client_key: conn.key.clone(),
+                shard_index: None,
+                ledger: RdpAccountant::default(),
+                rounds: 0,
+            })
+            .shard_index;
+        let mut message = None;
+        if conn.caps.own_data.is_none() {
+            match &run.shards {
+                None => {
+                    message = Some(ServerMessage::error(
+                        ErrorCode::NoShardAvailable,
+                        "this run has no server-held data: clients bring their own (own_data in Hello)",
+                    ));
+                }
+                Some(shards) => {
+                    let index = existing_shard
+                        .or_else(|| free_shard(shards, &run_clients_shards(&run.clients)));
+                    match index {
+                        None => {
+                            message = Some(ServerMessage::error(
+                                ErrorCode::NoShardAvailable,
+                                format!(
+                                    "all {} shards of run {run_id} are taken: bring your own data or wait for the next run",
+                                    shards.indices.len()
+                                ),
+                            ))
+                        }
+                        Some(i) => {
+                            let idx = &shards.indices[i as usize];
+                            let labels: Vec<u8> = self
+                                .data
+                                .as_ref()
+                                .map(|d| idx.iter().map(|&j| d.mnist.train.labels[j]).collect())
+                                .unwrap_or_default();
+                            let mut hist = vec![0u32; 10];
+                            for l in labels {
+                                hist[l as usize % 10] += 1;
+                            }
+                            if let Some(row) = run.clients.get_mut(&conn.key) {
+                                row.shard_index = Some(i);
+                            }
+                            conn.shard_index = Some(i);
+                            conn.num_examples = Some(idx.len() as u64);
+                            let base = format!("/api/runs/{run_id}/shards/{i}");
+                            message = Some(ServerMessage::Assignment(Assignment {
+                                run_id,
+                                shard_index: i,
+                                num_shards: shards.indices.len() as u32,
+                                scheme: shards.config.scheme,
+                                num_examples: idx.len() as u64,
+                                label_histogram: hist,
+                                images_path: format!("{base}/images?client_key={}", conn.key),
+                                labels_path: format!("{base}/labels?client_key={}", conn.key),
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        let rows: Vec<ClientRow> = run.clients.get(&conn.key).cloned().into_iter().collect();
+        if let Err(e) = self.store.upsert_clients(run_id, &rows) {
+            warn!(error = %e, "could not store a client's assignment");
+        }
+        if let Some(m) = message {
+            self.send_msg(client_id, &m);
+        }
+    }
+
+    pub(super) fn leave(&mut self, client_id: u64, reason: &str) {
+        if self.clients.remove(&client_id).is_none() {
+            return;
+        }
+        info!(client_id, reason, "client left");
+        self.publish(Event::ClientLeft { client_id });
+        self.fail_slot(client_id, None, reason);
+    }
+
+    pub(super) fn client_info(&self, client_id: u64) -> Option<ClientInfo> {
+        let c = self.clients.get(&client_id)?;
+        let epsilon = self.run.as_ref().and_then(|r| {
+            let delta = r.delta()?;
+            r.clients.get(&c.key)?.ledger.epsilon(delta).ok()
+        });
+        Some(ClientInfo {
+            client_id,
+            name: c.caps.name.clone(),
+            state: c.state.into(),
+            num_examples: c.num_examples,
+            shard_index: c.shard_index,
+            own_data: c.caps.own_data.is_some(),
+            connected_at_ms: c.connected_at_ms,
+            last_seen_ms: c.last_seen_ms,
+            rounds_contributed: c.rounds_contributed,
+            failures: c.failures,
+            epsilon,
+        })
+    }
+
+    pub(super) fn client_infos(&self) -> Vec<ClientInfo> {
+        let mut ids: Vec<u64> = self.clients.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| self.client_info(id))
+            .collect()
+    }
+}
+
+fn run_clients_shards(clients: &HashMap<String, ClientRow>) -> Vec<u32> {
+    clients.values().filter_map(|c| c.shard_index).collect()
+}
+
+/// The lowest shard index no client holds.
+fn free_shard(shards: &Shards, taken: &[u32]) -> Option<u32> {
+    (0..shards.indices.len() as u32).find(|i| !taken.contains(i))
+}
+
+/// A fresh 128-bit client key (hex), from the OS's CSPRNG: it is the client's credential.
+fn new_client_key() -> Result<String, getrandom::Error> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn is_client_key(k: &str) -> bool {
+    k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit())
+}

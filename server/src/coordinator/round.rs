@@ -1,0 +1,585 @@
+//! A round: sampling and dispatch (ledger charged first), results, deadline, aggregation, evaluation, commit.
+
+use super::*;
+
+impl Coordinator {
+    pub(super) fn candidates(&self) -> Vec<Candidate> {
+        let Some(run) = &self.run else {
+            return Vec::new();
+        };
+        let mut v: Vec<Candidate> = self
+            .clients
+            .iter()
+            .filter_map(|(&client_id, c)| {
+                Some(Candidate {
+                    client_id,
+                    num_examples: c.num_examples.filter(|&n| n > 0)?,
+                    ledger: run.clients.get(&c.key)?.ledger.clone(),
+                })
+            })
+            .collect();
+        v.sort_by_key(|c| c.client_id);
+        v
+    }
+
+    pub(super) fn maybe_start_round(&mut self) {
+        let candidates = self.candidates();
+        let Some(run) = self.run.as_mut() else { return };
+        if run.summary.status != RunStatus::Running || run.round.is_some() {
+            return;
+        }
+        let run_id = run.id();
+        let server_round = run.summary.completed_rounds + 1;
+        let attempt = run.next_attempt;
+        let seed = seed();
+        let plan = run
+            .strategy
+            .configure_train(server_round, &candidates, seed);
+        let assignments = match plan {
+            TrainPlan::Wait { .. } => return,
+            TrainPlan::BudgetExhausted => {
+                self.finish_run(run_id, "privacy budget exhausted: every client's next round would pass the run's target ε");
+                return;
+            }
+            TrainPlan::Train(a) if a.is_empty() => return,
+            TrainPlan::Train(a) => a,
+        };
+        let span = info_span!("round", run_id, server_round, attempt);
+        let timeout = Duration::from_secs(run.summary.config.round_timeout_secs);
+        // Charge the server ledger before anyone trains (see Store::upsert_clients).
+        let mut charged = Vec::new();
+        let mut sampled = HashMap::new();
+        for a in &assignments {
+            let Some(conn) = self.clients.get(&a.client_id) else {
+                continue;
+            };
+            let Some(row) = run.clients.get_mut(&conn.key) else {
+                continue;
+            };
+            if let (Some(dp), Some(n)) = (a.config.dp, conn.num_examples) {
+                let n = n as usize;
+                if let Err(e) = row.ledger.record(
+                    a.config.sample_rate(n),
+                    dp.noise_multiplier as f64,
+                    a.config.steps_per_round(n),
+                ) {
+                    warn!(parent: &span, client_id = a.client_id, error = %e, "cannot account this client's round: not sampling it");
+                    continue;
+                }
+            }
+            row.rounds += 1;
+            charged.push(row.clone());
+            sampled.insert(a.client_id, (conn.key.clone(), Slot::Pending));
+        }
+        if let Err(e) = self.store.upsert_clients(run_id, &charged) {
+            warn!(parent: &span, error = %e, "cannot store the privacy ledger: not starting the round");
+            return;
+        }
+        let frame = TensorFrame {
+            kind: FrameKind::GlobalModel,
+            server_round,
+            values: run.global.to_vec(),
+        };
+        let Ok(bytes) = frame.encode().map(Bytes::from) else {
+            warn!(parent: &span, "the global model does not fit in a frame");
+            return;
+        };
+        let ids: Vec<u64> = sampled.keys().copied().collect();
+        run.round = Some(Round {
+            server_round,
+            attempt,
+            started: Instant::now(),
+            started_at_ms: now_ms(),
+            deadline: tokio::time::Instant::now() + timeout,
+            sampled,
+            sum: FedAvg::new(self.model_params),
+            failures: 0,
+            participants: Vec::new(),
+            train_loss: (0.0, 0),
+            aggregate_ms: 0.0,
+            next_global: None,
+            phase: Phase::Training,
+            span: span.clone(),
+        });
+        span.in_scope(|| {
+            info!(
+                sampled = ids.len(),
+                candidates = candidates.len(),
+                "round started"
+            )
+        });
+        self.publish(Event::RoundStarted {
+            run_id,
+            server_round,
+            attempt,
+            sampled: ids.clone(),
+        });
+        for a in assignments {
+            if !ids.contains(&a.client_id) {
+                continue;
+            }
+            let ins = ServerMessage::TrainIns {
+                server_round,
+                config: a.config,
+                timeout_ms: timeout.as_millis() as u64,
+            };
+            if self.send_msg(a.client_id, &ins)
+                && self.send(a.client_id, Outgoing::Binary(bytes.clone()))
+                && let Some(c) = self.clients.get_mut(&a.client_id)
+            {
+                c.state = "training";
+            }
+        }
+        self.maybe_close_training();
+    }
+
+    /// Marks a sampled client's slot failed (if it is pending in the current phase).
+    pub(super) fn fail_slot(&mut self, client_id: u64, server_round: Option<u64>, reason: &str) {
+        let Some(run) = self.run.as_mut() else { return };
+        let Some(round) = run.round.as_mut() else {
+            return;
+        };
+        if server_round.is_some_and(|r| r != round.server_round) {
+            return;
+        }
+        match &mut round.phase {
+            Phase::Training => {
+                let Some((key, slot)) = round.sampled.get_mut(&client_id) else {
+                    return;
+                };
+                if !matches!(slot, Slot::Pending) {
+                    return;
+                }
+                *slot = Slot::Failed;
+                round.failures += 1;
+                round.participants.push(Participant {
+                    client_key: key.clone(),
+                    num_examples: None,
+                    outcome: "failed",
+                    detail: Some(reason.chars().take(200).collect()),
+                });
+                round
+                    .span
+                    .in_scope(|| warn!(client_id, reason, "client failed this round"));
+                let server_round = round.server_round;
+                if let Some(c) = self.clients.get_mut(&client_id) {
+                    c.failures += 1;
+                    c.state = "idle";
+                }
+                self.publish(Event::ClientFailed {
+                    client_id,
+                    server_round,
+                    reason: reason.into(),
+                });
+                self.maybe_close_training();
+            }
+            Phase::FederatedEval { results, .. } => {
+                if let Some(slot) = results.get_mut(&client_id)
+                    && slot.is_none()
+                {
+                    results.remove(&client_id);
+                }
+                self.maybe_close_federated_eval();
+            }
+            Phase::Evaluating => {}
+        }
+    }
+
+    pub(super) fn reject(&mut self, client_id: u64, code: ErrorCode, message: String) {
+        warn!(client_id, ?code, %message, "result rejected");
+        self.send_msg(client_id, &ServerMessage::error(code, message));
+    }
+
+    pub(super) fn train_res(
+        &mut self,
+        client_id: u64,
+        server_round: u64,
+        num_examples: u64,
+        metrics: FitMetrics,
+        update: Vec<f32>,
+    ) {
+        if let Some(c) = self.clients.get_mut(&client_id) {
+            c.last_seen_ms = now_ms();
+            c.state = "idle";
+        }
+        let expected_n = self.clients.get(&client_id).and_then(|c| c.num_examples);
+        let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
+            return self.reject(
+                client_id,
+                ErrorCode::WrongRound,
+                format!("no round is open: result for round {server_round} discarded"),
+            );
+        };
+        if round.server_round != server_round || !matches!(round.phase, Phase::Training) {
+            let current = round.server_round;
+            self.reject(client_id, ErrorCode::WrongRound, format!("result for round {server_round}: expected round {current}, and only while it is training"));
+            return self.fail_slot(client_id, Some(current), "result for another round");
+        }
+        let Some((key, slot)) = round.sampled.get_mut(&client_id) else {
+            return self.reject(
+                client_id,
+                ErrorCode::NotSampled,
+                format!("client {client_id} was not sampled for round {server_round}"),
+            );
+        };
+        if !matches!(slot, Slot::Pending) {
+            return self.reject(
+                client_id,
+                ErrorCode::Duplicate,
+                format!(
+                    "a result for round {server_round} from client {client_id} was already received"
+                ),
+            );
+        }
+        if expected_n != Some(num_examples) {
+            let msg = format!(
+                "num_examples is {num_examples}: expected this client's data size {}",
+                expected_n.map_or("(unknown)".into(), |n| n.to_string())
+            );
+            self.reject(client_id, ErrorCode::InvalidUpdate, msg.clone());
+            return self.fail_slot(client_id, Some(server_round), &msg);
+        }
+        let t = Instant::now();
+        let added = round.sum.add(&update, num_examples);
+        round.aggregate_ms += t.elapsed().as_secs_f64() * 1e3;
+        if let Err(e) = added {
+            let msg = format!("update rejected: {e}");
+            self.reject(client_id, ErrorCode::InvalidUpdate, msg.clone());
+            return self.fail_slot(client_id, Some(server_round), &msg);
+        }
+        *slot = Slot::Done;
+        round.participants.push(Participant {
+            client_key: key.clone(),
+            num_examples: Some(num_examples),
+            outcome: "ok",
+            detail: None,
+        });
+        round.train_loss.0 += metrics.loss;
+        round.train_loss.1 += 1;
+        round.span.in_scope(
+            || info!(client_id, loss = metrics.loss, epsilon = ?metrics.epsilon, "update accepted"),
+        );
+        if let Some(c) = self.clients.get_mut(&client_id) {
+            c.rounds_contributed += 1;
+        }
+        self.publish(Event::ClientTrained {
+            client_id,
+            server_round,
+            loss: metrics.loss,
+            epsilon: metrics.epsilon,
+        });
+        self.maybe_close_training();
+    }
+
+    pub(super) fn train_failed(&mut self, client_id: u64, server_round: u64, reason: &str) {
+        if let Some(c) = self.clients.get_mut(&client_id) {
+            c.last_seen_ms = now_ms();
+            c.state = "idle";
+        }
+        self.fail_slot(client_id, Some(server_round), reason);
+    }
+
+    pub(super) fn evaluate_res(
+        &mut self,
+        client_id: u64,
+        server_round: u64,
+        n: u64,
+        loss: f64,
+        accuracy: f64,
+    ) {
+        let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
+            return;
+        };
+        if round.server_round != server_round {
+            let open = round.server_round;
+            return self.reject(
+                client_id,
+                ErrorCode::WrongRound,
+                format!("evaluation for round {server_round}: round {open} is open"),
+            );
+        }
+        let Phase::FederatedEval { results, .. } = &mut round.phase else {
+            return self.reject(
+                client_id,
+                ErrorCode::WrongRound,
+                format!("round {server_round} is not evaluating"),
+            );
+        };
+        match results.get_mut(&client_id) {
+            Some(slot @ None) if loss.is_finite() && (0.0..=1.0).contains(&accuracy) => {
+                *slot = Some((n, loss, accuracy))
+            }
+            Some(None) => {
+                return self.reject(
+                    client_id,
+                    ErrorCode::BadMessage,
+                    "evaluation result out of range: expected a finite loss and accuracy in [0, 1]"
+                        .into(),
+                );
+            }
+            Some(Some(_)) => {
+                return self.reject(
+                    client_id,
+                    ErrorCode::Duplicate,
+                    "evaluation already received".into(),
+                );
+            }
+            None => {
+                return self.reject(
+                    client_id,
+                    ErrorCode::NotSampled,
+                    "not asked to evaluate this round".into(),
+                );
+            }
+        }
+        self.maybe_close_federated_eval();
+    }
+
+    pub(super) fn maybe_close_training(&mut self) {
+        let Some(round) = self.run.as_ref().and_then(|r| r.round.as_ref()) else {
+            return;
+        };
+        if matches!(round.phase, Phase::Training)
+            && round
+                .sampled
+                .values()
+                .all(|(_, s)| !matches!(s, Slot::Pending))
+        {
+            self.close_training();
+        }
+    }
+
+    pub(super) fn on_deadline(&mut self) {
+        let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
+            return;
+        };
+        match &round.phase {
+            Phase::Training => {
+                let late: Vec<u64> = round
+                    .sampled
+                    .iter()
+                    .filter(|(_, (_, s))| matches!(s, Slot::Pending))
+                    .map(|(&id, _)| id)
+                    .collect();
+                let r = round.server_round;
+                for id in late {
+                    self.fail_slot(id, Some(r), "deadline passed");
+                }
+                // fail_slot closes the round once nothing is pending.
+                self.maybe_close_training();
+            }
+            Phase::FederatedEval { .. } => {
+                if let Phase::FederatedEval { results, .. } = &mut round.phase {
+                    results.retain(|_, v| v.is_some());
+                }
+                self.maybe_close_federated_eval();
+            }
+            Phase::Evaluating => {}
+        }
+    }
+
+    pub(super) fn close_training(&mut self) {
+        let Some(run) = self.run.as_mut() else { return };
+        let run_id = run.id();
+        let Some(round) = run.round.as_mut() else {
+            return;
+        };
+        let t = Instant::now();
+        let res = run.strategy.aggregate_train(
+            round.server_round,
+            &run.global,
+            &round.sum,
+            round.sampled.len(),
+            round.failures,
+        );
+        round.aggregate_ms += t.elapsed().as_secs_f64() * 1e3;
+        match res {
+            Err(reason) => {
+                let server_round = round.server_round;
+                round
+                    .span
+                    .in_scope(|| warn!(%reason, "round not aggregated: it will be retried"));
+                run.round = None;
+                run.next_attempt += 1;
+                for c in self.clients.values_mut() {
+                    c.state = "idle";
+                }
+                self.publish(Event::RoundRetried {
+                    run_id,
+                    server_round,
+                    reason: reason.to_string(),
+                });
+            }
+            Ok(next) => {
+                round.span.in_scope(|| {
+                    info!(
+                        results = round.sum.count(),
+                        failures = round.failures,
+                        aggregate_ms = round.aggregate_ms,
+                        "aggregated; evaluating"
+                    )
+                });
+                let next = Arc::new(next);
+                round.next_global = Some(next.clone());
+                round.phase = Phase::Evaluating;
+                match self.test_set.clone() {
+                    Some(test) => {
+                        let span = round.span.clone();
+                        self.eval_task = Some(tokio::task::spawn_blocking(move || {
+                            span.in_scope(|| {
+                                learning::evaluate(&next, &test).map_err(|e| e.to_string())
+                            })
+                        }));
+                    }
+                    None => self.on_evaluated(Ok(EvaluateRes {
+                        loss: f64::NAN,
+                        accuracy: f64::NAN,
+                        num_examples: 0,
+                    })),
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_evaluated(&mut self, res: Result<EvaluateRes, String>) {
+        let candidates = self.candidates();
+        let Some(run) = self.run.as_mut() else { return };
+        let Some(round) = run.round.as_mut() else {
+            return;
+        };
+        let test = match res {
+            Ok(t) => t,
+            Err(e) => {
+                round.span.in_scope(|| warn!(error = %e, "evaluation failed; recording the round without test metrics"));
+                EvaluateRes {
+                    loss: f64::NAN,
+                    accuracy: f64::NAN,
+                    num_examples: 0,
+                }
+            }
+        };
+        round.span.in_scope(|| {
+            info!(
+                accuracy = test.accuracy,
+                loss = test.loss,
+                "evaluated on the test set"
+            )
+        });
+        let evaluators = run
+            .strategy
+            .configure_evaluate(round.server_round, &candidates, seed());
+        let evaluators: Vec<u64> = evaluators
+            .into_iter()
+            .filter(|id| self.clients.get(id).is_some_and(|c| c.caps.can_evaluate))
+            .collect();
+        if evaluators.is_empty() {
+            return self.commit(test, None);
+        }
+        let server_round = round.server_round;
+        let Some(global) = round.next_global.clone() else {
+            return;
+        };
+        let timeout = Duration::from_secs(run.summary.config.round_timeout_secs);
+        round.deadline = tokio::time::Instant::now() + timeout;
+        round.phase = Phase::FederatedEval {
+            results: evaluators.iter().map(|&id| (id, None)).collect(),
+            test,
+        };
+        let frame = TensorFrame {
+            kind: FrameKind::GlobalModel,
+            server_round,
+            values: global.to_vec(),
+        };
+        let Ok(bytes) = frame.encode().map(Bytes::from) else {
+            return;
+        };
+        for id in evaluators {
+            if self.send_msg(id, &ServerMessage::EvaluateIns { server_round }) {
+                self.send(id, Outgoing::Binary(bytes.clone()));
+            }
+        }
+        self.maybe_close_federated_eval();
+    }
+
+    pub(super) fn maybe_close_federated_eval(&mut self) {
+        let Some(run) = self.run.as_mut() else { return };
+        let Some(round) = run.round.as_mut() else {
+            return;
+        };
+        let Phase::FederatedEval { results, test } = &round.phase else {
+            return;
+        };
+        if results.values().any(Option::is_none) {
+            return;
+        }
+        let done: Vec<(u64, f64, f64)> = results.values().flatten().copied().collect();
+        let fed = run.strategy.aggregate_evaluate(round.server_round, &done);
+        let test = *test;
+        self.commit(test, fed);
+    }
+
+    /// Commits the round: store, events, clients; finishes the run after its last round.
+    pub(super) fn commit(&mut self, test: EvaluateRes, federated: Option<(f64, f64)>) {
+        let Some(run) = self.run.as_mut() else { return };
+        let Some(round) = run.round.take() else {
+            return;
+        };
+        let Some(next) = round.next_global.clone() else {
+            return;
+        };
+        let finished = (round.server_round >= run.summary.config.rounds as u64)
+            .then(|| format!("all {} rounds done", run.summary.config.rounds));
+        run.global = next;
+        run.summary.completed_rounds = round.server_round;
+        let record = RoundRecord {
+            server_round: round.server_round,
+            started_at_ms: round.started_at_ms,
+            duration_ms: round.started.elapsed().as_millis() as u64,
+            aggregate_ms: round.aggregate_ms,
+            test_loss: test.loss,
+            test_accuracy: test.accuracy,
+            federated_loss: federated.map(|f| f.0),
+            federated_accuracy: federated.map(|f| f.1),
+            train_loss: (round.train_loss.1 > 0)
+                .then(|| round.train_loss.0 / round.train_loss.1 as f64),
+            participants: round.sum.count() as u64,
+            failures: round.failures as u64,
+            epsilon: run.max_epsilon(),
+            attempts: round.attempt,
+        };
+        run.next_attempt = 1;
+        let run_id = run.id();
+        if let Err(e) = self.store.commit_round(
+            run_id,
+            &record,
+            &round.participants,
+            &run.global,
+            finished.as_deref(),
+        ) {
+            // The in-memory run goes on; a restart would redo this round from the previous
+            // checkpoint (the ledger was charged at dispatch, so ε is never under-counted).
+            round
+                .span
+                .in_scope(|| warn!(error = %e, "could not commit the round"));
+        }
+        round.span.in_scope(|| info!(accuracy = record.test_accuracy, epsilon = ?record.epsilon, duration_ms = record.duration_ms, "round committed"));
+        let closed = ServerMessage::RoundClosed {
+            server_round: record.server_round,
+            test_accuracy: record.test_accuracy,
+            test_loss: record.test_loss,
+            participants: record.participants,
+            epsilon: record.epsilon,
+        };
+        self.publish(Event::RoundClosed { run_id, record });
+        let ids: Vec<u64> = self.clients.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.state = "idle";
+            }
+            self.send_msg(id, &closed);
+        }
+        if let Some(reason) = finished {
+            self.finish_run(run_id, &reason);
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Runs: creation (validated, with its initial model stored), start/pause/resume/stop, history, the end.
+
+use super::*;
+
+impl Coordinator {
+    pub(super) fn create_run(&mut self, config: RunConfig) -> Result<RunSummary, AdminError> {
+        config.validate().map_err(AdminError::Invalid)?;
+        if let Some(run) = &self.run
+            && !run.summary.status.is_over()
+        {
+            return Err(AdminError::Conflict(format!(
+                "run {} is {}: stop it before creating another",
+                run.id(),
+                run.summary.status.as_str()
+            )));
+        }
+        if let (Some(dp), Some(shards)) = (config.dp, config.shards) {
+            // Every shard size must reach the target ε with some σ; say so now, not mid-run.
+            if let Some(data) = &self.data {
+                let split = data.shards(shards).map_err(AdminError::Invalid)?;
+                let dp_strategy = DpFedAvg {
+                    inner: FedAvgStrategy::from_run(&config),
+                    dp,
+                    rounds: config.rounds,
+                };
+                for part in split.indices.iter() {
+                    let n = part.len() as u64;
+                    let local = dp_strategy.inner.train_config(n);
+                    dp_strategy
+                        .noise_multiplier(&local, n)
+                        .map_err(|e| AdminError::Invalid(accountant_field_error(e)))?;
+                }
+            }
+        }
+        let shards = match (&config.shards, &self.data) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(AdminError::Invalid(FieldError {
+                    field: "shards".into(),
+                    value: "set".into(),
+                    expected: "null: this server was started without MNIST (--mnist-dir), so clients must bring their own data".into(),
+                }));
+            }
+            (Some(cfg), Some(data)) => Some(data.shards(*cfg).map_err(AdminError::Invalid)?),
+        };
+        let initial = learning::TinyCnnConfig::new()
+            .init(&burn_device())
+            .to_flat();
+        let now = now_ms();
+        let run_id = self.store.create_run(&config, &initial, now)?;
+        let summary = RunSummary {
+            run_id,
+            config: config.clone(),
+            status: RunStatus::Created,
+            completed_rounds: 0,
+            finished_reason: None,
+            created_at_ms: now,
+        };
+        info!(run_id, name = %config.name, "run created");
+        self.run = Some(ActiveRun {
+            strategy: build_strategy(&config),
+            summary: summary.clone(),
+            global: Arc::new(initial),
+            clients: HashMap::new(),
+            shards,
+            round: None,
+            next_attempt: 1,
+        });
+        let ids: Vec<u64> = self.clients.keys().copied().collect();
+        for id in ids {
+            self.assign(id);
+        }
+        self.publish(Event::RunCreated {
+            run: summary.clone(),
+        });
+        Ok(summary)
+    }
+
+    pub(super) fn control(
+        &mut self,
+        run_id: u64,
+        action: RunAction,
+    ) -> Result<RunSummary, AdminError> {
+        let run = match &mut self.run {
+            Some(run) if run.id() == run_id => run,
+            _ => {
+                return match self.store.run(run_id)? {
+                    Some(r) => Err(AdminError::Conflict(format!(
+                        "run {run_id} is {}: it cannot be {action:?}ed",
+                        r.status.as_str()
+                    ))),
+                    None => Err(AdminError::NotFound(format!("no run {run_id}"))),
+                };
+            }
+        };
+        use RunStatus as S;
+        let next = match (run.summary.status, action) {
+            (S::Created, RunAction::Start) => S::Running,
+            (S::Running, RunAction::Pause) => S::Paused,
+            (S::Paused, RunAction::Resume) => S::Running,
+            (s, RunAction::Stop) if !s.is_over() => S::Stopped,
+            (s, a) => {
+                return Err(AdminError::Conflict(format!(
+                    "run {run_id} is {}: cannot {} it",
+                    s.as_str(),
+                    match a {
+                        RunAction::Start => "start",
+                        RunAction::Pause => "pause",
+                        RunAction::Resume => "resume",
+                        RunAction::Stop => "stop",
+                    }
+                )));
+            }
+        };
+        let reason = (next == S::Stopped).then_some("stopped by the operator");
+        self.store.set_status(run_id, next, reason)?;
+        run.summary.status = next;
+        if let Some(r) = reason {
+            run.summary.finished_reason = Some(r.into());
+            // A round in flight is abandoned: later results are answered "wrong round".
+            run.round = None;
+            if let Some(task) = self.eval_task.take() {
+                task.abort();
+            }
+        }
+        info!(run_id, status = next.as_str(), "run status changed");
+        let summary = run.summary.clone();
+        self.publish(Event::RunStatus {
+            run_id,
+            status: next,
+            reason: reason.map(String::from),
+        });
+        if let Some(r) = reason {
+            self.broadcast_run_finished(run_id, r);
+        }
+        Ok(summary)
+    }
+
+    pub(super) fn broadcast_run_finished(&mut self, run_id: u64, reason: &str) {
+        let msg = ServerMessage::RunFinished {
+            run_id,
+            reason: reason.into(),
+        };
+        let ids: Vec<u64> = self.clients.keys().copied().collect();
+        for id in ids {
+            self.send_msg(id, &msg);
+        }
+    }
+
+    pub(super) fn history(&self, run_id: u64) -> Result<RunHistory, AdminError> {
+        let mut run = self
+            .store
+            .run(run_id)?
+            .ok_or_else(|| AdminError::NotFound(format!("no run {run_id}")))?;
+        if let Some(active) = self.run.as_ref().filter(|r| r.id() == run_id) {
+            run.status = active.summary.status;
+        }
+        let delta = run.config.dp.map(|d| d.delta);
+        Ok(RunHistory {
+            rounds: self.store.rounds(run_id)?,
+            ledger: self.store.ledger(run_id, delta)?,
+            run,
+        })
+    }
+
+    pub(super) fn finish_run(&mut self, run_id: u64, reason: &str) {
+        let Some(run) = self.run.as_mut().filter(|r| r.id() == run_id) else {
+            return;
+        };
+        run.summary.status = RunStatus::Finished;
+        run.summary.finished_reason = Some(reason.into());
+        run.round = None;
+        if let Err(e) = self
+            .store
+            .set_status(run_id, RunStatus::Finished, Some(reason))
+        {
+            warn!(error = %e, "could not store the run's end");
+        }
+        info!(run_id, reason, "run finished");
+        self.publish(Event::RunStatus {
+            run_id,
+            status: RunStatus::Finished,
+            reason: Some(reason.into()),
+        });
+        self.broadcast_run_finished(run_id, reason);
+    }
+}
+
+/// Maps an accountant error to a config field error (σ unreachable for a shard size).
+pub fn accountant_field_error(e: AccountantError) -> FieldError {
+    FieldError {
+        field: "dp.target_epsilon".into(),
+        value: "unreachable".into(),
+        expected: e.to_string(),
+    }
+}
+
+fn burn_device() -> burn::tensor::Device {
+    burn::tensor::Device::flex()
+}
