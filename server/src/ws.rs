@@ -99,10 +99,13 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
     // 2. Register with the coordinator.
     let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(OUTBOX_CAPACITY);
     let (reply_tx, reply_rx) = oneshot::channel();
+    // The coordinator holds the only strong sender: when it drops this client (left, replaced,
+    // too slow), the writer drains what is queued and ends, and so does this connection.
+    let outbox = out_tx.downgrade();
     let join = Command::Join {
         client_key,
         capabilities,
-        outbox: out_tx.clone(),
+        outbox: out_tx,
         reply: reply_tx,
     };
     if state.coordinator.send(join).await.is_err() {
@@ -123,7 +126,7 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
 
     // 3. Writer: the coordinator's messages (and our own errors) to the socket.
     let (mut sink, mut stream) = socket.split();
-    let writer = tokio::spawn(
+    let mut writer = tokio::spawn(
         async move {
             while let Some(out) = out_rx.recv().await {
                 let msg = match out {
@@ -146,15 +149,16 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
     let mut reader = Reader {
         client_id,
         coordinator: state.coordinator.clone(),
-        outbox: out_tx,
+        outbox,
         pending: None,
         model_params: state.model_params,
     };
+    let mut writer_done = false;
     loop {
         let msg = tokio::select! {
             msg = stream.next() => msg,
-            // The coordinator closed our outbox (replaced or dropped us): stop reading.
-            _ = reader.outbox.closed() => break,
+            // The coordinator dropped this client (replaced, too slow): stop reading.
+            _ = &mut writer => { writer_done = true; break }
             // The coordinator is gone (shutdown): the client should reconnect elsewhere.
             _ = state.coordinator.closed() => break,
         };
@@ -189,7 +193,13 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
     }
     drop(reader);
     // Let the writer flush a final error, but never hang on a dead peer.
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    if !writer_done
+        && tokio::time::timeout(Duration::from_secs(2), writer)
+            .await
+            .is_err()
+    {
+        warn!("writer did not finish in 2 s");
+    }
     info!("disconnected");
 }
 
@@ -197,7 +207,7 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
 struct Reader {
     client_id: u64,
     coordinator: mpsc::Sender<Command>,
-    outbox: mpsc::Sender<Outgoing>,
+    outbox: mpsc::WeakSender<Outgoing>,
     /// A `TrainRes` waiting for its update frame: `(round, num_examples, metrics)`.
     pending: Option<(u64, u64, protocol::config::FitMetrics)>,
     model_params: usize,
@@ -212,7 +222,11 @@ impl Reader {
             fatal,
         }
         .encode();
-        if self.outbox.try_send(Outgoing::Text(text)).is_err() {
+        let sent = self
+            .outbox
+            .upgrade()
+            .is_some_and(|tx| tx.try_send(Outgoing::Text(text)).is_ok());
+        if !sent {
             warn!("could not queue an error message for a client (outbox full or closed)");
         }
     }

@@ -726,3 +726,59 @@ async fn a_killed_server_resumes_from_its_last_checkpoint_with_the_same_ledger()
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_second_connection_with_the_same_key_replaces_the_first() {
+    let dir = temp_dir("replace");
+    let server = TestServer::start(&dir, None).await;
+    let hello = |key: Option<String>| {
+        ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_key: key,
+            capabilities: Default::default(),
+        }
+        .encode()
+    };
+    let mut first = Raw::connect(&server.ws()).await;
+    first.text(&hello(None)).await;
+    let Some(ServerMessage::Welcome {
+        client_key,
+        client_id: first_id,
+        ..
+    }) = first.next_msg().await
+    else {
+        panic!("welcome expected")
+    };
+    // A tab that reconnects before the server noticed its old socket died.
+    let mut second = Raw::connect(&server.ws()).await;
+    second.text(&hello(Some(client_key.clone()))).await;
+    let Some(ServerMessage::Welcome {
+        client_key: again,
+        client_id,
+        ..
+    }) = second.next_msg().await
+    else {
+        panic!("welcome expected")
+    };
+    assert_eq!(again, client_key, "same identity");
+    assert_ne!(client_id, first_id);
+    assert!(
+        first
+            .expect_error(ErrorCode::BadSequence)
+            .await
+            .contains("replaced")
+    );
+    assert!(first.next_msg().await.is_none(), "the old socket is closed");
+    // A malformed key is not an identity: the client gets a fresh one.
+    let mut third = Raw::connect(&server.ws()).await;
+    third.text(&hello(Some("../../etc/passwd".into()))).await;
+    let Some(ServerMessage::Welcome {
+        client_key: fresh, ..
+    }) = third.next_msg().await
+    else {
+        panic!()
+    };
+    assert!(fresh != client_key && fresh.len() == 32);
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -86,7 +86,7 @@ impl Coordinator {
             _ => {
                 return match self.store.run(run_id)? {
                     Some(r) => Err(AdminError::Conflict(format!(
-                        "run {run_id} is {}: it cannot be {action:?}ed",
+                        "run {run_id} is {} and no longer the active run: only the latest run can be controlled",
                         r.status.as_str()
                     ))),
                     None => Err(AdminError::NotFound(format!("no run {run_id}"))),
