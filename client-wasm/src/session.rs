@@ -332,26 +332,17 @@ impl Session {
                 server_round,
                 config,
             } if server_round == frame.server_round => {
-                let failed = |reason: String| {
-                    vec![
-                        Action::Send(Outgoing::Text(
-                            ClientMessage::TrainFailed {
-                                server_round,
-                                reason: reason.clone(),
-                            }
-                            .encode(),
-                        )),
-                        Action::Notify(Notice::TrainFailed {
-                            server_round,
-                            reason,
-                        }),
-                    ]
-                };
                 let Some(data) = self.data.clone() else {
-                    return Ok(failed("no data: the shard was not downloaded".into()));
+                    return Ok(train_failed(
+                        server_round,
+                        "no data: the shard was not downloaded".into(),
+                    ));
                 };
                 let Some(privacy) = self.privacy.take() else {
-                    return Ok(failed("still training the previous round".into()));
+                    return Ok(train_failed(
+                        server_round,
+                        "still training the previous round".into(),
+                    ));
                 };
                 Ok(vec![Action::Train(Box::new(TrainJob {
                     server_round,
@@ -436,19 +427,7 @@ impl Session {
             }
             Err(e) => {
                 let reason = e.to_string();
-                vec![
-                    Action::Send(Outgoing::Text(
-                        ClientMessage::TrainFailed {
-                            server_round,
-                            reason: reason.clone(),
-                        }
-                        .encode(),
-                    )),
-                    Action::Notify(Notice::TrainFailed {
-                        server_round,
-                        reason,
-                    }),
-                ]
+                train_failed(server_round, reason)
             }
         }
     }
@@ -472,6 +451,23 @@ impl Session {
             Err(_) => Vec::new(),
         }
     }
+}
+
+/// Tells the server (and the user) that this round was not trained, and why.
+fn train_failed(server_round: u64, reason: String) -> Vec<Action> {
+    vec![
+        Action::Send(Outgoing::Text(
+            ClientMessage::TrainFailed {
+                server_round,
+                reason: reason.clone(),
+            }
+            .encode(),
+        )),
+        Action::Notify(Notice::TrainFailed {
+            server_round,
+            reason,
+        }),
+    ]
 }
 
 #[cfg(test)]
