@@ -24,11 +24,12 @@ pub mod ws;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router, middleware};
 use protocol::admin::Event;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
+use tower_http::services::{ServeDir, ServeFile};
 
 use crate::coordinator::Command;
 use crate::data::DemoData;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub admin_token: Arc<String>,
     pub data: Option<Arc<DemoData>>,
     pub model_params: usize,
+    /// The built frontend (`trunk build --release` output) served at `/`, if any.
+    pub static_dir: Option<Arc<std::path::PathBuf>>,
 }
 
 /// What `GET /api/health` answers: enough for a client or an operator to check that it talks
@@ -66,14 +69,29 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,
-        ));
-    Router::new()
+        ))
+        .fallback(api_not_found);
+    let router = Router::new()
         .route("/api/health", get(health))
         .route("/ws", get(ws::ws_handler))
         .route("/api/runs/{run}/shards/{index}/{part}", get(admin::shard))
         .nest("/api/admin", admin_routes)
+        // An unknown API path is a JSON 404, never the frontend's index.html.
+        .route("/api/{*rest}", any(api_not_found));
+    let router = match state.static_dir.as_deref() {
+        // The frontend is a single-page app: any other path (`/admin`) gets index.html and the
+        // page routes itself.
+        Some(dir) => router
+            .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))),
+        None => router,
+    };
+    router
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+async fn api_not_found(uri: axum::http::Uri) -> admin::AppError {
+    admin::AppError::NotFound(format!("no API route {}", uri.path()))
 }
 
 async fn health() -> Json<Health> {

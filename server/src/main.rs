@@ -27,6 +27,10 @@ struct Args {
     /// Do not create the demo run on a fresh store.
     #[arg(long)]
     no_demo: bool,
+    /// The built frontend to serve at `/` (`trunk build --release` writes `dist/`); ignored when
+    /// the directory has no index.html.
+    #[arg(long, env = "FL_STATIC_DIR", default_value = "dist")]
+    static_dir: PathBuf,
     /// Evaluate on only the first N test images (quick experiments; default all 10 000).
     #[arg(long)]
     eval_limit: Option<usize>,
@@ -93,6 +97,11 @@ async fn main() -> anyhow::Result<()> {
             coordinator: CoordinatorOptions {
                 eval_limit: args.eval_limit,
             },
+            static_dir: args
+                .static_dir
+                .join("index.html")
+                .is_file()
+                .then(|| args.static_dir.clone()),
         },
         data,
     )?;

@@ -19,6 +19,8 @@ pub struct ServerOptions {
     /// Create and start the demo run when the store has no run yet.
     pub demo: bool,
     pub coordinator: CoordinatorOptions,
+    /// Serve this directory (the built frontend) at `/`.
+    pub static_dir: Option<PathBuf>,
 }
 
 /// Why a server could not start.
@@ -52,6 +54,7 @@ pub fn start(options: ServerOptions, data: Option<Arc<DemoData>>) -> Result<Star
         admin_token: Arc::new(options.admin_token),
         data,
         model_params: learning::TinyCnnConfig::new().layout().num_params(),
+        static_dir: options.static_dir.map(Arc::new),
     };
     Ok(Started {
         router: app(state.clone()),

@@ -51,6 +51,7 @@ impl TestServer {
                 coordinator: CoordinatorOptions {
                     eval_limit: Some(2000),
                 },
+                static_dir: Some(dir.join("www")),
             },
             Some(mnist()),
         )
@@ -779,6 +780,63 @@ async fn a_second_connection_with_the_same_key_replaces_the_first() {
         panic!()
     };
     assert!(fresh != client_key && fresh.len() == 32);
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_built_frontend_is_served_on_the_same_port_and_api_paths_stay_json() {
+    let dir = temp_dir("static");
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(
+        dir.join("www/index.html"),
+        "<!doctype html><title>fl-dp</title>",
+    )
+    .unwrap();
+    std::fs::write(dir.join("www/app.js"), "console.log(1)").unwrap();
+    let server = TestServer::start(&dir, None).await;
+    let get = |path: &str| {
+        let router = server.started.router.clone();
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        async move {
+            let res = router.oneshot(req).await.unwrap();
+            let status = res.status();
+            let ty = res
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (
+                status,
+                ty.unwrap_or_default(),
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }
+    };
+    let (status, ty, body) = get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        ty.starts_with("text/html") && body.contains("<title>fl-dp"),
+        "{ty} {body}"
+    );
+    let (status, _, body) = get("/admin").await;
+    assert_eq!(status, StatusCode::OK, "the page routes itself");
+    assert!(body.contains("<title>fl-dp"));
+    let (_, ty, body) = get("/app.js").await;
+    assert!(
+        ty.contains("javascript") && body.contains("console.log"),
+        "{ty}"
+    );
+    for path in ["/api/nope", "/api/admin/nope"] {
+        let (status, ty, body) = get(path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            ty.starts_with("application/json") && body.contains("no API route"),
+            "{path}: {ty} {body}"
+        );
+    }
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
