@@ -20,6 +20,8 @@ use crate::coordinator::{Command, OUTBOX_CAPACITY, Outgoing};
 /// Largest WebSocket message accepted: a TinyCNN update is 51 KB; anything over this closes
 /// the connection (after an error message) before it is buffered.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// A message the peer does not accept within this time closes the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection must say `Hello` within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -137,8 +139,14 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
                         break;
                     }
                 };
-                if sink.send(msg).await.is_err() {
-                    break;
+                // A peer that stops reading must not hold the connection open forever.
+                match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        warn!("client stopped reading for {WRITE_TIMEOUT:?}: closing");
+                        break;
+                    }
                 }
             }
         }
