@@ -23,12 +23,13 @@ echo "== building (release; the first build takes a few minutes)"
 cargo build --release -p server -p client-wasm --bins
 BIND="${FL_BIND:-127.0.0.1:3000}"
 DATA="${FL_DATA_DIR:-$(mktemp -d)/fl-data}"
-./target/release/server --bind "$BIND" --data-dir "$DATA" &
+mkdir -p "$DATA"
+./target/release/server --bind "$BIND" --data-dir "$DATA" > "$DATA/server.log" 2>&1 &
 SERVER=$!
 [ "$KEEP" = 1 ] || trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -fs "http://$BIND/api/health" >/dev/null && break; sleep 0.2; done
 TOKEN="$(cat "$DATA/admin-token")"
-echo "== server on http://$BIND (admin token in $DATA/admin-token); starting $CLIENTS simulated clients"
+echo "== server on http://$BIND (log: $DATA/server.log; admin token: $TOKEN); starting $CLIENTS simulated clients"
 RUST_LOG="${RUST_LOG:-warn,sim=info}" ./target/release/sim --server "ws://$BIND/ws" --clients "$CLIENTS"
 curl -fsS -H "Authorization: Bearer $TOKEN" "http://$BIND/api/admin/runs/1" | python3 scripts/run-report.py
 if [ "$KEEP" = 1 ]; then echo "server still running (pid $SERVER)"; fi
