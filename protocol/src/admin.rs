@@ -308,6 +308,24 @@ pub enum RunAction {
     Stop,
 }
 
+impl RunAction {
+    /// The verb as the admin API's path spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Stop => "stop",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Start, Self::Pause, Self::Resume, Self::Stop]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
 /// One run as listed by the admin API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {

@@ -160,17 +160,11 @@ pub async fn control(
     State(state): State<AppState>,
     Path((run_id, action)): Path<(u64, String)>,
 ) -> Result<Json<RunSummary>, AppError> {
-    let action = match action.as_str() {
-        "start" => RunAction::Start,
-        "pause" => RunAction::Pause,
-        "resume" => RunAction::Resume,
-        "stop" => RunAction::Stop,
-        other => {
-            return Err(AppError::NotFound(format!(
-                "no action {other:?}: expected start, pause, resume or stop"
-            )));
-        }
-    };
+    let action = RunAction::parse(&action).ok_or_else(|| {
+        AppError::NotFound(format!(
+            "no action {action:?}: expected start, pause, resume or stop"
+        ))
+    })?;
     Ok(Json(
         ask(&state, |reply| Command::Control {
             run_id,

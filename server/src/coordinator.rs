@@ -181,13 +181,22 @@ struct Round {
     deadline: tokio::time::Instant,
     sampled: HashMap<u64, (String, Slot)>,
     sum: FedAvg,
-    failures: usize,
     participants: Vec<Participant>,
     train_loss: (f64, u64),
     aggregate_ms: f64,
     next_global: Option<Arc<Vec<f32>>>,
     phase: Phase,
     span: Span,
+}
+
+impl Round {
+    /// Sampled clients that failed this round (errors, invalid updates, disconnects, deadline).
+    fn failures(&self) -> usize {
+        self.sampled
+            .values()
+            .filter(|(_, s)| matches!(s, Slot::Failed))
+            .count()
+    }
 }
 
 /// The run the coordinator drives (at most one at a time).

@@ -90,6 +90,13 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `bytes` random bytes from the OS's CSPRNG, as lowercase hex: client keys and the admin token.
+pub fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 async fn api_not_found(uri: axum::http::Uri) -> admin::AppError {
     admin::AppError::NotFound(format!("no API route {}", uri.path()))
 }

@@ -53,10 +53,8 @@ fn admin_token(args: &Args) -> anyhow::Result<String> {
             return Ok(t);
         }
     }
-    let mut b = [0u8; 24];
-    getrandom::fill(&mut b)
+    let t = server::random_hex(24)
         .map_err(|e| anyhow::anyhow!("no OS randomness for the admin token: {e}"))?;
-    let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     std::fs::write(&path, &t).with_context(|| format!("writing {}", path.display()))?;

@@ -1,5 +1,7 @@
 //! The client registry: joining (identity by client key), shard assignment, leaving, sending.
 
+use learning::shard::label_histogram;
+
 use super::*;
 
 impl Coordinator {
@@ -133,15 +135,11 @@ impl Coordinator {
                         }
                         Some(i) => {
                             let idx = &shards.indices[i as usize];
-                            let labels: Vec<u8> = self
+                            let hist = self
                                 .data
                                 .as_ref()
-                                .map(|d| idx.iter().map(|&j| d.mnist.train.labels[j]).collect())
+                                .map(|d| label_histogram(&d.mnist.train.labels, idx).to_vec())
                                 .unwrap_or_default();
-                            let mut hist = vec![0u32; 10];
-                            for l in labels {
-                                hist[l as usize % 10] += 1;
-                            }
                             if let Some(row) = run.clients.get_mut(&conn.key) {
                                 row.shard_index = Some(i);
                             }
@@ -222,9 +220,7 @@ fn free_shard(shards: &Shards, taken: &[u32]) -> Option<u32> {
 
 /// A fresh 128-bit client key (hex), from the OS's CSPRNG: it is the client's credential.
 fn new_client_key() -> Result<String, getrandom::Error> {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    crate::random_hex(16)
 }
 
 fn is_client_key(k: &str) -> bool {

@@ -23,11 +23,16 @@ impl Coordinator {
     }
 
     pub(super) fn maybe_start_round(&mut self) {
-        let candidates = self.candidates();
-        let Some(run) = self.run.as_mut() else { return };
-        if run.summary.status != RunStatus::Running || run.round.is_some() {
+        // Called after every command: decide cheaply before cloning every client's ledger.
+        if !self
+            .run
+            .as_ref()
+            .is_some_and(|r| r.summary.status == RunStatus::Running && r.round.is_none())
+        {
             return;
         }
+        let candidates = self.candidates();
+        let Some(run) = self.run.as_mut() else { return };
         let run_id = run.id();
         let server_round = run.summary.completed_rounds + 1;
         let attempt = run.next_attempt;
@@ -45,15 +50,21 @@ impl Coordinator {
             TrainPlan::Train(a) => a,
         };
         let span = info_span!("round", run_id, server_round, attempt);
+        let Some(bytes) = model_frame(server_round, &run.global) else {
+            warn!(parent: &span, "the global model does not fit in a frame");
+            return;
+        };
         let timeout = Duration::from_secs(run.summary.config.round_timeout_secs);
-        // Charge the server ledger before anyone trains (see Store::upsert_clients).
+        // Charge the server ledger before anyone trains (see Store::upsert_clients): on copies
+        // first, kept only once they are stored, so memory and store never disagree.
         let mut charged = Vec::new();
         let mut sampled = HashMap::new();
-        for a in &assignments {
+        let mut dispatch = Vec::new();
+        for a in assignments {
             let Some(conn) = self.clients.get(&a.client_id) else {
                 continue;
             };
-            let Some(row) = run.clients.get_mut(&conn.key) else {
+            let Some(mut row) = run.clients.get(&conn.key).cloned() else {
                 continue;
             };
             if let (Some(dp), Some(n)) = (a.config.dp, conn.num_examples) {
@@ -68,23 +79,18 @@ impl Coordinator {
                 }
             }
             row.rounds += 1;
-            charged.push(row.clone());
+            charged.push(row);
             sampled.insert(a.client_id, (conn.key.clone(), Slot::Pending));
+            dispatch.push(a);
         }
         if let Err(e) = self.store.upsert_clients(run_id, &charged) {
             warn!(parent: &span, error = %e, "cannot store the privacy ledger: not starting the round");
             return;
         }
-        let frame = TensorFrame {
-            kind: FrameKind::GlobalModel,
-            server_round,
-            values: run.global.to_vec(),
-        };
-        let Ok(bytes) = frame.encode().map(Bytes::from) else {
-            warn!(parent: &span, "the global model does not fit in a frame");
-            return;
-        };
-        let ids: Vec<u64> = sampled.keys().copied().collect();
+        for row in charged {
+            run.clients.insert(row.client_key.clone(), row);
+        }
+        let ids: Vec<u64> = dispatch.iter().map(|a| a.client_id).collect();
         run.round = Some(Round {
             server_round,
             attempt,
@@ -93,7 +99,6 @@ impl Coordinator {
             deadline: tokio::time::Instant::now() + timeout,
             sampled,
             sum: FedAvg::new(self.model_params),
-            failures: 0,
             participants: Vec::new(),
             train_loss: (0.0, 0),
             aggregate_ms: 0.0,
@@ -112,12 +117,9 @@ impl Coordinator {
             run_id,
             server_round,
             attempt,
-            sampled: ids.clone(),
+            sampled: ids,
         });
-        for a in assignments {
-            if !ids.contains(&a.client_id) {
-                continue;
-            }
+        for a in dispatch {
             let ins = ServerMessage::TrainIns {
                 server_round,
                 config: a.config,
@@ -151,7 +153,6 @@ impl Coordinator {
                     return;
                 }
                 *slot = Slot::Failed;
-                round.failures += 1;
                 round.participants.push(Participant {
                     client_key: key.clone(),
                     num_examples: None,
@@ -185,6 +186,14 @@ impl Coordinator {
         }
     }
 
+    /// A client answered: it is no longer busy with this round.
+    fn heard_from(&mut self, client_id: u64) {
+        if let Some(c) = self.clients.get_mut(&client_id) {
+            c.last_seen_ms = now_ms();
+            c.state = "idle";
+        }
+    }
+
     pub(super) fn reject(&mut self, client_id: u64, code: ErrorCode, message: String) {
         warn!(client_id, ?code, %message, "result rejected");
         self.send_msg(client_id, &ServerMessage::error(code, message));
@@ -198,10 +207,7 @@ impl Coordinator {
         metrics: FitMetrics,
         update: Vec<f32>,
     ) {
-        if let Some(c) = self.clients.get_mut(&client_id) {
-            c.last_seen_ms = now_ms();
-            c.state = "idle";
-        }
+        self.heard_from(client_id);
         let expected_n = self.clients.get(&client_id).and_then(|c| c.num_examples);
         let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
             return self.reject(
@@ -272,10 +278,7 @@ impl Coordinator {
     }
 
     pub(super) fn train_failed(&mut self, client_id: u64, server_round: u64, reason: &str) {
-        if let Some(c) = self.clients.get_mut(&client_id) {
-            c.last_seen_ms = now_ms();
-            c.state = "idle";
-        }
+        self.heard_from(client_id);
         self.fail_slot(client_id, Some(server_round), reason);
     }
 
@@ -353,7 +356,7 @@ impl Coordinator {
         let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
             return;
         };
-        match &round.phase {
+        match &mut round.phase {
             Phase::Training => {
                 let late: Vec<u64> = round
                     .sampled
@@ -368,10 +371,8 @@ impl Coordinator {
                 // fail_slot closes the round once nothing is pending.
                 self.maybe_close_training();
             }
-            Phase::FederatedEval { .. } => {
-                if let Phase::FederatedEval { results, .. } = &mut round.phase {
-                    results.retain(|_, v| v.is_some());
-                }
+            Phase::FederatedEval { results, .. } => {
+                results.retain(|_, v| v.is_some());
                 self.maybe_close_federated_eval();
             }
             Phase::Evaluating => {}
@@ -390,7 +391,7 @@ impl Coordinator {
             &run.global,
             &round.sum,
             round.sampled.len(),
-            round.failures,
+            round.failures(),
         );
         round.aggregate_ms += t.elapsed().as_secs_f64() * 1e3;
         match res {
@@ -414,7 +415,7 @@ impl Coordinator {
                 round.span.in_scope(|| {
                     info!(
                         results = round.sum.count(),
-                        failures = round.failures,
+                        failures = round.failures(),
                         aggregate_ms = round.aggregate_ms,
                         "aggregated; evaluating"
                     )
@@ -431,11 +432,7 @@ impl Coordinator {
                             })
                         }));
                     }
-                    None => self.on_evaluated(Ok(EvaluateRes {
-                        loss: f64::NAN,
-                        accuracy: f64::NAN,
-                        num_examples: 0,
-                    })),
+                    None => self.on_evaluated(Ok(NOT_EVALUATED)),
                 }
             }
         }
@@ -451,11 +448,7 @@ impl Coordinator {
             Ok(t) => t,
             Err(e) => {
                 round.span.in_scope(|| warn!(error = %e, "evaluation failed; recording the round without test metrics"));
-                EvaluateRes {
-                    loss: f64::NAN,
-                    accuracy: f64::NAN,
-                    num_examples: 0,
-                }
+                NOT_EVALUATED
             }
         };
         round.span.in_scope(|| {
@@ -485,12 +478,7 @@ impl Coordinator {
             results: evaluators.iter().map(|&id| (id, None)).collect(),
             test,
         };
-        let frame = TensorFrame {
-            kind: FrameKind::GlobalModel,
-            server_round,
-            values: global.to_vec(),
-        };
-        let Ok(bytes) = frame.encode().map(Bytes::from) else {
+        let Some(bytes) = model_frame(server_round, &global) else {
             return;
         };
         for id in evaluators {
@@ -543,7 +531,7 @@ impl Coordinator {
             train_loss: (round.train_loss.1 > 0)
                 .then(|| round.train_loss.0 / round.train_loss.1 as f64),
             participants: round.sum.count() as u64,
-            failures: round.failures as u64,
+            failures: round.failures() as u64,
             epsilon: run.max_epsilon(),
             attempts: round.attempt,
         };
@@ -582,4 +570,23 @@ impl Coordinator {
             self.finish_run(run_id, &reason);
         }
     }
+}
+
+/// What a round records when the server has no test set, or evaluation failed.
+const NOT_EVALUATED: EvaluateRes = EvaluateRes {
+    loss: f64::NAN,
+    accuracy: f64::NAN,
+    num_examples: 0,
+};
+
+/// The global model as the binary frame clients receive (encoded once, shared by every send).
+fn model_frame(server_round: u64, global: &[f32]) -> Option<Bytes> {
+    TensorFrame {
+        kind: FrameKind::GlobalModel,
+        server_round,
+        values: global.to_vec(),
+    }
+    .encode()
+    .ok()
+    .map(Bytes::from)
 }

@@ -14,24 +14,6 @@ impl Coordinator {
                 run.summary.status.as_str()
             )));
         }
-        if let (Some(dp), Some(shards)) = (config.dp, config.shards) {
-            // Every shard size must reach the target ε with some σ; say so now, not mid-run.
-            if let Some(data) = &self.data {
-                let split = data.shards(shards).map_err(AdminError::Invalid)?;
-                let dp_strategy = DpFedAvg {
-                    inner: FedAvgStrategy::from_run(&config),
-                    dp,
-                    rounds: config.rounds,
-                };
-                for part in split.indices.iter() {
-                    let n = part.len() as u64;
-                    let local = dp_strategy.inner.train_config(n);
-                    dp_strategy
-                        .noise_multiplier(&local, n)
-                        .map_err(|e| AdminError::Invalid(accountant_field_error(e)))?;
-                }
-            }
-        }
         let shards = match (&config.shards, &self.data) {
             (None, _) => None,
             (Some(_), None) => {
@@ -43,8 +25,24 @@ impl Coordinator {
             }
             (Some(cfg), Some(data)) => Some(data.shards(*cfg).map_err(AdminError::Invalid)?),
         };
+        if let (Some(dp), Some(split)) = (config.dp, &shards) {
+            // Every shard size must reach the target ε with some σ; say so now, not mid-run.
+            let dp_strategy = DpFedAvg {
+                inner: FedAvgStrategy::from_run(&config),
+                dp,
+                rounds: config.rounds,
+            };
+            let sizes: std::collections::BTreeSet<u64> =
+                split.indices.iter().map(|part| part.len() as u64).collect();
+            for n in sizes {
+                let local = dp_strategy.inner.train_config(n);
+                dp_strategy
+                    .noise_multiplier(&local, n)
+                    .map_err(|e| AdminError::Invalid(accountant_field_error(e)))?;
+            }
+        }
         let initial = learning::TinyCnnConfig::new()
-            .init(&burn_device())
+            .init(&burn::tensor::Device::flex())
             .to_flat();
         let now = now_ms();
         let run_id = self.store.create_run(&config, &initial, now)?;
@@ -103,12 +101,7 @@ impl Coordinator {
                 return Err(AdminError::Conflict(format!(
                     "run {run_id} is {}: cannot {} it",
                     s.as_str(),
-                    match a {
-                        RunAction::Start => "start",
-                        RunAction::Pause => "pause",
-                        RunAction::Resume => "resume",
-                        RunAction::Stop => "stop",
-                    }
+                    a.as_str()
                 )));
             }
         };
@@ -193,8 +186,4 @@ pub fn accountant_field_error(e: AccountantError) -> FieldError {
         value: "unreachable".into(),
         expected: e.to_string(),
     }
-}
-
-fn burn_device() -> burn::tensor::Device {
-    burn::tensor::Device::flex()
 }
