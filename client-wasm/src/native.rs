@@ -23,6 +23,8 @@ pub enum ClientError {
     Unreachable(Duration, String),
     #[error("shard download failed: {0}")]
     Shard(String),
+    #[error("a training or evaluation task failed: {0}")]
+    Task(String),
     #[error("the server refused this client: {0}")]
     Refused(String),
     #[error(transparent)]
@@ -116,7 +118,12 @@ pub async fn run_client(
                 match connection(&mut session, ws, &origin, &options, &mut report).await {
                     Ok(true) => break,
                     Ok(false) => {}
-                    Err(e @ (ClientError::Refused(_) | ClientError::Shard(_))) => return Err(e),
+                    Err(
+                        e
+                        @ (ClientError::Refused(_) | ClientError::Shard(_) | ClientError::Task(_)),
+                    ) => {
+                        return Err(e);
+                    }
                     Err(e) => warn!(error = %e, "connection ended with an error; reconnecting"),
                 }
             }
@@ -155,10 +162,9 @@ async fn connection(
         Outgoing::Text(t) => Message::text(t),
         Outgoing::Binary(b) => Message::binary(b),
     };
-    sink.send(send(session.hello()))
-        .await
-        .map_err(|e| SessionError::Shard(e.to_string()))
-        .ok();
+    if sink.send(send(session.hello())).await.is_err() {
+        return Ok(false); // the connection dropped at once: reconnect
+    }
     while let Some(msg) = stream.next().await {
         let actions = match msg {
             Ok(Message::Text(t)) => session.on_text(t.as_str())?,
@@ -189,13 +195,13 @@ async fn connection(
                         job.run(&mut |_| {})
                     })
                     .await
-                    .map_err(|e| ClientError::Shard(format!("training task: {e}")))?;
+                    .map_err(|e| ClientError::Task(format!("training: {e}")))?;
                     queue.extend(session.on_trained(done));
                 }
                 Action::Evaluate(job) => {
                     let (round, res) = tokio::task::spawn_blocking(move || job.run())
                         .await
-                        .map_err(|e| ClientError::Shard(format!("evaluation task: {e}")))?;
+                        .map_err(|e| ClientError::Task(format!("evaluation: {e}")))?;
                     queue.extend(session.on_evaluated(round, res));
                 }
                 Action::Notify(n) => {
