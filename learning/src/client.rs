@@ -41,8 +41,10 @@ impl ClientPrivacy {
 /// Where `fit` is, for progress bars.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FitProgress {
+    /// 0-based epoch of the step just taken.
     pub epoch: u32,
     pub epochs: u32,
+    /// 0-based index of the step just taken within its epoch.
     pub step: u64,
     pub steps_per_epoch: u64,
     /// Mean loss of the batch just trained on.

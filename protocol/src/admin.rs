@@ -380,6 +380,16 @@ pub struct LedgerEntry {
     pub epsilon: Option<f64>,
 }
 
+/// Where other devices can open the client page (`GET /api/admin/join`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinInfo {
+    /// The address the server listens on.
+    pub bind: String,
+    /// `http://<lan-ip>:<port>/` for each address another device could reach; empty when the
+    /// server listens on loopback only.
+    pub lan_urls: Vec<String>,
+}
+
 /// A connected client as the dashboard lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientInfo {

@@ -7,6 +7,7 @@
 //! * [`messages`]: control messages between a client and the server (JSON text frames).
 //! * [`config`]: the training configuration a client receives (what `learning::fit` takes).
 //! * [`admin`]: the admin API's run config (with validation), records and dashboard events.
+//! * [`worker`]: messages between the client page and its training Web Worker.
 
 // No unwrap outside tests: bad input gets an error, not a panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -15,6 +16,7 @@ pub mod admin;
 pub mod config;
 pub mod frame;
 pub mod messages;
+pub mod worker;
 
 pub use frame::{FrameError, FrameKind, TensorFrame};
 pub use messages::{ClientMessage, ErrorCode, MessageError, ServerMessage};

@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use protocol::admin::{ClientInfo, FieldError, RunAction, RunConfig, RunHistory, RunSummary};
+use protocol::admin::{ClientInfo, FieldError, JoinInfo, RunAction, RunConfig, RunHistory, RunSummary};
 use protocol::{FrameKind, TensorFrame};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -203,6 +203,39 @@ pub async fn model(
 }
 
 /// `GET /api/admin/clients`
+/// `GET /api/admin/join`: the link (and QR code) for other devices on the network.
+pub async fn join_info(State(state): State<AppState>) -> Json<JoinInfo> {
+    let Some(addr) = state.listen else {
+        return Json(JoinInfo {
+            bind: "unknown".into(),
+            lan_urls: Vec::new(),
+        });
+    };
+    Json(JoinInfo {
+        bind: addr.to_string(),
+        lan_urls: lan_ip(addr.ip())
+            .map(|ip| format!("http://{}/", std::net::SocketAddr::new(ip, addr.port())))
+            .into_iter()
+            .collect(),
+    })
+}
+
+/// The address other devices reach this machine at, given the one it listens on: that one if
+/// it is a real address, else (0.0.0.0) the source address of the default route, found by
+/// "connecting" a UDP socket (which sends nothing); none on loopback.
+fn lan_ip(listen: std::net::IpAddr) -> Option<std::net::IpAddr> {
+    if listen.is_loopback() {
+        return None;
+    }
+    if !listen.is_unspecified() {
+        return Some(listen);
+    }
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+    socket.connect(("192.0.2.1", 9)).ok()?; // TEST-NET-1: never contacted
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
 pub async fn clients(State(state): State<AppState>) -> Result<Json<Vec<ClientInfo>>, AppError> {
     Ok(Json(
         ask(&state, |reply| Command::ListClients { reply }).await?,
@@ -276,4 +309,21 @@ pub async fn shard(
     .await
     .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lan_ip;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn the_join_address_is_never_loopback() {
+        assert_eq!(lan_ip(IpAddr::V4(Ipv4Addr::LOCALHOST)), None);
+        let lan = IpAddr::V4(Ipv4Addr::new(192, 168, 1, 5));
+        assert_eq!(lan_ip(lan), Some(lan));
+        // 0.0.0.0: the default route's source address, if the machine has one.
+        if let Some(ip) = lan_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)) {
+            assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+        }
+    }
 }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub model_params: usize,
     /// The built frontend (`trunk build --release` output) served at `/`, if any.
     pub static_dir: Option<Arc<std::path::PathBuf>>,
+    /// Where the server listens (for the join link other devices use).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// What `GET /api/health` answers: enough for a client or an operator to check that it talks
@@ -65,6 +67,7 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/model", get(admin::model))
         .route("/runs/{id}/{action}", post(admin::control))
         .route("/clients", get(admin::clients))
+        .route("/join", get(admin::join_info))
         .route("/events", get(admin::events))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

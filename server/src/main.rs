@@ -87,8 +87,13 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding {}", args.bind))?;
+    let addr = listener.local_addr()?;
     let started = start(
         ServerOptions {
+            listen: Some(addr),
             data_dir: args.data_dir.clone(),
             admin_token: token.clone(),
             demo: !args.no_demo && data.is_some(),
@@ -103,15 +108,14 @@ async fn main() -> anyhow::Result<()> {
         },
         data,
     )?;
-    let listener = tokio::net::TcpListener::bind(args.bind)
-        .await
-        .with_context(|| format!("binding {}", args.bind))?;
-    let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "listening");
     tracing::info!(
         "clients join at  ws://{addr}/ws  (simulator: cargo run -p client-wasm --release --bin sim -- --server ws://{addr}/ws --clients 10)"
     );
     tracing::info!("admin API at     http://{addr}/api/admin  with  Authorization: Bearer {token}");
+    if let Some(dir) = &started.state.static_dir {
+        tracing::info!(dir = %dir.display(), "client page at http://{addr}/   dashboard at http://{addr}/admin");
+    }
     axum::serve(listener, started.router)
         .with_graceful_shutdown(async {
             let ctrl_c = async { tokio::signal::ctrl_c().await.ok() };

@@ -21,6 +21,8 @@ pub struct ServerOptions {
     pub coordinator: CoordinatorOptions,
     /// Serve this directory (the built frontend) at `/`.
     pub static_dir: Option<PathBuf>,
+    /// The address the server listens on (the dashboard's join link and QR code).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Why a server could not start.
@@ -55,6 +57,7 @@ pub fn start(options: ServerOptions, data: Option<Arc<DemoData>>) -> Result<Star
         data,
         model_params: learning::TinyCnnConfig::new().layout().num_params(),
         static_dir: options.static_dir.map(Arc::new),
+        listen: options.listen,
     };
     Ok(Started {
         router: app(state.clone()),

@@ -45,6 +45,7 @@ impl TestServer {
             .try_init();
         let started = start(
             ServerOptions {
+                listen: None,
                 data_dir: dir.to_path_buf(),
                 admin_token: TOKEN.into(),
                 demo: false,

@@ -83,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             epsilon_cap: args.epsilon_cap,
             own_data,
             can_evaluate: args.evaluate,
+            resume: None,
         })?;
         let options = DriverOptions {
             server: args.server.clone(),

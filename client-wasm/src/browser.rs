@@ -1,0 +1,401 @@
+//! The browser transport: runs inside a dedicated Web Worker, so a training step (≈ 60 ms of
+//! wasm at batch 64, seconds per round) never blocks the page. It drives the same [`Session`]
+//! as the simulator: gloo-net for the socket and the shard download instead of tokio.
+//!
+//! The page talks to it with [`PageToWorker`] messages (JSON strings, the user's own IDX files
+//! beside them as `ArrayBuffer`s) and renders the [`WorkerToPage`] reports. Reconnects use
+//! exponential backoff (0.5 s → 10 s); the client key and the privacy ledger survive them, and
+//! survive a page reload through [`WorkerToPage::Save`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures::channel::mpsc;
+use futures::{FutureExt, SinkExt, StreamExt};
+use gloo_net::websocket::Message;
+use gloo_net::websocket::futures::WebSocket;
+use learning::Dataset;
+use protocol::worker::{Connection, JoinRequest, PageToWorker, WorkerToPage};
+use wasm_bindgen::prelude::*;
+use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
+
+use crate::session::{Action, Notice, Outgoing, Session, SessionOptions};
+
+const FIRST_BACKOFF_MS: u32 = 500;
+const MAX_BACKOFF_MS: u32 = 10_000;
+
+/// A page command with the files that came with it.
+struct Command {
+    msg: PageToWorker,
+    images: Option<Vec<u8>>,
+    labels: Option<Vec<u8>>,
+}
+
+fn scope() -> DedicatedWorkerGlobalScope {
+    js_sys::global().unchecked_into()
+}
+
+/// Reports to the page. A worker whose page is gone has no one to tell, so a failed post is
+/// only logged.
+fn post(ev: &WorkerToPage) {
+    if let Err(e) = scope().post_message(&JsValue::from_str(&ev.encode())) {
+        web_sys::console::error_2(&"worker: postMessage failed".into(), &e);
+    }
+}
+
+fn bytes_field(data: &JsValue, name: &str) -> Option<Vec<u8>> {
+    let v = js_sys::Reflect::get(data, &name.into()).ok()?;
+    if v.is_undefined() || v.is_null() {
+        return None;
+    }
+    Some(js_sys::Uint8Array::new(&v).to_vec())
+}
+
+/// Entry point of the worker binary: listen, say ready, serve joins until the page goes away.
+pub fn start() {
+    console_error_panic_hook::set_once();
+    let (tx, rx) = mpsc::unbounded::<Command>();
+    let onmessage = Closure::<dyn Fn(MessageEvent)>::new(move |ev: MessageEvent| {
+        let data = ev.data();
+        let json = js_sys::Reflect::get(&data, &"json".into())
+            .ok()
+            .and_then(|v| v.as_string());
+        let msg = match json.as_deref().map(PageToWorker::decode) {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                return post(&WorkerToPage::Error {
+                    message: format!("worker: page message does not decode: {e}"),
+                    fatal: false,
+                });
+            }
+            None => {
+                return post(&WorkerToPage::Error {
+                    message: "worker: expected {json: string, images?, labels?}".into(),
+                    fatal: false,
+                });
+            }
+        };
+        let cmd = Command {
+            msg,
+            images: bytes_field(&data, "images"),
+            labels: bytes_field(&data, "labels"),
+        };
+        if tx.unbounded_send(cmd).is_err() {
+            web_sys::console::error_1(&"worker: command loop is gone".into());
+        }
+    });
+    scope().set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+    // The handler lives as long as the worker.
+    onmessage.forget();
+    wasm_bindgen_futures::spawn_local(serve(rx));
+    post(&WorkerToPage::Ready);
+}
+
+async fn serve(mut rx: mpsc::UnboundedReceiver<Command>) {
+    while let Some(cmd) = rx.next().await {
+        match cmd.msg {
+            PageToWorker::Join(req) => {
+                let reason = join(req, cmd.images, cmd.labels, &mut rx).await;
+                post(&WorkerToPage::Connection(Connection::Stopped { reason }));
+            }
+            PageToWorker::Leave => {}
+        }
+    }
+}
+
+/// Loads the user's own files (checked like a downloaded shard).
+fn own_dataset(images: Option<Vec<u8>>, labels: Option<Vec<u8>>) -> Result<Dataset, String> {
+    let (Some(images), Some(labels)) = (images, labels) else {
+        return Err("own data: expected an images file and a labels file (IDX)".into());
+    };
+    Dataset::from_idx("images file", &images, "labels file", &labels).map_err(|e| e.to_string())
+}
+
+/// One join: connect, reconnect with backoff, until the user leaves or something fatal
+/// happens. Returns why it stopped.
+async fn join(
+    req: JoinRequest,
+    images: Option<Vec<u8>>,
+    labels: Option<Vec<u8>>,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> String {
+    let own_data = if req.own_data {
+        match own_dataset(images, labels) {
+            Ok(d) => {
+                post(&WorkerToPage::Data {
+                    num_examples: d.len() as u64,
+                    label_histogram: d.label_histogram().to_vec(),
+                    own: true,
+                });
+                Some(Arc::new(d))
+            }
+            Err(message) => {
+                post(&WorkerToPage::Error {
+                    message: message.clone(),
+                    fatal: true,
+                });
+                return message;
+            }
+        }
+    } else {
+        None
+    };
+    let origin = match crate::http_origin(&req.server) {
+        Ok(o) => o,
+        Err(e) => return e.to_string(),
+    };
+    let mut session = match Session::new(SessionOptions {
+        name: req.name.clone(),
+        epsilon_cap: req.epsilon_cap,
+        own_data,
+        can_evaluate: true,
+        resume: req.resume.clone(),
+    }) {
+        Ok(s) => s,
+        Err(e) => return format!("could not start the session: {e}"),
+    };
+    let mut attempt = 0u32;
+    let mut backoff = FIRST_BACKOFF_MS;
+    loop {
+        post(&WorkerToPage::Connection(Connection::Connecting));
+        let outcome = match WebSocket::open(&req.server) {
+            Ok(ws) => connection(&mut session, ws, &origin, rx).await,
+            Err(e) => Outcome::Lost(e.to_string()),
+        };
+        let reason = match outcome {
+            Outcome::Left => return "left".into(),
+            Outcome::Fatal(reason) => {
+                post(&WorkerToPage::Error {
+                    message: reason.clone(),
+                    fatal: true,
+                });
+                return reason;
+            }
+            Outcome::Lost(reason) => reason,
+            Outcome::Established(reason) => {
+                attempt = 0;
+                backoff = FIRST_BACKOFF_MS;
+                reason
+            }
+        };
+        attempt += 1;
+        post(&WorkerToPage::Connection(Connection::Reconnecting {
+            attempt,
+            retry_in_ms: backoff,
+            reason,
+        }));
+        // Wait, but leave at once if asked to.
+        let mut sleep = Box::pin(gloo_timer(backoff).fuse());
+        loop {
+            futures::select! {
+                _ = sleep => break,
+                cmd = rx.next() => match cmd.map(|c| c.msg) {
+                    Some(PageToWorker::Leave) | None => return "left".into(),
+                    Some(PageToWorker::Join(_)) => {}
+                },
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF_MS);
+    }
+}
+
+/// A promise-based timer (the worker has `setTimeout` but no `window`).
+async fn gloo_timer(ms: u32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let _id = scope().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms as i32);
+    });
+    let _resolved = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+enum Outcome {
+    /// The user left.
+    Left,
+    /// Could not connect (or the connection broke before it was established).
+    Lost(String),
+    /// A working connection ended: reconnect from the first backoff.
+    Established(String),
+    /// Going on cannot help (refused protocol version, a shard that does not match).
+    Fatal(String),
+}
+
+fn to_message(o: Outgoing) -> Message {
+    match o {
+        Outgoing::Text(t) => Message::Text(t),
+        Outgoing::Binary(b) => Message::Bytes(b),
+    }
+}
+
+async fn connection(
+    session: &mut Session,
+    mut ws: WebSocket,
+    origin: &str,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> Outcome {
+    // The first send waits until the socket is open: its failure means "never connected".
+    if let Err(e) = ws.send(to_message(session.hello())).await {
+        return Outcome::Lost(format!("could not connect: {e}"));
+    }
+    post(&WorkerToPage::Connection(Connection::Connected));
+    loop {
+        let incoming = futures::select! {
+            msg = ws.next().fuse() => msg,
+            cmd = rx.next().fuse() => match cmd.map(|c| c.msg) {
+                Some(PageToWorker::Leave) | None => {
+                    let _closed = ws.close(Some(1000), Some("left"));
+                    return Outcome::Left;
+                }
+                Some(PageToWorker::Join(_)) => continue, // already joined
+            },
+        };
+        let actions = match incoming {
+            Some(Ok(Message::Text(t))) => session.on_text(&t),
+            Some(Ok(Message::Bytes(b))) => session.on_binary(&b),
+            Some(Err(e)) => return Outcome::Established(format!("connection lost: {e}")),
+            None => return Outcome::Established("the server closed the connection".into()),
+        };
+        let actions = match actions {
+            Ok(a) => a,
+            Err(e) => return Outcome::Established(format!("bad message from the server: {e}")),
+        };
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Send(o) => {
+                    if let Err(e) = ws.send(to_message(o)).await {
+                        return Outcome::Established(format!("send failed: {e}"));
+                    }
+                }
+                Action::FetchShard {
+                    images_path,
+                    labels_path,
+                } => {
+                    let fetched = async {
+                        let images = http_get(&format!("{origin}{images_path}")).await?;
+                        let labels = http_get(&format!("{origin}{labels_path}")).await?;
+                        session
+                            .on_shard(&images, &labels)
+                            .map_err(|e| e.to_string())
+                    }
+                    .await;
+                    if let Err(e) = fetched {
+                        return Outcome::Fatal(format!("shard download failed: {e}"));
+                    }
+                    if let Some(a) = session.assignment() {
+                        post(&WorkerToPage::Data {
+                            num_examples: a.num_examples,
+                            label_histogram: a.label_histogram.clone(),
+                            own: false,
+                        });
+                    }
+                }
+                Action::Train(job) => {
+                    let server_round = job.server_round;
+                    let delta = job.config.dp.as_ref().map(|dp| dp.delta);
+                    let started = js_sys::Date::now();
+                    let mut announced = false;
+                    let done = job.run(&mut |p| {
+                        if !announced {
+                            announced = true;
+                            post(&WorkerToPage::TrainStarted {
+                                server_round,
+                                epochs: p.epochs,
+                                steps_per_epoch: p.steps_per_epoch,
+                            });
+                        }
+                        post(&WorkerToPage::Progress {
+                            server_round,
+                            epoch: p.epoch + 1,
+                            epochs: p.epochs,
+                            step: p.step + 1,
+                            steps_per_epoch: p.steps_per_epoch,
+                            batch_loss: p.batch_loss,
+                        });
+                    });
+                    let seconds = (js_sys::Date::now() - started) / 1000.0;
+                    let ok = done.result.as_ref().ok().map(|r| r.metrics);
+                    queue.extend(session.on_trained(done));
+                    if let Some(metrics) = ok {
+                        post(&WorkerToPage::Trained {
+                            server_round,
+                            metrics,
+                            delta,
+                            seconds,
+                        });
+                    }
+                    post(&WorkerToPage::Save(session.saved()));
+                }
+                Action::Evaluate(job) => {
+                    let (round, res) = job.run();
+                    queue.extend(session.on_evaluated(round, res));
+                }
+                Action::Notify(n) => {
+                    if let Some(outcome) = notify(session, n) {
+                        return outcome;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Shows a session notice; `Some` when the connection must end.
+fn notify(session: &Session, n: Notice) -> Option<Outcome> {
+    match n {
+        Notice::Welcome { client_id } => {
+            post(&WorkerToPage::Welcome { client_id });
+            post(&WorkerToPage::Save(session.saved()));
+        }
+        Notice::Assigned(a) => {
+            post(&WorkerToPage::Assigned(a));
+            post(&WorkerToPage::Save(session.saved()));
+        }
+        // `Trained` is reported by the driver, with δ and the time it took.
+        Notice::Trained { .. } => {}
+        Notice::TrainFailed {
+            server_round,
+            reason,
+        } => post(&WorkerToPage::TrainFailed {
+            server_round,
+            reason,
+        }),
+        Notice::RoundClosed {
+            server_round,
+            test_accuracy,
+            ..
+        } => post(&WorkerToPage::RoundClosed {
+            server_round,
+            test_accuracy,
+        }),
+        Notice::RunFinished { reason, .. } => post(&WorkerToPage::RunFinished { reason }),
+        Notice::ServerError {
+            code,
+            message,
+            fatal,
+        } => {
+            if fatal && code == protocol::ErrorCode::UnsupportedVersion {
+                return Some(Outcome::Fatal(message));
+            }
+            post(&WorkerToPage::Error {
+                message: format!("server: {message}"),
+                fatal: false,
+            });
+        }
+    }
+    None
+}
+
+async fn http_get(url: &str) -> Result<Vec<u8>, String> {
+    let res = gloo_net::http::Request::get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let body = res.binary().await.map_err(|e| format!("{url}: {e}"))?;
+    if !res.ok() {
+        return Err(format!(
+            "{url}: HTTP {}: {}",
+            res.status(),
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    Ok(body)
+}

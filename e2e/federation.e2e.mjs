@@ -1,0 +1,218 @@
+// Browser end-to-end test: the real server (serving the trunk build) and Debian's Chromium
+// driven by playwright-core. One admin page and three client tabs run a 3-round DP run:
+//
+//   * the admin page refuses a wrong token with a clear message, and a malformed run config
+//     with messages next to the fields (and the API's 422 names the field);
+//   * three tabs join; the admin page starts the run below; every tab trains (its progress bar
+//     moves, its ε is shown);
+//   * one tab is closed in the middle of round 2: round 2 still closes (with a failure);
+//   * after round 3 the accuracy chart has 3 points and global accuracy is ≥ 85 % with DP on;
+//   * screenshots of a client tab and of the dashboard go to e2e/screenshots/.
+//
+//   node e2e/federation.e2e.mjs        (scripts/test.sh runs it after the build)
+//
+// Environment: SERVER_BIN (default target/debug/server), CHROMIUM (/usr/bin/chromium),
+// E2E_PORT (3377), DIST (dist).
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import assert from 'node:assert/strict';
+import { chromium } from 'playwright-core';
+
+// The run this test starts (from the admin page's form). 3 clients on 6 000-example IID shards,
+// DP-SGD with every client's ε ≤ 3 at δ = 1e-5.
+const RUN = {
+  name: 'e2e-dp',
+  rounds: '3',
+  min_clients: '2',
+  local_epochs: '2',
+  'batching.batch_size': '256',
+  learning_rate: '2',
+  'dp.target_epsilon': '3',
+  'dp.delta': '1e-5',
+  'shards.num_shards': '10',
+};
+const MIN_ACCURACY = 0.85;
+
+const port = Number(process.env.E2E_PORT ?? 3377);
+const base = `http://127.0.0.1:${port}`;
+const token = 'e2e-admin-token-0123456789abcdef';
+const shots = new URL('./screenshots/', import.meta.url).pathname;
+mkdirSync(shots, { recursive: true });
+
+const t0 = Date.now();
+const log = (...a) => console.log(`[e2e ${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
+
+async function waitFor(what, fn, timeoutMs = 60_000, everyMs = 250) {
+  const until = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < until) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${last}` : ''}`);
+}
+
+async function api(path, init = {}) {
+  const res = await fetch(base + path, {
+    ...init,
+    headers: { Authorization: `Bearer ${token}`, ...(init.headers ?? {}) },
+  });
+  return { status: res.status, body: await res.json().catch(() => null) };
+}
+
+const dataDir = mkdtempSync(join(tmpdir(), 'fl-e2e-'));
+const server = spawn(
+  process.env.SERVER_BIN ?? 'target/debug/server',
+  ['--bind', `127.0.0.1:${port}`, '--data-dir', dataDir, '--admin-token', token, '--no-demo',
+   '--static-dir', process.env.DIST ?? 'dist'],
+  { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } },
+);
+let browser;
+let failed = false;
+try {
+  await waitFor('the server', async () => (await fetch(`${base}/api/health`)).ok, 120_000);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+           '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const consoleErrors = [];
+  const watch = (page, name) => {
+    page.on('pageerror', (e) => consoleErrors.push(`${name}: ${e}`));
+    page.on('console', (m) => m.type() === 'error' && consoleErrors.push(`${name}: ${m.text()}`));
+  };
+
+  // --- Admin: a wrong token is refused with a clear message, the right one accepted.
+  const admin = await context.newPage();
+  watch(admin, 'admin');
+  await admin.goto(`${base}/admin`);
+  await admin.fill('#token', 'not-the-token');
+  await admin.click('#token-form button[type=submit]');
+  await waitFor('the wrong-token message', async () => (await admin.textContent('#token-error'))?.includes('refused'));
+  const wrong = await admin.textContent('#token-error');
+  assert.match(wrong, /HTTP 401/);
+  assert.match(wrong, /admin-token/, 'the message says where the token is');
+  log('wrong token refused:', JSON.stringify(wrong));
+  await admin.fill('#token', token);
+  await admin.click('#token-form button[type=submit]');
+  await admin.waitForSelector('#run-form');
+  log('signed in');
+
+  // --- A malformed run config: messages next to the fields, nothing created.
+  const field = (path) => admin.locator(`.field[data-field="${path}"]`);
+  await field('rounds').locator('input').fill('three');
+  await field('dp.delta').locator('input').fill('2');
+  await admin.click('#create-start');
+  const roundsError = await waitFor('the rounds message', async () => {
+    const t = await field('rounds').locator('.field-error').textContent();
+    return t?.length ? t : null;
+  });
+  assert.match(roundsError, /rounds is three: expected a whole number/);
+  assert.match(await admin.textContent('#form-error'), /marked fields/);
+  // "three" fixed, δ = 2 is next: the range check names δ and what it accepts.
+  await field('rounds').locator('input').fill('3');
+  await admin.click('#create-start');
+  const deltaError = await waitFor('the δ message', async () => {
+    const t = await field('dp.delta').locator('.field-error').textContent();
+    return t?.length ? t : null;
+  });
+  assert.match(deltaError, /dp\.delta is 2: expected a number in \(0, 1\)/);
+  // The API refuses the same JSON on its own, naming the field.
+  const refused = await api('/api/admin/runs', { method: 'POST', body: '{"rounds": "three"}' });
+  assert.equal(refused.status, 422);
+  assert.equal(refused.body.field, 'rounds');
+  assert.equal((await api('/api/admin/runs')).body.length, 0, 'no run was created');
+  log('malformed config refused:', JSON.stringify(roundsError), '|', JSON.stringify(deltaError));
+
+  // --- Three client tabs join.
+  const tabs = [];
+  for (let i = 0; i < 3; i++) {
+    const tab = await context.newPage();
+    watch(tab, `tab${i}`);
+    await tab.goto(`${base}/`);
+    await tab.fill('#client-name', `e2e-tab-${i}`);
+    await tab.click('#join');
+    tabs.push(tab);
+  }
+  for (const [i, tab] of tabs.entries()) {
+    await waitFor(`tab ${i} connected`, async () => (await tab.textContent('#connection')) === 'connected');
+  }
+  await waitFor('3 clients on the dashboard', async () => (await api('/api/admin/clients')).body.length === 3);
+  log('3 tabs connected');
+
+  // --- The run, from the form.
+  for (const [path, value] of Object.entries(RUN)) {
+    await field(path).locator('input').fill(value);
+  }
+  await admin.click('#create-start');
+  await waitFor('the run to start', async () => (await admin.textContent('#run-status')) === 'running');
+  log('run started:', JSON.stringify(RUN));
+
+  // Each tab gets a shard and trains round 1: its bar moves and its ε appears.
+  for (const [i, tab] of tabs.entries()) {
+    await waitFor(`tab ${i}'s shard`, async () => /examples/.test(await tab.textContent('#shard')), 60_000);
+  }
+  const stepsOf = async (tab) => Number(await tab.getAttribute('#train-progress', 'data-steps'));
+  for (const [i, tab] of tabs.entries()) {
+    await waitFor(`tab ${i} to train round 1`, async () => /ε = [1-9]|ε = 0\.[0-9]*[1-9]/.test(await tab.textContent('#epsilon')), 240_000, 500);
+    assert.ok((await stepsOf(tab)) > 0, `tab ${i}'s progress bar moved`);
+  }
+  await admin.screenshot({ path: join(shots, 'dashboard-round1.png'), fullPage: true });
+  log('every tab trained round 1:', await Promise.all(tabs.map((t) => t.textContent('#epsilon'))));
+
+  // --- Round 2: close the third tab while it trains.
+  await waitFor('round 1 to close', async () => Number(await admin.textContent('#completed-rounds')) >= 1, 240_000, 500);
+  const victim = tabs[2];
+  const before = await stepsOf(victim);
+  await waitFor('tab 2 to be training round 2', async () => (await stepsOf(victim)) > before && /round 2/.test(await victim.textContent('#train-status')), 240_000, 100);
+  await victim.screenshot({ path: join(shots, 'client-tab.png'), fullPage: true });
+  await victim.close();
+  log('closed tab 2 in the middle of round 2');
+  await waitFor('round 2 to close without tab 2', async () => Number(await admin.textContent('#completed-rounds')) >= 2, 300_000, 500);
+  const history2 = (await api('/api/admin/runs/1')).body;
+  const round2 = history2.rounds.find((r) => r.server_round === 2);
+  assert.equal(round2.participants, 2, 'round 2 closed with the two remaining tabs');
+  assert.equal(round2.failures, 1, 'the closed tab is counted as a failure');
+  log('round 2 closed:', JSON.stringify({ participants: round2.participants, failures: round2.failures }));
+
+  // --- Round 3 and the end of the run.
+  await waitFor('the run to finish', async () => (await admin.textContent('#run-status')) === 'finished', 300_000, 500);
+  const points = await admin.evaluate(() => Chart.getChart('chart-accuracy').data.datasets[0].data.length);
+  assert.equal(points, 3, 'the accuracy chart has a point per round');
+  const history = (await api('/api/admin/runs/1')).body;
+  const last = history.rounds.at(-1);
+  assert.equal(last.server_round, 3);
+  assert.ok(last.test_accuracy >= MIN_ACCURACY, `global accuracy after round 3 is ${last.test_accuracy}, expected ≥ ${MIN_ACCURACY}`);
+  assert.ok(last.epsilon > 0 && last.epsilon <= 3, `ε ${last.epsilon} is within the target 3`);
+  for (const [i, tab] of tabs.slice(0, 2).entries()) {
+    await waitFor(`tab ${i} to show round 3's global accuracy`, async () => (await tab.textContent('#global-accuracy'))?.includes('%'));
+    const rows = await tab.locator('#rounds tbody tr').count();
+    assert.equal(rows, 3, `tab ${i} lists the 3 rounds it trained in`);
+  }
+  await admin.waitForTimeout(300); // the last chart redraw
+  await admin.screenshot({ path: join(shots, 'dashboard.png'), fullPage: true });
+  await tabs[0].screenshot({ path: join(shots, 'client-tab-finished.png'), fullPage: true });
+  log(`round 3: test accuracy ${(last.test_accuracy * 100).toFixed(2)} %, ε ${last.epsilon.toFixed(3)} (δ 1e-5)`);
+
+  // Expected: the browser logs the refused token's 401 and the closed tab's socket.
+  const unexpected = consoleErrors.filter((e) => !/status of 401|WebSocket/.test(e));
+  assert.deepEqual(unexpected, [], 'no page errors');
+  log('passed');
+} catch (e) {
+  failed = true;
+  console.error(e);
+} finally {
+  await browser?.close();
+  server.kill('SIGTERM');
+  rmSync(dataDir, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,468 @@
+//! The admin dashboard: token, run config form, run controls, clients, live charts, downloads,
+//! and the join link with its QR code for other devices.
+
+use std::collections::BTreeMap;
+
+use leptos::prelude::*;
+use protocol::admin::{ClientInfo, Event, FieldError, JoinInfo, RunHistory, RunStatus, RunSummary};
+use wasm_bindgen::prelude::*;
+
+use crate::api::{self, ApiError};
+use crate::chart::{Line, LineChart};
+use crate::run_form::{FIELDS, FieldKind, RunForm};
+use crate::series::{RoundPoint, Series};
+
+const TOKEN_KEY: &str = "fl-admin-token";
+/// How often the clients table is refreshed.
+const CLIENTS_POLL_MS: u64 = 2_000;
+
+fn local_storage() -> Option<web_sys::Storage> {
+    window().local_storage().ok().flatten()
+}
+
+#[component]
+pub fn AdminPage() -> impl IntoView {
+    let (token, set_token) = signal(None::<String>);
+    let (checking, set_checking) = signal(false);
+    let (token_error, set_token_error) = signal(None::<String>);
+    let (token_input, set_token_input) = signal(String::new());
+
+    let try_token = move |candidate: String, remembered: bool| {
+        set_checking.set(true);
+        leptos::task::spawn_local(async move {
+            match api::check_token(&candidate).await {
+                Ok(()) => {
+                    if let Some(s) = local_storage() {
+                        let _ignored = s.set_item(TOKEN_KEY, &candidate);
+                    }
+                    set_token_error.set(None);
+                    set_token.set(Some(candidate));
+                }
+                Err(e) if e.status == 401 => {
+                    if let Some(s) = local_storage() {
+                        let _ignored = s.remove_item(TOKEN_KEY);
+                    }
+                    // A stale remembered token is not the user's mistake: just ask.
+                    if !remembered {
+                        set_token_error.set(Some(
+                            "The server refused this admin token (HTTP 401). Use the token the server printed when it started (also in <data-dir>/admin-token, or --admin-token / FL_ADMIN_TOKEN).".into(),
+                        ));
+                    }
+                }
+                Err(e) => set_token_error.set(Some(e.to_string())),
+            }
+            set_checking.set(false);
+        });
+    };
+    if let Some(saved) = local_storage().and_then(|s| s.get_item(TOKEN_KEY).ok().flatten()) {
+        try_token(saved, true);
+    }
+
+    move || match token.get() {
+        None => view! {
+            <section class="card narrow">
+                <h2>"Admin sign-in"</h2>
+                <form id="token-form" on:submit=move |ev| {
+                    ev.prevent_default();
+                    let t = token_input.get_untracked().trim().to_string();
+                    if t.is_empty() {
+                        set_token_error.set(Some("Enter the admin token: the server printed it when it started.".into()));
+                    } else {
+                        try_token(t, false);
+                    }
+                }>
+                    <label>"Admin token " <input id="token" type="password" autocomplete="off" prop:value=token_input on:input=move |ev| set_token_input.set(event_target_value(&ev))/></label>
+                    <button type="submit" disabled=checking>"Sign in"</button>
+                </form>
+                <p class="error" id="token-error">{move || token_error.get()}</p>
+            </section>
+        }
+        .into_any(),
+        Some(t) => view! { <Dashboard token=t on_sign_out=move || { if let Some(s) = local_storage() { let _ignored = s.remove_item(TOKEN_KEY); } set_token.set(None) }/> }.into_any(),
+    }
+}
+
+/// The page's own origin, or the server's LAN address when the page was opened on loopback.
+fn join_url(info: Option<&JoinInfo>) -> (String, Option<String>) {
+    let loc = window().location();
+    let origin = loc.origin().unwrap_or_default();
+    let host = loc.hostname().unwrap_or_default();
+    let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
+    if !loopback {
+        return (format!("{origin}/"), None);
+    }
+    match info.and_then(|i| i.lan_urls.first()) {
+        Some(url) => (url.clone(), None),
+        None => (
+            format!("{origin}/"),
+            Some(format!(
+                "The server listens on {} only: start it with --bind 0.0.0.0:3000 so phones and other devices on this network can join.",
+                info.map_or("loopback", |i| i.bind.as_str())
+            )),
+        ),
+    }
+}
+
+fn qr_svg(text: &str) -> String {
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => code
+            .render::<qrcode::render::svg::Color<'_>>()
+            .min_dimensions(160, 160)
+            .quiet_zone(true)
+            .build(),
+        Err(e) => format!("<p>no QR code: {e}</p>"),
+    }
+}
+
+/// Everything behind the token.
+#[component]
+fn Dashboard(
+    /// The accepted admin token.
+    token: String,
+    /// Forget the token.
+    on_sign_out: impl Fn() + 'static,
+) -> impl IntoView {
+    let token = StoredValue::new(token);
+    let runs = RwSignal::new(Vec::<RunSummary>::new());
+    let current = RwSignal::new(None::<u64>);
+    let (series, set_series) = signal(Series::default());
+    let clients = RwSignal::new(Vec::<ClientInfo>::new());
+    let (action_error, set_action_error) = signal(None::<String>);
+    let (join_info, set_join_info) = signal(None::<JoinInfo>);
+
+    let current_run = Memo::new(move |_| {
+        let id = current.get()?;
+        runs.with(|r| r.iter().find(|r| r.run_id == id).cloned())
+    });
+
+    // The run list; the newest run becomes current unless the user picked one.
+    let refresh_runs = move || {
+        leptos::task::spawn_local(async move {
+            match api::get::<Vec<RunSummary>>(&token.get_value(), "/api/admin/runs").await {
+                Ok(list) => {
+                    let newest = list.iter().map(|r| r.run_id).max();
+                    runs.set(list);
+                    if current.get_untracked().is_none() {
+                        current.set(newest);
+                    }
+                }
+                Err(e) => set_action_error.set(Some(e.to_string())),
+            }
+        });
+    };
+    refresh_runs();
+    leptos::task::spawn_local(async move {
+        if let Ok(info) = api::get::<JoinInfo>(&token.get_value(), "/api/admin/join").await {
+            set_join_info.set(Some(info));
+        }
+    });
+
+    // The current run's history fills the charts; events add rounds as they close.
+    Effect::new(move |_| {
+        let Some(id) = current.get() else { return };
+        leptos::task::spawn_local(async move {
+            match api::get::<RunHistory>(&token.get_value(), &format!("/api/admin/runs/{id}")).await {
+                Ok(h) => {
+                    let mut s = Series::default();
+                    for r in &h.rounds {
+                        s.upsert(RoundPoint::from(r));
+                    }
+                    if current.get_untracked() == Some(id) {
+                        set_series.set(s);
+                    }
+                }
+                Err(e) => set_action_error.set(Some(e.to_string())),
+            }
+        });
+    });
+
+    // Live events (EventSource cannot send headers: the token goes in the query).
+    let events = StoredValue::new_local(None::<(web_sys::EventSource, Closure<dyn Fn(web_sys::MessageEvent)>)>);
+    let url = format!("/api/admin/events?token={}", js_sys::encode_uri_component(&token.get_value()));
+    match web_sys::EventSource::new(&url) {
+        Ok(source) => {
+            let onmessage = Closure::<dyn Fn(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
+                let Some(text) = ev.data().as_string() else { return };
+                let Ok(event) = serde_json::from_str::<Event>(&text) else { return };
+                match event {
+                    Event::RoundClosed { run_id, record } => {
+                        if current.get_untracked() == Some(run_id) {
+                            set_series.update(|s| {
+                                s.upsert(RoundPoint::from(&record));
+                            });
+                        }
+                        runs.update(|rs| {
+                            if let Some(r) = rs.iter_mut().find(|r| r.run_id == run_id) {
+                                r.completed_rounds = r.completed_rounds.max(record.server_round);
+                            }
+                        });
+                    }
+                    Event::RunCreated { run } => {
+                        current.set(Some(run.run_id));
+                        refresh_runs();
+                    }
+                    Event::RunStatus { .. } => refresh_runs(),
+                    _ => {}
+                }
+            });
+            source.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+            events.set_value(Some((source, onmessage)));
+        }
+        Err(e) => set_action_error.set(Some(format!("live events unavailable: {e:?}"))),
+    }
+    on_cleanup(move || {
+        if let Some((source, _)) = events.try_update_value(|e| e.take()).flatten() {
+            source.close();
+        }
+    });
+
+    // The clients table, polled.
+    let poll = move || {
+        leptos::task::spawn_local(async move {
+            if let Ok(list) = api::get::<Vec<ClientInfo>>(&token.get_value(), "/api/admin/clients").await {
+                clients.set(list);
+            }
+        });
+    };
+    poll();
+    if let Ok(h) = set_interval_with_handle(poll, std::time::Duration::from_millis(CLIENTS_POLL_MS)) {
+        on_cleanup(move || h.clear());
+    }
+
+    let control = move |action: &'static str| {
+        let Some(id) = current.get_untracked() else { return };
+        set_action_error.set(None);
+        leptos::task::spawn_local(async move {
+            match api::post::<RunSummary>(&token.get_value(), &format!("/api/admin/runs/{id}/{action}"), None).await {
+                Ok(_) => refresh_runs(),
+                Err(e) => set_action_error.set(Some(e.to_string())),
+            }
+        });
+    };
+    let download_model = move || {
+        let Some(id) = current.get_untracked() else { return };
+        leptos::task::spawn_local(async move {
+            let result = api::get_bytes(&token.get_value(), &format!("/api/admin/runs/{id}/model"))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| api::download(&format!("global-model-run{id}.fldp"), "application/octet-stream", &bytes));
+            if let Err(e) = result {
+                set_action_error.set(Some(e));
+            }
+        });
+    };
+    let download_csv = move || {
+        let id = current.get_untracked().unwrap_or(0);
+        let csv = series.with_untracked(|s| s.to_csv());
+        if let Err(e) = api::download(&format!("metrics-run{id}.csv"), "text/csv", csv.as_bytes()) {
+            set_action_error.set(Some(e));
+        }
+    };
+
+    let status = move || current_run.get().map(|r| r.status);
+    let can = move |action: &str| {
+        matches!(
+            (action, status()),
+            ("start", Some(RunStatus::Created))
+                | ("pause", Some(RunStatus::Running))
+                | ("resume", Some(RunStatus::Paused))
+                | ("stop", Some(RunStatus::Created | RunStatus::Running | RunStatus::Paused))
+        )
+    };
+
+    view! {
+        <div class="grid">
+            <section class="card">
+                <h2>"Run"</h2>
+                {move || match current_run.get() {
+                    None => view! { <p id="run-status">"No run yet: configure one below."</p> }.into_any(),
+                    Some(r) => {
+                        let best = series.with(|s| s.best_accuracy());
+                        view! {
+                            <p>"Run " <b>{r.run_id}</b> " · " {r.config.name.clone()}</p>
+                            <p>"Status: " <b id="run-status" class=format!("status {:?}", r.status).to_lowercase()>{format!("{:?}", r.status).to_lowercase()}</b>
+                               " · round " <b id="completed-rounds">{r.completed_rounds}</b> " of " {r.config.rounds}
+                               {r.finished_reason.clone().map(|x| format!(" · {x}"))}</p>
+                            <p>{best.map(|(round, acc)| format!("best test accuracy {:.2} % (round {round})", acc * 100.0))}</p>
+                        }.into_any()
+                    }
+                }}
+                <div class="buttons">
+                    <button id="start" disabled=move || !can("start") on:click=move |_| control("start")>"Start"</button>
+                    <button id="pause" disabled=move || !can("pause") on:click=move |_| control("pause")>"Pause"</button>
+                    <button id="resume" disabled=move || !can("resume") on:click=move |_| control("resume")>"Resume"</button>
+                    <button id="stop" disabled=move || !can("stop") on:click=move |_| control("stop")>"Stop"</button>
+                </div>
+                <div class="buttons">
+                    <button id="download-model" disabled=move || current.get().is_none() on:click=move |_| download_model()>"Download global model"</button>
+                    <button id="download-csv" disabled=move || series.with(|s| s.points().is_empty()) on:click=move |_| download_csv()>"Download metrics (CSV)"</button>
+                    <button class="quiet" on:click=move |_| on_sign_out()>"Sign out"</button>
+                </div>
+                <p class="error" id="action-error">{move || action_error.get()}</p>
+                <label>"Show run " <select on:change=move |ev| current.set(event_target_value(&ev).parse().ok())>
+                    {move || runs.with(|rs| rs.iter().rev().map(|r| {
+                        let id = r.run_id;
+                        view! { <option value=id.to_string() selected=move || current.get() == Some(id)>{format!("#{id} {} ({:?})", r.config.name, r.status).to_lowercase()}</option> }
+                    }).collect_view())}
+                </select></label>
+            </section>
+            <section class="card join-card">
+                <h2>"Join from another device"</h2>
+                {move || {
+                    let (url, note) = join_url(join_info.get().as_ref());
+                    view! {
+                        <div class="qr" inner_html=qr_svg(&url)></div>
+                        <p><a id="join-url" href=url.clone()>{url.clone()}</a></p>
+                        <p class="note">{note}</p>
+                    }
+                }}
+            </section>
+        </div>
+        <section class="card charts">
+            <h2>"Global model"</h2>
+            <div class="chart-grid">
+                <LineChart id="chart-accuracy" title="Test accuracy and loss" y_title="accuracy" y2_title="loss" series=series lines=vec![
+                    Line { label: "accuracy", color: "#2563eb", value: |p| Some(p.accuracy), right_axis: false },
+                    Line { label: "loss", color: "#dc2626", value: |p| Some(p.loss), right_axis: true },
+                ]/>
+                <LineChart id="chart-epsilon" title="Privacy spent ε (largest client)" y_title="ε" series=series lines=vec![
+                    Line { label: "ε", color: "#7c3aed", value: |p| p.epsilon, right_axis: false },
+                ]/>
+                <LineChart id="chart-participants" title="Participants" y_title="clients" series=series lines=vec![
+                    Line { label: "participants", color: "#059669", value: |p| Some(p.participants as f64), right_axis: false },
+                ]/>
+                <LineChart id="chart-duration" title="Round duration" y_title="seconds" series=series lines=vec![
+                    Line { label: "seconds", color: "#d97706", value: |p| Some(p.duration_secs), right_axis: false },
+                ]/>
+            </div>
+        </section>
+        <section class="card">
+            <h2>"Clients " <small id="client-count">{move || clients.with(|c| c.len())}</small></h2>
+            <table id="clients">
+                <thead><tr><th>"id"</th><th>"name"</th><th>"state"</th><th>"shard size"</th><th>"last seen"</th><th>"rounds"</th><th>"failures"</th><th>"ε"</th></tr></thead>
+                <tbody>{move || {
+                    let now = js_sys::Date::now();
+                    clients.with(|cs| cs.iter().map(|c| view! {
+                        <tr>
+                            <td>{c.client_id}</td>
+                            <td>{c.name.clone()}</td>
+                            <td class=format!("state {}", c.state)>{c.state.clone()}</td>
+                            <td>{c.num_examples.map_or("—".into(), |n| format!("{n}{}", if c.own_data { " (own)" } else { "" }))}</td>
+                            <td>{format!("{:.0} s ago", ((now - c.last_seen_ms as f64) / 1000.0).max(0.0))}</td>
+                            <td>{c.rounds_contributed}</td>
+                            <td>{c.failures}</td>
+                            <td>{c.epsilon.map_or("—".into(), |e| format!("{e:.3}"))}</td>
+                        </tr>
+                    }).collect_view())
+                }}</tbody>
+            </table>
+        </section>
+        <RunConfigForm token=token on_created=move |run: RunSummary| { current.set(Some(run.run_id)); refresh_runs(); }/>
+    }
+}
+
+/// The run config form: every field of the admin API, errors next to their input.
+#[component]
+fn RunConfigForm(
+    /// The admin token.
+    token: StoredValue<String>,
+    /// Called with the created run.
+    on_created: impl Fn(RunSummary) + Send + Sync + 'static,
+) -> impl IntoView {
+    let on_created = Callback::new(on_created);
+    let form = RwSignal::new(RunForm::default());
+    let errors = RwSignal::new(BTreeMap::<String, String>::new());
+    let (form_error, set_form_error) = signal(None::<String>);
+    let (busy, set_busy) = signal(false);
+
+    let show = move |list: Vec<FieldError>| {
+        errors.set(
+            list.into_iter()
+                .map(|e| (e.field.clone(), format!("{} is {}: expected {}", e.field, e.value, e.expected)))
+                .collect(),
+        );
+    };
+    let submit = move |start: bool| {
+        errors.set(BTreeMap::new());
+        set_form_error.set(None);
+        let body = match form.with_untracked(|f| f.to_config()) {
+            Ok(config) => serde_json::to_string(&config).unwrap_or_default(),
+            Err(list) => {
+                set_form_error.set(Some("The run config has errors: see the marked fields.".into()));
+                return show(list);
+            }
+        };
+        set_busy.set(true);
+        leptos::task::spawn_local(async move {
+            let created = api::post::<RunSummary>(&token.get_value(), "/api/admin/runs", Some(body)).await;
+            let result: Result<RunSummary, ApiError> = match created {
+                Ok(run) if start => api::post::<RunSummary>(&token.get_value(), &format!("/api/admin/runs/{}/start", run.run_id), None).await,
+                other => other,
+            };
+            match result {
+                Ok(run) => on_created.run(run),
+                Err(e) => {
+                    if let Some(field) = e.field.clone() {
+                        errors.set(BTreeMap::from([(field, e.message.clone())]));
+                    }
+                    set_form_error.set(Some(e.to_string()));
+                }
+            }
+            set_busy.set(false);
+        });
+    };
+
+    let input = move |field: &'static crate::run_form::FormField| {
+        let path = field.path;
+        let value = move || form.with(|f| f.get(path).to_string());
+        let on_input = move |ev: leptos::ev::Event| {
+            let v = event_target_value(&ev);
+            form.update(|f| f.set(path, v));
+            errors.update(|e| {
+                e.remove(path);
+            });
+        };
+        match field.kind {
+            FieldKind::Bool => view! {
+                <input type="checkbox" name=path prop:checked=move || value() == "true"
+                    on:change=move |ev| form.update(|f| f.set(path, event_target_checked(&ev).to_string()))/>
+            }
+            .into_any(),
+            FieldKind::Choice(options) => view! {
+                <select name=path on:change=on_input>
+                    {options.iter().map(|&o| view! { <option value=o selected=move || value() == o>{o.replace('_', " ")}</option> }).collect_view()}
+                </select>
+            }
+            .into_any(),
+            FieldKind::Text | FieldKind::Integer | FieldKind::Number => view! {
+                <input type="text" name=path size="10" prop:value=value on:input=on_input/>
+            }
+            .into_any(),
+        }
+    };
+
+    view! {
+        <section class="card">
+            <h2>"New run"</h2>
+            <form id="run-form" class="run-form" on:submit=move |ev| { ev.prevent_default(); submit(true) }>
+                {FIELDS.iter().map(|field| {
+                    let path = field.path;
+                    view! {
+                        <div class="field" class:hidden=move || !form.with(|f| f.is_active(path)) data-field=path>
+                            <label title=field.help>{field.label}</label>
+                            {input(field)}
+                            <small class="help">{field.help}</small>
+                            <span class="field-error" data-field=path>{move || errors.with(|e| e.get(path).cloned())}</span>
+                        </div>
+                    }
+                }).collect_view()}
+                <div class="buttons">
+                    <button id="create-start" type="submit" disabled=busy>"Create and start"</button>
+                    <button id="create" type="button" disabled=busy on:click=move |_| submit(false)>"Create only"</button>
+                    <button type="button" class="quiet" on:click=move |_| { form.set(RunForm::default()); errors.set(BTreeMap::new()); }>"Demo defaults"</button>
+                </div>
+                <p class="error" id="form-error">{move || form_error.get()}</p>
+            </form>
+        </section>
+    }
+}

@@ -1,0 +1,326 @@
+//! The client page: join with the assigned MNIST shard or the user's own IDX files, then watch
+//! this tab train. Training runs in a dedicated Web Worker (`client-wasm`'s `worker` binary);
+//! this page only sends intents and renders [`ClientView`].
+//!
+//! The worker's identity and privacy ledger are kept in `sessionStorage` (per tab, kept across
+//! reloads), so a reloaded tab rejoins as the same client with the ε it already spent.
+
+use leptos::html::Input;
+use leptos::prelude::*;
+use protocol::worker::{JoinRequest, PageToWorker, SavedClient, WorkerToPage};
+use wasm_bindgen::prelude::*;
+use web_sys::{MessageEvent, Worker};
+
+use crate::client_view::{ClientView, Training};
+
+const SAVED_KEY: &str = "fl-client";
+const JOINED_KEY: &str = "fl-joined";
+/// trunk's loader for the worker binary (`data-loader-shim` in index.html).
+const WORKER_URL: &str = "/worker_loader.js";
+
+fn session_storage() -> Option<web_sys::Storage> {
+    window().session_storage().ok().flatten()
+}
+
+fn stored(key: &str) -> Option<String> {
+    session_storage()?.get_item(key).ok().flatten()
+}
+
+fn store(key: &str, value: Option<&str>) {
+    if let Some(s) = session_storage() {
+        let _ignored = match value {
+            Some(v) => s.set_item(key, v),
+            None => s.remove_item(key),
+        };
+    }
+}
+
+/// `ws://host/ws` for the page's own origin (the server, or trunk serve's proxy).
+fn socket_url() -> String {
+    let loc = window().location();
+    let scheme = if loc.protocol().unwrap_or_default() == "https:" { "wss" } else { "ws" };
+    format!("{scheme}://{}/ws", loc.host().unwrap_or_default())
+}
+
+/// A running worker and what keeps its message handler alive.
+struct WorkerHandle {
+    worker: Worker,
+    _onmessage: Closure<dyn Fn(MessageEvent)>,
+}
+
+/// The message a worker gets once it is ready: JSON plus the user's files, if any.
+fn command(msg: &PageToWorker, files: Option<&(Vec<u8>, Vec<u8>)>) -> JsValue {
+    let obj = js_sys::Object::new();
+    let _set = js_sys::Reflect::set(&obj, &"json".into(), &msg.encode().into());
+    if let Some((images, labels)) = files {
+        let _set = js_sys::Reflect::set(&obj, &"images".into(), &js_sys::Uint8Array::from(images.as_slice()));
+        let _set = js_sys::Reflect::set(&obj, &"labels".into(), &js_sys::Uint8Array::from(labels.as_slice()));
+    }
+    obj.into()
+}
+
+/// Starts a worker that joins with `join` as soon as it is ready.
+fn spawn_worker(view: RwSignal<ClientView>, join: JsValue) -> Result<WorkerHandle, String> {
+    let worker = Worker::new(WORKER_URL).map_err(|e| format!("could not start the training worker: {e:?}"))?;
+    let w = worker.clone();
+    let onmessage = Closure::<dyn Fn(MessageEvent)>::new(move |ev: MessageEvent| {
+        let Some(text) = ev.data().as_string() else { return };
+        let msg = match WorkerToPage::decode(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                web_sys::console::error_1(&format!("worker report does not decode: {e}").into());
+                return;
+            }
+        };
+        match &msg {
+            WorkerToPage::Ready => {
+                if let Err(e) = w.post_message(&join) {
+                    web_sys::console::error_2(&"could not send the join to the worker".into(), &e);
+                }
+            }
+            WorkerToPage::Save(saved) => {
+                if let Ok(json) = serde_json::to_string(saved) {
+                    store(SAVED_KEY, Some(&json));
+                }
+            }
+            _ => {}
+        }
+        view.update(|v| v.apply(msg));
+    });
+    worker.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+    Ok(WorkerHandle {
+        worker,
+        _onmessage: onmessage,
+    })
+}
+
+/// Reads a chosen file's bytes (they stay in the page and its worker).
+async fn file_bytes(input: &web_sys::HtmlInputElement) -> Result<Vec<u8>, String> {
+    let file = input
+        .files()
+        .and_then(|f| f.get(0))
+        .ok_or("choose both IDX files (images and labels)")?;
+    let buf = wasm_bindgen_futures::JsFuture::from(file.array_buffer())
+        .await
+        .map_err(|e| format!("could not read {}: {e:?}", file.name()))?;
+    Ok(js_sys::Uint8Array::new(&buf).to_vec())
+}
+
+#[component]
+pub fn ClientPage() -> impl IntoView {
+    let view = RwSignal::new(ClientView::default());
+    let handle = StoredValue::new_local(None::<WorkerHandle>);
+    let default_name = format!("tab-{:04x}", (js_sys::Math::random() * 65536.0) as u32);
+    let (name, set_name) = signal(default_name);
+    let (cap, set_cap) = signal(String::new());
+    let (own, set_own) = signal(false);
+    let (form_error, set_form_error) = signal(None::<String>);
+    let images_input = NodeRef::<Input>::new();
+    let labels_input = NodeRef::<Input>::new();
+
+    let leave = move || {
+        if let Some(h) = handle.try_update_value(|h| h.take()).flatten() {
+            // Ask for a clean close, then end the worker (a training step in progress cannot
+            // be interrupted otherwise; nothing it computed has left the tab).
+            let _sent = h.worker.post_message(&command(&PageToWorker::Leave, None));
+            let worker = h.worker.clone();
+            set_timeout(move || worker.terminate(), std::time::Duration::from_millis(300));
+            drop(h);
+        }
+        store(JOINED_KEY, None);
+        view.update(|v| {
+            v.apply(WorkerToPage::Connection(protocol::worker::Connection::Stopped {
+                reason: "left".into(),
+            }))
+        });
+    };
+
+    let join = move || {
+        set_form_error.set(None);
+        let epsilon_cap = match cap.get_untracked().trim() {
+            "" => None,
+            text => match text.parse::<f64>() {
+                Ok(c) if c > 0.0 && c.is_finite() => Some(c),
+                _ => {
+                    set_form_error.set(Some(format!("ε cap {text:?}: expected a number > 0, or empty for no cap")));
+                    return;
+                }
+            },
+        };
+        let own_data = own.get_untracked();
+        let resume = stored(SAVED_KEY).and_then(|s| serde_json::from_str::<SavedClient>(&s).ok());
+        let req = PageToWorker::Join(JoinRequest {
+            server: socket_url(),
+            name: name.get_untracked(),
+            epsilon_cap,
+            own_data,
+            resume,
+        });
+        leptos::task::spawn_local(async move {
+            let files = if own_data {
+                let (Some(i), Some(l)) = (images_input.get_untracked(), labels_input.get_untracked()) else {
+                    return;
+                };
+                match (file_bytes(&i).await, file_bytes(&l).await) {
+                    (Ok(i), Ok(l)) => Some((i, l)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        set_form_error.set(Some(e));
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            match spawn_worker(view, command(&req, files.as_ref())) {
+                Ok(h) => {
+                    handle.set_value(Some(h));
+                    store(JOINED_KEY, Some("1"));
+                    view.update(|v| {
+                        *v = ClientView {
+                            joined: true,
+                            // A rejoin keeps what this tab already showed.
+                            rounds: v.rounds.clone(),
+                            epsilon: v.epsilon,
+                            ..ClientView::default()
+                        }
+                    });
+                }
+                Err(e) => set_form_error.set(Some(e)),
+            }
+        });
+    };
+
+    // A reloaded tab that was joined rejoins as the same client.
+    if stored(JOINED_KEY).is_some() {
+        join();
+    }
+    on_cleanup(move || {
+        if let Some(h) = handle.try_update_value(|h| h.take()).flatten() {
+            h.worker.terminate();
+        }
+    });
+
+    let joined = move || view.with(|v| v.joined);
+    view! {
+        <section class="card">
+            <h2>"This device"</h2>
+            <form class="join" on:submit=move |ev| { ev.prevent_default(); if joined() { leave() } else { join() } }>
+                <label>"Name " <input id="client-name" prop:value=name on:input=move |ev| set_name.set(event_target_value(&ev)) disabled=joined/></label>
+                <label>"My ε cap " <input id="epsilon-cap" placeholder="none" size="6" prop:value=cap on:input=move |ev| set_cap.set(event_target_value(&ev)) disabled=joined/></label>
+                <label><input type="radio" name="data" prop:checked=move || !own.get() on:change=move |_| set_own.set(false) disabled=joined/>" assigned MNIST shard"</label>
+                <label><input type="radio" name="data" prop:checked=own on:change=move |_| set_own.set(true) disabled=joined/>" my own IDX files"</label>
+                <span class="files" class:hidden=move || !own.get()>
+                    <label>"images " <input type="file" node_ref=images_input disabled=joined/></label>
+                    <label>"labels " <input type="file" node_ref=labels_input disabled=joined/></label>
+                    <small>"(read in this page; they never leave it)"</small>
+                </span>
+                <button id="join" type="submit">{move || if joined() { "Leave" } else { "Join" }}</button>
+            </form>
+            <p class="error" id="join-error">{move || form_error.get()}</p>
+            <p>"Connection: " <b id="connection">{move || view.with(|v| v.connection_text())}</b>
+               {move || view.with(|v| v.client_id.map(|id| format!(" · client #{id}")))}</p>
+            {move || view.with(|v| v.finished.clone().map(|r| view! { <p class="notice" id="run-finished">"Run finished: " {r}</p> }))}
+            <ul class="messages">{move || view.with(|v| v.messages.iter().map(|m| view! { <li>{m.clone()}</li> }).collect_view())}</ul>
+        </section>
+        <div class="grid">
+            <section class="card">
+                <h2>"Data"</h2>
+                <DataPanel view=view/>
+            </section>
+            <section class="card">
+                <h2>"Local training"</h2>
+                <ProgressPanel training=Signal::derive(move || view.with(|v| v.training.clone())) steps=Signal::derive(move || view.with(|v| v.steps_seen))/>
+                <p class="privacy">"Privacy spent: " <b id="epsilon">{move || view.with(|v| match v.epsilon {
+                    Some((e, d)) => format!("ε = {e:.3} (δ = {d:e})"),
+                    None => "ε = 0 (nothing released yet)".into(),
+                })}</b></p>
+                {move || view.with(|v| v.last_global_accuracy.map(|(r, a)| view! {
+                    <p>"Global model after round " {r} ": " <b id="global-accuracy">{format!("{:.2} %", a * 100.0)}</b> " test accuracy"</p>
+                }))}
+            </section>
+        </div>
+        <section class="card">
+            <h2>"Rounds this client trained in"</h2>
+            <table id="rounds">
+                <thead><tr><th>"round"</th><th>"local loss"</th><th>"local accuracy"</th><th>"ε after"</th><th>"time"</th><th>"global accuracy"</th></tr></thead>
+                <tbody>{move || view.with(|v| v.rounds.iter().rev().map(|r| view! {
+                    <tr>
+                        <td>{r.server_round}</td>
+                        <td>{format!("{:.4}", r.loss)}</td>
+                        <td>{format!("{:.2} %", r.accuracy * 100.0)}</td>
+                        <td>{r.epsilon.map_or("—".into(), |e| format!("{e:.3}"))}</td>
+                        <td>{format!("{:.1} s", r.seconds)}</td>
+                        <td>{r.global_accuracy.map_or("…".into(), |a| format!("{:.2} %", a * 100.0))}</td>
+                    </tr>
+                }).collect_view())}</tbody>
+            </table>
+        </section>
+    }
+}
+
+/// The shard (or own files) and its label histogram.
+#[component]
+fn DataPanel(
+    /// The page state.
+    view: RwSignal<ClientView>,
+) -> impl IntoView {
+    move || {
+        view.with(|v| {
+            let assigned = v.assignment.as_ref().map(|a| {
+                format!(
+                    "run {} · shard {} of {} ({}) · {} examples",
+                    a.run_id,
+                    a.shard_index + 1,
+                    a.num_shards,
+                    match a.scheme {
+                        protocol::config::ShardScheme::Iid => "IID".to_string(),
+                        protocol::config::ShardScheme::Dirichlet { alpha } => format!("Dirichlet α = {alpha}"),
+                    },
+                    a.num_examples
+                )
+            });
+            let data = v.data.clone();
+            view! {
+                <p id="shard">{match (&data, assigned) {
+                    (Some(d), _) if d.own => format!("your own files · {} examples", d.num_examples),
+                    (_, Some(a)) => a,
+                    _ => "no data yet: join to get a shard".into(),
+                }}</p>
+                {data.map(|d| {
+                    let max = d.label_histogram.iter().copied().max().unwrap_or(1).max(1) as f64;
+                    view! {
+                        <div class="histogram" id="histogram">
+                            {d.label_histogram.iter().enumerate().map(|(label, &n)| view! {
+                                <div class="bar" title=format!("{n} examples of {label}")>
+                                    <span style=format!("height: {:.0}%", n as f64 / max * 100.0)></span>
+                                    <small>{label}</small>
+                                </div>
+                            }).collect_view()}
+                        </div>
+                    }
+                })}
+            }
+        })
+    }
+}
+
+/// The local training progress bar.
+#[component]
+fn ProgressPanel(
+    /// Training in progress, if any.
+    training: Signal<Option<Training>>,
+    /// Steps seen so far (tests check that the bar moved).
+    steps: Signal<u64>,
+) -> impl IntoView {
+    view! {
+        <progress id="train-progress" max="1" prop:value=move || training.get().map_or(0.0, |t| t.fraction()) data-steps=move || steps.get().to_string()></progress>
+        <p id="train-status">{move || match training.get() {
+            Some(t) => format!(
+                "round {} · epoch {}/{} · step {}/{} · batch loss {}",
+                t.server_round, t.epoch, t.epochs, t.step, t.steps_per_epoch,
+                if t.batch_loss.is_finite() { format!("{:.4}", t.batch_loss) } else { "…".into() }
+            ),
+            None => "waiting for a round".into(),
+        }}</p>
+    }
+}

@@ -1,0 +1,302 @@
+//! What the client page shows, folded from its worker's reports. Plain data, so the page's
+//! logic is tested natively; the component only renders a [`ClientView`].
+
+use protocol::messages::Assignment;
+use protocol::worker::{Connection, WorkerToPage};
+
+/// Local training in progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Training {
+    pub server_round: u64,
+    pub epoch: u32,
+    pub epochs: u32,
+    pub step: u64,
+    pub steps_per_epoch: u64,
+    pub batch_loss: f64,
+}
+
+impl Training {
+    /// Done fraction over all epochs, in [0, 1].
+    pub fn fraction(&self) -> f64 {
+        let total = self.epochs as f64 * self.steps_per_epoch as f64;
+        if total == 0.0 {
+            return 0.0;
+        }
+        let done = self.epoch.saturating_sub(1) as f64 * self.steps_per_epoch as f64 + self.step as f64;
+        (done / total).clamp(0.0, 1.0)
+    }
+}
+
+/// One round this client trained in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundRow {
+    pub server_round: u64,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub epsilon: Option<f64>,
+    pub seconds: f64,
+    /// The global model's test accuracy once the round closed.
+    pub global_accuracy: Option<f64>,
+}
+
+/// The training data this tab holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataInfo {
+    pub num_examples: u64,
+    pub label_histogram: Vec<u32>,
+    pub own: bool,
+}
+
+/// Everything the client page renders.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClientView {
+    pub joined: bool,
+    pub connection: Option<Connection>,
+    pub client_id: Option<u64>,
+    pub assignment: Option<Assignment>,
+    pub data: Option<DataInfo>,
+    pub training: Option<Training>,
+    /// Training steps seen in all (the progress bar moved this often).
+    pub steps_seen: u64,
+    pub rounds: Vec<RoundRow>,
+    /// ε this client spent (its own ledger) and the δ it is stated at.
+    pub epsilon: Option<(f64, f64)>,
+    pub last_global_accuracy: Option<(u64, f64)>,
+    pub finished: Option<String>,
+    /// Latest problems, newest last (at most [`MAX_MESSAGES`]).
+    pub messages: Vec<String>,
+}
+
+pub const MAX_MESSAGES: usize = 5;
+
+impl ClientView {
+    /// Folds one worker report into the view.
+    pub fn apply(&mut self, ev: WorkerToPage) {
+        match ev {
+            WorkerToPage::Ready | WorkerToPage::Save(_) => {}
+            WorkerToPage::Connection(c) => {
+                if matches!(c, Connection::Stopped { .. }) {
+                    self.joined = false;
+                    self.training = None;
+                }
+                self.connection = Some(c);
+            }
+            WorkerToPage::Welcome { client_id } => self.client_id = Some(client_id),
+            WorkerToPage::Assigned(a) => {
+                let new_shard = self
+                    .assignment
+                    .as_ref()
+                    .is_none_or(|old| (old.run_id, old.shard_index) != (a.run_id, a.shard_index));
+                if new_shard {
+                    self.finished = None;
+                    if self.data.as_ref().is_some_and(|d| !d.own) {
+                        self.data = None;
+                    }
+                }
+                self.assignment = Some(a);
+            }
+            WorkerToPage::Data {
+                num_examples,
+                label_histogram,
+                own,
+            } => {
+                self.data = Some(DataInfo {
+                    num_examples,
+                    label_histogram,
+                    own,
+                })
+            }
+            WorkerToPage::TrainStarted {
+                server_round,
+                epochs,
+                steps_per_epoch,
+            } => {
+                self.training = Some(Training {
+                    server_round,
+                    epoch: 1,
+                    epochs,
+                    step: 0,
+                    steps_per_epoch,
+                    batch_loss: f64::NAN,
+                })
+            }
+            WorkerToPage::Progress {
+                server_round,
+                epoch,
+                epochs,
+                step,
+                steps_per_epoch,
+                batch_loss,
+            } => {
+                self.steps_seen += 1;
+                self.training = Some(Training {
+                    server_round,
+                    epoch,
+                    epochs,
+                    step,
+                    steps_per_epoch,
+                    batch_loss,
+                });
+            }
+            WorkerToPage::Trained {
+                server_round,
+                metrics,
+                delta,
+                seconds,
+            } => {
+                if let Some(t) = self.training.as_mut() {
+                    t.step = t.steps_per_epoch;
+                    t.epoch = t.epochs;
+                }
+                if let (Some(e), Some(d)) = (metrics.epsilon, delta) {
+                    self.epsilon = Some((e, d));
+                }
+                self.rounds.retain(|r| r.server_round != server_round);
+                self.rounds.push(RoundRow {
+                    server_round,
+                    loss: metrics.loss,
+                    accuracy: metrics.accuracy,
+                    epsilon: metrics.epsilon,
+                    seconds,
+                    global_accuracy: None,
+                });
+            }
+            WorkerToPage::TrainFailed {
+                server_round,
+                reason,
+            } => {
+                self.training = None;
+                self.note(format!("round {server_round} not trained: {reason}"));
+            }
+            WorkerToPage::RoundClosed {
+                server_round,
+                test_accuracy,
+            } => {
+                self.last_global_accuracy = Some((server_round, test_accuracy));
+                if let Some(r) = self.rounds.iter_mut().find(|r| r.server_round == server_round) {
+                    r.global_accuracy = Some(test_accuracy);
+                }
+            }
+            WorkerToPage::RunFinished { reason } => {
+                self.training = None;
+                self.finished = Some(reason);
+            }
+            WorkerToPage::Error { message, .. } => self.note(message),
+        }
+    }
+
+    fn note(&mut self, message: String) {
+        self.messages.push(message);
+        let extra = self.messages.len().saturating_sub(MAX_MESSAGES);
+        self.messages.drain(..extra);
+    }
+
+    /// One line for the connection badge.
+    pub fn connection_text(&self) -> String {
+        match &self.connection {
+            None => "not joined".into(),
+            Some(Connection::Connecting) => "connecting…".into(),
+            Some(Connection::Connected) => "connected".into(),
+            Some(Connection::Reconnecting {
+                attempt,
+                retry_in_ms,
+                reason,
+            }) => format!(
+                "reconnecting (attempt {attempt}, in {:.1} s): {reason}",
+                *retry_in_ms as f64 / 1000.0
+            ),
+            Some(Connection::Stopped { reason }) => format!("stopped: {reason}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::config::{FitMetrics, ShardScheme};
+
+    fn assignment(run_id: u64) -> Assignment {
+        Assignment {
+            run_id,
+            shard_index: 1,
+            num_shards: 10,
+            scheme: ShardScheme::Iid,
+            num_examples: 6000,
+            label_histogram: vec![600; 10],
+            images_path: String::new(),
+            labels_path: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_round_moves_the_bar_and_records_epsilon() {
+        let mut v = ClientView::default();
+        v.apply(WorkerToPage::Connection(Connection::Connected));
+        v.apply(WorkerToPage::Assigned(assignment(1)));
+        v.apply(WorkerToPage::TrainStarted {
+            server_round: 1,
+            epochs: 2,
+            steps_per_epoch: 10,
+        });
+        v.apply(WorkerToPage::Progress {
+            server_round: 1,
+            epoch: 2,
+            epochs: 2,
+            step: 5,
+            steps_per_epoch: 10,
+            batch_loss: 0.5,
+        });
+        assert_eq!(v.training.as_ref().unwrap().fraction(), 0.75);
+        assert_eq!(v.steps_seen, 1);
+        let metrics = FitMetrics {
+            loss: 0.4,
+            accuracy: 0.9,
+            epsilon: Some(0.7),
+            steps: 20,
+            clipped_fraction: 0.5,
+        };
+        v.apply(WorkerToPage::Trained {
+            server_round: 1,
+            metrics,
+            delta: Some(1e-5),
+            seconds: 3.0,
+        });
+        assert_eq!(v.training.as_ref().unwrap().fraction(), 1.0);
+        assert_eq!(v.epsilon, Some((0.7, 1e-5)));
+        v.apply(WorkerToPage::RoundClosed {
+            server_round: 1,
+            test_accuracy: 0.91,
+        });
+        assert_eq!(v.rounds[0].global_accuracy, Some(0.91));
+        assert_eq!(v.connection_text(), "connected");
+    }
+
+    #[test]
+    fn a_new_run_clears_the_old_shard_and_messages_are_bounded() {
+        let mut v = ClientView::default();
+        v.apply(WorkerToPage::Assigned(assignment(1)));
+        v.apply(WorkerToPage::Data {
+            num_examples: 6000,
+            label_histogram: vec![600; 10],
+            own: false,
+        });
+        v.apply(WorkerToPage::RunFinished {
+            reason: "done".into(),
+        });
+        v.apply(WorkerToPage::Assigned(assignment(1)));
+        assert!(v.data.is_some() && v.finished.is_some(), "same shard: kept");
+        v.apply(WorkerToPage::Assigned(assignment(2)));
+        assert!(v.data.is_none() && v.finished.is_none());
+        for i in 0..8 {
+            v.apply(WorkerToPage::Error {
+                message: format!("e{i}"),
+                fatal: false,
+            });
+        }
+        assert_eq!(v.messages, ["e3", "e4", "e5", "e6", "e7"]);
+        v.apply(WorkerToPage::Connection(Connection::Stopped {
+            reason: "left".into(),
+        }));
+        assert_eq!(v.connection_text(), "stopped: left");
+    }
+}

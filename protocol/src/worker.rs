@@ -1,0 +1,177 @@
+//! Messages between the client page and its training Web Worker.
+//!
+//! The page never trains: it sends the user's intents ([`PageToWorker`]) and renders what the
+//! worker reports ([`WorkerToPage`]). Both sides are Rust compiled to wasm, so the messages are
+//! these serde types as JSON strings; the user's own IDX files travel beside the JSON as
+//! transferable `ArrayBuffer`s (they never leave the browser).
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::FitMetrics;
+use crate::messages::Assignment;
+
+/// What a page asks of its worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PageToWorker {
+    /// Connect (and keep reconnecting) to `server`; train when asked.
+    Join(JoinRequest),
+    /// Close the connection and stop reconnecting.
+    Leave,
+}
+
+/// How to join.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// `ws://host:port/ws` (or `wss://`).
+    pub server: String,
+    /// Shown on the dashboard.
+    pub name: String,
+    /// This client's own ε cap: it refuses rounds past it whatever the server asks.
+    pub epsilon_cap: Option<f64>,
+    /// Train on the user's own IDX files (sent beside this message) instead of a shard.
+    pub own_data: bool,
+    /// What an earlier worker of this tab saved: same identity, same ledger.
+    pub resume: Option<SavedClient>,
+}
+
+/// What must survive a page reload: the identity the server knows this tab by and the privacy
+/// ledger of the data it trained on (the tab keeps it in `sessionStorage`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedClient {
+    pub client_key: Option<String>,
+    /// The shard the ledger belongs to, `None` for own data.
+    pub run_id: Option<u64>,
+    pub shard_index: Option<u32>,
+    /// The ledger: `(sample_rate, noise_multiplier, steps)` in order.
+    pub ledger: Vec<(f64, f64, u64)>,
+}
+
+/// Connection state as the page shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Connection {
+    Connecting,
+    Connected,
+    /// Lost or refused; the next attempt is in `retry_in_ms`.
+    Reconnecting {
+        attempt: u32,
+        retry_in_ms: u32,
+        reason: String,
+    },
+    /// Left (by the user) or stopped for good (the reason says which).
+    Stopped { reason: String },
+}
+
+/// What a worker reports to its page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerToPage {
+    /// The worker's wasm is loaded and it listens (messages sent before this are lost).
+    Ready,
+    Connection(Connection),
+    Welcome {
+        client_id: u64,
+    },
+    Assigned(Assignment),
+    /// Training data is loaded and checked (the shard, or the user's files).
+    Data {
+        num_examples: u64,
+        label_histogram: Vec<u32>,
+        own: bool,
+    },
+    /// Local training started for `server_round`.
+    TrainStarted {
+        server_round: u64,
+        epochs: u32,
+        steps_per_epoch: u64,
+    },
+    /// One local step done: `step` (1-based) of `epoch` (1-based).
+    Progress {
+        server_round: u64,
+        epoch: u32,
+        epochs: u32,
+        step: u64,
+        steps_per_epoch: u64,
+        batch_loss: f64,
+    },
+    Trained {
+        server_round: u64,
+        metrics: FitMetrics,
+        /// δ the ε in `metrics` is stated at.
+        delta: Option<f64>,
+        /// Local training time.
+        seconds: f64,
+    },
+    TrainFailed {
+        server_round: u64,
+        reason: String,
+    },
+    RoundClosed {
+        server_round: u64,
+        test_accuracy: f64,
+    },
+    RunFinished {
+        reason: String,
+    },
+    /// An error from the server or from this worker; `fatal` ones stop the worker.
+    Error {
+        message: String,
+        fatal: bool,
+    },
+    /// Store this (page reloads resume from it).
+    Save(SavedClient),
+}
+
+impl PageToWorker {
+    pub fn encode(&self) -> String {
+        // Plain data with string keys: serialisation cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+    pub fn decode(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+impl WorkerToPage {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+    pub fn decode(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_with_their_tags() {
+        let join = PageToWorker::Join(JoinRequest {
+            server: "ws://127.0.0.1:3000/ws".into(),
+            name: "tab".into(),
+            epsilon_cap: Some(3.0),
+            own_data: false,
+            resume: Some(SavedClient {
+                client_key: Some("ab".into()),
+                run_id: Some(1),
+                shard_index: Some(2),
+                ledger: vec![(0.08, 1.1, 12)],
+            }),
+        });
+        let text = join.encode();
+        assert!(text.starts_with(r#"{"type":"join""#), "{text}");
+        assert_eq!(PageToWorker::decode(&text).unwrap(), join);
+
+        let ev = WorkerToPage::Connection(Connection::Reconnecting {
+            attempt: 2,
+            retry_in_ms: 400,
+            reason: "closed".into(),
+        });
+        let text = ev.encode();
+        assert!(text.contains(r#""state":"reconnecting""#), "{text}");
+        assert_eq!(WorkerToPage::decode(&text).unwrap(), ev);
+        assert!(PageToWorker::decode(r#"{"type":"fly"}"#).is_err());
+    }
+}
