@@ -7,7 +7,9 @@
 //     moves, its ε is shown);
 //   * one tab is closed in the middle of round 2: round 2 still closes (with a failure);
 //   * after round 3 the accuracy chart has 3 points and global accuracy is ≥ 85 % with DP on;
-//   * screenshots of a client tab and of the dashboard go to e2e/screenshots/.
+//   * screenshots of a client tab and of the dashboard go to e2e/screenshots/;
+//   * a reloaded tab is the same client with the same ε; the server killed mid-round and
+//     restarted: the tabs reconnect as the same clients and a second run finishes.
 //
 //   node e2e/federation.e2e.mjs        (scripts/test.sh runs it after the build)
 //
@@ -69,16 +71,20 @@ async function api(path, init = {}) {
 }
 
 const dataDir = mkdtempSync(join(tmpdir(), 'fl-e2e-'));
-const server = spawn(
-  process.env.SERVER_BIN ?? 'target/debug/server',
-  ['--bind', `127.0.0.1:${port}`, '--data-dir', dataDir, '--admin-token', token, '--no-demo',
-   '--static-dir', process.env.DIST ?? 'dist'],
-  { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } },
-);
+let server;
+async function startServer() {
+  server = spawn(
+    process.env.SERVER_BIN ?? 'target/debug/server',
+    ['--bind', `127.0.0.1:${port}`, '--data-dir', dataDir, '--admin-token', token, '--no-demo',
+     '--static-dir', process.env.DIST ?? 'dist'],
+    { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } },
+  );
+  await waitFor('the server', async () => (await fetch(`${base}/api/health`)).ok, 120_000);
+}
 let browser;
 let failed = false;
 try {
-  await waitFor('the server', async () => (await fetch(`${base}/api/health`)).ok, 120_000);
+  await startServer();
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -206,6 +212,57 @@ try {
   // Expected: the browser logs the refused token's 401 and the closed tab's socket.
   const unexpected = consoleErrors.filter((e) => !/status of 401|WebSocket/.test(e));
   assert.deepEqual(unexpected, [], 'no page errors');
+
+  // --- Run 2 (σ fixed: a redone round is charged again, so no target ε to run out of).
+  // A tab reloaded after round 1 is the same client (same key, same shard) with the same
+  // ledger; then the server dies in the middle of round 2 and comes back: the tabs reconnect
+  // as the same clients and the run finishes. (The number after "client #" counts connections.)
+  const [tab0, tab1] = tabs;
+  const keyOf = async (tab) => JSON.parse(await tab.evaluate(() => sessionStorage.getItem('fl-client'))).client_key;
+  const RUN2 = { name: 'e2e-restart', rounds: '2', local_epochs: '1', 'dp.budget': 'noise_multiplier', 'dp.noise_multiplier': '1.0' };
+  for (const [path, value] of Object.entries(RUN2)) {
+    const input = field(path).locator('input, select');
+    if ((await input.evaluate((e) => e.tagName)) === 'SELECT') await input.selectOption(value);
+    else await input.fill(value);
+  }
+  await admin.click('#create-start');
+  await waitFor('run 2 to start', async () => (await api('/api/admin/runs/2')).body?.run.status === 'running');
+  await waitFor('tab 0 to train round 1 of run 2', async () => /run 2/.test(await tab0.textContent('#shard'))
+    && /ε = 0\.[0-9]*[1-9]|ε = [1-9]/.test(await tab0.textContent('#epsilon')), 120_000, 100);
+  const key0 = await keyOf(tab0);
+  const shard0 = await tab0.textContent('#shard');
+  const eps0 = await tab0.textContent('#epsilon');
+  await tab0.reload();
+  await waitFor('tab 0 to rejoin after a reload', async () => (await tab0.textContent('#connection')) === 'connected');
+  await waitFor('tab 0 to show its shard again', async () => (await tab0.textContent('#shard')) === shard0);
+  assert.equal(await keyOf(tab0), key0, 'the same client key');
+  assert.equal(await tab0.textContent('#epsilon'), eps0, 'the ledger survived the reload');
+  log(`tab 0 reloaded: same key and shard (${shard0}), ${eps0}`);
+
+  const keys = await Promise.all([tab0, tab1].map(keyOf));
+  const shards = await Promise.all([tab0, tab1].map((t) => t.textContent('#shard')));
+  await waitFor('tab 1 to be training round 2', async () => /round 2 ·/.test(await tab1.textContent('#train-status')), 120_000, 100);
+  server.kill('SIGKILL');
+  await new Promise((r) => server.once('exit', r));
+  log('server killed in the middle of run 2, round 2');
+  await waitFor('tab 1 to notice', async () => /reconnecting/.test(await tab1.textContent('#connection')), 60_000, 100);
+  await startServer();
+  log('server restarted');
+  for (const [i, tab] of [tab0, tab1].entries()) {
+    await waitFor(`tab ${i} to reconnect`, async () => (await tab.textContent('#connection')) === 'connected', 60_000);
+  }
+  assert.deepEqual(await Promise.all([tab0, tab1].map(keyOf)), keys, 'the same client keys after the restart');
+  await waitFor('run 2 to finish after the restart', async () => (await admin.textContent('#run-status')) === 'finished'
+    && /e2e-restart/.test(await admin.textContent('main')), 300_000, 500);
+  assert.deepEqual(await Promise.all([tab0, tab1].map((t) => t.textContent('#shard'))), shards, 'the same shards');
+  const run2 = (await api('/api/admin/runs/2')).body;
+  assert.deepEqual(run2.rounds.map((r) => r.server_round), [1, 2]);
+  for (const [i, tab] of [tab0, tab1].entries()) {
+    await waitFor(`tab ${i} to list round 2`, async () => /^2$/.test((await tab.locator('#rounds tbody tr td').first().textContent()).trim()), 60_000);
+  }
+  const points2 = await admin.evaluate(() => Chart.getChart('chart-accuracy').data.datasets[0].data.length);
+  assert.equal(points2, 2, 'the dashboard shows run 2 (2 rounds) after the restart');
+  log(`run 2 finished after the restart: accuracy ${(run2.rounds[1].test_accuracy * 100).toFixed(2)} %`);
   log('passed');
 } catch (e) {
   failed = true;

@@ -154,6 +154,9 @@ async fn join(
         Ok(s) => s,
         Err(e) => return format!("could not start the session: {e}"),
     };
+    if let Some((epsilon, delta)) = session.spent() {
+        post(&WorkerToPage::Privacy { epsilon, delta });
+    }
     let mut attempt = 0u32;
     let mut backoff = FIRST_BACKOFF_MS;
     loop {

@@ -182,6 +182,8 @@ pub struct Session {
     finished: Option<String>,
     /// The shard a resumed ledger belongs to, until the first assignment.
     resumed_shard: Option<(u64, u32)>,
+    /// δ of the last DP training config (ε is stated at it).
+    delta: Option<f64>,
     /// Rounds this client trained in (for display).
     pub rounds_trained: Vec<u64>,
 }
@@ -192,7 +194,9 @@ impl Session {
         let data = options.own_data.clone();
         let mut client_key = None;
         let mut resumed_shard = None;
+        let mut delta = None;
         if let Some(saved) = &options.resume {
+            delta = saved.delta;
             client_key = saved.client_key.clone();
             resumed_shard = saved.run_id.zip(saved.shard_index);
             privacy.ledger.history = saved.ledger.clone();
@@ -201,6 +205,7 @@ impl Session {
             options,
             client_key,
             resumed_shard,
+            delta,
             client_id: None,
             assignment: None,
             data,
@@ -271,7 +276,14 @@ impl Session {
                 .as_ref()
                 .map(|p| p.ledger.history.clone())
                 .unwrap_or_default(),
+            delta: self.delta,
         }
+    }
+
+    /// ε spent so far and the δ it is stated at, once this client has trained with DP.
+    pub fn spent(&self) -> Option<(f64, f64)> {
+        let delta = self.delta?;
+        Some((self.epsilon(delta)?, delta))
     }
 
     /// Handles a text message.
@@ -316,6 +328,9 @@ impl Session {
                 config,
                 ..
             } => {
+                if let Some(dp) = &config.dp {
+                    self.delta = Some(dp.delta);
+                }
                 self.expect = Expect::TrainModel {
                     server_round,
                     config,
@@ -706,6 +721,7 @@ mod tests {
             run_id: Some(7),
             shard_index: Some(3),
             ledger: vec![(0.1, 1.0, 40)],
+            delta: Some(1e-5),
         };
         let resume = |saved: &SavedClient| {
             Session::new(SessionOptions {
@@ -722,6 +738,7 @@ mod tests {
         assert!(hello.contains(r#""client_key":"k1""#), "{hello}");
         let spent = s.epsilon(1e-5).unwrap();
         assert!(spent > 0.0);
+        assert_eq!(s.spent(), Some((spent, 1e-5)));
         let out = s.on_text(&assignment(7, 3)).unwrap();
         assert!(matches!(out[1], Action::FetchShard { .. }));
         assert_eq!(s.epsilon(1e-5), Some(spent));

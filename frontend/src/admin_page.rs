@@ -157,8 +157,11 @@ fn Dashboard(
         }
     });
 
+    // Bumped when the event stream (re)connects: whatever happened meanwhile is fetched again.
+    let reloads = RwSignal::new(0u64);
     // The current run's history fills the charts; events add rounds as they close.
     Effect::new(move |_| {
+        reloads.track();
         let Some(id) = current.get() else { return };
         leptos::task::spawn_local(async move {
             match api::get::<RunHistory>(&token.get_value(), &format!("/api/admin/runs/{id}")).await {
@@ -177,7 +180,8 @@ fn Dashboard(
     });
 
     // Live events (EventSource cannot send headers: the token goes in the query).
-    let events = StoredValue::new_local(None::<(web_sys::EventSource, Closure<dyn Fn(web_sys::MessageEvent)>)>);
+    type Handler = Closure<dyn Fn(web_sys::MessageEvent)>;
+    let events = StoredValue::new_local(None::<(web_sys::EventSource, Handler, Handler)>);
     let url = format!("/api/admin/events?token={}", js_sys::encode_uri_component(&token.get_value()));
     match web_sys::EventSource::new(&url) {
         Ok(source) => {
@@ -206,12 +210,19 @@ fn Dashboard(
                 }
             });
             source.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
-            events.set_value(Some((source, onmessage)));
+            // The browser reconnects an event stream by itself (a server restart, say); what
+            // was missed meanwhile comes from the API.
+            let onopen = Closure::<dyn Fn(web_sys::MessageEvent)>::new(move |_| {
+                refresh_runs();
+                reloads.update(|n| *n += 1);
+            });
+            source.set_onopen(Some(onopen.as_ref().unchecked_ref()));
+            events.set_value(Some((source, onmessage, onopen)));
         }
         Err(e) => set_action_error.set(Some(format!("live events unavailable: {e:?}"))),
     }
     on_cleanup(move || {
-        if let Some((source, _)) = events.try_update_value(|e| e.take()).flatten() {
+        if let Some((source, _, _)) = events.try_update_value(|e| e.take()).flatten() {
             source.close();
         }
     });

@@ -83,14 +83,20 @@ impl ClientView {
             }
             WorkerToPage::Welcome { client_id } => self.client_id = Some(client_id),
             WorkerToPage::Assigned(a) => {
-                let new_shard = self
+                let changed = self
                     .assignment
                     .as_ref()
-                    .is_none_or(|old| (old.run_id, old.shard_index) != (a.run_id, a.shard_index));
-                if new_shard {
+                    .is_some_and(|old| (old.run_id, old.shard_index) != (a.run_id, a.shard_index));
+                let own = self.data.as_ref().is_some_and(|d| d.own);
+                if changed {
+                    // Another run: its rounds are listed from scratch.
                     self.finished = None;
-                    if self.data.as_ref().is_some_and(|d| !d.own) {
+                    self.rounds.clear();
+                    self.last_global_accuracy = None;
+                    if !own {
+                        // A new shard is a new privacy unit: the worker starts a fresh ledger.
                         self.data = None;
+                        self.epsilon = None;
                     }
                 }
                 self.assignment = Some(a);
@@ -168,6 +174,7 @@ impl ClientView {
                 self.training = None;
                 self.note(format!("round {server_round} not trained: {reason}"));
             }
+            WorkerToPage::Privacy { epsilon, delta } => self.epsilon = Some((epsilon, delta)),
             WorkerToPage::RoundClosed {
                 server_round,
                 test_accuracy,
@@ -272,6 +279,17 @@ mod tests {
     }
 
     #[test]
+    fn a_reloaded_tab_shows_its_resumed_epsilon() {
+        let mut v = ClientView::default();
+        v.apply(WorkerToPage::Privacy {
+            epsilon: 1.5,
+            delta: 1e-5,
+        });
+        v.apply(WorkerToPage::Assigned(assignment(1)));
+        assert_eq!(v.epsilon, Some((1.5, 1e-5)), "the same shard keeps its ledger");
+    }
+
+    #[test]
     fn a_new_run_clears_the_old_shard_and_messages_are_bounded() {
         let mut v = ClientView::default();
         v.apply(WorkerToPage::Assigned(assignment(1)));
@@ -285,8 +303,9 @@ mod tests {
         });
         v.apply(WorkerToPage::Assigned(assignment(1)));
         assert!(v.data.is_some() && v.finished.is_some(), "same shard: kept");
+        v.epsilon = Some((1.0, 1e-5));
         v.apply(WorkerToPage::Assigned(assignment(2)));
-        assert!(v.data.is_none() && v.finished.is_none());
+        assert!(v.data.is_none() && v.finished.is_none() && v.epsilon.is_none());
         for i in 0..8 {
             v.apply(WorkerToPage::Error {
                 message: format!("e{i}"),

@@ -45,6 +45,9 @@ pub struct SavedClient {
     pub shard_index: Option<u32>,
     /// The ledger: `(sample_rate, noise_multiplier, steps)` in order.
     pub ledger: Vec<(f64, f64, u64)>,
+    /// δ the run states ε at (from the last training config).
+    #[serde(default)]
+    pub delta: Option<f64>,
 }
 
 /// Connection state as the page shows it.
@@ -107,6 +110,11 @@ pub enum WorkerToPage {
         server_round: u64,
         reason: String,
     },
+    /// ε this client has spent (its own ledger) at δ: after a resume, before any new round.
+    Privacy {
+        epsilon: f64,
+        delta: f64,
+    },
     RoundClosed {
         server_round: u64,
         test_accuracy: f64,
@@ -158,6 +166,7 @@ mod tests {
                 run_id: Some(1),
                 shard_index: Some(2),
                 ledger: vec![(0.08, 1.1, 12)],
+                delta: Some(1e-5),
             }),
         });
         let text = join.encode();
