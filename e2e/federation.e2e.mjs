@@ -16,12 +16,10 @@
 // Environment: SERVER_BIN (default target/debug/server), CHROMIUM (/usr/bin/chromium),
 // E2E_PORT (3377), DIST (dist).
 
-import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { launchChromium, startServer, token, waitFor } from './harness.mjs';
 
 // The run this test starts (from the admin page's form). 3 clients on 6 000-example IID shards,
 // DP-SGD with every client's ε ≤ 3 at δ = 1e-5.
@@ -39,57 +37,20 @@ const RUN = {
 const MIN_ACCURACY = 0.85;
 
 const port = Number(process.env.E2E_PORT ?? 3377);
-const base = `http://127.0.0.1:${port}`;
-const token = 'e2e-admin-token-0123456789abcdef';
 const shots = new URL('./screenshots/', import.meta.url).pathname;
 mkdirSync(shots, { recursive: true });
 
 const t0 = Date.now();
 const log = (...a) => console.log(`[e2e ${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
 
-async function waitFor(what, fn, timeoutMs = 60_000, everyMs = 250) {
-  const until = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < until) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-  throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${last}` : ''}`);
-}
-
-async function api(path, init = {}) {
-  const res = await fetch(base + path, {
-    ...init,
-    headers: { Authorization: `Bearer ${token}`, ...(init.headers ?? {}) },
-  });
-  return { status: res.status, body: await res.json().catch(() => null) };
-}
-
-const dataDir = mkdtempSync(join(tmpdir(), 'fl-e2e-'));
 let server;
-async function startServer() {
-  server = spawn(
-    process.env.SERVER_BIN ?? 'target/debug/server',
-    ['--bind', `127.0.0.1:${port}`, '--data-dir', dataDir, '--admin-token', token, '--no-demo',
-     '--static-dir', process.env.DIST ?? 'dist'],
-    { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } },
-  );
-  await waitFor('the server', async () => (await fetch(`${base}/api/health`)).ok, 120_000);
-}
 let browser;
 let failed = false;
 try {
-  await startServer();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-           '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  server = await startServer(port);
+  const base = server.base;
+  const api = (path, init) => server.api(path, init);
+  browser = await launchChromium();
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const consoleErrors = [];
   const watch = (page, name) => {
@@ -196,6 +157,8 @@ try {
   assert.equal(points, 3, 'the accuracy chart has a point per round');
   const history = (await api('/api/admin/runs/1')).body;
   const last = history.rounds.at(-1);
+  const drawn = await admin.evaluate(() => Chart.getChart('chart-accuracy').data.datasets[0].data[2]);
+  assert.ok(Math.abs(drawn - last.test_accuracy * 100) < 1e-9, `the chart draws round 3 at ${drawn} %`);
   assert.equal(last.server_round, 3);
   assert.ok(last.test_accuracy >= MIN_ACCURACY, `global accuracy after round 3 is ${last.test_accuracy}, expected ≥ ${MIN_ACCURACY}`);
   assert.ok(last.epsilon > 0 && last.epsilon <= 3, `ε ${last.epsilon} is within the target 3`);
@@ -242,11 +205,10 @@ try {
   const keys = await Promise.all([tab0, tab1].map(keyOf));
   const shards = await Promise.all([tab0, tab1].map((t) => t.textContent('#shard')));
   await waitFor('tab 1 to be training round 2', async () => /round 2 ·/.test(await tab1.textContent('#train-status')), 120_000, 100);
-  server.kill('SIGKILL');
-  await new Promise((r) => server.once('exit', r));
+  await server.kill('SIGKILL');
   log('server killed in the middle of run 2, round 2');
   await waitFor('tab 1 to notice', async () => /reconnecting/.test(await tab1.textContent('#connection')), 60_000, 100);
-  await startServer();
+  await server.restart();
   log('server restarted');
   for (const [i, tab] of [tab0, tab1].entries()) {
     await waitFor(`tab ${i} to reconnect`, async () => (await tab.textContent('#connection')) === 'connected', 60_000);
@@ -269,7 +231,6 @@ try {
   console.error(e);
 } finally {
   await browser?.close();
-  server.kill('SIGTERM');
-  rmSync(dataDir, { recursive: true, force: true });
+  await server?.stop();
 }
 process.exit(failed ? 1 : 0);

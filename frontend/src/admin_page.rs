@@ -93,13 +93,16 @@ fn join_url(info: Option<&JoinInfo>) -> (String, Option<String>) {
     }
     match info.and_then(|i| i.lan_urls.first()) {
         Some(url) => (url.clone(), None),
-        None => (
-            format!("{origin}/"),
-            Some(format!(
-                "The server listens on {} only: start it with --bind 0.0.0.0:3000 so phones and other devices on this network can join.",
-                info.map_or("loopback", |i| i.bind.as_str())
-            )),
-        ),
+        None => {
+            let bind = info.map_or("loopback", |i| i.bind.as_str());
+            let port = bind.rsplit(':').next().filter(|p| p.parse::<u16>().is_ok()).unwrap_or("3000");
+            (
+                format!("{origin}/"),
+                Some(format!(
+                    "The server listens on {bind} only: start it with --bind 0.0.0.0:{port} (or scripts/demo.sh --lan) so phones and other devices on this network can join."
+                )),
+            )
+        }
     }
 }
 
@@ -332,8 +335,8 @@ fn Dashboard(
         <section class="card charts">
             <h2>"Global model"</h2>
             <div class="chart-grid">
-                <LineChart id="chart-accuracy" title="Test accuracy and loss" y_title="accuracy" y2_title="loss" series=series lines=vec![
-                    Line { label: "accuracy", color: "#2563eb", value: |p| Some(p.accuracy), right_axis: false },
+                <LineChart id="chart-accuracy" title="Test accuracy and loss (10 000 MNIST test images)" y_title="accuracy %" y2_title="loss" series=series lines=vec![
+                    Line { label: "accuracy %", color: "#2563eb", value: |p| Some(p.accuracy * 100.0), right_axis: false },
                     Line { label: "loss", color: "#dc2626", value: |p| Some(p.loss), right_axis: true },
                 ]/>
                 <LineChart id="chart-epsilon" title="Privacy spent ε (largest client)" y_title="ε" series=series lines=vec![

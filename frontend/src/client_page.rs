@@ -249,7 +249,7 @@ pub fn ClientPage() -> impl IntoView {
                         <td>{format!("{:.4}", r.loss)}</td>
                         <td>{format!("{:.2} %", r.accuracy * 100.0)}</td>
                         <td>{r.epsilon.map_or("—".into(), |e| format!("{e:.3}"))}</td>
-                        <td>{format!("{:.1} s", r.seconds)}</td>
+                        <td>{format!("{:.2} s", r.seconds)}</td>
                         <td>{r.global_accuracy.map_or("…".into(), |a| format!("{:.2} %", a * 100.0))}</td>
                     </tr>
                 }).collect_view())}</tbody>

@@ -839,6 +839,19 @@ async fn the_built_frontend_is_served_on_the_same_port_and_api_paths_stay_json()
             "{path}: {ty} {body}"
         );
     }
+    // Pages go out gzipped to a browser that asks for it (the wasm is megabytes).
+    std::fs::write(dir.join("www/big.js"), "console.log(1);\n".repeat(500)).unwrap();
+    let req = Request::get("/big.js")
+        .header("accept-encoding", "gzip")
+        .body(Body::empty())
+        .unwrap();
+    let res = server.started.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(
+        res.headers().get("content-encoding").map(|v| v.as_bytes()),
+        Some(&b"gzip"[..])
+    );
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    assert!(body.len() < 1000, "{} bytes for 8 000", body.len());
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,78 @@
+// What the browser test and the browser benchmark share: a server of our own on a port, an API
+// client with the admin token, Debian's Chromium, and polling with a named timeout.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+export const token = 'e2e-admin-token-0123456789abcdef';
+
+/** Polls `fn` until it returns something truthy; the error names what was awaited. */
+export async function waitFor(what, fn, timeoutMs = 60_000, everyMs = 250) {
+  const until = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < until) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${last ? `: ${last}` : ''}`);
+}
+
+/**
+ * The server (SERVER_BIN, default target/debug/server) on 127.0.0.1:`port` with a fresh data
+ * directory, no demo run and the built pages (DIST, default dist). `restart()` starts it again
+ * on the same data; `stop()` ends it and removes the data.
+ */
+export async function startServer(port) {
+  const dataDir = mkdtempSync(join(tmpdir(), 'fl-e2e-'));
+  const base = `http://127.0.0.1:${port}`;
+  const server = {
+    base,
+    process: null,
+    async restart() {
+      this.process = spawn(
+        process.env.SERVER_BIN ?? 'target/debug/server',
+        ['--bind', `127.0.0.1:${port}`, '--data-dir', dataDir, '--admin-token', token, '--no-demo',
+         '--static-dir', process.env.DIST ?? 'dist'],
+        { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } },
+      );
+      await waitFor('the server', async () => (await fetch(`${base}/api/health`)).ok, 120_000);
+    },
+    async kill(signal = 'SIGTERM') {
+      const p = this.process;
+      if (!p || p.exitCode !== null) return;
+      const exited = new Promise((r) => p.once('exit', r));
+      p.kill(signal);
+      await exited;
+    },
+    async stop() {
+      await this.kill();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+    /** An admin API call: `{status, body}` (body parsed as JSON when it is). */
+    async api(path, init = {}) {
+      const res = await fetch(base + path, {
+        ...init,
+        headers: { Authorization: `Bearer ${token}`, ...(init.headers ?? {}) },
+      });
+      return { status: res.status, body: await res.json().catch(() => null) };
+    },
+  };
+  await server.restart();
+  return server;
+}
+
+/** Debian's Chromium (CHROMIUM, default /usr/bin/chromium), headless. */
+export function launchChromium() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+           '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
