@@ -218,6 +218,17 @@ try {
   await own.locator('input[type=radio][name=data]').nth(1).check();
   await own.locator('.files input[type=file]').nth(0).setInputFiles(join(ownDir, 'images.idx'));
   await own.locator('.files input[type=file]').nth(1).setInputFiles(join(ownDir, 'labels.idx'));
+  // Files that are not IDX first: the tab says which file is wrong and what it expected.
+  writeFileSync(join(ownDir, 'notes.txt'), 'these are not images\n'.repeat(10));
+  await own.locator('.files input[type=file]').nth(0).setInputFiles(join(ownDir, 'notes.txt'));
+  await own.click('#join');
+  const refusedFiles = await waitFor('the bad-file message', async () => {
+    const t = await own.textContent('#connection');
+    return /^stopped: /.test(t) ? t : null;
+  });
+  assert.match(refusedFiles, /images file: magic number is 0x[0-9a-f]+, expected 0x00000803/);
+  log('a text file as images refused:', JSON.stringify(refusedFiles));
+  await own.locator('.files input[type=file]').nth(0).setInputFiles(join(ownDir, 'images.idx'));
   await own.click('#join');
   await waitFor('the own-data tab to connect', async () => (await own.textContent('#connection')) === 'connected');
   assert.equal(await own.textContent('#shard'), 'your own files · 1000 examples');

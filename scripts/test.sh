@@ -9,17 +9,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash scripts/setup.sh --browser
+echo "== setup: $(( $(date +%s) - start )) s"
 export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 run() { # name command...: runs one stage, keeps going after a failure, tees the output
-  echo "== $1"; shift
+  local name=$1 t=$SECONDS; shift
+  echo "== $name"
   set +e
   "$@" 2>&1 | tee -a "$log"
   local s=${PIPESTATUS[0]}
   set -e
+  echo "== $name: $((SECONDS - t)) s"
   [ "$s" = 0 ] || { echo "!! failed: $*"; status=1; }
   return 0
 }

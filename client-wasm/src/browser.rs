@@ -142,7 +142,7 @@ async fn join(
     };
     let origin = match crate::http_origin(&req.server) {
         Ok(o) => o,
-        Err(e) => return e.to_string(),
+        Err(e) => return e,
     };
     let mut session = match Session::new(SessionOptions {
         name: req.name.clone(),
@@ -188,7 +188,7 @@ async fn join(
             reason,
         }));
         // Wait, but leave at once if asked to.
-        let mut sleep = Box::pin(gloo_timer(backoff).fuse());
+        let mut sleep = Box::pin(sleep_ms(backoff).fuse());
         loop {
             futures::select! {
                 _ = sleep => break,
@@ -202,8 +202,8 @@ async fn join(
     }
 }
 
-/// A promise-based timer (the worker has `setTimeout` but no `window`).
-async fn gloo_timer(ms: u32) {
+/// Sleeps on the worker's `setTimeout` (a worker has no `window`).
+async fn sleep_ms(ms: u32) {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         let _id = scope().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms as i32);
     });

@@ -117,6 +117,12 @@ pub fn download(name: &str, mime: &str, bytes: &[u8]) -> Result<(), String> {
     a.set_href(&url);
     a.set_download(name);
     a.click();
-    web_sys::Url::revoke_object_url(&url).map_err(err)?;
+    // Some browsers read the blob after `click` returns: free it a little later.
+    leptos::prelude::set_timeout(
+        move || {
+            let _freed = web_sys::Url::revoke_object_url(&url);
+        },
+        std::time::Duration::from_secs(10),
+    );
     Ok(())
 }

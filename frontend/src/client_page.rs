@@ -123,9 +123,8 @@ pub fn ClientPage() -> impl IntoView {
             // Ask for a clean close, then end the worker (a training step in progress cannot
             // be interrupted otherwise; nothing it computed has left the tab).
             let _sent = h.worker.post_message(&command(&PageToWorker::Leave, None));
-            let worker = h.worker.clone();
-            set_timeout(move || worker.terminate(), std::time::Duration::from_millis(300));
-            drop(h);
+            // The handler stays alive until the worker is gone: it may still report.
+            set_timeout(move || h.worker.terminate(), std::time::Duration::from_millis(300));
         }
         store(JOINED_KEY, None);
         view.update(|v| {
