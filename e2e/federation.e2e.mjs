@@ -9,8 +9,9 @@
 //   * after round 3 the accuracy chart has 3 points and global accuracy is ≥ 85 % with DP on;
 //   * screenshots of a client tab and of the dashboard go to e2e/screenshots/;
 //   * a tab joins with its own IDX files; a reloaded tab is the same client with the same ε;
-//     the server killed mid-round and restarted: the tabs reconnect as the same clients and a
-//     second run finishes, the own-data tab training in it too.
+//     the server killed mid-round (the tabs back off 0.5 s, 1 s, 2 s…) and restarted: the tabs
+//     reconnect as the same clients and a second run finishes, the own-data tab training too;
+//   * the run controls work from the buttons; no page logs an error this test did not cause.
 //
 //   node e2e/federation.e2e.mjs        (scripts/test.sh runs it after the build)
 //
@@ -192,9 +193,6 @@ try {
   assert.match(table, /6000/);
   log(`downloads: ${csv.length - 1} CSV rows, model ${model.length} bytes; clients table lists the 2 tabs`);
 
-  // Expected: the browser logs the refused token's 401 and the closed tab's socket.
-  const unexpected = consoleErrors.filter((e) => !/status of 401|WebSocket/.test(e));
-  assert.deepEqual(unexpected, [], 'no page errors');
 
   // --- Run 2 (σ fixed: a redone round is charged again, so no target ε to run out of).
   // A tab reloaded after round 1 is the same client (same key, same shard) with the same
@@ -262,7 +260,12 @@ try {
   await waitFor('tab 1 to be training round 2', async () => /round 2 ·/.test(await tab1.textContent('#train-status')), 120_000, 100);
   await server.kill('SIGKILL');
   log('server killed in the middle of run 2, round 2');
-  await waitFor('tab 1 to notice', async () => /reconnecting/.test(await tab1.textContent('#connection')), 60_000, 100);
+  // While it is down the tab backs off: 0.5 s, 1 s, 2 s… (a refused socket is not a connection).
+  const backoff = await waitFor('tab 1 to back off to 2 s', async () => {
+    const t = await tab1.textContent('#connection');
+    return /reconnecting \(attempt 3, in 2\.0 s\)/.test(t) ? t : null;
+  }, 30_000, 50);
+  log('tab 1 while the server is down:', JSON.stringify(backoff));
   await server.restart();
   log('server restarted');
   for (const [i, tab] of [tab0, tab1].entries()) {
@@ -296,6 +299,13 @@ try {
   assert.equal((await api('/api/admin/runs/3')).body.run.status, 'stopped');
   assert.ok(await admin.isDisabled('#start') && await admin.isDisabled('#stop'), 'a stopped run has no controls');
   log('run 3: created, started, paused, resumed, stopped from the buttons');
+
+  // Nothing went wrong in any page but what this test caused: the refused token's 401, the
+  // event stream cut by the kill, and connections refused while the server was down.
+  const expected = /status of 401 \(Unauthorized\)|ERR_INCOMPLETE_CHUNKED_ENCODING|ERR_CONNECTION_REFUSED|WebSocket connection to 'ws:\/\/127\.0\.0\.1:\d+\/ws' failed/;
+  const unexpected = consoleErrors.filter((e) => !expected.test(e));
+  assert.deepEqual(unexpected, [], 'no other page errors');
+  log(`page errors: ${consoleErrors.length}, all expected`);
   log('passed');
 } catch (e) {
   failed = true;

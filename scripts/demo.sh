@@ -38,11 +38,24 @@ mkdir -p "$DATA"
 SERVER=$!
 PIDS="$SERVER"
 trap 'kill $PIDS 2>/dev/null || true' EXIT INT TERM
-LOCAL="127.0.0.1:${BIND##*:}"
-for _ in $(seq 150); do curl -fs "http://$LOCAL/api/health" >/dev/null && break; sleep 0.2; done
-curl -fs "http://$LOCAL/api/health" >/dev/null || { echo "the server did not start; its log:" >&2; cat "$DATA/server.log" >&2; exit 1; }
-TOKEN="$(cat "$DATA/admin-token")"
-JOIN="$(curl -fs -H "Authorization: Bearer $TOKEN" "http://$LOCAL/api/admin/join" | python3 -c 'import json,sys; u=json.load(sys.stdin)["lan_urls"]; print(u[0] if u else "")')"
+# Where this machine reaches the server: the bound host, or loopback for 0.0.0.0 / [::].
+HOST="${BIND%:*}"
+case "$HOST" in 0.0.0.0|"[::]") HOST=127.0.0.1 ;; esac
+LOCAL="$HOST:${BIND##*:}"
+up=0
+for _ in $(seq 150); do
+  kill -0 "$SERVER" 2>/dev/null || break # it exited (port taken, bad flag): say so below
+  if curl -fs "http://$LOCAL/api/health" >/dev/null; then up=1; break; fi
+  sleep 0.2
+done
+if [ "$up" != 1 ]; then
+  echo "the server did not start; its log ($DATA/server.log):" >&2
+  cat "$DATA/server.log" >&2
+  exit 1
+fi
+TOKEN="${FL_ADMIN_TOKEN:-$(cat "$DATA/admin-token")}"
+JOIN="$(curl -fs -H "Authorization: Bearer $TOKEN" "http://$LOCAL/api/admin/join" \
+  | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const u=JSON.parse(s).lan_urls;console.log(u.length?u[0]:"")})' || true)"
 cat <<MSG
 
   client page   http://$LOCAL/        (open it in 2+ tabs: the demo run starts with 2 clients)

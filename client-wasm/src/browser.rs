@@ -4,8 +4,9 @@
 //!
 //! The page talks to it with [`PageToWorker`] messages (JSON strings, the user's own IDX files
 //! beside them as `ArrayBuffer`s) and renders the [`WorkerToPage`] reports. Reconnects use
-//! exponential backoff (0.5 s → 10 s); the client key and the privacy ledger survive them, and
-//! survive a page reload through [`WorkerToPage::Save`].
+//! exponential backoff (0.5 s → 10 s, reset once the server welcomes the client); the client key
+//! and the privacy ledger survive them, and survive a page reload through [`WorkerToPage::Save`]:
+//! an update is sent only after the page confirmed it stored the ledger that includes it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -98,7 +99,7 @@ async fn serve(mut rx: mpsc::UnboundedReceiver<Command>) {
                 let reason = join(req, cmd.images, cmd.labels, &mut rx).await;
                 post(&WorkerToPage::Connection(Connection::Stopped { reason }));
             }
-            PageToWorker::Leave => {}
+            PageToWorker::Leave | PageToWorker::Saved { .. } => {}
         }
     }
 }
@@ -154,9 +155,9 @@ async fn join(
         Ok(s) => s,
         Err(e) => return format!("could not start the session: {e}"),
     };
-    if let Some((epsilon, delta)) = session.spent() {
-        post(&WorkerToPage::Privacy { epsilon, delta });
-    }
+    post(&WorkerToPage::Privacy {
+        spent: session.spent(),
+    });
     let mut attempt = 0u32;
     let mut backoff = FIRST_BACKOFF_MS;
     loop {
@@ -194,7 +195,7 @@ async fn join(
                 _ = sleep => break,
                 cmd = rx.next() => match cmd.map(|c| c.msg) {
                     Some(PageToWorker::Leave) | None => return "left".into(),
-                    Some(PageToWorker::Join(_)) => {}
+                    Some(PageToWorker::Join(_) | PageToWorker::Saved { .. }) => {}
                 },
             }
         }
@@ -213,9 +214,10 @@ async fn sleep_ms(ms: u32) {
 enum Outcome {
     /// The user left.
     Left,
-    /// Could not connect (or the connection broke before it was established).
+    /// Could not connect, or the connection ended before the server welcomed this client:
+    /// the backoff keeps growing.
     Lost(String),
-    /// A working connection ended: reconnect from the first backoff.
+    /// A welcomed connection ended: reconnect from the first backoff.
     Established(String),
     /// Going on cannot help (refused protocol version, a shard that does not match).
     Fatal(String),
@@ -234,11 +236,15 @@ async fn connection(
     origin: &str,
     rx: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Outcome {
-    // The first send waits until the socket is open: its failure means "never connected".
+    // A connection counts as established only once the server welcomed this client: a socket
+    // that is refused, or closed before the welcome (server full), keeps the backoff growing.
+    let mut welcomed = false;
+    let ended = |welcomed: bool, reason: String| {
+        if welcomed { Outcome::Established(reason) } else { Outcome::Lost(reason) }
+    };
     if let Err(e) = ws.send(to_message(session.hello())).await {
         return Outcome::Lost(format!("could not connect: {e}"));
     }
-    post(&WorkerToPage::Connection(Connection::Connected));
     loop {
         let incoming = futures::select! {
             msg = ws.next().fuse() => msg,
@@ -247,41 +253,46 @@ async fn connection(
                     let _closed = ws.close(Some(1000), Some("left"));
                     return Outcome::Left;
                 }
-                Some(PageToWorker::Join(_)) => continue, // already joined
+                // Already joined; a late acknowledgement needs nothing.
+                Some(PageToWorker::Join(_) | PageToWorker::Saved { .. }) => continue,
             },
         };
         let actions = match incoming {
             Some(Ok(Message::Text(t))) => session.on_text(&t),
             Some(Ok(Message::Bytes(b))) => session.on_binary(&b),
-            Some(Err(e)) => return Outcome::Established(format!("connection lost: {e}")),
-            None => return Outcome::Established("the server closed the connection".into()),
+            Some(Err(e)) if welcomed => return ended(welcomed, format!("connection lost: {e}")),
+            Some(Err(e)) => return ended(welcomed, format!("could not connect: {e}")),
+            None => return ended(welcomed, "the server closed the connection".into()),
         };
         let actions = match actions {
             Ok(a) => a,
-            Err(e) => return Outcome::Established(format!("bad message from the server: {e}")),
+            Err(e) => return ended(welcomed, format!("bad message from the server: {e}")),
         };
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Send(o) => {
                     if let Err(e) = ws.send(to_message(o)).await {
-                        return Outcome::Established(format!("send failed: {e}"));
+                        return ended(welcomed, format!("send failed: {e}"));
                     }
                 }
                 Action::FetchShard {
                     images_path,
                     labels_path,
                 } => {
+                    // A download that fails is retried with the connection; a shard that does
+                    // not match its assignment is not (the server would send the same again).
                     let fetched = async {
                         let images = http_get(&format!("{origin}{images_path}")).await?;
                         let labels = http_get(&format!("{origin}{labels_path}")).await?;
-                        session
-                            .on_shard(&images, &labels)
-                            .map_err(|e| e.to_string())
-                    }
-                    .await;
-                    if let Err(e) = fetched {
-                        return Outcome::Fatal(format!("shard download failed: {e}"));
+                        Ok::<_, String>((images, labels))
+                    };
+                    let (images, labels) = match fetched.await {
+                        Ok(files) => files,
+                        Err(e) => return ended(welcomed, format!("shard download failed: {e}")),
+                    };
+                    if let Err(e) = session.on_shard(&images, &labels) {
+                        return Outcome::Fatal(e.to_string());
                     }
                     if let Some(a) = session.assignment() {
                         post(&WorkerToPage::Data {
@@ -316,7 +327,13 @@ async fn connection(
                     });
                     let seconds = (js_sys::Date::now() - started) / 1000.0;
                     let ok = done.result.as_ref().ok().map(|r| r.metrics);
-                    queue.extend(session.on_trained(done));
+                    let release = session.on_trained(done);
+                    // The ledger that includes this round must be stored by the page before
+                    // the update leaves: a reload must never resume from an older one.
+                    let seq = save(session);
+                    if let Some(outcome) = wait_saved(rx, seq).await {
+                        return outcome;
+                    }
                     if let Some(metrics) = ok {
                         post(&WorkerToPage::Trained {
                             server_round,
@@ -325,13 +342,16 @@ async fn connection(
                             seconds,
                         });
                     }
-                    post(&WorkerToPage::Save(session.saved()));
+                    queue.extend(release);
                 }
                 Action::Evaluate(job) => {
                     let (round, res) = job.run();
                     queue.extend(session.on_evaluated(round, res));
                 }
                 Action::Notify(n) => {
+                    if matches!(n, Notice::Welcome { .. }) {
+                        welcomed = true;
+                    }
                     if let Some(outcome) = notify(session, n) {
                         return outcome;
                     }
@@ -341,16 +361,44 @@ async fn connection(
     }
 }
 
+/// Asks the page to store the session's identity and ledgers; returns the request's number.
+fn save(session: &Session) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
+    post(&WorkerToPage::Save {
+        seq,
+        client: session.saved(),
+    });
+    seq
+}
+
+/// Waits until the page confirms save `seq`; `Some` if the user left meanwhile.
+async fn wait_saved(rx: &mut mpsc::UnboundedReceiver<Command>, seq: u64) -> Option<Outcome> {
+    loop {
+        match rx.next().await.map(|c| c.msg) {
+            Some(PageToWorker::Saved { seq: done }) if done >= seq => return None,
+            Some(PageToWorker::Leave) | None => return Some(Outcome::Left),
+            Some(PageToWorker::Saved { .. } | PageToWorker::Join(_)) => {}
+        }
+    }
+}
+
 /// Shows a session notice; `Some` when the connection must end.
 fn notify(session: &Session, n: Notice) -> Option<Outcome> {
     match n {
         Notice::Welcome { client_id } => {
+            post(&WorkerToPage::Connection(Connection::Connected));
             post(&WorkerToPage::Welcome { client_id });
-            post(&WorkerToPage::Save(session.saved()));
+            save(session);
         }
         Notice::Assigned(a) => {
             post(&WorkerToPage::Assigned(a));
-            post(&WorkerToPage::Save(session.saved()));
+            // A new shard starts a new ledger; the same one keeps it.
+            post(&WorkerToPage::Privacy {
+                spent: session.spent(),
+            });
+            save(session);
         }
         // `Trained` is reported by the driver, with δ and the time it took.
         Notice::Trained { .. } => {}
@@ -375,8 +423,12 @@ fn notify(session: &Session, n: Notice) -> Option<Outcome> {
             message,
             fatal,
         } => {
-            if fatal && code == protocol::ErrorCode::UnsupportedVersion {
-                return Some(Outcome::Fatal(message));
+            if Session::stops_client(code, fatal) {
+                return Some(Outcome::Fatal(if code == protocol::ErrorCode::Replaced {
+                    "another tab or device joined as this client (same client key): this tab stopped".into()
+                } else {
+                    message
+                }));
             }
             post(&WorkerToPage::Error {
                 message: format!("server: {message}"),

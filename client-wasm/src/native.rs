@@ -253,7 +253,7 @@ fn on_notice(
             fatal,
         } => {
             warn!(client_id = id, ?code, %message, fatal, "server error");
-            if *fatal && *code == protocol::ErrorCode::UnsupportedVersion {
+            if Session::stops_client(*code, *fatal) {
                 return Err(ClientError::Refused(message.clone()));
             }
         }

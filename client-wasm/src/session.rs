@@ -198,8 +198,12 @@ impl Session {
         if let Some(saved) = &options.resume {
             delta = saved.delta;
             client_key = saved.client_key.clone();
-            resumed_shard = saved.run_id.zip(saved.shard_index);
-            privacy.ledger.history = saved.ledger.clone();
+            if options.own_data.is_some() {
+                privacy.ledger.history = saved.own_ledger.clone();
+            } else {
+                resumed_shard = saved.run_id.zip(saved.shard_index);
+                privacy.ledger.history = saved.ledger.clone();
+            }
         }
         Ok(Self {
             options,
@@ -260,30 +264,43 @@ impl Session {
         self.privacy.as_ref()?.ledger.epsilon(delta).ok()
     }
 
-    /// What a reloaded tab needs to resume as this client (identity and ledger).
+    /// What a reloaded tab needs to resume as this client: its identity, the ledger of the data
+    /// it trains on, and (unchanged) the saved ledger of the other kind of data.
     pub fn saved(&self) -> SavedClient {
-        let shard = match &self.assignment {
-            Some(a) if self.options.own_data.is_none() => Some((a.run_id, a.shard_index)),
-            Some(_) => None,
-            None => self.resumed_shard,
-        };
-        SavedClient {
-            client_key: self.client_key.clone(),
-            run_id: shard.map(|s| s.0),
-            shard_index: shard.map(|s| s.1),
-            ledger: self
-                .privacy
-                .as_ref()
-                .map(|p| p.ledger.history.clone())
-                .unwrap_or_default(),
-            delta: self.delta,
+        let mut saved = self.options.resume.clone().unwrap_or_default();
+        saved.client_key = self.client_key.clone();
+        saved.delta = self.delta.or(saved.delta);
+        // `None` only while a train job holds the ledger; then the saved one stands.
+        if let Some(p) = &self.privacy {
+            if self.options.own_data.is_some() {
+                saved.own_ledger = p.ledger.history.clone();
+            } else {
+                let shard = match &self.assignment {
+                    Some(a) => Some((a.run_id, a.shard_index)),
+                    None => self.resumed_shard,
+                };
+                saved.run_id = shard.map(|s| s.0);
+                saved.shard_index = shard.map(|s| s.1);
+                saved.ledger = p.ledger.history.clone();
+            }
         }
+        saved
     }
 
-    /// ε spent so far and the δ it is stated at, once this client has trained with DP.
+    /// Whether a server error means this client must stop rather than reconnect: another
+    /// protocol version, or another connection took over this client's key.
+    pub fn stops_client(code: ErrorCode, fatal: bool) -> bool {
+        fatal && matches!(code, ErrorCode::UnsupportedVersion | ErrorCode::Replaced)
+    }
+
+    /// ε spent on the current data and the δ it is stated at; `None` before any DP step on it.
     pub fn spent(&self) -> Option<(f64, f64)> {
         let delta = self.delta?;
-        Some((self.epsilon(delta)?, delta))
+        let ledger = &self.privacy.as_ref()?.ledger;
+        if ledger.steps() == 0 {
+            return None;
+        }
+        Some((ledger.epsilon(delta).ok()?, delta))
     }
 
     /// Handles a text message.
@@ -522,7 +539,7 @@ fn train_failed(server_round: u64, reason: String) -> Vec<Action> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use learning::Batching;
+    use learning::{Batching, RdpAccountant};
 
     fn tiny_data(n: usize) -> Arc<Dataset> {
         let images = (0..n * 784).map(|i| (i % 251) as u8).collect();
@@ -721,6 +738,7 @@ mod tests {
             run_id: Some(7),
             shard_index: Some(3),
             ledger: vec![(0.1, 1.0, 40)],
+            own_ledger: vec![(0.5, 2.0, 3)],
             delta: Some(1e-5),
         };
         let resume = |saved: &SavedClient| {
@@ -750,5 +768,23 @@ mod tests {
         assert_eq!(s.epsilon(1e-5), Some(0.0));
         assert_eq!(s.saved().run_id, Some(8));
         assert!(s.saved().ledger.is_empty());
+        assert_eq!(s.saved().own_ledger, saved.own_ledger, "own data's ledger untouched");
+
+        // The same tab with its own files: the own ledger is used, the shard's is kept as it was,
+        // so going back to the shard later resumes it (no reset by switching data).
+        let own = Session::new(SessionOptions {
+            resume: Some(saved.clone()),
+            own_data: Some(tiny_data(20)),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut own_only = RdpAccountant::default();
+        own_only.history = saved.own_ledger.clone();
+        assert_eq!(own.epsilon(1e-5), own_only.epsilon(1e-5).ok());
+        let back = own.saved();
+        assert_eq!((back.run_id, back.shard_index), (Some(7), Some(3)));
+        assert_eq!(back.ledger, saved.ledger);
+        assert!(Session::stops_client(ErrorCode::Replaced, true));
+        assert!(!Session::stops_client(ErrorCode::Internal, true));
     }
 }

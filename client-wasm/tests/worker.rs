@@ -70,10 +70,10 @@ fn own_idx_files_load_and_bad_ones_are_named() {
 
 #[wasm_bindgen_test]
 fn a_dp_round_trains_in_wasm_and_its_ledger_is_saved() {
-    let data = Dataset::from_idx("images", &idx_images(40), "labels", &idx_labels(40)).unwrap();
+    let data = Arc::new(Dataset::from_idx("images", &idx_images(40), "labels", &idx_labels(40)).unwrap());
     let mut s = Session::new(SessionOptions {
         name: "worker-test".into(),
-        own_data: Some(Arc::new(data)),
+        own_data: Some(data.clone()),
         epsilon_cap: Some(50.0),
         ..Default::default()
     })
@@ -131,15 +131,18 @@ fn a_dp_round_trains_in_wasm_and_its_ledger_is_saved() {
     let update = TensorFrame::decode(update).unwrap();
     assert!(update.values.iter().all(|v| v.is_finite()));
     assert!(update.values.iter().any(|v| *v != 0.0), "noise moved the model");
-    // A reloaded tab resumes with this: same key, same ledger, same ε.
+    // A reloaded tab resumes with this: same key, same ledger (own data's), same ε.
     let saved = s.saved();
     assert_eq!(saved.client_key.as_deref(), Some("k".repeat(32).as_str()));
+    assert!(saved.ledger.is_empty() && !saved.own_ledger.is_empty());
     let resumed = Session::new(SessionOptions {
         resume: Some(saved),
+        own_data: Some(data),
         ..Default::default()
     })
     .unwrap();
-    assert_eq!(resumed.epsilon(1e-5), s.epsilon(1e-5));
+    assert_eq!(resumed.spent(), s.spent());
+    assert!(resumed.spent().is_some_and(|(e, d)| e > 0.0 && d == 1e-5));
 }
 
 #[wasm_bindgen_test]

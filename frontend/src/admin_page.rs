@@ -129,6 +129,8 @@ fn Dashboard(
     let runs = RwSignal::new(Vec::<RunSummary>::new());
     let current = RwSignal::new(None::<u64>);
     let (series, set_series) = signal(Series::default());
+    // The run the series holds (a round event for another run is not drawn).
+    let series_run = StoredValue::new(None::<u64>);
     let clients = RwSignal::new(Vec::<ClientInfo>::new());
     let (action_error, set_action_error) = signal(None::<String>);
     let (join_info, set_join_info) = signal(None::<JoinInfo>);
@@ -168,15 +170,19 @@ fn Dashboard(
         let Some(id) = current.get() else { return };
         leptos::task::spawn_local(async move {
             match api::get::<RunHistory>(&token.get_value(), &format!("/api/admin/runs/{id}")).await {
-                Ok(h) => {
-                    let mut s = Series::default();
-                    for r in &h.rounds {
-                        s.upsert(RoundPoint::from(r));
-                    }
-                    if current.get_untracked() == Some(id) {
-                        set_series.set(s);
-                    }
+                Ok(h) if current.get_untracked() == Some(id) => {
+                    // Merged, not replaced: a round event that arrived during the fetch stays.
+                    set_series.update(|s| {
+                        if series_run.get_value() != Some(id) {
+                            *s = Series::default();
+                            series_run.set_value(Some(id));
+                        }
+                        for r in &h.rounds {
+                            s.upsert(RoundPoint::from(r));
+                        }
+                    });
                 }
+                Ok(_) => {} // another run was chosen meanwhile
                 Err(e) => set_action_error.set(Some(e.to_string())),
             }
         });
@@ -195,6 +201,10 @@ fn Dashboard(
                     Event::RoundClosed { run_id, record } => {
                         if current.get_untracked() == Some(run_id) {
                             set_series.update(|s| {
+                                if series_run.get_value() != Some(run_id) {
+                                    *s = Series::default();
+                                    series_run.set_value(Some(run_id));
+                                }
                                 s.upsert(RoundPoint::from(&record));
                             });
                         }
@@ -392,7 +402,7 @@ fn RunConfigForm(
     let show = move |list: Vec<FieldError>| {
         errors.set(
             list.into_iter()
-                .map(|e| (e.field.clone(), format!("{} is {}: expected {}", e.field, e.value, e.expected)))
+                .map(|e| (e.field.clone(), e.to_string()))
                 .collect(),
         );
     };

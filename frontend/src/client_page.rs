@@ -42,10 +42,19 @@ fn socket_url() -> String {
     format!("{scheme}://{}/ws", loc.host().unwrap_or_default())
 }
 
-/// A running worker and what keeps its message handler alive.
+/// A running worker and what keeps its handlers alive.
 struct WorkerHandle {
     worker: Worker,
     _onmessage: Closure<dyn Fn(MessageEvent)>,
+    _onerror: Closure<dyn Fn(web_sys::ErrorEvent)>,
+}
+
+/// What the user chose when joining, kept so a reloaded tab rejoins the same way.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct JoinPrefs {
+    name: String,
+    cap: String,
+    own: bool,
 }
 
 /// The message a worker gets once it is ready: JSON plus the user's files, if any.
@@ -59,11 +68,22 @@ fn command(msg: &PageToWorker, files: Option<&(Vec<u8>, Vec<u8>)>) -> JsValue {
     obj.into()
 }
 
-/// Starts a worker that joins with `join` as soon as it is ready.
-fn spawn_worker(view: RwSignal<ClientView>, join: JsValue) -> Result<WorkerHandle, String> {
+/// Starts a worker that joins with `join` as soon as it is ready. Its reports reach the view
+/// only while `generation` is still `mine`: a worker being replaced or left cannot change the
+/// page any more.
+fn spawn_worker(
+    view: RwSignal<ClientView>,
+    join: JsValue,
+    generation: StoredValue<u64>,
+    mine: u64,
+) -> Result<WorkerHandle, String> {
     let worker = Worker::new(WORKER_URL).map_err(|e| format!("could not start the training worker: {e:?}"))?;
+    let current = move || generation.try_get_value() == Some(mine);
     let w = worker.clone();
     let onmessage = Closure::<dyn Fn(MessageEvent)>::new(move |ev: MessageEvent| {
+        if !current() {
+            return;
+        }
         let Some(text) = ev.data().as_string() else { return };
         let msg = match WorkerToPage::decode(&text) {
             Ok(m) => m,
@@ -72,26 +92,51 @@ fn spawn_worker(view: RwSignal<ClientView>, join: JsValue) -> Result<WorkerHandl
                 return;
             }
         };
-        match &msg {
-            WorkerToPage::Ready => {
-                if let Err(e) = w.post_message(&join) {
-                    web_sys::console::error_2(&"could not send the join to the worker".into(), &e);
+        let reply = match &msg {
+            WorkerToPage::Ready => Some(join.clone()),
+            WorkerToPage::Save { seq, client } => {
+                // Stored first, then confirmed: the worker sends an update only after this.
+                match serde_json::to_string(client) {
+                    Ok(json) => store(SAVED_KEY, Some(&json)),
+                    Err(e) => web_sys::console::error_1(&format!("ledger not stored: {e}").into()),
                 }
+                Some(command(&PageToWorker::Saved { seq: *seq }, None))
             }
-            WorkerToPage::Save(saved) => {
-                if let Ok(json) = serde_json::to_string(saved) {
-                    store(SAVED_KEY, Some(&json));
-                }
-            }
-            _ => {}
+            _ => None,
+        };
+        if let Some(reply) = reply
+            && let Err(e) = w.post_message(&reply)
+        {
+            web_sys::console::error_2(&"could not answer the worker".into(), &e);
         }
         view.update(|v| v.apply(msg));
     });
+    // A worker that cannot load (a 404, a browser without wasm SIMD) says so here.
+    let onerror = Closure::<dyn Fn(web_sys::ErrorEvent)>::new(move |ev: web_sys::ErrorEvent| {
+        if !current() {
+            return;
+        }
+        let reason = format!("the training worker failed: {}", ev.message());
+        view.update(|v| {
+            v.apply(WorkerToPage::Error { message: reason.clone(), fatal: true });
+            v.apply(WorkerToPage::Connection(protocol::worker::Connection::Stopped { reason }));
+        });
+    });
     worker.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+    worker.set_onerror(Some(onerror.as_ref().unchecked_ref()));
     Ok(WorkerHandle {
         worker,
         _onmessage: onmessage,
+        _onerror: onerror,
     })
+}
+
+/// Ends a worker: asks for a clean close, then terminates it (a training step in progress
+/// cannot be interrupted otherwise; nothing it computed has left the tab). The handlers stay
+/// alive until then: the worker may still report.
+fn retire(h: WorkerHandle) {
+    let _sent = h.worker.post_message(&command(&PageToWorker::Leave, None));
+    set_timeout(move || h.worker.terminate(), std::time::Duration::from_millis(300));
 }
 
 /// Reads a chosen file's bytes (they stay in the page and its worker).
@@ -118,14 +163,21 @@ pub fn ClientPage() -> impl IntoView {
     let images_input = NodeRef::<Input>::new();
     let labels_input = NodeRef::<Input>::new();
 
-    let leave = move || {
+    let generation = StoredValue::new(0u64);
+    let (busy, set_busy) = signal(false);
+
+    // Retires the current worker (if any) and makes its reports stale; returns the next
+    // generation's number.
+    let retire_current = move || {
+        generation.update_value(|g| *g += 1);
         if let Some(h) = handle.try_update_value(|h| h.take()).flatten() {
-            // Ask for a clean close, then end the worker (a training step in progress cannot
-            // be interrupted otherwise; nothing it computed has left the tab).
-            let _sent = h.worker.post_message(&command(&PageToWorker::Leave, None));
-            // The handler stays alive until the worker is gone: it may still report.
-            set_timeout(move || h.worker.terminate(), std::time::Duration::from_millis(300));
+            retire(h);
         }
+        generation.get_value()
+    };
+
+    let leave = move || {
+        retire_current();
         store(JOINED_KEY, None);
         view.update(|v| {
             v.apply(WorkerToPage::Connection(protocol::worker::Connection::Stopped {
@@ -135,6 +187,9 @@ pub fn ClientPage() -> impl IntoView {
     };
 
     let join = move || {
+        if busy.get_untracked() {
+            return;
+        }
         set_form_error.set(None);
         let epsilon_cap = match cap.get_untracked().trim() {
             "" => None,
@@ -147,56 +202,74 @@ pub fn ClientPage() -> impl IntoView {
             },
         };
         let own_data = own.get_untracked();
+        let prefs = JoinPrefs {
+            name: name.get_untracked(),
+            cap: cap.get_untracked(),
+            own: own_data,
+        };
         let resume = stored(SAVED_KEY).and_then(|s| serde_json::from_str::<SavedClient>(&s).ok());
         let req = PageToWorker::Join(JoinRequest {
             server: socket_url(),
-            name: name.get_untracked(),
+            name: prefs.name.clone(),
             epsilon_cap,
             own_data,
             resume,
         });
+        set_busy.set(true);
         leptos::task::spawn_local(async move {
             let files = if own_data {
                 let (Some(i), Some(l)) = (images_input.get_untracked(), labels_input.get_untracked()) else {
+                    set_busy.set(false);
                     return;
                 };
                 match (file_bytes(&i).await, file_bytes(&l).await) {
                     (Ok(i), Ok(l)) => Some((i, l)),
                     (Err(e), _) | (_, Err(e)) => {
                         set_form_error.set(Some(e));
+                        set_busy.set(false);
                         return;
                     }
                 }
             } else {
                 None
             };
-            match spawn_worker(view, command(&req, files.as_ref())) {
+            // A worker that stopped on its own (a fatal error) is still there: end it first.
+            let mine = retire_current();
+            match spawn_worker(view, command(&req, files.as_ref()), generation, mine) {
                 Ok(h) => {
                     handle.set_value(Some(h));
-                    store(JOINED_KEY, Some("1"));
+                    if let Ok(json) = serde_json::to_string(&prefs) {
+                        store(JOINED_KEY, Some(&json));
+                    }
                     view.update(|v| {
                         *v = ClientView {
                             joined: true,
                             // A rejoin keeps what this tab already showed.
                             rounds: v.rounds.clone(),
-                            epsilon: v.epsilon,
                             ..ClientView::default()
                         }
                     });
                 }
                 Err(e) => set_form_error.set(Some(e)),
             }
+            set_busy.set(false);
         });
     };
 
-    // A reloaded tab that was joined rejoins as the same client.
-    if stored(JOINED_KEY).is_some() {
-        join();
+    // A reloaded tab that was joined rejoins the same way, as the same client (own files must
+    // be chosen again: the page cannot read them without the user).
+    if let Some(prefs) = stored(JOINED_KEY).and_then(|j| serde_json::from_str::<JoinPrefs>(&j).ok()) {
+        set_name.set(prefs.name);
+        set_cap.set(prefs.cap);
+        set_own.set(prefs.own);
+        if prefs.own {
+            set_form_error.set(Some("This tab trained on your own files: choose them again and press Join to continue as the same client.".into()));
+        } else {
+            join();
+        }
     }
     on_cleanup(move || {
-        if let Some(h) = handle.try_update_value(|h| h.take()).flatten() {
-            h.worker.terminate();
-        }
+        retire_current();
     });
 
     let joined = move || view.with(|v| v.joined);
@@ -213,7 +286,7 @@ pub fn ClientPage() -> impl IntoView {
                     <label>"labels " <input type="file" node_ref=labels_input disabled=joined/></label>
                     <small>"(read in this page; they never leave it)"</small>
                 </span>
-                <button id="join" type="submit">{move || if joined() { "Leave" } else { "Join" }}</button>
+                <button id="join" type="submit" disabled=busy>{move || if joined() { "Leave" } else { "Join" }}</button>
             </form>
             <p class="error" id="join-error">{move || form_error.get()}</p>
             <p>"Connection: " <b id="connection">{move || view.with(|v| v.connection_text())}</b>

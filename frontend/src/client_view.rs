@@ -73,7 +73,7 @@ impl ClientView {
     /// Folds one worker report into the view.
     pub fn apply(&mut self, ev: WorkerToPage) {
         match ev {
-            WorkerToPage::Ready | WorkerToPage::Save(_) => {}
+            WorkerToPage::Ready | WorkerToPage::Save { .. } => {}
             WorkerToPage::Connection(c) => {
                 if matches!(c, Connection::Stopped { .. }) {
                     self.joined = false;
@@ -87,16 +87,14 @@ impl ClientView {
                     .assignment
                     .as_ref()
                     .is_some_and(|old| (old.run_id, old.shard_index) != (a.run_id, a.shard_index));
-                let own = self.data.as_ref().is_some_and(|d| d.own);
+                // (ε is not guessed here: the worker reports it after every assignment.)
                 if changed {
                     // Another run: its rounds are listed from scratch.
                     self.finished = None;
                     self.rounds.clear();
                     self.last_global_accuracy = None;
-                    if !own {
-                        // A new shard is a new privacy unit: the worker starts a fresh ledger.
+                    if self.data.as_ref().is_some_and(|d| !d.own) {
                         self.data = None;
-                        self.epsilon = None;
                     }
                 }
                 self.assignment = Some(a);
@@ -174,7 +172,7 @@ impl ClientView {
                 self.training = None;
                 self.note(format!("round {server_round} not trained: {reason}"));
             }
-            WorkerToPage::Privacy { epsilon, delta } => self.epsilon = Some((epsilon, delta)),
+            WorkerToPage::Privacy { spent } => self.epsilon = spent,
             WorkerToPage::RoundClosed {
                 server_round,
                 test_accuracy,
@@ -279,14 +277,15 @@ mod tests {
     }
 
     #[test]
-    fn a_reloaded_tab_shows_its_resumed_epsilon() {
+    fn epsilon_is_what_the_worker_reports() {
         let mut v = ClientView::default();
         v.apply(WorkerToPage::Privacy {
-            epsilon: 1.5,
-            delta: 1e-5,
+            spent: Some((1.5, 1e-5)),
         });
-        v.apply(WorkerToPage::Assigned(assignment(1)));
-        assert_eq!(v.epsilon, Some((1.5, 1e-5)), "the same shard keeps its ledger");
+        assert_eq!(v.epsilon, Some((1.5, 1e-5)), "a resumed ledger shows at once");
+        v.apply(WorkerToPage::Assigned(assignment(2)));
+        v.apply(WorkerToPage::Privacy { spent: None });
+        assert_eq!(v.epsilon, None, "a new shard starts a new ledger");
     }
 
     #[test]
@@ -303,9 +302,8 @@ mod tests {
         });
         v.apply(WorkerToPage::Assigned(assignment(1)));
         assert!(v.data.is_some() && v.finished.is_some(), "same shard: kept");
-        v.epsilon = Some((1.0, 1e-5));
         v.apply(WorkerToPage::Assigned(assignment(2)));
-        assert!(v.data.is_none() && v.finished.is_none() && v.epsilon.is_none());
+        assert!(v.data.is_none() && v.finished.is_none());
         for i in 0..8 {
             v.apply(WorkerToPage::Error {
                 message: format!("e{i}"),

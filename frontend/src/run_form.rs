@@ -302,23 +302,25 @@ impl RunForm {
     }
 }
 
-/// What the DP inputs show while DP is off (the demo's settings).
+/// What the DP inputs show while DP is off: the demo's settings.
 fn default_dp() -> protocol::admin::DpRunConfig {
-    protocol::admin::DpRunConfig {
+    let demo = RunConfig::default().dp;
+    demo.unwrap_or(protocol::admin::DpRunConfig {
         max_grad_norm: 1.0,
-        noise_multiplier: None,
-        target_epsilon: Some(3.0),
+        noise_multiplier: Some(1.0),
+        target_epsilon: None,
         delta: 1e-5,
-    }
+    })
 }
 
-/// What the shard inputs show while clients bring their own data.
+/// What the shard inputs show while clients bring their own data: the demo's split.
 fn default_shards() -> protocol::admin::ShardConfig {
-    protocol::admin::ShardConfig {
+    let demo = RunConfig::default().shards;
+    demo.unwrap_or(protocol::admin::ShardConfig {
         scheme: ShardScheme::Iid,
         num_shards: 10,
         seed: 42,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -120,6 +120,9 @@ pub enum ErrorCode {
     NoShardAvailable,
     /// Something went wrong on the server's side (details are in its log).
     Internal,
+    /// Another connection presented this client's key (the same tab reopened elsewhere, a
+    /// duplicated tab): the older one is closed and must not reconnect as this client.
+    Replaced,
 }
 
 /// Server → client.

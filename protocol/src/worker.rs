@@ -2,8 +2,8 @@
 //!
 //! The page never trains: it sends the user's intents ([`PageToWorker`]) and renders what the
 //! worker reports ([`WorkerToPage`]). Both sides are Rust compiled to wasm, so the messages are
-//! these serde types as JSON strings; the user's own IDX files travel beside the JSON as
-//! transferable `ArrayBuffer`s (they never leave the browser).
+//! these serde types as JSON strings; the user's own IDX files travel beside the JSON as byte
+//! arrays (copied to the worker; they never leave the browser).
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,9 @@ pub enum PageToWorker {
     Join(JoinRequest),
     /// Close the connection and stop reconnecting.
     Leave,
+    /// [`WorkerToPage::Save`] number `seq` is stored: the worker releases an update only after
+    /// this, so a reload can never resume from a ledger older than what was sent.
+    Saved { seq: u64 },
 }
 
 /// How to join.
@@ -29,7 +32,7 @@ pub struct JoinRequest {
     pub name: String,
     /// This client's own ε cap: it refuses rounds past it whatever the server asks.
     pub epsilon_cap: Option<f64>,
-    /// Train on the user's own IDX files (sent beside this message) instead of a shard.
+    /// Train on the user's own IDX files (copied beside this message) instead of a shard.
     pub own_data: bool,
     /// What an earlier worker of this tab saved: same identity, same ledger.
     pub resume: Option<SavedClient>,
@@ -37,14 +40,18 @@ pub struct JoinRequest {
 
 /// What must survive a page reload: the identity the server knows this tab by and the privacy
 /// ledger of the data it trained on (the tab keeps it in `sessionStorage`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SavedClient {
     pub client_key: Option<String>,
     /// The shard the ledger belongs to, `None` for own data.
     pub run_id: Option<u64>,
     pub shard_index: Option<u32>,
-    /// The ledger: `(sample_rate, noise_multiplier, steps)` in order.
+    /// The shard's ledger: `(sample_rate, noise_multiplier, steps)` in order.
     pub ledger: Vec<(f64, f64, u64)>,
+    /// The ledger of the user's own files, kept apart: switching between a shard and own data
+    /// must not reset either.
+    #[serde(default)]
+    pub own_ledger: Vec<(f64, f64, u64)>,
     /// δ the run states ε at (from the last training config).
     #[serde(default)]
     pub delta: Option<f64>,
@@ -110,11 +117,9 @@ pub enum WorkerToPage {
         server_round: u64,
         reason: String,
     },
-    /// ε this client has spent (its own ledger) at δ: after a resume, before any new round.
-    Privacy {
-        epsilon: f64,
-        delta: f64,
-    },
+    /// ε this client has spent on its current data (its own ledger) and the δ it is stated at;
+    /// `None` before any DP training on this data. Sent at start and after every assignment.
+    Privacy { spent: Option<(f64, f64)> },
     RoundClosed {
         server_round: u64,
         test_accuracy: f64,
@@ -127,8 +132,8 @@ pub enum WorkerToPage {
         message: String,
         fatal: bool,
     },
-    /// Store this (page reloads resume from it).
-    Save(SavedClient),
+    /// Store this (page reloads resume from it), then answer [`PageToWorker::Saved`].
+    Save { seq: u64, client: SavedClient },
 }
 
 impl PageToWorker {
@@ -166,6 +171,7 @@ mod tests {
                 run_id: Some(1),
                 shard_index: Some(2),
                 ledger: vec![(0.08, 1.1, 12)],
+                own_ledger: Vec::new(),
                 delta: Some(1e-5),
             }),
         });

@@ -202,7 +202,6 @@ pub async fn model(
         .into_response())
 }
 
-/// `GET /api/admin/clients`
 /// `GET /api/admin/join`: the link (and QR code) for other devices on the network.
 pub async fn join_info(State(state): State<AppState>) -> Json<JoinInfo> {
     let Some(addr) = state.listen else {
@@ -236,6 +235,7 @@ fn lan_ip(listen: std::net::IpAddr) -> Option<std::net::IpAddr> {
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
+/// `GET /api/admin/clients`
 pub async fn clients(State(state): State<AppState>) -> Result<Json<Vec<ClientInfo>>, AppError> {
     Ok(Json(
         ask(&state, |reply| Command::ListClients { reply }).await?,

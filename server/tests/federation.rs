@@ -767,7 +767,7 @@ async fn a_second_connection_with_the_same_key_replaces_the_first() {
     assert_ne!(client_id, first_id);
     assert!(
         first
-            .expect_error(ErrorCode::BadSequence)
+            .expect_error(ErrorCode::Replaced)
             .await
             .contains("replaced")
     );

@@ -49,7 +49,7 @@ impl Coordinator {
             self.send_msg(
                 old,
                 &ServerMessage::Error {
-                    code: ErrorCode::BadSequence,
+                    code: ErrorCode::Replaced,
                     message: "replaced by a newer connection with the same client key".into(),
                     fatal: true,
                 },
