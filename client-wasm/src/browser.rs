@@ -206,7 +206,8 @@ async fn join(
 /// Sleeps on the worker's `setTimeout` (a worker has no `window`).
 async fn sleep_ms(ms: u32) {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
-        let _id = scope().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms as i32);
+        let _id =
+            scope().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms as i32);
     });
     let _resolved = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
@@ -240,7 +241,11 @@ async fn connection(
     // that is refused, or closed before the welcome (server full), keeps the backoff growing.
     let mut welcomed = false;
     let ended = |welcomed: bool, reason: String| {
-        if welcomed { Outcome::Established(reason) } else { Outcome::Lost(reason) }
+        if welcomed {
+            Outcome::Established(reason)
+        } else {
+            Outcome::Lost(reason)
+        }
     };
     if let Err(e) = ws.send(to_message(session.hello())).await {
         return Outcome::Lost(format!("could not connect: {e}"));

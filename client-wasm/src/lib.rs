@@ -51,7 +51,11 @@ mod tests {
             super::http_origin("wss://fl.example/ws").unwrap(),
             "https://fl.example"
         );
-        assert!(super::http_origin("http://x/ws").unwrap_err().contains("expected ws://"));
+        assert!(
+            super::http_origin("http://x/ws")
+                .unwrap_err()
+                .contains("expected ws://")
+        );
         assert!(super::http_origin("ws:///ws").is_err());
     }
 }

@@ -768,7 +768,11 @@ mod tests {
         assert_eq!(s.epsilon(1e-5), Some(0.0));
         assert_eq!(s.saved().run_id, Some(8));
         assert!(s.saved().ledger.is_empty());
-        assert_eq!(s.saved().own_ledger, saved.own_ledger, "own data's ledger untouched");
+        assert_eq!(
+            s.saved().own_ledger,
+            saved.own_ledger,
+            "own data's ledger untouched"
+        );
 
         // The same tab with its own files: the own ledger is used, the shard's is kept as it was,
         // so going back to the shard later resumes it (no reset by switching data).
@@ -778,8 +782,9 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let mut own_only = RdpAccountant::default();
-        own_only.history = saved.own_ledger.clone();
+        let own_only = RdpAccountant {
+            history: saved.own_ledger.clone(),
+        };
         assert_eq!(own.epsilon(1e-5), own_only.epsilon(1e-5).ok());
         let back = own.saved();
         assert_eq!((back.run_id, back.shard_index), (Some(7), Some(3)));

@@ -5,8 +5,9 @@
 //!     --no-default-features --features browser --test worker
 //!
 //! What only the browser can show: the OS randomness DP noise needs (`crypto.getRandomValues`
-//! in a worker), a whole DP-SGD round of the session in wasm, IDX parsing of user files, and
-//! the page ↔ worker messages.
+//! in a worker), a whole DP-SGD round of the session in wasm with its saved ledger, IDX parsing
+//! of user files, and the page ↔ worker message encoding. (The worker's socket loop is exercised
+//! by the browser end-to-end test: reconnects, backoff, reloads, a server restart.)
 #![cfg(target_arch = "wasm32")]
 
 use std::sync::Arc;
@@ -54,23 +55,34 @@ fn os_randomness_for_dp_noise_is_there_in_a_worker() {
 
 #[wasm_bindgen_test]
 fn own_idx_files_load_and_bad_ones_are_named() {
-    let d = Dataset::from_idx("images file", &idx_images(30), "labels file", &idx_labels(30))
-        .expect("valid IDX");
+    let d = Dataset::from_idx(
+        "images file",
+        &idx_images(30),
+        "labels file",
+        &idx_labels(30),
+    )
+    .expect("valid IDX");
     assert_eq!(d.len(), 30);
     assert_eq!(d.label_histogram(), [3; 10]);
     let err = Dataset::from_idx("images file", b"junk", "labels file", &idx_labels(30))
         .expect_err("junk is refused")
         .to_string();
     assert!(err.contains("images file"), "{err}");
-    let err = Dataset::from_idx("images file", &idx_images(30), "labels file", &idx_labels(29))
-        .expect_err("counts differ")
-        .to_string();
+    let err = Dataset::from_idx(
+        "images file",
+        &idx_images(30),
+        "labels file",
+        &idx_labels(29),
+    )
+    .expect_err("counts differ")
+    .to_string();
     assert!(err.contains("29") && err.contains("30"), "{err}");
 }
 
 #[wasm_bindgen_test]
 fn a_dp_round_trains_in_wasm_and_its_ledger_is_saved() {
-    let data = Arc::new(Dataset::from_idx("images", &idx_images(40), "labels", &idx_labels(40)).unwrap());
+    let data =
+        Arc::new(Dataset::from_idx("images", &idx_images(40), "labels", &idx_labels(40)).unwrap());
     let mut s = Session::new(SessionOptions {
         name: "worker-test".into(),
         own_data: Some(data.clone()),
@@ -130,7 +142,10 @@ fn a_dp_round_trains_in_wasm_and_its_ledger_is_saved() {
     };
     let update = TensorFrame::decode(update).unwrap();
     assert!(update.values.iter().all(|v| v.is_finite()));
-    assert!(update.values.iter().any(|v| *v != 0.0), "noise moved the model");
+    assert!(
+        update.values.iter().any(|v| *v != 0.0),
+        "noise moved the model"
+    );
     // A reloaded tab resumes with this: same key, same ledger (own data's), same ε.
     let saved = s.saved();
     assert_eq!(saved.client_key.as_deref(), Some("k".repeat(32).as_str()));

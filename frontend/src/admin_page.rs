@@ -58,7 +58,8 @@ pub fn AdminPage() -> impl IntoView {
         try_token(saved, true);
     }
 
-    move || match token.get() {
+    move || {
+        match token.get() {
         None => view! {
             <section class="card narrow">
                 <h2>"Admin sign-in"</h2>
@@ -80,6 +81,7 @@ pub fn AdminPage() -> impl IntoView {
         .into_any(),
         Some(t) => view! { <Dashboard token=t on_sign_out=move || { if let Some(s) = local_storage() { let _ignored = s.remove_item(TOKEN_KEY); } set_token.set(None) }/> }.into_any(),
     }
+    }
 }
 
 /// The page's own origin, or the server's LAN address when the page was opened on loopback.
@@ -95,7 +97,11 @@ fn join_url(info: Option<&JoinInfo>) -> (String, Option<String>) {
         Some(url) => (url.clone(), None),
         None => {
             let bind = info.map_or("loopback", |i| i.bind.as_str());
-            let port = bind.rsplit(':').next().filter(|p| p.parse::<u16>().is_ok()).unwrap_or("3000");
+            let port = bind
+                .rsplit(':')
+                .next()
+                .filter(|p| p.parse::<u16>().is_ok())
+                .unwrap_or("3000");
             (
                 format!("{origin}/"),
                 Some(format!(
@@ -169,7 +175,8 @@ fn Dashboard(
         reloads.track();
         let Some(id) = current.get() else { return };
         leptos::task::spawn_local(async move {
-            match api::get::<RunHistory>(&token.get_value(), &format!("/api/admin/runs/{id}")).await {
+            match api::get::<RunHistory>(&token.get_value(), &format!("/api/admin/runs/{id}")).await
+            {
                 Ok(h) if current.get_untracked() == Some(id) => {
                     // Merged, not replaced: a round event that arrived during the fetch stays.
                     set_series.update(|s| {
@@ -191,37 +198,46 @@ fn Dashboard(
     // Live events (EventSource cannot send headers: the token goes in the query).
     type Handler = Closure<dyn Fn(web_sys::MessageEvent)>;
     let events = StoredValue::new_local(None::<(web_sys::EventSource, Handler, Handler)>);
-    let url = format!("/api/admin/events?token={}", js_sys::encode_uri_component(&token.get_value()));
+    let url = format!(
+        "/api/admin/events?token={}",
+        js_sys::encode_uri_component(&token.get_value())
+    );
     match web_sys::EventSource::new(&url) {
         Ok(source) => {
-            let onmessage = Closure::<dyn Fn(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
-                let Some(text) = ev.data().as_string() else { return };
-                let Ok(event) = serde_json::from_str::<Event>(&text) else { return };
-                match event {
-                    Event::RoundClosed { run_id, record } => {
-                        if current.get_untracked() == Some(run_id) {
-                            set_series.update(|s| {
-                                if series_run.get_value() != Some(run_id) {
-                                    *s = Series::default();
-                                    series_run.set_value(Some(run_id));
+            let onmessage =
+                Closure::<dyn Fn(web_sys::MessageEvent)>::new(move |ev: web_sys::MessageEvent| {
+                    let Some(text) = ev.data().as_string() else {
+                        return;
+                    };
+                    let Ok(event) = serde_json::from_str::<Event>(&text) else {
+                        return;
+                    };
+                    match event {
+                        Event::RoundClosed { run_id, record } => {
+                            if current.get_untracked() == Some(run_id) {
+                                set_series.update(|s| {
+                                    if series_run.get_value() != Some(run_id) {
+                                        *s = Series::default();
+                                        series_run.set_value(Some(run_id));
+                                    }
+                                    s.upsert(RoundPoint::from(&record));
+                                });
+                            }
+                            runs.update(|rs| {
+                                if let Some(r) = rs.iter_mut().find(|r| r.run_id == run_id) {
+                                    r.completed_rounds =
+                                        r.completed_rounds.max(record.server_round);
                                 }
-                                s.upsert(RoundPoint::from(&record));
                             });
                         }
-                        runs.update(|rs| {
-                            if let Some(r) = rs.iter_mut().find(|r| r.run_id == run_id) {
-                                r.completed_rounds = r.completed_rounds.max(record.server_round);
-                            }
-                        });
+                        Event::RunCreated { run } => {
+                            current.set(Some(run.run_id));
+                            refresh_runs();
+                        }
+                        Event::RunStatus { .. } => refresh_runs(),
+                        _ => {}
                     }
-                    Event::RunCreated { run } => {
-                        current.set(Some(run.run_id));
-                        refresh_runs();
-                    }
-                    Event::RunStatus { .. } => refresh_runs(),
-                    _ => {}
-                }
-            });
+                });
             source.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
             // The browser reconnects an event stream by itself (a server restart, say); what
             // was missed meanwhile comes from the API.
@@ -243,33 +259,52 @@ fn Dashboard(
     // The clients table, polled.
     let poll = move || {
         leptos::task::spawn_local(async move {
-            if let Ok(list) = api::get::<Vec<ClientInfo>>(&token.get_value(), "/api/admin/clients").await {
+            if let Ok(list) =
+                api::get::<Vec<ClientInfo>>(&token.get_value(), "/api/admin/clients").await
+            {
                 clients.set(list);
             }
         });
     };
     poll();
-    if let Ok(h) = set_interval_with_handle(poll, std::time::Duration::from_millis(CLIENTS_POLL_MS)) {
+    if let Ok(h) = set_interval_with_handle(poll, std::time::Duration::from_millis(CLIENTS_POLL_MS))
+    {
         on_cleanup(move || h.clear());
     }
 
     let control = move |action: &'static str| {
-        let Some(id) = current.get_untracked() else { return };
+        let Some(id) = current.get_untracked() else {
+            return;
+        };
         set_action_error.set(None);
         leptos::task::spawn_local(async move {
-            match api::post::<RunSummary>(&token.get_value(), &format!("/api/admin/runs/{id}/{action}"), None).await {
+            match api::post::<RunSummary>(
+                &token.get_value(),
+                &format!("/api/admin/runs/{id}/{action}"),
+                None,
+            )
+            .await
+            {
                 Ok(_) => refresh_runs(),
                 Err(e) => set_action_error.set(Some(e.to_string())),
             }
         });
     };
     let download_model = move || {
-        let Some(id) = current.get_untracked() else { return };
+        let Some(id) = current.get_untracked() else {
+            return;
+        };
         leptos::task::spawn_local(async move {
             let result = api::get_bytes(&token.get_value(), &format!("/api/admin/runs/{id}/model"))
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| api::download(&format!("global-model-run{id}.fldp"), "application/octet-stream", &bytes));
+                .and_then(|bytes| {
+                    api::download(
+                        &format!("global-model-run{id}.fldp"),
+                        "application/octet-stream",
+                        &bytes,
+                    )
+                });
             if let Err(e) = result {
                 set_action_error.set(Some(e));
             }
@@ -290,7 +325,10 @@ fn Dashboard(
             ("start", Some(RunStatus::Created))
                 | ("pause", Some(RunStatus::Running))
                 | ("resume", Some(RunStatus::Paused))
-                | ("stop", Some(RunStatus::Created | RunStatus::Running | RunStatus::Paused))
+                | (
+                    "stop",
+                    Some(RunStatus::Created | RunStatus::Running | RunStatus::Paused)
+                )
         )
     };
 
@@ -412,15 +450,25 @@ fn RunConfigForm(
         let body = match form.with_untracked(|f| f.to_config()) {
             Ok(config) => serde_json::to_string(&config).unwrap_or_default(),
             Err(list) => {
-                set_form_error.set(Some("The run config has errors: see the marked fields.".into()));
+                set_form_error.set(Some(
+                    "The run config has errors: see the marked fields.".into(),
+                ));
                 return show(list);
             }
         };
         set_busy.set(true);
         leptos::task::spawn_local(async move {
-            let created = api::post::<RunSummary>(&token.get_value(), "/api/admin/runs", Some(body)).await;
+            let created =
+                api::post::<RunSummary>(&token.get_value(), "/api/admin/runs", Some(body)).await;
             let result: Result<RunSummary, ApiError> = match created {
-                Ok(run) if start => api::post::<RunSummary>(&token.get_value(), &format!("/api/admin/runs/{}/start", run.run_id), None).await,
+                Ok(run) if start => {
+                    api::post::<RunSummary>(
+                        &token.get_value(),
+                        &format!("/api/admin/runs/{}/start", run.run_id),
+                        None,
+                    )
+                    .await
+                }
                 other => other,
             };
             match result {

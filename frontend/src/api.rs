@@ -76,12 +76,13 @@ pub async fn post<T: DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let req = authed(Request::post(path), token);
     let res = match body {
-        Some(b) => req
-            .header("Content-Type", "application/json")
-            .body(b)
-            .map_err(unreachable)?
-            .send()
-            .await,
+        Some(b) => {
+            req.header("Content-Type", "application/json")
+                .body(b)
+                .map_err(unreachable)?
+                .send()
+                .await
+        }
         None => req.send().await,
     }
     .map_err(unreachable)?;
@@ -105,15 +106,13 @@ pub fn download(name: &str, mime: &str, bytes: &[u8]) -> Result<(), String> {
     array.push(&js_sys::Uint8Array::from(bytes));
     let options = web_sys::BlobPropertyBag::new();
     options.set_type(mime);
-    let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&array, &options).map_err(err)?;
+    let blob =
+        web_sys::Blob::new_with_u8_array_sequence_and_options(&array, &options).map_err(err)?;
     let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(err)?;
     let document = web_sys::window()
         .and_then(|w| w.document())
         .ok_or("no document")?;
-    let a: web_sys::HtmlAnchorElement = document
-        .create_element("a")
-        .map_err(err)?
-        .unchecked_into();
+    let a: web_sys::HtmlAnchorElement = document.create_element("a").map_err(err)?.unchecked_into();
     a.set_href(&url);
     a.set_download(name);
     a.click();

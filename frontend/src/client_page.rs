@@ -38,7 +38,11 @@ fn store(key: &str, value: Option<&str>) {
 /// `ws://host/ws` for the page's own origin (the server, or trunk serve's proxy).
 fn socket_url() -> String {
     let loc = window().location();
-    let scheme = if loc.protocol().unwrap_or_default() == "https:" { "wss" } else { "ws" };
+    let scheme = if loc.protocol().unwrap_or_default() == "https:" {
+        "wss"
+    } else {
+        "ws"
+    };
     format!("{scheme}://{}/ws", loc.host().unwrap_or_default())
 }
 
@@ -62,8 +66,16 @@ fn command(msg: &PageToWorker, files: Option<&(Vec<u8>, Vec<u8>)>) -> JsValue {
     let obj = js_sys::Object::new();
     let _set = js_sys::Reflect::set(&obj, &"json".into(), &msg.encode().into());
     if let Some((images, labels)) = files {
-        let _set = js_sys::Reflect::set(&obj, &"images".into(), &js_sys::Uint8Array::from(images.as_slice()));
-        let _set = js_sys::Reflect::set(&obj, &"labels".into(), &js_sys::Uint8Array::from(labels.as_slice()));
+        let _set = js_sys::Reflect::set(
+            &obj,
+            &"images".into(),
+            &js_sys::Uint8Array::from(images.as_slice()),
+        );
+        let _set = js_sys::Reflect::set(
+            &obj,
+            &"labels".into(),
+            &js_sys::Uint8Array::from(labels.as_slice()),
+        );
     }
     obj.into()
 }
@@ -77,14 +89,17 @@ fn spawn_worker(
     generation: StoredValue<u64>,
     mine: u64,
 ) -> Result<WorkerHandle, String> {
-    let worker = Worker::new(WORKER_URL).map_err(|e| format!("could not start the training worker: {e:?}"))?;
+    let worker = Worker::new(WORKER_URL)
+        .map_err(|e| format!("could not start the training worker: {e:?}"))?;
     let current = move || generation.try_get_value() == Some(mine);
     let w = worker.clone();
     let onmessage = Closure::<dyn Fn(MessageEvent)>::new(move |ev: MessageEvent| {
         if !current() {
             return;
         }
-        let Some(text) = ev.data().as_string() else { return };
+        let Some(text) = ev.data().as_string() else {
+            return;
+        };
         let msg = match WorkerToPage::decode(&text) {
             Ok(m) => m,
             Err(e) => {
@@ -118,8 +133,13 @@ fn spawn_worker(
         }
         let reason = format!("the training worker failed: {}", ev.message());
         view.update(|v| {
-            v.apply(WorkerToPage::Error { message: reason.clone(), fatal: true });
-            v.apply(WorkerToPage::Connection(protocol::worker::Connection::Stopped { reason }));
+            v.apply(WorkerToPage::Error {
+                message: reason.clone(),
+                fatal: true,
+            });
+            v.apply(WorkerToPage::Connection(
+                protocol::worker::Connection::Stopped { reason },
+            ));
         });
     });
     worker.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
@@ -136,7 +156,10 @@ fn spawn_worker(
 /// alive until then: the worker may still report.
 fn retire(h: WorkerHandle) {
     let _sent = h.worker.post_message(&command(&PageToWorker::Leave, None));
-    set_timeout(move || h.worker.terminate(), std::time::Duration::from_millis(300));
+    set_timeout(
+        move || h.worker.terminate(),
+        std::time::Duration::from_millis(300),
+    );
 }
 
 /// Reads a chosen file's bytes (they stay in the page and its worker).
@@ -180,9 +203,11 @@ pub fn ClientPage() -> impl IntoView {
         retire_current();
         store(JOINED_KEY, None);
         view.update(|v| {
-            v.apply(WorkerToPage::Connection(protocol::worker::Connection::Stopped {
-                reason: "left".into(),
-            }))
+            v.apply(WorkerToPage::Connection(
+                protocol::worker::Connection::Stopped {
+                    reason: "left".into(),
+                },
+            ))
         });
     };
 
@@ -196,7 +221,9 @@ pub fn ClientPage() -> impl IntoView {
             text => match text.parse::<f64>() {
                 Ok(c) if c > 0.0 && c.is_finite() => Some(c),
                 _ => {
-                    set_form_error.set(Some(format!("ε cap {text:?}: expected a number > 0, or empty for no cap")));
+                    set_form_error.set(Some(format!(
+                        "ε cap {text:?}: expected a number > 0, or empty for no cap"
+                    )));
                     return;
                 }
             },
@@ -218,7 +245,9 @@ pub fn ClientPage() -> impl IntoView {
         set_busy.set(true);
         leptos::task::spawn_local(async move {
             let files = if own_data {
-                let (Some(i), Some(l)) = (images_input.get_untracked(), labels_input.get_untracked()) else {
+                let (Some(i), Some(l)) =
+                    (images_input.get_untracked(), labels_input.get_untracked())
+                else {
                     set_busy.set(false);
                     return;
                 };
@@ -258,7 +287,8 @@ pub fn ClientPage() -> impl IntoView {
 
     // A reloaded tab that was joined rejoins the same way, as the same client (own files must
     // be chosen again: the page cannot read them without the user).
-    if let Some(prefs) = stored(JOINED_KEY).and_then(|j| serde_json::from_str::<JoinPrefs>(&j).ok()) {
+    if let Some(prefs) = stored(JOINED_KEY).and_then(|j| serde_json::from_str::<JoinPrefs>(&j).ok())
+    {
         set_name.set(prefs.name);
         set_cap.set(prefs.cap);
         set_own.set(prefs.own);

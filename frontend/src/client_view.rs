@@ -22,7 +22,8 @@ impl Training {
         if total == 0.0 {
             return 0.0;
         }
-        let done = self.epoch.saturating_sub(1) as f64 * self.steps_per_epoch as f64 + self.step as f64;
+        let done =
+            self.epoch.saturating_sub(1) as f64 * self.steps_per_epoch as f64 + self.step as f64;
         (done / total).clamp(0.0, 1.0)
     }
 }
@@ -178,7 +179,11 @@ impl ClientView {
                 test_accuracy,
             } => {
                 self.last_global_accuracy = Some((server_round, test_accuracy));
-                if let Some(r) = self.rounds.iter_mut().find(|r| r.server_round == server_round) {
+                if let Some(r) = self
+                    .rounds
+                    .iter_mut()
+                    .find(|r| r.server_round == server_round)
+                {
                     r.global_accuracy = Some(test_accuracy);
                 }
             }
@@ -282,7 +287,11 @@ mod tests {
         v.apply(WorkerToPage::Privacy {
             spent: Some((1.5, 1e-5)),
         });
-        assert_eq!(v.epsilon, Some((1.5, 1e-5)), "a resumed ledger shows at once");
+        assert_eq!(
+            v.epsilon,
+            Some((1.5, 1e-5)),
+            "a resumed ledger shows at once"
+        );
         v.apply(WorkerToPage::Assigned(assignment(2)));
         v.apply(WorkerToPage::Privacy { spent: None });
         assert_eq!(v.epsilon, None, "a new shard starts a new ledger");

@@ -32,7 +32,12 @@ pub struct FormField {
     pub help: &'static str,
 }
 
-const fn f(path: &'static str, label: &'static str, kind: FieldKind, help: &'static str) -> FormField {
+const fn f(
+    path: &'static str,
+    label: &'static str,
+    kind: FieldKind,
+    help: &'static str,
+) -> FormField {
     FormField {
         path,
         label,
@@ -46,34 +51,124 @@ use FieldKind::*;
 /// Every field of the admin API's run config, in display order.
 pub const FIELDS: &[FormField] = &[
     f("name", "Name", Text, "shown in the run list"),
-    f("rounds", "Rounds", Integer, "1–10 000; the run may end earlier when the privacy budget is spent"),
-    f("min_clients", "Min clients", Integer, "a round starts when this many clients are connected"),
-    f("fraction_train", "Fraction trained", Number, "fraction of connected clients sampled per round, (0, 1]"),
-    f("quorum", "Quorum", Number, "fraction of sampled clients that must answer by the deadline, (0, 1]"),
-    f("round_timeout_secs", "Round timeout (s)", Integer, "1–86 400"),
-    f("accept_failures", "Accept failures", Bool, "aggregate a round even if some clients failed"),
-    f("fraction_evaluate", "Fraction evaluating", Number, "clients asked to evaluate on their own data, [0, 1]"),
+    f(
+        "rounds",
+        "Rounds",
+        Integer,
+        "1–10 000; the run may end earlier when the privacy budget is spent",
+    ),
+    f(
+        "min_clients",
+        "Min clients",
+        Integer,
+        "a round starts when this many clients are connected",
+    ),
+    f(
+        "fraction_train",
+        "Fraction trained",
+        Number,
+        "fraction of connected clients sampled per round, (0, 1]",
+    ),
+    f(
+        "quorum",
+        "Quorum",
+        Number,
+        "fraction of sampled clients that must answer by the deadline, (0, 1]",
+    ),
+    f(
+        "round_timeout_secs",
+        "Round timeout (s)",
+        Integer,
+        "1–86 400",
+    ),
+    f(
+        "accept_failures",
+        "Accept failures",
+        Bool,
+        "aggregate a round even if some clients failed",
+    ),
+    f(
+        "fraction_evaluate",
+        "Fraction evaluating",
+        Number,
+        "clients asked to evaluate on their own data, [0, 1]",
+    ),
     f("local_epochs", "Local epochs", Integer, "1–100"),
-    f("batching", "Batching", Choice(&["batch_size", "sample_rate"]), "expected batch size, or Poisson sample rate q"),
-    f("batching.batch_size", "Batch size", Integer, "expected examples per step (q = B / shard size)"),
+    f(
+        "batching",
+        "Batching",
+        Choice(&["batch_size", "sample_rate"]),
+        "expected batch size, or Poisson sample rate q",
+    ),
+    f(
+        "batching.batch_size",
+        "Batch size",
+        Integer,
+        "expected examples per step (q = B / shard size)",
+    ),
     f("batching.sample_rate", "Sample rate q", Number, "(0, 1]"),
     f("learning_rate", "Learning rate", Number, "> 0"),
     f("optimizer.kind", "Optimizer", Choice(&["sgd", "adam"]), ""),
     f("optimizer.momentum", "Momentum", Number, "[0, 1)"),
     f("optimizer.beta1", "Adam β1", Number, "[0, 1)"),
     f("optimizer.beta2", "Adam β2", Number, "[0, 1)"),
-    f("optimizer.epsilon", "Adam ε", Number, "> 0 (numerical, not privacy)"),
+    f(
+        "optimizer.epsilon",
+        "Adam ε",
+        Number,
+        "> 0 (numerical, not privacy)",
+    ),
     f("dp", "Differential privacy", Bool, "DP-SGD on every client"),
-    f("dp.max_grad_norm", "Clipping norm C", Number, "per-example gradients are clipped to this L2 norm"),
+    f(
+        "dp.max_grad_norm",
+        "Clipping norm C",
+        Number,
+        "per-example gradients are clipped to this L2 norm",
+    ),
     f("dp.delta", "δ", Number, "(0, 1), e.g. 1e-5"),
-    f("dp.budget", "Noise from", Choice(&["target_epsilon", "noise_multiplier"]), "solve σ from a target ε, or set σ"),
-    f("dp.target_epsilon", "Target ε", Number, "each client stops before its ε passes this"),
+    f(
+        "dp.budget",
+        "Noise from",
+        Choice(&["target_epsilon", "noise_multiplier"]),
+        "solve σ from a target ε, or set σ",
+    ),
+    f(
+        "dp.target_epsilon",
+        "Target ε",
+        Number,
+        "each client stops before its ε passes this",
+    ),
     f("dp.noise_multiplier", "Noise multiplier σ", Number, "> 0"),
-    f("shards", "Server MNIST shards", Bool, "off: clients bring their own data"),
-    f("shards.scheme.kind", "Split", Choice(&["iid", "dirichlet"]), "IID, or label skew Dirichlet(α)"),
-    f("shards.scheme.alpha", "Dirichlet α", Number, "> 0; small α gives each client few classes"),
-    f("shards.num_shards", "Shards", Integer, "1–10 000 (one per client)"),
-    f("shards.seed", "Split seed", Integer, "the same seed gives the same shards"),
+    f(
+        "shards",
+        "Server MNIST shards",
+        Bool,
+        "off: clients bring their own data",
+    ),
+    f(
+        "shards.scheme.kind",
+        "Split",
+        Choice(&["iid", "dirichlet"]),
+        "IID, or label skew Dirichlet(α)",
+    ),
+    f(
+        "shards.scheme.alpha",
+        "Dirichlet α",
+        Number,
+        "> 0; small α gives each client few classes",
+    ),
+    f(
+        "shards.num_shards",
+        "Shards",
+        Integer,
+        "1–10 000 (one per client)",
+    ),
+    f(
+        "shards.seed",
+        "Split seed",
+        Integer,
+        "the same seed gives the same shards",
+    ),
 ];
 
 /// The form's values.
@@ -138,17 +233,28 @@ impl RunForm {
                 set("optimizer.epsilon", epsilon.to_string());
             }
         }
-        let dp = c.dp.clone().unwrap_or_else(default_dp);
+        let dp = c.dp.unwrap_or_else(default_dp);
         set("dp", c.dp.is_some().to_string());
         set("dp.max_grad_norm", dp.max_grad_norm.to_string());
         set("dp.delta", dp.delta.to_string());
         set(
             "dp.budget",
-            if dp.target_epsilon.is_some() { "target_epsilon" } else { "noise_multiplier" }.into(),
+            if dp.target_epsilon.is_some() {
+                "target_epsilon"
+            } else {
+                "noise_multiplier"
+            }
+            .into(),
         );
-        set("dp.target_epsilon", dp.target_epsilon.unwrap_or(3.0).to_string());
-        set("dp.noise_multiplier", dp.noise_multiplier.unwrap_or(1.0).to_string());
-        let shards = c.shards.clone().unwrap_or_else(default_shards);
+        set(
+            "dp.target_epsilon",
+            dp.target_epsilon.unwrap_or(3.0).to_string(),
+        );
+        set(
+            "dp.noise_multiplier",
+            dp.noise_multiplier.unwrap_or(1.0).to_string(),
+        );
+        let shards = c.shards.unwrap_or_else(default_shards);
         set("shards", c.shards.is_some().to_string());
         set("shards.scheme.alpha", "0.5".into());
         match shards.scheme {
@@ -224,18 +330,37 @@ impl RunForm {
             parsed.unwrap_or_else(|| {
                 errors.push(FieldError {
                     field: path.into(),
-                    value: if text.is_empty() { "empty".into() } else { text.into() },
-                    expected: if integer { "a whole number ≥ 0" } else { "a number" }.into(),
+                    value: if text.is_empty() {
+                        "empty".into()
+                    } else {
+                        text.into()
+                    },
+                    expected: if integer {
+                        "a whole number ≥ 0"
+                    } else {
+                        "a number"
+                    }
+                    .into(),
                 });
                 Value::Null
             })
         };
         let mut body = Map::new();
         body.insert("name".into(), self.get("name").into());
-        for path in ["rounds", "min_clients", "round_timeout_secs", "local_epochs"] {
+        for path in [
+            "rounds",
+            "min_clients",
+            "round_timeout_secs",
+            "local_epochs",
+        ] {
             body.insert(path.into(), num(path, true));
         }
-        for path in ["fraction_train", "quorum", "fraction_evaluate", "learning_rate"] {
+        for path in [
+            "fraction_train",
+            "quorum",
+            "fraction_evaluate",
+            "learning_rate",
+        ] {
             body.insert(path.into(), num(path, false));
         }
         body.insert("accept_failures".into(), self.on("accept_failures").into());
@@ -270,7 +395,11 @@ impl RunForm {
             } else {
                 "target_epsilon"
             };
-            let path = if budget == "noise_multiplier" { "dp.noise_multiplier" } else { "dp.target_epsilon" };
+            let path = if budget == "noise_multiplier" {
+                "dp.noise_multiplier"
+            } else {
+                "dp.target_epsilon"
+            };
             dp[budget] = num(path, false);
             dp
         } else {
@@ -292,7 +421,11 @@ impl RunForm {
             Value::Null
         };
         body.insert("shards".into(), shards);
-        if errors.is_empty() { Ok(Value::Object(body)) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(Value::Object(body))
+        } else {
+            Err(errors)
+        }
     }
 
     /// The config the form describes, checked exactly as the server will check it.
@@ -329,24 +462,29 @@ mod tests {
 
     #[test]
     fn the_default_form_is_the_demo_config() {
-        assert_eq!(RunForm::default().to_config().unwrap(), RunConfig::default());
+        assert_eq!(
+            RunForm::default().to_config().unwrap(),
+            RunConfig::default()
+        );
     }
 
     #[test]
     fn every_shape_round_trips() {
-        let mut c = RunConfig::default();
-        c.batching = Batching::SampleRate(0.05);
-        c.optimizer = Optimizer::Adam {
-            beta1: 0.8,
-            beta2: 0.99,
-            epsilon: 1e-6,
+        let mut c = RunConfig {
+            batching: Batching::SampleRate(0.05),
+            optimizer: Optimizer::Adam {
+                beta1: 0.8,
+                beta2: 0.99,
+                epsilon: 1e-6,
+            },
+            dp: Some(protocol::admin::DpRunConfig {
+                max_grad_norm: 0.5,
+                noise_multiplier: Some(1.3),
+                target_epsilon: None,
+                delta: 1e-6,
+            }),
+            ..RunConfig::default()
         };
-        c.dp = Some(protocol::admin::DpRunConfig {
-            max_grad_norm: 0.5,
-            noise_multiplier: Some(1.3),
-            target_epsilon: None,
-            delta: 1e-6,
-        });
         c.shards.as_mut().unwrap().scheme = ShardScheme::Dirichlet { alpha: 0.3 };
         assert_eq!(RunForm::from_config(&c).to_config().unwrap(), c);
         c.dp = None;

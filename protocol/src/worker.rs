@@ -70,7 +70,9 @@ pub enum Connection {
         reason: String,
     },
     /// Left (by the user) or stopped for good (the reason says which).
-    Stopped { reason: String },
+    Stopped {
+        reason: String,
+    },
 }
 
 /// What a worker reports to its page.
@@ -119,7 +121,9 @@ pub enum WorkerToPage {
     },
     /// ε this client has spent on its current data (its own ledger) and the δ it is stated at;
     /// `None` before any DP training on this data. Sent at start and after every assignment.
-    Privacy { spent: Option<(f64, f64)> },
+    Privacy {
+        spent: Option<(f64, f64)>,
+    },
     RoundClosed {
         server_round: u64,
         test_accuracy: f64,
@@ -133,7 +137,10 @@ pub enum WorkerToPage {
         fatal: bool,
     },
     /// Store this (page reloads resume from it), then answer [`PageToWorker::Saved`].
-    Save { seq: u64, client: SavedClient },
+    Save {
+        seq: u64,
+        client: SavedClient,
+    },
 }
 
 impl PageToWorker {

@@ -14,7 +14,9 @@ use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use protocol::admin::{ClientInfo, FieldError, JoinInfo, RunAction, RunConfig, RunHistory, RunSummary};
+use protocol::admin::{
+    ClientInfo, FieldError, JoinInfo, RunAction, RunConfig, RunHistory, RunSummary,
+};
 use protocol::{FrameKind, TensorFrame};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;

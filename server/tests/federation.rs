@@ -850,7 +850,9 @@ async fn the_built_frontend_is_served_on_the_same_port_and_api_paths_stay_json()
         res.headers().get("content-encoding").map(|v| v.as_bytes()),
         Some(&b"gzip"[..])
     );
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
     assert!(body.len() < 1000, "{} bytes for 8 000", body.len());
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
