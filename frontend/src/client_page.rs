@@ -92,6 +92,8 @@ fn spawn_worker(
     let worker = Worker::new(WORKER_URL)
         .map_err(|e| format!("could not start the training worker: {e:?}"))?;
     let current = move || generation.try_get_value() == Some(mine);
+    // Sent once, on Ready, then dropped: it may hold the user's files.
+    let join = std::cell::RefCell::new(Some(join));
     let w = worker.clone();
     let onmessage = Closure::<dyn Fn(MessageEvent)>::new(move |ev: MessageEvent| {
         if !current() {
@@ -108,7 +110,7 @@ fn spawn_worker(
             }
         };
         let reply = match &msg {
-            WorkerToPage::Ready => Some(join.clone()),
+            WorkerToPage::Ready => join.borrow_mut().take(),
             WorkerToPage::Save { seq, client } => {
                 // Stored first, then confirmed: the worker sends an update only after this.
                 match serde_json::to_string(client) {
