@@ -271,7 +271,8 @@ async fn connection(
         };
         let actions = match actions {
             Ok(a) => a,
-            Err(e) => return ended(welcomed, format!("bad message from the server: {e}")),
+            // Reconnecting at once would get the same again: keep backing off.
+            Err(e) => return Outcome::Lost(format!("bad message from the server: {e}")),
         };
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
@@ -294,7 +295,8 @@ async fn connection(
                     };
                     let (images, labels) = match fetched.await {
                         Ok(files) => files,
-                        Err(e) => return ended(welcomed, format!("shard download failed: {e}")),
+                        // Backing off (not from 0.5 s again): a lasting HTTP error stays slow.
+                        Err(e) => return Outcome::Lost(format!("shard download failed: {e}")),
                     };
                     if let Err(e) = session.on_shard(&images, &labels) {
                         return Outcome::Fatal(e.to_string());
@@ -390,7 +392,7 @@ async fn wait_saved(rx: &mut mpsc::UnboundedReceiver<Command>, seq: u64) -> Opti
 }
 
 /// Shows a session notice; `Some` when the connection must end.
-fn notify(session: &Session, n: Notice) -> Option<Outcome> {
+fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
     match n {
         Notice::Welcome { client_id } => {
             post(&WorkerToPage::Connection(Connection::Connected));
@@ -429,11 +431,16 @@ fn notify(session: &Session, n: Notice) -> Option<Outcome> {
             fatal,
         } => {
             if Session::stops_client(code, fatal) {
-                return Some(Outcome::Fatal(if code == protocol::ErrorCode::Replaced {
-                    "another tab or device joined as this client (same client key): this tab stopped".into()
-                } else {
-                    message
-                }));
+                if code == protocol::ErrorCode::Replaced {
+                    // A duplicated tab (same saved key) took over: this one must not take it
+                    // back on its next join, or the two would split one ledger between them.
+                    session.forget_identity();
+                    save(session);
+                    return Some(Outcome::Fatal(
+                        "another tab or device joined as this client (same client key): this tab stopped; Join again to continue as a new client".into(),
+                    ));
+                }
+                return Some(Outcome::Fatal(message));
             }
             post(&WorkerToPage::Error {
                 message: format!("server: {message}"),

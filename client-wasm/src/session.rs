@@ -287,6 +287,27 @@ impl Session {
         saved
     }
 
+    /// Drops the identity (after another connection took over this key): a later join is a new
+    /// client with a new shard. The shard's ledger stays with the connection that has the key;
+    /// the own-data ledger is kept (the same files may be trained on again).
+    pub fn forget_identity(&mut self) {
+        self.client_key = None;
+        self.client_id = None;
+        self.assignment = None;
+        self.resumed_shard = None;
+        if let Some(resume) = self.options.resume.as_mut() {
+            resume.client_key = None;
+            resume.run_id = None;
+            resume.shard_index = None;
+            resume.ledger.clear();
+        }
+        if self.options.own_data.is_none()
+            && let Some(p) = self.privacy.as_mut()
+        {
+            p.ledger = Default::default();
+        }
+    }
+
     /// Whether a server error means this client must stop rather than reconnect: another
     /// protocol version, or another connection took over this client's key.
     pub fn stops_client(code: ErrorCode, fatal: bool) -> bool {
@@ -398,6 +419,16 @@ impl Session {
                 server_round,
                 config,
             } if server_round == frame.server_round => {
+                if let (Some(cap), None) = (self.options.epsilon_cap, &config.dp) {
+                    // Without DP an update has no bound at all: a client with a cap never
+                    // sends one, whatever the server asks.
+                    return Ok(train_failed(
+                        server_round,
+                        format!(
+                            "this client has an ε cap ({cap}) and trains only with differential privacy; the run has DP off"
+                        ),
+                    ));
+                }
                 let Some(data) = self.data.clone() else {
                     return Ok(train_failed(
                         server_round,
@@ -688,6 +719,41 @@ mod tests {
     }
 
     #[test]
+    fn a_client_with_a_cap_refuses_a_round_without_dp() {
+        let mut s = Session::new(SessionOptions {
+            own_data: Some(tiny_data(20)),
+            epsilon_cap: Some(5.0),
+            ..Default::default()
+        })
+        .unwrap();
+        let config = TrainConfig {
+            dp: None,
+            ..TrainConfig::default()
+        };
+        s.on_text(
+            &ServerMessage::TrainIns {
+                server_round: 2,
+                config,
+                timeout_ms: 1000,
+            }
+            .encode(),
+        )
+        .unwrap();
+        let frame = TensorFrame {
+            kind: FrameKind::GlobalModel,
+            server_round: 2,
+            values: vec![0.0; 12_810],
+        }
+        .encode()
+        .unwrap();
+        let out = s.on_binary(&frame).unwrap();
+        assert!(
+            matches!(&text(&out)[0], ClientMessage::TrainFailed { server_round: 2, reason } if reason.contains("only with differential privacy")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn unexpected_frames_and_garbage_are_errors() {
         let mut s = Session::new(SessionOptions::default()).unwrap();
         let frame = TensorFrame {
@@ -790,6 +856,15 @@ mod tests {
         assert_eq!((back.run_id, back.shard_index), (Some(7), Some(3)));
         assert_eq!(back.ledger, saved.ledger);
         assert!(Session::stops_client(ErrorCode::Replaced, true));
+        // Replaced by a duplicate: this tab becomes a new client; its own-data ledger stays.
+        let mut s = resume(&saved);
+        s.forget_identity();
+        let gone = s.saved();
+        assert_eq!(
+            (gone.client_key, gone.run_id, gone.ledger.len()),
+            (None, None, 0)
+        );
+        assert_eq!(gone.own_ledger, saved.own_ledger);
         assert!(!Session::stops_client(ErrorCode::Internal, true));
     }
 }

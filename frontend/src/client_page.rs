@@ -26,13 +26,14 @@ fn stored(key: &str) -> Option<String> {
     session_storage()?.get_item(key).ok().flatten()
 }
 
-fn store(key: &str, value: Option<&str>) {
-    if let Some(s) = session_storage() {
-        let _ignored = match value {
-            Some(v) => s.set_item(key, v),
-            None => s.remove_item(key),
-        };
+/// Stores (or removes) a value; `Err` when the browser refused (no storage, quota).
+fn store(key: &str, value: Option<&str>) -> Result<(), String> {
+    let s = session_storage().ok_or("this browser gives the page no sessionStorage")?;
+    match value {
+        Some(v) => s.set_item(key, v),
+        None => s.remove_item(key),
     }
+    .map_err(|e| format!("sessionStorage refused {key}: {e:?}"))
 }
 
 /// `ws://host/ws` for the page's own origin (the server, or trunk serve's proxy).
@@ -50,8 +51,12 @@ fn socket_url() -> String {
 struct WorkerHandle {
     worker: Worker,
     _onmessage: Closure<dyn Fn(MessageEvent)>,
-    _onerror: Closure<dyn Fn(web_sys::ErrorEvent)>,
+    _onerror: Closure<dyn Fn(web_sys::Event)>,
 }
+
+/// A worker that has not said Ready by then did not load (e.g. a browser without wasm SIMD:
+/// the loader's promise rejects inside the worker and no error event reaches the page).
+const WORKER_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// What the user chose when joining, kept so a reloaded tab rejoins the same way.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -92,9 +97,26 @@ fn spawn_worker(
     let worker = Worker::new(WORKER_URL)
         .map_err(|e| format!("could not start the training worker: {e:?}"))?;
     let current = move || generation.try_get_value() == Some(mine);
+    // Ends this worker's story on the page with `reason` (if it is still the current worker).
+    let fail = move |reason: String| {
+        if !current() {
+            return;
+        }
+        view.update(|v| {
+            v.apply(WorkerToPage::Error {
+                message: reason.clone(),
+                fatal: true,
+            });
+            v.apply(WorkerToPage::Connection(
+                protocol::worker::Connection::Stopped { reason },
+            ));
+        });
+    };
+    let ready = std::rc::Rc::new(std::cell::Cell::new(false));
     // Sent once, on Ready, then dropped: it may hold the user's files.
     let join = std::cell::RefCell::new(Some(join));
     let w = worker.clone();
+    let ready_seen = ready.clone();
     let onmessage = Closure::<dyn Fn(MessageEvent)>::new(move |ev: MessageEvent| {
         if !current() {
             return;
@@ -110,14 +132,26 @@ fn spawn_worker(
             }
         };
         let reply = match &msg {
-            WorkerToPage::Ready => join.borrow_mut().take(),
+            WorkerToPage::Ready => {
+                ready_seen.set(true);
+                join.borrow_mut().take()
+            }
             WorkerToPage::Save { seq, client } => {
-                // Stored first, then confirmed: the worker sends an update only after this.
-                match serde_json::to_string(client) {
-                    Ok(json) => store(SAVED_KEY, Some(&json)),
-                    Err(e) => web_sys::console::error_1(&format!("ledger not stored: {e}").into()),
+                // Stored first, then confirmed: the worker sends an update only after this. If
+                // the ledger cannot be stored there is no confirmation: the worker is told to
+                // leave before it releases anything the stored ledger would not count.
+                let stored = serde_json::to_string(client)
+                    .map_err(|e| e.to_string())
+                    .and_then(|json| store(SAVED_KEY, Some(&json)));
+                match stored {
+                    Ok(()) => Some(command(&PageToWorker::Saved { seq: *seq }, None)),
+                    Err(e) => {
+                        fail(format!(
+                            "could not store the privacy ledger ({e}): stopped before sending anything more"
+                        ));
+                        Some(command(&PageToWorker::Leave, None))
+                    }
                 }
-                Some(command(&PageToWorker::Saved { seq: *seq }, None))
             }
             _ => None,
         };
@@ -128,22 +162,27 @@ fn spawn_worker(
         }
         view.update(|v| v.apply(msg));
     });
-    // A worker that cannot load (a 404, a browser without wasm SIMD) says so here.
-    let onerror = Closure::<dyn Fn(web_sys::ErrorEvent)>::new(move |ev: web_sys::ErrorEvent| {
-        if !current() {
-            return;
-        }
-        let reason = format!("the training worker failed: {}", ev.message());
-        view.update(|v| {
-            v.apply(WorkerToPage::Error {
-                message: reason.clone(),
-                fatal: true,
-            });
-            v.apply(WorkerToPage::Connection(
-                protocol::worker::Connection::Stopped { reason },
-            ));
-        });
+    // A worker script that cannot load (a 404: a plain `Event`) or throws (an `ErrorEvent`).
+    let onerror = Closure::<dyn Fn(web_sys::Event)>::new(move |ev: web_sys::Event| {
+        let detail = ev
+            .dyn_ref::<web_sys::ErrorEvent>()
+            .map(|e| e.message())
+            .unwrap_or_else(|| format!("could not load {WORKER_URL}"));
+        fail(format!("the training worker failed: {detail}"));
     });
+    let late = worker.clone();
+    set_timeout(
+        move || {
+            if !ready.get() {
+                fail(format!(
+                    "the training worker did not start within {} s (does this browser run WebAssembly with SIMD?)",
+                    WORKER_READY_TIMEOUT.as_secs()
+                ));
+                late.terminate();
+            }
+        },
+        WORKER_READY_TIMEOUT,
+    );
     worker.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
     worker.set_onerror(Some(onerror.as_ref().unchecked_ref()));
     Ok(WorkerHandle {
@@ -203,7 +242,7 @@ pub fn ClientPage() -> impl IntoView {
 
     let leave = move || {
         retire_current();
-        store(JOINED_KEY, None);
+        let _forgotten = store(JOINED_KEY, None); // nothing to rejoin either way
         view.update(|v| {
             v.apply(WorkerToPage::Connection(
                 protocol::worker::Connection::Stopped {
@@ -269,14 +308,17 @@ pub fn ClientPage() -> impl IntoView {
             match spawn_worker(view, command(&req, files.as_ref()), generation, mine) {
                 Ok(h) => {
                     handle.set_value(Some(h));
+                    // Without storage a reload just shows the form again.
                     if let Ok(json) = serde_json::to_string(&prefs) {
-                        store(JOINED_KEY, Some(&json));
+                        let _kept = store(JOINED_KEY, Some(&json));
                     }
                     view.update(|v| {
                         *v = ClientView {
                             joined: true,
                             // A rejoin keeps what this tab already showed.
                             rounds: v.rounds.clone(),
+                            // Kept so that another run's shard clears the old rows.
+                            assignment: v.assignment.clone(),
                             ..ClientView::default()
                         }
                     });
