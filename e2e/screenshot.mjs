@@ -2,17 +2,14 @@
 // browser tabs training beside any simulated clients.
 //   node e2e/screenshot.mjs <base-url> <admin-token> [out-dir] [tabs] [min-rounds]
 //   node e2e/screenshot.mjs http://127.0.0.1:3000 "$(cat fl-data/admin-token)" docs/ 2 5
-import { chromium } from 'playwright-core';
+import { launchChromium } from './harness.mjs';
 
 const [base, token, out = 'docs/', tabs = '2', minRounds = '5'] = process.argv.slice(2);
 if (!base || !token) {
   console.error('usage: node e2e/screenshot.mjs <base-url> <admin-token> [out-dir] [tabs] [min-rounds]');
   process.exit(2);
 }
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-});
+const browser = await launchChromium();
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const clients = [];

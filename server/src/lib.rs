@@ -24,6 +24,7 @@ pub mod ws;
 
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::routing::{any, get, post};
 use axum::{Json, Router, middleware};
 use protocol::admin::Event;
@@ -107,10 +108,10 @@ async fn api_not_found(uri: axum::http::Uri) -> admin::AppError {
     admin::AppError::NotFound(format!("no API route {}", uri.path()))
 }
 
-async fn health() -> Json<Health> {
+async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok",
         protocol_version: protocol::PROTOCOL_VERSION,
-        model_params: learning::TinyCnnConfig::new().layout().num_params(),
+        model_params: state.model_params,
     })
 }
