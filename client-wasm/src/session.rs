@@ -578,6 +578,28 @@ mod tests {
         Arc::new(Dataset { images, labels })
     }
 
+    /// A train instruction as the server sends it: `TrainIns` (which asks for nothing yet), then
+    /// the global model frame; returns what the session answers to the frame.
+    fn instruct(
+        s: &mut Session,
+        server_round: u64,
+        config: TrainConfig,
+        values: Vec<f32>,
+    ) -> Vec<Action> {
+        let ins = ServerMessage::TrainIns {
+            server_round,
+            config,
+            timeout_ms: 1000,
+        };
+        assert!(s.on_text(&ins.encode()).unwrap().is_empty());
+        let frame = TensorFrame {
+            kind: FrameKind::GlobalModel,
+            server_round,
+            values,
+        };
+        s.on_binary(&frame.encode().unwrap()).unwrap()
+    }
+
     fn text(actions: &[Action]) -> Vec<ClientMessage> {
         actions
             .iter()
@@ -620,29 +642,10 @@ mod tests {
             batching: Batching::BatchSize(10),
             ..TrainConfig::default()
         };
-        assert!(
-            s.on_text(
-                &ServerMessage::TrainIns {
-                    server_round: 1,
-                    config,
-                    timeout_ms: 1000
-                }
-                .encode()
-            )
-            .unwrap()
-            .is_empty()
-        );
         let global = learning::TinyCnnConfig::new()
             .init(&burn::tensor::Device::flex())
             .to_flat();
-        let frame = TensorFrame {
-            kind: FrameKind::GlobalModel,
-            server_round: 1,
-            values: global,
-        }
-        .encode()
-        .unwrap();
-        let mut actions = s.on_binary(&frame).unwrap();
+        let mut actions = instruct(&mut s, 1, config, global);
         let Some(Action::Train(job)) = actions.pop() else {
             panic!("expected a train job")
         };
@@ -692,23 +695,7 @@ mod tests {
             batching: Batching::BatchSize(10),
             ..TrainConfig::default()
         };
-        s.on_text(
-            &ServerMessage::TrainIns {
-                server_round: 3,
-                config,
-                timeout_ms: 1,
-            }
-            .encode(),
-        )
-        .unwrap();
-        let frame = TensorFrame {
-            kind: FrameKind::GlobalModel,
-            server_round: 3,
-            values: vec![0.0; 12_810],
-        }
-        .encode()
-        .unwrap();
-        let Some(Action::Train(job)) = s.on_binary(&frame).unwrap().pop() else {
+        let Some(Action::Train(job)) = instruct(&mut s, 3, config, vec![0.0; 12_810]).pop() else {
             panic!()
         };
         let out = s.on_trained(job.run(&mut |_| {}));
@@ -730,23 +717,7 @@ mod tests {
             dp: None,
             ..TrainConfig::default()
         };
-        s.on_text(
-            &ServerMessage::TrainIns {
-                server_round: 2,
-                config,
-                timeout_ms: 1000,
-            }
-            .encode(),
-        )
-        .unwrap();
-        let frame = TensorFrame {
-            kind: FrameKind::GlobalModel,
-            server_round: 2,
-            values: vec![0.0; 12_810],
-        }
-        .encode()
-        .unwrap();
-        let out = s.on_binary(&frame).unwrap();
+        let out = instruct(&mut s, 2, config, vec![0.0; 12_810]);
         assert!(
             matches!(&text(&out)[0], ClientMessage::TrainFailed { server_round: 2, reason } if reason.contains("only with differential privacy")),
             "{out:?}"

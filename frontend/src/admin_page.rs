@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use leptos::prelude::*;
-use protocol::admin::{ClientInfo, Event, FieldError, JoinInfo, RunHistory, RunStatus, RunSummary};
+use protocol::admin::{
+    ClientInfo, Event, FieldError, JoinInfo, RoundRecord, RunHistory, RunStatus, RunSummary,
+};
 use wasm_bindgen::prelude::*;
 
 use crate::api::{self, ApiError};
@@ -141,6 +143,23 @@ fn Dashboard(
     let (action_error, set_action_error) = signal(None::<String>);
     let (join_info, set_join_info) = signal(None::<JoinInfo>);
 
+    // Draws rounds of `run_id` if it is the run shown. Merged, never replaced: a round event that
+    // arrives while the history is fetched stays; another run starts the charts afresh.
+    let draw = move |run_id: u64, records: &[RoundRecord]| {
+        if current.get_untracked() != Some(run_id) {
+            return;
+        }
+        set_series.update(|s| {
+            if series_run.get_value() != Some(run_id) {
+                *s = Series::default();
+                series_run.set_value(Some(run_id));
+            }
+            for r in records {
+                s.upsert(RoundPoint::from(r));
+            }
+        });
+    };
+
     let current_run = Memo::new(move |_| {
         let id = current.get()?;
         runs.with(|r| r.iter().find(|r| r.run_id == id).cloned())
@@ -177,19 +196,7 @@ fn Dashboard(
         leptos::task::spawn_local(async move {
             match api::get::<RunHistory>(&token.get_value(), &format!("/api/admin/runs/{id}")).await
             {
-                Ok(h) if current.get_untracked() == Some(id) => {
-                    // Merged, not replaced: a round event that arrived during the fetch stays.
-                    set_series.update(|s| {
-                        if series_run.get_value() != Some(id) {
-                            *s = Series::default();
-                            series_run.set_value(Some(id));
-                        }
-                        for r in &h.rounds {
-                            s.upsert(RoundPoint::from(r));
-                        }
-                    });
-                }
-                Ok(_) => {} // another run was chosen meanwhile
+                Ok(h) => draw(id, &h.rounds),
                 Err(e) => set_action_error.set(Some(e.to_string())),
             }
         });
@@ -214,15 +221,7 @@ fn Dashboard(
                     };
                     match event {
                         Event::RoundClosed { run_id, record } => {
-                            if current.get_untracked() == Some(run_id) {
-                                set_series.update(|s| {
-                                    if series_run.get_value() != Some(run_id) {
-                                        *s = Series::default();
-                                        series_run.set_value(Some(run_id));
-                                    }
-                                    s.upsert(RoundPoint::from(&record));
-                                });
-                            }
+                            draw(run_id, std::slice::from_ref(&record));
                             runs.update(|rs| {
                                 if let Some(r) = rs.iter_mut().find(|r| r.run_id == run_id) {
                                     r.completed_rounds =
