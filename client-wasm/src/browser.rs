@@ -5,8 +5,9 @@
 //! The page talks to it with [`PageToWorker`] messages (JSON strings, the user's own IDX files
 //! beside them as `ArrayBuffer`s) and renders the [`WorkerToPage`] reports. Reconnects use
 //! exponential backoff (0.5 s → 10 s, reset once the server welcomes the client); the client key
-//! and the privacy ledger survive them, and survive a page reload through [`WorkerToPage::Save`]:
-//! an update is sent only after the page confirmed it stored the ledger that includes it.
+//! and the privacy ledgers survive them, and survive the tab through [`WorkerToPage::Save`]: an
+//! update or an evaluation result is sent only after the page confirmed it stored the ledger
+//! (per dataset, in `localStorage`) that includes it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,11 +17,12 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use gloo_net::websocket::Message;
 use gloo_net::websocket::futures::WebSocket;
 use learning::Dataset;
+use protocol::ledger::fingerprint;
 use protocol::worker::{Connection, JoinRequest, PageToWorker, WorkerToPage};
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
-use crate::session::{Action, Notice, Outgoing, Session, SessionOptions};
+use crate::session::{Action, Notice, Outgoing, OwnFiles, Session, SessionOptions};
 
 const FIRST_BACKOFF_MS: u32 = 500;
 const MAX_BACKOFF_MS: u32 = 10_000;
@@ -104,12 +106,27 @@ async fn serve(mut rx: mpsc::UnboundedReceiver<Command>) {
     }
 }
 
-/// Loads the user's own files (checked like a downloaded shard).
-fn own_dataset(images: Option<Vec<u8>>, labels: Option<Vec<u8>>) -> Result<Dataset, String> {
+/// Loads the user's own files (checked like a downloaded shard), named by their fingerprint:
+/// the same files are the same records, whichever tab opens them.
+fn own_dataset(images: Option<Vec<u8>>, labels: Option<Vec<u8>>) -> Result<OwnFiles, String> {
     let (Some(images), Some(labels)) = (images, labels) else {
         return Err("own data: expected an images file and a labels file (IDX)".into());
     };
-    Dataset::from_idx("images file", &images, "labels file", &labels).map_err(|e| e.to_string())
+    let data = Dataset::from_idx("images file", &images, "labels file", &labels)
+        .map_err(|e| e.to_string())?;
+    Ok(OwnFiles {
+        data: Arc::new(data),
+        fingerprint: fingerprint(&images, &labels),
+    })
+}
+
+/// Tells the page what has been spent on the current data (or why it is blocked).
+fn post_privacy(session: &Session) {
+    post(&WorkerToPage::Privacy {
+        spent: session.spent(),
+        dataset: session.dataset().map(str::to_owned),
+        blocked: session.blocked().map(str::to_owned),
+    });
 }
 
 /// One join: connect, reconnect with backoff, until the user leaves or something fatal
@@ -122,13 +139,13 @@ async fn join(
 ) -> String {
     let own_data = if req.own_data {
         match own_dataset(images, labels) {
-            Ok(d) => {
+            Ok(own) => {
                 post(&WorkerToPage::Data {
-                    num_examples: d.len() as u64,
-                    label_histogram: d.label_histogram().to_vec(),
+                    num_examples: own.data.len() as u64,
+                    label_histogram: own.data.label_histogram().to_vec(),
                     own: true,
                 });
-                Some(Arc::new(d))
+                Some(own)
             }
             Err(message) => {
                 post(&WorkerToPage::Error {
@@ -148,16 +165,16 @@ async fn join(
     let mut session = match Session::new(SessionOptions {
         name: req.name.clone(),
         epsilon_cap: req.epsilon_cap,
+        delta: req.delta,
         own_data,
         can_evaluate: true,
         resume: req.resume.clone(),
+        ledgers: req.ledgers.clone(),
     }) {
         Ok(s) => s,
         Err(e) => return format!("could not start the session: {e}"),
     };
-    post(&WorkerToPage::Privacy {
-        spent: session.spent(),
-    });
+    post_privacy(&session);
     let mut attempt = 0u32;
     let mut backoff = FIRST_BACKOFF_MS;
     loop {
@@ -308,10 +325,12 @@ async fn connection(
                             own: false,
                         });
                     }
+                    // The shard's records may have a ledger from an earlier run or tab.
+                    post_privacy(session);
                 }
                 Action::Train(job) => {
                     let server_round = job.server_round;
-                    let delta = job.config.dp.as_ref().map(|dp| dp.delta);
+                    let dataset = job.fingerprint.clone();
                     let started = js_sys::Date::now();
                     let mut announced = false;
                     let done = job.run(&mut |p| {
@@ -334,10 +353,11 @@ async fn connection(
                     });
                     let seconds = (js_sys::Date::now() - started) / 1000.0;
                     let ok = done.result.as_ref().ok().map(|r| r.metrics);
+                    let delta = done.privacy.delta;
                     let release = session.on_trained(done);
                     // The ledger that includes this round must be stored by the page before
                     // the update leaves: a reload must never resume from an older one.
-                    let seq = save(session);
+                    let seq = save(session, Some(&dataset));
                     if let Some(outcome) = wait_saved(rx, seq).await {
                         return outcome;
                     }
@@ -345,15 +365,23 @@ async fn connection(
                         post(&WorkerToPage::Trained {
                             server_round,
                             metrics,
-                            delta,
+                            delta: Some(delta),
                             seconds,
                         });
                     }
+                    post_privacy(session);
                     queue.extend(release);
                 }
                 Action::Evaluate(job) => {
-                    let (round, res) = job.run();
-                    queue.extend(session.on_evaluated(round, res));
+                    // A DP evaluation spends ε: stored before its result leaves, as training.
+                    let dataset = job.fingerprint.clone();
+                    let release = session.on_evaluated(job.run());
+                    let seq = save(session, Some(&dataset));
+                    if let Some(outcome) = wait_saved(rx, seq).await {
+                        return outcome;
+                    }
+                    post_privacy(session);
+                    queue.extend(release);
                 }
                 Action::Notify(n) => {
                     if matches!(n, Notice::Welcome { .. }) {
@@ -368,14 +396,16 @@ async fn connection(
     }
 }
 
-/// Asks the page to store the session's identity and ledgers; returns the request's number.
-fn save(session: &Session) -> u64 {
+/// Asks the page to store the session's identity and, after a job on dataset `spent_on`,
+/// that dataset's ledger; returns the request's number.
+fn save(session: &Session, spent_on: Option<&str>) -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
     post(&WorkerToPage::Save {
         seq,
         client: session.saved(),
+        ledger: spent_on.and_then(|fp| session.ledger_of(fp)),
     });
     seq
 }
@@ -397,16 +427,10 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
         Notice::Welcome { client_id } => {
             post(&WorkerToPage::Connection(Connection::Connected));
             post(&WorkerToPage::Welcome { client_id });
-            save(session);
+            save(session, None);
         }
-        Notice::Assigned(a) => {
-            post(&WorkerToPage::Assigned(a));
-            // A new shard starts a new ledger; the same one keeps it.
-            post(&WorkerToPage::Privacy {
-                spent: session.spent(),
-            });
-            save(session);
-        }
+        // The shard's ledger is known once its files are (their fingerprint names it).
+        Notice::Assigned(a) => post(&WorkerToPage::Assigned(a)),
         // `Trained` is reported by the driver, with δ and the time it took.
         Notice::Trained { .. } => {}
         Notice::TrainFailed {
@@ -415,6 +439,13 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
         } => post(&WorkerToPage::TrainFailed {
             server_round,
             reason,
+        }),
+        Notice::EvaluateFailed {
+            server_round,
+            reason,
+        } => post(&WorkerToPage::Error {
+            message: format!("did not evaluate round {server_round}: {reason}"),
+            fatal: false,
         }),
         Notice::RoundClosed {
             server_round,
@@ -435,7 +466,7 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
                     // A duplicated tab (same saved key) took over: this one must not take it
                     // back on its next join, or the two would split one ledger between them.
                     session.forget_identity();
-                    save(session);
+                    save(session, None);
                     return Some(Outcome::Fatal(
                         "another tab or device joined as this client (same client key): this tab stopped; Join again to continue as a new client".into(),
                     ));

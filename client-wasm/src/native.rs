@@ -186,10 +186,10 @@ async fn connection(
                     queue.extend(session.on_trained(done));
                 }
                 Action::Evaluate(job) => {
-                    let (round, res) = tokio::task::spawn_blocking(move || job.run())
+                    let done = tokio::task::spawn_blocking(move || job.run())
                         .await
                         .map_err(|e| ClientError::Task(format!("evaluation: {e}")))?;
-                    queue.extend(session.on_evaluated(round, res));
+                    queue.extend(session.on_evaluated(done));
                 }
                 Action::Notify(n) => {
                     if on_notice(session, &n, report)? && options.exit_when_finished {
@@ -229,6 +229,10 @@ fn on_notice(
             server_round,
             reason,
         } => warn!(client_id = id, server_round, %reason, "did not train"),
+        Notice::EvaluateFailed {
+            server_round,
+            reason,
+        } => warn!(client_id = id, server_round, %reason, "did not evaluate"),
         Notice::RoundClosed {
             server_round,
             test_accuracy,

@@ -1,24 +1,30 @@
 //! The client session: the one state machine a browser tab (in a Web Worker) and a headless
 //! simulated client both run. Sans-IO: it turns incoming messages into [`Action`]s (send this,
 //! fetch the shard, train, evaluate) and the transport that drives it performs them — gloo-net
-//! in the browser, tokio natively. So it is tested without a network.
+//! in the browser, tokio natively. So it is tested without a network, and every privacy rule
+//! of the client is tested as an attack by a server (`tests/adversarial_server.rs`).
 //!
 //! ```text
 //! connect ─▶ Hello ─▶ Welcome ─▶ Assignment ─▶ (fetch shard) ─▶ idle
 //! idle ─▶ TrainIns + GlobalModel frame ─▶ Train(job) ─▶ on_trained ─▶ TrainRes + Update frame
-//! idle ─▶ EvaluateIns + GlobalModel frame ─▶ Evaluate(job) ─▶ on_evaluated ─▶ EvaluateRes
+//! idle ─▶ EvaluateIns + GlobalModel frame ─▶ Evaluate(job) ─▶ on_evaluated ─▶ EvaluateRes (DP)
 //! RunFinished ─▶ done (the driver may stop)
 //! ```
 //!
-//! What survives a reconnect: the client key (same identity, shard and server ledger), the
-//! data, and the privacy ledger (the client's own ε, which caps what it will train).
+//! The privacy ledger belongs to the *data*, not to the connection: the session keeps a book of
+//! ledgers by dataset fingerprint (given at start from storage, updated as it spends) and
+//! trains on a dataset with that dataset's ledger, so a new assignment, a new run or a new key
+//! never starts the same records at zero. A dataset whose stored ledger is unreadable is not
+//! trained on or evaluated at all.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use learning::{ClientPrivacy, Dataset, FitRes, LearningError, TrainConfig};
+use learning::{ClientPrivacy, Dataset, FitRes, LearningError, TrainConfig, default_delta};
 use protocol::config::FitMetrics;
+use protocol::ledger::{DatasetLedger, LedgerSlot, fingerprint};
 use protocol::messages::{Assignment, Capabilities, OwnData};
-use protocol::worker::SavedClient;
+use protocol::worker::{SavedClient, Spent};
 use protocol::{ClientMessage, ErrorCode, FrameKind, PROTOCOL_VERSION, ServerMessage, TensorFrame};
 
 /// A message to put on the socket.
@@ -41,7 +47,7 @@ pub enum Action {
     /// Run the job (off the UI thread / on a blocking thread), then [`Session::on_trained`].
     Train(Box<TrainJob>),
     /// Run the job, then [`Session::on_evaluated`].
-    Evaluate(EvalJob),
+    Evaluate(Box<EvalJob>),
     /// Something the user should see (a round closed, an error from the server).
     Notify(Notice),
 }
@@ -63,6 +69,11 @@ pub enum Notice {
         metrics: FitMetrics,
     },
     TrainFailed {
+        server_round: u64,
+        reason: String,
+    },
+    /// An evaluation was refused or failed (nothing was sent).
+    EvaluateFailed {
         server_round: u64,
         reason: String,
     },
@@ -97,6 +108,8 @@ pub struct TrainJob {
     pub global: Vec<f32>,
     pub config: TrainConfig,
     pub data: Arc<Dataset>,
+    /// The data's fingerprint: the ledger the job spends from.
+    pub fingerprint: String,
     pub privacy: ClientPrivacy,
 }
 
@@ -105,6 +118,7 @@ pub struct TrainJob {
 pub struct TrainDone {
     pub server_round: u64,
     pub result: Result<FitRes, LearningError>,
+    pub fingerprint: String,
     pub privacy: ClientPrivacy,
 }
 
@@ -121,25 +135,59 @@ impl TrainJob {
         TrainDone {
             server_round: self.server_round,
             result,
+            fingerprint: self.fingerprint,
             privacy: self.privacy,
         }
     }
 }
 
-/// Evaluation to run.
+/// A DP evaluation to run (it spends ε, so it holds the ledger like a train job).
 #[derive(Debug)]
 pub struct EvalJob {
     pub server_round: u64,
     pub global: Vec<f32>,
     pub data: Arc<Dataset>,
+    pub fingerprint: String,
+    pub privacy: ClientPrivacy,
+}
+
+/// The outcome of an [`EvalJob`].
+#[derive(Debug)]
+pub struct EvalDone {
+    pub server_round: u64,
+    pub result: Result<learning::EvaluateRes, LearningError>,
+    pub fingerprint: String,
+    pub privacy: ClientPrivacy,
 }
 
 impl EvalJob {
-    pub fn run(self) -> (u64, Result<learning::EvaluateRes, LearningError>) {
-        (
-            self.server_round,
-            learning::evaluate(&self.global, &self.data),
-        )
+    pub fn run(mut self) -> EvalDone {
+        let result = learning::evaluate_private(&self.global, &self.data, &mut self.privacy);
+        EvalDone {
+            server_round: self.server_round,
+            result,
+            fingerprint: self.fingerprint,
+            privacy: self.privacy,
+        }
+    }
+}
+
+/// The user's own records and the fingerprint their ledger is kept under.
+#[derive(Debug, Clone)]
+pub struct OwnFiles {
+    pub data: Arc<Dataset>,
+    /// [`protocol::ledger::fingerprint`] of the files (or of the records, natively).
+    pub fingerprint: String,
+}
+
+impl OwnFiles {
+    /// Records without files (the simulator): the fingerprint is taken over their contents.
+    pub fn from_dataset(data: Dataset) -> Self {
+        let fingerprint = fingerprint(&data.images, &data.labels);
+        Self {
+            data: Arc::new(data),
+            fingerprint,
+        }
     }
 }
 
@@ -149,11 +197,15 @@ pub struct SessionOptions {
     pub name: String,
     /// The client's own ε cap (it refuses rounds past it).
     pub epsilon_cap: Option<f64>,
+    /// The δ the client states ε and its cap at; `None`: [`default_delta`] of its data size.
+    pub delta: Option<f64>,
     /// Train on this instead of a server-assigned shard.
-    pub own_data: Option<Arc<Dataset>>,
+    pub own_data: Option<OwnFiles>,
     pub can_evaluate: bool,
-    /// Identity and ledger saved by an earlier session of this client (a reloaded tab).
+    /// Identity saved by an earlier session of this client (a reloaded tab).
     pub resume: Option<SavedClient>,
+    /// Every dataset ledger in storage (the browser's `localStorage`).
+    pub ledgers: Vec<LedgerSlot>,
 }
 
 #[derive(Debug)]
@@ -168,6 +220,15 @@ enum Expect {
     },
 }
 
+/// The data being trained on and its ledger's state.
+#[derive(Debug)]
+struct Loaded {
+    data: Arc<Dataset>,
+    fingerprint: String,
+    /// Why this data is not used (its stored ledger is unreadable).
+    blocked: Option<String>,
+}
+
 /// The client session.
 #[derive(Debug)]
 pub struct Session {
@@ -175,49 +236,77 @@ pub struct Session {
     client_key: Option<String>,
     client_id: Option<u64>,
     assignment: Option<Assignment>,
-    data: Option<Arc<Dataset>>,
-    /// `None` while a train job holds it.
+    loaded: Option<Loaded>,
+    /// Ledgers by dataset fingerprint: what storage held, plus everything spent since.
+    book: BTreeMap<String, LedgerSlot>,
+    /// The current data's ledger; `None` while a job holds it.
     privacy: Option<ClientPrivacy>,
     expect: Expect,
     finished: Option<String>,
-    /// The shard a resumed ledger belongs to, until the first assignment.
-    resumed_shard: Option<(u64, u32)>,
-    /// δ of the last DP training config (ε is stated at it).
-    delta: Option<f64>,
     /// Rounds this client trained in (for display).
     pub rounds_trained: Vec<u64>,
 }
 
 impl Session {
     pub fn new(options: SessionOptions) -> Result<Self, LearningError> {
-        let mut privacy = ClientPrivacy::new(options.epsilon_cap)?;
-        let data = options.own_data.clone();
-        let mut client_key = None;
-        let mut resumed_shard = None;
-        let mut delta = None;
-        if let Some(saved) = &options.resume {
-            delta = saved.delta;
-            client_key = saved.client_key.clone();
-            if options.own_data.is_some() {
-                privacy.ledger.history = saved.own_ledger.clone();
-            } else {
-                resumed_shard = saved.run_id.zip(saved.shard_index);
-                privacy.ledger.history = saved.ledger.clone();
-            }
-        }
-        Ok(Self {
-            options,
+        let privacy = ClientPrivacy::new(options.epsilon_cap, options.delta.unwrap_or(1e-5))?;
+        let book = options
+            .ledgers
+            .iter()
+            .map(|slot| (slot.fingerprint().to_owned(), slot.clone()))
+            .collect();
+        let client_key = options.resume.as_ref().and_then(|r| r.client_key.clone());
+        let mut session = Self {
             client_key,
-            resumed_shard,
-            delta,
             client_id: None,
             assignment: None,
-            data,
+            loaded: None,
+            book,
             privacy: Some(privacy),
             expect: Expect::Nothing,
             finished: None,
             rounds_trained: Vec::new(),
-        })
+            options,
+        };
+        if let Some(own) = session.options.own_data.clone() {
+            session.load(own.data, own.fingerprint);
+        }
+        Ok(session)
+    }
+
+    /// Makes `data` the current data, with the ledger the book holds for it.
+    fn load(&mut self, data: Arc<Dataset>, fingerprint: String) {
+        self.loaded = Some(Loaded {
+            data,
+            fingerprint,
+            blocked: None,
+        });
+        self.sync_ledger();
+    }
+
+    /// Puts the book's ledger of the current data into the privacy state (a no-op while a job
+    /// holds it: [`Self::restore`] calls it again).
+    fn sync_ledger(&mut self) {
+        let (Some(loaded), Some(privacy)) = (self.loaded.as_mut(), self.privacy.as_mut()) else {
+            return;
+        };
+        privacy.ledger = Default::default();
+        privacy.unprotected_rounds = 0;
+        privacy.delta = self
+            .options
+            .delta
+            .unwrap_or_else(|| default_delta(loaded.data.len()));
+        loaded.blocked = match self.book.get(&loaded.fingerprint) {
+            Some(LedgerSlot::Known(l)) => {
+                privacy.ledger.history = l.history.clone();
+                privacy.unprotected_rounds = l.unprotected_rounds;
+                None
+            }
+            Some(LedgerSlot::Unreadable { reason, .. }) => Some(format!(
+                "the stored privacy ledger of this data is unreadable ({reason}): it is not trained on until its ledger is reset on the client page"
+            )),
+            None => None,
+        };
     }
 
     /// The first message on every (re)connection.
@@ -225,8 +314,7 @@ impl Session {
         self.expect = Expect::Nothing;
         self.finished = None;
         let own_data = self.options.own_data.as_ref().map(|d| OwnData {
-            num_examples: d.len() as u64,
-            label_histogram: Some(d.label_histogram().to_vec()),
+            num_examples: d.data.len() as u64,
         });
         Outgoing::Text(
             ClientMessage::Hello {
@@ -236,6 +324,7 @@ impl Session {
                     name: self.options.name.clone(),
                     own_data,
                     epsilon_cap: self.options.epsilon_cap,
+                    delta: self.privacy.as_ref().map(|p| p.delta),
                     can_evaluate: self.options.can_evaluate,
                 },
             }
@@ -253,58 +342,37 @@ impl Session {
         self.assignment.as_ref()
     }
     pub fn has_data(&self) -> bool {
-        self.data.is_some()
+        self.loaded.is_some()
     }
     /// Why the run ended, once the server said so.
     pub fn finished(&self) -> Option<&str> {
         self.finished.as_deref()
     }
-    /// ε this client has spent (its own ledger) at `delta`.
-    pub fn epsilon(&self, delta: f64) -> Option<f64> {
-        self.privacy.as_ref()?.ledger.epsilon(delta).ok()
+    /// The current data's fingerprint: the name of its ledger.
+    pub fn dataset(&self) -> Option<&str> {
+        Some(&self.loaded.as_ref()?.fingerprint)
+    }
+    /// Why the current data is not trained on (its stored ledger is unreadable).
+    pub fn blocked(&self) -> Option<&str> {
+        self.loaded.as_ref()?.blocked.as_deref()
     }
 
-    /// What a reloaded tab needs to resume as this client: its identity, the ledger of the data
-    /// it trains on, and (unchanged) the saved ledger of the other kind of data.
+    /// What a reloaded tab needs to rejoin as this client (its ledgers are saved apart, per
+    /// dataset: [`Self::ledger_of`]).
     pub fn saved(&self) -> SavedClient {
-        let mut saved = self.options.resume.clone().unwrap_or_default();
-        saved.client_key = self.client_key.clone();
-        saved.delta = self.delta.or(saved.delta);
-        // `None` only while a train job holds the ledger; then the saved one stands.
-        if let Some(p) = &self.privacy {
-            if self.options.own_data.is_some() {
-                saved.own_ledger = p.ledger.history.clone();
-            } else {
-                let shard = match &self.assignment {
-                    Some(a) => Some((a.run_id, a.shard_index)),
-                    None => self.resumed_shard,
-                };
-                saved.run_id = shard.map(|s| s.0);
-                saved.shard_index = shard.map(|s| s.1);
-                saved.ledger = p.ledger.history.clone();
-            }
+        SavedClient {
+            client_key: self.client_key.clone(),
         }
-        saved
     }
 
-    /// Drops the identity (after another connection took over this key): a later join is a new
-    /// client with a new shard. The shard's ledger stays with the connection that has the key;
-    /// the own-data ledger is kept (the same files may be trained on again).
+    /// Drops the identity (after another connection took over this key): a later join is a
+    /// new client with a new shard. The ledgers stay: they belong to the data.
     pub fn forget_identity(&mut self) {
         self.client_key = None;
         self.client_id = None;
         self.assignment = None;
-        self.resumed_shard = None;
         if let Some(resume) = self.options.resume.as_mut() {
             resume.client_key = None;
-            resume.run_id = None;
-            resume.shard_index = None;
-            resume.ledger.clear();
-        }
-        if self.options.own_data.is_none()
-            && let Some(p) = self.privacy.as_mut()
-        {
-            p.ledger = Default::default();
         }
     }
 
@@ -314,14 +382,23 @@ impl Session {
         fatal && matches!(code, ErrorCode::UnsupportedVersion | ErrorCode::Replaced)
     }
 
-    /// ε spent on the current data and the δ it is stated at; `None` before any DP step on it.
-    pub fn spent(&self) -> Option<(f64, f64)> {
-        let delta = self.delta?;
-        let ledger = &self.privacy.as_ref()?.ledger;
-        if ledger.steps() == 0 {
+    /// ε spent on the current data and the δ it is stated at; `None` before any data, or
+    /// before anything was spent on it.
+    pub fn spent(&self) -> Option<Spent> {
+        let p = self.privacy.as_ref()?;
+        self.loaded.as_ref()?;
+        if p.ledger.steps() == 0 && p.unprotected_rounds == 0 {
             return None;
         }
-        Some((ledger.epsilon(delta).ok()?, delta))
+        Some(Spent {
+            epsilon: p.epsilon().ok(),
+            delta: p.delta,
+        })
+    }
+
+    /// ε spent on the current data (0 before anything was spent).
+    pub fn epsilon(&self) -> Option<f64> {
+        self.privacy.as_ref()?.epsilon().ok()
     }
 
     /// Handles a text message.
@@ -338,37 +415,12 @@ impl Session {
                 self.client_key = Some(client_key);
                 out.push(Action::Notify(Notice::Welcome { client_id }));
             }
-            ServerMessage::Assignment(a) => {
-                let previous = match &self.assignment {
-                    Some(old) => Some((old.run_id, old.shard_index)),
-                    None => self.resumed_shard.take(),
-                };
-                let same = previous == Some((a.run_id, a.shard_index));
-                if !same && self.options.own_data.is_none() {
-                    // New data, new ledger: the privacy unit is an example of this shard.
-                    self.data = None;
-                    if let Some(p) = self.privacy.as_mut() {
-                        p.ledger = Default::default();
-                    }
-                }
-                // Notice first: a page shows the assignment before the data it brings.
-                out.push(Action::Notify(Notice::Assigned(a.clone())));
-                if self.data.is_none() {
-                    out.push(Action::FetchShard {
-                        images_path: a.images_path.clone(),
-                        labels_path: a.labels_path.clone(),
-                    });
-                }
-                self.assignment = Some(a);
-            }
+            ServerMessage::Assignment(a) => self.on_assignment(a, &mut out),
             ServerMessage::TrainIns {
                 server_round,
                 config,
                 ..
             } => {
-                if let Some(dp) = &config.dp {
-                    self.delta = Some(dp.delta);
-                }
                 self.expect = Expect::TrainModel {
                     server_round,
                     config,
@@ -408,6 +460,27 @@ impl Session {
         Ok(out)
     }
 
+    /// A shard assignment: the same shard keeps its data; another one is fetched (and trained
+    /// with *its* ledger from the book, once its fingerprint is known).
+    fn on_assignment(&mut self, a: Assignment, out: &mut Vec<Action>) {
+        let same = self
+            .assignment
+            .as_ref()
+            .is_some_and(|old| (old.run_id, old.shard_index) == (a.run_id, a.shard_index));
+        if !same && self.options.own_data.is_none() {
+            self.loaded = None;
+        }
+        // Notice first: a page shows the assignment before the data it brings.
+        out.push(Action::Notify(Notice::Assigned(a.clone())));
+        if self.loaded.is_none() {
+            out.push(Action::FetchShard {
+                images_path: a.images_path.clone(),
+                labels_path: a.labels_path.clone(),
+            });
+        }
+        self.assignment = Some(a);
+    }
+
     /// Handles a binary frame (the global model announced by the last instruction).
     pub fn on_binary(&mut self, bytes: &[u8]) -> Result<Vec<Action>, SessionError> {
         let frame = TensorFrame::decode(bytes)?;
@@ -419,51 +492,76 @@ impl Session {
                 server_round,
                 config,
             } if server_round == frame.server_round => {
-                if let (Some(cap), None) = (self.options.epsilon_cap, &config.dp) {
-                    // Without DP an update has no bound at all: a client with a cap never
-                    // sends one, whatever the server asks.
-                    return Ok(train_failed(
-                        server_round,
-                        format!(
-                            "this client has an ε cap ({cap}) and trains only with differential privacy; the run has DP off"
-                        ),
-                    ));
-                }
-                let Some(data) = self.data.clone() else {
-                    return Ok(train_failed(
-                        server_round,
-                        "no data: the shard was not downloaded".into(),
-                    ));
-                };
-                let Some(privacy) = self.privacy.take() else {
-                    return Ok(train_failed(
-                        server_round,
-                        "still training the previous round".into(),
-                    ));
-                };
-                Ok(vec![Action::Train(Box::new(TrainJob {
-                    server_round,
-                    global: frame.values,
-                    config,
-                    data,
-                    privacy,
-                }))])
+                Ok(self.train(server_round, config, frame.values))
             }
             Expect::EvalModel { server_round } if server_round == frame.server_round => {
-                match self.data.clone() {
-                    Some(data) => Ok(vec![Action::Evaluate(EvalJob {
-                        server_round,
-                        global: frame.values,
-                        data,
-                    })]),
-                    None => Ok(Vec::new()),
-                }
+                Ok(self.evaluate(server_round, frame.values))
             }
             _ => Err(SessionError::Unexpected("a model frame")),
         }
     }
 
-    /// The downloaded shard: checked against its assignment (size and label histogram).
+    /// The data, its fingerprint and its ledger to work with, or why there are none.
+    fn take_work(&mut self) -> Result<(Arc<Dataset>, String, ClientPrivacy), String> {
+        let Some(loaded) = &self.loaded else {
+            return Err("no data: the shard was not downloaded".into());
+        };
+        if let Some(reason) = &loaded.blocked {
+            return Err(reason.clone());
+        }
+        let (data, fingerprint) = (loaded.data.clone(), loaded.fingerprint.clone());
+        let privacy = self
+            .privacy
+            .take()
+            .ok_or("still busy with the previous instruction")?;
+        Ok((data, fingerprint, privacy))
+    }
+
+    fn train(&mut self, server_round: u64, config: TrainConfig, global: Vec<f32>) -> Vec<Action> {
+        if let (Some(cap), None) = (self.options.epsilon_cap, &config.dp) {
+            // Refused before anything is fetched or computed (fit refuses it too).
+            return train_failed(
+                server_round,
+                format!(
+                    "this client has an ε cap ({cap}) and trains only with differential privacy; the run has DP off"
+                ),
+                true,
+            );
+        }
+        match self.take_work() {
+            Ok((data, fingerprint, privacy)) => vec![Action::Train(Box::new(TrainJob {
+                server_round,
+                global,
+                config,
+                data,
+                fingerprint,
+                privacy,
+            }))],
+            Err(reason) => train_failed(server_round, reason, false),
+        }
+    }
+
+    fn evaluate(&mut self, server_round: u64, global: Vec<f32>) -> Vec<Action> {
+        if !self.options.can_evaluate {
+            return vec![eval_failed(
+                server_round,
+                "this client does not evaluate".into(),
+            )];
+        }
+        match self.take_work() {
+            Ok((data, fingerprint, privacy)) => vec![Action::Evaluate(Box::new(EvalJob {
+                server_round,
+                global,
+                data,
+                fingerprint,
+                privacy,
+            }))],
+            Err(reason) => vec![eval_failed(server_round, reason)],
+        }
+    }
+
+    /// The downloaded shard: checked against its assignment (size and label histogram), then
+    /// trained on with the ledger of its contents.
     pub fn on_shard(&mut self, images: &[u8], labels: &[u8]) -> Result<(), SessionError> {
         let data = Dataset::from_idx("shard images", images, "shard labels", labels)
             .map_err(|e| SessionError::Shard(e.to_string()))?;
@@ -481,82 +579,105 @@ impl Session {
                 ));
             }
         }
-        self.data = Some(Arc::new(data));
+        self.load(Arc::new(data), fingerprint(images, labels));
         Ok(())
     }
 
-    /// Training finished: the result (or the refusal) to send.
-    pub fn on_trained(&mut self, done: TrainDone) -> Vec<Action> {
-        self.privacy = Some(done.privacy);
-        let server_round = done.server_round;
-        match done.result {
-            Ok(res) => {
-                self.rounds_trained.push(server_round);
-                let frame = TensorFrame {
-                    kind: FrameKind::Update,
-                    server_round,
-                    values: res.update,
-                };
-                let Ok(bytes) = frame.encode() else {
-                    return vec![Action::Send(Outgoing::Text(
-                        ClientMessage::TrainFailed {
-                            server_round,
-                            reason: "update too large for a frame".into(),
-                        }
-                        .encode(),
-                    ))];
-                };
-                vec![
-                    Action::Send(Outgoing::Text(
-                        ClientMessage::TrainRes {
-                            server_round,
-                            num_examples: res.num_examples as u64,
-                            metrics: res.metrics,
-                        }
-                        .encode(),
-                    )),
-                    Action::Send(Outgoing::Binary(bytes)),
-                    Action::Notify(Notice::Trained {
-                        server_round,
-                        metrics: res.metrics,
-                    }),
-                ]
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                train_failed(server_round, reason)
-            }
+    /// A job gave its ledger back: it goes into the book under the job's data (which may no
+    /// longer be the current data), then the current data's ledger is taken from the book.
+    fn restore(&mut self, privacy: ClientPrivacy, fingerprint: String) {
+        let ledger = DatasetLedger {
+            fingerprint: fingerprint.clone(),
+            history: privacy.ledger.history.clone(),
+            unprotected_rounds: privacy.unprotected_rounds,
+        };
+        self.book.insert(fingerprint, LedgerSlot::Known(ledger));
+        self.privacy = Some(privacy);
+        self.sync_ledger();
+    }
+
+    /// The ledger of dataset `fingerprint` as it must be stored now (after a job on it).
+    pub fn ledger_of(&self, fingerprint: &str) -> Option<DatasetLedger> {
+        match self.book.get(fingerprint)? {
+            LedgerSlot::Known(l) => Some(l.clone()),
+            LedgerSlot::Unreadable { .. } => None,
         }
     }
 
-    /// Evaluation finished: the result to send (nothing if it failed).
-    pub fn on_evaluated(
-        &mut self,
-        server_round: u64,
-        res: Result<learning::EvaluateRes, LearningError>,
-    ) -> Vec<Action> {
-        match res {
+    /// Training finished: the result (or the refusal) to send. Store
+    /// [`Self::ledger_of`]`(fingerprint of the job)` before sending it.
+    pub fn on_trained(&mut self, done: TrainDone) -> Vec<Action> {
+        self.restore(done.privacy, done.fingerprint);
+        let server_round = done.server_round;
+        let res = match done.result {
+            Ok(res) => res,
+            Err(e) => {
+                let refuses_run = matches!(
+                    e,
+                    LearningError::BudgetExhausted { .. }
+                        | LearningError::NoDpWithCap
+                        | LearningError::DeltaTooLarge { .. }
+                );
+                return train_failed(server_round, e.to_string(), refuses_run);
+            }
+        };
+        self.rounds_trained.push(server_round);
+        let frame = TensorFrame {
+            kind: FrameKind::Update,
+            server_round,
+            values: res.update,
+        };
+        let Ok(bytes) = frame.encode() else {
+            return train_failed(server_round, "update too large for a frame".into(), false);
+        };
+        let delta = self.privacy.as_ref().map(|p| p.delta);
+        vec![
+            Action::Send(Outgoing::Text(
+                ClientMessage::TrainRes {
+                    server_round,
+                    num_examples: res.num_examples as u64,
+                    steps: res.metrics.steps,
+                    epsilon: res.metrics.epsilon,
+                    delta,
+                }
+                .encode(),
+            )),
+            Action::Send(Outgoing::Binary(bytes)),
+            Action::Notify(Notice::Trained {
+                server_round,
+                metrics: res.metrics,
+            }),
+        ]
+    }
+
+    /// Evaluation finished: the DP result to send, or a notice of why there is none. Store
+    /// [`Self::ledger_of`]`(fingerprint of the job)` before sending it.
+    pub fn on_evaluated(&mut self, done: EvalDone) -> Vec<Action> {
+        self.restore(done.privacy, done.fingerprint);
+        match done.result {
             Ok(r) => vec![Action::Send(Outgoing::Text(
                 ClientMessage::EvaluateRes {
-                    server_round,
+                    server_round: done.server_round,
                     num_examples: r.num_examples as u64,
                     loss: r.loss,
                     accuracy: r.accuracy,
                 }
                 .encode(),
             ))],
-            Err(_) => Vec::new(),
+            Err(e) => vec![eval_failed(done.server_round, e.to_string())],
         }
     }
 }
 
-/// Tells the server (and the user) that this round was not trained, and why.
-fn train_failed(server_round: u64, reason: String) -> Vec<Action> {
+/// Tells the server (and the user) that this round was not trained, and why; `refuses_run`
+/// when every further round of this run would be refused too.
+fn train_failed(server_round: u64, reason: String, refuses_run: bool) -> Vec<Action> {
     vec![
         Action::Send(Outgoing::Text(
             ClientMessage::TrainFailed {
                 server_round,
                 reason: reason.clone(),
+                refuses_run,
             }
             .encode(),
         )),
@@ -567,15 +688,22 @@ fn train_failed(server_round: u64, reason: String) -> Vec<Action> {
     ]
 }
 
+fn eval_failed(server_round: u64, reason: String) -> Action {
+    Action::Notify(Notice::EvaluateFailed {
+        server_round,
+        reason,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use learning::{Batching, RdpAccountant};
+    use learning::Batching;
 
-    fn tiny_data(n: usize) -> Arc<Dataset> {
+    fn tiny_data(n: usize) -> OwnFiles {
         let images = (0..n * 784).map(|i| (i % 251) as u8).collect();
         let labels = (0..n).map(|i| (i % 10) as u8).collect();
-        Arc::new(Dataset { images, labels })
+        OwnFiles::from_dataset(Dataset { images, labels })
     }
 
     /// A train instruction as the server sends it: `TrainIns` (which asks for nothing yet), then
@@ -612,9 +740,11 @@ mod tests {
 
     #[test]
     fn a_full_round_without_a_network() {
+        let own = tiny_data(20);
+        let fp = own.fingerprint.clone();
         let mut s = Session::new(SessionOptions {
             name: "t".into(),
-            own_data: Some(tiny_data(20)),
+            own_data: Some(own),
             ..Default::default()
         })
         .unwrap();
@@ -628,6 +758,11 @@ mod tests {
                 ..
             }
         ));
+        // Only the size of the own data is released: no label histogram.
+        assert!(
+            hello.contains(r#""own_data":{"num_examples":20}"#),
+            "{hello}"
+        );
         s.on_text(
             &ServerMessage::Welcome {
                 client_id: 7,
@@ -655,12 +790,15 @@ mod tests {
         let ClientMessage::TrainRes {
             server_round: 1,
             num_examples: 20,
-            metrics,
-        } = &msgs[0]
+            steps: 2,
+            epsilon: Some(eps),
+            delta: Some(delta),
+        } = msgs[0]
         else {
             panic!("{msgs:?}")
         };
-        assert!(metrics.epsilon.unwrap() > 0.0);
+        assert!(eps > 0.0);
+        assert_eq!(delta, default_delta(20));
         let Some(Action::Send(Outgoing::Binary(b))) = out.get(1) else {
             panic!()
         };
@@ -669,7 +807,8 @@ mod tests {
             (update.kind, update.server_round, update.values.len()),
             (FrameKind::Update, 1, 12_810)
         );
-        assert!(s.epsilon(1e-5).unwrap() > 0.0);
+        assert_eq!(s.epsilon(), Some(eps));
+        assert_eq!(s.ledger_of(&fp).unwrap().history.len(), 1);
         // A reconnect presents the key it was given.
         let Outgoing::Text(hello) = s.hello() else {
             panic!()
@@ -700,28 +839,10 @@ mod tests {
         };
         let out = s.on_trained(job.run(&mut |_| {}));
         assert!(
-            matches!(&text(&out)[0], ClientMessage::TrainFailed { server_round: 3, reason } if reason.contains("cap"))
-        );
-        assert_eq!(s.epsilon(1e-5), Some(0.0), "nothing spent");
-    }
-
-    #[test]
-    fn a_client_with_a_cap_refuses_a_round_without_dp() {
-        let mut s = Session::new(SessionOptions {
-            own_data: Some(tiny_data(20)),
-            epsilon_cap: Some(5.0),
-            ..Default::default()
-        })
-        .unwrap();
-        let config = TrainConfig {
-            dp: None,
-            ..TrainConfig::default()
-        };
-        let out = instruct(&mut s, 2, config, vec![0.0; 12_810]);
-        assert!(
-            matches!(&text(&out)[0], ClientMessage::TrainFailed { server_round: 2, reason } if reason.contains("only with differential privacy")),
+            matches!(&text(&out)[0], ClientMessage::TrainFailed { server_round: 3, reason, refuses_run: true } if reason.contains("cap")),
             "{out:?}"
         );
+        assert_eq!(s.epsilon(), Some(0.0), "nothing spent");
     }
 
     #[test]
@@ -754,88 +875,24 @@ mod tests {
         assert!(matches!(&text(&out)[0], ClientMessage::TrainFailed { .. }));
     }
 
-    fn assignment(run_id: u64, shard_index: u32) -> String {
-        ServerMessage::Assignment(Assignment {
-            run_id,
-            shard_index,
-            num_shards: 10,
-            scheme: protocol::config::ShardScheme::Iid,
-            num_examples: 20,
-            label_histogram: vec![2; 10],
-            images_path: "/i".into(),
-            labels_path: "/l".into(),
-        })
-        .encode()
-    }
-
     #[test]
-    fn a_resumed_client_keeps_key_and_ledger_only_for_the_same_shard() {
+    fn a_resumed_client_keeps_its_key_and_a_replaced_one_forgets_it() {
         let saved = SavedClient {
             client_key: Some("k1".into()),
-            run_id: Some(7),
-            shard_index: Some(3),
-            ledger: vec![(0.1, 1.0, 40)],
-            own_ledger: vec![(0.5, 2.0, 3)],
-            delta: Some(1e-5),
         };
-        let resume = |saved: &SavedClient| {
-            Session::new(SessionOptions {
-                resume: Some(saved.clone()),
-                ..Default::default()
-            })
-            .unwrap()
-        };
-        // Same shard: the hello presents the key, the ledger is kept, the shard is re-fetched.
-        let mut s = resume(&saved);
+        let mut s = Session::new(SessionOptions {
+            resume: Some(saved.clone()),
+            ..Default::default()
+        })
+        .unwrap();
         let Outgoing::Text(hello) = s.hello() else {
             panic!()
         };
         assert!(hello.contains(r#""client_key":"k1""#), "{hello}");
-        let spent = s.epsilon(1e-5).unwrap();
-        assert!(spent > 0.0);
-        assert_eq!(s.spent(), Some((spent, 1e-5)));
-        let out = s.on_text(&assignment(7, 3)).unwrap();
-        assert!(matches!(out[1], Action::FetchShard { .. }));
-        assert_eq!(s.epsilon(1e-5), Some(spent));
         assert_eq!(s.saved(), saved);
-
-        // Another shard (a new run): a new privacy unit, a fresh ledger.
-        let mut s = resume(&saved);
-        s.on_text(&assignment(8, 3)).unwrap();
-        assert_eq!(s.epsilon(1e-5), Some(0.0));
-        assert_eq!(s.saved().run_id, Some(8));
-        assert!(s.saved().ledger.is_empty());
-        assert_eq!(
-            s.saved().own_ledger,
-            saved.own_ledger,
-            "own data's ledger untouched"
-        );
-
-        // The same tab with its own files: the own ledger is used, the shard's is kept as it was,
-        // so going back to the shard later resumes it (no reset by switching data).
-        let own = Session::new(SessionOptions {
-            resume: Some(saved.clone()),
-            own_data: Some(tiny_data(20)),
-            ..Default::default()
-        })
-        .unwrap();
-        let own_only = RdpAccountant {
-            history: saved.own_ledger.clone(),
-        };
-        assert_eq!(own.epsilon(1e-5), own_only.epsilon(1e-5).ok());
-        let back = own.saved();
-        assert_eq!((back.run_id, back.shard_index), (Some(7), Some(3)));
-        assert_eq!(back.ledger, saved.ledger);
         assert!(Session::stops_client(ErrorCode::Replaced, true));
-        // Replaced by a duplicate: this tab becomes a new client; its own-data ledger stays.
-        let mut s = resume(&saved);
-        s.forget_identity();
-        let gone = s.saved();
-        assert_eq!(
-            (gone.client_key, gone.run_id, gone.ledger.len()),
-            (None, None, 0)
-        );
-        assert_eq!(gone.own_ledger, saved.own_ledger);
         assert!(!Session::stops_client(ErrorCode::Internal, true));
+        s.forget_identity();
+        assert_eq!(s.saved().client_key, None);
     }
 }

@@ -12,8 +12,9 @@
 
 use std::sync::Arc;
 
-use client_wasm::session::{Action, Outgoing, Session, SessionOptions};
+use client_wasm::session::{Action, Outgoing, OwnFiles, Session, SessionOptions};
 use learning::{Batching, Dataset, TrainConfig};
+use protocol::ledger::{LedgerSlot, fingerprint, seal};
 use protocol::worker::{PageToWorker, WorkerToPage};
 use protocol::{ClientMessage, FrameKind, ServerMessage, TensorFrame};
 use wasm_bindgen::JsCast;
@@ -81,8 +82,11 @@ fn own_idx_files_load_and_bad_ones_are_named() {
 
 #[wasm_bindgen_test]
 fn a_dp_round_trains_in_wasm_and_its_ledger_is_saved() {
-    let data =
-        Arc::new(Dataset::from_idx("images", &idx_images(40), "labels", &idx_labels(40)).unwrap());
+    let (images, labels) = (idx_images(40), idx_labels(40));
+    let data = OwnFiles {
+        data: Arc::new(Dataset::from_idx("images", &images, "labels", &labels).unwrap()),
+        fingerprint: fingerprint(&images, &labels),
+    };
     let mut s = Session::new(SessionOptions {
         name: "worker-test".into(),
         own_data: Some(data.clone()),
@@ -132,10 +136,10 @@ fn a_dp_round_trains_in_wasm_and_its_ledger_is_saved() {
     let Some(Action::Send(Outgoing::Text(res))) = out.first() else {
         panic!("{out:?}")
     };
-    let ClientMessage::TrainRes { metrics, .. } = ClientMessage::decode(res).unwrap() else {
+    let ClientMessage::TrainRes { epsilon, .. } = ClientMessage::decode(res).unwrap() else {
         panic!("{res}")
     };
-    let eps = metrics.epsilon.expect("DP round reports ε");
+    let eps = epsilon.expect("DP round reports ε");
     assert!(eps > 0.0 && eps <= 50.0, "{eps}");
     let Some(Action::Send(Outgoing::Binary(update))) = out.get(1) else {
         panic!("{out:?}")
@@ -146,18 +150,27 @@ fn a_dp_round_trains_in_wasm_and_its_ledger_is_saved() {
         update.values.iter().any(|v| *v != 0.0),
         "noise moved the model"
     );
-    // A reloaded tab resumes with this: same key, same ledger (own data's), same ε.
+    // A reloaded tab (or a new one) resumes with what the page stored: the key, and the ledger
+    // of these files as sealed in localStorage.
     let saved = s.saved();
     assert_eq!(saved.client_key.as_deref(), Some("k".repeat(32).as_str()));
-    assert!(saved.ledger.is_empty() && !saved.own_ledger.is_empty());
+    let stored = seal(
+        &s.ledger_of(&data.fingerprint)
+            .expect("a ledger for the files"),
+    );
     let resumed = Session::new(SessionOptions {
         resume: Some(saved),
+        ledgers: vec![LedgerSlot::from_stored(&data.fingerprint, &stored)],
         own_data: Some(data),
         ..Default::default()
     })
     .unwrap();
     assert_eq!(resumed.spent(), s.spent());
-    assert!(resumed.spent().is_some_and(|(e, d)| e > 0.0 && d == 1e-5));
+    assert!(
+        resumed
+            .spent()
+            .is_some_and(|p| p.epsilon.unwrap() > 0.0 && p.delta == 1e-5)
+    );
 }
 
 #[wasm_bindgen_test]

@@ -6,7 +6,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 pub use protocol::config::{
-    Batching, ConfigError, DpSgdConfig, FitMetrics, Optimizer, TrainConfig,
+    Batching, ConfigError, DpSgdConfig, EVAL_LOSS_BOUND, EVAL_NOISE_MULTIPLIER, FitMetrics,
+    Optimizer, TrainConfig,
 };
 
 use crate::LearningError;
@@ -17,24 +18,78 @@ use crate::dpsgd::{
 use crate::mnist::Dataset;
 use crate::model::{IMAGE_SIDE, TinyCnnConfig, tensor_vec};
 
-/// The data owner's privacy state: its ledger, its own ε cap and its noise source. Kept by the
-/// client across rounds; the server never holds it.
+/// The data owner's privacy state: its ledger, its own ε cap, the δ it states ε at and its
+/// noise source. Kept by the client across rounds (and, in the browser, across tabs: one per
+/// dataset); the server never holds it.
 #[derive(Debug)]
 pub struct ClientPrivacy {
     pub ledger: RdpAccountant,
-    /// Training that would take ε past this is refused, whatever the server asks.
+    /// Rounds trained on these records without DP: ε is unbounded from the first one on.
+    pub unprotected_rounds: u64,
+    /// Training or evaluation that would take ε past this is refused, whatever the server asks.
     pub epsilon_cap: Option<f64>,
+    /// The δ this client states ε and its cap at: its own, never the server's (a server that
+    /// sent δ = 0.5 would otherwise make any ε look small).
+    pub delta: f64,
     pub rng: SecureRng,
+}
+
+/// The δ a client uses when its owner set none: 1e-5, or 1/(10 n) for more than 10 000
+/// records (δ must stay well below 1/n: δ = 1/n allows publishing one record outright).
+pub fn default_delta(num_examples: usize) -> f64 {
+    (1.0 / (10.0 * num_examples.max(1) as f64)).min(1e-5)
 }
 
 impl ClientPrivacy {
     /// A fresh ledger with OS randomness.
-    pub fn new(epsilon_cap: Option<f64>) -> Result<Self, LearningError> {
+    pub fn new(epsilon_cap: Option<f64>, delta: f64) -> Result<Self, LearningError> {
         Ok(Self {
             ledger: RdpAccountant::default(),
+            unprotected_rounds: 0,
             epsilon_cap,
+            delta,
             rng: SecureRng::from_os()?,
         })
+    }
+
+    /// ε spent so far at this client's δ: infinite once a round trained without DP.
+    pub fn epsilon(&self) -> Result<f64, LearningError> {
+        if self.unprotected_rounds > 0 {
+            return Ok(f64::INFINITY);
+        }
+        Ok(self.ledger.epsilon(self.delta)?)
+    }
+
+    /// Refuses `steps` more steps of (q, σ) if they would take ε past the cap, or if this
+    /// client's δ is too large for `n` records. Spends nothing.
+    pub fn check(&self, q: f64, sigma: f64, steps: u64, n: usize) -> Result<(), LearningError> {
+        check_delta_for(self.delta, n, "this client's δ")?;
+        let Some(cap) = self.epsilon_cap else {
+            return Ok(());
+        };
+        let spent = self.epsilon()?;
+        let after = if spent.is_finite() {
+            self.ledger.epsilon_after(q, sigma, steps, self.delta)?
+        } else {
+            spent
+        };
+        if after > cap {
+            return Err(LearningError::BudgetExhausted {
+                spent,
+                would_reach: after,
+                cap,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// δ must be below 1/n: at δ ≥ 1/n an (ε, δ) guarantee allows releasing a whole record.
+fn check_delta_for(delta: f64, n: usize, whose: &'static str) -> Result<(), LearningError> {
+    if delta > 0.0 && delta * (n as f64) < 1.0 {
+        Ok(())
+    } else {
+        Err(LearningError::DeltaTooLarge { whose, delta, n })
     }
 }
 
@@ -83,19 +138,13 @@ pub fn fit(
     config.validate(n)?;
     let q = config.sample_rate(n);
     let steps_per_epoch = config.steps_per_epoch(n);
-    if let (Some(dp), Some(cap)) = (config.dp, privacy.epsilon_cap) {
-        let after = privacy.ledger.epsilon_after(
-            q,
-            dp.noise_multiplier as f64,
-            config.steps_per_round(n),
-            dp.delta,
-        )?;
-        if after > cap {
-            return Err(LearningError::BudgetExhausted {
-                spent: privacy.ledger.epsilon(dp.delta)?,
-                would_reach: after,
-                cap,
-            });
+    match config.dp {
+        // Without DP an update has no bound at all: a client with a cap never sends one.
+        None if privacy.epsilon_cap.is_some() => return Err(LearningError::NoDpWithCap),
+        None => {}
+        Some(dp) => {
+            check_delta_for(dp.delta, n, "the server's δ")?;
+            privacy.check(q, dp.noise_multiplier as f64, config.steps_per_round(n), n)?;
         }
     }
 
@@ -171,14 +220,15 @@ pub fn fit(
             });
         }
     }
+    if config.dp.is_none() {
+        // Counted even if it diverged: the examples were looked at without noise.
+        privacy.unprotected_rounds = privacy.unprotected_rounds.saturating_add(1);
+    }
     if params.iter().any(|v| !v.is_finite()) {
         return Err(LearningError::Diverged);
     }
     let update = params.iter().zip(global).map(|(p, g)| p - g).collect();
-    let epsilon = match config.dp {
-        Some(dp) => Some(privacy.ledger.epsilon(dp.delta)?),
-        None => None,
-    };
+    let epsilon = Some(privacy.epsilon()?);
     Ok(FitRes {
         update,
         num_examples: n,
@@ -200,6 +250,51 @@ pub fn evaluate(params: &[f32], data: &Dataset) -> Result<EvaluateRes, LearningE
     if data.is_empty() {
         return Err(LearningError::EmptyData);
     }
+    let (loss, correct) = loss_sum_and_correct(params, data, None)?;
+    let n = data.len();
+    Ok(EvaluateRes {
+        loss: loss / n as f64,
+        accuracy: correct as f64 / n as f64,
+        num_examples: n,
+    })
+}
+
+/// [`evaluate`] as a data owner may answer it: the correct count and the loss sum (each
+/// example's loss clipped to [0, [`EVAL_LOSS_BOUND`]] and scaled to sensitivity 1) get Gaussian
+/// noise of std `z·√2` with z = [`EVAL_NOISE_MULTIPLIER`] — one Gaussian mechanism of noise
+/// multiplier z for the pair, charged to `privacy`'s ledger at sample rate 1 — and the cap is
+/// checked first. Only `num_examples`, already known to the server, is exact.
+pub fn evaluate_private(
+    params: &[f32],
+    data: &Dataset,
+    privacy: &mut ClientPrivacy,
+) -> Result<EvaluateRes, LearningError> {
+    if data.is_empty() {
+        return Err(LearningError::EmptyData);
+    }
+    let n = data.len();
+    privacy.check(1.0, EVAL_NOISE_MULTIPLIER, 1, n)?;
+    let (loss_sum, correct) = loss_sum_and_correct(params, data, Some(EVAL_LOSS_BOUND))?;
+    privacy.ledger.record(1.0, EVAL_NOISE_MULTIPLIER, 1)?;
+    let std = (EVAL_NOISE_MULTIPLIER * std::f64::consts::SQRT_2) as f32;
+    let mut noisy = [correct as f32, (loss_sum / EVAL_LOSS_BOUND) as f32];
+    add_gaussian_noise(&mut noisy, std, &mut privacy.rng);
+    let nf = n as f64;
+    Ok(EvaluateRes {
+        loss: (noisy[1] as f64 * EVAL_LOSS_BOUND / nf).clamp(0.0, EVAL_LOSS_BOUND),
+        accuracy: (noisy[0] as f64 / nf).clamp(0.0, 1.0),
+        num_examples: n,
+    })
+}
+
+/// Σ loss and the correct count of `params` on `data`, exact; with `bound`, each example's
+/// loss is clipped to [0, bound] first (a NaN loss from a broken model counts as the bound,
+/// never as 0).
+fn loss_sum_and_correct(
+    params: &[f32],
+    data: &Dataset,
+    bound: Option<f64>,
+) -> Result<(f64, usize), LearningError> {
     let config = TinyCnnConfig::new();
     let device = Device::flex();
     let model = config.from_flat(params, &device)?;
@@ -211,16 +306,18 @@ pub fn evaluate(params: &[f32], data: &Dataset) -> Result<EvaluateRes, LearningE
             TensorData::new(x, [chunk.len(), 1, IMAGE_SIDE, IMAGE_SIDE]),
             &device,
         );
-        let (l, c) = loss_and_correct(&tensor_vec(model.forward(x)), &y);
-        loss += l;
-        correct += c;
+        let logits = tensor_vec(model.forward(x));
+        for (row, label) in logits.chunks_exact(crate::mnist::NUM_CLASSES).zip(&y) {
+            let (l, c) = loss_and_correct(row, std::slice::from_ref(label));
+            loss += match bound {
+                Some(b) if l.is_nan() => b,
+                Some(b) => l.clamp(0.0, b),
+                None => l,
+            };
+            correct += c;
+        }
     }
-    let n = data.len();
-    Ok(EvaluateRes {
-        loss: loss / n as f64,
-        accuracy: correct as f64 / n as f64,
-        num_examples: n,
-    })
+    Ok((loss, correct))
 }
 
 impl From<AccountantError> for LearningError {
@@ -270,7 +367,9 @@ mod tests {
         };
         let mut privacy = ClientPrivacy {
             ledger: RdpAccountant::default(),
+            unprotected_rounds: 0,
             epsilon_cap: None,
+            delta: 1e-5,
             rng: SecureRng::seeded(5),
         };
         let mut ticks = 0;
@@ -308,15 +407,135 @@ mod tests {
             optimizer: Optimizer::Sgd { momentum: 0.9 },
             dp: None,
         };
-        let mut privacy = ClientPrivacy::new(None).expect("rng");
+        let mut privacy = ClientPrivacy::new(None, 1e-5).expect("rng");
         let global = init();
         let res = fit(&global, &config, &shard, &mut privacy, &mut |_| {}).expect("fit");
-        assert_eq!(res.metrics.epsilon, None);
-        assert_eq!(privacy.ledger.steps(), 0);
+        // Without DP nothing bounds what the update says about an example: ε = ∞ from now on.
+        assert_eq!(res.metrics.epsilon, Some(f64::INFINITY));
+        assert_eq!((privacy.ledger.steps(), privacy.unprotected_rounds), (0, 1));
+        assert_eq!(privacy.epsilon().unwrap(), f64::INFINITY);
         let after: Vec<f32> = global.iter().zip(&res.update).map(|(g, u)| g + u).collect();
         let eval = evaluate(&after, &m.test.subset(&(0..1000).collect::<Vec<_>>())).expect("eval");
         assert!(eval.accuracy > 0.9, "accuracy {}", eval.accuracy);
         assert_eq!(eval.num_examples, 1000);
+    }
+
+    fn dp_config(delta: f64) -> TrainConfig {
+        TrainConfig {
+            batching: Batching::BatchSize(10),
+            dp: Some(DpSgdConfig {
+                max_grad_norm: 1.0,
+                noise_multiplier: 1.2,
+                delta,
+            }),
+            ..TrainConfig::default()
+        }
+    }
+
+    fn tiny(n: usize) -> Dataset {
+        Dataset {
+            images: (0..n * 784).map(|i| (i % 251) as u8).collect(),
+            labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        }
+    }
+
+    #[test]
+    fn the_cap_is_checked_at_the_clients_delta_not_the_servers() {
+        // Attack: the server sends δ = 0.5, at which ε looks tiny. The client refuses a δ
+        // ≥ 1/n outright, and otherwise accounts at its own δ.
+        let data = tiny(200);
+        let global = init();
+        let mut privacy = ClientPrivacy::new(Some(3.0), 1e-5).expect("rng");
+        let err = fit(&global, &dp_config(0.5), &data, &mut privacy, &mut |_| {}).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the server's δ is 5e-1: expected below 1/n = 5e-3 for 200 records"),
+            "{err}"
+        );
+        assert_eq!(privacy.ledger.steps(), 0, "nothing spent");
+        // δ = 1e-3 < 1/200 is allowed, but ε is stated at the client's 1e-5.
+        let res = fit(&global, &dp_config(1e-3), &data, &mut privacy, &mut |_| {}).expect("fit");
+        let at_client = privacy.ledger.epsilon(1e-5).unwrap();
+        assert_eq!(res.metrics.epsilon, Some(at_client));
+        assert!(at_client > privacy.ledger.epsilon(1e-3).unwrap());
+        // A client δ that is too large for its data is refused too.
+        let mut loose = ClientPrivacy::new(Some(3.0), 0.1).expect("rng");
+        let err = fit(&global, &dp_config(1e-5), &data, &mut loose, &mut |_| {}).unwrap_err();
+        assert!(
+            err.to_string().starts_with("this client's δ is 1e-1"),
+            "{err}"
+        );
+        assert_eq!(default_delta(6000), 1e-5);
+        assert_eq!(default_delta(1_000_000), 1e-7);
+    }
+
+    #[test]
+    fn fit_itself_refuses_a_round_without_dp_when_capped() {
+        let mut privacy = ClientPrivacy::new(Some(100.0), 1e-5).expect("rng");
+        let config = TrainConfig {
+            dp: None,
+            ..dp_config(1e-5)
+        };
+        let err = fit(&init(), &config, &tiny(20), &mut privacy, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, LearningError::NoDpWithCap), "{err}");
+        assert_eq!(privacy.unprotected_rounds, 0);
+    }
+
+    #[test]
+    fn a_tiny_sample_rate_is_refused_before_any_step() {
+        // Attack: q = 1e-300 implies u64::MAX steps (a client training forever, a wrapping
+        // step count that under-counts ε).
+        let mut privacy = ClientPrivacy::new(None, 1e-5).expect("rng");
+        for q in [1e-300, 1e-7] {
+            let config = TrainConfig {
+                batching: Batching::SampleRate(q),
+                ..dp_config(1e-5)
+            };
+            let err = fit(&init(), &config, &tiny(20), &mut privacy, &mut |_| {}).unwrap_err();
+            assert!(err.to_string().contains("at most 100 000 steps"), "{err}");
+        }
+        assert_eq!(privacy.ledger.steps(), 0);
+        let two_epochs = TrainConfig {
+            local_epochs: 1000,
+            batching: Batching::SampleRate(1e-3),
+            ..dp_config(1e-5)
+        };
+        assert!(two_epochs.validate(20).is_err(), "1000 × 1000 steps");
+    }
+
+    #[test]
+    fn private_evaluation_is_noisy_charged_and_capped() {
+        let m = mnist();
+        let data = m.test.subset(&(0..2000).collect::<Vec<_>>());
+        let global = init();
+        let exact = evaluate(&global, &data).expect("eval");
+        let mut privacy = ClientPrivacy::new(None, 1e-5).expect("rng");
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            let r = evaluate_private(&global, &data, &mut privacy).expect("eval");
+            assert!(
+                (r.accuracy - exact.accuracy).abs() < 0.2,
+                "{r:?} vs {exact:?}"
+            );
+            answers.push(r.accuracy);
+        }
+        // Noisy (no two answers equal), and each one charged as a Gaussian mechanism at q = 1.
+        answers.dedup();
+        assert_eq!(answers.len(), 5, "{answers:?}");
+        assert_eq!(
+            privacy.ledger.history,
+            vec![(1.0, EVAL_NOISE_MULTIPLIER, 5)]
+        );
+        let spent = privacy.epsilon().unwrap();
+        assert!(spent > 0.0);
+        // With a cap, an evaluation that would cross it is refused and costs nothing.
+        privacy.epsilon_cap = Some(spent + 1e-6);
+        let err = evaluate_private(&global, &data, &mut privacy).unwrap_err();
+        assert!(
+            matches!(err, LearningError::BudgetExhausted { .. }),
+            "{err}"
+        );
+        assert_eq!(privacy.ledger.steps(), 5);
     }
 
     #[test]
@@ -361,7 +580,7 @@ mod tests {
                 images: vec![],
                 labels: vec![],
             },
-            &mut ClientPrivacy::new(None).expect("rng"),
+            &mut ClientPrivacy::new(None, 1e-5).expect("rng"),
             &mut |_| {},
         );
         assert!(err.unwrap_err().to_string().contains("expected 12810"));

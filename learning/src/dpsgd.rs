@@ -136,7 +136,8 @@ pub fn batch_gradient(
     let parts = layer_gradients(model, config, images, labels, device);
     let logits = parts.logits;
     let [w1, b1, w2, b2] = parts.conv;
-    let (a, dz) = (parts.fc_input, parts.fc_dz);
+    let (mut a, mut dz) = (parts.fc_input, parts.fc_dz);
+    let [mut w1, mut b1, mut w2, mut b2] = [w1, b1, w2, b2];
 
     let (factor, clipped) = match max_grad_norm {
         None => (Tensor::<2>::ones([b, 1], device), 0),
@@ -157,11 +158,19 @@ pub fn batch_gradient(
                 .recip()
                 .mul_scalar(c)
                 .clamp_max(1.0);
-            let clipped = tensor_vec(factor.clone())
-                .iter()
-                .filter(|f| **f < 1.0)
-                .count();
-            (factor, clipped)
+            let host = tensor_vec(factor.clone());
+            let clipped = host.iter().filter(|f| f.is_nan() || **f < 1.0).count();
+            // An example whose norm is not finite (a huge or broken model) gets clip factor 0
+            // and all-zero gradient rows: 0 × ∞ would be NaN and poison the whole sum.
+            let bad: Vec<usize> = (0..b).filter(|&i| !host[i].is_finite()).collect();
+            if bad.is_empty() {
+                (factor, clipped)
+            } else {
+                [w1, b1, w2, b2] = [w1, b1, w2, b2].map(|t| zero_rows(t, &bad, device));
+                a = zero_rows(a, &bad, device);
+                dz = zero_rows(dz, &bad, device);
+                (zero_rows(factor, &bad, device), clipped)
+            }
         }
     };
     let f3 = factor.clone().reshape([b, 1, 1]);
@@ -182,6 +191,18 @@ pub fn batch_gradient(
         batch_size: b,
         clipped,
     }
+}
+
+/// Sets the rows (dimension 0: the example) listed in `bad` to 0, on the host. Only reached
+/// when some example's gradient is not finite, so its cost never matters.
+fn zero_rows<const D: usize>(t: Tensor<D>, bad: &[usize], device: &Device) -> Tensor<D> {
+    let shape = t.dims();
+    let mut v = tensor_vec(t);
+    let row = v.len() / shape[0].max(1);
+    for &i in bad {
+        v[i * row..(i + 1) * row].fill(0.0);
+    }
+    Tensor::from_data(TensorData::new(v, shape), device)
 }
 
 /// Per-example pieces from one tapped forward/backward pass.
@@ -447,6 +468,18 @@ mod tests {
         for (a, b) in plain.sum.iter().zip(&loose.sum) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()));
         }
+    }
+
+    #[test]
+    fn a_non_finite_per_example_norm_gets_clip_factor_zero() {
+        // Attack: the server sends a model whose activations overflow. Every example's
+        // gradient is NaN or infinite; with DP each must contribute nothing (not NaN).
+        let (config, params, images, labels, device) = setup(4, 3);
+        let huge: Vec<f32> = params.iter().map(|p| p * 1e30).collect();
+        let model = config.from_flat(&huge, &device).expect("len");
+        let g = batch_gradient(&model, &config, &images, &labels, Some(1.0), &device);
+        assert!(g.sum.iter().all(|v| *v == 0.0), "every example dropped");
+        assert_eq!(g.clipped, 4);
     }
 
     #[test]

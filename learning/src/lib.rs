@@ -26,8 +26,8 @@ pub mod shard;
 
 pub use accountant::RdpAccountant;
 pub use client::{
-    Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig, evaluate,
-    fit,
+    Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig,
+    default_delta, evaluate, evaluate_private, fit,
 };
 pub use dpsgd::Optimizer;
 pub use fedavg::FedAvg;
@@ -50,6 +50,19 @@ pub enum LearningError {
         spent: f64,
         would_reach: f64,
         cap: f64,
+    },
+    #[error(
+        "this client has an ε cap and trains only with differential privacy: the server asked for a round without DP"
+    )]
+    NoDpWithCap,
+    #[error(
+        "{whose} is {delta:e}: expected below 1/n = {:e} for {n} records (at δ ≥ 1/n a guarantee allows publishing a record outright)",
+        1.0 / (*n as f64)
+    )]
+    DeltaTooLarge {
+        whose: &'static str,
+        delta: f64,
+        n: usize,
     },
     #[error("training diverged: a parameter became NaN or infinite (lower the learning rate)")]
     Diverged,

@@ -351,8 +351,6 @@ pub struct RoundRecord {
     /// Weighted mean of the clients' own evaluation, when `fraction_evaluate > 0`.
     pub federated_loss: Option<f64>,
     pub federated_accuracy: Option<f64>,
-    /// Mean of the participants' training loss.
-    pub train_loss: Option<f64>,
     pub participants: u64,
     pub failures: u64,
     /// Largest ε any client of the run has spent after this round (server ledger).
@@ -448,7 +446,9 @@ pub enum Event {
     ClientTrained {
         client_id: u64,
         server_round: u64,
-        loss: f64,
+        /// The ε the client reports for its own ledger (its own δ; infinite after a round
+        /// without DP). The server's own figure is in the run's ledger.
+        #[serde(default, with = "crate::ledger::maybe_infinite")]
         epsilon: Option<f64>,
     },
 }

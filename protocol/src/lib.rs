@@ -6,6 +6,7 @@
 //!   named constant checked before anything is allocated.
 //! * [`messages`]: control messages between a client and the server (JSON text frames).
 //! * [`config`]: the training configuration a client receives (what `learning::fit` takes).
+//! * [`ledger`]: the data owner's privacy ledger per dataset, as stored and moved.
 //! * [`admin`]: the admin API's run config (with validation), records and dashboard events.
 //! * [`worker`]: messages between the client page and its training Web Worker.
 
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod config;
 pub mod frame;
+pub mod ledger;
 pub mod messages;
 pub mod worker;
 
@@ -22,4 +24,6 @@ pub use frame::{FrameError, FrameKind, TensorFrame};
 pub use messages::{ClientMessage, ErrorCode, MessageError, ServerMessage};
 
 /// Version of the wire protocol; a peer speaking another version is refused with a typed error.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: `TrainRes` carries no training metrics (only what is DP or public), `Hello` no label
+/// histogram, evaluation results are DP.
+pub const PROTOCOL_VERSION: u16 = 2;

@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{FitMetrics, ShardScheme, TrainConfig};
+use crate::config::{ShardScheme, TrainConfig};
 
 /// Largest control message accepted, in bytes (checked before parsing). The biggest legitimate
 /// one, an `Assignment`, is well under 1 KiB.
@@ -35,21 +35,23 @@ pub struct Capabilities {
     /// `Some` when the client trains on its own data instead of a shard the server hands out.
     #[serde(default)]
     pub own_data: Option<OwnData>,
-    /// The client's own ε cap: it will refuse rounds past it whatever the server asks.
+    /// The client's own ε cap: it will refuse rounds past it whatever the server asks. The
+    /// server does not sample a client whose next round would cross it.
     #[serde(default)]
     pub epsilon_cap: Option<f64>,
+    /// The δ this client states its ε (and its cap) at; `None` = the run's δ.
+    #[serde(default)]
+    pub delta: Option<f64>,
     /// Whether the client answers `EvaluateIns`.
     #[serde(default)]
     pub can_evaluate: bool,
 }
 
-/// A client that brings its own data tells its size (FedAvg's weight, the sample rate's
-/// denominator) and may tell its label histogram for the dashboard.
+/// A client that brings its own data tells its size: FedAvg's weight and the sample rate's
+/// denominator. It is released as is (the README names it); nothing else about the data is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OwnData {
     pub num_examples: u64,
-    #[serde(default)]
-    pub label_histogram: Option<Vec<u32>>,
 }
 
 /// Client → server.
@@ -66,15 +68,35 @@ pub enum ClientMessage {
         #[serde(default)]
         capabilities: Capabilities,
     },
-    /// Local training done; the `Update` frame of the same round follows.
+    /// Local training done; the `Update` frame of the same round follows. Only numbers that
+    /// are public or derived from the public config ride along: no training loss, accuracy or
+    /// clipped fraction (they are about the private examples and not noised).
     TrainRes {
         server_round: u64,
+        /// The data size the client declared (or its shard's): FedAvg's weight.
         num_examples: u64,
-        metrics: FitMetrics,
+        /// DP-SGD steps taken this round (the config fixes it: ⌈1/q⌉ × epochs).
+        steps: u64,
+        /// ε this client's ledger reached, at `delta`; `"inf"` after a round without DP.
+        #[serde(default, with = "crate::ledger::maybe_infinite")]
+        epsilon: Option<f64>,
+        #[serde(default)]
+        delta: Option<f64>,
     },
     /// Local training refused or failed (budget cap reached, diverged, no data).
-    TrainFailed { server_round: u64, reason: String },
-    /// The global model of `server_round` measured on the client's local data.
+    TrainFailed {
+        server_round: u64,
+        reason: String,
+        /// Every further round of this run would be refused too (the client's own budget is
+        /// spent, or the run asks what it never does): the server stops sampling it.
+        #[serde(default)]
+        refuses_run: bool,
+    },
+    /// The global model of `server_round` measured on the client's local data *with DP*:
+    /// noisy counts (Gaussian, noise multiplier [`EVAL_NOISE_MULTIPLIER`]) that the client
+    /// charged to its ledger.
+    ///
+    /// [`EVAL_NOISE_MULTIPLIER`]: crate::config::EVAL_NOISE_MULTIPLIER
     EvaluateRes {
         server_round: u64,
         num_examples: u64,
@@ -245,7 +267,7 @@ impl ServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FitMetrics, TrainConfig};
+    use crate::config::TrainConfig;
 
     #[test]
     fn messages_round_trip_as_tagged_json() {
@@ -256,6 +278,7 @@ mod tests {
                 name: "sim-1".into(),
                 own_data: None,
                 epsilon_cap: Some(3.0),
+                delta: Some(1e-6),
                 can_evaluate: true,
             },
         };
@@ -266,15 +289,17 @@ mod tests {
         let res = ClientMessage::TrainRes {
             server_round: 3,
             num_examples: 6000,
-            metrics: FitMetrics {
-                loss: 0.5,
-                accuracy: 0.9,
-                epsilon: Some(1.2),
-                steps: 23,
-                clipped_fraction: 0.4,
-            },
+            steps: 23,
+            epsilon: Some(f64::INFINITY),
+            delta: Some(1e-5),
         };
-        assert_eq!(ClientMessage::decode(&res.encode()).unwrap(), res);
+        let text = res.encode();
+        assert!(text.contains(r#""epsilon":"inf""#), "{text}");
+        assert!(
+            !text.contains("loss") && !text.contains("accuracy"),
+            "{text}"
+        );
+        assert_eq!(ClientMessage::decode(&text).unwrap(), res);
 
         let ins = ServerMessage::TrainIns {
             server_round: 2,

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::FitMetrics;
+use crate::ledger::{DatasetLedger, LedgerSlot};
 use crate::messages::Assignment;
 
 /// What a page asks of its worker.
@@ -32,29 +33,34 @@ pub struct JoinRequest {
     pub name: String,
     /// This client's own ε cap: it refuses rounds past it whatever the server asks.
     pub epsilon_cap: Option<f64>,
+    /// The δ this client states ε (and its cap) at; `None`: min(1e-5, 1/(10 n)) for n records.
+    #[serde(default)]
+    pub delta: Option<f64>,
     /// Train on the user's own IDX files (copied beside this message) instead of a shard.
     pub own_data: bool,
-    /// What an earlier worker of this tab saved: same identity, same ledger.
+    /// The identity an earlier worker of this tab saved (`sessionStorage`).
     pub resume: Option<SavedClient>,
+    /// Every dataset ledger this browser holds (`localStorage`): the session picks the one of
+    /// the data it trains on, so the same records never start again at zero.
+    #[serde(default)]
+    pub ledgers: Vec<LedgerSlot>,
 }
 
-/// What must survive a page reload: the identity the server knows this tab by and the privacy
-/// ledger of the data it trained on (the tab keeps it in `sessionStorage`).
+/// What must survive a page reload besides the ledgers: the identity the server knows this
+/// tab by (the tab keeps it in `sessionStorage`; the ledgers are per dataset, in
+/// `localStorage`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SavedClient {
     pub client_key: Option<String>,
-    /// The shard the ledger belongs to, `None` for own data.
-    pub run_id: Option<u64>,
-    pub shard_index: Option<u32>,
-    /// The shard's ledger: `(sample_rate, noise_multiplier, steps)` in order.
-    pub ledger: Vec<(f64, f64, u64)>,
-    /// The ledger of the user's own files, kept apart: switching between a shard and own data
-    /// must not reset either.
-    #[serde(default)]
-    pub own_ledger: Vec<(f64, f64, u64)>,
-    /// δ the run states ε at (from the last training config).
-    #[serde(default)]
-    pub delta: Option<f64>,
+}
+
+/// ε spent on a dataset and the δ it is stated at.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spent {
+    /// Infinite after a round without DP.
+    #[serde(with = "crate::ledger::maybe_infinite")]
+    pub epsilon: Option<f64>,
+    pub delta: f64,
 }
 
 /// Connection state as the page shows it.
@@ -119,10 +125,17 @@ pub enum WorkerToPage {
         server_round: u64,
         reason: String,
     },
-    /// ε this client has spent on its current data (its own ledger) and the δ it is stated at;
-    /// `None` before any DP training on this data. Sent at start and after every assignment.
+    /// ε this client has spent on its current data (its own ledger, which may come from an
+    /// earlier tab or run on the same records) and the δ it is stated at. `blocked`: why this
+    /// data is not trained on (its stored ledger is unreadable). Sent whenever the data or the
+    /// ledger changes.
     Privacy {
-        spent: Option<(f64, f64)>,
+        spent: Option<Spent>,
+        /// The current data's fingerprint (its ledger's name).
+        #[serde(default)]
+        dataset: Option<String>,
+        #[serde(default)]
+        blocked: Option<String>,
     },
     RoundClosed {
         server_round: u64,
@@ -136,10 +149,12 @@ pub enum WorkerToPage {
         message: String,
         fatal: bool,
     },
-    /// Store this (page reloads resume from it), then answer [`PageToWorker::Saved`].
+    /// Store this (the identity in `sessionStorage`, the ledger in `localStorage` under its
+    /// dataset's key), then answer [`PageToWorker::Saved`].
     Save {
         seq: u64,
         client: SavedClient,
+        ledger: Option<DatasetLedger>,
     },
 }
 
@@ -172,15 +187,15 @@ mod tests {
             server: "ws://127.0.0.1:3000/ws".into(),
             name: "tab".into(),
             epsilon_cap: Some(3.0),
+            delta: None,
             own_data: false,
             resume: Some(SavedClient {
                 client_key: Some("ab".into()),
-                run_id: Some(1),
-                shard_index: Some(2),
-                ledger: vec![(0.08, 1.1, 12)],
-                own_ledger: Vec::new(),
-                delta: Some(1e-5),
             }),
+            ledgers: vec![LedgerSlot::Unreadable {
+                fingerprint: "ab".into(),
+                reason: "checksum".into(),
+            }],
         });
         let text = join.encode();
         assert!(text.starts_with(r#"{"type":"join""#), "{text}");
@@ -195,5 +210,15 @@ mod tests {
         assert!(text.contains(r#""state":"reconnecting""#), "{text}");
         assert_eq!(WorkerToPage::decode(&text).unwrap(), ev);
         assert!(PageToWorker::decode(r#"{"type":"fly"}"#).is_err());
+        // ε = ∞ (a round without DP) survives the trip.
+        let ev = WorkerToPage::Privacy {
+            spent: Some(Spent {
+                epsilon: Some(f64::INFINITY),
+                delta: 1e-5,
+            }),
+            dataset: Some("ab".into()),
+            blocked: None,
+        };
+        assert_eq!(WorkerToPage::decode(&ev.encode()).unwrap(), ev);
     }
 }

@@ -22,7 +22,6 @@ use protocol::admin::{
     ClientInfo, Event, FieldError, RoundRecord, RunAction, RunConfig, RunHistory, RunStatus,
     RunSummary,
 };
-use protocol::config::FitMetrics;
 use protocol::messages::{Assignment, Capabilities};
 use protocol::{ErrorCode, FrameKind, ServerMessage, TensorFrame};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -69,7 +68,9 @@ pub enum Command {
         client_id: u64,
         server_round: u64,
         num_examples: u64,
-        metrics: FitMetrics,
+        /// The ε the client says its own ledger reached (shown only; the server's ledger
+        /// comes from the configs it sent).
+        epsilon: Option<f64>,
         update: Vec<f32>,
     },
     /// The client could not train, or its result failed validation in the socket handler.
@@ -77,6 +78,8 @@ pub enum Command {
         client_id: u64,
         server_round: u64,
         reason: String,
+        /// The client said it refuses every further round of this run.
+        refuses_run: bool,
     },
     EvaluateRes {
         client_id: u64,
@@ -151,6 +154,9 @@ struct Conn {
     last_seen_ms: u64,
     rounds_contributed: u64,
     failures: u64,
+    /// The run this client said it will not train in any more (its own cap is reached, or the
+    /// run asks what it never does): it is not sampled again in that run.
+    refuses_run: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -182,7 +188,6 @@ struct Round {
     sampled: HashMap<u64, (String, Slot)>,
     sum: FedAvg,
     participants: Vec<Participant>,
-    train_loss: (f64, u64),
     aggregate_ms: f64,
     next_global: Option<Arc<Vec<f32>>>,
     phase: Phase,
@@ -398,14 +403,15 @@ impl Coordinator {
                 client_id,
                 server_round,
                 num_examples,
-                metrics,
+                epsilon,
                 update,
-            } => self.train_res(client_id, server_round, num_examples, metrics, update),
+            } => self.train_res(client_id, server_round, num_examples, epsilon, update),
             Command::TrainFailed {
                 client_id,
                 server_round,
                 reason,
-            } => self.train_failed(client_id, server_round, &reason),
+                refuses_run,
+            } => self.train_failed(client_id, server_round, &reason, refuses_run),
             Command::EvaluateRes {
                 client_id,
                 server_round,

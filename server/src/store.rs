@@ -407,7 +407,6 @@ mod tests {
             test_accuracy: 0.9,
             federated_loss: None,
             federated_accuracy: None,
-            train_loss: Some(0.6),
             participants: 2,
             failures: 1,
             epsilon: Some(1.0),

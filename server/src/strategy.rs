@@ -24,6 +24,32 @@ pub struct Candidate {
     pub num_examples: u64,
     /// Its privacy spend in this run as the server accounts it.
     pub ledger: RdpAccountant,
+    /// The ε cap the client declared: it refuses any round past it (and any round without DP),
+    /// so it is not sampled for one.
+    pub epsilon_cap: Option<f64>,
+    /// The δ the client states its cap at (`None`: the run's).
+    pub delta: Option<f64>,
+}
+
+/// Whether `c` would accept one more round of `config`, judged by its declared cap and the
+/// server's ledger of it (a lower bound of the client's own, which may hold earlier runs: the
+/// client can still refuse, and then says it refuses the run).
+pub fn within_cap(c: &Candidate, config: &TrainConfig) -> bool {
+    let Some(cap) = c.epsilon_cap else {
+        return true;
+    };
+    let Some(dp) = config.dp else {
+        return false;
+    };
+    let n = c.num_examples as usize;
+    c.ledger
+        .epsilon_after(
+            config.sample_rate(n),
+            dp.noise_multiplier as f64,
+            config.steps_per_round(n),
+            c.delta.unwrap_or(dp.delta),
+        )
+        .is_ok_and(|e| e <= cap)
 }
 
 /// One client's instructions for a round.
@@ -65,8 +91,9 @@ pub enum RoundRejected {
 
 /// A federated learning strategy.
 pub trait Strategy: Send {
-    /// The local training config a client with `num_examples` examples gets.
-    fn train_config(&self, num_examples: u64) -> TrainConfig;
+    /// The local training config a client with `num_examples` examples gets; `None` when
+    /// there is none (with DP: no σ reaches the target). Never a weaker config instead.
+    fn train_config(&self, num_examples: u64) -> Option<TrainConfig>;
 
     /// Chooses this round's clients among `candidates` and their train configs.
     fn configure_train(&self, server_round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan;
@@ -136,18 +163,32 @@ impl FedAvgStrategy {
     }
 }
 
-impl Strategy for FedAvgStrategy {
+impl FedAvgStrategy {
     /// A batch size larger than the shard is clamped to the shard (a small Dirichlet shard
     /// trains full-batch rather than not at all).
-    fn train_config(&self, n: u64) -> TrainConfig {
+    pub fn local_config(&self, n: u64) -> TrainConfig {
         let mut c = self.local;
         if let Batching::BatchSize(b) = c.batching {
             c.batching = Batching::BatchSize(b.min(n.max(1) as usize));
         }
         c
     }
+}
 
+impl Strategy for FedAvgStrategy {
+    fn train_config(&self, n: u64) -> Option<TrainConfig> {
+        Some(self.local_config(n))
+    }
+
+    /// Clients whose declared cap forbids this strategy's config are not candidates (a client
+    /// with a cap refuses a round without DP).
     fn configure_train(&self, _round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan {
+        let candidates: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| within_cap(c, &self.local_config(c.num_examples)))
+            .cloned()
+            .collect();
+        let candidates = candidates.as_slice();
         let needed = self.min_clients.max(1);
         if candidates.len() < needed {
             return TrainPlan::Wait {
@@ -163,7 +204,7 @@ impl Strategy for FedAvgStrategy {
                 .into_iter()
                 .map(|c| TrainAssignment {
                     client_id: c.client_id,
-                    config: self.train_config(c.num_examples),
+                    config: self.local_config(c.num_examples),
                 })
                 .collect(),
         )
@@ -237,7 +278,7 @@ impl<S: Strategy> DpFedAvg<S> {
         noise_multiplier_for(
             target,
             config.sample_rate(n),
-            config.steps_per_round(n) * self.rounds as u64,
+            config.steps_per_round(n).saturating_mul(self.rounds as u64),
             self.dp.delta,
         )
     }
@@ -299,27 +340,36 @@ fn next_f32_up(x: f64) -> f32 {
 }
 
 impl<S: Strategy> Strategy for DpFedAvg<S> {
-    fn train_config(&self, n: u64) -> TrainConfig {
-        let base = self.inner.train_config(n);
-        self.with_dp(base, n).unwrap_or(base)
+    fn train_config(&self, n: u64) -> Option<TrainConfig> {
+        self.with_dp(self.inner.train_config(n)?, n).ok()
     }
 
     fn configure_train(&self, round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan {
         // σ depends only on (q, steps): solve it once per distinct shard size, not per client
         // (one bisection costs ≈ 15 ms; a round with 1 000 clients would otherwise stall).
         let mut sigmas = HashMap::new();
-        let eligible: Vec<Candidate> = candidates
+        let mut config_for = |n: u64| {
+            let base = self.inner.train_config(n)?;
+            self.with_dp_memo(base, n, &mut sigmas).ok()
+        };
+        let within_run: Vec<(Candidate, TrainConfig)> = candidates
             .iter()
-            .filter(|c| {
-                let n = c.num_examples;
-                self.with_dp_memo(self.inner.train_config(n), n, &mut sigmas)
-                    .is_ok_and(|cfg| self.within_budget(&c.ledger, &cfg, n))
-            })
-            .cloned()
+            .filter_map(|c| Some((c.clone(), config_for(c.num_examples)?)))
+            .filter(|(c, cfg)| self.within_budget(&c.ledger, cfg, c.num_examples))
             .collect();
-        if eligible.is_empty() && !candidates.is_empty() {
+        if within_run.is_empty() && !candidates.is_empty() {
             return TrainPlan::BudgetExhausted;
         }
+        // The clients' own caps are checked here, against the DP config the inner strategy
+        // never sees: it gets them as checked (cap cleared), or it would refuse them all.
+        let eligible: Vec<Candidate> = within_run
+            .into_iter()
+            .filter(|(c, cfg)| within_cap(c, cfg))
+            .map(|(c, _)| Candidate {
+                epsilon_cap: None,
+                ..c
+            })
+            .collect();
         let sizes: HashMap<u64, u64> = eligible
             .iter()
             .map(|c| (c.client_id, c.num_examples))
@@ -330,8 +380,10 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
                     .into_iter()
                     .filter_map(|a| {
                         let n = *sizes.get(&a.client_id)?;
-                        let config = self.with_dp_memo(a.config, n, &mut sigmas).ok()?;
-                        Some(TrainAssignment { config, ..a })
+                        Some(TrainAssignment {
+                            config: config_for(n)?,
+                            ..a
+                        })
                     })
                     .collect(),
             ),
@@ -370,6 +422,8 @@ mod tests {
                 client_id: i + 1,
                 num_examples: examples,
                 ledger: RdpAccountant::default(),
+                epsilon_cap: None,
+                delta: None,
             })
             .collect()
     }
@@ -420,8 +474,8 @@ mod tests {
     #[test]
     fn batch_larger_than_a_shard_is_clamped() {
         let s = fedavg(&RunConfig::default()); // batch 512
-        assert_eq!(s.train_config(100).batching, Batching::BatchSize(100));
-        assert_eq!(s.train_config(6000).batching, Batching::BatchSize(512));
+        assert_eq!(s.local_config(100).batching, Batching::BatchSize(100));
+        assert_eq!(s.local_config(6000).batching, Batching::BatchSize(512));
     }
 
     #[test]
@@ -553,6 +607,67 @@ mod tests {
         assert_eq!(s(0), s(2));
         assert_eq!(s(1), s(3));
         assert_ne!(s(0), s(1));
+    }
+
+    #[test]
+    fn a_client_whose_cap_its_next_round_would_cross_is_not_sampled() {
+        let config = RunConfig {
+            min_clients: 1,
+            ..RunConfig::default()
+        };
+        let dp = DpFedAvg {
+            inner: fedavg(&config),
+            dp: config.dp.unwrap(),
+            rounds: config.rounds,
+        };
+        let plan = |c: &[Candidate]| match dp.configure_train(1, c, 1) {
+            TrainPlan::Train(a) => a.iter().map(|a| a.client_id).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let mut c = candidates(3, 6000);
+        let cfg = dp.train_config(6000).unwrap();
+        let one_round = {
+            let mut l = RdpAccountant::default();
+            let dpc = cfg.dp.unwrap();
+            l.record(
+                cfg.sample_rate(6000),
+                dpc.noise_multiplier as f64,
+                cfg.steps_per_round(6000),
+            )
+            .unwrap();
+            l.epsilon(1e-5).unwrap()
+        };
+        // Client 1: a cap below one round. Client 2: a cap above it, but at a δ of its own
+        // (1e-9) one round costs more than at the run's δ. Client 3: no cap.
+        c[0].epsilon_cap = Some(one_round * 0.9);
+        c[1].epsilon_cap = Some(one_round * 1.05);
+        assert_eq!(plan(&c), vec![2, 3]);
+        c[1].delta = Some(1e-9);
+        assert_eq!(plan(&c), vec![3]);
+        // A run without DP never samples a client with a cap (it would refuse).
+        let plain = fedavg(&config);
+        let TrainPlan::Train(a) = plain.configure_train(1, &c, 1) else {
+            panic!()
+        };
+        assert_eq!(a.iter().map(|a| a.client_id).collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn dp_never_falls_back_to_a_config_without_dp() {
+        // A target no σ reaches for a 10-example client (q = 1, 15 × 1 steps: reachable; so
+        // use a target of 1e-9).
+        let mut config = RunConfig::default();
+        config.dp.as_mut().unwrap().target_epsilon = Some(1e-9);
+        let dp = DpFedAvg {
+            inner: fedavg(&config),
+            dp: config.dp.unwrap(),
+            rounds: config.rounds,
+        };
+        assert_eq!(dp.train_config(10), None);
+        assert_eq!(
+            dp.configure_train(1, &candidates(3, 10), 1),
+            TrainPlan::BudgetExhausted
+        );
     }
 
     #[test]

@@ -216,8 +216,8 @@ struct Reader {
     client_id: u64,
     coordinator: mpsc::Sender<Command>,
     outbox: mpsc::WeakSender<Outgoing>,
-    /// A `TrainRes` waiting for its update frame: `(round, num_examples, metrics)`.
-    pending: Option<(u64, u64, protocol::config::FitMetrics)>,
+    /// A `TrainRes` waiting for its update frame: `(round, num_examples, the client's ε)`.
+    pending: Option<(u64, u64, Option<f64>)>,
     model_params: usize,
 }
 
@@ -253,6 +253,7 @@ impl Reader {
             client_id: self.client_id,
             server_round,
             reason: message,
+            refuses_run: false,
         })
         .await;
     }
@@ -271,7 +272,8 @@ impl Reader {
             ClientMessage::TrainRes {
                 server_round,
                 num_examples,
-                metrics,
+                epsilon,
+                ..
             } => {
                 if let Some((r, ..)) = self.pending.take() {
                     self.fail(
@@ -280,16 +282,18 @@ impl Reader {
                     )
                     .await;
                 }
-                self.pending = Some((server_round, num_examples, metrics));
+                self.pending = Some((server_round, num_examples, epsilon));
             }
             ClientMessage::TrainFailed {
                 server_round,
                 reason,
+                refuses_run,
             } => {
                 self.forward(Command::TrainFailed {
                     client_id: self.client_id,
                     server_round,
                     reason: format!("client: {reason}"),
+                    refuses_run,
                 })
                 .await
             }
@@ -312,7 +316,7 @@ impl Reader {
     }
 
     async fn on_binary(&mut self, bytes: &[u8]) {
-        let Some((round, num_examples, metrics)) = self.pending.take() else {
+        let Some((round, num_examples, epsilon)) = self.pending.take() else {
             return self.error(
                 ErrorCode::BadSequence,
                 "binary frame without a preceding train_res".into(),
@@ -369,7 +373,7 @@ impl Reader {
             client_id: self.client_id,
             server_round: round,
             num_examples,
-            metrics,
+            epsilon,
             update: frame.values,
         })
         .await;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use client_wasm::native::{DriverOptions, run_client};
+use client_wasm::session::OwnFiles;
 use client_wasm::{Session, SessionOptions};
 use futures_util::{SinkExt, StreamExt};
 use protocol::admin::{Event, RunHistory, RunSummary};
@@ -149,7 +150,8 @@ fn sim_client(
     server: String,
     own: Option<usize>,
 ) -> JoinHandle<Result<client_wasm::native::ClientReport, client_wasm::native::ClientError>> {
-    let own_data = own.map(|k| Arc::new(mnist().mnist.train.subset(&(0..k).collect::<Vec<_>>())));
+    let own_data = own
+        .map(|k| OwnFiles::from_dataset(mnist().mnist.train.subset(&(0..k).collect::<Vec<_>>())));
     let session = Session::new(SessionOptions {
         name: "it".into(),
         own_data,
@@ -200,15 +202,15 @@ impl Raw {
         }
     }
     async fn hello(url: &str, own: Option<u64>) -> Self {
-        let mut r = Self::connect(url).await;
         let caps = protocol::messages::Capabilities {
             name: "raw".into(),
-            own_data: own.map(|n| protocol::messages::OwnData {
-                num_examples: n,
-                label_histogram: None,
-            }),
+            own_data: own.map(|n| protocol::messages::OwnData { num_examples: n }),
             ..Default::default()
         };
+        Self::hello_with(url, caps).await
+    }
+    async fn hello_with(url: &str, caps: protocol::messages::Capabilities) -> Self {
+        let mut r = Self::connect(url).await;
         r.text(
             &ClientMessage::Hello {
                 protocol_version: PROTOCOL_VERSION,
@@ -269,18 +271,13 @@ impl Raw {
         }
     }
     async fn send_update(&mut self, round: u64, n: u64, frame_round: u64, values: Vec<f32>) {
-        let metrics = protocol::config::FitMetrics {
-            loss: 1.0,
-            accuracy: 0.5,
-            epsilon: None,
-            steps: 1,
-            clipped_fraction: 0.0,
-        };
         self.text(
             &ClientMessage::TrainRes {
                 server_round: round,
                 num_examples: n,
-                metrics,
+                steps: 1,
+                epsilon: None,
+                delta: None,
             }
             .encode(),
         )
@@ -406,7 +403,7 @@ async fn hostile_and_malformed_input_is_rejected_and_the_run_goes_on() {
     assert!(
         r.expect_error(ErrorCode::UnsupportedVersion)
             .await
-            .contains("expected 1")
+            .contains(&format!("expected {PROTOCOL_VERSION}"))
     );
     let mut r = Raw::connect(&url).await;
     r.text("{not json").await;
@@ -493,6 +490,71 @@ async fn hostile_and_malformed_input_is_rejected_and_the_run_goes_on() {
     }
     let (status, _) = server.admin("GET", "/api/health", "", None).await;
     assert_eq!(status, StatusCode::OK);
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_whose_cap_forbids_a_round_are_not_sampled_and_a_refusal_ends_their_run() {
+    // Attack on the old behaviour: a capped client was sampled, refused, was charged, and with
+    // accept_failures false the round was retried forever.
+    let dir = temp_dir("caps");
+    let server = TestServer::start(&dir, None).await;
+    let run_id = server
+        .create_and_start(
+            r#"{"name":"caps","rounds":2,"min_clients":2,"accept_failures":false,
+                "round_timeout_secs":60,"batching":{"batch_size":50},"learning_rate":0.5,
+                "dp":{"max_grad_norm":1.0,"noise_multiplier":1.0,"delta":1e-5},"shards":null}"#,
+        )
+        .await;
+    // Declares a cap one round would cross: never sampled.
+    let mut capped = Raw::hello_with(
+        &server.ws(),
+        protocol::messages::Capabilities {
+            name: "capped".into(),
+            own_data: Some(protocol::messages::OwnData { num_examples: 300 }),
+            epsilon_cap: Some(0.01),
+            delta: Some(1e-6),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Declares no cap but refuses (its own ledger, from earlier runs, is spent).
+    let mut refuser = Raw::hello(&server.ws(), Some(300)).await;
+    let clients: Vec<_> = (0..2).map(|_| sim_client(server.ws(), Some(300))).collect();
+    let round = refuser.next_train_ins().await;
+    refuser
+        .text(
+            &ClientMessage::TrainFailed {
+                server_round: round,
+                reason: "this round would take ε past this client's cap".into(),
+                refuses_run: true,
+            }
+            .encode(),
+        )
+        .await;
+    for c in clients {
+        let report = c.await.unwrap().expect("client ran to the end");
+        assert_eq!(report.finished.as_deref(), Some("all 2 rounds done"));
+    }
+    for (name, raw, asked) in [("refuser", &mut refuser, 0), ("capped", &mut capped, 0)] {
+        let mut train_ins = 0;
+        loop {
+            match raw.next_msg().await {
+                Some(ServerMessage::TrainIns { .. }) => train_ins += 1,
+                Some(ServerMessage::RunFinished { .. }) | None => break,
+                Some(_) => {}
+            }
+        }
+        assert_eq!(train_ins, asked, "{name} was asked to train again");
+    }
+    let h = server.history(run_id).await;
+    assert_eq!(h.rounds.len(), 2, "{h:?}");
+    assert!(
+        h.rounds.iter().all(|r| r.participants == 2),
+        "{:?}",
+        h.rounds
+    );
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use client_wasm::native::{DriverOptions, run_client};
+use client_wasm::session::OwnFiles;
 use client_wasm::{Session, SessionOptions};
 use tokio::sync::Semaphore;
 use tracing_subscriber::EnvFilter;
@@ -25,6 +26,10 @@ struct Args {
     /// Each client's own ε cap: it refuses rounds that would pass it (default: trust the run).
     #[arg(long)]
     epsilon_cap: Option<f64>,
+    /// The δ each client states its ε (and its cap) at (default: min(1e-5, 1/(10 n)) for n
+    /// examples; it must stay below 1/n).
+    #[arg(long)]
+    delta: Option<f64>,
     /// Bring own data instead of a server shard: each client takes this many MNIST training
     /// examples of its own (lightweight clients for load tests).
     #[arg(long)]
@@ -35,7 +40,7 @@ struct Args {
     /// Give up after failing to reach the server for this many seconds.
     #[arg(long, default_value_t = 60)]
     reconnect_secs: u64,
-    /// Answer the server's evaluation requests.
+    /// Answer the server's evaluation requests (with DP, charged to each client's ledger).
     #[arg(long)]
     evaluate: bool,
 }
@@ -75,15 +80,16 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(target: "sim", clients = args.clients, server = %args.server, parallel, "starting simulated clients");
     let mut tasks = Vec::new();
     for i in 0..args.clients {
-        let own_data = own
-            .as_ref()
-            .map(|(m, k)| Arc::new(m.train.subset(&(i * k..(i + 1) * k).collect::<Vec<_>>())));
+        let own_data = own.as_ref().map(|(m, k)| {
+            OwnFiles::from_dataset(m.train.subset(&(i * k..(i + 1) * k).collect::<Vec<_>>()))
+        });
         let session = Session::new(SessionOptions {
             name: format!("sim-{i}"),
             epsilon_cap: args.epsilon_cap,
+            delta: args.delta,
             own_data,
             can_evaluate: args.evaluate,
-            resume: None,
+            ..Default::default()
         })?;
         let options = DriverOptions {
             server: args.server.clone(),

@@ -102,7 +102,7 @@ fn main() -> anyhow::Result<()> {
     let device = burn::tensor::Device::flex();
     device.seed(args.seed);
     let mut params = TinyCnnConfig::new().init(&device).to_flat();
-    let mut privacy = ClientPrivacy::new(None)?;
+    let mut privacy = ClientPrivacy::new(None, args.delta)?;
     let start = Instant::now();
     let mut last = None;
     for epoch in 1..=args.epochs {

@@ -74,6 +74,7 @@ impl Coordinator {
                 last_seen_ms: now,
                 rounds_contributed: 0,
                 failures: 0,
+                refuses_run: None,
             },
         );
         info!(client_id, "client joined");

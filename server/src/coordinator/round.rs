@@ -1,6 +1,7 @@
 //! A round: sampling and dispatch (ledger charged first), results, deadline, aggregation, evaluation, commit.
 
 use super::*;
+use protocol::config::EVAL_NOISE_MULTIPLIER;
 
 impl Coordinator {
     pub(super) fn candidates(&self) -> Vec<Candidate> {
@@ -10,11 +11,14 @@ impl Coordinator {
         let mut v: Vec<Candidate> = self
             .clients
             .iter()
+            .filter(|(_, c)| c.refuses_run != Some(run.id()))
             .filter_map(|(&client_id, c)| {
                 Some(Candidate {
                     client_id,
                     num_examples: c.num_examples.filter(|&n| n > 0)?,
                     ledger: run.clients.get(&c.key)?.ledger.clone(),
+                    epsilon_cap: c.caps.epsilon_cap,
+                    delta: c.caps.delta,
                 })
             })
             .collect();
@@ -100,7 +104,6 @@ impl Coordinator {
             sampled,
             sum: FedAvg::new(self.model_params),
             participants: Vec::new(),
-            train_loss: (0.0, 0),
             aggregate_ms: 0.0,
             next_global: None,
             phase: Phase::Training,
@@ -204,7 +207,7 @@ impl Coordinator {
         client_id: u64,
         server_round: u64,
         num_examples: u64,
-        metrics: FitMetrics,
+        epsilon: Option<f64>,
         update: Vec<f32>,
     ) {
         self.heard_from(client_id);
@@ -260,25 +263,33 @@ impl Coordinator {
             outcome: "ok",
             detail: None,
         });
-        round.train_loss.0 += metrics.loss;
-        round.train_loss.1 += 1;
-        round.span.in_scope(
-            || info!(client_id, loss = metrics.loss, epsilon = ?metrics.epsilon, "update accepted"),
-        );
+        round
+            .span
+            .in_scope(|| info!(client_id, ?epsilon, "update accepted"));
         if let Some(c) = self.clients.get_mut(&client_id) {
             c.rounds_contributed += 1;
         }
         self.publish(Event::ClientTrained {
             client_id,
             server_round,
-            loss: metrics.loss,
-            epsilon: metrics.epsilon,
+            epsilon,
         });
         self.maybe_close_training();
     }
 
-    pub(super) fn train_failed(&mut self, client_id: u64, server_round: u64, reason: &str) {
+    pub(super) fn train_failed(
+        &mut self,
+        client_id: u64,
+        server_round: u64,
+        reason: &str,
+        refuses_run: bool,
+    ) {
         self.heard_from(client_id);
+        if refuses_run
+            && let (Some(run), Some(c)) = (self.run.as_ref(), self.clients.get_mut(&client_id))
+        {
+            c.refuses_run = Some(run.id());
+        }
         self.fail_slot(client_id, Some(server_round), reason);
     }
 
@@ -441,6 +452,7 @@ impl Coordinator {
     pub(super) fn on_evaluated(&mut self, res: Result<EvaluateRes, String>) {
         let candidates = self.candidates();
         let Some(run) = self.run.as_mut() else { return };
+        let (run_id, run_delta) = (run.id(), run.delta());
         let Some(round) = run.round.as_mut() else {
             return;
         };
@@ -461,10 +473,18 @@ impl Coordinator {
         let evaluators = run
             .strategy
             .configure_evaluate(round.server_round, &candidates, seed());
-        let evaluators: Vec<u64> = evaluators
-            .into_iter()
-            .filter(|id| self.clients.get(id).is_some_and(|c| c.caps.can_evaluate))
-            .collect();
+        let ledger = RunLedger {
+            run_id,
+            delta: run_delta,
+            rows: &mut run.clients,
+        };
+        let evaluators = charge_evaluations(
+            ledger,
+            &mut self.store,
+            &self.clients,
+            evaluators,
+            &round.span,
+        );
         if evaluators.is_empty() {
             return self.commit(test, None);
         }
@@ -528,8 +548,6 @@ impl Coordinator {
             test_accuracy: test.accuracy,
             federated_loss: federated.map(|f| f.0),
             federated_accuracy: federated.map(|f| f.1),
-            train_loss: (round.train_loss.1 > 0)
-                .then(|| round.train_loss.0 / round.train_loss.1 as f64),
             participants: round.sum.count() as u64,
             failures: round.failures() as u64,
             epsilon: run.max_epsilon(),
@@ -570,6 +588,58 @@ impl Coordinator {
             self.finish_run(run_id, &reason);
         }
     }
+}
+
+/// The evaluators that may evaluate, with the server ledger charged and stored for each: a
+/// client's DP evaluation is one Gaussian mechanism of noise multiplier
+/// [`EVAL_NOISE_MULTIPLIER`] at sample rate 1, which the server counts like a training round.
+/// A client whose declared cap that evaluation would cross is not asked (it would refuse).
+fn charge_evaluations(
+    run: RunLedger<'_>,
+    store: &mut Store,
+    clients: &HashMap<u64, Conn>,
+    evaluators: Vec<u64>,
+    span: &Span,
+) -> Vec<u64> {
+    let mut charged = Vec::new();
+    let mut asked = Vec::new();
+    for id in evaluators {
+        let Some(conn) = clients.get(&id).filter(|c| c.caps.can_evaluate) else {
+            continue;
+        };
+        let Some(mut row) = run.rows.get(&conn.key).cloned() else {
+            continue;
+        };
+        if let (Some(cap), Some(delta)) = (conn.caps.epsilon_cap, conn.caps.delta.or(run.delta))
+            && !row
+                .ledger
+                .epsilon_after(1.0, EVAL_NOISE_MULTIPLIER, 1, delta)
+                .is_ok_and(|e| e <= cap)
+        {
+            continue;
+        }
+        if row.ledger.record(1.0, EVAL_NOISE_MULTIPLIER, 1).is_err() {
+            continue;
+        }
+        charged.push(row);
+        asked.push(id);
+    }
+    if let Err(e) = store.upsert_clients(run.run_id, &charged) {
+        warn!(parent: span, error = %e, "cannot store the privacy ledger: no federated evaluation this round");
+        return Vec::new();
+    }
+    for row in charged {
+        run.rows.insert(row.client_key.clone(), row);
+    }
+    asked
+}
+
+/// The server's privacy ledger of a run's clients, by client key.
+struct RunLedger<'a> {
+    run_id: u64,
+    /// The run's δ (`None` without DP): a client that declared no δ of its own caps at it.
+    delta: Option<f64>,
+    rows: &'a mut HashMap<String, ClientRow>,
 }
 
 /// What a round records when the server has no test set, or evaluation failed.

@@ -35,7 +35,7 @@ impl Coordinator {
             let sizes: std::collections::BTreeSet<u64> =
                 split.indices.iter().map(|part| part.len() as u64).collect();
             for n in sizes {
-                let local = dp_strategy.inner.train_config(n);
+                let local = dp_strategy.inner.local_config(n);
                 dp_strategy
                     .noise_multiplier(&local, n)
                     .map_err(|e| AdminError::Invalid(accountant_field_error(e)))?;

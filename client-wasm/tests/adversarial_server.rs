@@ -1,0 +1,386 @@
+//! The client's privacy promise, tested as a hostile server would try to break it: each test
+//! sends the real `Session` (and so the real `learning::fit`) what such a server could send,
+//! and asserts that the client refuses or that its ledger stays true.
+
+use client_wasm::session::{Action, Outgoing, OwnFiles, Session, SessionOptions};
+use learning::mnist::to_idx;
+use learning::{Batching, Dataset, DpSgdConfig, TrainConfig};
+use protocol::config::ShardScheme;
+use protocol::ledger::{DatasetLedger, LedgerSlot, fingerprint};
+use protocol::messages::Assignment;
+use protocol::worker::SavedClient;
+use protocol::{ClientMessage, FrameKind, ServerMessage, TensorFrame};
+
+const PARAMS: usize = 12_810;
+
+fn records(n: usize, salt: u8) -> Dataset {
+    Dataset {
+        images: (0..n * 784).map(|i| (i % 251) as u8 ^ salt).collect(),
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+    }
+}
+
+fn global() -> Vec<f32> {
+    learning::TinyCnnConfig::new()
+        .init(&burn::tensor::Device::flex())
+        .to_flat()
+}
+
+fn dp(noise_multiplier: f32, delta: f64) -> TrainConfig {
+    TrainConfig {
+        batching: Batching::BatchSize(10),
+        learning_rate: 0.5,
+        dp: Some(DpSgdConfig {
+            max_grad_norm: 1.0,
+            noise_multiplier,
+            delta,
+        }),
+        ..TrainConfig::default()
+    }
+}
+
+fn own(n: usize, cap: Option<f64>) -> Session {
+    Session::new(SessionOptions {
+        own_data: Some(OwnFiles::from_dataset(records(n, 0))),
+        epsilon_cap: cap,
+        can_evaluate: true,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn model_frame(server_round: u64, values: Vec<f32>) -> Vec<u8> {
+    TensorFrame {
+        kind: FrameKind::GlobalModel,
+        server_round,
+        values,
+    }
+    .encode()
+    .unwrap()
+}
+
+/// The server asks for a round; the session's answer after running any job it asked for.
+fn round(s: &mut Session, server_round: u64, config: TrainConfig) -> Vec<Action> {
+    let ins = ServerMessage::TrainIns {
+        server_round,
+        config,
+        timeout_ms: 1000,
+    };
+    assert!(s.on_text(&ins.encode()).unwrap().is_empty());
+    let mut out = s.on_binary(&model_frame(server_round, global())).unwrap();
+    match out.pop() {
+        Some(Action::Train(job)) => s.on_trained(job.run(&mut |_| {})),
+        Some(other) => {
+            out.push(other);
+            out
+        }
+        None => out,
+    }
+}
+
+/// The server asks for an evaluation; the session's answer.
+fn evaluation(s: &mut Session, server_round: u64) -> Vec<Action> {
+    let ins = ServerMessage::EvaluateIns { server_round };
+    assert!(s.on_text(&ins.encode()).unwrap().is_empty());
+    let mut out = s.on_binary(&model_frame(server_round, global())).unwrap();
+    match out.pop() {
+        Some(Action::Evaluate(job)) => s.on_evaluated(job.run()),
+        Some(other) => {
+            out.push(other);
+            out
+        }
+        None => out,
+    }
+}
+
+fn texts(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(Outgoing::Text(t)) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn messages(actions: &[Action]) -> Vec<ClientMessage> {
+    texts(actions)
+        .iter()
+        .map(|t| ClientMessage::decode(t).unwrap())
+        .collect()
+}
+
+fn refusal(actions: &[Action]) -> (String, bool) {
+    match messages(actions).as_slice() {
+        [
+            ClientMessage::TrainFailed {
+                reason,
+                refuses_run,
+                ..
+            },
+        ] => (reason.clone(), *refuses_run),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_server_chosen_delta_cannot_loosen_the_cap() {
+    // σ = 1.2 at δ = 0.5 looks cheap; at δ = 1e-5 it is not. The client refuses δ ≥ 1/n and
+    // accounts every round at its own δ.
+    let mut s = own(200, Some(3.0));
+    let (reason, refuses_run) = refusal(&round(&mut s, 1, dp(1.2, 0.5)));
+    assert!(reason.contains("the server's δ is 5e-1"), "{reason}");
+    assert!(refuses_run);
+    assert_eq!(s.epsilon(), Some(0.0), "nothing spent");
+
+    // An allowed but loose δ (1e-3 < 1/200): trained, stated at the client's δ = 1e-5.
+    let out = messages(&round(&mut s, 2, dp(1.2, 1e-3)));
+    let [ClientMessage::TrainRes { epsilon, delta, .. }, ..] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*delta, Some(1e-5));
+    let mut ledger = learning::RdpAccountant::default();
+    ledger.record(10.0 / 200.0, 1.2f32 as f64, 20).unwrap();
+    assert_eq!(*epsilon, Some(ledger.epsilon(1e-5).unwrap()));
+    assert!(ledger.epsilon(1e-5).unwrap() > ledger.epsilon(1e-3).unwrap());
+    // Rounds continue until the cap at the client's δ, then stop before spending.
+    let mut last = epsilon.unwrap();
+    for r in 3..40 {
+        let out = round(&mut s, r, dp(1.2, 1e-3));
+        if let [ClientMessage::TrainFailed { reason, .. }] = messages(&out).as_slice() {
+            assert!(reason.contains("past this client's cap of 3"), "{reason}");
+            assert_eq!(s.epsilon(), Some(last));
+            assert!(last <= 3.0);
+            return;
+        }
+        last = s.epsilon().unwrap();
+    }
+    panic!("the cap never stopped training");
+}
+
+#[test]
+fn nothing_about_the_private_examples_leaves_un_noised() {
+    let mut s = own(20, None);
+    let Outgoing::Text(hello) = s.hello() else {
+        panic!()
+    };
+    let hello: serde_json::Value = serde_json::from_str(&hello).unwrap();
+    assert_eq!(
+        hello["capabilities"]["own_data"],
+        serde_json::json!({ "num_examples": 20 }),
+        "the size is released (README), the label histogram is not"
+    );
+    let out = round(&mut s, 1, dp(1.0, 1e-5));
+    let res: serde_json::Value = serde_json::from_str(&texts(&out)[0]).unwrap();
+    let mut keys: Vec<&str> = res
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "delta",
+            "epsilon",
+            "num_examples",
+            "server_round",
+            "steps",
+            "type"
+        ],
+        "no training loss, accuracy or clipped fraction: {res}"
+    );
+}
+
+#[test]
+fn evaluation_is_no_oracle_it_is_noisy_charged_and_capped() {
+    // 2 000 records: the noise (std ≈ 71 on the correct count) is a few percent of accuracy. (On
+    // 20 records the answer is noise clamped to 0 or 1, as it should be.)
+    let mut s = own(2000, None);
+    let mut answers = Vec::new();
+    let mut spent = 0.0;
+    for r in 1..=4 {
+        match messages(&evaluation(&mut s, r)).as_slice() {
+            [ClientMessage::EvaluateRes { accuracy, .. }] => answers.push(*accuracy),
+            other => panic!("{other:?}"),
+        }
+        let now = s.epsilon().unwrap();
+        assert!(
+            now > spent,
+            "every evaluation is charged: {now} after {spent}"
+        );
+        spent = now;
+    }
+    // The same model on the same data: exact answers would all be equal.
+    answers.sort_by(f64::total_cmp);
+    answers.dedup();
+    assert!(answers.len() > 1, "{answers:?}");
+
+    // With a cap, probing stops at the cap: refused answers send nothing and spend nothing.
+    let mut capped = own(2000, Some(spent));
+    let mut sent = 0;
+    for r in 1..=10 {
+        sent += messages(&evaluation(&mut capped, r)).len();
+    }
+    assert_eq!(sent, 4, "as many answers as the cap affords");
+    assert!(capped.epsilon().unwrap() <= spent);
+}
+
+fn shard(run_id: u64, data: &Dataset) -> (String, Vec<u8>, Vec<u8>) {
+    let (images, labels) = to_idx(data);
+    let a = ServerMessage::Assignment(Assignment {
+        run_id,
+        shard_index: 0,
+        num_shards: 10,
+        scheme: ShardScheme::Iid,
+        num_examples: data.len() as u64,
+        label_histogram: data.label_histogram().to_vec(),
+        images_path: "/i".into(),
+        labels_path: "/l".into(),
+    });
+    (a.encode(), images, labels)
+}
+
+fn shard_session(ledgers: Vec<LedgerSlot>, key: Option<&str>) -> Session {
+    Session::new(SessionOptions {
+        resume: key.map(|k| SavedClient {
+            client_key: Some(k.into()),
+        }),
+        ledgers,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn receive(s: &mut Session, shard: &(String, Vec<u8>, Vec<u8>)) {
+    let out = s.on_text(&shard.0).unwrap();
+    if out.iter().any(|a| matches!(a, Action::FetchShard { .. })) {
+        s.on_shard(&shard.1, &shard.2).unwrap();
+    }
+}
+
+#[test]
+fn a_new_assignment_run_or_tab_never_resets_the_ledger_of_the_same_records() {
+    let data = records(20, 0);
+    let run1 = shard(1, &data);
+    let fp = fingerprint(&run1.1, &run1.2);
+    let mut s = shard_session(Vec::new(), None);
+    receive(&mut s, &run1);
+    round(&mut s, 1, dp(1.0, 1e-5));
+    let spent = s.epsilon().unwrap();
+    assert!(spent > 0.0);
+
+    // Another shard of another run: its own records, its own ledger…
+    let other = shard(2, &records(20, 7));
+    receive(&mut s, &other);
+    assert_eq!(s.epsilon(), Some(0.0));
+    // …and a third run that hands out the same records again: the ledger is theirs.
+    receive(&mut s, &shard(3, &data));
+    assert_eq!(s.epsilon(), Some(spent));
+
+    // A new tab (new key) with what storage holds: the same records, the same ledger.
+    let stored = s.ledger_of(&fp).unwrap();
+    let mut tab = shard_session(vec![LedgerSlot::Known(stored)], None);
+    receive(&mut tab, &run1);
+    assert_eq!(tab.epsilon(), Some(spent));
+    round(&mut tab, 1, dp(1.0, 1e-5));
+    assert!(tab.epsilon().unwrap() > spent);
+}
+
+#[test]
+fn an_unreadable_stored_ledger_blocks_training_and_evaluation() {
+    let data = records(20, 0);
+    let run = shard(1, &data);
+    let fp = fingerprint(&run.1, &run.2);
+    let tampered = LedgerSlot::from_stored(
+        &fp,
+        &protocol::ledger::seal(&DatasetLedger {
+            fingerprint: fp.clone(),
+            history: vec![(0.5, 1.0, 100)],
+            unprotected_rounds: 0,
+        })
+        .replace("100]", "1]"),
+    );
+    assert!(matches!(tampered, LedgerSlot::Unreadable { .. }));
+    let mut s = shard_session(vec![tampered], Some("k"));
+    receive(&mut s, &run);
+    assert!(s.blocked().unwrap().contains("changed outside"));
+    let (reason, _) = refusal(&round(&mut s, 1, dp(1.0, 1e-5)));
+    assert!(reason.contains("unreadable"), "{reason}");
+    assert!(messages(&evaluation(&mut s, 1)).is_empty());
+    assert_eq!(
+        s.ledger_of(&fp),
+        None,
+        "the unreadable entry is left for the user to reset"
+    );
+}
+
+#[test]
+fn a_round_without_dp_makes_epsilon_infinite_and_a_capped_client_refuses_it() {
+    let no_dp = TrainConfig {
+        dp: None,
+        ..dp(1.0, 1e-5)
+    };
+    let mut capped = own(20, Some(100.0));
+    let (reason, refuses_run) = refusal(&round(&mut capped, 1, no_dp));
+    assert!(
+        reason.contains("only with differential privacy"),
+        "{reason}"
+    );
+    assert!(refuses_run);
+
+    let mut s = own(20, None);
+    let out = round(&mut s, 1, no_dp);
+    let text = &texts(&out)[0];
+    assert!(text.contains(r#""epsilon":"inf""#), "{text}");
+    assert_eq!(s.epsilon(), Some(f64::INFINITY));
+    // It stays ∞ after DP rounds too, and the ledger says so when stored.
+    round(&mut s, 2, dp(1.0, 1e-5));
+    assert_eq!(s.epsilon(), Some(f64::INFINITY));
+    let fp = s.dataset().unwrap().to_owned();
+    assert_eq!(s.ledger_of(&fp).unwrap().unprotected_rounds, 1);
+}
+
+#[test]
+fn a_tiny_sample_rate_cannot_make_the_client_train_forever() {
+    let mut s = own(20, Some(3.0));
+    for q in [1e-300, 1e-9] {
+        let config = TrainConfig {
+            batching: Batching::SampleRate(q),
+            ..dp(1.0, 1e-5)
+        };
+        let (reason, _) = refusal(&round(&mut s, 1, config));
+        assert!(reason.contains("at most 100 000 steps"), "{reason}");
+    }
+    assert_eq!(s.epsilon(), Some(0.0));
+}
+
+#[test]
+fn a_model_that_overflows_cannot_smuggle_an_unclipped_gradient() {
+    // Every per-example gradient is non-finite: each is dropped (clip factor 0), so the update
+    // is pure noise, or the round fails as diverged; never a NaN update or a crash.
+    let mut s = own(20, None);
+    let ins = ServerMessage::TrainIns {
+        server_round: 1,
+        config: dp(1.0, 1e-5),
+        timeout_ms: 1000,
+    };
+    s.on_text(&ins.encode()).unwrap();
+    let huge: Vec<f32> = global().iter().map(|v| v * 1e30).collect();
+    let Some(Action::Train(job)) = s.on_binary(&model_frame(1, huge)).unwrap().pop() else {
+        panic!()
+    };
+    let out = s.on_trained(job.run(&mut |_| {}));
+    for a in &out {
+        if let Action::Send(Outgoing::Binary(b)) = a {
+            let f = TensorFrame::decode(b).unwrap();
+            assert!(f.values.iter().all(|v| v.is_finite()));
+            assert_eq!(f.values.len(), PARAMS);
+        }
+    }
+    assert!(
+        s.epsilon().unwrap() > 0.0,
+        "the noisy steps were still counted"
+    );
+}

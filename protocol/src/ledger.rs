@@ -1,0 +1,269 @@
+//! The data owner's privacy ledger as it is stored and moved: one entry per *dataset*, named by a
+//! fingerprint of its contents, so that the same records keep the same ledger whichever tab,
+//! run, shard assignment or client key trains on them.
+//!
+//! The browser keeps each entry in `localStorage` under [`storage_key`], sealed with a SHA-256
+//! checksum ([`seal`] / [`open`]). An entry that does not open (damaged, edited by hand, written
+//! by another version) is [`LedgerSlot::Unreadable`]: training on that dataset is refused until
+//! the user resets it knowingly — never treated as "nothing spent".
+//!
+//! The checksum detects corruption and edits that did not recompute it; it is no defence against
+//! code running in the page's origin, which could rewrite the entry and its checksum (the README
+//! says so beside the ε cap).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Storage key prefix of ledger entries (`localStorage`).
+pub const STORAGE_PREFIX: &str = "fl-dp.ledger.";
+/// Version of the stored form; another version is unreadable, not zero.
+pub const LEDGER_VERSION: u32 = 1;
+/// Longest history accepted when opening an entry (a round adds one or two mechanisms; merged
+/// when equal). Far above any real run; bounds what a damaged entry can make us compute.
+pub const MAX_HISTORY: usize = 100_000;
+
+/// A dataset's identity: SHA-256 over both IDX files (each length-prefixed), hex. The same
+/// files give the same fingerprint in every tab and every run.
+pub fn fingerprint(images: &[u8], labels: &[u8]) -> String {
+    let mut h = Sha256::new();
+    for part in [images, labels] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    hex(&h.finalize())
+}
+
+/// The `localStorage` key of a dataset's ledger.
+pub fn storage_key(fingerprint: &str) -> String {
+    format!("{STORAGE_PREFIX}{fingerprint}")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Everything released about one dataset's records, as mechanisms (not as ε: ε is recomputed
+/// from them at whatever δ the owner states it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatasetLedger {
+    pub fingerprint: String,
+    /// `(sample_rate, noise_multiplier, steps)` of every Gaussian mechanism run on these
+    /// records (DP-SGD steps, DP evaluations with sample rate 1), in order.
+    pub history: Vec<(f64, f64, u64)>,
+    /// Rounds trained on these records *without* DP: their ε is unbounded from then on.
+    #[serde(default)]
+    pub unprotected_rounds: u64,
+}
+
+/// A stored entry: the ledger, the format version, and a checksum over both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Sealed {
+    version: u32,
+    ledger: DatasetLedger,
+    checksum: String,
+}
+
+fn checksum(version: u32, ledger: &DatasetLedger) -> String {
+    // serde_json writes struct fields in declaration order: the same ledger, the same bytes.
+    let body = serde_json::to_string(&(version, ledger)).unwrap_or_default();
+    hex(&Sha256::digest(body.as_bytes()))
+}
+
+/// The stored text of a ledger.
+pub fn seal(ledger: &DatasetLedger) -> String {
+    let sealed = Sealed {
+        version: LEDGER_VERSION,
+        checksum: checksum(LEDGER_VERSION, ledger),
+        ledger: ledger.clone(),
+    };
+    serde_json::to_string(&sealed).unwrap_or_default()
+}
+
+/// Why a stored ledger cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("it does not decode ({0})")]
+    Decode(String),
+    #[error("it is version {0}, expected version {LEDGER_VERSION}")]
+    Version(u32),
+    #[error("its checksum does not match its contents: it was changed outside this page")]
+    Checksum,
+    #[error("it belongs to dataset {found}, expected {expected}")]
+    Fingerprint { expected: String, found: String },
+    #[error("{0}")]
+    Value(String),
+}
+
+/// Opens the stored text of the ledger of `fingerprint`, checking everything a damaged or
+/// edited entry could get wrong.
+pub fn open(fingerprint: &str, text: &str) -> Result<DatasetLedger, LedgerError> {
+    let sealed: Sealed =
+        serde_json::from_str(text).map_err(|e| LedgerError::Decode(e.to_string()))?;
+    if sealed.version != LEDGER_VERSION {
+        return Err(LedgerError::Version(sealed.version));
+    }
+    if checksum(sealed.version, &sealed.ledger) != sealed.checksum {
+        return Err(LedgerError::Checksum);
+    }
+    if sealed.ledger.fingerprint != fingerprint {
+        return Err(LedgerError::Fingerprint {
+            expected: fingerprint.into(),
+            found: sealed.ledger.fingerprint,
+        });
+    }
+    if sealed.ledger.history.len() > MAX_HISTORY {
+        return Err(LedgerError::Value(format!(
+            "its history has {} entries: expected at most {MAX_HISTORY}",
+            sealed.ledger.history.len()
+        )));
+    }
+    for &(q, sigma, steps) in &sealed.ledger.history {
+        if !(q > 0.0 && q <= 1.0 && sigma > 0.0 && sigma.is_finite() && steps > 0) {
+            return Err(LedgerError::Value(format!(
+                "it holds the mechanism (q {q}, σ {sigma}, {steps} steps): expected q in (0, 1], σ > 0 finite, steps ≥ 1"
+            )));
+        }
+    }
+    Ok(sealed.ledger)
+}
+
+/// What a page found in storage for one dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LedgerSlot {
+    Known(DatasetLedger),
+    /// Present but unusable: its records may have spent anything, so they are not trained on
+    /// until the user resets the entry.
+    Unreadable {
+        fingerprint: String,
+        reason: String,
+    },
+}
+
+impl LedgerSlot {
+    pub fn fingerprint(&self) -> &str {
+        match self {
+            Self::Known(l) => &l.fingerprint,
+            Self::Unreadable { fingerprint, .. } => fingerprint,
+        }
+    }
+
+    /// Reads a stored entry (the key's suffix is the fingerprint it must hold).
+    pub fn from_stored(fingerprint: &str, text: &str) -> Self {
+        match open(fingerprint, text) {
+            Ok(l) => Self::Known(l),
+            Err(e) => Self::Unreadable {
+                fingerprint: fingerprint.into(),
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+/// Serde for an ε that may be unbounded (a round trained without DP): JSON has no infinity, so
+/// it travels as the string `"inf"`; a finite ε is a number, `None` is `null`.
+pub mod maybe_infinite {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Number(f64),
+        Text(String),
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(x) if x.is_finite() => Wire::Number(*x).serialize(s),
+            Some(x) if *x == f64::INFINITY => Wire::Text("inf".into()).serialize(s),
+            Some(_) => Err(serde::ser::Error::custom("ε is NaN or −∞")),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        match Option::<Wire>::deserialize(d)? {
+            None => Ok(None),
+            Some(Wire::Number(x)) if x >= 0.0 => Ok(Some(x)),
+            Some(Wire::Text(t)) if t == "inf" => Ok(Some(f64::INFINITY)),
+            Some(Wire::Number(x)) => Err(serde::de::Error::custom(format!(
+                "ε is {x}: expected a number ≥ 0 or \"inf\""
+            ))),
+            Some(Wire::Text(t)) => Err(serde::de::Error::custom(format!(
+                "ε is {t:?}: expected a number ≥ 0 or \"inf\""
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger() -> DatasetLedger {
+        DatasetLedger {
+            fingerprint: fingerprint(b"images", b"labels"),
+            history: vec![(0.08, 1.1, 12), (1.0, 50.0, 1)],
+            unprotected_rounds: 0,
+        }
+    }
+
+    #[test]
+    fn a_sealed_ledger_opens_as_it_was() {
+        let l = ledger();
+        assert_eq!(open(&l.fingerprint, &seal(&l)).unwrap(), l);
+        assert_eq!(l.fingerprint.len(), 64);
+        assert_ne!(
+            fingerprint(b"images", b"labels"),
+            fingerprint(b"imagesl", b"abels")
+        );
+    }
+
+    #[test]
+    fn an_edited_or_damaged_ledger_is_unreadable_never_zero() {
+        let l = ledger();
+        let text = seal(&l);
+        // Steps lowered by hand: the checksum no longer matches.
+        let edited = text.replace("12]", "1]");
+        assert_ne!(edited, text);
+        assert_eq!(open(&l.fingerprint, &edited), Err(LedgerError::Checksum));
+        let slot = LedgerSlot::from_stored(&l.fingerprint, &edited);
+        assert!(
+            matches!(&slot, LedgerSlot::Unreadable { reason, .. } if reason.contains("changed outside")),
+            "{slot:?}"
+        );
+        // Cut short, another dataset's entry, another version, a forged bad value.
+        assert!(matches!(
+            open(&l.fingerprint, &text[..20]),
+            Err(LedgerError::Decode(_))
+        ));
+        assert!(matches!(
+            open("00", &text),
+            Err(LedgerError::Fingerprint { .. })
+        ));
+        let v2 = text.replace(r#""version":1"#, r#""version":2"#);
+        assert_eq!(open(&l.fingerprint, &v2), Err(LedgerError::Version(2)));
+        let mut forged = l.clone();
+        forged.history[0].1 = -1.0;
+        assert!(matches!(
+            open(&l.fingerprint, &seal(&forged)),
+            Err(LedgerError::Value(_))
+        ));
+    }
+
+    #[test]
+    fn infinite_epsilon_travels_as_a_string() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct E(#[serde(with = "maybe_infinite")] Option<f64>);
+        for v in [None, Some(0.5), Some(f64::INFINITY)] {
+            let text = serde_json::to_string(&E(v)).unwrap();
+            assert_eq!(serde_json::from_str::<E>(&text).unwrap(), E(v), "{text}");
+        }
+        assert_eq!(
+            serde_json::to_string(&E(Some(f64::INFINITY))).unwrap(),
+            r#""inf""#
+        );
+        assert!(serde_json::from_str::<E>(r#""-inf""#).is_err());
+        assert!(serde_json::from_str::<E>("-1").is_err());
+    }
+}
