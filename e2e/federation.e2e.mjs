@@ -9,6 +9,8 @@
 //   * after round 3 the accuracy chart has 3 points and global accuracy is ≥ 85 % with DP on;
 //   * screenshots of a client tab and of the dashboard go to e2e/screenshots/;
 //   * a tab joins with its own IDX files; a reloaded tab is the same client with the same ε;
+//     the own files' ledger outlives the tab (a new tab shows it), a second tab on the same files
+//     is refused, and a ledger edited in storage blocks training until it is reset knowingly;
 //     the server killed mid-round (the tabs back off 0.5 s, 1 s, 2 s…) and restarted: the tabs
 //     reconnect as the same clients and a second run finishes, the own-data tab training too;
 //   * the run controls work from the buttons; no page logs an error this test did not cause.
@@ -20,6 +22,7 @@
 
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { launchChromium, startServer, token, waitFor } from './harness.mjs';
@@ -252,7 +255,7 @@ try {
   await waitFor('tab 0 to rejoin after a reload', async () => (await tab0.textContent('#connection')) === 'connected');
   await waitFor('tab 0 to show its shard again', async () => (await tab0.textContent('#shard')) === shard0);
   assert.equal(await keyOf(tab0), key0, 'the same client key');
-  assert.equal(await tab0.textContent('#epsilon'), eps0, 'the ledger survived the reload');
+  await waitFor('tab 0 to show the ledger of its shard again', async () => (await tab0.textContent('#epsilon')) === eps0);
   log(`tab 0 reloaded: same key and shard (${shard0}), ${eps0}`);
 
   const keys = await Promise.all([tab0, tab1].map(keyOf));
@@ -281,6 +284,7 @@ try {
     await waitFor(`tab ${i} to list round 2`, async () => /^2$/.test((await tab.locator('#rounds tbody tr td').first().textContent()).trim()), 60_000);
   }
   await waitFor('the own-data tab to have trained in run 2', async () => (await own.locator('#rounds tbody tr').count()) >= 1, 60_000);
+  await ledgerOutlivesTheTab(context, base, own, ownDir, watch);
   rmSync(ownDir, { recursive: true, force: true });
   const points2 = await admin.evaluate(() => Chart.getChart('chart-accuracy').data.datasets[0].data.length);
   assert.equal(points2, 2, 'the dashboard shows run 2 (2 rounds) after the restart');
@@ -315,3 +319,71 @@ try {
   await server?.stop();
 }
 process.exit(failed ? 1 : 0);
+
+// The own-data ledger belongs to the files, not to the tab (issue: "the ledger dies with the
+// tab"): closed and reopened it shows what was spent; a second tab on the same files is
+// refused while the first holds them; a ledger edited in storage blocks training until the
+// user resets it knowingly.
+async function ledgerOutlivesTheTab(context, base, own, ownDir, watch) {
+  const files = [join(ownDir, 'images.idx'), join(ownDir, 'labels.idx')];
+  const openOwn = async (name) => {
+    const tab = await context.newPage();
+    watch(tab, name);
+    await tab.goto(`${base}/`);
+    await tab.fill('#client-name', name);
+    await tab.locator('input[type=radio][name=data]').nth(1).check();
+    for (const [i, f] of files.entries()) await tab.locator('.files input[type=file]').nth(i).setInputFiles(f);
+    return tab;
+  };
+  const spent = await own.textContent('#epsilon');
+  assert.match(spent, /^ε = \d+\.\d{3} \(δ = 1e-5\)$/);
+  await own.close();
+
+  const again = await openOwn('e2e-own-again');
+  await again.click('#join');
+  await waitFor('a new tab on the same files to show their ledger', async () => (await again.textContent('#epsilon')) === spent);
+  log(`a new tab on the same files resumes their ledger: ${spent}`);
+
+  const second = await openOwn('e2e-own-second');
+  await second.click('#join');
+  const busy = await waitFor('the second tab to be refused', async () => (await second.textContent('#join-error')) || null);
+  assert.match(busy, /Another tab of this browser is training on these files/);
+  assert.equal(await second.textContent('#connection'), 'not joined');
+  log('a second tab on the same files is refused:', JSON.stringify(busy));
+
+  // Edit the stored ledger (fewer steps) without its checksum, as a user or a script could.
+  await again.click('#join'); // Leave: the files are free again.
+  await waitFor('the first tab to leave', async () => (await again.textContent('#connection')) === 'stopped: left');
+  const key = `fl-dp.ledger.${fingerprint(...files.map((f) => readFileSync(f)))}`;
+  const edited = await second.evaluate((key) => {
+    const sealed = JSON.parse(localStorage.getItem(key));
+    sealed.ledger.history[0][2] -= 1;
+    localStorage.setItem(key, JSON.stringify(sealed));
+    return sealed.ledger.history[0][2];
+  }, key);
+  await second.click('#join');
+  const blocked = await waitFor('the edited ledger to block the join', async () => (await second.textContent('#join-error')) || null);
+  assert.match(blocked, /unreadable: its checksum does not match its contents: it was changed outside this page/);
+  assert.equal(await second.textContent('#connection'), 'not joined');
+  log(`a ledger edited in storage (steps → ${edited}) blocks training:`, JSON.stringify(blocked));
+  second.once('dialog', (d) => d.accept());
+  await second.click('#reset-ledger');
+  await waitFor('the reset tab to join from zero', async () => (await second.textContent('#connection')) === 'connected'
+    && (await second.textContent('#epsilon')) === 'ε = 0 (nothing released yet)');
+  log('after a knowing reset the files train again from ε = 0');
+  await second.close();
+  await again.close();
+}
+
+// The ledger's name for a pair of IDX files: SHA-256 over each file, length-prefixed (u64 LE),
+// as protocol::ledger::fingerprint computes it.
+function fingerprint(images, labels) {
+  const h = createHash('sha256');
+  for (const part of [images, labels]) {
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(part.length));
+    h.update(len);
+    h.update(part);
+  }
+  return h.digest('hex');
+}

@@ -2,39 +2,29 @@
 //! this tab train. Training runs in a dedicated Web Worker (`client-wasm`'s `worker` binary);
 //! this page only sends intents and renders [`ClientView`].
 //!
-//! The worker's identity and privacy ledger are kept in `sessionStorage` (per tab, kept across
-//! reloads), so a reloaded tab rejoins as the same client with the ε it already spent.
+//! The tab's identity (client key) is kept in `sessionStorage`, so a reloaded tab rejoins as the
+//! same client. The privacy ledgers are kept per *dataset* in `localStorage` (they outlive the
+//! tab: a new tab on the same files sees what was spent on them), sealed with a checksum; one
+//! that does not open blocks training on its data until the user resets it. A tab training on
+//! its own files holds a Web Lock named after them, so two tabs never spend on them at once.
 
 use leptos::html::Input;
 use leptos::prelude::*;
+use protocol::ledger::{self, LedgerSlot};
 use protocol::worker::{JoinRequest, PageToWorker, SavedClient, WorkerToPage};
 use wasm_bindgen::prelude::*;
 use web_sys::{MessageEvent, Worker};
 
 use crate::client_view::{ClientView, Training};
+use crate::storage::{
+    DatasetLock, LockOutcome, Scope, lock_dataset, store, store_in, store_ledger, stored,
+    stored_ledgers,
+};
 
 const SAVED_KEY: &str = "fl-client";
 const JOINED_KEY: &str = "fl-joined";
 /// trunk's loader for the worker binary (`data-loader-shim` in index.html).
 const WORKER_URL: &str = "/worker_loader.js";
-
-fn session_storage() -> Option<web_sys::Storage> {
-    window().session_storage().ok().flatten()
-}
-
-fn stored(key: &str) -> Option<String> {
-    session_storage()?.get_item(key).ok().flatten()
-}
-
-/// Stores (or removes) a value; `Err` when the browser refused (no storage, quota).
-fn store(key: &str, value: Option<&str>) -> Result<(), String> {
-    let s = session_storage().ok_or("this browser gives the page no sessionStorage")?;
-    match value {
-        Some(v) => s.set_item(key, v),
-        None => s.remove_item(key),
-    }
-    .map_err(|e| format!("sessionStorage refused {key}: {e:?}"))
-}
 
 /// `ws://host/ws` for the page's own origin (the server, or trunk serve's proxy).
 fn socket_url() -> String {
@@ -63,7 +53,43 @@ const WORKER_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 struct JoinPrefs {
     name: String,
     cap: String,
+    #[serde(default)]
+    delta: String,
     own: bool,
+}
+
+/// The ε cap field: empty for none.
+fn parse_cap(text: &str) -> Result<Option<f64>, String> {
+    match text.trim() {
+        "" => Ok(None),
+        t => match t.parse::<f64>() {
+            Ok(c) if c > 0.0 && c.is_finite() => Ok(Some(c)),
+            _ => Err(format!(
+                "ε cap {t:?}: expected a number > 0, or empty for no cap"
+            )),
+        },
+    }
+}
+
+/// The δ field: empty for the default min(1e-5, 1/(10 n)).
+fn parse_delta(text: &str) -> Result<Option<f64>, String> {
+    match text.trim() {
+        "" => Ok(None),
+        t => match t.parse::<f64>() {
+            Ok(d) if d > 0.0 && d < 1.0 => Ok(Some(d)),
+            _ => Err(format!(
+                "δ {t:?}: expected a number in (0, 1) below 1/(number of records), e.g. 1e-6, or empty for min(1e-5, 1/(10 n))"
+            )),
+        },
+    }
+}
+
+/// Why own files are not trained on, before any worker starts: their stored ledger is
+/// unreadable.
+fn unreadable_message(reason: &str) -> String {
+    format!(
+        "The privacy ledger stored for these files is unreadable: {reason}. Training on them is blocked: what was spent on them is unknown, not zero. Reset the ledger only if you accept that ε restarts at 0 for these records."
+    )
 }
 
 /// The message a worker gets once it is ready: JSON plus the user's files, if any.
@@ -136,13 +162,18 @@ fn spawn_worker(
                 ready_seen.set(true);
                 join.borrow_mut().take()
             }
-            WorkerToPage::Save { seq, client } => {
+            WorkerToPage::Save {
+                seq,
+                client,
+                ledger,
+            } => {
                 // Stored first, then confirmed: the worker sends an update only after this. If
                 // the ledger cannot be stored there is no confirmation: the worker is told to
                 // leave before it releases anything the stored ledger would not count.
                 let stored = serde_json::to_string(client)
                     .map_err(|e| e.to_string())
-                    .and_then(|json| store(SAVED_KEY, Some(&json)));
+                    .and_then(|json| store(SAVED_KEY, Some(&json)))
+                    .and_then(|()| ledger.as_ref().map_or(Ok(()), store_ledger));
                 match stored {
                     Ok(()) => Some(command(&PageToWorker::Saved { seq: *seq }, None)),
                     Err(e) => {
@@ -198,7 +229,15 @@ fn spawn_worker(
 fn retire(h: WorkerHandle) {
     let _sent = h.worker.post_message(&command(&PageToWorker::Leave, None));
     set_timeout(
-        move || h.worker.terminate(),
+        move || {
+            // The whole handle, handlers included: a closure that only named `h.worker` would
+            // capture just that field and drop the handlers at once, and the worker's last
+            // reports would hit freed closures ("closure invoked … after being dropped").
+            let h = h;
+            h.worker.set_onmessage(None);
+            h.worker.set_onerror(None);
+            h.worker.terminate();
+        },
         std::time::Duration::from_millis(300),
     );
 }
@@ -215,6 +254,66 @@ async fn file_bytes(input: &web_sys::HtmlInputElement) -> Result<Vec<u8>, String
     Ok(js_sys::Uint8Array::new(&buf).to_vec())
 }
 
+/// Why own files cannot be joined with, and the dataset whose ledger the user may reset.
+struct Refusal {
+    message: String,
+    reset: Option<String>,
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            reset: None,
+        }
+    }
+}
+
+/// Reads the chosen files, refuses them if their stored ledger is unreadable, and takes their
+/// lock (kept in `lock`) so that no other tab spends on them meanwhile.
+async fn own_files(
+    images_input: NodeRef<Input>,
+    labels_input: NodeRef<Input>,
+    lock: StoredValue<Option<DatasetLock>, LocalStorage>,
+) -> Result<(Vec<u8>, Vec<u8>), Refusal> {
+    let (Some(i), Some(l)) = (images_input.get_untracked(), labels_input.get_untracked()) else {
+        return Err(String::from("the file inputs are missing").into());
+    };
+    let (images, labels) = (file_bytes(&i).await?, file_bytes(&l).await?);
+    let fingerprint = ledger::fingerprint(&images, &labels);
+    let held = lock.with_value(|l| l.as_ref().map(|l| l.fingerprint.clone()));
+    if held.as_deref() != Some(fingerprint.as_str()) {
+        if let Some(old) = lock.try_update_value(|l| l.take()).flatten() {
+            old.release();
+        }
+        match lock_dataset(&fingerprint).await? {
+            LockOutcome::Held(l) => lock.set_value(Some(l)),
+            LockOutcome::Busy => return Err(String::from(
+                "Another tab of this browser is training on these files: two tabs would spend their privacy budget twice. Leave (or close) that tab first.",
+            )
+            .into()),
+            LockOutcome::Unsupported => {}
+        }
+    }
+    let unreadable = stored_ledgers().into_iter().find_map(|slot| match slot {
+        LedgerSlot::Unreadable {
+            fingerprint: f,
+            reason,
+        } if f == fingerprint => Some(reason),
+        _ => None,
+    });
+    if let Some(reason) = unreadable {
+        if let Some(held) = lock.try_update_value(|l| l.take()).flatten() {
+            held.release();
+        }
+        return Err(Refusal {
+            message: unreadable_message(&reason),
+            reset: Some(fingerprint),
+        });
+    }
+    Ok((images, labels))
+}
+
 #[component]
 pub fn ClientPage() -> impl IntoView {
     let view = RwSignal::new(ClientView::default());
@@ -222,8 +321,18 @@ pub fn ClientPage() -> impl IntoView {
     let default_name = format!("tab-{:04x}", (js_sys::Math::random() * 65536.0) as u32);
     let (name, set_name) = signal(default_name);
     let (cap, set_cap) = signal(String::new());
+    let (delta_text, set_delta_text) = signal(String::new());
     let (own, set_own) = signal(false);
     let (form_error, set_form_error) = signal(None::<String>);
+    // A dataset whose unreadable ledger the user may reset (own files checked by the page).
+    let (reset_target, set_reset_target) = signal(None::<String>);
+    // This tab's hold on its own files (see `own_files`).
+    let lock = StoredValue::new_local(None::<DatasetLock>);
+    let release_lock = move || {
+        if let Some(l) = lock.try_update_value(|l| l.take()).flatten() {
+            l.release();
+        }
+    };
     let images_input = NodeRef::<Input>::new();
     let labels_input = NodeRef::<Input>::new();
 
@@ -242,6 +351,7 @@ pub fn ClientPage() -> impl IntoView {
 
     let leave = move || {
         retire_current();
+        release_lock();
         let _forgotten = store(JOINED_KEY, None); // nothing to rejoin either way
         view.update(|v| {
             v.apply(WorkerToPage::Connection(
@@ -257,52 +367,48 @@ pub fn ClientPage() -> impl IntoView {
             return;
         }
         set_form_error.set(None);
-        let epsilon_cap = match cap.get_untracked().trim() {
-            "" => None,
-            text => match text.parse::<f64>() {
-                Ok(c) if c > 0.0 && c.is_finite() => Some(c),
-                _ => {
-                    set_form_error.set(Some(format!(
-                        "ε cap {text:?}: expected a number > 0, or empty for no cap"
-                    )));
-                    return;
-                }
-            },
+        set_reset_target.set(None);
+        let (epsilon_cap, delta) = match (
+            parse_cap(&cap.get_untracked()),
+            parse_delta(&delta_text.get_untracked()),
+        ) {
+            (Ok(c), Ok(d)) => (c, d),
+            (Err(e), _) | (_, Err(e)) => return set_form_error.set(Some(e)),
         };
         let own_data = own.get_untracked();
         let prefs = JoinPrefs {
             name: name.get_untracked(),
             cap: cap.get_untracked(),
+            delta: delta_text.get_untracked(),
             own: own_data,
         };
-        let resume = stored(SAVED_KEY).and_then(|s| serde_json::from_str::<SavedClient>(&s).ok());
-        let req = PageToWorker::Join(JoinRequest {
-            server: socket_url(),
-            name: prefs.name.clone(),
-            epsilon_cap,
-            own_data,
-            resume,
-        });
         set_busy.set(true);
         leptos::task::spawn_local(async move {
             let files = if own_data {
-                let (Some(i), Some(l)) =
-                    (images_input.get_untracked(), labels_input.get_untracked())
-                else {
-                    set_busy.set(false);
-                    return;
-                };
-                match (file_bytes(&i).await, file_bytes(&l).await) {
-                    (Ok(i), Ok(l)) => Some((i, l)),
-                    (Err(e), _) | (_, Err(e)) => {
-                        set_form_error.set(Some(e));
+                match own_files(images_input, labels_input, lock).await {
+                    Ok(f) => Some(f),
+                    Err(refusal) => {
+                        set_reset_target.set(refusal.reset);
+                        set_form_error.set(Some(refusal.message));
                         set_busy.set(false);
                         return;
                     }
                 }
             } else {
+                release_lock();
                 None
             };
+            // Read after the lock is held: the last holder's ledger is in storage by then.
+            let req = PageToWorker::Join(JoinRequest {
+                server: socket_url(),
+                name: prefs.name.clone(),
+                epsilon_cap,
+                delta,
+                own_data,
+                resume: stored(SAVED_KEY)
+                    .and_then(|s| serde_json::from_str::<SavedClient>(&s).ok()),
+                ledgers: stored_ledgers(),
+            });
             // A worker that stopped on its own (a fatal error) is still there: end it first.
             let mine = retire_current();
             match spawn_worker(view, command(&req, files.as_ref()), generation, mine) {
@@ -322,11 +428,36 @@ pub fn ClientPage() -> impl IntoView {
                             ..ClientView::default()
                         }
                     });
+                    if lock.with_value(Option::is_none) && own_data {
+                        view.update(|v| v.apply(WorkerToPage::Error {
+                            message: "This browser offers no Web Locks here (plain http from another host): do not train on these files in two tabs at once, or their budget is spent twice.".into(),
+                            fatal: false,
+                        }));
+                    }
                 }
                 Err(e) => set_form_error.set(Some(e)),
             }
             set_busy.set(false);
         });
+    };
+
+    // Forgets a dataset's unreadable ledger, after the user confirmed, and joins again.
+    let reset_ledger = move |fingerprint: String| {
+        let confirmed = window()
+            .confirm_with_message("Reset the privacy ledger of this data? What was spent on these records is forgotten: ε restarts at 0 for them.")
+            .unwrap_or(false);
+        if !confirmed {
+            return;
+        }
+        if let Err(e) = store_in(Scope::Browser, &ledger::storage_key(&fingerprint), None) {
+            return set_form_error.set(Some(e));
+        }
+        set_reset_target.set(None);
+        set_form_error.set(None);
+        if view.with_untracked(|v| v.joined) {
+            leave();
+        }
+        join();
     };
 
     // A reloaded tab that was joined rejoins the same way, as the same client (own files must
@@ -335,6 +466,7 @@ pub fn ClientPage() -> impl IntoView {
     {
         set_name.set(prefs.name);
         set_cap.set(prefs.cap);
+        set_delta_text.set(prefs.delta);
         set_own.set(prefs.own);
         if prefs.own {
             set_form_error.set(Some("This tab trained on your own files: choose them again and press Join to continue as the same client.".into()));
@@ -344,25 +476,38 @@ pub fn ClientPage() -> impl IntoView {
     }
     on_cleanup(move || {
         retire_current();
+        release_lock();
     });
 
     let joined = move || view.with(|v| v.joined);
+    // The dataset whose ledger can be reset: own files refused by the page, or the data the
+    // worker found blocked.
+    let resettable = move || {
+        reset_target
+            .get()
+            .or_else(|| view.with(|v| v.blocked.clone().and_then(|(fp, _)| fp)))
+    };
     view! {
         <section class="card">
             <h2>"This device"</h2>
             <form class="join" on:submit=move |ev| { ev.prevent_default(); if joined() { leave() } else { join() } }>
                 <label>"Name " <input id="client-name" prop:value=name on:input=move |ev| set_name.set(event_target_value(&ev)) disabled=joined/></label>
                 <label>"My ε cap " <input id="epsilon-cap" placeholder="none" size="6" prop:value=cap on:input=move |ev| set_cap.set(event_target_value(&ev)) disabled=joined/></label>
+                <label title="the δ this device states ε and its cap at; default min(1e-5, 1/(10 n)) for n records">"at δ " <input id="delta" placeholder="auto" size="6" prop:value=delta_text on:input=move |ev| set_delta_text.set(event_target_value(&ev)) disabled=joined/></label>
                 <label><input type="radio" name="data" prop:checked=move || !own.get() on:change=move |_| set_own.set(false) disabled=joined/>" assigned MNIST shard"</label>
                 <label><input type="radio" name="data" prop:checked=own on:change=move |_| set_own.set(true) disabled=joined/>" my own IDX files"</label>
                 <span class="files" class:hidden=move || !own.get()>
                     <label>"images " <input type="file" node_ref=images_input disabled=joined/></label>
                     <label>"labels " <input type="file" node_ref=labels_input disabled=joined/></label>
-                    <small>"(read in this page; they never leave it)"</small>
+                    <small>"(read in this page and never uploaded; what leaves is the DP update and the number of examples)"</small>
                 </span>
                 <button id="join" type="submit" disabled=busy>{move || if joined() { "Leave" } else { "Join" }}</button>
             </form>
             <p class="error" id="join-error">{move || form_error.get()}</p>
+            {move || view.with(|v| v.blocked.clone().map(|(_, reason)| view! { <p class="error" id="blocked">{reason}</p> }))}
+            {move || resettable().map(|fp| view! {
+                <p><button id="reset-ledger" type="button" on:click=move |_| reset_ledger(fp.clone())>"Reset this ledger (ε restarts at 0 for these records)"</button></p>
+            })}
             <p>"Connection: " <b id="connection">{move || view.with(|v| v.connection_text())}</b>
                {move || view.with(|v| v.client_id.map(|id| format!(" · client #{id}")))}</p>
             {move || view.with(|v| v.finished.clone().map(|r| view! { <p class="notice" id="run-finished">"Run finished: " {r}</p> }))}
@@ -376,10 +521,7 @@ pub fn ClientPage() -> impl IntoView {
             <section class="card">
                 <h2>"Local training"</h2>
                 <ProgressPanel training=Signal::derive(move || view.with(|v| v.training.clone())) steps=Signal::derive(move || view.with(|v| v.steps_seen))/>
-                <p class="privacy">"Privacy spent: " <b id="epsilon">{move || view.with(|v| match v.epsilon {
-                    Some((e, d)) => format!("ε = {e:.3} (δ = {d:e})"),
-                    None => "ε = 0 (nothing released yet)".into(),
-                })}</b></p>
+                <p class="privacy">"Privacy spent on this data: " <b id="epsilon">{move || view.with(|v| v.epsilon_text())}</b></p>
                 {move || view.with(|v| v.last_global_accuracy.map(|(r, a)| view! {
                     <p>"Global model after round " {r} ": " <b id="global-accuracy">{format!("{:.2} %", a * 100.0)}</b> " test accuracy"</p>
                 }))}
@@ -394,7 +536,7 @@ pub fn ClientPage() -> impl IntoView {
                         <td>{r.server_round}</td>
                         <td>{format!("{:.4}", r.loss)}</td>
                         <td>{format!("{:.2} %", r.accuracy * 100.0)}</td>
-                        <td>{r.epsilon.map_or("—".into(), |e| format!("{e:.3}"))}</td>
+                        <td>{r.epsilon.map_or("—".into(), |e| if e.is_finite() { format!("{e:.3}") } else { "∞".into() })}</td>
                         <td>{format!("{:.2} s", r.seconds)}</td>
                         <td>{r.global_accuracy.map_or("…".into(), |a| format!("{:.2} %", a * 100.0))}</td>
                     </tr>

@@ -2,7 +2,7 @@
 //! logic is tested natively; the component only renders a [`ClientView`].
 
 use protocol::messages::Assignment;
-use protocol::worker::{Connection, WorkerToPage};
+use protocol::worker::{Connection, Spent, WorkerToPage};
 
 /// Local training in progress.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,8 +60,11 @@ pub struct ClientView {
     /// Training steps seen in all (the progress bar moved this often).
     pub steps_seen: u64,
     pub rounds: Vec<RoundRow>,
-    /// ε this client spent (its own ledger) and the δ it is stated at.
-    pub epsilon: Option<(f64, f64)>,
+    /// ε spent on the current data (its ledger, which may come from an earlier tab or run)
+    /// and the δ it is stated at.
+    pub epsilon: Option<Spent>,
+    /// The current data's stored ledger is unreadable: `(dataset fingerprint, why)`.
+    pub blocked: Option<(Option<String>, String)>,
     pub last_global_accuracy: Option<(u64, f64)>,
     pub finished: Option<String>,
     /// Latest problems, newest last (at most [`MAX_MESSAGES`]).
@@ -153,8 +156,11 @@ impl ClientView {
                     t.step = t.steps_per_epoch;
                     t.epoch = t.epochs;
                 }
-                if let (Some(e), Some(d)) = (metrics.epsilon, delta) {
-                    self.epsilon = Some((e, d));
+                if let (Some(e), Some(delta)) = (metrics.epsilon, delta) {
+                    self.epsilon = Some(Spent {
+                        epsilon: Some(e),
+                        delta,
+                    });
                 }
                 self.rounds.retain(|r| r.server_round != server_round);
                 self.rounds.push(RoundRow {
@@ -173,7 +179,14 @@ impl ClientView {
                 self.training = None;
                 self.note(format!("round {server_round} not trained: {reason}"));
             }
-            WorkerToPage::Privacy { spent } => self.epsilon = spent,
+            WorkerToPage::Privacy {
+                spent,
+                dataset,
+                blocked,
+            } => {
+                self.epsilon = spent;
+                self.blocked = blocked.map(|reason| (dataset, reason));
+            }
             WorkerToPage::RoundClosed {
                 server_round,
                 test_accuracy,
@@ -199,6 +212,27 @@ impl ClientView {
         self.messages.push(message);
         let extra = self.messages.len().saturating_sub(MAX_MESSAGES);
         self.messages.drain(..extra);
+    }
+
+    /// One line for the privacy badge.
+    pub fn epsilon_text(&self) -> String {
+        match self.epsilon {
+            None => "ε = 0 (nothing released yet)".into(),
+            Some(Spent {
+                epsilon: Some(e),
+                delta,
+            }) if e.is_infinite() => {
+                format!("ε = ∞ (δ = {delta:e}): these records were trained on without DP")
+            }
+            Some(Spent {
+                epsilon: Some(e),
+                delta,
+            }) => format!("ε = {e:.3} (δ = {delta:e})"),
+            Some(Spent {
+                epsilon: None,
+                delta,
+            }) => format!("ε unknown (δ = {delta:e})"),
+        }
     }
 
     /// One line for the connection badge.
@@ -272,7 +306,14 @@ mod tests {
             seconds: 3.0,
         });
         assert_eq!(v.training.as_ref().unwrap().fraction(), 1.0);
-        assert_eq!(v.epsilon, Some((0.7, 1e-5)));
+        assert_eq!(
+            v.epsilon,
+            Some(Spent {
+                epsilon: Some(0.7),
+                delta: 1e-5
+            })
+        );
+        assert_eq!(v.epsilon_text(), "ε = 0.700 (δ = 1e-5)");
         v.apply(WorkerToPage::RoundClosed {
             server_round: 1,
             test_accuracy: 0.91,
@@ -284,17 +325,37 @@ mod tests {
     #[test]
     fn epsilon_is_what_the_worker_reports() {
         let mut v = ClientView::default();
+        let spent = Spent {
+            epsilon: Some(1.5),
+            delta: 1e-5,
+        };
         v.apply(WorkerToPage::Privacy {
-            spent: Some((1.5, 1e-5)),
+            spent: Some(spent),
+            dataset: Some("fp1".into()),
+            blocked: None,
         });
-        assert_eq!(
-            v.epsilon,
-            Some((1.5, 1e-5)),
-            "a resumed ledger shows at once"
-        );
+        assert_eq!(v.epsilon, Some(spent), "a resumed ledger shows at once");
         v.apply(WorkerToPage::Assigned(assignment(2)));
-        v.apply(WorkerToPage::Privacy { spent: None });
-        assert_eq!(v.epsilon, None, "a new shard starts a new ledger");
+        v.apply(WorkerToPage::Privacy {
+            spent: None,
+            dataset: Some("fp2".into()),
+            blocked: Some("checksum".into()),
+        });
+        assert_eq!(v.epsilon, None, "another shard: its own ledger");
+        assert_eq!(v.blocked, Some((Some("fp2".into()), "checksum".into())));
+        v.apply(WorkerToPage::Privacy {
+            spent: Some(Spent {
+                epsilon: Some(f64::INFINITY),
+                delta: 1e-5,
+            }),
+            dataset: None,
+            blocked: None,
+        });
+        assert!(
+            v.epsilon_text().starts_with("ε = ∞"),
+            "{}",
+            v.epsilon_text()
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //!
 //! * `app`: mounts the page for `/` (client) or `/admin` (dashboard).
 //! * `client_page`: join/leave, the training worker, progress, ε, rounds.
+//! * `storage`: the tab's identity, the per-dataset privacy ledgers, the dataset Web Locks.
 //! * `admin_page`: token, run config, run controls, clients, charts, downloads, join QR code.
 //! * `chart`: the one Chart.js binding.
 //! * `api`: the admin API over fetch.
@@ -31,3 +32,5 @@ pub mod app;
 mod chart;
 #[cfg(target_arch = "wasm32")]
 mod client_page;
+#[cfg(target_arch = "wasm32")]
+mod storage;
