@@ -98,7 +98,7 @@ try {
     const t = await field('dp.delta').locator('.field-error').textContent();
     return t?.length ? t : null;
   });
-  assert.match(deltaError, /dp\.delta is 2: expected a number in \(0, 1\)/);
+  assert.match(deltaError, /dp\.delta is 2: expected a number in \(0, 0\.01\]/);
   // The API refuses the same JSON on its own, naming the field.
   const refused = await api('/api/admin/runs', { method: 'POST', body: '{"rounds": "three"}' });
   assert.equal(refused.status, 422);

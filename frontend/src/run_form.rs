@@ -125,7 +125,12 @@ pub const FIELDS: &[FormField] = &[
         Number,
         "per-example gradients are clipped to this L2 norm",
     ),
-    f("dp.delta", "δ", Number, "(0, 1), e.g. 1e-5"),
+    f(
+        "dp.delta",
+        "δ",
+        Number,
+        "(0, 0.01], below 1/(examples per client), e.g. 1e-5",
+    ),
     f(
         "dp.budget",
         "Noise from",

@@ -12,6 +12,8 @@ pub enum AggregationError {
     NonFinite { index: usize, value: f32 },
     #[error("num_examples is 0: expected at least 1 (it is the update's weight)")]
     ZeroWeight,
+    #[error("num_examples {num_examples} would take the round's total weight past 2^64")]
+    WeightOverflow { num_examples: u64 },
     #[error("no update was aggregated")]
     Empty,
 }
@@ -48,11 +50,15 @@ impl FedAvg {
         if let Some((index, &value)) = update.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(AggregationError::NonFinite { index, value });
         }
+        let total_weight = self
+            .total_weight
+            .checked_add(num_examples)
+            .ok_or(AggregationError::WeightOverflow { num_examples })?;
         let w = num_examples as f64;
         for (s, u) in self.sum.iter_mut().zip(update) {
             *s += w * *u as f64;
         }
-        self.total_weight += num_examples;
+        self.total_weight = total_weight;
         self.count += 1;
         Ok(())
     }
@@ -85,7 +91,12 @@ impl FedAvg {
                 actual: global.len(),
             });
         }
-        Ok(global.iter().zip(mean).map(|(g, m)| g + m).collect())
+        let next: Vec<f32> = global.iter().zip(mean).map(|(g, m)| g + m).collect();
+        if let Some((index, &value)) = next.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            // Finite updates can still sum past f32::MAX: such a model is never committed.
+            return Err(AggregationError::NonFinite { index, value });
+        }
+        Ok(next)
     }
 }
 
@@ -145,6 +156,21 @@ mod tests {
             "update value at index 0 is inf: expected a finite number"
         );
         assert_eq!(agg.add(&[1.0, 1.0], 0), Err(AggregationError::ZeroWeight));
+        // Attack: a weight that wraps the u64 total to 0 (2^64 − 1 after a weight of 1).
+        assert_eq!(
+            agg.add(&[1.0, 1.0], u64::MAX),
+            Err(AggregationError::WeightOverflow {
+                num_examples: u64::MAX
+            })
+        );
+        assert_eq!(agg.total_weight(), 1);
+        // Finite updates whose mean overflows the model: refused, not committed as inf.
+        let mut big = FedAvg::new(1);
+        big.add(&[3.0e38], 6000).expect("finite");
+        assert!(matches!(
+            big.apply(&[3.0e38]),
+            Err(AggregationError::NonFinite { index: 0, .. })
+        ));
         assert_eq!(agg.mean().expect("one update"), vec![1.0, 1.0]);
         assert_eq!(FedAvg::new(2).mean(), Err(AggregationError::Empty));
     }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Batching, Optimizer, ShardScheme};
+use crate::config::{Batching, MAX_STEPS_PER_ROUND, Optimizer, ShardScheme};
 
 /// Upper bounds on config values (named so the form, the server and the docs agree).
 pub const MAX_ROUNDS: u32 = 10_000;
@@ -12,6 +12,19 @@ pub const MAX_LOCAL_EPOCHS: u32 = 100;
 pub const MAX_SHARDS: u32 = 10_000;
 pub const MAX_ROUND_TIMEOUT_SECS: u64 = 24 * 3600;
 pub const MAX_NAME_LEN: usize = 100;
+/// The server's connection limit: a run cannot wait for more clients than can connect.
+pub const MAX_MIN_CLIENTS: u32 = 10_000;
+/// Largest δ a run may state. A guarantee at δ ≥ 1/n allows publishing a record; with shards of
+/// ≥ 100 examples that is δ ≥ 0.01. (Clients refuse δ ≥ 1/n of their own data too.)
+pub const MAX_DELTA: f64 = 0.01;
+/// σ below this gives ε in the thousands after one step; above it the noise drowns any signal
+/// (and σ solved from a target ε is searched up to this too).
+pub const NOISE_MULTIPLIER_RANGE: (f32, f32) = (0.05, 1.0e4);
+/// A target ε above this promises nothing.
+pub const MAX_TARGET_EPSILON: f64 = 100.0;
+/// Clip bounds and learning rates beyond these only overflow: TinyCNN's gradients are O(1).
+pub const MAX_GRAD_NORM: f32 = 1.0e4;
+pub const MAX_LEARNING_RATE: f32 = 100.0;
 
 /// Everything an operator chooses for a run. Every field has a default that runs the MNIST demo
 /// (10 IID shards, DP-SGD to ε = 3 at δ = 1e-5), so `{}` is a valid config.
@@ -116,6 +129,15 @@ fn field_err<T>(field: &str, value: impl ToString, expected: &str) -> Result<T, 
     })
 }
 
+/// A character a run name may hold: printable, no bidirectional controls (which make a name
+/// display as another), no `<` or `>` (markup if a page ever forgot to escape it).
+fn plain_name_char(c: char) -> bool {
+    !(c.is_control()
+        || ('\u{202A}'..='\u{202E}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '<' | '>'))
+}
+
 fn unit_interval(field: &str, v: f64, lower_open: bool) -> Result<(), FieldError> {
     let ok = if lower_open {
         v > 0.0 && v <= 1.0
@@ -144,11 +166,18 @@ impl RunConfig {
         if self.name.trim().is_empty() || self.name.chars().count() > MAX_NAME_LEN {
             return field_err("name", &self.name, "1 to 100 characters");
         }
+        if let Some(c) = self.name.chars().find(|&c| !plain_name_char(c)) {
+            return field_err(
+                "name",
+                format!("{:?} (it holds U+{:04X})", self.name, c as u32),
+                "printable text without control characters, bidirectional overrides, < or >",
+            );
+        }
         if !(1..=MAX_ROUNDS).contains(&self.rounds) {
             return field_err("rounds", self.rounds, "an integer in 1..=10000");
         }
-        if self.min_clients < 1 {
-            return field_err("min_clients", self.min_clients, "an integer ≥ 1");
+        if !(1..=MAX_MIN_CLIENTS).contains(&self.min_clients) {
+            return field_err("min_clients", self.min_clients, "an integer in 1..=10000");
         }
         unit_interval("fraction_train", self.fraction_train, true)?;
         unit_interval("quorum", self.quorum, true)?;
@@ -165,11 +194,22 @@ impl RunConfig {
         }
         match self.batching {
             Batching::BatchSize(0) => return field_err("batching.batch_size", 0, "an integer ≥ 1"),
-            Batching::SampleRate(q) => unit_interval("batching.sample_rate", q, true)?,
+            Batching::SampleRate(q) => {
+                unit_interval("batching.sample_rate", q, true)?;
+                // local_epochs × ⌈1/q⌉ steps a round (a tiny q asked for u64::MAX steps).
+                let steps = (1.0 / q).ceil() * self.local_epochs as f64;
+                if steps > MAX_STEPS_PER_ROUND as f64 {
+                    return field_err(
+                        "batching.sample_rate",
+                        q,
+                        "a rate that needs at most 100 000 steps a round (local_epochs × ⌈1/q⌉)",
+                    );
+                }
+            }
             _ => {}
         }
-        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return field_err("learning_rate", self.learning_rate, "a finite number > 0");
+        if !(self.learning_rate > 0.0 && self.learning_rate <= MAX_LEARNING_RATE) {
+            return field_err("learning_rate", self.learning_rate, "a number in (0, 100]");
         }
         match self.optimizer {
             Optimizer::Sgd { momentum } if !(0.0..1.0).contains(&momentum) => {
@@ -193,11 +233,19 @@ impl RunConfig {
             _ => {}
         }
         if let Some(dp) = &self.dp {
-            if !(dp.max_grad_norm > 0.0 && dp.max_grad_norm.is_finite()) {
-                return field_err("dp.max_grad_norm", dp.max_grad_norm, "a finite number > 0");
+            if !(dp.max_grad_norm > 0.0 && dp.max_grad_norm <= MAX_GRAD_NORM) {
+                return field_err(
+                    "dp.max_grad_norm",
+                    dp.max_grad_norm,
+                    "a number in (0, 10000]",
+                );
             }
-            if !(dp.delta > 0.0 && dp.delta < 1.0) {
-                return field_err("dp.delta", dp.delta, "a number in (0, 1), e.g. 1e-5");
+            if !(dp.delta > 0.0 && dp.delta <= MAX_DELTA) {
+                return field_err(
+                    "dp.delta",
+                    dp.delta,
+                    "a number in (0, 0.01] below 1/(examples per client), e.g. 1e-5",
+                );
             }
             match (dp.noise_multiplier, dp.target_epsilon) {
                 (None, None) => {
@@ -207,11 +255,13 @@ impl RunConfig {
                         "a noise multiplier σ > 0, or dp.target_epsilon to solve σ from",
                     );
                 }
-                (Some(s), _) if !(s > 0.0 && s.is_finite()) => {
-                    return field_err("dp.noise_multiplier", s, "a finite number > 0");
+                (Some(s), _)
+                    if !(NOISE_MULTIPLIER_RANGE.0..=NOISE_MULTIPLIER_RANGE.1).contains(&s) =>
+                {
+                    return field_err("dp.noise_multiplier", s, "a number in [0.05, 10000]");
                 }
-                (_, Some(e)) if !(e > 0.0 && e.is_finite()) => {
-                    return field_err("dp.target_epsilon", e, "a finite number > 0");
+                (_, Some(e)) if !(e > 0.0 && e <= MAX_TARGET_EPSILON) => {
+                    return field_err("dp.target_epsilon", e, "a number in (0, 100]");
                 }
                 _ => {}
             }
@@ -239,6 +289,12 @@ impl RunConfig {
 
     /// Parses and validates a JSON body; a type error names its JSON path, like a range error.
     pub fn from_json(text: &str) -> Result<Self, FieldError> {
+        // serde would also read a struct from an array (`[]` = every default): only an object is
+        // a config.
+        if !text.trim_start().starts_with('{') {
+            let start: String = text.trim_start().chars().take(20).collect();
+            return field_err("body", format!("{start:?}"), "a JSON object, e.g. {}");
+        }
         let de = &mut serde_json::Deserializer::from_str(text);
         let config: RunConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -346,7 +402,10 @@ pub struct RoundRecord {
     pub duration_ms: u64,
     /// CPU time spent aggregating: adding every update to the running sum, and the final mean.
     pub aggregate_ms: f64,
+    /// NaN (`null` in JSON) when the round was not evaluated or the model is broken.
+    #[serde(with = "crate::ledger::nan_as_null")]
     pub test_loss: f64,
+    #[serde(with = "crate::ledger::nan_as_null")]
     pub test_accuracy: f64,
     /// Weighted mean of the clients' own evaluation, when `fraction_evaluate > 0`.
     pub federated_loss: Option<f64>,
@@ -505,6 +564,37 @@ mod tests {
             ),
             (r#"{"round_timeout_secs":0}"#, "round_timeout_secs"),
             (r#"{"name":""}"#, "name"),
+            // The attacks of the hostile-clients review: configs that cannot run.
+            (
+                r#"{"batching":{"sample_rate":1e-300}}"#,
+                "batching.sample_rate",
+            ),
+            (
+                r#"{"local_epochs":100,"batching":{"sample_rate":0.0005}}"#,
+                "batching.sample_rate",
+            ),
+            (r#"{"min_clients":4000000000}"#, "min_clients"),
+            ("[]", "body"),
+            (
+                r#"{"dp":{"max_grad_norm":1,"noise_multiplier":1,"delta":0.9999999}}"#,
+                "dp.delta",
+            ),
+            (
+                r#"{"dp":{"max_grad_norm":1,"noise_multiplier":1e-30,"delta":1e-5}}"#,
+                "dp.noise_multiplier",
+            ),
+            (
+                r#"{"dp":{"max_grad_norm":1,"target_epsilon":1e300,"delta":1e-5}}"#,
+                "dp.target_epsilon",
+            ),
+            (
+                r#"{"dp":{"max_grad_norm":1e38,"noise_multiplier":1,"delta":1e-5}}"#,
+                "dp.max_grad_norm",
+            ),
+            (r#"{"learning_rate":1e38}"#, "learning_rate"),
+            (r#"{"name":"a\u0000b"}"#, "name"),
+            (r#"{"name":"run \u202Egnp.exe"}"#, "name"),
+            (r#"{"name":"<script>alert(1)</script>"}"#, "name"),
             (r#"{"rouns":3}"#, "rouns"),
             ("3", "body"),
         ];

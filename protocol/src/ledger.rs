@@ -160,6 +160,26 @@ impl LedgerSlot {
     }
 }
 
+/// Serde for a measured number that may be NaN (a round evaluated without a test set, or a
+/// broken model): JSON has no NaN, and serde_json would write `null` and then refuse to read it
+/// back into an `f64` — every client decoding `RoundClosed` failed, the stored round could no
+/// longer be read. Here NaN (or ±∞) is written as `null` and `null` read back as NaN.
+pub mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
 /// Serde for an ε that may be unbounded (a round trained without DP): JSON has no infinity, so
 /// it travels as the string `"inf"`; a finite ε is a number, `None` is `null`.
 pub mod maybe_infinite {

@@ -18,13 +18,17 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ShardScheme, TrainConfig};
+use crate::config::{MAX_STEPS_PER_ROUND, ShardScheme, TrainConfig};
 
 /// Largest control message accepted, in bytes (checked before parsing). The biggest legitimate
 /// one, an `Assignment`, is well under 1 KiB.
 pub const MAX_CONTROL_BYTES: usize = 64 * 1024;
 /// Longest free-text field (reasons, names) a peer may send; longer ones are refused.
 pub const MAX_TEXT_FIELD: usize = 1024;
+/// Most examples a client may declare (FedAvg's weight): 10 million, far above a device's data.
+/// Without a bound one client declaring 10¹² examples *is* the global model, and 2⁶⁴ − 18 000
+/// wrapped the total weight to 0.
+pub const MAX_NUM_EXAMPLES: u64 = 10_000_000;
 
 /// What a client says about itself in `Hello`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -173,7 +177,10 @@ pub enum ServerMessage {
     /// A round is over: what the server measured on the test set.
     RoundClosed {
         server_round: u64,
+        /// NaN (`null`) when the round was not evaluated or the model is broken.
+        #[serde(with = "crate::ledger::nan_as_null")]
         test_accuracy: f64,
+        #[serde(with = "crate::ledger::nan_as_null")]
         test_loss: f64,
         participants: u64,
         /// Largest ε (server ledger) any client of the run has spent.
@@ -201,6 +208,46 @@ pub enum MessageError {
     Decode(String),
     #[error("{field} is {len} characters: expected at most {MAX_TEXT_FIELD}")]
     FieldTooLong { field: &'static str, len: usize },
+    #[error("{field} is {value}: expected {expected}")]
+    OutOfRange {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// `Err` naming `field` unless `ok`.
+fn bound(
+    ok: bool,
+    field: &'static str,
+    value: impl ToString,
+    expected: &'static str,
+) -> Result<(), MessageError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(MessageError::OutOfRange {
+            field,
+            value: value.to_string(),
+            expected,
+        })
+    }
+}
+
+fn check_examples(field: &'static str, n: u64) -> Result<(), MessageError> {
+    bound(
+        (1..=MAX_NUM_EXAMPLES).contains(&n),
+        field,
+        n,
+        "an integer in 1..=10000000",
+    )
+}
+
+fn check_delta(field: &'static str, delta: Option<f64>) -> Result<(), MessageError> {
+    match delta {
+        Some(d) => bound(d > 0.0 && d < 1.0, field, d, "a number in (0, 1)"),
+        None => Ok(()),
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, MessageError> {
@@ -219,7 +266,9 @@ fn check_len(field: &'static str, s: &str) -> Result<(), MessageError> {
 }
 
 impl ClientMessage {
-    /// Parses a text frame, refusing oversized input before parsing it and over-long text fields.
+    /// Parses a text frame, refusing oversized input before parsing it, over-long text fields
+    /// and every number out of its range: what a peer declares is bounded here, where it is
+    /// decoded, before any arithmetic sees it.
     pub fn decode(text: &str) -> Result<Self, MessageError> {
         let msg: Self = decode(text)?;
         match &msg {
@@ -232,9 +281,55 @@ impl ClientMessage {
                 if let Some(key) = client_key {
                     check_len("client_key", key)?;
                 }
+                if let Some(own) = &capabilities.own_data {
+                    check_examples("capabilities.own_data.num_examples", own.num_examples)?;
+                }
+                if let Some(cap) = capabilities.epsilon_cap {
+                    bound(
+                        cap > 0.0 && cap.is_finite(),
+                        "capabilities.epsilon_cap",
+                        cap,
+                        "a finite number > 0",
+                    )?;
+                }
+                check_delta("capabilities.delta", capabilities.delta)?;
+            }
+            Self::TrainRes {
+                num_examples,
+                steps,
+                delta,
+                ..
+            } => {
+                check_examples("num_examples", *num_examples)?;
+                bound(
+                    *steps <= MAX_STEPS_PER_ROUND,
+                    "steps",
+                    steps,
+                    "at most 100000",
+                )?;
+                check_delta("delta", *delta)?;
             }
             Self::TrainFailed { reason, .. } => check_len("reason", reason)?,
-            _ => {}
+            Self::EvaluateRes {
+                num_examples,
+                loss,
+                accuracy,
+                ..
+            } => {
+                check_examples("num_examples", *num_examples)?;
+                bound(
+                    loss.is_finite() && *loss >= 0.0,
+                    "loss",
+                    loss,
+                    "a finite number ≥ 0",
+                )?;
+                bound(
+                    (0.0..=1.0).contains(accuracy),
+                    "accuracy",
+                    accuracy,
+                    "a number in [0, 1]",
+                )?;
+            }
         }
         Ok(msg)
     }
@@ -310,6 +405,26 @@ mod tests {
     }
 
     #[test]
+    fn a_round_closed_without_a_finite_loss_still_decodes() {
+        // Attack: one huge finite update made the test loss NaN; `null` on the wire then broke
+        // every client's decoder.
+        let closed = ServerMessage::RoundClosed {
+            server_round: 1,
+            test_accuracy: 0.1,
+            test_loss: f64::NAN,
+            participants: 3,
+            epsilon: None,
+        };
+        let text = closed.encode();
+        assert!(text.contains(r#""test_loss":null"#), "{text}");
+        let ServerMessage::RoundClosed { test_loss, .. } = ServerMessage::decode(&text).unwrap()
+        else {
+            panic!("{text}")
+        };
+        assert!(test_loss.is_nan());
+    }
+
+    #[test]
     fn a_minimal_hello_decodes_with_defaults() {
         let m = ClientMessage::decode(r#"{"type":"hello","protocol_version":1}"#).unwrap();
         assert!(matches!(
@@ -339,6 +454,53 @@ mod tests {
             ClientMessage::decode(&big),
             Err(MessageError::TooLarge(_))
         ));
+        // Numbers a peer declares are bounded where they are decoded (the attacks of the
+        // hostile-clients review: a client declaring 10¹² or 2⁶⁴ − 18 000 examples).
+        for (text, field) in [
+            (
+                r#"{"type":"hello","protocol_version":2,"capabilities":{"own_data":{"num_examples":1000000000000}}}"#,
+                "capabilities.own_data.num_examples",
+            ),
+            (
+                r#"{"type":"hello","protocol_version":2,"capabilities":{"own_data":{"num_examples":18446744073709533616}}}"#,
+                "capabilities.own_data.num_examples",
+            ),
+            (
+                r#"{"type":"hello","protocol_version":2,"capabilities":{"own_data":{"num_examples":0}}}"#,
+                "capabilities.own_data.num_examples",
+            ),
+            (
+                r#"{"type":"hello","protocol_version":2,"capabilities":{"epsilon_cap":-1}}"#,
+                "capabilities.epsilon_cap",
+            ),
+            (
+                r#"{"type":"hello","protocol_version":2,"capabilities":{"delta":1}}"#,
+                "capabilities.delta",
+            ),
+            (
+                r#"{"type":"train_res","server_round":1,"num_examples":18446744073709533616,"steps":1}"#,
+                "num_examples",
+            ),
+            (
+                r#"{"type":"train_res","server_round":1,"num_examples":6000,"steps":18446744073709551615}"#,
+                "steps",
+            ),
+            (
+                r#"{"type":"evaluate_res","server_round":1,"num_examples":10,"loss":1e400,"accuracy":0.5}"#,
+                "loss",
+            ),
+            (
+                r#"{"type":"evaluate_res","server_round":1,"num_examples":10,"loss":1,"accuracy":2}"#,
+                "accuracy",
+            ),
+        ] {
+            match ClientMessage::decode(text) {
+                Err(MessageError::OutOfRange { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                // 1e400 is no f64: serde refuses it before the bound does.
+                Err(MessageError::Decode(_)) if field == "loss" => {}
+                other => panic!("{text}: {other:?}"),
+            }
+        }
         let long = format!(
             r#"{{"type":"train_failed","server_round":1,"reason":"{}"}}"#,
             "a".repeat(MAX_TEXT_FIELD + 1)

@@ -139,6 +139,7 @@ pub enum WorkerToPage {
     },
     RoundClosed {
         server_round: u64,
+        #[serde(with = "crate::ledger::nan_as_null")]
         test_accuracy: f64,
     },
     RunFinished {

@@ -408,6 +408,22 @@ async fn hostile_and_malformed_input_is_rejected_and_the_run_goes_on() {
     let mut r = Raw::connect(&url).await;
     r.text("{not json").await;
     r.expect_error(ErrorCode::BadMessage).await;
+    // A declared data size is bounded where it is decoded: 10¹² (FedAvg would make this one
+    // client the whole model) and 2⁶⁴ − 18 000 (it wrapped the total weight to 0).
+    for n in ["1000000000000", "18446744073709533616"] {
+        let mut r = Raw::connect(&url).await;
+        r.text(&format!(
+            r#"{{"type":"hello","protocol_version":{PROTOCOL_VERSION},"capabilities":{{"own_data":{{"num_examples":{n}}}}}}}"#
+        ))
+        .await;
+        let message = r.expect_error(ErrorCode::BadMessage).await;
+        assert!(
+            message.contains(&format!(
+                "capabilities.own_data.num_examples is {n}: expected an integer in 1..=10000000"
+            )),
+            "{message}"
+        );
+    }
 
     // A run where clients bring their own data; one honest client, one hostile.
     let run_id = server
@@ -607,6 +623,17 @@ async fn admin_routes_need_the_token_and_name_bad_fields() {
             r#"{"rounds":3,"dp":{"max_grad_norm":1,"target_epsilon":1e-6,"delta":1e-5}}"#,
             "dp.target_epsilon",
         ),
+        // Configs a client would refuse, said at creation: 100 epochs of batch 1 on shards of
+        // 6 000 (600 000 steps a round), δ = 0.005 ≥ 1/6000.
+        (
+            r#"{"local_epochs":100,"batching":{"batch_size":1}}"#,
+            "batching (sample_rate for shards of 6000)",
+        ),
+        (
+            r#"{"dp":{"max_grad_norm":1,"noise_multiplier":1,"delta":0.005}}"#,
+            "dp.delta",
+        ),
+        ("[]", "body"),
     ] {
         let (status, res) = server
             .admin("POST", "/api/admin/runs", body, Some(TOKEN))

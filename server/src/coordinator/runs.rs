@@ -25,21 +25,10 @@ impl Coordinator {
             }
             (Some(cfg), Some(data)) => Some(data.shards(*cfg).map_err(AdminError::Invalid)?),
         };
-        if let (Some(dp), Some(split)) = (config.dp, &shards) {
-            // Every shard size must reach the target ε with some σ; say so now, not mid-run.
-            let dp_strategy = DpFedAvg {
-                inner: FedAvgStrategy::from_run(&config),
-                dp,
-                rounds: config.rounds,
-            };
+        if let Some(split) = &shards {
             let sizes: std::collections::BTreeSet<u64> =
                 split.indices.iter().map(|part| part.len() as u64).collect();
-            for n in sizes {
-                let local = dp_strategy.inner.local_config(n);
-                dp_strategy
-                    .noise_multiplier(&local, n)
-                    .map_err(|e| AdminError::Invalid(accountant_field_error(e)))?;
-            }
+            check_shard_sizes(&config, &sizes).map_err(AdminError::Invalid)?;
         }
         let initial = learning::TinyCnnConfig::new()
             .init(&burn::tensor::Device::flex())
@@ -180,6 +169,43 @@ impl Coordinator {
 }
 
 /// Maps an accountant error to a config field error (σ unreachable for a shard size).
+/// What every client of a shard size would be asked must be something it can do: a train
+/// config it accepts (steps bounded), a δ below 1/n (clients refuse others), and with a target
+/// ε some σ that reaches it. Said at creation, not mid-run.
+fn check_shard_sizes(
+    config: &RunConfig,
+    sizes: &std::collections::BTreeSet<u64>,
+) -> Result<(), FieldError> {
+    let fedavg = FedAvgStrategy::from_run(config);
+    for &n in sizes {
+        let local = fedavg.local_config(n);
+        local.validate(n as usize).map_err(|e| FieldError {
+            field: format!("batching ({} for shards of {n})", e.field),
+            value: e.value,
+            expected: e.expected.into(),
+        })?;
+        let Some(dp) = config.dp else { continue };
+        if dp.delta * n as f64 >= 1.0 {
+            return Err(FieldError {
+                field: "dp.delta".into(),
+                value: dp.delta.to_string(),
+                expected: format!(
+                    "below 1/{n} for shards of {n} examples (clients refuse a δ ≥ 1/n)"
+                ),
+            });
+        }
+        let dp_strategy = DpFedAvg {
+            inner: fedavg.clone(),
+            dp,
+            rounds: config.rounds,
+        };
+        dp_strategy
+            .noise_multiplier(&local, n)
+            .map_err(accountant_field_error)?;
+    }
+    Ok(())
+}
+
 pub fn accountant_field_error(e: AccountantError) -> FieldError {
     FieldError {
         field: "dp.target_epsilon".into(),
