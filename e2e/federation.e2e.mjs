@@ -357,9 +357,11 @@ async function ledgerOutlivesTheTab(context, base, own, ownDir, watch) {
   const key = `fl-dp.ledger.${fingerprint(...files.map((f) => readFileSync(f)))}`;
   const edited = await second.evaluate((key) => {
     const sealed = JSON.parse(localStorage.getItem(key));
-    sealed.ledger.history[0][2] -= 1;
+    const ledger = JSON.parse(sealed.ledger);
+    ledger.history[0][2] -= 1;
+    sealed.ledger = JSON.stringify(ledger);
     localStorage.setItem(key, JSON.stringify(sealed));
-    return sealed.ledger.history[0][2];
+    return ledger.history[0][2];
   }, key);
   await second.click('#join');
   const blocked = await waitFor('the edited ledger to block the join', async () => (await second.textContent('#join-error')) || null);
@@ -375,15 +377,17 @@ async function ledgerOutlivesTheTab(context, base, own, ownDir, watch) {
   await again.close();
 }
 
-// The ledger's name for a pair of IDX files: SHA-256 over each file, length-prefixed (u64 LE),
-// as protocol::ledger::fingerprint computes it.
+// The ledger's name for a pair of IDX files, as protocol::ledger::fingerprint computes it: the
+// SHA-256 of the sorted SHA-256s of the records (784 image bytes + the label byte).
 function fingerprint(images, labels) {
-  const h = createHash('sha256');
-  for (const part of [images, labels]) {
-    const len = Buffer.alloc(8);
-    len.writeBigUInt64LE(BigInt(part.length));
-    h.update(len);
-    h.update(part);
+  const n = labels.readUInt32BE(4);
+  const records = [];
+  for (let i = 0; i < n; i++) {
+    records.push(createHash('sha256').update(images.subarray(16 + i * 784, 16 + (i + 1) * 784))
+      .update(labels.subarray(8 + i, 9 + i)).digest());
   }
+  records.sort(Buffer.compare);
+  const h = createHash('sha256').update('fl-dp records v1');
+  for (const r of records) h.update(r);
   return h.digest('hex');
 }

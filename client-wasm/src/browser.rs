@@ -355,10 +355,7 @@ async fn connection(
                     let ok = done.result.as_ref().ok().map(|r| r.metrics);
                     let delta = done.privacy.delta;
                     let release = session.on_trained(done);
-                    // The ledger that includes this round must be stored by the page before
-                    // the update leaves: a reload must never resume from an older one.
-                    let seq = save(session, Some(&dataset));
-                    if let Some(outcome) = wait_saved(rx, seq).await {
+                    if let Some(outcome) = store_spent(session, &dataset, rx).await {
                         return outcome;
                     }
                     if let Some(metrics) = ok {
@@ -369,18 +366,14 @@ async fn connection(
                             seconds,
                         });
                     }
-                    post_privacy(session);
                     queue.extend(release);
                 }
                 Action::Evaluate(job) => {
-                    // A DP evaluation spends ε: stored before its result leaves, as training.
                     let dataset = job.fingerprint.clone();
                     let release = session.on_evaluated(job.run());
-                    let seq = save(session, Some(&dataset));
-                    if let Some(outcome) = wait_saved(rx, seq).await {
+                    if let Some(outcome) = store_spent(session, &dataset, rx).await {
                         return outcome;
                     }
-                    post_privacy(session);
                     queue.extend(release);
                 }
                 Action::Notify(n) => {
@@ -408,6 +401,22 @@ fn save(session: &Session, spent_on: Option<&str>) -> u64 {
         ledger: spent_on.and_then(|fp| session.ledger_of(fp)),
     });
     seq
+}
+
+/// After a job spent on `dataset`: the page stores that ledger and confirms, and only then may
+/// the job's result leave (a reload, a new tab or a later run must never resume from a ledger
+/// older than what was released). `Some` if the user left meanwhile.
+async fn store_spent(
+    session: &Session,
+    dataset: &str,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> Option<Outcome> {
+    let seq = save(session, Some(dataset));
+    let left = wait_saved(rx, seq).await;
+    if left.is_none() {
+        post_privacy(session);
+    }
+    left
 }
 
 /// Waits until the page confirms save `seq`; `Some` if the user left meanwhile.

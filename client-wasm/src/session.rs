@@ -309,6 +309,16 @@ impl Session {
         };
     }
 
+    /// The δ to declare: the owner's, or the default of the own data's size; for a shard not
+    /// yet known, none (the server then uses the run's δ, ≥ the client's default for shards of
+    /// ≤ 10 000 examples).
+    fn declared_delta(&self) -> Option<f64> {
+        self.options.delta.or_else(|| {
+            let own = self.options.own_data.as_ref()?;
+            Some(default_delta(own.data.len()))
+        })
+    }
+
     /// The first message on every (re)connection.
     pub fn hello(&mut self) -> Outgoing {
         self.expect = Expect::Nothing;
@@ -324,7 +334,7 @@ impl Session {
                     name: self.options.name.clone(),
                     own_data,
                     epsilon_cap: self.options.epsilon_cap,
-                    delta: self.privacy.as_ref().map(|p| p.delta),
+                    delta: self.declared_delta(),
                     can_evaluate: self.options.can_evaluate,
                 },
             }
@@ -611,15 +621,7 @@ impl Session {
         let server_round = done.server_round;
         let res = match done.result {
             Ok(res) => res,
-            Err(e) => {
-                let refuses_run = matches!(
-                    e,
-                    LearningError::BudgetExhausted { .. }
-                        | LearningError::NoDpWithCap
-                        | LearningError::DeltaTooLarge { .. }
-                );
-                return train_failed(server_round, e.to_string(), refuses_run);
-            }
+            Err(e) => return refused(server_round, &e),
         };
         self.rounds_trained.push(server_round);
         let frame = TensorFrame {
@@ -630,15 +632,12 @@ impl Session {
         let Ok(bytes) = frame.encode() else {
             return train_failed(server_round, "update too large for a frame".into(), false);
         };
-        let delta = self.privacy.as_ref().map(|p| p.delta);
         vec![
             Action::Send(Outgoing::Text(
                 ClientMessage::TrainRes {
                     server_round,
                     num_examples: res.num_examples as u64,
                     steps: res.metrics.steps,
-                    epsilon: res.metrics.epsilon,
-                    delta,
                 }
                 .encode(),
             )),
@@ -672,20 +671,51 @@ impl Session {
 /// Tells the server (and the user) that this round was not trained, and why; `refuses_run`
 /// when every further round of this run would be refused too.
 fn train_failed(server_round: u64, reason: String, refuses_run: bool) -> Vec<Action> {
+    told_apart(server_round, reason.clone(), reason, refuses_run)
+}
+
+/// [`train_failed`] with one reason for the server and another for the user.
+fn told_apart(
+    server_round: u64,
+    to_server: String,
+    to_user: String,
+    refuses_run: bool,
+) -> Vec<Action> {
     vec![
         Action::Send(Outgoing::Text(
             ClientMessage::TrainFailed {
                 server_round,
-                reason: reason.clone(),
+                reason: to_server,
                 refuses_run,
             }
             .encode(),
         )),
         Action::Notify(Notice::TrainFailed {
             server_round,
-            reason,
+            reason: to_user,
         }),
     ]
+}
+
+/// A refusal by `fit`. The user reads the whole reason; the server is not told the ε spent
+/// (the ledger spans other runs and keys on the same records: its exact value would link
+/// them), only that the client's own budget forbids the round.
+fn refused(server_round: u64, e: &LearningError) -> Vec<Action> {
+    let refuses_run = matches!(
+        e,
+        LearningError::BudgetExhausted { .. }
+            | LearningError::NoDpWithCap
+            | LearningError::DeltaTooLarge { .. }
+            | LearningError::LedgerFull(_)
+            | LearningError::Config(_)
+    );
+    let to_server = match e {
+        LearningError::BudgetExhausted { cap, .. } => {
+            format!("this round would take this client past its own ε cap of {cap}")
+        }
+        other => other.to_string(),
+    };
+    told_apart(server_round, to_server, e.to_string(), refuses_run)
 }
 
 fn eval_failed(server_round: u64, reason: String) -> Action {
@@ -791,14 +821,13 @@ mod tests {
             server_round: 1,
             num_examples: 20,
             steps: 2,
-            epsilon: Some(eps),
-            delta: Some(delta),
         } = msgs[0]
         else {
             panic!("{msgs:?}")
         };
+        let eps = s.epsilon().unwrap();
         assert!(eps > 0.0);
-        assert_eq!(delta, default_delta(20));
+        assert_eq!(s.spent().unwrap().delta, default_delta(20));
         let Some(Action::Send(Outgoing::Binary(b))) = out.get(1) else {
             panic!()
         };
@@ -807,7 +836,6 @@ mod tests {
             (update.kind, update.server_round, update.values.len()),
             (FrameKind::Update, 1, 12_810)
         );
-        assert_eq!(s.epsilon(), Some(eps));
         assert_eq!(s.ledger_of(&fp).unwrap().history.len(), 1);
         // A reconnect presents the key it was given.
         let Outgoing::Text(hello) = s.hello() else {

@@ -216,6 +216,10 @@ impl ClientView {
 
     /// One line for the privacy badge.
     pub fn epsilon_text(&self) -> String {
+        if self.blocked.is_some() {
+            // Never "0": what was spent on these records is unknown.
+            return "ε unknown: the stored ledger of this data is unreadable".into();
+        }
         match self.epsilon {
             None => "ε = 0 (nothing released yet)".into(),
             Some(Spent {
@@ -343,6 +347,10 @@ mod tests {
         });
         assert_eq!(v.epsilon, None, "another shard: its own ledger");
         assert_eq!(v.blocked, Some((Some("fp2".into()), "checksum".into())));
+        assert!(
+            v.epsilon_text().starts_with("ε unknown"),
+            "never 0 when blocked"
+        );
         v.apply(WorkerToPage::Privacy {
             spent: Some(Spent {
                 epsilon: Some(f64::INFINITY),

@@ -67,7 +67,7 @@ pub fn store_ledger(l: &DatasetLedger) -> Result<(), String> {
     store_in(
         Scope::Browser,
         &ledger::storage_key(&l.fingerprint),
-        Some(&ledger::seal(l)),
+        Some(&ledger::seal(l).map_err(|e| format!("the ledger does not encode: {e}"))?),
     )
 }
 

@@ -165,7 +165,9 @@ pub fn noise_multiplier_for(
 /// by the server from the configs it sent, without trusting a client's number.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RdpAccountant {
-    /// `(sample_rate, noise_multiplier, steps)`, consecutive equal mechanisms merged.
+    /// `(sample_rate, noise_multiplier, steps)`, one entry per distinct mechanism (RDP
+    /// composition does not depend on order, so equal mechanisms are merged wherever they
+    /// stand: alternating training and evaluation does not grow the history).
     pub history: Vec<(f64, f64, u64)>,
 }
 
@@ -178,9 +180,13 @@ impl RdpAccountant {
         steps: u64,
     ) -> Result<(), AccountantError> {
         check_params(sample_rate, noise_multiplier)?;
-        match self.history.last_mut() {
-            Some((q, s, n)) if *q == sample_rate && *s == noise_multiplier => *n += steps,
-            _ => self.history.push((sample_rate, noise_multiplier, steps)),
+        match self
+            .history
+            .iter_mut()
+            .find(|(q, s, _)| *q == sample_rate && *s == noise_multiplier)
+        {
+            Some((_, _, n)) => *n = n.saturating_add(steps),
+            None => self.history.push((sample_rate, noise_multiplier, steps)),
         }
         Ok(())
     }

@@ -56,6 +56,10 @@ pub enum LearningError {
     )]
     NoDpWithCap,
     #[error(
+        "this data's privacy ledger holds {0} different mechanisms, the most it keeps: refusing a new one (the server keeps changing the sample rate or σ)"
+    )]
+    LedgerFull(usize),
+    #[error(
         "{whose} is {delta:e}: expected below 1/n = {:e} for {n} records (at δ ≥ 1/n a guarantee allows publishing a record outright)",
         1.0 / (*n as f64)
     )]

@@ -505,10 +505,6 @@ pub enum Event {
     ClientTrained {
         client_id: u64,
         server_round: u64,
-        /// The ε the client reports for its own ledger (its own δ; infinite after a round
-        /// without DP). The server's own figure is in the run's ledger.
-        #[serde(default, with = "crate::ledger::maybe_infinite")]
-        epsilon: Option<f64>,
     },
 }
 

@@ -18,19 +18,63 @@ use sha2::{Digest, Sha256};
 pub const STORAGE_PREFIX: &str = "fl-dp.ledger.";
 /// Version of the stored form; another version is unreadable, not zero.
 pub const LEDGER_VERSION: u32 = 1;
-/// Longest history accepted when opening an entry (a round adds one or two mechanisms; merged
-/// when equal). Far above any real run; bounds what a damaged entry can make us compute.
-pub const MAX_HISTORY: usize = 100_000;
+/// Most distinct mechanisms a ledger holds (equal ones are merged, so an honest federation adds
+/// one per shard size and σ). ≈ 500 KB stored at the most, well inside a browser's
+/// `localStorage` quota; the client refuses a round that would add one more, and an entry
+/// holding more does not open.
+pub const MAX_HISTORY: usize = 10_000;
 
-/// A dataset's identity: SHA-256 over both IDX files (each length-prefixed), hex. The same
-/// files give the same fingerprint in every tab and every run.
+/// IDX header sizes (magic + dimensions) of MNIST image and label files.
+const IMAGES_HEADER: usize = 16;
+const LABELS_HEADER: usize = 8;
+const IMAGE_BYTES: usize = 28 * 28;
+
+/// A dataset's identity, hex: the SHA-256 of the *sorted* SHA-256s of its records (image and
+/// label), so the same records give the same fingerprint in every tab and every run, in any
+/// order — a server cannot reset a shard's ledger by shuffling it. Files that are not a
+/// well-formed pair of IDX files (which the client refuses to train on anyway) are hashed as
+/// bytes.
 pub fn fingerprint(images: &[u8], labels: &[u8]) -> String {
+    let Some(records) = idx_records(images, labels) else {
+        let mut h = Sha256::new();
+        for part in [images, labels] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        return hex(&h.finalize());
+    };
+    let mut hashes: Vec<[u8; 32]> = records
+        .map(|(image, label)| {
+            let mut h = Sha256::new();
+            h.update(image);
+            h.update([label]);
+            h.finalize().into()
+        })
+        .collect();
+    hashes.sort_unstable();
     let mut h = Sha256::new();
-    for part in [images, labels] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
+    h.update(b"fl-dp records v1");
+    for r in &hashes {
+        h.update(r);
     }
     hex(&h.finalize())
+}
+
+/// The `(image, label)` records of an IDX pair whose sizes match their headers exactly.
+fn idx_records<'a>(
+    images: &'a [u8],
+    labels: &'a [u8],
+) -> Option<impl Iterator<Item = (&'a [u8], u8)>> {
+    let count = |b: &[u8]| Some(u32::from_be_bytes(b.get(4..8)?.try_into().ok()?) as usize);
+    let n = count(images)?;
+    let exact = count(labels)? == n
+        && images.len() == IMAGES_HEADER + n.checked_mul(IMAGE_BYTES)?
+        && labels.len() == LABELS_HEADER + n;
+    exact.then(|| {
+        images[IMAGES_HEADER..]
+            .chunks_exact(IMAGE_BYTES)
+            .zip(labels[LABELS_HEADER..].iter().copied())
+    })
 }
 
 /// The `localStorage` key of a dataset's ledger.
@@ -55,28 +99,31 @@ pub struct DatasetLedger {
     pub unprotected_rounds: u64,
 }
 
-/// A stored entry: the ledger, the format version, and a checksum over both.
+/// A stored entry: the format version, the ledger as JSON text, and the SHA-256 of exactly that
+/// text. (A checksum recomputed from re-serialised numbers would depend on float parsing and
+/// printing round-tripping to the bit; the text is compared as it was written.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Sealed {
     version: u32,
-    ledger: DatasetLedger,
+    ledger: String,
     checksum: String,
 }
 
-fn checksum(version: u32, ledger: &DatasetLedger) -> String {
-    // serde_json writes struct fields in declaration order: the same ledger, the same bytes.
-    let body = serde_json::to_string(&(version, ledger)).unwrap_or_default();
-    hex(&Sha256::digest(body.as_bytes()))
+fn checksum(version: u32, body: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(version.to_le_bytes());
+    h.update(body.as_bytes());
+    hex(&h.finalize())
 }
 
 /// The stored text of a ledger.
-pub fn seal(ledger: &DatasetLedger) -> String {
-    let sealed = Sealed {
+pub fn seal(ledger: &DatasetLedger) -> Result<String, serde_json::Error> {
+    let body = serde_json::to_string(ledger)?;
+    serde_json::to_string(&Sealed {
         version: LEDGER_VERSION,
-        checksum: checksum(LEDGER_VERSION, ledger),
-        ledger: ledger.clone(),
-    };
-    serde_json::to_string(&sealed).unwrap_or_default()
+        checksum: checksum(LEDGER_VERSION, &body),
+        ledger: body,
+    })
 }
 
 /// Why a stored ledger cannot be used.
@@ -105,26 +152,28 @@ pub fn open(fingerprint: &str, text: &str) -> Result<DatasetLedger, LedgerError>
     if checksum(sealed.version, &sealed.ledger) != sealed.checksum {
         return Err(LedgerError::Checksum);
     }
-    if sealed.ledger.fingerprint != fingerprint {
+    let ledger: DatasetLedger =
+        serde_json::from_str(&sealed.ledger).map_err(|e| LedgerError::Decode(e.to_string()))?;
+    if ledger.fingerprint != fingerprint {
         return Err(LedgerError::Fingerprint {
             expected: fingerprint.into(),
-            found: sealed.ledger.fingerprint,
+            found: ledger.fingerprint,
         });
     }
-    if sealed.ledger.history.len() > MAX_HISTORY {
+    if ledger.history.len() > MAX_HISTORY {
         return Err(LedgerError::Value(format!(
             "its history has {} entries: expected at most {MAX_HISTORY}",
-            sealed.ledger.history.len()
+            ledger.history.len()
         )));
     }
-    for &(q, sigma, steps) in &sealed.ledger.history {
+    for &(q, sigma, steps) in &ledger.history {
         if !(q > 0.0 && q <= 1.0 && sigma > 0.0 && sigma.is_finite() && steps > 0) {
             return Err(LedgerError::Value(format!(
                 "it holds the mechanism (q {q}, σ {sigma}, {steps} steps): expected q in (0, 1], σ > 0 finite, steps ≥ 1"
             )));
         }
     }
-    Ok(sealed.ledger)
+    Ok(ledger)
 }
 
 /// What a page found in storage for one dataset.
@@ -223,9 +272,15 @@ mod tests {
     fn ledger() -> DatasetLedger {
         DatasetLedger {
             fingerprint: fingerprint(b"images", b"labels"),
-            history: vec![(0.08, 1.1, 12), (1.0, 50.0, 1)],
+            // 7/60 and σ = 1.1f32: numbers whose shortest decimal form a naive parser reads
+            // back one ulp off (a checksum over re-serialised numbers then failed).
+            history: vec![(7.0 / 60.0, 1.1f32 as f64, 12), (1.0, 50.0, 1)],
             unprotected_rounds: 0,
         }
+    }
+
+    fn seal(l: &DatasetLedger) -> String {
+        super::seal(l).unwrap()
     }
 
     #[test]
@@ -233,6 +288,45 @@ mod tests {
         let l = ledger();
         assert_eq!(open(&l.fingerprint, &seal(&l)).unwrap(), l);
         assert_eq!(l.fingerprint.len(), 64);
+        for q in (1..200).map(|b| b as f64 / 6007.0) {
+            let l = DatasetLedger {
+                history: vec![(q, 0.86f32 as f64, 3)],
+                ..ledger()
+            };
+            assert_eq!(open(&l.fingerprint, &seal(&l)).unwrap(), l, "q = {q}");
+        }
+    }
+
+    /// An IDX pair of `labels.len()` records, image i filled with `fill[i]`.
+    fn idx(fill: &[u8], labels: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let n = labels.len() as u32;
+        let mut images = vec![0, 0, 8, 3];
+        for d in [n, 28, 28] {
+            images.extend(d.to_be_bytes());
+        }
+        for &f in fill {
+            images.extend([f; 784]);
+        }
+        let mut l = vec![0, 0, 8, 1];
+        l.extend(n.to_be_bytes());
+        l.extend(labels);
+        (images, l)
+    }
+
+    #[test]
+    fn the_fingerprint_names_the_records_not_their_order_or_extra_bytes() {
+        let (i, l) = idx(&[1, 2, 3], &[7, 8, 9]);
+        let (shuffled_i, shuffled_l) = idx(&[3, 1, 2], &[9, 7, 8]);
+        assert_eq!(fingerprint(&i, &l), fingerprint(&shuffled_i, &shuffled_l));
+        // Another record, or a label changed: another dataset.
+        let (other_i, other_l) = idx(&[1, 2, 4], &[7, 8, 9]);
+        assert_ne!(fingerprint(&i, &l), fingerprint(&other_i, &other_l));
+        let (_, relabelled) = idx(&[1, 2, 3], &[7, 8, 0]);
+        assert_ne!(fingerprint(&i, &l), fingerprint(&i, &relabelled));
+        // A trailing byte makes the pair malformed (and refused for training): hashed as bytes.
+        let mut padded = i.clone();
+        padded.push(0);
+        assert_ne!(fingerprint(&i, &l), fingerprint(&padded, &l));
         assert_ne!(
             fingerprint(b"images", b"labels"),
             fingerprint(b"imagesl", b"abels")

@@ -72,20 +72,16 @@ pub enum ClientMessage {
         #[serde(default)]
         capabilities: Capabilities,
     },
-    /// Local training done; the `Update` frame of the same round follows. Only numbers that
-    /// are public or derived from the public config ride along: no training loss, accuracy or
-    /// clipped fraction (they are about the private examples and not noised).
+    /// Local training done; the `Update` frame of the same round follows. Only numbers the
+    /// server already knows ride along: no training loss, accuracy or clipped fraction (they are
+    /// about the private examples and not noised), and not the client's ε (its ledger spans
+    /// earlier runs and keys on the same records: the exact number would link them).
     TrainRes {
         server_round: u64,
         /// The data size the client declared (or its shard's): FedAvg's weight.
         num_examples: u64,
         /// DP-SGD steps taken this round (the config fixes it: ⌈1/q⌉ × epochs).
         steps: u64,
-        /// ε this client's ledger reached, at `delta`; `"inf"` after a round without DP.
-        #[serde(default, with = "crate::ledger::maybe_infinite")]
-        epsilon: Option<f64>,
-        #[serde(default)]
-        delta: Option<f64>,
     },
     /// Local training refused or failed (budget cap reached, diverged, no data).
     TrainFailed {
@@ -297,7 +293,6 @@ impl ClientMessage {
             Self::TrainRes {
                 num_examples,
                 steps,
-                delta,
                 ..
             } => {
                 check_examples("num_examples", *num_examples)?;
@@ -307,7 +302,6 @@ impl ClientMessage {
                     steps,
                     "at most 100000",
                 )?;
-                check_delta("delta", *delta)?;
             }
             Self::TrainFailed { reason, .. } => check_len("reason", reason)?,
             Self::EvaluateRes {
@@ -385,13 +379,10 @@ mod tests {
             server_round: 3,
             num_examples: 6000,
             steps: 23,
-            epsilon: Some(f64::INFINITY),
-            delta: Some(1e-5),
         };
         let text = res.encode();
-        assert!(text.contains(r#""epsilon":"inf""#), "{text}");
         assert!(
-            !text.contains("loss") && !text.contains("accuracy"),
+            !text.contains("loss") && !text.contains("epsilon"),
             "{text}"
         );
         assert_eq!(ClientMessage::decode(&text).unwrap(), res);

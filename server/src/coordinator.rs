@@ -68,9 +68,6 @@ pub enum Command {
         client_id: u64,
         server_round: u64,
         num_examples: u64,
-        /// The ε the client says its own ledger reached (shown only; the server's ledger
-        /// comes from the configs it sent).
-        epsilon: Option<f64>,
         update: Vec<f32>,
     },
     /// The client could not train, or its result failed validation in the socket handler.
@@ -403,9 +400,8 @@ impl Coordinator {
                 client_id,
                 server_round,
                 num_examples,
-                epsilon,
                 update,
-            } => self.train_res(client_id, server_round, num_examples, epsilon, update),
+            } => self.train_res(client_id, server_round, num_examples, update),
             Command::TrainFailed {
                 client_id,
                 server_round,

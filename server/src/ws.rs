@@ -216,8 +216,8 @@ struct Reader {
     client_id: u64,
     coordinator: mpsc::Sender<Command>,
     outbox: mpsc::WeakSender<Outgoing>,
-    /// A `TrainRes` waiting for its update frame: `(round, num_examples, the client's ε)`.
-    pending: Option<(u64, u64, Option<f64>)>,
+    /// A `TrainRes` waiting for its update frame: `(round, num_examples)`.
+    pending: Option<(u64, u64)>,
     model_params: usize,
 }
 
@@ -272,7 +272,6 @@ impl Reader {
             ClientMessage::TrainRes {
                 server_round,
                 num_examples,
-                epsilon,
                 ..
             } => {
                 if let Some((r, ..)) = self.pending.take() {
@@ -282,7 +281,7 @@ impl Reader {
                     )
                     .await;
                 }
-                self.pending = Some((server_round, num_examples, epsilon));
+                self.pending = Some((server_round, num_examples));
             }
             ClientMessage::TrainFailed {
                 server_round,
@@ -316,7 +315,7 @@ impl Reader {
     }
 
     async fn on_binary(&mut self, bytes: &[u8]) {
-        let Some((round, num_examples, epsilon)) = self.pending.take() else {
+        let Some((round, num_examples)) = self.pending.take() else {
             return self.error(
                 ErrorCode::BadSequence,
                 "binary frame without a preceding train_res".into(),
@@ -373,7 +372,6 @@ impl Reader {
             client_id: self.client_id,
             server_round: round,
             num_examples,
-            epsilon,
             update: frame.values,
         })
         .await;

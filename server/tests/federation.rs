@@ -276,8 +276,6 @@ impl Raw {
                 server_round: round,
                 num_examples: n,
                 steps: 1,
-                epsilon: None,
-                delta: None,
             }
             .encode(),
         )

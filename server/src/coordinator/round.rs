@@ -207,7 +207,6 @@ impl Coordinator {
         client_id: u64,
         server_round: u64,
         num_examples: u64,
-        epsilon: Option<f64>,
         update: Vec<f32>,
     ) {
         self.heard_from(client_id);
@@ -263,16 +262,13 @@ impl Coordinator {
             outcome: "ok",
             detail: None,
         });
-        round
-            .span
-            .in_scope(|| info!(client_id, ?epsilon, "update accepted"));
+        round.span.in_scope(|| info!(client_id, "update accepted"));
         if let Some(c) = self.clients.get_mut(&client_id) {
             c.rounds_contributed += 1;
         }
         self.publish(Event::ClientTrained {
             client_id,
             server_round,
-            epsilon,
         });
         self.maybe_close_training();
     }
