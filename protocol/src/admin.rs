@@ -124,7 +124,7 @@ pub struct FieldError {
 fn field_err<T>(field: &str, value: impl ToString, expected: &str) -> Result<T, FieldError> {
     Err(FieldError {
         field: field.into(),
-        value: value.to_string(),
+        value: crate::clip(&value.to_string(), 100),
         expected: expected.into(),
     })
 }
@@ -299,9 +299,13 @@ impl RunConfig {
         let config: RunConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             FieldError {
-                field: if path == "." { "body".into() } else { path },
+                field: if path == "." {
+                    "body".into()
+                } else {
+                    crate::clip(&path, 100)
+                },
                 value: "invalid".into(),
-                expected: e.into_inner().to_string(),
+                expected: crate::clip(&e.into_inner().to_string(), 200),
             }
         })?;
         config.validate()?;
@@ -597,6 +601,14 @@ mod tests {
         for (json, field) in cases {
             let err = RunConfig::from_json(json).expect_err(json);
             assert_eq!(err.field, field, "{json}: {err}");
+        }
+        // A 60 KB name (or unknown key) is not repeated back in full.
+        for json in [
+            format!(r#"{{"name":"{}"}}"#, "n".repeat(60_000)),
+            format!(r#"{{"{}":1}}"#, "k".repeat(60_000)),
+        ] {
+            let err = RunConfig::from_json(&json).unwrap_err().to_string();
+            assert!(err.len() < 1000, "{} bytes", err.len());
         }
     }
 

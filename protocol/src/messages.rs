@@ -250,7 +250,7 @@ fn decode<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, MessageError> {
     if text.len() > MAX_CONTROL_BYTES {
         return Err(MessageError::TooLarge(text.len()));
     }
-    serde_json::from_str(text).map_err(|e| MessageError::Decode(e.to_string()))
+    serde_json::from_str(text).map_err(|e| MessageError::Decode(crate::clip(&e.to_string(), 200)))
 }
 
 fn check_len(field: &'static str, s: &str) -> Result<(), MessageError> {
@@ -492,6 +492,13 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+        // An error never repeats a large input back.
+        let echo = format!(
+            r#"{{"type":"hello","protocol_version":"{}"}}"#,
+            "x".repeat(60_000)
+        );
+        let err = ClientMessage::decode(&echo).unwrap_err().to_string();
+        assert!(err.len() < 400, "{} bytes", err.len());
         let long = format!(
             r#"{{"type":"train_failed","server_round":1,"reason":"{}"}}"#,
             "a".repeat(MAX_TEXT_FIELD + 1)

@@ -1,8 +1,9 @@
 //! The admin HTTP API (token-protected), the dashboard event stream, and the shard downloads
 //! that clients use.
 //!
-//! Every admin route needs `Authorization: Bearer <token>` (or `?token=` for the browser's
-//! `EventSource`, which cannot set headers); the token is compared in constant time.
+//! Every admin route needs `Authorization: Bearer <token>`; only the event stream also takes
+//! `?token=` (the browser's `EventSource` cannot set headers; a token in a URL ends up in logs
+//! and history, so nowhere else). The token is compared in constant time.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -92,12 +93,13 @@ pub async fn require_token(
     req: Request,
     next: Next,
 ) -> Result<Response, AppError> {
+    let event_stream = req.uri().path().ends_with("/events");
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned)
-        .or(q.token);
+        .or(q.token.filter(|_| event_stream));
     let ok =
         presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(state.admin_token.as_bytes())));
     if !ok {

@@ -151,9 +151,6 @@ struct Conn {
     last_seen_ms: u64,
     rounds_contributed: u64,
     failures: u64,
-    /// The run this client said it will not train in any more (its own cap is reached, or the
-    /// run asks what it never does): it is not sampled again in that run.
-    refuses_run: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -211,6 +208,9 @@ struct ActiveRun {
     round: Option<Round>,
     /// Attempt number of the next start of `completed_rounds + 1`.
     next_attempt: u32,
+    /// Keys of clients that said they refuse every further round of this run (their own budget
+    /// is spent): not sampled again, even after a reconnect.
+    refused: std::collections::HashSet<String>,
 }
 
 impl ActiveRun {
@@ -336,6 +336,7 @@ impl Coordinator {
             shards,
             round: None,
             next_attempt: 1,
+            refused: Default::default(),
         });
         Ok(())
     }

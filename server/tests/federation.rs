@@ -869,6 +869,64 @@ async fn a_second_connection_with_the_same_key_replaces_the_first() {
         panic!()
     };
     assert!(fresh != client_key && fresh.len() == 32);
+    // A well-formed key this server never issued is no identity either (a client cannot pick
+    // its own and claim whatever it names).
+    let chosen = "0123456789abcdef0123456789abcdef".to_string();
+    let mut fourth = Raw::connect(&server.ws()).await;
+    fourth.text(&hello(Some(chosen.clone()))).await;
+    let Some(ServerMessage::Welcome {
+        client_key: issued, ..
+    }) = fourth.next_msg().await
+    else {
+        panic!()
+    };
+    assert!(issued != chosen && issued.len() == 32);
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_cannot_be_squatted_by_sockets_that_say_hello_and_leave() {
+    // The attack: as many hellos as shards, each socket closed at once, took every shard of
+    // the run; an honest client then waited forever ("all 2 shards … are taken").
+    let dir = temp_dir("squat");
+    let server = TestServer::start(&dir, None).await;
+    server
+        .create_and_start(
+            r#"{"name":"squat","rounds":1,"min_clients":5,
+                "shards":{"scheme":{"kind":"iid"},"num_shards":2,"seed":1}}"#,
+        )
+        .await;
+    for _ in 0..2 {
+        let mut squatter = Raw::hello(&server.ws(), None).await;
+        assert!(matches!(
+            squatter.next_msg().await,
+            Some(ServerMessage::Assignment(_))
+        ));
+    }
+    // The squatters are gone (dropped); an honest client gets a shard once the server has
+    // seen them leave.
+    let mut got = None;
+    for _ in 0..50 {
+        let mut honest = Raw::hello(&server.ws(), None).await;
+        match honest.next_msg().await {
+            Some(ServerMessage::Assignment(a)) => {
+                got = Some(a.shard_index);
+                break;
+            }
+            Some(ServerMessage::Error {
+                code: ErrorCode::NoShardAvailable,
+                ..
+            }) => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(got.is_some(), "a shard was reclaimed for the honest client");
+    // The admin token travels in a header; in a URL only for the event stream.
+    let (status, _) = server
+        .admin("GET", &format!("/api/admin/runs?token={TOKEN}"), "", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,5 +1,7 @@
 //! The client registry: joining (identity by client key), shard assignment, leaving, sending.
 
+use std::collections::HashSet;
+
 use learning::shard::label_histogram;
 
 use super::*;
@@ -40,8 +42,10 @@ impl Coordinator {
                 "the server has {MAX_CLIENTS} clients connected: expected fewer; try later"
             ));
         }
+        // Only a key this server issued is honoured (a connected client's, or one the active
+        // run knows): a client cannot pick its own and claim an identity, shard or ledger.
         let key = match presented {
-            Some(k) if is_client_key(&k) => k,
+            Some(k) if is_client_key(&k) && self.knows_key(&k) => k,
             _ => new_client_key().map_err(|e| format!("no randomness for a client key: {e}"))?,
         };
         if let Some((&old, _)) = self.clients.iter().find(|(_, c)| c.key == key) {
@@ -74,7 +78,6 @@ impl Coordinator {
                 last_seen_ms: now,
                 rounds_contributed: 0,
                 failures: 0,
-                refuses_run: None,
             },
         );
         info!(client_id, "client joined");
@@ -93,8 +96,17 @@ impl Coordinator {
         Ok(client_id)
     }
 
+    fn knows_key(&self, key: &str) -> bool {
+        self.clients.values().any(|c| c.key == key)
+            || self
+                .run
+                .as_ref()
+                .is_some_and(|r| r.clients.contains_key(key))
+    }
+
     /// Gives a client its shard in the active run (or records its own data).
     pub(super) fn assign(&mut self, client_id: u64) {
+        let connected: HashSet<String> = self.clients.values().map(|c| c.key.clone()).collect();
         let Some(run) = self.run.as_mut().filter(|r| !r.summary.status.is_over()) else {
             return;
         };
@@ -113,6 +125,7 @@ impl Coordinator {
             })
             .shard_index;
         let mut message = None;
+        let mut reclaimed_from = None;
         if conn.caps.own_data.is_none() {
             match &run.shards {
                 None => {
@@ -122,8 +135,19 @@ impl Coordinator {
                     ));
                 }
                 Some(shards) => {
-                    let index = existing_shard
+                    let mut index = existing_shard
                         .or_else(|| free_shard(shards, &run_clients_shards(&run.clients)));
+                    if index.is_none()
+                        && let Some((i, key)) = reclaim_shard(&mut run.clients, &connected)
+                    {
+                        info!(
+                            client_id,
+                            shard = i,
+                            "shard reclaimed from a key that never trained and left"
+                        );
+                        index = Some(i);
+                        reclaimed_from = Some(key);
+                    }
                     match index {
                         None => {
                             message = Some(ServerMessage::error(
@@ -162,7 +186,12 @@ impl Coordinator {
                 }
             }
         }
-        let rows: Vec<ClientRow> = run.clients.get(&conn.key).cloned().into_iter().collect();
+        // This client's row, and the row whose shard was reclaimed for it (now without one).
+        let rows: Vec<ClientRow> = [Some(&conn.key), reclaimed_from.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|k| run.clients.get(k).cloned())
+            .collect();
         if let Err(e) = self.store.upsert_clients(run_id, &rows) {
             warn!(error = %e, "could not store a client's assignment");
         }
@@ -212,6 +241,21 @@ impl Coordinator {
 
 fn run_clients_shards(clients: &HashMap<String, ClientRow>) -> Vec<u32> {
     clients.values().filter_map(|c| c.shard_index).collect()
+}
+
+/// A shard held by a key that is not connected and never trained in this run (a socket that
+/// said hello and went away): it goes to the client that asks now. Without this, ten hellos
+/// closed at once took all ten shards of a run, and honest clients waited forever. A key that
+/// trained keeps its shard: its ledger belongs to those records.
+fn reclaim_shard(
+    clients: &mut HashMap<String, ClientRow>,
+    connected: &HashSet<String>,
+) -> Option<(u32, String)> {
+    let row = clients
+        .values_mut()
+        .filter(|r| r.rounds == 0 && r.shard_index.is_some() && !connected.contains(&r.client_key))
+        .min_by_key(|r| r.shard_index)?;
+    Some((row.shard_index.take()?, row.client_key.clone()))
 }
 
 /// The lowest shard index no client holds.

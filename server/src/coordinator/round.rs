@@ -11,7 +11,7 @@ impl Coordinator {
         let mut v: Vec<Candidate> = self
             .clients
             .iter()
-            .filter(|(_, c)| c.refuses_run != Some(run.id()))
+            .filter(|(_, c)| !run.refused.contains(&c.key))
             .filter_map(|(&client_id, c)| {
                 Some(Candidate {
                     client_id,
@@ -282,9 +282,9 @@ impl Coordinator {
     ) {
         self.heard_from(client_id);
         if refuses_run
-            && let (Some(run), Some(c)) = (self.run.as_ref(), self.clients.get_mut(&client_id))
+            && let (Some(run), Some(c)) = (self.run.as_mut(), self.clients.get(&client_id))
         {
-            c.refuses_run = Some(run.id());
+            run.refused.insert(c.key.clone());
         }
         self.fail_slot(client_id, Some(server_round), reason);
     }

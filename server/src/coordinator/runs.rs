@@ -52,6 +52,7 @@ impl Coordinator {
             shards,
             round: None,
             next_attempt: 1,
+            refused: Default::default(),
         });
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         for id in ids {
