@@ -360,19 +360,58 @@ impl Coordinator {
             let deadline = self.deadline();
             tokio::select! {
                 cmd = inbox.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => self.supervised("a command", |c| c.handle(cmd)),
                     None => break,
                 },
                 _ = tick.tick() => {}
-                _ = sleep_until(deadline) => self.on_deadline(),
+                _ = sleep_until(deadline) => self.supervised("the deadline", Self::on_deadline),
                 res = join_opt(&mut self.eval_task) => {
                     self.eval_task = None;
-                    self.on_evaluated(res.unwrap_or_else(|e| Err(format!("evaluation task failed: {e}"))));
+                    let res = res.unwrap_or_else(|e| Err(format!("evaluation task failed: {e}")));
+                    self.supervised("the evaluation", |c| c.on_evaluated(res));
                 }
             }
-            self.maybe_start_round();
+            self.supervised("starting a round", Self::maybe_start_round);
         }
         info!("coordinator stopped");
+    }
+
+    /// Runs one step. A panic inside it — a bug: a peer's input is refused where it is
+    /// decoded — fails the round in flight instead of the server: the round is retried, what
+    /// the ledger was charged for it stays charged (an over-count, never an under-count), and
+    /// the coordinator goes on serving every route.
+    fn supervised(&mut self, step: &'static str, f: impl FnOnce(&mut Self)) {
+        let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) else {
+            return;
+        };
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        tracing::error!(step, panic = %what, "internal error: the round in flight is abandoned");
+        self.abandon_round(&format!("internal error in {step}: {what}"));
+    }
+
+    /// Drops the round in flight (it will be retried as the next attempt).
+    fn abandon_round(&mut self, reason: &str) {
+        let Some(run) = self.run.as_mut() else { return };
+        let Some(round) = run.round.take() else {
+            return;
+        };
+        run.next_attempt += 1;
+        let run_id = run.id();
+        if let Some(task) = self.eval_task.take() {
+            task.abort();
+        }
+        for c in self.clients.values_mut() {
+            c.state = "idle";
+        }
+        self.publish(Event::RoundRetried {
+            run_id,
+            server_round: round.server_round,
+            reason: reason.into(),
+        });
     }
 
     fn deadline(&self) -> Option<tokio::time::Instant> {
@@ -495,4 +534,68 @@ pub fn spawn(coordinator: Coordinator) -> (mpsc::Sender<Command>, JoinHandle<()>
     let span = info_span!("coordinator");
     let handle = tokio::spawn(coordinator.run(rx).instrument(span));
     (tx, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply<T>() -> (oneshot::Sender<T>, oneshot::Receiver<T>) {
+        oneshot::channel()
+    }
+
+    #[tokio::test]
+    async fn a_panic_fails_the_round_in_flight_not_the_coordinator() {
+        let (events, mut seen) = broadcast::channel(64);
+        let mut c = Coordinator::new(
+            Store::in_memory().unwrap(),
+            None,
+            events,
+            CoordinatorOptions { eval_limit: None },
+        )
+        .unwrap();
+        let config =
+            RunConfig::from_json(r#"{"min_clients":2,"batching":{"batch_size":10},"shards":null}"#)
+                .unwrap();
+        let run_id = c.create_run(config).unwrap().run_id;
+        let (tx, _started) = reply();
+        c.handle(Command::Control {
+            run_id,
+            action: RunAction::Start,
+            reply: tx,
+        });
+        let mut outboxes = Vec::new();
+        for _ in 0..2 {
+            let (outbox, rx) = mpsc::channel(16);
+            outboxes.push(rx);
+            let caps = Capabilities {
+                own_data: Some(protocol::messages::OwnData { num_examples: 100 }),
+                ..Default::default()
+            };
+            c.join(None, caps, outbox).unwrap();
+        }
+        c.maybe_start_round();
+        assert!(
+            c.run.as_ref().unwrap().round.is_some(),
+            "a round is in flight"
+        );
+
+        c.supervised("a test step", |_| panic!("a bug"));
+
+        let run = c.run.as_ref().unwrap();
+        assert!(run.round.is_none(), "the round was abandoned");
+        assert_eq!(run.next_attempt, 2);
+        let retried = std::iter::from_fn(|| seen.try_recv().ok())
+            .find(|e| matches!(e, Event::RoundRetried { .. }));
+        assert!(
+            matches!(&retried, Some(Event::RoundRetried { reason, .. }) if reason.contains("a bug")),
+            "{retried:?}"
+        );
+        // The coordinator still answers, and the round starts again.
+        let (tx, rx) = reply();
+        c.handle(Command::ListRuns { reply: tx });
+        assert_eq!(rx.await.unwrap().unwrap().len(), 1);
+        c.maybe_start_round();
+        assert!(c.run.as_ref().unwrap().round.is_some(), "attempt 2 started");
+    }
 }
