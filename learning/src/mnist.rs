@@ -70,6 +70,15 @@ pub enum MnistError {
         actual: usize,
         what: &'static str,
     },
+    #[error(
+        "{file}: {actual} bytes: expected exactly {expected} bytes ({what}; nothing after the last record)"
+    )]
+    Size {
+        file: String,
+        expected: usize,
+        actual: usize,
+        what: &'static str,
+    },
     #[error("{file}: magic number is {found:#010x}, expected {expected:#010x} ({what} IDX file)")]
     Magic {
         file: String,
@@ -170,23 +179,30 @@ impl Dataset {
                 cols,
             });
         }
-        let need = 16 + n_images * IMAGE_PIXELS;
-        if images.len() < need {
-            return Err(MnistError::Truncated {
-                file: images_name.into(),
-                expected: need,
-                actual: images.len(),
-                what: "16-byte header + 784 bytes per image",
-            });
+        // Exact sizes: a file with bytes after its last record is refused (its bytes would name
+        // another dataset, and so another privacy ledger, for the same records). Checked
+        // arithmetic: a declared count of 2³² − 1 overflows a 32-bit (wasm) usize.
+        let need = n_images
+            .checked_mul(IMAGE_PIXELS)
+            .and_then(|b| b.checked_add(16))
+            .unwrap_or(usize::MAX);
+        if images.len() != need {
+            return Err(size_error(
+                images_name,
+                need,
+                images.len(),
+                "16-byte header + 784 bytes per image",
+            ));
         }
         let n_labels = read_header(labels_name, labels, LABELS_MAGIC, 8, "labels")?;
-        if labels.len() < 8 + n_labels {
-            return Err(MnistError::Truncated {
-                file: labels_name.into(),
-                expected: 8 + n_labels,
-                actual: labels.len(),
-                what: "8-byte header + 1 byte per label",
-            });
+        let need_labels = n_labels.checked_add(8).unwrap_or(usize::MAX);
+        if labels.len() != need_labels {
+            return Err(size_error(
+                labels_name,
+                need_labels,
+                labels.len(),
+                "8-byte header + 1 byte per label",
+            ));
         }
         if n_images != n_labels {
             return Err(MnistError::CountMismatch {
@@ -209,7 +225,7 @@ impl Dataset {
             });
         }
         Ok(Self {
-            images: images[16..need].to_vec(),
+            images: images[16..].to_vec(),
             labels,
         })
     }
@@ -261,6 +277,25 @@ impl Dataset {
             );
         }
         (x, indices.iter().map(|&i| self.labels[i]).collect())
+    }
+}
+
+/// Too short or too long.
+fn size_error(file: &str, expected: usize, actual: usize, what: &'static str) -> MnistError {
+    if actual < expected {
+        MnistError::Truncated {
+            file: file.into(),
+            expected,
+            actual,
+            what,
+        }
+    } else {
+        MnistError::Size {
+            file: file.into(),
+            expected,
+            actual,
+            what,
+        }
     }
 }
 
@@ -377,6 +412,16 @@ mod tests {
         let (im2, _) = to_idx(&tiny().subset(&[0, 1]));
         let e = err(Dataset::from_idx("im", &im2, "lb", &lb));
         assert!(e.contains("2 images") && e.contains("3 labels"), "{e}");
+
+        // A byte after the last record (it would give the same records another fingerprint,
+        // and so a fresh privacy ledger) and a count that overflows: refused, not parsed.
+        let mut padded = im.clone();
+        padded.push(0);
+        let e = err(Dataset::from_idx("my-images", &padded, "lb", &lb));
+        assert!(e.contains("expected exactly 2368 bytes"), "{e}");
+        let mut huge = im.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(Dataset::from_idx("im", &huge, "lb", &lb).is_err());
     }
 
     #[test]
