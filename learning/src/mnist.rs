@@ -195,7 +195,7 @@ impl Dataset {
             ));
         }
         let n_labels = read_header(labels_name, labels, LABELS_MAGIC, 8, "labels")?;
-        let need_labels = n_labels.checked_add(8).unwrap_or(usize::MAX);
+        let need_labels = n_labels.saturating_add(8);
         if labels.len() != need_labels {
             return Err(size_error(
                 labels_name,
