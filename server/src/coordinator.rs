@@ -211,7 +211,51 @@ struct ActiveRun {
     /// Keys of clients that said they refuse every further round of this run (their own budget
     /// is spent): not sampled again, even after a reconnect.
     refused: std::collections::HashSet<String>,
+    bench: Bench,
 }
+
+/// Clients that keep failing sit out: a client that fails [`MAX_FAILURES_IN_A_ROW`] rounds in a
+/// row (always `train_failed`, or silent until the deadline) is not sampled for the next
+/// [`BENCH_ROUNDS`] rounds, so it cannot keep the quorum unmet while the honest clients' ε is
+/// charged for every retry.
+#[derive(Debug, Default)]
+struct Bench {
+    /// Rounds each key failed in a row (reset by an accepted update).
+    failed_in_a_row: HashMap<String, u32>,
+    /// Keys that sit out until the run has completed this many rounds.
+    until: HashMap<String, u64>,
+}
+
+impl Bench {
+    fn sits_out(&self, key: &str, completed_rounds: u64) -> bool {
+        self.until
+            .get(key)
+            .is_some_and(|&until| completed_rounds < until)
+    }
+
+    /// Counts a failed round for `key`; `true` when it now sits out.
+    fn failed(&mut self, key: &str, completed_rounds: u64) -> bool {
+        let n = self.failed_in_a_row.entry(key.to_owned()).or_insert(0);
+        *n += 1;
+        if *n < MAX_FAILURES_IN_A_ROW {
+            return false;
+        }
+        *n = 0;
+        self.until.insert(
+            key.to_owned(),
+            completed_rounds.saturating_add(BENCH_ROUNDS),
+        );
+        true
+    }
+
+    fn succeeded(&mut self, key: &str) {
+        self.failed_in_a_row.remove(key);
+    }
+}
+
+/// Failed rounds in a row after which a client sits out [`BENCH_ROUNDS`] rounds.
+pub const MAX_FAILURES_IN_A_ROW: u32 = 3;
+pub const BENCH_ROUNDS: u64 = 5;
 
 impl ActiveRun {
     fn id(&self) -> u64 {
@@ -337,6 +381,7 @@ impl Coordinator {
             round: None,
             next_attempt: 1,
             refused: Default::default(),
+            bench: Bench::default(),
         });
         Ok(())
     }

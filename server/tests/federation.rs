@@ -573,6 +573,60 @@ async fn clients_whose_cap_forbids_a_round_are_not_sampled_and_a_refusal_ends_th
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_always_fail_sit_out_and_the_run_goes_on() {
+    // The attack: 4 clients that answer every train instruction with train_failed kept the
+    // quorum (half the sampled) unmet; nothing was committed, and the honest clients' ε was
+    // charged for every retry.
+    let dir = temp_dir("failers");
+    let server = TestServer::start(&dir, None).await;
+    let run_id = server
+        .create_and_start(
+            r#"{"name":"failers","rounds":2,"min_clients":2,"quorum":0.5,"round_timeout_secs":60,
+                "batching":{"batch_size":50},"learning_rate":0.5,
+                "dp":{"max_grad_norm":1.0,"noise_multiplier":1.0,"delta":1e-5},"shards":null}"#,
+        )
+        .await;
+    let mut failers = Vec::new();
+    for _ in 0..4 {
+        let mut raw = Raw::hello(&server.ws(), Some(300)).await;
+        failers.push(tokio::spawn(async move {
+            let mut refused = 0;
+            loop {
+                match raw.next_msg().await {
+                    Some(ServerMessage::TrainIns { server_round, .. }) => {
+                        refused += 1;
+                        let no = ClientMessage::TrainFailed {
+                            server_round,
+                            reason: "no".into(),
+                            refuses_run: false,
+                        };
+                        raw.text(&no.encode()).await;
+                    }
+                    Some(ServerMessage::RunFinished { .. }) | None => return refused,
+                    Some(_) => {}
+                }
+            }
+        }));
+    }
+    let honest: Vec<_> = (0..2).map(|_| sim_client(server.ws(), Some(300))).collect();
+    for c in honest {
+        let report = c.await.unwrap().expect("client ran to the end");
+        assert_eq!(report.finished.as_deref(), Some("all 2 rounds done"));
+    }
+    for f in failers {
+        let refused = f.await.unwrap();
+        assert!(
+            refused <= server::coordinator::MAX_FAILURES_IN_A_ROW,
+            "asked {refused} times"
+        );
+    }
+    let h = server.history(run_id).await;
+    assert_eq!(h.rounds.len(), 2, "{h:?}");
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn admin_routes_need_the_token_and_name_bad_fields() {
     let dir = temp_dir("admin");

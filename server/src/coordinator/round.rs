@@ -11,7 +11,10 @@ impl Coordinator {
         let mut v: Vec<Candidate> = self
             .clients
             .iter()
-            .filter(|(_, c)| !run.refused.contains(&c.key))
+            .filter(|(_, c)| {
+                !run.refused.contains(&c.key)
+                    && !run.bench.sits_out(&c.key, run.summary.completed_rounds)
+            })
             .filter_map(|(&client_id, c)| {
                 Some(Candidate {
                     client_id,
@@ -156,6 +159,8 @@ impl Coordinator {
                     return;
                 }
                 *slot = Slot::Failed;
+                let key = key.clone();
+                let benched = run.bench.failed(&key, run.summary.completed_rounds);
                 round.participants.push(Participant {
                     client_key: key.clone(),
                     num_examples: None,
@@ -164,7 +169,7 @@ impl Coordinator {
                 });
                 round
                     .span
-                    .in_scope(|| warn!(client_id, reason, "client failed this round"));
+                    .in_scope(|| warn!(client_id, reason, benched, "client failed this round"));
                 let server_round = round.server_round;
                 if let Some(c) = self.clients.get_mut(&client_id) {
                     c.failures += 1;
@@ -256,6 +261,12 @@ impl Coordinator {
             return self.fail_slot(client_id, Some(server_round), &msg);
         }
         *slot = Slot::Done;
+        let key = key.clone();
+        let Some(run) = self.run.as_mut() else { return };
+        run.bench.succeeded(&key);
+        let Some(round) = run.round.as_mut() else {
+            return;
+        };
         round.participants.push(Participant {
             client_key: key.clone(),
             num_examples: Some(num_examples),

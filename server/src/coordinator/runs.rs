@@ -53,6 +53,7 @@ impl Coordinator {
             round: None,
             next_attempt: 1,
             refused: Default::default(),
+            bench: Bench::default(),
         });
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         for id in ids {
