@@ -10,6 +10,7 @@
 //! * [`store`]: SQLite persistence (runs, rounds, ledger, checkpoints).
 //! * [`data`]: the demo data set (MNIST) and its shards.
 //! * [`server`]: wiring it all together for the binary and the tests.
+//! * [`net`]: the listener's guards: a connection limit and an idle timeout.
 
 // No unwrap outside tests: bad input gets an error, not a panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod coordinator;
 pub mod data;
+pub mod net;
 pub mod server;
 pub mod store;
 pub mod strategy;

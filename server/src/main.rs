@@ -34,6 +34,10 @@ struct Args {
     /// Evaluate on only the first N test images (quick experiments; default all 10 000).
     #[arg(long)]
     eval_limit: Option<usize>,
+    /// Connections at once (clients, pages, admin); more are closed at once. Keep it below the
+    /// process's open-file limit (`ulimit -n`).
+    #[arg(long, env = "FL_MAX_CONNECTIONS", default_value_t = server::net::MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 /// The token from the flag/env, else the saved one, else a new one saved for next time.
@@ -116,6 +120,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = &started.state.static_dir {
         tracing::info!(dir = %dir.display(), "client page at http://{addr}/   dashboard at http://{addr}/admin");
     }
+    let listener = server::net::GuardedListener::new(
+        listener,
+        args.max_connections,
+        server::net::IDLE_TIMEOUT,
+    );
     axum::serve(listener, started.router)
         .with_graceful_shutdown(async {
             let ctrl_c = async { tokio::signal::ctrl_c().await.ok() };

@@ -22,6 +22,9 @@ use crate::coordinator::{Command, OUTBOX_CAPACITY, Outgoing};
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// A message the peer does not accept within this time closes the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A ping this often keeps a waiting client's connection alive through the listener's idle
+/// timeout ([`crate::net::IDLE_TIMEOUT`]), and finds dead peers (the write times out).
+pub const PING_EVERY: Duration = Duration::from_secs(20);
 /// A connection must say `Hello` within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -130,11 +133,21 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
     let (mut sink, mut stream) = socket.split();
     let mut writer = tokio::spawn(
         async move {
-            while let Some(out) = out_rx.recv().await {
+            let mut ping = tokio::time::interval(PING_EVERY);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let out = tokio::select! {
+                    out = out_rx.recv() => match out {
+                        Some(out) => Some(out),
+                        None => break,
+                    },
+                    _ = ping.tick() => None,
+                };
                 let msg = match out {
-                    Outgoing::Text(t) => Message::Text(Utf8Bytes::from(t)),
-                    Outgoing::Binary(b) => Message::Binary(b),
-                    Outgoing::Close => {
+                    None => Message::Ping(bytes::Bytes::new()),
+                    Some(Outgoing::Text(t)) => Message::Text(Utf8Bytes::from(t)),
+                    Some(Outgoing::Binary(b)) => Message::Binary(b),
+                    Some(Outgoing::Close) => {
                         let _closing = sink.send(Message::Close(None::<CloseFrame>)).await;
                         break;
                     }
