@@ -258,8 +258,11 @@ try {
   // The same ledger, or a later one: the tab may have finished a round (and stored its
   // ledger) between reading ε and the reload. Never a smaller one.
   const epsValue = (t) => Number(/^ε = (\d+\.\d+)/.exec(t)?.[1] ?? NaN);
-  await waitFor('tab 0 to show the ledger of its shard again (never less)',
-    async () => epsValue(await tab0.textContent('#epsilon')) >= epsValue(eps0));
+  let shown;
+  await waitFor('tab 0 to show the ledger of its shard again (never less)', async () => {
+    shown = `${await tab0.textContent('#epsilon')} | ${await tab0.textContent('#connection')} | ${await tab0.textContent('ul.messages')}`;
+    return epsValue(shown) >= epsValue(eps0);
+  }).catch((e) => { throw new Error(`${e.message}; tab 0 shows ${JSON.stringify(shown)}, before the reload ${eps0}`); });
   log(`tab 0 reloaded: same key and shard (${shard0}), ${eps0} before, ${await tab0.textContent('#epsilon')} after`);
 
   const keys = await Promise.all([tab0, tab1].map(keyOf));

@@ -101,7 +101,7 @@ async fn serve(mut rx: mpsc::UnboundedReceiver<Command>) {
                 let reason = join(req, cmd.images, cmd.labels, &mut rx).await;
                 post(&WorkerToPage::Connection(Connection::Stopped { reason }));
             }
-            PageToWorker::Leave | PageToWorker::Saved { .. } => {}
+            PageToWorker::Leave | PageToWorker::Saved { .. } | PageToWorker::Ledger(_) => {}
         }
     }
 }
@@ -212,6 +212,7 @@ async fn join(
                 _ = sleep => break,
                 cmd = rx.next() => match cmd.map(|c| c.msg) {
                     Some(PageToWorker::Leave) | None => return "left".into(),
+                    Some(PageToWorker::Ledger(slot)) => session.refresh(slot),
                     Some(PageToWorker::Join(_) | PageToWorker::Saved { .. }) => {}
                 },
             }
@@ -276,6 +277,11 @@ async fn connection(
                     return Outcome::Left;
                 }
                 // Already joined; a late acknowledgement needs nothing.
+                Some(PageToWorker::Ledger(slot)) => {
+                    session.refresh(slot);
+                    post_privacy(session);
+                    continue;
+                }
                 Some(PageToWorker::Join(_) | PageToWorker::Saved { .. }) => continue,
             },
         };
@@ -330,7 +336,6 @@ async fn connection(
                 }
                 Action::Train(job) => {
                     let server_round = job.server_round;
-                    let dataset = job.fingerprint.clone();
                     let started = js_sys::Date::now();
                     let mut announced = false;
                     let done = job.run(&mut |p| {
@@ -355,7 +360,7 @@ async fn connection(
                     let ok = done.result.as_ref().ok().map(|r| r.metrics);
                     let delta = done.privacy.delta;
                     let release = session.on_trained(done);
-                    if let Some(outcome) = store_spent(session, &dataset, rx).await {
+                    if let Some(outcome) = store_spent(session, rx).await {
                         return outcome;
                     }
                     if let Some(metrics) = ok {
@@ -369,9 +374,8 @@ async fn connection(
                     queue.extend(release);
                 }
                 Action::Evaluate(job) => {
-                    let dataset = job.fingerprint.clone();
                     let release = session.on_evaluated(job.run());
-                    if let Some(outcome) = store_spent(session, &dataset, rx).await {
+                    if let Some(outcome) = store_spent(session, rx).await {
                         return outcome;
                     }
                     queue.extend(release);
@@ -389,16 +393,16 @@ async fn connection(
     }
 }
 
-/// Asks the page to store the session's identity and, after a job on dataset `spent_on`,
-/// that dataset's ledger; returns the request's number.
-fn save(session: &Session, spent_on: Option<&str>) -> u64 {
+/// Asks the page to store the session's identity and what the last job spent (added to its
+/// dataset's stored ledger); returns the request's number.
+fn save(session: &mut Session) -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
     post(&WorkerToPage::Save {
         seq,
         client: session.saved(),
-        ledger: spent_on.and_then(|fp| session.ledger_of(fp)),
+        spent: session.take_spend(),
     });
     seq
 }
@@ -407,12 +411,11 @@ fn save(session: &Session, spent_on: Option<&str>) -> u64 {
 /// the job's result leave (a reload, a new tab or a later run must never resume from a ledger
 /// older than what was released). `Some` if the user left meanwhile.
 async fn store_spent(
-    session: &Session,
-    dataset: &str,
+    session: &mut Session,
     rx: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Option<Outcome> {
-    let seq = save(session, Some(dataset));
-    let left = wait_saved(rx, seq).await;
+    let seq = save(session);
+    let left = wait_saved(session, rx, seq).await;
     if left.is_none() {
         post_privacy(session);
     }
@@ -420,11 +423,16 @@ async fn store_spent(
 }
 
 /// Waits until the page confirms save `seq`; `Some` if the user left meanwhile.
-async fn wait_saved(rx: &mut mpsc::UnboundedReceiver<Command>, seq: u64) -> Option<Outcome> {
+async fn wait_saved(
+    session: &mut Session,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    seq: u64,
+) -> Option<Outcome> {
     loop {
         match rx.next().await.map(|c| c.msg) {
             Some(PageToWorker::Saved { seq: done }) if done >= seq => return None,
             Some(PageToWorker::Leave) | None => return Some(Outcome::Left),
+            Some(PageToWorker::Ledger(slot)) => session.refresh(slot),
             Some(PageToWorker::Saved { .. } | PageToWorker::Join(_)) => {}
         }
     }
@@ -436,7 +444,7 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
         Notice::Welcome { client_id } => {
             post(&WorkerToPage::Connection(Connection::Connected));
             post(&WorkerToPage::Welcome { client_id });
-            save(session, None);
+            save(session);
         }
         // The shard's ledger is known once its files are (their fingerprint names it).
         Notice::Assigned(a) => post(&WorkerToPage::Assigned(a)),
@@ -475,7 +483,7 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
                     // A duplicated tab (same saved key) took over: this one must not take it
                     // back on its next join, or the two would split one ledger between them.
                     session.forget_identity();
-                    save(session, None);
+                    save(session);
                     return Some(Outcome::Fatal(
                         "another tab or device joined as this client (same client key): this tab stopped; Join again to continue as a new client".into(),
                     ));

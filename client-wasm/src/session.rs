@@ -241,6 +241,10 @@ pub struct Session {
     book: BTreeMap<String, LedgerSlot>,
     /// The current data's ledger; `None` while a job holds it.
     privacy: Option<ClientPrivacy>,
+    /// The ledger a running job started from: what it spent is its ledger since this.
+    job_base: Option<DatasetLedger>,
+    /// What the last job spent, to store (added to the stored ledger, never written over it).
+    last_spend: Option<DatasetLedger>,
     expect: Expect,
     finished: Option<String>,
     /// Rounds this client trained in (for display).
@@ -263,6 +267,8 @@ impl Session {
             loaded: None,
             book,
             privacy: Some(privacy),
+            job_base: None,
+            last_spend: None,
             expect: Expect::Nothing,
             finished: None,
             rounds_trained: Vec::new(),
@@ -524,6 +530,7 @@ impl Session {
             .privacy
             .take()
             .ok_or("still busy with the previous instruction")?;
+        self.job_base = Some(ledger_from(&fingerprint, &privacy));
         Ok((data, fingerprint, privacy))
     }
 
@@ -595,23 +602,54 @@ impl Session {
 
     /// A job gave its ledger back: it goes into the book under the job's data (which may no
     /// longer be the current data), then the current data's ledger is taken from the book.
+    ///
+    /// What the job spent is added to the book's entry, which another tab's spending may have
+    /// refreshed meanwhile ([`Self::refresh`]): never written back over it.
     fn restore(&mut self, privacy: ClientPrivacy, fingerprint: String) {
-        let ledger = DatasetLedger {
-            fingerprint: fingerprint.clone(),
-            history: privacy.ledger.history.clone(),
-            unprotected_rounds: privacy.unprotected_rounds,
+        let after = ledger_from(&fingerprint, &privacy);
+        let base = self
+            .job_base
+            .take()
+            .filter(|b| b.fingerprint == fingerprint)
+            .unwrap_or_else(|| DatasetLedger::new(&fingerprint));
+        let spent = after.since(&base);
+        let mut ledger = match self.book.get(&fingerprint) {
+            Some(LedgerSlot::Known(l)) => l.clone(),
+            _ => DatasetLedger::new(&fingerprint),
         };
+        ledger.add(&spent);
         self.book.insert(fingerprint, LedgerSlot::Known(ledger));
+        // Added to any spend not yet taken (a driver takes it after every job).
+        self.last_spend = Some(match self.last_spend.take() {
+            Some(mut pending) if pending.fingerprint == spent.fingerprint => {
+                pending.add(&spent);
+                pending
+            }
+            _ => spent,
+        });
         self.privacy = Some(privacy);
         self.sync_ledger();
     }
 
-    /// The ledger of dataset `fingerprint` as it must be stored now (after a job on it).
+    /// The ledger of dataset `fingerprint` as this session knows it.
     pub fn ledger_of(&self, fingerprint: &str) -> Option<DatasetLedger> {
         match self.book.get(fingerprint)? {
             LedgerSlot::Known(l) => Some(l.clone()),
             LedgerSlot::Unreadable { .. } => None,
         }
+    }
+
+    /// What the last job spent: the page adds it to the stored ledger of its dataset (another
+    /// tab may have added its own spending there meanwhile).
+    pub fn take_spend(&mut self) -> Option<DatasetLedger> {
+        self.last_spend.take()
+    }
+
+    /// A dataset's ledger as storage holds it now (another tab of this browser spent on the
+    /// same records): it replaces the book's entry, and the current ledger if it is that data's.
+    pub fn refresh(&mut self, slot: LedgerSlot) {
+        self.book.insert(slot.fingerprint().to_owned(), slot);
+        self.sync_ledger();
     }
 
     /// Training finished: the result (or the refusal) to send. Store
@@ -665,6 +703,15 @@ impl Session {
             ))],
             Err(e) => vec![eval_failed(done.server_round, e.to_string())],
         }
+    }
+}
+
+/// The stored form of a privacy state's ledger.
+fn ledger_from(fingerprint: &str, privacy: &ClientPrivacy) -> DatasetLedger {
+    DatasetLedger {
+        fingerprint: fingerprint.into(),
+        history: privacy.ledger.history.clone(),
+        unprotected_rounds: privacy.unprotected_rounds,
     }
 }
 

@@ -378,3 +378,40 @@ fn a_model_that_overflows_cannot_smuggle_an_unclipped_gradient() {
         "the noisy steps were still counted"
     );
 }
+
+#[test]
+fn two_tabs_spending_on_the_same_records_add_up() {
+    // Two tabs of one browser hold the same records (a shard handed out again in a later run,
+    // or own files before Web Locks): each started from the same stored ledger. Each stores
+    // what it spent *added* to the stored ledger, and a tab that hears of the other's spending
+    // counts it against its own cap. Before, the last tab to save wrote its ledger over the
+    // other's, and ε went down after a reload (3.000 → 2.724 in the browser test).
+    let mut stored: Option<DatasetLedger> = None;
+    let mut store = |spent: Option<DatasetLedger>| {
+        let spent = spent.expect("a job spends");
+        let mut l = stored
+            .take()
+            .unwrap_or_else(|| DatasetLedger::new(&spent.fingerprint));
+        l.add(&spent);
+        stored = Some(l.clone());
+        l
+    };
+    let mut a = own(20, None);
+    let mut b = own(20, None);
+    round(&mut a, 1, dp(1.0, 1e-5));
+    let after_a = store(a.take_spend());
+    round(&mut b, 1, dp(1.0, 1e-5));
+    round(&mut b, 2, dp(1.0, 1e-5));
+    let both = store(b.take_spend());
+    assert_eq!(both.history, vec![(0.5, 1.0, 6)], "1 round of A + 2 of B");
+    assert!(after_a.history[0].2 < both.history[0].2);
+    // B hears of the stored ledger: its ε is that of all three rounds.
+    b.refresh(LedgerSlot::Known(both.clone()));
+    let mut three = learning::RdpAccountant::default();
+    three.record(0.5, 1.0, 6).unwrap();
+    assert_eq!(b.epsilon(), Some(three.epsilon(1e-5).unwrap()));
+    // A spends again after the refresh: what it adds is its own round only.
+    a.refresh(LedgerSlot::Known(both));
+    round(&mut a, 2, dp(1.0, 1e-5));
+    assert_eq!(store(a.take_spend()).history, vec![(0.5, 1.0, 8)]);
+}

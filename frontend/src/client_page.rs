@@ -17,8 +17,8 @@ use web_sys::{MessageEvent, Worker};
 
 use crate::client_view::{ClientView, Training};
 use crate::storage::{
-    DatasetLock, LockOutcome, Scope, lock_dataset, store, store_in, store_ledger, stored,
-    stored_ledgers,
+    DatasetLock, LockOutcome, Scope, add_to_ledger, ledger_at, lock_dataset, store, store_in,
+    stored, stored_ledgers,
 };
 
 const SAVED_KEY: &str = "fl-client";
@@ -162,18 +162,14 @@ fn spawn_worker(
                 ready_seen.set(true);
                 join.borrow_mut().take()
             }
-            WorkerToPage::Save {
-                seq,
-                client,
-                ledger,
-            } => {
+            WorkerToPage::Save { seq, client, spent } => {
                 // Stored first, then confirmed: the worker sends an update only after this. If
                 // the ledger cannot be stored there is no confirmation: the worker is told to
                 // leave before it releases anything the stored ledger would not count.
                 let stored = serde_json::to_string(client)
                     .map_err(|e| e.to_string())
                     .and_then(|json| store(SAVED_KEY, Some(&json)))
-                    .and_then(|()| ledger.as_ref().map_or(Ok(()), store_ledger));
+                    .and_then(|()| spent.as_ref().map_or(Ok(()), add_to_ledger));
                 match stored {
                     Ok(()) => Some(command(&PageToWorker::Saved { seq: *seq }, None)),
                     Err(e) => {
@@ -240,6 +236,43 @@ fn retire(h: WorkerHandle) {
         },
         std::time::Duration::from_millis(300),
     );
+}
+
+/// Another tab changed a dataset ledger in `localStorage` (the `storage` event fires in every
+/// other tab of the origin): the worker gets it, so the spending of both tabs counts against
+/// this tab's cap. Registered once per page load.
+fn forward_ledger_changes(handle: StoredValue<Option<WorkerHandle>, LocalStorage>) {
+    let listener =
+        Closure::<dyn Fn(web_sys::StorageEvent)>::new(move |ev: web_sys::StorageEvent| {
+            let Some(slot) = ev
+                .key()
+                .and_then(|key| ledger_at(&key, ev.new_value().as_deref()))
+            else {
+                return;
+            };
+            handle.with_value(|h| {
+                if let Some(h) = h
+                    && let Err(e) = h
+                        .worker
+                        .post_message(&command(&PageToWorker::Ledger(slot), None))
+                {
+                    web_sys::console::error_2(
+                        &"could not pass a ledger change to the worker".into(),
+                        &e,
+                    );
+                }
+            });
+        });
+    if let Err(e) =
+        window().add_event_listener_with_callback("storage", listener.as_ref().unchecked_ref())
+    {
+        web_sys::console::error_2(
+            &"no storage events: tabs will not see each other's spending".into(),
+            &e,
+        );
+    }
+    // The page lives as long as the listener.
+    listener.forget();
 }
 
 /// Reads a chosen file's bytes (they stay in the page and its worker).
@@ -478,6 +511,7 @@ pub fn ClientPage() -> impl IntoView {
         retire_current();
         release_lock();
     });
+    forward_ledger_changes(handle);
 
     let joined = move || view.with(|v| v.joined);
     // The dataset whose ledger can be reset: own files refused by the page, or the data the

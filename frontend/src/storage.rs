@@ -62,13 +62,32 @@ pub fn stored_ledgers() -> Vec<LedgerSlot> {
         .collect()
 }
 
-/// Stores a dataset's ledger (sealed) under its fingerprint.
-pub fn store_ledger(l: &DatasetLedger) -> Result<(), String> {
-    store_in(
-        Scope::Browser,
-        &ledger::storage_key(&l.fingerprint),
-        Some(&ledger::seal(l).map_err(|e| format!("the ledger does not encode: {e}"))?),
-    )
+/// Adds what a job spent to its dataset's stored ledger (sealed, under its fingerprint). Added,
+/// never written over: another tab may have spent on the same records since this one read it.
+pub fn add_to_ledger(spent: &DatasetLedger) -> Result<(), String> {
+    let key = ledger::storage_key(&spent.fingerprint);
+    let mut stored = match storage(Scope::Browser).and_then(|s| s.get_item(&key).ok().flatten()) {
+        None => DatasetLedger::new(&spent.fingerprint),
+        Some(text) => match LedgerSlot::from_stored(&spent.fingerprint, &text) {
+            LedgerSlot::Known(l) => l,
+            LedgerSlot::Unreadable { reason, .. } => {
+                return Err(format!(
+                    "the stored ledger of this data is unreadable ({reason})"
+                ));
+            }
+        },
+    };
+    stored.add(spent);
+    let sealed = ledger::seal(&stored).map_err(|e| format!("the ledger does not encode: {e}"))?;
+    store_in(Scope::Browser, &key, Some(&sealed))
+}
+
+/// A dataset ledger as storage holds it under `key`, if `key` names one. A removed entry (the
+/// site's data cleared, a reset in another tab) says nothing: a running tab keeps what it has
+/// rather than falling to zero.
+pub fn ledger_at(key: &str, text: Option<&str>) -> Option<LedgerSlot> {
+    let fingerprint = key.strip_prefix(ledger::STORAGE_PREFIX)?;
+    Some(LedgerSlot::from_stored(fingerprint, text?))
 }
 
 /// An exclusive hold on a dataset across this browser's tabs (a Web Lock named after its

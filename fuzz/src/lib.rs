@@ -274,7 +274,7 @@ pub fn targets() -> Vec<Target> {
                 WorkerToPage::Save {
                     seq: 1,
                     client: SavedClient::default(),
-                    ledger: None,
+                    spent: None,
                 }
                 .encode(),
                 WorkerToPage::RoundClosed {

@@ -99,6 +99,58 @@ pub struct DatasetLedger {
     pub unprotected_rounds: u64,
 }
 
+impl DatasetLedger {
+    /// An empty ledger of dataset `fingerprint`.
+    pub fn new(fingerprint: &str) -> Self {
+        Self {
+            fingerprint: fingerprint.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Composes `other` into this ledger: steps summed per (q, σ) (RDP composition does not
+    /// depend on order). Two tabs' spending on the same records adds up this way.
+    pub fn add(&mut self, other: &DatasetLedger) {
+        for &(q, sigma, steps) in &other.history {
+            match self
+                .history
+                .iter_mut()
+                .find(|(hq, hs, _)| *hq == q && *hs == sigma)
+            {
+                Some((_, _, n)) => *n = n.saturating_add(steps),
+                None => self.history.push((q, sigma, steps)),
+            }
+        }
+        self.unprotected_rounds = self
+            .unprotected_rounds
+            .saturating_add(other.unprotected_rounds);
+    }
+
+    /// What this ledger holds beyond `base` (the spending since `base` was read).
+    pub fn since(&self, base: &DatasetLedger) -> DatasetLedger {
+        let history = self
+            .history
+            .iter()
+            .filter_map(|&(q, sigma, steps)| {
+                let before = base
+                    .history
+                    .iter()
+                    .find(|(bq, bs, _)| *bq == q && *bs == sigma)
+                    .map_or(0, |b| b.2);
+                let more = steps.saturating_sub(before);
+                (more > 0).then_some((q, sigma, more))
+            })
+            .collect();
+        DatasetLedger {
+            fingerprint: self.fingerprint.clone(),
+            history,
+            unprotected_rounds: self
+                .unprotected_rounds
+                .saturating_sub(base.unprotected_rounds),
+        }
+    }
+}
+
 /// A stored entry: the format version, the ledger as JSON text, and the SHA-256 of exactly that
 /// text. (A checksum recomputed from re-serialised numbers would depend on float parsing and
 /// printing round-tripping to the bit; the text is compared as it was written.)
@@ -331,6 +383,24 @@ mod tests {
             fingerprint(b"images", b"labels"),
             fingerprint(b"imagesl", b"abels")
         );
+    }
+
+    #[test]
+    fn spending_from_two_tabs_adds_up() {
+        // Two tabs read the same stored ledger, each spends, each stores only what it spent:
+        // the stored ledger holds both (a tab writing its whole ledger back would erase the
+        // other's spending).
+        let stored = ledger();
+        let mut tab_a = stored.clone();
+        tab_a.history[0].2 += 5;
+        let mut tab_b = stored.clone();
+        tab_b.history.push((0.5, 2.0, 3));
+        let mut merged = stored.clone();
+        merged.add(&tab_a.since(&stored));
+        merged.add(&tab_b.since(&stored));
+        assert_eq!(merged.history[0].2, 12 + 5);
+        assert_eq!(merged.history[2], (0.5, 2.0, 3));
+        assert!(stored.since(&stored).history.is_empty());
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum PageToWorker {
     /// [`WorkerToPage::Save`] number `seq` is stored: the worker releases an update only after
     /// this, so a reload can never resume from a ledger older than what was sent.
     Saved { seq: u64 },
+    /// A dataset ledger changed in storage (another tab spent on the same records): the
+    /// session's copy is replaced, so its cap sees that spending too.
+    Ledger(LedgerSlot),
 }
 
 /// How to join.
@@ -150,12 +153,13 @@ pub enum WorkerToPage {
         message: String,
         fatal: bool,
     },
-    /// Store this (the identity in `sessionStorage`, the ledger in `localStorage` under its
-    /// dataset's key), then answer [`PageToWorker::Saved`].
+    /// Store this (the identity in `sessionStorage`; what a job spent *added* to its dataset's
+    /// ledger in `localStorage`, so that two tabs' spending on the same records adds up), then
+    /// answer [`PageToWorker::Saved`].
     Save {
         seq: u64,
         client: SavedClient,
-        ledger: Option<DatasetLedger>,
+        spent: Option<DatasetLedger>,
     },
 }
 
