@@ -180,14 +180,7 @@ impl RdpAccountant {
         steps: u64,
     ) -> Result<(), AccountantError> {
         check_params(sample_rate, noise_multiplier)?;
-        match self
-            .history
-            .iter_mut()
-            .find(|(q, s, _)| *q == sample_rate && *s == noise_multiplier)
-        {
-            Some((_, _, n)) => *n = n.saturating_add(steps),
-            None => self.history.push((sample_rate, noise_multiplier, steps)),
-        }
+        protocol::ledger::compose(&mut self.history, (sample_rate, noise_multiplier, steps));
         Ok(())
     }
 

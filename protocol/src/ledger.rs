@@ -99,6 +99,19 @@ pub struct DatasetLedger {
     pub unprotected_rounds: u64,
 }
 
+/// Adds `steps` of the mechanism (q, σ) to a history: one entry per distinct mechanism, so
+/// the history does not grow with alternating or repeated mechanisms (RDP composition does not
+/// depend on order). The one rule for the client's ledger, the server's and the stored form.
+pub fn compose(history: &mut Vec<(f64, f64, u64)>, (q, sigma, steps): (f64, f64, u64)) {
+    match history
+        .iter_mut()
+        .find(|(hq, hs, _)| *hq == q && *hs == sigma)
+    {
+        Some((_, _, n)) => *n = n.saturating_add(steps),
+        None => history.push((q, sigma, steps)),
+    }
+}
+
 impl DatasetLedger {
     /// An empty ledger of dataset `fingerprint`.
     pub fn new(fingerprint: &str) -> Self {
@@ -111,15 +124,8 @@ impl DatasetLedger {
     /// Composes `other` into this ledger: steps summed per (q, σ) (RDP composition does not
     /// depend on order). Two tabs' spending on the same records adds up this way.
     pub fn add(&mut self, other: &DatasetLedger) {
-        for &(q, sigma, steps) in &other.history {
-            match self
-                .history
-                .iter_mut()
-                .find(|(hq, hs, _)| *hq == q && *hs == sigma)
-            {
-                Some((_, _, n)) => *n = n.saturating_add(steps),
-                None => self.history.push((q, sigma, steps)),
-            }
+        for &mechanism in &other.history {
+            compose(&mut self.history, mechanism);
         }
         self.unprotected_rounds = self
             .unprotected_rounds
