@@ -613,12 +613,19 @@ impl Session {
             .filter(|b| b.fingerprint == fingerprint)
             .unwrap_or_else(|| DatasetLedger::new(&fingerprint));
         let spent = after.since(&base);
-        let mut ledger = match self.book.get(&fingerprint) {
-            Some(LedgerSlot::Known(l)) => l.clone(),
-            _ => DatasetLedger::new(&fingerprint),
-        };
-        ledger.add(&spent);
-        self.book.insert(fingerprint, LedgerSlot::Known(ledger));
+        match self.book.get(&fingerprint) {
+            // Found unreadable meanwhile (edited in another tab): it stays so, and storing
+            // this spend fails, so nothing of the job is released.
+            Some(LedgerSlot::Unreadable { .. }) => {}
+            known => {
+                let mut ledger = match known {
+                    Some(LedgerSlot::Known(l)) => l.clone(),
+                    _ => DatasetLedger::new(&fingerprint),
+                };
+                ledger.add(&spent);
+                self.book.insert(fingerprint, LedgerSlot::Known(ledger));
+            }
+        }
         // Added to any spend not yet taken (a driver takes it after every job).
         self.last_spend = Some(match self.last_spend.take() {
             Some(mut pending) if pending.fingerprint == spent.fingerprint => {

@@ -415,3 +415,30 @@ fn two_tabs_spending_on_the_same_records_add_up() {
     round(&mut a, 2, dp(1.0, 1e-5));
     assert_eq!(store(a.take_spend()).history, vec![(0.5, 1.0, 8)]);
 }
+
+#[test]
+fn a_ledger_found_unreadable_mid_round_stays_blocked() {
+    // Another tab (or a script) edits the stored ledger while this tab trains: the job's
+    // spending does not turn the entry back into a readable, smaller ledger.
+    let mut s = own(20, None);
+    let fp = s.dataset().unwrap().to_owned();
+    let ins = ServerMessage::TrainIns {
+        server_round: 1,
+        config: dp(1.0, 1e-5),
+        timeout_ms: 1000,
+    };
+    s.on_text(&ins.encode()).unwrap();
+    let Some(Action::Train(job)) = s.on_binary(&model_frame(1, global())).unwrap().pop() else {
+        panic!("a train job")
+    };
+    s.refresh(LedgerSlot::Unreadable {
+        fingerprint: fp.clone(),
+        reason: "its checksum does not match".into(),
+    });
+    s.on_trained(job.run(&mut |_| {}));
+    assert!(s.blocked().is_some());
+    assert_eq!(s.ledger_of(&fp), None);
+    // The spend is still handed to storage, which refuses to add it to an unreadable entry:
+    // the worker then leaves before anything is released.
+    assert!(s.take_spend().is_some());
+}
