@@ -42,13 +42,23 @@ pub fn within_cap(c: &Candidate, config: &TrainConfig) -> bool {
         return false;
     };
     let n = c.num_examples as usize;
-    c.ledger
-        .epsilon_after(
-            config.sample_rate(n),
-            dp.noise_multiplier as f64,
-            config.steps_per_round(n),
-            c.delta.unwrap_or(dp.delta),
-        )
+    let mechanism = (
+        config.sample_rate(n),
+        dp.noise_multiplier as f64,
+        config.steps_per_round(n),
+    );
+    cap_allows(&c.ledger, cap, c.delta.unwrap_or(dp.delta), mechanism)
+}
+
+/// Whether `steps` more steps of (q, σ) keep `ledger` within `cap` at `delta`.
+pub fn cap_allows(
+    ledger: &RdpAccountant,
+    cap: f64,
+    delta: f64,
+    (q, sigma, steps): (f64, f64, u64),
+) -> bool {
+    ledger
+        .epsilon_after(q, sigma, steps, delta)
         .is_ok_and(|e| e <= cap)
 }
 

@@ -3,6 +3,8 @@
 use super::*;
 use protocol::config::EVAL_NOISE_MULTIPLIER;
 
+use crate::strategy::cap_allows;
+
 impl Coordinator {
     pub(super) fn candidates(&self) -> Vec<Candidate> {
         let Some(run) = &self.run else {
@@ -90,12 +92,9 @@ impl Coordinator {
             sampled.insert(a.client_id, (conn.key.clone(), Slot::Pending));
             dispatch.push(a);
         }
-        if let Err(e) = self.store.upsert_clients(run_id, &charged) {
+        if let Err(e) = keep_charged(&mut self.store, run_id, &mut run.clients, charged) {
             warn!(parent: &span, error = %e, "cannot store the privacy ledger: not starting the round");
             return;
-        }
-        for row in charged {
-            run.clients.insert(row.client_key.clone(), row);
         }
         let ids: Vec<u64> = dispatch.iter().map(|a| a.client_id).collect();
         run.round = Some(Round {
@@ -617,28 +616,42 @@ fn charge_evaluations(
         let Some(mut row) = run.rows.get(&conn.key).cloned() else {
             continue;
         };
+        let evaluation = (1.0, EVAL_NOISE_MULTIPLIER, 1);
         if let (Some(cap), Some(delta)) = (conn.caps.epsilon_cap, conn.caps.delta.or(run.delta))
-            && !row
-                .ledger
-                .epsilon_after(1.0, EVAL_NOISE_MULTIPLIER, 1, delta)
-                .is_ok_and(|e| e <= cap)
+            && !cap_allows(&row.ledger, cap, delta, evaluation)
         {
             continue;
         }
-        if row.ledger.record(1.0, EVAL_NOISE_MULTIPLIER, 1).is_err() {
+        if row
+            .ledger
+            .record(evaluation.0, evaluation.1, evaluation.2)
+            .is_err()
+        {
             continue;
         }
         charged.push(row);
         asked.push(id);
     }
-    if let Err(e) = store.upsert_clients(run.run_id, &charged) {
+    if let Err(e) = keep_charged(store, run.run_id, run.rows, charged) {
         warn!(parent: span, error = %e, "cannot store the privacy ledger: no federated evaluation this round");
         return Vec::new();
     }
-    for row in charged {
-        run.rows.insert(row.client_key.clone(), row);
-    }
     asked
+}
+
+/// Charged ledgers are stored first and kept in memory only once stored, so memory and store
+/// never disagree (a crash can over-count ε, never under-count it).
+fn keep_charged(
+    store: &mut Store,
+    run_id: u64,
+    rows: &mut HashMap<String, ClientRow>,
+    charged: Vec<ClientRow>,
+) -> Result<(), StoreError> {
+    store.upsert_clients(run_id, &charged)?;
+    for row in charged {
+        rows.insert(row.client_key.clone(), row);
+    }
+    Ok(())
 }
 
 /// The server's privacy ledger of a run's clients, by client key.
