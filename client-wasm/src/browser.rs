@@ -120,6 +120,13 @@ fn own_dataset(images: Option<Vec<u8>>, labels: Option<Vec<u8>>) -> Result<OwnFi
     })
 }
 
+/// A ledger changed in storage (another tab spent on the same records): the session counts it,
+/// and the page shows it.
+fn other_tab_spent(session: &mut Session, slot: protocol::ledger::LedgerSlot) {
+    session.refresh(slot);
+    post_privacy(session);
+}
+
 /// Tells the page what has been spent on the current data (or why it is blocked).
 fn post_privacy(session: &Session) {
     post(&WorkerToPage::Privacy {
@@ -212,7 +219,7 @@ async fn join(
                 _ = sleep => break,
                 cmd = rx.next() => match cmd.map(|c| c.msg) {
                     Some(PageToWorker::Leave) | None => return "left".into(),
-                    Some(PageToWorker::Ledger(slot)) => session.refresh(slot),
+                    Some(PageToWorker::Ledger(slot)) => other_tab_spent(&mut session, slot),
                     Some(PageToWorker::Join(_) | PageToWorker::Saved { .. }) => {}
                 },
             }
@@ -278,8 +285,7 @@ async fn connection(
                 }
                 // Already joined; a late acknowledgement needs nothing.
                 Some(PageToWorker::Ledger(slot)) => {
-                    session.refresh(slot);
-                    post_privacy(session);
+                    other_tab_spent(session, slot);
                     continue;
                 }
                 Some(PageToWorker::Join(_) | PageToWorker::Saved { .. }) => continue,
@@ -407,9 +413,9 @@ fn save(session: &mut Session) -> u64 {
     seq
 }
 
-/// After a job spent on `dataset`: the page stores that ledger and confirms, and only then may
-/// the job's result leave (a reload, a new tab or a later run must never resume from a ledger
-/// older than what was released). `Some` if the user left meanwhile.
+/// After a job: the page adds what it spent to the stored ledger and confirms, and only then
+/// may the job's result leave (a reload, a new tab or a later run must never resume from a
+/// ledger older than what was released). `Some` if the user left meanwhile.
 async fn store_spent(
     session: &mut Session,
     rx: &mut mpsc::UnboundedReceiver<Command>,
@@ -432,7 +438,7 @@ async fn wait_saved(
         match rx.next().await.map(|c| c.msg) {
             Some(PageToWorker::Saved { seq: done }) if done >= seq => return None,
             Some(PageToWorker::Leave) | None => return Some(Outcome::Left),
-            Some(PageToWorker::Ledger(slot)) => session.refresh(slot),
+            Some(PageToWorker::Ledger(slot)) => other_tab_spent(session, slot),
             Some(PageToWorker::Saved { .. } | PageToWorker::Join(_)) => {}
         }
     }

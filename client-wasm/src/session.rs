@@ -374,7 +374,7 @@ impl Session {
     }
 
     /// What a reloaded tab needs to rejoin as this client (its ledgers are saved apart, per
-    /// dataset: [`Self::ledger_of`]).
+    /// dataset: [`Self::take_spend`]).
     pub fn saved(&self) -> SavedClient {
         SavedClient {
             client_key: self.client_key.clone(),
@@ -387,9 +387,6 @@ impl Session {
         self.client_key = None;
         self.client_id = None;
         self.assignment = None;
-        if let Some(resume) = self.options.resume.as_mut() {
-            resume.client_key = None;
-        }
     }
 
     /// Whether a server error means this client must stop rather than reconnect: another
@@ -613,18 +610,17 @@ impl Session {
             .filter(|b| b.fingerprint == fingerprint)
             .unwrap_or_else(|| DatasetLedger::new(&fingerprint));
         let spent = after.since(&base);
-        match self.book.get(&fingerprint) {
-            // Found unreadable meanwhile (edited in another tab): it stays so, and storing
-            // this spend fails, so nothing of the job is released.
-            Some(LedgerSlot::Unreadable { .. }) => {}
-            known => {
-                let mut ledger = match known {
-                    Some(LedgerSlot::Known(l)) => l.clone(),
-                    _ => DatasetLedger::new(&fingerprint),
-                };
-                ledger.add(&spent);
-                self.book.insert(fingerprint, LedgerSlot::Known(ledger));
-            }
+        // An entry found unreadable meanwhile (edited in another tab) stays so; storing this
+        // spend then fails, and nothing of the job is released.
+        if !matches!(
+            self.book.get(&fingerprint),
+            Some(LedgerSlot::Unreadable { .. })
+        ) {
+            let mut ledger = self
+                .ledger_of(&fingerprint)
+                .unwrap_or_else(|| DatasetLedger::new(&fingerprint));
+            ledger.add(&spent);
+            self.book.insert(fingerprint, LedgerSlot::Known(ledger));
         }
         // Added to any spend not yet taken (a driver takes it after every job).
         self.last_spend = Some(match self.last_spend.take() {
@@ -659,8 +655,8 @@ impl Session {
         self.sync_ledger();
     }
 
-    /// Training finished: the result (or the refusal) to send. Store
-    /// [`Self::ledger_of`]`(fingerprint of the job)` before sending it.
+    /// Training finished: the result (or the refusal) to send. Store [`Self::take_spend`]
+    /// before sending it.
     pub fn on_trained(&mut self, done: TrainDone) -> Vec<Action> {
         self.restore(done.privacy, done.fingerprint);
         let server_round = done.server_round;
@@ -695,7 +691,7 @@ impl Session {
     }
 
     /// Evaluation finished: the DP result to send, or a notice of why there is none. Store
-    /// [`Self::ledger_of`]`(fingerprint of the job)` before sending it.
+    /// [`Self::take_spend`] before sending it.
     pub fn on_evaluated(&mut self, done: EvalDone) -> Vec<Action> {
         self.restore(done.privacy, done.fingerprint);
         match done.result {

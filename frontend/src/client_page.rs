@@ -18,7 +18,7 @@ use web_sys::{MessageEvent, Worker};
 use crate::client_view::{ClientView, Training};
 use crate::storage::{
     DatasetLock, LockOutcome, Scope, add_to_ledger, ledger_at, lock_dataset, store, store_in,
-    stored, stored_ledgers,
+    stored, stored_ledger, stored_ledgers,
 };
 
 const SAVED_KEY: &str = "fl-client";
@@ -302,6 +302,13 @@ impl From<String> for Refusal {
     }
 }
 
+/// Releases this tab's hold on its own files, if it has one.
+fn release_held(lock: StoredValue<Option<DatasetLock>, LocalStorage>) {
+    if let Some(held) = lock.try_update_value(|l| l.take()).flatten() {
+        held.release();
+    }
+}
+
 /// Reads the chosen files, refuses them if their stored ledger is unreadable, and takes their
 /// lock (kept in `lock`) so that no other tab spends on them meanwhile.
 async fn own_files(
@@ -316,9 +323,7 @@ async fn own_files(
     let fingerprint = ledger::fingerprint(&images, &labels);
     let held = lock.with_value(|l| l.as_ref().map(|l| l.fingerprint.clone()));
     if held.as_deref() != Some(fingerprint.as_str()) {
-        if let Some(old) = lock.try_update_value(|l| l.take()).flatten() {
-            old.release();
-        }
+        release_held(lock);
         match lock_dataset(&fingerprint).await? {
             LockOutcome::Held(l) => lock.set_value(Some(l)),
             LockOutcome::Busy => return Err(String::from(
@@ -328,17 +333,8 @@ async fn own_files(
             LockOutcome::Unsupported => {}
         }
     }
-    let unreadable = stored_ledgers().into_iter().find_map(|slot| match slot {
-        LedgerSlot::Unreadable {
-            fingerprint: f,
-            reason,
-        } if f == fingerprint => Some(reason),
-        _ => None,
-    });
-    if let Some(reason) = unreadable {
-        if let Some(held) = lock.try_update_value(|l| l.take()).flatten() {
-            held.release();
-        }
+    if let Some(LedgerSlot::Unreadable { reason, .. }) = stored_ledger(&fingerprint) {
+        release_held(lock);
         return Err(Refusal {
             message: unreadable_message(&reason),
             reset: Some(fingerprint),
@@ -361,11 +357,7 @@ pub fn ClientPage() -> impl IntoView {
     let (reset_target, set_reset_target) = signal(None::<String>);
     // This tab's hold on its own files (see `own_files`).
     let lock = StoredValue::new_local(None::<DatasetLock>);
-    let release_lock = move || {
-        if let Some(l) = lock.try_update_value(|l| l.take()).flatten() {
-            l.release();
-        }
-    };
+    let release_lock = move || release_held(lock);
     let images_input = NodeRef::<Input>::new();
     let labels_input = NodeRef::<Input>::new();
 

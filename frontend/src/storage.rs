@@ -54,32 +54,36 @@ pub fn stored_ledgers() -> Vec<LedgerSlot> {
     let len = s.length().unwrap_or(0);
     (0..len)
         .filter_map(|i| s.key(i).ok().flatten())
-        .filter_map(|key| {
-            let fingerprint = key.strip_prefix(ledger::STORAGE_PREFIX)?.to_owned();
-            let text = s.get_item(&key).ok().flatten()?;
-            Some(LedgerSlot::from_stored(&fingerprint, &text))
-        })
+        .filter_map(|key| ledger_at(&key, s.get_item(&key).ok().flatten().as_deref()))
         .collect()
+}
+
+/// The stored ledger of one dataset, if there is one.
+pub fn stored_ledger(fingerprint: &str) -> Option<LedgerSlot> {
+    let key = ledger::storage_key(fingerprint);
+    let text = storage(Scope::Browser)?.get_item(&key).ok().flatten();
+    ledger_at(&key, text.as_deref())
 }
 
 /// Adds what a job spent to its dataset's stored ledger (sealed, under its fingerprint). Added,
 /// never written over: another tab may have spent on the same records since this one read it.
 pub fn add_to_ledger(spent: &DatasetLedger) -> Result<(), String> {
-    let key = ledger::storage_key(&spent.fingerprint);
-    let mut stored = match storage(Scope::Browser).and_then(|s| s.get_item(&key).ok().flatten()) {
+    let mut stored = match stored_ledger(&spent.fingerprint) {
         None => DatasetLedger::new(&spent.fingerprint),
-        Some(text) => match LedgerSlot::from_stored(&spent.fingerprint, &text) {
-            LedgerSlot::Known(l) => l,
-            LedgerSlot::Unreadable { reason, .. } => {
-                return Err(format!(
-                    "the stored ledger of this data is unreadable ({reason})"
-                ));
-            }
-        },
+        Some(LedgerSlot::Known(l)) => l,
+        Some(LedgerSlot::Unreadable { reason, .. }) => {
+            return Err(format!(
+                "the stored ledger of this data is unreadable ({reason})"
+            ));
+        }
     };
     stored.add(spent);
     let sealed = ledger::seal(&stored).map_err(|e| format!("the ledger does not encode: {e}"))?;
-    store_in(Scope::Browser, &key, Some(&sealed))
+    store_in(
+        Scope::Browser,
+        &ledger::storage_key(&spent.fingerprint),
+        Some(&sealed),
+    )
 }
 
 /// A dataset ledger as storage holds it under `key`, if `key` names one. A removed entry (the

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Batching, MAX_STEPS_PER_ROUND, Optimizer, ShardScheme};
+use crate::config::{Batching, MAX_STEPS_PER_ROUND, Optimizer, ShardScheme, steps_per_round};
 
 /// Upper bounds on config values (named so the form, the server and the docs agree).
 pub const MAX_ROUNDS: u32 = 10_000;
@@ -196,9 +196,7 @@ impl RunConfig {
             Batching::BatchSize(0) => return field_err("batching.batch_size", 0, "an integer ≥ 1"),
             Batching::SampleRate(q) => {
                 unit_interval("batching.sample_rate", q, true)?;
-                // local_epochs × ⌈1/q⌉ steps a round (a tiny q asked for u64::MAX steps).
-                let steps = (1.0 / q).ceil() * self.local_epochs as f64;
-                if steps > MAX_STEPS_PER_ROUND as f64 {
+                if steps_per_round(self.local_epochs, q).is_none_or(|s| s > MAX_STEPS_PER_ROUND) {
                     return field_err(
                         "batching.sample_rate",
                         q,

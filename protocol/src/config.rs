@@ -195,12 +195,18 @@ impl TrainConfig {
 
     /// Steps of one `fit` call, `None` when it is no finite u64.
     pub fn checked_steps_per_round(&self, n: usize) -> Option<u64> {
-        let per_epoch = (1.0 / self.sample_rate(n)).ceil();
-        if !(per_epoch.is_finite() && per_epoch < u64::MAX as f64) {
-            return None;
-        }
-        (self.local_epochs as u64).checked_mul(per_epoch as u64)
+        steps_per_round(self.local_epochs, self.sample_rate(n))
     }
+}
+
+/// `local_epochs × ⌈1/q⌉`, `None` when it is no finite u64 (a q of 1e-300 asked for u64::MAX
+/// steps). The one count the client, the server's ledger and the run config check all use.
+pub fn steps_per_round(local_epochs: u32, sample_rate: f64) -> Option<u64> {
+    let per_epoch = (1.0 / sample_rate).ceil();
+    if !(per_epoch.is_finite() && per_epoch < u64::MAX as f64) {
+        return None;
+    }
+    (local_epochs as u64).checked_mul(per_epoch as u64)
 }
 
 /// Optimizer applied to the flat parameter vector.
