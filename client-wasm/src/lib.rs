@@ -7,10 +7,13 @@
 //! * [`browser`]: the Web Worker transport (gloo-net) the client page runs (feature `browser`).
 //! * [`native`]: tokio transport for simulated clients (feature `native`, not on wasm32).
 //! * [`bench`]: training-step throughput measured inside a JS host.
+//! * [`attack`]: hostile simulated clients (feature `native`).
 
 // No unwrap outside tests: bad input gets an error, not a panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+pub mod attack;
 pub mod bench;
 #[cfg(all(feature = "browser", target_arch = "wasm32"))]
 pub mod browser;

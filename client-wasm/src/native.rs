@@ -12,7 +12,8 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{info, warn};
 
-use crate::session::{Action, Notice, Outgoing, Session, SessionError};
+use crate::attack::Attack;
+use crate::session::{Action, Notice, Outgoing, Session, SessionError, TrainJob};
 
 /// Why a simulated client stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,8 @@ pub struct DriverOptions {
     pub exit_when_finished: bool,
     /// Trainings allowed at once in this process (the CPU is shared by every client).
     pub training_slots: Arc<Semaphore>,
+    /// Behave as a hostile client (benchmarks of the robust aggregators).
+    pub attack: Option<Attack>,
 }
 
 /// What a client did, when it stops.
@@ -177,9 +180,11 @@ async fn connection(
                 }
                 Action::Train(job) => {
                     let slot = options.training_slots.clone().acquire_owned().await;
+                    let attack = options.attack;
+                    let who = session.client_id().unwrap_or(0);
                     let done = tokio::task::spawn_blocking(move || {
                         let _slot = slot;
-                        job.run(&mut |_| {})
+                        train(*job, attack, who)
                     })
                     .await
                     .map_err(|e| ClientError::Task(format!("training: {e}")))?;
@@ -201,6 +206,22 @@ async fn connection(
         }
     }
     Ok(false)
+}
+
+/// Runs a training job, as an honest client or as `attack` says (client `who`'s random
+/// updates differ from other attackers').
+fn train(mut job: TrainJob, attack: Option<Attack>, who: u64) -> crate::session::TrainDone {
+    let Some(attack) = attack else {
+        return job.run(&mut |_| {});
+    };
+    if let Some(poisoned) = attack.poison_data(&job.data) {
+        job.data = Arc::new(poisoned);
+    }
+    let mut done = job.run(&mut |_| {});
+    if let Ok(res) = &mut done.result {
+        attack.poison_update(&mut res.update, who.rotate_left(32) ^ done.server_round);
+    }
+    done
 }
 
 /// Logs a notice; `Ok(true)` when the run is over.

@@ -10,16 +10,16 @@
 //! * [`dpsgd`]: per-example gradients, clipping, secure noise, optimizers.
 //! * [`accountant`]: RDP accountant (ε from σ, and σ from a target ε).
 //! * [`client`]: Flower-shaped `fit` / `evaluate`, pure.
-//! * [`fedavg`]: weighted running-sum FedAvg.
+//! * [`aggregate`]: the aggregation interface: FedAvg's running sum and the robust rules.
 
 // No unwrap outside tests: bad input gets an error, not a panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod accountant;
+pub mod aggregate;
 pub mod bench;
 pub mod client;
 pub mod dpsgd;
-pub mod fedavg;
 pub mod mnist;
 pub mod model;
 pub mod shard;
@@ -30,7 +30,7 @@ pub use client::{
     default_delta, evaluate, evaluate_private, fit,
 };
 pub use dpsgd::Optimizer;
-pub use fedavg::FedAvg;
+pub use aggregate::{Aggregator, FedAvg};
 pub use mnist::{Dataset, Mnist};
 pub use model::{TinyCnn, TinyCnnConfig};
 

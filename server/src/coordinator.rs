@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use learning::accountant::AccountantError;
-use learning::{EvaluateRes, FedAvg, RdpAccountant, TinyCnnConfig};
+use learning::{Aggregator, EvaluateRes, RdpAccountant, TinyCnnConfig};
 use protocol::admin::{
     ClientInfo, Event, FieldError, RoundRecord, RunAction, RunConfig, RunHistory, RunStatus,
     RunSummary,
@@ -180,7 +180,8 @@ struct Round {
     started_at_ms: u64,
     deadline: tokio::time::Instant,
     sampled: HashMap<u64, (String, Slot)>,
-    sum: FedAvg,
+    /// The round's updates, as the run's aggregation rule takes them.
+    sum: Box<dyn Aggregator>,
     participants: Vec<Participant>,
     aggregate_ms: f64,
     next_global: Option<Arc<Vec<f32>>>,

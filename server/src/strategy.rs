@@ -2,15 +2,17 @@
 //! become the next global model, which clients evaluate and how their numbers combine.
 //!
 //! Pure: no I/O, no clock, no global randomness (the coordinator passes a seed). DP is a
-//! wrapper ([`DpFedAvg`]) around another strategy, as in Flower, so robust aggregation can wrap
-//! the same way later. Aggregation sees a running weighted sum ([`learning::FedAvg`]), never one
-//! client's update on its own: the interface secure aggregation will need.
+//! wrapper ([`DpFedAvg`]) around another strategy, as in Flower. A strategy chooses the round's
+//! aggregation rule ([`Strategy::aggregator`], from the run config); the round feeds it the
+//! updates and the strategy turns its result into the next global model. The strategy itself
+//! never sees one client's update: the shape secure aggregation needs.
 
 use std::collections::HashMap;
 
 use learning::accountant::{AccountantError, noise_multiplier_for};
-use learning::{DpSgdConfig, FedAvg, RdpAccountant, TrainConfig};
-use protocol::admin::{DpRunConfig, RunConfig};
+use learning::aggregate::{self, Aggregator};
+use learning::{DpSgdConfig, RdpAccountant, TrainConfig};
+use protocol::admin::{AggregatorConfig, DpRunConfig, RunConfig};
 use protocol::config::Batching;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
@@ -108,12 +110,15 @@ pub trait Strategy: Send {
     /// Chooses this round's clients among `candidates` and their train configs.
     fn configure_train(&self, server_round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan;
 
-    /// Turns the round's running sum into the next global model.
+    /// A fresh aggregator for one round's updates of `num_params` values.
+    fn aggregator(&self, num_params: usize) -> Box<dyn Aggregator>;
+
+    /// Turns the round's aggregator into the next global model.
     fn aggregate_train(
         &self,
         server_round: u64,
         global: &[f32],
-        sum: &FedAvg,
+        sum: &dyn Aggregator,
         sampled: usize,
         failures: usize,
     ) -> Result<Vec<f32>, RoundRejected>;
@@ -142,9 +147,11 @@ fn sample(candidates: &[Candidate], k: usize, seed: u64) -> Vec<&Candidate> {
     picked
 }
 
-/// Federated Averaging weighted by `num_examples`, with Flower's failure policy.
+/// Federated Averaging with Flower's failure policy; its aggregation rule is FedAvg (weighted by
+/// `num_examples`) or a robust one, as the run config says.
 #[derive(Debug, Clone)]
 pub struct FedAvgStrategy {
+    pub aggregation: AggregatorConfig,
     pub min_clients: usize,
     pub fraction_train: f64,
     pub fraction_evaluate: f64,
@@ -157,6 +164,7 @@ pub struct FedAvgStrategy {
 impl FedAvgStrategy {
     pub fn from_run(config: &RunConfig) -> Self {
         Self {
+            aggregation: config.aggregator,
             min_clients: config.min_clients as usize,
             fraction_train: config.fraction_train,
             fraction_evaluate: config.fraction_evaluate,
@@ -220,11 +228,15 @@ impl Strategy for FedAvgStrategy {
         )
     }
 
+    fn aggregator(&self, num_params: usize) -> Box<dyn Aggregator> {
+        aggregate::build(&self.aggregation, num_params)
+    }
+
     fn aggregate_train(
         &self,
         _round: u64,
         global: &[f32],
-        sum: &FedAvg,
+        sum: &dyn Aggregator,
         sampled: usize,
         failures: usize,
     ) -> Result<Vec<f32>, RoundRejected> {
@@ -401,11 +413,15 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
         }
     }
 
+    fn aggregator(&self, num_params: usize) -> Box<dyn Aggregator> {
+        self.inner.aggregator(num_params)
+    }
+
     fn aggregate_train(
         &self,
         round: u64,
         global: &[f32],
-        sum: &FedAvg,
+        sum: &dyn Aggregator,
         sampled: usize,
         failures: usize,
     ) -> Result<Vec<f32>, RoundRejected> {
@@ -425,6 +441,7 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use learning::FedAvg;
 
     fn candidates(n: usize, examples: u64) -> Vec<Candidate> {
         (0..n as u64)
@@ -528,6 +545,34 @@ mod tests {
                 .aggregate_train(1, &[0.0, 0.0], &FedAvg::new(2), 0, 0)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_run_config_chooses_the_aggregation_rule_through_the_dp_wrapper() {
+        // Attack: 2 of 7 clients send a huge update; the run asked for the median.
+        let config = RunConfig {
+            aggregator: AggregatorConfig::Median,
+            ..RunConfig::default()
+        };
+        let dp = DpFedAvg {
+            inner: fedavg(&config),
+            dp: config.dp.unwrap(),
+            rounds: config.rounds,
+        };
+        let mut agg = dp.aggregator(2);
+        for _ in 0..5 {
+            agg.add(&[0.5, -0.5], 6000).unwrap();
+        }
+        for _ in 0..2 {
+            agg.add(&[1e30, 1e30], 6000).unwrap();
+        }
+        let next = dp.aggregate_train(1, &[1.0, 1.0], agg.as_ref(), 7, 0).unwrap();
+        assert_eq!(next, vec![1.5, 0.5]);
+        // FedAvg, the default, takes them in.
+        let mut plain = fedavg(&RunConfig::default()).aggregator(2);
+        plain.add(&[0.5, -0.5], 6000).unwrap();
+        plain.add(&[1e30, 1e30], 6000).unwrap();
+        assert!(plain.aggregate().unwrap()[0] > 1e29);
     }
 
     #[test]

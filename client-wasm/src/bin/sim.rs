@@ -2,12 +2,14 @@
 //! runs, against a server.
 //!
 //! `cargo run -p client-wasm --release --bin sim -- --server ws://127.0.0.1:3000/ws --clients 10`
+//! (add `--attack sign-flip --attackers 2` to make two of them hostile)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use client_wasm::attack::Attack;
 use client_wasm::native::{DriverOptions, run_client};
 use client_wasm::session::OwnFiles;
 use client_wasm::{Session, SessionOptions};
@@ -43,6 +45,12 @@ struct Args {
     /// Answer the server's evaluation requests (with DP, charged to each client's ledger).
     #[arg(long)]
     evaluate: bool,
+    /// Make some clients hostile: sign-flip, scale:K, random:NORM, label-flip or zero.
+    #[arg(long, requires = "attackers")]
+    attack: Option<Attack>,
+    /// How many of the clients attack (the first ones started).
+    #[arg(long, requires = "attack")]
+    attackers: Option<usize>,
 }
 
 #[tokio::main]
@@ -56,6 +64,12 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
         args.clients >= 1,
         "--clients is {}: expected at least 1",
+        args.clients
+    );
+    let attackers = args.attackers.unwrap_or(0);
+    anyhow::ensure!(
+        attackers <= args.clients,
+        "--attackers is {attackers}: expected at most --clients ({})",
         args.clients
     );
     let parallel = args
@@ -96,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             reconnect_for: Duration::from_secs(args.reconnect_secs),
             exit_when_finished: true,
             training_slots: slots.clone(),
+            attack: args.attack.filter(|_| i < attackers),
         };
         tasks.push(tokio::spawn(run_client(session, options)));
     }

@@ -104,7 +104,7 @@ impl Coordinator {
             started_at_ms: now_ms(),
             deadline: tokio::time::Instant::now() + timeout,
             sampled,
-            sum: FedAvg::new(self.model_params),
+            sum: run.strategy.aggregator(self.model_params),
             participants: Vec::new(),
             aggregate_ms: 0.0,
             next_global: None,
@@ -406,7 +406,7 @@ impl Coordinator {
         let res = run.strategy.aggregate_train(
             round.server_round,
             &run.global,
-            &round.sum,
+            round.sum.as_ref(),
             round.sampled.len(),
             round.failures(),
         );

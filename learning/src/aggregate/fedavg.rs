@@ -3,20 +3,7 @@
 //! or ten thousand clients reply. Accumulates in f64 so the order of arrival does not matter
 //! to the last f32 bit for realistic client counts.
 
-/// Why an update cannot enter the aggregate. Nothing is added when this is returned.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum AggregationError {
-    #[error("update has {actual} values, expected {expected}")]
-    Length { expected: usize, actual: usize },
-    #[error("update value at index {index} is {value}: expected a finite number")]
-    NonFinite { index: usize, value: f32 },
-    #[error("num_examples is 0: expected at least 1 (it is the update's weight)")]
-    ZeroWeight,
-    #[error("num_examples {num_examples} would take the round's total weight past 2^64")]
-    WeightOverflow { num_examples: u64 },
-    #[error("no update was aggregated")]
-    Empty,
-}
+use super::{AggregationError, Aggregator, check_update};
 
 /// Σ num_examples·update and Σ num_examples so far.
 #[derive(Debug, Clone)]
@@ -38,18 +25,7 @@ impl FedAvg {
 
     /// Folds in one client's update with weight `num_examples`, after checking it.
     pub fn add(&mut self, update: &[f32], num_examples: u64) -> Result<(), AggregationError> {
-        if update.len() != self.sum.len() {
-            return Err(AggregationError::Length {
-                expected: self.sum.len(),
-                actual: update.len(),
-            });
-        }
-        if num_examples == 0 {
-            return Err(AggregationError::ZeroWeight);
-        }
-        if let Some((index, &value)) = update.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(AggregationError::NonFinite { index, value });
-        }
+        check_update(update, self.sum.len(), num_examples)?;
         let total_weight = self
             .total_weight
             .checked_add(num_examples)
@@ -81,22 +57,19 @@ impl FedAvg {
         let w = self.total_weight as f64;
         Ok(self.sum.iter().map(|s| (s / w) as f32).collect())
     }
+}
 
-    /// `global + mean update`: the next global model.
-    pub fn apply(&self, global: &[f32]) -> Result<Vec<f32>, AggregationError> {
-        let mean = self.mean()?;
-        if global.len() != mean.len() {
-            return Err(AggregationError::Length {
-                expected: mean.len(),
-                actual: global.len(),
-            });
-        }
-        let next: Vec<f32> = global.iter().zip(mean).map(|(g, m)| g + m).collect();
-        if let Some((index, &value)) = next.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            // Finite updates can still sum past f32::MAX: such a model is never committed.
-            return Err(AggregationError::NonFinite { index, value });
-        }
-        Ok(next)
+impl Aggregator for FedAvg {
+    fn add(&mut self, update: &[f32], num_examples: u64) -> Result<(), AggregationError> {
+        FedAvg::add(self, update, num_examples)
+    }
+
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn aggregate(&self) -> Result<Vec<f32>, AggregationError> {
+        self.mean()
     }
 }
 
