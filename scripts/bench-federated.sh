@@ -14,7 +14,7 @@ source scripts/bench-server.sh
 create_run "$CONFIG"
 echo "config: $CONFIG"
 START=$(date +%s.%N)
-RUST_LOG=warn ./target/release/sim --server "ws://127.0.0.1:$PORT/ws" --clients "$CLIENTS"
+RUST_LOG=warn "$BIN/sim" --server "ws://127.0.0.1:$PORT/ws" --clients "$CLIENTS"
 END=$(date +%s.%N)
 api "http://127.0.0.1:$PORT/api/admin/runs/$RUN" | python3 scripts/run-report.py
 python3 -c "print(f'wall time: {$END - $START:.1f} s')"

@@ -17,7 +17,7 @@ CONFIG="{\"name\":\"load\",\"rounds\":1,\"min_clients\":$CLIENTS,\"round_timeout
   \"dp\":{\"max_grad_norm\":1.0,\"noise_multiplier\":1.0,\"delta\":1e-5},\"shards\":null}"
 create_run "$CONFIG"
 START=$(date +%s.%N)
-RUST_LOG=warn ./target/release/sim --server "ws://127.0.0.1:$PORT/ws" --clients "$CLIENTS" --own-examples 16 &
+RUST_LOG=warn "$BIN/sim" --server "ws://127.0.0.1:$PORT/ws" --clients "$CLIENTS" --own-examples 16 &
 SIM=$!
 # Sample the server while clients connect and the round runs.
 PEAK_CLIENTS=0

@@ -3,8 +3,15 @@
 # `create_run CONFIG_JSON` (creates and starts a run, sets RUN).
 TOKEN="bench-token-$(date +%s)-0123456789"
 DIR="$(mktemp -d)"
-cargo build --release -q -p server -p client-wasm --bins
-./target/release/server --bind "127.0.0.1:$PORT" --data-dir "$DIR" --admin-token "$TOKEN" --no-demo \
+# FL_BENCH_BIN: take the server and sim binaries from there instead of building them (a long
+# benchmark keeps its own copies while the tree is rebuilt).
+if [ -n "${FL_BENCH_BIN:-}" ]; then
+  BIN="$FL_BENCH_BIN"
+else
+  cargo build --release -q -p server -p client-wasm --bins
+  BIN="${CARGO_TARGET_DIR:-target}/release"
+fi
+"$BIN/server" --bind "127.0.0.1:$PORT" --data-dir "$DIR" --admin-token "$TOKEN" --no-demo \
   > "$DIR/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; rm -rf "$DIR"' EXIT

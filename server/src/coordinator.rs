@@ -34,7 +34,9 @@ mod runs;
 
 use crate::data::{DemoData, Shards};
 use crate::store::{ClientRow, Participant, Store, StoreError};
-use crate::strategy::{Candidate, DpFedAvg, FedAvgStrategy, Strategy, TrainPlan};
+use crate::strategy::{
+    Candidate, DpFedAvg, FedAvgStrategy, Strategy, TrainPlan, quorum_needed, straggler_wait,
+};
 
 /// Messages waiting for one client's socket; a client this far behind is disconnected.
 pub const OUTBOX_CAPACITY: usize = 16;
@@ -179,6 +181,8 @@ struct Round {
     started: Instant,
     started_at_ms: u64,
     deadline: tokio::time::Instant,
+    /// Whether the quorum's results are in (the deadline was then brought forward).
+    quorum_reached: bool,
     sampled: HashMap<u64, (String, Slot)>,
     /// The round's updates, as the run's aggregation rule takes them.
     sum: Box<dyn Aggregator>,
@@ -190,6 +194,17 @@ struct Round {
 }
 
 impl Round {
+    /// Once `quorum` of the sampled clients have sent results, the others get
+    /// [`straggler_wait`] more, never past the round's timeout (the first time only).
+    fn shorten_for_stragglers(&mut self, quorum: f64) {
+        if self.quorum_reached || self.sum.count() < quorum_needed(quorum, self.sampled.len()) {
+            return;
+        }
+        self.quorum_reached = true;
+        let wait = straggler_wait(self.started.elapsed());
+        self.deadline = self.deadline.min(tokio::time::Instant::now() + wait);
+    }
+
     /// Sampled clients that failed this round (errors, invalid updates, disconnects, deadline).
     fn failures(&self) -> usize {
         self.sampled

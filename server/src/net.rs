@@ -2,12 +2,15 @@
 //!
 //! * at most `max_connections` at once: a connection over the limit is accepted and closed at
 //!   once, instead of waiting in the kernel or taking the last file descriptors;
-//! * a connection that neither reads nor writes for `idle` is closed.
+//! * a connection to which the server has written nothing for `idle` is closed, whatever the
+//!   peer sends meanwhile.
 //!
-//! These close connect-only sockets, idle keep-alives and stalled slow-loris requests. Before,
-//! 1 050 silent sockets took every descriptor, and `/api/health` and new hellos timed out.
-//! Long-lived connections stay open because they carry traffic: WebSockets get a ping every
-//! [`crate::ws::PING_EVERY`], and the dashboard's event stream a keep-alive every 15 s.
+//! These close connect-only sockets, idle keep-alives, stalled slow-loris requests and
+//! trickling ones (a header line every few seconds, which kept a connection open for good while
+//! any traffic counted), and peers that stop reading. Before, 1 050 silent sockets took every
+//! descriptor, and `/api/health` and new hellos timed out. Long-lived connections stay open
+//! because the server writes on them: WebSockets get a ping every [`crate::ws::PING_EVERY`], and
+//! the dashboard's event stream a keep-alive every 15 s.
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +28,7 @@ use tracing::warn;
 /// Connections at once by default: below the common 1 024 open-file limit, leaving room for
 /// the store and the static files.
 pub const MAX_CONNECTIONS: usize = 900;
-/// A connection with no traffic either way for this long is closed.
+/// A connection the server has written nothing to for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A TCP listener with a connection limit and an idle timeout (see the module doc).
@@ -73,7 +76,8 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
-/// A connection that holds one permit of its listener and closes when idle.
+/// A connection that holds one permit of its listener and closes when the server has had
+/// nothing to say on it for `idle` (the request never completed, or the peer stopped reading).
 pub struct GuardedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
@@ -96,7 +100,8 @@ impl GuardedStream {
         self.deadline.as_mut().reset(next);
     }
 
-    /// `Pending` from the socket: an error instead once the connection has been idle too long.
+    /// `Pending` from the socket: an error instead once the server has written nothing for
+    /// too long.
     fn idle_check<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         match self.deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
@@ -114,14 +119,10 @@ impl AsyncRead for GuardedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
+        // Reading does not count as activity: a peer trickling a request byte by byte is
+        // exactly what must time out.
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                if buf.filled().len() > before {
-                    self.active();
-                }
-                Poll::Ready(r)
-            }
+            Poll::Ready(r) => Poll::Ready(r),
             Poll::Pending => self.idle_check(cx),
         }
     }
@@ -206,6 +207,31 @@ mod tests {
         }
         // …and the server answers again.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(get_health(addr).await.ends_with("ok"));
+    }
+
+    #[tokio::test]
+    async fn a_request_trickled_a_line_at_a_time_is_closed() {
+        // The attack: a request head that never ends, one header line every 100 ms (traffic
+        // well within the 300 ms idle timeout, so it kept the connection open for good).
+        let addr = serve(3, Duration::from_millis(300)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        let start = Instant::now();
+        let closed = loop {
+            if s.write_all(b"x-pad: a\r\n").await.is_err() {
+                break true;
+            }
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(100), s.read(&mut byte)).await {
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(_)) => panic!("the server answered a request it never received"),
+                Err(_) if start.elapsed() > Duration::from_secs(5) => break false,
+                Err(_) => {}
+            }
+        };
+        assert!(closed, "still open after {:?}", start.elapsed());
+        // A connection that keeps receiving from the server stays: a normal request.
         assert!(get_health(addr).await.ends_with("ok"));
     }
 }

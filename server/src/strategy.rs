@@ -64,6 +64,22 @@ pub fn cap_allows(
         .is_ok_and(|e| e <= cap)
 }
 
+/// Results a round needs to aggregate: `quorum` of the `sampled` clients, at least one.
+pub fn quorum_needed(quorum: f64, sampled: usize) -> usize {
+    ((quorum * sampled as f64).ceil() as usize).max(1)
+}
+
+/// Least time the rest of a round's clients get once its quorum of results is in.
+pub const MIN_STRAGGLER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How much longer a round waits for the clients still training once the quorum's results are
+/// in, `to_quorum` after it started: twice that (at least [`MIN_STRAGGLER_WAIT`]), so a client up
+/// to three times slower than the quorum still makes it, and a sampled client that stays silent
+/// holds the round for that long instead of the whole `round_timeout_secs`.
+pub fn straggler_wait(to_quorum: std::time::Duration) -> std::time::Duration {
+    (to_quorum * 2).max(MIN_STRAGGLER_WAIT)
+}
+
 /// One client's instructions for a round.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainAssignment {
@@ -240,7 +256,7 @@ impl Strategy for FedAvgStrategy {
         sampled: usize,
         failures: usize,
     ) -> Result<Vec<f32>, RoundRejected> {
-        let needed = ((self.quorum * sampled as f64).ceil() as usize).max(1);
+        let needed = quorum_needed(self.quorum, sampled);
         if sum.count() < needed {
             return Err(RoundRejected::BelowQuorum {
                 results: sum.count(),
@@ -573,6 +589,17 @@ mod tests {
         plain.add(&[0.5, -0.5], 6000).unwrap();
         plain.add(&[1e30, 1e30], 6000).unwrap();
         assert!(plain.aggregate().unwrap()[0] > 1e29);
+    }
+
+    #[test]
+    fn a_silent_client_holds_the_round_only_a_while_after_the_quorum() {
+        use std::time::Duration;
+        assert_eq!(quorum_needed(0.5, 10), 5);
+        assert_eq!(quorum_needed(0.5, 3), 2);
+        assert_eq!(quorum_needed(0.01, 3), 1);
+        assert_eq!(quorum_needed(1.0, 10), 10);
+        assert_eq!(straggler_wait(Duration::from_secs(40)), Duration::from_secs(80));
+        assert_eq!(straggler_wait(Duration::from_secs(2)), MIN_STRAGGLER_WAIT);
     }
 
     #[test]

@@ -430,6 +430,40 @@ async fn under_the_median_a_hostile_client_cannot_stop_the_model_from_learning()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_sampled_client_holds_the_round_only_a_while_after_the_quorum() {
+    let dir = temp_dir("silent");
+    let server = TestServer::start(&dir, None).await;
+    // Attack: a sampled client that takes its instructions and never answers, while the round
+    // timeout is the default 600 s.
+    let run_id = server
+        .create_and_start(
+            r#"{"name":"silent","rounds":1,"min_clients":3,"quorum":0.5,
+                "batching":{"batch_size":256},
+                "shards":{"scheme":{"kind":"iid"},"num_shards":20,"seed":7}}"#,
+        )
+        .await;
+    let mut silent = Raw::hello(&server.ws(), None).await;
+    let clients: Vec<_> = (0..2).map(|_| sim_client(server.ws(), None)).collect();
+    assert_eq!(silent.next_train_ins().await, 1);
+    let start = std::time::Instant::now();
+    for c in clients {
+        let report = c.await.unwrap().expect("client ran to the end");
+        assert_eq!(report.finished.as_deref(), Some("all 1 rounds done"));
+    }
+    let waited = start.elapsed();
+    let h = server.history(run_id).await;
+    assert_eq!((h.rounds[0].participants, h.rounds[0].failures), (2, 1));
+    // Quorum (2 of 3) after a few seconds, then the straggler wait of at least 30 s.
+    assert!(
+        waited >= Duration::from_secs(25) && waited < Duration::from_secs(120),
+        "the round took {waited:?}"
+    );
+    drop(silent);
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_and_malformed_input_is_rejected_and_the_run_goes_on() {
     let dir = temp_dir("hostile");
     let server = TestServer::start(&dir, None).await;

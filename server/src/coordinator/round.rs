@@ -103,6 +103,7 @@ impl Coordinator {
             started: Instant::now(),
             started_at_ms: now_ms(),
             deadline: tokio::time::Instant::now() + timeout,
+            quorum_reached: false,
             sampled,
             sum: run.strategy.aggregator(self.model_params),
             participants: Vec::new(),
@@ -273,6 +274,8 @@ impl Coordinator {
             detail: None,
         });
         round.span.in_scope(|| info!(client_id, "update accepted"));
+        let quorum = run.summary.config.quorum;
+        round.shorten_for_stragglers(quorum);
         if let Some(c) = self.clients.get_mut(&client_id) {
             c.rounds_contributed += 1;
         }
