@@ -340,7 +340,8 @@ fn Dashboard(
                     Some(r) => {
                         let best = series.with(|s| s.best_accuracy());
                         view! {
-                            <p>"Run " <b>{r.run_id}</b> " · " {r.config.name.clone()}</p>
+                            <p>"Run " <b>{r.run_id}</b> " · " {r.config.name.clone()}
+                               " · aggregation: " <span id="run-aggregator">{r.config.aggregator.name()}</span></p>
                             <p>"Status: " <b id="run-status" class=format!("status {:?}", r.status).to_lowercase()>{format!("{:?}", r.status).to_lowercase()}</b>
                                " · round " <b id="completed-rounds">{r.completed_rounds}</b> " of " {r.config.rounds}
                                {r.finished_reason.clone().map(|x| format!(" · {x}"))}</p>

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use protocol::admin::{FieldError, RunConfig};
+use protocol::admin::{AggregatorConfig, FieldError, RunConfig};
 use protocol::config::{Batching, Optimizer, ShardScheme};
 use serde_json::{Map, Value, json};
 
@@ -117,6 +117,36 @@ pub const FIELDS: &[FormField] = &[
         "Adam ε",
         Number,
         "> 0 (numerical, not privacy)",
+    ),
+    f(
+        "aggregator.kind",
+        "Aggregation",
+        Choice(&["fedavg", "norm_bound", "median", "trimmed_mean", "multi_krum"]),
+        "FedAvg, or a rule that a minority of hostile clients cannot steer",
+    ),
+    f(
+        "aggregator.bound",
+        "Norm bound",
+        Number,
+        "each update is clipped to this L2 norm; empty: the round's median norm",
+    ),
+    f(
+        "aggregator.trim",
+        "Trimmed fraction",
+        Number,
+        "[0, 0.5): dropped at each end of every coordinate",
+    ),
+    f(
+        "aggregator.byzantine",
+        "Hostile clients f",
+        Integer,
+        "tolerated; needs min clients ≥ 2f + 3",
+    ),
+    f(
+        "aggregator.keep",
+        "Updates averaged",
+        Integer,
+        "best-scored updates kept; empty: n − f",
     ),
     f("dp", "Differential privacy", Bool, "DP-SGD on every client"),
     f(
@@ -238,6 +268,28 @@ impl RunForm {
                 set("optimizer.epsilon", epsilon.to_string());
             }
         }
+        set("aggregator.bound", String::new());
+        set("aggregator.trim", "0.2".into());
+        set("aggregator.byzantine", "1".into());
+        set("aggregator.keep", String::new());
+        let kind = match c.aggregator {
+            AggregatorConfig::FedAvg => "fedavg",
+            AggregatorConfig::NormBound { bound } => {
+                set("aggregator.bound", bound.map_or(String::new(), |b| b.to_string()));
+                "norm_bound"
+            }
+            AggregatorConfig::Median => "median",
+            AggregatorConfig::TrimmedMean { trim } => {
+                set("aggregator.trim", trim.to_string());
+                "trimmed_mean"
+            }
+            AggregatorConfig::MultiKrum { byzantine, keep } => {
+                set("aggregator.byzantine", byzantine.to_string());
+                set("aggregator.keep", keep.map_or(String::new(), |k| k.to_string()));
+                "multi_krum"
+            }
+        };
+        set("aggregator.kind", kind.into());
         let dp = c.dp.unwrap_or_else(default_dp);
         set("dp", c.dp.is_some().to_string());
         set("dp.max_grad_norm", dp.max_grad_norm.to_string());
@@ -298,6 +350,15 @@ impl RunForm {
         if prefix("optimizer.") && path != "optimizer.kind" {
             let sgd = self.get("optimizer.kind") == "sgd";
             return (path == "optimizer.momentum") == sgd;
+        }
+        if prefix("aggregator.") && path != "aggregator.kind" {
+            let uses = match self.get("aggregator.kind") {
+                "norm_bound" => &["aggregator.bound"][..],
+                "trimmed_mean" => &["aggregator.trim"],
+                "multi_krum" => &["aggregator.byzantine", "aggregator.keep"],
+                _ => &[],
+            };
+            return uses.contains(&path);
         }
         if prefix("dp.") {
             if !self.on("dp") {
@@ -388,6 +449,28 @@ impl RunForm {
                 })
             } else {
                 json!({ "kind": "sgd", "momentum": num("optimizer.momentum", false) })
+            },
+        );
+        // Empty optional inputs mean "none" (the median norm, n − f).
+        let mut optional = |path: &'static str, integer: bool| -> Value {
+            if self.get(path).trim().is_empty() {
+                Value::Null
+            } else {
+                num(path, integer)
+            }
+        };
+        let kind = self.get("aggregator.kind");
+        body.insert(
+            "aggregator".into(),
+            match kind {
+                "norm_bound" => json!({ "kind": kind, "bound": optional("aggregator.bound", false) }),
+                "trimmed_mean" => json!({ "kind": kind, "trim": optional("aggregator.trim", false) }),
+                "multi_krum" => json!({
+                    "kind": kind,
+                    "byzantine": optional("aggregator.byzantine", true),
+                    "keep": optional("aggregator.keep", true),
+                }),
+                _ => json!({ "kind": kind }),
             },
         );
         let dp = if self.on("dp") {
@@ -492,6 +575,24 @@ mod tests {
         };
         c.shards.as_mut().unwrap().scheme = ShardScheme::Dirichlet { alpha: 0.3 };
         assert_eq!(RunForm::from_config(&c).to_config().unwrap(), c);
+        c.min_clients = 10;
+        for aggregator in [
+            AggregatorConfig::Median,
+            AggregatorConfig::NormBound { bound: None },
+            AggregatorConfig::NormBound { bound: Some(2.5) },
+            AggregatorConfig::TrimmedMean { trim: 0.3 },
+            AggregatorConfig::MultiKrum {
+                byzantine: 2,
+                keep: None,
+            },
+            AggregatorConfig::MultiKrum {
+                byzantine: 3,
+                keep: Some(4),
+            },
+        ] {
+            c.aggregator = aggregator;
+            assert_eq!(RunForm::from_config(&c).to_config().unwrap(), c);
+        }
         c.dp = None;
         c.shards = None;
         assert_eq!(RunForm::from_config(&c).to_config().unwrap(), c);
@@ -533,6 +634,12 @@ mod tests {
         assert!(!form.is_active("dp.delta") && form.is_active("dp"));
         form.set("shards.scheme.kind", "dirichlet");
         assert!(form.is_active("shards.scheme.alpha"));
+        assert!(!form.is_active("aggregator.trim") && form.is_active("aggregator.kind"));
+        form.set("aggregator.kind", "multi_krum");
+        assert!(form.is_active("aggregator.byzantine") && !form.is_active("aggregator.bound"));
+        // f = 1 needs 5 clients; the demo waits for 2: named, on the field.
+        assert_eq!(form.to_config().unwrap_err()[0].field, "aggregator.byzantine");
+        form.set("aggregator.kind", "median");
         form.set("no.such.field", "1");
         assert_eq!(form.get("no.such.field"), "");
         // Inactive inputs are not checked: a hidden bad value does not block the run.

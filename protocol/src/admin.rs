@@ -488,7 +488,7 @@ pub struct RoundRecord {
     pub server_round: u64,
     pub started_at_ms: u64,
     pub duration_ms: u64,
-    /// CPU time spent aggregating: adding every update to the running sum, and the final mean.
+    /// CPU time spent aggregating: taking in every update, then forming the aggregate.
     pub aggregate_ms: f64,
     /// NaN (`null` in JSON) when the round was not evaluated or the model is broken.
     #[serde(with = "crate::ledger::nan_as_null")]
