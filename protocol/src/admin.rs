@@ -61,9 +61,10 @@ pub struct RunConfig {
     pub aggregator: AggregatorConfig,
 }
 
-/// Most updates a robust aggregator holds at once: they need every update of the round in
-/// memory (≈ 51 KB each for TinyCNN, so ≈ 26 MB), and Multi-Krum compares every pair.
-pub const MAX_BUFFERED_UPDATES: usize = 500;
+/// Most updates a robust aggregator holds, hence most clients a round of such a run samples:
+/// they need every update of the round in memory (≈ 51 KB each for TinyCNN, so ≈ 10 MB), and
+/// Multi-Krum compares every pair on the coordinator task (see BENCHMARKS.md for the cost).
+pub const MAX_BUFFERED_UPDATES: usize = 200;
 /// Largest norm bound an operator may set (TinyCNN's updates have norms of O(1)).
 pub const MAX_NORM_BOUND: f32 = 1.0e4;
 
@@ -112,8 +113,26 @@ impl AggregatorConfig {
         }
     }
 
+    /// Most updates the rule takes in one round (`None`: no limit, a running sum).
+    pub fn max_updates(&self) -> Option<usize> {
+        match self {
+            Self::FedAvg => None,
+            _ => Some(MAX_BUFFERED_UPDATES),
+        }
+    }
+
     /// Checks the rule's parameters against a run that waits for `min_clients`.
     fn validate(&self, min_clients: u32) -> Result<(), FieldError> {
+        if self.max_updates().is_some_and(|m| min_clients as usize > m) {
+            return field_err(
+                "min_clients",
+                min_clients,
+                &format!(
+                    "at most {MAX_BUFFERED_UPDATES} with the {} aggregator (it holds every update of a round)",
+                    self.name()
+                ),
+            );
+        }
         match *self {
             Self::NormBound { bound: Some(b) } if !(b > 0.0 && b <= MAX_NORM_BOUND) => {
                 field_err("aggregator.bound", b, "a number in (0, 10000], or none for the median norm")
@@ -702,6 +721,10 @@ mod tests {
             (
                 r#"{"min_clients":7,"aggregator":{"kind":"multi_krum","byzantine":2,"keep":0}}"#,
                 "aggregator.keep",
+            ),
+            (
+                r#"{"min_clients":201,"aggregator":{"kind":"median"}}"#,
+                "min_clients",
             ),
         ];
         for (json, field) in cases {

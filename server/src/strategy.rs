@@ -230,9 +230,11 @@ impl Strategy for FedAvgStrategy {
                 needed,
             };
         }
+        // A robust aggregator holds every update: never sample more than it takes.
         let k = ((self.fraction_train * candidates.len() as f64).ceil() as usize)
             .max(needed)
-            .min(candidates.len());
+            .min(candidates.len())
+            .min(self.aggregation.max_updates().unwrap_or(usize::MAX));
         TrainPlan::Train(
             sample(candidates, k, seed)
                 .into_iter()
@@ -584,7 +586,17 @@ mod tests {
         }
         let next = dp.aggregate_train(1, &[1.0, 1.0], agg.as_ref(), 7, 0).unwrap();
         assert_eq!(next, vec![1.5, 0.5]);
-        // FedAvg, the default, takes them in.
+        // A round never samples more clients than the rule holds.
+        let many = candidates(300, 6000);
+        let TrainPlan::Train(a) = dp.configure_train(1, &many, 1) else {
+            panic!()
+        };
+        assert_eq!(a.len(), learning::aggregate::MAX_BUFFERED_UPDATES);
+        // FedAvg, the default, takes them in (and samples everyone).
+        let TrainPlan::Train(a) = fedavg(&RunConfig::default()).configure_train(1, &many, 1) else {
+            panic!()
+        };
+        assert_eq!(a.len(), 300);
         let mut plain = fedavg(&RunConfig::default()).aggregator(2);
         plain.add(&[0.5, -0.5], 6000).unwrap();
         plain.add(&[1e30, 1e30], 6000).unwrap();

@@ -17,9 +17,17 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::AppState;
 use crate::coordinator::{Command, OUTBOX_CAPACITY, Outgoing};
 
-/// Largest WebSocket message accepted: a TinyCNN update is 51 KB; anything over this closes
-/// the connection (after an error message) before it is buffered.
-pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Least WebSocket message size accepted, whatever the model (control messages, small models).
+pub const MIN_MESSAGE_LIMIT: usize = 64 << 10;
+
+/// Largest WebSocket message accepted for a model of `model_params`: one update frame (TinyCNN's
+/// is 51 KB) and a little more, at least [`MIN_MESSAGE_LIMIT`]. A larger message closes the
+/// connection (after an error message) before it is buffered. It bounds what hostile clients can
+/// make the server hold: every connection may buffer one message, so 900 connections × 64 KiB ≈
+/// 56 MiB (with the 1 MiB limit it was 900 MiB, which an attack run reached).
+pub fn message_limit(model_params: usize) -> usize {
+    (protocol::frame::HEADER_LEN + 4 * model_params + 1024).max(MIN_MESSAGE_LIMIT)
+}
 /// A message the peer does not accept within this time closes the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A ping this often keeps a waiting client's connection alive through the listener's idle
@@ -29,8 +37,9 @@ pub const PING_EVERY: Duration = Duration::from_secs(20);
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn ws_handler(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
-    ws.max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES)
+    let limit = message_limit(state.model_params);
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
         .on_upgrade(move |socket| {
             let span = info_span!("conn", client_id = tracing::field::Empty);
             handle_socket(socket, state).instrument(span)
@@ -195,7 +204,8 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
                     reader.error(
                         ErrorCode::BadMessage,
                         format!(
-                            "{text}: messages are limited to {MAX_MESSAGE_BYTES} bytes; closing"
+                            "{text}: messages are limited to {} bytes; closing",
+                            message_limit(reader.model_params)
                         ),
                         true,
                     );

@@ -568,7 +568,7 @@ async fn hostile_and_malformed_input_is_rejected_and_the_run_goes_on() {
         }
     }
     let told = told.expect("an error message before the socket closed");
-    assert!(told.contains("limited to 1048576 bytes"), "{told}");
+    assert!(told.contains("limited to 65536 bytes"), "{told}");
 
     // The honest client finishes the run; every hostile result was counted, none aggregated.
     let report = honest.await.unwrap().expect("honest client finishes");
