@@ -185,7 +185,7 @@ struct Round {
     quorum_reached: bool,
     sampled: HashMap<u64, (String, Slot)>,
     /// The round's updates, as the run's aggregation rule takes them.
-    sum: Box<dyn Aggregator>,
+    aggregator: Box<dyn Aggregator>,
     participants: Vec<Participant>,
     aggregate_ms: f64,
     next_global: Option<Arc<Vec<f32>>>,
@@ -197,7 +197,7 @@ impl Round {
     /// Once `quorum` of the sampled clients have sent results, the others get
     /// [`straggler_wait`] more, never past the round's timeout (the first time only).
     fn shorten_for_stragglers(&mut self, quorum: f64) {
-        if self.quorum_reached || self.sum.count() < quorum_needed(quorum, self.sampled.len()) {
+        if self.quorum_reached || self.aggregator.count() < quorum_needed(quorum, self.sampled.len()) {
             return;
         }
         self.quorum_reached = true;

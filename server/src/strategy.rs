@@ -134,7 +134,7 @@ pub trait Strategy: Send {
         &self,
         server_round: u64,
         global: &[f32],
-        sum: &dyn Aggregator,
+        aggregator: &dyn Aggregator,
         sampled: usize,
         failures: usize,
     ) -> Result<Vec<f32>, RoundRejected>;
@@ -254,14 +254,14 @@ impl Strategy for FedAvgStrategy {
         &self,
         _round: u64,
         global: &[f32],
-        sum: &dyn Aggregator,
+        aggregator: &dyn Aggregator,
         sampled: usize,
         failures: usize,
     ) -> Result<Vec<f32>, RoundRejected> {
         let needed = quorum_needed(self.quorum, sampled);
-        if sum.count() < needed {
+        if aggregator.count() < needed {
             return Err(RoundRejected::BelowQuorum {
-                results: sum.count(),
+                results: aggregator.count(),
                 sampled,
                 needed,
             });
@@ -269,7 +269,7 @@ impl Strategy for FedAvgStrategy {
         if failures > 0 && !self.accept_failures {
             return Err(RoundRejected::Failures(failures));
         }
-        sum.apply(global)
+        aggregator.apply(global)
             .map_err(|e| RoundRejected::Aggregation(e.to_string()))
     }
 
@@ -439,12 +439,12 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
         &self,
         round: u64,
         global: &[f32],
-        sum: &dyn Aggregator,
+        aggregator: &dyn Aggregator,
         sampled: usize,
         failures: usize,
     ) -> Result<Vec<f32>, RoundRejected> {
         self.inner
-            .aggregate_train(round, global, sum, sampled, failures)
+            .aggregate_train(round, global, aggregator, sampled, failures)
     }
 
     fn configure_evaluate(&self, round: u64, candidates: &[Candidate], seed: u64) -> Vec<u64> {

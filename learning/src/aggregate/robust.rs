@@ -3,9 +3,10 @@
 //! depends on all of them at once; all are deterministic in the set of updates (not their
 //! order, up to f64 rounding of the final mean).
 //!
-//! The median and the trimmed mean are unweighted: a weight is a number the client declares,
-//! and a rule meant to resist lying clients must not let one buy influence with it. Norm
-//! bounding and Multi-Krum average what they keep weighted by shard size, as FedAvg does.
+//! A weight is a number the client declares, and a rule meant to resist lying clients must not
+//! let one buy influence with it: the median and the trimmed mean are unweighted, and norm
+//! bounding and Multi-Krum average what they keep weighted by shard size as FedAvg does, but
+//! with every weight capped at the round's median weight (a minority cannot raise it).
 
 use super::{AggregationError, Aggregator, MAX_BUFFERED_UPDATES, check_update};
 #[cfg(test)]
@@ -58,12 +59,21 @@ impl Held {
         }
     }
 
-    /// Σ wᵢ·sᵢ·uᵢ / Σ wᵢ over `chosen`, with `scale(i)` = sᵢ.
+    /// The round's median weight: no update counts for more than this.
+    fn weight_cap(&self) -> f64 {
+        let mut w: Vec<f64> = self.weights.iter().map(|&w| w as f64).collect();
+        w.sort_unstable_by(f64::total_cmp);
+        median_sorted(&w)
+    }
+
+    /// Σ wᵢ·sᵢ·uᵢ / Σ wᵢ over `chosen`, with `scale(i)` = sᵢ and wᵢ the weight capped at
+    /// [`Self::weight_cap`].
     fn weighted_mean(&self, chosen: &[usize], scale: impl Fn(usize) -> f64) -> Vec<f32> {
+        let cap = self.weight_cap();
         let mut sum = vec![0.0f64; self.num_params];
         let mut total = 0.0f64;
         for &i in chosen {
-            let w = self.weights[i] as f64;
+            let w = (self.weights[i] as f64).min(cap);
             let ws = w * scale(i);
             total += w;
             for (s, &u) in sum.iter_mut().zip(&self.updates[i]) {
@@ -398,8 +408,14 @@ mod tests {
         round(&mut adaptive, [3.0, 4.0], 3, [3000.0, 4000.0], 1);
         let b = adaptive.bound().unwrap();
         assert!((b - 5.0).abs() < 0.05, "median norm {b}");
-        // The hostile update enters with norm ≈ 5 and its claimed weight: ≈ (3, 4), not 1 000×.
+        // The hostile update enters with norm ≈ 5 and the median weight: ≈ (3, 4), not 1 000×.
         assert!(close(&adaptive.aggregate().unwrap(), &[3.0, 4.0], 0.05));
+        // Attack: a sign flip of honest size that claims 10⁴ times the honest weight. With its
+        // claimed weight it would reverse the round (≈ (−3, −4)); capped at the median weight
+        // it is one update of four.
+        let mut flipped = NormBound::new(2, None);
+        round(&mut flipped, [3.0, 4.0], 3, [-3.0, -4.0], 1);
+        assert!(close(&flipped.aggregate().unwrap(), &[1.5, 2.0], 0.05));
         let mut fixed = NormBound::new(2, Some(1.0));
         fixed.add(&[30.0, 40.0], 1).unwrap();
         fixed.add(&[0.3, 0.4], 1).unwrap();

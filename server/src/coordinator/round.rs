@@ -105,7 +105,7 @@ impl Coordinator {
             deadline: tokio::time::Instant::now() + timeout,
             quorum_reached: false,
             sampled,
-            sum: run.strategy.aggregator(self.model_params),
+            aggregator: run.strategy.aggregator(self.model_params),
             participants: Vec::new(),
             aggregate_ms: 0.0,
             next_global: None,
@@ -253,7 +253,7 @@ impl Coordinator {
             return self.fail_slot(client_id, Some(server_round), &msg);
         }
         let t = Instant::now();
-        let added = round.sum.add(&update, num_examples);
+        let added = round.aggregator.add(&update, num_examples);
         round.aggregate_ms += t.elapsed().as_secs_f64() * 1e3;
         if let Err(e) = added {
             let msg = format!("update rejected: {e}");
@@ -409,7 +409,7 @@ impl Coordinator {
         let res = run.strategy.aggregate_train(
             round.server_round,
             &run.global,
-            round.sum.as_ref(),
+            round.aggregator.as_ref(),
             round.sampled.len(),
             round.failures(),
         );
@@ -434,7 +434,7 @@ impl Coordinator {
             Ok(next) => {
                 round.span.in_scope(|| {
                     info!(
-                        results = round.sum.count(),
+                        results = round.aggregator.count(),
                         failures = round.failures(),
                         aggregate_ms = round.aggregate_ms,
                         "aggregated; evaluating"
@@ -557,7 +557,7 @@ impl Coordinator {
             test_accuracy: test.accuracy,
             federated_loss: federated.map(|f| f.0),
             federated_accuracy: federated.map(|f| f.1),
-            participants: round.sum.count() as u64,
+            participants: round.aggregator.count() as u64,
             failures: round.failures() as u64,
             epsilon: run.max_epsilon(),
             attempts: round.attempt,
