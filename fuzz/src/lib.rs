@@ -11,7 +11,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use protocol::admin::RunConfig;
+use protocol::admin::{AggregatorConfig, RunConfig};
 use protocol::config::{Batching, DpSgdConfig, Optimizer, TrainConfig};
 use protocol::ledger::{self, DatasetLedger, LedgerSlot};
 use protocol::messages::{Capabilities, MAX_NUM_EXAMPLES, OwnData};
@@ -93,6 +93,40 @@ fn tensor_frame(input: &[u8]) {
 fn run_config(input: &[u8]) {
     if let Ok(config) = RunConfig::from_json(&text(input)) {
         config.validate().expect("from_json validates");
+    }
+}
+
+/// The aggregation rules on updates a peer chose: the input is a rule, weights and f32 values
+/// (the socket handler only promises the right length and finite values). Whatever they are, a
+/// rule takes or refuses each update and its aggregate is either refused or finite.
+fn aggregators(input: &[u8]) {
+    const DIMS: usize = 3;
+    let Some((&rule, rest)) = input.split_first() else {
+        return;
+    };
+    let config = match rule % 5 {
+        0 => AggregatorConfig::FedAvg,
+        1 => AggregatorConfig::NormBound {
+            bound: (rule & 0x80 != 0).then_some(1.0),
+        },
+        2 => AggregatorConfig::Median,
+        3 => AggregatorConfig::TrimmedMean { trim: 0.2 },
+        _ => AggregatorConfig::MultiKrum {
+            byzantine: u32::from(rule >> 6),
+            keep: (rule & 0x20 != 0).then_some(2),
+        },
+    };
+    let mut agg = learning::aggregate::build(&config, DIMS);
+    for chunk in rest.chunks_exact(2 + 4 * DIMS) {
+        let weight = u64::from(u16::from_le_bytes([chunk[0], chunk[1]])) * 1000;
+        let update: Vec<f32> = chunk[2..]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let _ = agg.add(&update, weight);
+    }
+    if let Ok(next) = agg.apply(&[0.0; DIMS]) {
+        assert!(next.iter().all(|v| v.is_finite()), "{config:?}: {next:?}");
     }
 }
 
@@ -258,9 +292,29 @@ pub fn targets() -> Vec<Target> {
             seeds: bytes(vec![
                 "{}".into(),
                 r#"{"name":"x","rounds":3,"batching":{"sample_rate":0.01},"dp":{"max_grad_norm":1,"noise_multiplier":1.1,"delta":1e-5},"shards":{"scheme":{"kind":"dirichlet","alpha":0.5},"num_shards":10,"seed":1}}"#.into(),
+                r#"{"min_clients":9,"aggregator":{"kind":"multi_krum","byzantine":3,"keep":4}}"#.into(),
+                r#"{"aggregator":{"kind":"norm_bound","bound":2.5}}"#.into(),
+                r#"{"aggregator":{"kind":"trimmed_mean","trim":0.2}}"#.into(),
             ]),
             json: true,
             run: run_config,
+        },
+        Target {
+            name: "aggregators",
+            seeds: (0u8..5)
+                .map(|rule| {
+                    let mut input = vec![rule];
+                    for i in 0..7u8 {
+                        input.extend(u16::from(i % 3 + 1).to_le_bytes());
+                        for v in [0.5f32, -1.0, 3.0e38] {
+                            input.extend((v * f32::from(i)).to_le_bytes());
+                        }
+                    }
+                    input
+                })
+                .collect(),
+            json: false,
+            run: aggregators,
         },
         Target {
             name: "page to worker",
