@@ -102,8 +102,18 @@ mod tests {
         assert_eq!("label-flip".parse(), Ok(Attack::LabelFlip));
         assert_eq!("zero".parse(), Ok(Attack::Zero));
         assert!("random:-1".parse::<Attack>().unwrap_err().contains("> 0"));
-        assert!("scale:inf".parse::<Attack>().unwrap_err().contains("finite"));
-        assert!("flip".parse::<Attack>().unwrap_err().contains("expected sign-flip"));
+        assert!(
+            "scale:inf"
+                .parse::<Attack>()
+                .unwrap_err()
+                .contains("finite")
+        );
+        assert!(
+            "flip"
+                .parse::<Attack>()
+                .unwrap_err()
+                .contains("expected sign-flip")
+        );
     }
 
     #[test]
@@ -126,7 +136,10 @@ mod tests {
             images: vec![0; 3 * 784],
             labels: vec![0, 3, 9],
         };
-        assert_eq!(Attack::LabelFlip.poison_data(&data).unwrap().labels, vec![9, 6, 0]);
+        assert_eq!(
+            Attack::LabelFlip.poison_data(&data).unwrap().labels,
+            vec![9, 6, 0]
+        );
         assert!(Attack::SignFlip.poison_data(&data).is_none());
     }
 }

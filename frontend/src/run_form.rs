@@ -121,7 +121,13 @@ pub const FIELDS: &[FormField] = &[
     f(
         "aggregator.kind",
         "Aggregation",
-        Choice(&["fedavg", "norm_bound", "median", "trimmed_mean", "multi_krum"]),
+        Choice(&[
+            "fedavg",
+            "norm_bound",
+            "median",
+            "trimmed_mean",
+            "multi_krum",
+        ]),
         "FedAvg, or a rule that a minority of hostile clients cannot steer",
     ),
     f(
@@ -275,7 +281,10 @@ impl RunForm {
         let kind = match c.aggregator {
             AggregatorConfig::FedAvg => "fedavg",
             AggregatorConfig::NormBound { bound } => {
-                set("aggregator.bound", bound.map_or(String::new(), |b| b.to_string()));
+                set(
+                    "aggregator.bound",
+                    bound.map_or(String::new(), |b| b.to_string()),
+                );
                 "norm_bound"
             }
             AggregatorConfig::Median => "median",
@@ -285,7 +294,10 @@ impl RunForm {
             }
             AggregatorConfig::MultiKrum { byzantine, keep } => {
                 set("aggregator.byzantine", byzantine.to_string());
-                set("aggregator.keep", keep.map_or(String::new(), |k| k.to_string()));
+                set(
+                    "aggregator.keep",
+                    keep.map_or(String::new(), |k| k.to_string()),
+                );
                 "multi_krum"
             }
         };
@@ -463,8 +475,12 @@ impl RunForm {
         body.insert(
             "aggregator".into(),
             match kind {
-                "norm_bound" => json!({ "kind": kind, "bound": optional("aggregator.bound", false) }),
-                "trimmed_mean" => json!({ "kind": kind, "trim": optional("aggregator.trim", false) }),
+                "norm_bound" => {
+                    json!({ "kind": kind, "bound": optional("aggregator.bound", false) })
+                }
+                "trimmed_mean" => {
+                    json!({ "kind": kind, "trim": optional("aggregator.trim", false) })
+                }
                 "multi_krum" => json!({
                     "kind": kind,
                     "byzantine": optional("aggregator.byzantine", true),
@@ -638,7 +654,10 @@ mod tests {
         form.set("aggregator.kind", "multi_krum");
         assert!(form.is_active("aggregator.byzantine") && !form.is_active("aggregator.bound"));
         // f = 1 needs 5 clients; the demo waits for 2: named, on the field.
-        assert_eq!(form.to_config().unwrap_err()[0].field, "aggregator.byzantine");
+        assert_eq!(
+            form.to_config().unwrap_err()[0].field,
+            "aggregator.byzantine"
+        );
         form.set("aggregator.kind", "median");
         form.set("no.such.field", "1");
         assert_eq!(form.get("no.such.field"), "");

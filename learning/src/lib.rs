@@ -25,12 +25,12 @@ pub mod model;
 pub mod shard;
 
 pub use accountant::RdpAccountant;
+pub use aggregate::{Aggregator, FedAvg};
 pub use client::{
     Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig,
     default_delta, evaluate, evaluate_private, fit,
 };
 pub use dpsgd::Optimizer;
-pub use aggregate::{Aggregator, FedAvg};
 pub use mnist::{Dataset, Mnist};
 pub use model::{TinyCnn, TinyCnnConfig};
 

@@ -134,9 +134,11 @@ impl AggregatorConfig {
             );
         }
         match *self {
-            Self::NormBound { bound: Some(b) } if !(b > 0.0 && b <= MAX_NORM_BOUND) => {
-                field_err("aggregator.bound", b, "a number in (0, 10000], or none for the median norm")
-            }
+            Self::NormBound { bound: Some(b) } if !(b > 0.0 && b <= MAX_NORM_BOUND) => field_err(
+                "aggregator.bound",
+                b,
+                "a number in (0, 10000], or none for the median norm",
+            ),
             Self::TrimmedMean { trim } if !(0.0..0.5).contains(&trim) => field_err(
                 "aggregator.trim",
                 trim,
@@ -154,9 +156,11 @@ impl AggregatorConfig {
                     ),
                 )
             }
-            Self::MultiKrum { keep: Some(0), .. } => {
-                field_err("aggregator.keep", 0, "an integer ≥ 1 (updates averaged), or none for n − f")
-            }
+            Self::MultiKrum { keep: Some(0), .. } => field_err(
+                "aggregator.keep",
+                0,
+                "an integer ≥ 1 (updates averaged), or none for n − f",
+            ),
             _ => Ok(()),
         }
     }
@@ -762,10 +766,8 @@ mod tests {
                 },
             ),
         ] {
-            let c = RunConfig::from_json(&format!(
-                r#"{{"min_clients":10,"aggregator":{json}}}"#
-            ))
-            .expect(json);
+            let c = RunConfig::from_json(&format!(r#"{{"min_clients":10,"aggregator":{json}}}"#))
+                .expect(json);
             assert_eq!(c.aggregator, expected);
         }
     }

@@ -197,7 +197,9 @@ impl Round {
     /// Once `quorum` of the sampled clients have sent results, the others get
     /// [`straggler_wait`] more, never past the round's timeout (the first time only).
     fn shorten_for_stragglers(&mut self, quorum: f64) {
-        if self.quorum_reached || self.aggregator.count() < quorum_needed(quorum, self.sampled.len()) {
+        if self.quorum_reached
+            || self.aggregator.count() < quorum_needed(quorum, self.sampled.len())
+        {
             return;
         }
         self.quorum_reached = true;

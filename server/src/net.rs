@@ -216,7 +216,9 @@ mod tests {
         // well within the 300 ms idle timeout, so it kept the connection open for good).
         let addr = serve(3, Duration::from_millis(300)).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
         let start = Instant::now();
         let closed = loop {
             if s.write_all(b"x-pad: a\r\n").await.is_err() {

@@ -269,7 +269,8 @@ impl Strategy for FedAvgStrategy {
         if failures > 0 && !self.accept_failures {
             return Err(RoundRejected::Failures(failures));
         }
-        aggregator.apply(global)
+        aggregator
+            .apply(global)
             .map_err(|e| RoundRejected::Aggregation(e.to_string()))
     }
 
@@ -584,7 +585,9 @@ mod tests {
         for _ in 0..2 {
             agg.add(&[1e30, 1e30], 6000).unwrap();
         }
-        let next = dp.aggregate_train(1, &[1.0, 1.0], agg.as_ref(), 7, 0).unwrap();
+        let next = dp
+            .aggregate_train(1, &[1.0, 1.0], agg.as_ref(), 7, 0)
+            .unwrap();
         assert_eq!(next, vec![1.5, 0.5]);
         // A round never samples more clients than the rule holds.
         let many = candidates(300, 6000);
@@ -610,7 +613,10 @@ mod tests {
         assert_eq!(quorum_needed(0.5, 3), 2);
         assert_eq!(quorum_needed(0.01, 3), 1);
         assert_eq!(quorum_needed(1.0, 10), 10);
-        assert_eq!(straggler_wait(Duration::from_secs(40)), Duration::from_secs(80));
+        assert_eq!(
+            straggler_wait(Duration::from_secs(40)),
+            Duration::from_secs(80)
+        );
         assert_eq!(straggler_wait(Duration::from_secs(2)), MIN_STRAGGLER_WAIT);
     }
 

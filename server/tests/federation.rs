@@ -422,7 +422,11 @@ async fn under_the_median_a_hostile_client_cannot_stop_the_model_from_learning()
         assert_eq!(report.finished.as_deref(), Some("all 3 rounds done"));
     }
     let h = server.history(run_id).await;
-    assert!(h.rounds.iter().all(|r| r.participants == 4), "{:?}", h.rounds);
+    assert!(
+        h.rounds.iter().all(|r| r.participants == 4),
+        "{:?}",
+        h.rounds
+    );
     let acc: Vec<f64> = h.rounds.iter().map(|r| r.test_accuracy).collect();
     assert!(acc[2] > 0.6, "the median should hold: {acc:?}");
     server.kill().await;

@@ -8,9 +8,9 @@
 //! bounding and Multi-Krum average what they keep weighted by shard size as FedAvg does, but
 //! with every weight capped at the round's median weight (a minority cannot raise it).
 
-use super::{AggregationError, Aggregator, MAX_BUFFERED_UPDATES, check_update};
 #[cfg(test)]
 use super::AggregatorConfig;
+use super::{AggregationError, Aggregator, MAX_BUFFERED_UPDATES, check_update};
 
 /// The round's updates and their weights.
 #[derive(Debug, Clone)]
@@ -98,7 +98,10 @@ impl Held {
 }
 
 fn l2_norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt()
+    v.iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// The median of sorted values (the mean of the middle two for an even count).
@@ -301,9 +304,7 @@ impl MultiKrum {
             })
             .collect();
         scored.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let keep = self
-            .keep
-            .map_or(n - f, |m| (m as usize).clamp(1, n - f));
+        let keep = self.keep.map_or(n - f, |m| (m as usize).clamp(1, n - f));
         Ok(scored[..keep].iter().map(|&(_, i)| i).collect())
     }
 }
@@ -337,7 +338,8 @@ mod tests {
     ) {
         for i in 0..honest {
             let d = (i as f32 - honest as f32 / 2.0) * 0.01;
-            agg.add(&[centre[0] + d, centre[1] - d], 100).expect("honest");
+            agg.add(&[centre[0] + d, centre[1] - d], 100)
+                .expect("honest");
         }
         for _ in 0..hostile {
             // A weight of 10⁶ claims to be most of the round's data.
@@ -380,7 +382,10 @@ mod tests {
         round(&mut krum, [1.0, 0.0], 5, [-50.0, 80.0], 2);
         let chosen = krum.selected().unwrap();
         assert_eq!(chosen.len(), 5);
-        assert!(chosen.iter().all(|&i| i < 5), "kept a hostile update: {chosen:?}");
+        assert!(
+            chosen.iter().all(|&i| i < 5),
+            "kept a hostile update: {chosen:?}"
+        );
         assert!(close(&krum.aggregate().unwrap(), &[1.0, 0.0], 0.03));
         // keep = 1 is Krum itself; keep past n − f is held to n − f.
         let mut one = MultiKrum::new(2, 2, Some(1));
@@ -457,14 +462,20 @@ mod tests {
             AggregatorConfig::NormBound { bound: None },
             AggregatorConfig::Median,
             AggregatorConfig::TrimmedMean { trim: 0.1 },
-            AggregatorConfig::MultiKrum { byzantine: 0, keep: None },
+            AggregatorConfig::MultiKrum {
+                byzantine: 0,
+                keep: None,
+            },
         ] {
             let mut agg = super::super::build(&config, 1);
             for _ in 0..3 {
                 agg.add(&[3.0e38], 6000).unwrap();
             }
             assert!(
-                matches!(agg.apply(&[3.0e38]), Err(AggregationError::NonFinite { .. })),
+                matches!(
+                    agg.apply(&[3.0e38]),
+                    Err(AggregationError::NonFinite { .. })
+                ),
                 "{config:?}"
             );
         }

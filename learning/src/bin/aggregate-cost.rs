@@ -31,8 +31,14 @@ fn main() -> anyhow::Result<()> {
         },
     ];
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    println!("{params} parameters per update; ms per round (take in every update + aggregate), median of 5");
-    println!("{:>8} {}", "updates", rules.map(|r| format!("{:>24}", r.name())).join(""));
+    println!(
+        "{params} parameters per update; ms per round (take in every update + aggregate), median of 5"
+    );
+    println!(
+        "{:>8} {}",
+        "updates",
+        rules.map(|r| format!("{:>24}", r.name())).join("")
+    );
     for &n in &args.updates {
         let updates: Vec<Vec<f32>> = (0..n)
             .map(|_| (0..params).map(|_| rng.random::<f32>() - 0.5).collect())
