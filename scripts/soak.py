@@ -1,8 +1,8 @@
 """Soak test: a release server with N simulated clients, killed with SIGKILL every K seconds and
 restarted on the same data directory, for M minutes. Checks after every restart that nothing
 committed was lost (every round seen before the kill is back, the same record) and that no
-client's ledger shrank (steps and ε never smaller); samples the server's resident memory every
-2 s. Exits non-zero on any violation. Run it through scripts/soak.sh (which builds the binaries).
+client's ledger shrank (steps and ε never smaller), at the end that the rounds are 1…N without a
+gap and the clients are still there; samples the server's resident memory every 2 s. Exits non-zero on any violation. Run it through scripts/soak.sh (which builds the binaries).
 
     python3 scripts/soak.py BIN_DIR [--minutes 10] [--kill-every 30] [--clients 100]
 """
@@ -101,6 +101,8 @@ def main():
               f"server peak RSS {peak / 1024:.0f} MiB", flush=True)
     time.sleep(a.kill_every)
     final = server.api(f"/api/admin/runs/{run}")
+    if sims.poll() is not None:
+        problems.append(f"the simulated clients gave up (exit {sims.returncode}): see {data}/sim.log")
     sims.send_signal(signal.SIGTERM)
     sims.wait()
     server.proc.send_signal(signal.SIGTERM)
