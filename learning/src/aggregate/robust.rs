@@ -97,6 +97,29 @@ impl Held {
     }
 }
 
+/// A rule over the round's [`Held`] updates; [`Aggregator`] comes with it.
+trait HeldRule: Send + std::fmt::Debug {
+    fn held(&self) -> &Held;
+    fn held_mut(&mut self) -> &mut Held;
+    /// The aggregate of the held updates (there is at least one).
+    fn form(&self) -> Result<Vec<f32>, AggregationError>;
+}
+
+impl<R: HeldRule> Aggregator for R {
+    fn add(&mut self, update: &[f32], num_examples: u64) -> Result<(), AggregationError> {
+        self.held_mut().add(update, num_examples)
+    }
+
+    fn count(&self) -> usize {
+        self.held().count()
+    }
+
+    fn aggregate(&self) -> Result<Vec<f32>, AggregationError> {
+        self.held().non_empty()?;
+        self.form()
+    }
+}
+
 fn l2_norm(v: &[f32]) -> f64 {
     v.iter()
         .map(|&x| (x as f64) * (x as f64))
@@ -135,28 +158,37 @@ impl NormBound {
     /// The bound this round's updates are clipped to.
     pub fn bound(&self) -> Result<f64, AggregationError> {
         self.held.non_empty()?;
+        Ok(self.bound_for(&self.norms()))
+    }
+
+    fn norms(&self) -> Vec<f64> {
+        self.held.updates.iter().map(|u| l2_norm(u)).collect()
+    }
+
+    /// The configured bound, or the median of `norms`.
+    fn bound_for(&self, norms: &[f64]) -> f64 {
         if let Some(b) = self.bound {
-            return Ok(b as f64);
+            return b as f64;
         }
-        let mut norms: Vec<f64> = self.held.updates.iter().map(|u| l2_norm(u)).collect();
-        norms.sort_unstable_by(f64::total_cmp);
-        Ok(median_sorted(&norms))
+        let mut sorted = norms.to_vec();
+        sorted.sort_unstable_by(f64::total_cmp);
+        median_sorted(&sorted)
     }
 }
 
-impl Aggregator for NormBound {
-    fn add(&mut self, update: &[f32], num_examples: u64) -> Result<(), AggregationError> {
-        self.held.add(update, num_examples)
+impl HeldRule for NormBound {
+    fn held(&self) -> &Held {
+        &self.held
     }
 
-    fn count(&self) -> usize {
-        self.held.count()
+    fn held_mut(&mut self) -> &mut Held {
+        &mut self.held
     }
 
-    fn aggregate(&self) -> Result<Vec<f32>, AggregationError> {
-        let bound = self.bound()?;
+    fn form(&self) -> Result<Vec<f32>, AggregationError> {
+        let norms = self.norms();
+        let bound = self.bound_for(&norms);
         let all: Vec<usize> = (0..self.held.count()).collect();
-        let norms: Vec<f64> = self.held.updates.iter().map(|u| l2_norm(u)).collect();
         Ok(self.held.weighted_mean(&all, |i| {
             if norms[i] > bound {
                 bound / norms[i]
@@ -183,17 +215,16 @@ impl CoordinateMedian {
     }
 }
 
-impl Aggregator for CoordinateMedian {
-    fn add(&mut self, update: &[f32], num_examples: u64) -> Result<(), AggregationError> {
-        self.held.add(update, num_examples)
+impl HeldRule for CoordinateMedian {
+    fn held(&self) -> &Held {
+        &self.held
     }
 
-    fn count(&self) -> usize {
-        self.held.count()
+    fn held_mut(&mut self) -> &mut Held {
+        &mut self.held
     }
 
-    fn aggregate(&self) -> Result<Vec<f32>, AggregationError> {
-        self.held.non_empty()?;
+    fn form(&self) -> Result<Vec<f32>, AggregationError> {
         Ok(self.held.per_coordinate(|col| {
             let k = col.len();
             if k % 2 == 1 {
@@ -224,17 +255,16 @@ impl TrimmedMean {
     }
 }
 
-impl Aggregator for TrimmedMean {
-    fn add(&mut self, update: &[f32], num_examples: u64) -> Result<(), AggregationError> {
-        self.held.add(update, num_examples)
+impl HeldRule for TrimmedMean {
+    fn held(&self) -> &Held {
+        &self.held
     }
 
-    fn count(&self) -> usize {
-        self.held.count()
+    fn held_mut(&mut self) -> &mut Held {
+        &mut self.held
     }
 
-    fn aggregate(&self) -> Result<Vec<f32>, AggregationError> {
-        self.held.non_empty()?;
+    fn form(&self) -> Result<Vec<f32>, AggregationError> {
         let k = self.held.count();
         // trim < 0.5 keeps at least one value: k − 2⌊trim·k⌋ ≥ 1.
         let t = (self.trim * k as f64).floor() as usize;
@@ -309,16 +339,16 @@ impl MultiKrum {
     }
 }
 
-impl Aggregator for MultiKrum {
-    fn add(&mut self, update: &[f32], num_examples: u64) -> Result<(), AggregationError> {
-        self.held.add(update, num_examples)
+impl HeldRule for MultiKrum {
+    fn held(&self) -> &Held {
+        &self.held
     }
 
-    fn count(&self) -> usize {
-        self.held.count()
+    fn held_mut(&mut self) -> &mut Held {
+        &mut self.held
     }
 
-    fn aggregate(&self) -> Result<Vec<f32>, AggregationError> {
+    fn form(&self) -> Result<Vec<f32>, AggregationError> {
         let chosen = self.selected()?;
         Ok(self.held.weighted_mean(&chosen, |_| 1.0))
     }
