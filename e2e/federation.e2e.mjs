@@ -181,9 +181,19 @@ try {
   // The downloads: the metrics as CSV (a row per round) and the global model (a tensor frame).
   const csvDownload = await Promise.all([admin.waitForEvent('download'), admin.click('#download-csv')]);
   const csv = readFileSync(await csvDownload[0].path(), 'utf8').trim().split('\n');
-  assert.equal(csv[0], 'server_round,accuracy,loss,epsilon,participants,duration_secs');
+  assert.equal(csv[0], 'server_round,accuracy,loss,epsilon,participants,failures,duration_secs');
   assert.deepEqual(csv.slice(1).map((l) => l.split(',')[0]), ['1', '2', '3']);
   assert.equal(Number(csv[3].split(',')[1]), last.test_accuracy);
+  // Each round's failures, in the CSV and on the participants chart (whole-number ticks): the
+  // tab closed in round 2 is its one failure.
+  const failures = history.rounds.map((r) => r.failures);
+  assert.deepEqual(csv.slice(1).map((l) => Number(l.split(',')[5])), failures);
+  assert.equal(failures[1], 1, `round 2 counts the closed tab: ${failures}`);
+  const participantsChart = await admin.evaluate(() => {
+    const c = Chart.getChart('chart-participants');
+    return { failures: c.data.datasets[1].data, label: c.data.datasets[1].label, precision: c.options.scales.y.ticks.precision };
+  });
+  assert.deepEqual(participantsChart, { failures, label: 'failures', precision: 0 });
   const modelDownload = await Promise.all([admin.waitForEvent('download'), admin.click('#download-model')]);
   const model = readFileSync(await modelDownload[0].path());
   assert.equal(model.subarray(0, 4).toString(), 'FLDP');
@@ -297,19 +307,41 @@ try {
   assert.equal(points2, 2, 'the dashboard shows run 2 (2 rounds) after the restart');
   log(`run 2 finished after the restart: accuracy ${(run2.rounds[1].test_accuracy * 100).toFixed(2)} %`);
 
-  // --- Run controls on a third run: create only, then start, pause, resume, stop.
+  // --- Run controls on a third run: create only, then start, pause, resume, stop. It waits for
+  // more clients than are connected, and says so.
   await field('name').locator('input').fill('e2e-controls');
+  await field('min_clients').locator('input').fill('9');
   await admin.click('#create');
   const statusIs = (want) => waitFor(`run 3 ${want}`, async () => /e2e-controls/.test(await admin.textContent('main'))
     && (await admin.textContent('#run-status')) === want, 30_000, 100);
+  const hintIs = (pattern) => waitFor(`the run hint ${pattern}`, async () => pattern.test(await admin.textContent('#run-waiting')), 10_000, 100);
   await statusIs('created');
-  for (const [button, want] of [['#start', 'running'], ['#pause', 'paused'], ['#resume', 'running'], ['#stop', 'stopped']]) {
-    await admin.click(button);
-    await statusIs(want);
-  }
+  await admin.click('#start');
+  await statusIs('running');
+  await hintIs(/^waiting for 9 clients \(\d connected\)$/);
+  const waitingHint = await admin.textContent('#run-waiting');
+  assert.equal(await admin.getAttribute('#pause', 'title'), 'No new round starts; a round in flight still finishes');
+  await admin.click('#pause');
+  await statusIs('paused');
+  await hintIs(/^paused: no new round starts until Resume$/);
+  await admin.click('#resume');
+  await statusIs('running');
+  await hintIs(/^waiting for 9 clients/);
+  // Stop cannot be undone: it asks first, and a dismissed question changes nothing.
+  const dialogs = [];
+  admin.once('dialog', (d) => { dialogs.push(d.message()); d.dismiss(); });
+  await admin.click('#stop');
+  await waitFor('the stop question', async () => dialogs.length === 1, 5_000, 50);
+  await admin.waitForTimeout(300);
+  assert.equal((await api('/api/admin/runs/3')).body.run.status, 'running', 'a dismissed stop does nothing');
+  admin.once('dialog', (d) => { dialogs.push(d.message()); d.accept(); });
+  await admin.click('#stop');
+  await statusIs('stopped');
+  assert.match(dialogs[0], /^Stop run 3\? A stopped run cannot be started again/);
   assert.equal((await api('/api/admin/runs/3')).body.run.status, 'stopped');
   assert.ok(await admin.isDisabled('#start') && await admin.isDisabled('#stop'), 'a stopped run has no controls');
-  log('run 3: created, started, paused, resumed, stopped from the buttons');
+  assert.equal(await admin.textContent('#run-waiting'), '', 'a stopped run waits for nothing');
+  log(`run 3: created, started ("${waitingHint}"), paused, resumed, stopped after a confirmation`);
 
   // Nothing went wrong in any page but what this test caused: the refused token's 401, the
   // event stream cut by the kill, and connections refused while the server was down.

@@ -12,6 +12,7 @@ use wasm_bindgen::prelude::*;
 use crate::api::{self, ApiError};
 use crate::chart::{Line, LineChart};
 use crate::run_form::{FIELDS, FieldKind, RunForm};
+use crate::run_view::waiting_for;
 use crate::series::{RoundPoint, Series};
 
 const TOKEN_KEY: &str = "fl-admin-token";
@@ -140,6 +141,8 @@ fn Dashboard(
     // The run the series holds (a round event for another run is not drawn).
     let series_run = StoredValue::new(None::<u64>);
     let clients = RwSignal::new(Vec::<ClientInfo>::new());
+    // The shown run's round in flight, as the event stream tells it (for the waiting hint).
+    let in_flight = RwSignal::new(None::<u64>);
     let (action_error, set_action_error) = signal(None::<String>);
     let (join_info, set_join_info) = signal(None::<JoinInfo>);
 
@@ -219,8 +222,18 @@ fn Dashboard(
                     let Ok(event) = serde_json::from_str::<Event>(&text) else {
                         return;
                     };
+                    let shown = |run_id: u64| current.get_untracked() == Some(run_id);
                     match event {
+                        Event::RoundStarted {
+                            run_id,
+                            server_round,
+                            ..
+                        } if shown(run_id) => in_flight.set(Some(server_round)),
+                        Event::RoundRetried { run_id, .. } if shown(run_id) => in_flight.set(None),
                         Event::RoundClosed { run_id, record } => {
+                            if shown(run_id) {
+                                in_flight.set(None);
+                            }
                             draw(run_id, std::slice::from_ref(&record));
                             runs.update(|rs| {
                                 if let Some(r) = rs.iter_mut().find(|r| r.run_id == run_id) {
@@ -275,6 +288,16 @@ fn Dashboard(
         let Some(id) = current.get_untracked() else {
             return;
         };
+        let confirmed = || {
+            window()
+                .confirm_with_message(&format!(
+                    "Stop run {id}? A stopped run cannot be started again (Pause can be resumed)."
+                ))
+                .unwrap_or(false)
+        };
+        if action == "stop" && !confirmed() {
+            return;
+        }
         set_action_error.set(None);
         leptos::task::spawn_local(async move {
             match api::post::<RunSummary>(
@@ -318,6 +341,15 @@ fn Dashboard(
     };
 
     let status = move || current_run.get().map(|r| r.status);
+    let waiting = move || {
+        let r = current_run.get()?;
+        waiting_for(
+            r.status,
+            in_flight.get(),
+            clients.with(|c| c.len()),
+            r.config.min_clients,
+        )
+    };
     let can = move |action: &str| {
         matches!(
             (action, status()),
@@ -346,12 +378,13 @@ fn Dashboard(
                                " · round " <b id="completed-rounds">{r.completed_rounds}</b> " of " {r.config.rounds}
                                {r.finished_reason.clone().map(|x| format!(" · {x}"))}</p>
                             <p>{best.map(|(round, acc)| format!("best test accuracy {:.2} % (round {round})", acc * 100.0))}</p>
+                            <p id="run-waiting" class="hint">{waiting}</p>
                         }.into_any()
                     }
                 }}
                 <div class="buttons">
                     <button id="start" disabled=move || !can("start") on:click=move |_| control("start")>"Start"</button>
-                    <button id="pause" disabled=move || !can("pause") on:click=move |_| control("pause")>"Pause"</button>
+                    <button id="pause" title="No new round starts; a round in flight still finishes" disabled=move || !can("pause") on:click=move |_| control("pause")>"Pause"</button>
                     <button id="resume" disabled=move || !can("resume") on:click=move |_| control("resume")>"Resume"</button>
                     <button id="stop" disabled=move || !can("stop") on:click=move |_| control("stop")>"Stop"</button>
                 </div>
@@ -390,8 +423,9 @@ fn Dashboard(
                 <LineChart id="chart-epsilon" title="Privacy spent ε (largest client)" y_title="ε" series=series lines=vec![
                     Line { label: "ε", color: "#7c3aed", value: |p| p.epsilon, right_axis: false },
                 ]/>
-                <LineChart id="chart-participants" title="Participants" y_title="clients" series=series lines=vec![
+                <LineChart id="chart-participants" title="Participants and failures" y_title="clients" integer=true series=series lines=vec![
                     Line { label: "participants", color: "#059669", value: |p| Some(p.participants as f64), right_axis: false },
+                    Line { label: "failures", color: "#dc2626", value: |p| Some(p.failures as f64), right_axis: false },
                 ]/>
                 <LineChart id="chart-duration" title="Round duration" y_title="seconds" series=series lines=vec![
                     Line { label: "seconds", color: "#d97706", value: |p| Some(p.duration_secs), right_axis: false },

@@ -34,7 +34,7 @@ pub struct Line {
     pub right_axis: bool,
 }
 
-fn config(lines: &[Line], y_title: &str, y2_title: Option<&str>) -> JsValue {
+fn config(lines: &[Line], y_title: &str, y2_title: Option<&str>, integer: bool) -> JsValue {
     let datasets: Vec<_> = lines
         .iter()
         .map(|l| {
@@ -53,6 +53,10 @@ fn config(lines: &[Line], y_title: &str, y2_title: Option<&str>) -> JsValue {
         "x": { "title": { "display": true, "text": "round" } },
         "y": { "title": { "display": true, "text": y_title }, "beginAtZero": true },
     });
+    if integer {
+        // Counts: ticks at whole numbers only (no "2.5 clients").
+        scales["y"]["ticks"] = json!({ "precision": 0 });
+    }
     if let Some(t) = y2_title {
         scales["y2"] = json!({
             "position": "right",
@@ -111,6 +115,9 @@ pub fn LineChart(
     y2_title: Option<&'static str>,
     /// The lines to draw.
     lines: Vec<Line>,
+    /// The left axis counts things: whole-number ticks.
+    #[prop(optional)]
+    integer: bool,
     /// The rounds so far.
     series: ReadSignal<Series>,
 ) -> impl IntoView {
@@ -123,7 +130,7 @@ pub fn LineChart(
         lines.with_value(|lines| {
             chart.update_value(|c| {
                 if c.is_none() {
-                    match Chart::new(&el, &config(lines, y_title, y2_title)) {
+                    match Chart::new(&el, &config(lines, y_title, y2_title, integer)) {
                         Ok(new) => *c = Some(new),
                         Err(e) => web_sys::console::error_2(&"Chart.js failed".into(), &e),
                     }

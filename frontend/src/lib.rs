@@ -5,6 +5,7 @@
 //! * [`series`]: per-round metric series behind the live charts, and their CSV.
 //! * [`run_form`]: the run config form as data, validated by the server's own check.
 //! * [`client_view`]: the client page's state, folded from its worker's reports.
+//! * [`run_view`]: what the dashboard says a run waits for.
 //!
 //! Browser only (wasm32):
 //!
@@ -20,6 +21,7 @@
 
 pub mod client_view;
 pub mod run_form;
+pub mod run_view;
 pub mod series;
 
 #[cfg(target_arch = "wasm32")]

@@ -1,4 +1,5 @@
-//! Per-round series for the dashboard charts (accuracy, loss, ε, participants, duration).
+//! Per-round series for the dashboard charts (accuracy, loss, ε, participants and failures,
+//! duration).
 //!
 //! Charts are updated in place, never recreated: a round's point is inserted once, and a point
 //! for a round already shown (a resent event after a reconnect, or a server that resumed from
@@ -15,6 +16,8 @@ pub struct RoundPoint {
     /// ε spent so far (None without DP).
     pub epsilon: Option<f64>,
     pub participants: u32,
+    /// Sampled clients that failed the round (errors, refusals, disconnects, the deadline).
+    pub failures: u32,
     pub duration_secs: f64,
 }
 
@@ -26,6 +29,7 @@ impl From<&protocol::admin::RoundRecord> for RoundPoint {
             loss: r.test_loss,
             epsilon: r.epsilon,
             participants: u32::try_from(r.participants).unwrap_or(u32::MAX),
+            failures: u32::try_from(r.failures).unwrap_or(u32::MAX),
             duration_secs: r.duration_ms as f64 / 1000.0,
         }
     }
@@ -77,13 +81,20 @@ impl Series {
 
     /// The metrics as CSV (the dashboard's download), one row per round.
     pub fn to_csv(&self) -> String {
-        let mut out =
-            String::from("server_round,accuracy,loss,epsilon,participants,duration_secs\n");
+        let mut out = String::from(
+            "server_round,accuracy,loss,epsilon,participants,failures,duration_secs\n",
+        );
         for p in &self.points {
             let eps = p.epsilon.map_or(String::new(), |e| e.to_string());
             out.push_str(&format!(
-                "{},{},{},{},{},{}\n",
-                p.server_round, p.accuracy, p.loss, eps, p.participants, p.duration_secs
+                "{},{},{},{},{},{},{}\n",
+                p.server_round,
+                p.accuracy,
+                p.loss,
+                eps,
+                p.participants,
+                p.failures,
+                p.duration_secs
             ));
         }
         out
@@ -101,6 +112,7 @@ mod tests {
             loss: 1.0 - acc,
             epsilon: Some(round as f64 * 0.5),
             participants: 3,
+            failures: round as u32 % 2,
             duration_secs: 2.5,
         }
     }
@@ -127,7 +139,7 @@ mod tests {
         });
         assert_eq!(
             s.to_csv(),
-            "server_round,accuracy,loss,epsilon,participants,duration_secs\n1,0.5,0.5,0.5,3,2.5\n2,0.75,0.25,,3,2.5\n"
+            "server_round,accuracy,loss,epsilon,participants,failures,duration_secs\n1,0.5,0.5,0.5,3,1,2.5\n2,0.75,0.25,,3,0,2.5\n"
         );
     }
 }

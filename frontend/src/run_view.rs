@@ -1,0 +1,46 @@
+//! What the dashboard says about the run it shows beyond its status: what it waits for.
+//! Native, so it is tested without a browser.
+
+use protocol::admin::RunStatus;
+
+/// What a run is waiting for, when it is not training: too few clients connected for its next
+/// round, or paused (a round in flight still finishes). `None` while a round runs or the run is
+/// over.
+pub fn waiting_for(
+    status: RunStatus,
+    in_flight: Option<u64>,
+    connected: usize,
+    min_clients: u32,
+) -> Option<String> {
+    match status {
+        RunStatus::Paused => Some(match in_flight {
+            Some(r) => format!("paused: round {r} still finishes, then no new round starts"),
+            None => "paused: no new round starts until Resume".into(),
+        }),
+        RunStatus::Running if in_flight.is_none() && connected < min_clients as usize => Some(
+            format!("waiting for {min_clients} clients ({connected} connected)"),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_says_what_it_waits_for() {
+        assert_eq!(
+            waiting_for(RunStatus::Running, None, 3, 4).as_deref(),
+            Some("waiting for 4 clients (3 connected)")
+        );
+        assert_eq!(waiting_for(RunStatus::Running, None, 4, 4), None);
+        // Clients that left during a round do not make it look stalled.
+        assert_eq!(waiting_for(RunStatus::Running, Some(2), 1, 4), None);
+        assert_eq!(
+            waiting_for(RunStatus::Paused, Some(2), 4, 4).as_deref(),
+            Some("paused: round 2 still finishes, then no new round starts")
+        );
+        assert_eq!(waiting_for(RunStatus::Finished, None, 0, 4), None);
+    }
+}
