@@ -120,6 +120,8 @@ try {
     await waitFor(`tab ${i} connected`, async () => (await tab.textContent('#connection')) === 'connected');
   }
   await waitFor('3 clients on the dashboard', async () => (await api('/api/admin/clients')).body.length === 3);
+  // Joined before any run exists: the tab says what it waits for, not "join".
+  assert.equal(await tabs[0].textContent('#shard'), 'no run yet: waiting for the admin to start one');
   log('3 tabs connected');
 
   // --- The run, from the form.
@@ -146,7 +148,7 @@ try {
   await waitFor('round 1 to close', async () => Number(await admin.textContent('#completed-rounds')) >= 1, 240_000, 500);
   const victim = tabs[2];
   const before = await stepsOf(victim);
-  await waitFor('tab 2 to be training round 2', async () => (await stepsOf(victim)) > before && /round 2/.test(await victim.textContent('#train-status')), 240_000, 100);
+  await waitFor('tab 2 to be training round 2', async () => (await stepsOf(victim)) > before && /round 2 ·/.test(await victim.textContent('#train-status')), 240_000, 100);
   await victim.screenshot({ path: join(shots, 'client-tab.png'), fullPage: true });
   await victim.close();
   log('closed tab 2 in the middle of round 2');
@@ -172,6 +174,9 @@ try {
     await waitFor(`tab ${i} to show round 3's global accuracy`, async () => (await tab.textContent('#global-accuracy'))?.includes('%'));
     const rows = await tab.locator('#rounds tbody tr').count();
     assert.equal(rows, 3, `tab ${i} lists the 3 rounds it trained in`);
+    // Finished: said under an empty bar, not the last round's full one.
+    await waitFor(`tab ${i} to say the run finished`, async () => (await tab.textContent('#train-status')) === 'run finished: all 3 rounds done');
+    assert.equal(await tab.evaluate(() => document.querySelector('#train-progress').value), 0);
   }
   await admin.waitForTimeout(300); // the last chart redraw
   await admin.screenshot({ path: join(shots, 'dashboard.png'), fullPage: true });

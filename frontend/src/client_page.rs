@@ -546,7 +546,7 @@ pub fn ClientPage() -> impl IntoView {
             </section>
             <section class="card">
                 <h2>"Local training"</h2>
-                <ProgressPanel training=Signal::derive(move || view.with(|v| v.training.clone())) steps=Signal::derive(move || view.with(|v| v.steps_seen))/>
+                <ProgressPanel training=Signal::derive(move || view.with(|v| v.training.clone())) steps=Signal::derive(move || view.with(|v| v.steps_seen)) line=Signal::derive(move || view.with(|v| v.training_line()))/>
                 <p class="privacy">"Privacy spent on this data: " <b id="epsilon">{move || view.with(|v| v.epsilon_text())}</b></p>
                 {move || view.with(|v| v.last_global_accuracy.map(|(r, a)| view! {
                     <p>"Global model after round " {r} ": " <b id="global-accuracy">{format!("{:.2} %", a * 100.0)}</b> " test accuracy"</p>
@@ -580,26 +580,9 @@ fn DataPanel(
 ) -> impl IntoView {
     move || {
         view.with(|v| {
-            let assigned = v.assignment.as_ref().map(|a| {
-                format!(
-                    "run {} · shard {} of {} ({}) · {} examples",
-                    a.run_id,
-                    a.shard_index + 1,
-                    a.num_shards,
-                    match a.scheme {
-                        protocol::config::ShardScheme::Iid => "IID".to_string(),
-                        protocol::config::ShardScheme::Dirichlet { alpha } => format!("Dirichlet α = {alpha}"),
-                    },
-                    a.num_examples
-                )
-            });
             let data = v.data.clone();
             view! {
-                <p id="shard">{match (&data, assigned) {
-                    (Some(d), _) if d.own => format!("your own files · {} examples", d.num_examples),
-                    (_, Some(a)) => a,
-                    _ => "no data yet: join to get a shard".into(),
-                }}</p>
+                <p id="shard">{v.data_line()}</p>
                 {data.map(|d| {
                     let max = d.label_histogram.iter().copied().max().unwrap_or(1).max(1) as f64;
                     view! {
@@ -625,16 +608,11 @@ fn ProgressPanel(
     training: Signal<Option<Training>>,
     /// Steps seen so far (tests check that the bar moved).
     steps: Signal<u64>,
+    /// The line under the bar ([`ClientView::training_line`]).
+    line: Signal<String>,
 ) -> impl IntoView {
     view! {
         <progress id="train-progress" max="1" prop:value=move || training.get().map_or(0.0, |t| t.fraction()) data-steps=move || steps.get().to_string()></progress>
-        <p id="train-status">{move || match training.get() {
-            Some(t) => format!(
-                "round {} · epoch {}/{} · step {}/{} · batch loss {}",
-                t.server_round, t.epoch, t.epochs, t.step, t.steps_per_epoch,
-                if t.batch_loss.is_finite() { format!("{:.4}", t.batch_loss) } else { "…".into() }
-            ),
-            None => "waiting for a round".into(),
-        }}</p>
+        <p id="train-status">{move || line.get()}</p>
     }
 }

@@ -1,6 +1,7 @@
 //! What the client page shows, folded from its worker's reports. Plain data, so the page's
 //! logic is tested natively; the component only renders a [`ClientView`].
 
+use protocol::config::ShardScheme;
 use protocol::messages::Assignment;
 use protocol::worker::{Connection, Spent, WorkerToPage};
 
@@ -191,6 +192,8 @@ impl ClientView {
                 server_round,
                 test_accuracy,
             } => {
+                // The round is over: the bar empties until the next one starts.
+                self.training = None;
                 self.last_global_accuracy = Some((server_round, test_accuracy));
                 if let Some(r) = self
                     .rounds
@@ -239,6 +242,56 @@ impl ClientView {
         }
     }
 
+    /// What the tab trains on, or why it has nothing yet.
+    pub fn data_line(&self) -> String {
+        if let Some(d) = self.data.as_ref().filter(|d| d.own) {
+            return format!("your own files · {} examples", d.num_examples);
+        }
+        if let Some(a) = &self.assignment {
+            let scheme = match a.scheme {
+                ShardScheme::Iid => "IID".to_string(),
+                ShardScheme::Dirichlet { alpha } => format!("Dirichlet α = {alpha}"),
+            };
+            return format!(
+                "run {} · shard {} of {} ({scheme}) · {} examples",
+                a.run_id,
+                a.shard_index + 1,
+                a.num_shards,
+                a.num_examples
+            );
+        }
+        match (&self.connection, &self.finished) {
+            (Some(Connection::Connected), Some(reason)) => {
+                format!("the run finished ({reason}): waiting for the admin to start another")
+            }
+            (Some(Connection::Connected), None) => {
+                "no run yet: waiting for the admin to start one".into()
+            }
+            _ => "no data yet: join to get a shard".into(),
+        }
+    }
+
+    /// The line under the progress bar: the step of the round being trained, or what the tab
+    /// waits for.
+    pub fn training_line(&self) -> String {
+        if let Some(t) = &self.training {
+            let loss = if t.batch_loss.is_finite() {
+                format!("{:.4}", t.batch_loss)
+            } else {
+                "…".into()
+            };
+            return format!(
+                "round {} · epoch {}/{} · step {}/{} · batch loss {loss}",
+                t.server_round, t.epoch, t.epochs, t.step, t.steps_per_epoch
+            );
+        }
+        match (&self.finished, &self.last_global_accuracy) {
+            (Some(reason), _) => format!("run finished: {reason}"),
+            (None, Some((round, _))) => format!("round {round} closed: waiting for the next round"),
+            (None, None) => "waiting for a round".into(),
+        }
+    }
+
     /// One line for the connection badge.
     pub fn connection_text(&self) -> String {
         match &self.connection {
@@ -261,7 +314,7 @@ impl ClientView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::config::{FitMetrics, ShardScheme};
+    use protocol::config::FitMetrics;
 
     fn assignment(run_id: u64) -> Assignment {
         Assignment {
@@ -279,8 +332,14 @@ mod tests {
     #[test]
     fn a_round_moves_the_bar_and_records_epsilon() {
         let mut v = ClientView::default();
+        assert_eq!(v.data_line(), "no data yet: join to get a shard");
         v.apply(WorkerToPage::Connection(Connection::Connected));
+        assert_eq!(
+            v.data_line(),
+            "no run yet: waiting for the admin to start one"
+        );
         v.apply(WorkerToPage::Assigned(assignment(1)));
+        assert_eq!(v.data_line(), "run 1 · shard 2 of 10 (IID) · 6000 examples");
         v.apply(WorkerToPage::TrainStarted {
             server_round: 1,
             epochs: 2,
@@ -296,6 +355,10 @@ mod tests {
         });
         assert_eq!(v.training.as_ref().unwrap().fraction(), 0.75);
         assert_eq!(v.steps_seen, 1);
+        assert_eq!(
+            v.training_line(),
+            "round 1 · epoch 2/2 · step 5/10 · batch loss 0.5000"
+        );
         let metrics = FitMetrics {
             loss: 0.4,
             accuracy: 0.9,
@@ -324,6 +387,16 @@ mod tests {
         });
         assert_eq!(v.rounds[0].global_accuracy, Some(0.91));
         assert_eq!(v.connection_text(), "connected");
+        // The round is over: the bar empties and the tab says what it waits for.
+        assert!(v.training.is_none());
+        assert_eq!(
+            v.training_line(),
+            "round 1 closed: waiting for the next round"
+        );
+        v.apply(WorkerToPage::RunFinished {
+            reason: "all 1 rounds done".into(),
+        });
+        assert_eq!(v.training_line(), "run finished: all 1 rounds done");
     }
 
     #[test]
