@@ -175,7 +175,7 @@ try {
     const rows = await tab.locator('#rounds tbody tr').count();
     assert.equal(rows, 3, `tab ${i} lists the 3 rounds it trained in`);
     // Finished: said under an empty bar, not the last round's full one.
-    await waitFor(`tab ${i} to say the run finished`, async () => (await tab.textContent('#train-status')) === 'run finished: all 3 rounds done');
+    await waitFor(`tab ${i} to say the run finished`, async () => (await tab.textContent('#train-status')) === 'no more rounds: the run is over');
     assert.equal(await tab.evaluate(() => document.querySelector('#train-progress').value), 0);
   }
   await admin.waitForTimeout(300); // the last chart redraw
@@ -210,6 +210,27 @@ try {
   assert.match(table, /e2e-tab-0/);
   assert.match(table, /6000/);
   log(`downloads: ${csv.length - 1} CSV rows, model ${model.length} bytes; clients table lists the 2 tabs`);
+
+  // --- Phones: at 360 px neither page scrolls sideways (tables full), and the header spans it.
+  const widths = [];
+  for (const [name, page] of [['client tab', tabs[0]], ['dashboard', admin]]) {
+    await page.setViewportSize({ width: 360, height: 740 });
+    await page.waitForTimeout(300);
+    const { scroll, header, cut } = await page.evaluate(() => ({
+      scroll: document.documentElement.scrollWidth,
+      header: document.querySelector('header.top').getBoundingClientRect().width,
+      // Charts and form inputs fit their cards (tables may scroll inside theirs).
+      cut: [...document.querySelectorAll('canvas, .run-form input, .run-form select')]
+        .filter((e) => e.getBoundingClientRect().right > 360).map((e) => e.id || e.tagName),
+    }));
+    assert.deepEqual(cut, [], `the ${name} has elements past the right edge`);
+    await page.screenshot({ path: join(shots, `${name.replace(' ', '-')}-360px.png`), fullPage: true });
+    assert.ok(scroll <= 360, `the ${name} is ${scroll} px wide at a 360 px viewport`);
+    assert.ok(header >= 359, `the ${name}'s header bar is ${header} px of 360`);
+    widths.push(`${name} ${scroll} px`);
+    await page.setViewportSize({ width: 1280, height: 900 });
+  }
+  log(`at 360 px: ${widths.join(', ')}`);
 
 
   // --- Run 2 (σ fixed: a redone round is charged again, so no target ε to run out of).

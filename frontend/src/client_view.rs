@@ -286,7 +286,7 @@ impl ClientView {
             );
         }
         match (&self.finished, &self.last_global_accuracy) {
-            (Some(reason), _) => format!("run finished: {reason}"),
+            (Some(_), _) => "no more rounds: the run is over".into(),
             (None, Some((round, _))) => format!("round {round} closed: waiting for the next round"),
             (None, None) => "waiting for a round".into(),
         }
@@ -396,7 +396,7 @@ mod tests {
         v.apply(WorkerToPage::RunFinished {
             reason: "all 1 rounds done".into(),
         });
-        assert_eq!(v.training_line(), "run finished: all 1 rounds done");
+        assert_eq!(v.training_line(), "no more rounds: the run is over");
     }
 
     #[test]
