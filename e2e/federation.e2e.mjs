@@ -150,6 +150,11 @@ try {
   const before = await stepsOf(victim);
   await waitFor('tab 2 to be training round 2', async () => (await stepsOf(victim)) > before && /round 2 ·/.test(await victim.textContent('#train-status')), 240_000, 100);
   await victim.screenshot({ path: join(shots, 'client-tab.png'), fullPage: true });
+  // The dashboard says so: the row of a training tab reads "training", not "idle".
+  const rowOf = (name) => admin.evaluate((name) => [...document.querySelectorAll('#clients tbody tr')]
+    .map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent))
+    .find((cells) => cells[1] === name) ?? null, name);
+  await waitFor('the dashboard to show tab 2 training', async () => (await rowOf('e2e-tab-2'))?.[2] === 'training', 10_000, 200);
   await victim.close();
   log('closed tab 2 in the middle of round 2');
   await waitFor('round 2 to close without tab 2', async () => Number(await admin.textContent('#completed-rounds')) >= 2, 300_000, 500);
@@ -209,6 +214,12 @@ try {
   const table = await admin.textContent('#clients tbody');
   assert.match(table, /e2e-tab-0/);
   assert.match(table, /6000/);
+  // Every count in a row is of this run, like its ε: 3 rounds sampled, none failed; connected
+  // for some seconds (not "last seen … ago").
+  const row0 = await rowOf('e2e-tab-0');
+  assert.deepEqual([row0[2], row0[5], row0[6]], ['idle', '3', '0'], `tab 0's row: ${row0}`);
+  assert.match(row0[4], /^\d+ (s|min)$/);
+  assert.equal(Number(row0[7]).toFixed(3), last.epsilon.toFixed(3), 'its ε is the run ledger\'s');
   log(`downloads: ${csv.length - 1} CSV rows, model ${model.length} bytes; clients table lists the 2 tabs`);
 
   // --- Phones: at 360 px neither page scrolls sideways (tables full), and the header spans it.

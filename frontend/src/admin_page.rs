@@ -12,7 +12,7 @@ use wasm_bindgen::prelude::*;
 use crate::api::{self, ApiError};
 use crate::chart::{Line, LineChart};
 use crate::run_form::{FIELDS, FieldKind, RunForm};
-use crate::run_view::waiting_for;
+use crate::run_view::{duration_text, waiting_for};
 use crate::series::{RoundPoint, Series};
 
 const TOKEN_KEY: &str = "fl-admin-token";
@@ -435,17 +435,17 @@ fn Dashboard(
         <section class="card">
             <h2>"Clients " <small id="client-count">{move || clients.with(|c| c.len())}</small></h2>
             <table id="clients">
-                <thead><tr><th>"id"</th><th>"name"</th><th>"state"</th><th>"shard size"</th><th>"last seen"</th><th>"rounds"</th><th>"failures"</th><th>"ε"</th></tr></thead>
+                <thead><tr><th>"id"</th><th>"name"</th><th>"state"</th><th>"data size"</th><th>"connected for"</th><th title="rounds of this run the client was sampled for (what its ε counts)">"rounds (run)"</th><th title="of those, rounds it failed">"failed (run)"</th><th title="ε of this run by the server's ledger (an upper bound of what the client spent)">"ε (run)"</th></tr></thead>
                 <tbody>{move || {
                     let now = js_sys::Date::now();
                     clients.with(|cs| cs.iter().map(|c| view! {
                         <tr>
                             <td>{c.client_id}</td>
                             <td>{c.name.clone()}</td>
-                            <td class=format!("state {}", c.state)>{c.state.clone()}</td>
+                            <td class=format!("state {}", c.state.as_str())>{c.state.as_str()}</td>
                             <td>{c.num_examples.map_or("—".into(), |n| format!("{n}{}", if c.own_data { " (own)" } else { "" }))}</td>
-                            <td>{format!("{:.0} s ago", ((now - c.last_seen_ms as f64) / 1000.0).max(0.0))}</td>
-                            <td>{c.rounds_contributed}</td>
+                            <td>{duration_text(((now - c.connected_at_ms as f64) / 1000.0).max(0.0))}</td>
+                            <td>{c.rounds}</td>
                             <td>{c.failures}</td>
                             <td>{c.epsilon.map_or("—".into(), |e| format!("{e:.3}"))}</td>
                         </tr>

@@ -1,4 +1,5 @@
-//! What the dashboard says about the run it shows beyond its status: what it waits for.
+//! What the dashboard says about the run it shows beyond its status: what it waits for, and
+//! how long its clients have been connected.
 //! Native, so it is tested without a browser.
 
 use protocol::admin::RunStatus;
@@ -24,6 +25,16 @@ pub fn waiting_for(
     }
 }
 
+/// A duration for a table cell: "45 s", "12 min", "3 h 05 min".
+pub fn duration_text(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        _ => format!("{} h {:02} min", s / 3600, s % 3600 / 60),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +53,13 @@ mod tests {
             Some("paused: round 2 still finishes, then no new round starts")
         );
         assert_eq!(waiting_for(RunStatus::Finished, None, 0, 4), None);
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(duration_text(45.7), "45 s");
+        assert_eq!(duration_text(12.0 * 60.0 + 5.0), "12 min");
+        assert_eq!(duration_text(3.0 * 3600.0 + 5.0 * 60.0), "3 h 05 min");
+        assert_eq!(duration_text(-1.0), "0 s");
     }
 }

@@ -563,16 +563,41 @@ pub struct JoinInfo {
 pub struct ClientInfo {
     pub client_id: u64,
     pub name: String,
-    /// `idle`, `training`, `evaluating`.
-    pub state: String,
+    pub state: ClientState,
     pub num_examples: Option<u64>,
     pub shard_index: Option<u32>,
     pub own_data: bool,
     pub connected_at_ms: u64,
-    pub last_seen_ms: u64,
-    pub rounds_contributed: u64,
+    /// Rounds of the current run this client was sampled for (and charged for: what `epsilon`
+    /// counts), whether it then trained or failed.
+    pub rounds: u64,
+    /// Of those, rounds it failed (an error, a refusal, a disconnect, the deadline) since this
+    /// server started.
     pub failures: u64,
+    /// ε of the current run by the server's ledger (`None` without DP or without a run).
     pub epsilon: Option<f64>,
+}
+
+/// What a connected client is doing for the current run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientState {
+    /// Not in a round (waiting to be sampled, or the round is over for it).
+    Idle,
+    /// Sent a round's model and instructions; no result yet.
+    Training,
+    /// Asked to evaluate the new global model; no result yet.
+    Evaluating,
+}
+
+impl ClientState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Training => "training",
+            Self::Evaluating => "evaluating",
+        }
+    }
 }
 
 /// The live stream for dashboards.

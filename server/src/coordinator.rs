@@ -19,8 +19,8 @@ use bytes::Bytes;
 use learning::accountant::AccountantError;
 use learning::{Aggregator, EvaluateRes, RdpAccountant, TinyCnnConfig};
 use protocol::admin::{
-    ClientInfo, Event, FieldError, RoundRecord, RunAction, RunConfig, RunHistory, RunStatus,
-    RunSummary,
+    ClientInfo, ClientState, Event, FieldError, RoundRecord, RunAction, RunConfig, RunHistory,
+    RunStatus, RunSummary,
 };
 use protocol::messages::{Assignment, Capabilities};
 use protocol::{ErrorCode, FrameKind, ServerMessage, TensorFrame};
@@ -148,11 +148,8 @@ struct Conn {
     /// Shard size or own data size, once known.
     num_examples: Option<u64>,
     shard_index: Option<u32>,
-    state: &'static str,
+    state: ClientState,
     connected_at_ms: u64,
-    last_seen_ms: u64,
-    rounds_contributed: u64,
-    failures: u64,
 }
 
 #[derive(Debug)]
@@ -230,6 +227,8 @@ struct ActiveRun {
     /// is spent): not sampled again, even after a reconnect.
     refused: std::collections::HashSet<String>,
     bench: Bench,
+    /// Rounds each key failed in this run since the server started (the clients table).
+    failed: HashMap<String, u64>,
 }
 
 /// Clients that keep failing sit out: a client that fails [`MAX_FAILURES_IN_A_ROW`] rounds in a
@@ -400,6 +399,7 @@ impl Coordinator {
             next_attempt: 1,
             refused: Default::default(),
             bench: Bench::default(),
+            failed: HashMap::new(),
         });
         Ok(())
     }
@@ -468,7 +468,7 @@ impl Coordinator {
             task.abort();
         }
         for c in self.clients.values_mut() {
-            c.state = "idle";
+            c.state = ClientState::Idle;
         }
         self.publish(Event::RoundRetried {
             run_id,

@@ -73,11 +73,8 @@ impl Coordinator {
                 outbox,
                 num_examples: own,
                 shard_index: None,
-                state: "idle",
+                state: ClientState::Idle,
                 connected_at_ms: now,
-                last_seen_ms: now,
-                rounds_contributed: 0,
-                failures: 0,
             },
         );
         info!(client_id, "client joined");
@@ -211,21 +208,23 @@ impl Coordinator {
 
     pub(super) fn client_info(&self, client_id: u64) -> Option<ClientInfo> {
         let c = self.clients.get(&client_id)?;
-        let epsilon = self.run.as_ref().and_then(|r| {
+        // Every count is of the current run, like ε.
+        let run = self.run.as_ref();
+        let row = run.and_then(|r| r.clients.get(&c.key));
+        let epsilon = run.and_then(|r| {
             let delta = r.delta()?;
-            r.clients.get(&c.key)?.ledger.epsilon(delta).ok()
+            row?.ledger.epsilon(delta).ok()
         });
         Some(ClientInfo {
             client_id,
             name: c.caps.name.clone(),
-            state: c.state.into(),
+            state: c.state,
             num_examples: c.num_examples,
             shard_index: c.shard_index,
             own_data: c.caps.own_data.is_some(),
             connected_at_ms: c.connected_at_ms,
-            last_seen_ms: c.last_seen_ms,
-            rounds_contributed: c.rounds_contributed,
-            failures: c.failures,
+            rounds: row.map_or(0, |r| r.rounds),
+            failures: run.and_then(|r| r.failed.get(&c.key).copied()).unwrap_or(0),
             epsilon,
         })
     }

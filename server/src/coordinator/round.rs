@@ -135,7 +135,7 @@ impl Coordinator {
                 && self.send(a.client_id, Outgoing::Binary(bytes.clone()))
                 && let Some(c) = self.clients.get_mut(&a.client_id)
             {
-                c.state = "training";
+                c.state = ClientState::Training;
             }
         }
         self.maybe_close_training();
@@ -161,6 +161,7 @@ impl Coordinator {
                 *slot = Slot::Failed;
                 let key = key.clone();
                 let benched = run.bench.failed(&key, run.summary.completed_rounds);
+                *run.failed.entry(key.clone()).or_default() += 1;
                 round.participants.push(Participant {
                     client_key: key.clone(),
                     num_examples: None,
@@ -172,8 +173,7 @@ impl Coordinator {
                     .in_scope(|| warn!(client_id, reason, benched, "client failed this round"));
                 let server_round = round.server_round;
                 if let Some(c) = self.clients.get_mut(&client_id) {
-                    c.failures += 1;
-                    c.state = "idle";
+                    c.state = ClientState::Idle;
                 }
                 self.publish(Event::ClientFailed {
                     client_id,
@@ -197,8 +197,7 @@ impl Coordinator {
     /// A client answered: it is no longer busy with this round.
     fn heard_from(&mut self, client_id: u64) {
         if let Some(c) = self.clients.get_mut(&client_id) {
-            c.last_seen_ms = now_ms();
-            c.state = "idle";
+            c.state = ClientState::Idle;
         }
     }
 
@@ -276,9 +275,6 @@ impl Coordinator {
         round.span.in_scope(|| info!(client_id, "update accepted"));
         let quorum = run.summary.config.quorum;
         round.shorten_for_stragglers(quorum);
-        if let Some(c) = self.clients.get_mut(&client_id) {
-            c.rounds_contributed += 1;
-        }
         self.publish(Event::ClientTrained {
             client_id,
             server_round,
@@ -423,7 +419,7 @@ impl Coordinator {
                 run.round = None;
                 run.next_attempt += 1;
                 for c in self.clients.values_mut() {
-                    c.state = "idle";
+                    c.state = ClientState::Idle;
                 }
                 self.publish(Event::RoundRetried {
                     run_id,
@@ -511,8 +507,11 @@ impl Coordinator {
             return;
         };
         for id in evaluators {
-            if self.send_msg(id, &ServerMessage::EvaluateIns { server_round }) {
-                self.send(id, Outgoing::Binary(bytes.clone()));
+            if self.send_msg(id, &ServerMessage::EvaluateIns { server_round })
+                && self.send(id, Outgoing::Binary(bytes.clone()))
+                && let Some(c) = self.clients.get_mut(&id)
+            {
+                c.state = ClientState::Evaluating;
             }
         }
         self.maybe_close_federated_eval();
@@ -589,7 +588,7 @@ impl Coordinator {
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         for id in ids {
             if let Some(c) = self.clients.get_mut(&id) {
-                c.state = "idle";
+                c.state = ClientState::Idle;
             }
             self.send_msg(id, &closed);
         }

@@ -54,6 +54,7 @@ impl Coordinator {
             next_attempt: 1,
             refused: Default::default(),
             bench: Bench::default(),
+            failed: HashMap::new(),
         });
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         for id in ids {
