@@ -156,7 +156,9 @@ try {
     .find((cells) => cells[1] === name) ?? null, name);
   await waitFor('the dashboard to show tab 2 training', async () => (await rowOf('e2e-tab-2'))?.[2] === 'training', 10_000, 200);
   await victim.close();
-  log('closed tab 2 in the middle of round 2');
+  // It stays on the dashboard, marked with when and why it left.
+  await waitFor('the dashboard to show tab 2 left', async () => /^left in round 2: /.test((await rowOf('e2e-tab-2'))?.[2] ?? ''), 10_000, 200);
+  log('closed tab 2 in the middle of round 2:', (await rowOf('e2e-tab-2'))[2]);
   await waitFor('round 2 to close without tab 2', async () => Number(await admin.textContent('#completed-rounds')) >= 2, 300_000, 500);
   const history2 = (await api('/api/admin/runs/1')).body;
   const round2 = history2.rounds.find((r) => r.server_round === 2);
@@ -210,7 +212,12 @@ try {
   assert.equal(model.length, 20 + 12_810 * 4, 'header + 12 810 f32');
   assert.equal(modelDownload[0].suggestedFilename(), 'global-model-run1.fldp');
   // The clients table lists the two tabs left, with their shard sizes and rounds.
-  await waitFor('the clients table', async () => (await admin.locator('#clients tbody tr').count()) === 2, 10_000);
+  // Two connected tabs, and the closed one kept with its rounds and ε.
+  await waitFor('the clients table', async () => (await admin.locator('#clients tbody tr').count()) === 3, 10_000);
+  assert.equal(await admin.textContent('#client-count'), '2 connected');
+  const gone = await rowOf('e2e-tab-2');
+  assert.match(gone[2], /^left in round 2: /);
+  assert.equal(gone[5], '2', 'the closed tab was sampled for rounds 1 and 2');
   const table = await admin.textContent('#clients tbody');
   assert.match(table, /e2e-tab-0/);
   assert.match(table, /6000/);

@@ -12,7 +12,7 @@ use wasm_bindgen::prelude::*;
 use crate::api::{self, ApiError};
 use crate::chart::{Line, LineChart};
 use crate::run_form::{FIELDS, FieldKind, RunForm};
-use crate::run_view::{duration_text, waiting_for};
+use crate::run_view::{connected_count, duration_text, waiting_for};
 use crate::series::{RoundPoint, Series};
 
 const TOKEN_KEY: &str = "fl-admin-token";
@@ -346,7 +346,7 @@ fn Dashboard(
         waiting_for(
             r.status,
             in_flight.get(),
-            clients.with(|c| c.len()),
+            connected_count(&clients.read()),
             r.config.min_clients,
         )
     };
@@ -433,7 +433,7 @@ fn Dashboard(
             </div>
         </section>
         <section class="card">
-            <h2>"Clients " <small id="client-count">{move || clients.with(|c| c.len())}</small></h2>
+            <h2>"Clients " <small id="client-count">{move || connected_count(&clients.read())}" connected"</small></h2>
             <table id="clients">
                 <thead><tr><th>"id"</th><th>"name"</th><th>"state"</th><th>"data size"</th><th>"connected for"</th><th title="rounds of this run the client was sampled for (what its ε counts)">"rounds (run)"</th><th title="of those, rounds it failed">"failed (run)"</th><th title="ε of this run by the server's ledger (an upper bound of what the client spent)">"ε (run)"</th></tr></thead>
                 <tbody>{move || {
@@ -442,7 +442,7 @@ fn Dashboard(
                         <tr>
                             <td>{c.client_id}</td>
                             <td>{c.name.clone()}</td>
-                            <td class=format!("state {}", c.state.as_str())>{c.state.as_str()}</td>
+                            <td class=format!("state {}", c.state.as_str())>{c.left.as_ref().map_or_else(|| c.state.as_str().to_string(), |d| d.text())}</td>
                             <td>{c.num_examples.map_or("—".into(), |n| format!("{n}{}", if c.own_data { " (own)" } else { "" }))}</td>
                             <td>{duration_text(((now - c.connected_at_ms as f64) / 1000.0).max(0.0))}</td>
                             <td>{c.rounds}</td>

@@ -2,7 +2,15 @@
 //! how long its clients have been connected.
 //! Native, so it is tested without a browser.
 
-use protocol::admin::RunStatus;
+use protocol::admin::{ClientInfo, ClientState, RunStatus};
+
+/// Clients in the list that are connected (the list also keeps the run's clients that left).
+pub fn connected_count(clients: &[ClientInfo]) -> usize {
+    clients
+        .iter()
+        .filter(|c| c.state != ClientState::Left)
+        .count()
+}
 
 /// What a run is waiting for, when it is not training: too few clients connected for its next
 /// round, or paused (a round in flight still finishes). `None` while a round runs or the run is

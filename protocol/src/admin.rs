@@ -576,6 +576,29 @@ pub struct ClientInfo {
     pub failures: u64,
     /// ε of the current run by the server's ledger (`None` without DP or without a run).
     pub epsilon: Option<f64>,
+    /// When and why a client of the current run left (its state is then `left`).
+    #[serde(default)]
+    pub left: Option<Departure>,
+}
+
+/// A client of the current run that is no longer connected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Departure {
+    /// The round in flight when it left, or `None` between rounds.
+    pub in_round: Option<u64>,
+    /// Rounds the run had completed then.
+    pub after_round: u64,
+    pub reason: String,
+}
+
+impl Departure {
+    /// "left in round 2: disconnected", "left after round 3: …".
+    pub fn text(&self) -> String {
+        match self.in_round {
+            Some(r) => format!("left in round {r}: {}", self.reason),
+            None => format!("left after round {}: {}", self.after_round, self.reason),
+        }
+    }
 }
 
 /// What a connected client is doing for the current run.
@@ -588,6 +611,8 @@ pub enum ClientState {
     Training,
     /// Asked to evaluate the new global model; no result yet.
     Evaluating,
+    /// A client of the current run that disconnected (kept in the list with its rounds and ε).
+    Left,
 }
 
 impl ClientState {
@@ -596,6 +621,7 @@ impl ClientState {
             Self::Idle => "idle",
             Self::Training => "training",
             Self::Evaluating => "evaluating",
+            Self::Left => "left",
         }
     }
 }

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use learning::accountant::AccountantError;
 use learning::{Aggregator, EvaluateRes, RdpAccountant, TinyCnnConfig};
 use protocol::admin::{
-    ClientInfo, ClientState, Event, FieldError, RoundRecord, RunAction, RunConfig, RunHistory,
-    RunStatus, RunSummary,
+    ClientInfo, ClientState, Departure, Event, FieldError, RoundRecord, RunAction, RunConfig,
+    RunHistory, RunStatus, RunSummary,
 };
 use protocol::messages::{Assignment, Capabilities};
 use protocol::{ErrorCode, FrameKind, ServerMessage, TensorFrame};
@@ -229,6 +229,9 @@ struct ActiveRun {
     bench: Bench,
     /// Rounds each key failed in this run since the server started (the clients table).
     failed: HashMap<String, u64>,
+    /// Clients of this run that left, by key, as the clients table last saw them (a key that
+    /// connects again is removed). At most one entry per key of the run.
+    departed: HashMap<String, ClientInfo>,
 }
 
 /// Clients that keep failing sit out: a client that fails [`MAX_FAILURES_IN_A_ROW`] rounds in a
@@ -400,6 +403,7 @@ impl Coordinator {
             refused: Default::default(),
             bench: Bench::default(),
             failed: HashMap::new(),
+            departed: HashMap::new(),
         });
         Ok(())
     }

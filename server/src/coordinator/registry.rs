@@ -198,12 +198,39 @@ impl Coordinator {
     }
 
     pub(super) fn leave(&mut self, client_id: u64, reason: &str) {
+        self.remember_departure(client_id, reason);
         if self.clients.remove(&client_id).is_none() {
             return;
         }
         info!(client_id, reason, "client left");
         self.publish(Event::ClientLeft { client_id });
         self.fail_slot(client_id, None, reason);
+    }
+
+    /// Keeps a leaving client of the current run in the clients table, marked with when and
+    /// why it left — unless its key is still connected (a reload replaced the connection).
+    fn remember_departure(&mut self, client_id: u64, reason: &str) {
+        let Some(mut info) = self.client_info(client_id) else {
+            return;
+        };
+        let Some(key) = self.clients.get(&client_id).map(|c| c.key.clone()) else {
+            return;
+        };
+        let still_here = self
+            .clients
+            .iter()
+            .any(|(&id, c)| id != client_id && c.key == key);
+        let Some(run) = self.run.as_mut() else { return };
+        if still_here || !run.clients.contains_key(&key) {
+            return;
+        }
+        info.state = ClientState::Left;
+        info.left = Some(Departure {
+            in_round: run.round.as_ref().map(|r| r.server_round),
+            after_round: run.summary.completed_rounds,
+            reason: protocol::clip(reason, 200),
+        });
+        run.departed.insert(key, info);
     }
 
     pub(super) fn client_info(&self, client_id: u64) -> Option<ClientInfo> {
@@ -226,15 +253,34 @@ impl Coordinator {
             rounds: row.map_or(0, |r| r.rounds),
             failures: run.and_then(|r| r.failed.get(&c.key).copied()).unwrap_or(0),
             epsilon,
+            left: None,
         })
     }
 
     pub(super) fn client_infos(&self) -> Vec<ClientInfo> {
         let mut ids: Vec<u64> = self.clients.keys().copied().collect();
         ids.sort_unstable();
-        ids.into_iter()
+        let mut infos: Vec<ClientInfo> = ids
+            .into_iter()
             .filter_map(|id| self.client_info(id))
-            .collect()
+            .collect();
+        // Then the run's clients that left, with their counts as they are now (a round in
+        // flight when they left has failed since).
+        if let Some(run) = &self.run {
+            let connected: HashSet<&str> = self.clients.values().map(|c| c.key.as_str()).collect();
+            let mut gone: Vec<ClientInfo> = run
+                .departed
+                .iter()
+                .filter(|(key, _)| !connected.contains(key.as_str()))
+                .map(|(key, info)| ClientInfo {
+                    failures: run.failed.get(key).copied().unwrap_or(0),
+                    ..info.clone()
+                })
+                .collect();
+            gone.sort_by_key(|c| c.client_id);
+            infos.extend(gone);
+        }
+        infos
     }
 }
 

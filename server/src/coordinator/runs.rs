@@ -55,6 +55,7 @@ impl Coordinator {
             refused: Default::default(),
             bench: Bench::default(),
             failed: HashMap::new(),
+            departed: HashMap::new(),
         });
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         for id in ids {
