@@ -227,8 +227,6 @@ struct ActiveRun {
     /// is spent): not sampled again, even after a reconnect.
     refused: std::collections::HashSet<String>,
     bench: Bench,
-    /// Rounds each key failed in this run since the server started (the clients table).
-    failed: HashMap<String, u64>,
     /// Clients of this run that left, by key, as the clients table last saw them (a key that
     /// connects again is removed). At most one entry per key of the run.
     departed: HashMap<String, ClientInfo>,
@@ -237,11 +235,14 @@ struct ActiveRun {
 /// Clients that keep failing sit out: a client that fails [`MAX_FAILURES_IN_A_ROW`] rounds in a
 /// row (always `train_failed`, or silent until the deadline) is not sampled for the next
 /// [`BENCH_ROUNDS`] rounds, so it cannot keep the quorum unmet while the honest clients' ε is
-/// charged for every retry.
+/// charged for every retry. It also counts each key's failed rounds in the run since the server
+/// started (the clients table).
 #[derive(Debug, Default)]
 struct Bench {
     /// Rounds each key failed in a row (reset by an accepted update).
     failed_in_a_row: HashMap<String, u32>,
+    /// Rounds each key failed in all.
+    failed: HashMap<String, u64>,
     /// Keys that sit out until the run has completed this many rounds.
     until: HashMap<String, u64>,
 }
@@ -253,8 +254,14 @@ impl Bench {
             .is_some_and(|&until| completed_rounds < until)
     }
 
+    /// Rounds `key` failed in this run.
+    fn failures(&self, key: &str) -> u64 {
+        self.failed.get(key).copied().unwrap_or(0)
+    }
+
     /// Counts a failed round for `key`; `true` when it now sits out.
     fn failed(&mut self, key: &str, completed_rounds: u64) -> bool {
+        *self.failed.entry(key.to_owned()).or_insert(0) += 1;
         let n = self.failed_in_a_row.entry(key.to_owned()).or_insert(0);
         *n += 1;
         if *n < MAX_FAILURES_IN_A_ROW {
@@ -402,7 +409,6 @@ impl Coordinator {
             next_attempt: 1,
             refused: Default::default(),
             bench: Bench::default(),
-            failed: HashMap::new(),
             departed: HashMap::new(),
         });
         Ok(())
@@ -460,7 +466,8 @@ impl Coordinator {
         self.abandon_round(&format!("internal error in {step}: {what}"));
     }
 
-    /// Drops the round in flight (it will be retried as the next attempt).
+    /// Drops the round in flight, which is retried as the next attempt: below quorum, an
+    /// aggregation refused, or an internal error. What it charged stays charged.
     fn abandon_round(&mut self, reason: &str) {
         let Some(run) = self.run.as_mut() else { return };
         let Some(round) = run.round.take() else {

@@ -251,7 +251,7 @@ impl Coordinator {
             own_data: c.caps.own_data.is_some(),
             connected_at_ms: c.connected_at_ms,
             rounds: row.map_or(0, |r| r.rounds),
-            failures: run.and_then(|r| r.failed.get(&c.key).copied()).unwrap_or(0),
+            failures: run.map_or(0, |r| r.bench.failures(&c.key)),
             epsilon,
             left: None,
         })
@@ -273,7 +273,7 @@ impl Coordinator {
                 .iter()
                 .filter(|(key, _)| !connected.contains(key.as_str()))
                 .map(|(key, info)| ClientInfo {
-                    failures: run.failed.get(key).copied().unwrap_or(0),
+                    failures: run.bench.failures(key),
                     ..info.clone()
                 })
                 .collect();

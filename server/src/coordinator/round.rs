@@ -161,12 +161,11 @@ impl Coordinator {
                 *slot = Slot::Failed;
                 let key = key.clone();
                 let benched = run.bench.failed(&key, run.summary.completed_rounds);
-                *run.failed.entry(key.clone()).or_default() += 1;
                 round.participants.push(Participant {
                     client_key: key.clone(),
                     num_examples: None,
                     outcome: "failed",
-                    detail: Some(reason.chars().take(200).collect()),
+                    detail: Some(protocol::clip(reason, 200)),
                 });
                 round
                     .span
@@ -397,7 +396,6 @@ impl Coordinator {
 
     pub(super) fn close_training(&mut self) {
         let Some(run) = self.run.as_mut() else { return };
-        let run_id = run.id();
         let Some(round) = run.round.as_mut() else {
             return;
         };
@@ -412,20 +410,10 @@ impl Coordinator {
         round.aggregate_ms += t.elapsed().as_secs_f64() * 1e3;
         match res {
             Err(reason) => {
-                let server_round = round.server_round;
                 round
                     .span
                     .in_scope(|| warn!(%reason, "round not aggregated: it will be retried"));
-                run.round = None;
-                run.next_attempt += 1;
-                for c in self.clients.values_mut() {
-                    c.state = ClientState::Idle;
-                }
-                self.publish(Event::RoundRetried {
-                    run_id,
-                    server_round,
-                    reason: reason.to_string(),
-                });
+                self.abandon_round(&reason.to_string());
             }
             Ok(next) => {
                 round.span.in_scope(|| {

@@ -54,7 +54,6 @@ impl Coordinator {
             next_attempt: 1,
             refused: Default::default(),
             bench: Bench::default(),
-            failed: HashMap::new(),
             departed: HashMap::new(),
         });
         let ids: Vec<u64> = self.clients.keys().copied().collect();
