@@ -64,11 +64,7 @@ impl ClientPrivacy {
     /// client's δ is too large for `n` records. Spends nothing.
     pub fn check(&self, q: f64, sigma: f64, steps: u64, n: usize) -> Result<(), LearningError> {
         check_delta_for(self.delta, n, "this client's δ")?;
-        let new = !self
-            .ledger
-            .history
-            .iter()
-            .any(|&(hq, hs, _)| hq == q && hs == sigma);
+        let new = protocol::ledger::mechanism_index(&self.ledger.history, q, sigma).is_none();
         if new && self.ledger.history.len() >= protocol::ledger::MAX_HISTORY {
             // A server varying q or σ every round would otherwise grow a ledger until it no
             // longer fits in storage (and then reads as unreadable).

@@ -186,24 +186,19 @@ impl Dataset {
             .checked_mul(IMAGE_PIXELS)
             .and_then(|b| b.checked_add(16))
             .unwrap_or(usize::MAX);
-        if images.len() != need {
-            return Err(size_error(
-                images_name,
-                need,
-                images.len(),
-                "16-byte header + 784 bytes per image",
-            ));
-        }
+        exact_size(
+            images_name,
+            need,
+            images.len(),
+            "16-byte header + 784 bytes per image",
+        )?;
         let n_labels = read_header(labels_name, labels, LABELS_MAGIC, 8, "labels")?;
-        let need_labels = n_labels.saturating_add(8);
-        if labels.len() != need_labels {
-            return Err(size_error(
-                labels_name,
-                need_labels,
-                labels.len(),
-                "8-byte header + 1 byte per label",
-            ));
-        }
+        exact_size(
+            labels_name,
+            n_labels.saturating_add(8),
+            labels.len(),
+            "8-byte header + 1 byte per label",
+        )?;
         if n_images != n_labels {
             return Err(MnistError::CountMismatch {
                 images: images_name.into(),
@@ -280,22 +275,27 @@ impl Dataset {
     }
 }
 
-/// Too short or too long.
-fn size_error(file: &str, expected: usize, actual: usize, what: &'static str) -> MnistError {
-    if actual < expected {
-        MnistError::Truncated {
+/// A file of exactly `expected` bytes, or why not (too short, or too long).
+fn exact_size(
+    file: &str,
+    expected: usize,
+    actual: usize,
+    what: &'static str,
+) -> Result<(), MnistError> {
+    match actual.cmp(&expected) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Less => Err(MnistError::Truncated {
             file: file.into(),
             expected,
             actual,
             what,
-        }
-    } else {
-        MnistError::Size {
+        }),
+        std::cmp::Ordering::Greater => Err(MnistError::Size {
             file: file.into(),
             expected,
             actual,
             what,
-        }
+        }),
     }
 }
 

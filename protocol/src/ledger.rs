@@ -103,13 +103,17 @@ pub struct DatasetLedger {
 /// the history does not grow with alternating or repeated mechanisms (RDP composition does not
 /// depend on order). The one rule for the client's ledger, the server's and the stored form.
 pub fn compose(history: &mut Vec<(f64, f64, u64)>, (q, sigma, steps): (f64, f64, u64)) {
-    match history
-        .iter_mut()
-        .find(|(hq, hs, _)| *hq == q && *hs == sigma)
-    {
-        Some((_, _, n)) => *n = n.saturating_add(steps),
+    match mechanism_index(history, q, sigma) {
+        Some(i) => history[i].2 = history[i].2.saturating_add(steps),
         None => history.push((q, sigma, steps)),
     }
+}
+
+/// Where a history holds the mechanism (q, σ), if it does.
+pub fn mechanism_index(history: &[(f64, f64, u64)], q: f64, sigma: f64) -> Option<usize> {
+    history
+        .iter()
+        .position(|&(hq, hs, _)| hq == q && hs == sigma)
 }
 
 impl DatasetLedger {
@@ -138,11 +142,8 @@ impl DatasetLedger {
             .history
             .iter()
             .filter_map(|&(q, sigma, steps)| {
-                let before = base
-                    .history
-                    .iter()
-                    .find(|(bq, bs, _)| *bq == q && *bs == sigma)
-                    .map_or(0, |b| b.2);
+                let before =
+                    mechanism_index(&base.history, q, sigma).map_or(0, |i| base.history[i].2);
                 let more = steps.saturating_sub(before);
                 (more > 0).then_some((q, sigma, more))
             })

@@ -23,7 +23,6 @@ pub mod worker;
 pub use frame::{FrameError, FrameKind, TensorFrame};
 pub use messages::{ClientMessage, ErrorCode, MessageError, ServerMessage};
 
-/// Version of the wire protocol; a peer speaking another version is refused with a typed error.
 /// At most `max` characters of a peer's input, for an error message or a log line: an error
 /// that repeats a 60 KB input back (and into the log) amplifies whatever an attacker sends.
 pub fn clip(text: &str, max: usize) -> String {
@@ -35,6 +34,7 @@ pub fn clip(text: &str, max: usize) -> String {
     format!("{head}… ({} more characters)", total - max)
 }
 
+/// Version of the wire protocol; a peer speaking another version is refused with a typed error.
 /// 2: `TrainRes` carries no training metrics (only what is DP or public), `Hello` no label
 /// histogram, evaluation results are DP.
 pub const PROTOCOL_VERSION: u16 = 2;
