@@ -303,7 +303,11 @@ try {
   }
   await admin.click('#create-start');
   await waitFor('run 2 to start', async () => (await api('/api/admin/runs/2')).body?.run.status === 'running');
+  // Trained in run 2 (its rounds table, cleared for the new run, lists a round): the ε shown is
+  // then this shard's, not the one of the shard the tab had in run 1 (shown until the worker
+  // reports the new data's ledger).
   await waitFor('tab 0 to train round 1 of run 2', async () => /run 2/.test(await tab0.textContent('#shard'))
+    && (await tab0.locator('#rounds tbody tr').count()) >= 1
     && /ε = 0\.[0-9]*[1-9]|ε = [1-9]/.test(await tab0.textContent('#epsilon')), 120_000, 100);
   const key0 = await keyOf(tab0);
   const shard0 = await tab0.textContent('#shard');
