@@ -5,6 +5,7 @@
 #   3. cargo test: every native unit and integration test
 #   4. wasm-bindgen-test: the client's wasm side inside a Web Worker in headless Chromium
 #   5. the browser end-to-end test: the server, the built pages, 3 client tabs and the admin page
+#   6. the `trunk serve` smoke test: the development command reuses the release build and proxies
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -41,8 +42,10 @@ run "wasm-bindgen-test (client-wasm in a Chromium Web Worker)" env \
 if [ "$pages_built" = 0 ] && [ "$server_built" = 0 ]; then
   run "browser end-to-end (Playwright + Chromium)" env SERVER_BIN="$TARGET_DIR/debug/server" \
     node e2e/federation.e2e.mjs
+  run "trunk serve (development command: pages through trunk, a tab through its /ws proxy)" env \
+    SERVER_BIN="$TARGET_DIR/debug/server" node e2e/trunk-serve.e2e.mjs
 else
-  echo "!! skipped the browser end-to-end test: the pages or the server did not build (or a test failed)"; status=1
+  echo "!! skipped the browser end-to-end tests: the pages or the server did not build (or a test failed)"; status=1
 fi
 
 echo "tests took $(( $(date +%s) - start ))s"
