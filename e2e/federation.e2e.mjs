@@ -83,29 +83,42 @@ try {
   await admin.waitForSelector('#run-form');
   log('signed in');
 
-  // --- A malformed run config: messages next to the fields, nothing created.
+  // --- A malformed run config: every bad input is marked at once, with its label and one plain
+  // range, the same words as its help and as the server's 422; nothing is created.
   const field = (path) => admin.locator(`.field[data-field="${path}"]`);
+  const fieldError = (path) => waitFor(`the ${path} message`, async () => {
+    const t = await field(path).locator('.field-error').textContent();
+    return t?.length ? t : null;
+  });
+  const ROUNDS_RANGE = 'a whole number from 1 to 10\u00a0000'; // a no-break space
   await field('rounds').locator('input').fill('three');
   await field('dp.delta').locator('input').fill('2');
   await admin.click('#create-start');
-  const roundsError = await waitFor('the rounds message', async () => {
-    const t = await field('rounds').locator('.field-error').textContent();
-    return t?.length ? t : null;
-  });
-  assert.match(roundsError, /rounds is three: expected a whole number/);
+  const roundsError = await fieldError('rounds');
+  assert.equal(roundsError, `Rounds is three: expected ${ROUNDS_RANGE}`);
+  const deltaError = await fieldError('dp.delta');
+  assert.match(deltaError, /^δ is 2: expected a number above 0 and at most 0\.01/);
   assert.match(await admin.textContent('#form-error'), /marked fields/);
-  // "three" fixed, δ = 2 is next: the range check names δ and what it accepts.
+  assert.ok(await field('rounds').locator('input').evaluate((e) => e.classList.contains('invalid')),
+    'the rounds input itself is highlighted');
+  assert.equal(await field('rounds').locator('input').getAttribute('aria-invalid'), 'true');
+  assert.ok((await field('rounds').locator('.help').textContent()).startsWith(ROUNDS_RANGE),
+    'the help states the same range');
+  // "1e9" is a whole number (out of range), "-1" and "0" get the same words.
+  for (const text of ['1e9', '-1', '0']) {
+    await field('rounds').locator('input').fill(text);
+    await admin.click('#create-start');
+    assert.equal(await fieldError('rounds'), `Rounds is ${text}: expected ${ROUNDS_RANGE}`);
+  }
+  // Typing into a marked input clears its mark.
   await field('rounds').locator('input').fill('3');
-  await admin.click('#create-start');
-  const deltaError = await waitFor('the δ message', async () => {
-    const t = await field('dp.delta').locator('.field-error').textContent();
-    return t?.length ? t : null;
-  });
-  assert.match(deltaError, /dp\.delta is 2: expected a number in \(0, 0\.01\]/);
-  // The API refuses the same JSON on its own, naming the field.
+  assert.ok(!(await field('rounds').locator('input').evaluate((e) => e.classList.contains('invalid'))));
+  await field('dp.delta').locator('input').fill('1e-5');
+  // The API refuses the same JSON on its own, naming the field in the same words.
   const refused = await api('/api/admin/runs', { method: 'POST', body: '{"rounds": "three"}' });
   assert.equal(refused.status, 422);
   assert.equal(refused.body.field, 'rounds');
+  assert.equal(refused.body.error, `Rounds is "three": expected ${ROUNDS_RANGE}`);
   assert.equal((await api('/api/admin/runs')).body.length, 0, 'no run was created');
   log('malformed config refused:', JSON.stringify(roundsError), '|', JSON.stringify(deltaError));
 
@@ -146,6 +159,10 @@ try {
   }
   await admin.screenshot({ path: join(shots, 'dashboard-round1.png'), fullPage: true });
   log('every tab trained round 1:', await Promise.all(tabs.map((t) => t.textContent('#epsilon'))));
+  // Two ε, each named for what it is: the tab's own ledger, the server's upper bound.
+  assert.match(await tabs[0].textContent('.privacy'), /^Spent by this client on this data \(its own ledger\): ε = /);
+  assert.match(await tabs[0].textContent('p.help'), /upper bound/);
+  assert.match(await admin.textContent('#clients thead'), /ε charged \(upper bound\)/);
 
   // --- Round 2: close the third tab while it trains.
   await waitFor('round 1 to close', async () => Number(await admin.textContent('#completed-rounds')) >= 1, 240_000, 500);
@@ -162,6 +179,9 @@ try {
   // It stays on the dashboard, marked with when and why it left.
   await waitFor('the dashboard to show tab 2 left', async () => /^left in round 2: /.test((await rowOf('e2e-tab-2'))?.[2] ?? ''), 10_000, 200);
   log('closed tab 2 in the middle of round 2:', (await rowOf('e2e-tab-2'))[2]);
+  // Its round 2 was charged at dispatch and never returned: the ε cell says it counts it.
+  await waitFor('tab 2\'s ε to say it includes the round it never returned', async () =>
+    /^\d+\.\d{3} \(incl\. 1 round not returned\)$/.test((await rowOf('e2e-tab-2'))?.[7] ?? ''), 10_000, 200);
   await waitFor('round 2 to close without tab 2', async () => Number(await admin.textContent('#completed-rounds')) >= 2, 300_000, 500);
   const history2 = (await api('/api/admin/runs/1')).body;
   const round2 = history2.rounds.find((r) => r.server_round === 2);
@@ -255,9 +275,10 @@ try {
 
 
   // --- Run 2 (σ fixed: a redone round is charged again, so no target ε to run out of).
-  // A tab reloaded after round 1 is the same client (same key, same shard) with the same
-  // ledger; then the server dies in the middle of round 2 and comes back: the tabs reconnect
-  // as the same clients and the run finishes. (The number after "client #" counts connections.)
+  // A tab reloaded in the middle of round 2 is the same client (same key, number, shard and
+  // rounds table) with the same ledger, and says which round the reload cost it; then the
+  // server dies in the middle of a round and comes back: the tabs reconnect as the same
+  // clients and the run finishes.
   const [tab0, tab1] = tabs;
   const keyOf = async (tab) => JSON.parse(await tab.evaluate(() => sessionStorage.getItem('fl-client'))).client_key;
   // A fourth tab brings its own data: the last 1 000 MNIST training images as IDX files,
@@ -309,13 +330,28 @@ try {
   await waitFor('tab 0 to train round 1 of run 2', async () => /run 2/.test(await tab0.textContent('#shard'))
     && (await tab0.locator('#rounds tbody tr').count()) >= 1
     && /ε = 0\.[0-9]*[1-9]|ε = [1-9]/.test(await tab0.textContent('#epsilon')), 120_000, 100);
+  // Reloaded early in its next round (before half of its steps), so the round is cut short.
+  let cut;
+  await waitFor('tab 0 early in round 2 of run 2', async () => {
+    const m = /^round (\d+) · epoch 1\/1 · step (\d+)\/(\d+)/.exec(await tab0.textContent('#train-status'));
+    cut = m && Number(m[1]) >= 2 && Number(m[2]) * 2 < Number(m[3]) ? Number(m[1]) : null;
+    return cut;
+  }, 120_000, 50);
   const key0 = await keyOf(tab0);
   const shard0 = await tab0.textContent('#shard');
   const eps0 = await tab0.textContent('#epsilon');
+  const id0 = await tab0.textContent('#client-id');
+  const rows0 = await tab0.locator('#rounds tbody tr').count();
   await tab0.reload();
   await waitFor('tab 0 to rejoin after a reload', async () => (await tab0.textContent('#connection')) === 'connected');
   await waitFor('tab 0 to show its shard again', async () => (await tab0.textContent('#shard')) === shard0);
   assert.equal(await keyOf(tab0), key0, 'the same client key');
+  assert.equal(await tab0.textContent('#client-id'), id0, 'the same client number');
+  assert.ok((await tab0.locator('#rounds tbody tr').count()) >= rows0, 'its rounds table is kept');
+  await waitFor(`tab 0 to say round ${cut} was interrupted by the reload`, async () =>
+    (await tab0.textContent('ul.messages')).includes(`round ${cut} was interrupted by the reload`), 10_000, 100);
+  assert.equal((await api('/api/admin/clients')).body.filter((c) => `client #${c.client_id}` === id0.replace(/^ · /, '')).length, 1,
+    'one row on the dashboard for the reloaded tab');
   // The same ledger, or a later one: the tab may have finished a round (and stored its
   // ledger) between reading ε and the reload. Never a smaller one.
   const epsValue = (t) => Number(/^ε = (\d+\.\d+)/.exec(t)?.[1] ?? NaN);
@@ -324,7 +360,7 @@ try {
     shown = `${await tab0.textContent('#epsilon')} | ${await tab0.textContent('#connection')} | ${await tab0.textContent('ul.messages')}`;
     return epsValue(shown) >= epsValue(eps0);
   }).catch((e) => { throw new Error(`${e.message}; tab 0 shows ${JSON.stringify(shown)}, before the reload ${eps0}`); });
-  log(`tab 0 reloaded: same key and shard (${shard0}), ${eps0} before, ${await tab0.textContent('#epsilon')} after`);
+  log(`tab 0 reloaded in round ${cut}: same key, number (${id0.trim()}) and shard (${shard0}), ${eps0} before, ${await tab0.textContent('#epsilon')} after; told the reload interrupted round ${cut}`);
 
   const keys = await Promise.all([tab0, tab1].map(keyOf));
   const shards = await Promise.all([tab0, tab1].map((t) => t.textContent('#shard')));
@@ -371,13 +407,19 @@ try {
   await statusIs('running');
   await hintIs(/^waiting for 9 clients \(\d connected\)$/);
   const waitingHint = await admin.textContent('#run-waiting');
+  // The tabs say it too: what the run waits for, then that it is paused.
+  const tabSays = (pattern) => waitFor(`tab 1 to say ${pattern}`, async () => pattern.test(await tab1.textContent('#train-status')), 10_000, 100);
+  await tabSays(/^waiting for 9 clients that can train \(\d now\)$/);
+  const tabWaiting = await tab1.textContent('#train-status');
   assert.equal(await admin.getAttribute('#pause', 'title'), 'No new round starts; a round in flight still finishes');
   await admin.click('#pause');
   await statusIs('paused');
   await hintIs(/^paused: no new round starts until Resume$/);
+  await tabSays(/^paused by the admin: no new round starts until the run is resumed$/);
   await admin.click('#resume');
   await statusIs('running');
   await hintIs(/^waiting for 9 clients/);
+  await tabSays(/^waiting for 9 clients that can train/);
   // Stop cannot be undone: it asks first, and a dismissed question changes nothing.
   const dialogs = [];
   admin.once('dialog', (d) => { dialogs.push(d.message()); d.dismiss(); });
@@ -392,7 +434,8 @@ try {
   assert.equal((await api('/api/admin/runs/3')).body.run.status, 'stopped');
   assert.ok(await admin.isDisabled('#start') && await admin.isDisabled('#stop'), 'a stopped run has no controls');
   assert.equal(await admin.textContent('#run-waiting'), '', 'a stopped run waits for nothing');
-  log(`run 3: created, started ("${waitingHint}"), paused, resumed, stopped after a confirmation`);
+  await tabSays(/^no more rounds: the run is over$/);
+  log(`run 3: created, started ("${waitingHint}"; tab: "${tabWaiting}"), paused (on the tabs too), resumed, stopped after a confirmation`);
 
   // Nothing went wrong in any page but what this test caused: the refused token's 401, the
   // event stream cut by the kill, and connections refused while the server was down.

@@ -447,11 +447,20 @@ async fn wait_saved(
 /// Shows a session notice; `Some` when the connection must end.
 fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
     match n {
-        Notice::Welcome { client_id } => {
+        Notice::Welcome {
+            client_id,
+            rounds_taken,
+            interrupted_round,
+        } => {
             post(&WorkerToPage::Connection(Connection::Connected));
-            post(&WorkerToPage::Welcome { client_id });
+            post(&WorkerToPage::Welcome {
+                client_id,
+                rounds_taken,
+                interrupted_round,
+            });
             save(session);
         }
+        Notice::RunState { run_id, phase } => post(&WorkerToPage::RunState { run_id, phase }),
         // The shard's ledger is known once its files are (their fingerprint names it).
         Notice::Assigned(a) => post(&WorkerToPage::Assigned(a)),
         // `Trained` is reported by the driver, with δ and the time it took.

@@ -232,7 +232,12 @@ fn on_notice(
 ) -> Result<bool, ClientError> {
     let id = session.client_id().unwrap_or(0);
     match n {
-        Notice::Welcome { client_id } => info!(client_id, "welcomed"),
+        Notice::Welcome {
+            client_id,
+            rounds_taken,
+            interrupted_round,
+        } => info!(client_id, rounds_taken, ?interrupted_round, "welcomed"),
+        Notice::RunState { run_id, phase } => info!(client_id = id, run_id, ?phase, "run state"),
         Notice::Assigned(a) => info!(
             client_id = id,
             shard = a.shard_index,

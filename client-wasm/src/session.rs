@@ -23,7 +23,7 @@ use std::sync::Arc;
 use learning::{ClientPrivacy, Dataset, FitRes, LearningError, TrainConfig, default_delta};
 use protocol::config::FitMetrics;
 use protocol::ledger::{DatasetLedger, LedgerSlot, fingerprint};
-use protocol::messages::{Assignment, Capabilities, OwnData};
+use protocol::messages::{Assignment, Capabilities, OwnData, RunPhase};
 use protocol::worker::{SavedClient, Spent};
 use protocol::{ClientMessage, ErrorCode, FrameKind, PROTOCOL_VERSION, ServerMessage, TensorFrame};
 
@@ -57,6 +57,15 @@ pub enum Action {
 pub enum Notice {
     Welcome {
         client_id: u64,
+        /// What the server remembers of this key: rounds of the run it was sent, and the round
+        /// it was training in when its last connection ended.
+        rounds_taken: u64,
+        interrupted_round: Option<u64>,
+    },
+    /// What the run does between this client's rounds (running, paused, waiting for clients).
+    RunState {
+        run_id: u64,
+        phase: RunPhase,
     },
     Assigned(Assignment),
     RoundClosed {
@@ -422,11 +431,20 @@ impl Session {
             ServerMessage::Welcome {
                 client_id,
                 client_key,
+                rounds_taken,
+                interrupted_round,
                 ..
             } => {
                 self.client_id = Some(client_id);
                 self.client_key = Some(client_key);
-                out.push(Action::Notify(Notice::Welcome { client_id }));
+                out.push(Action::Notify(Notice::Welcome {
+                    client_id,
+                    rounds_taken,
+                    interrupted_round,
+                }));
+            }
+            ServerMessage::RunState { run_id, phase } => {
+                out.push(Action::Notify(Notice::RunState { run_id, phase }));
             }
             ServerMessage::Assignment(a) => self.on_assignment(a, &mut out),
             ServerMessage::TrainIns {
@@ -848,6 +866,8 @@ mod tests {
                 client_id: 7,
                 client_key: "k".repeat(32),
                 model_params: 12810,
+                rounds_taken: 0,
+                interrupted_round: None,
             }
             .encode(),
         )

@@ -99,6 +99,8 @@ fn a_dp_round_trains_in_wasm_and_its_ledger_is_saved() {
             client_id: 1,
             client_key: "k".repeat(32),
             model_params: 12_810,
+            rounds_taken: 0,
+            interrupted_round: None,
         }
         .encode(),
     )

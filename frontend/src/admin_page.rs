@@ -12,7 +12,7 @@ use wasm_bindgen::prelude::*;
 use crate::api::{self, ApiError};
 use crate::chart::{Line, LineChart};
 use crate::run_form::{FIELDS, FieldKind, RunForm};
-use crate::run_view::{connected_count, duration_text, waiting_for};
+use crate::run_view::{charged_text, connected_count, duration_text, state_text, waiting_for};
 use crate::series::{RoundPoint, Series};
 
 const TOKEN_KEY: &str = "fl-admin-token";
@@ -435,19 +435,19 @@ fn Dashboard(
         <section class="card">
             <h2>"Clients " <small id="client-count">{move || connected_count(&clients.read())}" connected"</small></h2>
             <table id="clients">
-                <thead><tr><th>"id"</th><th>"name"</th><th>"state"</th><th>"data size"</th><th>"connected for"</th><th title="rounds of this run the client was sampled for (what its ε counts)">"rounds (run)"</th><th title="of those, rounds it failed">"failed (run)"</th><th title="ε of this run by the server's ledger (an upper bound of what the client spent)">"ε (run)"</th></tr></thead>
+                <thead><tr><th>"id"</th><th>"name"</th><th>"state"</th><th>"data size"</th><th>"connected for"</th><th title="rounds of this run the client was sampled for (what its ε counts)">"rounds (run)"</th><th title="of those, rounds it failed">"failed (run)"</th><th title="ε of this run by the server's ledger: it charges every round it sends, so this is an upper bound of what the client spent (its own page shows that)">"ε charged (upper bound)"</th></tr></thead>
                 <tbody>{move || {
                     let now = js_sys::Date::now();
                     clients.with(|cs| cs.iter().map(|c| view! {
                         <tr>
                             <td>{c.client_id}</td>
                             <td>{c.name.clone()}</td>
-                            <td class=format!("state {}", c.state.as_str())>{c.left.as_ref().map_or_else(|| c.state.as_str().to_string(), |d| d.text())}</td>
+                            <td class=format!("state {}", c.state.as_str())>{state_text(c)}</td>
                             <td>{c.num_examples.map_or("—".into(), |n| format!("{n}{}", if c.own_data { " (own)" } else { "" }))}</td>
                             <td>{duration_text(((now - c.connected_at_ms as f64) / 1000.0).max(0.0))}</td>
                             <td>{c.rounds}</td>
                             <td>{c.failures}</td>
-                            <td>{c.epsilon.map_or("—".into(), |e| format!("{e:.3}"))}</td>
+                            <td class="epsilon">{charged_text(c)}</td>
                         </tr>
                     }).collect_view())
                 }}</tbody>
@@ -521,6 +521,8 @@ fn RunConfigForm(
     let input = move |field: &'static crate::run_form::FormField| {
         let path = field.path;
         let value = move || form.with(|f| f.get(path).to_string());
+        // The input itself is marked, not only the message under it.
+        let invalid = move || errors.with(|e| e.contains_key(path));
         let on_input = move |ev: leptos::ev::Event| {
             let v = event_target_value(&ev);
             form.update(|f| f.set(path, v));
@@ -541,7 +543,8 @@ fn RunConfigForm(
             }
             .into_any(),
             FieldKind::Text | FieldKind::Integer | FieldKind::Number => view! {
-                <input type="text" name=path size="10" prop:value=value on:input=on_input/>
+                <input type="text" name=path size="10" prop:value=value on:input=on_input
+                    class:invalid=invalid aria-invalid=move || invalid().to_string()/>
             }
             .into_any(),
         }
@@ -555,9 +558,9 @@ fn RunConfigForm(
                     let path = field.path;
                     view! {
                         <div class="field" class:hidden=move || !form.with(|f| f.is_active(path)) data-field=path>
-                            <label title=field.help>{field.label}</label>
+                            <label title=field.help()>{field.label}</label>
                             {input(field)}
-                            <small class="help">{field.help}</small>
+                            <small class="help">{field.help()}</small>
                             <span class="field-error" data-field=path>{move || errors.with(|e| e.get(path).cloned())}</span>
                         </div>
                     }

@@ -23,6 +23,8 @@ use crate::storage::{
 
 const SAVED_KEY: &str = "fl-client";
 const JOINED_KEY: &str = "fl-joined";
+/// The tab's rounds table, so that a reload shows it again.
+const ROUNDS_KEY: &str = "fl-rounds";
 /// trunk's loader for the worker binary (`data-loader-shim` in index.html).
 const WORKER_URL: &str = "/worker_loader.js";
 
@@ -65,7 +67,7 @@ fn parse_cap(text: &str) -> Result<Option<f64>, String> {
         t => match t.parse::<f64>() {
             Ok(c) if c > 0.0 && c.is_finite() => Ok(Some(c)),
             _ => Err(format!(
-                "ε cap {t:?}: expected a number > 0, or empty for no cap"
+                "ε cap is {t}: expected a number above 0, or empty for no cap"
             )),
         },
     }
@@ -78,7 +80,7 @@ fn parse_delta(text: &str) -> Result<Option<f64>, String> {
         t => match t.parse::<f64>() {
             Ok(d) if d > 0.0 && d < 1.0 => Ok(Some(d)),
             _ => Err(format!(
-                "δ {t:?}: expected a number in (0, 1) below 1/(number of records), e.g. 1e-6, or empty for min(1e-5, 1/(10 n))"
+                "δ is {t}: expected a number above 0 and below 1 / the number of records (e.g. 1e-6), or empty for the smaller of 1e-5 and 1 / (10 × records)"
             )),
         },
     }
@@ -187,7 +189,18 @@ fn spawn_worker(
         {
             web_sys::console::error_2(&"could not answer the worker".into(), &e);
         }
+        let rounds_may_change = matches!(
+            msg,
+            WorkerToPage::Trained { .. }
+                | WorkerToPage::RoundClosed { .. }
+                | WorkerToPage::Assigned(_)
+                | WorkerToPage::RunState { .. }
+        );
         view.update(|v| v.apply(msg));
+        if rounds_may_change && let Some(json) = view.with_untracked(ClientView::saved_rounds) {
+            // Without storage a reload shows an empty table: nothing else is lost.
+            let _kept = store(ROUNDS_KEY, Some(&json));
+        }
     });
     // A worker script that cannot load (a 404: a plain `Event`) or throws (an `ErrorEvent`).
     let onerror = Closure::<dyn Fn(web_sys::Event)>::new(move |ev: web_sys::Event| {
@@ -449,7 +462,9 @@ pub fn ClientPage() -> impl IntoView {
                             // A rejoin keeps what this tab already showed.
                             rounds: v.rounds.clone(),
                             // Kept so that another run's shard clears the old rows.
+                            rounds_run: v.rounds_run,
                             assignment: v.assignment.clone(),
+                            reloaded: v.reloaded,
                             ..ClientView::default()
                         }
                     });
@@ -489,6 +504,12 @@ pub fn ClientPage() -> impl IntoView {
     // be chosen again: the page cannot read them without the user).
     if let Some(prefs) = stored(JOINED_KEY).and_then(|j| serde_json::from_str::<JoinPrefs>(&j).ok())
     {
+        view.update(|v| {
+            v.reloaded = true;
+            if let Some(saved) = stored(ROUNDS_KEY) {
+                v.restore_rounds(&saved);
+            }
+        });
         set_name.set(prefs.name);
         set_cap.set(prefs.cap);
         set_delta_text.set(prefs.delta);
@@ -535,7 +556,8 @@ pub fn ClientPage() -> impl IntoView {
                 <p><button id="reset-ledger" type="button" on:click=move |_| reset_ledger(fp.clone())>"Reset this ledger (ε restarts at 0 for these records)"</button></p>
             })}
             <p>"Connection: " <b id="connection">{move || view.with(|v| v.connection_text())}</b>
-               {move || view.with(|v| v.client_id.map(|id| format!(" · client #{id}")))}</p>
+               <span id="client-id">{move || view.with(|v| v.client_id.map(|id| format!(" · client #{id}")))}</span>
+               {move || view.with(|v| (v.rounds_taken > 0).then(|| format!(" · sent {} round(s) of this run before this connection", v.rounds_taken)))}</p>
             {move || view.with(|v| v.finished.clone().map(|r| view! { <p class="notice" id="run-finished">"Run finished: " {r}</p> }))}
             <ul class="messages">{move || view.with(|v| v.messages.iter().map(|m| view! { <li>{m.clone()}</li> }).collect_view())}</ul>
         </section>
@@ -547,7 +569,8 @@ pub fn ClientPage() -> impl IntoView {
             <section class="card">
                 <h2>"Local training"</h2>
                 <ProgressPanel training=Signal::derive(move || view.with(|v| v.training.clone())) steps=Signal::derive(move || view.with(|v| v.steps_seen)) line=Signal::derive(move || view.with(|v| v.training_line()))/>
-                <p class="privacy">"Privacy spent on this data: " <b id="epsilon">{move || view.with(|v| v.epsilon_text())}</b></p>
+                <p class="privacy">"Spent by this client on this data (its own ledger): " <b id="epsilon">{move || view.with(|v| v.epsilon_text())}</b></p>
+                <p class="help">"The dashboard shows what the server charged: an upper bound, since it counts every round it sends, also rounds this client refused or never returned."</p>
                 {move || view.with(|v| v.last_global_accuracy.map(|(r, a)| view! {
                     <p>"Global model after round " {r} ": " <b id="global-accuracy">{format!("{:.2} %", a * 100.0)}</b> " test accuracy"</p>
                 }))}

@@ -2,8 +2,9 @@
 //! logic is tested natively; the component only renders a [`ClientView`].
 
 use protocol::config::ShardScheme;
-use protocol::messages::Assignment;
+use protocol::messages::{Assignment, RunPhase};
 use protocol::worker::{Connection, Spent, WorkerToPage};
+use serde::{Deserialize, Serialize};
 
 /// Local training in progress.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +31,7 @@ impl Training {
 }
 
 /// One round this client trained in.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRow {
     pub server_round: u64,
     pub loss: f64,
@@ -55,12 +56,24 @@ pub struct ClientView {
     pub joined: bool,
     pub connection: Option<Connection>,
     pub client_id: Option<u64>,
+    /// Rounds of the active run the server has sent this client (all its connections).
+    pub rounds_taken: u64,
+    /// The page restored this tab's identity after a reload and has not been welcomed since:
+    /// an interrupted round was the reload's doing.
+    pub reloaded: bool,
     pub assignment: Option<Assignment>,
+    /// What the run does between this client's rounds (the server's `RunState`).
+    pub phase: Option<RunPhase>,
     pub data: Option<DataInfo>,
     pub training: Option<Training>,
     /// Training steps seen in all (the progress bar moved this often).
     pub steps_seen: u64,
     pub rounds: Vec<RoundRow>,
+    /// The run `rounds` belong to (kept with them across a reload).
+    pub rounds_run: Option<u64>,
+    /// The data changed and its ledger has not been read yet: no ε is shown rather than the
+    /// previous data's.
+    pub epsilon_pending: bool,
     /// ε spent on the current data (its ledger, which may come from an earlier tab or run)
     /// and the δ it is stated at.
     pub epsilon: Option<Spent>,
@@ -86,24 +99,30 @@ impl ClientView {
                 }
                 self.connection = Some(c);
             }
-            WorkerToPage::Welcome { client_id } => self.client_id = Some(client_id),
-            WorkerToPage::Assigned(a) => {
-                let changed = self
-                    .assignment
-                    .as_ref()
-                    .is_some_and(|old| (old.run_id, old.shard_index) != (a.run_id, a.shard_index));
-                // (ε is not guessed here: the worker reports it after every assignment.)
-                if changed {
-                    // Another run: its rounds are listed from scratch.
-                    self.finished = None;
-                    self.rounds.clear();
-                    self.last_global_accuracy = None;
-                    if self.data.as_ref().is_some_and(|d| !d.own) {
-                        self.data = None;
-                    }
+            WorkerToPage::Welcome {
+                client_id,
+                rounds_taken,
+                interrupted_round,
+            } => {
+                self.client_id = Some(client_id);
+                self.rounds_taken = rounds_taken;
+                if let Some(r) = interrupted_round {
+                    let cause = if self.reloaded {
+                        "the reload"
+                    } else {
+                        "the lost connection"
+                    };
+                    self.note(format!(
+                        "round {r} was interrupted by {cause}: nothing of it was sent, and the server counts it as failed"
+                    ));
                 }
-                self.assignment = Some(a);
+                self.reloaded = false;
             }
+            WorkerToPage::RunState { run_id, phase } => {
+                self.phase = Some(phase);
+                self.set_rounds_run(run_id);
+            }
+            WorkerToPage::Assigned(a) => self.on_assigned(a),
             WorkerToPage::Data {
                 num_examples,
                 label_histogram,
@@ -158,6 +177,7 @@ impl ClientView {
                     t.epoch = t.epochs;
                 }
                 if let (Some(e), Some(delta)) = (metrics.epsilon, delta) {
+                    self.epsilon_pending = false;
                     self.epsilon = Some(Spent {
                         epsilon: Some(e),
                         delta,
@@ -185,6 +205,7 @@ impl ClientView {
                 dataset,
                 blocked,
             } => {
+                self.epsilon_pending = false;
                 self.epsilon = spent;
                 self.blocked = blocked.map(|reason| (dataset, reason));
             }
@@ -211,6 +232,49 @@ impl ClientView {
         }
     }
 
+    /// A shard of another run (or another shard): its rounds are listed from scratch and its
+    /// ε is read from its own ledger (the worker reports it once the files are in).
+    fn on_assigned(&mut self, a: Assignment) {
+        let same_shard = self
+            .assignment
+            .as_ref()
+            .is_some_and(|old| (old.run_id, old.shard_index) == (a.run_id, a.shard_index));
+        self.set_rounds_run(a.run_id);
+        if !same_shard && self.data.as_ref().is_none_or(|d| !d.own) {
+            self.epsilon_pending = true;
+        }
+        if self.assignment.is_some() && !same_shard {
+            self.finished = None;
+            self.last_global_accuracy = None;
+            if self.data.as_ref().is_some_and(|d| !d.own) {
+                self.data = None;
+            }
+        }
+        self.assignment = Some(a);
+    }
+
+    /// The rounds listed are of `run_id` from now on: another run's are dropped.
+    fn set_rounds_run(&mut self, run_id: u64) {
+        if self.rounds_run.is_some_and(|run| run != run_id) {
+            self.rounds.clear();
+        }
+        self.rounds_run = Some(run_id);
+    }
+
+    /// The rounds table as kept in the tab's `sessionStorage` (a reload shows it again).
+    pub fn saved_rounds(&self) -> Option<String> {
+        let run = self.rounds_run?;
+        serde_json::to_string(&(run, &self.rounds)).ok()
+    }
+
+    /// The rounds table a reloaded tab kept (ignored if it does not parse).
+    pub fn restore_rounds(&mut self, saved: &str) {
+        if let Ok((run, rounds)) = serde_json::from_str::<(u64, Vec<RoundRow>)>(saved) {
+            self.rounds_run = Some(run);
+            self.rounds = rounds;
+        }
+    }
+
     fn note(&mut self, message: String) {
         self.messages.push(message);
         let extra = self.messages.len().saturating_sub(MAX_MESSAGES);
@@ -222,6 +286,10 @@ impl ClientView {
         if self.blocked.is_some() {
             // Never "0": what was spent on these records is unknown.
             return "ε unknown: the stored ledger of this data is unreadable".into();
+        }
+        if self.epsilon_pending {
+            // Not the previous data's ε, nor 0: the ledger of these records is being read.
+            return "reading this data's ledger…".into();
         }
         match self.epsilon {
             None => "ε = 0 (nothing released yet)".into(),
@@ -285,10 +353,18 @@ impl ClientView {
                 t.server_round, t.epoch, t.epochs, t.step, t.steps_per_epoch
             );
         }
-        match (&self.finished, &self.last_global_accuracy) {
-            (Some(_), _) => "no more rounds: the run is over".into(),
-            (None, Some((round, _))) => format!("round {round} closed: waiting for the next round"),
-            (None, None) => "waiting for a round".into(),
+        if self.finished.is_some() {
+            return "no more rounds: the run is over".into();
+        }
+        match (self.phase, &self.last_global_accuracy) {
+            (Some(RunPhase::Paused), _) => {
+                "paused by the admin: no new round starts until the run is resumed".into()
+            }
+            (Some(RunPhase::Waiting { needed, eligible }), _) => {
+                format!("waiting for {needed} clients that can train ({eligible} now)")
+            }
+            (_, Some((round, _))) => format!("round {round} closed: waiting for the next round"),
+            (_, None) => "waiting for a round".into(),
         }
     }
 
@@ -436,6 +512,130 @@ mod tests {
             v.epsilon_text().starts_with("ε = ∞"),
             "{}",
             v.epsilon_text()
+        );
+    }
+
+    #[test]
+    fn a_reloaded_tab_keeps_its_rounds_and_hears_what_the_reload_cost() {
+        let mut before = ClientView::default();
+        before.apply(WorkerToPage::Assigned(assignment(1)));
+        before.apply(WorkerToPage::Trained {
+            server_round: 1,
+            metrics: FitMetrics {
+                loss: 0.4,
+                accuracy: 0.9,
+                epsilon: Some(0.7),
+                steps: 20,
+                clipped_fraction: 0.5,
+            },
+            delta: Some(1e-5),
+            seconds: 3.0,
+        });
+        let saved = before.saved_rounds().unwrap();
+        // The reloaded page restores the table before it is welcomed again.
+        let mut v = ClientView {
+            reloaded: true,
+            ..ClientView::default()
+        };
+        v.restore_rounds(&saved);
+        assert_eq!(v.rounds, before.rounds);
+        v.apply(WorkerToPage::Welcome {
+            client_id: 1,
+            rounds_taken: 2,
+            interrupted_round: Some(2),
+        });
+        assert_eq!(
+            v.messages,
+            [
+                "round 2 was interrupted by the reload: nothing of it was sent, and the server counts it as failed"
+            ]
+        );
+        assert_eq!(v.rounds_taken, 2);
+        // The same run: the rows stay; a later lost connection is not called a reload.
+        v.apply(WorkerToPage::Assigned(assignment(1)));
+        assert_eq!(v.rounds.len(), 1);
+        v.apply(WorkerToPage::Welcome {
+            client_id: 1,
+            rounds_taken: 3,
+            interrupted_round: Some(3),
+        });
+        assert!(
+            v.messages[1].contains("by the lost connection"),
+            "{:?}",
+            v.messages
+        );
+        // Another run: its rows start empty.
+        v.apply(WorkerToPage::RunState {
+            run_id: 2,
+            phase: RunPhase::Running,
+        });
+        assert!(v.rounds.is_empty());
+        v.restore_rounds("not json");
+        assert!(v.rounds.is_empty(), "a broken saved table is ignored");
+    }
+
+    #[test]
+    fn the_tab_says_what_the_run_waits_for_and_never_shows_another_datas_epsilon() {
+        let mut v = ClientView::default();
+        v.apply(WorkerToPage::Connection(Connection::Connected));
+        v.apply(WorkerToPage::Privacy {
+            spent: Some(Spent {
+                epsilon: Some(2.8),
+                delta: 1e-5,
+            }),
+            dataset: Some("run-1-shard".into()),
+            blocked: None,
+        });
+        v.apply(WorkerToPage::Assigned(assignment(2)));
+        assert_eq!(
+            v.epsilon_text(),
+            "reading this data's ledger…",
+            "not the run-1 shard's ε while the new shard's ledger is read"
+        );
+        v.apply(WorkerToPage::Privacy {
+            spent: None,
+            dataset: Some("run-2-shard".into()),
+            blocked: None,
+        });
+        assert_eq!(v.epsilon_text(), "ε = 0 (nothing released yet)");
+        v.apply(WorkerToPage::RunState {
+            run_id: 2,
+            phase: RunPhase::Waiting {
+                needed: 4,
+                eligible: 3,
+            },
+        });
+        assert_eq!(
+            v.training_line(),
+            "waiting for 4 clients that can train (3 now)"
+        );
+        v.apply(WorkerToPage::RunState {
+            run_id: 2,
+            phase: RunPhase::Paused,
+        });
+        assert_eq!(
+            v.training_line(),
+            "paused by the admin: no new round starts until the run is resumed"
+        );
+        // A round in flight when the run was paused still shows its progress.
+        v.apply(WorkerToPage::TrainStarted {
+            server_round: 1,
+            epochs: 1,
+            steps_per_epoch: 10,
+        });
+        assert!(v.training_line().starts_with("round 1 · epoch 1/1"));
+        v.apply(WorkerToPage::RoundClosed {
+            server_round: 1,
+            test_accuracy: 0.5,
+        });
+        assert!(v.training_line().starts_with("paused by the admin"));
+        v.apply(WorkerToPage::RunState {
+            run_id: 2,
+            phase: RunPhase::Running,
+        });
+        assert_eq!(
+            v.training_line(),
+            "round 1 closed: waiting for the next round"
         );
     }
 

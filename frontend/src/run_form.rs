@@ -2,13 +2,16 @@
 //! path the admin API names in its errors (`dp.target_epsilon`), so a message from the local
 //! check or from the server lands next to the same input.
 //!
-//! Validation is [`RunConfig::from_json`] itself (the server's check, compiled into the page);
-//! the form adds only what a text box needs: "abc" is not a number.
+//! Each input is checked with its [`protocol::fields`] range (the words of the server's own
+//! messages, also shown as the input's help), then the whole config with
+//! [`RunConfig::from_json`] itself (the server's check, compiled into the page) for the rules
+//! that join fields.
 
 use std::collections::BTreeMap;
 
 use protocol::admin::{AggregatorConfig, FieldError, RunConfig};
 use protocol::config::{Batching, Optimizer, ShardScheme};
+use protocol::fields::{self, Field};
 use serde_json::{Map, Value, json};
 
 /// How an input is shown and parsed.
@@ -29,20 +32,48 @@ pub struct FormField {
     pub path: &'static str,
     pub label: &'static str,
     pub kind: FieldKind,
-    pub help: &'static str,
+    /// What the field means (its range, for a value input, comes from `spec`).
+    pub about: &'static str,
+    /// The label and range the server's check uses, for inputs that hold a value.
+    pub spec: Option<&'static Field>,
 }
 
-const fn f(
+impl FormField {
+    /// The help under the input: the field's range (the same words as its error message),
+    /// then what it means.
+    pub fn help(&self) -> String {
+        match (self.spec, self.about) {
+            (Some(spec), "") => spec.expected(),
+            (Some(spec), about) => format!("{}; {about}", spec.expected()),
+            (None, about) => about.into(),
+        }
+    }
+}
+
+/// A select box or a checkbox (no range of its own).
+const fn choice(
     path: &'static str,
     label: &'static str,
     kind: FieldKind,
-    help: &'static str,
+    about: &'static str,
 ) -> FormField {
     FormField {
         path,
         label,
         kind,
-        help,
+        about,
+        spec: None,
+    }
+}
+
+/// An input that holds a value, named and bounded by its [`Field`].
+const fn value(spec: &'static Field, kind: FieldKind, about: &'static str) -> FormField {
+    FormField {
+        path: spec.path,
+        label: spec.label,
+        kind,
+        about,
+        spec: Some(spec),
     }
 }
 
@@ -50,75 +81,59 @@ use FieldKind::*;
 
 /// Every field of the admin API's run config, in display order.
 pub const FIELDS: &[FormField] = &[
-    f("name", "Name", Text, "shown in the run list"),
-    f(
-        "rounds",
-        "Rounds",
+    value(&fields::NAME, Text, "shown in the run list"),
+    value(
+        &fields::ROUNDS,
         Integer,
-        "1–10 000; the run may end earlier when the privacy budget is spent",
+        "the run may end earlier when the privacy budget is spent",
     ),
-    f(
-        "min_clients",
-        "Min clients",
+    value(
+        &fields::MIN_CLIENTS,
         Integer,
         "a round starts when this many clients are connected",
     ),
-    f(
-        "fraction_train",
-        "Fraction trained",
+    value(
+        &fields::FRACTION_TRAIN,
         Number,
-        "fraction of connected clients sampled per round, (0, 1]",
+        "fraction of connected clients sampled per round",
     ),
-    f(
-        "quorum",
-        "Quorum",
+    value(
+        &fields::QUORUM,
         Number,
-        "fraction of sampled clients that must answer by the deadline, (0, 1]",
+        "fraction of sampled clients that must answer by the deadline",
     ),
-    f(
-        "round_timeout_secs",
-        "Round timeout (s)",
-        Integer,
-        "1–86 400",
-    ),
-    f(
+    value(&fields::ROUND_TIMEOUT, Integer, ""),
+    choice(
         "accept_failures",
         "Accept failures",
         Bool,
         "aggregate a round even if some clients failed",
     ),
-    f(
-        "fraction_evaluate",
-        "Fraction evaluating",
+    value(
+        &fields::FRACTION_EVALUATE,
         Number,
-        "clients asked to evaluate on their own data, [0, 1]",
+        "clients asked to evaluate on their own data",
     ),
-    f("local_epochs", "Local epochs", Integer, "1–100"),
-    f(
+    value(&fields::LOCAL_EPOCHS, Integer, ""),
+    choice(
         "batching",
         "Batching",
         Choice(&["batch_size", "sample_rate"]),
         "expected batch size, or Poisson sample rate q",
     ),
-    f(
-        "batching.batch_size",
-        "Batch size",
+    value(
+        &fields::BATCH_SIZE,
         Integer,
         "expected examples per step (q = B / shard size)",
     ),
-    f("batching.sample_rate", "Sample rate q", Number, "(0, 1]"),
-    f("learning_rate", "Learning rate", Number, "> 0"),
-    f("optimizer.kind", "Optimizer", Choice(&["sgd", "adam"]), ""),
-    f("optimizer.momentum", "Momentum", Number, "[0, 1)"),
-    f("optimizer.beta1", "Adam β1", Number, "[0, 1)"),
-    f("optimizer.beta2", "Adam β2", Number, "[0, 1)"),
-    f(
-        "optimizer.epsilon",
-        "Adam ε",
-        Number,
-        "> 0 (numerical, not privacy)",
-    ),
-    f(
+    value(&fields::SAMPLE_RATE, Number, ""),
+    value(&fields::LEARNING_RATE, Number, ""),
+    choice("optimizer.kind", "Optimizer", Choice(&["sgd", "adam"]), ""),
+    value(&fields::MOMENTUM, Number, ""),
+    value(&fields::BETA1, Number, ""),
+    value(&fields::BETA2, Number, ""),
+    value(&fields::ADAM_EPSILON, Number, ""),
+    choice(
         "aggregator.kind",
         "Aggregation",
         Choice(&[
@@ -130,83 +145,57 @@ pub const FIELDS: &[FormField] = &[
         ]),
         "FedAvg, or a rule that a minority of hostile clients cannot steer",
     ),
-    f(
-        "aggregator.bound",
-        "Norm bound",
+    value(
+        &fields::NORM_BOUND,
         Number,
-        "each update is clipped to this L2 norm; empty: the round's median norm",
+        "each update is clipped to this L2 norm",
     ),
-    f(
-        "aggregator.trim",
-        "Trimmed fraction",
+    value(
+        &fields::TRIM,
         Number,
-        "[0, 0.5): dropped at each end of every coordinate",
+        "dropped at each end of every coordinate",
     ),
-    f(
-        "aggregator.byzantine",
-        "Hostile clients f",
-        Integer,
-        "tolerated; needs min clients ≥ 2f + 3",
-    ),
-    f(
-        "aggregator.keep",
-        "Updates averaged",
-        Integer,
-        "best-scored updates kept; empty: n − f",
-    ),
-    f("dp", "Differential privacy", Bool, "DP-SGD on every client"),
-    f(
-        "dp.max_grad_norm",
-        "Clipping norm C",
+    value(&fields::BYZANTINE, Integer, "hostile clients tolerated"),
+    value(&fields::KEEP, Integer, "best-scored updates kept"),
+    choice("dp", "Differential privacy", Bool, "DP-SGD on every client"),
+    value(
+        &fields::CLIPPING_NORM,
         Number,
         "per-example gradients are clipped to this L2 norm",
     ),
-    f(
-        "dp.delta",
-        "δ",
-        Number,
-        "(0, 0.01], below 1/(examples per client), e.g. 1e-5",
-    ),
-    f(
+    value(&fields::DELTA, Number, ""),
+    choice(
         "dp.budget",
         "Noise from",
         Choice(&["target_epsilon", "noise_multiplier"]),
         "solve σ from a target ε, or set σ",
     ),
-    f(
-        "dp.target_epsilon",
-        "Target ε",
+    value(
+        &fields::TARGET_EPSILON,
         Number,
         "each client stops before its ε passes this",
     ),
-    f("dp.noise_multiplier", "Noise multiplier σ", Number, "> 0"),
-    f(
+    value(&fields::NOISE_MULTIPLIER, Number, ""),
+    choice(
         "shards",
         "Server MNIST shards",
         Bool,
         "off: clients bring their own data",
     ),
-    f(
+    choice(
         "shards.scheme.kind",
         "Split",
         Choice(&["iid", "dirichlet"]),
         "IID, or label skew Dirichlet(α)",
     ),
-    f(
-        "shards.scheme.alpha",
-        "Dirichlet α",
+    value(
+        &fields::ALPHA,
         Number,
-        "> 0; small α gives each client few classes",
+        "small α gives each client few classes",
     ),
-    f(
-        "shards.num_shards",
-        "Shards",
-        Integer,
-        "1–10 000 (one per client)",
-    ),
-    f(
-        "shards.seed",
-        "Split seed",
+    value(&fields::NUM_SHARDS, Integer, "one per client"),
+    value(
+        &fields::SEED,
         Integer,
         "the same seed gives the same shards",
     ),
@@ -395,31 +384,14 @@ impl RunForm {
     /// The admin API's JSON body, or every input that is not even a number.
     pub fn to_json(&self) -> Result<Value, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let mut num = |path: &'static str, integer: bool| -> Value {
-            let text = self.get(path).trim();
-            let parsed = if integer {
-                text.parse::<u64>().ok().map(Value::from)
-            } else {
-                text.parse::<f64>()
-                    .ok()
-                    .filter(|x| x.is_finite())
-                    .map(Value::from)
-            };
-            parsed.unwrap_or_else(|| {
-                errors.push(FieldError {
-                    field: path.into(),
-                    value: if text.is_empty() {
-                        "empty".into()
-                    } else {
-                        text.into()
-                    },
-                    expected: if integer {
-                        "a whole number ≥ 0"
-                    } else {
-                        "a number"
-                    }
-                    .into(),
-                });
+        // Each input is checked with its field's own range (the server's words), so every bad
+        // input is marked at once, not only the first the server would name.
+        let mut num = |path: &'static str| -> Value {
+            let parsed = fields::at(path)
+                .ok_or_else(|| FieldError::other(path, path, "unknown", "a field of the form"))
+                .and_then(|spec| spec.parse(self.get(path)));
+            parsed.unwrap_or_else(|e| {
+                errors.push(e);
                 Value::Null
             })
         };
@@ -431,7 +403,7 @@ impl RunForm {
             "round_timeout_secs",
             "local_epochs",
         ] {
-            body.insert(path.into(), num(path, true));
+            body.insert(path.into(), num(path));
         }
         for path in [
             "fraction_train",
@@ -439,15 +411,15 @@ impl RunForm {
             "fraction_evaluate",
             "learning_rate",
         ] {
-            body.insert(path.into(), num(path, false));
+            body.insert(path.into(), num(path));
         }
         body.insert("accept_failures".into(), self.on("accept_failures").into());
         body.insert(
             "batching".into(),
             if self.get("batching") == "sample_rate" {
-                json!({ "sample_rate": num("batching.sample_rate", false) })
+                json!({ "sample_rate": num("batching.sample_rate") })
             } else {
-                json!({ "batch_size": num("batching.batch_size", true) })
+                json!({ "batch_size": num("batching.batch_size") })
             },
         );
         body.insert(
@@ -455,20 +427,20 @@ impl RunForm {
             if self.get("optimizer.kind") == "adam" {
                 json!({
                     "kind": "adam",
-                    "beta1": num("optimizer.beta1", false),
-                    "beta2": num("optimizer.beta2", false),
-                    "epsilon": num("optimizer.epsilon", false),
+                    "beta1": num("optimizer.beta1"),
+                    "beta2": num("optimizer.beta2"),
+                    "epsilon": num("optimizer.epsilon"),
                 })
             } else {
-                json!({ "kind": "sgd", "momentum": num("optimizer.momentum", false) })
+                json!({ "kind": "sgd", "momentum": num("optimizer.momentum") })
             },
         );
         // Empty optional inputs mean "none" (the median norm, n − f).
-        let mut optional = |path: &'static str, integer: bool| -> Value {
+        let mut optional = |path: &'static str| -> Value {
             if self.get(path).trim().is_empty() {
                 Value::Null
             } else {
-                num(path, integer)
+                num(path)
             }
         };
         let kind = self.get("aggregator.kind");
@@ -476,23 +448,23 @@ impl RunForm {
             "aggregator".into(),
             match kind {
                 "norm_bound" => {
-                    json!({ "kind": kind, "bound": optional("aggregator.bound", false) })
+                    json!({ "kind": kind, "bound": optional("aggregator.bound") })
                 }
                 "trimmed_mean" => {
-                    json!({ "kind": kind, "trim": optional("aggregator.trim", false) })
+                    json!({ "kind": kind, "trim": optional("aggregator.trim") })
                 }
                 "multi_krum" => json!({
                     "kind": kind,
-                    "byzantine": optional("aggregator.byzantine", true),
-                    "keep": optional("aggregator.keep", true),
+                    "byzantine": optional("aggregator.byzantine"),
+                    "keep": optional("aggregator.keep"),
                 }),
                 _ => json!({ "kind": kind }),
             },
         );
         let dp = if self.on("dp") {
             let mut dp = json!({
-                "max_grad_norm": num("dp.max_grad_norm", false),
-                "delta": num("dp.delta", false),
+                "max_grad_norm": num("dp.max_grad_norm"),
+                "delta": num("dp.delta"),
             });
             let budget = if self.get("dp.budget") == "noise_multiplier" {
                 "noise_multiplier"
@@ -504,7 +476,7 @@ impl RunForm {
             } else {
                 "dp.target_epsilon"
             };
-            dp[budget] = num(path, false);
+            dp[budget] = num(path);
             dp
         } else {
             Value::Null
@@ -512,14 +484,14 @@ impl RunForm {
         body.insert("dp".into(), dp);
         let shards = if self.on("shards") {
             let scheme = if self.get("shards.scheme.kind") == "dirichlet" {
-                json!({ "kind": "dirichlet", "alpha": num("shards.scheme.alpha", false) })
+                json!({ "kind": "dirichlet", "alpha": num("shards.scheme.alpha") })
             } else {
                 json!({ "kind": "iid" })
             };
             json!({
                 "scheme": scheme,
-                "num_shards": num("shards.num_shards", true),
-                "seed": num("shards.seed", true),
+                "num_shards": num("shards.num_shards"),
+                "seed": num("shards.seed"),
             })
         } else {
             Value::Null
@@ -627,15 +599,55 @@ mod tests {
     }
 
     #[test]
-    fn range_errors_come_from_the_servers_own_check() {
+    fn every_bad_input_gets_the_servers_words_at_once() {
         let mut form = RunForm::default();
         form.set("rounds", "0");
-        let e = form.to_config().unwrap_err();
-        assert_eq!(e[0].field, "rounds");
-        assert_eq!(e[0].expected, "an integer in 1..=10000");
-        let mut form = RunForm::default();
+        form.set("min_clients", "-1");
+        form.set("local_epochs", "1e9");
         form.set("dp.delta", "2");
-        assert_eq!(form.to_config().unwrap_err()[0].field, "dp.delta");
+        let said: Vec<String> = form
+            .to_config()
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            said,
+            [
+                "Rounds is 0: expected a whole number from 1 to 10\u{a0}000",
+                "Min clients is -1: expected a whole number from 1 to 10\u{a0}000",
+                "Local epochs is 1e9: expected a whole number from 1 to 100",
+                "δ is 2: expected a number above 0 and at most 0.01 (and below 1 / examples per client, e.g. 1e-5)",
+            ]
+        );
+        // What the server says about the same config is word for word the same.
+        let config = RunConfig {
+            rounds: 0,
+            ..RunConfig::default()
+        };
+        assert_eq!(config.validate().unwrap_err().to_string(), said[0]);
+        // The help under each input starts with the same range.
+        let rounds = FIELDS.iter().find(|f| f.path == "rounds").unwrap();
+        assert!(
+            rounds
+                .help()
+                .starts_with("a whole number from 1 to 10\u{a0}000; ")
+        );
+    }
+
+    #[test]
+    fn rules_that_join_fields_come_from_the_servers_check() {
+        let mut form = RunForm::default();
+        form.set("aggregator.kind", "multi_krum");
+        form.set("aggregator.byzantine", "2");
+        let e = form.to_config().unwrap_err();
+        assert_eq!(e[0].field, "aggregator.byzantine");
+        assert!(
+            e[0].to_string()
+                .starts_with("Hostile clients f is 2: expected at most 0 while Min clients is 2"),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]

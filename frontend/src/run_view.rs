@@ -33,6 +33,31 @@ pub fn waiting_for(
     }
 }
 
+/// The clients table's state cell: "training", "left in round 2: disconnected", and whether
+/// the client refuses the rest of the run.
+pub fn state_text(c: &ClientInfo) -> String {
+    let state = c
+        .left
+        .as_ref()
+        .map_or_else(|| c.state.as_str().to_string(), |d| d.text());
+    if c.refuses {
+        format!("{state} · refuses further rounds (its budget is spent)")
+    } else {
+        state
+    }
+}
+
+/// The clients table's ε cell: what the server charged, and how much of it is for rounds the
+/// client never returned (refused, failed, left), which it may not have spent at all.
+pub fn charged_text(c: &ClientInfo) -> String {
+    match (c.epsilon, c.failures) {
+        (None, _) => "—".into(),
+        (Some(e), 0) => format!("{e:.3}"),
+        (Some(e), 1) => format!("{e:.3} (incl. 1 round not returned)"),
+        (Some(e), n) => format!("{e:.3} (incl. {n} rounds not returned)"),
+    }
+}
+
 /// A duration for a table cell: "45 s", "12 min", "3 h 05 min".
 pub fn duration_text(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
@@ -61,6 +86,37 @@ mod tests {
             Some("paused: round 2 still finishes, then no new round starts")
         );
         assert_eq!(waiting_for(RunStatus::Finished, None, 0, 4), None);
+    }
+
+    #[test]
+    fn the_charged_epsilon_says_what_it_includes() {
+        let mut c = ClientInfo {
+            client_id: 1,
+            name: "tab".into(),
+            state: ClientState::Idle,
+            num_examples: Some(6000),
+            shard_index: Some(0),
+            own_data: false,
+            connected_at_ms: 0,
+            rounds: 3,
+            failures: 0,
+            epsilon: Some(2.69),
+            refuses: false,
+            left: None,
+        };
+        assert_eq!(charged_text(&c), "2.690");
+        assert_eq!(state_text(&c), "idle");
+        // A capped client that refused its last two rounds: still charged, and said so.
+        c.failures = 2;
+        c.refuses = true;
+        c.epsilon = Some(3.0);
+        assert_eq!(charged_text(&c), "3.000 (incl. 2 rounds not returned)");
+        assert_eq!(
+            state_text(&c),
+            "idle · refuses further rounds (its budget is spent)"
+        );
+        c.epsilon = None;
+        assert_eq!(charged_text(&c), "—");
     }
 
     #[test]

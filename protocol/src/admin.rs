@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Batching, MAX_STEPS_PER_ROUND, Optimizer, ShardScheme, steps_per_round};
+use crate::fields;
+pub use crate::fields::FieldError;
 
 /// Upper bounds on config values (named so the form, the server and the docs agree).
 pub const MAX_ROUNDS: u32 = 10_000;
@@ -22,6 +24,8 @@ pub const MAX_DELTA: f64 = 0.01;
 pub const NOISE_MULTIPLIER_RANGE: (f32, f32) = (0.05, 1.0e4);
 /// A target ε above this promises nothing.
 pub const MAX_TARGET_EPSILON: f64 = 100.0;
+/// Largest expected batch: MNIST's whole training set is 60 000 examples.
+pub const MAX_BATCH_SIZE: u32 = 1_000_000;
 /// Clip bounds and learning rates beyond these only overflow: TinyCNN's gradients are O(1).
 pub const MAX_GRAD_NORM: f32 = 1.0e4;
 pub const MAX_LEARNING_RATE: f32 = 100.0;
@@ -124,43 +128,30 @@ impl AggregatorConfig {
     /// Checks the rule's parameters against a run that waits for `min_clients`.
     fn validate(&self, min_clients: u32) -> Result<(), FieldError> {
         if self.max_updates().is_some_and(|m| min_clients as usize > m) {
-            return field_err(
-                "min_clients",
+            return Err(fields::MIN_CLIENTS.error_because(
                 min_clients,
-                &format!(
-                    "at most {MAX_BUFFERED_UPDATES} with the {} aggregator (it holds every update of a round)",
+                format!(
+                    "at most {MAX_BUFFERED_UPDATES} with {} aggregation (it holds every update of a round)",
                     self.name()
                 ),
-            );
+            ));
         }
         match *self {
-            Self::NormBound { bound: Some(b) } if !(b > 0.0 && b <= MAX_NORM_BOUND) => field_err(
-                "aggregator.bound",
-                b,
-                "a number in (0, 10000], or none for the median norm",
-            ),
-            Self::TrimmedMean { trim } if !(0.0..0.5).contains(&trim) => field_err(
-                "aggregator.trim",
-                trim,
-                "a fraction in [0, 0.5) trimmed from each end, e.g. 0.2",
-            ),
-            Self::MultiKrum { byzantine, .. }
-                if u64::from(min_clients) < 2 * u64::from(byzantine) + 3 =>
-            {
-                field_err(
-                    "aggregator.byzantine",
-                    byzantine,
-                    &format!(
-                        "at most (min_clients − 3) / 2 = {} hostile clients: Multi-Krum needs at least 2f + 3 updates (raise min_clients)",
-                        min_clients.saturating_sub(3) / 2
-                    ),
-                )
+            Self::NormBound { bound: Some(b) } => fields::NORM_BOUND.check(b),
+            Self::TrimmedMean { trim } => fields::TRIM.check(trim),
+            Self::MultiKrum { byzantine, keep } => {
+                fields::BYZANTINE.check(byzantine)?;
+                if u64::from(min_clients) < 2 * u64::from(byzantine) + 3 {
+                    return Err(fields::BYZANTINE.error_because(
+                        byzantine,
+                        format!(
+                            "at most {} while Min clients is {min_clients}: Multi-Krum needs Min clients ≥ 2f + 3 (raise Min clients)",
+                            min_clients.saturating_sub(3) / 2
+                        ),
+                    ));
+                }
+                keep.map_or(Ok(()), |k| fields::KEEP.check(k))
             }
-            Self::MultiKrum { keep: Some(0), .. } => field_err(
-                "aggregator.keep",
-                0,
-                "an integer ≥ 1 (updates averaged), or none for n − f",
-            ),
             _ => Ok(()),
         }
     }
@@ -220,23 +211,6 @@ impl Default for RunConfig {
     }
 }
 
-/// A config field out of range: names the field (JSON path) and what it accepts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[error("{field} is {value}: expected {expected}")]
-pub struct FieldError {
-    pub field: String,
-    pub value: String,
-    pub expected: String,
-}
-
-fn field_err<T>(field: &str, value: impl ToString, expected: &str) -> Result<T, FieldError> {
-    Err(FieldError {
-        field: field.into(),
-        value: crate::clip(&value.to_string(), 100),
-        expected: expected.into(),
-    })
-}
-
 /// A character a run name may hold: printable, no bidirectional controls (which make a name
 /// display as another), no `<` or `>` (markup if a page ever forgot to escape it).
 fn plain_name_char(c: char) -> bool {
@@ -246,178 +220,125 @@ fn plain_name_char(c: char) -> bool {
         || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '<' | '>'))
 }
 
-fn unit_interval(field: &str, v: f64, lower_open: bool) -> Result<(), FieldError> {
-    let ok = if lower_open {
-        v > 0.0 && v <= 1.0
-    } else {
-        (0.0..=1.0).contains(&v)
-    };
-    if ok {
-        Ok(())
-    } else {
-        field_err(
-            field,
-            v,
-            if lower_open {
-                "a number in (0, 1]"
-            } else {
-                "a number in [0, 1]"
-            },
-        )
-    }
-}
-
 impl RunConfig {
-    /// Checks every field; the first bad one is named. (Shard-size-dependent checks such as a
-    /// batch larger than a shard are made again when a client is configured.)
+    /// Checks every field; the first bad one is named, with its label and range from
+    /// [`fields`]. (Shard-size-dependent checks such as a batch larger than a shard are made
+    /// when the run is created, and again when a client is configured.)
     pub fn validate(&self) -> Result<(), FieldError> {
-        if self.name.trim().is_empty() || self.name.chars().count() > MAX_NAME_LEN {
-            return field_err("name", &self.name, "1 to 100 characters");
-        }
+        let name_ok = !self.name.trim().is_empty() && self.name.chars().count() <= MAX_NAME_LEN;
         if let Some(c) = self.name.chars().find(|&c| !plain_name_char(c)) {
-            return field_err(
-                "name",
-                format!("{:?} (it holds U+{:04X})", self.name, c as u32),
-                "printable text without control characters, bidirectional overrides, < or >",
+            return Err(
+                fields::NAME.error(format!("{:?} (it holds U+{:04X})", self.name, c as u32))
             );
         }
-        if !(1..=MAX_ROUNDS).contains(&self.rounds) {
-            return field_err("rounds", self.rounds, "an integer in 1..=10000");
+        if !name_ok {
+            return Err(fields::NAME.error(format!("{:?}", self.name)));
         }
-        if !(1..=MAX_MIN_CLIENTS).contains(&self.min_clients) {
-            return field_err("min_clients", self.min_clients, "an integer in 1..=10000");
-        }
-        unit_interval("fraction_train", self.fraction_train, true)?;
-        unit_interval("quorum", self.quorum, true)?;
-        unit_interval("fraction_evaluate", self.fraction_evaluate, false)?;
-        if !(1..=MAX_ROUND_TIMEOUT_SECS).contains(&self.round_timeout_secs) {
-            return field_err(
-                "round_timeout_secs",
-                self.round_timeout_secs,
-                "an integer in 1..=86400",
-            );
-        }
-        if !(1..=MAX_LOCAL_EPOCHS).contains(&self.local_epochs) {
-            return field_err("local_epochs", self.local_epochs, "an integer in 1..=100");
-        }
+        fields::ROUNDS.check(self.rounds)?;
+        fields::MIN_CLIENTS.check(self.min_clients)?;
+        fields::FRACTION_TRAIN.check(self.fraction_train)?;
+        fields::QUORUM.check(self.quorum)?;
+        fields::FRACTION_EVALUATE.check(self.fraction_evaluate)?;
+        fields::ROUND_TIMEOUT.check_whole(self.round_timeout_secs)?;
+        fields::LOCAL_EPOCHS.check(self.local_epochs)?;
         match self.batching {
-            Batching::BatchSize(0) => return field_err("batching.batch_size", 0, "an integer ≥ 1"),
+            Batching::BatchSize(b) => fields::BATCH_SIZE.check_whole(b as u64)?,
             Batching::SampleRate(q) => {
-                unit_interval("batching.sample_rate", q, true)?;
+                fields::SAMPLE_RATE.check(q)?;
                 if steps_per_round(self.local_epochs, q).is_none_or(|s| s > MAX_STEPS_PER_ROUND) {
-                    return field_err(
-                        "batching.sample_rate",
+                    return Err(fields::SAMPLE_RATE.error_because(
                         q,
-                        "a rate that needs at most 100 000 steps a round (local_epochs × ⌈1/q⌉)",
-                    );
+                        "a rate that needs at most 100 000 steps a round (local epochs × 1/q)"
+                            .into(),
+                    ));
                 }
             }
-            _ => {}
         }
-        if !(self.learning_rate > 0.0 && self.learning_rate <= MAX_LEARNING_RATE) {
-            return field_err("learning_rate", self.learning_rate, "a number in (0, 100]");
-        }
+        fields::LEARNING_RATE.check(self.learning_rate)?;
         match self.optimizer {
-            Optimizer::Sgd { momentum } if !(0.0..1.0).contains(&momentum) => {
-                return field_err("optimizer.momentum", momentum, "a number in [0, 1)");
-            }
+            Optimizer::Sgd { momentum } => fields::MOMENTUM.check(momentum)?,
             Optimizer::Adam {
                 beta1,
                 beta2,
                 epsilon,
             } => {
-                if !(0.0..1.0).contains(&beta1) {
-                    return field_err("optimizer.beta1", beta1, "a number in [0, 1)");
-                }
-                if !(0.0..1.0).contains(&beta2) {
-                    return field_err("optimizer.beta2", beta2, "a number in [0, 1)");
-                }
-                if !(epsilon > 0.0 && epsilon.is_finite()) {
-                    return field_err("optimizer.epsilon", epsilon, "a finite number > 0");
-                }
+                fields::BETA1.check(beta1)?;
+                fields::BETA2.check(beta2)?;
+                fields::ADAM_EPSILON.check(epsilon)?;
             }
-            _ => {}
         }
         if let Some(dp) = &self.dp {
-            if !(dp.max_grad_norm > 0.0 && dp.max_grad_norm <= MAX_GRAD_NORM) {
-                return field_err(
-                    "dp.max_grad_norm",
-                    dp.max_grad_norm,
-                    "a number in (0, 10000]",
-                );
+            fields::CLIPPING_NORM.check(dp.max_grad_norm)?;
+            fields::DELTA.check(dp.delta)?;
+            if dp.noise_multiplier.is_none() && dp.target_epsilon.is_none() {
+                return Err(fields::NOISE_MULTIPLIER.error_because(
+                    "missing",
+                    "a noise multiplier σ, or a Target ε to solve σ from".into(),
+                ));
             }
-            if !(dp.delta > 0.0 && dp.delta <= MAX_DELTA) {
-                return field_err(
-                    "dp.delta",
-                    dp.delta,
-                    "a number in (0, 0.01] below 1/(examples per client), e.g. 1e-5",
-                );
+            if let Some(sigma) = dp.noise_multiplier {
+                fields::NOISE_MULTIPLIER.check(sigma)?;
             }
-            match (dp.noise_multiplier, dp.target_epsilon) {
-                (None, None) => {
-                    return field_err(
-                        "dp.noise_multiplier",
-                        "missing",
-                        "a noise multiplier σ > 0, or dp.target_epsilon to solve σ from",
-                    );
-                }
-                (Some(s), _)
-                    if !(NOISE_MULTIPLIER_RANGE.0..=NOISE_MULTIPLIER_RANGE.1).contains(&s) =>
-                {
-                    return field_err("dp.noise_multiplier", s, "a number in [0.05, 10000]");
-                }
-                (_, Some(e)) if !(e > 0.0 && e <= MAX_TARGET_EPSILON) => {
-                    return field_err("dp.target_epsilon", e, "a number in (0, 100]");
-                }
-                _ => {}
+            if let Some(e) = dp.target_epsilon {
+                fields::TARGET_EPSILON.check(e)?;
             }
         }
         self.aggregator.validate(self.min_clients)?;
         if let Some(shards) = &self.shards {
-            if !(1..=MAX_SHARDS).contains(&shards.num_shards) {
-                return field_err(
-                    "shards.num_shards",
-                    shards.num_shards,
-                    "an integer in 1..=10000",
-                );
-            }
-            if let ShardScheme::Dirichlet { alpha } = shards.scheme
-                && !(alpha > 0.0 && alpha.is_finite())
-            {
-                return field_err(
-                    "shards.scheme.alpha",
-                    alpha,
-                    "a finite number > 0, e.g. 0.5",
-                );
+            fields::NUM_SHARDS.check(shards.num_shards)?;
+            if let ShardScheme::Dirichlet { alpha } = shards.scheme {
+                fields::ALPHA.check(alpha)?;
             }
         }
         Ok(())
     }
 
-    /// Parses and validates a JSON body; a type error names its JSON path, like a range error.
+    /// Parses and validates a JSON body; a type error names the field and its range, like a
+    /// range error ("Rounds is \"three\": expected a whole number from 1 to 10 000").
     pub fn from_json(text: &str) -> Result<Self, FieldError> {
         // serde would also read a struct from an array (`[]` = every default): only an object is
         // a config.
         if !text.trim_start().starts_with('{') {
             let start: String = text.trim_start().chars().take(20).collect();
-            return field_err("body", format!("{start:?}"), "a JSON object, e.g. {}");
+            return Err(FieldError::other(
+                "body",
+                "The request body",
+                format!("{start:?}"),
+                "a JSON object, e.g. {}",
+            ));
         }
         let de = &mut serde_json::Deserializer::from_str(text);
-        let config: RunConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            FieldError {
-                field: if path == "." {
-                    "body".into()
-                } else {
-                    crate::clip(&path, 100)
-                },
-                value: "invalid".into(),
-                expected: crate::clip(&e.into_inner().to_string(), 200),
-            }
-        })?;
+        let config: RunConfig =
+            serde_path_to_error::deserialize(de).map_err(|e| type_error(text, e))?;
         config.validate()?;
         Ok(config)
     }
+}
+
+/// A body that does not deserialize: the field at the error's path, with the value found there
+/// and the field's range, or serde's words for what the field accepts when it has no range of
+/// its own (an unknown key, an unknown kind).
+fn type_error(text: &str, e: serde_path_to_error::Error<serde_json::Error>) -> FieldError {
+    let path = e.path().to_string();
+    let found = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| path.split('.').try_fold(v, |v, key| v.get(key).cloned()));
+    let value = found.map_or("invalid".into(), |v| v.to_string());
+    if let Some(field) = fields::at(&path) {
+        return field.error(value);
+    }
+    let said = e.into_inner().to_string();
+    // "invalid type: …, expected u32 at line 1 column 9": what was expected, without where.
+    let expected = said
+        .split_once("expected ")
+        .map_or(said.as_str(), |(_, x)| x);
+    let expected = expected.split(" at line ").next().unwrap_or(expected);
+    let (field, label) = if path == "." {
+        ("body".to_string(), "The request body".to_string())
+    } else {
+        (crate::clip(&path, 100), crate::clip(&path, 100))
+    };
+    FieldError::other(&field, &label, value, &crate::clip(expected, 200))
 }
 
 /// Where a run is.
@@ -574,8 +495,13 @@ pub struct ClientInfo {
     /// Of those, rounds it failed (an error, a refusal, a disconnect, the deadline) since this
     /// server started.
     pub failures: u64,
-    /// ε of the current run by the server's ledger (`None` without DP or without a run).
+    /// ε of the current run by the server's ledger (`None` without DP or without a run): an
+    /// upper bound of what the client spent, since the server charges every round it sends,
+    /// including the `failures` the client never trained or returned.
     pub epsilon: Option<f64>,
+    /// The client said it refuses every further round of this run (its own budget is spent).
+    #[serde(default)]
+    pub refuses: bool,
     /// When and why a client of the current run left (its state is then `left`).
     #[serde(default)]
     pub left: Option<Departure>,
@@ -589,6 +515,9 @@ pub struct Departure {
     /// Rounds the run had completed then.
     pub after_round: u64,
     pub reason: String,
+    /// It was training in `in_round` (sampled, no result yet): that round failed for it.
+    #[serde(default)]
+    pub was_training: bool,
 }
 
 impl Departure {
@@ -793,6 +722,45 @@ mod tests {
         ] {
             let err = RunConfig::from_json(&json).unwrap_err().to_string();
             assert!(err.len() < 1000, "{} bytes", err.len());
+        }
+    }
+
+    #[test]
+    fn messages_use_the_forms_labels_and_plain_ranges() {
+        let said = |json: &str| RunConfig::from_json(json).unwrap_err().to_string();
+        // The same words for a wrong type (the API) and a wrong value (the API or the form).
+        assert_eq!(
+            said(r#"{"rounds":"three"}"#),
+            "Rounds is \"three\": expected a whole number from 1 to 10\u{a0}000"
+        );
+        assert_eq!(
+            said(r#"{"rounds":0}"#),
+            "Rounds is 0: expected a whole number from 1 to 10\u{a0}000"
+        );
+        assert_eq!(
+            said(r#"{"rounds":-1}"#),
+            "Rounds is -1: expected a whole number from 1 to 10\u{a0}000"
+        );
+        assert_eq!(
+            said(r#"{"dp":{"max_grad_norm":1,"noise_multiplier":1,"delta":2}}"#),
+            "δ is 2: expected a number above 0 and at most 0.01 (and below 1 / examples per client, e.g. 1e-5)"
+        );
+        assert_eq!(
+            said(r#"{"batching":{"batch_size":5000000000}}"#),
+            "Batch size is 5000000000: expected a whole number from 1 to 1\u{a0}000\u{a0}000 (at most the examples of one shard)"
+        );
+        let unknown = said(r#"{"rouns":3}"#);
+        assert!(
+            unknown.starts_with("rouns is 3: expected one of `name`, `rounds`"),
+            "{unknown}"
+        );
+        assert!(!unknown.contains("line 1"), "{unknown}");
+        assert!(
+            said(r#"{"min_clients":6,"aggregator":{"kind":"multi_krum","byzantine":2}}"#)
+                .starts_with("Hostile clients f is 2: expected at most 1 while Min clients is 6")
+        );
+        for e in [said("[]"), said("3")] {
+            assert!(e.starts_with("The request body is"), "{e}");
         }
     }
 

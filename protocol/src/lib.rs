@@ -8,6 +8,7 @@
 //! * [`config`]: the training configuration a client receives (what `learning::fit` takes).
 //! * [`ledger`]: the data owner's privacy ledger per dataset, as stored and moved.
 //! * [`admin`]: the admin API's run config (with validation), records and dashboard events.
+//! * [`fields`]: each run-config field's label and range, said once for the server and the form.
 //! * [`worker`]: messages between the client page and its training Web Worker.
 
 // No unwrap outside tests: bad input gets an error, not a panic.
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod fields;
 pub mod frame;
 pub mod ledger;
 pub mod messages;
@@ -36,5 +38,6 @@ pub fn clip(text: &str, max: usize) -> String {
 
 /// Version of the wire protocol; a peer speaking another version is refused with a typed error.
 /// 2: `TrainRes` carries no training metrics (only what is DP or public), `Hello` no label
-/// histogram, evaluation results are DP.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// histogram, evaluation results are DP. 3: `RunState` (running, paused, waiting for clients);
+/// `Welcome` says what the server remembers of a returning key.
+pub const PROTOCOL_VERSION: u16 = 3;

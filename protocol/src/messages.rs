@@ -152,11 +152,19 @@ pub enum ErrorCode {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     Welcome {
+        /// The same for every connection of one client key (a reloaded tab keeps its number).
         client_id: u64,
         /// Present it in a later `Hello` to be recognised.
         client_key: String,
         /// Parameters of the federated model (TinyCNN: 12 810).
         model_params: u64,
+        /// A returning key: rounds of the active run it was sent (what the server charged it).
+        #[serde(default)]
+        rounds_taken: u64,
+        /// A returning key: the round it was training in when its last connection ended (that
+        /// round failed for it; nothing of it arrived).
+        #[serde(default)]
+        interrupted_round: Option<u64>,
     },
     Assignment(Assignment),
     /// Train on the `GlobalModel` frame of the same round that follows.
@@ -169,6 +177,12 @@ pub enum ServerMessage {
     /// Evaluate the `GlobalModel` frame of the same round that follows on local data.
     EvaluateIns {
         server_round: u64,
+    },
+    /// What the active run does between this client's rounds, sent on joining and whenever it
+    /// changes, so a tab can say what it waits for.
+    RunState {
+        run_id: u64,
+        phase: RunPhase,
     },
     /// A round is over: what the server measured on the test set.
     RoundClosed {
@@ -193,6 +207,18 @@ pub enum ServerMessage {
         /// The server closes the connection after a fatal error.
         fatal: bool,
     },
+}
+
+/// What a run does, as a client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RunPhase {
+    /// Rounds run (one may be in flight without this client).
+    Running,
+    /// The admin paused it: no new round starts until it resumes.
+    Paused,
+    /// Too few clients that can train now (connected, under their cap, not benched) for a round.
+    Waiting { needed: u64, eligible: u64 },
 }
 
 /// Why text is not a valid control message.

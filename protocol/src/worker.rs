@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::FitMetrics;
 use crate::ledger::{DatasetLedger, LedgerSlot};
-use crate::messages::Assignment;
+use crate::messages::{Assignment, RunPhase};
 
 /// What a page asks of its worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +93,17 @@ pub enum WorkerToPage {
     Connection(Connection),
     Welcome {
         client_id: u64,
+        /// Rounds of the active run the server sent this client key (before this connection).
+        #[serde(default)]
+        rounds_taken: u64,
+        /// The round this key was training in when its previous connection ended.
+        #[serde(default)]
+        interrupted_round: Option<u64>,
+    },
+    /// What the run does between this client's rounds.
+    RunState {
+        run_id: u64,
+        phase: RunPhase,
     },
     Assigned(Assignment),
     /// Training data is loaded and checked (the shard, or the user's files).

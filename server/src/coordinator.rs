@@ -22,7 +22,7 @@ use protocol::admin::{
     ClientInfo, ClientState, Departure, Event, FieldError, RoundRecord, RunAction, RunConfig,
     RunHistory, RunStatus, RunSummary,
 };
-use protocol::messages::{Assignment, Capabilities};
+use protocol::messages::{Assignment, Capabilities, RunPhase};
 use protocol::{ErrorCode, FrameKind, ServerMessage, TensorFrame};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -143,6 +143,8 @@ fn now_ms() -> u64 {
 #[derive(Debug)]
 struct Conn {
     key: String,
+    /// What the client and the dashboard call it (see `Coordinator::public_ids`).
+    public_id: u64,
     caps: Capabilities,
     outbox: mpsc::Sender<Outgoing>,
     /// Shard size or own data size, once known.
@@ -230,6 +232,8 @@ struct ActiveRun {
     /// Clients of this run that left, by key, as the clients table last saw them (a key that
     /// connects again is removed). At most one entry per key of the run.
     departed: HashMap<String, ClientInfo>,
+    /// What the clients were last told the run does (`RunState`), so it is sent on changes only.
+    phase: Option<RunPhase>,
 }
 
 /// Clients that keep failing sit out: a client that fails [`MAX_FAILURES_IN_A_ROW`] rounds in a
@@ -326,8 +330,15 @@ pub struct Coordinator {
     data: Option<Arc<DemoData>>,
     test_set: Option<Arc<learning::Dataset>>,
     events: broadcast::Sender<Event>,
+    /// Live connections by connection id: one per socket, so a replaced socket's late messages
+    /// name its own id and never touch its successor.
     clients: HashMap<u64, Conn>,
     next_client_id: u64,
+    /// The id each known client key is shown as, to itself and on the dashboard: the same for
+    /// all its connections (a reloaded tab stays "client #1"). Keys the server no longer
+    /// honours (not connected, not in the active run) are dropped.
+    public_ids: HashMap<String, u64>,
+    next_public_id: u64,
     run: Option<ActiveRun>,
     eval_task: Option<JoinHandle<Result<EvaluateRes, String>>>,
     model_params: usize,
@@ -355,6 +366,8 @@ impl Coordinator {
             events,
             clients: HashMap::new(),
             next_client_id: 1,
+            public_ids: HashMap::new(),
+            next_public_id: 1,
             run: None,
             eval_task: None,
             model_params: TinyCnnConfig::new().layout().num_params(),
@@ -410,6 +423,7 @@ impl Coordinator {
             refused: Default::default(),
             bench: Bench::default(),
             departed: HashMap::new(),
+            phase: None,
         });
         Ok(())
     }

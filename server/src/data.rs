@@ -33,10 +33,13 @@ impl DemoData {
             config.scheme,
             config.seed,
         )
-        .map_err(|e| FieldError {
-            field: "shards".into(),
-            value: format!("{config:?}"),
-            expected: e.to_string(),
+        .map_err(|e| {
+            FieldError::other(
+                "shards",
+                "Server MNIST shards",
+                "this split",
+                &e.to_string(),
+            )
         })?;
         Ok(Shards {
             config,

@@ -13,6 +13,7 @@ use client_wasm::session::OwnFiles;
 use client_wasm::{Session, SessionOptions};
 use futures_util::{SinkExt, StreamExt};
 use protocol::admin::{Event, RunHistory, RunSummary};
+use protocol::messages::RunPhase;
 use protocol::{ClientMessage, ErrorCode, FrameKind, PROTOCOL_VERSION, ServerMessage, TensorFrame};
 use server::coordinator::CoordinatorOptions;
 use server::data::DemoData;
@@ -760,7 +761,7 @@ async fn admin_routes_need_the_token_and_name_bad_fields() {
         // 6 000 (600 000 steps a round), δ = 0.005 ≥ 1/6000.
         (
             r#"{"local_epochs":100,"batching":{"batch_size":1}}"#,
-            "batching (sample_rate for shards of 6000)",
+            "batching.batch_size",
         ),
         (
             r#"{"dp":{"max_grad_norm":1,"noise_multiplier":1,"delta":0.005}}"#,
@@ -774,6 +775,29 @@ async fn admin_routes_need_the_token_and_name_bad_fields() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {res}");
         assert_eq!(res["field"], field, "{body}: {res}");
     }
+    // The 422 speaks the form's words: its label and one plain range.
+    let (_, res) = server
+        .admin("POST", "/api/admin/runs", r#"{"rounds":0}"#, Some(TOKEN))
+        .await;
+    assert_eq!(
+        res["error"],
+        "Rounds is 0: expected a whole number from 1 to 10\u{a0}000"
+    );
+    let (_, res) = server
+        .admin(
+            "POST",
+            "/api/admin/runs",
+            r#"{"local_epochs":100,"batching":{"batch_size":1}}"#,
+            Some(TOKEN),
+        )
+        .await;
+    assert!(
+        res["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Batch size is 1: expected a batch size that needs at most 100 000 steps a round on shards of 6000 examples"),
+        "{res}"
+    );
     // A valid run; a second one conflicts until the first is stopped.
     let (status, run) = server
         .admin("POST", "/api/admin/runs", "{}", Some(TOKEN))
@@ -986,7 +1010,7 @@ async fn a_second_connection_with_the_same_key_replaces_the_first() {
         panic!("welcome expected")
     };
     assert_eq!(again, client_key, "same identity");
-    assert_ne!(client_id, first_id);
+    assert_eq!(client_id, first_id, "the same client number");
     assert!(
         first
             .expect_error(ErrorCode::Replaced)
@@ -994,6 +1018,15 @@ async fn a_second_connection_with_the_same_key_replaces_the_first() {
             .contains("replaced")
     );
     assert!(first.next_msg().await.is_none(), "the old socket is closed");
+    // The old socket's end does not take its successor (same number) off the list.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, clients) = server
+        .admin("GET", "/api/admin/clients", "", Some(TOKEN))
+        .await;
+    let listed: Vec<_> = clients.as_array().unwrap().iter().collect();
+    assert_eq!(listed.len(), 1, "{clients}");
+    assert_eq!(listed[0]["client_id"], first_id);
+    assert_eq!(listed[0]["state"], "idle");
     // A malformed key is not an identity: the client gets a fresh one.
     let mut third = Raw::connect(&server.ws()).await;
     third.text(&hello(Some("../../etc/passwd".into()))).await;
@@ -1016,6 +1049,114 @@ async fn a_second_connection_with_the_same_key_replaces_the_first() {
         panic!()
     };
     assert!(issued != chosen && issued.len() == 32);
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client's first `Welcome` (after a `Hello` presenting `key`): its number and key.
+async fn welcome(url: &str, key: Option<String>) -> (Raw, ServerMessage) {
+    let mut r = Raw::connect(url).await;
+    r.text(
+        &ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_key: key,
+            capabilities: Default::default(),
+        }
+        .encode(),
+    )
+    .await;
+    let w = r.next_msg().await.expect("welcome");
+    (r, w)
+}
+
+impl Raw {
+    /// The next `RunState` (other messages are skipped).
+    async fn next_phase(&mut self) -> RunPhase {
+        loop {
+            match self.next_msg().await {
+                Some(ServerMessage::RunState { phase, .. }) => return phase,
+                Some(_) => continue,
+                None => panic!("closed before run_state"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_key_keeps_its_number_and_hears_what_it_missed() {
+    let dir = temp_dir("returning");
+    let server = TestServer::start(&dir, None).await;
+    let run_id = server
+        .create_and_start(
+            r#"{"name":"returning","rounds":2,"min_clients":2,
+                "batching":{"batch_size":256},
+                "shards":{"scheme":{"kind":"iid"},"num_shards":20,"seed":7}}"#,
+        )
+        .await;
+    let (mut a, w) = welcome(&server.ws(), None).await;
+    let ServerMessage::Welcome {
+        client_id,
+        client_key,
+        rounds_taken: 0,
+        interrupted_round: None,
+        ..
+    } = w
+    else {
+        panic!("a first welcome: {w:?}")
+    };
+    // Alone, it hears that the run waits for clients, and for how many.
+    assert_eq!(
+        a.next_phase().await,
+        RunPhase::Waiting {
+            needed: 2,
+            eligible: 1
+        }
+    );
+    let (mut b, _) = welcome(&server.ws(), None).await;
+    assert_eq!(a.next_phase().await, RunPhase::Running);
+    assert_eq!(a.next_train_ins().await, 1);
+    assert_eq!(b.next_train_ins().await, 1);
+    // The tab reloads in the middle of round 1.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut a, w) = welcome(&server.ws(), Some(client_key.clone())).await;
+    assert_eq!(
+        w,
+        ServerMessage::Welcome {
+            client_id,
+            client_key,
+            model_params: 12_810,
+            rounds_taken: 1,
+            interrupted_round: Some(1),
+        },
+        "same number, its round counted, and told which round the reload cost it"
+    );
+    assert_eq!(a.next_phase().await, RunPhase::Running);
+    let (_, clients) = server
+        .admin("GET", "/api/admin/clients", "", Some(TOKEN))
+        .await;
+    let rows = clients.as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "the returning tab is one row, not a new client: {clients}"
+    );
+    let row = rows.iter().find(|c| c["client_id"] == client_id).unwrap();
+    assert_eq!(
+        (row["rounds"].as_u64(), row["failures"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // Paused: every tab hears it.
+    server
+        .admin(
+            "POST",
+            &format!("/api/admin/runs/{run_id}/pause"),
+            "",
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(a.next_phase().await, RunPhase::Paused);
+    assert_eq!(b.next_phase().await, RunPhase::Paused);
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -48,6 +48,8 @@ impl Coordinator {
             Some(k) if is_client_key(&k) && self.knows_key(&k) => k,
             _ => new_client_key().map_err(|e| format!("no randomness for a client key: {e}"))?,
         };
+        // Looked up first: replacing the old connection below may drop a key with no run.
+        let known_id = self.public_ids.get(&key).copied();
         if let Some((&old, _)) = self.clients.iter().find(|(_, c)| c.key == key) {
             // A tab that reconnects before its old socket timed out: the new one wins.
             self.send_msg(
@@ -63,12 +65,19 @@ impl Coordinator {
         }
         let client_id = self.next_client_id;
         self.next_client_id += 1;
+        let public_id = known_id.unwrap_or_else(|| {
+            self.next_public_id += 1;
+            self.next_public_id - 1
+        });
+        self.public_ids.insert(key.clone(), public_id);
         let now = now_ms();
         let own = caps.own_data.as_ref().map(|d| d.num_examples);
+        let returning = self.returning(&key);
         self.clients.insert(
             client_id,
             Conn {
                 key: key.clone(),
+                public_id,
                 caps,
                 outbox,
                 num_examples: own,
@@ -77,20 +86,58 @@ impl Coordinator {
                 connected_at_ms: now,
             },
         );
-        info!(client_id, "client joined");
+        info!(client_id, public_id, "client joined");
         self.send_msg(
             client_id,
             &ServerMessage::Welcome {
-                client_id,
+                client_id: public_id,
                 client_key: key,
                 model_params: self.model_params as u64,
+                rounds_taken: returning.rounds_taken,
+                interrupted_round: returning.interrupted_round,
             },
         );
         self.assign(client_id);
+        self.tell_phase(client_id);
         if let Some(info) = self.client_info(client_id) {
             self.publish(Event::ClientJoined { client: info });
         }
         Ok(client_id)
+    }
+
+    /// Tells a joining client what the run does. A wait is not told as it was: this client may
+    /// change how many can train, so the wait is recounted after this command and then told to
+    /// every client.
+    fn tell_phase(&mut self, client_id: u64) {
+        let Some(run) = self.run.as_mut().filter(|r| !r.summary.status.is_over()) else {
+            return;
+        };
+        let run_id = run.id();
+        match run.phase {
+            Some(RunPhase::Waiting { .. }) => run.phase = None,
+            Some(phase) => {
+                self.send_msg(client_id, &ServerMessage::RunState { run_id, phase });
+            }
+            None => {}
+        }
+    }
+
+    /// What the active run remembers of a key that connects again (a reloaded tab), told to it
+    /// in `Welcome`.
+    fn returning(&self, key: &str) -> Returning {
+        let Some(run) = self.run.as_ref() else {
+            return Returning::default();
+        };
+        let left = run.departed.get(key).and_then(|info| info.left.as_ref());
+        Returning {
+            rounds_taken: run.clients.get(key).map_or(0, |r| r.rounds),
+            interrupted_round: left.filter(|d| d.was_training).and_then(|d| d.in_round),
+        }
+    }
+
+    /// The id `key` is shown as (see `Coordinator::public_ids`).
+    pub(super) fn public_id(&self, key: &str) -> u64 {
+        self.public_ids.get(key).copied().unwrap_or(0)
     }
 
     fn knows_key(&self, key: &str) -> bool {
@@ -199,12 +246,19 @@ impl Coordinator {
 
     pub(super) fn leave(&mut self, client_id: u64, reason: &str) {
         self.remember_departure(client_id, reason);
-        if self.clients.remove(&client_id).is_none() {
+        let Some(conn) = self.clients.remove(&client_id) else {
             return;
-        }
-        info!(client_id, reason, "client left");
-        self.publish(Event::ClientLeft { client_id });
+        };
+        info!(client_id, public_id = conn.public_id, reason, "client left");
+        self.publish(Event::ClientLeft {
+            client_id: conn.public_id,
+        });
         self.fail_slot(client_id, None, reason);
+        // A key the server no longer honours (not connected, not in the run) loses its id.
+        let known = self.knows_key(&conn.key);
+        if !known {
+            self.public_ids.remove(&conn.key);
+        }
     }
 
     /// Keeps a leaving client of the current run in the clients table, marked with when and
@@ -225,10 +279,15 @@ impl Coordinator {
             return;
         }
         info.state = ClientState::Left;
+        let was_training = run.round.as_ref().is_some_and(|r| {
+            matches!(r.phase, Phase::Training)
+                && matches!(r.sampled.get(&client_id), Some((_, Slot::Pending)))
+        });
         info.left = Some(Departure {
             in_round: run.round.as_ref().map(|r| r.server_round),
             after_round: run.summary.completed_rounds,
             reason: protocol::clip(reason, 200),
+            was_training,
         });
         run.departed.insert(key, info);
     }
@@ -243,7 +302,7 @@ impl Coordinator {
             row?.ledger.epsilon(delta).ok()
         });
         Some(ClientInfo {
-            client_id,
+            client_id: c.public_id,
             name: c.caps.name.clone(),
             state: c.state,
             num_examples: c.num_examples,
@@ -253,17 +312,18 @@ impl Coordinator {
             rounds: row.map_or(0, |r| r.rounds),
             failures: run.map_or(0, |r| r.bench.failures(&c.key)),
             epsilon,
+            refuses: run.is_some_and(|r| r.refused.contains(&c.key)),
             left: None,
         })
     }
 
     pub(super) fn client_infos(&self) -> Vec<ClientInfo> {
-        let mut ids: Vec<u64> = self.clients.keys().copied().collect();
-        ids.sort_unstable();
-        let mut infos: Vec<ClientInfo> = ids
-            .into_iter()
-            .filter_map(|id| self.client_info(id))
+        let mut infos: Vec<ClientInfo> = self
+            .clients
+            .keys()
+            .filter_map(|&id| self.client_info(id))
             .collect();
+        infos.sort_by_key(|c| c.client_id);
         // Then the run's clients that left, with their counts as they are now (a round in
         // flight when they left has failed since).
         if let Some(run) = &self.run {
@@ -274,6 +334,7 @@ impl Coordinator {
                 .filter(|(key, _)| !connected.contains(key.as_str()))
                 .map(|(key, info)| ClientInfo {
                     failures: run.bench.failures(key),
+                    refuses: run.refused.contains(key),
                     ..info.clone()
                 })
                 .collect();
@@ -282,6 +343,13 @@ impl Coordinator {
         }
         infos
     }
+}
+
+/// What the active run remembers of a returning key.
+#[derive(Debug, Default)]
+struct Returning {
+    rounds_taken: u64,
+    interrupted_round: Option<u64>,
 }
 
 fn run_clients_shards(clients: &HashMap<String, ClientRow>) -> Vec<u32> {

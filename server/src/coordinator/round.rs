@@ -50,7 +50,12 @@ impl Coordinator {
             .strategy
             .configure_train(server_round, &candidates, seed);
         let assignments = match plan {
-            TrainPlan::Wait { .. } => return,
+            TrainPlan::Wait { eligible, needed } => {
+                return self.set_phase(RunPhase::Waiting {
+                    needed: needed as u64,
+                    eligible: eligible as u64,
+                });
+            }
             TrainPlan::BudgetExhausted => {
                 self.finish_run(run_id, "privacy budget exhausted: every client's next round would pass the run's target ε");
                 return;
@@ -119,12 +124,17 @@ impl Coordinator {
                 "round started"
             )
         });
+        let sampled = dispatch
+            .iter()
+            .filter_map(|a| self.clients.get(&a.client_id).map(|c| c.public_id))
+            .collect();
         self.publish(Event::RoundStarted {
             run_id,
             server_round,
             attempt,
-            sampled: ids,
+            sampled,
         });
+        self.set_phase(RunPhase::Running);
         for a in dispatch {
             let ins = ServerMessage::TrainIns {
                 server_round,
@@ -175,7 +185,7 @@ impl Coordinator {
                     c.state = ClientState::Idle;
                 }
                 self.publish(Event::ClientFailed {
-                    client_id,
+                    client_id: self.public_id(&key),
                     server_round,
                     reason: reason.into(),
                 });
@@ -275,7 +285,7 @@ impl Coordinator {
         let quorum = run.summary.config.quorum;
         round.shorten_for_stragglers(quorum);
         self.publish(Event::ClientTrained {
-            client_id,
+            client_id: self.public_id(&key),
             server_round,
         });
         self.maybe_close_training();

@@ -1,5 +1,8 @@
 //! Runs: creation (validated, with its initial model stored), start/pause/resume/stop, history, the end.
 
+use protocol::config::Batching;
+use protocol::fields;
+
 use super::*;
 
 impl Coordinator {
@@ -17,11 +20,12 @@ impl Coordinator {
         let shards = match (&config.shards, &self.data) {
             (None, _) => None,
             (Some(_), None) => {
-                return Err(AdminError::Invalid(FieldError {
-                    field: "shards".into(),
-                    value: "set".into(),
-                    expected: "null: this server was started without MNIST (--mnist-dir), so clients must bring their own data".into(),
-                }));
+                return Err(AdminError::Invalid(FieldError::other(
+                    "shards",
+                    "Server MNIST shards",
+                    "on",
+                    "off: this server was started without MNIST (--mnist-dir), so clients must bring their own data",
+                )));
             }
             (Some(cfg), Some(data)) => Some(data.shards(*cfg).map_err(AdminError::Invalid)?),
         };
@@ -55,7 +59,12 @@ impl Coordinator {
             refused: Default::default(),
             bench: Bench::default(),
             departed: HashMap::new(),
+            phase: None,
         });
+        // Keys of the previous run that are gone are not honoured any more: nor are their ids.
+        let connected: std::collections::HashSet<&String> =
+            self.clients.values().map(|c| &c.key).collect();
+        self.public_ids.retain(|key, _| connected.contains(key));
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         for id in ids {
             self.assign(id);
@@ -115,10 +124,29 @@ impl Coordinator {
             status: next,
             reason: reason.map(String::from),
         });
-        if let Some(r) = reason {
-            self.broadcast_run_finished(run_id, r);
+        match (next, reason) {
+            (_, Some(r)) => self.broadcast_run_finished(run_id, r),
+            (S::Paused, None) => self.set_phase(RunPhase::Paused),
+            // Then `maybe_start_round` says whether it waits for clients.
+            (_, None) => self.set_phase(RunPhase::Running),
         }
         Ok(summary)
+    }
+
+    /// Tells every client what the active run now does, if that changed.
+    pub(super) fn set_phase(&mut self, phase: RunPhase) {
+        let Some(run) = self.run.as_mut().filter(|r| r.phase != Some(phase)) else {
+            return;
+        };
+        run.phase = Some(phase);
+        let msg = ServerMessage::RunState {
+            run_id: run.id(),
+            phase,
+        };
+        let ids: Vec<u64> = self.clients.keys().copied().collect();
+        for id in ids {
+            self.send_msg(id, &msg);
+        }
     }
 
     pub(super) fn broadcast_run_finished(&mut self, run_id: u64, reason: &str) {
@@ -182,20 +210,17 @@ fn check_shard_sizes(
     let fedavg = FedAvgStrategy::from_run(config);
     for &n in sizes {
         let local = fedavg.local_config(n);
-        local.validate(n as usize).map_err(|e| FieldError {
-            field: format!("batching ({} for shards of {n})", e.field),
-            value: e.value,
-            expected: e.expected.into(),
-        })?;
+        local
+            .validate(n as usize)
+            .map_err(|e| batching_error(config, n, e))?;
         let Some(dp) = config.dp else { continue };
         if dp.delta * n as f64 >= 1.0 {
-            return Err(FieldError {
-                field: "dp.delta".into(),
-                value: dp.delta.to_string(),
-                expected: format!(
-                    "below 1/{n} for shards of {n} examples (clients refuse a δ ≥ 1/n)"
+            return Err(fields::DELTA.error_because(
+                dp.delta,
+                format!(
+                    "a number below 1/{n}: shards hold {n} examples (clients refuse a δ ≥ 1/n)"
                 ),
-            });
+            ));
         }
         let dp_strategy = DpFedAvg {
             inner: fedavg.clone(),
@@ -210,9 +235,23 @@ fn check_shard_sizes(
 }
 
 pub fn accountant_field_error(e: AccountantError) -> FieldError {
-    FieldError {
-        field: "dp.target_epsilon".into(),
-        value: "unreachable".into(),
-        expected: e.to_string(),
+    fields::TARGET_EPSILON.error_because("unreachable", e.to_string())
+}
+
+/// A config the shards cannot run, named on the form's batching input. Every field's own range
+/// was checked before, so what is left is the number of steps a round.
+fn batching_error(config: &RunConfig, n: u64, e: protocol::config::ConfigError) -> FieldError {
+    if e.field != "sample_rate" {
+        let expected = format!("{} for shards of {n} examples", e.expected);
+        return FieldError::other("batching", "Batching", e.value, &expected);
+    }
+    let why = |what: &str| {
+        format!(
+            "{what} that needs at most 100 000 steps a round on shards of {n} examples (Local epochs × shard size / batch size)"
+        )
+    };
+    match config.batching {
+        Batching::BatchSize(b) => fields::BATCH_SIZE.error_because(b, why("a batch size")),
+        Batching::SampleRate(q) => fields::SAMPLE_RATE.error_because(q, why("a sample rate")),
     }
 }
