@@ -14,6 +14,7 @@
 // what this checks, but a slow machine still gets there).
 
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import assert from 'node:assert/strict';
 import { launchChromium, startServer, waitFor } from './harness.mjs';
 
@@ -24,19 +25,48 @@ const TRUNK = 'http://127.0.0.1:8080';
 const t0 = Date.now();
 const log = (...a) => console.log(`[e2e trunk-serve ${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
 
+/** Refuses to start when a port is taken (a developer's own `trunk serve` or server would
+ * answer this test's requests instead of the processes it starts). */
+async function assertFree(port) {
+  await new Promise((resolve, reject) => {
+    const probe = createServer()
+      .once('error', () => reject(new Error(`port ${port} is in use: stop what listens there (a running server or trunk serve) and run this test again`)))
+      .once('listening', () => probe.close(resolve))
+      .listen(port, '127.0.0.1');
+  });
+}
+
+/** Ends trunk and what it started (cargo, wasm-bindgen): its whole process group. */
+async function stopTrunk(child, exited) {
+  if (!child || child.exitCode !== null) return;
+  try {
+    process.kill(-child.pid, 'SIGINT');
+  } catch {
+    return;
+  }
+  const late = setTimeout(() => { try { process.kill(-child.pid, 'SIGKILL'); } catch {} }, 10_000);
+  await exited;
+  clearTimeout(late);
+}
+
 let server;
 let trunk;
+let trunkExit;
 let browser;
 let failed = false;
 try {
+  await assertFree(SERVER_PORT);
+  await assertFree(8080);
   server = await startServer(SERVER_PORT);
-  trunk = spawn('trunk', ['serve', '--no-autoreload'], { stdio: ['ignore', 'inherit', 'inherit'] });
-  const trunkExit = new Promise((r) => trunk.once('exit', (code) => r(code)));
+  // The README's command, in its own process group so that it can be ended with its children.
+  trunk = spawn('trunk', ['serve'], { stdio: ['ignore', 'inherit', 'inherit'], detached: true });
+  trunkExit = new Promise((r) => trunk.once('exit', (code) => r(code)));
   const readySecs = Number(process.env.TRUNK_READY_SECS ?? 300);
   await Promise.race([
     waitFor('trunk serve on :8080', async () => (await fetch(`${TRUNK}/`)).ok, readySecs * 1000, 500),
     trunkExit.then((code) => { throw new Error(`trunk serve exited with ${code} before serving`); }),
   ]);
+  assert.equal(server.process.exitCode, null, 'the server this test started still runs');
   log('trunk serves the pages');
 
   const health = await fetch(`${TRUNK}/api/health`);
@@ -64,7 +94,7 @@ try {
   console.error('[e2e trunk-serve] FAILED:', e);
 } finally {
   await browser?.close().catch(() => {});
-  trunk?.kill('SIGINT');
+  await stopTrunk(trunk, trunkExit);
   await server?.stop().catch(() => {});
 }
 process.exit(failed ? 1 : 0);

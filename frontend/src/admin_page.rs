@@ -533,11 +533,15 @@ fn RunConfigForm(
         match field.kind {
             FieldKind::Bool => view! {
                 <input type="checkbox" name=path prop:checked=move || value() == "true"
-                    on:change=move |ev| form.update(|f| f.set(path, event_target_checked(&ev).to_string()))/>
+                    class:invalid=invalid aria-invalid=move || invalid().to_string()
+                    on:change=move |ev| {
+                        form.update(|f| f.set(path, event_target_checked(&ev).to_string()));
+                        errors.update(|e| { e.remove(path); });
+                    }/>
             }
             .into_any(),
             FieldKind::Choice(options) => view! {
-                <select name=path on:change=on_input>
+                <select name=path on:change=on_input class:invalid=invalid aria-invalid=move || invalid().to_string()>
                     {options.iter().map(|&o| view! { <option value=o selected=move || value() == o>{o.replace('_', " ")}</option> }).collect_view()}
                 </select>
             }

@@ -119,8 +119,8 @@ impl ClientView {
                 self.reloaded = false;
             }
             WorkerToPage::RunState { run_id, phase } => {
-                self.phase = Some(phase);
                 self.set_rounds_run(run_id);
+                self.phase = Some(phase);
             }
             WorkerToPage::Assigned(a) => self.on_assigned(a),
             WorkerToPage::Data {
@@ -226,6 +226,7 @@ impl ClientView {
             }
             WorkerToPage::RunFinished { reason } => {
                 self.training = None;
+                self.phase = None;
                 self.finished = Some(reason);
             }
             WorkerToPage::Error { message, .. } => self.note(message),
@@ -253,10 +254,12 @@ impl ClientView {
         self.assignment = Some(a);
     }
 
-    /// The rounds listed are of `run_id` from now on: another run's are dropped.
+    /// What is shown is of `run_id` from now on: another run's rounds, state and count go.
     fn set_rounds_run(&mut self, run_id: u64) {
         if self.rounds_run.is_some_and(|run| run != run_id) {
             self.rounds.clear();
+            self.phase = None;
+            self.rounds_taken = 0;
         }
         self.rounds_run = Some(run_id);
     }
@@ -360,8 +363,8 @@ impl ClientView {
             (Some(RunPhase::Paused), _) => {
                 "paused by the admin: no new round starts until the run is resumed".into()
             }
-            (Some(RunPhase::Waiting { needed, eligible }), _) => {
-                format!("waiting for {needed} clients that can train ({eligible} now)")
+            (Some(RunPhase::Waiting { needed }), _) => {
+                format!("waiting for {needed} clients that can train")
             }
             (_, Some((round, _))) => format!("round {round} closed: waiting for the next round"),
             (_, None) => "waiting for a round".into(),
@@ -564,12 +567,18 @@ mod tests {
             "{:?}",
             v.messages
         );
-        // Another run: its rows start empty.
+        // Another run: its rows start empty, and the old run's state and count are gone.
         v.apply(WorkerToPage::RunState {
-            run_id: 2,
-            phase: RunPhase::Running,
+            run_id: 1,
+            phase: RunPhase::Waiting { needed: 9 },
         });
-        assert!(v.rounds.is_empty());
+        v.apply(WorkerToPage::RunFinished {
+            reason: "stopped".into(),
+        });
+        assert_eq!(v.phase, None);
+        v.apply(WorkerToPage::Assigned(assignment(2)));
+        assert!(v.rounds.is_empty() && v.rounds_taken == 0);
+        assert_eq!(v.training_line(), "waiting for a round", "not run 1's wait");
         v.restore_rounds("not json");
         assert!(v.rounds.is_empty(), "a broken saved table is ignored");
     }
@@ -600,15 +609,9 @@ mod tests {
         assert_eq!(v.epsilon_text(), "ε = 0 (nothing released yet)");
         v.apply(WorkerToPage::RunState {
             run_id: 2,
-            phase: RunPhase::Waiting {
-                needed: 4,
-                eligible: 3,
-            },
+            phase: RunPhase::Waiting { needed: 4 },
         });
-        assert_eq!(
-            v.training_line(),
-            "waiting for 4 clients that can train (3 now)"
-        );
+        assert_eq!(v.training_line(), "waiting for 4 clients that can train");
         v.apply(WorkerToPage::RunState {
             run_id: 2,
             phase: RunPhase::Paused,

@@ -66,6 +66,17 @@ const fn choice(
     }
 }
 
+/// A choice the config names as one field (its label is the server's; the choices are the range).
+const fn labelled(spec: &'static Field, kind: FieldKind, about: &'static str) -> FormField {
+    FormField {
+        path: spec.path,
+        label: spec.label,
+        kind,
+        about,
+        spec: None,
+    }
+}
+
 /// An input that holds a value, named and bounded by its [`Field`].
 const fn value(spec: &'static Field, kind: FieldKind, about: &'static str) -> FormField {
     FormField {
@@ -115,9 +126,8 @@ pub const FIELDS: &[FormField] = &[
         "clients asked to evaluate on their own data",
     ),
     value(&fields::LOCAL_EPOCHS, Integer, ""),
-    choice(
-        "batching",
-        "Batching",
+    labelled(
+        &fields::BATCHING,
         Choice(&["batch_size", "sample_rate"]),
         "expected batch size, or Poisson sample rate q",
     ),
@@ -176,12 +186,7 @@ pub const FIELDS: &[FormField] = &[
         "each client stops before its ε passes this",
     ),
     value(&fields::NOISE_MULTIPLIER, Number, ""),
-    choice(
-        "shards",
-        "Server MNIST shards",
-        Bool,
-        "off: clients bring their own data",
-    ),
+    labelled(&fields::SHARDS, Bool, "off: clients bring their own data"),
     choice(
         "shards.scheme.kind",
         "Split",

@@ -47,14 +47,15 @@ pub fn state_text(c: &ClientInfo) -> String {
     }
 }
 
-/// The clients table's ε cell: what the server charged, and how much of it is for rounds the
-/// client never returned (refused, failed, left), which it may not have spent at all.
+/// The clients table's ε cell: what the server charged, and how many of the charged rounds
+/// failed (refused at the client's cap, cut by a disconnect, past the deadline, or rejected):
+/// the client may not have spent those at all.
 pub fn charged_text(c: &ClientInfo) -> String {
     match (c.epsilon, c.failures) {
         (None, _) => "—".into(),
         (Some(e), 0) => format!("{e:.3}"),
-        (Some(e), 1) => format!("{e:.3} (incl. 1 round not returned)"),
-        (Some(e), n) => format!("{e:.3} (incl. {n} rounds not returned)"),
+        (Some(e), 1) => format!("{e:.3} (incl. 1 failed round)"),
+        (Some(e), n) => format!("{e:.3} (incl. {n} failed rounds)"),
     }
 }
 
@@ -110,7 +111,7 @@ mod tests {
         c.failures = 2;
         c.refuses = true;
         c.epsilon = Some(3.0);
-        assert_eq!(charged_text(&c), "3.000 (incl. 2 rounds not returned)");
+        assert_eq!(charged_text(&c), "3.000 (incl. 2 failed rounds)");
         assert_eq!(
             state_text(&c),
             "idle · refuses further rounds (its budget is spent)"

@@ -24,13 +24,13 @@ pub const ORDERS: std::ops::RangeInclusive<u32> = 2..=256;
 /// Bad accountant input, naming the parameter and the valid range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AccountantError {
-    #[error("sample_rate is {0}: expected a number in (0, 1]")]
+    #[error("sample_rate is {0}: expected a number above 0 and at most 1")]
     SampleRate(f64),
-    #[error("noise_multiplier is {0}: expected a number > 0")]
+    #[error("noise_multiplier is {0}: expected a number above 0")]
     NoiseMultiplier(f64),
-    #[error("delta is {0}: expected a number in (0, 1)")]
+    #[error("delta is {0}: expected a number above 0 and below 1")]
     Delta(f64),
-    #[error("target epsilon is {0}: expected a number > 0")]
+    #[error("target epsilon is {0}: expected a number above 0")]
     TargetEpsilon(f64),
     #[error(
         "no noise_multiplier up to {max} keeps epsilon <= {target} for sample_rate {q} over {steps} steps at delta {delta}"
@@ -332,7 +332,7 @@ mod tests {
     fn bad_parameters_are_named() {
         assert_eq!(
             epsilon(0.0, 1.0, 1, 1e-5).unwrap_err().to_string(),
-            "sample_rate is 0: expected a number in (0, 1]"
+            "sample_rate is 0: expected a number above 0 and at most 1"
         );
         assert!(
             epsilon(1.5, 1.0, 1, 1e-5)
@@ -350,7 +350,7 @@ mod tests {
             epsilon(0.1, 1.0, 1, 1.0)
                 .unwrap_err()
                 .to_string()
-                .contains("delta is 1: expected a number in (0, 1)")
+                .contains("delta is 1: expected a number above 0 and below 1")
         );
         assert!(noise_multiplier_for(0.0, 0.1, 1, 1e-5).is_err());
     }

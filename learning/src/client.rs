@@ -557,7 +557,7 @@ mod tests {
         };
         assert_eq!(
             bad.validate(100).unwrap_err().to_string(),
-            "learning_rate is -1: expected a finite number > 0"
+            "learning_rate is -1: expected a finite number above 0"
         );
         let bad = TrainConfig {
             batching: Batching::BatchSize(500),

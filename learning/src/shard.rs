@@ -26,7 +26,7 @@ pub enum ShardError {
         "num_clients is {clients} but the data set has only {examples} examples: expected at most one client per {MIN_SHARD_SIZE} examples"
     )]
     TooManyClients { clients: usize, examples: usize },
-    #[error("dirichlet alpha is {0}: expected a finite number > 0 (e.g. 0.5)")]
+    #[error("dirichlet alpha is {0}: expected a finite number above 0 (e.g. 0.5)")]
     Alpha(f64),
     #[error(
         "no Dirichlet(α = {alpha}) draw in {MAX_DRAWS} gave every one of {clients} clients at least {MIN_SHARD_SIZE} examples: use fewer clients or a larger alpha"

@@ -73,7 +73,7 @@ fn bad_arguments_fail_with_a_clear_message() {
                 "--steps",
                 "10",
             ],
-            "sample_rate is 0: expected a number in (0, 1]",
+            "sample_rate is 0: expected a number above 0 and at most 1",
         ),
         (
             vec![
@@ -95,7 +95,7 @@ fn bad_arguments_fail_with_a_clear_message() {
                 "--steps",
                 "10",
             ],
-            "noise_multiplier is -2: expected a number > 0",
+            "noise_multiplier is -2: expected a number above 0",
         ),
         (
             vec![
@@ -108,7 +108,7 @@ fn bad_arguments_fail_with_a_clear_message() {
                 "--delta",
                 "1",
             ],
-            "delta is 1: expected a number in (0, 1)",
+            "delta is 1: expected a number above 0 and below 1",
         ),
         (
             vec!["--sample-rate", "0.1", "--steps", "10"],

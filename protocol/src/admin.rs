@@ -300,12 +300,7 @@ impl RunConfig {
         // a config.
         if !text.trim_start().starts_with('{') {
             let start: String = text.trim_start().chars().take(20).collect();
-            return Err(FieldError::other(
-                "body",
-                "The request body",
-                format!("{start:?}"),
-                "a JSON object, e.g. {}",
-            ));
+            return Err(fields::BODY.error(format!("{start:?}")));
         }
         let de = &mut serde_json::Deserializer::from_str(text);
         let config: RunConfig =
@@ -333,12 +328,12 @@ fn type_error(text: &str, e: serde_path_to_error::Error<serde_json::Error>) -> F
         .split_once("expected ")
         .map_or(said.as_str(), |(_, x)| x);
     let expected = expected.split(" at line ").next().unwrap_or(expected);
-    let (field, label) = if path == "." {
-        ("body".to_string(), "The request body".to_string())
-    } else {
-        (crate::clip(&path, 100), crate::clip(&path, 100))
-    };
-    FieldError::other(&field, &label, value, &crate::clip(expected, 200))
+    let expected = crate::clip(expected, 200);
+    if path == "." {
+        return fields::BODY.error_because(value, expected);
+    }
+    let path = crate::clip(&path, 100);
+    FieldError::other(&path, &path, value, &expected)
 }
 
 /// Where a run is.

@@ -98,15 +98,23 @@ impl TrainConfig {
             return err(
                 "local_epochs",
                 self.local_epochs.to_string(),
-                "an integer in 1..=1000",
+                "a whole number from 1 to 1000",
             );
         }
         match self.batching {
             Batching::BatchSize(b) if b == 0 || b > num_examples => {
-                return err("batch_size", b.to_string(), "an integer in 1..=shard size");
+                return err(
+                    "batch_size",
+                    b.to_string(),
+                    "a whole number from 1 to the shard size",
+                );
             }
             Batching::SampleRate(q) if !(q > 0.0 && q <= 1.0) => {
-                return err("sample_rate", q.to_string(), "a number in (0, 1]");
+                return err(
+                    "sample_rate",
+                    q.to_string(),
+                    "a number above 0 and at most 1",
+                );
             }
             _ => {}
         }
@@ -114,12 +122,16 @@ impl TrainConfig {
             return err(
                 "learning_rate",
                 self.learning_rate.to_string(),
-                "a finite number > 0",
+                "a finite number above 0",
             );
         }
         match self.optimizer {
             Optimizer::Sgd { momentum } if !(0.0..1.0).contains(&momentum) => {
-                return err("momentum", momentum.to_string(), "a number in [0, 1)");
+                return err(
+                    "momentum",
+                    momentum.to_string(),
+                    "a number at least 0 and below 1",
+                );
             }
             Optimizer::Adam {
                 beta1,
@@ -129,7 +141,7 @@ impl TrainConfig {
                 return err(
                     "adam",
                     format!("beta1 {beta1}, beta2 {beta2}, epsilon {epsilon}"),
-                    "betas in [0, 1) and epsilon > 0",
+                    "betas at least 0 and below 1, and an epsilon above 0",
                 );
             }
             _ => {}
@@ -143,7 +155,7 @@ impl TrainConfig {
             return err(
                 "sample_rate",
                 value,
-                "a sample rate (or batch size) that needs at most 100 000 steps per round (local_epochs × ⌈1/q⌉)",
+                "a sample rate (or batch size) that needs at most 100 000 steps a round (local epochs × 1/q)",
             );
         }
         if let Some(dp) = self.dp {
@@ -151,18 +163,22 @@ impl TrainConfig {
                 return err(
                     "max_grad_norm",
                     dp.max_grad_norm.to_string(),
-                    "a finite number > 0",
+                    "a finite number above 0",
                 );
             }
             if !(dp.noise_multiplier > 0.0 && dp.noise_multiplier.is_finite()) {
                 return err(
                     "noise_multiplier",
                     dp.noise_multiplier.to_string(),
-                    "a finite number > 0",
+                    "a finite number above 0",
                 );
             }
             if !(dp.delta > 0.0 && dp.delta < 1.0) {
-                return err("delta", dp.delta.to_string(), "a number in (0, 1)");
+                return err(
+                    "delta",
+                    dp.delta.to_string(),
+                    "a number above 0 and below 1",
+                );
             }
         }
         Ok(())

@@ -77,7 +77,8 @@ fn grouped(n: u64) -> String {
 
 fn shown(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {
-        grouped(x.abs() as u64)
+        let sign = if x < 0.0 { "−" } else { "" };
+        format!("{sign}{}", grouped(x.abs() as u64))
     } else {
         x.to_string()
     }
@@ -227,6 +228,25 @@ const fn noted(field: Field, note: &'static str) -> Field {
     Field { note, ..field }
 }
 
+/// A choice (select box or checkbox): the range is the choices, said in words.
+const fn choice(path: &'static str, label: &'static str, choices: &'static str) -> Field {
+    Field {
+        path,
+        label,
+        accepts: Accepts::Text(choices),
+        note: "",
+    }
+}
+
+pub const BATCHING: Field = choice("batching", "Batching", "a batch size or a sample rate");
+pub const SHARDS: Field = choice(
+    "shards",
+    "Server MNIST shards",
+    "on (the server splits MNIST) or off (clients bring their own data)",
+);
+/// Not a field: what a request body that is no config at all is called.
+pub const BODY: Field = choice("body", "The request body", "a JSON object, e.g. {}");
+
 pub const NAME: Field = Field {
     path: "name",
     label: "Name",
@@ -352,11 +372,13 @@ pub const TARGET_EPSILON: Field = number(
     Excluding(0.0),
     Including(super::admin::MAX_TARGET_EPSILON),
 );
+/// The limits of `admin::NOISE_MULTIPLIER_RANGE`, written as the decimals people type (the f32
+/// 0.05 is 0.0500000007…; a test checks the two agree).
 pub const NOISE_MULTIPLIER: Field = number(
     "dp.noise_multiplier",
     "Noise multiplier σ",
-    Including(super::admin::NOISE_MULTIPLIER_RANGE.0 as f64),
-    Including(super::admin::NOISE_MULTIPLIER_RANGE.1 as f64),
+    Including(0.05),
+    Including(1.0e4),
 );
 pub const NUM_SHARDS: Field = whole(
     "shards.num_shards",
@@ -377,6 +399,8 @@ pub const SEED: Field = whole("shards.seed", "Split seed", 0, u64::MAX);
 
 /// Every field with a value of its own, for lookups by JSON path.
 pub const ALL: &[Field] = &[
+    BATCHING,
+    SHARDS,
     NAME,
     ROUNDS,
     MIN_CLIENTS,
@@ -457,6 +481,16 @@ mod tests {
         assert!(MOMENTUM.parse("0").is_ok() && MOMENTUM.parse("1").is_err());
         assert!(ALPHA.parse("inf").is_err() && ALPHA.parse("NaN").is_err());
         assert!(DELTA.check(2.0).is_err() && DELTA.check(1e-5).is_ok());
+        // σ's limits are typed as f64 decimals: "0.05" is accepted, by the form and the server.
+        assert!(NOISE_MULTIPLIER.parse("0.05").is_ok() && NOISE_MULTIPLIER.check(0.05f32).is_ok());
+        assert!(NOISE_MULTIPLIER.check(0.049f32).is_err());
+        assert_eq!(
+            NOISE_MULTIPLIER.expected(),
+            "a number at least 0.05 and at most 10\u{a0}000"
+        );
+        let (low, high) = super::super::admin::NOISE_MULTIPLIER_RANGE;
+        assert_eq!((0.05f32, 1.0e4f32), (low, high));
+        assert_eq!(shown(-3.0), "−3");
     }
 
     #[test]

@@ -217,8 +217,10 @@ pub enum RunPhase {
     Running,
     /// The admin paused it: no new round starts until it resumes.
     Paused,
-    /// Too few clients that can train now (connected, under their cap, not benched) for a round.
-    Waiting { needed: u64, eligible: u64 },
+    /// Too few clients that can train now (connected, under their cap, not benched) for a
+    /// round. (How many there are is not sent: it changes with every join and leave, and a
+    /// message to every client on each would let a stream of hellos flood them.)
+    Waiting { needed: u64 },
 }
 
 /// Why text is not a valid control message.
@@ -261,13 +263,13 @@ fn check_examples(field: &'static str, n: u64) -> Result<(), MessageError> {
         (1..=MAX_NUM_EXAMPLES).contains(&n),
         field,
         n,
-        "an integer in 1..=10000000",
+        "a whole number from 1 to 10 000 000",
     )
 }
 
 fn check_delta(field: &'static str, delta: Option<f64>) -> Result<(), MessageError> {
     match delta {
-        Some(d) => bound(d > 0.0 && d < 1.0, field, d, "a number in (0, 1)"),
+        Some(d) => bound(d > 0.0 && d < 1.0, field, d, "a number above 0 and below 1"),
         None => Ok(()),
     }
 }
@@ -311,7 +313,7 @@ impl ClientMessage {
                         cap > 0.0 && cap.is_finite(),
                         "capabilities.epsilon_cap",
                         cap,
-                        "a finite number > 0",
+                        "a finite number above 0",
                     )?;
                 }
                 check_delta("capabilities.delta", capabilities.delta)?;
@@ -341,13 +343,13 @@ impl ClientMessage {
                     loss.is_finite() && *loss >= 0.0,
                     "loss",
                     loss,
-                    "a finite number ≥ 0",
+                    "a finite number, 0 or more",
                 )?;
                 bound(
                     (0.0..=1.0).contains(accuracy),
                     "accuracy",
                     accuracy,
-                    "a number in [0, 1]",
+                    "a number from 0 to 1",
                 )?;
             }
         }

@@ -409,6 +409,9 @@ impl Coordinator {
             status = summary.status.as_str(),
             "resuming run from its last checkpoint"
         );
+        // A paused run is said to be paused from the first join; a running one is told once its
+        // first round starts or waits.
+        let phase = (summary.status == RunStatus::Paused).then_some(RunPhase::Paused);
         self.run = Some(ActiveRun {
             strategy: build_strategy(&summary.config),
             summary: RunSummary {
@@ -423,7 +426,7 @@ impl Coordinator {
             refused: Default::default(),
             bench: Bench::default(),
             departed: HashMap::new(),
-            phase: None,
+            phase,
         });
         Ok(())
     }

@@ -33,14 +33,7 @@ impl DemoData {
             config.scheme,
             config.seed,
         )
-        .map_err(|e| {
-            FieldError::other(
-                "shards",
-                "Server MNIST shards",
-                "this split",
-                &e.to_string(),
-            )
-        })?;
+        .map_err(|e| protocol::fields::SHARDS.error_because("this split", e.to_string()))?;
         Ok(Shards {
             config,
             indices: Arc::new(parts),

@@ -25,6 +25,14 @@ impl Coordinator {
         self.send(client_id, Outgoing::Text(msg.encode()))
     }
 
+    /// Sends a message the client can do without (a status line): a client whose outbox is full
+    /// misses it rather than being disconnected for it.
+    pub(super) fn send_lossy(&self, client_id: u64, msg: &ServerMessage) {
+        if let Some(conn) = self.clients.get(&client_id) {
+            let _missed_if_full = conn.outbox.try_send(Outgoing::Text(msg.encode()));
+        }
+    }
+
     pub(super) fn publish(&self, event: Event) {
         // No subscriber (no dashboard open) is normal: events are a live view, the store has
         // the history.
@@ -73,6 +81,10 @@ impl Coordinator {
         let now = now_ms();
         let own = caps.own_data.as_ref().map(|d| d.num_examples);
         let returning = self.returning(&key);
+        if let Some(run) = self.run.as_mut() {
+            // Back: listed as connected again, not as left.
+            run.departed.remove(&key);
+        }
         self.clients.insert(
             client_id,
             Conn {
@@ -105,21 +117,17 @@ impl Coordinator {
         Ok(client_id)
     }
 
-    /// Tells a joining client what the run does. A wait is not told as it was: this client may
-    /// change how many can train, so the wait is recounted after this command and then told to
-    /// every client.
+    /// Tells a joining client what the run does (the others heard it when it changed).
     fn tell_phase(&mut self, client_id: u64) {
-        let Some(run) = self.run.as_mut().filter(|r| !r.summary.status.is_over()) else {
+        let Some((run_id, phase)) = self
+            .run
+            .as_ref()
+            .filter(|r| !r.summary.status.is_over())
+            .and_then(|r| Some((r.id(), r.phase?)))
+        else {
             return;
         };
-        let run_id = run.id();
-        match run.phase {
-            Some(RunPhase::Waiting { .. }) => run.phase = None,
-            Some(phase) => {
-                self.send_msg(client_id, &ServerMessage::RunState { run_id, phase });
-            }
-            None => {}
-        }
+        self.send_lossy(client_id, &ServerMessage::RunState { run_id, phase });
     }
 
     /// What the active run remembers of a key that connects again (a reloaded tab), told to it
@@ -254,10 +262,27 @@ impl Coordinator {
             client_id: conn.public_id,
         });
         self.fail_slot(client_id, None, reason);
-        // A key the server no longer honours (not connected, not in the run) loses its id.
-        let known = self.knows_key(&conn.key);
-        if !known {
-            self.public_ids.remove(&conn.key);
+        self.forget_if_unused(&conn.key);
+    }
+
+    /// Forgets a key that left without a trace in the run: no shard, never charged (a socket
+    /// that said hello with its own data and went away). Without this every such hello would
+    /// add a run row, a departed row and a number for good. A key the server no longer honours
+    /// loses its number.
+    fn forget_if_unused(&mut self, key: &str) {
+        if self.clients.values().any(|c| c.key == key) {
+            return;
+        }
+        if let Some(run) = self.run.as_mut()
+            && run.clients.get(key).is_some_and(|row| {
+                row.rounds == 0 && row.shard_index.is_none() && row.ledger.history.is_empty()
+            })
+        {
+            run.clients.remove(key);
+            run.departed.remove(key);
+        }
+        if !self.knows_key(key) {
+            self.public_ids.remove(key);
         }
     }
 

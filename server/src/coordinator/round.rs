@@ -50,10 +50,9 @@ impl Coordinator {
             .strategy
             .configure_train(server_round, &candidates, seed);
         let assignments = match plan {
-            TrainPlan::Wait { eligible, needed } => {
+            TrainPlan::Wait { needed, .. } => {
                 return self.set_phase(RunPhase::Waiting {
                     needed: needed as u64,
-                    eligible: eligible as u64,
                 });
             }
             TrainPlan::BudgetExhausted => {
@@ -224,6 +223,8 @@ impl Coordinator {
     ) {
         self.heard_from(client_id);
         let expected_n = self.clients.get(&client_id).and_then(|c| c.num_examples);
+        // Named with the number the client knows itself by, not the connection's.
+        let shown_id = self.clients.get(&client_id).map_or(0, |c| c.public_id);
         let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
             return self.reject(
                 client_id,
@@ -240,7 +241,7 @@ impl Coordinator {
             return self.reject(
                 client_id,
                 ErrorCode::NotSampled,
-                format!("client {client_id} was not sampled for round {server_round}"),
+                format!("client #{shown_id} was not sampled for round {server_round}"),
             );
         };
         if !matches!(slot, Slot::Pending) {
@@ -248,7 +249,7 @@ impl Coordinator {
                 client_id,
                 ErrorCode::Duplicate,
                 format!(
-                    "a result for round {server_round} from client {client_id} was already received"
+                    "a result for round {server_round} from client #{shown_id} was already received"
                 ),
             );
         }

@@ -20,11 +20,9 @@ impl Coordinator {
         let shards = match (&config.shards, &self.data) {
             (None, _) => None,
             (Some(_), None) => {
-                return Err(AdminError::Invalid(FieldError::other(
-                    "shards",
-                    "Server MNIST shards",
+                return Err(AdminError::Invalid(fields::SHARDS.error_because(
                     "on",
-                    "off: this server was started without MNIST (--mnist-dir), so clients must bring their own data",
+                    "off: this server was started without MNIST (--mnist-dir), so clients must bring their own data".into(),
                 )));
             }
             (Some(cfg), Some(data)) => Some(data.shards(*cfg).map_err(AdminError::Invalid)?),
@@ -143,9 +141,8 @@ impl Coordinator {
             run_id: run.id(),
             phase,
         };
-        let ids: Vec<u64> = self.clients.keys().copied().collect();
-        for id in ids {
-            self.send_msg(id, &msg);
+        for &id in self.clients.keys() {
+            self.send_lossy(id, &msg);
         }
     }
 
@@ -243,7 +240,7 @@ pub fn accountant_field_error(e: AccountantError) -> FieldError {
 fn batching_error(config: &RunConfig, n: u64, e: protocol::config::ConfigError) -> FieldError {
     if e.field != "sample_rate" {
         let expected = format!("{} for shards of {n} examples", e.expected);
-        return FieldError::other("batching", "Batching", e.value, &expected);
+        return fields::BATCHING.error_because(e.value, expected);
     }
     let why = |what: &str| {
         format!(
