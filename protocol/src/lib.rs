@@ -10,6 +10,7 @@
 //! * [`admin`]: the admin API's run config (with validation), records and dashboard events.
 //! * [`fields`]: each run-config field's label and range, said once for the server and the form.
 //! * [`worker`]: messages between the client page and its training Web Worker.
+//! * [`secagg`]: the secure-aggregation messages (keys, encrypted shares, unmasking).
 
 // No unwrap outside tests: bad input gets an error, not a panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -20,6 +21,7 @@ pub mod fields;
 pub mod frame;
 pub mod ledger;
 pub mod messages;
+pub mod secagg;
 pub mod worker;
 
 pub use frame::{FrameError, FrameKind, TensorFrame};

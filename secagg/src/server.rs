@@ -1,0 +1,536 @@
+//! The server's side of one round, as a chain of states: [`Round::start`] → collect keys →
+//! collect shares → collect masked vectors → collect reveals → the sum. Each `close` decides
+//! who is still in and what each member is sent next; a member that misses a step is dropped
+//! from then on. Masked vectors are summed as they arrive (memory O(vector), not O(members)).
+//!
+//! After each step, every member still in must keep at least `threshold` live share holders
+//! (itself and its neighbours); members that cannot are dropped before anything of theirs is
+//! relayed, and if the survivors of the masking step cannot rebuild every secret the sum needs,
+//! the round fails: nothing partial is ever unmasked.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use protocol::secagg::{
+    Bytes32, ENVELOPE_BYTES, Envelope, Member, MemberKeys, Reveal, RevealedShare, SharedKeys,
+    UnmaskRequest,
+};
+
+use crate::crypto;
+use crate::shamir::{self, Share};
+use crate::{
+    Params, SecAggError, add_into, check_member, check_params, check_threshold, pair_sign,
+};
+
+/// The round's cohort and its neighbourhood graph.
+#[derive(Debug, Clone)]
+pub struct Round {
+    params: Params,
+    /// `graph[m - 1]`: member m's neighbours.
+    graph: Vec<BTreeSet<Member>>,
+}
+
+/// Step 1: public keys come in.
+#[derive(Debug)]
+pub struct CollectingKeys {
+    round: Round,
+    keys: BTreeMap<Member, MemberKeys>,
+}
+
+/// Step 2: envelopes and seed commitments come in from the members that sent keys.
+#[derive(Debug)]
+pub struct CollectingShares {
+    round: Round,
+    keys: BTreeMap<Member, MemberKeys>,
+    shares: BTreeMap<Member, SharedKeys>,
+}
+
+/// Step 3: masked vectors come in from the members whose shares were relayed.
+#[derive(Debug)]
+pub struct CollectingMasked {
+    round: Round,
+    keys: BTreeMap<Member, MemberKeys>,
+    commitments: BTreeMap<Member, Bytes32>,
+    sum: Vec<u32>,
+    masked: BTreeSet<Member>,
+}
+
+/// Step 4: the survivors' reveals come in.
+#[derive(Debug)]
+pub struct CollectingReveals {
+    round: Round,
+    keys: BTreeMap<Member, MemberKeys>,
+    commitments: BTreeMap<Member, Bytes32>,
+    sum: Vec<u32>,
+    requests: BTreeMap<Member, UnmaskRequest>,
+    /// Shares received, by whose secret they are.
+    seed_shares: BTreeMap<Member, Vec<Share>>,
+    key_shares: BTreeMap<Member, Vec<Share>>,
+    revealed: BTreeSet<Member>,
+}
+
+/// For each member still in: its live neighbours' public keys.
+pub type KeysToRelay = BTreeMap<Member, BTreeMap<Member, MemberKeys>>;
+
+/// The round's result: the exact sum (mod 2³²) of the vectors of `counted`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unmasked {
+    pub sum: Vec<u32>,
+    pub counted: Vec<Member>,
+    /// Members that sent shares but no masked vector: their masks were removed.
+    pub recovered: Vec<Member>,
+}
+
+impl Round {
+    /// A cohort of `params.members` with each member's neighbours; every member's threshold
+    /// must be a strict majority of its holders.
+    pub fn start(
+        params: Params,
+        graph: Vec<BTreeSet<Member>>,
+    ) -> Result<CollectingKeys, SecAggError> {
+        check_params(&params)?;
+        if graph.len() != params.members as usize {
+            return Err(SecAggError::CohortSize(graph.len() as u32));
+        }
+        for (i, ns) in graph.iter().enumerate() {
+            let m = i as Member + 1;
+            for &j in ns {
+                check_member(&params, j)?;
+                if j == m || !graph[j as usize - 1].contains(&m) {
+                    return Err(SecAggError::NotANeighbour { member: j, of: m });
+                }
+            }
+            check_threshold(params.threshold, ns.len() + 1)?;
+        }
+        Ok(CollectingKeys {
+            round: Self { params, graph },
+            keys: BTreeMap::new(),
+        })
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Member m's neighbours.
+    pub fn neighbours(&self, m: Member) -> &BTreeSet<Member> {
+        &self.graph[m as usize - 1]
+    }
+
+    /// Drops, until none is left, every member of `live` with fewer than `threshold` live
+    /// holders (itself and its live neighbours).
+    fn prune(&self, live: &mut BTreeSet<Member>) {
+        loop {
+            let short: Vec<Member> = live
+                .iter()
+                .copied()
+                .filter(|&m| self.live_holders(m, live) < self.params.threshold as usize)
+                .collect();
+            if short.is_empty() {
+                return;
+            }
+            for m in short {
+                live.remove(&m);
+            }
+        }
+    }
+
+    fn live_holders(&self, m: Member, live: &BTreeSet<Member>) -> usize {
+        self.neighbours(m).intersection(live).count() + usize::from(live.contains(&m))
+    }
+}
+
+impl CollectingKeys {
+    pub fn round(&self) -> &Round {
+        &self.round
+    }
+
+    /// Member m's public keys.
+    pub fn add(&mut self, m: Member, keys: MemberKeys) -> Result<(), SecAggError> {
+        check_member(&self.round.params, m)?;
+        if self.keys.contains_key(&m) {
+            return Err(SecAggError::Twice(m));
+        }
+        self.keys.insert(m, keys);
+        Ok(())
+    }
+
+    /// Closes step 1: the members still in, each with its live neighbours' keys to be sent.
+    /// Members whose key copies another's are dropped (a copied key would let its copier read
+    /// shares meant for the original).
+    pub fn close(self) -> Result<(CollectingShares, KeysToRelay), SecAggError> {
+        let mut owners: BTreeMap<Bytes32, Vec<Member>> = BTreeMap::new();
+        for (&m, k) in &self.keys {
+            owners.entry(k.encryption).or_default().push(m);
+            owners.entry(k.masking).or_default().push(m);
+        }
+        let copied: BTreeSet<Member> = owners
+            .values()
+            .filter(|ms| ms.len() > 1)
+            .flatten()
+            .copied()
+            .collect();
+        let mut live: BTreeSet<Member> = self
+            .keys
+            .keys()
+            .copied()
+            .filter(|m| !copied.contains(m))
+            .collect();
+        self.round.prune(&mut live);
+        if live.is_empty() {
+            return Err(SecAggError::Empty);
+        }
+        let keys: BTreeMap<Member, MemberKeys> = self
+            .keys
+            .into_iter()
+            .filter(|(m, _)| live.contains(m))
+            .collect();
+        let relay = live
+            .iter()
+            .map(|&m| {
+                let theirs = self
+                    .round
+                    .neighbours(m)
+                    .iter()
+                    .filter_map(|j| keys.get(j).map(|k| (*j, *k)))
+                    .collect();
+                (m, theirs)
+            })
+            .collect();
+        Ok((
+            CollectingShares {
+                round: self.round,
+                keys,
+                shares: BTreeMap::new(),
+            },
+            relay,
+        ))
+    }
+}
+
+impl CollectingShares {
+    pub fn round(&self) -> &Round {
+        &self.round
+    }
+
+    /// Member m's envelopes: exactly one for each neighbour whose keys it was sent.
+    pub fn add(&mut self, m: Member, shared: SharedKeys) -> Result<(), SecAggError> {
+        if !self.keys.contains_key(&m) {
+            return Err(SecAggError::NotAMember(m));
+        }
+        if self.shares.contains_key(&m) {
+            return Err(SecAggError::Twice(m));
+        }
+        let expected: BTreeSet<Member> = self
+            .round
+            .neighbours(m)
+            .iter()
+            .copied()
+            .filter(|j| self.keys.contains_key(j))
+            .collect();
+        let mut to = BTreeSet::new();
+        for e in &shared.envelopes {
+            let malformed = |why: String| SecAggError::Malformed {
+                what: "shares",
+                member: m,
+                why,
+            };
+            if e.from != m {
+                return Err(malformed(format!("an envelope says it is from {}", e.from)));
+            }
+            if !expected.contains(&e.to) || !to.insert(e.to) {
+                return Err(malformed(format!(
+                    "an envelope for {}, not one per live neighbour",
+                    e.to
+                )));
+            }
+            if e.ciphertext.len() != ENVELOPE_BYTES {
+                return Err(malformed(format!(
+                    "an envelope of {} bytes, expected {ENVELOPE_BYTES}",
+                    e.ciphertext.len()
+                )));
+            }
+        }
+        if to != expected {
+            return Err(SecAggError::Malformed {
+                what: "shares",
+                member: m,
+                why: format!(
+                    "{} envelopes for {} live neighbours",
+                    to.len(),
+                    expected.len()
+                ),
+            });
+        }
+        self.shares.insert(m, shared);
+        Ok(())
+    }
+
+    /// Closes step 2: the members still in, each with the envelopes addressed to it by members
+    /// that are also still in (the neighbours it will mask with).
+    pub fn close(self) -> Result<(CollectingMasked, BTreeMap<Member, Vec<Envelope>>), SecAggError> {
+        let mut live: BTreeSet<Member> = self.shares.keys().copied().collect();
+        self.round.prune(&mut live);
+        if live.is_empty() {
+            return Err(SecAggError::Empty);
+        }
+        let mut inbox: BTreeMap<Member, Vec<Envelope>> =
+            live.iter().map(|&m| (m, Vec::new())).collect();
+        let mut commitments = BTreeMap::new();
+        for (m, shared) in self.shares {
+            if !live.contains(&m) {
+                continue;
+            }
+            commitments.insert(m, shared.seed_commitment);
+            for e in shared.envelopes {
+                if let Some(box_) = inbox.get_mut(&e.to) {
+                    box_.push(e);
+                }
+            }
+        }
+        let keys = self
+            .keys
+            .into_iter()
+            .filter(|(m, _)| live.contains(m))
+            .collect();
+        let len = self.round.params.vector_len;
+        Ok((
+            CollectingMasked {
+                round: self.round,
+                keys,
+                commitments,
+                sum: vec![0; len],
+                masked: BTreeSet::new(),
+            },
+            inbox,
+        ))
+    }
+}
+
+impl CollectingMasked {
+    pub fn round(&self) -> &Round {
+        &self.round
+    }
+
+    /// Members whose masked vector arrived.
+    pub fn count(&self) -> usize {
+        self.masked.len()
+    }
+
+    /// Member m's masked vector, added to the running sum at once.
+    pub fn add(&mut self, m: Member, masked: &[u32]) -> Result<(), SecAggError> {
+        if !self.commitments.contains_key(&m) {
+            return Err(SecAggError::NotAMember(m));
+        }
+        if masked.len() != self.sum.len() {
+            return Err(SecAggError::Length {
+                expected: self.sum.len(),
+                actual: masked.len(),
+            });
+        }
+        if !self.masked.insert(m) {
+            return Err(SecAggError::Twice(m));
+        }
+        add_into(&mut self.sum, masked, 1);
+        Ok(())
+    }
+
+    /// Closes step 3: what each survivor is asked to reveal — or the round fails, when the
+    /// survivors cannot rebuild a survivor's seed or a dropped member's masking secret.
+    pub fn close(
+        self,
+    ) -> Result<(CollectingReveals, BTreeMap<Member, UnmaskRequest>), SecAggError> {
+        let survivors = &self.masked;
+        if survivors.is_empty() {
+            return Err(SecAggError::Empty);
+        }
+        let dropped: BTreeSet<Member> = self
+            .commitments
+            .keys()
+            .copied()
+            .filter(|m| !survivors.contains(m))
+            .collect();
+        let t = self.round.params.threshold as usize;
+        for &m in survivors.iter().chain(&dropped) {
+            let holders = self.round.live_holders(m, survivors);
+            let needed = survivors.contains(&m) || !self.round.neighbours(m).is_disjoint(survivors);
+            if needed && holders < t {
+                return Err(SecAggError::TooFewSurvivors {
+                    member: m,
+                    holders,
+                    threshold: t as u32,
+                });
+            }
+        }
+        let requests: BTreeMap<Member, UnmaskRequest> = survivors
+            .iter()
+            .map(|&i| {
+                let ns = self.round.neighbours(i);
+                let mut alive: Vec<Member> = ns.intersection(survivors).copied().collect();
+                alive.push(i);
+                alive.sort_unstable();
+                let gone = ns.intersection(&dropped).copied().collect();
+                (
+                    i,
+                    UnmaskRequest {
+                        survivors: alive,
+                        dropped: gone,
+                    },
+                )
+            })
+            .collect();
+        Ok((
+            CollectingReveals {
+                round: self.round,
+                keys: self.keys,
+                commitments: self.commitments,
+                sum: self.sum,
+                requests: requests.clone(),
+                seed_shares: BTreeMap::new(),
+                key_shares: BTreeMap::new(),
+                revealed: BTreeSet::new(),
+            },
+            requests,
+        ))
+    }
+}
+
+impl CollectingReveals {
+    pub fn round(&self) -> &Round {
+        &self.round
+    }
+
+    /// Member m's reveal: exactly the shares it was asked for, each its own.
+    pub fn add(&mut self, m: Member, reveal: &Reveal) -> Result<(), SecAggError> {
+        let Some(request) = self.requests.get(&m) else {
+            return Err(SecAggError::NotAMember(m));
+        };
+        if self.revealed.contains(&m) {
+            return Err(SecAggError::Twice(m));
+        }
+        let parse = |list: &[RevealedShare],
+                     wanted: &[Member]|
+         -> Result<Vec<(Member, Share)>, SecAggError> {
+            let of: Vec<Member> = list.iter().map(|r| r.of).collect();
+            if of != wanted {
+                return Err(SecAggError::Malformed {
+                    what: "a reveal",
+                    member: m,
+                    why: format!("shares of {of:?}, asked for {wanted:?}"),
+                });
+            }
+            list.iter()
+                .map(|r| {
+                    let share = Share::from_bytes(&r.share)?;
+                    if share.x != m {
+                        return Err(SecAggError::Malformed {
+                            what: "a reveal",
+                            member: m,
+                            why: format!("a share held by {}", share.x),
+                        });
+                    }
+                    Ok((r.of, share))
+                })
+                .collect()
+        };
+        let seeds = parse(&reveal.seeds, &request.survivors)?;
+        let keys = parse(&reveal.masking_keys, &request.dropped)?;
+        for (of, share) in seeds {
+            self.seed_shares.entry(of).or_default().push(share);
+        }
+        for (of, share) in keys {
+            self.key_shares.entry(of).or_default().push(share);
+        }
+        self.revealed.insert(m);
+        Ok(())
+    }
+
+    /// Whether every secret the sum needs has `threshold` shares.
+    pub fn ready(&self) -> bool {
+        let t = self.round.params.threshold as usize;
+        self.requests
+            .keys()
+            .all(|m| self.seed_shares.get(m).is_some_and(|s| s.len() >= t))
+            && self.dropped().iter().all(|j| {
+                self.round.neighbours(*j).is_disjoint(&self.survivors())
+                    || self.key_shares.get(j).is_some_and(|s| s.len() >= t)
+            })
+    }
+
+    fn survivors(&self) -> BTreeSet<Member> {
+        self.requests.keys().copied().collect()
+    }
+
+    fn dropped(&self) -> BTreeSet<Member> {
+        self.commitments
+            .keys()
+            .copied()
+            .filter(|m| !self.requests.contains_key(m))
+            .collect()
+    }
+
+    /// Rebuilds the secrets, removes every mask and returns the survivors' exact sum — or fails
+    /// without a partial result when a secret has too few shares or does not match what its
+    /// member published.
+    pub fn finish(self) -> Result<Unmasked, SecAggError> {
+        let t = self.round.params.threshold;
+        let len = self.sum.len();
+        let survivors = self.survivors();
+        let mut sum = self.sum.clone();
+        for &i in &survivors {
+            let shares = self.seed_shares.get(&i).map_or(&[][..], Vec::as_slice);
+            let seed = shamir::combine(shares, t).map_err(|e| too_few(i, e, t))?;
+            if crypto::seed_commitment(&self.round.params.session, i, &seed) != self.commitments[&i]
+            {
+                return Err(SecAggError::Mismatch(i));
+            }
+            add_into(&mut sum, &crypto::expand(&seed, len), -1);
+        }
+        let mut recovered = Vec::new();
+        for j in self.dropped() {
+            let touched: Vec<Member> = self
+                .round
+                .neighbours(j)
+                .intersection(&survivors)
+                .copied()
+                .collect();
+            if touched.is_empty() {
+                continue;
+            }
+            let shares = self.key_shares.get(&j).map_or(&[][..], Vec::as_slice);
+            let secret =
+                zeroize::Zeroizing::new(shamir::combine(shares, t).map_err(|e| too_few(j, e, t))?);
+            if crypto::masking_public(&secret) != self.keys[&j].masking {
+                return Err(SecAggError::Mismatch(j));
+            }
+            let masking = x25519_dalek::StaticSecret::from(*secret);
+            for i in touched {
+                let seed = crypto::pairwise_seed(
+                    &masking,
+                    j,
+                    i,
+                    &self.keys[&i].masking,
+                    &self.round.params.session,
+                )?;
+                // Survivor i added sign(i, j)·mask: take exactly that away.
+                add_into(&mut sum, &crypto::expand(&seed, len), -pair_sign(i, j));
+            }
+            recovered.push(j);
+        }
+        Ok(Unmasked {
+            sum,
+            counted: survivors.into_iter().collect(),
+            recovered,
+        })
+    }
+}
+
+fn too_few(member: Member, e: shamir::ShamirError, threshold: u32) -> SecAggError {
+    match e {
+        shamir::ShamirError::TooFew { got, .. } => SecAggError::TooFewSurvivors {
+            member,
+            holders: got,
+            threshold,
+        },
+        other => SecAggError::Shamir(other),
+    }
+}

@@ -1,0 +1,406 @@
+//! The protocol end to end, without a network: members and a server exchanging the real
+//! messages, members dropping out at every step, and a server that keeps everything it
+//! receives.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use protocol::secagg::{Bytes32, Member, MemberKeys, Reveal, SharedKeys, UnmaskRequest};
+use rand::rngs::ChaCha20Rng;
+use rand::{Rng, SeedableRng};
+use secagg::client::{self, Holding, Masked, Shared};
+use secagg::server::{Round, Unmasked};
+use secagg::{Encoding, Params, SecAggError, graph, majority};
+
+/// The last step a member takes before it vanishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drop {
+    /// Never sends its keys.
+    BeforeKeys,
+    /// Sends keys, never its shares.
+    AfterKeys,
+    /// Sends shares, never its masked vector.
+    AfterShares,
+    /// Sends its masked vector, never its reveal.
+    AfterMasked,
+}
+
+/// Everything the server received in a round.
+#[derive(Debug, Default)]
+struct Transcript {
+    keys: Vec<(Member, MemberKeys)>,
+    shares: Vec<(Member, SharedKeys)>,
+    masked: Vec<(Member, Vec<u32>)>,
+    reveals: Vec<(Member, Reveal)>,
+}
+
+struct Setup {
+    members: u32,
+    neighbours: u32,
+    threshold: u32,
+    vectors: Vec<Vec<u32>>,
+    drops: BTreeMap<Member, Drop>,
+}
+
+fn params(s: &Setup, session: Bytes32) -> Params {
+    Params {
+        session,
+        members: s.members,
+        threshold: s.threshold,
+        vector_len: s.vectors[0].len(),
+    }
+}
+
+fn gone(s: &Setup, m: Member, at: Drop) -> bool {
+    s.drops.get(&m) == Some(&at)
+}
+
+/// Runs one round; `Ok` is the server's result, and what it received is in the transcript.
+fn run(s: &Setup, rng: &mut ChaCha20Rng, t: &mut Transcript) -> Result<Unmasked, SecAggError> {
+    let mut session = [0u8; 32];
+    rng.fill_bytes(&mut session);
+    let params = params(s, Bytes32(session));
+    let graph = graph::neighbourhoods(s.members, s.neighbours, rng);
+    let mut keys = Round::start(params.clone(), graph.clone())?;
+    let mut advertised = BTreeMap::new();
+    for m in 1..=s.members {
+        let member = client::Member::new(params.clone(), m, graph[m as usize - 1].clone())?;
+        let (next, public) = member.advertise(rng);
+        if gone(s, m, Drop::BeforeKeys) {
+            continue;
+        }
+        keys.add(m, public)?;
+        t.keys.push((m, public));
+        advertised.insert(m, next);
+    }
+    let (mut shares, relayed) = keys.close()?;
+    let mut shared: BTreeMap<Member, Shared> = BTreeMap::new();
+    for (m, peers) in relayed {
+        let (next, msg) = advertised.remove(&m).unwrap().share(&peers, rng)?;
+        if gone(s, m, Drop::AfterKeys) {
+            continue;
+        }
+        shares.add(m, msg.clone())?;
+        t.shares.push((m, msg));
+        shared.insert(m, next);
+    }
+    let (mut masked, inboxes) = shares.close()?;
+    let mut waiting: BTreeMap<Member, Masked> = BTreeMap::new();
+    for (m, inbox) in inboxes {
+        let holding: Holding = shared.remove(&m).unwrap().receive(&inbox)?;
+        let (next, y) = holding.mask(&s.vectors[m as usize - 1])?;
+        if gone(s, m, Drop::AfterShares) {
+            continue;
+        }
+        masked.add(m, &y)?;
+        t.masked.push((m, y));
+        waiting.insert(m, next);
+    }
+    let (mut reveals, requests) = masked.close()?;
+    for (m, request) in requests {
+        let reveal = waiting.remove(&m).unwrap().reveal(&request)?;
+        if gone(s, m, Drop::AfterMasked) {
+            continue;
+        }
+        reveals.add(m, &reveal)?;
+        t.reveals.push((m, reveal));
+    }
+    reveals.finish()
+}
+
+fn random_vectors(n: u32, len: usize, rng: &mut impl Rng) -> Vec<Vec<u32>> {
+    // Encoded updates are at most `levels` each; any u32 would do for the masks.
+    (0..n)
+        .map(|_| (0..len).map(|_| rng.next_u32() >> 10).collect())
+        .collect()
+}
+
+fn plain_sum(vectors: &[Vec<u32>], counted: &[Member]) -> Vec<u32> {
+    let mut sum = vec![0u32; vectors[0].len()];
+    for &m in counted {
+        for (s, v) in sum.iter_mut().zip(&vectors[m as usize - 1]) {
+            *s = s.wrapping_add(*v);
+        }
+    }
+    sum
+}
+
+#[test]
+fn the_masks_cancel_to_the_exact_sum() {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    // (members, neighbours): everyone for small cohorts, SecAgg+ neighbourhoods for 100.
+    for (n, k) in [(2, 1), (3, 2), (10, 9), (10, 4), (100, 8)] {
+        let vectors = random_vectors(n, 33, &mut rng);
+        let holders = (k as usize).min(n as usize - 1) + 1;
+        let setup = Setup {
+            members: n,
+            neighbours: k,
+            threshold: majority(holders),
+            vectors,
+            drops: BTreeMap::new(),
+        };
+        let out = run(&setup, &mut rng, &mut Transcript::default()).unwrap();
+        assert_eq!(out.counted.len(), n as usize);
+        assert_eq!(
+            out.sum,
+            plain_sum(&setup.vectors, &out.counted),
+            "n {n} k {k}"
+        );
+    }
+}
+
+/// Every way the members of a small cohort can drop (each at any step, or not at all).
+fn every_drop_pattern(n: u32) -> Vec<BTreeMap<Member, Drop>> {
+    let choices = [
+        None,
+        Some(Drop::BeforeKeys),
+        Some(Drop::AfterKeys),
+        Some(Drop::AfterShares),
+        Some(Drop::AfterMasked),
+    ];
+    let mut patterns = vec![BTreeMap::new()];
+    for m in 1..=n {
+        patterns = patterns
+            .into_iter()
+            .flat_map(|p| {
+                choices.iter().map(move |c| {
+                    let mut q = p.clone();
+                    if let Some(d) = c {
+                        q.insert(m, *d);
+                    }
+                    q
+                })
+            })
+            .collect();
+    }
+    patterns
+}
+
+#[test]
+fn up_to_n_minus_t_drops_at_any_step_are_recovered_and_more_never_give_a_wrong_sum() {
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    for n in [3u32, 4, 5] {
+        let t = majority(n as usize);
+        let vectors = random_vectors(n, 5, &mut rng);
+        let (mut recovered, mut refused) = (0, 0);
+        for drops in every_drop_pattern(n) {
+            let setup = Setup {
+                members: n,
+                neighbours: n - 1,
+                threshold: t,
+                vectors: vectors.clone(),
+                drops: drops.clone(),
+            };
+            let mut transcript = Transcript::default();
+            let result = run(&setup, &mut rng, &mut transcript);
+            // The members whose vectors the server holds: all but those that dropped before
+            // sending one.
+            let sent: Vec<Member> = (1..=n)
+                .filter(|m| matches!(drops.get(m), None | Some(Drop::AfterMasked)))
+                .collect();
+            match result {
+                Ok(out) => {
+                    recovered += 1;
+                    assert_eq!(out.counted, sent, "{drops:?}");
+                    assert_eq!(out.sum, plain_sum(&vectors, &out.counted), "{drops:?}");
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert!(
+                        drops.len() > (n - t) as usize,
+                        "{} drops (≤ n − t = {}) must be recovered: {drops:?}: {e}",
+                        drops.len(),
+                        n - t
+                    );
+                    assert!(
+                        matches!(e, SecAggError::TooFewSurvivors { .. } | SecAggError::Empty),
+                        "{drops:?}: {e}"
+                    );
+                }
+            }
+            never_both_secrets(&transcript);
+        }
+        assert!(
+            recovered > 0 && refused > 0,
+            "n {n}: {recovered} recovered, {refused} refused"
+        );
+    }
+}
+
+/// No member ever had shares of both its seed and its masking secret sent to the server.
+fn never_both_secrets(t: &Transcript) {
+    let seeds: BTreeSet<Member> = t
+        .reveals
+        .iter()
+        .flat_map(|(_, r)| r.seeds.iter().map(|s| s.of))
+        .collect();
+    let keys: BTreeSet<Member> = t
+        .reveals
+        .iter()
+        .flat_map(|(_, r)| r.masking_keys.iter().map(|s| s.of))
+        .collect();
+    assert!(
+        seeds.is_disjoint(&keys),
+        "seeds {seeds:?} and keys {keys:?} of one member"
+    );
+}
+
+#[test]
+fn a_curious_server_learns_the_sum_and_no_single_vector() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let encoding = Encoding::default();
+    // Five members' float updates, encoded as they would be for the round.
+    let updates: Vec<Vec<f32>> = (0..5)
+        .map(|_| {
+            (0..200)
+                .map(|_| (rng.next_u32() as f32 / u32::MAX as f32 - 0.5) * 0.2)
+                .collect()
+        })
+        .collect();
+    let vectors: Vec<Vec<u32>> = updates
+        .iter()
+        .map(|u| encoding.encode(1.0, u, &mut rng).unwrap())
+        .collect();
+    let setup = Setup {
+        members: 5,
+        neighbours: 4,
+        threshold: 3,
+        vectors: vectors.clone(),
+        drops: BTreeMap::new(),
+    };
+    let mut t = Transcript::default();
+    let out = run(&setup, &mut rng, &mut t).unwrap();
+    assert_eq!(out.sum, plain_sum(&vectors, &out.counted));
+    let (mean, _) = encoding.decode(&out.sum, 5).unwrap();
+    for (k, m) in mean.iter().enumerate() {
+        let want = updates.iter().map(|u| u[k]).sum::<f32>() / 5.0;
+        assert!((m - want).abs() < 1e-4, "{k}: {m} vs {want}");
+    }
+    // What the server holds is no member's vector, nor close to one: within one rounding
+    // step of a plaintext value it finds only as many coordinates as chance gives (3 of 2³²).
+    for (_, y) in &t.masked {
+        for x in &vectors {
+            let close = y
+                .iter()
+                .zip(x)
+                .filter(|(a, b)| a.wrapping_sub(**b).min(b.wrapping_sub(**a)) <= 1)
+                .count();
+            assert!(
+                close <= 1,
+                "{close} coordinates of a masked vector sit on a plaintext's"
+            );
+        }
+        for u in &updates {
+            let decoded = encoding.decode(y, 1).map(|(v, _)| v).unwrap_or_default();
+            let near = decoded
+                .iter()
+                .zip(u)
+                .filter(|(a, b)| (*a - *b).abs() < 1e-3)
+                .count();
+            assert!(
+                near <= 2,
+                "{near} coordinates of a masked vector decode near an update"
+            );
+        }
+    }
+    // The shares travelled encrypted: no envelope contains a revealed share's bytes.
+    for (_, shared) in &t.shares {
+        for e in &shared.envelopes {
+            for (_, r) in &t.reveals {
+                for s in r.seeds.iter().chain(&r.masking_keys) {
+                    assert!(
+                        !e.ciphertext
+                            .windows(s.share.len())
+                            .any(|w| w == &s.share[..])
+                    );
+                }
+            }
+        }
+    }
+    never_both_secrets(&t);
+}
+
+#[test]
+fn a_member_refuses_to_reveal_both_secrets_or_to_mask_twice() {
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let params = Params {
+        session: Bytes32([1; 32]),
+        members: 3,
+        threshold: 2,
+        vector_len: 2,
+    };
+    let g = graph::neighbourhoods(3, 2, &mut rng);
+    let mut keys = Round::start(params.clone(), g.clone()).unwrap();
+    let mut adv = BTreeMap::new();
+    for m in 1..=3 {
+        let (a, k) = client::Member::new(params.clone(), m, g[m as usize - 1].clone())
+            .unwrap()
+            .advertise(&mut rng);
+        keys.add(m, k).unwrap();
+        adv.insert(m, a);
+    }
+    let (mut shares, relayed) = keys.close().unwrap();
+    let mut shared = BTreeMap::new();
+    for (m, peers) in relayed {
+        let (s, msg) = adv.remove(&m).unwrap().share(&peers, &mut rng).unwrap();
+        shares.add(m, msg).unwrap();
+        shared.insert(m, s);
+    }
+    let (_, inboxes) = shares.close().unwrap();
+    let holding = shared.remove(&1).unwrap().receive(&inboxes[&1]).unwrap();
+    let (masked, _) = holding.mask(&[1, 2]).unwrap();
+    let greedy = UnmaskRequest {
+        survivors: vec![1, 2],
+        dropped: vec![2],
+    };
+    assert_eq!(
+        masked.reveal(&greedy).unwrap_err(),
+        SecAggError::BothSecrets(2)
+    );
+    // (`reveal` consumed the state: a second request cannot even be asked in code.)
+    let holding = shared.remove(&2).unwrap().receive(&inboxes[&2]).unwrap();
+    assert_eq!(
+        holding.mask(&[1, 2, 3]).unwrap_err(),
+        SecAggError::Length {
+            expected: 2,
+            actual: 3
+        }
+    );
+}
+
+#[test]
+fn a_threshold_that_is_not_a_majority_and_copied_keys_are_refused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let params = |threshold| Params {
+        session: Bytes32([2; 32]),
+        members: 5,
+        threshold,
+        vector_len: 1,
+    };
+    let g = graph::neighbourhoods(5, 4, &mut rng);
+    // 5 holders: 3 is the smallest strict majority.
+    assert!(matches!(
+        Round::start(params(2), g.clone()),
+        Err(SecAggError::Threshold { .. })
+    ));
+    assert!(matches!(
+        client::Member::new(params(2), 1, g[0].clone()),
+        Err(SecAggError::Threshold { .. })
+    ));
+    assert!(Round::start(params(6), g.clone()).is_err());
+    // Member 2 publishes member 1's keys: both are dropped before any share is relayed.
+    let mut keys = Round::start(params(3), g.clone()).unwrap();
+    let mut published = BTreeMap::new();
+    for m in 1..=5 {
+        let (_, k) = client::Member::new(params(3), m, g[m as usize - 1].clone())
+            .unwrap()
+            .advertise(&mut rng);
+        published.insert(m, k);
+    }
+    published.insert(2, published[&1]);
+    for (m, k) in &published {
+        keys.add(*m, *k).unwrap();
+    }
+    assert_eq!(keys.add(3, published[&3]), Err(SecAggError::Twice(3)));
+    let (_, relayed) = keys.close().unwrap();
+    assert_eq!(relayed.keys().copied().collect::<Vec<_>>(), [3, 4, 5]);
+}
