@@ -1,11 +1,14 @@
 // Browser end-to-end test: the real server (serving the trunk build) and Debian's Chromium
-// driven by playwright-core. One admin page and three client tabs run a 3-round DP run:
+// driven by playwright-core. One admin page and four client tabs run a 3-round DP run with
+// secure aggregation:
 //
 //   * the admin page refuses a wrong token with a clear message, and a malformed run config
 //     with messages next to the fields (and the API's 422 names the field);
-//   * three tabs join; the admin page starts the run below; every tab trains (its progress bar
-//     moves, its ε is shown);
+//   * four tabs join; the admin page starts the run below; every tab trains (its progress bar
+//     moves, its ε is shown) and says the server sees only the sum of the four updates;
 //   * one tab is closed in the middle of round 2: round 2 still closes (with a failure);
+//   * another leaves right after its masked update of round 3 went out: round 3 still unmasks,
+//     with its update counted;
 //   * after round 3 the accuracy chart has 3 points and global accuracy is ≥ 85 % with DP on;
 //   * screenshots of a client tab and of the dashboard go to e2e/screenshots/;
 //   * a tab joins with its own IDX files; a reloaded tab is the same client with the same ε;
@@ -27,8 +30,8 @@ import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { launchChromium, startServer, token, waitFor } from './harness.mjs';
 
-// The run this test starts (from the admin page's form). 3 clients on 6 000-example IID shards,
-// DP-SGD with every client's ε ≤ 3 at δ = 1e-5.
+// The run this test starts (from the admin page's form). 4 clients on 6 000-example IID shards,
+// DP-SGD with every client's ε ≤ 3 at δ = 1e-5, with secure aggregation.
 const RUN = {
   name: 'e2e-dp',
   rounds: '3',
@@ -124,7 +127,7 @@ try {
 
   // --- Three client tabs join.
   const tabs = [];
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 4; i++) {
     const tab = await context.newPage();
     watch(tab, `tab${i}`);
     await tab.goto(`${base}/`);
@@ -135,17 +138,20 @@ try {
   for (const [i, tab] of tabs.entries()) {
     await waitFor(`tab ${i} connected`, async () => (await tab.textContent('#connection')) === 'connected');
   }
-  await waitFor('3 clients on the dashboard', async () => (await api('/api/admin/clients')).body.length === 3);
+  await waitFor('4 clients on the dashboard', async () => (await api('/api/admin/clients')).body.length === 4);
   // Joined before any run exists: the tab says what it waits for, not "join".
   assert.equal(await tabs[0].textContent('#shard'), 'no run yet: waiting for the admin to start one');
-  log('3 tabs connected');
+  log('4 tabs connected');
 
   // --- The run, from the form.
   for (const [path, value] of Object.entries(RUN)) {
     await field(path).locator('input').fill(value);
   }
+  // With secure aggregation: the server sees only each round's sum of the three updates.
+  await field('secure_aggregation').locator('input').check();
   await admin.click('#create-start');
   await waitFor('the run to start', async () => (await admin.textContent('#run-status')) === 'running');
+  assert.match(await admin.textContent('#run-secure'), /^secure aggregation: the server sees only each round's sum/);
   log('run started:', JSON.stringify(RUN));
 
   // Each tab gets a shard and trains round 1: its bar moves and its ε appears.
@@ -159,6 +165,8 @@ try {
   }
   await admin.screenshot({ path: join(shots, 'dashboard-round1.png'), fullPage: true });
   log('every tab trained round 1:', await Promise.all(tabs.map((t) => t.textContent('#epsilon'))));
+  // The tab says the server saw only the sum of the three updates.
+  assert.equal(await tabs[0].textContent('#secure'), "secure aggregation: on — the server sees only the sum of 4 clients' updates");
   // Two ε, each named for what it is: the tab's own ledger, the server's upper bound.
   assert.match(await tabs[0].textContent('.privacy'), /^Spent by this client on this data \(its own ledger\): ε = /);
   assert.match(await tabs[0].textContent('p.help'), /upper bound/);
@@ -168,7 +176,8 @@ try {
   await waitFor('round 1 to close', async () => Number(await admin.textContent('#completed-rounds')) >= 1, 240_000, 500);
   const victim = tabs[2];
   const before = await stepsOf(victim);
-  await waitFor('tab 2 to be training round 2', async () => (await stepsOf(victim)) > before && /round 2 ·/.test(await victim.textContent('#train-status')), 240_000, 100);
+  // A few steps in: its keys and shares (milliseconds at the round's start) are out.
+  await waitFor('tab 2 to be training round 2', async () => (await stepsOf(victim)) > before + 2 && /round 2 ·/.test(await victim.textContent('#train-status')), 240_000, 100);
   await victim.screenshot({ path: join(shots, 'client-tab.png'), fullPage: true });
   // The dashboard says so: the row of a training tab reads "training", not "idle".
   const rowOf = (name) => admin.evaluate((name) => [...document.querySelectorAll('#clients tbody tr')]
@@ -185,11 +194,18 @@ try {
   await waitFor('round 2 to close without tab 2', async () => Number(await admin.textContent('#completed-rounds')) >= 2, 300_000, 500);
   const history2 = (await api('/api/admin/runs/1')).body;
   const round2 = history2.rounds.find((r) => r.server_round === 2);
-  assert.equal(round2.participants, 2, 'round 2 closed with the two remaining tabs');
+  assert.equal(round2.participants, 3, 'round 2 closed with the three remaining tabs');
   assert.equal(round2.failures, 1, 'the closed tab is counted as a failure');
-  log('round 2 closed:', JSON.stringify({ participants: round2.participants, failures: round2.failures }));
+  assert.ok(round2.secure, 'round 2 used secure aggregation');
+  log('round 2 closed:', JSON.stringify({ participants: round2.participants, failures: round2.failures, secure: round2.secure, recovered: round2.recovered }));
 
-  // --- Round 3 and the end of the run.
+  // --- Round 3: tab 3 leaves right after its masked update went out. Its vector is in the sum,
+  // and the other tabs' shares unmask the round without it.
+  const late = tabs[3];
+  await waitFor('tab 3 to send its masked update in round 3', async () =>
+    /^round 3 · masked update sent: waiting for the round to close$/.test(await late.textContent('#train-status')), 240_000, 20);
+  await late.close();
+  log('closed tab 3 after it sent its masked update in round 3');
   await waitFor('the run to finish', async () => (await admin.textContent('#run-status')) === 'finished', 300_000, 500);
   const points = await admin.evaluate(() => Chart.getChart('chart-accuracy').data.datasets[0].data.length);
   assert.equal(points, 3, 'the accuracy chart has a point per round');
@@ -198,6 +214,7 @@ try {
   const drawn = await admin.evaluate(() => Chart.getChart('chart-accuracy').data.datasets[0].data[2]);
   assert.ok(Math.abs(drawn - last.test_accuracy * 100) < 1e-9, `the chart draws round 3 at ${drawn} %`);
   assert.equal(last.server_round, 3);
+  assert.ok(last.secure && last.participants === 3, `round 3 counts tab 3's masked update: ${JSON.stringify(last)}`);
   assert.ok(last.test_accuracy >= MIN_ACCURACY, `global accuracy after round 3 is ${last.test_accuracy}, expected ≥ ${MIN_ACCURACY}`);
   assert.ok(last.epsilon > 0 && last.epsilon <= 3, `ε ${last.epsilon} is within the target 3`);
   for (const [i, tab] of tabs.slice(0, 2).entries()) {
@@ -216,7 +233,7 @@ try {
   // The downloads: the metrics as CSV (a row per round) and the global model (a tensor frame).
   const csvDownload = await Promise.all([admin.waitForEvent('download'), admin.click('#download-csv')]);
   const csv = readFileSync(await csvDownload[0].path(), 'utf8').trim().split('\n');
-  assert.equal(csv[0], 'server_round,accuracy,loss,epsilon,participants,failures,duration_secs');
+  assert.equal(csv[0], 'server_round,accuracy,loss,epsilon,participants,failures,recovered,duration_secs');
   assert.deepEqual(csv.slice(1).map((l) => l.split(',')[0]), ['1', '2', '3']);
   assert.equal(Number(csv[3].split(',')[1]), last.test_accuracy);
   // Each round's failures, in the CSV and on the participants chart (whole-number ticks): the
@@ -234,12 +251,12 @@ try {
   assert.equal(model.subarray(0, 4).toString(), 'FLDP');
   assert.equal(model.length, 20 + 12_810 * 4, 'header + 12 810 f32');
   assert.equal(modelDownload[0].suggestedFilename(), 'global-model-run1.fldp');
-  // The clients table lists the two tabs left, with their shard sizes and rounds.
-  // Two connected tabs, and the closed one kept with its rounds and ε.
-  await waitFor('the clients table', async () => (await admin.locator('#clients tbody tr').count()) === 3, 10_000);
+  // The clients table: two connected tabs, and the two closed ones kept with their rounds and ε.
+  await waitFor('the clients table', async () => (await admin.locator('#clients tbody tr').count()) === 4, 10_000);
   assert.equal(await admin.textContent('#client-count'), '2 connected');
   const gone = await rowOf('e2e-tab-2');
   assert.match(gone[2], /^left in round 2: /);
+  assert.match((await rowOf('e2e-tab-3'))[2], /^left (in|after) round 3: /);
   assert.equal(gone[5], '2', 'the closed tab was sampled for rounds 1 and 2');
   const table = await admin.textContent('#clients tbody');
   assert.match(table, /e2e-tab-0/);

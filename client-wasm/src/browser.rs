@@ -177,6 +177,7 @@ async fn join(
         can_evaluate: true,
         resume: req.resume.clone(),
         ledgers: req.ledgers.clone(),
+        require_secure_aggregation: req.require_secure_aggregation,
     }) {
         Ok(s) => s,
         Err(e) => return format!("could not start the session: {e}"),
@@ -461,6 +462,20 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
             save(session);
         }
         Notice::RunState { run_id, phase } => post(&WorkerToPage::RunState { run_id, phase }),
+        Notice::Secure {
+            server_round,
+            members,
+        } => post(&WorkerToPage::Secure {
+            server_round,
+            members,
+        }),
+        Notice::Sent {
+            server_round,
+            masked,
+        } => post(&WorkerToPage::Sent {
+            server_round,
+            masked,
+        }),
         // The shard's ledger is known once its files are (their fingerprint names it).
         Notice::Assigned(a) => post(&WorkerToPage::Assigned(a)),
         // `Trained` is reported by the driver, with δ and the time it took.

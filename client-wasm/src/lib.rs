@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! * [`session`]: the client session state machine (sans-IO): messages in, actions out.
+//! * [`secure`]: a member's side of a secure-aggregation round, inside the session.
 //! * [`browser`]: the Web Worker transport (gloo-net) the client page runs (feature `browser`).
 //! * [`native`]: tokio transport for simulated clients (feature `native`, not on wasm32).
 //! * [`bench`]: training-step throughput measured inside a JS host.
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod browser;
 #[cfg(all(feature = "native", not(target_arch = "wasm32")))]
 pub mod native;
+pub mod secure;
 pub mod session;
 
 pub use session::{Action, Notice, Session, SessionOptions};

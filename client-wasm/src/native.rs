@@ -238,6 +238,17 @@ fn on_notice(
             interrupted_round,
         } => info!(client_id, rounds_taken, ?interrupted_round, "welcomed"),
         Notice::RunState { run_id, phase } => info!(client_id = id, run_id, ?phase, "run state"),
+        Notice::Sent {
+            server_round,
+            masked,
+        } => info!(client_id = id, server_round, masked, "result sent"),
+        Notice::Secure {
+            server_round,
+            members,
+        } => info!(
+            client_id = id,
+            server_round, members, "secure aggregation round"
+        ),
         Notice::Assigned(a) => info!(
             client_id = id,
             shard = a.shard_index,

@@ -7,6 +7,8 @@
 //! ```text
 //! connect ─▶ Hello ─▶ Welcome ─▶ Assignment ─▶ (fetch shard) ─▶ idle
 //! idle ─▶ TrainIns + GlobalModel frame ─▶ Train(job) ─▶ on_trained ─▶ TrainRes + Update frame
+//! secure: SecAggSetup ─▶ keys; SecAggPeers ─▶ shares; SecAggInbox + on_trained ─▶ TrainRes +
+//!         Masked frame; SecAggUnmask ─▶ reveal (`secure`)
 //! idle ─▶ EvaluateIns + GlobalModel frame ─▶ Evaluate(job) ─▶ on_evaluated ─▶ EvaluateRes (DP)
 //! RunFinished ─▶ done (the driver may stop)
 //! ```
@@ -26,6 +28,8 @@ use protocol::ledger::{DatasetLedger, LedgerSlot, fingerprint};
 use protocol::messages::{Assignment, Capabilities, OwnData, RunPhase};
 use protocol::worker::{SavedClient, Spent};
 use protocol::{ClientMessage, ErrorCode, FrameKind, PROTOCOL_VERSION, ServerMessage, TensorFrame};
+
+use crate::secure::SecureRound;
 
 /// A message to put on the socket.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +93,16 @@ pub enum Notice {
     RunFinished {
         run_id: u64,
         reason: String,
+    },
+    /// This round uses secure aggregation: the server sees only the sum of `members` updates.
+    Secure {
+        server_round: u64,
+        members: u32,
+    },
+    /// The round's result went out (`masked`: as a masked vector).
+    Sent {
+        server_round: u64,
+        masked: bool,
     },
     ServerError {
         code: ErrorCode,
@@ -215,6 +229,8 @@ pub struct SessionOptions {
     pub resume: Option<SavedClient>,
     /// Every dataset ledger in storage (the browser's `localStorage`).
     pub ledgers: Vec<LedgerSlot>,
+    /// Send no update in the clear: refuse every round without secure aggregation.
+    pub require_secure_aggregation: bool,
 }
 
 #[derive(Debug)]
@@ -258,6 +274,10 @@ pub struct Session {
     finished: Option<String>,
     /// Rounds this client trained in (for display).
     pub rounds_trained: Vec<u64>,
+    /// The secure-aggregation round this client is a member of.
+    secure: Option<SecureRound>,
+    /// Parameters of the federated model (from `Welcome`).
+    model_params: usize,
 }
 
 impl Session {
@@ -281,6 +301,8 @@ impl Session {
             expect: Expect::Nothing,
             finished: None,
             rounds_trained: Vec::new(),
+            secure: None,
+            model_params: 0,
             options,
         };
         if let Some(own) = session.options.own_data.clone() {
@@ -351,6 +373,7 @@ impl Session {
                     epsilon_cap: self.options.epsilon_cap,
                     delta: self.declared_delta(),
                     can_evaluate: self.options.can_evaluate,
+                    require_secure_aggregation: self.options.require_secure_aggregation,
                 },
             }
             .encode(),
@@ -431,10 +454,11 @@ impl Session {
             ServerMessage::Welcome {
                 client_id,
                 client_key,
+                model_params,
                 rounds_taken,
                 interrupted_round,
-                ..
             } => {
+                self.model_params = model_params as usize;
                 self.client_id = Some(client_id);
                 self.client_key = Some(client_key);
                 out.push(Action::Notify(Notice::Welcome {
@@ -457,6 +481,22 @@ impl Session {
                     config,
                 };
             }
+            ServerMessage::SecAggSetup(setup) => out.extend(self.on_secagg_setup(setup)),
+            ServerMessage::SecAggPeers {
+                server_round,
+                peers,
+            } => {
+                out.extend(self.secure_step(server_round, |s| s.on_peers(&peers).map(|o| vec![o])))
+            }
+            ServerMessage::SecAggInbox {
+                server_round,
+                envelopes,
+            } => out.extend(self.secure_step(server_round, |s| s.on_inbox(&envelopes))),
+            ServerMessage::SecAggUnmask {
+                server_round,
+                request,
+            } => out
+                .extend(self.secure_step(server_round, |s| s.on_unmask(&request).map(|o| vec![o]))),
             ServerMessage::EvaluateIns { server_round } => {
                 self.expect = Expect::EvalModel { server_round };
             }
@@ -489,6 +529,68 @@ impl Session {
             }
         }
         Ok(out)
+    }
+
+    fn secure_in(&self, server_round: u64) -> bool {
+        self.secure
+            .as_ref()
+            .is_some_and(|s| s.server_round == server_round)
+    }
+
+    /// Joins a secure-aggregation round (its keys go out at once, while training waits for
+    /// the model).
+    fn on_secagg_setup(&mut self, setup: protocol::secagg::SecAggSetup) -> Vec<Action> {
+        let server_round = setup.server_round;
+        let members = setup.members;
+        match SecureRound::start(setup, self.model_params + 1) {
+            Ok((secure, keys)) => {
+                self.secure = Some(secure);
+                vec![
+                    Action::Send(keys),
+                    Action::Notify(Notice::Secure {
+                        server_round,
+                        members,
+                    }),
+                ]
+            }
+            Err(e) => {
+                self.secure = None;
+                train_failed(server_round, format!("secure aggregation: {e}"), false)
+            }
+        }
+    }
+
+    /// A step of the secure round `server_round` (a message of another round is stale and
+    /// ignored); a step that fails drops this client from the round.
+    fn secure_step(
+        &mut self,
+        server_round: u64,
+        step: impl FnOnce(&mut SecureRound) -> Result<Vec<Outgoing>, String>,
+    ) -> Vec<Action> {
+        let Some(secure) = self
+            .secure
+            .as_mut()
+            .filter(|s| s.server_round == server_round)
+        else {
+            return Vec::new();
+        };
+        match step(secure) {
+            Ok(out) => {
+                let sent = out.iter().any(|o| matches!(o, Outgoing::Binary(_)));
+                let mut actions: Vec<Action> = out.into_iter().map(Action::Send).collect();
+                if sent {
+                    actions.push(Action::Notify(Notice::Sent {
+                        server_round,
+                        masked: true,
+                    }));
+                }
+                actions
+            }
+            Err(e) => {
+                self.secure = None;
+                train_failed(server_round, format!("secure aggregation: {e}"), false)
+            }
+        }
     }
 
     /// A shard assignment: the same shard keeps its data; another one is fetched (and trained
@@ -550,6 +652,14 @@ impl Session {
     }
 
     fn train(&mut self, server_round: u64, config: TrainConfig, global: Vec<f32>) -> Vec<Action> {
+        if self.options.require_secure_aggregation && !self.secure_in(server_round) {
+            // Refused before anything is trained: this client sends nothing in the clear.
+            return train_failed(
+                server_round,
+                "this client requires secure aggregation, and the round has none".into(),
+                true,
+            );
+        }
         if let (Some(cap), None) = (self.options.epsilon_cap, &config.dp) {
             // Refused before anything is fetched or computed (fit refuses it too).
             return train_failed(
@@ -683,6 +793,27 @@ impl Session {
             Err(e) => return refused(server_round, &e),
         };
         self.rounds_trained.push(server_round);
+        let trained = Action::Notify(Notice::Trained {
+            server_round,
+            metrics: res.metrics,
+        });
+        if self.secure_in(server_round) {
+            // Masked, and sent once the neighbours' shares are here.
+            let num_examples = res.num_examples as u64;
+            let steps = res.metrics.steps;
+            let mut out = self.secure_step(server_round, |s| {
+                s.on_trained(res.update, num_examples, steps)
+            });
+            out.push(trained);
+            return out;
+        }
+        if self.options.require_secure_aggregation {
+            return train_failed(
+                server_round,
+                "this client requires secure aggregation, and the round has none".into(),
+                true,
+            );
+        }
         let frame = TensorFrame {
             kind: FrameKind::Update,
             server_round,
@@ -701,9 +832,10 @@ impl Session {
                 .encode(),
             )),
             Action::Send(Outgoing::Binary(bytes)),
-            Action::Notify(Notice::Trained {
+            trained,
+            Action::Notify(Notice::Sent {
                 server_round,
-                metrics: res.metrics,
+                masked: false,
             }),
         ]
     }

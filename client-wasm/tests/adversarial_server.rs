@@ -442,3 +442,45 @@ fn a_ledger_found_unreadable_mid_round_stays_blocked() {
     // the worker then leaves before anything is released.
     assert!(s.take_spend().is_some());
 }
+
+#[test]
+fn a_client_that_requires_secure_aggregation_never_sends_an_update_in_the_clear() {
+    let mut s = Session::new(SessionOptions {
+        own_data: Some(OwnFiles::from_dataset(records(40, 0))),
+        require_secure_aggregation: true,
+        ..Default::default()
+    })
+    .unwrap();
+    // Attack 1: a plain round. Refused before anything is trained (no job, no frame), and
+    // for the whole run.
+    let (reason, refuses_run) = refusal(&round(&mut s, 1, dp(1.0, 1e-5)));
+    assert!(reason.contains("requires secure aggregation"), "{reason}");
+    assert!(refuses_run);
+    // Attack 2: secure aggregation set up for round 2, then a plain instruction for round 3.
+    let setup = protocol::secagg::SecAggSetup {
+        server_round: 2,
+        session: protocol::secagg::Bytes32([7; 32]),
+        member: 1,
+        members: 3,
+        threshold: 2,
+        neighbours: vec![2, 3],
+        clip: 8.0,
+        levels: 1 << 22,
+        max_weight: 60_000,
+    };
+    let out = s
+        .on_text(&ServerMessage::SecAggSetup(setup).encode())
+        .unwrap();
+    assert!(
+        matches!(
+            messages(&out).as_slice(),
+            [ClientMessage::SecAggKeys {
+                server_round: 2,
+                ..
+            }]
+        ),
+        "it joins the secure round with its keys"
+    );
+    let (reason, _) = refusal(&round(&mut s, 3, dp(1.0, 1e-5)));
+    assert!(reason.contains("requires secure aggregation"), "{reason}");
+}

@@ -12,7 +12,9 @@ use wasm_bindgen::prelude::*;
 use crate::api::{self, ApiError};
 use crate::chart::{Line, LineChart};
 use crate::run_form::{FIELDS, FieldKind, RunForm};
-use crate::run_view::{charged_text, connected_count, duration_text, state_text, waiting_for};
+use crate::run_view::{
+    charged_text, connected_count, duration_text, secure_text, state_text, waiting_for,
+};
 use crate::series::{RoundPoint, Series};
 
 const TOKEN_KEY: &str = "fl-admin-token";
@@ -373,7 +375,8 @@ fn Dashboard(
                         let best = series.with(|s| s.best_accuracy());
                         view! {
                             <p>"Run " <b>{r.run_id}</b> " · " {r.config.name.clone()}
-                               " · aggregation: " <span id="run-aggregator">{r.config.aggregator.name()}</span></p>
+                               " · aggregation: " <span id="run-aggregator">{r.config.aggregator.name()}</span>
+                               " · " <span id="run-secure">{secure_text(&r.config)}</span></p>
                             <p>"Status: " <b id="run-status" class=format!("status {:?}", r.status).to_lowercase()>{format!("{:?}", r.status).to_lowercase()}</b>
                                " · round " <b id="completed-rounds">{r.completed_rounds}</b> " of " {r.config.rounds}
                                {r.finished_reason.clone().map(|x| format!(" · {x}"))}</p>
@@ -426,6 +429,7 @@ fn Dashboard(
                 <LineChart id="chart-participants" title="Participants and failures" y_title="clients" integer=true series=series lines=vec![
                     Line { label: "participants", color: "#059669", value: |p| Some(p.participants as f64), right_axis: false },
                     Line { label: "failures", color: "#dc2626", value: |p| Some(p.failures as f64), right_axis: false },
+                    Line { label: "dropouts recovered (secure aggregation)", color: "#7c3aed", value: |p| Some(p.recovered as f64), right_axis: false },
                 ]/>
                 <LineChart id="chart-duration" title="Round duration" y_title="seconds" series=series lines=vec![
                     Line { label: "seconds", color: "#d97706", value: |p| Some(p.duration_secs), right_axis: false },

@@ -58,6 +58,8 @@ struct JoinPrefs {
     #[serde(default)]
     delta: String,
     own: bool,
+    #[serde(default)]
+    require_secure: bool,
 }
 
 /// The ε cap field: empty for none.
@@ -365,6 +367,7 @@ pub fn ClientPage() -> impl IntoView {
     let (cap, set_cap) = signal(String::new());
     let (delta_text, set_delta_text) = signal(String::new());
     let (own, set_own) = signal(false);
+    let (require_secure, set_require_secure) = signal(false);
     let (form_error, set_form_error) = signal(None::<String>);
     // A dataset whose unreadable ledger the user may reset (own files checked by the page).
     let (reset_target, set_reset_target) = signal(None::<String>);
@@ -419,6 +422,7 @@ pub fn ClientPage() -> impl IntoView {
             cap: cap.get_untracked(),
             delta: delta_text.get_untracked(),
             own: own_data,
+            require_secure: require_secure.get_untracked(),
         };
         set_busy.set(true);
         leptos::task::spawn_local(async move {
@@ -446,6 +450,7 @@ pub fn ClientPage() -> impl IntoView {
                 resume: stored(SAVED_KEY)
                     .and_then(|s| serde_json::from_str::<SavedClient>(&s).ok()),
                 ledgers: stored_ledgers(),
+                require_secure_aggregation: prefs.require_secure,
             });
             // A worker that stopped on its own (a fatal error) is still there: end it first.
             let mine = retire_current();
@@ -514,6 +519,7 @@ pub fn ClientPage() -> impl IntoView {
         set_cap.set(prefs.cap);
         set_delta_text.set(prefs.delta);
         set_own.set(prefs.own);
+        set_require_secure.set(prefs.require_secure);
         if prefs.own {
             set_form_error.set(Some("This tab trained on your own files: choose them again and press Join to continue as the same client.".into()));
         } else {
@@ -543,6 +549,7 @@ pub fn ClientPage() -> impl IntoView {
                 <label title="the δ this device states ε and its cap at; default min(1e-5, 1/(10 n)) for n records">"at δ " <input id="delta" placeholder="auto" size="6" prop:value=delta_text on:input=move |ev| set_delta_text.set(event_target_value(&ev)) disabled=joined/></label>
                 <label><input type="radio" name="data" prop:checked=move || !own.get() on:change=move |_| set_own.set(false) disabled=joined/>" assigned MNIST shard"</label>
                 <label><input type="radio" name="data" prop:checked=own on:change=move |_| set_own.set(true) disabled=joined/>" my own IDX files"</label>
+                <label title="like the ε cap: this tab then refuses every round without secure aggregation, whatever the server asks"><input type="checkbox" id="require-secure" prop:checked=require_secure on:change=move |ev| set_require_secure.set(event_target_checked(&ev)) disabled=joined/>" require secure aggregation"</label>
                 <span class="files" class:hidden=move || !own.get()>
                     <label>"images " <input type="file" node_ref=images_input disabled=joined/></label>
                     <label>"labels " <input type="file" node_ref=labels_input disabled=joined/></label>
@@ -570,6 +577,7 @@ pub fn ClientPage() -> impl IntoView {
                 <h2>"Local training"</h2>
                 <ProgressPanel training=Signal::derive(move || view.with(|v| v.training.clone())) steps=Signal::derive(move || view.with(|v| v.steps_seen)) line=Signal::derive(move || view.with(|v| v.training_line()))/>
                 <p class="privacy">"Spent by this client on this data (its own ledger): " <b id="epsilon">{move || view.with(|v| v.epsilon_text())}</b></p>
+                <p id="secure">{move || view.with(|v| v.secure_text())}</p>
                 <p class="help">"The dashboard shows what the server charged: an upper bound, since it counts every round it sends, also rounds this client refused or never returned."</p>
                 {move || view.with(|v| v.last_global_accuracy.map(|(r, a)| view! {
                     <p>"Global model after round " {r} ": " <b id="global-accuracy">{format!("{:.2} %", a * 100.0)}</b> " test accuracy"</p>

@@ -64,6 +64,12 @@ pub struct ClientView {
     pub assignment: Option<Assignment>,
     /// What the run does between this client's rounds (the server's `RunState`).
     pub phase: Option<RunPhase>,
+    /// The last round with secure aggregation: `(round, members)`.
+    pub secure: Option<(u64, u32)>,
+    /// Whether the last round this client trained in had secure aggregation.
+    pub last_round_secure: Option<bool>,
+    /// The last round whose result went out, and whether it was masked.
+    pub sent: Option<(u64, bool)>,
     pub data: Option<DataInfo>,
     pub training: Option<Training>,
     /// Training steps seen in all (the progress bar moved this often).
@@ -118,6 +124,14 @@ impl ClientView {
                 }
                 self.reloaded = false;
             }
+            WorkerToPage::Secure {
+                server_round,
+                members,
+            } => self.secure = Some((server_round, members)),
+            WorkerToPage::Sent {
+                server_round,
+                masked,
+            } => self.sent = Some((server_round, masked)),
             WorkerToPage::RunState { run_id, phase } => {
                 self.set_rounds_run(run_id);
                 self.phase = Some(phase);
@@ -139,6 +153,8 @@ impl ClientView {
                 epochs,
                 steps_per_epoch,
             } => {
+                self.last_round_secure =
+                    Some(self.secure.is_some_and(|(round, _)| round == server_round));
                 self.training = Some(Training {
                     server_round,
                     epoch: 1,
@@ -260,6 +276,8 @@ impl ClientView {
             self.rounds.clear();
             self.phase = None;
             self.rounds_taken = 0;
+            self.secure = None;
+            self.last_round_secure = None;
         }
         self.rounds_run = Some(run_id);
     }
@@ -345,6 +363,16 @@ impl ClientView {
     /// The line under the progress bar: the step of the round being trained, or what the tab
     /// waits for.
     pub fn training_line(&self) -> String {
+        if let Some(t) = &self.training
+            && let Some((round, masked)) = self.sent.filter(|(r, _)| *r == t.server_round)
+        {
+            let what = if masked {
+                "masked update"
+            } else {
+                "update (DP-noised)"
+            };
+            return format!("round {round} · {what} sent: waiting for the round to close");
+        }
         if let Some(t) = &self.training {
             let loss = if t.batch_loss.is_finite() {
                 format!("{:.4}", t.batch_loss)
@@ -368,6 +396,20 @@ impl ClientView {
             }
             (_, Some((round, _))) => format!("round {round} closed: waiting for the next round"),
             (_, None) => "waiting for a round".into(),
+        }
+    }
+
+    /// What the server sees of this client's updates.
+    pub fn secure_text(&self) -> String {
+        match (self.last_round_secure, self.secure) {
+            (Some(true), Some((_, members))) => format!(
+                "secure aggregation: on — the server sees only the sum of {members} clients' updates"
+            ),
+            (Some(false), _) => {
+                "secure aggregation: off — the server sees this client's update (with its DP noise)"
+                    .into()
+            }
+            _ => "secure aggregation: known at the first round".into(),
         }
     }
 

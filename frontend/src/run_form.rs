@@ -167,6 +167,21 @@ pub const FIELDS: &[FormField] = &[
     ),
     value(&fields::BYZANTINE, Integer, "hostile clients tolerated"),
     value(&fields::KEEP, Integer, "best-scored updates kept"),
+    labelled(
+        &fields::SECURE_AGGREGATION,
+        Bool,
+        "the server learns only the sum of each round's updates (FedAvg)",
+    ),
+    value(
+        &fields::SECAGG_NEIGHBOURS,
+        Integer,
+        "each client masks against and shares with this many (SecAgg+)",
+    ),
+    value(
+        &fields::SECAGG_THRESHOLD,
+        Number,
+        "up to the rest may drop out and the round still unmasks",
+    ),
     choice("dp", "Differential privacy", Bool, "DP-SGD on every client"),
     value(
         &fields::CLIPPING_NORM,
@@ -296,6 +311,16 @@ impl RunForm {
             }
         };
         set("aggregator.kind", kind.into());
+        let secure = c.secure_aggregation.unwrap_or_default();
+        set(
+            "secure_aggregation",
+            c.secure_aggregation.is_some().to_string(),
+        );
+        set(
+            "secure_aggregation.neighbours",
+            secure.neighbours.to_string(),
+        );
+        set("secure_aggregation.threshold", secure.threshold.to_string());
         let dp = c.dp.unwrap_or_else(default_dp);
         set("dp", c.dp.is_some().to_string());
         set("dp.max_grad_norm", dp.max_grad_norm.to_string());
@@ -365,6 +390,9 @@ impl RunForm {
                 _ => &[],
             };
             return uses.contains(&path);
+        }
+        if prefix("secure_aggregation.") {
+            return self.on("secure_aggregation");
         }
         if prefix("dp.") {
             if !self.on("dp") {
@@ -487,6 +515,15 @@ impl RunForm {
             Value::Null
         };
         body.insert("dp".into(), dp);
+        let secure = if self.on("secure_aggregation") {
+            json!({
+                "neighbours": num("secure_aggregation.neighbours"),
+                "threshold": num("secure_aggregation.threshold"),
+            })
+        } else {
+            Value::Null
+        };
+        body.insert("secure_aggregation".into(), secure);
         let shards = if self.on("shards") {
             let scheme = if self.get("shards.scheme.kind") == "dirichlet" {
                 json!({ "kind": "dirichlet", "alpha": num("shards.scheme.alpha") })
@@ -588,6 +625,13 @@ mod tests {
         }
         c.dp = None;
         c.shards = None;
+        assert_eq!(RunForm::from_config(&c).to_config().unwrap(), c);
+        c.aggregator = AggregatorConfig::FedAvg;
+        c.secure_aggregation = Some(protocol::admin::SecureAggregationConfig {
+            neighbours: 4,
+            threshold: 0.75,
+            ..Default::default()
+        });
         assert_eq!(RunForm::from_config(&c).to_config().unwrap(), c);
     }
 

@@ -59,6 +59,18 @@ pub fn charged_text(c: &ClientInfo) -> String {
     }
 }
 
+/// What the server sees of the run's updates.
+pub fn secure_text(config: &protocol::admin::RunConfig) -> String {
+    match &config.secure_aggregation {
+        Some(s) => format!(
+            "secure aggregation: the server sees only each round's sum ({} neighbours per client, {:.0} % of each client's share holders unmask)",
+            s.neighbours,
+            s.threshold * 100.0
+        ),
+        None => "secure aggregation: off (the server sees each client's noised update)".into(),
+    }
+}
+
 /// A duration for a table cell: "45 s", "12 min", "3 h 05 min".
 pub fn duration_text(secs: f64) -> String {
     let s = secs.max(0.0) as u64;

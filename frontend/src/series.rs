@@ -18,6 +18,8 @@ pub struct RoundPoint {
     pub participants: u32,
     /// Sampled clients that failed the round (errors, refusals, disconnects, the deadline).
     pub failures: u32,
+    /// Secure aggregation: clients that dropped after sharing and whose masks were removed.
+    pub recovered: u32,
     pub duration_secs: f64,
 }
 
@@ -30,6 +32,7 @@ impl From<&protocol::admin::RoundRecord> for RoundPoint {
             epsilon: r.epsilon,
             participants: u32::try_from(r.participants).unwrap_or(u32::MAX),
             failures: u32::try_from(r.failures).unwrap_or(u32::MAX),
+            recovered: u32::try_from(r.recovered).unwrap_or(u32::MAX),
             duration_secs: r.duration_ms as f64 / 1000.0,
         }
     }
@@ -82,18 +85,19 @@ impl Series {
     /// The metrics as CSV (the dashboard's download), one row per round.
     pub fn to_csv(&self) -> String {
         let mut out = String::from(
-            "server_round,accuracy,loss,epsilon,participants,failures,duration_secs\n",
+            "server_round,accuracy,loss,epsilon,participants,failures,recovered,duration_secs\n",
         );
         for p in &self.points {
             let eps = p.epsilon.map_or(String::new(), |e| e.to_string());
             out.push_str(&format!(
-                "{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{}\n",
                 p.server_round,
                 p.accuracy,
                 p.loss,
                 eps,
                 p.participants,
                 p.failures,
+                p.recovered,
                 p.duration_secs
             ));
         }
@@ -113,6 +117,7 @@ mod tests {
             epsilon: Some(round as f64 * 0.5),
             participants: 3,
             failures: round as u32 % 2,
+            recovered: 0,
             duration_secs: 2.5,
         }
     }
@@ -139,7 +144,7 @@ mod tests {
         });
         assert_eq!(
             s.to_csv(),
-            "server_round,accuracy,loss,epsilon,participants,failures,duration_secs\n1,0.5,0.5,0.5,3,1,2.5\n2,0.75,0.25,,3,0,2.5\n"
+            "server_round,accuracy,loss,epsilon,participants,failures,recovered,duration_secs\n1,0.5,0.5,0.5,3,1,0,2.5\n2,0.75,0.25,,3,0,0,2.5\n"
         );
     }
 }

@@ -15,8 +15,9 @@ use protocol::admin::{AggregatorConfig, RunConfig};
 use protocol::config::{Batching, DpSgdConfig, Optimizer, TrainConfig};
 use protocol::ledger::{self, DatasetLedger, LedgerSlot};
 use protocol::messages::{Capabilities, MAX_NUM_EXAMPLES, OwnData};
+use protocol::secagg::{ENVELOPE_BYTES, MAX_NEIGHBOURS, SHARE_BYTES};
 use protocol::worker::{JoinRequest, PageToWorker, SavedClient, WorkerToPage};
-use protocol::{ClientMessage, FrameKind, ServerMessage, TensorFrame};
+use protocol::{ClientMessage, FrameKind, ResultFrame, ServerMessage, TensorFrame};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use serde_json::Value;
@@ -67,7 +68,22 @@ fn client_message(input: &[u8]) {
         ClientMessage::EvaluateRes { loss, accuracy, .. } => {
             assert!(loss.is_finite() && (0.0..=1.0).contains(accuracy))
         }
-        ClientMessage::TrainFailed { .. } => {}
+        ClientMessage::TrainFailed { .. } | ClientMessage::SecAggKeys { .. } => {}
+        ClientMessage::SecAggShares { shared, .. } => {
+            assert!(shared.envelopes.len() <= MAX_NEIGHBOURS as usize);
+            assert!(
+                shared
+                    .envelopes
+                    .iter()
+                    .all(|e| e.ciphertext.len() == ENVELOPE_BYTES)
+            );
+        }
+        ClientMessage::SecAggReveal { reveal, .. } => {
+            for list in [&reveal.seeds, &reveal.masking_keys] {
+                assert!(list.len() <= MAX_NEIGHBOURS as usize + 1);
+                assert!(list.iter().all(|r| r.share.len() == SHARE_BYTES));
+            }
+        }
     }
     assert_eq!(ClientMessage::decode(&msg.encode()).ok(), Some(msg));
 }
@@ -93,9 +109,16 @@ fn server_message(input: &[u8]) {
 }
 
 fn tensor_frame(input: &[u8]) {
-    if let Ok(frame) = TensorFrame::decode(input) {
-        let bytes = frame.encode().expect("a decoded frame encodes");
-        assert_eq!(bytes, input, "a frame has one encoding");
+    match ResultFrame::decode(input) {
+        Ok(ResultFrame::Tensor(frame)) => {
+            let bytes = frame.encode().expect("a decoded frame encodes");
+            assert_eq!(bytes, input, "a frame has one encoding");
+        }
+        Ok(ResultFrame::Masked(frame)) => {
+            let bytes = frame.encode().expect("a decoded frame encodes");
+            assert_eq!(bytes, input, "a masked frame has one encoding");
+        }
+        Err(_) => {}
     }
 }
 
@@ -202,6 +225,7 @@ pub fn targets() -> Vec<Target> {
                 epsilon_cap: Some(3.0),
                 delta: Some(1e-6),
                 can_evaluate: true,
+                require_secure_aggregation: true,
             },
         },
         ClientMessage::TrainRes {
@@ -260,6 +284,7 @@ pub fn targets() -> Vec<Target> {
             fingerprint: "ab".into(),
             reason: "checksum".into(),
         }],
+        require_secure_aggregation: false,
     });
     let idx = {
         let data = learning::Dataset {

@@ -63,6 +63,53 @@ pub struct RunConfig {
     pub shards: Option<ShardConfig>,
     /// How the round's updates become one (FedAvg, or a robust rule against hostile clients).
     pub aggregator: AggregatorConfig,
+    /// `Some`: the server learns only the sum of each round's updates (FedAvg only).
+    pub secure_aggregation: Option<SecureAggregationConfig>,
+}
+
+/// Secure aggregation for a run (SecAgg with SecAgg+ neighbourhoods).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecureAggregationConfig {
+    /// Neighbours each client shares its secrets with and masks against (SecAgg+'s k); a round
+    /// of at most k + 1 clients is plain SecAgg (everyone).
+    pub neighbours: u32,
+    /// Fraction of a client's share holders (itself and its neighbours) needed to unmask: the
+    /// threshold is this fraction rounded up, and always a strict majority. A round unmasks
+    /// when, for every client, that many holders survive; up to the rest may drop out.
+    pub threshold: f64,
+    /// Update values are clipped to [−clip, clip] before encoding.
+    pub clip: f32,
+    /// Encoding levels: a value maps onto 0..=levels. A round's clients × levels must stay
+    /// below 2³² (checked).
+    pub levels: u32,
+    /// Examples that weigh 1 in the average (more weigh 1 too): the weight travels masked.
+    pub max_weight: u64,
+}
+
+impl Default for SecureAggregationConfig {
+    fn default() -> Self {
+        Self {
+            neighbours: 16,
+            threshold: 0.6,
+            clip: 8.0,
+            levels: 1 << 22,
+            max_weight: 60_000,
+        }
+    }
+}
+
+impl SecureAggregationConfig {
+    /// Most clients a round samples: their encoded sum must not wrap 2³².
+    pub fn max_members(&self) -> u32 {
+        (u32::MAX / self.levels.max(1)).min(crate::secagg::MAX_MEMBERS)
+    }
+
+    /// The threshold for a client with `holders` share holders (itself and its neighbours).
+    pub fn threshold_for(&self, holders: usize) -> u32 {
+        let fraction = (self.threshold * holders as f64).ceil() as u32;
+        fraction.max((holders / 2 + 1) as u32).min(holders as u32)
+    }
 }
 
 /// Most updates a robust aggregator holds, hence most clients a round of such a run samples:
@@ -157,6 +204,36 @@ impl AggregatorConfig {
     }
 }
 
+impl SecureAggregationConfig {
+    fn validate(&self, run: &RunConfig) -> Result<(), FieldError> {
+        if run.aggregator != AggregatorConfig::FedAvg {
+            return Err(fields::SECURE_AGGREGATION.error_because(
+                "on",
+                format!(
+                    "off with {} aggregation: it needs each update, and the server sees only their sum",
+                    run.aggregator.name()
+                ),
+            ));
+        }
+        fields::SECAGG_NEIGHBOURS.check(self.neighbours)?;
+        fields::SECAGG_THRESHOLD.check(self.threshold)?;
+        fields::SECAGG_CLIP.check(self.clip)?;
+        fields::SECAGG_LEVELS.check(self.levels)?;
+        fields::SECAGG_MAX_WEIGHT.check_whole(self.max_weight)?;
+        if run.min_clients > self.max_members() {
+            return Err(fields::MIN_CLIENTS.error_because(
+                run.min_clients,
+                format!(
+                    "at most {} with secure aggregation at {} levels: a larger round's sum could wrap 2^32 (lower the levels)",
+                    self.max_members(),
+                    self.levels
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// DP-SGD for a run. Give `noise_multiplier`, or `target_epsilon` (σ is then solved per shard
 /// size so every client ends the run at ε ≤ target), or both (σ given, target is a hard cap).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -207,6 +284,7 @@ impl Default for RunConfig {
                 seed: 42,
             }),
             aggregator: AggregatorConfig::FedAvg,
+            secure_aggregation: None,
         }
     }
 }
@@ -284,6 +362,9 @@ impl RunConfig {
             }
         }
         self.aggregator.validate(self.min_clients)?;
+        if let Some(secure) = &self.secure_aggregation {
+            secure.validate(self)?;
+        }
         if let Some(shards) = &self.shards {
             fields::NUM_SHARDS.check(shards.num_shards)?;
             if let ShardScheme::Dirichlet { alpha } = shards.scheme {
@@ -443,6 +524,12 @@ pub struct RoundRecord {
     pub epsilon: Option<f64>,
     /// Attempts it took (a round below quorum is retried).
     pub attempts: u32,
+    /// The server saw only the sum of the updates (secure aggregation).
+    #[serde(default)]
+    pub secure: bool,
+    /// Secure aggregation: clients that dropped after sharing and whose masks were removed.
+    #[serde(default)]
+    pub recovered: u64,
 }
 
 /// A run with its rounds.
@@ -705,6 +792,28 @@ mod tests {
                 r#"{"min_clients":201,"aggregator":{"kind":"median"}}"#,
                 "min_clients",
             ),
+            // Secure aggregation: the server sees only a sum, so no rule that needs each update;
+            // no cohort whose encoded sum could wrap 2^32.
+            (
+                r#"{"min_clients":5,"aggregator":{"kind":"median"},"secure_aggregation":{}}"#,
+                "secure_aggregation",
+            ),
+            (
+                r#"{"secure_aggregation":{"neighbours":1}}"#,
+                "secure_aggregation.neighbours",
+            ),
+            (
+                r#"{"secure_aggregation":{"threshold":0.5}}"#,
+                "secure_aggregation.threshold",
+            ),
+            (
+                r#"{"min_clients":2000,"secure_aggregation":{}}"#,
+                "min_clients",
+            ),
+            (
+                r#"{"secure_aggregation":{"levels":1}}"#,
+                "secure_aggregation.levels",
+            ),
         ];
         for (json, field) in cases {
             let err = RunConfig::from_json(json).expect_err(json);
@@ -757,6 +866,26 @@ mod tests {
         for e in [said("[]"), said("3")] {
             assert!(e.starts_with("The request body is"), "{e}");
         }
+    }
+
+    #[test]
+    fn secure_aggregation_thresholds_are_strict_majorities() {
+        let s = SecureAggregationConfig::default();
+        assert_eq!(s.max_members(), 1023);
+        // 0.6 of 3 holders is 2 (a strict majority); of 17, 11; never below a majority.
+        assert_eq!(s.threshold_for(3), 2);
+        assert_eq!(s.threshold_for(17), 11);
+        let half = SecureAggregationConfig {
+            threshold: 0.51,
+            ..s
+        };
+        assert_eq!(half.threshold_for(4), 3);
+        assert_eq!(
+            RunConfig::from_json(r#"{"secure_aggregation":{}}"#)
+                .unwrap()
+                .secure_aggregation,
+            Some(s)
+        );
     }
 
     #[test]

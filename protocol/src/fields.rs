@@ -397,6 +397,43 @@ pub const ALPHA: Field = noted(
 );
 pub const SEED: Field = whole("shards.seed", "Split seed", 0, u64::MAX);
 
+pub const SECURE_AGGREGATION: Field = choice(
+    "secure_aggregation",
+    "Secure aggregation",
+    "on (the server sees only the sum of the updates) or off",
+);
+pub const SECAGG_NEIGHBOURS: Field = noted(
+    whole(
+        "secure_aggregation.neighbours",
+        "Neighbours",
+        2,
+        crate::secagg::MAX_NEIGHBOURS as u64,
+    ),
+    "a round of at most this + 1 clients: everyone",
+);
+pub const SECAGG_THRESHOLD: Field = noted(
+    number(
+        "secure_aggregation.threshold",
+        "Unmask threshold",
+        Excluding(0.5),
+        Including(1.0),
+    ),
+    "of each client's share holders",
+);
+pub const SECAGG_CLIP: Field = number(
+    "secure_aggregation.clip",
+    "Encoding clip",
+    Excluding(0.0),
+    Including(1.0e4),
+);
+pub const SECAGG_LEVELS: Field = whole("secure_aggregation.levels", "Encoding levels", 2, 1 << 30);
+pub const SECAGG_MAX_WEIGHT: Field = whole(
+    "secure_aggregation.max_weight",
+    "Full-weight examples",
+    1,
+    crate::messages::MAX_NUM_EXAMPLES,
+);
+
 /// Every field with a value of its own, for lookups by JSON path.
 pub const ALL: &[Field] = &[
     BATCHING,
@@ -427,6 +464,12 @@ pub const ALL: &[Field] = &[
     NUM_SHARDS,
     ALPHA,
     SEED,
+    SECURE_AGGREGATION,
+    SECAGG_NEIGHBOURS,
+    SECAGG_THRESHOLD,
+    SECAGG_CLIP,
+    SECAGG_LEVELS,
+    SECAGG_MAX_WEIGHT,
 ];
 
 /// The field at a JSON path.

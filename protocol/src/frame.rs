@@ -5,10 +5,10 @@
 //! offset  size  field
 //!      0     4  magic "FLDP"
 //!      4     2  protocol version (u16 LE)
-//!      6     2  kind (u16 LE, see FrameKind)
+//!      6     2  kind (u16 LE: FrameKind, or 3 for a masked update)
 //!      8     8  server round (u64 LE)
 //!     16     4  element count n (u32 LE)
-//!     20    4n  n × f32 LE
+//!     20    4n  n × f32 LE (a masked update: n × u32 LE)
 //! ```
 
 use crate::PROTOCOL_VERSION;
@@ -62,7 +62,7 @@ pub enum FrameError {
     Magic([u8; 4]),
     #[error("frame speaks protocol version {found}: expected {PROTOCOL_VERSION}")]
     Version { found: u16 },
-    #[error("frame kind {0}: expected 1 (global model) or 2 (update)")]
+    #[error("frame kind {0}: expected 1 (global model), 2 (update) or 3 (masked update)")]
     Kind(u16),
     #[error("frame declares {0} elements: expected at most {MAX_ELEMENTS}")]
     Count(u64),
@@ -76,64 +76,139 @@ pub enum FrameError {
     },
 }
 
+/// The kind number of a [`MaskedFrame`].
+pub const MASKED_KIND: u16 = 3;
+
+/// A member's masked vector under secure aggregation: its encoded update plus its masks, as
+/// u32s mod 2³² (same header as a tensor frame, kind [`MASKED_KIND`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskedFrame {
+    pub server_round: u64,
+    pub values: Vec<u32>,
+}
+
+/// Any frame a client may send after `TrainRes`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultFrame {
+    Tensor(TensorFrame),
+    Masked(MaskedFrame),
+}
+
+/// A frame's header, checked, and its payload of 4-byte words.
+struct Raw<'a> {
+    kind: u16,
+    server_round: u64,
+    words: std::slice::ChunksExact<'a, u8>,
+}
+
+fn encode_words(
+    kind: u16,
+    server_round: u64,
+    words: impl ExactSizeIterator<Item = [u8; 4]>,
+) -> Result<Vec<u8>, FrameError> {
+    if words.len() > MAX_ELEMENTS {
+        return Err(FrameError::Count(words.len() as u64));
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + 4 * words.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&kind.to_le_bytes());
+    out.extend_from_slice(&server_round.to_le_bytes());
+    out.extend_from_slice(&(words.len() as u32).to_le_bytes());
+    for w in words {
+        out.extend_from_slice(&w);
+    }
+    Ok(out)
+}
+
+/// Size limits and header first, allocation last.
+fn parse(bytes: &[u8]) -> Result<Raw<'_>, FrameError> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(FrameError::TooShort(bytes.len()));
+    }
+    let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
+    if magic != MAGIC {
+        return Err(FrameError::Magic(magic));
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != PROTOCOL_VERSION {
+        return Err(FrameError::Version { found: version });
+    }
+    let kind = u16::from_le_bytes([bytes[6], bytes[7]]);
+    if FrameKind::from_u16(kind).is_none() && kind != MASKED_KIND {
+        return Err(FrameError::Kind(kind));
+    }
+    let mut round = [0u8; 8];
+    round.copy_from_slice(&bytes[8..16]);
+    let count = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]) as usize;
+    if count > MAX_ELEMENTS {
+        return Err(FrameError::Count(count as u64));
+    }
+    let payload = &bytes[HEADER_LEN..];
+    if payload.len() != 4 * count {
+        return Err(FrameError::Length {
+            declared: count,
+            expected: 4 * count,
+            actual: payload.len(),
+        });
+    }
+    Ok(Raw {
+        kind,
+        server_round: u64::from_le_bytes(round),
+        words: payload.chunks_exact(4),
+    })
+}
+
+fn word(c: &[u8]) -> [u8; 4] {
+    [c[0], c[1], c[2], c[3]]
+}
+
 impl TensorFrame {
     /// Encodes the frame; fails only if `values` is over [`MAX_ELEMENTS`].
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
-        if self.values.len() > MAX_ELEMENTS {
-            return Err(FrameError::Count(self.values.len() as u64));
-        }
-        let mut out = Vec::with_capacity(HEADER_LEN + 4 * self.values.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-        out.extend_from_slice(&(self.kind as u16).to_le_bytes());
-        out.extend_from_slice(&self.server_round.to_le_bytes());
-        out.extend_from_slice(&(self.values.len() as u32).to_le_bytes());
-        for v in &self.values {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        Ok(out)
+        encode_words(
+            self.kind as u16,
+            self.server_round,
+            self.values.iter().map(|v| v.to_le_bytes()),
+        )
     }
 
-    /// Decodes and checks a frame: size limits and header first, allocation last.
+    /// Decodes and checks a tensor frame (a masked frame is refused: it is no tensor).
     pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
-        if bytes.len() > MAX_FRAME_BYTES {
-            return Err(FrameError::TooLarge(bytes.len()));
+        match ResultFrame::decode(bytes)? {
+            ResultFrame::Tensor(t) => Ok(t),
+            ResultFrame::Masked(_) => Err(FrameError::Kind(MASKED_KIND)),
         }
-        if bytes.len() < HEADER_LEN {
-            return Err(FrameError::TooShort(bytes.len()));
-        }
-        let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
-        if magic != MAGIC {
-            return Err(FrameError::Magic(magic));
-        }
-        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != PROTOCOL_VERSION {
-            return Err(FrameError::Version { found: version });
-        }
-        let kind_raw = u16::from_le_bytes([bytes[6], bytes[7]]);
-        let kind = FrameKind::from_u16(kind_raw).ok_or(FrameError::Kind(kind_raw))?;
-        let mut round = [0u8; 8];
-        round.copy_from_slice(&bytes[8..16]);
-        let count = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]) as usize;
-        if count > MAX_ELEMENTS {
-            return Err(FrameError::Count(count as u64));
-        }
-        let payload = &bytes[HEADER_LEN..];
-        if payload.len() != 4 * count {
-            return Err(FrameError::Length {
-                declared: count,
-                expected: 4 * count,
-                actual: payload.len(),
-            });
-        }
-        let values = payload
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        Ok(Self {
-            kind,
-            server_round: u64::from_le_bytes(round),
-            values,
+    }
+}
+
+impl MaskedFrame {
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        encode_words(
+            MASKED_KIND,
+            self.server_round,
+            self.values.iter().map(|v| v.to_le_bytes()),
+        )
+    }
+}
+
+impl ResultFrame {
+    /// Decodes and checks any frame.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        let raw = parse(bytes)?;
+        Ok(match FrameKind::from_u16(raw.kind) {
+            Some(kind) => Self::Tensor(TensorFrame {
+                kind,
+                server_round: raw.server_round,
+                values: raw.words.map(|c| f32::from_le_bytes(word(c))).collect(),
+            }),
+            None => Self::Masked(MaskedFrame {
+                server_round: raw.server_round,
+                values: raw.words.map(|c| u32::from_le_bytes(word(c))).collect(),
+            }),
         })
     }
 }
@@ -168,6 +243,22 @@ mod tests {
     }
 
     #[test]
+    fn masked_frames_carry_u32s_exactly() {
+        let masked = MaskedFrame {
+            server_round: 4,
+            values: vec![0, u32::MAX, 0x7fc0_0000, 12345],
+        };
+        let bytes = masked.encode().unwrap();
+        assert_eq!(bytes.len(), HEADER_LEN + 16);
+        assert_eq!(ResultFrame::decode(&bytes), Ok(ResultFrame::Masked(masked)));
+        let tensor = frame().encode().unwrap();
+        assert!(matches!(
+            ResultFrame::decode(&tensor),
+            Ok(ResultFrame::Tensor(_))
+        ));
+    }
+
+    #[test]
     fn malformed_frames_are_typed_errors() {
         let good = frame().encode().expect("small");
         let with = |i: usize, b: u8| {
@@ -181,7 +272,12 @@ mod tests {
         );
         assert_eq!(with(0, b'X'), Err(FrameError::Magic(*b"XLDP")));
         assert_eq!(with(4, 9), Err(FrameError::Version { found: 9 }));
-        assert_eq!(with(6, 3), Err(FrameError::Kind(3)));
+        assert_eq!(with(6, 4), Err(FrameError::Kind(4)));
+        assert_eq!(
+            with(6, 3),
+            Err(FrameError::Kind(3)),
+            "a masked frame is no tensor"
+        );
         assert_eq!(
             TensorFrame::decode(&good[..good.len() - 1])
                 .unwrap_err()

@@ -24,7 +24,7 @@ pub mod messages;
 pub mod secagg;
 pub mod worker;
 
-pub use frame::{FrameError, FrameKind, TensorFrame};
+pub use frame::{FrameError, FrameKind, MaskedFrame, ResultFrame, TensorFrame};
 pub use messages::{ClientMessage, ErrorCode, MessageError, ServerMessage};
 
 /// At most `max` characters of a peer's input, for an error message or a log line: an error
@@ -41,5 +41,6 @@ pub fn clip(text: &str, max: usize) -> String {
 /// Version of the wire protocol; a peer speaking another version is refused with a typed error.
 /// 2: `TrainRes` carries no training metrics (only what is DP or public), `Hello` no label
 /// histogram, evaluation results are DP. 3: `RunState` (running, paused, waiting for clients);
-/// `Welcome` says what the server remembers of a returning key.
+/// `Welcome` says what the server remembers of a returning key; secure aggregation (the `SecAgg*`
+/// messages and masked frames).
 pub const PROTOCOL_VERSION: u16 = 3;

@@ -19,9 +19,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{MAX_STEPS_PER_ROUND, ShardScheme, TrainConfig};
+use crate::secagg::{
+    ENVELOPE_BYTES, Envelope, MAX_NEIGHBOURS, MemberKeys, PeerKeys, Reveal, SHARE_BYTES,
+    SecAggSetup, SharedKeys, UnmaskRequest,
+};
 
 /// Largest control message accepted, in bytes (checked before parsing). The biggest legitimate
-/// one, an `Assignment`, is well under 1 KiB.
+/// ones are secure aggregation's relays: 200 neighbours' envelopes, ≈ 55 KiB.
 pub const MAX_CONTROL_BYTES: usize = 64 * 1024;
 /// Longest free-text field (reasons, names) a peer may send; longer ones are refused.
 pub const MAX_TEXT_FIELD: usize = 1024;
@@ -49,6 +53,10 @@ pub struct Capabilities {
     /// Whether the client answers `EvaluateIns`.
     #[serde(default)]
     pub can_evaluate: bool,
+    /// The client sends no update in the clear: it refuses a round without secure
+    /// aggregation, whatever the server asks (and the server does not sample it for one).
+    #[serde(default)]
+    pub require_secure_aggregation: bool,
 }
 
 /// A client that brings its own data tells its size: FedAvg's weight and the sample rate's
@@ -103,6 +111,16 @@ pub enum ClientMessage {
         loss: f64,
         accuracy: f64,
     },
+    /// Secure aggregation, step 1: this member's public keys for the round.
+    SecAggKeys { server_round: u64, keys: MemberKeys },
+    /// Step 2: its encrypted shares for its neighbours, and its seed commitment.
+    SecAggShares {
+        server_round: u64,
+        shared: SharedKeys,
+    },
+    /// Step 4: the shares the server asked it to reveal. (Step 3 is `TrainRes` followed by a
+    /// masked frame instead of an update frame.)
+    SecAggReveal { server_round: u64, reveal: Reveal },
 }
 
 /// Where a client's shard of the demo data set is and what is in it.
@@ -183,6 +201,24 @@ pub enum ServerMessage {
     RunState {
         run_id: u64,
         phase: RunPhase,
+    },
+    /// This round uses secure aggregation: the member's place and neighbours (before
+    /// `TrainIns`).
+    SecAggSetup(SecAggSetup),
+    /// Step 1 done: the public keys of the member's neighbours still in the round.
+    SecAggPeers {
+        server_round: u64,
+        peers: Vec<PeerKeys>,
+    },
+    /// Step 2 done: the envelopes addressed to the member by neighbours still in the round.
+    SecAggInbox {
+        server_round: u64,
+        envelopes: Vec<Envelope>,
+    },
+    /// Step 3 done: what the member is asked to reveal.
+    SecAggUnmask {
+        server_round: u64,
+        request: UnmaskRequest,
     },
     /// A round is over: what the server measured on the test set.
     RoundClosed {
@@ -274,6 +310,15 @@ fn check_delta(field: &'static str, delta: Option<f64>) -> Result<(), MessageErr
     }
 }
 
+fn check_bytes(field: &'static str, bytes: &[u8], expected: usize) -> Result<(), MessageError> {
+    bound(
+        bytes.len() == expected,
+        field,
+        format!("{} bytes", bytes.len()),
+        "the fixed size of its kind",
+    )
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, MessageError> {
     if text.len() > MAX_CONTROL_BYTES {
         return Err(MessageError::TooLarge(text.len()));
@@ -332,6 +377,34 @@ impl ClientMessage {
                 )?;
             }
             Self::TrainFailed { reason, .. } => check_len("reason", reason)?,
+            Self::SecAggKeys { .. } => {}
+            Self::SecAggShares { shared, .. } => {
+                bound(
+                    shared.envelopes.len() <= MAX_NEIGHBOURS as usize,
+                    "shared.envelopes",
+                    shared.envelopes.len(),
+                    "at most 200 envelopes (one per neighbour)",
+                )?;
+                for e in &shared.envelopes {
+                    check_bytes("shared.envelopes.ciphertext", &e.ciphertext, ENVELOPE_BYTES)?;
+                }
+            }
+            Self::SecAggReveal { reveal, .. } => {
+                for (field, list) in [
+                    ("reveal.seeds", &reveal.seeds),
+                    ("reveal.masking_keys", &reveal.masking_keys),
+                ] {
+                    bound(
+                        list.len() <= MAX_NEIGHBOURS as usize + 1,
+                        field,
+                        list.len(),
+                        "at most 201 shares (the member and its neighbours)",
+                    )?;
+                    for r in list {
+                        check_bytes(field, &r.share, SHARE_BYTES)?;
+                    }
+                }
+            }
             Self::EvaluateRes {
                 num_examples,
                 loss,
@@ -397,6 +470,7 @@ mod tests {
                 epsilon_cap: Some(3.0),
                 delta: Some(1e-6),
                 can_evaluate: true,
+                require_secure_aggregation: false,
             },
         };
         let text = hello.encode();

@@ -15,6 +15,9 @@ pub type Member = u32;
 
 /// Largest cohort a round runs secure aggregation with.
 pub const MAX_MEMBERS: u32 = 10_000;
+/// Most neighbours a member shares with (SecAgg+'s k): what keeps the relayed keys and
+/// envelopes of one member inside one control message.
+pub const MAX_NEIGHBOURS: u32 = 200;
 /// A Shamir share of a 32-byte secret: the member it belongs to (4 bytes) and five field
 /// elements of 8 bytes.
 pub const SHARE_BYTES: usize = 4 + 5 * 8;
@@ -74,6 +77,32 @@ pub struct RevealedShare {
 pub struct Reveal {
     pub seeds: Vec<RevealedShare>,
     pub masking_keys: Vec<RevealedShare>,
+}
+
+/// What the server tells a sampled member before a secure round: its place in the cohort, who
+/// its neighbours are, and how to encode its update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecAggSetup {
+    pub server_round: u64,
+    /// Random per round and attempt: every key of the round is derived with it.
+    pub session: Bytes32,
+    pub member: Member,
+    pub members: u32,
+    /// Shares that rebuild a member's secret (among it and its neighbours).
+    pub threshold: u32,
+    pub neighbours: Vec<Member>,
+    /// Update values are clipped to [−clip, clip] and mapped onto `0..=levels`.
+    pub clip: f32,
+    pub levels: u32,
+    /// Examples that weigh 1: a member's FedAvg weight is min(examples, this) / this.
+    pub max_weight: u64,
+}
+
+/// A neighbour's public keys, as the server relays them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerKeys {
+    pub member: Member,
+    pub keys: MemberKeys,
 }
 
 /// `Err` naming `field` unless `bytes` has exactly `expected` bytes.

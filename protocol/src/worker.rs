@@ -47,6 +47,9 @@ pub struct JoinRequest {
     /// the data it trains on, so the same records never start again at zero.
     #[serde(default)]
     pub ledgers: Vec<LedgerSlot>,
+    /// Send no update in the clear: refuse rounds without secure aggregation.
+    #[serde(default)]
+    pub require_secure_aggregation: bool,
 }
 
 /// What must survive a page reload besides the ledgers: the identity the server knows this
@@ -99,6 +102,16 @@ pub enum WorkerToPage {
         /// The round this key was training in when its previous connection ended.
         #[serde(default)]
         interrupted_round: Option<u64>,
+    },
+    /// This round uses secure aggregation: the server sees only the sum of `members` updates.
+    Secure {
+        server_round: u64,
+        members: u32,
+    },
+    /// The round's result went out (`masked`: as a masked vector).
+    Sent {
+        server_round: u64,
+        masked: bool,
     },
     /// What the run does between this client's rounds.
     RunState {
@@ -212,6 +225,7 @@ mod tests {
                 fingerprint: "ab".into(),
                 reason: "checksum".into(),
             }],
+            require_secure_aggregation: true,
         });
         let text = join.encode();
         assert!(text.starts_with(r#"{"type":"join""#), "{text}");

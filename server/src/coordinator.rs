@@ -31,6 +31,9 @@ use tracing::{Instrument, Span, info, info_span, warn};
 mod registry;
 mod round;
 mod runs;
+mod secure;
+
+use secure::{Answer, SecureRound};
 
 use crate::data::{DemoData, Shards};
 use crate::store::{ClientRow, Participant, Store, StoreError};
@@ -71,6 +74,28 @@ pub enum Command {
         server_round: u64,
         num_examples: u64,
         update: Vec<f32>,
+    },
+    /// A masked vector (secure aggregation) instead of an update.
+    MaskedRes {
+        client_id: u64,
+        server_round: u64,
+        num_examples: u64,
+        masked: Vec<u32>,
+    },
+    SecAggKeys {
+        client_id: u64,
+        server_round: u64,
+        keys: protocol::secagg::MemberKeys,
+    },
+    SecAggShares {
+        client_id: u64,
+        server_round: u64,
+        shared: protocol::secagg::SharedKeys,
+    },
+    SecAggReveal {
+        client_id: u64,
+        server_round: u64,
+        reveal: protocol::secagg::Reveal,
     },
     /// The client could not train, or its result failed validation in the socket handler.
     TrainFailed {
@@ -154,6 +179,13 @@ struct Conn {
     connected_at_ms: u64,
 }
 
+/// What a client sends for a round: an update in the clear, or a masked vector.
+#[derive(Debug)]
+enum Contribution {
+    Update(Vec<f32>),
+    Masked(Vec<u32>),
+}
+
 #[derive(Debug)]
 enum Slot {
     Pending,
@@ -163,7 +195,10 @@ enum Slot {
 
 #[derive(Debug)]
 enum Phase {
+    /// Clients train (and, with secure aggregation, exchange keys and shares meanwhile).
     Training,
+    /// Secure aggregation: the masked vectors are in, the survivors reveal shares.
+    Unmasking,
     /// The new global model is being evaluated on the test set.
     Evaluating,
     FederatedEval {
@@ -185,6 +220,8 @@ struct Round {
     sampled: HashMap<u64, (String, Slot)>,
     /// The round's updates, as the run's aggregation rule takes them.
     aggregator: Box<dyn Aggregator>,
+    /// The protocol's state when the run uses secure aggregation.
+    secure: Option<SecureRound>,
     participants: Vec<Participant>,
     aggregate_ms: f64,
     next_global: Option<Arc<Vec<f32>>>,
@@ -507,8 +544,15 @@ impl Coordinator {
 
     fn deadline(&self) -> Option<tokio::time::Instant> {
         let round = self.run.as_ref()?.round.as_ref()?;
+        let step = round
+            .secure
+            .as_ref()
+            .filter(|s| s.waiting_step())
+            .map(|s| s.step_deadline);
         match round.phase {
-            Phase::Training | Phase::FederatedEval { .. } => Some(round.deadline),
+            Phase::Training => Some(step.map_or(round.deadline, |s| s.min(round.deadline))),
+            Phase::Unmasking => step,
+            Phase::FederatedEval { .. } => Some(round.deadline),
             Phase::Evaluating => None,
         }
     }
@@ -532,7 +576,38 @@ impl Coordinator {
                 server_round,
                 num_examples,
                 update,
-            } => self.train_res(client_id, server_round, num_examples, update),
+            } => self.train_res(
+                client_id,
+                server_round,
+                num_examples,
+                Contribution::Update(update),
+            ),
+            Command::MaskedRes {
+                client_id,
+                server_round,
+                num_examples,
+                masked,
+            } => self.train_res(
+                client_id,
+                server_round,
+                num_examples,
+                Contribution::Masked(masked),
+            ),
+            Command::SecAggKeys {
+                client_id,
+                server_round,
+                keys,
+            } => self.secagg_answer(client_id, server_round, Answer::Keys(keys)),
+            Command::SecAggShares {
+                client_id,
+                server_round,
+                shared,
+            } => self.secagg_answer(client_id, server_round, Answer::Shares(shared)),
+            Command::SecAggReveal {
+                client_id,
+                server_round,
+                reveal,
+            } => self.secagg_answer(client_id, server_round, Answer::Reveal(reveal)),
             Command::TrainFailed {
                 client_id,
                 server_round,

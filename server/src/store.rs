@@ -411,6 +411,8 @@ mod tests {
             failures: 1,
             epsilon: Some(1.0),
             attempts: 1,
+            secure: false,
+            recovered: 0,
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use learning::accountant::{AccountantError, noise_multiplier_for};
 use learning::aggregate::{self, Aggregator};
 use learning::{DpSgdConfig, RdpAccountant, TrainConfig};
-use protocol::admin::{AggregatorConfig, DpRunConfig, RunConfig};
+use protocol::admin::{AggregatorConfig, DpRunConfig, RunConfig, SecureAggregationConfig};
 use protocol::config::Batching;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
@@ -31,6 +31,8 @@ pub struct Candidate {
     pub epsilon_cap: Option<f64>,
     /// The δ the client states its cap at (`None`: the run's).
     pub delta: Option<f64>,
+    /// The client sends no update in the clear: only rounds with secure aggregation.
+    pub requires_secure_aggregation: bool,
 }
 
 /// Whether `c` would accept one more round of `config`, judged by its declared cap and the
@@ -168,6 +170,8 @@ fn sample(candidates: &[Candidate], k: usize, seed: u64) -> Vec<&Candidate> {
 #[derive(Debug, Clone)]
 pub struct FedAvgStrategy {
     pub aggregation: AggregatorConfig,
+    /// `Some`: rounds use secure aggregation (the aggregator then takes masked vectors).
+    pub secure: Option<SecureAggregationConfig>,
     pub min_clients: usize,
     pub fraction_train: f64,
     pub fraction_evaluate: f64,
@@ -181,6 +185,7 @@ impl FedAvgStrategy {
     pub fn from_run(config: &RunConfig) -> Self {
         Self {
             aggregation: config.aggregator,
+            secure: config.secure_aggregation,
             min_clients: config.min_clients as usize,
             fraction_train: config.fraction_train,
             fraction_evaluate: config.fraction_evaluate,
@@ -220,6 +225,7 @@ impl Strategy for FedAvgStrategy {
         let candidates: Vec<Candidate> = candidates
             .iter()
             .filter(|c| within_cap(c, &self.local_config(c.num_examples)))
+            .filter(|c| self.secure.is_some() || !c.requires_secure_aggregation)
             .cloned()
             .collect();
         let candidates = candidates.as_slice();
@@ -230,11 +236,13 @@ impl Strategy for FedAvgStrategy {
                 needed,
             };
         }
-        // A robust aggregator holds every update: never sample more than it takes.
+        // A robust aggregator holds every update, and secure aggregation's encoded sum must not
+        // wrap 2³²: never sample more than either takes.
         let k = ((self.fraction_train * candidates.len() as f64).ceil() as usize)
             .max(needed)
             .min(candidates.len())
-            .min(self.aggregation.max_updates().unwrap_or(usize::MAX));
+            .min(self.aggregation.max_updates().unwrap_or(usize::MAX))
+            .min(self.secure.map_or(usize::MAX, |s| s.max_members() as usize));
         TrainPlan::Train(
             sample(candidates, k, seed)
                 .into_iter()
@@ -247,7 +255,10 @@ impl Strategy for FedAvgStrategy {
     }
 
     fn aggregator(&self, num_params: usize) -> Box<dyn Aggregator> {
-        aggregate::build(&self.aggregation, num_params)
+        match self.secure {
+            Some(_) => Box::new(aggregate::SecureSum::new(num_params)),
+            None => aggregate::build(&self.aggregation, num_params),
+        }
     }
 
     fn aggregate_train(
@@ -470,6 +481,7 @@ mod tests {
                 ledger: RdpAccountant::default(),
                 epsilon_cap: None,
                 delta: None,
+                requires_secure_aggregation: false,
             })
             .collect()
     }
@@ -515,6 +527,42 @@ mod tests {
             panic!()
         };
         assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn clients_that_require_secure_aggregation_sit_out_plain_runs_and_cohorts_fit_the_encoding() {
+        let config = RunConfig {
+            min_clients: 2,
+            ..RunConfig::default()
+        };
+        let mut pool = candidates(3, 100);
+        pool[0].requires_secure_aggregation = true;
+        pool[1].requires_secure_aggregation = true;
+        assert_eq!(
+            fedavg(&config).configure_train(1, &pool, 7),
+            TrainPlan::Wait {
+                eligible: 1,
+                needed: 2
+            }
+        );
+        // With secure aggregation they are sampled, and never more clients than the encoding's
+        // sum can hold without wrapping 2³² (2³⁰ levels: 3).
+        let secure = RunConfig {
+            secure_aggregation: Some(SecureAggregationConfig {
+                levels: 1 << 30,
+                ..Default::default()
+            }),
+            ..config
+        };
+        let TrainPlan::Train(a) = fedavg(&secure).configure_train(1, &candidates(10, 100), 7)
+        else {
+            panic!("expected a plan")
+        };
+        assert_eq!(a.len(), 3);
+        assert!(matches!(
+            fedavg(&secure).configure_train(1, &pool, 7),
+            TrainPlan::Train(p) if p.len() == 3
+        ));
     }
 
     #[test]

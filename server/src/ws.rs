@@ -10,7 +10,9 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use protocol::{ClientMessage, ErrorCode, FrameKind, PROTOCOL_VERSION, ServerMessage, TensorFrame};
+use protocol::{
+    ClientMessage, ErrorCode, FrameKind, MaskedFrame, PROTOCOL_VERSION, ResultFrame, ServerMessage,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -319,6 +321,36 @@ impl Reader {
                 })
                 .await
             }
+            ClientMessage::SecAggKeys { server_round, keys } => {
+                self.forward(Command::SecAggKeys {
+                    client_id: self.client_id,
+                    server_round,
+                    keys,
+                })
+                .await
+            }
+            ClientMessage::SecAggShares {
+                server_round,
+                shared,
+            } => {
+                self.forward(Command::SecAggShares {
+                    client_id: self.client_id,
+                    server_round,
+                    shared,
+                })
+                .await
+            }
+            ClientMessage::SecAggReveal {
+                server_round,
+                reveal,
+            } => {
+                self.forward(Command::SecAggReveal {
+                    client_id: self.client_id,
+                    server_round,
+                    reveal,
+                })
+                .await
+            }
             ClientMessage::EvaluateRes {
                 server_round,
                 num_examples,
@@ -345,8 +377,9 @@ impl Reader {
                 false,
             );
         };
-        let frame = match TensorFrame::decode(bytes) {
-            Ok(f) => f,
+        let frame = match ResultFrame::decode(bytes) {
+            Ok(ResultFrame::Tensor(f)) => f,
+            Ok(ResultFrame::Masked(m)) => return self.on_masked(round, num_examples, m).await,
             Err(e) => return self.fail(round, format!("update frame: {e}")).await,
         };
         if frame.kind != FrameKind::Update {
@@ -396,6 +429,40 @@ impl Reader {
             server_round: round,
             num_examples,
             update: frame.values,
+        })
+        .await;
+    }
+
+    /// A masked vector (secure aggregation): the model's values and the weight, as u32s.
+    async fn on_masked(&mut self, round: u64, num_examples: u64, frame: MaskedFrame) {
+        if frame.server_round != round {
+            return self
+                .fail(
+                    round,
+                    format!(
+                        "masked frame is for round {}: expected {round} (from train_res)",
+                        frame.server_round
+                    ),
+                )
+                .await;
+        }
+        if frame.values.len() != self.model_params + 1 {
+            return self
+                .fail(
+                    round,
+                    format!(
+                        "masked vector has {} values: expected {} (the weight and TinyCNN's parameters)",
+                        frame.values.len(),
+                        self.model_params + 1
+                    ),
+                )
+                .await;
+        }
+        self.forward(Command::MaskedRes {
+            client_id: self.client_id,
+            server_round: round,
+            num_examples,
+            masked: frame.values,
         })
         .await;
     }

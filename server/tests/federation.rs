@@ -1282,3 +1282,213 @@ async fn the_built_frontend_is_served_on_the_same_port_and_api_paths_stay_json()
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// When a scripted secure-aggregation member leaves the round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Quit {
+    Never,
+    BeforeKeys,
+    AfterShares,
+    AfterMasked,
+}
+
+/// A member that runs secure aggregation over a raw socket with an update of the test's
+/// choosing (so the test knows the plaintext sum), leaving where `quit` says.
+async fn secure_member(url: String, update: Vec<f32>, quit: Quit) {
+    use client_wasm::secure::SecureRound;
+    let mut r = Raw::hello(&url, None).await;
+    let mut examples = 0;
+    let mut round: Option<SecureRound> = None;
+    loop {
+        let Some(msg) = r.next_msg().await else {
+            return;
+        };
+        match msg {
+            ServerMessage::Assignment(a) => examples = a.num_examples,
+            ServerMessage::SecAggSetup(setup) => {
+                if quit == Quit::BeforeKeys {
+                    return;
+                }
+                let len = update.len() + 1;
+                let (s, keys) = SecureRound::start(setup, len).expect("setup");
+                send(&mut r, keys).await;
+                round = Some(s);
+            }
+            ServerMessage::SecAggPeers { peers, .. } => {
+                let out = round.as_mut().unwrap().on_peers(&peers).expect("shares");
+                send(&mut r, out).await;
+                if quit == Quit::AfterShares {
+                    return;
+                }
+            }
+            ServerMessage::TrainIns { .. } => {
+                let out = round
+                    .as_mut()
+                    .unwrap()
+                    .on_trained(update.clone(), examples, 1)
+                    .expect("masked");
+                for o in out {
+                    send(&mut r, o).await;
+                }
+            }
+            ServerMessage::SecAggInbox { envelopes, .. } => {
+                for o in round.as_mut().unwrap().on_inbox(&envelopes).expect("inbox") {
+                    send(&mut r, o).await;
+                }
+            }
+            ServerMessage::SecAggUnmask { request, .. } => {
+                if quit == Quit::AfterMasked {
+                    return;
+                }
+                let out = round.as_mut().unwrap().on_unmask(&request).expect("reveal");
+                send(&mut r, out).await;
+            }
+            ServerMessage::RoundClosed { .. } => return,
+            _ => {}
+        }
+    }
+}
+
+async fn send(r: &mut Raw, out: client_wasm::session::Outgoing) {
+    match out {
+        client_wasm::session::Outgoing::Text(t) => r.ws.send(Message::text(t)).await.unwrap(),
+        client_wasm::session::Outgoing::Binary(b) => r.binary(b).await,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_round_sums_exactly_what_its_survivors_sent_despite_drops_at_every_step() {
+    let dir = temp_dir("secure");
+    let server = TestServer::start(&dir, None).await;
+    let mut events = server.started.state.events.subscribe();
+    let (status, body) = server
+        .admin(
+            "POST",
+            "/api/admin/runs",
+            r#"{"name":"secure","rounds":1,"min_clients":10,"dp":null,
+                "secure_aggregation":{"neighbours":9,"threshold":0.6},
+                "shards":{"scheme":{"kind":"iid"},"num_shards":10,"seed":5}}"#,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let run_id = body["run_id"].as_u64().unwrap();
+    let initial = {
+        let store = server::store::Store::open(&dir).unwrap();
+        store.latest_checkpoint(run_id).unwrap().unwrap().1
+    };
+    // Ten members with known updates: seven stay, one never sends keys, one leaves after its
+    // shares (its masks must be removed), one after its masked vector (it is counted; the
+    // others' shares unmask it).
+    let quits = [
+        Quit::Never,
+        Quit::BeforeKeys,
+        Quit::Never,
+        Quit::AfterShares,
+        Quit::Never,
+        Quit::AfterMasked,
+        Quit::Never,
+        Quit::Never,
+        Quit::Never,
+        Quit::Never,
+    ];
+    let updates: Vec<Vec<f32>> = (0..10)
+        .map(|i| {
+            (0..initial.len())
+                .map(|k| ((i * 31 + k * 7) % 200) as f32 / 1000.0 - 0.1)
+                .collect()
+        })
+        .collect();
+    let members: Vec<_> = quits
+        .iter()
+        .zip(&updates)
+        .map(|(&q, u)| tokio::spawn(secure_member(server.ws(), u.clone(), q)))
+        .collect();
+    // Every member is connected before the run starts, so all ten are sampled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .admin(
+            "POST",
+            &format!("/api/admin/runs/{run_id}/start"),
+            "",
+            Some(TOKEN),
+        )
+        .await;
+    wait_for(&mut events, 120, |e| matches!(e, Event::RoundClosed { .. })).await;
+    for m in members {
+        m.await.unwrap();
+    }
+    let h = server.history(run_id).await;
+    let r = &h.rounds[0];
+    assert!(r.secure);
+    assert_eq!(
+        (r.participants, r.failures, r.recovered),
+        (8, 2, 1),
+        "{r:?}"
+    );
+    // The new model is the initial one plus the mean of exactly the eight counted updates
+    // (equal shards: equal weights), within the encoding's rounding.
+    let after = {
+        let store = server::store::Store::open(&dir).unwrap();
+        store.latest_checkpoint(run_id).unwrap().unwrap().1
+    };
+    let counted: Vec<&Vec<f32>> = quits
+        .iter()
+        .zip(&updates)
+        .filter(|(q, _)| matches!(q, Quit::Never | Quit::AfterMasked))
+        .map(|(_, u)| u)
+        .collect();
+    let mut worst = 0f32;
+    for k in 0..initial.len() {
+        let mean = counted.iter().map(|u| u[k]).sum::<f32>() / counted.len() as f32;
+        worst = worst.max((after[k] - initial[k] - mean).abs());
+    }
+    assert!(worst < 1e-4, "the aggregate is off by up to {worst}");
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_clients_train_a_secure_run_one_of_them_requiring_it() {
+    let dir = temp_dir("secure-sims");
+    let server = TestServer::start(&dir, None).await;
+    let run_id = server
+        .create_and_start(
+            r#"{"name":"secure-sims","rounds":2,"min_clients":3,"round_timeout_secs":120,
+                "batching":{"batch_size":256},"learning_rate":2.0,
+                "dp":{"max_grad_norm":1.0,"target_epsilon":3.0,"delta":1e-5},
+                "secure_aggregation":{},
+                "shards":{"scheme":{"kind":"iid"},"num_shards":20,"seed":7}}"#,
+        )
+        .await;
+    let mut clients: Vec<_> = (0..2).map(|_| sim_client(server.ws(), None)).collect();
+    let requiring = Session::new(SessionOptions {
+        name: "requires-secagg".into(),
+        require_secure_aggregation: true,
+        ..Default::default()
+    })
+    .unwrap();
+    clients.push(tokio::spawn(run_client(
+        requiring,
+        DriverOptions {
+            server: server.ws(),
+            reconnect_for: Duration::from_secs(30),
+            exit_when_finished: true,
+            training_slots: Arc::new(Semaphore::new(2)),
+            attack: None,
+        },
+    )));
+    for c in clients {
+        let report = c.await.unwrap().expect("client ran to the end");
+        assert_eq!(report.finished.as_deref(), Some("all 2 rounds done"));
+    }
+    let h = server.history(run_id).await;
+    assert!(
+        h.rounds.iter().all(|r| r.secure && r.participants == 3),
+        "{:?}",
+        h.rounds
+    );
+    assert!(h.rounds[1].test_accuracy > 0.6, "{:?}", h.rounds);
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -45,6 +45,10 @@ struct Args {
     /// Answer the server's evaluation requests (with DP, charged to each client's ledger).
     #[arg(long)]
     evaluate: bool,
+    /// Send no update in the clear: refuse every round without secure aggregation (as a
+    /// client page with "require secure aggregation" does).
+    #[arg(long)]
+    require_secure_aggregation: bool,
     /// Make some clients hostile: sign-flip, scale:K, random:NORM, label-flip or zero.
     #[arg(long, requires = "attackers")]
     attack: Option<Attack>,
@@ -103,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
             delta: args.delta,
             own_data,
             can_evaluate: args.evaluate,
+            require_secure_aggregation: args.require_secure_aggregation,
             ..Default::default()
         })?;
         let options = DriverOptions {

@@ -10,10 +10,12 @@
 
 mod fedavg;
 pub mod robust;
+mod secure;
 
 pub use fedavg::FedAvg;
 pub use protocol::admin::{AggregatorConfig, MAX_BUFFERED_UPDATES};
 pub use robust::{CoordinateMedian, MultiKrum, NormBound, TrimmedMean};
+pub use secure::SecureSum;
 
 /// Why an update cannot enter the aggregate, or why the aggregate cannot be formed. Nothing is
 /// added when this is returned.
@@ -29,6 +31,12 @@ pub enum AggregationError {
     WeightOverflow { num_examples: u64 },
     #[error("no update was aggregated")]
     Empty,
+    #[error(
+        "this run uses secure aggregation: the server takes masked vectors only, never an update in the clear"
+    )]
+    Plaintext,
+    #[error("this aggregator takes updates in the clear: a masked vector is not one")]
+    Masked,
     #[error(
         "this aggregator already holds {limit} updates, the most it keeps in memory: update refused (sample fewer clients per round)"
     )]
@@ -51,6 +59,19 @@ pub trait Aggregator: Send + std::fmt::Debug {
 
     /// Updates taken so far.
     fn count(&self) -> usize;
+
+    /// Secure aggregation: a masked vector arrived (it goes to the protocol's running sum, and
+    /// is only counted here). Rules that need updates in the clear refuse it.
+    fn add_masked(&mut self) -> Result<(), AggregationError> {
+        Err(AggregationError::Masked)
+    }
+
+    /// Secure aggregation's unmask step is done: `mean` is the decoded weighted mean of the
+    /// masked vectors.
+    fn set_unmasked(&mut self, mean: Vec<f32>) -> Result<(), AggregationError> {
+        let _never_in_the_clear = mean;
+        Err(AggregationError::Masked)
+    }
 
     /// The round's aggregate update.
     fn aggregate(&self) -> Result<Vec<f32>, AggregationError>;

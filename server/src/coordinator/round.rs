@@ -24,6 +24,7 @@ impl Coordinator {
                     ledger: run.clients.get(&c.key)?.ledger.clone(),
                     epsilon_cap: c.caps.epsilon_cap,
                     delta: c.caps.delta,
+                    requires_secure_aggregation: c.caps.require_secure_aggregation,
                 })
             })
             .collect();
@@ -101,6 +102,22 @@ impl Coordinator {
             return;
         }
         let ids: Vec<u64> = dispatch.iter().map(|a| a.client_id).collect();
+        let secure = match run.summary.config.secure_aggregation {
+            None => None,
+            Some(config) => {
+                match SecureRound::plan(&config, &ids, server_round, self.model_params + 1) {
+                    Ok(plan) => Some(plan),
+                    Err(e) => {
+                        warn!(parent: &span, error = %e, "cannot set up secure aggregation: not starting the round");
+                        return;
+                    }
+                }
+            }
+        };
+        let (secure, setups) = match secure {
+            Some((s, setups)) => (Some(s), setups),
+            None => (None, Vec::new()),
+        };
         run.round = Some(Round {
             server_round,
             attempt,
@@ -110,6 +127,7 @@ impl Coordinator {
             quorum_reached: false,
             sampled,
             aggregator: run.strategy.aggregator(self.model_params),
+            secure,
             participants: Vec::new(),
             aggregate_ms: 0.0,
             next_global: None,
@@ -134,6 +152,9 @@ impl Coordinator {
             sampled,
         });
         self.set_phase(RunPhase::Running);
+        for (conn, setup) in setups {
+            self.send_msg(conn, &ServerMessage::SecAggSetup(setup));
+        }
         for a in dispatch {
             let ins = ServerMessage::TrainIns {
                 server_round,
@@ -188,8 +209,11 @@ impl Coordinator {
                     server_round,
                     reason: reason.into(),
                 });
+                // A member gone from a key or share step may complete it.
+                self.advance_secure(false);
                 self.maybe_close_training();
             }
+            Phase::Unmasking => self.advance_secure(false),
             Phase::FederatedEval { results, .. } => {
                 if let Some(slot) = results.get_mut(&client_id)
                     && slot.is_none()
@@ -219,7 +243,7 @@ impl Coordinator {
         client_id: u64,
         server_round: u64,
         num_examples: u64,
-        update: Vec<f32>,
+        contribution: Contribution,
     ) {
         self.heard_from(client_id);
         let expected_n = self.clients.get(&client_id).and_then(|c| c.num_examples);
@@ -262,10 +286,22 @@ impl Coordinator {
             return self.fail_slot(client_id, Some(server_round), &msg);
         }
         let t = Instant::now();
-        let added = round.aggregator.add(&update, num_examples);
+        let added = match contribution {
+            Contribution::Update(update) => round
+                .aggregator
+                .add(&update, num_examples)
+                .map_err(|e| format!("update rejected: {e}")),
+            // Into the protocol's running sum; the aggregator only counts it.
+            Contribution::Masked(masked) => match round.secure.as_mut() {
+                None => Err("a masked vector in a round without secure aggregation".into()),
+                Some(secure) => secure
+                    .add_masked(client_id, &masked)
+                    .and_then(|()| round.aggregator.add_masked().map_err(|e| e.to_string()))
+                    .map_err(|e| format!("masked vector rejected: {e}")),
+            },
+        };
         round.aggregate_ms += t.elapsed().as_secs_f64() * 1e3;
-        if let Err(e) = added {
-            let msg = format!("update rejected: {e}");
+        if let Err(msg) = added {
             self.reject(client_id, ErrorCode::InvalidUpdate, msg.clone());
             return self.fail_slot(client_id, Some(server_round), &msg);
         }
@@ -382,6 +418,20 @@ impl Coordinator {
         let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
             return;
         };
+        let step_due = round
+            .secure
+            .as_ref()
+            .is_some_and(|s| s.waiting_step() && s.step_deadline <= tokio::time::Instant::now());
+        if step_due {
+            self.advance_secure(true);
+        }
+        let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
+            return;
+        };
+        if round.deadline > tokio::time::Instant::now() && matches!(round.phase, Phase::Training) {
+            // Only a secure-aggregation step was due.
+            return;
+        }
         match &mut round.phase {
             Phase::Training => {
                 let late: Vec<u64> = round
@@ -401,11 +451,27 @@ impl Coordinator {
                 results.retain(|_, v| v.is_some());
                 self.maybe_close_federated_eval();
             }
-            Phase::Evaluating => {}
+            // Its step deadline was handled above.
+            Phase::Unmasking | Phase::Evaluating => {}
         }
     }
 
+    /// Training is over: aggregate — after the unmask step when the round is secure.
     pub(super) fn close_training(&mut self) {
+        let secure = self
+            .run
+            .as_ref()
+            .and_then(|r| r.round.as_ref())
+            .is_some_and(|r| r.secure.is_some());
+        if secure {
+            self.start_unmask();
+        } else {
+            self.aggregate_round();
+        }
+    }
+
+    /// The round's aggregate applied to the global model, then evaluated (or the round retried).
+    pub(super) fn aggregate_round(&mut self) {
         let Some(run) = self.run.as_mut() else { return };
         let Some(round) = run.round.as_mut() else {
             return;
@@ -559,6 +625,8 @@ impl Coordinator {
             failures: round.failures() as u64,
             epsilon: run.max_epsilon(),
             attempts: round.attempt,
+            secure: round.secure.is_some(),
+            recovered: round.secure.as_ref().map_or(0, |s| s.recovered),
         };
         run.next_attempt = 1;
         let run_id = run.id();

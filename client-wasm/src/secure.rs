@@ -1,0 +1,195 @@
+//! A member's side of a secure-aggregation round inside the session: the `secagg::client`
+//! states, the trained update waiting for its neighbours' shares, and the encoding. The
+//! session feeds it the server's `SecAgg*` messages and the training result; it answers with
+//! what to send. Any step that fails drops the member from the round (the server hears why).
+
+use protocol::secagg::{PeerKeys, SecAggSetup, UnmaskRequest};
+use protocol::{ClientMessage, MaskedFrame};
+use rand::SeedableRng;
+use rand::rngs::ChaCha20Rng;
+use secagg::client::{Advertised, Holding, Masked, Member, Shared};
+use secagg::{Encoding, Params};
+
+use crate::session::Outgoing;
+
+/// Where this member is in the round.
+enum Step {
+    Advertised(Advertised),
+    Shared(Shared),
+    Holding(Holding),
+    Masked(Masked),
+    /// Between steps, or done.
+    Spent,
+}
+
+/// The trained update, kept until the member can mask it.
+struct Trained {
+    update: Vec<f32>,
+    num_examples: u64,
+    steps: u64,
+}
+
+/// One round's secure aggregation, for this member.
+pub struct SecureRound {
+    pub server_round: u64,
+    setup: SecAggSetup,
+    step: Step,
+    trained: Option<Trained>,
+    rng: ChaCha20Rng,
+}
+
+impl std::fmt::Debug for SecureRound {
+    // Never the secrets it holds.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SecureRound(round {}, member {})",
+            self.server_round, self.setup.member
+        )
+    }
+}
+
+/// Fresh OS randomness (crypto.getRandomValues in a browser).
+fn os_rng() -> Result<ChaCha20Rng, String> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("no randomness for secure aggregation: {e}"))?;
+    Ok(ChaCha20Rng::from_seed(seed))
+}
+
+fn text(msg: ClientMessage) -> Outgoing {
+    Outgoing::Text(msg.encode())
+}
+
+impl SecureRound {
+    /// Step 1: joins the round as the member `setup` names and says its public keys.
+    pub fn start(setup: SecAggSetup, vector_len: usize) -> Result<(Self, Outgoing), String> {
+        let mut rng = os_rng()?;
+        let params = Params {
+            session: setup.session,
+            members: setup.members,
+            threshold: setup.threshold,
+            vector_len,
+        };
+        Encoding {
+            clip: setup.clip,
+            levels: setup.levels,
+        }
+        .check(setup.members)
+        .map_err(|e| e.to_string())?;
+        if setup.max_weight == 0 {
+            return Err("max_weight is 0: expected at least 1".into());
+        }
+        let neighbours = setup.neighbours.iter().copied().collect();
+        let member = Member::new(params, setup.member, neighbours).map_err(|e| e.to_string())?;
+        let (advertised, keys) = member.advertise(&mut rng);
+        let server_round = setup.server_round;
+        Ok((
+            Self {
+                server_round,
+                setup,
+                step: Step::Advertised(advertised),
+                trained: None,
+                rng,
+            },
+            text(ClientMessage::SecAggKeys { server_round, keys }),
+        ))
+    }
+
+    /// Step 2: the neighbours' keys → this member's encrypted shares.
+    pub fn on_peers(&mut self, peers: &[PeerKeys]) -> Result<Outgoing, String> {
+        let Step::Advertised(advertised) = std::mem::replace(&mut self.step, Step::Spent) else {
+            return Err("neighbours' keys twice, or out of order".into());
+        };
+        let peers = peers.iter().map(|p| (p.member, p.keys)).collect();
+        let (shared, msg) = advertised
+            .share(&peers, &mut self.rng)
+            .map_err(|e| e.to_string())?;
+        self.step = Step::Shared(shared);
+        Ok(text(ClientMessage::SecAggShares {
+            server_round: self.server_round,
+            shared: msg,
+        }))
+    }
+
+    /// Step 3a: the envelopes for this member; if the update is trained, it goes out masked.
+    pub fn on_inbox(
+        &mut self,
+        envelopes: &[protocol::secagg::Envelope],
+    ) -> Result<Vec<Outgoing>, String> {
+        let Step::Shared(shared) = std::mem::replace(&mut self.step, Step::Spent) else {
+            return Err("envelopes twice, or before this member's shares went out".into());
+        };
+        self.step = Step::Holding(shared.receive(envelopes).map_err(|e| e.to_string())?);
+        self.send_if_ready()
+    }
+
+    /// Step 3b: the trained update; it goes out masked once the envelopes are in.
+    pub fn on_trained(
+        &mut self,
+        update: Vec<f32>,
+        num_examples: u64,
+        steps: u64,
+    ) -> Result<Vec<Outgoing>, String> {
+        self.trained = Some(Trained {
+            update,
+            num_examples,
+            steps,
+        });
+        self.send_if_ready()
+    }
+
+    /// `TrainRes` and the masked frame, when both the update and the shares are here.
+    fn send_if_ready(&mut self) -> Result<Vec<Outgoing>, String> {
+        if self.trained.is_none() || !matches!(self.step, Step::Holding(_)) {
+            return Ok(Vec::new());
+        }
+        let (Some(t), Step::Holding(holding)) = (
+            self.trained.take(),
+            std::mem::replace(&mut self.step, Step::Spent),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let encoding = Encoding {
+            clip: self.setup.clip,
+            levels: self.setup.levels,
+        };
+        let weight =
+            t.num_examples.min(self.setup.max_weight) as f64 / self.setup.max_weight as f64;
+        let encoded = encoding
+            .encode(weight, &t.update, &mut self.rng)
+            .map_err(|e| e.to_string())?;
+        let (masked, values) = holding.mask(&encoded).map_err(|e| e.to_string())?;
+        self.step = Step::Masked(masked);
+        let frame = MaskedFrame {
+            server_round: self.server_round,
+            values,
+        }
+        .encode()
+        .map_err(|e| e.to_string())?;
+        Ok(vec![
+            text(ClientMessage::TrainRes {
+                server_round: self.server_round,
+                num_examples: t.num_examples,
+                steps: t.steps,
+            }),
+            Outgoing::Binary(frame),
+        ])
+    }
+
+    /// Step 4: the shares the server asks for (once; never both secrets of a neighbour).
+    pub fn on_unmask(&mut self, request: &UnmaskRequest) -> Result<Outgoing, String> {
+        let Step::Masked(masked) = std::mem::replace(&mut self.step, Step::Spent) else {
+            return Err("an unmask request before this member's masked vector, or twice".into());
+        };
+        let reveal = masked.reveal(request).map_err(|e| e.to_string())?;
+        Ok(text(ClientMessage::SecAggReveal {
+            server_round: self.server_round,
+            reveal,
+        }))
+    }
+
+    /// Cohort size, for the page ("the server sees only the sum of N clients' updates").
+    pub fn members(&self) -> u32 {
+        self.setup.members
+    }
+}

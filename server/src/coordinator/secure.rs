@@ -1,0 +1,480 @@
+//! A round with secure aggregation, on the server: which connection is which member, the
+//! protocol's state (`secagg::server`), and the deadlines of its key, share and reveal steps.
+//!
+//! The steps run beside local training: keys and shares go back and forth while the members
+//! train; a member masks its update once it holds its neighbours' shares; when the masked
+//! vectors are in (the training deadline and quorum rules as for any round), the survivors are
+//! asked to reveal, and the sum is unmasked, decoded and handed to the aggregation interface.
+//! Any step that cannot go on fails the round, which is retried: nothing partial is unmasked.
+
+use std::collections::BTreeMap;
+
+use protocol::admin::SecureAggregationConfig;
+use protocol::secagg::{Bytes32, Member, MemberKeys, PeerKeys, Reveal, SecAggSetup, SharedKeys};
+use rand::SeedableRng;
+use rand::rngs::ChaCha20Rng;
+use secagg::server::{CollectingKeys, CollectingMasked, CollectingReveals, CollectingShares};
+use secagg::{Encoding, Params, SecAggError};
+
+use super::*;
+
+/// How long the key and reveal steps wait for a silent member (they take milliseconds; the
+/// share step waits as long as training may take, see `close_keys`).
+pub(super) const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the protocol is.
+#[derive(Debug)]
+pub(super) enum Step {
+    Keys(CollectingKeys),
+    Shares(CollectingShares),
+    Masked(CollectingMasked),
+    Reveals(CollectingReveals),
+    /// Taken out to be closed, or done.
+    Closed,
+}
+
+/// A round's secure aggregation.
+#[derive(Debug)]
+pub(super) struct SecureRound {
+    /// Connection → member, and back.
+    members: HashMap<u64, Member>,
+    conns: BTreeMap<Member, u64>,
+    pub(super) step: Step,
+    /// When the current key, share or reveal step closes even if a member is silent.
+    pub(super) step_deadline: tokio::time::Instant,
+    /// Members that answered the current step.
+    answered: std::collections::BTreeSet<Member>,
+    /// Members still in after the last closed step (whose answer the current step waits for).
+    expected: std::collections::BTreeSet<Member>,
+    encoding: Encoding,
+    /// Members that dropped after sharing and whose masks were removed.
+    pub(super) recovered: u64,
+}
+
+/// Fresh OS randomness for the round's session, graph and stochastic choices.
+fn os_rng() -> Result<ChaCha20Rng, getrandom::Error> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)?;
+    Ok(ChaCha20Rng::from_seed(seed))
+}
+
+impl SecureRound {
+    /// Numbers the sampled connections 1..=n, draws the neighbourhoods and the session, and
+    /// says what each member is told before training.
+    pub(super) fn plan(
+        config: &SecureAggregationConfig,
+        conns: &[u64],
+        server_round: u64,
+        vector_len: usize,
+    ) -> Result<(Self, Vec<(u64, SecAggSetup)>), String> {
+        let mut rng = os_rng().map_err(|e| format!("no randomness for secure aggregation: {e}"))?;
+        let n = conns.len() as u32;
+        let graph = secagg::graph::neighbourhoods(n, config.neighbours, &mut rng);
+        let holders = graph.first().map_or(1, |g| g.len() + 1);
+        let mut session = [0u8; 32];
+        rand::Rng::fill_bytes(&mut rng, &mut session);
+        let params = Params {
+            session: Bytes32(session),
+            members: n,
+            threshold: config.threshold_for(holders),
+            vector_len,
+        };
+        let encoding = Encoding {
+            clip: config.clip,
+            levels: config.levels,
+        };
+        encoding.check(n).map_err(|e| e.to_string())?;
+        let keys = secagg::server::Round::start(params.clone(), graph.clone())
+            .map_err(|e| e.to_string())?;
+        let members: HashMap<u64, Member> = conns
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (c, i as Member + 1))
+            .collect();
+        let setups = conns
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let member = i as Member + 1;
+                let setup = SecAggSetup {
+                    server_round,
+                    session: params.session,
+                    member,
+                    members: n,
+                    threshold: params.threshold,
+                    neighbours: graph[i].iter().copied().collect(),
+                    clip: config.clip,
+                    levels: config.levels,
+                    max_weight: config.max_weight,
+                };
+                (c, setup)
+            })
+            .collect();
+        Ok((
+            Self {
+                conns: members.iter().map(|(&c, &m)| (m, c)).collect(),
+                expected: members.values().copied().collect(),
+                members,
+                step: Step::Keys(keys),
+                step_deadline: tokio::time::Instant::now() + STEP_TIMEOUT,
+                answered: Default::default(),
+                encoding,
+                recovered: 0,
+            },
+            setups,
+        ))
+    }
+
+    pub(super) fn member(&self, conn: u64) -> Option<Member> {
+        self.members.get(&conn).copied()
+    }
+
+    fn conn(&self, m: Member) -> Option<u64> {
+        self.conns.get(&m).copied()
+    }
+
+    /// A step still waits for an answer (keys, shares, reveals), so its deadline applies.
+    pub(super) fn waiting_step(&self) -> bool {
+        matches!(
+            self.step,
+            Step::Keys(_) | Step::Shares(_) | Step::Reveals(_)
+        )
+    }
+
+    fn next_step(
+        &mut self,
+        step: Step,
+        expected: impl IntoIterator<Item = Member>,
+        deadline: tokio::time::Instant,
+    ) {
+        self.step = step;
+        self.expected = expected.into_iter().collect();
+        self.answered.clear();
+        self.step_deadline = deadline;
+    }
+
+    /// Whether every member the step waits for answered or is `gone`.
+    fn step_complete(&self, gone: impl Fn(Member) -> bool) -> bool {
+        self.expected
+            .iter()
+            .all(|m| self.answered.contains(m) || gone(*m))
+    }
+
+    /// A masked vector from `conn`, into the protocol's running sum.
+    pub(super) fn add_masked(&mut self, conn: u64, values: &[u32]) -> Result<(), String> {
+        let m = self
+            .member(conn)
+            .ok_or("not a member of this round's secure aggregation")?;
+        match &mut self.step {
+            Step::Masked(s) => s.add(m, values).map_err(|e| e.to_string()),
+            _ => Err("a masked vector before this member was sent its neighbours' shares".into()),
+        }
+    }
+}
+
+/// What a member answers in a key, share or reveal step.
+pub(super) enum Answer {
+    Keys(MemberKeys),
+    Shares(SharedKeys),
+    Reveal(Reveal),
+}
+
+impl Coordinator {
+    /// A member's answer to the current step; a wrong or late one fails its slot (keys,
+    /// shares) or is ignored (a reveal: its vector is in, the sum may not need it).
+    pub(super) fn secagg_answer(&mut self, conn: u64, server_round: u64, answer: Answer) {
+        let current = self.current_round();
+        if current != server_round {
+            return self.reject(
+                conn,
+                ErrorCode::WrongRound,
+                format!(
+                    "secure aggregation message for round {server_round}: expected round {current}"
+                ),
+            );
+        }
+        let member = self.secure_mut().map(|s| s.member(conn));
+        let m = match member {
+            None => {
+                return self.reject(
+                    conn,
+                    ErrorCode::BadSequence,
+                    "this round has no secure aggregation".into(),
+                );
+            }
+            Some(None) => {
+                return self.reject(
+                    conn,
+                    ErrorCode::NotSampled,
+                    "not a member of this round's secure aggregation".into(),
+                );
+            }
+            Some(Some(m)) => m,
+        };
+        let Some(secure) = self.secure_mut() else {
+            return;
+        };
+        let added = match (&mut secure.step, answer) {
+            (Step::Keys(s), Answer::Keys(k)) => s.add(m, k),
+            (Step::Shares(s), Answer::Shares(sh)) => s.add(m, sh),
+            (Step::Reveals(s), Answer::Reveal(r)) => s.add(m, &r),
+            _ => Err(SecAggError::Malformed {
+                what: "a message",
+                member: m,
+                why: "not the one this step waits for".into(),
+            }),
+        };
+        match added {
+            Ok(()) => {
+                secure.answered.insert(m);
+                self.advance_secure(false);
+            }
+            Err(e) => {
+                let msg = format!("secure aggregation: {e}");
+                self.reject(conn, ErrorCode::InvalidUpdate, msg.clone());
+                self.fail_slot(conn, Some(server_round), &msg);
+                self.advance_secure(false);
+            }
+        }
+    }
+
+    /// Closes the current key, share or reveal step once every member it waits for answered or
+    /// is gone — or, with `force`, at its deadline.
+    pub(super) fn advance_secure(&mut self, force: bool) {
+        loop {
+            let Some(round) = self.run.as_ref().and_then(|r| r.round.as_ref()) else {
+                return;
+            };
+            let Some(secure) = round.secure.as_ref() else {
+                return;
+            };
+            if !secure.waiting_step() {
+                return;
+            }
+            let gone = |m: Member| {
+                secure.conn(m).is_none_or(|c| {
+                    !self.clients.contains_key(&c)
+                        || (!matches!(secure.step, Step::Reveals(_))
+                            && !matches!(round.sampled.get(&c), Some((_, Slot::Pending))))
+                })
+            };
+            if !force && !secure.step_complete(gone) {
+                return;
+            }
+            let closing_keys = matches!(secure.step, Step::Keys(_));
+            let closing_shares = matches!(secure.step, Step::Shares(_));
+            let closed = if closing_keys {
+                self.close_keys()
+            } else if closing_shares {
+                self.close_shares()
+            } else {
+                return self.finish_unmask();
+            };
+            if let Err(e) = closed {
+                return self.abandon_round(&format!("secure aggregation: {e}"));
+            }
+            // The next step may already be complete (every member gone): check again.
+            if force {
+                return;
+            }
+        }
+    }
+
+    fn secure_mut(&mut self) -> Option<&mut SecureRound> {
+        self.run.as_mut()?.round.as_mut()?.secure.as_mut()
+    }
+
+    /// Members of the round no longer in it after a step: their slots fail.
+    fn drop_members(&mut self, left: Vec<u64>, why: &str) {
+        let round = self
+            .run
+            .as_ref()
+            .and_then(|r| r.round.as_ref())
+            .map(|r| r.server_round);
+        for conn in left {
+            self.fail_slot(conn, round, why);
+        }
+    }
+
+    fn close_keys(&mut self) -> Result<(), SecAggError> {
+        // A member may answer the share step only once it has trained (a browser worker is
+        // busy while it trains): that step waits as long as training may take.
+        let training_deadline = self
+            .run
+            .as_ref()
+            .and_then(|r| r.round.as_ref())
+            .map(|r| r.deadline);
+        let Some(secure) = self.secure_mut() else {
+            return Ok(());
+        };
+        let Step::Keys(keys) = std::mem::replace(&mut secure.step, Step::Closed) else {
+            return Ok(());
+        };
+        let (shares, relay) = keys.close()?;
+        let out: Vec<(u64, Vec<PeerKeys>)> = relay
+            .iter()
+            .filter_map(|(&m, peers)| {
+                let list = peers
+                    .iter()
+                    .map(|(&member, &keys)| PeerKeys { member, keys })
+                    .collect();
+                Some((secure.conn(m)?, list))
+            })
+            .collect();
+        let left: Vec<u64> = secure
+            .conns
+            .iter()
+            .filter(|(m, _)| !relay.contains_key(m))
+            .map(|(_, &c)| c)
+            .collect();
+        let deadline =
+            training_deadline.unwrap_or_else(|| tokio::time::Instant::now() + STEP_TIMEOUT);
+        secure.next_step(Step::Shares(shares), relay.keys().copied(), deadline);
+        self.drop_members(
+            left,
+            "secure aggregation: no keys in time, or too few neighbours left",
+        );
+        let server_round = self.current_round();
+        for (conn, peers) in out {
+            self.send_msg(
+                conn,
+                &ServerMessage::SecAggPeers {
+                    server_round,
+                    peers,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn close_shares(&mut self) -> Result<(), SecAggError> {
+        let Some(secure) = self.secure_mut() else {
+            return Ok(());
+        };
+        let Step::Shares(shares) = std::mem::replace(&mut secure.step, Step::Closed) else {
+            return Ok(());
+        };
+        let (masked, inbox) = shares.close()?;
+        let left: Vec<u64> = secure
+            .conns
+            .iter()
+            .filter(|(m, _)| !inbox.contains_key(m))
+            .map(|(_, &c)| c)
+            .collect();
+        let out: Vec<(u64, Vec<protocol::secagg::Envelope>)> = inbox
+            .into_iter()
+            .filter_map(|(m, envelopes)| Some((secure.conn(m)?, envelopes)))
+            .collect();
+        secure.next_step(Step::Masked(masked), [], tokio::time::Instant::now());
+        self.drop_members(
+            left,
+            "secure aggregation: no shares in time, or too few neighbours left",
+        );
+        let server_round = self.current_round();
+        for (conn, envelopes) in out {
+            self.send_msg(
+                conn,
+                &ServerMessage::SecAggInbox {
+                    server_round,
+                    envelopes,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn current_round(&self) -> u64 {
+        self.run
+            .as_ref()
+            .and_then(|r| r.round.as_ref())
+            .map_or(0, |r| r.server_round)
+    }
+
+    /// The masked vectors are in: asks the survivors to reveal (instead of aggregating).
+    pub(super) fn start_unmask(&mut self) {
+        let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
+            return;
+        };
+        let server_round = round.server_round;
+        let Some(secure) = round.secure.as_mut() else {
+            return;
+        };
+        let step = std::mem::replace(&mut secure.step, Step::Closed);
+        let masked = match step {
+            Step::Masked(m) => m,
+            // Keys or shares never completed: no member could mask.
+            _ => return self.abandon_round(
+                "secure aggregation: the key and share steps did not complete before the deadline",
+            ),
+        };
+        let (reveals, requests) = match masked.close() {
+            Ok(r) => r,
+            Err(e) => return self.abandon_round(&format!("secure aggregation: {e}")),
+        };
+        round.phase = Phase::Unmasking;
+        let out: Vec<(u64, protocol::secagg::UnmaskRequest)> = requests
+            .into_iter()
+            .filter_map(|(m, r)| Some((secure.conn(m)?, r)))
+            .collect();
+        let survivors: Vec<Member> = out.iter().filter_map(|(c, _)| secure.member(*c)).collect();
+        secure.next_step(
+            Step::Reveals(reveals),
+            survivors,
+            tokio::time::Instant::now() + STEP_TIMEOUT,
+        );
+        for (conn, request) in out {
+            self.send_msg(
+                conn,
+                &ServerMessage::SecAggUnmask {
+                    server_round,
+                    request,
+                },
+            );
+        }
+        self.advance_secure(false);
+    }
+
+    /// The reveals are in (or their deadline passed): unmasks, decodes and aggregates — or
+    /// fails the round if a secret cannot be rebuilt.
+    fn finish_unmask(&mut self) {
+        let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
+            return;
+        };
+        let Some(secure) = round.secure.as_mut() else {
+            return;
+        };
+        let Step::Reveals(reveals) = std::mem::replace(&mut secure.step, Step::Closed) else {
+            return;
+        };
+        let t = Instant::now();
+        let unmasked = match reveals.finish() {
+            Ok(u) => u,
+            Err(e) => return self.abandon_round(&format!("secure aggregation: {e}")),
+        };
+        let decoded = secure
+            .encoding
+            .decode(&unmasked.sum, unmasked.counted.len() as u32)
+            .map_err(|e| e.to_string())
+            .and_then(|(mean, _)| {
+                round
+                    .aggregator
+                    .set_unmasked(mean)
+                    .map_err(|e| e.to_string())
+            });
+        round.aggregate_ms += t.elapsed().as_secs_f64() * 1e3;
+        secure.recovered = unmasked.recovered.len() as u64;
+        round.span.in_scope(|| {
+            info!(
+                counted = unmasked.counted.len(),
+                recovered = unmasked.recovered.len(),
+                "secure aggregation unmasked the sum"
+            )
+        });
+        match decoded {
+            Ok(()) => self.aggregate_round(),
+            Err(e) => self.abandon_round(&format!(
+                "secure aggregation: the unmasked sum does not decode: {e}"
+            )),
+        }
+    }
+}
