@@ -35,7 +35,7 @@ import { launchChromium, startServer, token, waitFor } from './harness.mjs';
 const RUN = {
   name: 'e2e-dp',
   rounds: '3',
-  min_clients: '2',
+  min_clients: '3',
   local_epochs: '2',
   'batching.batch_size': '256',
   learning_rate: '2',

@@ -1,5 +1,6 @@
-//! `trainThroughput(kind, batch, iters)` for JS hosts: the same measurement as the native
-//! `throughput` binary (`learning::bench`), timed with the host's `performance.now()`.
+//! Benchmarks for JS hosts, timed with the host's `performance.now()`: `trainThroughput(kind,
+//! batch, iters)`, the same measurement as the native `throughput` binary (`learning::bench`),
+//! and `secaggMemberMs(members, neighbours)`, the same round as the native `secagg-cost`.
 
 use learning::bench::{StepKind, train_step_throughput};
 use wasm_bindgen::prelude::*;
@@ -24,6 +25,25 @@ pub fn train_throughput(kind: &str, batch: usize, iters: usize) -> Result<f64, J
         return Err(JsError::new("batch and iters must be at least 1"));
     }
     train_step_throughput(kind, batch, 3, iters, &now_ms).map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// A member's CPU time (milliseconds, the median member) for one secure-aggregation round of
+/// `members` with `neighbours` each: keys, shares, unsealing + encoding + masking TinyCNN's
+/// update, reveal.
+#[wasm_bindgen(js_name = secaggMemberMs)]
+pub fn secagg_member_ms(members: u32, neighbours: u32) -> Result<f64, JsError> {
+    use rand::SeedableRng;
+    if !(2..=2000).contains(&members) || neighbours == 0 {
+        return Err(JsError::new(
+            "members: expected 2 to 2000; neighbours: expected at least 1",
+        ));
+    }
+    let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(u64::from(members));
+    let now = || now_ms() / 1000.0;
+    let costs = secagg::bench::round(members, neighbours.min(members - 1), &mut rng, &now);
+    let mut totals = costs.client_s[4].clone();
+    totals.sort_by(f64::total_cmp);
+    Ok(totals[totals.len() / 2] * 1000.0)
 }
 
 #[cfg(target_arch = "wasm32")]

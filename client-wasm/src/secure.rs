@@ -188,6 +188,15 @@ impl SecureRound {
         }))
     }
 
+    /// Whether this member's shares went out (then it may train: its masked vector waits only
+    /// for its neighbours' shares).
+    pub fn shares_sent(&self) -> bool {
+        matches!(
+            self.step,
+            Step::Shared(_) | Step::Holding(_) | Step::Masked(_)
+        )
+    }
+
     /// Cohort size, for the page ("the server sees only the sum of N clients' updates").
     pub fn members(&self) -> u32 {
         self.setup.members

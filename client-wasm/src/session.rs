@@ -276,6 +276,12 @@ pub struct Session {
     pub rounds_trained: Vec<u64>,
     /// The secure-aggregation round this client is a member of.
     secure: Option<SecureRound>,
+    /// The last round the server set up with secure aggregation (even if joining it failed):
+    /// that round's update never goes out in the clear.
+    secure_round: Option<u64>,
+    /// Training held until this member's shares are out: a browser worker answers nothing
+    /// while it trains, so it shares first and the server's share step stays short.
+    held: Option<Box<TrainJob>>,
     /// Parameters of the federated model (from `Welcome`).
     model_params: usize,
 }
@@ -302,6 +308,8 @@ impl Session {
             finished: None,
             rounds_trained: Vec::new(),
             secure: None,
+            secure_round: None,
+            held: None,
             model_params: 0,
             options,
         };
@@ -513,6 +521,7 @@ impl Session {
                 }));
             }
             ServerMessage::RunFinished { run_id, reason } => {
+                self.release_held();
                 self.finished = Some(reason.clone());
                 out.push(Action::Notify(Notice::RunFinished { run_id, reason }));
             }
@@ -542,6 +551,8 @@ impl Session {
     fn on_secagg_setup(&mut self, setup: protocol::secagg::SecAggSetup) -> Vec<Action> {
         let server_round = setup.server_round;
         let members = setup.members;
+        self.release_held();
+        self.secure_round = Some(server_round);
         match SecureRound::start(setup, self.model_params + 1) {
             Ok((secure, keys)) => {
                 self.secure = Some(secure);
@@ -577,6 +588,7 @@ impl Session {
         match step(secure) {
             Ok(out) => {
                 let sent = out.iter().any(|o| matches!(o, Outgoing::Binary(_)));
+                let shared = secure.shares_sent();
                 let mut actions: Vec<Action> = out.into_iter().map(Action::Send).collect();
                 if sent {
                     actions.push(Action::Notify(Notice::Sent {
@@ -584,12 +596,26 @@ impl Session {
                         masked: true,
                     }));
                 }
+                // The shares are out: the training held for them starts.
+                if shared && let Some(job) = self.held.take() {
+                    actions.push(Action::Train(job));
+                }
                 actions
             }
             Err(e) => {
                 self.secure = None;
+                self.release_held();
                 train_failed(server_round, format!("secure aggregation: {e}"), false)
             }
+        }
+    }
+
+    /// Gives a held training job's ledger back, untouched (the job never ran).
+    fn release_held(&mut self) {
+        if let Some(job) = self.held.take() {
+            self.privacy = Some(job.privacy);
+            self.job_base = None;
+            self.sync_ledger();
         }
     }
 
@@ -652,6 +678,15 @@ impl Session {
     }
 
     fn train(&mut self, server_round: u64, config: TrainConfig, global: Vec<f32>) -> Vec<Action> {
+        if self.secure_round == Some(server_round) && !self.secure_in(server_round) {
+            // Joining this round's secure aggregation failed: its update is not sent at all,
+            // and never in the clear.
+            return train_failed(
+                server_round,
+                "secure aggregation could not be joined for this round: its update is not sent in the clear".into(),
+                false,
+            );
+        }
         if self.options.require_secure_aggregation && !self.secure_in(server_round) {
             // Refused before anything is trained: this client sends nothing in the clear.
             return train_failed(
@@ -671,14 +706,25 @@ impl Session {
             );
         }
         match self.take_work() {
-            Ok((data, fingerprint, privacy)) => vec![Action::Train(Box::new(TrainJob {
-                server_round,
-                global,
-                config,
-                data,
-                fingerprint,
-                privacy,
-            }))],
+            Ok((data, fingerprint, privacy)) => {
+                let job = Box::new(TrainJob {
+                    server_round,
+                    global,
+                    config,
+                    data,
+                    fingerprint,
+                    privacy,
+                });
+                if self
+                    .secure
+                    .as_ref()
+                    .is_some_and(|s| s.server_round == server_round && !s.shares_sent())
+                {
+                    self.held = Some(job);
+                    return Vec::new();
+                }
+                vec![Action::Train(job)]
+            }
             Err(reason) => train_failed(server_round, reason, false),
         }
     }
@@ -807,11 +853,11 @@ impl Session {
             out.push(trained);
             return out;
         }
-        if self.options.require_secure_aggregation {
+        if self.options.require_secure_aggregation || self.secure_round == Some(server_round) {
             return train_failed(
                 server_round,
-                "this client requires secure aggregation, and the round has none".into(),
-                true,
+                "this round's update is sent only masked (secure aggregation), and this client is not in the round's secure aggregation".into(),
+                self.options.require_secure_aggregation,
             );
         }
         let frame = TensorFrame {

@@ -484,3 +484,107 @@ fn a_client_that_requires_secure_aggregation_never_sends_an_update_in_the_clear(
     let (reason, _) = refusal(&round(&mut s, 3, dp(1.0, 1e-5)));
     assert!(reason.contains("requires secure aggregation"), "{reason}");
 }
+
+#[test]
+fn a_secure_round_shares_before_training_and_never_falls_back_to_the_clear() {
+    use protocol::secagg::{Bytes32, PeerKeys, SecAggSetup};
+    use rand::SeedableRng;
+    let mut s = Session::new(SessionOptions {
+        own_data: Some(OwnFiles::from_dataset(records(40, 0))),
+        ..Default::default()
+    })
+    .unwrap();
+    let welcome = ServerMessage::Welcome {
+        client_id: 1,
+        client_key: "k".repeat(32),
+        model_params: global().len() as u64,
+        rounds_taken: 0,
+        interrupted_round: None,
+    };
+    s.on_text(&welcome.encode()).unwrap();
+    let setup = |round: u64| SecAggSetup {
+        server_round: round,
+        session: Bytes32([round as u8; 32]),
+        member: 1,
+        members: 3,
+        threshold: 2,
+        neighbours: vec![2, 3],
+        clip: 8.0,
+        levels: 1 << 22,
+        max_weight: 60_000,
+    };
+    let out = s
+        .on_text(&ServerMessage::SecAggSetup(setup(1)).encode())
+        .unwrap();
+    assert!(matches!(
+        messages(&out).as_slice(),
+        [ClientMessage::SecAggKeys { .. }]
+    ));
+    // The instruction and the model: training waits for this member's shares.
+    let ins = ServerMessage::TrainIns {
+        server_round: 1,
+        config: dp(1.0, 1e-5),
+        timeout_ms: 1000,
+    };
+    assert!(s.on_text(&ins.encode()).unwrap().is_empty());
+    let held = s.on_binary(&model_frame(1, global())).unwrap();
+    assert!(held.is_empty(), "no training before the shares: {held:?}");
+    // The neighbours' keys arrive: shares go out, then training starts.
+    let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(1);
+    let params = secagg::Params {
+        session: Bytes32([1; 32]),
+        members: 3,
+        threshold: 2,
+        vector_len: global().len() + 1,
+    };
+    let peers: Vec<PeerKeys> = [2u32, 3]
+        .iter()
+        .map(|&m| {
+            let others = [1, 2, 3].into_iter().filter(|&j| j != m).collect();
+            let (_, keys) = secagg::client::Member::new(params.clone(), m, others)
+                .unwrap()
+                .advertise(&mut rng);
+            PeerKeys { member: m, keys }
+        })
+        .collect();
+    let out = s
+        .on_text(
+            &ServerMessage::SecAggPeers {
+                server_round: 1,
+                peers,
+            }
+            .encode(),
+        )
+        .unwrap();
+    assert!(matches!(
+        messages(&out).as_slice(),
+        [ClientMessage::SecAggShares { .. }]
+    ));
+    let Some(Action::Train(job)) = out.into_iter().last() else {
+        panic!("training starts once the shares are out")
+    };
+    // Trained before the neighbours' envelopes: nothing is sent yet, least of all in the clear.
+    let done = s.on_trained(job.run(&mut |_| {}));
+    assert!(
+        !done
+            .iter()
+            .any(|a| matches!(a, Action::Send(Outgoing::Binary(_)))),
+        "no frame before the envelopes"
+    );
+    // Attack: a round whose secure aggregation cannot be joined (a cohort of 1) is not sent
+    // in the clear either.
+    let broken = SecAggSetup {
+        members: 1,
+        neighbours: vec![],
+        ..setup(2)
+    };
+    let out = s
+        .on_text(&ServerMessage::SecAggSetup(broken).encode())
+        .unwrap();
+    assert!(matches!(
+        messages(&out).as_slice(),
+        [ClientMessage::TrainFailed { .. }]
+    ));
+    let (reason, _) = refusal(&round(&mut s, 2, dp(1.0, 1e-5)));
+    assert!(reason.contains("not sent in the clear"), "{reason}");
+}

@@ -220,6 +220,12 @@ impl SecureAggregationConfig {
         fields::SECAGG_CLIP.check(self.clip)?;
         fields::SECAGG_LEVELS.check(self.levels)?;
         fields::SECAGG_MAX_WEIGHT.check_whole(self.max_weight)?;
+        if run.min_clients < 3 {
+            return Err(fields::MIN_CLIENTS.error_because(
+                run.min_clients,
+                "at least 3 with secure aggregation: with 2 the sum gives each client the other's update".into(),
+            ));
+        }
         if run.min_clients > self.max_members() {
             return Err(fields::MIN_CLIENTS.error_because(
                 run.min_clients,
@@ -799,11 +805,11 @@ mod tests {
                 "secure_aggregation",
             ),
             (
-                r#"{"secure_aggregation":{"neighbours":1}}"#,
+                r#"{"min_clients":3,"secure_aggregation":{"neighbours":1}}"#,
                 "secure_aggregation.neighbours",
             ),
             (
-                r#"{"secure_aggregation":{"threshold":0.5}}"#,
+                r#"{"min_clients":3,"secure_aggregation":{"threshold":0.5}}"#,
                 "secure_aggregation.threshold",
             ),
             (
@@ -811,9 +817,10 @@ mod tests {
                 "min_clients",
             ),
             (
-                r#"{"secure_aggregation":{"levels":1}}"#,
+                r#"{"min_clients":3,"secure_aggregation":{"levels":1}}"#,
                 "secure_aggregation.levels",
             ),
+            (r#"{"secure_aggregation":{}}"#, "min_clients"),
         ];
         for (json, field) in cases {
             let err = RunConfig::from_json(json).expect_err(json);
@@ -881,7 +888,7 @@ mod tests {
         };
         assert_eq!(half.threshold_for(4), 3);
         assert_eq!(
-            RunConfig::from_json(r#"{"secure_aggregation":{}}"#)
+            RunConfig::from_json(r#"{"min_clients":3,"secure_aggregation":{}}"#)
                 .unwrap()
                 .secure_aggregation,
             Some(s)

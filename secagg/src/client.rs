@@ -74,6 +74,7 @@ pub struct Holding {
 /// Its masked vector is out; it answers one unmask request.
 pub struct Masked {
     me: Index,
+    threshold: u32,
     held: BTreeMap<Index, (Share, Share)>,
 }
 
@@ -300,6 +301,7 @@ impl Holding {
         Ok((
             Masked {
                 me: m.me,
+                threshold: m.params.threshold,
                 held: self.held,
             },
             out,
@@ -326,6 +328,15 @@ impl Masked {
         }
         if dropped.contains(&self.me) {
             return Err(SecAggError::BothSecrets(self.me));
+        }
+        // Fewer survivors than the threshold cannot unmask anything: a request that says so
+        // is answered with nothing.
+        if survivors.len() < self.threshold as usize {
+            return Err(SecAggError::TooFewSurvivors {
+                member: self.me,
+                holders: survivors.len(),
+                threshold: self.threshold,
+            });
         }
         let share = |j: &Index, pick: fn(&(Share, Share)) -> &Share| {
             self.held

@@ -61,6 +61,15 @@ impl KeyPairs {
     }
 }
 
+/// Whether a public key is a low-order point: an X25519 agreement with it is the same known
+/// value whatever the secret, so it protects nothing.
+pub fn is_weak(key: &Bytes32) -> bool {
+    // Any clamped scalar maps a low-order point to the identity.
+    !StaticSecret::from([1u8; 32])
+        .diffie_hellman(&PublicKey::from(key.0))
+        .was_contributory()
+}
+
 /// The public key of a masking secret (to check a rebuilt one against what was published).
 pub fn masking_public(secret: &[u8; 32]) -> Bytes32 {
     Bytes32(PublicKey::from(&StaticSecret::from(*secret)).to_bytes())

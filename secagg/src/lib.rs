@@ -32,6 +32,7 @@
 //! holders, each of which reveals only one of the two. Public keys are not authenticated: a
 //! server that substitutes them (an active attacker) is out of scope.
 
+pub mod bench;
 pub mod client;
 pub mod crypto;
 pub mod encode;
@@ -97,15 +98,24 @@ pub enum SecAggError {
     },
     #[error("no member is left in the round")]
     Empty,
+    #[error(
+        "the members that sent a vector fall apart into groups with no neighbour in common: unmasking would reveal each group's sum; the round cannot be unmasked"
+    )]
+    Split,
     #[error("asked to reveal both secrets of member {0}: refused (that would unmask its vector)")]
     BothSecrets(Member),
     #[error("the secret of member {0} rebuilt from its shares does not match what it published")]
     Mismatch(Member),
 }
 
-/// 2t > holders and t ≤ holders: a strict majority of each member's holders.
+/// 2t > holders and t ≤ holders: a strict majority of each member's holders — and a member
+/// has at least one neighbour (alone, its vector would be masked by its own seed only).
 pub fn check_threshold(threshold: u32, holders: usize) -> Result<(), SecAggError> {
-    if threshold == 0 || threshold as usize > holders || 2 * threshold as usize <= holders {
+    if holders < 2
+        || threshold == 0
+        || threshold as usize > holders
+        || 2 * threshold as usize <= holders
+    {
         return Err(SecAggError::Threshold { threshold, holders });
     }
     Ok(())

@@ -134,6 +134,23 @@ impl Round {
         }
     }
 
+    /// Whether `members` form one group through neighbour links among themselves.
+    fn connected(&self, members: &BTreeSet<Member>) -> bool {
+        let Some(&first) = members.iter().next() else {
+            return true;
+        };
+        let mut seen = BTreeSet::from([first]);
+        let mut frontier = vec![first];
+        while let Some(m) = frontier.pop() {
+            for &j in self.neighbours(m).intersection(members) {
+                if seen.insert(j) {
+                    frontier.push(j);
+                }
+            }
+        }
+        seen.len() == members.len()
+    }
+
     fn live_holders(&self, m: Member, live: &BTreeSet<Member>) -> usize {
         self.neighbours(m).intersection(live).count() + usize::from(live.contains(&m))
     }
@@ -156,17 +173,19 @@ impl CollectingKeys {
 
     /// Closes step 1: the members still in, each with its live neighbours' keys to be sent.
     /// Members whose key copies another's are dropped (a copied key would let its copier read
-    /// shares meant for the original).
+    /// shares meant for the original), and so are those with a low-order key.
     pub fn close(self) -> Result<(CollectingShares, KeysToRelay), SecAggError> {
         let mut owners: BTreeMap<Bytes32, Vec<Member>> = BTreeMap::new();
         for (&m, k) in &self.keys {
             owners.entry(k.encryption).or_default().push(m);
             owners.entry(k.masking).or_default().push(m);
         }
+        // Copied keys, and low-order points (every agreement with them is the same known value):
+        // their members are out before any neighbour shares with them.
         let copied: BTreeSet<Member> = owners
-            .values()
-            .filter(|ms| ms.len() > 1)
-            .flatten()
+            .iter()
+            .filter(|(key, ms)| ms.len() > 1 || crypto::is_weak(key))
+            .flat_map(|(_, ms)| ms)
             .copied()
             .collect();
         let mut live: BTreeSet<Member> = self
@@ -349,6 +368,11 @@ impl CollectingMasked {
             .copied()
             .filter(|m| !survivors.contains(m))
             .collect();
+        // Survivors in two groups with no edge between them would each have masks that cancel
+        // inside the group: unmasking would give the server each group's sum. Refused.
+        if !self.round.connected(survivors) {
+            return Err(SecAggError::Split);
+        }
         let t = self.round.params.threshold as usize;
         for &m in survivors.iter().chain(&dropped) {
             let holders = self.round.live_holders(m, survivors);

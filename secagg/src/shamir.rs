@@ -4,7 +4,8 @@
 //! secret at 255 holders, while plain SecAgg shares with every member of a cohort of up to
 //! [`protocol::secagg::MAX_MEMBERS`]; and the x-coordinate must be the member's index. The field
 //! is a Mersenne prime, so its arithmetic is a `u128` product and two folds, without tables or
-//! branches on secret values.
+//! branches on secret values (only the final check that a rebuilt secret fits its bytes
+//! branches, and it says no more than whether the shares were right).
 //!
 //! A secret is cut into five limbs of at most 56 bits (7 + 7 + 7 + 7 + 4 bytes), each shared
 //! with its own random polynomial of degree t − 1, so t shares rebuild it and t − 1 say nothing

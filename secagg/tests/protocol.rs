@@ -56,10 +56,27 @@ fn gone(s: &Setup, m: Member, at: Drop) -> bool {
 
 /// Runs one round; `Ok` is the server's result, and what it received is in the transcript.
 fn run(s: &Setup, rng: &mut ChaCha20Rng, t: &mut Transcript) -> Result<Unmasked, SecAggError> {
+    let graph = graph::neighbourhoods(s.members, s.neighbours, rng);
+    run_on(s, graph, rng, t)
+}
+
+fn run_with_graph(
+    s: &Setup,
+    graph: Vec<BTreeSet<Member>>,
+    rng: &mut ChaCha20Rng,
+) -> Result<Unmasked, SecAggError> {
+    run_on(s, graph, rng, &mut Transcript::default())
+}
+
+fn run_on(
+    s: &Setup,
+    graph: Vec<BTreeSet<Member>>,
+    rng: &mut ChaCha20Rng,
+    t: &mut Transcript,
+) -> Result<Unmasked, SecAggError> {
     let mut session = [0u8; 32];
     rng.fill_bytes(&mut session);
     let params = params(s, Bytes32(session));
-    let graph = graph::neighbourhoods(s.members, s.neighbours, rng);
     let mut keys = Round::start(params.clone(), graph.clone())?;
     let mut advertised = BTreeMap::new();
     for m in 1..=s.members {
@@ -211,10 +228,7 @@ fn up_to_n_minus_t_drops_at_any_step_are_recovered_and_more_never_give_a_wrong_s
                         drops.len(),
                         n - t
                     );
-                    assert!(
-                        matches!(e, SecAggError::TooFewSurvivors { .. } | SecAggError::Empty),
-                        "{drops:?}: {e}"
-                    );
+                    assert!(refusal(&e), "{drops:?}: {e}");
                 }
             }
             never_both_secrets(&transcript);
@@ -224,6 +238,120 @@ fn up_to_n_minus_t_drops_at_any_step_are_recovered_and_more_never_give_a_wrong_s
             "n {n}: {recovered} recovered, {refused} refused"
         );
     }
+}
+
+/// The ways a round may end without a sum (never with a wrong one).
+fn refusal(e: &SecAggError) -> bool {
+    matches!(
+        e,
+        SecAggError::TooFewSurvivors { .. } | SecAggError::Empty | SecAggError::Split
+    )
+}
+
+#[test]
+fn on_sparse_neighbourhoods_drops_are_recovered_or_refused_never_summed_wrong() {
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let stages = [
+        Drop::BeforeKeys,
+        Drop::AfterKeys,
+        Drop::AfterShares,
+        Drop::AfterMasked,
+    ];
+    for (n, k) in [(10u32, 4u32), (12, 2), (30, 6)] {
+        let t = majority(k as usize + 1);
+        let vectors = random_vectors(n, 4, &mut rng);
+        let (mut recovered, mut refused) = (0, 0);
+        for _ in 0..150 {
+            let mut drops = BTreeMap::new();
+            for m in 1..=n {
+                let r = rng.next_u32();
+                if r % 5 == 0 {
+                    drops.insert(m, stages[(r / 5 % 4) as usize]);
+                }
+            }
+            let setup = Setup {
+                members: n,
+                neighbours: k,
+                threshold: t,
+                vectors: vectors.clone(),
+                drops: drops.clone(),
+            };
+            let mut transcript = Transcript::default();
+            match run(&setup, &mut rng, &mut transcript) {
+                Ok(out) => {
+                    recovered += 1;
+                    assert_eq!(out.sum, plain_sum(&vectors, &out.counted), "{drops:?}");
+                    for m in &out.counted {
+                        assert!(matches!(drops.get(m), None | Some(Drop::AfterMasked)));
+                    }
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert!(refusal(&e), "{drops:?}: {e}");
+                }
+            }
+            never_both_secrets(&transcript);
+        }
+        assert!(
+            recovered > 0,
+            "n {n} k {k}: nothing recovered, {refused} refused"
+        );
+    }
+}
+
+#[test]
+fn survivors_cut_into_two_groups_are_not_unmasked() {
+    // A ring (k = 2, t = 2 of 3 holders). Two members at distance 3 send their shares and
+    // vanish: the two members between them mask only against each other and the vanished,
+    // so unmasking would hand the server their pair's sum. The round must refuse.
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let n = 10;
+    let g = graph::neighbourhoods(n, 2, &mut rng);
+    let mut ring = vec![1u32];
+    while ring.len() < n as usize {
+        let last = *ring.last().unwrap();
+        let next = g[last as usize - 1]
+            .iter()
+            .copied()
+            .find(|j| !ring.contains(j))
+            .unwrap();
+        ring.push(next);
+    }
+    let drops = BTreeMap::from([(ring[0], Drop::AfterShares), (ring[3], Drop::AfterShares)]);
+    let setup = Setup {
+        members: n,
+        neighbours: 2,
+        threshold: 2,
+        vectors: random_vectors(n, 3, &mut rng),
+        drops,
+    };
+    let err = run_with_graph(&setup, g, &mut rng).unwrap_err();
+    assert_eq!(err, SecAggError::Split);
+}
+
+#[test]
+fn a_low_order_public_key_is_dropped_before_anyone_shares_with_it() {
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let params = Params {
+        session: Bytes32([3; 32]),
+        members: 4,
+        threshold: 3,
+        vector_len: 1,
+    };
+    let g = graph::neighbourhoods(4, 3, &mut rng);
+    let mut keys = Round::start(params.clone(), g.clone()).unwrap();
+    for m in 1..=4 {
+        let (_, mut k) = client::Member::new(params.clone(), m, g[m as usize - 1].clone())
+            .unwrap()
+            .advertise(&mut rng);
+        if m == 2 {
+            k.masking = Bytes32([0; 32]);
+        }
+        keys.add(m, k).unwrap();
+    }
+    let (_, relayed) = keys.close().unwrap();
+    assert_eq!(relayed.keys().copied().collect::<Vec<_>>(), [1, 3, 4]);
+    assert!(relayed.values().all(|peers| !peers.contains_key(&2)));
 }
 
 /// No member ever had shares of both its seed and its masking secret sent to the server.
@@ -260,19 +388,23 @@ fn a_curious_server_learns_the_sum_and_no_single_vector() {
         .iter()
         .map(|u| encoding.encode(1.0, u, &mut rng).unwrap())
         .collect();
+    // Member 5 vanishes after its shares: the server asks for its masking secret, and the
+    // others' seeds — never both of one member.
     let setup = Setup {
         members: 5,
         neighbours: 4,
         threshold: 3,
         vectors: vectors.clone(),
-        drops: BTreeMap::new(),
+        drops: BTreeMap::from([(5, Drop::AfterShares)]),
     };
     let mut t = Transcript::default();
     let out = run(&setup, &mut rng, &mut t).unwrap();
+    assert_eq!(out.counted, [1, 2, 3, 4]);
+    assert_eq!(out.recovered, [5]);
     assert_eq!(out.sum, plain_sum(&vectors, &out.counted));
-    let (mean, _) = encoding.decode(&out.sum, 5).unwrap();
+    let (mean, _) = encoding.decode(&out.sum, 4).unwrap();
     for (k, m) in mean.iter().enumerate() {
-        let want = updates.iter().map(|u| u[k]).sum::<f32>() / 5.0;
+        let want = updates[..4].iter().map(|u| u[k]).sum::<f32>() / 4.0;
         assert!((m - want).abs() < 1e-4, "{k}: {m} vs {want}");
     }
     // What the server holds is no member's vector, nor close to one: within one rounding

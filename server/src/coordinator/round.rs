@@ -97,10 +97,6 @@ impl Coordinator {
             sampled.insert(a.client_id, (conn.key.clone(), Slot::Pending));
             dispatch.push(a);
         }
-        if let Err(e) = keep_charged(&mut self.store, run_id, &mut run.clients, charged) {
-            warn!(parent: &span, error = %e, "cannot store the privacy ledger: not starting the round");
-            return;
-        }
         let ids: Vec<u64> = dispatch.iter().map(|a| a.client_id).collect();
         let secure = match run.summary.config.secure_aggregation {
             None => None,
@@ -108,12 +104,17 @@ impl Coordinator {
                 match SecureRound::plan(&config, &ids, server_round, self.model_params + 1) {
                     Ok(plan) => Some(plan),
                     Err(e) => {
-                        warn!(parent: &span, error = %e, "cannot set up secure aggregation: not starting the round");
+                        warn!(parent: &span, error = %e, "cannot set up secure aggregation: not starting the round (nothing was charged)");
                         return;
                     }
                 }
             }
         };
+        // Set up before charging: a round that cannot start charges nobody.
+        if let Err(e) = keep_charged(&mut self.store, run_id, &mut run.clients, charged) {
+            warn!(parent: &span, error = %e, "cannot store the privacy ledger: not starting the round");
+            return;
+        }
         let (secure, setups) = match secure {
             Some((s, setups)) => (Some(s), setups),
             None => (None, Vec::new()),

@@ -18,8 +18,8 @@ use secagg::{Encoding, Params, SecAggError};
 
 use super::*;
 
-/// How long the key and reveal steps wait for a silent member (they take milliseconds; the
-/// share step waits as long as training may take, see `close_keys`).
+/// How long the key, share and reveal steps wait for a silent member (each takes milliseconds:
+/// a member sends its shares before it starts training).
 pub(super) const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the protocol is.
@@ -153,8 +153,15 @@ impl SecureRound {
         self.step_deadline = deadline;
     }
 
-    /// Whether every member the step waits for answered or is `gone`.
+    /// Whether every member the step waits for answered or is `gone` — or, for the reveals,
+    /// whether every secret the sum needs has its shares already (a silent survivor does not
+    /// hold the round).
     fn step_complete(&self, gone: impl Fn(Member) -> bool) -> bool {
+        if let Step::Reveals(r) = &self.step
+            && r.ready()
+        {
+            return true;
+        }
         self.expected
             .iter()
             .all(|m| self.answered.contains(m) || gone(*m))
@@ -218,11 +225,15 @@ impl Coordinator {
             (Step::Keys(s), Answer::Keys(k)) => s.add(m, k),
             (Step::Shares(s), Answer::Shares(sh)) => s.add(m, sh),
             (Step::Reveals(s), Answer::Reveal(r)) => s.add(m, &r),
-            _ => Err(SecAggError::Malformed {
-                what: "a message",
-                member: m,
-                why: "not the one this step waits for".into(),
-            }),
+            // Late or early (a slow member of an abandoned attempt of this round): refused, but
+            // the member stays in.
+            _ => {
+                return self.reject(
+                    conn,
+                    ErrorCode::BadSequence,
+                    "secure aggregation: not the message this step waits for".into(),
+                );
+            }
         };
         match added {
             Ok(()) => {
@@ -297,13 +308,6 @@ impl Coordinator {
     }
 
     fn close_keys(&mut self) -> Result<(), SecAggError> {
-        // A member may answer the share step only once it has trained (a browser worker is
-        // busy while it trains): that step waits as long as training may take.
-        let training_deadline = self
-            .run
-            .as_ref()
-            .and_then(|r| r.round.as_ref())
-            .map(|r| r.deadline);
         let Some(secure) = self.secure_mut() else {
             return Ok(());
         };
@@ -327,8 +331,9 @@ impl Coordinator {
             .filter(|(m, _)| !relay.contains_key(m))
             .map(|(_, &c)| c)
             .collect();
-        let deadline =
-            training_deadline.unwrap_or_else(|| tokio::time::Instant::now() + STEP_TIMEOUT);
+        // Members share before they train (the session holds training until its shares are
+        // out), so a silent member holds this step only briefly.
+        let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
         secure.next_step(Step::Shares(shares), relay.keys().copied(), deadline);
         self.drop_members(
             left,
@@ -392,10 +397,28 @@ impl Coordinator {
 
     /// The masked vectors are in: asks the survivors to reveal (instead of aggregating).
     pub(super) fn start_unmask(&mut self) {
-        let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
+        let Some(run) = self.run.as_mut() else { return };
+        let (quorum, accept_failures) = (
+            run.summary.config.quorum,
+            run.summary.config.accept_failures,
+        );
+        let Some(round) = run.round.as_mut() else {
             return;
         };
         let server_round = round.server_round;
+        // The quorum is checked before anything is unmasked: a sum unmasked and then refused
+        // would be retried with an overlapping cohort, and two sums give their difference.
+        let (results, sampled, failures) = (
+            round.aggregator.count(),
+            round.sampled.len(),
+            round.failures(),
+        );
+        let needed = quorum_needed(quorum, sampled);
+        if results < needed || (failures > 0 && !accept_failures) {
+            return self.abandon_round(&format!(
+                "secure aggregation: {results} masked vectors of {sampled} sampled (quorum {needed}), {failures} failures: not unmasked"
+            ));
+        }
         let Some(secure) = round.secure.as_mut() else {
             return;
         };
