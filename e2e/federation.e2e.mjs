@@ -197,6 +197,8 @@ try {
   assert.equal(round2.participants, 3, 'round 2 closed with the three remaining tabs');
   assert.equal(round2.failures, 1, 'the closed tab is counted as a failure');
   assert.ok(round2.secure, 'round 2 used secure aggregation');
+  // It had sent its shares (a tab shares before it trains): its masks were removed from the sum.
+  assert.equal(round2.recovered, 1, 'the closed tab\'s masks were recovered');
   log('round 2 closed:', JSON.stringify({ participants: round2.participants, failures: round2.failures, secure: round2.secure, recovered: round2.recovered }));
 
   // --- Round 3: tab 3 leaves right after its masked update went out. Its vector is in the sum,
