@@ -133,6 +133,23 @@ impl SecureRound {
         self.conns.get(&m).copied()
     }
 
+    /// The connections of the members a step left out (not in `still_in`).
+    fn connections_not_in<V>(&self, still_in: &BTreeMap<Member, V>) -> Vec<u64> {
+        self.conns
+            .iter()
+            .filter(|(m, _)| !still_in.contains_key(m))
+            .map(|(_, &c)| c)
+            .collect()
+    }
+
+    /// Per-member messages, addressed to their members' connections.
+    fn addressed<V>(&self, per_member: impl IntoIterator<Item = (Member, V)>) -> Vec<(u64, V)> {
+        per_member
+            .into_iter()
+            .filter_map(|(m, v)| Some((self.conn(m)?, v)))
+            .collect()
+    }
+
     /// A step still waits for an answer (keys, shares, reveals), so its deadline applies.
     pub(super) fn waiting_step(&self) -> bool {
         matches!(
@@ -315,26 +332,19 @@ impl Coordinator {
             return Ok(());
         };
         let (shares, relay) = keys.close()?;
-        let out: Vec<(u64, Vec<PeerKeys>)> = relay
-            .iter()
-            .filter_map(|(&m, peers)| {
-                let list = peers
-                    .iter()
-                    .map(|(&member, &keys)| PeerKeys { member, keys })
-                    .collect();
-                Some((secure.conn(m)?, list))
-            })
-            .collect();
-        let left: Vec<u64> = secure
-            .conns
-            .iter()
-            .filter(|(m, _)| !relay.contains_key(m))
-            .map(|(_, &c)| c)
-            .collect();
+        let left = secure.connections_not_in(&relay);
+        let still_in: Vec<Member> = relay.keys().copied().collect();
+        let out = secure.addressed(relay.into_iter().map(|(m, peers)| {
+            let list: Vec<PeerKeys> = peers
+                .into_iter()
+                .map(|(member, keys)| PeerKeys { member, keys })
+                .collect();
+            (m, list)
+        }));
         // Members share before they train (the session holds training until its shares are
         // out), so a silent member holds this step only briefly.
         let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
-        secure.next_step(Step::Shares(shares), relay.keys().copied(), deadline);
+        secure.next_step(Step::Shares(shares), still_in, deadline);
         self.drop_members(
             left,
             "secure aggregation: no keys in time, or too few neighbours left",
@@ -360,16 +370,8 @@ impl Coordinator {
             return Ok(());
         };
         let (masked, inbox) = shares.close()?;
-        let left: Vec<u64> = secure
-            .conns
-            .iter()
-            .filter(|(m, _)| !inbox.contains_key(m))
-            .map(|(_, &c)| c)
-            .collect();
-        let out: Vec<(u64, Vec<protocol::secagg::Envelope>)> = inbox
-            .into_iter()
-            .filter_map(|(m, envelopes)| Some((secure.conn(m)?, envelopes)))
-            .collect();
+        let left = secure.connections_not_in(&inbox);
+        let out = secure.addressed(inbox);
         secure.next_step(Step::Masked(masked), [], tokio::time::Instant::now());
         self.drop_members(
             left,
@@ -435,10 +437,7 @@ impl Coordinator {
             Err(e) => return self.abandon_round(&format!("secure aggregation: {e}")),
         };
         round.phase = Phase::Unmasking;
-        let out: Vec<(u64, protocol::secagg::UnmaskRequest)> = requests
-            .into_iter()
-            .filter_map(|(m, r)| Some((secure.conn(m)?, r)))
-            .collect();
+        let out = secure.addressed(requests);
         let survivors: Vec<Member> = out.iter().filter_map(|(c, _)| secure.member(*c)).collect();
         secure.next_step(
             Step::Reveals(reveals),
