@@ -78,6 +78,9 @@ pub struct SecureAggregationConfig {
     /// threshold is this fraction rounded up, and always a strict majority. A round unmasks
     /// when, for every client, that many holders survive; up to the rest may drop out.
     pub threshold: f64,
+    /// A count of holders instead of the fraction (still raised to a strict majority, and at
+    /// most all holders).
+    pub threshold_count: Option<u32>,
     /// Update values are clipped to [−clip, clip] before encoding.
     pub clip: f32,
     /// Encoding levels: a value maps onto 0..=levels. A round's clients × levels must stay
@@ -92,6 +95,7 @@ impl Default for SecureAggregationConfig {
         Self {
             neighbours: 16,
             threshold: 0.6,
+            threshold_count: None,
             clip: 8.0,
             levels: 1 << 22,
             max_weight: 60_000,
@@ -107,8 +111,10 @@ impl SecureAggregationConfig {
 
     /// The threshold for a client with `holders` share holders (itself and its neighbours).
     pub fn threshold_for(&self, holders: usize) -> u32 {
-        let fraction = (self.threshold * holders as f64).ceil() as u32;
-        fraction.max((holders / 2 + 1) as u32).min(holders as u32)
+        let wanted = self
+            .threshold_count
+            .unwrap_or_else(|| (self.threshold * holders as f64).ceil() as u32);
+        wanted.max((holders / 2 + 1) as u32).min(holders as u32)
     }
 }
 
@@ -217,6 +223,9 @@ impl SecureAggregationConfig {
         }
         fields::SECAGG_NEIGHBOURS.check(self.neighbours)?;
         fields::SECAGG_THRESHOLD.check(self.threshold)?;
+        if let Some(count) = self.threshold_count {
+            fields::SECAGG_THRESHOLD_COUNT.check(count)?;
+        }
         fields::SECAGG_CLIP.check(self.clip)?;
         fields::SECAGG_LEVELS.check(self.levels)?;
         fields::SECAGG_MAX_WEIGHT.check_whole(self.max_weight)?;
@@ -887,6 +896,14 @@ mod tests {
             ..s
         };
         assert_eq!(half.threshold_for(4), 3);
+        // A count: 12 of 17 holders; never below a majority (2 → 9), never above all (40 → 17).
+        let count = |c| SecureAggregationConfig {
+            threshold_count: Some(c),
+            ..s
+        };
+        assert_eq!(count(12).threshold_for(17), 12);
+        assert_eq!(count(2).threshold_for(17), 9);
+        assert_eq!(count(40).threshold_for(17), 17);
         assert_eq!(
             RunConfig::from_json(r#"{"min_clients":3,"secure_aggregation":{}}"#)
                 .unwrap()

@@ -420,6 +420,15 @@ pub const SECAGG_THRESHOLD: Field = noted(
     ),
     "of each client's share holders",
 );
+pub const SECAGG_THRESHOLD_COUNT: Field = noted(
+    whole(
+        "secure_aggregation.threshold_count",
+        "Unmask threshold (count)",
+        1,
+        crate::secagg::MAX_NEIGHBOURS as u64 + 1,
+    ),
+    "holders, instead of the fraction; raised to a strict majority",
+);
 pub const SECAGG_CLIP: Field = number(
     "secure_aggregation.clip",
     "Encoding clip",
@@ -467,6 +476,7 @@ pub const ALL: &[Field] = &[
     SECURE_AGGREGATION,
     SECAGG_NEIGHBOURS,
     SECAGG_THRESHOLD,
+    SECAGG_THRESHOLD_COUNT,
     SECAGG_CLIP,
     SECAGG_LEVELS,
     SECAGG_MAX_WEIGHT,

@@ -1492,3 +1492,42 @@ async fn simulated_clients_train_a_secure_run_one_of_them_requiring_it() {
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_rounds_with_secure_aggregation_train_as_well_as_without() {
+    let dir = temp_dir("secure-accuracy");
+    let server = TestServer::start(&dir, None).await;
+    let mut accuracy = Vec::new();
+    for secure in [false, true] {
+        let config = format!(
+            r#"{{"name":"secure-{secure}","rounds":5,"min_clients":3,"round_timeout_secs":120,
+                "batching":{{"batch_size":256}},"learning_rate":2.0,
+                "dp":{{"max_grad_norm":1.0,"target_epsilon":3.0,"delta":1e-5}},
+                "secure_aggregation":{},
+                "shards":{{"scheme":{{"kind":"iid"}},"num_shards":20,"seed":7}}}}"#,
+            if secure { "{}" } else { "null" }
+        );
+        let run_id = server.create_and_start(&config).await;
+        let clients: Vec<_> = (0..3).map(|_| sim_client(server.ws(), None)).collect();
+        for c in clients {
+            let report = c.await.unwrap().expect("client ran to the end");
+            assert_eq!(report.finished.as_deref(), Some("all 5 rounds done"));
+        }
+        let h = server.history(run_id).await;
+        assert!(
+            h.rounds.iter().all(|r| r.secure == secure),
+            "{:?}",
+            h.rounds
+        );
+        accuracy.push(h.rounds.last().unwrap().test_accuracy);
+    }
+    // The same training within the noise of DP and of the encoding's rounding.
+    assert!(
+        (accuracy[0] - accuracy[1]).abs() < 0.03 && accuracy[1] > 0.8,
+        "plain {:.4} vs secure {:.4}",
+        accuracy[0],
+        accuracy[1]
+    );
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

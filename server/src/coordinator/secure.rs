@@ -204,8 +204,8 @@ pub(super) enum Answer {
 }
 
 impl Coordinator {
-    /// A member's answer to the current step; a wrong or late one fails its slot (keys,
-    /// shares) or is ignored (a reveal: its vector is in, the sum may not need it).
+    /// A member's answer to the current step. A malformed one fails the member's slot; one the
+    /// step does not wait for (late, from an abandoned attempt) is refused and the member stays.
     pub(super) fn secagg_answer(&mut self, conn: u64, server_round: u64, answer: Answer) {
         let current = self.current_round();
         if current != server_round {
