@@ -4,8 +4,8 @@
 //! once here for the server, the browser worker and the simulator; the cryptography that makes
 //! and checks them is the `secagg` crate's.
 //!
-//! Every byte string has a fixed length ([`SHARE_BYTES`], [`ENVELOPE_BYTES`], 32 for keys) that
-//! [`check_len`] enforces where a peer's message is decoded.
+//! Every byte string has a fixed length ([`SHARE_BYTES`], [`ENVELOPE_BYTES`], 32 for keys),
+//! enforced where a peer's message is decoded (`ClientMessage::decode`).
 
 use serde::{Deserialize, Serialize};
 
@@ -105,18 +105,6 @@ pub struct PeerKeys {
     pub keys: MemberKeys,
 }
 
-/// `Err` naming `field` unless `bytes` has exactly `expected` bytes.
-pub fn check_len(field: &'static str, bytes: &[u8], expected: usize) -> Result<(), String> {
-    if bytes.len() == expected {
-        Ok(())
-    } else {
-        Err(format!(
-            "{field} is {} bytes: expected {expected}",
-            bytes.len()
-        ))
-    }
-}
-
 impl Serialize for Bytes32 {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&to_hex(&self.0))
@@ -191,7 +179,5 @@ mod tests {
         let not_hex = json.replace(&"ab".repeat(32), &"zz".repeat(32));
         let err = serde_json::from_str::<MemberKeys>(&not_hex).unwrap_err();
         assert!(err.to_string().contains("not hex"), "{err}");
-        assert!(check_len("share", &[0; 3], SHARE_BYTES).is_err());
-        assert!(check_len("share", &[0; SHARE_BYTES], SHARE_BYTES).is_ok());
     }
 }
