@@ -94,7 +94,7 @@ fn rdp_one_step(q: f64, sigma: f64, alpha: u32) -> f64 {
 }
 
 /// ε at `delta` for an RDP curve given at [`ORDERS`].
-fn epsilon_from_rdp(rdp: &[f64], delta: f64) -> f64 {
+pub(crate) fn epsilon_from_rdp(rdp: &[f64], delta: f64) -> f64 {
     ORDERS
         .zip(rdp)
         .map(|(alpha, &r)| {

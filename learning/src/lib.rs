@@ -9,6 +9,7 @@
 //! * [`shard`]: IID and Dirichlet(α) partitions into client shards.
 //! * [`dpsgd`]: per-example gradients, clipping, secure noise, optimizers.
 //! * [`accountant`]: RDP accountant (ε from σ, and σ from a target ε).
+//! * [`skellam`]: RDP of the Poisson-subsampled Skellam mechanism (distributed DP-SGD).
 //! * [`client`]: Flower-shaped `fit` / `evaluate`, pure.
 //! * [`aggregate`]: the aggregation interface: FedAvg's running sum and the robust rules.
 
@@ -23,6 +24,7 @@ pub mod dpsgd;
 pub mod mnist;
 pub mod model;
 pub mod shard;
+pub mod skellam;
 
 pub use accountant::RdpAccountant;
 pub use aggregate::{Aggregator, FedAvg};

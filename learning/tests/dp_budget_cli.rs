@@ -120,3 +120,78 @@ fn bad_arguments_fail_with_a_clear_message() {
         assert!(err.contains(expected), "{args:?}: stderr {err:?}");
     }
 }
+
+#[test]
+fn the_skellam_mechanism_with_its_flags() {
+    let flags = |mode: &[&str]| -> Vec<String> {
+        let mut v: Vec<&str> = vec![
+            "--mechanism",
+            "skellam",
+            "--sample-rate",
+            "1",
+            "--steps",
+            "10",
+            "--delta",
+            "1e-5",
+            "--scale",
+            "100",
+            "--dim",
+            "100",
+            "--beta",
+            "0",
+        ];
+        v.extend_from_slice(mode);
+        v.into_iter().map(String::from).collect()
+    };
+    let run = |args: Vec<String>| dp_budget(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, out, err) = run(flags(&["--noise-multiplier", "2"]));
+    assert!(ok, "{err}");
+    // q = 1: the plain Skellam bound, computed here in the paper's units (μ = v/2).
+    let (z, s, d, steps) = (2.0_f64, 100.0_f64, 100.0_f64, 10.0);
+    let l2 = s + d.sqrt(); // β = 0: S + √DIM
+    let l1 = l2 * d.sqrt().min(l2);
+    let mu = (z * s).powi(2) / 2.0;
+    let want = (2..=256)
+        .map(|a| {
+            let a = a as f64;
+            let rdp = steps
+                * (a * l2 * l2 / (4.0 * mu)
+                    + (((2.0 * a - 1.0) * l2 * l2 + 6.0 * l1) / (16.0 * mu * mu))
+                        .min(3.0 * l1 / (4.0 * mu)));
+            rdp + ((a - 1.0) / a).ln() - (1e-5f64.ln() + a.ln()) / (a - 1.0)
+        })
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        (last_value(&out, "epsilon") - want).abs() < 1e-5,
+        "{out} vs {want}"
+    );
+    // The inverse meets its target.
+    let (ok, out, _) = run(flags(&["--target-epsilon", "3"]));
+    assert!(ok);
+    let z = last_value(&out, "noise_multiplier");
+    let (_, check, _) = run(flags(&["--noise-multiplier", &z.to_string()]));
+    assert!(last_value(&check, "epsilon") <= 3.0, "{check}");
+    // Missing Skellam flags, or Skellam flags for the Gaussian, are named.
+    let (ok, _, err) = dp_budget(&[
+        "--mechanism",
+        "skellam",
+        "--sample-rate",
+        "1",
+        "--noise-multiplier",
+        "2",
+        "--steps",
+        "10",
+    ]);
+    assert!(!ok && err.contains("needs --scale"), "{err}");
+    let (ok, _, err) = dp_budget(&[
+        "--sample-rate",
+        "1",
+        "--noise-multiplier",
+        "2",
+        "--steps",
+        "10",
+        "--scale",
+        "5",
+    ]);
+    assert!(!ok && err.contains("for --mechanism skellam"), "{err}");
+}

@@ -1,13 +1,27 @@
-//! Privacy budget calculator for DP-SGD (Poisson-subsampled Gaussian, RDP accountant).
+//! Privacy budget calculator for DP-SGD (RDP accountant): the Poisson-subsampled Gaussian
+//! (default), or the Poisson-subsampled Skellam mechanism of distributed DP-SGD
+//! (`learning::skellam`, units where the clipping norm is 1).
 //!
 //! ```text
 //! dp-budget --sample-rate 0.004 --noise-multiplier 1.1 --steps 14100 --delta 1e-5   # → epsilon=…
 //! dp-budget --sample-rate 0.004 --target-epsilon 3 --steps 14100 --delta 1e-5       # → noise_multiplier=…
+//! dp-budget --mechanism skellam --sample-rate Q --noise-multiplier Z --steps N --delta D \
+//!   --scale S --dim DIM --beta B                                                    # → epsilon=…
 //! ```
 //! The answer is always the last line, so scripts can `tail -n1`.
 
-use clap::{ArgGroup, Parser};
+use clap::{ArgGroup, Parser, ValueEnum};
 use learning::accountant;
+use learning::skellam::{self, SkellamStep};
+
+/// Which mechanism each step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mechanism {
+    /// DP-SGD with Gaussian noise (one client, or local DP).
+    Gaussian,
+    /// Distributed DP-SGD: scaled, rounded gradients with Skellam noise, summed securely.
+    Skellam,
+}
 
 /// ε spent by DP-SGD, or the smallest noise multiplier that keeps ε under a target.
 #[derive(Parser, Debug)]
@@ -28,6 +42,17 @@ struct Args {
     /// δ of the (ε, δ) guarantee, in (0, 1); usually below 1 / data set size.
     #[arg(long, default_value_t = 1e-5)]
     delta: f64,
+    #[arg(long, value_enum, default_value_t = Mechanism::Gaussian)]
+    mechanism: Mechanism,
+    /// Skellam: integer units per clipping norm (S), > 0.
+    #[arg(long)]
+    scale: Option<f64>,
+    /// Skellam: coordinates of the gradient (DIM), ≥ 1.
+    #[arg(long)]
+    dim: Option<u64>,
+    /// Skellam: conditional-rounding parameter β in [0, 1); 0: no conditioning (Δ₂ = S + √DIM).
+    #[arg(long)]
+    beta: Option<f64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,7 +65,54 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), accountant::AccountantError> {
+fn run(args: Args) -> Result<(), String> {
+    match args.mechanism {
+        Mechanism::Gaussian => {
+            if args.scale.is_some() || args.dim.is_some() || args.beta.is_some() {
+                return Err("--scale, --dim and --beta are for --mechanism skellam".into());
+            }
+            gaussian(args).map_err(|e| e.to_string())
+        }
+        Mechanism::Skellam => run_skellam(args),
+    }
+}
+
+fn run_skellam(args: Args) -> Result<(), String> {
+    let (Some(scale), Some(dim), Some(beta)) = (args.scale, args.dim, args.beta) else {
+        return Err(
+            "--mechanism skellam needs --scale S (integer units per clipping norm), --dim DIM (coordinates) and --beta B (0 for no conditional rounding)".into(),
+        );
+    };
+    let (q, steps, delta) = (args.sample_rate, args.steps, args.delta);
+    let step = |z: f64| SkellamStep {
+        sample_rate: q,
+        noise_multiplier: z,
+        scale,
+        dim,
+        beta,
+    };
+    let header = format!(
+        "mechanism=skellam sample_rate={q} steps={steps} delta={delta} scale={scale} dim={dim} beta={beta}"
+    );
+    match (args.noise_multiplier, args.target_epsilon) {
+        (Some(z), _) => {
+            let eps = skellam::epsilon(&step(z), steps, delta).map_err(|e| e.to_string())?;
+            println!("{header} noise_multiplier={z}");
+            println!("epsilon={eps:.6}");
+        }
+        (None, Some(target)) => {
+            let z = skellam::noise_multiplier_for(target, &step(1.0), steps, delta)
+                .map_err(|e| e.to_string())?;
+            let eps = skellam::epsilon(&step(z), steps, delta).map_err(|e| e.to_string())?;
+            println!("{header} target_epsilon={target} (epsilon at this noise: {eps:.6})");
+            println!("noise_multiplier={:.6}", (z * 1e6).ceil() / 1e6);
+        }
+        (None, None) => unreachable!("clap requires one of the two"),
+    }
+    Ok(())
+}
+
+fn gaussian(args: Args) -> Result<(), accountant::AccountantError> {
     let Args {
         sample_rate: q,
         steps,

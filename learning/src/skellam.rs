@@ -1,0 +1,315 @@
+//! Rényi-DP accountant for the Poisson-subsampled Skellam mechanism: distributed DP-SGD, where
+//! each client adds integer Skellam noise to its scaled, rounded gradient sum and secure
+//! aggregation reveals only the total. Everything is in units where the clipping norm C = 1:
+//!
+//! * `noise_multiplier` z: the standard deviation of the *summed* noise over C;
+//! * `scale` S: integer units per C (a clipped gradient of norm C has norm S before rounding);
+//! * `dim` d: coordinates; `beta` β: the conditional-rounding parameter (0: no conditioning).
+//!
+//! Sensitivities after rounding (Kairouz, Liu & Steinke, ICML 2021, "The Distributed Discrete
+//! Gaussian Mechanism for Federated Learning with Secure Aggregation", Theorem 1): in integer
+//! units, with c = S,
+//!
+//! ```text
+//! Δ₂ = min( c + √d,  √(c² + d/4 + √(2 ln(1/β)) · (c + √d/2)) )     (β = 0: c + √d)
+//! Δ₁ = Δ₂ · min(√d, Δ₂)                                           (integers: ‖x‖₁ ≤ ‖x‖₂²)
+//! ```
+//!
+//! RDP of one step without sampling (Agarwal, Kairouz & Liu, NeurIPS 2021, "The Skellam Mechanism
+//! for Differentially Private Federated Learning", Theorem 3.5), with v = (z·S)² the variance of
+//! the summed integer noise:
+//!
+//! ```text
+//! ε(α) = α Δ₂² / (2v) + min( ((2α − 1) Δ₂² + 6 Δ₁) / (4v²),  3 Δ₁ / (2v) )
+//! ```
+//!
+//! Poisson subsampling at rate q (Zhu & Wang, ICML 2019, "Poisson Subsampled Rényi Differential
+//! Privacy", Theorem 5, the general upper bound), at each integer order the smaller of it and
+//! the unamplified ε(α):
+//!
+//! ```text
+//! ε_q(α) = ln[ (1−q)^{α−1}(αq − q + 1) + C(α,2) q² (1−q)^{α−2} e^{ε(2)}
+//!              + 3 Σ_{l=3..α} C(α,l) (1−q)^{α−l} q^l e^{(l−1) ε(l)} ] / (α − 1)
+//! ```
+//!
+//! Steps compose by adding RDP per order, and (ε, δ) comes from the same conversion and the same
+//! integer orders 2..=256 as the Gaussian accountant ([`crate::accountant`]).
+
+use crate::accountant::{AccountantError, ORDERS, epsilon_from_rdp};
+
+/// The mechanism of one distributed DP-SGD step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SkellamStep {
+    /// Poisson sampling rate q, in (0, 1].
+    pub sample_rate: f64,
+    /// Standard deviation of the summed noise over the clipping norm, > 0.
+    pub noise_multiplier: f64,
+    /// Integer units per clipping norm, > 0.
+    pub scale: f64,
+    /// Coordinates of the gradient, ≥ 1.
+    pub dim: u64,
+    /// Conditional rounding's β in [0, 1); 0: no conditioning.
+    pub beta: f64,
+}
+
+/// Why Skellam parameters are refused (besides the accountant's own).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SkellamError {
+    #[error("{0}")]
+    Accountant(#[from] AccountantError),
+    #[error("scale is {0}: expected a finite number above 0 (integer units per clipping norm)")]
+    Scale(f64),
+    #[error("dim is 0: expected at least 1 coordinate")]
+    Dim,
+    #[error("beta is {0}: expected a number at least 0 and below 1 (0: no conditional rounding)")]
+    Beta(f64),
+}
+
+impl SkellamStep {
+    fn check(&self) -> Result<(), SkellamError> {
+        crate::accountant::check_params(self.sample_rate, self.noise_multiplier)?;
+        if !(self.scale > 0.0 && self.scale.is_finite()) {
+            return Err(SkellamError::Scale(self.scale));
+        }
+        if self.dim == 0 {
+            return Err(SkellamError::Dim);
+        }
+        if !(0.0..1.0).contains(&self.beta) {
+            return Err(SkellamError::Beta(self.beta));
+        }
+        Ok(())
+    }
+
+    /// (Δ₂, Δ₁) in integer units after (conditional) randomized rounding.
+    pub fn sensitivities(&self) -> (f64, f64) {
+        let c = self.scale;
+        let d = self.dim as f64;
+        let plain = c + d.sqrt();
+        let l2 = if self.beta == 0.0 {
+            plain
+        } else {
+            let conditioned =
+                c * c + d / 4.0 + (2.0 * (1.0 / self.beta).ln()).sqrt() * (c + d.sqrt() / 2.0);
+            plain.min(conditioned.sqrt())
+        };
+        (l2, l2 * d.sqrt().min(l2))
+    }
+
+    /// RDP of one step without sampling at order `alpha` (Agarwal, Kairouz & Liu, Thm 3.5).
+    pub fn unsampled_rdp(&self, alpha: u32) -> f64 {
+        let (l2, l1) = self.sensitivities();
+        let v = (self.noise_multiplier * self.scale).powi(2);
+        let a = alpha as f64;
+        a * l2 * l2 / (2.0 * v)
+            + (((2.0 * a - 1.0) * l2 * l2 + 6.0 * l1) / (4.0 * v * v)).min(3.0 * l1 / (2.0 * v))
+    }
+
+    /// RDP of one step with Poisson sampling at order `alpha`: the smaller of Zhu & Wang's
+    /// Theorem 5 and the unamplified bound.
+    pub fn rdp(&self, alpha: u32) -> f64 {
+        let plain = self.unsampled_rdp(alpha);
+        if self.sample_rate >= 1.0 {
+            return plain;
+        }
+        plain.min(poisson_subsampled(alpha, self.sample_rate, |l| {
+            self.unsampled_rdp(l)
+        }))
+    }
+}
+
+/// Zhu & Wang's Theorem 5 at integer order `alpha` ≥ 2, for a mechanism with RDP `eps(l)`,
+/// in log space (a sum of up to 256 terms whose exponents reach the hundreds).
+fn poisson_subsampled(alpha: u32, q: f64, eps: impl Fn(u32) -> f64) -> f64 {
+    let a = alpha as f64;
+    let (ln_q, ln_1q) = (q.ln(), (-q).ln_1p());
+    let mut ln_binom = a.ln() + (a - 1.0).ln() - 2f64.ln(); // ln C(α, 2)
+    let mut terms = vec![
+        (a - 1.0) * ln_1q + (a * q - q + 1.0).ln(),
+        ln_binom + 2.0 * ln_q + (a - 2.0) * ln_1q + eps(2),
+    ];
+    for l in 3..=alpha {
+        let lf = l as f64;
+        ln_binom += (a - lf + 1.0).ln() - lf.ln(); // C(α, l) from C(α, l − 1)
+        terms.push(3f64.ln() + ln_binom + (a - lf) * ln_1q + lf * ln_q + (lf - 1.0) * eps(l));
+    }
+    let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = terms.iter().map(|t| (t - max).exp()).sum();
+    (max + sum.ln()) / (a - 1.0)
+}
+
+/// ε after `steps` identical steps, at `delta`.
+pub fn epsilon(step: &SkellamStep, steps: u64, delta: f64) -> Result<f64, SkellamError> {
+    step.check()?;
+    if !(delta > 0.0 && delta < 1.0) {
+        return Err(AccountantError::Delta(delta).into());
+    }
+    let rdp: Vec<f64> = ORDERS.map(|a| steps as f64 * step.rdp(a)).collect();
+    Ok(epsilon_from_rdp(&rdp, delta))
+}
+
+/// The smallest noise multiplier (to 1e-4 relative) that keeps ε at or below `target`; the
+/// returned z always meets it (bisection keeps the upper end).
+pub fn noise_multiplier_for(
+    target: f64,
+    step: &SkellamStep,
+    steps: u64,
+    delta: f64,
+) -> Result<f64, SkellamError> {
+    if !(target > 0.0 && target.is_finite()) {
+        return Err(AccountantError::TargetEpsilon(target).into());
+    }
+    const MAX: f64 = 1.0e4;
+    let eps = |z: f64| {
+        epsilon(
+            &SkellamStep {
+                noise_multiplier: z,
+                ..*step
+            },
+            steps,
+            delta,
+        )
+    };
+    let (mut lo, mut hi) = (0.0, 1.0);
+    while eps(hi)? > target {
+        lo = hi;
+        hi *= 2.0;
+        if hi > MAX {
+            return Err(AccountantError::Unreachable {
+                target,
+                q: step.sample_rate,
+                steps,
+                delta,
+                max: MAX,
+            }
+            .into());
+        }
+    }
+    while hi - lo > 1e-4 * hi {
+        let mid = 0.5 * (lo + hi);
+        if eps(mid)? > target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(q: f64, z: f64) -> SkellamStep {
+        SkellamStep {
+            sample_rate: q,
+            noise_multiplier: z,
+            scale: 1000.0,
+            dim: 12_810,
+            beta: 0.0,
+        }
+    }
+
+    /// The (ε, δ) conversion written out again, independently of the accountant's code.
+    fn convert(rdp: impl Fn(f64) -> f64, delta: f64) -> f64 {
+        (2..=256)
+            .map(|a| {
+                let a = a as f64;
+                rdp(a) + ((a - 1.0) / a).ln() - (delta.ln() + a.ln()) / (a - 1.0)
+            })
+            .fold(f64::INFINITY, f64::min)
+            .max(0.0)
+    }
+
+    #[test]
+    fn without_sampling_it_is_the_plain_skellam_bound() {
+        // Computed here from the paper's formula in its own units (μ = v/2 per Poisson side):
+        // ε(α) = α Δ₂²/(4μ) + min(((2α−1)Δ₂² + 6Δ₁)/(16μ²), 3Δ₁/(4μ)).
+        let (z, s, d) = (1.2_f64, 1000.0_f64, 12_810.0_f64);
+        let l2 = s + d.sqrt();
+        let l1 = l2 * d.sqrt().min(l2);
+        let mu = (z * s).powi(2) / 2.0;
+        let per_step = |a: f64| {
+            a * l2 * l2 / (4.0 * mu)
+                + (((2.0 * a - 1.0) * l2 * l2 + 6.0 * l1) / (16.0 * mu * mu))
+                    .min(3.0 * l1 / (4.0 * mu))
+        };
+        let steps = 100.0;
+        let want = convert(|a| steps * per_step(a), 1e-5);
+        let got = epsilon(&step(1.0, z), 100, 1e-5).unwrap();
+        assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
+        // β conditions the rounding: a smaller Δ₂, hence a smaller ε.
+        let conditioned = SkellamStep {
+            beta: (-0.5f64).exp(),
+            ..step(1.0, z)
+        };
+        assert!(conditioned.sensitivities().0 < l2);
+        assert!(epsilon(&conditioned, 100, 1e-5).unwrap() < got);
+    }
+
+    #[test]
+    fn sampling_follows_zhu_and_wang_and_never_exceeds_the_plain_bound() {
+        // Theorem 5 summed in plain floating point at a small order, where nothing overflows.
+        let s = step(0.05, 2.0);
+        let q = 0.05_f64;
+        let eps = |l: u32| s.unsampled_rdp(l);
+        let alpha = 6u32;
+        let a = alpha as f64;
+        let binom =
+            |n: u32, k: u32| (1..=k).fold(1.0, |acc, i| acc * (n - k + i) as f64 / i as f64);
+        let mut sum = (1.0 - q).powf(a - 1.0) * (a * q - q + 1.0)
+            + binom(alpha, 2) * q * q * (1.0 - q).powf(a - 2.0) * eps(2).exp();
+        for l in 3..=alpha {
+            sum += 3.0
+                * binom(alpha, l)
+                * (1.0 - q).powi((alpha - l) as i32)
+                * q.powi(l as i32)
+                * ((l as f64 - 1.0) * eps(l)).exp();
+        }
+        let want = sum.ln() / (a - 1.0);
+        let got = poisson_subsampled(alpha, q, eps);
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        for alpha in [2, 3, 10, 64, 256] {
+            assert!(s.rdp(alpha) <= s.unsampled_rdp(alpha));
+            assert!(
+                s.rdp(alpha) < s.unsampled_rdp(alpha),
+                "sampling amplifies at order {alpha}"
+            );
+        }
+    }
+
+    #[test]
+    fn epsilon_falls_with_noise_and_rises_with_steps_and_the_target_is_met() {
+        let e = |z: f64, n: u64| epsilon(&step(0.1, z), n, 1e-5).unwrap();
+        assert!(e(1.0, 100) > e(2.0, 100));
+        assert!(e(1.0, 200) > e(1.0, 100));
+        let z = noise_multiplier_for(3.0, &step(0.1, 1.0), 300, 1e-5).unwrap();
+        assert!(e(z, 300) <= 3.0 && e(z * 0.99, 300) > 3.0, "z {z}");
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let bad = |s: SkellamStep| epsilon(&s, 10, 1e-5).unwrap_err().to_string();
+        assert!(
+            bad(SkellamStep {
+                scale: 0.0,
+                ..step(0.1, 1.0)
+            })
+            .contains("scale is 0")
+        );
+        assert!(
+            bad(SkellamStep {
+                dim: 0,
+                ..step(0.1, 1.0)
+            })
+            .contains("dim is 0")
+        );
+        assert!(
+            bad(SkellamStep {
+                beta: 1.0,
+                ..step(0.1, 1.0)
+            })
+            .contains("beta is 1")
+        );
+        assert!(bad(step(0.0, 1.0)).contains("sample_rate is 0"));
+    }
+}
