@@ -35,6 +35,9 @@
 //! Steps compose by adding RDP per order, and (ε, δ) comes from the same conversion and the same
 //! integer orders 2..=256 as the Gaussian accountant ([`crate::accountant`]).
 
+use rand::{Rng, RngExt};
+use rand_distr::{Distribution, Poisson};
+
 use crate::accountant::{AccountantError, ORDERS, epsilon_from_rdp};
 
 /// The mechanism of one distributed DP-SGD step.
@@ -63,6 +66,66 @@ pub enum SkellamError {
     Dim,
     #[error("beta is {0}: expected a number at least 0 and below 1 (0: no conditional rounding)")]
     Beta(f64),
+    #[error("Skellam variance is {0}: expected a finite number above 0")]
+    Variance(f64),
+    #[error(
+        "after {tries} draws the rounded vector's norm stayed above {bound}: the input is longer than the clipping norm allows"
+    )]
+    Rounding { tries: u32, bound: f64 },
+}
+
+/// One draw of symmetric Skellam noise with the given variance: the difference of two
+/// independent Poisson(variance / 2) draws (Ahrens & Dieter's exact method for large means, in
+/// rand_distr), from `rng` — the OS-seeded ChaCha20 of the client.
+pub fn sample(variance: f64, rng: &mut impl Rng) -> Result<i64, SkellamError> {
+    if !(variance > 0.0 && variance.is_finite()) {
+        return Err(SkellamError::Variance(variance));
+    }
+    let poisson = Poisson::new(variance / 2.0).map_err(|_| SkellamError::Variance(variance))?;
+    let a: f64 = poisson.sample(rng);
+    let b: f64 = poisson.sample(rng);
+    Ok(a as i64 - b as i64)
+}
+
+/// A vector of `len` independent Skellam draws of the given variance.
+pub fn noise(variance: f64, len: usize, rng: &mut impl Rng) -> Result<Vec<i64>, SkellamError> {
+    (0..len).map(|_| sample(variance, rng)).collect()
+}
+
+/// Conditional randomized rounding (Kairouz, Liu & Steinke 2021, §4.1): `x · scale` rounded
+/// coordinate-wise up or down with the probabilities that keep it unbiased, drawn again until the
+/// rounded vector's L2 norm is at most `bound` (Δ₂ of [`SkellamStep::sensitivities`] for the
+/// input's clipping norm), so the sensitivity the accountant uses holds exactly.
+pub fn conditional_round(
+    x: &[f32],
+    scale: f64,
+    bound: f64,
+    rng: &mut impl Rng,
+) -> Result<Vec<i64>, SkellamError> {
+    const TRIES: u32 = 1000;
+    for _ in 0..TRIES {
+        let rounded: Vec<i64> = x
+            .iter()
+            .map(|&v| {
+                let y = v as f64 * scale;
+                let floor = y.floor();
+                let up = rng.random::<f64>() < y - floor;
+                floor as i64 + i64::from(up)
+            })
+            .collect();
+        let norm = rounded
+            .iter()
+            .map(|&r| (r as f64) * (r as f64))
+            .sum::<f64>()
+            .sqrt();
+        if norm <= bound {
+            return Ok(rounded);
+        }
+    }
+    Err(SkellamError::Rounding {
+        tries: TRIES,
+        bound,
+    })
 }
 
 impl SkellamStep {
@@ -284,6 +347,130 @@ mod tests {
         assert!(e(1.0, 200) > e(1.0, 100));
         let z = noise_multiplier_for(3.0, &step(0.1, 1.0), 300, 1e-5).unwrap();
         assert!(e(z, 300) <= 3.0 && e(z * 0.99, 300) > 3.0, "z {z}");
+    }
+
+    use rand::SeedableRng;
+    use rand::rngs::ChaCha20Rng;
+
+    /// The exact Skellam pmf at k: Σ_j Pois(j + |k|) Pois(j), by the Poisson pmf's recurrence.
+    fn skellam_pmf(mu: f64, k: i64) -> f64 {
+        let pois = |n: u64| {
+            (-mu + n as f64 * mu.ln() - (1..=n).map(|i| (i as f64).ln()).sum::<f64>()).exp()
+        };
+        (0..200u64)
+            .map(|j| pois(j + k.unsigned_abs()) * pois(j))
+            .sum()
+    }
+
+    #[test]
+    fn the_sampler_follows_the_skellam_distribution() {
+        let mut rng = ChaCha20Rng::seed_from_u64(13);
+        let variance = 7.0; // μ = 3.5 per side
+        let n = 1_000_000;
+        let draws = noise(variance, n, &mut rng).unwrap();
+        let mean = draws.iter().sum::<i64>() as f64 / n as f64;
+        let var = draws
+            .iter()
+            .map(|&d| (d as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        // Standard errors: √(7/10⁶) ≈ 0.0026 for the mean; the variance within 1 %.
+        assert!(mean.abs() < 0.011, "mean {mean}");
+        assert!((var / variance - 1.0).abs() < 0.01, "variance {var}");
+        // χ² against the exact pmf over −12..=12, the rest pooled into two tails.
+        let mu = variance / 2.0;
+        let mut observed = [0u64; 27];
+        for &d in &draws {
+            observed[(d.clamp(-13, 13) + 13) as usize] += 1;
+        }
+        let inner: f64 = (-12..=12).map(|k| skellam_pmf(mu, k)).sum();
+        let tail = (1.0 - inner) / 2.0;
+        let chi2: f64 = (0..27)
+            .map(|i| {
+                let k = i as i64 - 13;
+                let p = if k.abs() == 13 {
+                    tail
+                } else {
+                    skellam_pmf(mu, k)
+                };
+                let expected = p * n as f64;
+                (observed[i] as f64 - expected).powi(2) / expected
+            })
+            .sum();
+        // 26 degrees of freedom: the 99.99 % quantile is 60.
+        assert!(chi2 < 60.0, "χ² = {chi2}");
+        // The far tail: |K| ≥ 13 as often as the pmf says (within 5 standard errors).
+        let far = (observed[0] + observed[26]) as f64;
+        let want = 2.0 * tail * n as f64;
+        assert!(
+            (far - want).abs() < 5.0 * want.sqrt() + 1.0,
+            "{far} vs {want}"
+        );
+        // A large variance: the same moments.
+        let big = noise(2.0e5, 100_000, &mut rng).unwrap();
+        let v = big.iter().map(|&d| (d as f64).powi(2)).sum::<f64>() / big.len() as f64;
+        assert!((v / 2.0e5 - 1.0).abs() < 0.02, "variance {v}");
+        assert!(sample(0.0, &mut rng).is_err() && sample(f64::NAN, &mut rng).is_err());
+    }
+
+    #[test]
+    fn shares_add_up_to_the_full_variance() {
+        // t clients each add variance V / t: the sum has variance V.
+        let mut rng = ChaCha20Rng::seed_from_u64(14);
+        let (total, t, n) = (400.0, 10, 100_000);
+        let sums: Vec<f64> = (0..n)
+            .map(|_| {
+                (0..t)
+                    .map(|_| sample(total / t as f64, &mut rng).unwrap())
+                    .sum::<i64>() as f64
+            })
+            .collect();
+        let var = sums.iter().map(|s| s * s).sum::<f64>() / n as f64;
+        assert!((var / total - 1.0).abs() < 0.02, "variance {var}");
+    }
+
+    #[test]
+    fn conditional_rounding_never_exceeds_its_bound_and_is_unbiased() {
+        let mut rng = ChaCha20Rng::seed_from_u64(15);
+        let (scale, dim) = (50.0, 400usize);
+        let beta = (-0.5f64).exp();
+        let step = SkellamStep {
+            sample_rate: 1.0,
+            noise_multiplier: 1.0,
+            scale,
+            dim: dim as u64,
+            beta,
+        };
+        let (bound, _) = step.sensitivities();
+        assert!(
+            bound < scale + (dim as f64).sqrt(),
+            "β tightens the plain bound"
+        );
+        // Inputs of norm exactly 1 (the clipping norm), in every direction tried.
+        let mut sum = vec![0f64; dim];
+        let x: Vec<f32> = (0..dim).map(|i| (i * 37 % 11) as f32 - 5.0).collect();
+        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let x: Vec<f32> = x.iter().map(|v| v / norm).collect();
+        for _ in 0..2000 {
+            let r = conditional_round(&x, scale, bound, &mut rng).unwrap();
+            let n = r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(n <= bound, "{n} > {bound}");
+            for (s, v) in sum.iter_mut().zip(&r) {
+                *s += *v as f64;
+            }
+        }
+        for (s, v) in sum.iter().zip(&x) {
+            assert!(
+                (s / 2000.0 - *v as f64 * scale).abs() < 0.1,
+                "biased: {s} vs {v}"
+            );
+        }
+        // A vector longer than the clipping norm cannot be brought under the bound.
+        let long: Vec<f32> = x.iter().map(|v| v * 3.0).collect();
+        assert!(matches!(
+            conditional_round(&long, scale, bound, &mut rng),
+            Err(SkellamError::Rounding { .. })
+        ));
     }
 
     #[test]
