@@ -59,6 +59,11 @@ impl SecureRng {
         (0..n).filter(|_| self.0.random::<f64>() < q).collect()
     }
 
+    /// The generator itself, for samplers that take any `Rng` (Skellam noise, rounding).
+    pub(crate) fn inner(&mut self) -> &mut ChaCha20Rng {
+        &mut self.0
+    }
+
     /// Fisher–Yates shuffle (non-DP epochs).
     pub fn shuffle(&mut self, v: &mut [usize]) {
         rand::seq::SliceRandom::shuffle(v, &mut self.0);

