@@ -6,6 +6,10 @@
 //! of n members decodes to `Σ w·u / Σ w`, the weighted mean, within `n · 2·clip / levels` per
 //! coordinate. The sum of n values of at most `levels` must stay below 2³² (the masks live
 //! mod 2³²): [`Encoding::check`] refuses a cohort for which it could wrap.
+//!
+//! Integer vectors (distributed DP-SGD) need no encoding: [`wrap_integers`] sends their residues
+//! mod 2³², [`unwrap_sum`] reads the sum back as signed, and [`integer_sum_fits`] checks that the
+//! true sum cannot leave the signed 32-bit range.
 
 use rand::Rng;
 
@@ -51,6 +55,12 @@ pub enum EncodingError {
     Length { expected: usize, actual: usize },
     #[error("the summed weight is 0: no member counted")]
     NoWeight,
+    #[error("an integer of {0}: expected one within a 32-bit signed range, −2^31 to 2^31 − 1")]
+    IntegerRange(i64),
+    #[error(
+        "the round's integer sum could reach {reach:.3e}, past 2^31 − 1 = {limit}: lower the scale or the clients per round"
+    )]
+    IntegerSum { reach: f64, limit: f64 },
 }
 
 impl Encoding {
@@ -134,6 +144,45 @@ impl Encoding {
     }
 }
 
+/// Integer vectors — distributed DP-SGD's rounded gradient sums plus Skellam noise — travel as
+/// their two's-complement residues mod 2³², and the sum is read back as signed: exact whenever
+/// every coordinate of the true sum lies in [−2³¹, 2³¹), which [`integer_sum_fits`] checks
+/// before a run starts.
+pub fn wrap_integers(values: &[i64]) -> Result<Vec<u32>, EncodingError> {
+    values
+        .iter()
+        .map(|&v| {
+            i32::try_from(v)
+                .map(|w| w as u32)
+                .map_err(|_| EncodingError::IntegerRange(v))
+        })
+        .collect()
+}
+
+/// The signed sum from its residues mod 2³².
+pub fn unwrap_sum(sum: &[u32]) -> Vec<i64> {
+    sum.iter().map(|&s| i64::from(s as i32)).collect()
+}
+
+/// Whether the integer sum of a round cannot leave [−2³¹, 2³¹): every record's rounded gradient
+/// has L2 (hence L∞) norm at most `l2_bound`, at most `total_examples` records are summed, and
+/// the summed noise stays within `k_std` standard deviations `noise_std` (a Skellam tail past 10
+/// standard deviations has probability below 10⁻²⁰).
+pub fn integer_sum_fits(
+    total_examples: u64,
+    l2_bound: f64,
+    noise_std: f64,
+    k_std: f64,
+) -> Result<(), EncodingError> {
+    let reach = total_examples as f64 * l2_bound + k_std * noise_std;
+    let limit = f64::from(i32::MAX);
+    if reach.is_finite() && reach < limit {
+        Ok(())
+    } else {
+        Err(EncodingError::IntegerSum { reach, limit })
+    }
+}
+
 /// `x` (in [0, max]) to ⌊x⌋ or ⌈x⌉, the latter with probability x − ⌊x⌋: unbiased.
 fn stochastic_round(x: f64, max: u32, rng: &mut impl Rng) -> u32 {
     let x = x.clamp(0.0, max as f64);
@@ -202,6 +251,33 @@ mod tests {
             .sum::<f64>()
             / 20_000.0;
         assert!((mean - 1.3).abs() < 0.02, "{mean}");
+    }
+
+    #[test]
+    fn integer_vectors_sum_exactly_mod_two_to_the_32() {
+        let members = [
+            vec![5i64, -7, 2_000_000_000, -2_000_000_000],
+            vec![-5, 3, 100_000_000, -100_000_000],
+            vec![0, -1, -1_000_000_000, 1_000_000_000],
+        ];
+        let mut sum = vec![0u32; 4];
+        for m in &members {
+            for (s, w) in sum.iter_mut().zip(wrap_integers(m).unwrap()) {
+                *s = s.wrapping_add(w);
+            }
+        }
+        // Each coordinate of the true sum is within the signed range: read back exactly.
+        assert_eq!(unwrap_sum(&sum), [0, -5, 1_100_000_000, -1_100_000_000]);
+        assert_eq!(
+            wrap_integers(&[1 << 31]).unwrap_err(),
+            EncodingError::IntegerRange(1 << 31)
+        );
+        assert!(wrap_integers(&[-(1 << 31)]).is_ok());
+        // 10 clients × 6 000 records × Δ₂ ≈ 1 002 (scale 1 000) and noise of std 1 000: fits.
+        assert!(integer_sum_fits(60_000, 1002.1, 1000.0, 10.0).is_ok());
+        // A scale of 10⁵ does not.
+        let err = integer_sum_fits(60_000, 100_113.0, 1.0e5, 10.0).unwrap_err();
+        assert!(err.to_string().contains("lower the scale"), "{err}");
     }
 
     #[test]
