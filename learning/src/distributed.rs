@@ -50,6 +50,29 @@ fn skellam_error(e: SkellamError) -> LearningError {
     LearningError::Distributed(e.to_string())
 }
 
+impl DistributedStep {
+    /// Every parameter in its range (a server-sent step is checked before anything runs).
+    pub fn check(&self) -> Result<(), LearningError> {
+        let bad = |what: &str| Err(LearningError::Distributed(what.into()));
+        if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
+            return bad("sample rate: expected a number above 0 and at most 1");
+        }
+        if !(self.clip > 0.0 && self.clip.is_finite()) {
+            return bad("clipping norm: expected a finite number above 0");
+        }
+        if !(self.scale > 0.0 && self.scale.is_finite()) {
+            return bad("scale: expected a finite number above 0");
+        }
+        if !(0.0..1.0).contains(&self.beta) {
+            return bad("beta: expected a number at least 0 and below 1");
+        }
+        if !(self.noise_variance >= 0.0 && self.noise_variance.is_finite()) {
+            return bad("noise variance: expected a finite number, 0 or more");
+        }
+        Ok(())
+    }
+}
+
 /// Computes this client's contribution to a distributed step from the global model.
 pub fn contribution(
     global: &[f32],
@@ -57,6 +80,7 @@ pub fn contribution(
     step: &DistributedStep,
     rng: &mut SecureRng,
 ) -> Result<Contribution, LearningError> {
+    step.check()?;
     let config = TinyCnnConfig::new();
     config.layout().check_len(global)?;
     let dim = global.len();
@@ -279,6 +303,39 @@ mod tests {
         );
         // The three shares add up to the central noise: variance (z·S)².
         assert!((3.0 * noise_share(z, scale, 3) - (z * scale).powi(2)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_step_out_of_range_is_refused_before_anything_runs() {
+        let ok = DistributedStep {
+            sample_rate: 0.1,
+            clip: 1.0,
+            scale: 100.0,
+            beta: 0.0,
+            noise_variance: 1.0,
+        };
+        assert!(ok.check().is_ok());
+        for bad in [
+            DistributedStep {
+                sample_rate: 0.0,
+                ..ok
+            },
+            DistributedStep {
+                clip: f32::NAN,
+                ..ok
+            },
+            DistributedStep { scale: -1.0, ..ok },
+            DistributedStep { beta: 1.0, ..ok },
+            DistributedStep {
+                noise_variance: f64::INFINITY,
+                ..ok
+            },
+        ] {
+            assert!(
+                matches!(bad.check(), Err(LearningError::Distributed(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
