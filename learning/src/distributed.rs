@@ -100,8 +100,14 @@ pub fn contribution(
         let (images, labels) = data.batch(chunk);
         for g in per_example_gradients(&config, global, &images, &labels, &device)? {
             let unit = clipped_over_c(&g, step.clip);
-            let rounded = skellam::conditional_round(&unit, step.scale, bound, rng.inner())
-                .map_err(skellam_error)?;
+            // An example whose rounding keeps exceeding the bound (vanishingly rare at β ≤
+            // e^−0.5) counts as zero rather than dropping the client's whole contribution,
+            // noise share included.
+            let rounded = match skellam::conditional_round(&unit, step.scale, bound, rng.inner()) {
+                Ok(r) => r,
+                Err(SkellamError::Rounding { .. }) => continue,
+                Err(e) => return Err(skellam_error(e)),
+            };
             for (s, r) in sum.iter_mut().zip(rounded) {
                 *s += r;
             }

@@ -66,8 +66,12 @@ pub enum SkellamError {
     Dim,
     #[error("beta is {0}: expected a number at least 0 and below 1 (0: no conditional rounding)")]
     Beta(f64),
-    #[error("Skellam variance is {0}: expected a finite number above 0")]
+    #[error(
+        "Skellam variance is {0}: expected a finite number above 0 and at most 2^51 (past it, f64 Poisson draws lose their low bits)"
+    )]
     Variance(f64),
+    #[error("steps is 0: expected at least 1 step to solve a noise multiplier for")]
+    Steps,
     #[error(
         "after {tries} draws the rounded vector's norm stayed above {bound}: the input is longer than the clipping norm allows"
     )]
@@ -75,10 +79,13 @@ pub enum SkellamError {
 }
 
 /// One draw of symmetric Skellam noise with the given variance: the difference of two
-/// independent Poisson(variance / 2) draws (Ahrens & Dieter's exact method for large means, in
-/// rand_distr), from `rng` — the OS-seeded ChaCha20 of the client.
+/// independent Poisson(variance / 2) draws (rand_distr: Knuth's method for small means, Ahrens
+/// & Dieter's floating-point rejection method for large ones — checked against the exact pmf in
+/// the tests), from `rng`, the OS-seeded ChaCha20 of the client.
 pub fn sample(variance: f64, rng: &mut impl Rng) -> Result<i64, SkellamError> {
-    if !(variance > 0.0 && variance.is_finite()) {
+    // Beyond 2⁵⁰ per side an f64 draw is no longer every integer (its low bits, hence the
+    // noise's parity, would be fixed) and past 2⁶³ `as i64` saturates: refused.
+    if !(variance > 0.0 && variance / 2.0 <= (1u64 << 50) as f64) {
         return Err(SkellamError::Variance(variance));
     }
     let poisson = Poisson::new(variance / 2.0).map_err(|_| SkellamError::Variance(variance))?;
@@ -93,9 +100,10 @@ pub fn noise(variance: f64, len: usize, rng: &mut impl Rng) -> Result<Vec<i64>, 
 }
 
 /// Conditional randomized rounding (Kairouz, Liu & Steinke 2021, §4.1): `x · scale` rounded
-/// coordinate-wise up or down with the probabilities that keep it unbiased, drawn again until the
-/// rounded vector's L2 norm is at most `bound` (Δ₂ of [`SkellamStep::sensitivities`] for the
-/// input's clipping norm), so the sensitivity the accountant uses holds exactly.
+/// coordinate-wise up or down with the probabilities that make each draw unbiased, drawn again
+/// until the rounded vector's L2 norm is at most `bound` (Δ₂ of [`SkellamStep::sensitivities`]
+/// for the input's clipping norm), so the sensitivity the accountant uses holds exactly. (The
+/// redraws bias the result slightly toward shorter vectors; with β ≤ e^−0.5 rarely.)
 pub fn conditional_round(
     x: &[f32],
     scale: f64,
@@ -221,6 +229,9 @@ pub fn noise_multiplier_for(
     if !(target > 0.0 && target.is_finite()) {
         return Err(AccountantError::TargetEpsilon(target).into());
     }
+    if steps == 0 {
+        return Err(SkellamError::Steps);
+    }
     const MAX: f64 = 1.0e4;
     let eps = |z: f64| {
         epsilon(
@@ -307,6 +318,57 @@ mod tests {
         };
         assert!(conditioned.sensitivities().0 < l2);
         assert!(epsilon(&conditioned, 100, 1e-5).unwrap() < got);
+    }
+
+    #[test]
+    fn pinned_to_an_independent_port_of_googles_reference_code() {
+        // The central DP run's mechanism; the values come from a Python port of Google's
+        // federated/distributed_dp accounting_utils (skellam_epsilon) over orders 2..=256.
+        let central = |beta: f64| SkellamStep {
+            sample_rate: 2048.0 / 60_000.0,
+            noise_multiplier: 1.949,
+            scale: 1000.0,
+            dim: 12_810,
+            beta,
+        };
+        for (beta, want) in [(0.0, 4.278699), ((-0.5f64).exp(), 3.855653)] {
+            let got = epsilon(&central(beta), 1200, 1e-5).unwrap();
+            assert!((got - want).abs() < 5e-6, "β {beta}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn both_branches_of_the_bound_and_the_conditioned_sensitivity() {
+        // Tiny noise (S = 1, d = 1, z = 0.5, v = 0.25): Δ₂ = 2, Δ₁ = 2, and 3Δ₁/(2v) = 12 is the
+        // smaller second term at α = 2 (the other is ((3)·4 + 12)/(4·0.0625) = 96).
+        let tiny = SkellamStep {
+            sample_rate: 1.0,
+            noise_multiplier: 0.5,
+            scale: 1.0,
+            dim: 1,
+            beta: 0.0,
+        };
+        assert_eq!(tiny.sensitivities(), (2.0, 2.0));
+        assert!((tiny.unsampled_rdp(2) - (2.0 * 4.0 / 0.5 + 12.0)).abs() < 1e-12);
+        // Conditioned: c = 100, d = 400, β = e^−2: √(10⁴ + 100 + 2·(100 + 10)) = √10 320.
+        let conditioned = SkellamStep {
+            scale: 100.0,
+            dim: 400,
+            beta: (-2.0f64).exp(),
+            ..tiny
+        };
+        let (l2, l1) = conditioned.sensitivities();
+        assert!((l2 - 10_320f64.sqrt()).abs() < 1e-9, "{l2}");
+        assert!((l1 - l2 * 20.0).abs() < 1e-9);
+        assert_eq!(
+            noise_multiplier_for(3.0, &tiny, 0, 1e-5).unwrap_err(),
+            SkellamError::Steps
+        );
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        assert!(
+            sample(2.0f64.powi(52), &mut rng).is_err(),
+            "too large for exact draws"
+        );
     }
 
     #[test]
