@@ -1,8 +1,9 @@
 //! A round with secure aggregation, on the server: which connection is which member, the
 //! protocol's state (`secagg::server`), and the deadlines of its key, share and reveal steps.
 //!
-//! The steps run beside local training: keys and shares go back and forth while the members
-//! train; a member masks its update once it holds its neighbours' shares; when the masked
+//! Keys and shares go back and forth in the round's first milliseconds (a member starts
+//! training once its shares are out); a member masks its update once it holds its neighbours'
+//! shares; when the masked
 //! vectors are in (the training deadline and quorum rules as for any round), the survivors are
 //! asked to reveal, and the sum is unmasked, decoded and handed to the aggregation interface.
 //! Any step that cannot go on fails the round, which is retried: nothing partial is unmasked.
