@@ -243,6 +243,9 @@ impl Coordinator {
             (Step::Keys(s), Answer::Keys(k)) => s.add(m, k),
             (Step::Shares(s), Answer::Shares(sh)) => s.add(m, sh),
             (Step::Reveals(s), Answer::Reveal(r)) => s.add(m, &r),
+            // A reveal after the sum was already unmasked (every secret had its shares): not
+            // needed, nothing to say.
+            (_, Answer::Reveal(_)) => return,
             // Late or early (a slow member of an abandoned attempt of this round): refused, but
             // the member stays in.
             _ => {
