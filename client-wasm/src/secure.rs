@@ -196,9 +196,4 @@ impl SecureRound {
             Step::Shared(_) | Step::Holding(_) | Step::Masked(_)
         )
     }
-
-    /// Cohort size, for the page ("the server sees only the sum of N clients' updates").
-    pub fn members(&self) -> u32 {
-        self.setup.members
-    }
 }

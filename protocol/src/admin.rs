@@ -106,7 +106,7 @@ impl Default for SecureAggregationConfig {
 impl SecureAggregationConfig {
     /// Most clients a round samples: their encoded sum must not wrap 2³².
     pub fn max_members(&self) -> u32 {
-        (u32::MAX / self.levels.max(1)).min(crate::secagg::MAX_MEMBERS)
+        crate::secagg::max_members(self.levels)
     }
 
     /// The threshold for a client with `holders` share holders (itself and its neighbours).

@@ -18,6 +18,11 @@ pub const MAX_MEMBERS: u32 = 10_000;
 /// Most neighbours a member shares with (SecAgg+'s k): what keeps the relayed keys and
 /// envelopes of one member inside one control message.
 pub const MAX_NEIGHBOURS: u32 = 200;
+/// Most members whose encoded sum cannot wrap 2³² when each value is at most `levels`.
+pub fn max_members(levels: u32) -> u32 {
+    (u32::MAX / levels.max(1)).min(MAX_MEMBERS)
+}
+
 /// A Shamir share of a 32-byte secret: the member it belongs to (4 bytes) and five field
 /// elements of 8 bytes.
 pub const SHARE_BYTES: usize = 4 + 5 * 8;

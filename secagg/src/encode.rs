@@ -64,7 +64,7 @@ pub enum EncodingError {
 impl Encoding {
     /// Most members whose sum cannot wrap 2³².
     pub fn max_members(&self) -> u32 {
-        (u32::MAX as u64 / self.levels.max(1) as u64).min(u32::MAX as u64) as u32
+        protocol::secagg::max_members(self.levels)
     }
 
     /// Refuses an encoding that is not one, or a cohort whose sum could wrap.

@@ -107,10 +107,6 @@ impl Round {
         })
     }
 
-    pub fn params(&self) -> &Params {
-        &self.params
-    }
-
     /// Member m's neighbours.
     pub fn neighbours(&self, m: Member) -> &BTreeSet<Member> {
         &self.graph[m as usize - 1]
@@ -157,10 +153,6 @@ impl Round {
 }
 
 impl CollectingKeys {
-    pub fn round(&self) -> &Round {
-        &self.round
-    }
-
     /// Member m's public keys.
     pub fn add(&mut self, m: Member, keys: MemberKeys) -> Result<(), SecAggError> {
         check_member(&self.round.params, m)?;
@@ -227,10 +219,6 @@ impl CollectingKeys {
 }
 
 impl CollectingShares {
-    pub fn round(&self) -> &Round {
-        &self.round
-    }
-
     /// Member m's envelopes: exactly one for each neighbour whose keys it was sent.
     pub fn add(&mut self, m: Member, shared: SharedKeys) -> Result<(), SecAggError> {
         if !self.keys.contains_key(&m) {
@@ -326,15 +314,6 @@ impl CollectingShares {
 }
 
 impl CollectingMasked {
-    pub fn round(&self) -> &Round {
-        &self.round
-    }
-
-    /// Members whose masked vector arrived.
-    pub fn count(&self) -> usize {
-        self.masked.len()
-    }
-
     /// Member m's masked vector, added to the running sum at once.
     pub fn add(&mut self, m: Member, masked: &[u32]) -> Result<(), SecAggError> {
         if !self.commitments.contains_key(&m) {
@@ -419,10 +398,6 @@ impl CollectingMasked {
 }
 
 impl CollectingReveals {
-    pub fn round(&self) -> &Round {
-        &self.round
-    }
-
     /// Member m's reveal: exactly the shares it was asked for, each its own.
     pub fn add(&mut self, m: Member, reveal: &Reveal) -> Result<(), SecAggError> {
         let Some(request) = self.requests.get(&m) else {

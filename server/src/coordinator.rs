@@ -33,7 +33,8 @@ mod round;
 mod runs;
 mod secure;
 
-use secure::{Answer, SecureRound};
+pub use secure::SecAggAnswer;
+use secure::SecureRound;
 
 use crate::data::{DemoData, Shards};
 use crate::store::{ClientRow, Participant, Store, StoreError};
@@ -82,20 +83,11 @@ pub enum Command {
         num_examples: u64,
         masked: Vec<u32>,
     },
-    SecAggKeys {
+    /// A member's answer to a secure-aggregation step.
+    SecAgg {
         client_id: u64,
         server_round: u64,
-        keys: protocol::secagg::MemberKeys,
-    },
-    SecAggShares {
-        client_id: u64,
-        server_round: u64,
-        shared: protocol::secagg::SharedKeys,
-    },
-    SecAggReveal {
-        client_id: u64,
-        server_round: u64,
-        reveal: protocol::secagg::Reveal,
+        answer: SecAggAnswer,
     },
     /// The client could not train, or its result failed validation in the socket handler.
     TrainFailed {
@@ -593,21 +585,11 @@ impl Coordinator {
                 num_examples,
                 Contribution::Masked(masked),
             ),
-            Command::SecAggKeys {
+            Command::SecAgg {
                 client_id,
                 server_round,
-                keys,
-            } => self.secagg_answer(client_id, server_round, Answer::Keys(keys)),
-            Command::SecAggShares {
-                client_id,
-                server_round,
-                shared,
-            } => self.secagg_answer(client_id, server_round, Answer::Shares(shared)),
-            Command::SecAggReveal {
-                client_id,
-                server_round,
-                reveal,
-            } => self.secagg_answer(client_id, server_round, Answer::Reveal(reveal)),
+                answer,
+            } => self.secagg_answer(client_id, server_round, answer),
             Command::TrainFailed {
                 client_id,
                 server_round,

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::AppState;
-use crate::coordinator::{Command, OUTBOX_CAPACITY, Outgoing};
+use crate::coordinator::{Command, OUTBOX_CAPACITY, Outgoing, SecAggAnswer};
 
 /// Least WebSocket message size accepted, whatever the model (control messages, small models).
 pub const MIN_MESSAGE_LIMIT: usize = 64 << 10;
@@ -236,6 +236,32 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
     info!("disconnected");
 }
 
+/// What a result frame announced by `train_res` must look like (an update, or a masked vector).
+struct FrameShape {
+    frame: &'static str,
+    values: &'static str,
+    expected: usize,
+    holds: &'static str,
+}
+
+impl FrameShape {
+    /// Why a frame of `frame_round` with `len` values does not answer `train_res` for `round`.
+    fn misfit(&self, round: u64, frame_round: u64, len: usize) -> Option<String> {
+        if frame_round != round {
+            return Some(format!(
+                "{} is for round {frame_round}: expected {round} (from train_res)",
+                self.frame
+            ));
+        }
+        (len != self.expected).then(|| {
+            format!(
+                "{} has {len} values: expected {} ({})",
+                self.values, self.expected, self.holds
+            )
+        })
+    }
+}
+
 /// The per-connection validation state.
 struct Reader {
     client_id: u64,
@@ -268,6 +294,15 @@ impl Reader {
         if self.coordinator.send(cmd).await.is_err() {
             warn!("coordinator gone");
         }
+    }
+
+    async fn secagg(&self, server_round: u64, answer: SecAggAnswer) {
+        self.forward(Command::SecAgg {
+            client_id: self.client_id,
+            server_round,
+            answer,
+        })
+        .await
     }
 
     /// The result announced by `TrainRes` failed validation: the client hears why, and the
@@ -322,34 +357,21 @@ impl Reader {
                 .await
             }
             ClientMessage::SecAggKeys { server_round, keys } => {
-                self.forward(Command::SecAggKeys {
-                    client_id: self.client_id,
-                    server_round,
-                    keys,
-                })
-                .await
+                self.secagg(server_round, SecAggAnswer::Keys(keys)).await
             }
             ClientMessage::SecAggShares {
                 server_round,
                 shared,
             } => {
-                self.forward(Command::SecAggShares {
-                    client_id: self.client_id,
-                    server_round,
-                    shared,
-                })
-                .await
+                self.secagg(server_round, SecAggAnswer::Shares(shared))
+                    .await
             }
             ClientMessage::SecAggReveal {
                 server_round,
                 reveal,
             } => {
-                self.forward(Command::SecAggReveal {
-                    client_id: self.client_id,
-                    server_round,
-                    reveal,
-                })
-                .await
+                self.secagg(server_round, SecAggAnswer::Reveal(reveal))
+                    .await
             }
             ClientMessage::EvaluateRes {
                 server_round,
@@ -390,28 +412,14 @@ impl Reader {
                 )
                 .await;
         }
-        if frame.server_round != round {
-            return self
-                .fail(
-                    round,
-                    format!(
-                        "update frame is for round {}: expected {round} (from train_res)",
-                        frame.server_round
-                    ),
-                )
-                .await;
-        }
-        if frame.values.len() != self.model_params {
-            return self
-                .fail(
-                    round,
-                    format!(
-                        "update has {} values: expected {} (TinyCNN)",
-                        frame.values.len(),
-                        self.model_params
-                    ),
-                )
-                .await;
+        let shape = FrameShape {
+            frame: "update frame",
+            values: "update",
+            expected: self.model_params,
+            holds: "TinyCNN",
+        };
+        if let Some(why) = shape.misfit(round, frame.server_round, frame.values.len()) {
+            return self.fail(round, why).await;
         }
         if let Some(i) = frame.values.iter().position(|v| !v.is_finite()) {
             return self
@@ -435,28 +443,14 @@ impl Reader {
 
     /// A masked vector (secure aggregation): the model's values and the weight, as u32s.
     async fn on_masked(&mut self, round: u64, num_examples: u64, frame: MaskedFrame) {
-        if frame.server_round != round {
-            return self
-                .fail(
-                    round,
-                    format!(
-                        "masked frame is for round {}: expected {round} (from train_res)",
-                        frame.server_round
-                    ),
-                )
-                .await;
-        }
-        if frame.values.len() != self.model_params + 1 {
-            return self
-                .fail(
-                    round,
-                    format!(
-                        "masked vector has {} values: expected {} (the weight and TinyCNN's parameters)",
-                        frame.values.len(),
-                        self.model_params + 1
-                    ),
-                )
-                .await;
+        let shape = FrameShape {
+            frame: "masked frame",
+            values: "masked vector",
+            expected: self.model_params + 1,
+            holds: "the weight and TinyCNN's parameters",
+        };
+        if let Some(why) = shape.misfit(round, frame.server_round, frame.values.len()) {
+            return self.fail(round, why).await;
         }
         self.forward(Command::MaskedRes {
             client_id: self.client_id,

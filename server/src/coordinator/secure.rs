@@ -198,7 +198,8 @@ impl SecureRound {
 }
 
 /// What a member answers in a key, share or reveal step.
-pub(super) enum Answer {
+#[derive(Debug)]
+pub enum SecAggAnswer {
     Keys(MemberKeys),
     Shares(SharedKeys),
     Reveal(Reveal),
@@ -207,7 +208,7 @@ pub(super) enum Answer {
 impl Coordinator {
     /// A member's answer to the current step. A malformed one fails the member's slot; one the
     /// step does not wait for (late, from an abandoned attempt) is refused and the member stays.
-    pub(super) fn secagg_answer(&mut self, conn: u64, server_round: u64, answer: Answer) {
+    pub(super) fn secagg_answer(&mut self, conn: u64, server_round: u64, answer: SecAggAnswer) {
         let current = self.current_round();
         if current != server_round {
             return self.reject(
@@ -240,12 +241,12 @@ impl Coordinator {
             return;
         };
         let added = match (&mut secure.step, answer) {
-            (Step::Keys(s), Answer::Keys(k)) => s.add(m, k),
-            (Step::Shares(s), Answer::Shares(sh)) => s.add(m, sh),
-            (Step::Reveals(s), Answer::Reveal(r)) => s.add(m, &r),
+            (Step::Keys(s), SecAggAnswer::Keys(k)) => s.add(m, k),
+            (Step::Shares(s), SecAggAnswer::Shares(sh)) => s.add(m, sh),
+            (Step::Reveals(s), SecAggAnswer::Reveal(r)) => s.add(m, &r),
             // A reveal after the sum was already unmasked (every secret had its shares): not
             // needed, nothing to say.
-            (_, Answer::Reveal(_)) => return,
+            (_, SecAggAnswer::Reveal(_)) => return,
             // Late or early (a slow member of an abandoned attempt of this round): refused, but
             // the member stays in.
             _ => {
