@@ -218,8 +218,10 @@ fn train(mut job: TrainJob, attack: Option<Attack>, who: u64) -> crate::session:
         job.data = Arc::new(poisoned);
     }
     let mut done = job.run(&mut |_| {});
-    if let Ok(res) = &mut done.result {
-        attack.poison_update(&mut res.update, who.rotate_left(32) ^ done.server_round);
+    if let Ok(res) = &mut done.result
+        && let learning::Update::Delta(update) = &mut res.update
+    {
+        attack.poison_update(update, who.rotate_left(32) ^ done.server_round);
     }
     done
 }

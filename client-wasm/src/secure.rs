@@ -10,6 +10,8 @@ use rand::rngs::ChaCha20Rng;
 use secagg::client::{Advertised, Holding, Masked, Member, Shared};
 use secagg::{Encoding, Params};
 
+use learning::Update;
+
 use crate::session::Outgoing;
 
 /// Where this member is in the round.
@@ -24,7 +26,7 @@ enum Step {
 
 /// The trained update, kept until the member can mask it.
 struct Trained {
-    update: Vec<f32>,
+    update: Update,
     num_examples: u64,
     steps: u64,
 }
@@ -35,6 +37,8 @@ pub struct SecureRound {
     setup: SecAggSetup,
     step: Step,
     trained: Option<Trained>,
+    /// t of a distributed-DP round: this member's noise share is whole only with t others'.
+    contributors: Option<u32>,
     rng: ChaCha20Rng,
 }
 
@@ -89,6 +93,7 @@ impl SecureRound {
                 setup,
                 step: Step::Advertised(advertised),
                 trained: None,
+                contributors: None,
                 rng,
             },
             text(ClientMessage::SecAggKeys { server_round, keys }),
@@ -123,10 +128,23 @@ impl SecureRound {
         self.send_if_ready()
     }
 
+    /// A distributed-DP round counting on `contributors` (t): refused when the cohort is
+    /// smaller than t, since t shares could then never be summed.
+    pub fn count_on(&mut self, contributors: u32) -> Result<(), String> {
+        if contributors > self.setup.members {
+            return Err(format!(
+                "the run counts on {contributors} contributors for its noise, and this round has {} members: the noise could never be whole",
+                self.setup.members
+            ));
+        }
+        self.contributors = Some(contributors);
+        Ok(())
+    }
+
     /// Step 3b: the trained update; it goes out masked once the envelopes are in.
     pub fn on_trained(
         &mut self,
-        update: Vec<f32>,
+        update: Update,
         num_examples: u64,
         steps: u64,
     ) -> Result<Vec<Outgoing>, String> {
@@ -149,15 +167,7 @@ impl SecureRound {
         ) else {
             return Ok(Vec::new());
         };
-        let encoding = Encoding {
-            clip: self.setup.clip,
-            levels: self.setup.levels,
-        };
-        let weight =
-            t.num_examples.min(self.setup.max_weight) as f64 / self.setup.max_weight as f64;
-        let encoded = encoding
-            .encode(weight, &t.update, &mut self.rng)
-            .map_err(|e| e.to_string())?;
+        let encoded = self.encode(&t)?;
         let (masked, values) = holding.mask(&encoded).map_err(|e| e.to_string())?;
         self.step = Step::Masked(masked);
         let frame = MaskedFrame {
@@ -176,11 +186,54 @@ impl SecureRound {
         ])
     }
 
-    /// Step 4: the shares the server asks for (once; never both secrets of a neighbour).
+    /// The vector to mask: FedAvg's [w, w·u] in `levels`, or a distributed round's integers
+    /// as residues mod 2³² with a 0 in the weight slot.
+    fn encode(&mut self, t: &Trained) -> Result<Vec<u32>, String> {
+        match &t.update {
+            Update::Delta(update) => {
+                let encoding = Encoding {
+                    clip: self.setup.clip,
+                    levels: self.setup.levels,
+                };
+                let weight = t.num_examples.min(self.setup.max_weight) as f64
+                    / self.setup.max_weight as f64;
+                encoding
+                    .encode(weight, update, &mut self.rng)
+                    .map_err(|e| e.to_string())
+            }
+            Update::Integers(sum) => {
+                if self.contributors.is_none() {
+                    return Err("an integer sum in a round that counts on no contributors".into());
+                }
+                let mut v = secagg::encode::wrap_integers(sum);
+                v.push(0);
+                Ok(v)
+            }
+        }
+    }
+
+    /// Step 4: the shares the server asks for (once; never both secrets of a neighbour). In a
+    /// distributed-DP round whose every member is this member's neighbour, the survivors are
+    /// the whole sum: fewer than t are refused (their noise is not whole, and the sum would
+    /// expose this member's update under its own share alone).
     pub fn on_unmask(&mut self, request: &UnmaskRequest) -> Result<Outgoing, String> {
         let Step::Masked(masked) = std::mem::replace(&mut self.step, Step::Spent) else {
             return Err("an unmask request before this member's masked vector, or twice".into());
         };
+        let sees_everyone = self.setup.neighbours.len() as u32 + 1 >= self.setup.members;
+        if let Some(t) = self.contributors
+            && sees_everyone
+        {
+            let mut survivors: std::collections::BTreeSet<u32> =
+                request.survivors.iter().copied().collect();
+            survivors.insert(self.setup.member);
+            if survivors.len() < t as usize {
+                return Err(format!(
+                    "the server asked to unmask a sum of {} members, fewer than the {t} contributors the noise needs: refused",
+                    survivors.len()
+                ));
+            }
+        }
         let reveal = masked.reveal(request).map_err(|e| e.to_string())?;
         Ok(text(ClientMessage::SecAggReveal {
             server_round: self.server_round,

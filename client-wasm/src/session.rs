@@ -22,7 +22,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use learning::{ClientPrivacy, Dataset, FitRes, LearningError, TrainConfig, default_delta};
+use learning::{
+    ClientPrivacy, Dataset, FitRes, LearningError, TrainConfig, Update, default_delta,
+};
 use protocol::config::FitMetrics;
 use protocol::ledger::{DatasetLedger, LedgerSlot, fingerprint};
 use protocol::messages::{Assignment, Capabilities, OwnData, RunPhase};
@@ -344,6 +346,7 @@ impl Session {
         loaded.blocked = match self.book.get(&loaded.fingerprint) {
             Some(LedgerSlot::Known(l)) => {
                 privacy.ledger.history = l.history.clone();
+                privacy.ledger.skellam = l.skellam.clone();
                 privacy.unprotected_rounds = l.unprotected_rounds;
                 None
             }
@@ -695,6 +698,22 @@ impl Session {
                 true,
             );
         }
+        if let Some(noise) = config.distributed() {
+            // Its integer sum holds only 1/t of the noise: never sent but masked, in a round
+            // with at least t members.
+            let joined = self
+                .secure
+                .as_mut()
+                .filter(|s| s.server_round == server_round)
+                .ok_or_else(|| {
+                    "distributed DP needs secure aggregation: this client's sum carries only its share of the noise, and the round has none".to_string()
+                })
+                .and_then(|s| s.count_on(noise.contributors));
+            if let Err(reason) = joined {
+                self.secure = None;
+                return train_failed(server_round, reason, false);
+            }
+        }
         if let (Some(cap), None) = (self.options.epsilon_cap, &config.dp) {
             // Refused before anything is fetched or computed (fit refuses it too).
             return train_failed(
@@ -843,12 +862,29 @@ impl Session {
             server_round,
             metrics: res.metrics,
         });
+        let update = match res.update {
+            Update::Delta(update) => update,
+            Update::Integers(sum) if self.secure_in(server_round) => {
+                let (n, steps) = (res.num_examples as u64, res.metrics.steps);
+                let mut out =
+                    self.secure_step(server_round, |s| s.on_trained(Update::Integers(sum), n, steps));
+                out.push(trained);
+                return out;
+            }
+            Update::Integers(_) => {
+                return train_failed(
+                    server_round,
+                    "this round's integer sum carries only a share of the noise and is sent only masked, and this client is not in the round's secure aggregation".into(),
+                    false,
+                );
+            }
+        };
         if self.secure_in(server_round) {
             // Masked, and sent once the neighbours' shares are here.
             let num_examples = res.num_examples as u64;
             let steps = res.metrics.steps;
             let mut out = self.secure_step(server_round, |s| {
-                s.on_trained(res.update, num_examples, steps)
+                s.on_trained(Update::Delta(update), num_examples, steps)
             });
             out.push(trained);
             return out;
@@ -863,7 +899,7 @@ impl Session {
         let frame = TensorFrame {
             kind: FrameKind::Update,
             server_round,
-            values: res.update,
+            values: update,
         };
         let Ok(bytes) = frame.encode() else {
             return train_failed(server_round, "update too large for a frame".into(), false);
@@ -911,6 +947,7 @@ fn ledger_from(fingerprint: &str, privacy: &ClientPrivacy) -> DatasetLedger {
         fingerprint: fingerprint.into(),
         history: privacy.ledger.history.clone(),
         unprotected_rounds: privacy.unprotected_rounds,
+        skellam: privacy.ledger.skellam.clone(),
     }
 }
 

@@ -34,6 +34,7 @@ fn dp(noise_multiplier: f32, delta: f64) -> TrainConfig {
             max_grad_norm: 1.0,
             noise_multiplier,
             delta,
+            distributed: None,
         }),
         ..TrainConfig::default()
     }
@@ -294,6 +295,7 @@ fn an_unreadable_stored_ledger_blocks_training_and_evaluation() {
             fingerprint: fp.clone(),
             history: vec![(0.5, 1.0, 100)],
             unprotected_rounds: 0,
+            skellam: Vec::new(),
         })
         .unwrap()
         .replace("100]", "1]"),
@@ -587,4 +589,162 @@ fn a_secure_round_shares_before_training_and_never_falls_back_to_the_clear() {
     ));
     let (reason, _) = refusal(&round(&mut s, 2, dp(1.0, 1e-5)));
     assert!(reason.contains("not sent in the clear"), "{reason}");
+}
+
+fn distributed(contributors: u32) -> TrainConfig {
+    let mut config = dp(2.0, 1e-5);
+    config.dp.as_mut().unwrap().distributed = Some(protocol::config::DistributedNoise {
+        scale: 1000.0,
+        beta: (-0.5f64).exp(),
+        contributors,
+    });
+    config
+}
+
+fn sends_a_frame(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Send(Outgoing::Binary(_))))
+}
+
+#[test]
+fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unmasked_only_with_t()
+{
+    use protocol::secagg::{Bytes32, PeerKeys, SecAggSetup, UnmaskRequest};
+    use rand::SeedableRng;
+    use std::collections::BTreeMap;
+    let mut s = own(40, None);
+    let welcome = ServerMessage::Welcome {
+        client_id: 1,
+        client_key: "k".repeat(32),
+        model_params: PARAMS as u64,
+        rounds_taken: 0,
+        interrupted_round: None,
+    };
+    s.on_text(&welcome.encode()).unwrap();
+    // Attack 1: a distributed round without secure aggregation. The client's integer sum holds
+    // only 1/t of the noise: refused before anything is computed, nothing is sent.
+    let out = round(&mut s, 1, distributed(3));
+    assert!(!sends_a_frame(&out));
+    let (reason, _) = refusal(&out);
+    assert!(reason.contains("needs secure aggregation"), "{reason}");
+    assert_eq!(s.epsilon(), Some(0.0), "nothing spent");
+    // Attack 2: a round of 3 members that counts on 5 contributors (each would add 1/5 of
+    // the noise, and 3 shares never make it whole).
+    let setup = |round: u64| SecAggSetup {
+        server_round: round,
+        session: Bytes32([round as u8; 32]),
+        member: 1,
+        members: 3,
+        threshold: 2,
+        neighbours: vec![2, 3],
+        clip: 8.0,
+        levels: 1 << 22,
+        max_weight: 60_000,
+    };
+    let keys_of = |out: &[Action]| match messages(out).as_slice() {
+        [ClientMessage::SecAggKeys { keys, .. }] => *keys,
+        other => panic!("expected keys, got {other:?}"),
+    };
+    keys_of(
+        &s.on_text(&ServerMessage::SecAggSetup(setup(2)).encode())
+            .unwrap(),
+    );
+    let out = round(&mut s, 2, distributed(5));
+    let (reason, _) = refusal(&out);
+    assert!(reason.contains("counts on 5 contributors"), "{reason}");
+    assert_eq!(s.epsilon(), Some(0.0), "nothing spent");
+    // Attack 3: an honest-looking round of 3 with t = 3, whose server then asks to unmask a
+    // sum of 2 (member 3 declared dropped): the reveal is refused.
+    let mine = keys_of(
+        &s.on_text(&ServerMessage::SecAggSetup(setup(3)).encode())
+            .unwrap(),
+    );
+    let params = secagg::Params {
+        session: Bytes32([3; 32]),
+        members: 3,
+        threshold: 2,
+        vector_len: PARAMS + 1,
+    };
+    let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(3);
+    let others: Vec<_> = [2u32, 3]
+        .iter()
+        .map(|&m| {
+            let neighbours = [1, 2, 3].into_iter().filter(|&j| j != m).collect();
+            let (adv, keys) = secagg::client::Member::new(params.clone(), m, neighbours)
+                .unwrap()
+                .advertise(&mut rng);
+            (m, adv, keys)
+        })
+        .collect();
+    let ins = ServerMessage::TrainIns {
+        server_round: 3,
+        config: distributed(3),
+        timeout_ms: 1000,
+    };
+    assert!(s.on_text(&ins.encode()).unwrap().is_empty());
+    assert!(s.on_binary(&model_frame(3, global())).unwrap().is_empty());
+    let peers: Vec<PeerKeys> = others
+        .iter()
+        .map(|(m, _, keys)| PeerKeys {
+            member: *m,
+            keys: *keys,
+        })
+        .collect();
+    let out = s
+        .on_text(
+            &ServerMessage::SecAggPeers {
+                server_round: 3,
+                peers,
+            }
+            .encode(),
+        )
+        .unwrap();
+    let Some(Action::Train(job)) = out.into_iter().last() else {
+        panic!("training starts once the shares are out")
+    };
+    let trained = s.on_trained(job.run(&mut |_| {}));
+    assert!(!sends_a_frame(&trained), "no frame before the envelopes");
+    // Members 2 and 3 share with member 1 (and each other).
+    let mut all_keys: BTreeMap<u32, _> = others.iter().map(|(m, _, k)| (*m, *k)).collect();
+    all_keys.insert(1, mine);
+    let mut envelopes = Vec::new();
+    for (m, adv, _) in others {
+        let peers = all_keys
+            .iter()
+            .filter(|(j, _)| **j != m)
+            .map(|(j, k)| (*j, *k))
+            .collect();
+        let (_, shared) = adv.share(&peers, &mut rng).unwrap();
+        envelopes.extend(shared.envelopes.into_iter().filter(|e| e.to == 1));
+    }
+    let out = s
+        .on_text(
+            &ServerMessage::SecAggInbox {
+                server_round: 3,
+                envelopes,
+            }
+            .encode(),
+        )
+        .unwrap();
+    assert!(sends_a_frame(&out), "the masked sum goes out: {:?}", messages(&out));
+    let eps = s.epsilon().unwrap();
+    assert!(eps > 0.0, "the step is charged");
+    let out = s
+        .on_text(
+            &ServerMessage::SecAggUnmask {
+                server_round: 3,
+                request: UnmaskRequest {
+                    survivors: vec![1, 2],
+                    dropped: vec![3],
+                },
+            }
+            .encode(),
+        )
+        .unwrap();
+    let (reason, _) = refusal(&out);
+    assert!(
+        reason.contains("fewer than the 3 contributors"),
+        "{reason}"
+    );
 }

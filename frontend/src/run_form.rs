@@ -561,6 +561,7 @@ fn default_dp() -> protocol::admin::DpRunConfig {
         noise_multiplier: Some(1.0),
         target_epsilon: None,
         delta: 1e-5,
+        distributed: None,
     })
 }
 
@@ -600,6 +601,7 @@ mod tests {
                 noise_multiplier: Some(1.3),
                 target_epsilon: None,
                 delta: 1e-6,
+                distributed: None,
             }),
             ..RunConfig::default()
         };

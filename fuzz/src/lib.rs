@@ -213,6 +213,7 @@ pub fn targets() -> Vec<Target> {
             max_grad_norm: 1.0,
             noise_multiplier: 1.1,
             delta: 1e-5,
+            distributed: None,
         }),
     };
     let client = [
@@ -269,6 +270,17 @@ pub fn targets() -> Vec<Target> {
         fingerprint: ledger::fingerprint(b"fuzz images", b"fuzz labels"),
         history: vec![(7.0 / 60.0, 1.1, 12), (1.0, 50.0, 2)],
         unprotected_rounds: 0,
+        skellam: vec![ledger::SkellamEntry {
+            mechanism: ledger::SkellamMechanism {
+                sample_rate: 0.034,
+                noise_multiplier: 2.6,
+                scale: 1000.0,
+                dim: 12_810,
+                beta: 0.6,
+                contributors: 7,
+            },
+            steps: 40,
+        }],
     })
     .unwrap_or_default();
     let page = PageToWorker::Join(JoinRequest {

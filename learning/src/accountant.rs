@@ -16,6 +16,7 @@
 //! orders can only make the minimum larger: ε is never under-reported, and at the budgets this
 //! product runs (ε ≈ 1–10, σ ≈ 0.8–2) it is within 1 % of Opacus (see the tests).
 
+use protocol::ledger::{SkellamEntry, SkellamMechanism};
 use serde::{Deserialize, Serialize};
 
 /// Orders at which RDP is tracked.
@@ -32,6 +33,10 @@ pub enum AccountantError {
     Delta(f64),
     #[error("target epsilon is {0}: expected a number above 0")]
     TargetEpsilon(f64),
+    #[error(
+        "distributed mechanism {0}: expected q in (0, 1], z and S above 0 and finite, dim ≥ 1, β in [0, 1), t ≥ 1"
+    )]
+    Skellam(String),
     #[error(
         "no noise_multiplier up to {max} keeps epsilon <= {target} for sample_rate {q} over {steps} steps at delta {delta}"
     )]
@@ -159,7 +164,19 @@ pub fn noise_multiplier_for(
     Ok(hi)
 }
 
-/// A privacy ledger: every (q, σ, steps) run so far, composed at each order.
+/// One mechanism a round runs on a client's records.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mechanism {
+    /// A step of DP-SGD (or a DP evaluation at q = 1): Gaussian noise of std σ·C.
+    Gaussian {
+        sample_rate: f64,
+        noise_multiplier: f64,
+    },
+    /// A step of distributed DP-SGD: Skellam noise shared among the round's clients.
+    Skellam(SkellamMechanism),
+}
+
+/// A privacy ledger: every mechanism run so far, composed at each order.
 ///
 /// Holds the history rather than only the sum so that it can be stored, shown and re-derived
 /// by the server from the configs it sent, without trusting a client's number.
@@ -169,6 +186,9 @@ pub struct RdpAccountant {
     /// composition does not depend on order, so equal mechanisms are merged wherever they
     /// stand: alternating training and evaluation does not grow the history).
     pub history: Vec<(f64, f64, u64)>,
+    /// Distributed-DP steps, merged the same way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skellam: Vec<SkellamEntry>,
 }
 
 impl RdpAccountant {
@@ -184,13 +204,60 @@ impl RdpAccountant {
         Ok(())
     }
 
-    /// Total steps recorded.
-    pub fn steps(&self) -> u64 {
-        self.history.iter().map(|h| h.2).sum()
+    /// Records `steps` of any mechanism.
+    pub fn record_mechanism(&mut self, m: Mechanism, steps: u64) -> Result<(), AccountantError> {
+        match m {
+            Mechanism::Gaussian {
+                sample_rate,
+                noise_multiplier,
+            } => self.record(sample_rate, noise_multiplier, steps),
+            Mechanism::Skellam(s) => {
+                if !s.is_valid() {
+                    return Err(AccountantError::Skellam(format!("{s:?}")));
+                }
+                protocol::ledger::compose_skellam(&mut self.skellam, s, steps);
+                Ok(())
+            }
+        }
     }
 
-    /// ε spent so far at `delta` (0 before any step).
+    /// Whether `m` is already in the ledger (recording it then adds no entry).
+    pub fn holds(&self, m: &Mechanism) -> bool {
+        match *m {
+            Mechanism::Gaussian {
+                sample_rate,
+                noise_multiplier,
+            } => protocol::ledger::mechanism_index(&self.history, sample_rate, noise_multiplier)
+                .is_some(),
+            Mechanism::Skellam(s) => self.skellam.iter().any(|e| e.mechanism == s),
+        }
+    }
+
+    /// Distinct mechanisms held (bounded by `protocol::ledger::MAX_HISTORY`).
+    pub fn entries(&self) -> usize {
+        self.history.len() + self.skellam.len()
+    }
+
+    /// Total steps recorded.
+    pub fn steps(&self) -> u64 {
+        let skellam: u64 = self.skellam.iter().map(|e| e.steps).sum();
+        self.history.iter().map(|h| h.2).sum::<u64>() + skellam
+    }
+
+    /// ε spent so far at `delta` (0 before any step), under the runs' assumption that every
+    /// distributed round had at least its t contributors.
     pub fn epsilon(&self, delta: f64) -> Result<f64, AccountantError> {
+        self.epsilon_with(delta, false)
+    }
+
+    /// ε at `delta` if every other client of each distributed round colluded with the server:
+    /// only this client's own noise share (noise multiplier z/√t) protects its records. Equal
+    /// to [`Self::epsilon`] when no distributed round was run.
+    pub fn worst_case_epsilon(&self, delta: f64) -> Result<f64, AccountantError> {
+        self.epsilon_with(delta, true)
+    }
+
+    fn epsilon_with(&self, delta: f64, alone: bool) -> Result<f64, AccountantError> {
         check_delta(delta)?;
         if self.steps() == 0 {
             // Nothing released yet. (The RDP→(ε, δ) conversion has slack even at zero RDP.)
@@ -200,6 +267,12 @@ impl RdpAccountant {
         for &(q, s, n) in &self.history {
             for (r, alpha) in rdp.iter_mut().zip(ORDERS) {
                 *r += n as f64 * rdp_one_step(q, s, alpha);
+            }
+        }
+        for e in &self.skellam {
+            let step = crate::skellam::SkellamStep::of(&e.mechanism, alone);
+            for (r, alpha) in rdp.iter_mut().zip(ORDERS) {
+                *r += e.steps as f64 * step.rdp(alpha);
             }
         }
         Ok(epsilon_from_rdp(&rdp, delta))
@@ -214,8 +287,25 @@ impl RdpAccountant {
         extra_steps: u64,
         delta: f64,
     ) -> Result<f64, AccountantError> {
+        self.epsilon_after_mechanism(
+            Mechanism::Gaussian {
+                sample_rate,
+                noise_multiplier,
+            },
+            extra_steps,
+            delta,
+        )
+    }
+
+    /// ε after `extra_steps` more steps of `m`, without recording them.
+    pub fn epsilon_after_mechanism(
+        &self,
+        m: Mechanism,
+        extra_steps: u64,
+        delta: f64,
+    ) -> Result<f64, AccountantError> {
         let mut next = self.clone();
-        next.record(sample_rate, noise_multiplier, extra_steps)?;
+        next.record_mechanism(m, extra_steps)?;
         next.epsilon(delta)
     }
 }

@@ -11,7 +11,10 @@ pub use protocol::config::{
 };
 
 use crate::LearningError;
-use crate::accountant::{AccountantError, RdpAccountant};
+use crate::accountant::{AccountantError, Mechanism, RdpAccountant};
+use crate::distributed::{DistributedStep, contribution};
+use protocol::config::DistributedNoise;
+use protocol::ledger::SkellamMechanism;
 use crate::dpsgd::{
     BatchGradient, OptimizerState, SecureRng, add_gaussian_noise, batch_gradient, loss_and_correct,
 };
@@ -60,12 +63,35 @@ impl ClientPrivacy {
         Ok(self.ledger.epsilon(self.delta)?)
     }
 
+    /// ε if every other client of its distributed rounds colluded with the server (only its
+    /// own noise shares protect it); the same as [`Self::epsilon`] without such rounds.
+    pub fn worst_case_epsilon(&self) -> Result<f64, LearningError> {
+        if self.unprotected_rounds > 0 {
+            return Ok(f64::INFINITY);
+        }
+        Ok(self.ledger.worst_case_epsilon(self.delta)?)
+    }
+
     /// Refuses `steps` more steps of (q, σ) if they would take ε past the cap, or if this
     /// client's δ is too large for `n` records. Spends nothing.
     pub fn check(&self, q: f64, sigma: f64, steps: u64, n: usize) -> Result<(), LearningError> {
+        let m = Mechanism::Gaussian {
+            sample_rate: q,
+            noise_multiplier: sigma,
+        };
+        self.check_mechanism(m, steps, n)
+    }
+
+    /// [`Self::check`] for any mechanism. For a distributed step the cap applies to ε under
+    /// the run's assumption of t contributors (the worst case is shown beside it).
+    pub fn check_mechanism(
+        &self,
+        m: Mechanism,
+        steps: u64,
+        n: usize,
+    ) -> Result<(), LearningError> {
         check_delta_for(self.delta, n, "this client's δ")?;
-        let new = protocol::ledger::mechanism_index(&self.ledger.history, q, sigma).is_none();
-        if new && self.ledger.history.len() >= protocol::ledger::MAX_HISTORY {
+        if !self.ledger.holds(&m) && self.ledger.entries() >= protocol::ledger::MAX_HISTORY {
             // A server varying q or σ every round would otherwise grow a ledger until it no
             // longer fits in storage (and then reads as unreadable).
             return Err(LearningError::LedgerFull(protocol::ledger::MAX_HISTORY));
@@ -75,7 +101,7 @@ impl ClientPrivacy {
         };
         let spent = self.epsilon()?;
         let after = if spent.is_finite() {
-            self.ledger.epsilon_after(q, sigma, steps, self.delta)?
+            self.ledger.epsilon_after_mechanism(m, steps, self.delta)?
         } else {
             spent
         };
@@ -112,11 +138,31 @@ pub struct FitProgress {
     pub batch_loss: f64,
 }
 
+/// What a round's training produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// Local parameters − global parameters, flat in layout order (FedAvg's input).
+    Delta(Vec<f32>),
+    /// Distributed DP: the sum of this client's rounded, clipped per-example gradients plus
+    /// its Skellam noise share, in integer units. It carries only 1/t of the noise, so it
+    /// leaves the client only masked (secure aggregation), never in the clear.
+    Integers(Vec<i64>),
+}
+
+impl Update {
+    /// The parameter delta of a local-DP (or non-DP) round.
+    pub fn delta(&self) -> Option<&[f32]> {
+        match self {
+            Self::Delta(d) => Some(d),
+            Self::Integers(_) => None,
+        }
+    }
+}
+
 /// What `fit` returns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitRes {
-    /// local parameters − global parameters, flat in layout order.
-    pub update: Vec<f32>,
+    pub update: Update,
     /// Shard size: FedAvg's weight.
     pub num_examples: usize,
     pub metrics: FitMetrics,
@@ -142,6 +188,11 @@ pub fn fit(
     model_config.layout().check_len(global)?;
     let n = shard.len();
     config.validate(n)?;
+    if let Some(dp) = config.dp
+        && let Some(noise) = dp.distributed
+    {
+        return fit_distributed(global, config, dp, noise, shard, privacy);
+    }
     let q = config.sample_rate(n);
     let steps_per_epoch = config.steps_per_epoch(n);
     match config.dp {
@@ -236,7 +287,7 @@ pub fn fit(
     let update = params.iter().zip(global).map(|(p, g)| p - g).collect();
     let epsilon = Some(privacy.epsilon()?);
     Ok(FitRes {
-        update,
+        update: Update::Delta(update),
         num_examples: n,
         metrics: FitMetrics {
             loss: loss_sum / seen.max(1) as f64,
@@ -244,6 +295,77 @@ pub fn fit(
             epsilon,
             steps,
             clipped_fraction: clipped as f64 / seen.max(1) as f64,
+        },
+    })
+}
+
+fn skellam_mechanism(q: f64, dp: DpSgdConfig, noise: DistributedNoise, dim: u64) -> Mechanism {
+    Mechanism::Skellam(SkellamMechanism {
+        sample_rate: q,
+        noise_multiplier: dp.noise_multiplier as f64,
+        scale: noise.scale,
+        dim,
+        beta: noise.beta,
+        contributors: noise.contributors,
+    })
+}
+
+/// What one round of `config` runs on a shard of `n` records, and how many times: the one
+/// derivation the client's check, its ledger, the server's ledger and its sampling share.
+/// `None` without DP.
+pub fn round_mechanism(config: &TrainConfig, n: usize) -> Option<(Mechanism, u64)> {
+    let dp = config.dp?;
+    let q = config.sample_rate(n);
+    Some(match dp.distributed {
+        Some(noise) => (
+            skellam_mechanism(q, dp, noise, protocol::config::MODEL_DIM),
+            1,
+        ),
+        None => (
+            Mechanism::Gaussian {
+                sample_rate: q,
+                noise_multiplier: dp.noise_multiplier as f64,
+            },
+            config.steps_per_round(n),
+        ),
+    })
+}
+
+/// One distributed DP-SGD step ([`crate::distributed`]): the cap is checked against the
+/// Skellam mechanism first, the step is charged once its contribution exists. No loss or
+/// accuracy is measured (that would take a second pass over the batch): they are NaN.
+fn fit_distributed(
+    global: &[f32],
+    config: &TrainConfig,
+    dp: DpSgdConfig,
+    noise: DistributedNoise,
+    shard: &Dataset,
+    privacy: &mut ClientPrivacy,
+) -> Result<FitRes, LearningError> {
+    let n = shard.len();
+    check_delta_for(dp.delta, n, "the server's δ")?;
+    let q = config.sample_rate(n);
+    let z = dp.noise_multiplier as f64;
+    let mechanism = skellam_mechanism(q, dp, noise, global.len() as u64);
+    privacy.check_mechanism(mechanism, 1, n)?;
+    let step = DistributedStep {
+        sample_rate: q,
+        clip: dp.max_grad_norm,
+        scale: noise.scale,
+        beta: noise.beta,
+        noise_variance: noise.share_variance(z),
+    };
+    let c = contribution(global, shard, &step, &mut privacy.rng)?;
+    privacy.ledger.record_mechanism(mechanism, 1)?;
+    Ok(FitRes {
+        update: Update::Integers(c.sum),
+        num_examples: n,
+        metrics: FitMetrics {
+            loss: f64::NAN,
+            accuracy: f64::NAN,
+            epsilon: Some(privacy.epsilon()?),
+            steps: 1,
+            clipped_fraction: f64::NAN,
         },
     })
 }
@@ -369,6 +491,7 @@ mod tests {
                 max_grad_norm: 1.0,
                 noise_multiplier: 1.0,
                 delta: 1e-5,
+                distributed: None,
             }),
         };
         let mut privacy = ClientPrivacy {
@@ -387,7 +510,7 @@ mod tests {
             (eps - expected).abs() < 1e-12,
             "ledger ε {eps} = accountant ε {expected}"
         );
-        let after: Vec<f32> = global.iter().zip(&res.update).map(|(g, u)| g + u).collect();
+        let after: Vec<f32> = global.iter().zip(res.update.delta().unwrap()).map(|(g, u)| g + u).collect();
         let acc = evaluate(&after, &test).expect("eval").accuracy;
         assert!(
             acc > before.accuracy + 0.3,
@@ -425,7 +548,7 @@ mod tests {
         assert_eq!(res.metrics.epsilon, Some(f64::INFINITY));
         assert_eq!((privacy.ledger.steps(), privacy.unprotected_rounds), (0, 1));
         assert_eq!(privacy.epsilon().unwrap(), f64::INFINITY);
-        let after: Vec<f32> = global.iter().zip(&res.update).map(|(g, u)| g + u).collect();
+        let after: Vec<f32> = global.iter().zip(res.update.delta().unwrap()).map(|(g, u)| g + u).collect();
         let eval = evaluate(&after, &m.test.subset(&(0..1000).collect::<Vec<_>>())).expect("eval");
         assert!(eval.accuracy > 0.9, "accuracy {}", eval.accuracy);
         assert_eq!(eval.num_examples, 1000);
@@ -438,6 +561,7 @@ mod tests {
                 max_grad_norm: 1.0,
                 noise_multiplier: 1.2,
                 delta,
+                distributed: None,
             }),
             ..TrainConfig::default()
         }
@@ -573,6 +697,7 @@ mod tests {
             max_grad_norm: 1.0,
             noise_multiplier: 0.0,
             delta: 1e-5,
+            distributed: None,
         };
         let bad = TrainConfig {
             dp: Some(dp),

@@ -134,7 +134,28 @@ pub fn noise_share(noise_multiplier: f64, scale: f64, contributors: u32) -> f64 
 
 /// The server's side of a step: the unmasked sum of the contributions (integer units, S per
 /// C) divided by S/C and by the expected total batch (Σ q·nᵢ: dividing by the realised batch
-/// would leak it) is the noisy mean clipped gradient; the optimizer takes its step.
+/// would leak it) is the noisy mean clipped gradient.
+pub fn mean_gradient(
+    sum: &[i64],
+    clip: f32,
+    scale: f64,
+    expected_batch: f64,
+) -> Result<Vec<f32>, LearningError> {
+    if !(expected_batch > 0.0 && expected_batch.is_finite()) {
+        return Err(LearningError::Distributed(format!(
+            "expected batch is {expected_batch}: expected a number above 0"
+        )));
+    }
+    if !(scale > 0.0 && scale.is_finite()) {
+        return Err(LearningError::Distributed(format!(
+            "scale is {scale}: expected a number above 0"
+        )));
+    }
+    let per_unit = clip as f64 / scale / expected_batch;
+    Ok(sum.iter().map(|&s| (s as f64 * per_unit) as f32).collect())
+}
+
+/// [`mean_gradient`], then the optimizer's step on `params` (the server's whole update).
 pub fn apply_sum(
     params: &mut [f32],
     sum: &[i64],
@@ -149,13 +170,7 @@ pub fn apply_sum(
             actual: sum.len(),
         });
     }
-    if !(expected_batch > 0.0 && expected_batch.is_finite()) {
-        return Err(LearningError::Distributed(format!(
-            "expected batch is {expected_batch}: expected a number above 0"
-        )));
-    }
-    let per_unit = step.clip as f64 / step.scale / expected_batch;
-    let grad: Vec<f32> = sum.iter().map(|&s| (s as f64 * per_unit) as f32).collect();
+    let grad = mean_gradient(sum, step.clip, step.scale, expected_batch)?;
     optimizer.step(params, &grad, learning_rate);
     if params.iter().any(|p| !p.is_finite()) {
         return Err(LearningError::Diverged);

@@ -33,7 +33,7 @@ pub use accountant::RdpAccountant;
 pub use aggregate::{Aggregator, FedAvg};
 pub use client::{
     Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig,
-    default_delta, evaluate, evaluate_private, fit,
+    Update, default_delta, evaluate, evaluate_private, fit,
 };
 pub use dpsgd::Optimizer;
 pub use mnist::{Dataset, Mnist};

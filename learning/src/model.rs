@@ -283,6 +283,7 @@ mod tests {
         let model = config.init(&device);
         let layout = config.layout();
         assert_eq!(layout.num_params(), 12_810);
+        assert_eq!(layout.num_params() as u64, protocol::config::MODEL_DIM);
         assert_eq!(model.num_params(), layout.num_params());
         assert_eq!(model.conv1.weight.dims(), [16, 1, 3, 3]);
         assert_eq!(model.fc.weight.dims(), [800, 10]);

@@ -137,6 +137,23 @@ pub fn conditional_round(
 }
 
 impl SkellamStep {
+    /// The step of a ledger's mechanism; `alone`: this client's own noise share only (noise
+    /// multiplier z/√t, every other contributor colluding with the server).
+    pub fn of(m: &protocol::ledger::SkellamMechanism, alone: bool) -> Self {
+        let own = if alone {
+            f64::from(m.contributors.max(1)).sqrt()
+        } else {
+            1.0
+        };
+        Self {
+            sample_rate: m.sample_rate,
+            noise_multiplier: m.noise_multiplier / own,
+            scale: m.scale,
+            dim: m.dim,
+            beta: m.beta,
+        }
+    }
+
     fn check(&self) -> Result<(), SkellamError> {
         crate::accountant::check_params(self.sample_rate, self.noise_multiplier)?;
         if !(self.scale > 0.0 && self.scale.is_finite()) {
@@ -153,17 +170,8 @@ impl SkellamStep {
 
     /// (Δ₂, Δ₁) in integer units after (conditional) randomized rounding.
     pub fn sensitivities(&self) -> (f64, f64) {
-        let c = self.scale;
-        let d = self.dim as f64;
-        let plain = c + d.sqrt();
-        let l2 = if self.beta == 0.0 {
-            plain
-        } else {
-            let conditioned =
-                c * c + d / 4.0 + (2.0 * (1.0 / self.beta).ln()).sqrt() * (c + d.sqrt() / 2.0);
-            plain.min(conditioned.sqrt())
-        };
-        (l2, l2 * d.sqrt().min(l2))
+        let l2 = protocol::config::rounded_norm_bound(self.scale, self.dim, self.beta);
+        (l2, l2 * (self.dim as f64).sqrt().min(l2))
     }
 
     /// RDP of one step without sampling at order `alpha` (Agarwal, Kairouz & Liu, Thm 3.5).

@@ -260,6 +260,76 @@ pub struct DpRunConfig {
     #[serde(default)]
     pub target_epsilon: Option<f64>,
     pub delta: f64,
+    /// `Some`: distributed DP over secure aggregation — each round is one DP-SGD step over
+    /// the union of its clients' data, every client adds a share of one noise, and the server
+    /// applies the optimizer (`learning_rate`, `optimizer`) to the unmasked noisy sum. The
+    /// noise multiplier is then the *sum's* (z, as in central DP-SGD).
+    #[serde(default)]
+    pub distributed: Option<DistributedDpConfig>,
+}
+
+/// Distributed DP for a run (Kairouz, Liu & Steinke 2021; Agarwal, Kairouz & Liu 2021).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributedDpConfig {
+    /// S: integer units per clipping norm (rounding costs little above ≈ 1 000).
+    pub scale: f64,
+    /// Conditional rounding's β (0: none).
+    pub beta: f64,
+    /// t: the round's noise is whole once t clients' shares are in it; fewer are never
+    /// unmasked. At most `min_clients`.
+    pub contributors: u32,
+    /// Rounds between evaluations of the global model on the test set (the last round is
+    /// always evaluated): a round here is one step, and runs take hundreds of them.
+    pub evaluate_every: u32,
+    /// How the server's learning rate changes over the run.
+    pub schedule: LrSchedule,
+}
+
+impl Default for DistributedDpConfig {
+    fn default() -> Self {
+        Self {
+            scale: 1000.0,
+            beta: (-0.5f64).exp(),
+            contributors: 3,
+            evaluate_every: 10,
+            schedule: LrSchedule::Constant,
+        }
+    }
+}
+
+impl DistributedDpConfig {
+    /// The settings a client of the run gets.
+    pub fn noise(&self) -> crate::config::DistributedNoise {
+        crate::config::DistributedNoise {
+            scale: self.scale,
+            beta: self.beta,
+            contributors: self.contributors,
+        }
+    }
+}
+
+/// The server optimizer's learning rate over a distributed-DP run.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    /// lr · (1 + cos(π · (round − 1) / rounds)) / 2: from lr down to near 0 at the last round.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning rate of `server_round` (1-based) of a run of `rounds`.
+    pub fn at(self, lr: f32, server_round: u64, rounds: u32) -> f32 {
+        match self {
+            Self::Constant => lr,
+            Self::Cosine => {
+                let done = server_round.saturating_sub(1) as f64 / f64::from(rounds.max(1));
+                (lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * done.min(1.0)).cos())) as f32
+            }
+        }
+    }
 }
 
 /// How the demo data set is split among clients.
@@ -292,6 +362,7 @@ impl Default for RunConfig {
                 noise_multiplier: None,
                 target_epsilon: Some(3.0),
                 delta: 1e-5,
+                distributed: None,
             }),
             shards: Some(ShardConfig {
                 scheme: ShardScheme::Iid,
@@ -375,6 +446,9 @@ impl RunConfig {
             if let Some(e) = dp.target_epsilon {
                 fields::TARGET_EPSILON.check(e)?;
             }
+            if let Some(d) = &dp.distributed {
+                self.validate_distributed(d)?;
+            }
         }
         self.aggregator.validate(self.min_clients)?;
         if let Some(secure) = &self.secure_aggregation {
@@ -385,6 +459,56 @@ impl RunConfig {
             if let ShardScheme::Dirichlet { alpha } = shards.scheme {
                 fields::ALPHA.check(alpha)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Distributed DP needs secure aggregation (a client's integer sum carries only 1/t of the
+    /// noise), one step per round, an expected batch per client, t ≤ Min clients, and a sum
+    /// that cannot wrap the 32-bit modulus for a round of at least Min clients.
+    fn validate_distributed(&self, d: &DistributedDpConfig) -> Result<(), FieldError> {
+        fields::DISTRIBUTED_SCALE.check(d.scale)?;
+        fields::DISTRIBUTED_BETA.check(d.beta)?;
+        fields::DISTRIBUTED_CONTRIBUTORS.check(d.contributors)?;
+        fields::EVALUATE_EVERY.check(d.evaluate_every)?;
+        if self.secure_aggregation.is_none() {
+            return Err(fields::DISTRIBUTED.error_because(
+                "on",
+                "off without secure aggregation: each client's sum holds only its share of the noise, and the server would see it".into(),
+            ));
+        }
+        if self.local_epochs != 1 {
+            return Err(fields::LOCAL_EPOCHS.error_because(
+                self.local_epochs,
+                "1 with distributed DP: a round is one DP-SGD step".into(),
+            ));
+        }
+        let Batching::BatchSize(batch) = self.batching else {
+            return Err(fields::BATCHING.error_because(
+                "a sample rate",
+                "a batch size with distributed DP (its integer sum is bounded by the batch)"
+                    .into(),
+            ));
+        };
+        if d.contributors > self.min_clients {
+            return Err(fields::DISTRIBUTED_CONTRIBUTORS.error_because(
+                d.contributors,
+                format!(
+                    "at most Min clients ({}): a round with fewer contributors is never unmasked",
+                    self.min_clients
+                ),
+            ));
+        }
+        let z = self.dp.and_then(|dp| dp.noise_multiplier).map_or(0.0, f64::from);
+        let most = crate::config::max_distributed_members(&d.noise(), batch as u64, z);
+        if most < self.min_clients {
+            return Err(fields::DISTRIBUTED_SCALE.error_because(
+                d.scale,
+                format!(
+                    "a smaller scale or batch: a round of Min clients ({}) at batch {batch} could wrap the 32-bit sum (at most {most} clients fit)",
+                    self.min_clients
+                ),
+            ));
         }
         Ok(())
     }
@@ -910,6 +1034,57 @@ mod tests {
                 .secure_aggregation,
             Some(s)
         );
+    }
+
+    #[test]
+    fn distributed_dp_is_refused_where_it_would_not_protect_or_would_wrap() {
+        let with = |dp: &str, rest: &str| {
+            let rest = if rest.is_empty() {
+                r#","local_epochs":1,"batching":{"batch_size":205}"#
+            } else {
+                rest
+            };
+            RunConfig::from_json(&format!(
+                r#"{{"min_clients":10,"secure_aggregation":{{}}{rest},"dp":{{"max_grad_norm":1,"target_epsilon":3,"delta":1e-5,"distributed":{dp}}}}}"#
+            ))
+        };
+        let ok = with(r#"{"contributors":7,"schedule":"cosine"}"#, "").unwrap();
+        let d = ok.dp.unwrap().distributed.unwrap();
+        assert_eq!((d.contributors, d.schedule), (7, LrSchedule::Cosine));
+        assert_eq!(d.scale, 1000.0);
+        let field = |r: Result<RunConfig, FieldError>| r.unwrap_err().field;
+        // Without secure aggregation the server would see each client's share of the noise.
+        let plain = RunConfig::from_json(
+            r#"{"min_clients":10,"dp":{"max_grad_norm":1,"target_epsilon":3,"delta":1e-5,"distributed":{}}}"#,
+        );
+        assert_eq!(field(plain), "dp.distributed");
+        assert_eq!(
+            field(with(r#"{"contributors":11}"#, "")),
+            "dp.distributed.contributors"
+        );
+        assert_eq!(
+            field(with(r#"{"contributors":0}"#, "")),
+            "dp.distributed.contributors"
+        );
+        assert_eq!(field(with("{}", r#","local_epochs":2,"batching":{"batch_size":205}"#)), "local_epochs");
+        assert_eq!(
+            field(with("{}", r#","local_epochs":1,"batching":{"sample_rate":0.03}"#)),
+            "batching"
+        );
+        assert_eq!(field(with(r#"{"beta":1}"#, "")), "dp.distributed.beta");
+        // S = 10⁶ at batch 205: one client's sum reaches ≈ 2.5·10⁸, ten wrap 2³¹.
+        let wraps = with(r#"{"scale":1000000}"#, "").unwrap_err();
+        assert_eq!(wraps.field, "dp.distributed.scale");
+        assert!(wraps.expected.contains("could wrap"), "{}", wraps.expected);
+        assert!(with(r#"{"scale":100000}"#, "").is_ok());
+    }
+
+    #[test]
+    fn the_cosine_schedule_goes_from_lr_to_near_zero() {
+        assert_eq!(LrSchedule::Constant.at(6.0, 500, 1000), 6.0);
+        assert_eq!(LrSchedule::Cosine.at(6.0, 1, 1000), 6.0);
+        assert!((LrSchedule::Cosine.at(6.0, 501, 1000) - 3.0).abs() < 1e-6);
+        assert!(LrSchedule::Cosine.at(6.0, 1000, 1000) < 1e-3);
     }
 
     #[test]

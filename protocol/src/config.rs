@@ -24,6 +24,70 @@ pub struct DpSgdConfig {
     pub noise_multiplier: f32,
     /// δ of the (ε, δ) guarantee reported.
     pub delta: f64,
+    /// `Some`: distributed DP — the round is one DP-SGD step over the union of its clients'
+    /// data; this client adds only its share of the noise, in integers, and sends the result
+    /// only through secure aggregation. `noise_multiplier` is then the noise of the *sum*.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistributedNoise>,
+}
+
+/// How a client of a distributed-DP round turns its clipped gradients into integers and how
+/// much of the round's noise it adds (Kairouz, Liu & Steinke 2021; Agarwal, Kairouz & Liu 2021).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DistributedNoise {
+    /// S: integer units per clipping norm C.
+    pub scale: f64,
+    /// Conditional rounding's β in [0, 1) (0: none; e^−0.5 is the papers' choice).
+    pub beta: f64,
+    /// t: the contributors the run counts on. Each client adds 1/t of the summed noise's
+    /// variance, so the sum of any t shares carries all of it.
+    pub contributors: u32,
+}
+
+/// Largest scale S: 10⁶ units per C already makes rounding negligible (BENCHMARKS.md).
+pub const MAX_SCALE: f64 = 1.0e6;
+/// Most contributors a distributed round may count on (the server's connection limit).
+pub const MAX_CONTRIBUTORS: u32 = 10_000;
+
+impl DistributedNoise {
+    /// Every field in range (what a client checks before it computes anything).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let err = |field, value: String, expected| {
+            Err(ConfigError {
+                field,
+                value,
+                expected,
+            })
+        };
+        if !(self.scale >= 1.0 && self.scale <= MAX_SCALE) {
+            return err(
+                "scale",
+                self.scale.to_string(),
+                "a number from 1 to 1 000 000 (integer units per clipping norm)",
+            );
+        }
+        if !(0.0..1.0).contains(&self.beta) {
+            return err(
+                "beta",
+                self.beta.to_string(),
+                "a number at least 0 and below 1",
+            );
+        }
+        if !(1..=MAX_CONTRIBUTORS).contains(&self.contributors) {
+            return err(
+                "contributors",
+                self.contributors.to_string(),
+                "a whole number from 1 to 10 000",
+            );
+        }
+        Ok(())
+    }
+
+    /// Variance of one client's noise share in integer units: (z·S)²/t, so that t shares
+    /// sum to the variance (z·S)² of one central DP-SGD step's noise (std z·C).
+    pub fn share_variance(&self, noise_multiplier: f64) -> f64 {
+        (noise_multiplier * self.scale).powi(2) / f64::from(self.contributors.max(1))
+    }
 }
 
 /// Everything `fit` needs to know about local training.
@@ -49,6 +113,7 @@ impl Default for TrainConfig {
                 max_grad_norm: 1.0,
                 noise_multiplier: 1.0,
                 delta: 1e-5,
+                distributed: None,
             }),
         }
     }
@@ -180,6 +245,9 @@ impl TrainConfig {
                     "a number above 0 and below 1",
                 );
             }
+            if let Some(d) = dp.distributed {
+                d.check()?;
+            }
         }
         Ok(())
     }
@@ -209,9 +277,18 @@ impl TrainConfig {
         self.checked_steps_per_round(n).unwrap_or(u64::MAX)
     }
 
-    /// Steps of one `fit` call, `None` when it is no finite u64.
+    /// Steps of one `fit` call, `None` when it is no finite u64. A distributed-DP round is
+    /// one step, whatever the epochs say.
     pub fn checked_steps_per_round(&self, n: usize) -> Option<u64> {
+        if self.distributed().is_some() {
+            return Some(1);
+        }
         steps_per_round(self.local_epochs, self.sample_rate(n))
+    }
+
+    /// The distributed-DP settings, when this is a distributed round.
+    pub fn distributed(&self) -> Option<DistributedNoise> {
+        self.dp.and_then(|dp| dp.distributed)
     }
 }
 
@@ -223,6 +300,50 @@ pub fn steps_per_round(local_epochs: u32, sample_rate: f64) -> Option<u64> {
         return None;
     }
     (local_epochs as u64).checked_mul(per_epoch as u64)
+}
+
+/// TinyCNN's coordinates: the dimension of a distributed round's integer vector.
+pub const MODEL_DIM: u64 = 12_810;
+
+/// L2 bound of one example's rounded gradient in integer units: Kairouz, Liu & Steinke 2021,
+/// Theorem 1, for S units per clipping norm, `dim` coordinates and β (0: the plain bound
+/// S + √dim). Defined once: the client rounds to it, the accountant assumes it, the run
+/// config bounds the sum with it.
+pub fn rounded_norm_bound(scale: f64, dim: u64, beta: f64) -> f64 {
+    let d = dim as f64;
+    let plain = scale + d.sqrt();
+    if beta == 0.0 {
+        return plain;
+    }
+    let conditioned =
+        scale * scale + d / 4.0 + (2.0 * (1.0 / beta).ln()).sqrt() * (scale + d.sqrt() / 2.0);
+    plain.min(conditioned.sqrt())
+}
+
+/// Most examples a client's Poisson batch of expected size `batch` holds but with a
+/// probability below 10⁻¹⁵: batch + 10√batch + 10.
+pub fn batch_bound(batch: u64) -> f64 {
+    let b = batch as f64;
+    b + 10.0 * b.sqrt() + 10.0
+}
+
+/// Most clients whose integer sums add up without leaving [−2³¹, 2³¹): each coordinate of a
+/// client's sum is at most its batch bound × the rounded-norm bound, and the summed noise
+/// (variance members × (z·S)²/t) stays within 20 standard deviations. A sum past the range
+/// would wrap and turn the model into garbage (never a privacy loss).
+pub fn max_distributed_members(noise: &DistributedNoise, batch: u64, z: f64) -> u32 {
+    let per_member = batch_bound(batch) * rounded_norm_bound(noise.scale, MODEL_DIM, noise.beta);
+    let limit = f64::from(i32::MAX);
+    let fits = |m: f64| {
+        let noise_std = (m * noise.share_variance(z)).sqrt();
+        m * per_member + 20.0 * noise_std < limit
+    };
+    // The noise term grows as √m: count down from the bound without it.
+    let mut m = (limit / per_member).floor().min(f64::from(MAX_CONTRIBUTORS));
+    while m > 0.0 && !fits(m) {
+        m -= 1.0;
+    }
+    m as u32
 }
 
 /// Optimizer applied to the flat parameter vector.

@@ -380,6 +380,52 @@ pub const NOISE_MULTIPLIER: Field = number(
     Including(0.05),
     Including(1.0e4),
 );
+pub const DISTRIBUTED: Field = choice(
+    "dp.distributed",
+    "Distributed DP",
+    "on (each client adds a share of one noise; needs secure aggregation) or off",
+);
+pub const DISTRIBUTED_SCALE: Field = noted(
+    number(
+        "dp.distributed.scale",
+        "Integer scale S",
+        Including(1.0),
+        Including(crate::config::MAX_SCALE),
+    ),
+    "units per clipping norm, e.g. 1 000",
+);
+pub const DISTRIBUTED_BETA: Field = noted(
+    number(
+        "dp.distributed.beta",
+        "Rounding β",
+        Including(0.0),
+        Excluding(1.0),
+    ),
+    "e.g. 0.6065 (e^−0.5); 0: plain rounding",
+);
+pub const DISTRIBUTED_CONTRIBUTORS: Field = noted(
+    whole(
+        "dp.distributed.contributors",
+        "Honest contributors t",
+        1,
+        crate::config::MAX_CONTRIBUTORS as u64,
+    ),
+    "each client adds 1/t of the noise; a round with fewer is not unmasked",
+);
+pub const EVALUATE_EVERY: Field = noted(
+    whole(
+        "dp.distributed.evaluate_every",
+        "Evaluate every",
+        1,
+        super::admin::MAX_ROUNDS as u64,
+    ),
+    "rounds (and the last)",
+);
+pub const LR_SCHEDULE: Field = choice(
+    "dp.distributed.schedule",
+    "Learning-rate schedule",
+    "constant or cosine",
+);
 pub const NUM_SHARDS: Field = whole(
     "shards.num_shards",
     "Shards",
@@ -473,6 +519,12 @@ pub const ALL: &[Field] = &[
     NUM_SHARDS,
     ALPHA,
     SEED,
+    DISTRIBUTED,
+    DISTRIBUTED_SCALE,
+    DISTRIBUTED_BETA,
+    DISTRIBUTED_CONTRIBUTORS,
+    EVALUATE_EVERY,
+    LR_SCHEDULE,
     SECURE_AGGREGATION,
     SECAGG_NEIGHBOURS,
     SECAGG_THRESHOLD,

@@ -97,6 +97,56 @@ pub struct DatasetLedger {
     /// Rounds trained on these records *without* DP: their ε is unbounded from then on.
     #[serde(default)]
     pub unprotected_rounds: u64,
+    /// Distributed-DP steps (Skellam noise shared among a round's clients), one entry per
+    /// distinct mechanism. Absent from ledgers that hold none, so older entries read as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skellam: Vec<SkellamEntry>,
+}
+
+/// One distributed-DP mechanism: a Poisson-subsampled step whose summed noise is Skellam of
+/// standard deviation z·S integer units, S units per clipping norm, over `dim` coordinates
+/// rounded with conditional rounding β, the noise split among `contributors` clients.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SkellamMechanism {
+    pub sample_rate: f64,
+    /// z: the summed noise's standard deviation over the clipping norm.
+    pub noise_multiplier: f64,
+    pub scale: f64,
+    pub dim: u64,
+    pub beta: f64,
+    /// t: the round's noise is whole when t clients' shares are in it; this client's own share
+    /// alone has noise multiplier z/√t (the worst case, every other client colluding).
+    pub contributors: u32,
+}
+
+impl SkellamMechanism {
+    /// Every field in range (a stored ledger is checked when opened).
+    pub fn is_valid(&self) -> bool {
+        self.sample_rate > 0.0
+            && self.sample_rate <= 1.0
+            && self.noise_multiplier > 0.0
+            && self.noise_multiplier.is_finite()
+            && self.scale > 0.0
+            && self.scale.is_finite()
+            && self.dim > 0
+            && (0.0..1.0).contains(&self.beta)
+            && self.contributors > 0
+    }
+}
+
+/// `steps` of one [`SkellamMechanism`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SkellamEntry {
+    pub mechanism: SkellamMechanism,
+    pub steps: u64,
+}
+
+/// Adds `steps` of a Skellam mechanism to a list, merging equal mechanisms as [`compose`].
+pub fn compose_skellam(entries: &mut Vec<SkellamEntry>, mechanism: SkellamMechanism, steps: u64) {
+    match entries.iter_mut().find(|e| e.mechanism == mechanism) {
+        Some(e) => e.steps = e.steps.saturating_add(steps),
+        None => entries.push(SkellamEntry { mechanism, steps }),
+    }
 }
 
 /// Adds `steps` of the mechanism (q, σ) to a history: one entry per distinct mechanism, so
@@ -131,6 +181,9 @@ impl DatasetLedger {
         for &mechanism in &other.history {
             compose(&mut self.history, mechanism);
         }
+        for e in &other.skellam {
+            compose_skellam(&mut self.skellam, e.mechanism, e.steps);
+        }
         self.unprotected_rounds = self
             .unprotected_rounds
             .saturating_add(other.unprotected_rounds);
@@ -148,12 +201,26 @@ impl DatasetLedger {
                 (more > 0).then_some((q, sigma, more))
             })
             .collect();
+        let skellam = self
+            .skellam
+            .iter()
+            .filter_map(|e| {
+                let before = base
+                    .skellam
+                    .iter()
+                    .find(|b| b.mechanism == e.mechanism)
+                    .map_or(0, |b| b.steps);
+                let more = e.steps.saturating_sub(before);
+                (more > 0).then_some(SkellamEntry { steps: more, ..*e })
+            })
+            .collect();
         DatasetLedger {
             fingerprint: self.fingerprint.clone(),
             history,
             unprotected_rounds: self
                 .unprotected_rounds
                 .saturating_sub(base.unprotected_rounds),
+            skellam,
         }
     }
 }
@@ -219,10 +286,19 @@ pub fn open(fingerprint: &str, text: &str) -> Result<DatasetLedger, LedgerError>
             found: ledger.fingerprint,
         });
     }
-    if ledger.history.len() > MAX_HISTORY {
+    let entries = ledger.history.len() + ledger.skellam.len();
+    if entries > MAX_HISTORY {
         return Err(LedgerError::Value(format!(
-            "its history has {} entries: expected at most {MAX_HISTORY}",
-            ledger.history.len()
+            "its history has {entries} entries: expected at most {MAX_HISTORY}"
+        )));
+    }
+    if let Some(bad) = ledger
+        .skellam
+        .iter()
+        .find(|e| !e.mechanism.is_valid() || e.steps == 0)
+    {
+        return Err(LedgerError::Value(format!(
+            "it holds the distributed mechanism {bad:?}: expected q in (0, 1], z, S > 0 finite, dim ≥ 1, β in [0, 1), t ≥ 1, steps ≥ 1"
         )));
     }
     for &(q, sigma, steps) in &ledger.history {
@@ -335,6 +411,7 @@ mod tests {
             // back one ulp off (a checksum over re-serialised numbers then failed).
             history: vec![(7.0 / 60.0, 1.1f32 as f64, 12), (1.0, 50.0, 1)],
             unprotected_rounds: 0,
+            skellam: Vec::new(),
         }
     }
 
@@ -390,6 +467,61 @@ mod tests {
             fingerprint(b"images", b"labels"),
             fingerprint(b"imagesl", b"abels")
         );
+    }
+
+    fn skellam() -> SkellamMechanism {
+        SkellamMechanism {
+            sample_rate: 205.0 / 6000.0,
+            noise_multiplier: 2.6,
+            scale: 1000.0,
+            dim: 12_810,
+            beta: (-0.5f64).exp(),
+            contributors: 7,
+        }
+    }
+
+    #[test]
+    fn distributed_steps_are_kept_merged_subtracted_and_checked() {
+        let old = seal(&ledger());
+        assert!(
+            !old.contains("skellam"),
+            "a ledger without distributed steps is stored as before"
+        );
+        let mut l = ledger();
+        compose_skellam(&mut l.skellam, skellam(), 3);
+        compose_skellam(&mut l.skellam, skellam(), 2);
+        assert_eq!(l.skellam.len(), 1, "equal mechanisms merge");
+        assert_eq!(l.skellam[0].steps, 5);
+        let opened = open(&l.fingerprint, &seal(&l)).unwrap();
+        assert_eq!(opened, l);
+        let mut more = l.clone();
+        more.skellam[0].steps += 4;
+        assert_eq!(more.since(&l).skellam[0].steps, 4);
+        let mut both = l.clone();
+        both.add(&more.since(&l));
+        assert_eq!(both.skellam[0].steps, 9);
+        // A forged entry with t = 0 (its worst case divides by √t) or z = 0 does not open.
+        for forged in [
+            SkellamMechanism {
+                contributors: 0,
+                ..skellam()
+            },
+            SkellamMechanism {
+                noise_multiplier: 0.0,
+                ..skellam()
+            },
+            SkellamMechanism {
+                beta: 1.0,
+                ..skellam()
+            },
+        ] {
+            let mut bad = l.clone();
+            bad.skellam[0].mechanism = forged;
+            assert!(matches!(
+                open(&bad.fingerprint, &seal(&bad)),
+                Err(LedgerError::Value(_))
+            ));
+        }
     }
 
     #[test]

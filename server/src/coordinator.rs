@@ -34,12 +34,13 @@ mod runs;
 mod secure;
 
 pub use secure::SecAggAnswer;
-use secure::SecureRound;
+use secure::{GradientSum, SecureRound};
 
 use crate::data::{DemoData, Shards};
 use crate::store::{ClientRow, Participant, Store, StoreError};
 use crate::strategy::{
-    Candidate, DpFedAvg, FedAvgStrategy, Strategy, TrainPlan, quorum_needed, straggler_wait,
+    Candidate, DistributedSgd, DpFedAvg, FedAvgStrategy, Strategy, TrainPlan, quorum_needed,
+    straggler_wait,
 };
 
 /// Messages waiting for one client's socket; a client this far behind is disconnected.
@@ -335,13 +336,12 @@ impl ActiveRun {
 }
 
 fn build_strategy(config: &RunConfig) -> Box<dyn Strategy> {
+    if let Some(distributed) = DistributedSgd::from_run(config) {
+        return Box::new(distributed);
+    }
     let fedavg = FedAvgStrategy::from_run(config);
     match config.dp {
-        Some(dp) => Box::new(DpFedAvg {
-            inner: fedavg,
-            dp,
-            rounds: config.rounds,
-        }),
+        Some(dp) => Box::new(DpFedAvg::new(fedavg, dp, config.rounds)),
         None => Box::new(fedavg),
     }
 }

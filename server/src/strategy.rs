@@ -8,11 +8,18 @@
 //! never sees one client's update: the shape secure aggregation needs.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use learning::accountant::{AccountantError, noise_multiplier_for};
+use learning::accountant::{AccountantError, Mechanism, noise_multiplier_for};
+use learning::client::round_mechanism;
+use learning::dpsgd::OptimizerState;
+use learning::skellam::{SkellamError, SkellamStep};
 use learning::aggregate::{self, Aggregator};
 use learning::{DpSgdConfig, RdpAccountant, TrainConfig};
-use protocol::admin::{AggregatorConfig, DpRunConfig, RunConfig, SecureAggregationConfig};
+use protocol::admin::{
+    AggregatorConfig, DistributedDpConfig, DpRunConfig, LrSchedule, RunConfig,
+    SecureAggregationConfig,
+};
 use protocol::config::Batching;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
@@ -42,27 +49,25 @@ pub fn within_cap(c: &Candidate, config: &TrainConfig) -> bool {
     let Some(cap) = c.epsilon_cap else {
         return true;
     };
-    let Some(dp) = config.dp else {
+    let (Some(dp), Some((mechanism, steps))) = (
+        config.dp,
+        round_mechanism(config, c.num_examples as usize),
+    ) else {
         return false;
     };
-    let n = c.num_examples as usize;
-    let mechanism = (
-        config.sample_rate(n),
-        dp.noise_multiplier as f64,
-        config.steps_per_round(n),
-    );
-    cap_allows(&c.ledger, cap, c.delta.unwrap_or(dp.delta), mechanism)
+    cap_allows(&c.ledger, cap, c.delta.unwrap_or(dp.delta), mechanism, steps)
 }
 
-/// Whether `steps` more steps of (q, σ) keep `ledger` within `cap` at `delta`.
+/// Whether `steps` more steps of `mechanism` keep `ledger` within `cap` at `delta`.
 pub fn cap_allows(
     ledger: &RdpAccountant,
     cap: f64,
     delta: f64,
-    (q, sigma, steps): (f64, f64, u64),
+    mechanism: Mechanism,
+    steps: u64,
 ) -> bool {
     ledger
-        .epsilon_after(q, sigma, steps, delta)
+        .epsilon_after_mechanism(mechanism, steps, delta)
         .is_ok_and(|e| e <= cap)
 }
 
@@ -131,9 +136,10 @@ pub trait Strategy: Send {
     /// A fresh aggregator for one round's updates of `num_params` values.
     fn aggregator(&self, num_params: usize) -> Box<dyn Aggregator>;
 
-    /// Turns the round's aggregator into the next global model.
+    /// Turns the round's aggregator into the next global model (`&mut`: a server optimizer
+    /// keeps its state across rounds, as Flower's FedOpt strategies do).
     fn aggregate_train(
-        &self,
+        &mut self,
         server_round: u64,
         global: &[f32],
         aggregator: &dyn Aggregator,
@@ -155,6 +161,11 @@ pub trait Strategy: Send {
         server_round: u64,
         results: &[(u64, f64, f64)],
     ) -> Option<(f64, f64)>;
+
+    /// Whether the server evaluates the global model of `server_round` on its test set.
+    fn evaluates(&self, _server_round: u64) -> bool {
+        true
+    }
 }
 
 fn sample(candidates: &[Candidate], k: usize, seed: u64) -> Vec<&Candidate> {
@@ -203,6 +214,27 @@ impl FedAvgStrategy {
 }
 
 impl FedAvgStrategy {
+    /// Flower's failure policy: enough results for the quorum, and failures only if accepted.
+    pub fn check_results(
+        &self,
+        results: usize,
+        sampled: usize,
+        failures: usize,
+    ) -> Result<(), RoundRejected> {
+        let needed = quorum_needed(self.quorum, sampled);
+        if results < needed {
+            return Err(RoundRejected::BelowQuorum {
+                results,
+                sampled,
+                needed,
+            });
+        }
+        if failures > 0 && !self.accept_failures {
+            return Err(RoundRejected::Failures(failures));
+        }
+        Ok(())
+    }
+
     /// A batch size larger than the shard is clamped to the shard (a small Dirichlet shard
     /// trains full-batch rather than not at all).
     pub fn local_config(&self, n: u64) -> TrainConfig {
@@ -262,24 +294,14 @@ impl Strategy for FedAvgStrategy {
     }
 
     fn aggregate_train(
-        &self,
+        &mut self,
         _round: u64,
         global: &[f32],
         aggregator: &dyn Aggregator,
         sampled: usize,
         failures: usize,
     ) -> Result<Vec<f32>, RoundRejected> {
-        let needed = quorum_needed(self.quorum, sampled);
-        if aggregator.count() < needed {
-            return Err(RoundRejected::BelowQuorum {
-                results: aggregator.count(),
-                sampled,
-                needed,
-            });
-        }
-        if failures > 0 && !self.accept_failures {
-            return Err(RoundRejected::Failures(failures));
-        }
+        self.check_results(aggregator.count(), sampled, failures)?;
         aggregator
             .apply(global)
             .map_err(|e| RoundRejected::Aggregation(e.to_string()))
@@ -317,9 +339,24 @@ pub struct DpFedAvg<S> {
     pub inner: S,
     pub dp: DpRunConfig,
     pub rounds: u32,
+    /// σ solved so far, by (sample rate, steps): a run asks the same few questions every
+    /// round, and a Skellam solve takes tens of milliseconds.
+    sigmas: Arc<Mutex<HashMap<(u64, u64), f64>>>,
 }
 
+/// Most σ kept solved (a run of many shard sizes starts over past it).
+const MAX_SOLVED: usize = 4096;
+
 impl<S: Strategy> DpFedAvg<S> {
+    pub fn new(inner: S, dp: DpRunConfig, rounds: u32) -> Self {
+        Self {
+            inner,
+            dp,
+            rounds,
+            sigmas: Arc::default(),
+        }
+    }
+
     /// σ for a client with `n` examples training `config`.
     pub fn noise_multiplier(&self, config: &TrainConfig, n: u64) -> Result<f64, AccountantError> {
         if let Some(s) = self.dp.noise_multiplier {
@@ -327,6 +364,26 @@ impl<S: Strategy> DpFedAvg<S> {
         }
         let target = self.dp.target_epsilon.unwrap_or(f64::INFINITY);
         let n = n as usize;
+        if let Some(d) = self.dp.distributed {
+            // One step per round: z of the summed noise, under the Skellam accountant.
+            let step = SkellamStep {
+                sample_rate: config.sample_rate(n),
+                noise_multiplier: 1.0,
+                scale: d.scale,
+                dim: protocol::config::MODEL_DIM,
+                beta: d.beta,
+            };
+            return learning::skellam::noise_multiplier_for(
+                target,
+                &step,
+                self.rounds as u64,
+                self.dp.delta,
+            )
+            .map_err(|e| match e {
+                SkellamError::Accountant(a) => a,
+                other => AccountantError::Skellam(other.to_string()),
+            });
+        }
         noise_multiplier_for(
             target,
             config.sample_rate(n),
@@ -335,27 +392,24 @@ impl<S: Strategy> DpFedAvg<S> {
         )
     }
 
-    /// The config with DP for a shard of `n`, or why none reaches the target.
-    pub fn with_dp(&self, config: TrainConfig, n: u64) -> Result<TrainConfig, AccountantError> {
-        self.with_dp_memo(config, n, &mut HashMap::new())
-    }
-
-    /// [`Self::with_dp`], reusing σ already solved for the same sample rate and step count.
-    fn with_dp_memo(
-        &self,
-        mut config: TrainConfig,
-        n: u64,
-        sigmas: &mut HashMap<(u64, u64), f64>,
-    ) -> Result<TrainConfig, AccountantError> {
+    /// The config with DP for a shard of `n`, or why none reaches the target; σ already
+    /// solved for the same sample rate and step count is reused.
+    pub fn with_dp(&self, mut config: TrainConfig, n: u64) -> Result<TrainConfig, AccountantError> {
         let key = (
             config.sample_rate(n as usize).to_bits(),
             config.steps_per_round(n as usize),
         );
-        let sigma = match sigmas.get(&key) {
-            Some(&s) => s,
+        let known = self.sigmas.lock().ok().and_then(|m| m.get(&key).copied());
+        let sigma = match known {
+            Some(s) => s,
             None => {
                 let s = self.noise_multiplier(&config, n)?;
-                sigmas.insert(key, s);
+                if let Ok(mut m) = self.sigmas.lock() {
+                    if m.len() >= MAX_SOLVED {
+                        m.clear();
+                    }
+                    m.insert(key, s);
+                }
                 s
             }
         };
@@ -364,23 +418,22 @@ impl<S: Strategy> DpFedAvg<S> {
             // Rounded up to the next f32 so the client never adds less noise than accounted.
             noise_multiplier: next_f32_up(sigma),
             delta: self.dp.delta,
+            distributed: self.dp.distributed.map(|d| d.noise()),
         });
         Ok(config)
     }
 
     /// Whether one more round of `config` keeps this ledger within the run's target.
     pub fn within_budget(&self, ledger: &RdpAccountant, config: &TrainConfig, n: u64) -> bool {
-        let (Some(target), Some(dp)) = (self.dp.target_epsilon, config.dp) else {
+        let (Some(target), Some(dp), Some((mechanism, steps))) = (
+            self.dp.target_epsilon,
+            config.dp,
+            round_mechanism(config, n as usize),
+        ) else {
             return true;
         };
-        let n = n as usize;
         ledger
-            .epsilon_after(
-                config.sample_rate(n),
-                dp.noise_multiplier as f64,
-                config.steps_per_round(n),
-                dp.delta,
-            )
+            .epsilon_after_mechanism(mechanism, steps, dp.delta)
             .is_ok_and(|e| e <= target)
     }
 }
@@ -397,12 +450,11 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
     }
 
     fn configure_train(&self, round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan {
-        // σ depends only on (q, steps): solve it once per distinct shard size, not per client
+        // σ depends only on (q, steps): solved once per distinct shard size, not per client
         // (one bisection costs ≈ 15 ms; a round with 1 000 clients would otherwise stall).
-        let mut sigmas = HashMap::new();
-        let mut config_for = |n: u64| {
+        let config_for = |n: u64| {
             let base = self.inner.train_config(n)?;
-            self.with_dp_memo(base, n, &mut sigmas).ok()
+            self.with_dp(base, n).ok()
         };
         let within_run: Vec<(Candidate, TrainConfig)> = candidates
             .iter()
@@ -448,7 +500,7 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
     }
 
     fn aggregate_train(
-        &self,
+        &mut self,
         round: u64,
         global: &[f32],
         aggregator: &dyn Aggregator,
@@ -465,6 +517,136 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
 
     fn aggregate_evaluate(&self, round: u64, results: &[(u64, f64, f64)]) -> Option<(f64, f64)> {
         self.inner.aggregate_evaluate(round, results)
+    }
+}
+
+/// Distributed DP-SGD over secure aggregation: every round is one DP-SGD step over the union
+/// of the sampled clients' data. The clients' noise shares add up to one noise of multiplier z
+/// (solved like σ, under the Skellam accountant); the server decodes the unmasked sum into the
+/// noisy mean clipped gradient and takes the optimizer's step, keeping its state (momentum,
+/// Adam's moments) and the learning-rate schedule across rounds.
+#[derive(Debug, Clone)]
+pub struct DistributedSgd {
+    pub inner: DpFedAvg<FedAvgStrategy>,
+    pub distributed: DistributedDpConfig,
+    optimizer: OptimizerState,
+    learning_rate: f32,
+}
+
+impl DistributedSgd {
+    /// `None` unless the run asks for distributed DP.
+    pub fn from_run(config: &RunConfig) -> Option<Self> {
+        let dp = config.dp?;
+        let distributed = dp.distributed?;
+        Some(Self {
+            inner: DpFedAvg::new(FedAvgStrategy::from_run(config), dp, config.rounds),
+            distributed,
+            optimizer: OptimizerState::new(config.optimizer, protocol::config::MODEL_DIM as usize),
+            learning_rate: config.learning_rate,
+        })
+    }
+
+    fn schedule(&self) -> LrSchedule {
+        self.distributed.schedule
+    }
+}
+
+impl Strategy for DistributedSgd {
+    fn train_config(&self, n: u64) -> Option<TrainConfig> {
+        self.inner.train_config(n)
+    }
+
+    /// The inner plan, with every client's z raised to the largest of the round: the shares
+    /// add up to the noise the largest z promises (a client whose shard is smaller has a
+    /// larger q and needs more), so each client's ledger, which records the round's z, holds.
+    /// The cohort is also capped where the integer sum could wrap.
+    fn configure_train(&self, round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan {
+        let TrainPlan::Train(mut assignments) =
+            self.inner.configure_train(round, candidates, seed)
+        else {
+            return self.inner.configure_train(round, candidates, seed);
+        };
+        let z = assignments
+            .iter()
+            .filter_map(|a| a.config.dp.map(|d| d.noise_multiplier))
+            .fold(0.0f32, f32::max);
+        let batch = assignments
+            .iter()
+            .filter_map(|a| match a.config.batching {
+                Batching::BatchSize(b) => Some(b as u64),
+                Batching::SampleRate(_) => None,
+            })
+            .max()
+            .unwrap_or(1);
+        let most = protocol::config::max_distributed_members(
+            &self.distributed.noise(),
+            batch,
+            f64::from(z),
+        ) as usize;
+        assignments.truncate(most);
+        for a in &mut assignments {
+            if let Some(dp) = a.config.dp.as_mut() {
+                dp.noise_multiplier = z;
+            }
+        }
+        TrainPlan::Train(assignments)
+    }
+
+    fn aggregator(&self, num_params: usize) -> Box<dyn Aggregator> {
+        self.inner.aggregator(num_params)
+    }
+
+    /// The aggregator holds the noisy mean clipped gradient (decoded from the unmasked sum):
+    /// the optimizer's step on the global model, at the schedule's learning rate.
+    fn aggregate_train(
+        &mut self,
+        round: u64,
+        global: &[f32],
+        aggregator: &dyn Aggregator,
+        sampled: usize,
+        failures: usize,
+    ) -> Result<Vec<f32>, RoundRejected> {
+        self.inner
+            .inner
+            .check_results(aggregator.count(), sampled, failures)?;
+        let grad = aggregator
+            .aggregate()
+            .map_err(|e| RoundRejected::Aggregation(e.to_string()))?;
+        if grad.len() != global.len() {
+            return Err(RoundRejected::Aggregation(format!(
+                "gradient of {} values for a model of {}",
+                grad.len(),
+                global.len()
+            )));
+        }
+        let lr = self
+            .schedule()
+            .at(self.learning_rate, round, self.inner.rounds);
+        // On a copy: a step that diverges leaves the optimizer's state as it was.
+        let mut optimizer = self.optimizer.clone();
+        let mut next = global.to_vec();
+        optimizer.step(&mut next, &grad, lr);
+        if let Some((index, value)) = next.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(RoundRejected::Aggregation(format!(
+                "the step made parameter {index} {value}: lower the learning rate"
+            )));
+        }
+        self.optimizer = optimizer;
+        Ok(next)
+    }
+
+    fn configure_evaluate(&self, round: u64, candidates: &[Candidate], seed: u64) -> Vec<u64> {
+        self.inner.configure_evaluate(round, candidates, seed)
+    }
+
+    fn aggregate_evaluate(&self, round: u64, results: &[(u64, f64, f64)]) -> Option<(f64, f64)> {
+        self.inner.aggregate_evaluate(round, results)
+    }
+
+    /// Every `evaluate_every` rounds, and the last.
+    fn evaluates(&self, server_round: u64) -> bool {
+        server_round.is_multiple_of(u64::from(self.distributed.evaluate_every.max(1)))
+            || server_round >= u64::from(self.inner.rounds)
     }
 }
 
@@ -621,11 +803,7 @@ mod tests {
             aggregator: AggregatorConfig::Median,
             ..RunConfig::default()
         };
-        let dp = DpFedAvg {
-            inner: fedavg(&config),
-            dp: config.dp.unwrap(),
-            rounds: config.rounds,
-        };
+        let mut dp = DpFedAvg::new(fedavg(&config), config.dp.unwrap(), config.rounds);
         let mut agg = dp.aggregator(2);
         for _ in 0..5 {
             agg.add(&[0.5, -0.5], 6000).unwrap();
@@ -693,11 +871,7 @@ mod tests {
     #[test]
     fn dp_solves_sigma_so_the_whole_run_lands_on_the_target() {
         let config = RunConfig::default(); // target ε 3, δ 1e-5, 15 rounds, batch 512
-        let dp = DpFedAvg {
-            inner: fedavg(&config),
-            dp: config.dp.unwrap(),
-            rounds: config.rounds,
-        };
+        let dp = DpFedAvg::new(fedavg(&config), config.dp.unwrap(), config.rounds);
         let TrainPlan::Train(a) = dp.configure_train(1, &candidates(2, 6000), 1) else {
             panic!()
         };
@@ -729,11 +903,7 @@ mod tests {
     #[test]
     fn each_shard_size_gets_its_own_sigma_in_one_plan() {
         let config = RunConfig::default();
-        let dp = DpFedAvg {
-            inner: fedavg(&config),
-            dp: config.dp.unwrap(),
-            rounds: config.rounds,
-        };
+        let dp = DpFedAvg::new(fedavg(&config), config.dp.unwrap(), config.rounds);
         let mut mixed = candidates(4, 6000);
         mixed[1].num_examples = 1500;
         mixed[3].num_examples = 1500;
@@ -763,11 +933,7 @@ mod tests {
             min_clients: 1,
             ..RunConfig::default()
         };
-        let dp = DpFedAvg {
-            inner: fedavg(&config),
-            dp: config.dp.unwrap(),
-            rounds: config.rounds,
-        };
+        let dp = DpFedAvg::new(fedavg(&config), config.dp.unwrap(), config.rounds);
         let plan = |c: &[Candidate]| match dp.configure_train(1, c, 1) {
             TrainPlan::Train(a) => a.iter().map(|a| a.client_id).collect::<Vec<_>>(),
             other => panic!("{other:?}"),
@@ -806,11 +972,7 @@ mod tests {
         // use a target of 1e-9).
         let mut config = RunConfig::default();
         config.dp.as_mut().unwrap().target_epsilon = Some(1e-9);
-        let dp = DpFedAvg {
-            inner: fedavg(&config),
-            dp: config.dp.unwrap(),
-            rounds: config.rounds,
-        };
+        let dp = DpFedAvg::new(fedavg(&config), config.dp.unwrap(), config.rounds);
         assert_eq!(dp.train_config(10), None);
         assert_eq!(
             dp.configure_train(1, &candidates(3, 10), 1),

@@ -1295,6 +1295,11 @@ enum Quit {
 /// A member that runs secure aggregation over a raw socket with an update of the test's
 /// choosing (so the test knows the plaintext sum), leaving where `quit` says.
 async fn secure_member(url: String, update: Vec<f32>, quit: Quit) {
+    secure_member_with(url, learning::Update::Delta(update), quit).await
+}
+
+/// [`secure_member`] with any kind of update (a distributed round's integers too).
+async fn secure_member_with(url: String, update: learning::Update, quit: Quit) {
     use client_wasm::secure::SecureRound;
     let mut r = Raw::hello(&url, None).await;
     let mut examples = 0;
@@ -1309,8 +1314,7 @@ async fn secure_member(url: String, update: Vec<f32>, quit: Quit) {
                 if quit == Quit::BeforeKeys {
                     return;
                 }
-                let len = update.len() + 1;
-                let (s, keys) = SecureRound::start(setup, len).expect("setup");
+                let (s, keys) = SecureRound::start(setup, PARAMS + 1).expect("setup");
                 send(&mut r, keys).await;
                 round = Some(s);
             }
@@ -1321,10 +1325,12 @@ async fn secure_member(url: String, update: Vec<f32>, quit: Quit) {
                     return;
                 }
             }
-            ServerMessage::TrainIns { .. } => {
+            ServerMessage::TrainIns { config, .. } => {
+                let round = round.as_mut().unwrap();
+                if let Some(noise) = config.distributed() {
+                    round.count_on(noise.contributors).expect("t fits the round");
+                }
                 let out = round
-                    .as_mut()
-                    .unwrap()
                     .on_trained(update.clone(), examples, 1)
                     .expect("masked");
                 for o in out {
@@ -1545,6 +1551,157 @@ async fn five_rounds_with_secure_aggregation_train_as_well_as_without() {
         accuracy[0],
         accuracy[1]
     );
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_dp_trains_one_step_per_round_over_secure_aggregation() {
+    let dir = temp_dir("distributed");
+    let server = TestServer::start(&dir, None).await;
+    let run_id = server
+        .create_and_start(
+            r#"{"name":"distributed","rounds":30,"min_clients":3,"round_timeout_secs":120,
+                "batching":{"batch_size":64},"learning_rate":2.0,
+                "dp":{"max_grad_norm":1.0,"target_epsilon":3.0,"delta":1e-5,
+                      "distributed":{"contributors":3,"evaluate_every":10}},
+                "secure_aggregation":{},
+                "shards":{"scheme":{"kind":"iid"},"num_shards":20,"seed":7}}"#,
+        )
+        .await;
+    let clients: Vec<_> = (0..3).map(|_| sim_client(server.ws(), None)).collect();
+    let mut reports = Vec::new();
+    for c in clients {
+        let report = c.await.unwrap().expect("client ran to the end");
+        assert_eq!(report.finished.as_deref(), Some("all 30 rounds done"));
+        reports.push(report);
+    }
+    let h = server.history(run_id).await;
+    assert_eq!(h.rounds.len(), 30);
+    assert!(
+        h.rounds.iter().all(|r| r.secure && r.participants == 3),
+        "{:?}",
+        h.rounds
+    );
+    // Evaluated every 10 rounds only (a round is one step).
+    for r in &h.rounds {
+        assert_eq!(
+            r.test_accuracy.is_nan(),
+            r.server_round % 10 != 0,
+            "round {}: {}",
+            r.server_round,
+            r.test_accuracy
+        );
+    }
+    let last = h.rounds.last().unwrap().test_accuracy;
+    eprintln!("distributed: accuracy {last}, ledger {:?}", h.ledger);
+    assert!(last > 0.6, "30 steps of batch ≈ 192: {last}");
+    // Every client's ledger holds 30 distributed steps, within the target.
+    for entry in &h.ledger {
+        let eps = entry.epsilon.unwrap();
+        assert!(eps > 0.5 && eps <= 3.0, "{entry:?}");
+        assert_eq!(entry.steps, 30, "{entry:?}");
+    }
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_round_unmasks_the_exact_integer_sum_and_never_fewer_than_t() {
+    let dir = temp_dir("distributed-exact");
+    let server = TestServer::start(&dir, None).await;
+    let mut events = server.started.state.events.subscribe();
+    let config = |name: &str, t: u32| {
+        format!(
+            r#"{{"name":"{name}","rounds":1,"min_clients":4,"round_timeout_secs":60,"quorum":0.5,
+                "batching":{{"batch_size":64}},"learning_rate":1.0,
+                "dp":{{"max_grad_norm":1.0,"noise_multiplier":1.0,"delta":1e-5,
+                      "distributed":{{"contributors":{t}}}}},
+                "secure_aggregation":{{}},
+                "shards":{{"scheme":{{"kind":"iid"}},"num_shards":10,"seed":5}}}}"#
+        )
+    };
+    let (status, body) = server
+        .admin("POST", "/api/admin/runs", &config("exact", 3), Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let run_id = body["run_id"].as_u64().unwrap();
+    let initial = {
+        let store = server::store::Store::open(&dir).unwrap();
+        store.latest_checkpoint(run_id).unwrap().unwrap().1
+    };
+    // Four members with known integer sums, negative ones too (they travel mod 2³²); one
+    // leaves after its masked vector (the others' shares unmask it).
+    let sums: Vec<Vec<i64>> = (0..4i64)
+        .map(|i| {
+            (0..PARAMS as i64)
+                .map(|k| (i * 977 + k * 13) % 40_001 - 20_000)
+                .collect()
+        })
+        .collect();
+    let quits = [Quit::Never, Quit::Never, Quit::AfterMasked, Quit::Never];
+    let members: Vec<_> = sums
+        .iter()
+        .zip(quits)
+        .map(|(v, q)| {
+            tokio::spawn(secure_member_with(
+                server.ws(),
+                learning::Update::Integers(v.clone()),
+                q,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .admin("POST", &format!("/api/admin/runs/{run_id}/start"), "", Some(TOKEN))
+        .await;
+    wait_for(&mut events, 60, |e| matches!(e, Event::RoundClosed { .. })).await;
+    for m in members {
+        m.await.unwrap();
+    }
+    let after = {
+        let store = server::store::Store::open(&dir).unwrap();
+        store.latest_checkpoint(run_id).unwrap().unwrap().1
+    };
+    // SGD at lr 1 on the mean gradient: Σ sums · C/S / (4 members × batch 64).
+    let mut worst = 0f64;
+    for k in 0..PARAMS {
+        let total: i64 = sums.iter().map(|v| v[k]).sum();
+        let step = total as f64 / 1000.0 / 256.0;
+        worst = worst.max((initial[k] as f64 - step - after[k] as f64).abs());
+    }
+    assert!(worst < 1e-5, "the step is off by up to {worst}");
+    // t = 4 and a member that leaves after its shares: three masked sums are never unmasked.
+    let (status, body) = server
+        .admin("POST", "/api/admin/runs", &config("below-t", 4), Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let run_id = body["run_id"].as_u64().unwrap();
+    let quits = [Quit::Never, Quit::AfterShares, Quit::Never, Quit::Never];
+    let members: Vec<_> = sums
+        .iter()
+        .zip(quits)
+        .map(|(v, q)| {
+            tokio::spawn(secure_member_with(
+                server.ws(),
+                learning::Update::Integers(v.clone()),
+                q,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .admin("POST", &format!("/api/admin/runs/{run_id}/start"), "", Some(TOKEN))
+        .await;
+    let retried = wait_for(&mut events, 120, |e| matches!(e, Event::RoundRetried { .. })).await;
+    let Event::RoundRetried { reason, .. } = retried else {
+        unreachable!()
+    };
+    assert!(reason.contains("fewer than the 4 contributors"), "{reason}");
+    assert!(server.history(run_id).await.rounds.is_empty());
+    for m in members {
+        m.abort();
+    }
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -89,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             max_grad_norm: args.max_grad_norm,
             noise_multiplier: sigma,
             delta: args.delta,
+            distributed: None,
         });
     }
     config.validate(n)?;
@@ -123,10 +124,11 @@ fn main() -> anyhow::Result<()> {
                 std::io::stderr().flush().ok();
             }
         })?;
-        params
-            .iter_mut()
-            .zip(&res.update)
-            .for_each(|(p, u)| *p += u);
+        let delta = res
+            .update
+            .delta()
+            .context("central training is local DP-SGD: a parameter delta")?;
+        params.iter_mut().zip(delta).for_each(|(p, u)| *p += u);
         let eval = evaluate(&params, &mnist.test)?;
         eprint!("\r");
         println!(

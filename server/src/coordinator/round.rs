@@ -4,6 +4,7 @@ use super::*;
 use protocol::config::EVAL_NOISE_MULTIPLIER;
 
 use crate::strategy::cap_allows;
+use learning::accountant::Mechanism;
 
 impl Coordinator {
     pub(super) fn candidates(&self) -> Vec<Candidate> {
@@ -74,6 +75,7 @@ impl Coordinator {
         let mut charged = Vec::new();
         let mut sampled = HashMap::new();
         let mut dispatch = Vec::new();
+        let mut expected_batch = HashMap::new();
         for a in assignments {
             let Some(conn) = self.clients.get(&a.client_id) else {
                 continue;
@@ -81,27 +83,44 @@ impl Coordinator {
             let Some(mut row) = run.clients.get(&conn.key).cloned() else {
                 continue;
             };
-            if let (Some(dp), Some(n)) = (a.config.dp, conn.num_examples) {
-                let n = n as usize;
-                if let Err(e) = row.ledger.record(
-                    a.config.sample_rate(n),
-                    dp.noise_multiplier as f64,
-                    a.config.steps_per_round(n),
-                ) {
+            let n = conn.num_examples.unwrap_or(0) as usize;
+            if let Some((mechanism, steps)) = conn
+                .num_examples
+                .and_then(|_| learning::client::round_mechanism(&a.config, n))
+            {
+                if let Err(e) = row.ledger.record_mechanism(mechanism, steps) {
                     warn!(parent: &span, client_id = a.client_id, error = %e, "cannot account this client's round: not sampling it");
                     continue;
                 }
             }
             row.rounds += 1;
+            expected_batch.insert(a.client_id, a.config.expected_batch(n));
             charged.push(row);
             sampled.insert(a.client_id, (conn.key.clone(), Slot::Pending));
             dispatch.push(a);
         }
         let ids: Vec<u64> = dispatch.iter().map(|a| a.client_id).collect();
+        let distributed = run
+            .summary
+            .config
+            .dp
+            .and_then(|dp| Some((dp.distributed?, dp.max_grad_norm)));
         let secure = match run.summary.config.secure_aggregation {
             None => None,
             Some(config) => {
-                match SecureRound::plan(&config, &ids, server_round, self.model_params + 1) {
+                let gradient = distributed.map(|(d, clip)| GradientSum {
+                    clip,
+                    scale: d.scale,
+                    contributors: d.contributors,
+                    expected_batch,
+                });
+                match SecureRound::plan(
+                    &config,
+                    &ids,
+                    server_round,
+                    self.model_params + 1,
+                    gradient,
+                ) {
                     Ok(plan) => Some(plan),
                     Err(e) => {
                         warn!(parent: &span, error = %e, "cannot set up secure aggregation: not starting the round (nothing was charged)");
@@ -505,7 +524,8 @@ impl Coordinator {
                 let next = Arc::new(next);
                 round.next_global = Some(next.clone());
                 round.phase = Phase::Evaluating;
-                match self.test_set.clone() {
+                let evaluates = run.strategy.evaluates(round.server_round);
+                match self.test_set.clone().filter(|_| evaluates) {
                     Some(test) => {
                         let span = round.span.clone();
                         self.eval_task = Some(tokio::task::spawn_blocking(move || {
@@ -686,17 +706,16 @@ fn charge_evaluations(
         let Some(mut row) = run.rows.get(&conn.key).cloned() else {
             continue;
         };
-        let evaluation = (1.0, EVAL_NOISE_MULTIPLIER, 1);
+        let evaluation = Mechanism::Gaussian {
+            sample_rate: 1.0,
+            noise_multiplier: EVAL_NOISE_MULTIPLIER,
+        };
         if let (Some(cap), Some(delta)) = (conn.caps.epsilon_cap, conn.caps.delta.or(run.delta))
-            && !cap_allows(&row.ledger, cap, delta, evaluation)
+            && !cap_allows(&row.ledger, cap, delta, evaluation, 1)
         {
             continue;
         }
-        if row
-            .ledger
-            .record(evaluation.0, evaluation.1, evaluation.2)
-            .is_err()
-        {
+        if row.ledger.record_mechanism(evaluation, 1).is_err() {
             continue;
         }
         charged.push(row);

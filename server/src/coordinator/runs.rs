@@ -219,11 +219,7 @@ fn check_shard_sizes(
                 ),
             ));
         }
-        let dp_strategy = DpFedAvg {
-            inner: fedavg.clone(),
-            dp,
-            rounds: config.rounds,
-        };
+        let dp_strategy = DpFedAvg::new(fedavg.clone(), dp, config.rounds);
         dp_strategy
             .noise_multiplier(&local, n)
             .map_err(accountant_field_error)?;

@@ -47,9 +47,29 @@ pub(super) struct SecureRound {
     answered: std::collections::BTreeSet<Member>,
     /// Members still in after the last closed step (whose answer the current step waits for).
     expected: std::collections::BTreeSet<Member>,
-    encoding: Encoding,
+    decoding: Decoding,
     /// Members that dropped after sharing and whose masks were removed.
     pub(super) recovered: u64,
+}
+
+/// What the members' vectors hold, hence how the unmasked sum is read.
+#[derive(Debug)]
+pub(super) enum Decoding {
+    /// FedAvg: each member encoded [w, w·u] (its weight and weighted update).
+    Mean(Encoding),
+    /// Distributed DP: each member's noisy integer sum of rounded clipped gradients.
+    Gradient(GradientSum),
+}
+
+/// How a distributed-DP round's integer sum becomes the noisy mean clipped gradient.
+#[derive(Debug, Clone)]
+pub(super) struct GradientSum {
+    pub clip: f32,
+    pub scale: f64,
+    /// t: fewer counted members than this are never unmasked (their noise is not whole).
+    pub contributors: u32,
+    /// Each sampled connection's expected batch q·n (the divisor sums the counted ones').
+    pub expected_batch: HashMap<u64, f64>,
 }
 
 /// Fresh OS randomness for the round's session, graph and stochastic choices.
@@ -67,6 +87,7 @@ impl SecureRound {
         conns: &[u64],
         server_round: u64,
         vector_len: usize,
+        gradient: Option<GradientSum>,
     ) -> Result<(Self, Vec<(u64, SecAggSetup)>), String> {
         let mut rng = os_rng().map_err(|e| format!("no randomness for secure aggregation: {e}"))?;
         let n = conns.len() as u32;
@@ -119,11 +140,56 @@ impl SecureRound {
                 step: Step::Keys(keys),
                 step_deadline: tokio::time::Instant::now() + STEP_TIMEOUT,
                 answered: Default::default(),
-                encoding,
+                decoding: match gradient {
+                    Some(g) => Decoding::Gradient(g),
+                    None => Decoding::Mean(encoding),
+                },
                 recovered: 0,
             },
             setups,
         ))
+    }
+
+    /// t of a distributed-DP round.
+    fn contributors(&self) -> Option<u32> {
+        match &self.decoding {
+            Decoding::Gradient(g) => Some(g.contributors),
+            Decoding::Mean(_) => None,
+        }
+    }
+
+    /// The unmasked sum of the `counted` members as the aggregator's input: FedAvg's weighted
+    /// mean update, or distributed DP's noisy mean clipped gradient (refused below t members).
+    fn decode(&self, sum: &[u32], counted: &[Member]) -> Result<Vec<f32>, String> {
+        match &self.decoding {
+            Decoding::Mean(encoding) => encoding
+                .decode(sum, counted.len() as u32)
+                .map(|(mean, _)| mean)
+                .map_err(|e| e.to_string()),
+            Decoding::Gradient(g) => {
+                if counted.len() < g.contributors as usize {
+                    return Err(format!(
+                        "{} members counted, fewer than the {} contributors the noise needs",
+                        counted.len(),
+                        g.contributors
+                    ));
+                }
+                let expected: f64 = counted
+                    .iter()
+                    .filter_map(|m| self.conn(*m))
+                    .filter_map(|c| g.expected_batch.get(&c))
+                    .sum();
+                // The last slot of every vector is 0 (the weight slot of FedAvg's encoding).
+                let values = sum.split_last().map_or(sum, |(_, v)| v);
+                learning::distributed::mean_gradient(
+                    &secagg::encode::unwrap_sum(values),
+                    g.clip,
+                    g.scale,
+                    expected,
+                )
+                .map_err(|e| e.to_string())
+            }
+        }
     }
 
     pub(super) fn member(&self, conn: u64) -> Option<Member> {
@@ -429,6 +495,13 @@ impl Coordinator {
         let Some(secure) = round.secure.as_mut() else {
             return;
         };
+        if let Some(t) = secure.contributors()
+            && results < t as usize
+        {
+            return self.abandon_round(&format!(
+                "distributed DP: {results} masked vectors, fewer than the {t} contributors whose noise shares make the noise whole: not unmasked"
+            ));
+        }
         let step = std::mem::replace(&mut secure.step, Step::Closed);
         let masked = match step {
             Step::Masked(m) => m,
@@ -479,10 +552,8 @@ impl Coordinator {
             Err(e) => return self.abandon_round(&format!("secure aggregation: {e}")),
         };
         let decoded = secure
-            .encoding
-            .decode(&unmasked.sum, unmasked.counted.len() as u32)
-            .map_err(|e| e.to_string())
-            .and_then(|(mean, _)| {
+            .decode(&unmasked.sum, &unmasked.counted)
+            .and_then(|mean| {
                 round
                     .aggregator
                     .set_unmasked(mean)
