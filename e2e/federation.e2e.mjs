@@ -413,12 +413,53 @@ try {
   assert.equal(points2, 2, 'the dashboard shows run 2 (2 rounds) after the restart');
   log(`run 2 finished after the restart: accuracy ${(run2.rounds[1].test_accuracy * 100).toFixed(2)} %`);
 
-  // --- Run controls on a third run: create only, then start, pause, resume, stop. It waits for
+  // --- Run 3: distributed DP over secure aggregation, with the two tabs and a third one. Every
+  // round is one DP-SGD step over the union of their data; each tab adds a third of the noise.
+  const third = await context.newPage();
+  watch(third, 'tab-d');
+  await third.goto(`${base}/`);
+  await third.fill('#client-name', 'e2e-tab-d');
+  await third.click('#join');
+  await waitFor('the third tab to connect', async () => (await third.textContent('#connection')) === 'connected');
+  const RUN3 = {
+    name: 'e2e-distributed', rounds: '6', min_clients: '3', local_epochs: '1', 'batching.batch_size': '64',
+    learning_rate: '2', 'dp.budget': 'target_epsilon', 'dp.target_epsilon': '3',
+    'dp.distributed.contributors': '3', 'dp.distributed.evaluate_every': '3',
+  };
+  await field('dp.distributed').locator('input').check();
+  await field('secure_aggregation').locator('input').check();
+  for (const [path, value] of Object.entries(RUN3)) {
+    const input = field(path).locator('input, select');
+    if ((await input.evaluate((e) => e.tagName)) === 'SELECT') await input.selectOption(value);
+    else await input.fill(value);
+  }
+  await admin.click('#create-start');
+  await waitFor('run 3 to start', async () => (await api('/api/admin/runs/3')).body?.run.status === 'running');
+  assert.match(await admin.textContent('#run-dp'), /^distributed DP: each round is one DP-SGD step over the sampled clients' data; each client adds 1\/3 of the noise/);
+  await waitFor('run 3 to finish', async () => (await api('/api/admin/runs/3')).body?.run.status === 'finished', 300_000, 500);
+  const run3 = (await api('/api/admin/runs/3')).body;
+  assert.deepEqual(run3.rounds.map((r) => r.server_round), [1, 2, 3, 4, 5, 6]);
+  assert.ok(run3.rounds.every((r) => r.secure && r.participants === 3), JSON.stringify(run3.rounds));
+  // Evaluated every 3 rounds: the others carry no test accuracy.
+  assert.deepEqual(run3.rounds.map((r) => r.test_accuracy !== null), [false, false, true, false, false, true]);
+  assert.ok(run3.rounds[5].test_accuracy > 0.3, `6 steps of ≈ 192 examples: ${run3.rounds[5].test_accuracy}`);
+  // Two ε on each page: under the run's promise of 3 honest clients, and if the others collude.
+  const distributedEps = /^ε = \d+\.\d{3} \(δ = 1e-5\) while at least 3 clients of each distributed round are honest · ε = \d+\.\d if every other client colluded with the server$/;
+  await waitFor('the third tab to show both ε', async () => distributedEps.test(await third.textContent('#epsilon')), 30_000, 200);
+  await waitFor('the dashboard to show both ε', async () => / · \d+\.\d if the other clients collude$/.test((await rowOf('e2e-tab-d'))?.[7] ?? ''), 30_000, 200);
+  const row3 = run3.ledger.find((l) => l.collusion_epsilon !== undefined);
+  assert.ok(row3 && row3.epsilon <= 3 && row3.collusion_epsilon > row3.epsilon, JSON.stringify(run3.ledger));
+  log(`run 3 (distributed DP, 6 rounds): accuracy ${(run3.rounds[5].test_accuracy * 100).toFixed(2)} %, ${await third.textContent('#epsilon')}`);
+  await third.screenshot({ path: join(shots, 'client-tab-distributed.png'), fullPage: true });
+  await field('dp.distributed').locator('input').uncheck();
+  await third.close();
+
+  // --- Run controls on a fourth run: create only, then start, pause, resume, stop. It waits for
   // more clients than are connected, and says so.
   await field('name').locator('input').fill('e2e-controls');
   await field('min_clients').locator('input').fill('9');
   await admin.click('#create');
-  const statusIs = (want) => waitFor(`run 3 ${want}`, async () => /e2e-controls/.test(await admin.textContent('main'))
+  const statusIs = (want) => waitFor(`run 4 ${want}`, async () => /e2e-controls/.test(await admin.textContent('main'))
     && (await admin.textContent('#run-status')) === want, 30_000, 100);
   const hintIs = (pattern) => waitFor(`the run hint ${pattern}`, async () => pattern.test(await admin.textContent('#run-waiting')), 10_000, 100);
   await statusIs('created');
@@ -445,16 +486,16 @@ try {
   await admin.click('#stop');
   await waitFor('the stop question', async () => dialogs.length === 1, 5_000, 50);
   await admin.waitForTimeout(300);
-  assert.equal((await api('/api/admin/runs/3')).body.run.status, 'running', 'a dismissed stop does nothing');
+  assert.equal((await api('/api/admin/runs/4')).body.run.status, 'running', 'a dismissed stop does nothing');
   admin.once('dialog', (d) => { dialogs.push(d.message()); d.accept(); });
   await admin.click('#stop');
   await statusIs('stopped');
-  assert.match(dialogs[0], /^Stop run 3\? A stopped run cannot be started again/);
-  assert.equal((await api('/api/admin/runs/3')).body.run.status, 'stopped');
+  assert.match(dialogs[0], /^Stop run 4\? A stopped run cannot be started again/);
+  assert.equal((await api('/api/admin/runs/4')).body.run.status, 'stopped');
   assert.ok(await admin.isDisabled('#start') && await admin.isDisabled('#stop'), 'a stopped run has no controls');
   assert.equal(await admin.textContent('#run-waiting'), '', 'a stopped run waits for nothing');
   await tabSays(/^no more rounds: the run is over$/);
-  log(`run 3: created, started ("${waitingHint}"; tab: "${tabWaiting}"), paused (on the tabs too), resumed, stopped after a confirmation`);
+  log(`run 4: created, started ("${waitingHint}"; tab: "${tabWaiting}"), paused (on the tabs too), resumed, stopped after a confirmation`);
 
   // Nothing went wrong in any page but what this test caused: the refused token's 401, the
   // event stream cut by the kill, and connections refused while the server was down.

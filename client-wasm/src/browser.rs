@@ -377,6 +377,9 @@ async fn connection(
                             delta: Some(delta),
                             seconds,
                         });
+                        // The whole ledger's view again (a distributed round's worst case
+                        // too), after the round's own ε.
+                        post_privacy(session);
                     }
                     queue.extend(release);
                 }

@@ -446,9 +446,20 @@ impl Session {
         if p.ledger.steps() == 0 && p.unprotected_rounds == 0 {
             return None;
         }
+        let collusion = p
+            .ledger
+            .skellam
+            .iter()
+            .map(|e| e.mechanism.contributors)
+            .min()
+            .map(|contributors| protocol::worker::Collusion {
+                epsilon: p.worst_case_epsilon().ok(),
+                contributors,
+            });
         Some(Spent {
             epsilon: p.epsilon().ok(),
             delta: p.delta,
+            collusion,
         })
     }
 

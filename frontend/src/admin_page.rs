@@ -13,7 +13,7 @@ use crate::api::{self, ApiError};
 use crate::chart::{Line, LineChart};
 use crate::run_form::{FIELDS, FieldKind, RunForm};
 use crate::run_view::{
-    charged_text, connected_count, duration_text, secure_text, state_text, waiting_for,
+    charged_text, connected_count, dp_text, duration_text, secure_text, state_text, waiting_for,
 };
 use crate::series::{RoundPoint, Series};
 
@@ -377,6 +377,7 @@ fn Dashboard(
                             <p>"Run " <b>{r.run_id}</b> " · " {r.config.name.clone()}
                                " · aggregation: " <span id="run-aggregator">{r.config.aggregator.name()}</span>
                                " · " <span id="run-secure">{secure_text(&r.config)}</span></p>
+                            <p id="run-dp">{dp_text(&r.config)}</p>
                             <p>"Status: " <b id="run-status" class=format!("status {:?}", r.status).to_lowercase()>{format!("{:?}", r.status).to_lowercase()}</b>
                                " · round " <b id="completed-rounds">{r.completed_rounds}</b> " of " {r.config.rounds}
                                {r.finished_reason.clone().map(|x| format!(" · {x}"))}</p>

@@ -591,8 +591,9 @@ pub fn ClientPage() -> impl IntoView {
                 <tbody>{move || view.with(|v| v.rounds.iter().rev().map(|r| view! {
                     <tr>
                         <td>{r.server_round}</td>
-                        <td>{format!("{:.4}", r.loss)}</td>
-                        <td>{format!("{:.2} %", r.accuracy * 100.0)}</td>
+                        // A distributed-DP step measures neither (it computes only clipped gradients).
+                        <td>{if r.loss.is_finite() { format!("{:.4}", r.loss) } else { "—".into() }}</td>
+                        <td>{if r.accuracy.is_finite() { format!("{:.2} %", r.accuracy * 100.0) } else { "—".into() }}</td>
                         <td>{r.epsilon.map_or("—".into(), |e| if e.is_finite() { format!("{e:.3}") } else { "∞".into() })}</td>
                         <td>{format!("{:.2} s", r.seconds)}</td>
                         <td>{r.global_accuracy.map_or("…".into(), |a| format!("{:.2} %", a * 100.0))}</td>

@@ -197,6 +197,7 @@ impl ClientView {
                     self.epsilon = Some(Spent {
                         epsilon: Some(e),
                         delta,
+                        collusion: None,
                     });
                 }
                 self.rounds.retain(|r| r.server_round != server_round);
@@ -312,22 +313,28 @@ impl ClientView {
             // Not the previous data's ε, nor 0: the ledger of these records is being read.
             return "reading this data's ledger…".into();
         }
-        match self.epsilon {
-            None => "ε = 0 (nothing released yet)".into(),
-            Some(Spent {
-                epsilon: Some(e),
-                delta,
-            }) if e.is_infinite() => {
-                format!("ε = ∞ (δ = {delta:e}): these records were trained on without DP")
+        let Some(spent) = self.epsilon else {
+            return "ε = 0 (nothing released yet)".into();
+        };
+        let delta = spent.delta;
+        let main = match spent.epsilon {
+            Some(e) if e.is_infinite() => {
+                return format!("ε = ∞ (δ = {delta:e}): these records were trained on without DP");
             }
-            Some(Spent {
-                epsilon: Some(e),
-                delta,
-            }) => format!("ε = {e:.3} (δ = {delta:e})"),
-            Some(Spent {
-                epsilon: None,
-                delta,
-            }) => format!("ε unknown (δ = {delta:e})"),
+            Some(e) => format!("ε = {e:.3} (δ = {delta:e})"),
+            None => format!("ε unknown (δ = {delta:e})"),
+        };
+        match spent.collusion {
+            None => main,
+            Some(c) => {
+                let worst = c
+                    .epsilon
+                    .map_or("unknown".into(), |w| format!("{w:.1}"));
+                format!(
+                    "{main} while at least {} clients of each distributed round are honest · ε = {worst} if every other client colluded with the server",
+                    c.contributors
+                )
+            }
         }
     }
 
@@ -498,7 +505,8 @@ mod tests {
             v.epsilon,
             Some(Spent {
                 epsilon: Some(0.7),
-                delta: 1e-5
+                delta: 1e-5,
+                collusion: None,
             })
         );
         assert_eq!(v.epsilon_text(), "ε = 0.700 (δ = 1e-5)");
@@ -526,6 +534,7 @@ mod tests {
         let spent = Spent {
             epsilon: Some(1.5),
             delta: 1e-5,
+            collusion: None,
         };
         v.apply(WorkerToPage::Privacy {
             spent: Some(spent),
@@ -549,6 +558,7 @@ mod tests {
             spent: Some(Spent {
                 epsilon: Some(f64::INFINITY),
                 delta: 1e-5,
+                collusion: None,
             }),
             dataset: None,
             blocked: None,
@@ -557,6 +567,23 @@ mod tests {
             v.epsilon_text().starts_with("ε = ∞"),
             "{}",
             v.epsilon_text()
+        );
+        // Distributed rounds: ε under the run's assumption, then the worst case, both named.
+        v.apply(WorkerToPage::Privacy {
+            spent: Some(Spent {
+                epsilon: Some(2.1),
+                delta: 1e-5,
+                collusion: Some(protocol::worker::Collusion {
+                    epsilon: Some(48.04),
+                    contributors: 7,
+                }),
+            }),
+            dataset: None,
+            blocked: None,
+        });
+        assert_eq!(
+            v.epsilon_text(),
+            "ε = 2.100 (δ = 1e-5) while at least 7 clients of each distributed round are honest · ε = 48.0 if every other client colluded with the server"
         );
     }
 
@@ -633,6 +660,7 @@ mod tests {
             spent: Some(Spent {
                 epsilon: Some(2.8),
                 delta: 1e-5,
+                collusion: None,
             }),
             dataset: Some("run-1-shard".into()),
             blocked: None,

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use protocol::admin::{AggregatorConfig, FieldError, RunConfig};
+use protocol::admin::{AggregatorConfig, FieldError, LrSchedule, RunConfig};
 use protocol::config::{Batching, Optimizer, ShardScheme};
 use protocol::fields::{self, Field};
 use serde_json::{Map, Value, json};
@@ -201,6 +201,28 @@ pub const FIELDS: &[FormField] = &[
         "each client stops before its ε passes this",
     ),
     value(&fields::NOISE_MULTIPLIER, Number, ""),
+    labelled(
+        &fields::DISTRIBUTED,
+        Bool,
+        "each round is one DP-SGD step over the sampled clients' data, the noise split among them; the server applies Learning rate and Optimizer",
+    ),
+    value(
+        &fields::DISTRIBUTED_CONTRIBUTORS,
+        Integer,
+        "the noise is whole only when this many clients' shares are in the sum",
+    ),
+    value(&fields::DISTRIBUTED_SCALE, Number, ""),
+    value(&fields::DISTRIBUTED_BETA, Number, ""),
+    value(
+        &fields::EVALUATE_EVERY,
+        Integer,
+        "the server's test-set evaluation (a round is one step)",
+    ),
+    labelled(
+        &fields::LR_SCHEDULE,
+        Choice(&["constant", "cosine"]),
+        "the server's learning rate over the run",
+    ),
     labelled(&fields::SHARDS, Bool, "off: clients bring their own data"),
     choice(
         "shards.scheme.kind",
@@ -342,6 +364,26 @@ impl RunForm {
             "dp.noise_multiplier",
             dp.noise_multiplier.unwrap_or(1.0).to_string(),
         );
+        let distributed = dp.distributed.unwrap_or_default();
+        set("dp.distributed", dp.distributed.is_some().to_string());
+        set(
+            "dp.distributed.contributors",
+            distributed.contributors.to_string(),
+        );
+        set("dp.distributed.scale", distributed.scale.to_string());
+        set("dp.distributed.beta", distributed.beta.to_string());
+        set(
+            "dp.distributed.evaluate_every",
+            distributed.evaluate_every.to_string(),
+        );
+        set(
+            "dp.distributed.schedule",
+            match distributed.schedule {
+                LrSchedule::Constant => "constant",
+                LrSchedule::Cosine => "cosine",
+            }
+            .into(),
+        );
         let shards = c.shards.unwrap_or_else(default_shards);
         set("shards", c.shards.is_some().to_string());
         set("shards.scheme.alpha", "0.5".into());
@@ -402,6 +444,7 @@ impl RunForm {
                 "dp.target_epsilon" | "dp.noise_multiplier" => {
                     path == format!("dp.{}", self.get("dp.budget"))
                 }
+                _ if path.starts_with("dp.distributed.") => self.on("dp.distributed"),
                 _ => true,
             };
         }
@@ -510,6 +553,15 @@ impl RunForm {
                 "dp.target_epsilon"
             };
             dp[budget] = num(path);
+            if self.on("dp.distributed") {
+                dp["distributed"] = json!({
+                    "contributors": num("dp.distributed.contributors"),
+                    "scale": num("dp.distributed.scale"),
+                    "beta": num("dp.distributed.beta"),
+                    "evaluate_every": num("dp.distributed.evaluate_every"),
+                    "schedule": self.get("dp.distributed.schedule"),
+                });
+            }
             dp
         } else {
             Value::Null
@@ -635,6 +687,32 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(RunForm::from_config(&c).to_config().unwrap(), c);
+        // Distributed DP (with secure aggregation, one epoch, a batch size).
+        c.batching = Batching::BatchSize(205);
+        c.local_epochs = 1;
+        c.dp = Some(protocol::admin::DpRunConfig {
+            max_grad_norm: 1.0,
+            noise_multiplier: None,
+            target_epsilon: Some(3.0),
+            delta: 1e-5,
+            distributed: Some(protocol::admin::DistributedDpConfig {
+                contributors: 7,
+                scale: 2000.0,
+                beta: 0.5,
+                evaluate_every: 40,
+                schedule: LrSchedule::Cosine,
+            }),
+        });
+        assert_eq!(RunForm::from_config(&c).to_config().unwrap(), c);
+        // Its inputs show only when it is on; without secure aggregation the server's words.
+        let mut form = RunForm::from_config(&c);
+        assert!(form.is_active("dp.distributed.contributors"));
+        form.set("secure_aggregation", "false");
+        let errors = form.to_config().unwrap_err();
+        assert_eq!(errors[0].field, "dp.distributed");
+        assert!(errors[0].expected.contains("without secure aggregation"));
+        form.set("dp.distributed", "false");
+        assert!(!form.is_active("dp.distributed.contributors"));
     }
 
     #[test]

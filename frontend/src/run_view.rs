@@ -50,12 +50,31 @@ pub fn state_text(c: &ClientInfo) -> String {
 /// The clients table's ε cell: what the server charged, and how many of the charged rounds
 /// failed (refused at the client's cap, cut by a disconnect, past the deadline, or rejected):
 /// the client may not have spent those at all.
+/// With distributed-DP rounds, the worst case follows: ε if every other client colluded.
 pub fn charged_text(c: &ClientInfo) -> String {
-    match (c.epsilon, c.failures) {
-        (None, _) => "—".into(),
+    let charged = match (c.epsilon, c.failures) {
+        (None, _) => return "—".into(),
         (Some(e), 0) => format!("{e:.3}"),
         (Some(e), 1) => format!("{e:.3} (incl. 1 failed round)"),
         (Some(e), n) => format!("{e:.3} (incl. {n} failed rounds)"),
+    };
+    match c.collusion_epsilon {
+        Some(w) => format!("{charged} · {w:.1} if the other clients collude"),
+        None => charged,
+    }
+}
+
+/// How the run's privacy noise is added (and what the server then sees).
+pub fn dp_text(config: &protocol::admin::RunConfig) -> String {
+    match config.dp {
+        None => "differential privacy: off".into(),
+        Some(dp) => match dp.distributed {
+            None => "differential privacy: each client adds all of its own noise (local DP-SGD)".into(),
+            Some(d) => format!(
+                "distributed DP: each round is one DP-SGD step over the sampled clients' data; each client adds 1/{} of the noise, whole once {} clients' shares are summed (S = {}, β = {:.4}); the server takes the step",
+                d.contributors, d.contributors, d.scale, d.beta
+            ),
+        },
     }
 }
 
@@ -114,6 +133,7 @@ mod tests {
             rounds: 3,
             failures: 0,
             epsilon: Some(2.69),
+            collusion_epsilon: None,
             refuses: false,
             left: None,
         };
@@ -127,6 +147,11 @@ mod tests {
         assert_eq!(
             state_text(&c),
             "idle · refuses further rounds (its budget is spent)"
+        );
+        c.collusion_epsilon = Some(41.26);
+        assert_eq!(
+            charged_text(&c),
+            "3.000 (incl. 2 failed rounds) · 41.3 if the other clients collude"
         );
         c.epsilon = None;
         assert_eq!(charged_text(&c), "—");

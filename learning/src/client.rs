@@ -191,7 +191,15 @@ pub fn fit(
     if let Some(dp) = config.dp
         && let Some(noise) = dp.distributed
     {
-        return fit_distributed(global, config, dp, noise, shard, privacy);
+        let res = fit_distributed(global, config, dp, noise, shard, privacy)?;
+        progress(FitProgress {
+            epoch: 0,
+            epochs: 1,
+            step: 0,
+            steps_per_epoch: 1,
+            batch_loss: f64::NAN,
+        });
+        return Ok(res);
     }
     let q = config.sample_rate(n);
     let steps_per_epoch = config.steps_per_epoch(n);

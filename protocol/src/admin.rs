@@ -688,6 +688,10 @@ pub struct LedgerEntry {
     pub rounds: u64,
     pub steps: u64,
     pub epsilon: Option<f64>,
+    /// With distributed-DP rounds: ε if every other client of those rounds colluded with the
+    /// server (only this client's own noise shares count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collusion_epsilon: Option<f64>,
 }
 
 /// Where other devices can open the client page (`GET /api/admin/join`).
@@ -720,6 +724,10 @@ pub struct ClientInfo {
     /// upper bound of what the client spent, since the server charges every round it sends,
     /// including the `failures` the client never trained or returned.
     pub epsilon: Option<f64>,
+    /// With distributed-DP rounds: the same ledger's ε if every other client of those rounds
+    /// colluded with the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collusion_epsilon: Option<f64>,
     /// The client said it refuses every further round of this run (its own budget is spent).
     #[serde(default)]
     pub refuses: bool,

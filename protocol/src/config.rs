@@ -370,16 +370,20 @@ impl Default for Optimizer {
 /// examples without noise: they are shown in the data owner's page and never sent.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FitMetrics {
-    /// Mean training loss over the examples sampled this round (before each step).
+    /// Mean training loss over the examples sampled this round (before each step); NaN when
+    /// not measured (a distributed-DP step computes only clipped gradients).
+    #[serde(with = "crate::ledger::nan_as_null")]
     pub loss: f64,
-    /// Training accuracy over the same examples.
+    /// Training accuracy over the same examples (NaN when not measured).
+    #[serde(with = "crate::ledger::nan_as_null")]
     pub accuracy: f64,
     /// ε spent on this data so far, at the client's own δ (`None` before anything was
     /// spent; infinite once a round trained without DP). Reported to the page, not the server.
     #[serde(default, with = "crate::ledger::maybe_infinite")]
     pub epsilon: Option<f64>,
     pub steps: u64,
-    /// Fraction of per-example gradients that were clipped.
+    /// Fraction of per-example gradients that were clipped (NaN when not measured).
+    #[serde(with = "crate::ledger::nan_as_null")]
     pub clipped_fraction: f64,
 }
 

@@ -67,6 +67,19 @@ pub struct Spent {
     #[serde(with = "crate::ledger::maybe_infinite")]
     pub epsilon: Option<f64>,
     pub delta: f64,
+    /// With distributed-DP rounds in the ledger: ε if every other client of those rounds
+    /// colluded with the server (only this client's own noise shares protect it), and the
+    /// smallest number of honest contributors those rounds counted on for `epsilon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collusion: Option<Collusion>,
+}
+
+/// The worst case of a ledger with distributed-DP rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Collusion {
+    #[serde(with = "crate::ledger::maybe_infinite")]
+    pub epsilon: Option<f64>,
+    pub contributors: u32,
 }
 
 /// Connection state as the page shows it.
@@ -138,6 +151,8 @@ pub enum WorkerToPage {
         epochs: u32,
         step: u64,
         steps_per_epoch: u64,
+        /// NaN when not measured (a distributed-DP step).
+        #[serde(with = "crate::ledger::nan_as_null")]
         batch_loss: f64,
     },
     Trained {
@@ -245,8 +260,40 @@ mod tests {
             spent: Some(Spent {
                 epsilon: Some(f64::INFINITY),
                 delta: 1e-5,
+                collusion: None,
             }),
             dataset: Some("ab".into()),
+            blocked: None,
+        };
+        assert_eq!(WorkerToPage::decode(&ev.encode()).unwrap(), ev);
+        // A distributed step's unmeasured metrics (NaN) and its worst case survive it too.
+        let ev = WorkerToPage::Trained {
+            server_round: 4,
+            metrics: crate::config::FitMetrics {
+                loss: f64::NAN,
+                accuracy: f64::NAN,
+                epsilon: Some(0.4),
+                steps: 1,
+                clipped_fraction: f64::NAN,
+            },
+            delta: Some(1e-5),
+            seconds: 0.2,
+        };
+        let Ok(WorkerToPage::Trained { metrics, .. }) = WorkerToPage::decode(&ev.encode()) else {
+            panic!("Trained does not decode: {}", ev.encode())
+        };
+        assert!(metrics.loss.is_nan() && metrics.accuracy.is_nan());
+        assert_eq!(metrics.epsilon, Some(0.4));
+        let ev = WorkerToPage::Privacy {
+            spent: Some(Spent {
+                epsilon: Some(2.0),
+                delta: 1e-5,
+                collusion: Some(Collusion {
+                    epsilon: Some(40.0),
+                    contributors: 7,
+                }),
+            }),
+            dataset: None,
             blocked: None,
         };
         assert_eq!(WorkerToPage::decode(&ev.encode()).unwrap(), ev);

@@ -388,6 +388,7 @@ impl Store {
                 rounds: c.rounds,
                 steps: c.ledger.steps(),
                 epsilon: delta.and_then(|d| c.ledger.epsilon(d).ok()),
+                collusion_epsilon: delta.and_then(|d| collusion_epsilon(&c.ledger, d)),
             })
             .collect())
     }
@@ -475,4 +476,13 @@ mod tests {
         assert_eq!(run.status, RunStatus::Finished);
         assert_eq!(run.finished_reason.as_deref(), Some("all rounds done"));
     }
+}
+
+/// A ledger's ε if every other client of its distributed-DP rounds colluded with the server;
+/// `None` without such rounds (it would equal the ε shown).
+pub fn collusion_epsilon(ledger: &learning::RdpAccountant, delta: f64) -> Option<f64> {
+    if ledger.skellam.is_empty() {
+        return None;
+    }
+    ledger.worst_case_epsilon(delta).ok()
 }

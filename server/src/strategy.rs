@@ -561,10 +561,9 @@ impl Strategy for DistributedSgd {
     /// larger q and needs more), so each client's ledger, which records the round's z, holds.
     /// The cohort is also capped where the integer sum could wrap.
     fn configure_train(&self, round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan {
-        let TrainPlan::Train(mut assignments) =
-            self.inner.configure_train(round, candidates, seed)
-        else {
-            return self.inner.configure_train(round, candidates, seed);
+        let mut assignments = match self.inner.configure_train(round, candidates, seed) {
+            TrainPlan::Train(a) => a,
+            other => return other,
         };
         let z = assignments
             .iter()
@@ -670,6 +669,78 @@ mod tests {
 
     fn fedavg(config: &RunConfig) -> FedAvgStrategy {
         FedAvgStrategy::from_run(config)
+    }
+
+    fn distributed_run(rounds: u32) -> RunConfig {
+        RunConfig::from_json(&format!(
+            r#"{{"rounds":{rounds},"min_clients":3,"local_epochs":1,"batching":{{"batch_size":100}},
+                "learning_rate":2.0,"optimizer":{{"kind":"sgd","momentum":0.5}},"secure_aggregation":{{}},
+                "dp":{{"max_grad_norm":1.0,"target_epsilon":3.0,"delta":1e-5,
+                      "distributed":{{"contributors":3,"evaluate_every":4,"schedule":"cosine"}}}}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn distributed_rounds_share_one_noise_the_largest_any_client_needs() {
+        let s = DistributedSgd::from_run(&distributed_run(50)).unwrap();
+        // Two shard sizes: the smaller has the larger q, hence needs the larger z.
+        let mut cands = candidates(4, 6000);
+        cands[3].num_examples = 1000;
+        let TrainPlan::Train(plan) = s.configure_train(1, &cands, 7) else {
+            panic!("expected a plan")
+        };
+        assert_eq!(plan.len(), 4);
+        let zs: Vec<f32> = plan
+            .iter()
+            .map(|a| a.config.dp.unwrap().noise_multiplier)
+            .collect();
+        assert!(zs.iter().all(|&z| z == zs[0]), "one z for the round: {zs:?}");
+        let own = |n: u64| s.inner.train_config(n).unwrap().dp.unwrap().noise_multiplier;
+        assert!(own(1000) > own(6000));
+        assert_eq!(zs[0], own(1000));
+        // Every client's ledger after the run stays within the target with the round's z.
+        for a in &plan {
+            let (m, steps) = round_mechanism(&a.config, if a.client_id == 4 { 1000 } else { 6000 })
+                .unwrap();
+            assert_eq!(steps, 1);
+            let mut l = RdpAccountant::default();
+            l.record_mechanism(m, 50).unwrap();
+            assert!(l.epsilon(1e-5).unwrap() <= 3.0);
+        }
+        // One step per round, the noise split among t = 3.
+        let d = plan[0].config.dp.unwrap().distributed.unwrap();
+        assert_eq!(d.contributors, 3);
+        assert_eq!(plan[0].config.steps_per_round(6000), 1);
+    }
+
+    #[test]
+    fn the_server_optimizer_keeps_its_state_and_schedule_across_rounds() {
+        let mut s = DistributedSgd::from_run(&distributed_run(10)).unwrap();
+        let n = protocol::config::MODEL_DIM as usize;
+        let step = |s: &mut DistributedSgd, round: u64, global: &[f32]| {
+            let mut agg = s.aggregator(n);
+            for _ in 0..3 {
+                agg.add_masked().unwrap();
+            }
+            agg.set_unmasked(vec![1.0; n]).unwrap();
+            s.aggregate_train(round, global, agg.as_ref(), 3, 0)
+        };
+        let g0 = vec![0.0f32; n];
+        // Round 1: lr 2 (cosine starts at lr), first momentum step is the gradient.
+        let g1 = step(&mut s, 1, &g0).unwrap();
+        assert!((g1[0] + 2.0).abs() < 1e-6, "{}", g1[0]);
+        // Round 6 of 10: lr 2·(1 + cos(π/2))/2 = 1; momentum 0.5·1 + 1 = 1.5 → −1.5.
+        let g2 = step(&mut s, 6, &g1).unwrap();
+        assert!((g2[0] - g1[0] + 1.5).abs() < 1e-5, "{} → {}", g1[0], g2[0]);
+        // Below the quorum: rejected, and the optimizer state is untouched.
+        let agg = s.aggregator(n);
+        assert!(matches!(
+            s.aggregate_train(7, &g2, agg.as_ref(), 3, 0),
+            Err(RoundRejected::BelowQuorum { .. })
+        ));
+        assert!(s.evaluates(4) && s.evaluates(8) && s.evaluates(10));
+        assert!(!s.evaluates(5) && !s.evaluates(9));
     }
 
     #[test]

@@ -322,10 +322,9 @@ impl Coordinator {
         // Every count is of the current run, like ε.
         let run = self.run.as_ref();
         let row = run.and_then(|r| r.clients.get(&c.key));
-        let epsilon = run.and_then(|r| {
-            let delta = r.delta()?;
-            row?.ledger.epsilon(delta).ok()
-        });
+        let delta = run.and_then(|r| r.delta());
+        let epsilon = delta.and_then(|d| row?.ledger.epsilon(d).ok());
+        let collusion_epsilon = delta.and_then(|d| crate::store::collusion_epsilon(&row?.ledger, d));
         Some(ClientInfo {
             client_id: c.public_id,
             name: c.caps.name.clone(),
@@ -337,6 +336,7 @@ impl Coordinator {
             rounds: row.map_or(0, |r| r.rounds),
             failures: run.map_or(0, |r| r.bench.failures(&c.key)),
             epsilon,
+            collusion_epsilon,
             refuses: run.is_some_and(|r| r.refused.contains(&c.key)),
             left: None,
         })

@@ -276,6 +276,12 @@ impl Coordinator {
     /// step does not wait for (late, from an abandoned attempt) is refused and the member stays.
     pub(super) fn secagg_answer(&mut self, conn: u64, server_round: u64, answer: SecAggAnswer) {
         let current = self.current_round();
+        if server_round < current && matches!(answer, SecAggAnswer::Reveal(_)) {
+            // A reveal of a round already unmasked and closed (the sum needed only a threshold
+            // of the shares; distributed-DP rounds follow each other within milliseconds):
+            // not needed, nothing to say.
+            return;
+        }
         if current != server_round {
             return self.reject(
                 conn,
