@@ -19,8 +19,8 @@ if [ -z "${FL_BENCH_BIN:-}" ]; then
   export FL_BENCH_BIN="$CARGO_TARGET_DIR/release"
 fi
 config() {
-  local t="$1" shards="$2"
-  echo "{\"name\":\"distributed-$t\",\"rounds\":$ROUNDS,\"min_clients\":10,\"batching\":{\"batch_size\":205},\"learning_rate\":6.0,\"secure_aggregation\":{},\"dp\":{\"max_grad_norm\":1.0,\"target_epsilon\":3.0,\"delta\":1e-5,\"distributed\":{\"contributors\":$t,\"evaluate_every\":40,\"schedule\":\"cosine\"}},\"shards\":$shards}"
+  local t="$1" shards="$2" batching="${3:-{\"batch_size\":205\}}"
+  echo "{\"name\":\"distributed-$t\",\"rounds\":$ROUNDS,\"min_clients\":10,\"batching\":$batching,\"learning_rate\":6.0,\"secure_aggregation\":{},\"dp\":{\"max_grad_norm\":1.0,\"target_epsilon\":3.0,\"delta\":1e-5,\"distributed\":{\"contributors\":$t,\"evaluate_every\":40,\"schedule\":\"cosine\"}},\"shards\":$shards}"
 }
 IID='{"scheme":{"kind":"iid"},"num_shards":10,"seed":42}'
 DIRICHLET='{"scheme":{"kind":"dirichlet","alpha":0.5},"num_shards":10,"seed":42}'
@@ -28,7 +28,9 @@ for setting in "${SETTINGS[@]}"; do
   case "$setting" in
     iid-t10) cfg=$(config 10 "$IID") ;;
     iid-t7) cfg=$(config 7 "$IID") ;;
-    dirichlet-t10) cfg=$(config 10 "$DIRICHLET") ;;
+    # Shards of different sizes: the same q for every client (2 050 of 60 000, as the IID
+    # runs' batch of 205 of 6 000), so that no small shard's larger q raises everyone's noise.
+    dirichlet-t10) cfg=$(config 10 "$DIRICHLET" '{"sample_rate":0.034166666666666665}') ;;
     *) echo "unknown setting $setting: expected iid-t10, iid-t7 or dirichlet-t10" >&2; exit 2 ;;
   esac
   for i in $(seq "$REPEATS"); do

@@ -409,6 +409,52 @@ mod tests {
     }
 
     #[test]
+    fn distributed_steps_compose_with_gaussian_ones_and_their_worst_case_keeps_one_share() {
+        let m = SkellamMechanism {
+            sample_rate: 2048.0 / 60000.0,
+            noise_multiplier: 2.6,
+            scale: 1000.0,
+            dim: 12_810,
+            beta: (-0.5f64).exp(),
+            contributors: 9,
+        };
+        let step = crate::skellam::SkellamStep::of(&m, false);
+        let mut acc = RdpAccountant::default();
+        acc.record_mechanism(Mechanism::Skellam(m), 1000).unwrap();
+        // Alone, it is the Skellam accountant's own ε; the worst case is z/√t = 2.6/3.
+        let alone = crate::skellam::epsilon(&step, 1000, 1e-5).unwrap();
+        assert_eq!(acc.epsilon(1e-5).unwrap(), alone);
+        let worst = crate::skellam::epsilon(
+            &crate::skellam::SkellamStep {
+                noise_multiplier: 2.6 / 3.0,
+                ..step
+            },
+            1000,
+            1e-5,
+        )
+        .unwrap();
+        assert!((acc.worst_case_epsilon(1e-5).unwrap() - worst).abs() < 1e-9 * worst);
+        assert!(worst > 4.0 * alone, "{alone} vs {worst}");
+        // With Gaussian steps beside it: RDP adds per order, so ε is above either part and
+        // below their sum (the conversion is sub-additive).
+        acc.record(0.1, 2.0, 50).unwrap();
+        let gaussian = epsilon(0.1, 2.0, 50, 1e-5).unwrap();
+        let both = acc.epsilon(1e-5).unwrap();
+        assert!(both > alone.max(gaussian) && both < alone + gaussian, "{both}");
+        assert_eq!(acc.entries(), 2);
+        assert_eq!(acc.steps(), 1050);
+        // A forged mechanism (t = 0: its worst case would divide by zero) is refused.
+        let bad = SkellamMechanism {
+            contributors: 0,
+            ..m
+        };
+        assert!(matches!(
+            acc.record_mechanism(Mechanism::Skellam(bad), 1),
+            Err(AccountantError::Skellam(_))
+        ));
+    }
+
+    #[test]
     fn inverse_is_the_smallest_sigma_meeting_the_target() {
         for target in [0.5, 1.0, 3.0, 8.0] {
             let s = noise_multiplier_for(target, 256.0 / 60000.0, 14100, 1e-5).expect("reachable");

@@ -464,8 +464,8 @@ impl RunConfig {
     }
 
     /// Distributed DP needs secure aggregation (a client's integer sum carries only 1/t of the
-    /// noise), one step per round, an expected batch per client, t ≤ Min clients, and a sum
-    /// that cannot wrap the 32-bit modulus for a round of at least Min clients.
+    /// noise), one step per round, t ≤ Min clients, and (with a batch size) a sum that cannot
+    /// wrap the 32-bit modulus for a round of Min clients.
     fn validate_distributed(&self, d: &DistributedDpConfig) -> Result<(), FieldError> {
         fields::DISTRIBUTED_SCALE.check(d.scale)?;
         fields::DISTRIBUTED_BETA.check(d.beta)?;
@@ -483,13 +483,6 @@ impl RunConfig {
                 "1 with distributed DP: a round is one DP-SGD step".into(),
             ));
         }
-        let Batching::BatchSize(batch) = self.batching else {
-            return Err(fields::BATCHING.error_because(
-                "a sample rate",
-                "a batch size with distributed DP (its integer sum is bounded by the batch)"
-                    .into(),
-            ));
-        };
         if d.contributors > self.min_clients {
             return Err(fields::DISTRIBUTED_CONTRIBUTORS.error_because(
                 d.contributors,
@@ -499,16 +492,20 @@ impl RunConfig {
                 ),
             ));
         }
-        let z = self.dp.and_then(|dp| dp.noise_multiplier).map_or(0.0, f64::from);
-        let most = crate::config::max_distributed_members(&d.noise(), batch as u64, z);
-        if most < self.min_clients {
-            return Err(fields::DISTRIBUTED_SCALE.error_because(
-                d.scale,
-                format!(
-                    "a smaller scale or batch: a round of Min clients ({}) at batch {batch} could wrap the 32-bit sum (at most {most} clients fit)",
-                    self.min_clients
-                ),
-            ));
+        // With a sample rate the batches depend on the clients' data: the round's plan checks
+        // its cohort's sum instead.
+        if let Batching::BatchSize(batch) = self.batching {
+            let z = self.dp.and_then(|dp| dp.noise_multiplier).map_or(0.0, f64::from);
+            let most = crate::config::max_distributed_members(&d.noise(), batch as f64, z);
+            if most < self.min_clients {
+                return Err(fields::DISTRIBUTED_SCALE.error_because(
+                    d.scale,
+                    format!(
+                        "a smaller scale or batch: a round of Min clients ({}) at batch {batch} could wrap the 32-bit sum (at most {most} clients fit)",
+                        self.min_clients
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -1075,10 +1072,9 @@ mod tests {
             "dp.distributed.contributors"
         );
         assert_eq!(field(with("{}", r#","local_epochs":2,"batching":{"batch_size":205}"#)), "local_epochs");
-        assert_eq!(
-            field(with("{}", r#","local_epochs":1,"batching":{"sample_rate":0.03}"#)),
-            "batching"
-        );
+        // A sample rate (the same q for every client, as Dirichlet shards want) is checked
+        // when a round's cohort is known.
+        assert!(with("{}", r#","local_epochs":1,"batching":{"sample_rate":0.03}"#).is_ok());
         assert_eq!(field(with(r#"{"beta":1}"#, "")), "dp.distributed.beta");
         // S = 10⁶ at batch 205: one client's sum reaches ≈ 2.5·10⁸, ten wrap 2³¹.
         let wraps = with(r#"{"scale":1000000}"#, "").unwrap_err();

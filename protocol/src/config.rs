@@ -322,26 +322,32 @@ pub fn rounded_norm_bound(scale: f64, dim: u64, beta: f64) -> f64 {
 
 /// Most examples a client's Poisson batch of expected size `batch` holds but with a
 /// probability below 10⁻¹⁵: batch + 10√batch + 10.
-pub fn batch_bound(batch: u64) -> f64 {
-    let b = batch as f64;
-    b + 10.0 * b.sqrt() + 10.0
+pub fn batch_bound(batch: f64) -> f64 {
+    batch + 10.0 * batch.max(0.0).sqrt() + 10.0
 }
 
-/// Most clients whose integer sums add up without leaving [−2³¹, 2³¹): each coordinate of a
-/// client's sum is at most its batch bound × the rounded-norm bound, and the summed noise
-/// (variance members × (z·S)²/t) stays within 20 standard deviations. A sum past the range
-/// would wrap and turn the model into garbage (never a privacy loss).
-pub fn max_distributed_members(noise: &DistributedNoise, batch: u64, z: f64) -> u32 {
+/// Whether the integer sums of members with these expected batches add up without leaving
+/// [−2³¹, 2³¹): each coordinate of a member's sum is at most its batch bound × the
+/// rounded-norm bound, and the summed noise (variance members × (z·S)²/t) stays within 20
+/// standard deviations. A sum past the range would wrap and turn the model into garbage (never
+/// a privacy loss).
+pub fn distributed_sum_fits(noise: &DistributedNoise, batches: &[f64], z: f64) -> bool {
+    let l2 = rounded_norm_bound(noise.scale, MODEL_DIM, noise.beta);
+    let members = batches.len() as f64;
+    let reach = batches.iter().map(|&b| batch_bound(b) * l2).sum::<f64>()
+        + 20.0 * (members * noise.share_variance(z)).sqrt();
+    reach < f64::from(i32::MAX)
+}
+
+/// Most clients of expected batch `batch` whose sum fits ([`distributed_sum_fits`]).
+pub fn max_distributed_members(noise: &DistributedNoise, batch: f64, z: f64) -> u32 {
     let per_member = batch_bound(batch) * rounded_norm_bound(noise.scale, MODEL_DIM, noise.beta);
-    let limit = f64::from(i32::MAX);
-    let fits = |m: f64| {
-        let noise_std = (m * noise.share_variance(z)).sqrt();
-        m * per_member + 20.0 * noise_std < limit
-    };
     // The noise term grows as √m: count down from the bound without it.
-    let mut m = (limit / per_member).floor().min(f64::from(MAX_CONTRIBUTORS));
-    while m > 0.0 && !fits(m) {
-        m -= 1.0;
+    let mut m = (f64::from(i32::MAX) / per_member)
+        .floor()
+        .min(f64::from(MAX_CONTRIBUTORS)) as usize;
+    while m > 0 && !distributed_sum_fits(noise, &vec![batch; m], z) {
+        m -= 1;
     }
     m as u32
 }

@@ -569,20 +569,31 @@ impl Strategy for DistributedSgd {
             .iter()
             .filter_map(|a| a.config.dp.map(|d| d.noise_multiplier))
             .fold(0.0f32, f32::max);
-        let batch = assignments
+        let sizes: HashMap<u64, u64> = candidates
             .iter()
-            .filter_map(|a| match a.config.batching {
-                Batching::BatchSize(b) => Some(b as u64),
-                Batching::SampleRate(_) => None,
+            .map(|c| (c.client_id, c.num_examples))
+            .collect();
+        let batches: Vec<f64> = assignments
+            .iter()
+            .map(|a| {
+                let n = sizes.get(&a.client_id).copied().unwrap_or(0);
+                a.config.expected_batch(n as usize)
             })
-            .max()
-            .unwrap_or(1);
-        let most = protocol::config::max_distributed_members(
-            &self.distributed.noise(),
-            batch,
-            f64::from(z),
-        ) as usize;
-        assignments.truncate(most);
+            .collect();
+        let noise = self.distributed.noise();
+        let mut fit = assignments.len();
+        while fit > 0 && !protocol::config::distributed_sum_fits(&noise, &batches[..fit], z.into())
+        {
+            fit -= 1;
+        }
+        if fit < noise.contributors as usize {
+            // Fewer than t would never be unmasked: wait (the dashboard says for how many).
+            return TrainPlan::Wait {
+                eligible: fit,
+                needed: noise.contributors as usize,
+            };
+        }
+        assignments.truncate(fit);
         for a in &mut assignments {
             if let Some(dp) = a.config.dp.as_mut() {
                 dp.noise_multiplier = z;
@@ -712,6 +723,19 @@ mod tests {
         let d = plan[0].config.dp.unwrap().distributed.unwrap();
         assert_eq!(d.contributors, 3);
         assert_eq!(plan[0].config.steps_per_round(6000), 1);
+        // A sample rate whose batches could wrap the 32-bit sum (every record at S = 2·10⁵:
+        // ≈ 1.2·10⁹ units a client): the cohort is cut, and below t it waits.
+        let mut wide = distributed_run(50);
+        wide.batching = Batching::SampleRate(1.0);
+        wide.dp.as_mut().unwrap().distributed.as_mut().unwrap().scale = 2.0e5;
+        let s = DistributedSgd::from_run(&wide).unwrap();
+        assert_eq!(
+            s.configure_train(1, &candidates(4, 6000), 7),
+            TrainPlan::Wait {
+                eligible: 1,
+                needed: 3
+            }
+        );
     }
 
     #[test]
