@@ -22,10 +22,13 @@ if evaluated:
     best = max(evaluated, key=lambda r: r["test_accuracy"])
     last = evaluated[-1]
     eps = [c["epsilon"] for c in h["ledger"] if c["epsilon"] is not None]
+    collusion = [c["collusion_epsilon"] for c in h["ledger"] if c.get("collusion_epsilon") is not None]
     seconds = [r["duration_ms"] / 1000 for r in h["rounds"]]
     seconds.sort()
     print(f"final: {last['test_accuracy'] * 100:.2f}% after {len(h['rounds'])} rounds;"
           f" best {best['test_accuracy'] * 100:.2f}% (round {best['server_round']});"
           f" max client eps {max(eps) if eps else 0:.3f}; aggregation {sum(r['aggregate_ms'] for r in h['rounds']):.1f} ms in all;"
           f" median round {seconds[len(seconds) // 2]:.2f} s")
+    if collusion:
+        print(f"distributed DP: max client eps if every other client colluded with the server {max(collusion):.2f}")
 print(f"run: {h['run']['status']} — {h['run']['finished_reason']}")

@@ -3,7 +3,8 @@
 //! session feeds it the server's `SecAgg*` messages and the training result; it answers with
 //! what to send. Any step that fails drops the member from the round (the server hears why).
 
-use protocol::secagg::{PeerKeys, SecAggSetup, UnmaskRequest};
+use protocol::config::TrainConfig;
+use protocol::secagg::{Bytes32, PeerKeys, SecAggSetup, UnmaskRequest};
 use protocol::{ClientMessage, MaskedFrame};
 use rand::SeedableRng;
 use rand::rngs::ChaCha20Rng;
@@ -37,8 +38,10 @@ pub struct SecureRound {
     setup: SecAggSetup,
     step: Step,
     trained: Option<Trained>,
-    /// t of a distributed-DP round: this member's noise share is whole only with t others'.
+    /// t of a distributed-DP round: the noise is whole only in a sum of t members' shares.
     contributors: Option<u32>,
+    /// What this member was told to compute: its pairwise masks are bound to it.
+    context: Bytes32,
     rng: ChaCha20Rng,
 }
 
@@ -94,6 +97,7 @@ impl SecureRound {
                 step: Step::Advertised(advertised),
                 trained: None,
                 contributors: None,
+                context: Bytes32([0; 32]),
                 rng,
             },
             text(ClientMessage::SecAggKeys { server_round, keys }),
@@ -128,16 +132,23 @@ impl SecureRound {
         self.send_if_ready()
     }
 
-    /// A distributed-DP round counting on `contributors` (t): refused when the cohort is
-    /// smaller than t, since t shares could then never be summed.
-    pub fn count_on(&mut self, contributors: u32) -> Result<(), String> {
-        if contributors > self.setup.members {
+    /// What this member computes in the round: its masks are bound to it (members told
+    /// otherwise cannot be summed with it). A distributed-DP round counting on t contributors
+    /// is refused when this member has fewer than t share holders (itself and its neighbours):
+    /// it could not check, before revealing, that t of them sent their sums.
+    pub fn bind(&mut self, config: &TrainConfig) -> Result<(), String> {
+        self.context = config.mask_context();
+        let Some(noise) = config.distributed() else {
+            return Ok(());
+        };
+        let t = noise.contributors;
+        let holders = self.setup.neighbours.len() as u32 + 1;
+        if t > holders {
             return Err(format!(
-                "the run counts on {contributors} contributors for its noise, and this round has {} members: the noise could never be whole",
-                self.setup.members
+                "the run counts on {t} contributors for its noise, and this client has {holders} share holders in the round (itself and its neighbours): it could not check that {t} sums are in the total"
             ));
         }
-        self.contributors = Some(contributors);
+        self.contributors = Some(t);
         Ok(())
     }
 
@@ -168,7 +179,9 @@ impl SecureRound {
             return Ok(Vec::new());
         };
         let encoded = self.encode(&t)?;
-        let (masked, values) = holding.mask(&encoded).map_err(|e| e.to_string())?;
+        let (masked, values) = holding
+            .mask(&encoded, &self.context)
+            .map_err(|e| e.to_string())?;
         self.step = Step::Masked(masked);
         let frame = MaskedFrame {
             server_round: self.server_round,
@@ -195,8 +208,8 @@ impl SecureRound {
                     clip: self.setup.clip,
                     levels: self.setup.levels,
                 };
-                let weight = t.num_examples.min(self.setup.max_weight) as f64
-                    / self.setup.max_weight as f64;
+                let weight =
+                    t.num_examples.min(self.setup.max_weight) as f64 / self.setup.max_weight as f64;
                 encoding
                     .encode(weight, update, &mut self.rng)
                     .map_err(|e| e.to_string())
@@ -213,17 +226,14 @@ impl SecureRound {
     }
 
     /// Step 4: the shares the server asks for (once; never both secrets of a neighbour). In a
-    /// distributed-DP round whose every member is this member's neighbour, the survivors are
-    /// the whole sum: fewer than t are refused (their noise is not whole, and the sum would
-    /// expose this member's update under its own share alone).
+    /// distributed-DP round, fewer than t surviving share holders (this member and the
+    /// neighbours said to have sent a vector) are refused: the sum would hold fewer than t
+    /// noise shares, so less noise than this member's ledger counts on.
     pub fn on_unmask(&mut self, request: &UnmaskRequest) -> Result<Outgoing, String> {
         let Step::Masked(masked) = std::mem::replace(&mut self.step, Step::Spent) else {
             return Err("an unmask request before this member's masked vector, or twice".into());
         };
-        let sees_everyone = self.setup.neighbours.len() as u32 + 1 >= self.setup.members;
-        if let Some(t) = self.contributors
-            && sees_everyone
-        {
+        if let Some(t) = self.contributors {
             let mut survivors: std::collections::BTreeSet<u32> =
                 request.survivors.iter().copied().collect();
             survivors.insert(self.setup.member);

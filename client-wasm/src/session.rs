@@ -22,9 +22,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use learning::{
-    ClientPrivacy, Dataset, FitRes, LearningError, TrainConfig, Update, default_delta,
-};
+use learning::{ClientPrivacy, Dataset, FitRes, LearningError, TrainConfig, Update, default_delta};
 use protocol::config::FitMetrics;
 use protocol::ledger::{DatasetLedger, LedgerSlot, fingerprint};
 use protocol::messages::{Assignment, Capabilities, OwnData, RunPhase};
@@ -451,7 +449,7 @@ impl Session {
             .skellam
             .iter()
             .map(|e| e.mechanism.contributors)
-            .min()
+            .max()
             .map(|contributors| protocol::worker::Collusion {
                 epsilon: p.worst_case_epsilon().ok(),
                 contributors,
@@ -709,21 +707,22 @@ impl Session {
                 true,
             );
         }
-        if let Some(noise) = config.distributed() {
-            // Its integer sum holds only 1/t of the noise: never sent but masked, in a round
-            // with at least t members.
-            let joined = self
-                .secure
-                .as_mut()
-                .filter(|s| s.server_round == server_round)
-                .ok_or_else(|| {
-                    "distributed DP needs secure aggregation: this client's sum carries only its share of the noise, and the round has none".to_string()
-                })
-                .and_then(|s| s.count_on(noise.contributors));
-            if let Err(reason) = joined {
-                self.secure = None;
-                return train_failed(server_round, reason, false);
-            }
+        // What this member computes binds its masks; a distributed round's integer sum holds
+        // only 1/t of the noise's variance: never sent but masked, with t share holders.
+        let joined = match self
+            .secure
+            .as_mut()
+            .filter(|s| s.server_round == server_round)
+        {
+            Some(s) => s.bind(&config),
+            None if config.distributed().is_some() => Err(
+                "distributed DP needs secure aggregation: this client's sum carries only its share of the noise, and the round has none".to_string(),
+            ),
+            None => Ok(()),
+        };
+        if let Err(reason) = joined {
+            self.secure = None;
+            return train_failed(server_round, reason, false);
         }
         if let (Some(cap), None) = (self.options.epsilon_cap, &config.dp) {
             // Refused before anything is fetched or computed (fit refuses it too).
@@ -877,8 +876,9 @@ impl Session {
             Update::Delta(update) => update,
             Update::Integers(sum) if self.secure_in(server_round) => {
                 let (n, steps) = (res.num_examples as u64, res.metrics.steps);
-                let mut out =
-                    self.secure_step(server_round, |s| s.on_trained(Update::Integers(sum), n, steps));
+                let mut out = self.secure_step(server_round, |s| {
+                    s.on_trained(Update::Integers(sum), n, steps)
+                });
                 out.push(trained);
                 return out;
             }

@@ -608,8 +608,7 @@ fn sends_a_frame(actions: &[Action]) -> bool {
 }
 
 #[test]
-fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unmasked_only_with_t()
-{
+fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unmasked_only_with_t() {
     use protocol::secagg::{Bytes32, PeerKeys, SecAggSetup, UnmaskRequest};
     use rand::SeedableRng;
     use std::collections::BTreeMap;
@@ -653,6 +652,7 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
     let out = round(&mut s, 2, distributed(5));
     let (reason, _) = refusal(&out);
     assert!(reason.contains("counts on 5 contributors"), "{reason}");
+    assert!(reason.contains("3 share holders"), "{reason}");
     assert_eq!(s.epsilon(), Some(0.0), "nothing spent");
     // Attack 3: an honest-looking round of 3 with t = 3, whose server then asks to unmask a
     // sum of 2 (member 3 declared dropped): the reveal is refused.
@@ -727,7 +727,11 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
             .encode(),
         )
         .unwrap();
-    assert!(sends_a_frame(&out), "the masked sum goes out: {:?}", messages(&out));
+    assert!(
+        sends_a_frame(&out),
+        "the masked sum goes out: {:?}",
+        messages(&out)
+    );
     let eps = s.epsilon().unwrap();
     assert!(eps > 0.0, "the step is charged");
     let out = s
@@ -743,8 +747,5 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
         )
         .unwrap();
     let (reason, _) = refusal(&out);
-    assert!(
-        reason.contains("fewer than the 3 contributors"),
-        "{reason}"
-    );
+    assert!(reason.contains("fewer than the 3 contributors"), "{reason}");
 }

@@ -327,11 +327,9 @@ impl ClientView {
         match spent.collusion {
             None => main,
             Some(c) => {
-                let worst = c
-                    .epsilon
-                    .map_or("unknown".into(), |w| format!("{w:.1}"));
+                let worst = c.epsilon.map_or("unknown".into(), |w| format!("{w:.1}"));
                 format!(
-                    "{main} while at least {} clients of each distributed round are honest · ε = {worst} if every other client colluded with the server",
+                    "{main} while the server follows the protocol and at least {} clients of each distributed round are honest · ε = {worst} whatever the server and the other clients do (this client's own noise share alone)",
                     c.contributors
                 )
             }
@@ -583,7 +581,7 @@ mod tests {
         });
         assert_eq!(
             v.epsilon_text(),
-            "ε = 2.100 (δ = 1e-5) while at least 7 clients of each distributed round are honest · ε = 48.0 if every other client colluded with the server"
+            "ε = 2.100 (δ = 1e-5) while the server follows the protocol and at least 7 clients of each distributed round are honest · ε = 48.0 whatever the server and the other clients do (this client's own noise share alone)"
         );
     }
 

@@ -696,7 +696,7 @@ mod tests {
             target_epsilon: Some(3.0),
             delta: 1e-5,
             distributed: Some(protocol::admin::DistributedDpConfig {
-                contributors: 7,
+                contributors: 5,
                 scale: 2000.0,
                 beta: 0.5,
                 evaluate_every: 40,

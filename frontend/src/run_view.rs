@@ -50,7 +50,8 @@ pub fn state_text(c: &ClientInfo) -> String {
 /// The clients table's ε cell: what the server charged, and how many of the charged rounds
 /// failed (refused at the client's cap, cut by a disconnect, past the deadline, or rejected):
 /// the client may not have spent those at all.
-/// With distributed-DP rounds, the worst case follows: ε if every other client colluded.
+/// With distributed-DP rounds, the worst case follows: ε whatever the server and the other
+/// clients do (the client's own noise shares alone).
 pub fn charged_text(c: &ClientInfo) -> String {
     let charged = match (c.epsilon, c.failures) {
         (None, _) => return "—".into(),
@@ -59,7 +60,7 @@ pub fn charged_text(c: &ClientInfo) -> String {
         (Some(e), n) => format!("{e:.3} (incl. {n} failed rounds)"),
     };
     match c.collusion_epsilon {
-        Some(w) => format!("{charged} · {w:.1} if the other clients collude"),
+        Some(w) => format!("{charged} · {w:.1} whatever the others do"),
         None => charged,
     }
 }
@@ -69,9 +70,11 @@ pub fn dp_text(config: &protocol::admin::RunConfig) -> String {
     match config.dp {
         None => "differential privacy: off".into(),
         Some(dp) => match dp.distributed {
-            None => "differential privacy: each client adds all of its own noise (local DP-SGD)".into(),
+            None => {
+                "differential privacy: each client adds all of its own noise (local DP-SGD)".into()
+            }
             Some(d) => format!(
-                "distributed DP: each round is one DP-SGD step over the sampled clients' data; each client adds 1/{} of the noise, whole once {} clients' shares are summed (S = {}, β = {:.4}); the server takes the step",
+                "distributed DP: each round is one DP-SGD step over the sampled clients' data; each client adds 1/{} of the noise's variance, whole once {} clients' shares are summed (S = {}, β = {:.4}); the server takes the step",
                 d.contributors, d.contributors, d.scale, d.beta
             ),
         },
@@ -151,7 +154,7 @@ mod tests {
         c.collusion_epsilon = Some(41.26);
         assert_eq!(
             charged_text(&c),
-            "3.000 (incl. 2 failed rounds) · 41.3 if the other clients collude"
+            "3.000 (incl. 2 failed rounds) · 41.3 whatever the others do"
         );
         c.epsilon = None;
         assert_eq!(charged_text(&c), "—");

@@ -240,8 +240,12 @@ impl RdpAccountant {
 
     /// Total steps recorded.
     pub fn steps(&self) -> u64 {
-        let skellam: u64 = self.skellam.iter().map(|e| e.steps).sum();
-        self.history.iter().map(|h| h.2).sum::<u64>() + skellam
+        // Saturating: a forged stored ledger must not wrap to 0 steps (which reads as ε = 0).
+        self.history
+            .iter()
+            .map(|h| h.2)
+            .chain(self.skellam.iter().map(|e| e.steps))
+            .fold(0, u64::saturating_add)
     }
 
     /// ε spent so far at `delta` (0 before any step), under the runs' assumption that every
@@ -440,7 +444,10 @@ mod tests {
         acc.record(0.1, 2.0, 50).unwrap();
         let gaussian = epsilon(0.1, 2.0, 50, 1e-5).unwrap();
         let both = acc.epsilon(1e-5).unwrap();
-        assert!(both > alone.max(gaussian) && both < alone + gaussian, "{both}");
+        assert!(
+            both > alone.max(gaussian) && both < alone + gaussian,
+            "{both}"
+        );
         assert_eq!(acc.entries(), 2);
         assert_eq!(acc.steps(), 1050);
         // A forged mechanism (t = 0: its worst case would divide by zero) is refused.

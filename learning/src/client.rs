@@ -13,13 +13,13 @@ pub use protocol::config::{
 use crate::LearningError;
 use crate::accountant::{AccountantError, Mechanism, RdpAccountant};
 use crate::distributed::{DistributedStep, contribution};
-use protocol::config::DistributedNoise;
-use protocol::ledger::SkellamMechanism;
 use crate::dpsgd::{
     BatchGradient, OptimizerState, SecureRng, add_gaussian_noise, batch_gradient, loss_and_correct,
 };
 use crate::mnist::Dataset;
 use crate::model::{IMAGE_SIDE, TinyCnnConfig, tensor_vec};
+use protocol::config::DistributedNoise;
+use protocol::ledger::SkellamMechanism;
 
 /// The data owner's privacy state: its ledger, its own ε cap, the δ it states ε at and its
 /// noise source. Kept by the client across rounds (and, in the browser, across tabs: one per
@@ -84,12 +84,7 @@ impl ClientPrivacy {
 
     /// [`Self::check`] for any mechanism. For a distributed step the cap applies to ε under
     /// the run's assumption of t contributors (the worst case is shown beside it).
-    pub fn check_mechanism(
-        &self,
-        m: Mechanism,
-        steps: u64,
-        n: usize,
-    ) -> Result<(), LearningError> {
+    pub fn check_mechanism(&self, m: Mechanism, steps: u64, n: usize) -> Result<(), LearningError> {
         check_delta_for(self.delta, n, "this client's δ")?;
         if !self.ledger.holds(&m) && self.ledger.entries() >= protocol::ledger::MAX_HISTORY {
             // A server varying q or σ every round would otherwise grow a ledger until it no
@@ -354,7 +349,12 @@ fn fit_distributed(
     check_delta_for(dp.delta, n, "the server's δ")?;
     let q = config.sample_rate(n);
     let z = dp.noise_multiplier as f64;
-    let mechanism = skellam_mechanism(q, dp, noise, global.len() as u64);
+    // (`global` has MODEL_DIM values: checked by `fit`.)
+    let Some((mechanism, 1)) = round_mechanism(config, n) else {
+        return Err(LearningError::Distributed(
+            "a distributed round is one step with DP".into(),
+        ));
+    };
     privacy.check_mechanism(mechanism, 1, n)?;
     let step = DistributedStep {
         sample_rate: q,
@@ -518,7 +518,11 @@ mod tests {
             (eps - expected).abs() < 1e-12,
             "ledger ε {eps} = accountant ε {expected}"
         );
-        let after: Vec<f32> = global.iter().zip(res.update.delta().unwrap()).map(|(g, u)| g + u).collect();
+        let after: Vec<f32> = global
+            .iter()
+            .zip(res.update.delta().unwrap())
+            .map(|(g, u)| g + u)
+            .collect();
         let acc = evaluate(&after, &test).expect("eval").accuracy;
         assert!(
             acc > before.accuracy + 0.3,
@@ -556,7 +560,11 @@ mod tests {
         assert_eq!(res.metrics.epsilon, Some(f64::INFINITY));
         assert_eq!((privacy.ledger.steps(), privacy.unprotected_rounds), (0, 1));
         assert_eq!(privacy.epsilon().unwrap(), f64::INFINITY);
-        let after: Vec<f32> = global.iter().zip(res.update.delta().unwrap()).map(|(g, u)| g + u).collect();
+        let after: Vec<f32> = global
+            .iter()
+            .zip(res.update.delta().unwrap())
+            .map(|(g, u)| g + u)
+            .collect();
         let eval = evaluate(&after, &m.test.subset(&(0..1000).collect::<Vec<_>>())).expect("eval");
         assert!(eval.accuracy > 0.9, "accuracy {}", eval.accuracy);
         assert_eq!(eval.num_examples, 1000);

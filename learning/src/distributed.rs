@@ -125,13 +125,6 @@ pub fn contribution(
     })
 }
 
-/// Each client's share of the noise: the summed noise has standard deviation z·C (z the noise
-/// multiplier), which is z·S in integer units; `contributors` clients each add 1/`contributors`
-/// of its variance, so the sum carries all of it whenever that many are counted.
-pub fn noise_share(noise_multiplier: f64, scale: f64, contributors: u32) -> f64 {
-    (noise_multiplier * scale).powi(2) / f64::from(contributors.max(1))
-}
-
 /// The server's side of a step: the unmasked sum of the contributions (integer units, S per
 /// C) divided by S/C and by the expected total batch (Σ q·nᵢ: dividing by the realised batch
 /// would leak it) is the noisy mean clipped gradient.
@@ -155,27 +148,29 @@ pub fn mean_gradient(
     Ok(sum.iter().map(|&s| (s as f64 * per_unit) as f32).collect())
 }
 
-/// [`mean_gradient`], then the optimizer's step on `params` (the server's whole update).
-pub fn apply_sum(
-    params: &mut [f32],
-    sum: &[i64],
-    step: &DistributedStep,
-    expected_batch: f64,
+/// The server's step on the global model with the noisy mean gradient: the optimizer's state
+/// and the model change only when every parameter stays finite (a step that diverges leaves
+/// both as they were, and the round is retried).
+pub fn apply_gradient(
+    params: &[f32],
+    grad: &[f32],
     learning_rate: f32,
     optimizer: &mut OptimizerState,
-) -> Result<(), LearningError> {
-    if sum.len() != params.len() {
+) -> Result<Vec<f32>, LearningError> {
+    if grad.len() != params.len() {
         return Err(LearningError::ParamLength {
             expected: params.len(),
-            actual: sum.len(),
+            actual: grad.len(),
         });
     }
-    let grad = mean_gradient(sum, step.clip, step.scale, expected_batch)?;
-    optimizer.step(params, &grad, learning_rate);
-    if params.iter().any(|p| !p.is_finite()) {
+    let mut next_state = optimizer.clone();
+    let mut next = params.to_vec();
+    next_state.step(&mut next, grad, learning_rate);
+    if next.iter().any(|p| !p.is_finite()) {
         return Err(LearningError::Diverged);
     }
-    Ok(())
+    *optimizer = next_state;
+    Ok(next)
 }
 
 /// `g` clipped to norm C, divided by C (so its norm is at most 1); a gradient that is not
@@ -297,12 +292,17 @@ mod tests {
         let mut params = config.init(&Device::flex()).to_flat();
         let before = crate::evaluate(&params, &test).unwrap().accuracy;
         let (z, scale, q) = (0.8, 1000.0, 32.0 / 300.0);
+        let noise = protocol::config::DistributedNoise {
+            scale,
+            beta: (-0.5f64).exp(),
+            contributors: 3,
+        };
         let step = DistributedStep {
             sample_rate: q,
             clip: 1.0,
             scale,
             beta: (-0.5f64).exp(),
-            noise_variance: noise_share(z, scale, 3),
+            noise_variance: noise.share_variance(z),
         };
         let mut optimizer =
             OptimizerState::new(crate::Optimizer::Sgd { momentum: 0.5 }, params.len());
@@ -315,7 +315,8 @@ mod tests {
                     *s += v;
                 }
             }
-            apply_sum(&mut params, &sum, &step, q * 900.0, 0.5, &mut optimizer).unwrap();
+            let grad = mean_gradient(&sum, step.clip, step.scale, q * 900.0).unwrap();
+            params = apply_gradient(&params, &grad, 0.5, &mut optimizer).unwrap();
         }
         let after = crate::evaluate(&params, &test).unwrap().accuracy;
         assert!(
@@ -323,7 +324,7 @@ mod tests {
             "accuracy {before} → {after}"
         );
         // The three shares add up to the central noise: variance (z·S)².
-        assert!((3.0 * noise_share(z, scale, 3) - (z * scale).powi(2)).abs() < 1e-6);
+        assert!((3.0 * noise.share_variance(z) - (z * scale).powi(2)).abs() < 1e-6);
     }
 
     #[test]

@@ -32,8 +32,8 @@ pub mod skellam;
 pub use accountant::RdpAccountant;
 pub use aggregate::{Aggregator, FedAvg};
 pub use client::{
-    Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig,
-    Update, default_delta, evaluate, evaluate_private, fit,
+    Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig, Update,
+    default_delta, evaluate, evaluate_private, fit,
 };
 pub use dpsgd::Optimizer;
 pub use mnist::{Dataset, Mnist};

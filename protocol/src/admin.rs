@@ -492,10 +492,24 @@ impl RunConfig {
                 ),
             ));
         }
+        let holders = self
+            .secure_aggregation
+            .map_or(0, |s| s.neighbours.saturating_add(1));
+        if d.contributors > holders {
+            return Err(fields::DISTRIBUTED_CONTRIBUTORS.error_because(
+                d.contributors,
+                format!(
+                    "at most Neighbours + 1 ({holders}): each client checks that t of its share holders sent their sums before it reveals"
+                ),
+            ));
+        }
         // With a sample rate the batches depend on the clients' data: the round's plan checks
         // its cohort's sum instead.
         if let Batching::BatchSize(batch) = self.batching {
-            let z = self.dp.and_then(|dp| dp.noise_multiplier).map_or(0.0, f64::from);
+            let z = self
+                .dp
+                .and_then(|dp| dp.noise_multiplier)
+                .map_or(0.0, f64::from);
             let most = crate::config::max_distributed_members(&d.noise(), batch as f64, z);
             if most < self.min_clients {
                 return Err(fields::DISTRIBUTED_SCALE.error_because(
@@ -685,8 +699,8 @@ pub struct LedgerEntry {
     pub rounds: u64,
     pub steps: u64,
     pub epsilon: Option<f64>,
-    /// With distributed-DP rounds: ε if every other client of those rounds colluded with the
-    /// server (only this client's own noise shares count).
+    /// With distributed-DP rounds: ε whatever the server and the other clients of those
+    /// rounds do (only this client's own noise shares count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collusion_epsilon: Option<f64>,
 }
@@ -721,8 +735,8 @@ pub struct ClientInfo {
     /// upper bound of what the client spent, since the server charges every round it sends,
     /// including the `failures` the client never trained or returned.
     pub epsilon: Option<f64>,
-    /// With distributed-DP rounds: the same ledger's ε if every other client of those rounds
-    /// colluded with the server.
+    /// With distributed-DP rounds: the same ledger's ε whatever the server and the other
+    /// clients of those rounds do (its own noise shares alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collusion_epsilon: Option<f64>,
     /// The client said it refuses every further round of this run (its own budget is spent).
@@ -1071,7 +1085,13 @@ mod tests {
             field(with(r#"{"contributors":0}"#, "")),
             "dp.distributed.contributors"
         );
-        assert_eq!(field(with("{}", r#","local_epochs":2,"batching":{"batch_size":205}"#)), "local_epochs");
+        assert_eq!(
+            field(with(
+                "{}",
+                r#","local_epochs":2,"batching":{"batch_size":205}"#
+            )),
+            "local_epochs"
+        );
         // A sample rate (the same q for every client, as Dirichlet shards want) is checked
         // when a round's cohort is known.
         assert!(with("{}", r#","local_epochs":1,"batching":{"sample_rate":0.03}"#).is_ok());

@@ -290,6 +290,25 @@ impl TrainConfig {
     pub fn distributed(&self) -> Option<DistributedNoise> {
         self.dp.and_then(|dp| dp.distributed)
     }
+
+    /// What secure aggregation binds a member's pairwise masks to: in a distributed-DP round,
+    /// the SHA-256 of the noise every member must add (z, C, S, β, t), so that members a
+    /// server told to add less noise cannot be summed with this one (their masks do not
+    /// cancel); zero otherwise.
+    pub fn mask_context(&self) -> crate::secagg::Bytes32 {
+        use sha2::{Digest, Sha256};
+        let (Some(dp), Some(noise)) = (self.dp, self.distributed()) else {
+            return crate::secagg::Bytes32([0; 32]);
+        };
+        let mut h = Sha256::new();
+        h.update(b"fl-dp distributed noise v1");
+        h.update(dp.noise_multiplier.to_bits().to_le_bytes());
+        h.update(dp.max_grad_norm.to_bits().to_le_bytes());
+        h.update(noise.scale.to_bits().to_le_bytes());
+        h.update(noise.beta.to_bits().to_le_bytes());
+        h.update(noise.contributors.to_le_bytes());
+        crate::secagg::Bytes32(h.finalize().into())
+    }
 }
 
 /// `local_epochs × ⌈1/q⌉`, `None` when it is no finite u64 (a q of 1e-300 asked for u64::MAX

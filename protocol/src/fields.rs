@@ -410,7 +410,7 @@ pub const DISTRIBUTED_CONTRIBUTORS: Field = noted(
         1,
         crate::config::MAX_CONTRIBUTORS as u64,
     ),
-    "each client adds 1/t of the noise; a round with fewer is not unmasked",
+    "each client adds 1/t of the noise's variance; at most Neighbours + 1; a round with fewer is not unmasked",
 );
 pub const EVALUATE_EVERY: Field = noted(
     whole(

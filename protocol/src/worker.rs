@@ -67,9 +67,9 @@ pub struct Spent {
     #[serde(with = "crate::ledger::maybe_infinite")]
     pub epsilon: Option<f64>,
     pub delta: f64,
-    /// With distributed-DP rounds in the ledger: ε if every other client of those rounds
-    /// colluded with the server (only this client's own noise shares protect it), and the
-    /// smallest number of honest contributors those rounds counted on for `epsilon`.
+    /// With distributed-DP rounds in the ledger: ε whatever the server and the other clients do
+    /// (only this client's own noise shares protect it), and the largest number of honest
+    /// contributors those rounds counted on for `epsilon` (enough for each of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collusion: Option<Collusion>,
 }

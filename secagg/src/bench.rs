@@ -127,7 +127,7 @@ pub fn round(n: u32, neighbours: u32, rng: &mut ChaCha20Rng, now: &dyn Fn() -> f
         let ((holding, y), s) = timed(now, || {
             let holding: Holding = shared.remove(&m).unwrap().receive(&inbox).unwrap();
             let encoded = encoding.encode(0.1, &update, rng).unwrap();
-            let (next, y) = holding.mask(&encoded).unwrap();
+            let (next, y) = holding.mask(&encoded, &Bytes32([0; 32])).unwrap();
             (next, y)
         });
         c.client_s[2].push(s);
@@ -168,7 +168,7 @@ pub fn round(n: u32, neighbours: u32, rng: &mut ChaCha20Rng, now: &dyn Fn() -> f
         .len();
         reveals.add(m, &reveal).expect("reveal");
     }
-    let (unmasked, s) = timed(now, || reveals.finish().expect("unmask"));
+    let (unmasked, s) = timed(now, || reveals.finish(&Bytes32([0; 32])).expect("unmask"));
     c.server_s[4] = s;
     assert_eq!(
         unmasked.recovered.len(),

@@ -277,7 +277,9 @@ fn word(b: &[u8]) -> u32 {
 impl Holding {
     /// Step 3b: the vector plus its self-mask plus ± a pairwise mask per neighbour it holds
     /// shares of (mod 2³²). What leaves looks uniformly random to anyone without the seeds.
-    pub fn mask(self, input: &[u32]) -> Result<(Masked, Vec<u32>), SecAggError> {
+    /// The pairwise masks are bound to `context`, what this member was told to compute: they
+    /// cancel only against neighbours told the same ([`crate::crypto::pairwise_seed`]).
+    pub fn mask(self, input: &[u32], context: &Bytes32) -> Result<(Masked, Vec<u32>), SecAggError> {
         let m = &self.member;
         if input.len() != m.params.vector_len {
             return Err(SecAggError::Length {
@@ -295,6 +297,7 @@ impl Holding {
                 j,
                 &self.peers[&j].masking,
                 &m.params.session,
+                context,
             )?;
             add_into(&mut out, &crypto::expand(&seed, len), pair_sign(m.me, j));
         }

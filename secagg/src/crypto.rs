@@ -102,22 +102,22 @@ fn info(label: &[u8], a: Member, b: Member) -> Vec<u8> {
     v
 }
 
-/// The seed of the mask `me` and `peer` share: the same on both sides (the pair is ordered).
+/// The seed of the mask `me` and `peer` share: the same on both sides (the pair is ordered)
+/// when both mask under the same `context` — what each was told to compute (a distributed-DP
+/// round's noise settings). Members told different things get masks that do not cancel, so a
+/// server cannot sum one member's vector with others that were given less noise to add.
 pub fn pairwise_seed(
     my_masking: &StaticSecret,
     me: Member,
     peer: Member,
     peer_masking: &Bytes32,
     session: &Bytes32,
+    context: &Bytes32,
 ) -> Result<Secret, CryptoError> {
     let (lo, hi) = (me.min(peer), me.max(peer));
-    derive(
-        my_masking,
-        peer_masking,
-        peer,
-        session,
-        &info(b"fl-dp secagg pairwise mask v1", lo, hi),
-    )
+    let mut info = info(b"fl-dp secagg pairwise mask v2", lo, hi);
+    info.extend_from_slice(&context.0);
+    derive(my_masking, peer_masking, peer, session, &info)
 }
 
 /// The AEAD key for the envelope `from` → `to`: one key per direction and round, so the fixed
@@ -232,10 +232,16 @@ mod tests {
         );
         let session = Bytes32([9; 32]);
         let (pa, pb) = (a.public(), b.public());
-        let ab = pairwise_seed(&a.masking, 1, 2, &pb.masking, &session).unwrap();
-        let ba = pairwise_seed(&b.masking, 2, 1, &pa.masking, &session).unwrap();
+        let ctx = Bytes32([0; 32]);
+        let ab = pairwise_seed(&a.masking, 1, 2, &pb.masking, &session, &ctx).unwrap();
+        let ba = pairwise_seed(&b.masking, 2, 1, &pa.masking, &session, &ctx).unwrap();
         assert_eq!(*ab, *ba);
-        let other_round = pairwise_seed(&a.masking, 1, 2, &pb.masking, &Bytes32([8; 32])).unwrap();
+        let other_round =
+            pairwise_seed(&a.masking, 1, 2, &pb.masking, &Bytes32([8; 32]), &ctx).unwrap();
+        // Told to compute something else: another mask, which does not cancel.
+        let other_context =
+            pairwise_seed(&a.masking, 1, 2, &pb.masking, &session, &Bytes32([1; 32])).unwrap();
+        assert_ne!(*ab, *other_context);
         assert_ne!(*ab, *other_round, "each round its own masks");
 
         let sealed = seal(&a.encryption, 1, 2, &pb.encryption, &session, b"shares").unwrap();
@@ -269,7 +275,15 @@ mod tests {
         let a = KeyPairs::generate(&mut rng);
         let zero = Bytes32([0; 32]);
         assert_eq!(
-            pairwise_seed(&a.masking, 1, 5, &zero, &Bytes32([1; 32])).unwrap_err(),
+            pairwise_seed(
+                &a.masking,
+                1,
+                5,
+                &zero,
+                &Bytes32([1; 32]),
+                &Bytes32([0; 32])
+            )
+            .unwrap_err(),
             CryptoError::WeakKey(5)
         );
     }

@@ -8,8 +8,8 @@
 //! mod 2³²): [`Encoding::check`] refuses a cohort for which it could wrap.
 //!
 //! Integer vectors (distributed DP-SGD) need no encoding: [`wrap_integers`] sends their residues
-//! mod 2³², [`unwrap_sum`] reads the sum back as signed, and [`integer_sum_fits`] checks that the
-//! true sum cannot leave the signed 32-bit range.
+//! mod 2³², [`unwrap_sum`] reads the sum back as signed (`protocol::config::distributed_sum_fits`
+//! checks that the true sum cannot leave the signed 32-bit range).
 
 use rand::Rng;
 
@@ -55,10 +55,6 @@ pub enum EncodingError {
     Length { expected: usize, actual: usize },
     #[error("the summed weight is 0: no member counted")]
     NoWeight,
-    #[error(
-        "the round's integer sum could reach {reach:.3e}, past 2^31 − 1 = {limit}: lower the scale or the clients per round"
-    )]
-    IntegerSum { reach: f64, limit: f64 },
 }
 
 impl Encoding {
@@ -144,8 +140,8 @@ impl Encoding {
 
 /// Integer vectors — distributed DP-SGD's rounded gradient sums plus Skellam noise — travel as
 /// their two's-complement residues mod 2³², and the sum is read back as signed: exact whenever
-/// every coordinate of the true *sum* lies in [−2³¹, 2³¹), which [`integer_sum_fits`] checks
-/// before a run starts. One member's value past that range is not refused: only the total has
+/// every coordinate of the true *sum* lies in [−2³¹, 2³¹), which the run config and each
+/// round's plan check (`protocol::config::distributed_sum_fits`). One member's value past that range is not refused: only the total has
 /// to fit, and a refusal that depended on the noise drawn would be a dropout that leaks.
 pub fn wrap_integers(values: &[i64]) -> Vec<u32> {
     values.iter().map(|&v| v as u32).collect()
@@ -154,26 +150,6 @@ pub fn wrap_integers(values: &[i64]) -> Vec<u32> {
 /// The signed sum from its residues mod 2³².
 pub fn unwrap_sum(sum: &[u32]) -> Vec<i64> {
     sum.iter().map(|&s| i64::from(s as i32)).collect()
-}
-
-/// Whether the integer sum of a round cannot leave [−2³¹, 2³¹): every record's rounded gradient
-/// has L2 (hence L∞) norm at most `l2_bound`, at most `total_examples` records are summed, and
-/// the summed noise stays within `k_std` standard deviations `noise_std`. Skellam tails are
-/// sub-exponential, not Gaussian: past 10 standard deviations the chance is ≈ 10⁻²³ at a large
-/// variance but ≈ 2·10⁻¹⁰ at variance 1, so `k_std` must grow when the noise is small.
-pub fn integer_sum_fits(
-    total_examples: u64,
-    l2_bound: f64,
-    noise_std: f64,
-    k_std: f64,
-) -> Result<(), EncodingError> {
-    let reach = total_examples as f64 * l2_bound + k_std * noise_std;
-    let limit = f64::from(i32::MAX);
-    if reach.is_finite() && reach < limit {
-        Ok(())
-    } else {
-        Err(EncodingError::IntegerSum { reach, limit })
-    }
 }
 
 /// `x` (in [0, max]) to ⌊x⌋ or ⌈x⌉, the latter with probability x − ⌊x⌋: unbiased.
@@ -264,11 +240,6 @@ mod tests {
         // One member past the range is fine while the total is within it.
         let big = [wrap_integers(&[3 << 30]), wrap_integers(&[-(3 << 30)])];
         assert_eq!(unwrap_sum(&[big[0][0].wrapping_add(big[1][0])]), [0]);
-        // 10 clients × 6 000 records × Δ₂ ≈ 1 002 (scale 1 000) and noise of std 1 000: fits.
-        assert!(integer_sum_fits(60_000, 1002.1, 1000.0, 10.0).is_ok());
-        // A scale of 10⁵ does not.
-        let err = integer_sum_fits(60_000, 100_113.0, 1.0e5, 10.0).unwrap_err();
-        assert!(err.to_string().contains("lower the scale"), "{err}");
     }
 
     #[test]

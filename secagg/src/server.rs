@@ -469,8 +469,9 @@ impl CollectingReveals {
 
     /// Rebuilds the secrets, removes every mask and returns the survivors' exact sum — or fails
     /// without a partial result when a secret has too few shares or does not match what its
-    /// member published.
-    pub fn finish(self) -> Result<Unmasked, SecAggError> {
+    /// member published. `context`: what the members were told to compute (their pairwise
+    /// masks are bound to it).
+    pub fn finish(self, context: &Bytes32) -> Result<Unmasked, SecAggError> {
         let t = self.round.params.threshold;
         let len = self.sum.len();
         let survivors = self.survivors();
@@ -509,6 +510,7 @@ impl CollectingReveals {
                     i,
                     &self.keys[&i].masking,
                     &self.round.params.session,
+                    context,
                 )?;
                 // Survivor i added sign(i, j)·mask: take exactly that away.
                 add_into(&mut sum, &crypto::expand(&seed, len), -pair_sign(i, j));

@@ -39,7 +39,13 @@ struct Setup {
     threshold: u32,
     vectors: Vec<Vec<u32>>,
     drops: BTreeMap<Member, Drop>,
+    /// What each member was told to compute (absent: [`CONTEXT`]); the server unmasks with
+    /// [`CONTEXT`].
+    contexts: BTreeMap<Member, Bytes32>,
 }
+
+/// The context an honest server gives every member.
+const CONTEXT: Bytes32 = Bytes32([0; 32]);
 
 fn params(s: &Setup, session: Bytes32) -> Params {
     Params {
@@ -104,7 +110,8 @@ fn run_on(
     let mut waiting: BTreeMap<Member, Masked> = BTreeMap::new();
     for (m, inbox) in inboxes {
         let holding: Holding = shared.remove(&m).unwrap().receive(&inbox)?;
-        let (next, y) = holding.mask(&s.vectors[m as usize - 1])?;
+        let context = s.contexts.get(&m).unwrap_or(&CONTEXT);
+        let (next, y) = holding.mask(&s.vectors[m as usize - 1], context)?;
         if gone(s, m, Drop::AfterShares) {
             continue;
         }
@@ -121,7 +128,7 @@ fn run_on(
         reveals.add(m, &reveal)?;
         t.reveals.push((m, reveal));
     }
-    reveals.finish()
+    reveals.finish(&CONTEXT)
 }
 
 fn random_vectors(n: u32, len: usize, rng: &mut impl Rng) -> Vec<Vec<u32>> {
@@ -154,6 +161,7 @@ fn the_masks_cancel_to_the_exact_sum() {
             threshold: majority(holders),
             vectors,
             drops: BTreeMap::new(),
+            contexts: BTreeMap::new(),
         };
         let out = run(&setup, &mut rng, &mut Transcript::default()).unwrap();
         assert_eq!(out.counted.len(), n as usize);
@@ -163,6 +171,35 @@ fn the_masks_cancel_to_the_exact_sum() {
             "n {n} k {k}"
         );
     }
+}
+
+#[test]
+fn members_told_to_compute_different_things_cannot_be_summed() {
+    // A server that gave member 2 other instructions (less noise to add, in distributed DP)
+    // and sums it with the others gets masks that do not cancel: noise, not the sum. Honestly
+    // told, the same members sum exactly.
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let vectors = random_vectors(4, 33, &mut rng);
+    let mut setup = Setup {
+        members: 4,
+        neighbours: 3,
+        threshold: majority(4),
+        vectors,
+        drops: BTreeMap::new(),
+        contexts: BTreeMap::new(),
+    };
+    let honest = run(&setup, &mut rng, &mut Transcript::default()).unwrap();
+    assert_eq!(honest.sum, plain_sum(&setup.vectors, &honest.counted));
+    setup.contexts.insert(2, Bytes32([7; 32]));
+    let split = run(&setup, &mut rng, &mut Transcript::default()).unwrap();
+    let expected = plain_sum(&setup.vectors, &split.counted);
+    let equal = split
+        .sum
+        .iter()
+        .zip(&expected)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(equal <= 1, "{equal} of 33 values came out right");
 }
 
 /// Every way the members of a small cohort can drop (each at any step, or not at all).
@@ -206,6 +243,7 @@ fn up_to_n_minus_t_drops_at_any_step_are_recovered_and_more_never_give_a_wrong_s
                 threshold: t,
                 vectors: vectors.clone(),
                 drops: drops.clone(),
+                contexts: BTreeMap::new(),
             };
             let mut transcript = Transcript::default();
             let result = run(&setup, &mut rng, &mut transcript);
@@ -275,6 +313,7 @@ fn on_sparse_neighbourhoods_drops_are_recovered_or_refused_never_summed_wrong() 
                 threshold: t,
                 vectors: vectors.clone(),
                 drops: drops.clone(),
+                contexts: BTreeMap::new(),
             };
             let mut transcript = Transcript::default();
             match run(&setup, &mut rng, &mut transcript) {
@@ -324,6 +363,7 @@ fn survivors_cut_into_two_groups_are_not_unmasked() {
         threshold: 2,
         vectors: random_vectors(n, 3, &mut rng),
         drops,
+        contexts: BTreeMap::new(),
     };
     let err = run_with_graph(&setup, g, &mut rng).unwrap_err();
     assert_eq!(err, SecAggError::Split);
@@ -396,6 +436,7 @@ fn a_curious_server_learns_the_sum_and_no_single_vector() {
         threshold: 3,
         vectors: vectors.clone(),
         drops: BTreeMap::from([(5, Drop::AfterShares)]),
+        contexts: BTreeMap::new(),
     };
     let mut t = Transcript::default();
     let out = run(&setup, &mut rng, &mut t).unwrap();
@@ -479,7 +520,7 @@ fn a_member_refuses_to_reveal_both_secrets_or_to_mask_twice() {
     }
     let (_, inboxes) = shares.close().unwrap();
     let holding = shared.remove(&1).unwrap().receive(&inboxes[&1]).unwrap();
-    let (masked, _) = holding.mask(&[1, 2]).unwrap();
+    let (masked, _) = holding.mask(&[1, 2], &CONTEXT).unwrap();
     let greedy = UnmaskRequest {
         survivors: vec![1, 2],
         dropped: vec![2],
@@ -491,7 +532,7 @@ fn a_member_refuses_to_reveal_both_secrets_or_to_mask_twice() {
     // (`reveal` consumed the state: a second request cannot even be asked in code.)
     let holding = shared.remove(&2).unwrap().receive(&inboxes[&2]).unwrap();
     assert_eq!(
-        holding.mask(&[1, 2, 3]).unwrap_err(),
+        holding.mask(&[1, 2, 3], &CONTEXT).unwrap_err(),
         SecAggError::Length {
             expected: 2,
             actual: 3

@@ -394,6 +394,15 @@ impl Store {
     }
 }
 
+/// A ledger's ε whatever the server and the other clients of its distributed-DP rounds do;
+/// `None` without such rounds (it would equal the ε shown).
+pub fn collusion_epsilon(ledger: &learning::RdpAccountant, delta: f64) -> Option<f64> {
+    if ledger.skellam.is_empty() {
+        return None;
+    }
+    ledger.worst_case_epsilon(delta).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,13 +485,4 @@ mod tests {
         assert_eq!(run.status, RunStatus::Finished);
         assert_eq!(run.finished_reason.as_deref(), Some("all rounds done"));
     }
-}
-
-/// A ledger's ε if every other client of its distributed-DP rounds colluded with the server;
-/// `None` without such rounds (it would equal the ε shown).
-pub fn collusion_epsilon(ledger: &learning::RdpAccountant, delta: f64) -> Option<f64> {
-    if ledger.skellam.is_empty() {
-        return None;
-    }
-    ledger.worst_case_epsilon(delta).ok()
 }

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use learning::accountant::{AccountantError, Mechanism, noise_multiplier_for};
+use learning::aggregate::{self, Aggregator};
 use learning::client::round_mechanism;
 use learning::dpsgd::OptimizerState;
 use learning::skellam::{SkellamError, SkellamStep};
-use learning::aggregate::{self, Aggregator};
 use learning::{DpSgdConfig, RdpAccountant, TrainConfig};
 use protocol::admin::{
     AggregatorConfig, DistributedDpConfig, DpRunConfig, LrSchedule, RunConfig,
@@ -49,13 +49,18 @@ pub fn within_cap(c: &Candidate, config: &TrainConfig) -> bool {
     let Some(cap) = c.epsilon_cap else {
         return true;
     };
-    let (Some(dp), Some((mechanism, steps))) = (
-        config.dp,
-        round_mechanism(config, c.num_examples as usize),
-    ) else {
+    let (Some(dp), Some((mechanism, steps))) =
+        (config.dp, round_mechanism(config, c.num_examples as usize))
+    else {
         return false;
     };
-    cap_allows(&c.ledger, cap, c.delta.unwrap_or(dp.delta), mechanism, steps)
+    cap_allows(
+        &c.ledger,
+        cap,
+        c.delta.unwrap_or(dp.delta),
+        mechanism,
+        steps,
+    )
 }
 
 /// Whether `steps` more steps of `mechanism` keep `ledger` within `cap` at `delta`.
@@ -520,6 +525,11 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
     }
 }
 
+/// Most a client's own z may exceed the round's median z and still take part: the round's
+/// noise is raised to its z, so one client with a far larger sample rate (a declared shard of a
+/// handful of records) would otherwise at most double everyone's noise, not multiply it.
+pub const MAX_Z_SPREAD: f32 = 2.0;
+
 /// Distributed DP-SGD over secure aggregation: every round is one DP-SGD step over the union
 /// of the sampled clients' data. The clients' noise shares add up to one noise of multiplier z
 /// (solved like σ, under the Skellam accountant); the server decodes the unmasked sum into the
@@ -559,41 +569,48 @@ impl Strategy for DistributedSgd {
     /// The inner plan, with every client's z raised to the largest of the round: the shares
     /// add up to the noise the largest z promises (a client whose shard is smaller has a
     /// larger q and needs more), so each client's ledger, which records the round's z, holds.
-    /// The cohort is also capped where the integer sum could wrap.
+    /// A client whose own z is past [`MAX_Z_SPREAD`] × the round's median sits the round out
+    /// (a declared shard of a handful of records would otherwise raise everyone's noise), and
+    /// the clients with the largest batches are left out where the integer sum could wrap.
+    /// Below Min clients or t the round waits.
     fn configure_train(&self, round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan {
         let mut assignments = match self.inner.configure_train(round, candidates, seed) {
             TrainPlan::Train(a) => a,
             other => return other,
         };
-        let z = assignments
-            .iter()
-            .filter_map(|a| a.config.dp.map(|d| d.noise_multiplier))
-            .fold(0.0f32, f32::max);
+        let own_z = |a: &TrainAssignment| a.config.dp.map_or(0.0, |d| d.noise_multiplier);
+        let mut zs: Vec<f32> = assignments.iter().map(own_z).collect();
+        zs.sort_by(f32::total_cmp);
+        let median = zs.get(zs.len() / 2).copied().unwrap_or(0.0);
+        assignments.retain(|a| own_z(a) <= MAX_Z_SPREAD * median);
+        let z = assignments.iter().map(own_z).fold(0.0f32, f32::max);
         let sizes: HashMap<u64, u64> = candidates
             .iter()
             .map(|c| (c.client_id, c.num_examples))
             .collect();
-        let batches: Vec<f64> = assignments
-            .iter()
-            .map(|a| {
-                let n = sizes.get(&a.client_id).copied().unwrap_or(0);
-                a.config.expected_batch(n as usize)
-            })
-            .collect();
+        let batch_of = |a: &TrainAssignment| {
+            let n = sizes.get(&a.client_id).copied().unwrap_or(0);
+            a.config.expected_batch(n as usize)
+        };
+        // Smallest batches first: the most clients whose sum fits.
+        assignments.sort_by(|a, b| batch_of(a).total_cmp(&batch_of(b)));
+        let batches: Vec<f64> = assignments.iter().map(batch_of).collect();
         let noise = self.distributed.noise();
         let mut fit = assignments.len();
         while fit > 0 && !protocol::config::distributed_sum_fits(&noise, &batches[..fit], z.into())
         {
             fit -= 1;
         }
-        if fit < noise.contributors as usize {
+        let needed = (noise.contributors as usize).max(self.inner.inner.min_clients);
+        if fit < needed {
             // Fewer than t would never be unmasked: wait (the dashboard says for how many).
             return TrainPlan::Wait {
                 eligible: fit,
-                needed: noise.contributors as usize,
+                needed,
             };
         }
         assignments.truncate(fit);
+        assignments.sort_by_key(|a| a.client_id);
         for a in &mut assignments {
             if let Some(dp) = a.config.dp.as_mut() {
                 dp.noise_multiplier = z;
@@ -622,30 +639,19 @@ impl Strategy for DistributedSgd {
         let grad = aggregator
             .aggregate()
             .map_err(|e| RoundRejected::Aggregation(e.to_string()))?;
-        if grad.len() != global.len() {
-            return Err(RoundRejected::Aggregation(format!(
-                "gradient of {} values for a model of {}",
-                grad.len(),
-                global.len()
-            )));
-        }
         let lr = self
             .schedule()
             .at(self.learning_rate, round, self.inner.rounds);
-        // On a copy: a step that diverges leaves the optimizer's state as it was.
-        let mut optimizer = self.optimizer.clone();
-        let mut next = global.to_vec();
-        optimizer.step(&mut next, &grad, lr);
-        if let Some((index, value)) = next.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(RoundRejected::Aggregation(format!(
-                "the step made parameter {index} {value}: lower the learning rate"
-            )));
-        }
-        self.optimizer = optimizer;
-        Ok(next)
+        learning::distributed::apply_gradient(global, &grad, lr, &mut self.optimizer)
+            .map_err(|e| RoundRejected::Aggregation(e.to_string()))
     }
 
+    /// Only in the rounds the server evaluates too: a client's DP evaluation is charged to its
+    /// ledger, and a round here is one step.
     fn configure_evaluate(&self, round: u64, candidates: &[Candidate], seed: u64) -> Vec<u64> {
+        if !self.evaluates(round) {
+            return Vec::new();
+        }
         self.inner.configure_evaluate(round, candidates, seed)
     }
 
@@ -697,7 +703,16 @@ mod tests {
         let s = DistributedSgd::from_run(&distributed_run(50)).unwrap();
         // Two shard sizes: the smaller has the larger q, hence needs the larger z.
         let mut cands = candidates(4, 6000);
-        cands[3].num_examples = 1000;
+        cands[3].num_examples = 3000;
+        let own = |n: u64| {
+            s.inner
+                .train_config(n)
+                .unwrap()
+                .dp
+                .unwrap()
+                .noise_multiplier
+        };
+        assert!(own(3000) > own(6000) && own(3000) <= MAX_Z_SPREAD * own(6000));
         let TrainPlan::Train(plan) = s.configure_train(1, &cands, 7) else {
             panic!("expected a plan")
         };
@@ -706,19 +721,35 @@ mod tests {
             .iter()
             .map(|a| a.config.dp.unwrap().noise_multiplier)
             .collect();
-        assert!(zs.iter().all(|&z| z == zs[0]), "one z for the round: {zs:?}");
-        let own = |n: u64| s.inner.train_config(n).unwrap().dp.unwrap().noise_multiplier;
-        assert!(own(1000) > own(6000));
-        assert_eq!(zs[0], own(1000));
+        assert!(
+            zs.iter().all(|&z| z == zs[0]),
+            "one z for the round: {zs:?}"
+        );
+        assert_eq!(zs[0], own(3000));
         // Every client's ledger after the run stays within the target with the round's z.
         for a in &plan {
-            let (m, steps) = round_mechanism(&a.config, if a.client_id == 4 { 1000 } else { 6000 })
-                .unwrap();
+            let (m, steps) =
+                round_mechanism(&a.config, if a.client_id == 4 { 3000 } else { 6000 }).unwrap();
             assert_eq!(steps, 1);
             let mut l = RdpAccountant::default();
             l.record_mechanism(m, 50).unwrap();
             assert!(l.epsilon(1e-5).unwrap() <= 3.0);
         }
+        // A client declaring 150 records (q = 2/3) would raise everyone's noise many times:
+        // it sits the round out.
+        cands.push(Candidate {
+            client_id: 5,
+            num_examples: 150,
+            ..cands[0].clone()
+        });
+        assert!(own(150) > MAX_Z_SPREAD * own(3000));
+        let TrainPlan::Train(plan) = s.configure_train(2, &cands, 7) else {
+            panic!("expected a plan")
+        };
+        assert_eq!(
+            plan.iter().map(|a| a.client_id).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
         // One step per round, the noise split among t = 3.
         let d = plan[0].config.dp.unwrap().distributed.unwrap();
         assert_eq!(d.contributors, 3);
@@ -727,7 +758,13 @@ mod tests {
         // ≈ 1.2·10⁹ units a client): the cohort is cut, and below t it waits.
         let mut wide = distributed_run(50);
         wide.batching = Batching::SampleRate(1.0);
-        wide.dp.as_mut().unwrap().distributed.as_mut().unwrap().scale = 2.0e5;
+        wide.dp
+            .as_mut()
+            .unwrap()
+            .distributed
+            .as_mut()
+            .unwrap()
+            .scale = 2.0e5;
         let s = DistributedSgd::from_run(&wide).unwrap();
         assert_eq!(
             s.configure_train(1, &candidates(4, 6000), 7),

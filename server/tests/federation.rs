@@ -1327,9 +1327,7 @@ async fn secure_member_with(url: String, update: learning::Update, quit: Quit) {
             }
             ServerMessage::TrainIns { config, .. } => {
                 let round = round.as_mut().unwrap();
-                if let Some(noise) = config.distributed() {
-                    round.count_on(noise.contributors).expect("t fits the round");
-                }
+                round.bind(&config).expect("t fits the round");
                 let out = round
                     .on_trained(update.clone(), examples, 1)
                     .expect("masked");
@@ -1653,7 +1651,12 @@ async fn a_distributed_round_unmasks_the_exact_integer_sum_and_never_fewer_than_
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     server
-        .admin("POST", &format!("/api/admin/runs/{run_id}/start"), "", Some(TOKEN))
+        .admin(
+            "POST",
+            &format!("/api/admin/runs/{run_id}/start"),
+            "",
+            Some(TOKEN),
+        )
         .await;
     wait_for(&mut events, 60, |e| matches!(e, Event::RoundClosed { .. })).await;
     for m in members {
@@ -1673,7 +1676,12 @@ async fn a_distributed_round_unmasks_the_exact_integer_sum_and_never_fewer_than_
     assert!(worst < 1e-5, "the step is off by up to {worst}");
     // t = 4 and a member that leaves after its shares: three masked sums are never unmasked.
     let (status, body) = server
-        .admin("POST", "/api/admin/runs", &config("below-t", 4), Some(TOKEN))
+        .admin(
+            "POST",
+            "/api/admin/runs",
+            &config("below-t", 4),
+            Some(TOKEN),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let run_id = body["run_id"].as_u64().unwrap();
@@ -1691,9 +1699,17 @@ async fn a_distributed_round_unmasks_the_exact_integer_sum_and_never_fewer_than_
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     server
-        .admin("POST", &format!("/api/admin/runs/{run_id}/start"), "", Some(TOKEN))
+        .admin(
+            "POST",
+            &format!("/api/admin/runs/{run_id}/start"),
+            "",
+            Some(TOKEN),
+        )
         .await;
-    let retried = wait_for(&mut events, 120, |e| matches!(e, Event::RoundRetried { .. })).await;
+    let retried = wait_for(&mut events, 120, |e| {
+        matches!(e, Event::RoundRetried { .. })
+    })
+    .await;
     let Event::RoundRetried { reason, .. } = retried else {
         unreachable!()
     };

@@ -275,7 +275,7 @@ impl Coordinator {
         }
         if let Some(run) = self.run.as_mut()
             && run.clients.get(key).is_some_and(|row| {
-                row.rounds == 0 && row.shard_index.is_none() && row.ledger.history.is_empty()
+                row.rounds == 0 && row.shard_index.is_none() && row.ledger.steps() == 0
             })
         {
             run.clients.remove(key);
@@ -324,7 +324,8 @@ impl Coordinator {
         let row = run.and_then(|r| r.clients.get(&c.key));
         let delta = run.and_then(|r| r.delta());
         let epsilon = delta.and_then(|d| row?.ledger.epsilon(d).ok());
-        let collusion_epsilon = delta.and_then(|d| crate::store::collusion_epsilon(&row?.ledger, d));
+        let collusion_epsilon =
+            delta.and_then(|d| crate::store::collusion_epsilon(&row?.ledger, d));
         Some(ClientInfo {
             client_id: c.public_id,
             name: c.caps.name.clone(),

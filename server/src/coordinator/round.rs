@@ -87,11 +87,10 @@ impl Coordinator {
             if let Some((mechanism, steps)) = conn
                 .num_examples
                 .and_then(|_| learning::client::round_mechanism(&a.config, n))
+                && let Err(e) = row.ledger.record_mechanism(mechanism, steps)
             {
-                if let Err(e) = row.ledger.record_mechanism(mechanism, steps) {
-                    warn!(parent: &span, client_id = a.client_id, error = %e, "cannot account this client's round: not sampling it");
-                    continue;
-                }
+                warn!(parent: &span, client_id = a.client_id, error = %e, "cannot account this client's round: not sampling it");
+                continue;
             }
             row.rounds += 1;
             expected_batch.insert(a.client_id, a.config.expected_batch(n));
@@ -114,12 +113,19 @@ impl Coordinator {
                     contributors: d.contributors,
                     expected_batch,
                 });
+                // Every member of a round is told the same (DistributedSgd gives all one z).
+                let context = dispatch
+                    .first()
+                    .map_or(protocol::secagg::Bytes32([0; 32]), |a| {
+                        a.config.mask_context()
+                    });
                 match SecureRound::plan(
                     &config,
                     &ids,
                     server_round,
                     self.model_params + 1,
                     gradient,
+                    context,
                 ) {
                     Ok(plan) => Some(plan),
                     Err(e) => {

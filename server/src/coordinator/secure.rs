@@ -48,6 +48,8 @@ pub(super) struct SecureRound {
     /// Members still in after the last closed step (whose answer the current step waits for).
     expected: std::collections::BTreeSet<Member>,
     decoding: Decoding,
+    /// What the members were told to compute (their pairwise masks are bound to it).
+    context: Bytes32,
     /// Members that dropped after sharing and whose masks were removed.
     pub(super) recovered: u64,
 }
@@ -88,6 +90,7 @@ impl SecureRound {
         server_round: u64,
         vector_len: usize,
         gradient: Option<GradientSum>,
+        context: Bytes32,
     ) -> Result<(Self, Vec<(u64, SecAggSetup)>), String> {
         let mut rng = os_rng().map_err(|e| format!("no randomness for secure aggregation: {e}"))?;
         let n = conns.len() as u32;
@@ -144,6 +147,7 @@ impl SecureRound {
                     Some(g) => Decoding::Gradient(g),
                     None => Decoding::Mean(encoding),
                 },
+                context,
                 recovered: 0,
             },
             setups,
@@ -553,7 +557,7 @@ impl Coordinator {
             return;
         };
         let t = Instant::now();
-        let unmasked = match reveals.finish() {
+        let unmasked = match reveals.finish(&secure.context) {
             Ok(u) => u,
             Err(e) => return self.abandon_round(&format!("secure aggregation: {e}")),
         };
