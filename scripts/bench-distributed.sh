@@ -6,11 +6,13 @@
 # other, each on a fresh server; logs in benchmarks/distributed-*.log.
 #
 #   bash scripts/bench-distributed.sh [REPEATS] [ROUNDS] [SETTINGS…]
-#   SETTINGS: iid-t10 (default), iid-t7, dirichlet-t10
+#   SETTINGS: iid-t10 (default), iid-t7, dirichlet-t10; FL_LR sets the server's learning rate
+#   (default 6)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS="${1:-3}"
 ROUNDS="${2:-880}"
+LR="${FL_LR:-6.0}"
 shift 2 || true
 SETTINGS=("${@:-iid-t10}")
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
@@ -20,7 +22,7 @@ if [ -z "${FL_BENCH_BIN:-}" ]; then
 fi
 config() {
   local t="$1" shards="$2" batching="${3:-{\"batch_size\":205\}}"
-  echo "{\"name\":\"distributed-$t\",\"rounds\":$ROUNDS,\"min_clients\":10,\"batching\":$batching,\"learning_rate\":6.0,\"secure_aggregation\":{},\"dp\":{\"max_grad_norm\":1.0,\"target_epsilon\":3.0,\"delta\":1e-5,\"distributed\":{\"contributors\":$t,\"evaluate_every\":40,\"schedule\":\"cosine\"}},\"shards\":$shards}"
+  echo "{\"name\":\"distributed-$t\",\"rounds\":$ROUNDS,\"min_clients\":10,\"batching\":$batching,\"learning_rate\":$LR,\"secure_aggregation\":{},\"dp\":{\"max_grad_norm\":1.0,\"target_epsilon\":3.0,\"delta\":1e-5,\"distributed\":{\"contributors\":$t,\"evaluate_every\":40,\"schedule\":\"cosine\"}},\"shards\":$shards}"
 }
 IID='{"scheme":{"kind":"iid"},"num_shards":10,"seed":42}'
 DIRICHLET='{"scheme":{"kind":"dirichlet","alpha":0.5},"num_shards":10,"seed":42}'
