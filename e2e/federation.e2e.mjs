@@ -89,6 +89,14 @@ try {
   // --- A malformed run config: every bad input is marked at once, with its label and one plain
   // range, the same words as its help and as the server's 422; nothing is created.
   const field = (path) => admin.locator(`.field[data-field="${path}"]`);
+  // Types each value into its input (or picks it in its select box).
+  const fillForm = async (values) => {
+    for (const [path, value] of Object.entries(values)) {
+      const input = field(path).locator('input, select');
+      if ((await input.evaluate((e) => e.tagName)) === 'SELECT') await input.selectOption(value);
+      else await input.fill(value);
+    }
+  };
   const fieldError = (path) => waitFor(`the ${path} message`, async () => {
     const t = await field(path).locator('.field-error').textContent();
     return t?.length ? t : null;
@@ -336,11 +344,7 @@ try {
   log('a tab joined with its own IDX files (1 000 examples)');
 
   const RUN2 = { name: 'e2e-restart', rounds: '2', local_epochs: '1', 'dp.budget': 'noise_multiplier', 'dp.noise_multiplier': '1.0' };
-  for (const [path, value] of Object.entries(RUN2)) {
-    const input = field(path).locator('input, select');
-    if ((await input.evaluate((e) => e.tagName)) === 'SELECT') await input.selectOption(value);
-    else await input.fill(value);
-  }
+  await fillForm(RUN2);
   await admin.click('#create-start');
   await waitFor('run 2 to start', async () => (await api('/api/admin/runs/2')).body?.run.status === 'running');
   // Trained in run 2 (its rounds table, cleared for the new run, lists a round): the ε shown is
@@ -428,11 +432,7 @@ try {
   };
   await field('dp.distributed').locator('input').check();
   await field('secure_aggregation').locator('input').check();
-  for (const [path, value] of Object.entries(RUN3)) {
-    const input = field(path).locator('input, select');
-    if ((await input.evaluate((e) => e.tagName)) === 'SELECT') await input.selectOption(value);
-    else await input.fill(value);
-  }
+  await fillForm(RUN3);
   await admin.click('#create-start');
   await waitFor('run 3 to start', async () => (await api('/api/admin/runs/3')).body?.run.status === 'running');
   assert.match(await admin.textContent('#run-dp'), /^distributed DP: each round is one DP-SGD step over the sampled clients' data; each client adds 1\/3 of the noise's variance/);

@@ -1604,41 +1604,35 @@ async fn distributed_dp_trains_one_step_per_round_over_secure_aggregation() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_distributed_round_unmasks_the_exact_integer_sum_and_never_fewer_than_t() {
-    let dir = temp_dir("distributed-exact");
-    let server = TestServer::start(&dir, None).await;
-    let mut events = server.started.state.events.subscribe();
-    let config = |name: &str, t: u32| {
-        format!(
-            r#"{{"name":"{name}","rounds":1,"min_clients":4,"round_timeout_secs":60,"quorum":0.5,
-                "batching":{{"batch_size":64}},"learning_rate":1.0,
-                "dp":{{"max_grad_norm":1.0,"noise_multiplier":1.0,"delta":1e-5,
-                      "distributed":{{"contributors":{t}}}}},
-                "secure_aggregation":{{}},
-                "shards":{{"scheme":{{"kind":"iid"}},"num_shards":10,"seed":5}}}}"#
-        )
-    };
+/// A distributed-DP run of one round with four scripted members whose integer sums the test
+/// chose, each leaving where `quits` says, started; returns its id, its model before the
+/// round, and the members' tasks.
+async fn distributed_round(
+    server: &TestServer,
+    dir: &std::path::Path,
+    name: &str,
+    t: u32,
+    sums: &[Vec<i64>],
+    quits: [Quit; 4],
+) -> (u64, Vec<f32>, Vec<JoinHandle<()>>) {
+    let config = format!(
+        r#"{{"name":"{name}","rounds":1,"min_clients":4,"round_timeout_secs":60,"quorum":0.5,
+            "batching":{{"batch_size":64}},"learning_rate":1.0,
+            "dp":{{"max_grad_norm":1.0,"noise_multiplier":1.0,"delta":1e-5,
+                  "distributed":{{"contributors":{t}}}}},
+            "secure_aggregation":{{}},
+            "shards":{{"scheme":{{"kind":"iid"}},"num_shards":10,"seed":5}}}}"#
+    );
     let (status, body) = server
-        .admin("POST", "/api/admin/runs", &config("exact", 3), Some(TOKEN))
+        .admin("POST", "/api/admin/runs", &config, Some(TOKEN))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let run_id = body["run_id"].as_u64().unwrap();
     let initial = {
-        let store = server::store::Store::open(&dir).unwrap();
+        let store = server::store::Store::open(dir).unwrap();
         store.latest_checkpoint(run_id).unwrap().unwrap().1
     };
-    // Four members with known integer sums, negative ones too (they travel mod 2³²); one
-    // leaves after its masked vector (the others' shares unmask it).
-    let sums: Vec<Vec<i64>> = (0..4i64)
-        .map(|i| {
-            (0..PARAMS as i64)
-                .map(|k| (i * 977 + k * 13) % 40_001 - 20_000)
-                .collect()
-        })
-        .collect();
-    let quits = [Quit::Never, Quit::Never, Quit::AfterMasked, Quit::Never];
-    let members: Vec<_> = sums
+    let members = sums
         .iter()
         .zip(quits)
         .map(|(v, q)| {
@@ -1649,6 +1643,7 @@ async fn a_distributed_round_unmasks_the_exact_integer_sum_and_never_fewer_than_
             ))
         })
         .collect();
+    // Every member is connected before the run starts, so all four are sampled.
     tokio::time::sleep(Duration::from_millis(500)).await;
     server
         .admin(
@@ -1658,6 +1653,26 @@ async fn a_distributed_round_unmasks_the_exact_integer_sum_and_never_fewer_than_
             Some(TOKEN),
         )
         .await;
+    (run_id, initial, members)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_round_unmasks_the_exact_integer_sum_and_never_fewer_than_t() {
+    let dir = temp_dir("distributed-exact");
+    let server = TestServer::start(&dir, None).await;
+    let mut events = server.started.state.events.subscribe();
+    // Four members with known integer sums, negative ones too (they travel mod 2³²); one
+    // leaves after its masked vector (the others' shares unmask it).
+    let sums: Vec<Vec<i64>> = (0..4i64)
+        .map(|i| {
+            (0..PARAMS as i64)
+                .map(|k| (i * 977 + k * 13) % 40_001 - 20_000)
+                .collect()
+        })
+        .collect();
+    let quits = [Quit::Never, Quit::Never, Quit::AfterMasked, Quit::Never];
+    let (run_id, initial, members) =
+        distributed_round(&server, &dir, "exact", 3, &sums, quits).await;
     wait_for(&mut events, 60, |e| matches!(e, Event::RoundClosed { .. })).await;
     for m in members {
         m.await.unwrap();
@@ -1675,37 +1690,8 @@ async fn a_distributed_round_unmasks_the_exact_integer_sum_and_never_fewer_than_
     }
     assert!(worst < 1e-5, "the step is off by up to {worst}");
     // t = 4 and a member that leaves after its shares: three masked sums are never unmasked.
-    let (status, body) = server
-        .admin(
-            "POST",
-            "/api/admin/runs",
-            &config("below-t", 4),
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let run_id = body["run_id"].as_u64().unwrap();
     let quits = [Quit::Never, Quit::AfterShares, Quit::Never, Quit::Never];
-    let members: Vec<_> = sums
-        .iter()
-        .zip(quits)
-        .map(|(v, q)| {
-            tokio::spawn(secure_member_with(
-                server.ws(),
-                learning::Update::Integers(v.clone()),
-                q,
-            ))
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    server
-        .admin(
-            "POST",
-            &format!("/api/admin/runs/{run_id}/start"),
-            "",
-            Some(TOKEN),
-        )
-        .await;
+    let (run_id, _, members) = distributed_round(&server, &dir, "below-t", 4, &sums, quits).await;
     let retried = wait_for(&mut events, 120, |e| {
         matches!(e, Event::RoundRetried { .. })
     })
