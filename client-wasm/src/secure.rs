@@ -142,7 +142,14 @@ impl SecureRound {
             return Ok(());
         };
         let t = noise.contributors;
-        let holders = self.setup.neighbours.len() as u32 + 1;
+        let neighbours: std::collections::BTreeSet<u32> = self
+            .setup
+            .neighbours
+            .iter()
+            .copied()
+            .filter(|&m| m != self.setup.member)
+            .collect();
+        let holders = neighbours.len() as u32 + 1;
         if t > holders {
             return Err(format!(
                 "the run counts on {t} contributors for its noise, and this client has {holders} share holders in the round (itself and its neighbours): it could not check that {t} sums are in the total"
@@ -153,12 +160,20 @@ impl SecureRound {
     }
 
     /// Step 3b: the trained update; it goes out masked once the envelopes are in.
+    /// `context`: what the job that produced it was told to compute; it must be what this
+    /// round bound (an earlier attempt's result is not masked under this attempt's noise).
     pub fn on_trained(
         &mut self,
         update: Update,
         num_examples: u64,
         steps: u64,
+        context: &Bytes32,
     ) -> Result<Vec<Outgoing>, String> {
+        if *context != self.context {
+            return Err(
+                "this result was computed under other instructions than this round's (an earlier attempt): not sent".into(),
+            );
+        }
         self.trained = Some(Trained {
             update,
             num_examples,

@@ -143,6 +143,9 @@ pub struct TrainDone {
     pub result: Result<FitRes, LearningError>,
     pub fingerprint: String,
     pub privacy: ClientPrivacy,
+    /// What the job was told to compute ([`TrainConfig::mask_context`]): a result of an
+    /// earlier attempt of the same round is never masked under a later attempt's instructions.
+    pub context: protocol::secagg::Bytes32,
 }
 
 impl TrainJob {
@@ -159,6 +162,7 @@ impl TrainJob {
             server_round: self.server_round,
             result,
             fingerprint: self.fingerprint,
+            context: self.config.mask_context(),
             privacy: self.privacy,
         }
     }
@@ -862,7 +866,7 @@ impl Session {
     /// before sending it.
     pub fn on_trained(&mut self, done: TrainDone) -> Vec<Action> {
         self.restore(done.privacy, done.fingerprint);
-        let server_round = done.server_round;
+        let (server_round, context) = (done.server_round, done.context);
         let res = match done.result {
             Ok(res) => res,
             Err(e) => return refused(server_round, &e),
@@ -877,7 +881,7 @@ impl Session {
             Update::Integers(sum) if self.secure_in(server_round) => {
                 let (n, steps) = (res.num_examples as u64, res.metrics.steps);
                 let mut out = self.secure_step(server_round, |s| {
-                    s.on_trained(Update::Integers(sum), n, steps)
+                    s.on_trained(Update::Integers(sum), n, steps, &context)
                 });
                 out.push(trained);
                 return out;
@@ -895,7 +899,7 @@ impl Session {
             let num_examples = res.num_examples as u64;
             let steps = res.metrics.steps;
             let mut out = self.secure_step(server_round, |s| {
-                s.on_trained(Update::Delta(update), num_examples, steps)
+                s.on_trained(Update::Delta(update), num_examples, steps, &context)
             });
             out.push(trained);
             return out;

@@ -748,4 +748,56 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
         .unwrap();
     let (reason, _) = refusal(&out);
     assert!(reason.contains("fewer than the 3 contributors"), "{reason}");
+    // Attack 4: round 4 is set up, its job starts; the server retries round 4 (a new setup,
+    // whose instructions — a smaller z — are not yet sent) and the old job finishes: its sum,
+    // computed with the first attempt's noise, is not masked under the second attempt's.
+    keys_of(
+        &s.on_text(&ServerMessage::SecAggSetup(setup(4)).encode())
+            .unwrap(),
+    );
+    let ins = ServerMessage::TrainIns {
+        server_round: 4,
+        config: distributed(3),
+        timeout_ms: 1000,
+    };
+    assert!(s.on_text(&ins.encode()).unwrap().is_empty());
+    assert!(s.on_binary(&model_frame(4, global())).unwrap().is_empty());
+    let peers4: Vec<PeerKeys> = [2u32, 3]
+        .iter()
+        .map(|&m| {
+            let params = secagg::Params {
+                session: Bytes32([4; 32]),
+                ..params.clone()
+            };
+            let neighbours = [1, 2, 3].into_iter().filter(|&j| j != m).collect();
+            let (_, keys) = secagg::client::Member::new(params, m, neighbours)
+                .unwrap()
+                .advertise(&mut rng);
+            PeerKeys { member: m, keys }
+        })
+        .collect();
+    let out = s
+        .on_text(
+            &ServerMessage::SecAggPeers {
+                server_round: 4,
+                peers: peers4,
+            }
+            .encode(),
+        )
+        .unwrap();
+    let Some(Action::Train(job)) = out.into_iter().last() else {
+        panic!("training starts once the shares are out")
+    };
+    let retry = SecAggSetup {
+        session: Bytes32([44; 32]),
+        ..setup(4)
+    };
+    keys_of(
+        &s.on_text(&ServerMessage::SecAggSetup(retry).encode())
+            .unwrap(),
+    );
+    let out = s.on_trained(job.run(&mut |_| {}));
+    assert!(!sends_a_frame(&out));
+    let (reason, _) = refusal(&out);
+    assert!(reason.contains("other instructions"), "{reason}");
 }

@@ -351,11 +351,17 @@ pub fn batch_bound(batch: f64) -> f64 {
 /// standard deviations. A sum past the range would wrap and turn the model into garbage (never
 /// a privacy loss).
 pub fn distributed_sum_fits(noise: &DistributedNoise, batches: &[f64], z: f64) -> bool {
+    distributed_reach(noise, batches, z) < f64::from(i32::MAX)
+}
+
+/// The largest |coordinate| an honest sum of members with these expected batches reaches but
+/// with a negligible probability. The server refuses an unmasked sum past it: masks that did
+/// not cancel (a member that masked under other instructions) look uniform over the 32 bits.
+pub fn distributed_reach(noise: &DistributedNoise, batches: &[f64], z: f64) -> f64 {
     let l2 = rounded_norm_bound(noise.scale, MODEL_DIM, noise.beta);
     let members = batches.len() as f64;
-    let reach = batches.iter().map(|&b| batch_bound(b) * l2).sum::<f64>()
-        + 20.0 * (members * noise.share_variance(z)).sqrt();
-    reach < f64::from(i32::MAX)
+    batches.iter().map(|&b| batch_bound(b) * l2).sum::<f64>()
+        + 20.0 * (members * noise.share_variance(z)).sqrt()
 }
 
 /// Most clients of expected batch `batch` whose sum fits ([`distributed_sum_fits`]).

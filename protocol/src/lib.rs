@@ -42,5 +42,6 @@ pub fn clip(text: &str, max: usize) -> String {
 /// 2: `TrainRes` carries no training metrics (only what is DP or public), `Hello` no label
 /// histogram, evaluation results are DP. 3: `RunState` (running, paused, waiting for clients);
 /// `Welcome` says what the server remembers of a returning key; secure aggregation (the `SecAgg*`
-/// messages and masked frames).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// messages and masked frames). 4: distributed DP (`DpSgdConfig::distributed`); secure
+/// aggregation's pairwise masks are bound to what each member was told to compute.
+pub const PROTOCOL_VERSION: u16 = 4;

@@ -574,16 +574,33 @@ impl Strategy for DistributedSgd {
     /// the clients with the largest batches are left out where the integer sum could wrap.
     /// Below Min clients or t the round waits.
     fn configure_train(&self, round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan {
-        let mut assignments = match self.inner.configure_train(round, candidates, seed) {
+        // The spread is judged over every candidate before sampling, so that an outlier never
+        // costs a round (or, at exactly Min clients, the run) its plan.
+        let own_z = |n: u64| {
+            self.inner
+                .train_config(n)
+                .and_then(|c| c.dp)
+                .map(|d| d.noise_multiplier)
+        };
+        let mut zs: Vec<f32> = candidates
+            .iter()
+            .filter_map(|c| own_z(c.num_examples))
+            .collect();
+        zs.sort_by(f32::total_cmp);
+        let median = zs.get(zs.len() / 2).copied().unwrap_or(0.0);
+        let within: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| own_z(c.num_examples).is_some_and(|z| z <= MAX_Z_SPREAD * median))
+            .cloned()
+            .collect();
+        let mut assignments = match self.inner.configure_train(round, &within, seed) {
             TrainPlan::Train(a) => a,
             other => return other,
         };
-        let own_z = |a: &TrainAssignment| a.config.dp.map_or(0.0, |d| d.noise_multiplier);
-        let mut zs: Vec<f32> = assignments.iter().map(own_z).collect();
-        zs.sort_by(f32::total_cmp);
-        let median = zs.get(zs.len() / 2).copied().unwrap_or(0.0);
-        assignments.retain(|a| own_z(a) <= MAX_Z_SPREAD * median);
-        let z = assignments.iter().map(own_z).fold(0.0f32, f32::max);
+        let z = assignments
+            .iter()
+            .filter_map(|a| a.config.dp.map(|d| d.noise_multiplier))
+            .fold(0.0f32, f32::max);
         let sizes: HashMap<u64, u64> = candidates
             .iter()
             .map(|c| (c.client_id, c.num_examples))

@@ -1290,6 +1290,9 @@ enum Quit {
     BeforeKeys,
     AfterShares,
     AfterMasked,
+    /// Stays, but masks under other instructions than it was sent (half the noise), as a
+    /// member a hostile server told otherwise would: its masks do not cancel.
+    OtherInstructions,
 }
 
 /// A member that runs secure aggregation over a raw socket with an update of the test's
@@ -1325,11 +1328,16 @@ async fn secure_member_with(url: String, update: learning::Update, quit: Quit) {
                     return;
                 }
             }
-            ServerMessage::TrainIns { config, .. } => {
+            ServerMessage::TrainIns { mut config, .. } => {
                 let round = round.as_mut().unwrap();
+                if quit == Quit::OtherInstructions
+                    && let Some(dp) = config.dp.as_mut()
+                {
+                    dp.noise_multiplier /= 2.0;
+                }
                 round.bind(&config).expect("t fits the round");
                 let out = round
-                    .on_trained(update.clone(), examples, 1)
+                    .on_trained(update.clone(), examples, 1, &config.mask_context())
                     .expect("masked");
                 for o in out {
                     send(&mut r, o).await;
@@ -1701,6 +1709,36 @@ async fn a_distributed_round_unmasks_the_exact_integer_sum_and_never_fewer_than_
     };
     assert!(reason.contains("fewer than the 4 contributors"), "{reason}");
     assert!(server.history(run_id).await.rounds.is_empty());
+    for m in members {
+        m.abort();
+    }
+    // A member that masked under other instructions (a smaller z): the masks do not cancel,
+    // and the sum is refused instead of stepping the model with garbage.
+    server
+        .admin(
+            "POST",
+            &format!("/api/admin/runs/{run_id}/stop"),
+            "",
+            Some(TOKEN),
+        )
+        .await;
+    let quits = [
+        Quit::Never,
+        Quit::OtherInstructions,
+        Quit::Never,
+        Quit::Never,
+    ];
+    let (_, _, members) = distributed_round(&server, &dir, "other-noise", 3, &sums, quits).await;
+    let retried = wait_for(
+        &mut events,
+        120,
+        |e| matches!(e, Event::RoundRetried { reason, .. } if reason.contains("did not cancel")),
+    )
+    .await;
+    let Event::RoundRetried { reason, .. } = retried else {
+        unreachable!()
+    };
+    assert!(reason.contains("masks did not cancel"), "{reason}");
     for m in members {
         m.abort();
     }

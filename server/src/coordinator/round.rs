@@ -107,18 +107,25 @@ impl Coordinator {
         let secure = match run.summary.config.secure_aggregation {
             None => None,
             Some(config) => {
+                // Every member of a round is told the same (DistributedSgd gives all one z).
+                let contexts: std::collections::BTreeSet<_> =
+                    dispatch.iter().map(|a| a.config.mask_context().0).collect();
+                if contexts.len() > 1 {
+                    warn!(parent: &span, "the round's members were given different noise: not starting it (nothing was charged)");
+                    return;
+                }
+                let context =
+                    protocol::secagg::Bytes32(contexts.into_iter().next().unwrap_or([0; 32]));
+                let noise_multiplier = dispatch
+                    .first()
+                    .and_then(|a| a.config.dp)
+                    .map_or(0.0, |dp| f64::from(dp.noise_multiplier));
                 let gradient = distributed.map(|(d, clip)| GradientSum {
                     clip,
-                    scale: d.scale,
-                    contributors: d.contributors,
+                    noise: d.noise(),
+                    noise_multiplier,
                     expected_batch,
                 });
-                // Every member of a round is told the same (DistributedSgd gives all one z).
-                let context = dispatch
-                    .first()
-                    .map_or(protocol::secagg::Bytes32([0; 32]), |a| {
-                        a.config.mask_context()
-                    });
                 match SecureRound::plan(
                     &config,
                     &ids,

@@ -67,9 +67,10 @@ pub(super) enum Decoding {
 #[derive(Debug, Clone)]
 pub(super) struct GradientSum {
     pub clip: f32,
-    pub scale: f64,
-    /// t: fewer counted members than this are never unmasked (their noise is not whole).
-    pub contributors: u32,
+    /// S, β and t (fewer counted members than t are never unmasked: their noise is not whole).
+    pub noise: protocol::config::DistributedNoise,
+    /// The round's noise multiplier z (the same for every member).
+    pub noise_multiplier: f64,
     /// Each sampled connection's expected batch q·n (the divisor sums the counted ones').
     pub expected_batch: HashMap<u64, f64>,
 }
@@ -157,7 +158,7 @@ impl SecureRound {
     /// t of a distributed-DP round.
     fn contributors(&self) -> Option<u32> {
         match &self.decoding {
-            Decoding::Gradient(g) => Some(g.contributors),
+            Decoding::Gradient(g) => Some(g.noise.contributors),
             Decoding::Mean(_) => None,
         }
     }
@@ -171,25 +172,33 @@ impl SecureRound {
                 .map(|(mean, _)| mean)
                 .map_err(|e| e.to_string()),
             Decoding::Gradient(g) => {
-                if counted.len() < g.contributors as usize {
+                let t = g.noise.contributors;
+                if counted.len() < t as usize {
                     return Err(format!(
-                        "{} members counted, fewer than the {} contributors the noise needs",
-                        counted.len(),
-                        g.contributors
+                        "{} members counted, fewer than the {t} contributors the noise needs",
+                        counted.len()
                     ));
                 }
-                let expected: f64 = counted
+                let batches: Vec<f64> = counted
                     .iter()
                     .filter_map(|m| self.conn(*m))
-                    .filter_map(|c| g.expected_batch.get(&c))
-                    .sum();
+                    .filter_map(|c| g.expected_batch.get(&c).copied())
+                    .collect();
                 // The last slot of every vector is 0 (the weight slot of FedAvg's encoding).
                 let values = sum.split_last().map_or(sum, |(_, v)| v);
+                let integers = secagg::encode::unwrap_sum(values);
+                let reach =
+                    protocol::config::distributed_reach(&g.noise, &batches, g.noise_multiplier);
+                if let Some(v) = integers.iter().find(|v| v.unsigned_abs() as f64 > reach) {
+                    return Err(format!(
+                        "a coordinate of the sum is {v}, past the {reach:.0} an honest sum reaches: masks did not cancel (a member masked under other instructions, or sent garbage)"
+                    ));
+                }
                 learning::distributed::mean_gradient(
-                    &secagg::encode::unwrap_sum(values),
+                    &integers,
                     g.clip,
-                    g.scale,
-                    expected,
+                    g.noise.scale,
+                    batches.iter().sum(),
                 )
                 .map_err(|e| e.to_string())
             }
