@@ -496,25 +496,8 @@ fn a_secure_round_shares_before_training_and_never_falls_back_to_the_clear() {
         ..Default::default()
     })
     .unwrap();
-    let welcome = ServerMessage::Welcome {
-        client_id: 1,
-        client_key: "k".repeat(32),
-        model_params: global().len() as u64,
-        rounds_taken: 0,
-        interrupted_round: None,
-    };
-    s.on_text(&welcome.encode()).unwrap();
-    let setup = |round: u64| SecAggSetup {
-        server_round: round,
-        session: Bytes32([round as u8; 32]),
-        member: 1,
-        members: 3,
-        threshold: 2,
-        neighbours: vec![2, 3],
-        clip: 8.0,
-        levels: 1 << 22,
-        max_weight: 60_000,
-    };
+    welcome(&mut s);
+    let setup = member_one_of_three;
     let out = s
         .on_text(&ServerMessage::SecAggSetup(setup(1)).encode())
         .unwrap();
@@ -591,6 +574,33 @@ fn a_secure_round_shares_before_training_and_never_falls_back_to_the_clear() {
     assert!(reason.contains("not sent in the clear"), "{reason}");
 }
 
+/// Member 1 of a secure round of 3, everyone's neighbour (the session differs per round).
+fn member_one_of_three(round: u64) -> protocol::secagg::SecAggSetup {
+    protocol::secagg::SecAggSetup {
+        server_round: round,
+        session: protocol::secagg::Bytes32([round as u8; 32]),
+        member: 1,
+        members: 3,
+        threshold: 2,
+        neighbours: vec![2, 3],
+        clip: 8.0,
+        levels: 1 << 22,
+        max_weight: 60_000,
+    }
+}
+
+/// The server's welcome, which tells the session the model's size.
+fn welcome(s: &mut Session) {
+    let welcome = ServerMessage::Welcome {
+        client_id: 1,
+        client_key: "k".repeat(32),
+        model_params: PARAMS as u64,
+        rounds_taken: 0,
+        interrupted_round: None,
+    };
+    s.on_text(&welcome.encode()).unwrap();
+}
+
 fn distributed(contributors: u32) -> TrainConfig {
     let mut config = dp(2.0, 1e-5);
     config.dp.as_mut().unwrap().distributed = Some(protocol::config::DistributedNoise {
@@ -613,14 +623,7 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
     use rand::SeedableRng;
     use std::collections::BTreeMap;
     let mut s = own(40, None);
-    let welcome = ServerMessage::Welcome {
-        client_id: 1,
-        client_key: "k".repeat(32),
-        model_params: PARAMS as u64,
-        rounds_taken: 0,
-        interrupted_round: None,
-    };
-    s.on_text(&welcome.encode()).unwrap();
+    welcome(&mut s);
     // Attack 1: a distributed round without secure aggregation. The client's integer sum holds
     // only 1/t of the noise: refused before anything is computed, nothing is sent.
     let out = round(&mut s, 1, distributed(3));
@@ -630,17 +633,7 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
     assert_eq!(s.epsilon(), Some(0.0), "nothing spent");
     // Attack 2: a round of 3 members that counts on 5 contributors (each would add 1/5 of
     // the noise, and 3 shares never make it whole).
-    let setup = |round: u64| SecAggSetup {
-        server_round: round,
-        session: Bytes32([round as u8; 32]),
-        member: 1,
-        members: 3,
-        threshold: 2,
-        neighbours: vec![2, 3],
-        clip: 8.0,
-        levels: 1 << 22,
-        max_weight: 60_000,
-    };
+    let setup = member_one_of_three;
     let keys_of = |out: &[Action]| match messages(out).as_slice() {
         [ClientMessage::SecAggKeys { keys, .. }] => *keys,
         other => panic!("expected keys, got {other:?}"),

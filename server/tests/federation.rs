@@ -121,16 +121,20 @@ impl TestServer {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let run: RunSummary = serde_json::from_value(body).unwrap();
+        self.start_run(run.run_id).await;
+        run.run_id
+    }
+
+    async fn start_run(&self, run_id: u64) {
         let (status, body) = self
             .admin(
                 "POST",
-                &format!("/api/admin/runs/{}/start", run.run_id),
+                &format!("/api/admin/runs/{run_id}/start"),
                 "",
                 Some(TOKEN),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        run.run_id
     }
 
     async fn history(&self, run_id: u64) -> RunHistory {
@@ -1418,14 +1422,7 @@ async fn a_secure_round_sums_exactly_what_its_survivors_sent_despite_drops_at_ev
         .collect();
     // Every member is connected before the run starts, so all ten are sampled.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    server
-        .admin(
-            "POST",
-            &format!("/api/admin/runs/{run_id}/start"),
-            "",
-            Some(TOKEN),
-        )
-        .await;
+    server.start_run(run_id).await;
     wait_for(&mut events, 120, |e| matches!(e, Event::RoundClosed { .. })).await;
     for m in members {
         m.await.unwrap();
@@ -1529,14 +1526,7 @@ async fn five_rounds_with_secure_aggregation_train_as_well_as_without() {
         // secure aggregation's).
         let clients: Vec<_> = (0..3).map(|_| sim_client(server.ws(), None)).collect();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        server
-            .admin(
-                "POST",
-                &format!("/api/admin/runs/{run_id}/start"),
-                "",
-                Some(TOKEN),
-            )
-            .await;
+        server.start_run(run_id).await;
         for c in clients {
             let report = c.await.unwrap().expect("client ran to the end");
             assert_eq!(report.finished.as_deref(), Some("all 5 rounds done"));
@@ -1653,14 +1643,7 @@ async fn distributed_round(
         .collect();
     // Every member is connected before the run starts, so all four are sampled.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    server
-        .admin(
-            "POST",
-            &format!("/api/admin/runs/{run_id}/start"),
-            "",
-            Some(TOKEN),
-        )
-        .await;
+    server.start_run(run_id).await;
     (run_id, initial, members)
 }
 
