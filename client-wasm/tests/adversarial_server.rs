@@ -459,19 +459,8 @@ fn a_client_that_requires_secure_aggregation_never_sends_an_update_in_the_clear(
     assert!(reason.contains("requires secure aggregation"), "{reason}");
     assert!(refuses_run);
     // Attack 2: secure aggregation set up for round 2, then a plain instruction for round 3.
-    let setup = protocol::secagg::SecAggSetup {
-        server_round: 2,
-        session: protocol::secagg::Bytes32([7; 32]),
-        member: 1,
-        members: 3,
-        threshold: 2,
-        neighbours: vec![2, 3],
-        clip: 8.0,
-        levels: 1 << 22,
-        max_weight: 60_000,
-    };
     let out = s
-        .on_text(&ServerMessage::SecAggSetup(setup).encode())
+        .on_text(&ServerMessage::SecAggSetup(member_one_of_three(2)).encode())
         .unwrap();
     assert!(
         matches!(
