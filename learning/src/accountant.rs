@@ -137,31 +137,44 @@ pub fn noise_multiplier_for(
     }
     check_params(sample_rate, 1.0)?;
     check_delta(delta)?;
-    const MAX_SIGMA: f64 = 1.0e4;
     let eps = |s: f64| epsilon(sample_rate, s, steps, delta);
+    smallest_noise(target_epsilon, eps)?.ok_or(AccountantError::Unreachable {
+        target: target_epsilon,
+        q: sample_rate,
+        steps,
+        delta,
+        max: MAX_NOISE_MULTIPLIER,
+    })
+}
+
+/// Largest noise multiplier a solve searches (σ or z past it drown any signal).
+pub(crate) const MAX_NOISE_MULTIPLIER: f64 = 1.0e4;
+
+/// The smallest noise multiplier (to 1e-4 relative) at which `eps` is at most `target`:
+/// doubling from 1, then bisection that keeps the upper end, so the answer always meets the
+/// target. `None` past [`MAX_NOISE_MULTIPLIER`]. The one search of the Gaussian and the
+/// Skellam accountants.
+pub(crate) fn smallest_noise<E>(
+    target: f64,
+    eps: impl Fn(f64) -> Result<f64, E>,
+) -> Result<Option<f64>, E> {
     let (mut lo, mut hi) = (0.0, 1.0);
-    while eps(hi)? > target_epsilon {
+    while eps(hi)? > target {
         lo = hi;
         hi *= 2.0;
-        if hi > MAX_SIGMA {
-            return Err(AccountantError::Unreachable {
-                target: target_epsilon,
-                q: sample_rate,
-                steps,
-                delta,
-                max: MAX_SIGMA,
-            });
+        if hi > MAX_NOISE_MULTIPLIER {
+            return Ok(None);
         }
     }
     while hi - lo > 1e-4 * hi {
         let mid = 0.5 * (lo + hi);
-        if eps(mid)? > target_epsilon {
+        if eps(mid)? > target {
             lo = mid
         } else {
             hi = mid
         }
     }
-    Ok(hi)
+    Ok(Some(hi))
 }
 
 /// One mechanism a round runs on a client's records.

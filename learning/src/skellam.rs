@@ -38,7 +38,9 @@
 use rand::{Rng, RngExt};
 use rand_distr::{Distribution, Poisson};
 
-use crate::accountant::{AccountantError, ORDERS, epsilon_from_rdp};
+use crate::accountant::{
+    AccountantError, MAX_NOISE_MULTIPLIER, ORDERS, epsilon_from_rdp, smallest_noise,
+};
 
 /// The mechanism of one distributed DP-SGD step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -240,7 +242,6 @@ pub fn noise_multiplier_for(
     if steps == 0 {
         return Err(SkellamError::Steps);
     }
-    const MAX: f64 = 1.0e4;
     let eps = |z: f64| {
         epsilon(
             &SkellamStep {
@@ -251,30 +252,16 @@ pub fn noise_multiplier_for(
             delta,
         )
     };
-    let (mut lo, mut hi) = (0.0, 1.0);
-    while eps(hi)? > target {
-        lo = hi;
-        hi *= 2.0;
-        if hi > MAX {
-            return Err(AccountantError::Unreachable {
-                target,
-                q: step.sample_rate,
-                steps,
-                delta,
-                max: MAX,
-            }
-            .into());
+    smallest_noise(target, eps)?.ok_or(
+        AccountantError::Unreachable {
+            target,
+            q: step.sample_rate,
+            steps,
+            delta,
+            max: MAX_NOISE_MULTIPLIER,
         }
-    }
-    while hi - lo > 1e-4 * hi {
-        let mid = 0.5 * (lo + hi);
-        if eps(mid)? > target {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    Ok(hi)
+        .into(),
+    )
 }
 
 #[cfg(test)]
