@@ -478,7 +478,7 @@ fn a_client_that_requires_secure_aggregation_never_sends_an_update_in_the_clear(
 
 #[test]
 fn a_secure_round_shares_before_training_and_never_falls_back_to_the_clear() {
-    use protocol::secagg::{Bytes32, PeerKeys, SecAggSetup};
+    use protocol::secagg::{Bytes32, SecAggSetup};
     use rand::SeedableRng;
     let mut s = Session::new(SessionOptions {
         own_data: Some(OwnFiles::from_dataset(records(40, 0))),
@@ -505,22 +505,7 @@ fn a_secure_round_shares_before_training_and_never_falls_back_to_the_clear() {
     assert!(held.is_empty(), "no training before the shares: {held:?}");
     // The neighbours' keys arrive: shares go out, then training starts.
     let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(1);
-    let params = secagg::Params {
-        session: Bytes32([1; 32]),
-        members: 3,
-        threshold: 2,
-        vector_len: global().len() + 1,
-    };
-    let peers: Vec<PeerKeys> = [2u32, 3]
-        .iter()
-        .map(|&m| {
-            let others = [1, 2, 3].into_iter().filter(|&j| j != m).collect();
-            let (_, keys) = secagg::client::Member::new(params.clone(), m, others)
-                .unwrap()
-                .advertise(&mut rng);
-            PeerKeys { member: m, keys }
-        })
-        .collect();
+    let peers = peer_keys(&other_members(Bytes32([1; 32]), &mut rng));
     let out = s
         .on_text(
             &ServerMessage::SecAggPeers {
@@ -578,6 +563,50 @@ fn member_one_of_three(round: u64) -> protocol::secagg::SecAggSetup {
     }
 }
 
+/// Members 2 and 3 of [`member_one_of_three`]'s round with `session`, their keys advertised.
+fn other_members(
+    session: protocol::secagg::Bytes32,
+    rng: &mut rand::rngs::ChaCha20Rng,
+) -> Vec<(
+    u32,
+    secagg::client::Advertised,
+    protocol::secagg::MemberKeys,
+)> {
+    let params = secagg::Params {
+        session,
+        members: 3,
+        threshold: 2,
+        vector_len: PARAMS + 1,
+    };
+    [2u32, 3]
+        .iter()
+        .map(|&m| {
+            let neighbours = [1, 2, 3].into_iter().filter(|&j| j != m).collect();
+            let (adv, keys) = secagg::client::Member::new(params.clone(), m, neighbours)
+                .unwrap()
+                .advertise(rng);
+            (m, adv, keys)
+        })
+        .collect()
+}
+
+/// What the server relays to member 1: the others' public keys.
+fn peer_keys(
+    others: &[(
+        u32,
+        secagg::client::Advertised,
+        protocol::secagg::MemberKeys,
+    )],
+) -> Vec<protocol::secagg::PeerKeys> {
+    others
+        .iter()
+        .map(|(m, _, keys)| protocol::secagg::PeerKeys {
+            member: *m,
+            keys: *keys,
+        })
+        .collect()
+}
+
 /// The server's welcome, which tells the session the model's size.
 fn welcome(s: &mut Session) {
     let welcome = ServerMessage::Welcome {
@@ -608,7 +637,7 @@ fn sends_a_frame(actions: &[Action]) -> bool {
 
 #[test]
 fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unmasked_only_with_t() {
-    use protocol::secagg::{Bytes32, PeerKeys, SecAggSetup, UnmaskRequest};
+    use protocol::secagg::{Bytes32, SecAggSetup, UnmaskRequest};
     use rand::SeedableRng;
     use std::collections::BTreeMap;
     let mut s = own(40, None);
@@ -642,23 +671,8 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
         &s.on_text(&ServerMessage::SecAggSetup(setup(3)).encode())
             .unwrap(),
     );
-    let params = secagg::Params {
-        session: Bytes32([3; 32]),
-        members: 3,
-        threshold: 2,
-        vector_len: PARAMS + 1,
-    };
     let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(3);
-    let others: Vec<_> = [2u32, 3]
-        .iter()
-        .map(|&m| {
-            let neighbours = [1, 2, 3].into_iter().filter(|&j| j != m).collect();
-            let (adv, keys) = secagg::client::Member::new(params.clone(), m, neighbours)
-                .unwrap()
-                .advertise(&mut rng);
-            (m, adv, keys)
-        })
-        .collect();
+    let others = other_members(Bytes32([3; 32]), &mut rng);
     let ins = ServerMessage::TrainIns {
         server_round: 3,
         config: distributed(3),
@@ -666,13 +680,7 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
     };
     assert!(s.on_text(&ins.encode()).unwrap().is_empty());
     assert!(s.on_binary(&model_frame(3, global())).unwrap().is_empty());
-    let peers: Vec<PeerKeys> = others
-        .iter()
-        .map(|(m, _, keys)| PeerKeys {
-            member: *m,
-            keys: *keys,
-        })
-        .collect();
+    let peers = peer_keys(&others);
     let out = s
         .on_text(
             &ServerMessage::SecAggPeers {
@@ -744,20 +752,7 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
     };
     assert!(s.on_text(&ins.encode()).unwrap().is_empty());
     assert!(s.on_binary(&model_frame(4, global())).unwrap().is_empty());
-    let peers4: Vec<PeerKeys> = [2u32, 3]
-        .iter()
-        .map(|&m| {
-            let params = secagg::Params {
-                session: Bytes32([4; 32]),
-                ..params.clone()
-            };
-            let neighbours = [1, 2, 3].into_iter().filter(|&j| j != m).collect();
-            let (_, keys) = secagg::client::Member::new(params, m, neighbours)
-                .unwrap()
-                .advertise(&mut rng);
-            PeerKeys { member: m, keys }
-        })
-        .collect();
+    let peers4 = peer_keys(&other_members(Bytes32([4; 32]), &mut rng));
     let out = s
         .on_text(
             &ServerMessage::SecAggPeers {
