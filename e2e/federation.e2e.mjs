@@ -440,6 +440,11 @@ try {
   const run3 = (await api('/api/admin/runs/3')).body;
   assert.deepEqual(run3.rounds.map((r) => r.server_round), [1, 2, 3, 4, 5, 6]);
   assert.ok(run3.rounds.every((r) => r.secure && r.participants === 3), JSON.stringify(run3.rounds));
+  // The same three tabs round after round: each round after a clean one reuses its keys (no key
+  // step), in the browser worker as in the simulator; a retried attempt would draw fresh ones.
+  const reusable = run3.rounds.map((r, i) => i > 0 && r.attempts === 1 && run3.rounds[i - 1].failures === 0 && run3.rounds[i - 1].recovered === 0);
+  assert.deepEqual(run3.rounds.map((r) => r.keys_reused), reusable, JSON.stringify(run3.rounds));
+  assert.ok(reusable.filter(Boolean).length >= 3, JSON.stringify(run3.rounds));
   // Evaluated every 3 rounds: the others carry no test accuracy.
   assert.deepEqual(run3.rounds.map((r) => r.test_accuracy !== null), [false, false, true, false, false, true]);
   assert.ok(run3.rounds[5].test_accuracy > 0.3, `6 steps of ≈ 192 examples: ${run3.rounds[5].test_accuracy}`);

@@ -8,7 +8,7 @@ use protocol::secagg::{Bytes32, PeerKeys, SecAggSetup, UnmaskRequest};
 use protocol::{ClientMessage, MaskedFrame};
 use rand::SeedableRng;
 use rand::rngs::ChaCha20Rng;
-use secagg::client::{Advertised, Holding, Masked, Member, Shared};
+use secagg::client::{Advertised, Holding, Keyed, Masked, Member, Shared};
 use secagg::{Encoding, Params};
 
 use learning::Update;
@@ -21,7 +21,9 @@ enum Step {
     Shared(Shared),
     Holding(Holding),
     Masked(Masked),
-    /// Between steps, or done.
+    /// Revealed; the keys, when they may serve the next round of the same cohort.
+    Done(Option<Keyed>),
+    /// Between steps, or failed.
     Spent,
 }
 
@@ -68,8 +70,15 @@ fn text(msg: ClientMessage) -> Outgoing {
 }
 
 impl SecureRound {
-    /// Step 1: joins the round as the member `setup` names and says its public keys.
-    pub fn start(setup: SecAggSetup, vector_len: usize) -> Result<(Self, Outgoing), String> {
+    /// Step 1: joins the round as the member `setup` names and says its public keys — or,
+    /// when the server reuses the last round's keys, resumes `kept` (this member's keys from
+    /// it) and sends its shares at once. A reuse without kept keys, or in another place of
+    /// the cohort or under a session they served in, is refused (`secagg::client::Keyed`).
+    pub fn start(
+        setup: SecAggSetup,
+        vector_len: usize,
+        kept: Option<Keyed>,
+    ) -> Result<(Self, Outgoing), String> {
         let mut rng = os_rng()?;
         let params = Params {
             session: setup.session,
@@ -87,21 +96,47 @@ impl SecureRound {
             return Err("max_weight is 0: expected at least 1".into());
         }
         let neighbours = setup.neighbours.iter().copied().collect();
-        let member = Member::new(params, setup.member, neighbours).map_err(|e| e.to_string())?;
-        let (advertised, keys) = member.advertise(&mut rng);
         let server_round = setup.server_round;
+        let (step, msg) = if setup.reuse_keys {
+            let kept = kept.ok_or(
+                "the server reuses keys this client does not hold (it kept none from the last round)",
+            )?;
+            let (shared, msg) = kept
+                .resume(params, setup.member, neighbours, &mut rng)
+                .map_err(|e| e.to_string())?;
+            let msg = ClientMessage::SecAggShares {
+                server_round,
+                shared: msg,
+            };
+            (Step::Shared(shared), msg)
+        } else {
+            let member =
+                Member::new(params, setup.member, neighbours).map_err(|e| e.to_string())?;
+            let (advertised, keys) = member.advertise(&mut rng);
+            let msg = ClientMessage::SecAggKeys { server_round, keys };
+            (Step::Advertised(advertised), msg)
+        };
         Ok((
             Self {
                 server_round,
                 setup,
-                step: Step::Advertised(advertised),
+                step,
                 trained: None,
                 contributors: None,
                 context: Bytes32([0; 32]),
                 rng,
             },
-            text(ClientMessage::SecAggKeys { server_round, keys }),
+            text(msg),
         ))
+    }
+
+    /// The keys this member may reuse in the next round of the same cohort (after a round in
+    /// which all its neighbours survived and no masking secret was revealed).
+    pub fn into_kept(self) -> Option<Keyed> {
+        match self.step {
+            Step::Done(kept) => kept,
+            _ => None,
+        }
     }
 
     /// Step 2: the neighbours' keys → this member's encrypted shares.
@@ -259,7 +294,10 @@ impl SecureRound {
                 ));
             }
         }
-        let reveal = masked.reveal(request).map_err(|e| e.to_string())?;
+        let (reveal, kept) = masked
+            .reveal_keeping(request)
+            .map_err(|e| e.to_string())?;
+        self.step = Step::Done(kept);
         Ok(text(ClientMessage::SecAggReveal {
             server_round: self.server_round,
             reveal,
@@ -271,7 +309,7 @@ impl SecureRound {
     pub fn shares_sent(&self) -> bool {
         matches!(
             self.step,
-            Step::Shared(_) | Step::Holding(_) | Step::Masked(_)
+            Step::Shared(_) | Step::Holding(_) | Step::Masked(_) | Step::Done(_)
         )
     }
 }

@@ -7,8 +7,9 @@
 //! ```text
 //! connect ─▶ Hello ─▶ Welcome ─▶ Assignment ─▶ (fetch shard) ─▶ idle
 //! idle ─▶ TrainIns + GlobalModel frame ─▶ Train(job) ─▶ on_trained ─▶ TrainRes + Update frame
-//! secure: SecAggSetup ─▶ keys; SecAggPeers ─▶ shares; SecAggInbox + on_trained ─▶ TrainRes +
-//!         Masked frame; SecAggUnmask ─▶ reveal (`secure`)
+//! secure: SecAggSetup ─▶ keys (or, reusing the last round's keys, shares); SecAggPeers ─▶
+//!         shares; SecAggInbox + on_trained ─▶ TrainRes + Masked frame; SecAggUnmask ─▶ reveal
+//!         (`secure`)
 //! idle ─▶ EvaluateIns + GlobalModel frame ─▶ Evaluate(job) ─▶ on_evaluated ─▶ EvaluateRes (DP)
 //! RunFinished ─▶ done (the driver may stop)
 //! ```
@@ -562,14 +563,15 @@ impl Session {
             .is_some_and(|s| s.server_round == server_round)
     }
 
-    /// Joins a secure-aggregation round (its keys go out at once, while training waits for
-    /// the model).
+    /// Joins a secure-aggregation round (its keys — or, reusing the last round's keys, its
+    /// shares — go out at once, while training waits for the model).
     fn on_secagg_setup(&mut self, setup: protocol::secagg::SecAggSetup) -> Vec<Action> {
         let server_round = setup.server_round;
         let members = setup.members;
         self.release_held();
         self.secure_round = Some(server_round);
-        match SecureRound::start(setup, self.model_params + 1) {
+        let kept = self.secure.take().and_then(SecureRound::into_kept);
+        match SecureRound::start(setup, self.model_params + 1, kept) {
             Ok((secure, keys)) => {
                 self.secure = Some(secure);
                 vec![

@@ -560,6 +560,7 @@ fn member_one_of_three(round: u64) -> protocol::secagg::SecAggSetup {
         clip: 8.0,
         levels: 1 << 22,
         max_weight: 60_000,
+        reuse_keys: false,
     }
 }
 
@@ -777,4 +778,183 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
     assert!(!sends_a_frame(&out));
     let (reason, _) = refusal(&out);
     assert!(reason.contains("other instructions"), "{reason}");
+}
+
+/// Member 1's (the session's) envelopes, from its `SecAggShares` message.
+fn envelopes_from_one(out: &[Action]) -> Vec<protocol::secagg::Envelope> {
+    messages(out)
+        .into_iter()
+        .find_map(|m| match m {
+            ClientMessage::SecAggShares { shared, .. } => Some(shared.envelopes),
+            _ => None,
+        })
+        .expect("member 1's shares")
+}
+
+/// Members 2 and 3 after sharing: their states and their envelopes for member 1 and each other.
+type OthersShared = Vec<(u32, secagg::client::Shared, Vec<protocol::secagg::Envelope>)>;
+
+/// Members 2 and 3 take their envelopes from member 1 and each other, mask, and reveal all
+/// three seeds; they keep their keys.
+fn others_finish(
+    others: OthersShared,
+    from_one: Vec<protocol::secagg::Envelope>,
+) -> Vec<(u32, secagg::client::Keyed)> {
+    let mut all: Vec<_> = others.iter().flat_map(|(_, _, e)| e.clone()).collect();
+    all.extend(from_one);
+    others
+        .into_iter()
+        .map(|(m, shared, _)| {
+            let inbox: Vec<_> = all.iter().filter(|e| e.to == m).cloned().collect();
+            let holding = shared.receive(&inbox).unwrap();
+            let (masked, _) = holding
+                .mask(&vec![0; PARAMS + 1], &dp(1.0, 1e-5).mask_context())
+                .unwrap();
+            let all_three = protocol::secagg::UnmaskRequest {
+                survivors: vec![1, 2, 3],
+                dropped: vec![],
+            };
+            let (_, kept) = masked.reveal_keeping(&all_three).unwrap();
+            (m, kept.expect("every neighbour survived: keys kept"))
+        })
+        .collect()
+}
+
+/// Member 1 (the session) trains round `r` once its shares are out, gets its inbox, sends its
+/// masked update and is asked to reveal with `request`; the session's last answer.
+fn member_one_masks_and_reveals(
+    s: &mut Session,
+    r: u64,
+    shares_out: Vec<Action>,
+    inbox: Vec<protocol::secagg::Envelope>,
+    request: protocol::secagg::UnmaskRequest,
+) -> Vec<Action> {
+    let job = shares_out.into_iter().find_map(|a| match a {
+        Action::Train(job) => Some(job),
+        _ => None,
+    });
+    let job = job.expect("training starts once the shares are out");
+    assert!(!sends_a_frame(&s.on_trained(job.run(&mut |_| {}))));
+    let inbox = ServerMessage::SecAggInbox {
+        server_round: r,
+        envelopes: inbox,
+    };
+    assert!(sends_a_frame(&s.on_text(&inbox.encode()).unwrap()));
+    s.on_text(&ServerMessage::SecAggUnmask { server_round: r, request }.encode())
+        .unwrap()
+}
+
+/// A whole fresh secure round `r` of three, all surviving: every member keeps its keys.
+fn whole_fresh_round(
+    s: &mut Session,
+    r: u64,
+    rng: &mut rand::rngs::ChaCha20Rng,
+) -> Vec<(u32, secagg::client::Keyed)> {
+    use protocol::secagg::Bytes32;
+    let out = s
+        .on_text(&ServerMessage::SecAggSetup(member_one_of_three(r)).encode())
+        .unwrap();
+    let mine = match messages(&out).as_slice() {
+        [ClientMessage::SecAggKeys { keys, .. }] => *keys,
+        other => panic!("a fresh round starts with keys: {other:?}"),
+    };
+    let advertised = other_members(Bytes32([r as u8; 32]), rng);
+    let mut keys: std::collections::BTreeMap<u32, _> =
+        advertised.iter().map(|(m, _, k)| (*m, *k)).collect();
+    keys.insert(1, mine);
+    let others: OthersShared = advertised
+        .into_iter()
+        .map(|(m, adv, _)| {
+            let peers = keys.iter().filter(|(j, _)| **j != m).map(|(j, k)| (*j, *k)).collect();
+            let (shared, msg) = adv.share(&peers, rng).unwrap();
+            (m, shared, msg.envelopes)
+        })
+        .collect();
+    let ins = ServerMessage::TrainIns {
+        server_round: r,
+        config: dp(1.0, 1e-5),
+        timeout_ms: 1000,
+    };
+    assert!(s.on_text(&ins.encode()).unwrap().is_empty());
+    assert!(s.on_binary(&model_frame(r, global())).unwrap().is_empty());
+    let peers = ServerMessage::SecAggPeers {
+        server_round: r,
+        peers: keys
+            .iter()
+            .filter(|(m, _)| **m != 1)
+            .map(|(m, k)| protocol::secagg::PeerKeys { member: *m, keys: *k })
+            .collect(),
+    };
+    let shares_out = s.on_text(&peers.encode()).unwrap();
+    let inbox = others.iter().flat_map(|(_, _, e)| e.iter().filter(|e| e.to == 1).cloned()).collect();
+    let all = protocol::secagg::UnmaskRequest {
+        survivors: vec![1, 2, 3],
+        dropped: vec![],
+    };
+    let from_one = envelopes_from_one(&shares_out);
+    let out = member_one_masks_and_reveals(s, r, shares_out, inbox, all);
+    assert!(matches!(messages(&out).as_slice(), [ClientMessage::SecAggReveal { .. }]));
+    others_finish(others, from_one)
+}
+
+#[test]
+fn keys_reused_across_rounds_never_let_a_server_unmask_an_earlier_round() {
+    use protocol::secagg::{Bytes32, SecAggSetup, UnmaskRequest};
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(9);
+    let mut s = own(40, None);
+    welcome(&mut s);
+    let reuse = |r: u64, session: u8| SecAggSetup {
+        session: Bytes32([session; 32]),
+        reuse_keys: true,
+        ..member_one_of_three(r)
+    };
+    // Attack 1: keys resumed under the session they already served in (round 1's): the
+    // pairwise masks would repeat, and two rounds' masked vectors give their difference.
+    whole_fresh_round(&mut s, 1, &mut rng);
+    let out = s.on_text(&ServerMessage::SecAggSetup(reuse(2, 1)).encode()).unwrap();
+    let (reason, _) = refusal(&out);
+    assert!(reason.contains("already served"), "{reason}");
+    // Attack 2: a reuse after that refusal: the client kept no keys (and makes none up).
+    let out = s.on_text(&ServerMessage::SecAggSetup(reuse(3, 3)).encode()).unwrap();
+    let (reason, _) = refusal(&out);
+    assert!(reason.contains("kept none"), "{reason}");
+    // A fresh round, then an honest reuse: no key step, the shares go out at once.
+    let others = whole_fresh_round(&mut s, 4, &mut rng);
+    let out = s.on_text(&ServerMessage::SecAggSetup(reuse(5, 5)).encode()).unwrap();
+    assert!(
+        matches!(messages(&out).as_slice(), [ClientMessage::SecAggShares { .. }]),
+        "{:?}",
+        messages(&out)
+    );
+    let params = secagg::Params {
+        session: Bytes32([5; 32]),
+        members: 3,
+        threshold: 2,
+        vector_len: PARAMS + 1,
+    };
+    let inbox = others
+        .into_iter()
+        .flat_map(|(m, keyed)| {
+            let ns = [1, 2, 3].into_iter().filter(|&j| j != m).collect();
+            let (_, msg) = keyed.resume(params.clone(), m, ns, &mut rng).unwrap();
+            msg.envelopes.into_iter().filter(|e| e.to == 1)
+        })
+        .collect();
+    let ins = ServerMessage::TrainIns {
+        server_round: 5,
+        config: dp(1.0, 1e-5),
+        timeout_ms: 1000,
+    };
+    assert!(s.on_text(&ins.encode()).unwrap().is_empty());
+    let training = s.on_binary(&model_frame(5, global())).unwrap();
+    // Attack 3: member 3 "dropped": its masking secret would unmask its round-4 vector (whose
+    // seed this client revealed). Refused.
+    let greedy = UnmaskRequest {
+        survivors: vec![1, 2],
+        dropped: vec![3],
+    };
+    let out = member_one_masks_and_reveals(&mut s, 5, training, inbox, greedy);
+    let (reason, _) = refusal(&out);
+    assert!(reason.contains("reuses keys"), "{reason}");
 }

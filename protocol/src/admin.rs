@@ -88,6 +88,14 @@ pub struct SecureAggregationConfig {
     pub levels: u32,
     /// Examples that weigh 1 in the average (more weigh 1 too): the weight travels masked.
     pub max_weight: u64,
+    /// A round whose cohort is the last round's, every member of which was counted, reuses its
+    /// keys and skips the key step (a round trip). Such a round cannot recover a member that
+    /// drops after sharing: it is retried with fresh keys (and every member's attempt counts
+    /// in its ledger, as for any retried round). `None` (the default): on for distributed DP,
+    /// whose rounds are one short step each, so the key step is a visible part of every
+    /// round; off otherwise, where rounds are long and a client leaving mid-training is better
+    /// recovered than retried.
+    pub reuse_keys: Option<bool>,
 }
 
 impl Default for SecureAggregationConfig {
@@ -99,6 +107,7 @@ impl Default for SecureAggregationConfig {
             clip: 8.0,
             levels: 1 << 22,
             max_weight: 60_000,
+            reuse_keys: None,
         }
     }
 }
@@ -680,6 +689,9 @@ pub struct RoundRecord {
     /// Secure aggregation: clients that dropped after sharing and whose masks were removed.
     #[serde(default)]
     pub recovered: u64,
+    /// Secure aggregation: the round reused the last round's keys (no key step).
+    #[serde(default)]
+    pub keys_reused: bool,
 }
 
 /// A run with its rounds.

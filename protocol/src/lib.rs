@@ -43,5 +43,6 @@ pub fn clip(text: &str, max: usize) -> String {
 /// histogram, evaluation results are DP. 3: `RunState` (running, paused, waiting for clients);
 /// `Welcome` says what the server remembers of a returning key; secure aggregation (the `SecAgg*`
 /// messages and masked frames). 4: distributed DP (`DpSgdConfig::distributed`); secure
-/// aggregation's pairwise masks are bound to what each member was told to compute.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// aggregation's pairwise masks are bound to what each member was told to compute. 5: a secure
+/// round of the last round's cohort reuses its keys (`SecAggSetup::reuse_keys`).
+pub const PROTOCOL_VERSION: u16 = 5;

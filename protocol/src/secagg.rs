@@ -101,6 +101,10 @@ pub struct SecAggSetup {
     pub levels: u32,
     /// Examples that weigh 1: a member's FedAvg weight is min(examples, this) / this.
     pub max_weight: u64,
+    /// The cohort, places and neighbours are the last round's, and every member keeps its keys
+    /// from it: no key step, the member shares at once (under this fresh session).
+    #[serde(default)]
+    pub reuse_keys: bool,
 }
 
 /// A neighbour's public keys, as the server relays them.

@@ -68,6 +68,7 @@ pub fn round(n: u32, neighbours: u32, rng: &mut ChaCha20Rng, now: &dyn Fn() -> f
             clip: config.clip,
             levels: config.levels,
             max_weight: config.max_weight,
+            reuse_keys: false,
         };
         c.received[m as usize] += ServerMessage::SecAggSetup(setup).encode().len();
         let ((a, k), s) = timed(now, || {

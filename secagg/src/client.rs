@@ -3,6 +3,19 @@
 //! a member cannot mask before it holds its neighbours' shares, and cannot answer two unmask
 //! requests (which could reveal both secrets of one neighbour).
 //!
+//! **Keys across rounds.** After a round in which every neighbour survived and no masking
+//! secret was asked for, [`Masked::reveal_keeping`] hands back the member's key pairs and its
+//! neighbours' public keys as [`Keyed`]; the next round of the same cohort may
+//! [`resume`](Keyed::resume) with them and skip the key step (a round trip). Each resumed round
+//! has a fresh session, so its envelope keys and pairwise masks are new, and a fresh self-mask
+//! seed. What makes it safe is one rule: a masking secret is revealed only in the round its
+//! keys were made in. In a later round, the server already holds shares-rebuilt self-mask seeds
+//! of every neighbour under these keys, and a neighbour's masking secret would unmask those
+//! rounds' vectors (seed + pairwise masks = everything): so a resumed round refuses to reveal
+//! any masking secret (the server retries with fresh keys), a session seen before with these
+//! keys is refused (the pairwise masks would repeat, and two rounds' vectors would give their
+//! difference), and a member that revealed a masking secret keeps no keys.
+//!
 //! [`advertise`]: Member::advertise
 //! [`share`]: Advertised::share
 //! [`receive`]: Shared::receive
@@ -42,12 +55,20 @@ macro_rules! debug_index_only {
     )*};
 }
 
-debug_index_only!(Member: me, Advertised: member.me, Shared: member.me, Holding: member.me, Masked: me);
+debug_index_only!(Member: me, Advertised: member.me, Shared: member.me, Holding: member.me, Masked: member.me, Keyed: member.me);
+
+/// The sessions a member's key pairs served in, and whether this round resumed them.
+#[derive(Clone)]
+struct KeyHistory {
+    sessions: BTreeSet<Bytes32>,
+    resumed: bool,
+}
 
 /// Its public keys are out; it waits for its neighbours'.
 pub struct Advertised {
     member: Member,
     keys: KeyPairs,
+    history: KeyHistory,
 }
 
 /// Its shares are out; it waits for the envelopes addressed to it.
@@ -59,6 +80,7 @@ pub struct Shared {
     peers: BTreeMap<Index, MemberKeys>,
     /// Its own shares of its two secrets (it is one of their holders).
     own: (Share, Share),
+    history: KeyHistory,
 }
 
 /// It holds its neighbours' shares and can mask its vector.
@@ -69,13 +91,27 @@ pub struct Holding {
     peers: BTreeMap<Index, MemberKeys>,
     /// Per member (itself included): its shares of that member's seed and masking secret.
     held: BTreeMap<Index, (Share, Share)>,
+    history: KeyHistory,
 }
 
 /// Its masked vector is out; it answers one unmask request.
 pub struct Masked {
-    me: Index,
-    threshold: u32,
+    member: Member,
+    keys: KeyPairs,
+    peers: BTreeMap<Index, MemberKeys>,
     held: BTreeMap<Index, (Share, Share)>,
+    history: KeyHistory,
+}
+
+/// What a member keeps after a round in which all its neighbours survived and no masking
+/// secret was revealed: its key pairs and its neighbours' public keys, for the next round of
+/// the same cohort.
+pub struct Keyed {
+    member: Member,
+    keys: KeyPairs,
+    /// The neighbours' public keys and its own.
+    peers: BTreeMap<Index, MemberKeys>,
+    sessions: BTreeSet<Bytes32>,
 }
 
 impl Member {
@@ -106,7 +142,60 @@ impl Member {
     pub fn advertise(self, rng: &mut impl Rng) -> (Advertised, MemberKeys) {
         let keys = KeyPairs::generate(rng);
         let public = keys.public();
-        (Advertised { member: self, keys }, public)
+        let history = KeyHistory {
+            sessions: BTreeSet::from([self.params.session]),
+            resumed: false,
+        };
+        (
+            Advertised {
+                member: self,
+                keys,
+                history,
+            },
+            public,
+        )
+    }
+}
+
+impl Keyed {
+    /// Step 1 of a round that reuses this member's keys: the same place in the same cohort
+    /// (index, size, threshold, vector length, neighbours) under a session these keys never
+    /// served in; then step 2 at once, with the neighbours' keys kept from before.
+    pub fn resume(
+        self,
+        params: Params,
+        me: Index,
+        neighbours: BTreeSet<Index>,
+        rng: &mut impl Rng,
+    ) -> Result<(Shared, SharedKeys), SecAggError> {
+        let m = &self.member;
+        let refuse = |why: &str| Err(SecAggError::NotReusable(why.into()));
+        if me != m.me || neighbours != m.neighbours {
+            return refuse("another place in the cohort or other neighbours");
+        }
+        if (params.members, params.threshold, params.vector_len)
+            != (m.params.members, m.params.threshold, m.params.vector_len)
+        {
+            return refuse("another cohort size, threshold or vector length");
+        }
+        if self.sessions.contains(&params.session) {
+            return refuse(
+                "a session these keys already served in (the pairwise masks would repeat, and two rounds' vectors would give their difference)",
+            );
+        }
+        let mut sessions = self.sessions;
+        sessions.insert(params.session);
+        let mut peers = self.peers;
+        peers.remove(&me);
+        let advertised = Advertised {
+            member: Member::new(params, me, neighbours)?,
+            keys: self.keys,
+            history: KeyHistory {
+                sessions,
+                resumed: true,
+            },
+        };
+        advertised.share(&peers, rng)
     }
 }
 
@@ -176,6 +265,7 @@ impl Advertised {
                 seed,
                 peers,
                 own,
+                history: self.history,
             },
             SharedKeys {
                 envelopes,
@@ -266,6 +356,7 @@ impl Shared {
             seed: self.seed,
             peers: self.peers,
             held,
+            history: self.history,
         })
     }
 }
@@ -303,9 +394,11 @@ impl Holding {
         }
         Ok((
             Masked {
-                me: m.me,
-                threshold: m.params.threshold,
+                member: self.member,
+                keys: self.keys,
+                peers: self.peers,
                 held: self.held,
+                history: self.history,
             },
             out,
         ))
@@ -317,28 +410,45 @@ impl Masked {
     /// refused if one member is in both lists, or if either names a member it holds no share
     /// of. Consumes the state: one answer per round.
     pub fn reveal(self, request: &UnmaskRequest) -> Result<Reveal, SecAggError> {
+        self.reveal_keeping(request).map(|(reveal, _)| reveal)
+    }
+
+    /// [`reveal`](Self::reveal), and the keys for the next round when they may serve again:
+    /// every neighbour survived and no masking secret was asked for. In a round that resumed
+    /// keys, a request for any masking secret is refused.
+    pub fn reveal_keeping(
+        self,
+        request: &UnmaskRequest,
+    ) -> Result<(Reveal, Option<Keyed>), SecAggError> {
+        let me = self.member.me;
+        let threshold = self.member.params.threshold;
         let survivors: BTreeSet<Index> = request.survivors.iter().copied().collect();
         let dropped: BTreeSet<Index> = request.dropped.iter().copied().collect();
         if survivors.len() != request.survivors.len() || dropped.len() != request.dropped.len() {
             return Err(SecAggError::Malformed {
                 what: "an unmask request",
-                member: self.me,
+                member: me,
                 why: "a member is listed twice".into(),
             });
         }
         if let Some(&j) = survivors.intersection(&dropped).next() {
             return Err(SecAggError::BothSecrets(j));
         }
-        if dropped.contains(&self.me) {
-            return Err(SecAggError::BothSecrets(self.me));
+        if dropped.contains(&me) {
+            return Err(SecAggError::BothSecrets(me));
+        }
+        if let Some(&j) = dropped.iter().next()
+            && self.history.resumed
+        {
+            return Err(SecAggError::ResumedKeyReveal(j));
         }
         // Fewer survivors than the threshold cannot unmask anything: a request that says so
         // is answered with nothing.
-        if survivors.len() < self.threshold as usize {
+        if survivors.len() < threshold as usize {
             return Err(SecAggError::TooFewSurvivors {
-                member: self.me,
+                member: me,
                 holders: survivors.len(),
-                threshold: self.threshold,
+                threshold,
             });
         }
         let share = |j: &Index, pick: fn(&(Share, Share)) -> &Share| {
@@ -350,10 +460,10 @@ impl Masked {
                 })
                 .ok_or(SecAggError::NotANeighbour {
                     member: *j,
-                    of: self.me,
+                    of: me,
                 })
         };
-        Ok(Reveal {
+        let reveal = Reveal {
             seeds: survivors
                 .iter()
                 .map(|j| share(j, |p| &p.0))
@@ -362,6 +472,17 @@ impl Masked {
                 .iter()
                 .map(|j| share(j, |p| &p.1))
                 .collect::<Result<_, _>>()?,
-        })
+        };
+        let everyone = holders(me, &self.member.neighbours);
+        let kept = (dropped.is_empty()
+            && survivors.iter().copied().eq(everyone.iter().copied())
+            && self.peers.len() == everyone.len())
+        .then(|| Keyed {
+            member: self.member,
+            keys: self.keys,
+            peers: self.peers,
+            sessions: self.history.sessions,
+        });
+        Ok((reveal, kept))
     }
 }

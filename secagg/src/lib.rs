@@ -106,6 +106,16 @@ pub enum SecAggError {
     BothSecrets(Member),
     #[error("the secret of member {0} rebuilt from its shares does not match what it published")]
     Mismatch(Member),
+    #[error(
+        "asked to reveal the masking secret of member {0} in a round that reuses keys: refused (its self-mask seeds of earlier rounds under the same key were revealed, and with its masking secret they would unmask those rounds' vectors)"
+    )]
+    ResumedKeyReveal(Member),
+    #[error(
+        "member {0} dropped after sharing in a round that reuses keys: its masking secret cannot be revealed (it would unmask its earlier rounds' vectors); the round needs fresh keys"
+    )]
+    ResumedKeyDropout(Member),
+    #[error("keys kept from an earlier round cannot serve this one: {0}")]
+    NotReusable(String),
 }
 
 /// 2t > holders and t ≤ holders: a strict majority of each member's holders — and a member

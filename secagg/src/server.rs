@@ -7,6 +7,12 @@
 //! (itself and its neighbours); members that cannot are dropped before anything of theirs is
 //! relayed, and if the survivors of the masking step cannot rebuild every secret the sum needs,
 //! the round fails: nothing partial is ever unmasked.
+//!
+//! A round in which every member was counted hands back its keys ([`ReusableKeys`]); the next
+//! round of the same cohort may [`resume`](ReusableKeys::resume) with them, under a fresh
+//! session, and skip the key step. Such a round cannot recover a member that drops after
+//! sharing (its masking secret would unmask its earlier vectors: the members refuse to reveal
+//! it, see [`crate::client`]), so it fails instead, and the round is retried with fresh keys.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,11 +28,21 @@ use crate::{
 };
 
 /// The round's cohort and its neighbourhood graph.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Round {
     params: Params,
     /// `graph[m - 1]`: member m's neighbours.
     graph: Vec<BTreeSet<Member>>,
+    /// The members' keys served in an earlier round: no masking secret can be revealed.
+    resumed: bool,
+}
+
+/// The cohort, graph and public keys of a round in which every member was counted: what the
+/// next round of the same cohort needs to skip the key step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReusableKeys {
+    round: Round,
+    keys: BTreeMap<Member, MemberKeys>,
 }
 
 /// Step 1: public keys come in.
@@ -78,6 +94,8 @@ pub struct Unmasked {
     pub counted: Vec<Member>,
     /// Members that sent shares but no masked vector: their masks were removed.
     pub recovered: Vec<Member>,
+    /// The keys, when every member was counted (none dropped at any step).
+    pub reusable: Option<ReusableKeys>,
 }
 
 impl Round {
@@ -102,7 +120,11 @@ impl Round {
             check_threshold(params.threshold, ns.len() + 1)?;
         }
         Ok(CollectingKeys {
-            round: Self { params, graph },
+            round: Self {
+                params,
+                graph,
+                resumed: false,
+            },
             keys: BTreeMap::new(),
         })
     }
@@ -149,6 +171,31 @@ impl Round {
 
     fn live_holders(&self, m: Member, live: &BTreeSet<Member>) -> usize {
         self.neighbours(m).intersection(live).count() + usize::from(live.contains(&m))
+    }
+}
+
+impl ReusableKeys {
+    /// The cohort's size, threshold and vector length (the session is the last round's).
+    pub fn params(&self) -> &Params {
+        &self.round.params
+    }
+
+    /// Member m's neighbours.
+    pub fn neighbours(&self, m: Member) -> &BTreeSet<Member> {
+        self.round.neighbours(m)
+    }
+
+    /// The next round of the same cohort, under a fresh `session`: it starts at the share
+    /// step (the members hold each other's keys).
+    pub fn resume(self, session: Bytes32) -> CollectingShares {
+        let mut round = self.round;
+        round.params.session = session;
+        round.resumed = true;
+        CollectingShares {
+            round,
+            keys: self.keys,
+            shares: BTreeMap::new(),
+        }
     }
 }
 
@@ -356,6 +403,9 @@ impl CollectingMasked {
         for &m in survivors.iter().chain(&dropped) {
             let holders = self.round.live_holders(m, survivors);
             let needed = survivors.contains(&m) || !self.round.neighbours(m).is_disjoint(survivors);
+            if needed && self.round.resumed && !survivors.contains(&m) {
+                return Err(SecAggError::ResumedKeyDropout(m));
+            }
             if needed && holders < t {
                 return Err(SecAggError::TooFewSurvivors {
                     member: m,
@@ -517,10 +567,17 @@ impl CollectingReveals {
             }
             recovered.push(j);
         }
+        let everyone = survivors.len() == self.round.params.members as usize
+            && self.keys.len() == survivors.len();
+        let reusable = (everyone && recovered.is_empty()).then(|| ReusableKeys {
+            round: self.round,
+            keys: self.keys,
+        });
         Ok(Unmasked {
             sum,
             counted: survivors.into_iter().collect(),
             recovered,
+            reusable,
         })
     }
 }

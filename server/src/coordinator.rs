@@ -264,6 +264,10 @@ struct ActiveRun {
     departed: HashMap<String, ClientInfo>,
     /// What the clients were last told the run does (`RunState`), so it is sent on changes only.
     phase: Option<RunPhase>,
+    /// The last secure round's keys, when every member was counted: the next round reuses
+    /// them if its cohort is the same connections (taken at every plan, so a failed round
+    /// leaves none).
+    kept_keys: Option<secure::KeptKeys>,
 }
 
 /// Clients that keep failing sit out: a client that fails [`MAX_FAILURES_IN_A_ROW`] rounds in a
@@ -456,6 +460,7 @@ impl Coordinator {
             bench: Bench::default(),
             departed: HashMap::new(),
             phase,
+            kept_keys: None,
         });
         Ok(())
     }

@@ -423,6 +423,7 @@ mod tests {
             attempts: 1,
             secure: false,
             recovered: 0,
+            keys_reused: false,
         }
     }
 

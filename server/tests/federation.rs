@@ -1321,7 +1321,7 @@ async fn secure_member_with(url: String, update: learning::Update, quit: Quit) {
                 if quit == Quit::BeforeKeys {
                     return;
                 }
-                let (s, keys) = SecureRound::start(setup, PARAMS + 1).expect("setup");
+                let (s, keys) = SecureRound::start(setup, PARAMS + 1, None).expect("setup");
                 send(&mut r, keys).await;
                 round = Some(s);
             }
@@ -1532,8 +1532,9 @@ async fn five_rounds_with_secure_aggregation_train_as_well_as_without() {
             assert_eq!(report.finished.as_deref(), Some("all 5 rounds done"));
         }
         let h = server.history(run_id).await;
+        // Local DP's long rounds keep fresh keys by default (a dropout is recovered, not retried).
         assert!(
-            h.rounds.iter().all(|r| r.secure == secure),
+            h.rounds.iter().all(|r| r.secure == secure && !r.keys_reused),
             "{:?}",
             h.rounds
         );
@@ -1579,6 +1580,14 @@ async fn distributed_dp_trains_one_step_per_round_over_secure_aggregation() {
         "{:?}",
         h.rounds
     );
+    // The same three connections round after round: every round after a clean one reuses
+    // its keys (a retried attempt draws fresh ones).
+    for (prev, r) in h.rounds.iter().zip(&h.rounds[1..]) {
+        let clean = prev.failures == 0 && prev.recovered == 0;
+        assert_eq!(r.keys_reused, clean && r.attempts == 1, "{r:?} after {prev:?}");
+    }
+    assert!(!h.rounds[0].keys_reused);
+    assert!(h.rounds.iter().filter(|r| r.keys_reused).count() >= 20, "{:?}", h.rounds);
     // Evaluated every 10 rounds only (a round is one step).
     for r in &h.rounds {
         assert_eq!(

@@ -133,6 +133,7 @@ impl Coordinator {
                     self.model_params + 1,
                     gradient,
                     context,
+                    run.kept_keys.take(),
                 ) {
                     Ok(plan) => Some(plan),
                     Err(e) => {
@@ -661,6 +662,7 @@ impl Coordinator {
             attempts: round.attempt,
             secure: round.secure.is_some(),
             recovered: round.secure.as_ref().map_or(0, |s| s.recovered),
+            keys_reused: round.secure.as_ref().is_some_and(|s| s.keys_reused),
         };
         run.next_attempt = 1;
         let run_id = run.id();

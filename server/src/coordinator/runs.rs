@@ -58,6 +58,7 @@ impl Coordinator {
             bench: Bench::default(),
             departed: HashMap::new(),
             phase: None,
+            kept_keys: None,
         });
         // Keys of the previous run that are gone are not honoured any more: nor are their ids.
         let connected: std::collections::HashSet<&String> =

@@ -7,6 +7,12 @@
 //! vectors are in (the training deadline and quorum rules as for any round), the survivors are
 //! asked to reveal, and the sum is unmasked, decoded and handed to the aggregation interface.
 //! Any step that cannot go on fails the round, which is retried: nothing partial is unmasked.
+//!
+//! A round whose connections are exactly the last secure round's, every member of which was
+//! counted, reuses that round's numbering, neighbourhoods and keys: it starts at the share step,
+//! one round trip shorter (`secagg::server::ReusableKeys`; the members' side refuses anything
+//! unsafe, `secagg::client::Keyed`). A member dropping after sharing fails such a round (its
+//! masking secret cannot be revealed), and the retry draws fresh keys.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +58,29 @@ pub(super) struct SecureRound {
     context: Bytes32,
     /// Members that dropped after sharing and whose masks were removed.
     pub(super) recovered: u64,
+    /// The round reused the last round's keys (it started at the share step).
+    pub(super) keys_reused: bool,
+    config: SecureAggregationConfig,
+}
+
+/// The keys of the last secure round in which every member was counted, and which connection
+/// was which member: the next round of the same connections reuses them.
+#[derive(Debug)]
+pub(super) struct KeptKeys {
+    members: HashMap<u64, Member>,
+    config: SecureAggregationConfig,
+    keys: secagg::server::ReusableKeys,
+}
+
+impl KeptKeys {
+    /// Whether a round of `conns` under `config` can reuse these keys: the same connections
+    /// (so the same places and neighbourhoods), settings and vector length.
+    fn serves(&self, config: &SecureAggregationConfig, conns: &[u64], vector_len: usize) -> bool {
+        *config == self.config
+            && self.keys.params().vector_len == vector_len
+            && conns.len() == self.members.len()
+            && conns.iter().all(|c| self.members.contains_key(c))
+    }
 }
 
 /// What the members' vectors hold, hence how the unmasked sum is read.
@@ -84,7 +113,10 @@ fn os_rng() -> Result<ChaCha20Rng, getrandom::Error> {
 
 impl SecureRound {
     /// Numbers the sampled connections 1..=n, draws the neighbourhoods and the session, and
-    /// says what each member is told before training.
+    /// says what each member is told before training. When the connections are those of
+    /// `kept`'s round (and reuse is on: by default in distributed-DP rounds), their numbers,
+    /// neighbourhoods and keys serve again and the round starts at the share step.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn plan(
         config: &SecureAggregationConfig,
         conns: &[u64],
@@ -92,46 +124,62 @@ impl SecureRound {
         vector_len: usize,
         gradient: Option<GradientSum>,
         context: Bytes32,
+        kept: Option<KeptKeys>,
     ) -> Result<(Self, Vec<(u64, SecAggSetup)>), String> {
         let mut rng = os_rng().map_err(|e| format!("no randomness for secure aggregation: {e}"))?;
         let n = conns.len() as u32;
-        let graph = secagg::graph::neighbourhoods(n, config.neighbours, &mut rng);
-        let holders = graph.first().map_or(1, |g| g.len() + 1);
-        let mut session = [0u8; 32];
-        rand::Rng::fill_bytes(&mut rng, &mut session);
-        let params = Params {
-            session: Bytes32(session),
-            members: n,
-            threshold: config.threshold_for(holders),
-            vector_len,
-        };
         let encoding = Encoding {
             clip: config.clip,
             levels: config.levels,
         };
         encoding.check(n).map_err(|e| e.to_string())?;
-        let keys = secagg::server::Round::start(params.clone(), graph.clone())
-            .map_err(|e| e.to_string())?;
-        let members: HashMap<u64, Member> = conns
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| (c, i as Member + 1))
-            .collect();
+        let mut session = [0u8; 32];
+        rand::Rng::fill_bytes(&mut rng, &mut session);
+        let session = Bytes32(session);
+        let reuse_on = config.reuse_keys.unwrap_or(gradient.is_some());
+        let reuse = kept.filter(|k| reuse_on && k.serves(config, conns, vector_len));
+        let keys_reused = reuse.is_some();
+        let (members, graph, threshold, step) = match reuse {
+            Some(k) => {
+                let graph = (1..=n).map(|m| k.keys.neighbours(m).clone()).collect();
+                let threshold = k.keys.params().threshold;
+                (k.members, graph, threshold, Step::Shares(k.keys.resume(session)))
+            }
+            None => {
+                let graph = secagg::graph::neighbourhoods(n, config.neighbours, &mut rng);
+                let holders = graph.first().map_or(1, |g| g.len() + 1);
+                let params = Params {
+                    session,
+                    members: n,
+                    threshold: config.threshold_for(holders),
+                    vector_len,
+                };
+                let threshold = params.threshold;
+                let keys = secagg::server::Round::start(params, graph.clone())
+                    .map_err(|e| e.to_string())?;
+                let members = conns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| (c, i as Member + 1))
+                    .collect();
+                (members, graph, threshold, Step::Keys(keys))
+            }
+        };
         let setups = conns
             .iter()
-            .enumerate()
-            .map(|(i, &c)| {
-                let member = i as Member + 1;
+            .filter_map(|c| Some((*c, *members.get(c)?)))
+            .map(|(c, member)| {
                 let setup = SecAggSetup {
                     server_round,
-                    session: params.session,
+                    session,
                     member,
                     members: n,
-                    threshold: params.threshold,
-                    neighbours: graph[i].iter().copied().collect(),
+                    threshold,
+                    neighbours: graph[member as usize - 1].iter().copied().collect(),
                     clip: config.clip,
                     levels: config.levels,
                     max_weight: config.max_weight,
+                    reuse_keys: keys_reused,
                 };
                 (c, setup)
             })
@@ -141,7 +189,7 @@ impl SecureRound {
                 conns: members.iter().map(|(&c, &m)| (m, c)).collect(),
                 expected: members.values().copied().collect(),
                 members,
-                step: Step::Keys(keys),
+                step,
                 step_deadline: tokio::time::Instant::now() + STEP_TIMEOUT,
                 answered: Default::default(),
                 decoding: match gradient {
@@ -150,6 +198,8 @@ impl SecureRound {
                 },
                 context,
                 recovered: 0,
+                keys_reused,
+                config: *config,
             },
             setups,
         ))
@@ -566,10 +616,15 @@ impl Coordinator {
             return;
         };
         let t = Instant::now();
-        let unmasked = match reveals.finish(&secure.context) {
+        let mut unmasked = match reveals.finish(&secure.context) {
             Ok(u) => u,
             Err(e) => return self.abandon_round(&format!("secure aggregation: {e}")),
         };
+        let kept = unmasked.reusable.take().map(|keys| KeptKeys {
+            members: secure.members.clone(),
+            config: secure.config,
+            keys,
+        });
         let decoded = secure
             .decode(&unmasked.sum, &unmasked.counted)
             .and_then(|mean| {
@@ -588,7 +643,12 @@ impl Coordinator {
             )
         });
         match decoded {
-            Ok(()) => self.aggregate_round(),
+            Ok(()) => {
+                if let Some(run) = self.run.as_mut() {
+                    run.kept_keys = kept;
+                }
+                self.aggregate_round()
+            }
             Err(e) => self.abandon_round(&format!(
                 "secure aggregation: the unmasked sum does not decode: {e}"
             )),
