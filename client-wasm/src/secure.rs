@@ -294,9 +294,7 @@ impl SecureRound {
                 ));
             }
         }
-        let (reveal, kept) = masked
-            .reveal_keeping(request)
-            .map_err(|e| e.to_string())?;
+        let (reveal, kept) = masked.reveal_keeping(request).map_err(|e| e.to_string())?;
         self.step = Step::Done(kept);
         Ok(text(ClientMessage::SecAggReveal {
             server_round: self.server_round,
@@ -309,7 +307,7 @@ impl SecureRound {
     pub fn shares_sent(&self) -> bool {
         matches!(
             self.step,
-            Step::Shared(_) | Step::Holding(_) | Step::Masked(_) | Step::Done(_)
+            Step::Shared(_) | Step::Holding(_) | Step::Masked(_)
         )
     }
 }

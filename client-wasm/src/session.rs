@@ -370,10 +370,12 @@ impl Session {
         })
     }
 
-    /// The first message on every (re)connection.
+    /// The first message on every (re)connection. Secure-aggregation keys kept from the last
+    /// round go: a new connection is a new member to the server, which never reuses them.
     pub fn hello(&mut self) -> Outgoing {
         self.expect = Expect::Nothing;
         self.finished = None;
+        self.secure = None;
         let own_data = self.options.own_data.as_ref().map(|d| OwnData {
             num_examples: d.data.len() as u64,
         });

@@ -820,15 +820,14 @@ fn others_finish(
         .collect()
 }
 
-/// Member 1 (the session) trains round `r` once its shares are out, gets its inbox, sends its
-/// masked update and is asked to reveal with `request`; the session's last answer.
-fn member_one_masks_and_reveals(
+/// Member 1 (the session) trains round `r` once its shares are out, gets its inbox and sends
+/// its masked update.
+fn member_one_masks(
     s: &mut Session,
     r: u64,
     shares_out: Vec<Action>,
     inbox: Vec<protocol::secagg::Envelope>,
-    request: protocol::secagg::UnmaskRequest,
-) -> Vec<Action> {
+) {
     let job = shares_out.into_iter().find_map(|a| match a {
         Action::Train(job) => Some(job),
         _ => None,
@@ -840,8 +839,6 @@ fn member_one_masks_and_reveals(
         envelopes: inbox,
     };
     assert!(sends_a_frame(&s.on_text(&inbox.encode()).unwrap()));
-    s.on_text(&ServerMessage::SecAggUnmask { server_round: r, request }.encode())
-        .unwrap()
 }
 
 /// A whole fresh secure round `r` of three, all surviving: every member keeps its keys.
@@ -850,6 +847,34 @@ fn whole_fresh_round(
     r: u64,
     rng: &mut rand::rngs::ChaCha20Rng,
 ) -> Vec<(u32, secagg::client::Keyed)> {
+    let (others, from_one) = whole_fresh_round_until_masked(s, r, rng);
+    let all = protocol::secagg::UnmaskRequest {
+        survivors: vec![1, 2, 3],
+        dropped: vec![],
+    };
+    let out = s
+        .on_text(
+            &ServerMessage::SecAggUnmask {
+                server_round: r,
+                request: all,
+            }
+            .encode(),
+        )
+        .unwrap();
+    assert!(matches!(
+        messages(&out).as_slice(),
+        [ClientMessage::SecAggReveal { .. }]
+    ));
+    others_finish(others, from_one)
+}
+
+/// A fresh secure round `r` of three up to member 1's (the session's) masked update: the other
+/// members' states after sharing, and member 1's envelopes.
+fn whole_fresh_round_until_masked(
+    s: &mut Session,
+    r: u64,
+    rng: &mut rand::rngs::ChaCha20Rng,
+) -> (OthersShared, Vec<protocol::secagg::Envelope>) {
     use protocol::secagg::Bytes32;
     let out = s
         .on_text(&ServerMessage::SecAggSetup(member_one_of_three(r)).encode())
@@ -865,7 +890,11 @@ fn whole_fresh_round(
     let others: OthersShared = advertised
         .into_iter()
         .map(|(m, adv, _)| {
-            let peers = keys.iter().filter(|(j, _)| **j != m).map(|(j, k)| (*j, *k)).collect();
+            let peers = keys
+                .iter()
+                .filter(|(j, _)| **j != m)
+                .map(|(j, k)| (*j, *k))
+                .collect();
             let (shared, msg) = adv.share(&peers, rng).unwrap();
             (m, shared, msg.envelopes)
         })
@@ -882,19 +911,20 @@ fn whole_fresh_round(
         peers: keys
             .iter()
             .filter(|(m, _)| **m != 1)
-            .map(|(m, k)| protocol::secagg::PeerKeys { member: *m, keys: *k })
+            .map(|(m, k)| protocol::secagg::PeerKeys {
+                member: *m,
+                keys: *k,
+            })
             .collect(),
     };
     let shares_out = s.on_text(&peers.encode()).unwrap();
-    let inbox = others.iter().flat_map(|(_, _, e)| e.iter().filter(|e| e.to == 1).cloned()).collect();
-    let all = protocol::secagg::UnmaskRequest {
-        survivors: vec![1, 2, 3],
-        dropped: vec![],
-    };
     let from_one = envelopes_from_one(&shares_out);
-    let out = member_one_masks_and_reveals(s, r, shares_out, inbox, all);
-    assert!(matches!(messages(&out).as_slice(), [ClientMessage::SecAggReveal { .. }]));
-    others_finish(others, from_one)
+    let inbox = others
+        .iter()
+        .flat_map(|(_, _, e)| e.iter().filter(|e| e.to == 1).cloned())
+        .collect();
+    member_one_masks(s, r, shares_out, inbox);
+    (others, from_one)
 }
 
 #[test]
@@ -912,18 +942,35 @@ fn keys_reused_across_rounds_never_let_a_server_unmask_an_earlier_round() {
     // Attack 1: keys resumed under the session they already served in (round 1's): the
     // pairwise masks would repeat, and two rounds' masked vectors give their difference.
     whole_fresh_round(&mut s, 1, &mut rng);
-    let out = s.on_text(&ServerMessage::SecAggSetup(reuse(2, 1)).encode()).unwrap();
+    let out = s
+        .on_text(&ServerMessage::SecAggSetup(reuse(2, 1)).encode())
+        .unwrap();
     let (reason, _) = refusal(&out);
     assert!(reason.contains("already served"), "{reason}");
     // Attack 2: a reuse after that refusal: the client kept no keys (and makes none up).
-    let out = s.on_text(&ServerMessage::SecAggSetup(reuse(3, 3)).encode()).unwrap();
+    let out = s
+        .on_text(&ServerMessage::SecAggSetup(reuse(3, 3)).encode())
+        .unwrap();
+    let (reason, _) = refusal(&out);
+    assert!(reason.contains("kept none"), "{reason}");
+    // Attack 3: a reuse while the last round is not over (masked, never asked to reveal): its
+    // keys were never handed back for reuse.
+    whole_fresh_round_until_masked(&mut s, 4, &mut rng);
+    let out = s
+        .on_text(&ServerMessage::SecAggSetup(reuse(5, 5)).encode())
+        .unwrap();
     let (reason, _) = refusal(&out);
     assert!(reason.contains("kept none"), "{reason}");
     // A fresh round, then an honest reuse: no key step, the shares go out at once.
     let others = whole_fresh_round(&mut s, 4, &mut rng);
-    let out = s.on_text(&ServerMessage::SecAggSetup(reuse(5, 5)).encode()).unwrap();
+    let out = s
+        .on_text(&ServerMessage::SecAggSetup(reuse(5, 5)).encode())
+        .unwrap();
     assert!(
-        matches!(messages(&out).as_slice(), [ClientMessage::SecAggShares { .. }]),
+        matches!(
+            messages(&out).as_slice(),
+            [ClientMessage::SecAggShares { .. }]
+        ),
         "{:?}",
         messages(&out)
     );
@@ -948,13 +995,18 @@ fn keys_reused_across_rounds_never_let_a_server_unmask_an_earlier_round() {
     };
     assert!(s.on_text(&ins.encode()).unwrap().is_empty());
     let training = s.on_binary(&model_frame(5, global())).unwrap();
-    // Attack 3: member 3 "dropped": its masking secret would unmask its round-4 vector (whose
+    // Attack 4: member 3 "dropped": its masking secret would unmask its round-4 vector (whose
     // seed this client revealed). Refused.
     let greedy = UnmaskRequest {
         survivors: vec![1, 2],
         dropped: vec![3],
     };
-    let out = member_one_masks_and_reveals(&mut s, 5, training, inbox, greedy);
+    member_one_masks(&mut s, 5, training, inbox);
+    let unmask = ServerMessage::SecAggUnmask {
+        server_round: 5,
+        request: greedy,
+    };
+    let out = s.on_text(&unmask.encode()).unwrap();
     let (reason, _) = refusal(&out);
     assert!(reason.contains("reuses keys"), "{reason}");
 }

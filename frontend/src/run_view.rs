@@ -88,13 +88,15 @@ pub fn secure_text(config: &protocol::admin::RunConfig) -> String {
             "secure aggregation: the server sees only each round's sum ({} neighbours per client, {:.0} % of each client's share holders unmask{})",
             s.neighbours,
             s.threshold * 100.0,
-            match s.reuse_keys {
-                Some(true) => ", keys kept while the cohort stays the same",
-                Some(false) => ", fresh keys every round",
-                None if config.dp.as_ref().is_some_and(|dp| dp.distributed.is_some()) => {
-                    ", keys kept while the cohort stays the same"
-                }
-                None => "",
+            if s.reuses_keys(
+                config
+                    .dp
+                    .as_ref()
+                    .is_some_and(|dp| dp.distributed.is_some())
+            ) {
+                ", keys kept while the cohort stays the same"
+            } else {
+                ", fresh keys every round"
             }
         ),
         None => "secure aggregation: off (the server sees each client's noised update)".into(),

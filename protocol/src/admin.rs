@@ -118,6 +118,12 @@ impl SecureAggregationConfig {
         crate::secagg::max_members(self.levels)
     }
 
+    /// Whether a round of the last round's cohort reuses its keys: as set, or by default in
+    /// `distributed` DP runs only (see `reuse_keys`).
+    pub fn reuses_keys(&self, distributed: bool) -> bool {
+        self.reuse_keys.unwrap_or(distributed)
+    }
+
     /// The threshold for a client with `holders` share holders (itself and its neighbours).
     pub fn threshold_for(&self, holders: usize) -> u32 {
         let wanted = self

@@ -7,14 +7,25 @@
 //! secret was asked for, [`Masked::reveal_keeping`] hands back the member's key pairs and its
 //! neighbours' public keys as [`Keyed`]; the next round of the same cohort may
 //! [`resume`](Keyed::resume) with them and skip the key step (a round trip). Each resumed round
-//! has a fresh session, so its envelope keys and pairwise masks are new, and a fresh self-mask
-//! seed. What makes it safe is one rule: a masking secret is revealed only in the round its
-//! keys were made in. In a later round, the server already holds shares-rebuilt self-mask seeds
-//! of every neighbour under these keys, and a neighbour's masking secret would unmask those
-//! rounds' vectors (seed + pairwise masks = everything): so a resumed round refuses to reveal
-//! any masking secret (the server retries with fresh keys), a session seen before with these
-//! keys is refused (the pairwise masks would repeat, and two rounds' vectors would give their
-//! difference), and a member that revealed a masking secret keeps no keys.
+//! has a fresh session — so new envelope keys (the AEAD's fixed nonce never serves twice under
+//! one key) and new pairwise masks — and a fresh self-mask seed. Why that is safe, in both
+//! directions of "a seed of one round, the masking secret of another":
+//! - *Seeds first, masking secret later*: by a resumed round the server holds, rebuilt from
+//!   shares, a seed of every earlier round under these keys, and a masking secret revealed now
+//!   would strip the pairwise masks of all of them. So a member reveals a masking secret only
+//!   in the round its keys were made in, and a resumed round refuses to reveal any
+//!   ([`SecAggError::ResumedKeyReveal`]; the server retries the round with fresh keys).
+//! - *Masking secret first, seeds later*: a server that says, in the keys' first round, that v
+//!   dropped collects shares of v's masking secret from the holders it told so — and each of
+//!   them, having revealed a masking secret, keeps no keys ([`Masked::reveal_keeping`]), so it
+//!   can open none of v's later envelopes, which are sealed to the kept keys. Those that revealed
+//!   v's seed instead keep theirs, but to rebuild v's masking secret the server needed t
+//!   holders, so at most holders − t < t of them (t is a strict majority) are left: v's later
+//!   seeds cannot be rebuilt. (This, like every claim of the protocol, assumes that fewer than
+//!   2t − holders of v's holders collude with the server; keys are never stored.)
+//! - *The same session twice* would repeat the pairwise masks and envelope keys: refused
+//!   ([`NotReusable::SessionUsed`]), as is resuming in another place, with other neighbours or
+//!   another threshold, cohort size or vector length.
 //!
 //! [`advertise`]: Member::advertise
 //! [`share`]: Advertised::share
@@ -34,7 +45,8 @@ use zeroize::Zeroizing;
 use crate::crypto::{self, KeyPairs, Secret};
 use crate::shamir::{self, Share};
 use crate::{
-    Params, SecAggError, add_into, check_member, check_params, check_threshold, holders, pair_sign,
+    NotReusable, Params, SecAggError, add_into, check_member, check_params, check_threshold,
+    holders, pair_sign,
 };
 
 /// A member that knows its place in the round: its index and its neighbours.
@@ -169,19 +181,20 @@ impl Keyed {
         rng: &mut impl Rng,
     ) -> Result<(Shared, SharedKeys), SecAggError> {
         let m = &self.member;
-        let refuse = |why: &str| Err(SecAggError::NotReusable(why.into()));
-        if me != m.me || neighbours != m.neighbours {
-            return refuse("another place in the cohort or other neighbours");
+        let refuse = |why| Err(SecAggError::NotReusable(why));
+        if me != m.me {
+            return refuse(NotReusable::Place);
+        }
+        if neighbours != m.neighbours {
+            return refuse(NotReusable::Neighbours);
         }
         if (params.members, params.threshold, params.vector_len)
             != (m.params.members, m.params.threshold, m.params.vector_len)
         {
-            return refuse("another cohort size, threshold or vector length");
+            return refuse(NotReusable::Cohort);
         }
         if self.sessions.contains(&params.session) {
-            return refuse(
-                "a session these keys already served in (the pairwise masks would repeat, and two rounds' vectors would give their difference)",
-            );
+            return refuse(NotReusable::SessionUsed);
         }
         let mut sessions = self.sessions;
         sessions.insert(params.session);
@@ -458,10 +471,7 @@ impl Masked {
                     of: *j,
                     share: pick(pair).to_bytes(),
                 })
-                .ok_or(SecAggError::NotANeighbour {
-                    member: *j,
-                    of: me,
-                })
+                .ok_or(SecAggError::NotANeighbour { member: *j, of: me })
         };
         let reveal = Reveal {
             seeds: survivors
@@ -473,11 +483,10 @@ impl Masked {
                 .map(|j| share(j, |p| &p.1))
                 .collect::<Result<_, _>>()?,
         };
-        let everyone = holders(me, &self.member.neighbours);
-        let kept = (dropped.is_empty()
-            && survivors.iter().copied().eq(everyone.iter().copied())
-            && self.peers.len() == everyone.len())
-        .then(|| Keyed {
+        // Every holder survived (so none dropped) and every neighbour's keys are known.
+        let everyone: BTreeSet<Index> = holders(me, &self.member.neighbours).into_iter().collect();
+        let peers: BTreeSet<Index> = self.peers.keys().copied().collect();
+        let kept = (survivors == everyone && peers == everyone).then(|| Keyed {
             member: self.member,
             keys: self.keys,
             peers: self.peers,

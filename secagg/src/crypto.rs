@@ -263,6 +263,10 @@ mod tests {
             )
             .is_err()
         );
+        // Each session its own envelope key: the fixed nonce never serves twice under one key,
+        // even when key pairs are reused across rounds.
+        let key = |session| envelope_key(&a.encryption, 1, 2, &pb.encryption, 2, session).unwrap();
+        assert_ne!(*key(&session), *key(&Bytes32([8; 32])));
         let mut altered = sealed.clone();
         altered[0] ^= 1;
         assert!(open(&b.encryption, 1, 2, &pa.encryption, &session, &altered).is_err());

@@ -29,7 +29,12 @@
 //! it receives) and may collude with fewer than t of a member's share holders. The threshold
 //! must be a strict majority of each member's holders (2t > k + 1), so that even a server that
 //! lied about who dropped could not collect t shares of both secrets of one member from honest
-//! holders, each of which reveals only one of the two. Public keys are not authenticated: a
+//! holders, each of which reveals only one of the two. That does not make it safe against a
+//! server that deviates: one that relays to a member only a few neighbours' envelopes (so it
+//! masks with those few) and tells different holders different survivor lists can rebuild the
+//! member's seed and those few neighbours' masking secrets, and unmask it. SecAgg's consistency
+//! step (survivors sign the list they were given and check t matching signatures) would close
+//! that; it needs authenticated keys and is not built. Public keys are not authenticated: a
 //! server that substitutes them (an active attacker) is out of scope.
 
 pub mod bench;
@@ -107,7 +112,7 @@ pub enum SecAggError {
     #[error("the secret of member {0} rebuilt from its shares does not match what it published")]
     Mismatch(Member),
     #[error(
-        "asked to reveal the masking secret of member {0} in a round that reuses keys: refused (its self-mask seeds of earlier rounds under the same key were revealed, and with its masking secret they would unmask those rounds' vectors)"
+        "asked to reveal the masking secret of member {0} in a round that reuses keys: refused (its self-mask seeds of earlier rounds under the same keys were revealed, and with its masking secret they would unmask those rounds' vectors)"
     )]
     ResumedKeyReveal(Member),
     #[error(
@@ -115,7 +120,22 @@ pub enum SecAggError {
     )]
     ResumedKeyDropout(Member),
     #[error("keys kept from an earlier round cannot serve this one: {0}")]
-    NotReusable(String),
+    NotReusable(NotReusable),
+}
+
+/// Why a member's kept keys cannot serve a round (`client::Keyed::resume`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotReusable {
+    #[error("the member is given another place in the cohort")]
+    Place,
+    #[error("the member is given other neighbours")]
+    Neighbours,
+    #[error("another cohort size, threshold or vector length")]
+    Cohort,
+    #[error(
+        "a session these keys already served in (the pairwise masks and envelope keys would repeat, and two rounds' vectors would give their difference)"
+    )]
+    SessionUsed,
 }
 
 /// 2t > holders and t ≤ holders: a strict majority of each member's holders — and a member

@@ -569,7 +569,7 @@ impl CollectingReveals {
         }
         let everyone = survivors.len() == self.round.params.members as usize
             && self.keys.len() == survivors.len();
-        let reusable = (everyone && recovered.is_empty()).then(|| ReusableKeys {
+        let reusable = (everyone && recovered.is_empty()).then_some(ReusableKeys {
             round: self.round,
             keys: self.keys,
         });

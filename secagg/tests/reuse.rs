@@ -9,7 +9,7 @@ use rand::rngs::ChaCha20Rng;
 use rand::{Rng, SeedableRng};
 use secagg::client::{self, Keyed, Masked};
 use secagg::server::{CollectingShares, ReusableKeys, Round, Unmasked};
-use secagg::{Params, SecAggError, graph, majority};
+use secagg::{NotReusable, Params, SecAggError, graph, majority};
 
 const CONTEXT: Bytes32 = Bytes32([0; 32]);
 const LEN: usize = 8;
@@ -77,6 +77,15 @@ fn fresh_round(
     drop_after_shares: Option<Member>,
     rng: &mut ChaCha20Rng,
 ) -> Result<Outcome, SecAggError> {
+    let (shares, shared) = fresh_shares(c, rng)?;
+    mask_and_unmask(c, shares, shared, inputs, drop_after_shares)
+}
+
+/// The key and share steps of a round with fresh keys.
+fn fresh_shares(
+    c: &Cohort,
+    rng: &mut ChaCha20Rng,
+) -> Result<(CollectingShares, BTreeMap<Member, client::Shared>), SecAggError> {
     let params = params(c, session(rng));
     let mut keys = Round::start(params.clone(), c.graph.clone())?;
     let mut advertised = BTreeMap::new();
@@ -93,7 +102,7 @@ fn fresh_round(
         shares.add(m, msg)?;
         shared.insert(m, next);
     }
-    mask_and_unmask(c, shares, shared, inputs, drop_after_shares)
+    Ok((shares, shared))
 }
 
 /// A round on the keys kept from the last: no key step.
@@ -115,7 +124,11 @@ fn resume_all(
     rng: &mut ChaCha20Rng,
 ) -> Result<(CollectingShares, BTreeMap<Member, client::Shared>), SecAggError> {
     let params = params(c, session);
-    let mut shares = c.server.take().expect("the server kept keys").resume(session);
+    let mut shares = c
+        .server
+        .take()
+        .expect("the server kept keys")
+        .resume(session);
     let mut shared = BTreeMap::new();
     for m in 1..=c.members {
         let keyed = c.kept.remove(&m).expect("the member kept keys");
@@ -233,7 +246,11 @@ fn attack_a_server_asking_for_a_masking_secret_in_a_resumed_round_is_refused() {
     let mut rng = ChaCha20Rng::seed_from_u64(24);
     let (c, masked) = resumed_member_one(&mut rng);
     let neighbour = *c.graph[0].iter().next().unwrap();
-    let mut survivors: Vec<Member> = c.graph[0].iter().copied().filter(|&m| m != neighbour).collect();
+    let mut survivors: Vec<Member> = c.graph[0]
+        .iter()
+        .copied()
+        .filter(|&m| m != neighbour)
+        .collect();
     survivors.push(1);
     survivors.sort_unstable();
     let request = UnmaskRequest {
@@ -247,30 +264,120 @@ fn attack_a_server_asking_for_a_masking_secret_in_a_resumed_round_is_refused() {
 #[test]
 fn attack_a_replayed_session_or_a_moved_member_cannot_resume_keys() {
     let mut rng = ChaCha20Rng::seed_from_u64(25);
-    let mut c = cohort(5, 4, &mut rng);
+    // A ring of 4: members facing each other have the same two neighbours, so a move to the
+    // other's place is caught by the place, not by the neighbours.
+    let mut c = cohort(4, 2, &mut rng);
     let v = vectors(&c, &mut rng);
     fresh_round(&mut c, &v, None, &mut rng).unwrap();
     // One resumed round under session s; the keys come back with s among their sessions.
     let s = session(&mut rng);
     let (shares, shared) = resume_all(&mut c, s, &mut rng).unwrap();
     mask_and_unmask(&mut c, shares, shared, &v, None).unwrap();
-    let refused = |keyed: Keyed, p: Params, me: Member, ns: BTreeSet<Member>, rng: &mut ChaCha20Rng| {
-        match keyed.resume(p, me, ns, rng) {
-            Err(SecAggError::NotReusable(why)) => why,
-            Err(other) => panic!("refused for another reason: {other}"),
-            Ok(_) => panic!("resumed"),
-        }
-    };
-    let why = refused(c.kept.remove(&1).unwrap(), params(&c, s), 1, c.graph[0].clone(), &mut rng);
-    assert!(why.contains("already served"), "{why}");
+    let refused =
+        |keyed: Keyed, p: Params, me: Member, ns: &BTreeSet<Member>, rng: &mut ChaCha20Rng| {
+            match keyed.resume(p, me, ns.clone(), rng) {
+                Err(SecAggError::NotReusable(why)) => why,
+                Err(other) => panic!("refused for another reason: {other}"),
+                Ok(_) => panic!("resumed"),
+            }
+        };
+    let ns = |m: Member| &c.graph[m as usize - 1];
+    let why = refused(
+        c.kept.remove(&1).unwrap(),
+        params(&c, s),
+        1,
+        ns(1),
+        &mut rng,
+    );
+    assert_eq!(why, NotReusable::SessionUsed);
     let fresh = params(&c, session(&mut rng));
-    let why = refused(c.kept.remove(&2).unwrap(), fresh.clone(), 1, c.graph[0].clone(), &mut rng);
-    assert!(why.contains("another place"), "{why}");
-    let others: BTreeSet<Member> = BTreeSet::from([1, 2]);
-    let why = refused(c.kept.remove(&3).unwrap(), fresh.clone(), 3, others, &mut rng);
-    assert!(why.contains("other neighbours"), "{why}");
+    let facing = (2..=4).find(|&m| ns(m) == ns(1)).expect("a ring of 4");
+    let why = refused(
+        c.kept.remove(&facing).unwrap(),
+        fresh.clone(),
+        1,
+        ns(1),
+        &mut rng,
+    );
+    assert_eq!(why, NotReusable::Place);
+    let next = *ns(1).iter().next().unwrap();
+    let others: BTreeSet<Member> = (1..=4)
+        .filter(|&j| j != next && !ns(next).contains(&j))
+        .collect();
+    let why = refused(
+        c.kept.remove(&next).unwrap(),
+        fresh.clone(),
+        next,
+        &others,
+        &mut rng,
+    );
+    assert_eq!(why, NotReusable::Neighbours);
+    let last = *c.kept.keys().next().expect("one member left");
     let mut higher = fresh;
-    higher.threshold += 1;
-    let why = refused(c.kept.remove(&4).unwrap(), higher, 4, c.graph[3].clone(), &mut rng);
-    assert!(why.contains("threshold"), "{why}");
+    higher.members += 1;
+    let why = refused(
+        c.kept.remove(&last).unwrap(),
+        higher,
+        last,
+        ns(last),
+        &mut rng,
+    );
+    assert_eq!(why, NotReusable::Cohort);
+}
+
+#[test]
+fn attack_a_lie_in_the_keys_first_round_leaves_too_few_keyed_holders_to_rebuild_later_seeds() {
+    let mut rng = ChaCha20Rng::seed_from_u64(26);
+    // Everyone's neighbour, t = 3 of 5 holders.
+    let c = cohort(5, 4, &mut rng);
+    assert_eq!(c.threshold, 3);
+    let v = vectors(&c, &mut rng);
+    let (shares, mut shared) = fresh_shares(&c, &mut rng).unwrap();
+    let (_, inboxes) = shares.close().unwrap();
+    // The server tells 2, 3 and 4 that member 1 dropped (they reveal shares of its masking
+    // secret: t of them rebuild it) and tells 1 and 5 that everyone survived.
+    let mut kept = BTreeMap::new();
+    for (m, inbox) in inboxes {
+        let holding = shared.remove(&m).unwrap().receive(&inbox).unwrap();
+        let (masked, _) = holding.mask(&v[m as usize - 1], &CONTEXT).unwrap();
+        let lied_to = (2..=4).contains(&m);
+        let request = UnmaskRequest {
+            survivors: (1..=5).filter(|&j| !(lied_to && j == 1)).collect(),
+            dropped: if lied_to { vec![1] } else { vec![] },
+        };
+        let (reveal, keyed) = masked.reveal_keeping(&request).unwrap();
+        assert_eq!(reveal.masking_keys.len(), usize::from(lied_to));
+        if let Some(k) = keyed {
+            kept.insert(m, k);
+        }
+    }
+    // Those that revealed a masking secret keep no keys: only 1 and 5 do.
+    assert_eq!(kept.keys().copied().collect::<Vec<_>>(), vec![1, 5]);
+    // Next round, the server would need t shares of member 1's fresh seed; 1's envelopes are
+    // sealed to its neighbours' kept keys, and only member 5 still holds its key pairs. Member
+    // 1, holding 5's envelope and its own shares (2 < t), does not mask at all.
+    let s = session(&mut rng);
+    let p = params(&c, s);
+    let mut resumed = BTreeMap::new();
+    let mut envelopes = Vec::new();
+    for (m, k) in kept {
+        let (next, msg) = k
+            .resume(p.clone(), m, c.graph[m as usize - 1].clone(), &mut rng)
+            .unwrap();
+        envelopes.extend(msg.envelopes);
+        resumed.insert(m, next);
+    }
+    let to_one: Vec<_> = envelopes.into_iter().filter(|e| e.to == 1).collect();
+    let err = resumed.remove(&1).unwrap().receive(&to_one).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            SecAggError::TooFewSurvivors {
+                member: 1,
+                holders: 2,
+                threshold: 3
+            }
+        ),
+        "{err}"
+    );
 }

@@ -525,6 +525,8 @@ impl Coordinator {
             return;
         };
         run.next_attempt += 1;
+        // The retry draws fresh keys (this round may have stored its keys before failing later).
+        run.kept_keys = None;
         let run_id = run.id();
         if let Some(task) = self.eval_task.take() {
             task.abort();

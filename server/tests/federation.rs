@@ -1534,7 +1534,9 @@ async fn five_rounds_with_secure_aggregation_train_as_well_as_without() {
         let h = server.history(run_id).await;
         // Local DP's long rounds keep fresh keys by default (a dropout is recovered, not retried).
         assert!(
-            h.rounds.iter().all(|r| r.secure == secure && !r.keys_reused),
+            h.rounds
+                .iter()
+                .all(|r| r.secure == secure && !r.keys_reused),
             "{:?}",
             h.rounds
         );
@@ -1584,10 +1586,18 @@ async fn distributed_dp_trains_one_step_per_round_over_secure_aggregation() {
     // its keys (a retried attempt draws fresh ones).
     for (prev, r) in h.rounds.iter().zip(&h.rounds[1..]) {
         let clean = prev.failures == 0 && prev.recovered == 0;
-        assert_eq!(r.keys_reused, clean && r.attempts == 1, "{r:?} after {prev:?}");
+        assert_eq!(
+            r.keys_reused,
+            clean && r.attempts == 1,
+            "{r:?} after {prev:?}"
+        );
     }
     assert!(!h.rounds[0].keys_reused);
-    assert!(h.rounds.iter().filter(|r| r.keys_reused).count() >= 20, "{:?}", h.rounds);
+    assert!(
+        h.rounds.iter().filter(|r| r.keys_reused).count() >= 20,
+        "{:?}",
+        h.rounds
+    );
     // Evaluated every 10 rounds only (a round is one step).
     for r in &h.rounds {
         assert_eq!(

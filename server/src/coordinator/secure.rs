@@ -111,6 +111,62 @@ fn os_rng() -> Result<ChaCha20Rng, getrandom::Error> {
     Ok(ChaCha20Rng::from_seed(seed))
 }
 
+/// Who is which member, their neighbourhoods and threshold, and the step a round starts at.
+struct Cohort {
+    members: HashMap<u64, Member>,
+    /// `graph[m - 1]`: member m's neighbours.
+    graph: Vec<std::collections::BTreeSet<Member>>,
+    threshold: u32,
+    step: Step,
+}
+
+impl Cohort {
+    /// Numbers the connections 1..=n and draws their neighbourhoods: the round starts with
+    /// the key step.
+    fn fresh(
+        config: &SecureAggregationConfig,
+        conns: &[u64],
+        session: Bytes32,
+        vector_len: usize,
+        rng: &mut ChaCha20Rng,
+    ) -> Result<Self, String> {
+        let n = conns.len() as u32;
+        let graph = secagg::graph::neighbourhoods(n, config.neighbours, rng);
+        let holders = graph.first().map_or(1, |g| g.len() + 1);
+        let params = Params {
+            session,
+            members: n,
+            threshold: config.threshold_for(holders),
+            vector_len,
+        };
+        let threshold = params.threshold;
+        let keys =
+            secagg::server::Round::start(params, graph.clone()).map_err(|e| e.to_string())?;
+        Ok(Self {
+            members: conns
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| (c, i as Member + 1))
+                .collect(),
+            graph,
+            threshold,
+            step: Step::Keys(keys),
+        })
+    }
+
+    /// The last round's numbering, neighbourhoods and keys under a fresh session: the round
+    /// starts with the share step.
+    fn resumed(kept: KeptKeys, session: Bytes32) -> Self {
+        let n = kept.keys.params().members;
+        Self {
+            graph: (1..=n).map(|m| kept.keys.neighbours(m).clone()).collect(),
+            threshold: kept.keys.params().threshold,
+            members: kept.members,
+            step: Step::Shares(kept.keys.resume(session)),
+        }
+    }
+}
+
 impl SecureRound {
     /// Numbers the sampled connections 1..=n, draws the neighbourhoods and the session, and
     /// says what each member is told before training. When the connections are those of
@@ -127,63 +183,43 @@ impl SecureRound {
         kept: Option<KeptKeys>,
     ) -> Result<(Self, Vec<(u64, SecAggSetup)>), String> {
         let mut rng = os_rng().map_err(|e| format!("no randomness for secure aggregation: {e}"))?;
-        let n = conns.len() as u32;
         let encoding = Encoding {
             clip: config.clip,
             levels: config.levels,
         };
-        encoding.check(n).map_err(|e| e.to_string())?;
+        encoding
+            .check(conns.len() as u32)
+            .map_err(|e| e.to_string())?;
         let mut session = [0u8; 32];
         rand::Rng::fill_bytes(&mut rng, &mut session);
         let session = Bytes32(session);
-        let reuse_on = config.reuse_keys.unwrap_or(gradient.is_some());
-        let reuse = kept.filter(|k| reuse_on && k.serves(config, conns, vector_len));
-        let keys_reused = reuse.is_some();
-        let (members, graph, threshold, step) = match reuse {
-            Some(k) => {
-                let graph = (1..=n).map(|m| k.keys.neighbours(m).clone()).collect();
-                let threshold = k.keys.params().threshold;
-                (k.members, graph, threshold, Step::Shares(k.keys.resume(session)))
-            }
-            None => {
-                let graph = secagg::graph::neighbourhoods(n, config.neighbours, &mut rng);
-                let holders = graph.first().map_or(1, |g| g.len() + 1);
-                let params = Params {
-                    session,
-                    members: n,
-                    threshold: config.threshold_for(holders),
-                    vector_len,
-                };
-                let threshold = params.threshold;
-                let keys = secagg::server::Round::start(params, graph.clone())
-                    .map_err(|e| e.to_string())?;
-                let members = conns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &c)| (c, i as Member + 1))
-                    .collect();
-                (members, graph, threshold, Step::Keys(keys))
-            }
+        let reuse = config.reuses_keys(gradient.is_some());
+        let cohort = match kept.filter(|k| reuse && k.serves(config, conns, vector_len)) {
+            Some(k) => Cohort::resumed(k, session),
+            None => Cohort::fresh(config, conns, session, vector_len, &mut rng)?,
         };
-        let setups = conns
-            .iter()
-            .filter_map(|c| Some((*c, *members.get(c)?)))
-            .map(|(c, member)| {
-                let setup = SecAggSetup {
-                    server_round,
-                    session,
-                    member,
-                    members: n,
-                    threshold,
-                    neighbours: graph[member as usize - 1].iter().copied().collect(),
-                    clip: config.clip,
-                    levels: config.levels,
-                    max_weight: config.max_weight,
-                    reuse_keys: keys_reused,
-                };
-                (c, setup)
-            })
-            .collect();
+        let keys_reused = matches!(cohort.step, Step::Shares(_));
+        let mut setups = Vec::with_capacity(conns.len());
+        for c in conns {
+            let member = *cohort
+                .members
+                .get(c)
+                .ok_or("a sampled connection without a place in the cohort")?;
+            let setup = SecAggSetup {
+                server_round,
+                session,
+                member,
+                members: conns.len() as u32,
+                threshold: cohort.threshold,
+                neighbours: cohort.graph[member as usize - 1].iter().copied().collect(),
+                clip: config.clip,
+                levels: config.levels,
+                max_weight: config.max_weight,
+                reuse_keys: keys_reused,
+            };
+            setups.push((*c, setup));
+        }
+        let Cohort { members, step, .. } = cohort;
         Ok((
             Self {
                 conns: members.iter().map(|(&c, &m)| (m, c)).collect(),
