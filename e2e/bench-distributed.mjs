@@ -5,9 +5,14 @@
 // and the accuracy of the last round.
 //
 //   SERVER_BIN=target/release/server node e2e/bench-distributed.mjs [ROUNDS]   (default 100)
+//   BATCH=1: a round's fixed cost (next to nothing to compute; default 683 per tab)
+//   REUSE_KEYS=false: fresh secure-aggregation keys every round (default: the run's default,
+//   keys kept while the three tabs stay)
 import { launchChromium, startServer, waitFor } from './harness.mjs';
 
 const rounds = Number(process.argv[2] ?? 100);
+const batch = Number(process.env.BATCH ?? 683);
+const reuse = process.env.REUSE_KEYS === undefined ? null : process.env.REUSE_KEYS === 'true';
 const server = await startServer(Number(process.env.BENCH_PORT ?? 3392));
 const browser = await launchChromium();
 try {
@@ -25,7 +30,7 @@ try {
   }
   const config = {
     name: 'bench-distributed', rounds, min_clients: 3, local_epochs: 1,
-    batching: { batch_size: 683 }, learning_rate: 6.0, secure_aggregation: {},
+    batching: { batch_size: batch }, learning_rate: 6.0, secure_aggregation: { reuse_keys: reuse },
     dp: { max_grad_norm: 1.0, target_epsilon: 3.0, delta: 1e-5,
           distributed: { contributors: 3, evaluate_every: Math.max(1, Math.floor(rounds / 2)), schedule: 'cosine' } },
     shards: { scheme: { kind: 'iid' }, num_shards: 3, seed: 42 },
@@ -46,8 +51,9 @@ try {
   const h = (await server.api(`/api/admin/runs/${id}`)).body;
   const secs = h.rounds.map((r) => r.duration_ms / 1000).sort((a, b) => a - b);
   const last = h.rounds.at(-1);
-  console.log(`## distributed DP, 3 Chromium tabs, ${h.rounds.length} rounds (batch ≈ 2 049 a round)`);
-  console.log(`round time: median ${secs[Math.floor(secs.length / 2)].toFixed(2)} s [${secs[0].toFixed(2)}–${secs.at(-1).toFixed(2)}]`);
+  console.log(`## distributed DP, 3 Chromium tabs, ${h.rounds.length} rounds (batch ${batch} per tab), reuse_keys ${reuse ?? 'default'}: ${h.rounds.filter((r) => r.keys_reused).length} rounds reused keys`);
+  const at = (f) => secs[Math.min(secs.length - 1, Math.floor(f * secs.length))];
+  console.log(`round time: median ${at(0.5).toFixed(3)} s, quartiles ${at(0.25).toFixed(3)}–${at(0.75).toFixed(3)} s [${secs[0].toFixed(3)}–${secs.at(-1).toFixed(3)}]`);
   console.log(`wall time ${wall.toFixed(1)} s: ${(h.rounds.length / wall * 60).toFixed(1)} rounds per minute`);
   console.log(`last round: test accuracy ${(last.test_accuracy * 100).toFixed(2)} %, largest ε ${last.epsilon.toFixed(3)}; every round secure with 3 participants: ${h.rounds.every((r) => r.secure && r.participants === 3)}`);
 } finally {

@@ -29,6 +29,11 @@ if evaluated:
           f" best {best['test_accuracy'] * 100:.2f}% (round {best['server_round']});"
           f" max client eps {max(eps) if eps else 0:.3f}; aggregation {sum(r['aggregate_ms'] for r in h['rounds']):.1f} ms in all;"
           f" median round {seconds[len(seconds) // 2]:.2f} s")
+    ms = sorted(r["duration_ms"] for r in h["rounds"])
+    quartile = lambda f: ms[min(len(ms) - 1, int(f * len(ms)))]
+    reused = sum(1 for r in h["rounds"] if r.get("keys_reused"))
+    print(f"round time: median {quartile(0.5)} ms, quartiles {quartile(0.25)}–{quartile(0.75)} ms;"
+          f" secure-aggregation keys reused in {reused} of {len(ms)} rounds")
     if collusion:
         print(f"distributed DP: max client eps if every other client colluded with the server {max(collusion):.2f}")
 print(f"run: {h['run']['status']} — {h['run']['finished_reason']}")
