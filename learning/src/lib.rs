@@ -26,6 +26,7 @@ pub mod distributed;
 pub mod dpsgd;
 pub mod mnist;
 pub mod model;
+pub mod pld;
 pub mod shard;
 pub mod skellam;
 

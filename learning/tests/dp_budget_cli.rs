@@ -195,3 +195,53 @@ fn the_skellam_mechanism_with_its_flags() {
     ]);
     assert!(!ok && err.contains("for --mechanism skellam"), "{err}");
 }
+
+#[test]
+fn the_pld_accountant_is_tight_and_solves_sigma_for_a_target() {
+    // The classic MNIST setting: dp_accounting's PLD gives 2.385211 (scripts/pld-reference.py),
+    // RDP 2.600718 (the test above): the same noise buys a 9 % smaller ε.
+    let classic = [
+        "--accountant",
+        "pld",
+        "--sample-rate",
+        "0.0042666666666666667",
+        "--steps",
+        "14100",
+        "--delta",
+        "1e-5",
+    ];
+    let (ok, out, err) = dp_budget(&[&classic[..], &["--noise-multiplier", "1.1"]].concat());
+    assert!(ok, "{err}");
+    let eps = last_value(&out, "epsilon");
+    assert!((eps - 2.385211).abs() < 1e-4, "{out}");
+    // σ for ε = 3 under PLD: below RDP's σ for the same target, and it meets the target.
+    let (ok, out, err) = dp_budget(&[&classic[..], &["--target-epsilon", "3"]].concat());
+    assert!(ok, "{err}");
+    let sigma = last_value(&out, "noise_multiplier");
+    let eps = learning::pld::epsilon(&[(256.0 / 60000.0, sigma, 14100)], 1e-5).unwrap();
+    assert!(eps <= 3.0 && eps > 2.99, "σ {sigma}: ε {eps}");
+    let rdp =
+        learning::accountant::noise_multiplier_for(3.0, 256.0 / 60000.0, 14100, 1e-5).unwrap();
+    assert!(sigma < rdp * 0.97, "PLD σ {sigma} vs RDP σ {rdp}");
+    // The Skellam mechanism has no PLD accountant: said, not silently RDP.
+    let (ok, _, err) = dp_budget(&[
+        "--accountant",
+        "pld",
+        "--mechanism",
+        "skellam",
+        "--sample-rate",
+        "0.1",
+        "--noise-multiplier",
+        "2",
+        "--steps",
+        "10",
+        "--scale",
+        "1000",
+        "--dim",
+        "100",
+        "--beta",
+        "0",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("RDP accountant only"), "{err}");
+}
