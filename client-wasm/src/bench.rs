@@ -1,6 +1,7 @@
 //! Benchmarks for JS hosts, timed with the host's `performance.now()`: `trainThroughput(kind,
 //! batch, iters)`, the same measurement as the native `throughput` binary (`learning::bench`),
-//! and `secaggMemberMs(members, neighbours)`, the same round as the native `secagg-cost`.
+//! `secaggMemberMs(members, neighbours)`, the same round as the native `secagg-cost`, and
+//! `accountantMs(case, pld)`, the same timings as the native `accountant-cost`.
 
 use learning::bench::{StepKind, train_step_throughput};
 use wasm_bindgen::prelude::*;
@@ -97,4 +98,25 @@ mod tests {
         let rate = train_step_throughput(StepKind::DpSgd, 4, 1, 2, &now_ms).expect("runs");
         assert!(rate.is_finite() && rate > 0.0, "{rate}");
     }
+}
+
+/// `[ε evaluation ms, σ solve ms]` of `learning::bench::ACCOUNTANT_CASES[case]` under PLD
+/// (`pld`) or RDP.
+#[wasm_bindgen(js_name = accountantMs)]
+pub fn accountant_ms(case: usize, pld: bool) -> Result<Vec<f64>, JsError> {
+    let (_, q, sigma, steps) = *learning::bench::ACCOUNTANT_CASES
+        .get(case)
+        .ok_or_else(|| JsError::new("no such accountant case"))?;
+    let (eps, solve) = learning::bench::accountant_ms(pld, q, sigma, steps, &now_ms)
+        .map_err(|e| JsError::new(&e.to_string()))?;
+    Ok(vec![eps, solve])
+}
+
+/// The names of `learning::bench::ACCOUNTANT_CASES`, in order.
+#[wasm_bindgen(js_name = accountantCases)]
+pub fn accountant_cases() -> Vec<String> {
+    learning::bench::ACCOUNTANT_CASES
+        .iter()
+        .map(|c| c.0.to_string())
+        .collect()
 }

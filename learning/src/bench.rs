@@ -71,3 +71,53 @@ pub fn train_step_throughput(
     let secs = (now_ms() - start) / 1000.0;
     Ok((iters * batch) as f64 / secs)
 }
+
+/// Ledgers the accountant benchmarks time: `(name, q, σ, steps)` at δ = 1e-5, the σ solve for
+/// ε = 3 at the same q and steps.
+pub const ACCOUNTANT_CASES: [(&str, f64, f64, u64); 4] = [
+    (
+        "demo client: batch 256 of 6 000, 470 steps",
+        256.0 / 6000.0,
+        1.0,
+        470,
+    ),
+    (
+        "central: batch 512 of 60 000, 4 688 steps",
+        512.0 / 60000.0,
+        1.2,
+        4688,
+    ),
+    (
+        "Abadi's MNIST: batch 256 of 60 000, 14 100 steps",
+        256.0 / 60000.0,
+        1.1,
+        14100,
+    ),
+    ("a tiny q: 0.001, 100 000 steps", 0.001, 0.8, 100_000),
+];
+
+/// Milliseconds of one ε evaluation of a ledger of `steps` steps at (`q`, `sigma`) and of one
+/// σ solve for ε = 3 over as many steps, under the PLD (`pld`) or the RDP accountant, timed
+/// with `now` (milliseconds): the costs of a ledger update and of a plan's σ.
+pub fn accountant_ms(
+    pld: bool,
+    q: f64,
+    sigma: f64,
+    steps: u64,
+    now: &dyn Fn() -> f64,
+) -> Result<(f64, f64), crate::accountant::AccountantError> {
+    const DELTA: f64 = 1e-5;
+    let t0 = now();
+    if pld {
+        crate::pld::epsilon(&[(q, sigma, steps)], DELTA)?;
+    } else {
+        crate::accountant::epsilon(q, sigma, steps, DELTA)?;
+    }
+    let t1 = now();
+    if pld {
+        crate::pld::noise_multiplier_for(3.0, q, steps, DELTA)?;
+    } else {
+        crate::accountant::noise_multiplier_for(3.0, q, steps, DELTA)?;
+    }
+    Ok((t1 - t0, now() - t1))
+}
