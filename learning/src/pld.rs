@@ -257,28 +257,46 @@ impl Pld {
     /// ±j/len (j = 1..20) that `dp_accounting` uses, with ln(2/TAIL_MASS) for both tails.
     fn chernoff_range(&self, k: u64) -> (i64, i64) {
         let len = self.mass.len();
-        let (mut lo, mut hi) = (0i64, (len as i64 - 1).saturating_mul(k as i64));
+        let top = len as i64 - 1;
+        let (mut lo, mut hi) = (0i64, top.saturating_mul(k as i64));
         let log_tail = (2.0 / TAIL_MASS).ln();
         for j in (-20..=20).filter(|&j| j != 0) {
             let order = j as f64 / len as f64;
-            let log_mgf = self
-                .mass
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| **m > 0.0)
-                .map(|(i, m)| i as f64 * order + m.ln())
-                .fold(f64::NEG_INFINITY, log_add);
-            let bound = (k as f64 * log_mgf + log_tail) / order;
+            let bound = (k as f64 * self.log_mgf(order) + log_tail) / order;
             if !bound.is_finite() {
                 continue;
             }
+            // One bin of margin for the rounding of the sum.
             if order > 0.0 {
-                hi = hi.min(bound.ceil() as i64);
+                hi = hi.min(bound.ceil() as i64 + 1);
             } else {
-                lo = lo.max(bound.floor() as i64);
+                lo = lo.max(bound.floor() as i64 - 1);
             }
         }
-        (lo, hi.max(lo))
+        (lo.max(0), hi.max(lo))
+    }
+
+    /// ln Σᵢ mᵢ·e^(i·order), summed in linear space relative to the index where the
+    /// exponential is largest (the top for order > 0, index 0 below), so that every factor is
+    /// at most 1: one multiplication a bin instead of an exp and a log.
+    fn log_mgf(&self, order: f64) -> f64 {
+        let top = self.mass.len() - 1;
+        let (start, step) = if order > 0.0 {
+            (top, (-order).exp())
+        } else {
+            (0, order.exp())
+        };
+        let (mut sum, mut factor) = (0.0, 1.0);
+        let mut add = |m: f64| {
+            sum += m * factor;
+            factor *= step;
+        };
+        if order > 0.0 {
+            self.mass.iter().rev().for_each(|&m| add(m));
+        } else {
+            self.mass.iter().for_each(|&m| add(m));
+        }
+        sum.ln() + start as f64 * order
     }
 
     /// Cuts each tail holding at most [`TAIL_MASS`], pessimistically: the upper one to +∞,
