@@ -21,9 +21,12 @@ for (const [name, kind] of [['plain step', 'plain'], ['DP-SGD step', 'dp'], ['in
 // The accountants in wasm: one ε evaluation and one σ solve (the native `accountant-cost`).
 const { accountantMs, accountantCases } = require(path.resolve(dir, 'client_wasm.js'));
 const names = accountantCases();
-console.log('accountant costs, wasm (ms: one ε evaluation / one σ solve for ε = 3)');
+console.log('accountant costs, wasm, median [min–max] of 3 (ms: one ε evaluation / one σ solve for ε = 3)');
+const summary = (xs) => { const s = [...xs].sort((a, b) => a - b); return `${s[1].toFixed(1)} [${s[0].toFixed(1)}–${s[2].toFixed(1)}]`; };
 names.forEach((name, i) => {
-  const [pe, ps] = accountantMs(i, true);
-  const [re, rs] = accountantMs(i, false);
-  console.log(`${name.padEnd(52)} PLD ${pe.toFixed(1).padStart(8)} / ${ps.toFixed(1).padStart(8)}   RDP ${re.toFixed(2).padStart(6)} / ${rs.toFixed(2).padStart(7)}`);
+  const cells = [true, false].map((pld) => {
+    const runs = [0, 1, 2].map(() => accountantMs(i, pld));
+    return `${pld ? 'PLD' : 'RDP'} ${summary(runs.map((r) => r[0]))} / ${summary(runs.map((r) => r[1]))}`;
+  });
+  console.log(`${name.padEnd(52)} ${cells[0]}   ${cells[1]}`);
 });
