@@ -198,7 +198,7 @@ try {
   log('closed tab 2 in the middle of round 2:', (await rowOf('e2e-tab-2'))[2]);
   // Its round 2 was charged at dispatch and failed: the ε cell says it counts it.
   await waitFor('tab 2\'s ε to say it includes the round that failed', async () =>
-    /^\d+\.\d{3} \(incl\. 1 failed round\)$/.test((await rowOf('e2e-tab-2'))?.[7] ?? ''), 10_000, 200);
+    /^\d+\.\d{3} \(incl\. 1 failed round\) · RDP \d+\.\d{3}$/.test((await rowOf('e2e-tab-2'))?.[7] ?? ''), 10_000, 200);
   await waitFor('round 2 to close without tab 2', async () => Number(await admin.textContent('#completed-rounds')) >= 2, 300_000, 500);
   const history2 = (await api('/api/admin/runs/1')).body;
   const round2 = history2.rounds.find((r) => r.server_round === 2);
@@ -276,7 +276,10 @@ try {
   const row0 = await rowOf('e2e-tab-0');
   assert.deepEqual([row0[2], row0[5], row0[6]], ['idle', '3', '0'], `tab 0's row: ${row0}`);
   assert.match(row0[4], /^\d+ (s|min)$/);
-  assert.equal(Number(row0[7]).toFixed(3), last.epsilon.toFixed(3), 'its ε is the run ledger\'s');
+  // Its ε is the run ledger's (the tight accountant's), RDP's for the same ledger beside it, above it.
+  const [tight, rdp] = row0[7].match(/^(\d+\.\d{3}) · RDP (\d+\.\d{3})$/)?.slice(1).map(Number) ?? [];
+  assert.equal(tight?.toFixed(3), last.epsilon.toFixed(3), `its ε is the run ledger's: ${row0[7]}`);
+  assert.ok(rdp > tight, `RDP's ε beside it is larger: ${row0[7]}`);
   log(`downloads: ${csv.length - 1} CSV rows, model ${model.length} bytes; clients table lists the 2 tabs`);
 
   // --- Phones: at 360 px neither page scrolls sideways (tables full), and the header spans it.

@@ -138,7 +138,7 @@ fn a_server_chosen_delta_cannot_loosen_the_cap() {
     let out = messages(&round(&mut s, 2, dp(1.2, 1e-3)));
     assert!(matches!(out[0], ClientMessage::TrainRes { .. }), "{out:?}");
     assert_eq!(s.spent().unwrap().delta, 1e-5);
-    let mut ledger = learning::RdpAccountant::default();
+    let mut ledger = learning::PrivacyLedger::default();
     ledger.record(10.0 / 200.0, 1.2f32 as f64, 20).unwrap();
     assert_eq!(s.epsilon(), Some(ledger.epsilon(1e-5).unwrap()));
     assert!(ledger.epsilon(1e-5).unwrap() > ledger.epsilon(1e-3).unwrap());
@@ -409,7 +409,7 @@ fn two_tabs_spending_on_the_same_records_add_up() {
     assert!(after_a.history[0].2 < both.history[0].2);
     // B hears of the stored ledger: its ε is that of all three rounds.
     b.refresh(LedgerSlot::Known(both.clone()));
-    let mut three = learning::RdpAccountant::default();
+    let mut three = learning::PrivacyLedger::default();
     three.record(0.5, 1.0, 6).unwrap();
     assert_eq!(b.epsilon(), Some(three.epsilon(1e-5).unwrap()));
     // A spends again after the refresh: what it adds is its own round only.

@@ -440,7 +440,7 @@ fn Dashboard(
         <section class="card">
             <h2>"Clients " <small id="client-count">{move || connected_count(&clients.read())}" connected"</small></h2>
             <table id="clients">
-                <thead><tr><th>"id"</th><th>"name"</th><th>"state"</th><th>"data size"</th><th>"connected for"</th><th title="rounds of this run the client was sampled for (what its ε counts)">"rounds (run)"</th><th title="of those, rounds it failed">"failed (run)"</th><th title="ε of this run by the server's ledger: it charges every round it sends, so this is an upper bound of what the client spent (its own page shows that)">"ε charged (upper bound)"</th></tr></thead>
+                <thead><tr><th>"id"</th><th>"name"</th><th>"state"</th><th>"data size"</th><th>"connected for"</th><th title="rounds of this run the client was sampled for (what its ε counts)">"rounds (run)"</th><th title="of those, rounds it failed">"failed (run)"</th><th title="ε of this run by the server's ledger: it charges every round it sends, so this is an upper bound of what the client spent (its own page shows that); by the tight (PLD) accountant, with RDP's ε for the same ledger beside it">"ε charged (upper bound)"</th></tr></thead>
                 <tbody>{move || {
                     let now = js_sys::Date::now();
                     clients.with(|cs| cs.iter().map(|c| view! {

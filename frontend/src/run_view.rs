@@ -51,13 +51,18 @@ pub fn state_text(c: &ClientInfo) -> String {
 /// failed (refused at the client's cap, cut by a disconnect, past the deadline, or rejected):
 /// the client may not have spent those at all.
 /// With distributed-DP rounds, the worst case follows: ε whatever the server and the other
-/// clients do (the client's own noise shares alone).
+/// clients do (the client's own noise shares alone). Otherwise RDP's ε for the same ledger
+/// follows, to compare with the tight accountant's.
 pub fn charged_text(c: &ClientInfo) -> String {
     let charged = match (c.epsilon, c.failures) {
         (None, _) => return "—".into(),
         (Some(e), 0) => format!("{e:.3}"),
         (Some(e), 1) => format!("{e:.3} (incl. 1 failed round)"),
         (Some(e), n) => format!("{e:.3} (incl. {n} failed rounds)"),
+    };
+    let charged = match c.rdp_epsilon {
+        Some(r) => format!("{charged} · RDP {r:.3}"),
+        None => charged,
     };
     match c.collusion_epsilon {
         Some(w) => format!("{charged} · {w:.1} whatever the others do"),
@@ -147,10 +152,15 @@ mod tests {
             failures: 0,
             epsilon: Some(2.69),
             collusion_epsilon: None,
+            rdp_epsilon: None,
             refuses: false,
             left: None,
         };
         assert_eq!(charged_text(&c), "2.690");
+        // The tight ε first, RDP's for the same ledger beside it.
+        c.rdp_epsilon = Some(2.95);
+        assert_eq!(charged_text(&c), "2.690 · RDP 2.950");
+        c.rdp_epsilon = None;
         assert_eq!(state_text(&c), "idle");
         // A capped client that refused its last two rounds: still charged, and said so.
         c.failures = 2;

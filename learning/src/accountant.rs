@@ -1,4 +1,8 @@
-//! Rényi-DP accountant for the Poisson-subsampled Gaussian mechanism (DP-SGD).
+//! The privacy ledger ([`PrivacyLedger`]) and its Rényi-DP accountant for the
+//! Poisson-subsampled Gaussian mechanism (DP-SGD). A ledger's ε is the tight one: the PLD
+//! accountant's ([`crate::pld`]) where it applies, never above RDP's; RDP stays available
+//! ([`rdp_epsilon`], [`PrivacyLedger::rdp_epsilon`]) to compare, and it is the fast first check
+//! of a budget ([`PrivacyLedger::allows`]).
 //!
 //! RDP of one step at integer order α (Mironov, Talwar, Zhang 2019, §3.3, "Rényi Differential
 //! Privacy of the Sampled Gaussian Mechanism"):
@@ -111,22 +115,54 @@ pub(crate) fn epsilon_from_rdp(rdp: &[f64], delta: f64) -> f64 {
         .max(0.0)
 }
 
-/// ε after `steps` steps with the same `sample_rate` and `noise_multiplier`.
+/// ε after `steps` steps with the same `sample_rate` and `noise_multiplier`, as a ledger
+/// counts it (the tight accountant, see [`PrivacyLedger::epsilon`]).
 pub fn epsilon(
     sample_rate: f64,
     noise_multiplier: f64,
     steps: u64,
     delta: f64,
 ) -> Result<f64, AccountantError> {
-    let mut acc = RdpAccountant::default();
+    let mut acc = PrivacyLedger::default();
     acc.record(sample_rate, noise_multiplier, steps)?;
     acc.epsilon(delta)
 }
 
-/// The smallest noise multiplier (to 1e-4 relative) whose ε after `steps` steps stays at or
-/// below `target_epsilon`. The returned σ always satisfies the target: bisection keeps the
-/// upper end, never the lower.
+/// ε after `steps` steps under RDP alone (the looser accountant, for comparison).
+pub fn rdp_epsilon(
+    sample_rate: f64,
+    noise_multiplier: f64,
+    steps: u64,
+    delta: f64,
+) -> Result<f64, AccountantError> {
+    let mut acc = PrivacyLedger::default();
+    acc.record(sample_rate, noise_multiplier, steps)?;
+    acc.rdp_epsilon(delta)
+}
+
+/// The smallest noise multiplier (to 1e-4 relative) whose ε after `steps` steps, as a ledger
+/// counts it, stays at or below `target_epsilon`. RDP's σ meets the target under the ledger's
+/// ε too (which is never above RDP's), so the search starts there and goes down. The
+/// returned σ always satisfies the target.
 pub fn noise_multiplier_for(
+    target_epsilon: f64,
+    sample_rate: f64,
+    steps: u64,
+    delta: f64,
+) -> Result<f64, AccountantError> {
+    let start = rdp_noise_multiplier_for(target_epsilon, sample_rate, steps, delta)?;
+    let eps = |s: f64| epsilon(sample_rate, s, steps, delta);
+    smallest_noise_from(target_epsilon, start, eps)?.ok_or(AccountantError::Unreachable {
+        target: target_epsilon,
+        q: sample_rate,
+        steps,
+        delta,
+        max: MAX_NOISE_MULTIPLIER,
+    })
+}
+
+/// [`noise_multiplier_for`] under RDP alone.
+pub fn rdp_noise_multiplier_for(
     target_epsilon: f64,
     sample_rate: f64,
     steps: u64,
@@ -137,7 +173,7 @@ pub fn noise_multiplier_for(
     }
     check_params(sample_rate, 1.0)?;
     check_delta(delta)?;
-    let eps = |s: f64| epsilon(sample_rate, s, steps, delta);
+    let eps = |s: f64| rdp_epsilon(sample_rate, s, steps, delta);
     smallest_noise(target_epsilon, eps)?.ok_or(AccountantError::Unreachable {
         target: target_epsilon,
         q: sample_rate,
@@ -150,21 +186,45 @@ pub fn noise_multiplier_for(
 /// Largest noise multiplier a solve searches (σ or z past it drown any signal).
 pub(crate) const MAX_NOISE_MULTIPLIER: f64 = 1.0e4;
 
-/// The smallest noise multiplier (to 1e-4 relative) at which `eps` is at most `target`:
-/// doubling from 1, then bisection that keeps the upper end, so the answer always meets the
-/// target. `None` past [`MAX_NOISE_MULTIPLIER`]. The one search of the Gaussian and the
-/// Skellam accountants.
+/// The smallest noise multiplier (to 1e-4 relative) at which `eps` is at most `target`,
+/// searching from 1. `None` past [`MAX_NOISE_MULTIPLIER`]. The one search of the Gaussian
+/// (RDP and PLD) and the Skellam accountants.
 pub(crate) fn smallest_noise<E>(
     target: f64,
     eps: impl Fn(f64) -> Result<f64, E>,
 ) -> Result<Option<f64>, E> {
-    let (mut lo, mut hi) = (0.0, 1.0);
-    while eps(hi)? > target {
-        lo = hi;
-        hi *= 2.0;
-        if hi > MAX_NOISE_MULTIPLIER {
-            return Ok(None);
+    smallest_noise_from(target, 1.0, eps)
+}
+
+/// [`smallest_noise`] from `start`: doubling while it overspends, or halving while it does
+/// not, to bracket the answer; then bisection that keeps the upper end, so the answer always
+/// meets the target. A good `start` (a looser accountant's answer) saves most evaluations.
+pub(crate) fn smallest_noise_from<E>(
+    target: f64,
+    start: f64,
+    eps: impl Fn(f64) -> Result<f64, E>,
+) -> Result<Option<f64>, E> {
+    let mut hi = start;
+    let mut lo;
+    if eps(hi)? > target {
+        loop {
+            lo = hi;
+            hi *= 2.0;
+            if hi > MAX_NOISE_MULTIPLIER {
+                return Ok(None);
+            }
+            if eps(hi)? <= target {
+                break;
+            }
         }
+    } else {
+        // Down by halves while it still meets the target (σ below 1e-3 is treated as 0).
+        let mut below = hi * 0.5;
+        while below > 1e-3 && eps(below)? <= target {
+            hi = below;
+            below *= 0.5;
+        }
+        lo = if below > 1e-3 { below } else { 0.0 };
     }
     while hi - lo > 1e-4 * hi {
         let mid = 0.5 * (lo + hi);
@@ -194,7 +254,7 @@ pub enum Mechanism {
 /// Holds the history rather than only the sum so that it can be stored, shown and re-derived
 /// by the server from the configs it sent, without trusting a client's number.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RdpAccountant {
+pub struct PrivacyLedger {
     /// `(sample_rate, noise_multiplier, steps)`, one entry per distinct mechanism (RDP
     /// composition does not depend on order, so equal mechanisms are merged wherever they
     /// stand: alternating training and evaluation does not grow the history).
@@ -204,7 +264,7 @@ pub struct RdpAccountant {
     pub skellam: Vec<SkellamEntry>,
 }
 
-impl RdpAccountant {
+impl PrivacyLedger {
     /// Records `steps` steps of the subsampled Gaussian mechanism.
     pub fn record(
         &mut self,
@@ -262,7 +322,7 @@ impl RdpAccountant {
     }
 
     /// ε spent so far at `delta` (0 before any step), under the runs' assumption that every
-    /// distributed round had at least its t contributors.
+    /// distributed round had at least its t contributors. Tight: see `epsilon_with`.
     pub fn epsilon(&self, delta: f64) -> Result<f64, AccountantError> {
         self.epsilon_with(delta, false)
     }
@@ -274,7 +334,42 @@ impl RdpAccountant {
         self.epsilon_with(delta, true)
     }
 
+    /// ε spent so far under RDP alone (shown beside the tight ε where a user compares).
+    pub fn rdp_epsilon(&self, delta: f64) -> Result<f64, AccountantError> {
+        self.rdp_epsilon_with(delta, false)
+    }
+
+    /// The tight ε: for a ledger of Gaussian steps only, the smaller of the PLD accountant's
+    /// and RDP's — two valid upper bounds of the same guarantee, so their minimum is one too
+    /// (and it is PLD's on every ledger we measured). A ledger with distributed steps is
+    /// accounted by RDP, which is what composes the Skellam mechanism's bound.
     fn epsilon_with(&self, delta: f64, alone: bool) -> Result<f64, AccountantError> {
+        let rdp = self.rdp_epsilon_with(delta, alone)?;
+        if !self.skellam.is_empty() || rdp == 0.0 {
+            return Ok(rdp);
+        }
+        Ok(crate::pld::epsilon(&self.history, delta)?.min(rdp))
+    }
+
+    /// Whether `steps` more of `m` keep ε at `delta` within `cap`. RDP is checked first: it is
+    /// a valid bound, so within it means within, at a hundredth of the tight ε's cost; the
+    /// tight ε is computed only near the cap.
+    pub fn allows(
+        &self,
+        m: Mechanism,
+        steps: u64,
+        delta: f64,
+        cap: f64,
+    ) -> Result<bool, AccountantError> {
+        let mut next = self.clone();
+        next.record_mechanism(m, steps)?;
+        if next.rdp_epsilon(delta)? <= cap {
+            return Ok(true);
+        }
+        Ok(next.epsilon(delta)? <= cap)
+    }
+
+    fn rdp_epsilon_with(&self, delta: f64, alone: bool) -> Result<f64, AccountantError> {
         check_delta(delta)?;
         if self.steps() == 0 {
             // Nothing released yet. (The RDP→(ε, δ) conversion has slack even at zero RDP.)
@@ -376,7 +471,7 @@ mod tests {
     #[test]
     fn matches_opacus_and_never_under_reports() {
         for (q, s, n, d, opacus_int, opacus_default) in OPACUS {
-            let e = epsilon(q, s, n, d).expect("valid");
+            let e = rdp_epsilon(q, s, n, d).expect("valid");
             assert!(
                 (e - opacus_int).abs() < 1e-9 * opacus_int,
                 "q={q} σ={s}: {e} vs {opacus_int}"
@@ -412,7 +507,7 @@ mod tests {
 
     #[test]
     fn ledger_composes_like_one_run() {
-        let mut acc = RdpAccountant::default();
+        let mut acc = PrivacyLedger::default();
         assert_eq!(acc.epsilon(1e-5).expect("valid"), 0.0);
         for _ in 0..10 {
             acc.record(0.01, 1.1, 100).expect("valid");
@@ -436,7 +531,7 @@ mod tests {
             contributors: 9,
         };
         let step = crate::skellam::SkellamStep::of(&m, false);
-        let mut acc = RdpAccountant::default();
+        let mut acc = PrivacyLedger::default();
         acc.record_mechanism(Mechanism::Skellam(m), 1000).unwrap();
         // Alone, it is the Skellam accountant's own ε; the worst case is z/√t = 2.6/3.
         let alone = crate::skellam::epsilon(&step, 1000, 1e-5).unwrap();
@@ -455,7 +550,7 @@ mod tests {
         // With Gaussian steps beside it: RDP adds per order, so ε is above either part and
         // below their sum (the conversion is sub-additive).
         acc.record(0.1, 2.0, 50).unwrap();
-        let gaussian = epsilon(0.1, 2.0, 50, 1e-5).unwrap();
+        let gaussian = rdp_epsilon(0.1, 2.0, 50, 1e-5).unwrap();
         let both = acc.epsilon(1e-5).unwrap();
         assert!(
             both > alone.max(gaussian) && both < alone + gaussian,

@@ -111,13 +111,13 @@ pub fn accountant_ms(
     if pld {
         crate::pld::epsilon(&[(q, sigma, steps)], DELTA)?;
     } else {
-        crate::accountant::epsilon(q, sigma, steps, DELTA)?;
+        crate::accountant::rdp_epsilon(q, sigma, steps, DELTA)?;
     }
     let t1 = now();
     if pld {
         crate::pld::noise_multiplier_for(3.0, q, steps, DELTA)?;
     } else {
-        crate::accountant::noise_multiplier_for(3.0, q, steps, DELTA)?;
+        crate::accountant::rdp_noise_multiplier_for(3.0, q, steps, DELTA)?;
     }
     Ok((t1 - t0, now() - t1))
 }

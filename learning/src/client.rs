@@ -11,7 +11,7 @@ pub use protocol::config::{
 };
 
 use crate::LearningError;
-use crate::accountant::{AccountantError, Mechanism, RdpAccountant};
+use crate::accountant::{AccountantError, Mechanism, PrivacyLedger};
 use crate::distributed::{DistributedStep, contribution};
 use crate::dpsgd::{
     BatchGradient, OptimizerState, SecureRng, add_gaussian_noise, batch_gradient, loss_and_correct,
@@ -26,7 +26,7 @@ use protocol::ledger::SkellamMechanism;
 /// dataset); the server never holds it.
 #[derive(Debug)]
 pub struct ClientPrivacy {
-    pub ledger: RdpAccountant,
+    pub ledger: PrivacyLedger,
     /// Rounds trained on these records without DP: ε is unbounded from the first one on.
     pub unprotected_rounds: u64,
     /// Training or evaluation that would take ε past this is refused, whatever the server asks.
@@ -47,7 +47,7 @@ impl ClientPrivacy {
     /// A fresh ledger with OS randomness.
     pub fn new(epsilon_cap: Option<f64>, delta: f64) -> Result<Self, LearningError> {
         Ok(Self {
-            ledger: RdpAccountant::default(),
+            ledger: PrivacyLedger::default(),
             unprotected_rounds: 0,
             epsilon_cap,
             delta,
@@ -95,19 +95,19 @@ impl ClientPrivacy {
             return Ok(());
         };
         let spent = self.epsilon()?;
+        if spent.is_finite() && self.ledger.allows(m, steps, self.delta, cap)? {
+            return Ok(());
+        }
         let after = if spent.is_finite() {
             self.ledger.epsilon_after_mechanism(m, steps, self.delta)?
         } else {
             spent
         };
-        if after > cap {
-            return Err(LearningError::BudgetExhausted {
-                spent,
-                would_reach: after,
-                cap,
-            });
-        }
-        Ok(())
+        Err(LearningError::BudgetExhausted {
+            spent,
+            would_reach: after,
+            cap,
+        })
     }
 }
 
@@ -503,7 +503,7 @@ mod tests {
             }),
         };
         let mut privacy = ClientPrivacy {
-            ledger: RdpAccountant::default(),
+            ledger: PrivacyLedger::default(),
             unprotected_rounds: 0,
             epsilon_cap: None,
             delta: 1e-5,

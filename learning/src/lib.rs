@@ -30,7 +30,7 @@ pub mod pld;
 pub mod shard;
 pub mod skellam;
 
-pub use accountant::RdpAccountant;
+pub use accountant::PrivacyLedger;
 pub use aggregate::{Aggregator, FedAvg};
 pub use client::{
     Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig, Update,

@@ -400,12 +400,43 @@ fn convolve(a: &[f64], b: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// A ledger's history and δ, bit for bit: the key of [`epsilon`]'s memo.
+type MemoKey = (Vec<(u64, u64, u64)>, u64);
+
+/// Ledgers' ε computed lately. The server asks for the same ledger's ε for every client that
+/// holds it (clients of one shard size share one), and the pages ask again and again; each
+/// computation takes tens of milliseconds. Cleared when full.
+static MEMO: std::sync::Mutex<std::collections::BTreeMap<MemoKey, f64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+const MEMO_SIZE: usize = 4096;
+
 /// ε at `delta` after the history `(sample_rate, noise_multiplier, steps)`: the larger of the
-/// two directions (0 before any step).
+/// two directions (0 before any step). Remembered for the same history and δ.
 pub fn epsilon(history: &[(f64, f64, u64)], delta: f64) -> Result<f64, AccountantError> {
     if !(delta > 0.0 && delta < 1.0) {
         return Err(AccountantError::Delta(delta));
     }
+    let key: MemoKey = (
+        history
+            .iter()
+            .map(|&(q, s, n)| (q.to_bits(), s.to_bits(), n))
+            .collect(),
+        delta.to_bits(),
+    );
+    if let Some(&e) = MEMO.lock().ok().as_ref().and_then(|m| m.get(&key)) {
+        return Ok(e);
+    }
+    let e = compute_epsilon(history, delta)?;
+    if let Ok(mut memo) = MEMO.lock() {
+        if memo.len() >= MEMO_SIZE {
+            memo.clear();
+        }
+        memo.insert(key, e);
+    }
+    Ok(e)
+}
+
+fn compute_epsilon(history: &[(f64, f64, u64)], delta: f64) -> Result<f64, AccountantError> {
     let mut worst: f64 = 0.0;
     for direction in [Direction::Remove, Direction::Add] {
         let mut pld = Pld::identity();
@@ -429,14 +460,20 @@ pub fn noise_multiplier_for(
         return Err(AccountantError::TargetEpsilon(target_epsilon));
     }
     check_params(sample_rate, 1.0)?;
+    // RDP's σ is a good start: PLD's is a few percent below it.
+    let start =
+        crate::accountant::rdp_noise_multiplier_for(target_epsilon, sample_rate, steps, delta)
+            .unwrap_or(1.0);
     let eps = |s: f64| epsilon(&[(sample_rate, s, steps)], delta);
-    crate::accountant::smallest_noise(target_epsilon, eps)?.ok_or(AccountantError::Unreachable {
-        target: target_epsilon,
-        q: sample_rate,
-        steps,
-        delta,
-        max: crate::accountant::MAX_NOISE_MULTIPLIER,
-    })
+    crate::accountant::smallest_noise_from(target_epsilon, start, eps)?.ok_or(
+        AccountantError::Unreachable {
+            target: target_epsilon,
+            q: sample_rate,
+            steps,
+            delta,
+            max: crate::accountant::MAX_NOISE_MULTIPLIER,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ fn last_value(stdout: &str, key: &str) -> f64 {
 fn epsilon_for_the_classic_mnist_setting() {
     // Batch 256 of 60 000, σ 1.1, 60 epochs: Opacus's RDP analysis gives 2.6007 with these orders.
     let (ok, out, _) = dp_budget(&[
+        "--accountant",
+        "rdp",
         "--sample-rate",
         "0.0042666666666666667",
         "--noise-multiplier",
@@ -221,7 +223,7 @@ fn the_pld_accountant_is_tight_and_solves_sigma_for_a_target() {
     let eps = learning::pld::epsilon(&[(256.0 / 60000.0, sigma, 14100)], 1e-5).unwrap();
     assert!(eps <= 3.0 && eps > 2.99, "σ {sigma}: ε {eps}");
     let rdp =
-        learning::accountant::noise_multiplier_for(3.0, 256.0 / 60000.0, 14100, 1e-5).unwrap();
+        learning::accountant::rdp_noise_multiplier_for(3.0, 256.0 / 60000.0, 14100, 1e-5).unwrap();
     assert!(sigma < rdp * 0.97, "PLD σ {sigma} vs RDP σ {rdp}");
     // The Skellam mechanism has no PLD accountant: said, not silently RDP.
     let (ok, _, err) = dp_budget(&[

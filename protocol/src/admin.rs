@@ -721,6 +721,9 @@ pub struct LedgerEntry {
     /// rounds do (only this client's own noise shares count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collusion_epsilon: Option<f64>,
+    /// The same ledger under RDP, beside `epsilon` (the tight accountant's) to compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdp_epsilon: Option<f64>,
 }
 
 /// Where other devices can open the client page (`GET /api/admin/join`).
@@ -757,6 +760,10 @@ pub struct ClientInfo {
     /// clients of those rounds do (its own noise shares alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collusion_epsilon: Option<f64>,
+    /// The same ledger under RDP, beside `epsilon` (the tight accountant's) to compare; `None`
+    /// where RDP is the ε itself (distributed-DP rounds) or nothing was spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdp_epsilon: Option<f64>,
     /// The client said it refuses every further round of this run (its own budget is spent).
     #[serde(default)]
     pub refuses: bool,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use learning::accountant::AccountantError;
-use learning::{Aggregator, EvaluateRes, RdpAccountant, TinyCnnConfig};
+use learning::{Aggregator, EvaluateRes, PrivacyLedger, TinyCnnConfig};
 use protocol::admin::{
     ClientInfo, ClientState, Departure, Event, FieldError, RoundRecord, RunAction, RunConfig,
     RunHistory, RunStatus, RunSummary,

@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 pub struct ClientRow {
     pub client_key: String,
     pub shard_index: Option<u32>,
-    pub ledger: learning::RdpAccountant,
+    pub ledger: learning::PrivacyLedger,
     pub rounds: u64,
 }
 
@@ -389,14 +389,24 @@ impl Store {
                 steps: c.ledger.steps(),
                 epsilon: delta.and_then(|d| c.ledger.epsilon(d).ok()),
                 collusion_epsilon: delta.and_then(|d| collusion_epsilon(&c.ledger, d)),
+                rdp_epsilon: delta.and_then(|d| rdp_epsilon(&c.ledger, d)),
             })
             .collect())
     }
 }
 
+/// A ledger's ε under RDP, shown beside the tight ε; `None` where RDP is the ε itself (a
+/// ledger with distributed-DP rounds) or nothing was spent.
+pub fn rdp_epsilon(ledger: &learning::PrivacyLedger, delta: f64) -> Option<f64> {
+    if !ledger.skellam.is_empty() || ledger.steps() == 0 {
+        return None;
+    }
+    ledger.rdp_epsilon(delta).ok()
+}
+
 /// A ledger's ε whatever the server and the other clients of its distributed-DP rounds do;
 /// `None` without such rounds (it would equal the ε shown).
-pub fn collusion_epsilon(ledger: &learning::RdpAccountant, delta: f64) -> Option<f64> {
+pub fn collusion_epsilon(ledger: &learning::PrivacyLedger, delta: f64) -> Option<f64> {
     if ledger.skellam.is_empty() {
         return None;
     }
@@ -437,7 +447,7 @@ mod tests {
             let mut s = Store::open(&dir).unwrap();
             id = s.create_run(&config, &[1.0, 2.0], 10).unwrap();
             s.set_status(id, RunStatus::Running, None).unwrap();
-            let mut ledger = learning::RdpAccountant::default();
+            let mut ledger = learning::PrivacyLedger::default();
             ledger.record(0.04, 1.1, 25).unwrap();
             s.upsert_clients(
                 id,

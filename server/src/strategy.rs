@@ -15,7 +15,7 @@ use learning::aggregate::{self, Aggregator};
 use learning::client::round_mechanism;
 use learning::dpsgd::OptimizerState;
 use learning::skellam::{SkellamError, SkellamStep};
-use learning::{DpSgdConfig, RdpAccountant, TrainConfig};
+use learning::{DpSgdConfig, PrivacyLedger, TrainConfig};
 use protocol::admin::{
     AggregatorConfig, DistributedDpConfig, DpRunConfig, LrSchedule, RunConfig,
     SecureAggregationConfig,
@@ -32,7 +32,7 @@ pub struct Candidate {
     /// Its shard size (FedAvg's weight, the sample rate's denominator).
     pub num_examples: u64,
     /// Its privacy spend in this run as the server accounts it.
-    pub ledger: RdpAccountant,
+    pub ledger: PrivacyLedger,
     /// The ε cap the client declared: it refuses any round past it (and any round without DP),
     /// so it is not sampled for one.
     pub epsilon_cap: Option<f64>,
@@ -65,15 +65,13 @@ pub fn within_cap(c: &Candidate, config: &TrainConfig) -> bool {
 
 /// Whether `steps` more steps of `mechanism` keep `ledger` within `cap` at `delta`.
 pub fn cap_allows(
-    ledger: &RdpAccountant,
+    ledger: &PrivacyLedger,
     cap: f64,
     delta: f64,
     mechanism: Mechanism,
     steps: u64,
 ) -> bool {
-    ledger
-        .epsilon_after_mechanism(mechanism, steps, delta)
-        .is_ok_and(|e| e <= cap)
+    ledger.allows(mechanism, steps, delta, cap).unwrap_or(false)
 }
 
 /// Results a round needs to aggregate: `quorum` of the `sampled` clients, at least one.
@@ -429,7 +427,7 @@ impl<S: Strategy> DpFedAvg<S> {
     }
 
     /// Whether one more round of `config` keeps this ledger within the run's target.
-    pub fn within_budget(&self, ledger: &RdpAccountant, config: &TrainConfig, n: u64) -> bool {
+    pub fn within_budget(&self, ledger: &PrivacyLedger, config: &TrainConfig, n: u64) -> bool {
         let (Some(target), Some(dp), Some((mechanism, steps))) = (
             self.dp.target_epsilon,
             config.dp,
@@ -438,8 +436,8 @@ impl<S: Strategy> DpFedAvg<S> {
             return true;
         };
         ledger
-            .epsilon_after_mechanism(mechanism, steps, dp.delta)
-            .is_ok_and(|e| e <= target)
+            .allows(mechanism, steps, dp.delta, target)
+            .unwrap_or(false)
     }
 }
 
@@ -693,7 +691,7 @@ mod tests {
             .map(|i| Candidate {
                 client_id: i + 1,
                 num_examples: examples,
-                ledger: RdpAccountant::default(),
+                ledger: PrivacyLedger::default(),
                 epsilon_cap: None,
                 delta: None,
                 requires_secure_aggregation: false,
@@ -748,7 +746,7 @@ mod tests {
             let (m, steps) =
                 round_mechanism(&a.config, if a.client_id == 4 { 3000 } else { 6000 }).unwrap();
             assert_eq!(steps, 1);
-            let mut l = RdpAccountant::default();
+            let mut l = PrivacyLedger::default();
             l.record_mechanism(m, 50).unwrap();
             assert!(l.epsilon(1e-5).unwrap() <= 3.0);
         }
@@ -1090,7 +1088,7 @@ mod tests {
         let mut c = candidates(3, 6000);
         let cfg = dp.train_config(6000).unwrap();
         let one_round = {
-            let mut l = RdpAccountant::default();
+            let mut l = PrivacyLedger::default();
             let dpc = cfg.dp.unwrap();
             l.record(
                 cfg.sample_rate(6000),

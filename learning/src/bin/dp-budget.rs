@@ -1,12 +1,12 @@
 //! Privacy budget calculator for DP-SGD: the Poisson-subsampled Gaussian (default), or the
 //! Poisson-subsampled Skellam mechanism of distributed DP-SGD (`learning::skellam`, units where
-//! the clipping norm is 1). The Gaussian has two accountants: RDP (`learning::accountant`, the
-//! one the ledgers use today, and the default) and the tight PLD one (`learning::pld`).
+//! the clipping norm is 1). The Gaussian has two accountants: the tight PLD one
+//! (`learning::pld`, the default, and what the ledgers count) and RDP (`learning::accountant`).
 //!
 //! ```text
 //! dp-budget --sample-rate 0.004 --noise-multiplier 1.1 --steps 14100 --delta 1e-5   # → epsilon=…
 //! dp-budget --sample-rate 0.004 --target-epsilon 3 --steps 14100 --delta 1e-5       # → noise_multiplier=…
-//! dp-budget --accountant pld --sample-rate 0.004 --noise-multiplier 1.1 --steps 14100  # → epsilon=…
+//! dp-budget --accountant rdp --sample-rate 0.004 --noise-multiplier 1.1 --steps 14100  # → epsilon=…
 //! dp-budget --mechanism skellam --sample-rate Q --noise-multiplier Z --steps N --delta D \
 //!   --scale S --dim DIM --beta B                                                    # → epsilon=…
 //! ```
@@ -55,9 +55,9 @@ struct Args {
     delta: f64,
     #[arg(long, value_enum, default_value_t = Mechanism::Gaussian)]
     mechanism: Mechanism,
-    /// The Gaussian mechanism's accountant.
-    #[arg(long, value_enum, default_value_t = Accountant::Rdp)]
-    accountant: Accountant,
+    /// The Gaussian mechanism's accountant (default: pld); the Skellam mechanism has RDP only.
+    #[arg(long, value_enum)]
+    accountant: Option<Accountant>,
     /// Skellam: integer units per clipping norm (S), > 0.
     #[arg(long)]
     scale: Option<f64>,
@@ -87,7 +87,7 @@ fn run(args: Args) -> Result<(), String> {
             }
             gaussian(args).map_err(|e| e.to_string())
         }
-        Mechanism::Skellam if args.accountant == Accountant::Pld => {
+        Mechanism::Skellam if args.accountant == Some(Accountant::Pld) => {
             Err("--accountant pld is for the Gaussian mechanism; the Skellam mechanism has the RDP accountant only".into())
         }
         Mechanism::Skellam => run_skellam(args),
@@ -136,10 +136,10 @@ fn gaussian(args: Args) -> Result<(), accountant::AccountantError> {
         delta,
         ..
     } = args;
-    let pld = args.accountant == Accountant::Pld;
+    let pld = args.accountant != Some(Accountant::Rdp);
     let epsilon = |sigma| match pld {
         true => pld::epsilon(&[(q, sigma, steps)], delta),
-        false => accountant::epsilon(q, sigma, steps, delta),
+        false => accountant::rdp_epsilon(q, sigma, steps, delta),
     };
     match (args.noise_multiplier, args.target_epsilon) {
         (Some(sigma), _) => {
@@ -150,7 +150,7 @@ fn gaussian(args: Args) -> Result<(), accountant::AccountantError> {
         (None, Some(target)) => {
             let sigma = match pld {
                 true => pld::noise_multiplier_for(target, q, steps, delta)?,
-                false => accountant::noise_multiplier_for(target, q, steps, delta)?,
+                false => accountant::rdp_noise_multiplier_for(target, q, steps, delta)?,
             };
             let eps = epsilon(sigma)?;
             println!(

@@ -172,7 +172,7 @@ impl Coordinator {
             .or_insert_with(|| ClientRow {
                 client_key: conn.key.clone(),
                 shard_index: None,
-                ledger: RdpAccountant::default(),
+                ledger: PrivacyLedger::default(),
                 rounds: 0,
             })
             .shard_index;
@@ -326,6 +326,7 @@ impl Coordinator {
         let epsilon = delta.and_then(|d| row?.ledger.epsilon(d).ok());
         let collusion_epsilon =
             delta.and_then(|d| crate::store::collusion_epsilon(&row?.ledger, d));
+        let rdp_epsilon = delta.and_then(|d| crate::store::rdp_epsilon(&row?.ledger, d));
         Some(ClientInfo {
             client_id: c.public_id,
             name: c.caps.name.clone(),
@@ -338,6 +339,7 @@ impl Coordinator {
             failures: run.map_or(0, |r| r.bench.failures(&c.key)),
             epsilon,
             collusion_epsilon,
+            rdp_epsilon,
             refuses: run.is_some_and(|r| r.refused.contains(&c.key)),
             left: None,
         })
