@@ -64,7 +64,7 @@ pub fn check_params(sample_rate: f64, noise_multiplier: f64) -> Result<(), Accou
     Ok(())
 }
 
-fn check_delta(delta: f64) -> Result<(), AccountantError> {
+pub(crate) fn check_delta(delta: f64) -> Result<(), AccountantError> {
     if delta > 0.0 && delta < 1.0 {
         Ok(())
     } else {
@@ -73,7 +73,7 @@ fn check_delta(delta: f64) -> Result<(), AccountantError> {
 }
 
 /// `ln(e^a + e^b)` without overflow.
-fn log_add(a: f64, b: f64) -> f64 {
+pub(crate) fn log_add(a: f64, b: f64) -> f64 {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
     if lo == f64::NEG_INFINITY {
         hi
@@ -123,9 +123,7 @@ pub fn epsilon(
     steps: u64,
     delta: f64,
 ) -> Result<f64, AccountantError> {
-    let mut acc = PrivacyLedger::default();
-    acc.record(sample_rate, noise_multiplier, steps)?;
-    acc.epsilon(delta)
+    PrivacyLedger::of(sample_rate, noise_multiplier, steps)?.epsilon(delta)
 }
 
 /// ε after `steps` steps under RDP alone (the looser accountant, for comparison).
@@ -135,9 +133,7 @@ pub fn rdp_epsilon(
     steps: u64,
     delta: f64,
 ) -> Result<f64, AccountantError> {
-    let mut acc = PrivacyLedger::default();
-    acc.record(sample_rate, noise_multiplier, steps)?;
-    acc.rdp_epsilon(delta)
+    PrivacyLedger::of(sample_rate, noise_multiplier, steps)?.rdp_epsilon(delta)
 }
 
 /// The smallest noise multiplier (to 1e-4 relative) whose ε after `steps` steps, as a ledger
@@ -265,6 +261,17 @@ pub struct PrivacyLedger {
 }
 
 impl PrivacyLedger {
+    /// A ledger of `steps` steps of one Gaussian mechanism.
+    pub fn of(
+        sample_rate: f64,
+        noise_multiplier: f64,
+        steps: u64,
+    ) -> Result<Self, AccountantError> {
+        let mut ledger = Self::default();
+        ledger.record(sample_rate, noise_multiplier, steps)?;
+        Ok(ledger)
+    }
+
     /// Records `steps` steps of the subsampled Gaussian mechanism.
     pub fn record(
         &mut self,

@@ -28,7 +28,7 @@
 use rustfft::FftPlanner;
 use rustfft::num_complex::Complex;
 
-use crate::accountant::{AccountantError, check_params};
+use crate::accountant::{AccountantError, check_delta, check_params, log_add};
 
 /// The grid step h of the privacy loss (`dp_accounting`'s default).
 pub const INTERVAL: f64 = 1e-4;
@@ -95,16 +95,6 @@ pub fn delta_add(eps: f64, q: f64, sigma: f64) -> f64 {
         return 0.0;
     }
     c * gaussian_delta(eps + q.ln() - c.ln(), sigma)
-}
-
-/// `ln(e^a + e^b)` without overflow.
-fn log_add(a: f64, b: f64) -> f64 {
-    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-    if lo == f64::NEG_INFINITY {
-        hi
-    } else {
-        hi + (lo - hi).exp().ln_1p()
-    }
 }
 
 /// The remove direction's privacy loss at output x: ln((1 − q) + q·e^((2x − 1)/(2σ²))),
@@ -413,9 +403,7 @@ const MEMO_SIZE: usize = 4096;
 /// ε at `delta` after the history `(sample_rate, noise_multiplier, steps)`: the larger of the
 /// two directions (0 before any step). Remembered for the same history and δ.
 pub fn epsilon(history: &[(f64, f64, u64)], delta: f64) -> Result<f64, AccountantError> {
-    if !(delta > 0.0 && delta < 1.0) {
-        return Err(AccountantError::Delta(delta));
-    }
+    check_delta(delta)?;
     let key: MemoKey = (
         history
             .iter()
@@ -434,6 +422,13 @@ pub fn epsilon(history: &[(f64, f64, u64)], delta: f64) -> Result<f64, Accountan
         memo.insert(key, e);
     }
     Ok(e)
+}
+
+/// Forgets every remembered ε (benchmarks time the computation, not the memo).
+pub fn clear_memo() {
+    if let Ok(mut memo) = MEMO.lock() {
+        memo.clear();
+    }
 }
 
 fn compute_epsilon(history: &[(f64, f64, u64)], delta: f64) -> Result<f64, AccountantError> {
