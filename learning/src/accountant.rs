@@ -147,13 +147,8 @@ pub fn noise_multiplier_for(
     delta: f64,
 ) -> Result<f64, AccountantError> {
     let start = rdp_noise_multiplier_for(target_epsilon, sample_rate, steps, delta)?;
-    let eps = |s: f64| epsilon(sample_rate, s, steps, delta);
-    smallest_noise_from(target_epsilon, start, eps)?.ok_or(AccountantError::Unreachable {
-        target: target_epsilon,
-        q: sample_rate,
-        steps,
-        delta,
-        max: MAX_NOISE_MULTIPLIER,
+    solve_sigma(target_epsilon, sample_rate, steps, delta, start, |s| {
+        epsilon(sample_rate, s, steps, delta)
     })
 }
 
@@ -164,14 +159,30 @@ pub fn rdp_noise_multiplier_for(
     steps: u64,
     delta: f64,
 ) -> Result<f64, AccountantError> {
-    if !(target_epsilon > 0.0 && target_epsilon.is_finite()) {
-        return Err(AccountantError::TargetEpsilon(target_epsilon));
+    solve_sigma(target_epsilon, sample_rate, steps, delta, 1.0, |s| {
+        rdp_epsilon(sample_rate, s, steps, delta)
+    })
+}
+
+/// The smallest σ (to 1e-4 relative) at which `eps` — ε after `steps` steps at
+/// `sample_rate` under one of the Gaussian accountants — is at most `target`, searched from
+/// `start`; the inputs checked first, and a σ past [`MAX_NOISE_MULTIPLIER`] named as
+/// unreachable.
+pub(crate) fn solve_sigma(
+    target: f64,
+    sample_rate: f64,
+    steps: u64,
+    delta: f64,
+    start: f64,
+    eps: impl Fn(f64) -> Result<f64, AccountantError>,
+) -> Result<f64, AccountantError> {
+    if !(target > 0.0 && target.is_finite()) {
+        return Err(AccountantError::TargetEpsilon(target));
     }
     check_params(sample_rate, 1.0)?;
     check_delta(delta)?;
-    let eps = |s: f64| rdp_epsilon(sample_rate, s, steps, delta);
-    smallest_noise(target_epsilon, eps)?.ok_or(AccountantError::Unreachable {
-        target: target_epsilon,
+    smallest_noise_from(target, start, eps)?.ok_or(AccountantError::Unreachable {
+        target,
         q: sample_rate,
         steps,
         delta,

@@ -451,24 +451,12 @@ pub fn noise_multiplier_for(
     steps: u64,
     delta: f64,
 ) -> Result<f64, AccountantError> {
-    if !(target_epsilon > 0.0 && target_epsilon.is_finite()) {
-        return Err(AccountantError::TargetEpsilon(target_epsilon));
-    }
-    check_params(sample_rate, 1.0)?;
     // RDP's σ is a good start: PLD's is a few percent below it.
     let start =
-        crate::accountant::rdp_noise_multiplier_for(target_epsilon, sample_rate, steps, delta)
-            .unwrap_or(1.0);
-    let eps = |s: f64| epsilon(&[(sample_rate, s, steps)], delta);
-    crate::accountant::smallest_noise_from(target_epsilon, start, eps)?.ok_or(
-        AccountantError::Unreachable {
-            target: target_epsilon,
-            q: sample_rate,
-            steps,
-            delta,
-            max: crate::accountant::MAX_NOISE_MULTIPLIER,
-        },
-    )
+        crate::accountant::rdp_noise_multiplier_for(target_epsilon, sample_rate, steps, delta)?;
+    crate::accountant::solve_sigma(target_epsilon, sample_rate, steps, delta, start, |s| {
+        epsilon(&[(sample_rate, s, steps)], delta)
+    })
 }
 
 #[cfg(test)]
