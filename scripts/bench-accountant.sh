@@ -11,11 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS="${1:-3}"
 RDP_SIGMA="${RDP_SIGMA:-1.963135}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-if [ -z "${FL_BENCH_BIN:-}" ]; then
-  cargo build --release -q -p server -p client-wasm --bins
-  export FL_BENCH_BIN="$CARGO_TARGET_DIR/release"
-fi
+source scripts/bench-bins.sh
 TIGHT='{"name":"demo-tight","min_clients":10}'
 RDP="{\"name\":\"demo-rdp-sigma\",\"min_clients\":10,\"dp\":{\"max_grad_norm\":1.0,\"noise_multiplier\":$RDP_SIGMA,\"target_epsilon\":3.0,\"delta\":1e-5}}"
 for i in $(seq "$REPEATS"); do

@@ -15,11 +15,7 @@ ROUNDS="${2:-880}"
 LR="${FL_LR:-6.0}"
 shift 2 || true
 SETTINGS=("${@:-iid-t10}")
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-if [ -z "${FL_BENCH_BIN:-}" ]; then
-  cargo build --release -q -p server -p client-wasm --bins
-  export FL_BENCH_BIN="$CARGO_TARGET_DIR/release"
-fi
+source scripts/bench-bins.sh
 config() {
   local t="$1" shards="$2" batching="${3:-{\"batch_size\":205\}}"
   echo "{\"name\":\"distributed-$t\",\"rounds\":$ROUNDS,\"min_clients\":10,\"batching\":$batching,\"learning_rate\":$LR,\"secure_aggregation\":{},\"dp\":{\"max_grad_norm\":1.0,\"target_epsilon\":3.0,\"delta\":1e-5,\"distributed\":{\"contributors\":$t,\"evaluate_every\":40,\"schedule\":\"cosine\"}},\"shards\":$shards}"

@@ -1,16 +1,10 @@
-# Sourced by the bench scripts: builds the release binaries, starts a server on $PORT with a
+# Sourced by the bench scripts: builds the release binaries (bench-bins.sh), starts a server on $PORT with a
 # throw-away data directory (stopped on exit), and defines `api` (admin calls with the token) and
 # `create_run CONFIG_JSON` (creates and starts a run, sets RUN).
 TOKEN="bench-token-$(date +%s)-0123456789"
 DIR="$(mktemp -d)"
-# FL_BENCH_BIN: take the server and sim binaries from there instead of building them (a long
-# benchmark keeps its own copies while the tree is rebuilt).
-if [ -n "${FL_BENCH_BIN:-}" ]; then
-  BIN="$FL_BENCH_BIN"
-else
-  cargo build --release -q -p server -p client-wasm --bins
-  BIN="${CARGO_TARGET_DIR:-target}/release"
-fi
+source scripts/bench-bins.sh
+BIN="$FL_BENCH_BIN"
 "$BIN/server" --bind "127.0.0.1:$PORT" --data-dir "$DIR" --admin-token "$TOKEN" --no-demo \
   > "$DIR/server.log" 2>&1 &
 SERVER=$!
