@@ -363,6 +363,11 @@ impl PrivacyLedger {
     /// accounted by RDP, which is what composes the Skellam mechanism's bound.
     fn epsilon_with(&self, delta: f64, alone: bool) -> Result<f64, AccountantError> {
         let rdp = self.rdp_epsilon_with(delta, alone)?;
+        self.tightened(delta, rdp)
+    }
+
+    /// This ledger's ε given its RDP ε `rdp`: PLD's where it is smaller (see `epsilon_with`).
+    fn tightened(&self, delta: f64, rdp: f64) -> Result<f64, AccountantError> {
         if !self.skellam.is_empty() || rdp == 0.0 {
             return Ok(rdp);
         }
@@ -381,10 +386,8 @@ impl PrivacyLedger {
     ) -> Result<bool, AccountantError> {
         let mut next = self.clone();
         next.record_mechanism(m, steps)?;
-        if next.rdp_epsilon(delta)? <= cap {
-            return Ok(true);
-        }
-        Ok(next.epsilon(delta)? <= cap)
+        let rdp = next.rdp_epsilon(delta)?;
+        Ok(rdp <= cap || next.tightened(delta, rdp)? <= cap)
     }
 
     fn rdp_epsilon_with(&self, delta: f64, alone: bool) -> Result<f64, AccountantError> {

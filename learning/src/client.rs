@@ -94,10 +94,12 @@ impl ClientPrivacy {
         let Some(cap) = self.epsilon_cap else {
             return Ok(());
         };
-        let spent = self.epsilon()?;
-        if spent.is_finite() && self.ledger.allows(m, steps, self.delta, cap)? {
+        // Nothing else to compute when it is allowed (the usual case): ε spent and after are
+        // for the refusal's message.
+        if self.unprotected_rounds == 0 && self.ledger.allows(m, steps, self.delta, cap)? {
             return Ok(());
         }
+        let spent = self.epsilon()?;
         let after = if spent.is_finite() {
             self.ledger.epsilon_after_mechanism(m, steps, self.delta)?
         } else {

@@ -3,8 +3,9 @@
 //! Kamath, Kumar & Manurangsi, "Connect the Dots: Tighter Discrete Approximations of Privacy
 //! Loss Distributions", PoPETs 2022) — the method of Google's `dp_accounting`.
 //!
-//! Why: RDP ([`crate::accountant`]) composes loosely; on this product's settings its ε is
-//! 8–27 % above the tight value, and every percent of ε is noise a client adds for nothing.
+//! Why: RDP ([`crate::accountant`]) composes loosely; on the ledgers tested its ε is 7–20 %
+//! above the tight value (BENCHMARKS.md), and every percent of ε is noise a client adds for
+//! nothing.
 //!
 //! How:
 //! 1. **One step, exactly.** For each direction of adjacency (a record removed: the mixture
@@ -15,9 +16,10 @@
 //!    e^ε between them (Doroshenko et al., §4). δ is convex in e^ε, so between grid points the
 //!    chord lies above it: the discrete PLD dominates the mechanism, at every ε, and so does
 //!    any composition of such PLDs (pessimistic). The loss beyond the grid's top goes to +∞.
-//! 3. **Composition.** PLDs of independent mechanisms convolve (FFT); k equal steps by
-//!    repeated squaring. After each convolution the tails holding less than [`TAIL_MASS`] are
-//!    cut pessimistically: the upper tail to +∞, the lower tail onto the lowest loss kept.
+//! 3. **Composition.** PLDs of independent mechanisms convolve (FFT); k equal steps by one FFT
+//!    raised to the k-th power over a Chernoff-bounded range ([`Pld::self_compose`]). The tails
+//!    holding less than [`TAIL_MASS`] are cut pessimistically: the upper tail to +∞, the lower
+//!    tail onto the lowest loss kept.
 //! 4. **ε(δ)** of the composed PLD, exactly: δ(ε) = m∞ + Σⱼ mⱼ·(1 − e^(ε−εⱼ))₊ is
 //!    piecewise linear in e^ε, so the ε at which it meets δ is solved in closed form. The
 //!    answer is the larger of the two directions.
