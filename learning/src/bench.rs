@@ -107,7 +107,7 @@ pub fn accountant_ms(
     now: &dyn Fn() -> f64,
 ) -> Result<(f64, f64), crate::accountant::AccountantError> {
     const DELTA: f64 = 1e-5;
-    crate::pld::clear_memo();
+    crate::accountant::clear_memos();
     let t0 = now();
     if pld {
         crate::pld::epsilon(&[(q, sigma, steps)], DELTA)?;

@@ -24,6 +24,7 @@ pub mod bench;
 pub mod client;
 pub mod distributed;
 pub mod dpsgd;
+mod memo;
 pub mod mnist;
 pub mod model;
 pub mod pld;

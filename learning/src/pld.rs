@@ -31,6 +31,7 @@ use rustfft::FftPlanner;
 use rustfft::num_complex::Complex;
 
 use crate::accountant::{AccountantError, check_delta, check_params, log_add};
+use crate::memo::Memo;
 
 /// The grid step h of the privacy loss (`dp_accounting`'s default).
 pub const INTERVAL: f64 = 1e-4;
@@ -395,12 +396,8 @@ fn convolve(a: &[f64], b: &[f64]) -> Vec<f64> {
 /// A ledger's history and δ, bit for bit: the key of [`epsilon`]'s memo.
 type MemoKey = (Vec<(u64, u64, u64)>, u64);
 
-/// Ledgers' ε computed lately. The server asks for the same ledger's ε for every client that
-/// holds it (clients of one shard size share one), and the pages ask again and again; each
-/// computation takes tens of milliseconds. Cleared when full.
-static MEMO: std::sync::Mutex<std::collections::BTreeMap<MemoKey, f64>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-const MEMO_SIZE: usize = 4096;
+/// Ledgers' ε computed lately (see [`crate::memo`]); a key is a ledger's few history entries.
+static MEMO: std::sync::Mutex<Memo<MemoKey, f64>> = std::sync::Mutex::new(Memo::new(8192));
 
 /// ε at `delta` after the history `(sample_rate, noise_multiplier, steps)`: the larger of the
 /// two directions (0 before any step). Remembered for the same history and δ.
@@ -413,14 +410,11 @@ pub fn epsilon(history: &[(f64, f64, u64)], delta: f64) -> Result<f64, Accountan
             .collect(),
         delta.to_bits(),
     );
-    if let Some(&e) = MEMO.lock().ok().as_ref().and_then(|m| m.get(&key)) {
+    if let Some(e) = MEMO.lock().ok().and_then(|mut m| m.get(&key)) {
         return Ok(e);
     }
     let e = compute_epsilon(history, delta)?;
     if let Ok(mut memo) = MEMO.lock() {
-        if memo.len() >= MEMO_SIZE {
-            memo.clear();
-        }
         memo.insert(key, e);
     }
     Ok(e)
@@ -433,7 +427,11 @@ pub fn clear_memo() {
     }
 }
 
-fn compute_epsilon(history: &[(f64, f64, u64)], delta: f64) -> Result<f64, AccountantError> {
+/// [`epsilon`] without the memo.
+pub(crate) fn compute_epsilon(
+    history: &[(f64, f64, u64)],
+    delta: f64,
+) -> Result<f64, AccountantError> {
     let mut worst: f64 = 0.0;
     for direction in [Direction::Remove, Direction::Add] {
         let mut pld = Pld::identity();
@@ -456,8 +454,9 @@ pub fn noise_multiplier_for(
     // RDP's σ is a good start: PLD's is a few percent below it.
     let start =
         crate::accountant::rdp_noise_multiplier_for(target_epsilon, sample_rate, steps, delta)?;
+    // Without the memo: a solve tries σ that nobody asks about again.
     crate::accountant::solve_sigma(target_epsilon, sample_rate, steps, delta, start, |s| {
-        epsilon(&[(sample_rate, s, steps)], delta)
+        compute_epsilon(&[(sample_rate, s, steps)], delta)
     })
 }
 

@@ -50,7 +50,7 @@ fn thousand_clients(now: &dyn Fn() -> f64) -> anyhow::Result<()> {
         .filter(|l| l.allows(step(6000.0), 12, 1e-5, 3.0).unwrap_or(false))
         .count();
     let checks = now() - t;
-    learning::pld::clear_memo();
+    learning::accountant::clear_memos();
     let t = now();
     for l in &iid {
         l.epsilon(1e-5)?;
