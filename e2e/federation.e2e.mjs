@@ -273,6 +273,9 @@ try {
   assert.match(table, /6000/);
   // Every count in a row is of this run, like its ε: 3 rounds sampled, none failed; connected
   // for some seconds (not "last seen … ago").
+  // (The tight ε of the last charge is computed off the coordinator; until then the cell says
+  // its number is RDP's. It takes a fraction of a second: wait for it.)
+  await waitFor('tab 0\'s tight ε in the clients table', async () => / · RDP \d/.test((await rowOf('e2e-tab-0'))?.[7] ?? ''), 10_000, 200);
   const row0 = await rowOf('e2e-tab-0');
   assert.deepEqual([row0[2], row0[5], row0[6]], ['idle', '3', '0'], `tab 0's row: ${row0}`);
   assert.match(row0[4], /^\d+ (s|min)$/);

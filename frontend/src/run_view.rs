@@ -52,7 +52,8 @@ pub fn state_text(c: &ClientInfo) -> String {
 /// the client may not have spent those at all.
 /// With distributed-DP rounds, the worst case follows: ε whatever the server and the other
 /// clients do (the client's own noise shares alone). Otherwise RDP's ε for the same ledger
-/// follows, to compare with the tight accountant's.
+/// follows, to compare with the tight accountant's — or, for the moments the server is still
+/// computing the tight ε of the latest charge, the cell says its number is RDP's.
 pub fn charged_text(c: &ClientInfo) -> String {
     let charged = match (c.epsilon, c.failures) {
         (None, _) => return "—".into(),
@@ -61,6 +62,7 @@ pub fn charged_text(c: &ClientInfo) -> String {
         (Some(e), n) => format!("{e:.3} (incl. {n} failed rounds)"),
     };
     let charged = match c.rdp_epsilon {
+        _ if c.epsilon_pending => format!("{charged} by RDP (tight ε being computed)"),
         Some(r) => format!("{charged} · RDP {r:.3}"),
         None => charged,
     };
@@ -151,6 +153,7 @@ mod tests {
             rounds: 3,
             failures: 0,
             epsilon: Some(2.69),
+            epsilon_pending: false,
             collusion_epsilon: None,
             rdp_epsilon: None,
             refuses: false,
@@ -161,6 +164,12 @@ mod tests {
         c.rdp_epsilon = Some(2.95);
         assert_eq!(charged_text(&c), "2.690 · RDP 2.950");
         c.rdp_epsilon = None;
+        // While the server computes the tight ε of a new charge, RDP's stands in, named.
+        c.epsilon_pending = true;
+        c.epsilon = Some(2.95);
+        assert_eq!(charged_text(&c), "2.950 by RDP (tight ε being computed)");
+        c.epsilon_pending = false;
+        c.epsilon = Some(2.69);
         assert_eq!(state_text(&c), "idle");
         // A capped client that refused its last two rounds: still charged, and said so.
         c.failures = 2;

@@ -756,6 +756,10 @@ pub struct ClientInfo {
     /// upper bound of what the client spent, since the server charges every round it sends,
     /// including the `failures` the client never trained or returned.
     pub epsilon: Option<f64>,
+    /// `epsilon` is RDP's ε of the ledger (an upper bound) while the server computes the tight
+    /// one of its latest charge, off the coordinator (a fraction of a second per shard size).
+    #[serde(default)]
+    pub epsilon_pending: bool,
     /// With distributed-DP rounds: the same ledger's ε whatever the server and the other
     /// clients of those rounds do (its own noise shares alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -154,9 +154,11 @@ pub async fn history(
     State(state): State<AppState>,
     Path(run_id): Path<u64>,
 ) -> Result<Json<RunHistory>, AppError> {
-    Ok(Json(
-        ask(&state, |reply| Command::History { run_id, reply }).await??,
-    ))
+    let parts = ask(&state, |reply| Command::History { run_id, reply }).await??;
+    let history = tokio::task::spawn_blocking(move || parts.into_history())
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok(Json(history))
 }
 
 /// `POST /api/admin/runs/{id}/{start|pause|resume|stop}`

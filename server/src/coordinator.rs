@@ -32,6 +32,7 @@ mod registry;
 mod round;
 mod runs;
 mod secure;
+mod spent;
 
 pub use secure::SecAggAnswer;
 use secure::{GradientSum, SecureRound};
@@ -119,7 +120,7 @@ pub enum Command {
     },
     History {
         run_id: u64,
-        reply: oneshot::Sender<Result<RunHistory, AdminError>>,
+        reply: oneshot::Sender<Result<HistoryParts, AdminError>>,
     },
     Model {
         run_id: u64,
@@ -135,6 +136,26 @@ pub enum Command {
         client_key: String,
         reply: oneshot::Sender<Option<Arc<Vec<Vec<usize>>>>>,
     },
+}
+
+/// A run's history as the store holds it: [`HistoryParts::into_history`] computes its
+/// ledger's ε, which takes tens of milliseconds per distinct ledger, off the coordinator task.
+#[derive(Debug)]
+pub struct HistoryParts {
+    run: RunSummary,
+    rounds: Vec<protocol::admin::RoundRecord>,
+    clients: Vec<ClientRow>,
+}
+
+impl HistoryParts {
+    pub fn into_history(self) -> RunHistory {
+        let delta = self.run.config.dp.map(|d| d.delta);
+        RunHistory {
+            ledger: crate::store::ledger_entries(&self.clients, delta),
+            rounds: self.rounds,
+            run: self.run,
+        }
+    }
 }
 
 /// Why an admin request failed; mapped to an HTTP status by the admin routes.
@@ -268,6 +289,8 @@ struct ActiveRun {
     /// them if its cohort is the same connections (taken at every plan, so a failed round
     /// leaves none).
     kept_keys: Option<secure::KeptKeys>,
+    /// Each client's tight ε, computed off this task (see `spent`).
+    spent: spent::SpentBoard,
 }
 
 /// Clients that keep failing sit out: a client that fails [`MAX_FAILURES_IN_A_ROW`] rounds in a
@@ -329,13 +352,15 @@ impl ActiveRun {
     fn delta(&self) -> Option<f64> {
         self.summary.config.dp.map(|d| d.delta)
     }
-    /// Largest ε any client has spent (server ledger).
+    /// Largest ε any client has spent (server ledger), exactly: the tight ε.
     fn max_epsilon(&self) -> Option<f64> {
         let delta = self.delta()?;
-        self.clients
-            .values()
-            .filter_map(|c| c.ledger.epsilon(delta).ok())
-            .fold(None, |m: Option<f64>, e| Some(m.map_or(e, |m| m.max(e))))
+        self.spent.largest(
+            self.clients
+                .iter()
+                .map(|(key, c)| (key.as_str(), &c.ledger)),
+            delta,
+        )
     }
 }
 
@@ -374,6 +399,10 @@ pub struct Coordinator {
     next_public_id: u64,
     run: Option<ActiveRun>,
     eval_task: Option<JoinHandle<Result<EvaluateRes, String>>>,
+    /// The job computing changed ledgers' tight ε, with its run's id (see `spent`).
+    accounting: Option<JoinHandle<(u64, Vec<spent::Accounted>)>>,
+    /// The strategy's work ahead failed once (a bug): not tried again.
+    prepare_failed: bool,
     model_params: usize,
 }
 
@@ -403,6 +432,8 @@ impl Coordinator {
             next_public_id: 1,
             run: None,
             eval_task: None,
+            accounting: None,
+            prepare_failed: false,
             model_params: TinyCnnConfig::new().layout().num_params(),
         };
         c.resume()?;
@@ -461,6 +492,7 @@ impl Coordinator {
             departed: HashMap::new(),
             phase,
             kept_keys: None,
+            spent: Default::default(),
         });
         Ok(())
     }
@@ -494,7 +526,12 @@ impl Coordinator {
                     let res = res.unwrap_or_else(|e| Err(format!("evaluation task failed: {e}")));
                     self.supervised("the evaluation", |c| c.on_evaluated(res));
                 }
+                res = join_opt(&mut self.accounting) => {
+                    self.accounting = None;
+                    self.supervised("the accounting", |c| c.on_accounted(res));
+                }
             }
+            self.supervised("the accounting", Self::start_accounting);
             self.supervised("starting a round", Self::maybe_start_round);
         }
         info!("coordinator stopped");
@@ -752,5 +789,207 @@ mod tests {
         assert_eq!(rx.await.unwrap().unwrap().len(), 1);
         c.maybe_start_round();
         assert!(c.run.as_ref().unwrap().round.is_some(), "attempt 2 started");
+    }
+
+    /// σ for new shard sizes is solved off the task before the plan; a charged ledger shows
+    /// RDP's ε, named as such, until the job off the task computes the tight one; a round does
+    /// not start while the job runs; the clients table then shows the tight ε with RDP's
+    /// beside it.
+    #[tokio::test]
+    async fn the_tight_epsilon_is_computed_off_the_task_and_plans_wait_for_it() {
+        let (events, _seen) = broadcast::channel(64);
+        let mut c = Coordinator::new(
+            Store::in_memory().unwrap(),
+            None,
+            events,
+            CoordinatorOptions { eval_limit: None },
+        )
+        .unwrap();
+        let config = RunConfig::from_json(
+            r#"{"min_clients":2,"batching":{"batch_size":10},"shards":null,
+                "dp":{"max_grad_norm":1.0,"target_epsilon":3.0,"delta":1e-5}}"#,
+        )
+        .unwrap();
+        let run_id = c.create_run(config).unwrap().run_id;
+        let (tx, _started) = reply();
+        c.handle(Command::Control {
+            run_id,
+            action: RunAction::Start,
+            reply: tx,
+        });
+        let mut outboxes = Vec::new();
+        for n in [100, 150] {
+            let (outbox, rx) = mpsc::channel(16);
+            outboxes.push(rx);
+            let caps = Capabilities {
+                own_data: Some(protocol::messages::OwnData { num_examples: n }),
+                ..Default::default()
+            };
+            c.join(None, caps, outbox).unwrap();
+        }
+        // First σ for the two shard sizes, off the task; the plan waits for it.
+        c.start_accounting();
+        assert!(c.accounting_pending(), "σ of two new sizes to solve");
+        c.maybe_start_round();
+        assert!(c.run.as_ref().unwrap().round.is_none(), "no plan before σ");
+        let res = c.accounting.take().unwrap().await;
+        c.on_accounted(res);
+        c.start_accounting();
+        assert!(!c.accounting_pending(), "σ solved, no ledger charged yet");
+        c.maybe_start_round();
+        let ledgers: Vec<PrivacyLedger> = c
+            .run
+            .as_ref()
+            .unwrap()
+            .clients
+            .values()
+            .map(|r| r.ledger.clone())
+            .collect();
+        assert_eq!(ledgers.len(), 2);
+        assert_ne!(ledgers[0], ledgers[1], "a shard size each: two ledgers");
+        let rdp: Vec<f64> = ledgers
+            .iter()
+            .map(|l| l.rdp_epsilon(1e-5).unwrap())
+            .collect();
+        let tight: Vec<f64> = ledgers.iter().map(|l| l.epsilon(1e-5).unwrap()).collect();
+        for info in c.client_infos() {
+            assert!(info.epsilon_pending, "{info:?}");
+            assert!(
+                rdp.contains(&info.epsilon.unwrap()),
+                "RDP's ε stands in: {info:?}"
+            );
+            assert_eq!(info.rdp_epsilon, None);
+        }
+
+        c.start_accounting();
+        assert!(c.accounting_pending());
+        c.supervised("a test step", |_| panic!("drop the round"));
+        c.maybe_start_round();
+        assert!(
+            c.run.as_ref().unwrap().round.is_none(),
+            "no plan while the job runs"
+        );
+
+        let res = c.accounting.take().unwrap().await;
+        c.on_accounted(res);
+        for info in c.client_infos() {
+            assert!(!info.epsilon_pending, "{info:?}");
+            let e = info.epsilon.unwrap();
+            assert!(tight.contains(&e), "the tight ε: {info:?}");
+            assert!(info.rdp_epsilon.unwrap() > e, "RDP's beside it: {info:?}");
+        }
+        c.start_accounting();
+        assert!(!c.accounting_pending(), "nothing changed since: no job");
+        c.maybe_start_round();
+        assert!(c.run.as_ref().unwrap().round.is_some(), "attempt 2 started");
+    }
+
+    /// What the accountant costs the coordinator task with 1 000 clients of a shard size
+    /// each (one σ and one ledger each), against the job off the task. A benchmark, not a
+    /// test (BENCHMARKS.md "The PLD accountant"):
+    /// `cargo test --release -p server --lib accounting_cost -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore]
+    async fn accounting_cost_with_a_thousand_shard_sizes() {
+        use std::time::Instant;
+        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+        let (events, _seen) = broadcast::channel(4096);
+        let mut c = Coordinator::new(
+            Store::in_memory().unwrap(),
+            None,
+            events,
+            CoordinatorOptions { eval_limit: None },
+        )
+        .unwrap();
+        let config = RunConfig::from_json(
+            r#"{"min_clients":1000,"rounds":15,"batching":{"batch_size":512},"shards":null,
+                "round_timeout_secs":600,
+                "dp":{"max_grad_norm":1.0,"target_epsilon":3.0,"delta":1e-5}}"#,
+        )
+        .unwrap();
+        let run_id = c.create_run(config).unwrap().run_id;
+        let (tx, _started) = reply();
+        c.handle(Command::Control {
+            run_id,
+            action: RunAction::Start,
+            reply: tx,
+        });
+        let mut outboxes = Vec::new();
+        for i in 0..1000u64 {
+            let (outbox, rx) = mpsc::channel(16);
+            outboxes.push(rx);
+            let caps = Capabilities {
+                own_data: Some(protocol::messages::OwnData {
+                    num_examples: 3000 + 3 * i,
+                }),
+                ..Default::default()
+            };
+            c.join(None, caps, outbox).unwrap();
+        }
+        learning::accountant::clear_memos();
+        println!(
+            "1 000 clients, a shard size each (3 000 … 5 997), batch 512, 15 rounds, target ε 3"
+        );
+        let t = Instant::now();
+        c.start_accounting();
+        let job = c.accounting.take().unwrap();
+        let res = job.await;
+        c.on_accounted(res);
+        println!("off the task: σ for 1 000 sizes: {:.1} s wall", ms(t) / 1e3);
+        for attempt in 1..=3 {
+            let t = Instant::now();
+            c.maybe_start_round();
+            let plan = ms(t);
+            assert!(c.run.as_ref().unwrap().round.is_some());
+            let t = Instant::now();
+            let infos = c.client_infos();
+            let list_pending = ms(t);
+            assert!(infos.iter().all(|i| i.epsilon_pending));
+            let t = Instant::now();
+            c.start_accounting();
+            let res = c.accounting.take().unwrap().await;
+            c.on_accounted(res);
+            let job = ms(t);
+            let t = Instant::now();
+            let infos = c.client_infos();
+            let list = ms(t);
+            assert!(infos.iter().all(|i| !i.epsilon_pending));
+            let t = Instant::now();
+            let largest = c.run.as_ref().unwrap().max_epsilon().unwrap();
+            let record = ms(t);
+            println!(
+                "round {attempt}: on the task: plan {plan:.0} ms, clients table {list_pending:.0} ms while pending and {list:.0} ms after, the round's ε {record:.1} ms (ε {largest:.3}); off the task: 1 000 ledgers' tight ε {:.1} s wall",
+                job / 1e3
+            );
+            c.supervised("the benchmark", |_| panic!("next attempt"));
+        }
+        // What the task did before the job existed: every ledger's tight ε in one thread (the
+        // record's ε, and again for every clients table), and σ solved in the plan.
+        let ledgers: Vec<PrivacyLedger> = c
+            .run
+            .as_ref()
+            .unwrap()
+            .clients
+            .values()
+            .map(|r| r.ledger.clone())
+            .collect();
+        learning::accountant::clear_memos();
+        let t = Instant::now();
+        for l in &ledgers {
+            l.epsilon(1e-5).unwrap();
+        }
+        println!(
+            "for comparison, on one thread: every ledger's tight ε {:.1} s",
+            ms(t) / 1e3
+        );
+        let t = Instant::now();
+        let strategy = build_strategy(&c.run.as_ref().unwrap().summary.config);
+        for n in 3000..3020 {
+            strategy.train_config(n).unwrap();
+        }
+        println!(
+            "for comparison, on one thread: σ for 20 sizes {:.1} s (× 50 for 1 000)",
+            ms(t) / 1e3
+        );
     }
 }

@@ -169,6 +169,14 @@ pub trait Strategy: Send {
     fn evaluates(&self, _server_round: u64) -> bool {
         true
     }
+
+    /// The work `train_config` would do for clients of these shard sizes that can run ahead,
+    /// off the coordinator task: with a target ε, solving σ for each new size (a fraction of
+    /// a second each under the tight accountant; a thousand clients of a size each would
+    /// stall the coordinator for minutes). `None` when nothing is missing.
+    fn prepare(&self, _sizes: &[u64]) -> Option<Box<dyn FnOnce() + Send>> {
+        None
+    }
 }
 
 fn sample(candidates: &[Candidate], k: usize, seed: u64) -> Vec<&Candidate> {
@@ -342,13 +350,35 @@ pub struct DpFedAvg<S> {
     pub inner: S,
     pub dp: DpRunConfig,
     pub rounds: u32,
-    /// σ solved so far, by (sample rate, steps): a run asks the same few questions every
-    /// round, and a Skellam solve takes tens of milliseconds.
-    sigmas: Arc<Mutex<HashMap<(u64, u64), f64>>>,
+    /// σ solved so far, by (sample rate, steps), and the targets no σ reaches: a run asks the
+    /// same few questions every round, and a tight solve takes a fraction of a second.
+    /// Shared with [`Strategy::prepare`]'s work, which fills it off the coordinator task.
+    sigmas: Arc<Mutex<Solved>>,
 }
 
-/// Most σ kept solved (a run of many shard sizes starts over past it).
-const MAX_SOLVED: usize = 4096;
+type Solved = HashMap<SigmaKey, Result<f64, AccountantError>>;
+
+/// What σ depends on besides the run: a shard's sample rate (bits) and steps per round.
+type SigmaKey = (u64, u64);
+
+fn sigma_key(config: &TrainConfig, n: u64) -> SigmaKey {
+    (
+        config.sample_rate(n as usize).to_bits(),
+        config.steps_per_round(n as usize),
+    )
+}
+
+fn remember(sigmas: &Mutex<Solved>, key: SigmaKey, sigma: Result<f64, AccountantError>) {
+    if let Ok(mut m) = sigmas.lock() {
+        if m.len() >= MAX_SOLVED {
+            m.clear();
+        }
+        m.insert(key, sigma);
+    }
+}
+
+/// Most σ kept solved (a run of more shard sizes starts over past it): one per client at most.
+const MAX_SOLVED: usize = crate::coordinator::MAX_CLIENTS;
 
 impl<S: Strategy> DpFedAvg<S> {
     pub fn new(inner: S, dp: DpRunConfig, rounds: u32) -> Self {
@@ -362,68 +392,23 @@ impl<S: Strategy> DpFedAvg<S> {
 
     /// σ for a client with `n` examples training `config`.
     pub fn noise_multiplier(&self, config: &TrainConfig, n: u64) -> Result<f64, AccountantError> {
-        if let Some(s) = self.dp.noise_multiplier {
-            return Ok(s as f64);
-        }
-        let target = self.dp.target_epsilon.unwrap_or(f64::INFINITY);
-        let n = n as usize;
-        if let Some(d) = self.dp.distributed {
-            // One step per round: z of the summed noise, under the Skellam accountant.
-            let step = SkellamStep {
-                sample_rate: config.sample_rate(n),
-                noise_multiplier: 1.0,
-                scale: d.scale,
-                dim: protocol::config::MODEL_DIM,
-                beta: d.beta,
-            };
-            return learning::skellam::noise_multiplier_for(
-                target,
-                &step,
-                self.rounds as u64,
-                self.dp.delta,
-            )
-            .map_err(|e| match e {
-                SkellamError::Accountant(a) => a,
-                other => AccountantError::Skellam(other.to_string()),
-            });
-        }
-        noise_multiplier_for(
-            target,
-            config.sample_rate(n),
-            config.steps_per_round(n).saturating_mul(self.rounds as u64),
-            self.dp.delta,
-        )
+        solve_noise(&self.dp, self.rounds, config, n)
     }
 
     /// The config with DP for a shard of `n`, or why none reaches the target; σ already
     /// solved for the same sample rate and step count is reused.
-    pub fn with_dp(&self, mut config: TrainConfig, n: u64) -> Result<TrainConfig, AccountantError> {
-        let key = (
-            config.sample_rate(n as usize).to_bits(),
-            config.steps_per_round(n as usize),
-        );
-        let known = self.sigmas.lock().ok().and_then(|m| m.get(&key).copied());
+    pub fn with_dp(&self, config: TrainConfig, n: u64) -> Result<TrainConfig, AccountantError> {
+        let key = sigma_key(&config, n);
+        let known = self.sigmas.lock().ok().and_then(|m| m.get(&key).cloned());
         let sigma = match known {
-            Some(s) => s,
+            Some(s) => s?,
             None => {
-                let s = self.noise_multiplier(&config, n)?;
-                if let Ok(mut m) = self.sigmas.lock() {
-                    if m.len() >= MAX_SOLVED {
-                        m.clear();
-                    }
-                    m.insert(key, s);
-                }
-                s
+                let s = self.noise_multiplier(&config, n);
+                remember(&self.sigmas, key, s.clone());
+                s?
             }
         };
-        config.dp = Some(DpSgdConfig {
-            max_grad_norm: self.dp.max_grad_norm,
-            // Rounded up to the next f32 so the client never adds less noise than accounted.
-            noise_multiplier: next_f32_up(sigma),
-            delta: self.dp.delta,
-            distributed: self.dp.distributed.map(|d| d.noise()),
-        });
-        Ok(config)
+        Ok(with_sigma(&self.dp, config, sigma))
     }
 
     /// Whether one more round of `config` keeps this ledger within the run's target.
@@ -441,6 +426,72 @@ impl<S: Strategy> DpFedAvg<S> {
     }
 }
 
+/// σ (or z, for distributed DP) for a client with `n` examples training `config` in a run of
+/// `rounds` rounds under `dp`: given, or solved for the target.
+fn solve_noise(
+    dp: &DpRunConfig,
+    rounds: u32,
+    config: &TrainConfig,
+    n: u64,
+) -> Result<f64, AccountantError> {
+    if let Some(s) = dp.noise_multiplier {
+        return Ok(s as f64);
+    }
+    let target = dp.target_epsilon.unwrap_or(f64::INFINITY);
+    let n = n as usize;
+    if let Some(d) = dp.distributed {
+        // One step per round: z of the summed noise, under the Skellam accountant.
+        let step = SkellamStep {
+            sample_rate: config.sample_rate(n),
+            noise_multiplier: 1.0,
+            scale: d.scale,
+            dim: protocol::config::MODEL_DIM,
+            beta: d.beta,
+        };
+        return learning::skellam::noise_multiplier_for(target, &step, rounds as u64, dp.delta)
+            .map_err(|e| match e {
+                SkellamError::Accountant(a) => a,
+                other => AccountantError::Skellam(other.to_string()),
+            });
+    }
+    noise_multiplier_for(
+        target,
+        config.sample_rate(n),
+        config.steps_per_round(n).saturating_mul(rounds as u64),
+        dp.delta,
+    )
+}
+
+/// `config` with DP-SGD at noise `sigma`, as the client gets it.
+fn with_sigma(dp: &DpRunConfig, mut config: TrainConfig, sigma: f64) -> TrainConfig {
+    config.dp = Some(DpSgdConfig {
+        max_grad_norm: dp.max_grad_norm,
+        // Rounded up to the next f32 so the client never adds less noise than accounted.
+        noise_multiplier: next_f32_up(sigma),
+        delta: dp.delta,
+        distributed: dp.distributed.map(|d| d.noise()),
+    });
+    config
+}
+
+/// σ for a shard of `n` solved into `sigmas`; then one step of the round it configures is
+/// accounted once under RDP, so the plan's first budget check of the size reads the RDP
+/// curve from the memo (≈ 1 ms each: a thousand new sizes had made a first plan take 0.9 s).
+fn solve_ahead(
+    dp: &DpRunConfig,
+    rounds: u32,
+    sigmas: &Mutex<Solved>,
+    config: &TrainConfig,
+    n: u64,
+) {
+    let sigma = solve_noise(dp, rounds, config, n);
+    remember(sigmas, sigma_key(config, n), sigma.clone());
+    let planned = sigma.map(|s| with_sigma(dp, config.clone(), s));
+    if let Some((mechanism, _)) = planned.ok().and_then(|c| round_mechanism(&c, n as usize)) {
+        let _ = PrivacyLedger::default().allows(mechanism, 1, dp.delta, f64::INFINITY);
+    }
+}
+
 /// The smallest f32 ≥ x (so σ sent as f32 is never below the σ the accountant used).
 fn next_f32_up(x: f64) -> f32 {
     let f = x as f32;
@@ -450,6 +501,37 @@ fn next_f32_up(x: f64) -> f32 {
 impl<S: Strategy> Strategy for DpFedAvg<S> {
     fn train_config(&self, n: u64) -> Option<TrainConfig> {
         self.with_dp(self.inner.train_config(n)?, n).ok()
+    }
+
+    /// Solves σ for the sizes not solved yet, spread over the cores, into the shared cache
+    /// (a target no σ reaches is remembered too, so it is not solved again).
+    fn prepare(&self, sizes: &[u64]) -> Option<Box<dyn FnOnce() + Send>> {
+        if self.dp.noise_multiplier.is_some() {
+            return None;
+        }
+        let work: Vec<(TrainConfig, u64)> = {
+            let solved = self.sigmas.lock().ok()?;
+            let mut work = HashMap::new();
+            for &n in sizes {
+                let Some(config) = self.inner.train_config(n) else {
+                    continue;
+                };
+                let key = sigma_key(&config, n);
+                if !solved.contains_key(&key) {
+                    work.entry(key).or_insert((config, n));
+                }
+            }
+            work.into_values().collect()
+        };
+        if work.is_empty() {
+            return None;
+        }
+        let (dp, rounds, sigmas) = (self.dp, self.rounds, self.sigmas.clone());
+        Some(Box::new(move || {
+            crate::par_map(&work, |(config, n)| {
+                solve_ahead(&dp, rounds, &sigmas, config, *n)
+            });
+        }))
     }
 
     fn configure_train(&self, round: u64, candidates: &[Candidate], seed: u64) -> TrainPlan {
@@ -562,6 +644,10 @@ impl DistributedSgd {
 impl Strategy for DistributedSgd {
     fn train_config(&self, n: u64) -> Option<TrainConfig> {
         self.inner.train_config(n)
+    }
+
+    fn prepare(&self, sizes: &[u64]) -> Option<Box<dyn FnOnce() + Send>> {
+        self.inner.prepare(sizes)
     }
 
     /// The inner plan, with every client's z raised to the largest of the round: the shares
@@ -1072,6 +1158,46 @@ mod tests {
         assert_eq!(s(0), s(2));
         assert_eq!(s(1), s(3));
         assert_ne!(s(0), s(1));
+    }
+
+    /// `prepare` solves, off the caller, σ for each new shard size once (and remembers a
+    /// target no σ reaches): afterwards there is nothing to prepare, and the plan's configs
+    /// carry exactly the σ a solve on the spot gives.
+    #[test]
+    fn prepare_solves_each_new_size_once_ahead_of_the_plan() {
+        let config = RunConfig::default();
+        let dp = DpFedAvg::new(fedavg(&config), config.dp.unwrap(), config.rounds);
+        let work = dp.prepare(&[6000, 3000, 6000]).expect("two sizes to solve");
+        assert_eq!(
+            dp.sigmas.lock().unwrap().len(),
+            0,
+            "nothing solved before the work runs"
+        );
+        work();
+        assert_eq!(dp.sigmas.lock().unwrap().len(), 2);
+        assert!(
+            dp.prepare(&[3000, 6000]).is_none(),
+            "solved: nothing to prepare"
+        );
+        for n in [6000, 3000] {
+            let base = fedavg(&config).train_config(n).unwrap();
+            let sigma = dp.noise_multiplier(&base, n).unwrap();
+            let planned = dp.train_config(n).unwrap().dp.unwrap().noise_multiplier;
+            assert_eq!(planned, next_f32_up(sigma), "n = {n}");
+        }
+        // A fixed σ has nothing to solve.
+        let mut fixed = config.dp.unwrap();
+        fixed.noise_multiplier = Some(1.0);
+        let fixed = DpFedAvg::new(fedavg(&config), fixed, config.rounds);
+        assert!(fixed.prepare(&[6000]).is_none());
+        // A size whose target no σ reaches (q = 1, thousands of steps, a tiny ε) is solved
+        // once, remembered as such, and gets no config.
+        let mut tiny = config.dp.unwrap();
+        tiny.target_epsilon = Some(1e-9);
+        let tiny = DpFedAvg::new(fedavg(&config), tiny, config.rounds);
+        tiny.prepare(&[100]).expect("one size")();
+        assert!(tiny.prepare(&[100]).is_none(), "remembered as unreachable");
+        assert_eq!(tiny.train_config(100), None);
     }
 
     #[test]

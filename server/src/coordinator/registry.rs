@@ -322,11 +322,7 @@ impl Coordinator {
         // Every count is of the current run, like ε.
         let run = self.run.as_ref();
         let row = run.and_then(|r| r.clients.get(&c.key));
-        let delta = run.and_then(|r| r.delta());
-        let epsilon = delta.and_then(|d| row?.ledger.epsilon(d).ok());
-        let collusion_epsilon =
-            delta.and_then(|d| crate::store::collusion_epsilon(&row?.ledger, d));
-        let rdp_epsilon = delta.and_then(|d| crate::store::rdp_epsilon(&row?.ledger, d));
+        let spent = run.map(|r| r.spent_columns(&c.key)).unwrap_or_default();
         Some(ClientInfo {
             client_id: c.public_id,
             name: c.caps.name.clone(),
@@ -337,9 +333,10 @@ impl Coordinator {
             connected_at_ms: c.connected_at_ms,
             rounds: row.map_or(0, |r| r.rounds),
             failures: run.map_or(0, |r| r.bench.failures(&c.key)),
-            epsilon,
-            collusion_epsilon,
-            rdp_epsilon,
+            epsilon: spent.epsilon,
+            epsilon_pending: spent.pending,
+            collusion_epsilon: spent.collusion,
+            rdp_epsilon: spent.rdp,
             refuses: run.is_some_and(|r| r.refused.contains(&c.key)),
             left: None,
         })
@@ -360,10 +357,17 @@ impl Coordinator {
                 .departed
                 .iter()
                 .filter(|(key, _)| !connected.contains(key.as_str()))
-                .map(|(key, info)| ClientInfo {
-                    failures: run.bench.failures(key),
-                    refuses: run.refused.contains(key),
-                    ..info.clone()
+                .map(|(key, info)| {
+                    let spent = run.spent_columns(key);
+                    ClientInfo {
+                        failures: run.bench.failures(key),
+                        refuses: run.refused.contains(key),
+                        epsilon: spent.epsilon,
+                        epsilon_pending: spent.pending,
+                        collusion_epsilon: spent.collusion,
+                        rdp_epsilon: spent.rdp,
+                        ..info.clone()
+                    }
                 })
                 .collect();
             gone.sort_by_key(|c| c.client_id);

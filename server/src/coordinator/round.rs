@@ -39,6 +39,7 @@ impl Coordinator {
             .run
             .as_ref()
             .is_some_and(|r| r.summary.status == RunStatus::Running && r.round.is_none())
+            || self.accounting_pending()
         {
             return;
         }

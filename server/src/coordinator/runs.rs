@@ -59,6 +59,7 @@ impl Coordinator {
             departed: HashMap::new(),
             phase: None,
             kept_keys: None,
+            spent: Default::default(),
         });
         // Keys of the previous run that are gone are not honoured any more: nor are their ids.
         let connected: std::collections::HashSet<&String> =
@@ -158,7 +159,8 @@ impl Coordinator {
         }
     }
 
-    pub(super) fn history(&self, run_id: u64) -> Result<RunHistory, AdminError> {
+    /// A run's history as stored; its ledger's ε are computed by the caller, off this task.
+    pub(super) fn history(&self, run_id: u64) -> Result<HistoryParts, AdminError> {
         let mut run = self
             .store
             .run(run_id)?
@@ -166,10 +168,9 @@ impl Coordinator {
         if let Some(active) = self.run.as_ref().filter(|r| r.id() == run_id) {
             run.status = active.summary.status;
         }
-        let delta = run.config.dp.map(|d| d.delta);
-        Ok(RunHistory {
+        Ok(HistoryParts {
             rounds: self.store.rounds(run_id)?,
-            ledger: self.store.ledger(run_id, delta)?,
+            clients: self.store.clients(run_id)?,
             run,
         })
     }

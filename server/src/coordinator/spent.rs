@@ -1,0 +1,420 @@
+//! Each client's tight ε, computed off the coordinator task.
+//!
+//! Why: the tight (PLD) ε of one ledger takes 40–90 ms. Clients of one shard size share a
+//! ledger (one computation, remembered), but with a shard size each — Dirichlet shards and a
+//! batch size — 1 000 clients are ≈ 49 s of one core per round, and the coordinator task must
+//! meanwhile answer every socket. So the coordinator only notices which ledgers changed since
+//! they were last accounted, and hands copies of them to one blocking job at a time, which
+//! computes their ε and, ahead of the next plan, the budget checks that plan will make (the
+//! ledger plus the step the client would be given, against the run's target and the client's
+//! own cap). Those land in `learning::pld`'s memo, so the plan reads them instead of computing.
+//!
+//! Until a ledger's job is done, what the pages show for it is RDP's ε of the same ledger,
+//! marked as pending: an upper bound, never a number below what was charged. A round does not
+//! start while a job runs (its plan would compute the same checks on the coordinator task).
+
+use std::collections::HashMap;
+
+use learning::accountant::{Mechanism, PrivacyLedger};
+use protocol::config::EVAL_NOISE_MULTIPLIER;
+use tracing::warn;
+
+use super::{Conn, Coordinator};
+
+/// One client's ledger to account, and the budget checks its next round would need.
+#[derive(Debug, Clone)]
+pub(super) struct Task {
+    pub key: String,
+    pub ledger: PrivacyLedger,
+    pub checks: Vec<Check>,
+}
+
+/// "Would `steps` more of `mechanism` keep the ledger within `cap` at `delta`?"
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Check {
+    pub mechanism: Mechanism,
+    pub steps: u64,
+    pub cap: f64,
+    pub delta: f64,
+}
+
+/// A ledger's tight ε, and which ledger it is of.
+#[derive(Debug, Clone)]
+pub(super) struct Accounted {
+    pub key: String,
+    pub ledger: PrivacyLedger,
+    pub epsilon: Option<f64>,
+}
+
+/// What the pages show of one ledger.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Shown {
+    pub epsilon: f64,
+    /// `epsilon` is RDP's: the tight ε of this ledger is being computed.
+    pub pending: bool,
+}
+
+/// The tight ε of the ledgers accounted so far, by client key (one run's).
+#[derive(Debug, Default)]
+pub(super) struct SpentBoard {
+    known: HashMap<String, Accounted>,
+}
+
+impl SpentBoard {
+    /// Whether `ledger` has been accounted as it is now.
+    fn current(&self, key: &str, ledger: &PrivacyLedger) -> Option<&Accounted> {
+        self.known.get(key).filter(|a| &a.ledger == ledger)
+    }
+
+    /// Whether `ledger` needs the job: a Gaussian ledger with steps whose tight ε is not known.
+    /// (A ledger with distributed-DP rounds has only RDP's ε, computed on the spot: 1 ms.)
+    pub fn needs_accounting(&self, key: &str, ledger: &PrivacyLedger) -> bool {
+        ledger.skellam.is_empty() && ledger.steps() > 0 && self.current(key, ledger).is_none()
+    }
+
+    /// The ε the pages show for `ledger` at `delta`: the tight one once accounted, RDP's (an
+    /// upper bound, marked pending) until then.
+    pub fn shown(&self, key: &str, ledger: &PrivacyLedger, delta: f64) -> Option<Shown> {
+        let known = match self.current(key, ledger) {
+            Some(a) => a.epsilon,
+            // Nothing spent, or distributed-DP rounds (RDP's ε is the ε): computed on the spot.
+            None if !self.needs_accounting(key, ledger) => ledger.epsilon(delta).ok(),
+            None => None,
+        };
+        if let Some(epsilon) = known {
+            return Some(Shown {
+                epsilon,
+                pending: false,
+            });
+        }
+        Some(Shown {
+            epsilon: ledger.rdp_epsilon(delta).ok()?,
+            pending: true,
+        })
+    }
+
+    /// The largest tight ε of `ledgers`, exactly, computing on the spot only what could be it:
+    /// the unaccounted ledgers whose RDP ε (an upper bound of their tight one) is above the
+    /// largest known, largest first.
+    pub fn largest<'a>(
+        &self,
+        ledgers: impl Iterator<Item = (&'a str, &'a PrivacyLedger)>,
+        delta: f64,
+    ) -> Option<f64> {
+        let mut largest: Option<f64> = None;
+        let mut unknown = Vec::new();
+        for (key, ledger) in ledgers {
+            match self.shown(key, ledger, delta) {
+                Some(s) if s.pending => unknown.push((s.epsilon, ledger)),
+                Some(s) => largest = Some(largest.map_or(s.epsilon, |m| m.max(s.epsilon))),
+                None => {}
+            }
+        }
+        unknown.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (rdp, ledger) in unknown {
+            if largest.is_some_and(|m| m >= rdp) {
+                break;
+            }
+            if let Ok(e) = ledger.epsilon(delta) {
+                largest = Some(largest.map_or(e, |m| m.max(e)));
+            }
+        }
+        largest
+    }
+
+    /// Keeps a job's results.
+    pub fn absorb(&mut self, done: Vec<Accounted>) {
+        for a in done {
+            self.known.insert(a.key.clone(), a);
+        }
+    }
+}
+
+/// The job: every task's tight ε at `delta`, and its checks (for the memo), spread over the
+/// machine's cores; runs on a blocking thread.
+pub(super) fn account(tasks: Vec<Task>, delta: f64) -> Vec<Accounted> {
+    crate::par_map(&tasks, |t| account_one(t, delta))
+}
+
+/// One task. A panic (a bug) leaves its ε unknown rather than the job failing and starting
+/// again forever: the pages then show RDP's ε, still marked pending.
+fn account_one(task: &Task, delta: f64) -> Accounted {
+    let epsilon = std::panic::catch_unwind(|| {
+        for c in &task.checks {
+            // The answer is not needed here: computing it leaves the tight ε in the memo.
+            let _ = task.ledger.allows(c.mechanism, c.steps, c.delta, c.cap);
+        }
+        task.ledger.epsilon(delta).ok()
+    })
+    .unwrap_or(None);
+    Accounted {
+        key: task.key.clone(),
+        ledger: task.ledger.clone(),
+        epsilon,
+    }
+}
+
+impl Coordinator {
+    /// Starts the job, unless one runs already: first σ for the connected clients' new shard
+    /// sizes (the strategy's [`prepare`](crate::strategy::Strategy::prepare)), then the run's ledgers that changed
+    /// since they were accounted, with the checks of their next round (which need σ).
+    pub(super) fn start_accounting(&mut self) {
+        if self.accounting.is_some() {
+            return;
+        }
+        let Some(run) = self.run.as_ref() else { return };
+        let Some(delta) = run.delta() else { return };
+        let run_id = run.id();
+        if !self.prepare_failed {
+            let sizes: Vec<u64> = self
+                .clients
+                .values()
+                .filter_map(|c| c.num_examples)
+                .collect();
+            if let Some(work) = run.strategy.prepare(&sizes) {
+                self.accounting = Some(tokio::task::spawn_blocking(move || {
+                    work();
+                    (run_id, Vec::new())
+                }));
+                return;
+            }
+        }
+        let by_key: HashMap<&str, &Conn> =
+            self.clients.values().map(|c| (c.key.as_str(), c)).collect();
+        let tasks: Vec<Task> = run
+            .clients
+            .iter()
+            .filter(|(key, row)| run.spent.needs_accounting(key, &row.ledger))
+            .map(|(key, row)| Task {
+                key: key.clone(),
+                ledger: row.ledger.clone(),
+                checks: by_key
+                    .get(key.as_str())
+                    .map_or_else(Vec::new, |conn| next_checks(run, conn, delta)),
+            })
+            .collect();
+        if tasks.is_empty() {
+            return;
+        }
+        self.accounting = Some(tokio::task::spawn_blocking(move || {
+            (run_id, account(tasks, delta))
+        }));
+    }
+
+    pub(super) fn on_accounted(
+        &mut self,
+        res: Result<(u64, Vec<Accounted>), tokio::task::JoinError>,
+    ) {
+        match res {
+            Ok((run_id, done)) => {
+                if let Some(run) = self.run.as_mut().filter(|r| r.id() == run_id) {
+                    run.spent.absorb(done);
+                }
+            }
+            // Only the strategy's work can fail so (each ledger's panic is caught): a bug, and
+            // it would fail again; plans then solve σ themselves, as before this job existed.
+            Err(e) => {
+                warn!(error = %e, "solving σ ahead failed: plans solve it on the coordinator");
+                self.prepare_failed = true;
+            }
+        }
+    }
+
+    /// Whether a plan must wait: it would compute the same budget checks on this task.
+    pub(super) fn accounting_pending(&self) -> bool {
+        self.accounting.is_some()
+    }
+}
+
+/// The ε columns of a client's row in the clients table.
+#[derive(Debug, Default)]
+pub(super) struct Columns {
+    pub epsilon: Option<f64>,
+    /// `epsilon` is RDP's until the tight ε is computed.
+    pub pending: bool,
+    pub collusion: Option<f64>,
+    /// RDP's ε beside the tight one (not while pending: it is `epsilon` then).
+    pub rdp: Option<f64>,
+}
+
+impl super::ActiveRun {
+    /// What the clients table shows of `key`'s ledger in this run.
+    pub(super) fn spent_columns(&self, key: &str) -> Columns {
+        let (Some(delta), Some(row)) = (self.delta(), self.clients.get(key)) else {
+            return Columns::default();
+        };
+        let shown = self.spent.shown(key, &row.ledger, delta);
+        let pending = shown.is_some_and(|s| s.pending);
+        Columns {
+            epsilon: shown.map(|s| s.epsilon),
+            pending,
+            collusion: crate::store::collusion_epsilon(&row.ledger, delta),
+            rdp: if pending {
+                None
+            } else {
+                crate::store::rdp_epsilon(&row.ledger, delta)
+            },
+        }
+    }
+}
+
+/// The budget checks a connected client's next round would make: its next round's steps (as
+/// the run's strategy would configure them) against the run's target ε and against the
+/// client's own cap, and a DP evaluation against its cap.
+fn next_checks(run: &super::ActiveRun, conn: &Conn, run_delta: f64) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let cap = conn
+        .caps
+        .epsilon_cap
+        .map(|cap| (cap, conn.caps.delta.unwrap_or(run_delta)));
+    let target = run
+        .summary
+        .config
+        .dp
+        .and_then(|dp| dp.target_epsilon)
+        .map(|t| (t, run_delta));
+    let next = conn.num_examples.and_then(|n| {
+        let config = run.strategy.train_config(n)?;
+        learning::client::round_mechanism(&config, n as usize)
+    });
+    if let Some((mechanism, steps)) = next {
+        for (cap, delta) in target.into_iter().chain(cap) {
+            checks.push(Check {
+                mechanism,
+                steps,
+                cap,
+                delta,
+            });
+        }
+    }
+    if let Some((cap, delta)) = cap.filter(|_| conn.caps.can_evaluate) {
+        checks.push(Check {
+            mechanism: Mechanism::Gaussian {
+                sample_rate: 1.0,
+                noise_multiplier: EVAL_NOISE_MULTIPLIER,
+            },
+            steps: 1,
+            cap,
+            delta,
+        });
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(n: f64, steps: u64) -> PrivacyLedger {
+        PrivacyLedger::of(512.0 / n, 1.83, steps).unwrap()
+    }
+
+    fn task(key: &str, ledger: PrivacyLedger) -> Task {
+        Task {
+            key: key.into(),
+            ledger,
+            checks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_unaccounted_ledger_shows_rdp_as_pending_then_the_tight_epsilon() {
+        let mut board = SpentBoard::default();
+        let l = ledger(6000.0, 120);
+        let before = board.shown("a", &l, 1e-5).unwrap();
+        assert!(before.pending);
+        assert_eq!(before.epsilon, l.rdp_epsilon(1e-5).unwrap());
+        board.absorb(account(vec![task("a", l.clone())], 1e-5));
+        let after = board.shown("a", &l, 1e-5).unwrap();
+        assert!(!after.pending);
+        assert_eq!(after.epsilon, l.epsilon(1e-5).unwrap());
+        assert!(after.epsilon < before.epsilon, "the tight ε is below RDP's");
+    }
+
+    /// A charge after the job makes the ledger pending again: the old tight ε, now below what
+    /// was charged, is never shown for the new ledger.
+    #[test]
+    fn a_charge_after_the_job_is_never_shown_with_the_old_epsilon() {
+        let mut board = SpentBoard::default();
+        let l = ledger(6000.0, 120);
+        board.absorb(account(vec![task("a", l.clone())], 1e-5));
+        let mut charged = l.clone();
+        charged.record(512.0 / 6000.0, 1.83, 12).unwrap();
+        let shown = board.shown("a", &charged, 1e-5).unwrap();
+        assert!(shown.pending);
+        assert!(shown.epsilon >= charged.epsilon(1e-5).unwrap());
+        assert!(board.needs_accounting("a", &charged));
+        assert!(!board.needs_accounting("a", &l));
+    }
+
+    #[test]
+    fn the_largest_is_exact_whichever_ledgers_are_accounted() {
+        let ledgers: Vec<(String, PrivacyLedger)> = (0..6)
+            .map(|i| {
+                (
+                    format!("c{i}"),
+                    ledger(3000.0 + 500.0 * i as f64, 60 + 10 * i),
+                )
+            })
+            .collect();
+        let exact = ledgers
+            .iter()
+            .map(|(_, l)| l.epsilon(1e-5).unwrap())
+            .fold(0.0, f64::max);
+        let mut board = SpentBoard::default();
+        fn of(ls: &[(String, PrivacyLedger)]) -> impl Iterator<Item = (&str, &PrivacyLedger)> {
+            ls.iter().map(|(k, l)| (k.as_str(), l))
+        }
+        assert_eq!(
+            board.largest(of(&ledgers), 1e-5),
+            Some(exact),
+            "none accounted"
+        );
+        let some = ledgers[..3]
+            .iter()
+            .map(|(k, l)| task(k, l.clone()))
+            .collect();
+        board.absorb(account(some, 1e-5));
+        assert_eq!(
+            board.largest(of(&ledgers), 1e-5),
+            Some(exact),
+            "half accounted"
+        );
+        let all = ledgers.iter().map(|(k, l)| task(k, l.clone())).collect();
+        board.absorb(account(all, 1e-5));
+        assert_eq!(
+            board.largest(of(&ledgers), 1e-5),
+            Some(exact),
+            "all accounted"
+        );
+        assert_eq!(board.largest(std::iter::empty(), 1e-5), None);
+    }
+
+    /// The job, spread over threads, answers every task once, with the ledger it accounted
+    /// and that ledger's tight ε (its checks near a cap do not change the answer).
+    #[test]
+    fn the_job_answers_every_task_and_keeps_each_ledger() {
+        let tasks: Vec<Task> = (0..5)
+            .map(|i| Task {
+                checks: vec![Check {
+                    mechanism: Mechanism::Gaussian {
+                        sample_rate: 512.0 / 6000.0,
+                        noise_multiplier: 1.83,
+                    },
+                    steps: 12,
+                    cap: 1.0,
+                    delta: 1e-5,
+                }],
+                ..task(&format!("c{i}"), ledger(6000.0 - i as f64, 120))
+            })
+            .collect();
+        let mut done = account(tasks.clone(), 1e-5);
+        done.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(done.len(), 5);
+        for (t, a) in tasks.iter().zip(&done) {
+            assert_eq!(t.key, a.key);
+            assert_eq!(t.ledger, a.ledger);
+            assert_eq!(a.epsilon, Some(t.ledger.epsilon(1e-5).unwrap()));
+        }
+    }
+}
