@@ -103,13 +103,11 @@ fn rdp_one_step(q: f64, sigma: f64, alpha: u32) -> f64 {
 }
 
 static CURVES: std::sync::Mutex<crate::memo::Memo<(u64, u64), std::sync::Arc<[f64]>>> =
-    std::sync::Mutex::new(crate::memo::Memo::new(2048));
+    std::sync::Mutex::new(crate::memo::Memo::new(4096));
 
 /// Forgets every remembered result of both accountants (benchmarks time the computation).
 pub fn clear_memos() {
-    if let Ok(mut m) = CURVES.lock() {
-        m.clear();
-    }
+    crate::memo::locked(&CURVES).clear();
     crate::pld::clear_memo();
 }
 
@@ -118,14 +116,16 @@ pub fn clear_memos() {
 /// each had made a plan's RDP checks alone take 0.9 s.
 fn gaussian_curve(q: f64, sigma: f64) -> std::sync::Arc<[f64]> {
     let key = (q.to_bits(), sigma.to_bits());
-    if let Some(c) = CURVES.lock().ok().and_then(|mut m| m.get(&key)) {
+    if let Some(c) = crate::memo::locked(&CURVES).get(&key) {
         return c;
     }
-    let curve: std::sync::Arc<[f64]> = ORDERS.map(|a| rdp_one_step(q, sigma, a)).collect();
-    if let Ok(mut m) = CURVES.lock() {
-        m.insert(key, curve.clone());
-    }
+    let curve = gaussian_curve_once(q, sigma);
+    crate::memo::locked(&CURVES).insert(key, curve.clone());
     curve
+}
+
+fn gaussian_curve_once(q: f64, sigma: f64) -> std::sync::Arc<[f64]> {
+    ORDERS.map(|a| rdp_one_step(q, sigma, a)).collect()
 }
 
 /// ε at `delta` for an RDP curve given at [`ORDERS`].
@@ -174,13 +174,7 @@ pub fn noise_multiplier_for(
 ) -> Result<f64, AccountantError> {
     let start = rdp_noise_multiplier_for(target_epsilon, sample_rate, steps, delta)?;
     solve_sigma(target_epsilon, sample_rate, steps, delta, start, |s| {
-        // A ledger's ε (the smaller of the two bounds), without the memos: a solve tries σ
-        // that nobody asks about again, and would push out what is asked.
-        let rdp = rdp_epsilon_once(sample_rate, s, steps, delta)?;
-        if rdp == 0.0 {
-            return Ok(rdp);
-        }
-        Ok(crate::pld::compute_epsilon(&[(sample_rate, s, steps)], delta)?.min(rdp))
+        PrivacyLedger::of(sample_rate, s, steps)?.epsilon_with(delta, false, Memos::Skip)
     })
 }
 
@@ -192,27 +186,17 @@ pub fn rdp_noise_multiplier_for(
     delta: f64,
 ) -> Result<f64, AccountantError> {
     solve_sigma(target_epsilon, sample_rate, steps, delta, 1.0, |s| {
-        rdp_epsilon_once(sample_rate, s, steps, delta)
+        PrivacyLedger::of(sample_rate, s, steps)?.rdp_epsilon_with(delta, false, Memos::Skip)
     })
 }
 
-/// [`rdp_epsilon`] without the memo of RDP curves (for σ solves, whose trial σ are never asked
-/// about again); the same value, bit for bit.
-fn rdp_epsilon_once(
-    sample_rate: f64,
-    noise_multiplier: f64,
-    steps: u64,
-    delta: f64,
-) -> Result<f64, AccountantError> {
-    check_params(sample_rate, noise_multiplier)?;
-    check_delta(delta)?;
-    if steps == 0 {
-        return Ok(0.0);
-    }
-    let rdp: Vec<f64> = ORDERS
-        .map(|a| steps as f64 * rdp_one_step(sample_rate, noise_multiplier, a))
-        .collect();
-    Ok(epsilon_from_rdp(&rdp, delta))
+/// Whether an ε computation reads and fills the memos. A σ solve skips them: it tries σ that
+/// nobody asks about again, and would push out what is asked. The value is the same, bit for
+/// bit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Memos {
+    Use,
+    Skip,
 }
 
 /// The smallest σ (to 1e-4 relative) at which `eps` — ε after `steps` steps at
@@ -265,48 +249,93 @@ pub(crate) fn smallest_noise_from<E>(
     start: f64,
     eps: impl Fn(f64) -> Result<f64, E>,
 ) -> Result<Option<f64>, E> {
-    // g(σ) = ε(σ) − target, decreasing in σ: > 0 at `lo` (overspends), ≤ 0 at `hi`.
+    // g(σ) = ε(σ) − target, decreasing in σ. A NaN counts as overspending: never accepted.
     let g = |s: f64| eps(s).map(|e| e - target);
-    let mut hi = start;
-    let mut g_hi = g(hi)?;
-    let mut lo;
-    let mut g_lo;
-    if g_hi > 0.0 {
+    let Some(bracket) = bracket_noise(start, &g)? else {
+        return Ok(None);
+    };
+    refine_noise(bracket, target, &g).map(Some)
+}
+
+/// `lo < hi` with g(hi) ≤ 0 (meets the target) and g(lo) > 0 (overspends), with g's values
+/// where they are finite and known; `lo` = 0 with `g_lo` = `None` when even σ → 0 meets it.
+struct Bracket {
+    lo: f64,
+    g_lo: Option<f64>,
+    hi: f64,
+    g_hi: f64,
+}
+
+fn meets(g: f64) -> bool {
+    g <= 0.0
+}
+
+/// Doubles σ from `start` while it overspends, or steps down (an eighth first: a looser
+/// accountant's σ is near; then by halves) while it meets the target. `None` past
+/// [`MAX_NOISE_MULTIPLIER`]; σ below 1e-3 is treated as 0.
+fn bracket_noise<E>(start: f64, g: &impl Fn(f64) -> Result<f64, E>) -> Result<Option<Bracket>, E> {
+    let finite = |v: f64| Some(v).filter(|v| v.is_finite());
+    let (mut hi, mut g_hi) = (start, g(start)?);
+    if !meets(g_hi) {
         loop {
-            (lo, g_lo) = (hi, Some(g_hi));
+            let (lo, g_lo) = (hi, finite(g_hi));
             hi *= 2.0;
             if hi > MAX_NOISE_MULTIPLIER {
                 return Ok(None);
             }
             g_hi = g(hi)?;
-            if g_hi <= 0.0 {
-                break;
+            if meets(g_hi) {
+                return Ok(Some(Bracket { lo, g_lo, hi, g_hi }));
             }
-        }
-    } else {
-        // Down while it still meets the target: an eighth first (a looser accountant's σ is
-        // near), then by halves. σ below 1e-3 is treated as 0.
-        let mut below = hi * 0.875;
-        loop {
-            if below <= 1e-3 {
-                (lo, g_lo) = (0.0, None);
-                break;
-            }
-            let g_below = g(below)?;
-            if g_below > 0.0 {
-                (lo, g_lo) = (below, Some(g_below));
-                break;
-            }
-            (hi, g_hi) = (below, g_below);
-            below *= 0.5;
         }
     }
-    // Which end moved last: Illinois halves the other end's g when the same end moves twice,
-    // so the bracket shrinks from both sides.
+    let mut below = hi * 0.875;
+    while below > 1e-3 {
+        let g_below = g(below)?;
+        if !meets(g_below) {
+            return Ok(Some(Bracket {
+                lo: below,
+                g_lo: finite(g_below),
+                hi,
+                g_hi,
+            }));
+        }
+        (hi, g_hi) = (below, g_below);
+        below *= 0.5;
+    }
+    Ok(Some(Bracket {
+        lo: 0.0,
+        g_lo: None,
+        hi,
+        g_hi,
+    }))
+}
+
+/// Shrinks the bracket to 1e-4 of σ, or until σ's ε is within 1e-6·target below the target
+/// (where |d ln ε / d ln σ| ≥ 0.01, as on every Gaussian and Skellam ledger, that is σ within
+/// 1e-4 too): regula falsi with the Illinois weights (the end that stays twice has its g
+/// halved in the interpolation only), and a bisection whenever two steps together did not
+/// halve the bracket, so the work is at most about twice bisection's.
+fn refine_noise<E>(b: Bracket, target: f64, g: &impl Fn(f64) -> Result<f64, E>) -> Result<f64, E> {
+    let Bracket {
+        mut lo,
+        g_lo,
+        mut hi,
+        g_hi,
+    } = b;
+    // The interpolation's weights (Illinois halves them), and hi's true g for the stop test.
+    let (mut w_lo, mut w_hi, mut true_g_hi) = (g_lo, g_hi, g_hi);
     let mut last_moved_lo = None;
-    while hi - lo > 1e-4 * hi && g_hi < -1e-6 * target {
-        let x = match g_lo {
-            Some(g_lo) => hi - g_hi * (hi - lo) / (g_hi - g_lo),
+    let mut width_two_steps_ago = hi - lo;
+    let mut steps = 0u32;
+    while hi - lo > 1e-4 * hi && true_g_hi < -1e-6 * target && hi > 1e-3 {
+        steps += 1;
+        let bisect = steps % 2 == 0 && hi - lo > 0.5 * width_two_steps_ago;
+        if steps % 2 == 0 {
+            width_two_steps_ago = hi - lo;
+        }
+        let x = match w_lo.filter(|_| !bisect) {
+            Some(w_lo) => hi - w_hi * (hi - lo) / (w_hi - w_lo),
             None => 0.5 * (lo + hi),
         };
         // Never at an end (round-off), never within a thousandth of the bracket of one.
@@ -317,19 +346,20 @@ pub(crate) fn smallest_noise_from<E>(
             0.5 * (lo + hi)
         };
         let g_x = g(x)?;
-        if g_x > 0.0 {
-            if last_moved_lo == Some(true) {
-                g_hi *= 0.5;
-            }
-            (lo, g_lo, last_moved_lo) = (x, Some(g_x), Some(true));
-        } else {
+        if meets(g_x) {
             if last_moved_lo == Some(false) {
-                g_lo = g_lo.map(|g| g * 0.5);
+                w_lo = w_lo.map(|w| w * 0.5);
             }
-            (hi, g_hi, last_moved_lo) = (x, g_x, Some(false));
+            (hi, w_hi, true_g_hi, last_moved_lo) = (x, g_x, g_x, Some(false));
+        } else {
+            if last_moved_lo == Some(true) {
+                w_hi *= 0.5;
+            }
+            let w = Some(g_x).filter(|v| v.is_finite());
+            (lo, w_lo, last_moved_lo) = (x, w, Some(true));
         }
     }
-    Ok(Some(hi))
+    Ok(hi)
 }
 
 /// One mechanism a round runs on a client's records.
@@ -430,36 +460,40 @@ impl PrivacyLedger {
     /// ε spent so far at `delta` (0 before any step), under the runs' assumption that every
     /// distributed round had at least its t contributors. Tight: see `epsilon_with`.
     pub fn epsilon(&self, delta: f64) -> Result<f64, AccountantError> {
-        self.epsilon_with(delta, false)
+        self.epsilon_with(delta, false, Memos::Use)
     }
 
     /// ε at `delta` if every other client of each distributed round colluded with the server:
     /// only this client's own noise share (noise multiplier z/√t) protects its records. Equal
     /// to [`Self::epsilon`] when no distributed round was run.
     pub fn worst_case_epsilon(&self, delta: f64) -> Result<f64, AccountantError> {
-        self.epsilon_with(delta, true)
+        self.epsilon_with(delta, true, Memos::Use)
     }
 
     /// ε spent so far under RDP alone (shown beside the tight ε where a user compares).
     pub fn rdp_epsilon(&self, delta: f64) -> Result<f64, AccountantError> {
-        self.rdp_epsilon_with(delta, false)
+        self.rdp_epsilon_with(delta, false, Memos::Use)
     }
 
     /// The tight ε: for a ledger of Gaussian steps only, the smaller of the PLD accountant's
     /// and RDP's — two valid upper bounds of the same guarantee, so their minimum is one too
     /// (and it is PLD's on every ledger we measured). A ledger with distributed steps is
     /// accounted by RDP, which is what composes the Skellam mechanism's bound.
-    fn epsilon_with(&self, delta: f64, alone: bool) -> Result<f64, AccountantError> {
-        let rdp = self.rdp_epsilon_with(delta, alone)?;
-        self.tightened(delta, rdp)
+    fn epsilon_with(&self, delta: f64, alone: bool, memos: Memos) -> Result<f64, AccountantError> {
+        let rdp = self.rdp_epsilon_with(delta, alone, memos)?;
+        self.tightened(delta, rdp, memos)
     }
 
     /// This ledger's ε given its RDP ε `rdp`: PLD's where it is smaller (see `epsilon_with`).
-    fn tightened(&self, delta: f64, rdp: f64) -> Result<f64, AccountantError> {
+    fn tightened(&self, delta: f64, rdp: f64, memos: Memos) -> Result<f64, AccountantError> {
         if !self.skellam.is_empty() || rdp == 0.0 {
             return Ok(rdp);
         }
-        Ok(crate::pld::epsilon(&self.history, delta)?.min(rdp))
+        let pld = match memos {
+            Memos::Use => crate::pld::epsilon(&self.history, delta)?,
+            Memos::Skip => crate::pld::compute_epsilon(&self.history, delta)?,
+        };
+        Ok(pld.min(rdp))
     }
 
     /// Whether `steps` more of `m` keep ε at `delta` within `cap`. RDP is checked first: it is
@@ -475,10 +509,15 @@ impl PrivacyLedger {
         let mut next = self.clone();
         next.record_mechanism(m, steps)?;
         let rdp = next.rdp_epsilon(delta)?;
-        Ok(rdp <= cap || next.tightened(delta, rdp)? <= cap)
+        Ok(rdp <= cap || next.tightened(delta, rdp, Memos::Use)? <= cap)
     }
 
-    fn rdp_epsilon_with(&self, delta: f64, alone: bool) -> Result<f64, AccountantError> {
+    fn rdp_epsilon_with(
+        &self,
+        delta: f64,
+        alone: bool,
+        memos: Memos,
+    ) -> Result<f64, AccountantError> {
         check_delta(delta)?;
         if self.steps() == 0 {
             // Nothing released yet. (The RDP→(ε, δ) conversion has slack even at zero RDP.)
@@ -486,7 +525,11 @@ impl PrivacyLedger {
         }
         let mut rdp = vec![0.0; ORDERS.count()];
         for &(q, s, n) in &self.history {
-            for (r, one) in rdp.iter_mut().zip(gaussian_curve(q, s).iter()) {
+            let curve = match memos {
+                Memos::Use => gaussian_curve(q, s),
+                Memos::Skip => gaussian_curve_once(q, s),
+            };
+            for (r, one) in rdp.iter_mut().zip(curve.iter()) {
                 *r += n as f64 * one;
             }
         }
@@ -697,6 +740,33 @@ mod tests {
             );
             assert!(calls.get() <= 8, "{} evaluations for q {q}", calls.get());
         }
+    }
+
+    /// The search on shapes the accountants can produce: an ε that is infinite below some σ
+    /// (a PLD whose mass at infinity passes δ), a NaN, and an ε that is 0 everywhere (no
+    /// steps). Each ends in a bounded number of evaluations, and the answer meets the target.
+    #[test]
+    fn the_search_ends_on_infinite_nan_and_flat_epsilons() {
+        let count = |f: &dyn Fn(f64) -> f64, start: f64| {
+            let calls = std::cell::Cell::new(0);
+            let s = smallest_noise_from(3.0, start, |s| {
+                calls.set(calls.get() + 1);
+                Ok::<f64, ()>(f(s))
+            })
+            .unwrap();
+            (s, calls.get())
+        };
+        // ε = 1/σ above 0.2 (root at 1/3), infinite below.
+        let (s, n) = count(&|s| if s < 0.2 { f64::INFINITY } else { 1.0 / s }, 0.1);
+        let s = s.unwrap();
+        assert!(1.0 / s <= 3.0 && s < (1.0 / 3.0) * (1.0 + 2e-4), "{s}");
+        assert!(n <= 40, "{n} evaluations");
+        // NaN never meets the target.
+        let (s, _) = count(&|s| if s < 0.5 { f64::NAN } else { 1.0 / s }, 1.0);
+        assert!(s.unwrap() >= 0.5);
+        // Nothing spent at any σ: it stops near 0 instead of halving forever.
+        let (s, n) = count(&|_| 0.0, 1.0);
+        assert!(s.unwrap() <= 2e-3 && n <= 20, "{s:?} after {n}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! work just before the plan read it).
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub(crate) struct Memo<K, V> {
     newer: BTreeMap<K, V>,
@@ -35,7 +36,9 @@ impl<K: Ord + Clone, V: Clone> Memo<K, V> {
     }
 
     pub(crate) fn insert(&mut self, key: K, value: V) {
-        if self.newer.len() >= self.size {
+        // (A key already there is replaced, not counted again: the job and a plan may both
+        // compute the same ε.)
+        if !self.newer.contains_key(&key) && self.newer.len() >= self.size {
             self.older = std::mem::take(&mut self.newer);
         }
         self.newer.insert(key, value);
@@ -45,6 +48,12 @@ impl<K: Ord + Clone, V: Clone> Memo<K, V> {
         self.newer.clear();
         self.older.clear();
     }
+}
+
+/// A memo's lock even after a panic elsewhere held it: a memo only ever holds complete
+/// answers, and turning it off for good would make every later question slow.
+pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -397,7 +397,7 @@ fn convolve(a: &[f64], b: &[f64]) -> Vec<f64> {
 type MemoKey = (Vec<(u64, u64, u64)>, u64);
 
 /// Ledgers' ε computed lately (see [`crate::memo`]); a key is a ledger's few history entries.
-static MEMO: std::sync::Mutex<Memo<MemoKey, f64>> = std::sync::Mutex::new(Memo::new(8192));
+static MEMO: std::sync::Mutex<Memo<MemoKey, f64>> = std::sync::Mutex::new(Memo::new(16_384));
 
 /// ε at `delta` after the history `(sample_rate, noise_multiplier, steps)`: the larger of the
 /// two directions (0 before any step). Remembered for the same history and δ.
@@ -410,21 +410,17 @@ pub fn epsilon(history: &[(f64, f64, u64)], delta: f64) -> Result<f64, Accountan
             .collect(),
         delta.to_bits(),
     );
-    if let Some(e) = MEMO.lock().ok().and_then(|mut m| m.get(&key)) {
+    if let Some(e) = crate::memo::locked(&MEMO).get(&key) {
         return Ok(e);
     }
     let e = compute_epsilon(history, delta)?;
-    if let Ok(mut memo) = MEMO.lock() {
-        memo.insert(key, e);
-    }
+    crate::memo::locked(&MEMO).insert(key, e);
     Ok(e)
 }
 
 /// Forgets every remembered ε (benchmarks time the computation, not the memo).
 pub fn clear_memo() {
-    if let Ok(mut memo) = MEMO.lock() {
-        memo.clear();
-    }
+    crate::memo::locked(&MEMO).clear();
 }
 
 /// [`epsilon`] without the memo.

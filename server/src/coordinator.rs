@@ -215,6 +215,12 @@ enum Phase {
     Unmasking,
     /// The new global model is being evaluated on the test set.
     Evaluating,
+    /// Evaluated; the round is recorded once the ledgers it charged are accounted (its record
+    /// holds the largest tight ε, computed off this task: see `spent`).
+    Accounting {
+        test: EvaluateRes,
+        federated: Option<(f64, f64)>,
+    },
     FederatedEval {
         results: HashMap<u64, Option<(u64, f64, f64)>>,
         test: EvaluateRes,
@@ -400,8 +406,13 @@ pub struct Coordinator {
     run: Option<ActiveRun>,
     eval_task: Option<JoinHandle<Result<EvaluateRes, String>>>,
     /// The job computing changed ledgers' tight ε, with its run's id (see `spent`).
-    accounting: Option<JoinHandle<(u64, Vec<spent::Accounted>)>>,
-    /// The strategy's work ahead failed once (a bug): not tried again.
+    ledger_job: Option<JoinHandle<(u64, Vec<spent::Accounted>)>>,
+    /// The job solving σ for new shard sizes (see `spent`).
+    sigma_job: Option<JoinHandle<()>>,
+    /// Something the jobs look at may have changed (a charge, a join, a job's end): without
+    /// it, nothing is scanned.
+    accounting_due: bool,
+    /// The strategy's work ahead failed in this run (a bug): plans solve σ themselves.
     prepare_failed: bool,
     model_params: usize,
 }
@@ -432,7 +443,9 @@ impl Coordinator {
             next_public_id: 1,
             run: None,
             eval_task: None,
-            accounting: None,
+            ledger_job: None,
+            sigma_job: None,
+            accounting_due: true,
             prepare_failed: false,
             model_params: TinyCnnConfig::new().layout().num_params(),
         };
@@ -476,6 +489,7 @@ impl Coordinator {
         // A paused run is said to be paused from the first join; a running one is told once its
         // first round starts or waits.
         let phase = (summary.status == RunStatus::Paused).then_some(RunPhase::Paused);
+        (self.accounting_due, self.prepare_failed) = (true, false);
         self.run = Some(ActiveRun {
             strategy: build_strategy(&summary.config),
             summary: RunSummary {
@@ -526,9 +540,13 @@ impl Coordinator {
                     let res = res.unwrap_or_else(|e| Err(format!("evaluation task failed: {e}")));
                     self.supervised("the evaluation", |c| c.on_evaluated(res));
                 }
-                res = join_opt(&mut self.accounting) => {
-                    self.accounting = None;
+                res = join_opt(&mut self.ledger_job) => {
+                    self.ledger_job = None;
                     self.supervised("the accounting", |c| c.on_accounted(res));
+                }
+                res = join_opt(&mut self.sigma_job) => {
+                    self.sigma_job = None;
+                    self.supervised("the accounting", |c| c.on_solved(res));
                 }
             }
             self.supervised("the accounting", Self::start_accounting);
@@ -589,7 +607,7 @@ impl Coordinator {
             Phase::Training => Some(step.map_or(round.deadline, |s| s.min(round.deadline))),
             Phase::Unmasking => step,
             Phase::FederatedEval { .. } => Some(round.deadline),
-            Phase::Evaluating => None,
+            Phase::Evaluating | Phase::Accounting { .. } => None,
         }
     }
 
@@ -736,6 +754,22 @@ mod tests {
         oneshot::channel()
     }
 
+    /// Runs the accounting jobs as the coordinator's loop would, until nothing is left.
+    async fn settle_accounting(c: &mut Coordinator) {
+        loop {
+            c.start_accounting();
+            if let Some(job) = c.sigma_job.take() {
+                let res = job.await;
+                c.on_solved(res);
+            } else if let Some(job) = c.ledger_job.take() {
+                let res = job.await;
+                c.on_accounted(res);
+            } else {
+                return;
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_panic_fails_the_round_in_flight_not_the_coordinator() {
         let (events, mut seen) = broadcast::channel(64);
@@ -766,6 +800,7 @@ mod tests {
             };
             c.join(None, caps, outbox).unwrap();
         }
+        settle_accounting(&mut c).await;
         c.maybe_start_round();
         assert!(
             c.run.as_ref().unwrap().round.is_some(),
@@ -787,6 +822,7 @@ mod tests {
         let (tx, rx) = reply();
         c.handle(Command::ListRuns { reply: tx });
         assert_eq!(rx.await.unwrap().unwrap().len(), 1);
+        settle_accounting(&mut c).await;
         c.maybe_start_round();
         assert!(c.run.as_ref().unwrap().round.is_some(), "attempt 2 started");
     }
@@ -827,15 +863,19 @@ mod tests {
             };
             c.join(None, caps, outbox).unwrap();
         }
-        // First σ for the two shard sizes, off the task; the plan waits for it.
+        // First σ for the two shard sizes, off the task; no plan takes a client before it.
         c.start_accounting();
-        assert!(c.accounting_pending(), "σ of two new sizes to solve");
+        assert!(c.sigma_job.is_some(), "σ of two new sizes to solve");
+        assert!(!c.accounting_pending(), "no ledger charged yet");
         c.maybe_start_round();
         assert!(c.run.as_ref().unwrap().round.is_none(), "no plan before σ");
-        let res = c.accounting.take().unwrap().await;
-        c.on_accounted(res);
+        let res = c.sigma_job.take().unwrap().await;
+        c.on_solved(res);
         c.start_accounting();
-        assert!(!c.accounting_pending(), "σ solved, no ledger charged yet");
+        assert!(
+            c.sigma_job.is_none() && c.ledger_job.is_none(),
+            "nothing left to do"
+        );
         c.maybe_start_round();
         let ledgers: Vec<PrivacyLedger> = c
             .run
@@ -870,7 +910,7 @@ mod tests {
             "no plan while the job runs"
         );
 
-        let res = c.accounting.take().unwrap().await;
+        let res = c.ledger_job.take().unwrap().await;
         c.on_accounted(res);
         for info in c.client_infos() {
             assert!(!info.epsilon_pending, "{info:?}");
@@ -932,9 +972,8 @@ mod tests {
         );
         let t = Instant::now();
         c.start_accounting();
-        let job = c.accounting.take().unwrap();
-        let res = job.await;
-        c.on_accounted(res);
+        let res = c.sigma_job.take().unwrap().await;
+        c.on_solved(res);
         println!("off the task: σ for 1 000 sizes: {:.1} s wall", ms(t) / 1e3);
         for attempt in 1..=3 {
             let t = Instant::now();
@@ -947,7 +986,7 @@ mod tests {
             assert!(infos.iter().all(|i| i.epsilon_pending));
             let t = Instant::now();
             c.start_accounting();
-            let res = c.accounting.take().unwrap().await;
+            let res = c.ledger_job.take().unwrap().await;
             c.on_accounted(res);
             let job = ms(t);
             let t = Instant::now();

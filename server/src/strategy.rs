@@ -177,6 +177,12 @@ pub trait Strategy: Send {
     fn prepare(&self, _sizes: &[u64]) -> Option<Box<dyn FnOnce() + Send>> {
         None
     }
+
+    /// Whether `train_config` for `n` examples is ready without solving anything (what
+    /// `prepare` does ahead): a client that is not is left out of the coordinator's plans.
+    fn ready(&self, _num_examples: u64) -> bool {
+        true
+    }
 }
 
 fn sample(candidates: &[Candidate], k: usize, seed: u64) -> Vec<&Candidate> {
@@ -368,13 +374,19 @@ fn sigma_key(config: &TrainConfig, n: u64) -> SigmaKey {
     )
 }
 
+/// The σ cache even after a panic elsewhere held its lock (it only holds complete answers).
+fn solved(sigmas: &Mutex<Solved>) -> std::sync::MutexGuard<'_, Solved> {
+    sigmas
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn remember(sigmas: &Mutex<Solved>, key: SigmaKey, sigma: Result<f64, AccountantError>) {
-    if let Ok(mut m) = sigmas.lock() {
-        if m.len() >= MAX_SOLVED {
-            m.clear();
-        }
-        m.insert(key, sigma);
+    let mut m = solved(sigmas);
+    if m.len() >= MAX_SOLVED {
+        m.clear();
     }
+    m.insert(key, sigma);
 }
 
 /// Most σ kept solved (a run of more shard sizes starts over past it): one per client at most.
@@ -399,7 +411,7 @@ impl<S: Strategy> DpFedAvg<S> {
     /// solved for the same sample rate and step count is reused.
     pub fn with_dp(&self, config: TrainConfig, n: u64) -> Result<TrainConfig, AccountantError> {
         let key = sigma_key(&config, n);
-        let known = self.sigmas.lock().ok().and_then(|m| m.get(&key).cloned());
+        let known = solved(&self.sigmas).get(&key).cloned();
         let sigma = match known {
             Some(s) => s?,
             None => {
@@ -503,6 +515,14 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
         self.with_dp(self.inner.train_config(n)?, n).ok()
     }
 
+    fn ready(&self, n: u64) -> bool {
+        self.dp.noise_multiplier.is_some()
+            || self
+                .inner
+                .train_config(n)
+                .is_none_or(|c| solved(&self.sigmas).contains_key(&sigma_key(&c, n)))
+    }
+
     /// Solves σ for the sizes not solved yet, spread over the cores, into the shared cache
     /// (a target no σ reaches is remembered too, so it is not solved again).
     fn prepare(&self, sizes: &[u64]) -> Option<Box<dyn FnOnce() + Send>> {
@@ -510,7 +530,7 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
             return None;
         }
         let work: Vec<(TrainConfig, u64)> = {
-            let solved = self.sigmas.lock().ok()?;
+            let solved = solved(&self.sigmas);
             let mut work = HashMap::new();
             for &n in sizes {
                 let Some(config) = self.inner.train_config(n) else {
@@ -648,6 +668,10 @@ impl Strategy for DistributedSgd {
 
     fn prepare(&self, sizes: &[u64]) -> Option<Box<dyn FnOnce() + Send>> {
         self.inner.prepare(sizes)
+    }
+
+    fn ready(&self, n: u64) -> bool {
+        self.inner.ready(n)
     }
 
     /// The inner plan, with every client's z raised to the largest of the round: the shares
@@ -1168,6 +1192,10 @@ mod tests {
         let config = RunConfig::default();
         let dp = DpFedAvg::new(fedavg(&config), config.dp.unwrap(), config.rounds);
         let work = dp.prepare(&[6000, 3000, 6000]).expect("two sizes to solve");
+        assert!(
+            !dp.ready(6000) && !dp.ready(3000),
+            "not planned for before σ"
+        );
         assert_eq!(
             dp.sigmas.lock().unwrap().len(),
             0,
@@ -1179,6 +1207,7 @@ mod tests {
             dp.prepare(&[3000, 6000]).is_none(),
             "solved: nothing to prepare"
         );
+        assert!(dp.ready(6000) && dp.ready(3000));
         for n in [6000, 3000] {
             let base = fedavg(&config).train_config(n).unwrap();
             let sigma = dp.noise_multiplier(&base, n).unwrap();
@@ -1190,6 +1219,7 @@ mod tests {
         fixed.noise_multiplier = Some(1.0);
         let fixed = DpFedAvg::new(fedavg(&config), fixed, config.rounds);
         assert!(fixed.prepare(&[6000]).is_none());
+        assert!(fixed.ready(6000), "a fixed σ is always ready");
         // A size whose target no σ reaches (q = 1, thousands of steps, a tiny ε) is solved
         // once, remembered as such, and gets no config.
         let mut tiny = config.dp.unwrap();

@@ -158,6 +158,8 @@ impl Coordinator {
 
     /// Gives a client its shard in the active run (or records its own data).
     pub(super) fn assign(&mut self, client_id: u64) {
+        // Its shard size may be new: σ to solve.
+        self.accounting_due = true;
         let connected: HashSet<String> = self.clients.values().map(|c| c.key.clone()).collect();
         let Some(run) = self.run.as_mut().filter(|r| !r.summary.status.is_over()) else {
             return;

@@ -17,6 +17,7 @@ impl Coordinator {
             .filter(|(_, c)| {
                 !run.refused.contains(&c.key)
                     && !run.bench.sits_out(&c.key, run.summary.completed_rounds)
+                    && c.num_examples.is_some_and(|n| self.ready_to_plan(run, n))
             })
             .filter_map(|(&client_id, c)| {
                 Some(Candidate {
@@ -145,6 +146,7 @@ impl Coordinator {
             }
         };
         // Set up before charging: a round that cannot start charges nobody.
+        self.accounting_due = true;
         if let Err(e) = keep_charged(&mut self.store, run_id, &mut run.clients, charged) {
             warn!(parent: &span, error = %e, "cannot store the privacy ledger: not starting the round");
             return;
@@ -257,7 +259,7 @@ impl Coordinator {
                 }
                 self.maybe_close_federated_eval();
             }
-            Phase::Evaluating => {}
+            Phase::Evaluating | Phase::Accounting { .. } => {}
         }
     }
 
@@ -487,7 +489,7 @@ impl Coordinator {
                 self.maybe_close_federated_eval();
             }
             // Its step deadline was handled above.
-            Phase::Unmasking | Phase::Evaluating => {}
+            Phase::Unmasking | Phase::Evaluating | Phase::Accounting { .. } => {}
         }
     }
 
@@ -545,7 +547,8 @@ impl Coordinator {
                         let span = round.span.clone();
                         self.eval_task = Some(tokio::task::spawn_blocking(move || {
                             span.in_scope(|| {
-                                learning::evaluate(&next, &test).map_err(|e| e.to_string())
+                                learning::evaluate(&next, &test)
+                                    .map_err(|e| e.to_string())
                             })
                         }));
                     }
@@ -591,6 +594,7 @@ impl Coordinator {
             evaluators,
             &round.span,
         );
+        self.accounting_due = true;
         if evaluators.is_empty() {
             return self.commit(test, None);
         }
@@ -635,8 +639,33 @@ impl Coordinator {
         self.commit(test, fed);
     }
 
-    /// Commits the round: store, events, clients; finishes the run after its last round.
+    /// Records the round once the ledgers it charged are accounted (at once when they are).
     pub(super) fn commit(&mut self, test: EvaluateRes, federated: Option<(f64, f64)>) {
+        let Some(run) = self.run.as_mut() else { return };
+        let Some(round) = run.round.as_mut() else {
+            return;
+        };
+        round.phase = Phase::Accounting { test, federated };
+        self.accounting_due = true;
+        self.maybe_commit();
+    }
+
+    /// Commits a round waiting for its ledgers' tight ε, once no ledger of the run needs it.
+    pub(super) fn maybe_commit(&mut self) {
+        let Some(run) = self.run.as_ref() else { return };
+        let Some(Phase::Accounting { test, federated }) = run.round.as_ref().map(|r| &r.phase)
+        else {
+            return;
+        };
+        if self.ledger_job.is_some() || run.spent.needs_any(&run.clients) {
+            return;
+        }
+        let (test, federated) = (*test, *federated);
+        self.commit_now(test, federated);
+    }
+
+    /// Commits the round: store, events, clients; finishes the run after its last round.
+    fn commit_now(&mut self, test: EvaluateRes, federated: Option<(f64, f64)>) {
         let Some(run) = self.run.as_mut() else { return };
         let Some(round) = run.round.take() else {
             return;

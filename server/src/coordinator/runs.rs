@@ -46,6 +46,7 @@ impl Coordinator {
             created_at_ms: now,
         };
         info!(run_id, name = %config.name, "run created");
+        (self.accounting_due, self.prepare_failed) = (true, false);
         self.run = Some(ActiveRun {
             strategy: build_strategy(&config),
             summary: summary.clone(),
@@ -93,6 +94,8 @@ impl Coordinator {
             }
         };
         use RunStatus as S;
+        // A started or resumed run's clients may need σ.
+        self.accounting_due = true;
         let next = match (run.summary.status, action) {
             (S::Created, RunAction::Start) => S::Running,
             (S::Running, RunAction::Pause) => S::Paused,

@@ -1,17 +1,22 @@
-//! Each client's tight ε, computed off the coordinator task.
+//! Each client's tight ε, and σ for each shard size, computed off the coordinator task.
 //!
-//! Why: the tight (PLD) ε of one ledger takes 40–90 ms. Clients of one shard size share a
-//! ledger (one computation, remembered), but with a shard size each — Dirichlet shards and a
-//! batch size — 1 000 clients are ≈ 49 s of one core per round, and the coordinator task must
-//! meanwhile answer every socket. So the coordinator only notices which ledgers changed since
-//! they were last accounted, and hands copies of them to one blocking job at a time, which
-//! computes their ε and, ahead of the next plan, the budget checks that plan will make (the
-//! ledger plus the step the client would be given, against the run's target and the client's
-//! own cap). Those land in `learning::pld`'s memo, so the plan reads them instead of computing.
+//! Why: the tight (PLD) ε of one ledger takes 40–90 ms, and a σ solve under it 0.3–0.7 s.
+//! Clients of one shard size share a ledger and a σ (one computation, remembered), but with a
+//! shard size each — Dirichlet shards or own data, and a batch size — 1 000 clients are ≈ 30 s
+//! of one core per round and minutes of σ, while the coordinator task must answer every
+//! socket. So the coordinator only notices what changed (`accounting_due`) and hands copies to
+//! two blocking jobs, one of each kind at a time:
+//! * σ for the connected clients' new shard sizes, into the strategy's cache. A client whose σ
+//!   is not solved yet is left out of plans until it is (a flood of new sizes delays those
+//!   clients, never the others' rounds).
+//! * the tight ε of each ledger charged since it was accounted, with the budget checks its
+//!   next round will make (the ledger plus the step the client would be given, against the
+//!   run's target and the client's own cap), which land in `learning::pld`'s memo for the plan.
+//!   A plan waits for this job, and a round is recorded once its charges are accounted (its
+//!   record holds the largest tight ε).
 //!
 //! Until a ledger's job is done, what the pages show for it is RDP's ε of the same ledger,
-//! marked as pending: an upper bound, never a number below what was charged. A round does not
-//! start while a job runs (its plan would compute the same checks on the coordinator task).
+//! marked as pending: an upper bound, never a number below what was charged.
 
 use std::collections::HashMap;
 
@@ -75,22 +80,17 @@ impl SpentBoard {
     /// The ε the pages show for `ledger` at `delta`: the tight one once accounted, RDP's (an
     /// upper bound, marked pending) until then.
     pub fn shown(&self, key: &str, ledger: &PrivacyLedger, delta: f64) -> Option<Shown> {
-        let known = match self.current(key, ledger) {
-            Some(a) => a.epsilon,
+        let (epsilon, pending) = match self.current(key, ledger) {
+            Some(Accounted {
+                epsilon: Some(e), ..
+            }) => (*e, false),
+            // The job could not compute it (a bug, logged): RDP's, an upper bound, for good.
+            Some(_) => (ledger.rdp_epsilon(delta).ok()?, false),
             // Nothing spent, or distributed-DP rounds (RDP's ε is the ε): computed on the spot.
-            None if !self.needs_accounting(key, ledger) => ledger.epsilon(delta).ok(),
-            None => None,
+            None if !self.needs_accounting(key, ledger) => (ledger.epsilon(delta).ok()?, false),
+            None => (ledger.rdp_epsilon(delta).ok()?, true),
         };
-        if let Some(epsilon) = known {
-            return Some(Shown {
-                epsilon,
-                pending: false,
-            });
-        }
-        Some(Shown {
-            epsilon: ledger.rdp_epsilon(delta).ok()?,
-            pending: true,
-        })
+        Some(Shown { epsilon, pending })
     }
 
     /// The largest tight ε of `ledgers`, exactly, computing on the spot only what could be it:
@@ -120,6 +120,12 @@ impl SpentBoard {
             }
         }
         largest
+    }
+
+    /// Whether any of `rows` needs the job.
+    pub fn needs_any(&self, rows: &HashMap<String, crate::store::ClientRow>) -> bool {
+        rows.iter()
+            .any(|(key, row)| self.needs_accounting(key, &row.ledger))
     }
 
     /// Keeps a job's results.
@@ -155,74 +161,108 @@ fn account_one(task: &Task, delta: f64) -> Accounted {
 }
 
 impl Coordinator {
-    /// Starts the job, unless one runs already: first σ for the connected clients' new shard
-    /// sizes (the strategy's [`prepare`](crate::strategy::Strategy::prepare)), then the run's ledgers that changed
-    /// since they were accounted, with the checks of their next round (which need σ).
+    /// Starts what the jobs have to do, if anything changed since they last looked: σ for the
+    /// connected clients' new shard sizes (the strategy's
+    /// [`prepare`](crate::strategy::Strategy::prepare)), and the tight ε of the run's ledgers
+    /// charged since they were accounted, with the checks of their next round. One job of each
+    /// kind at a time.
     pub(super) fn start_accounting(&mut self) {
-        if self.accounting.is_some() {
+        if !std::mem::take(&mut self.accounting_due) {
             return;
         }
         let Some(run) = self.run.as_ref() else { return };
         let Some(delta) = run.delta() else { return };
-        let run_id = run.id();
-        if !self.prepare_failed {
+        if self.sigma_job.is_none()
+            && !self.prepare_failed
+            && run.summary.status == protocol::admin::RunStatus::Running
+        {
             let sizes: Vec<u64> = self
                 .clients
                 .values()
                 .filter_map(|c| c.num_examples)
                 .collect();
             if let Some(work) = run.strategy.prepare(&sizes) {
-                self.accounting = Some(tokio::task::spawn_blocking(move || {
-                    work();
-                    (run_id, Vec::new())
-                }));
-                return;
+                self.sigma_job = Some(tokio::task::spawn_blocking(work));
             }
         }
-        let by_key: HashMap<&str, &Conn> =
-            self.clients.values().map(|c| (c.key.as_str(), c)).collect();
-        let tasks: Vec<Task> = run
+        if self.ledger_job.is_some() {
+            // Looked at again when it ends.
+            return;
+        }
+        let tasks = self.ledger_tasks(run, delta);
+        if !tasks.is_empty() {
+            let run_id = run.id();
+            self.ledger_job = Some(tokio::task::spawn_blocking(move || {
+                (run_id, account(tasks, delta))
+            }));
+        }
+    }
+
+    /// The run's ledgers whose tight ε is not known, each with its next round's checks.
+    fn ledger_tasks(&self, run: &super::ActiveRun, delta: f64) -> Vec<Task> {
+        let stale: Vec<(&String, &PrivacyLedger)> = run
             .clients
             .iter()
             .filter(|(key, row)| run.spent.needs_accounting(key, &row.ledger))
-            .map(|(key, row)| Task {
+            .map(|(key, row)| (key, &row.ledger))
+            .collect();
+        if stale.is_empty() {
+            return Vec::new();
+        }
+        let by_key: HashMap<&str, &Conn> =
+            self.clients.values().map(|c| (c.key.as_str(), c)).collect();
+        stale
+            .into_iter()
+            .map(|(key, ledger)| Task {
                 key: key.clone(),
-                ledger: row.ledger.clone(),
+                ledger: ledger.clone(),
                 checks: by_key
                     .get(key.as_str())
                     .map_or_else(Vec::new, |conn| next_checks(run, conn, delta)),
             })
-            .collect();
-        if tasks.is_empty() {
-            return;
-        }
-        self.accounting = Some(tokio::task::spawn_blocking(move || {
-            (run_id, account(tasks, delta))
-        }));
+            .collect()
     }
 
+    /// A ledger job's end: its ε are kept (if its run is still the active one), and a round
+    /// waiting for them is recorded.
     pub(super) fn on_accounted(
         &mut self,
         res: Result<(u64, Vec<Accounted>), tokio::task::JoinError>,
     ) {
+        self.accounting_due = true;
         match res {
             Ok((run_id, done)) => {
                 if let Some(run) = self.run.as_mut().filter(|r| r.id() == run_id) {
                     run.spent.absorb(done);
                 }
             }
-            // Only the strategy's work can fail so (each ledger's panic is caught): a bug, and
-            // it would fail again; plans then solve σ themselves, as before this job existed.
-            Err(e) => {
-                warn!(error = %e, "solving σ ahead failed: plans solve it on the coordinator");
-                self.prepare_failed = true;
-            }
+            // Each ledger's panic is caught in the job: only a thread failing to start gets
+            // here. The ledgers are looked at again.
+            Err(e) => warn!(error = %e, "the accounting job failed; it runs again"),
+        }
+        self.maybe_commit();
+    }
+
+    /// A σ job's end: its answers are in the strategy's cache.
+    pub(super) fn on_solved(&mut self, res: Result<(), tokio::task::JoinError>) {
+        self.accounting_due = true;
+        if let Err(e) = res {
+            // A bug, which would fail again: plans solve σ themselves for the rest of the run.
+            warn!(error = %e, "solving σ ahead failed: plans solve it on the coordinator");
+            self.prepare_failed = true;
         }
     }
 
-    /// Whether a plan must wait: it would compute the same budget checks on this task.
+    /// Whether a plan must wait: the ledger job would leave the plan's budget checks in the
+    /// memo (the plan would compute them on this task).
     pub(super) fn accounting_pending(&self) -> bool {
-        self.accounting.is_some()
+        self.ledger_job.is_some()
+    }
+
+    /// Whether a client of `n` examples can be planned for: its σ is solved (or is solved by
+    /// the plan itself, when the job has failed).
+    pub(super) fn ready_to_plan(&self, run: &super::ActiveRun, n: u64) -> bool {
+        self.prepare_failed || run.strategy.ready(n)
     }
 }
 
