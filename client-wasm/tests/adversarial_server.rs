@@ -3,7 +3,7 @@
 //! and asserts that the client refuses or that its ledger stays true.
 
 use client_wasm::session::{Action, Outgoing, OwnFiles, Session, SessionOptions};
-use learning::mnist::to_idx;
+use learning::data::to_idx;
 use learning::{Batching, Dataset, DpSgdConfig, TrainConfig};
 use protocol::config::ShardScheme;
 use protocol::ledger::{DatasetLedger, LedgerSlot, fingerprint};

@@ -303,7 +303,7 @@ pub fn targets() -> Vec<Target> {
             images: (0..3 * 784).map(|i| (i % 251) as u8).collect(),
             labels: vec![1, 2, 3],
         };
-        let (images, labels) = learning::mnist::to_idx(&data);
+        let (images, labels) = learning::data::to_idx(&data);
         let mut input = (images.len() as u16).to_le_bytes().to_vec();
         input.extend(images);
         input.extend(labels);

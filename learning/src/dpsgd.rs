@@ -23,7 +23,7 @@ use rand::rngs::{ChaCha20Rng, SysRng};
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::mnist::NUM_CLASSES;
+use crate::data::NUM_CLASSES;
 use crate::model::{IMAGE_SIDE, Taps, TinyCnn, TinyCnnConfig, tensor_vec};
 
 /// Opacus adds this to the norm before dividing, so a zero gradient gets factor 1, not NaN.

@@ -4,8 +4,10 @@
 //!
 //! # Layout
 //!
+//! * [`task`]: the learning problems (MNIST, Fashion-MNIST): data files and their hashes,
+//!   classes, preprocessing, model.
 //! * [`model`]: TinyCNN (defined once), its flat parameter layout.
-//! * [`mnist`]: IDX parsing with pinned hashes, batches.
+//! * [`data`]: IDX parsing, batches.
 //! * [`shard`]: IID and Dirichlet(α) partitions into client shards.
 //! * [`dpsgd`]: per-example gradients, clipping, secure noise, optimizers.
 //! * [`accountant`]: RDP accountant (ε from σ, and σ from a target ε).
@@ -22,14 +24,15 @@ pub mod accountant;
 pub mod aggregate;
 pub mod bench;
 pub mod client;
+pub mod data;
 pub mod distributed;
 pub mod dpsgd;
 mod memo;
-pub mod mnist;
 pub mod model;
 pub mod pld;
 pub mod shard;
 pub mod skellam;
+pub mod task;
 
 pub use accountant::PrivacyLedger;
 pub use aggregate::{Aggregator, FedAvg};
@@ -37,14 +40,15 @@ pub use client::{
     Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig, Update,
     default_delta, evaluate, evaluate_private, fit,
 };
+pub use data::Dataset;
 pub use dpsgd::Optimizer;
-pub use mnist::{Dataset, Mnist};
 pub use model::{TinyCnn, TinyCnnConfig};
+pub use task::{TASKS, Task, TaskData};
 
 /// Errors of the compute API.
 #[derive(Debug, thiserror::Error)]
 pub enum LearningError {
-    #[error("parameter vector has {actual} values, expected {expected} (TinyCNN layout)")]
+    #[error("parameter vector has {actual} values, expected {expected} (the task's model layout)")]
     ParamLength { expected: usize, actual: usize },
     #[error(transparent)]
     Config(client::ConfigError),

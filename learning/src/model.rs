@@ -1,7 +1,7 @@
 //! TinyCNN: the one model every part of the product trains, sends and evaluates.
 //!
 //! ```text
-//! input            [batch, 1, 28, 28]   normalised MNIST (mean 0.1307, std 0.3081)
+//! input            [batch, 1, 28, 28]   a task's normalised images (crate::task)
 //! conv1 3×3, 16    [batch, 16, 26, 26]  + ReLU
 //! max-pool 2×2     [batch, 16, 13, 13]
 //! conv2 3×3, 32    [batch, 32, 11, 11]  + ReLU
@@ -36,14 +36,14 @@ pub struct TinyCnnConfig {
     /// Output channels of the second 3×3 convolution.
     #[config(default = 32)]
     pub conv2_channels: usize,
-    /// Number of classes (MNIST digits).
+    /// Number of classes (a task's).
     #[config(default = 10)]
     pub num_classes: usize,
 }
 
-/// Side of an MNIST image.
+/// Side of an input image (every task's today).
 pub const IMAGE_SIDE: usize = 28;
-/// Pixels in an MNIST image.
+/// Pixels in an input image.
 pub const IMAGE_PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
 /// Spatial side after conv1 (26), pool (13), conv2 (11), pool (5).
 const FEATURE_SIDE: usize = ((IMAGE_SIDE - 2) / 2 - 2) / 2;
@@ -259,6 +259,21 @@ impl ParamLayout {
         &flat[e.offset..e.offset + e.len]
     }
 
+    /// The layout in 16 hex digits: SHA-256 of every entry's name and shape, in order. Two
+    /// models with the same signature read a flat vector the same way.
+    pub fn signature(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for e in &self.entries {
+            h.update(e.name.as_bytes());
+            for d in &e.shape {
+                h.update((*d as u64).to_le_bytes());
+            }
+            h.update([0xff]);
+        }
+        crate::data::hex(&h.finalize()[..8])
+    }
+
     /// An error naming both lengths when `flat` does not fit this layout.
     pub fn check_len(&self, flat: &[f32]) -> Result<(), LearningError> {
         if flat.len() == self.num_params() {
@@ -320,12 +335,21 @@ mod tests {
     }
 
     #[test]
+    fn the_signature_names_the_layout() {
+        let a = TinyCnnConfig::new().layout().signature();
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, TinyCnnConfig::new().layout().signature());
+        let wider = TinyCnnConfig::new().with_conv2_channels(64);
+        assert_ne!(a, wider.layout().signature());
+    }
+
+    #[test]
     fn wrong_length_is_a_clear_error() {
         let config = TinyCnnConfig::new();
         let err = config.from_flat(&[0.0; 5], &Device::flex()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "parameter vector has 5 values, expected 12810 (TinyCNN layout)"
+            "parameter vector has 5 values, expected 12810 (the task's model layout)"
         );
     }
 }

@@ -8,7 +8,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Gamma};
 
-use crate::mnist::NUM_CLASSES;
+use crate::data::NUM_CLASSES;
 
 pub use protocol::config::ShardScheme;
 

@@ -309,7 +309,7 @@ pub async fn shard(
             .get(shard_index as usize)
             .cloned()
             .unwrap_or_default();
-        let (images, labels) = learning::mnist::to_idx(&data.shard(&indices));
+        let (images, labels) = learning::data::to_idx(&data.shard(&indices));
         if part == "images" { images } else { labels }
     })
     .await

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use learning::shard::partition;
-use learning::{Dataset, Mnist};
+use learning::{Dataset, TaskData};
 use protocol::admin::{FieldError, ShardConfig};
 
 /// MNIST, loaded once at start.
 #[derive(Debug)]
 pub struct DemoData {
-    pub mnist: Mnist,
+    pub mnist: TaskData,
 }
 
 /// A run's split of the training set: example indices per shard.
@@ -21,7 +21,7 @@ pub struct Shards {
 }
 
 impl DemoData {
-    pub fn new(mnist: Mnist) -> Arc<Self> {
+    pub fn new(mnist: TaskData) -> Arc<Self> {
         Arc::new(Self { mnist })
     }
 

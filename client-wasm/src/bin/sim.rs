@@ -82,8 +82,9 @@ async fn main() -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(parallel.max(1)));
     let own = match args.own_examples {
         Some(k) => {
-            let mnist =
-                learning::Mnist::load_default().context("loading MNIST for --own-examples")?;
+            let mnist = learning::task::MNIST
+                .load_default()
+                .context("loading MNIST for --own-examples")?;
             anyhow::ensure!(
                 k >= 1 && k * args.clients <= mnist.train.len(),
                 "--own-examples is {k}: expected 1..={} for {} clients",

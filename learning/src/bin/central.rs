@@ -1,6 +1,7 @@
-//! Single-machine baseline: TinyCNN on all 60 000 MNIST training images, with or without DP-SGD,
-//! through the same `fit`/`evaluate` the clients use, evaluated on the 10 000 test images after
-//! every epoch.
+//! Single-machine baseline: a task's model (TinyCNN) on all of its training images (60 000 for
+//! MNIST and Fashion-MNIST), with or without DP-SGD, through the same `fit`/`evaluate` the
+//! clients use, evaluated on its test images after every epoch. `--task fashion-mnist` for the
+//! second task.
 //!
 //! ```text
 //! cargo run -p learning --release --bin central -- --epochs 10                      # no DP
@@ -15,20 +16,22 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use learning::{
-    Batching, ClientPrivacy, DpSgdConfig, Mnist, Optimizer, TinyCnnConfig, TrainConfig, accountant,
-    evaluate, fit,
+    Batching, ClientPrivacy, DpSgdConfig, Optimizer, TrainConfig, accountant, evaluate, fit,
 };
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Central (non-federated) TinyCNN training on MNIST, with or without DP-SGD",
+    about = "Central (non-federated) training of a task's model, with or without DP-SGD",
     args_override_self = true
 )]
 struct Args {
+    /// The task (learning::task): mnist or fashion-mnist.
+    #[arg(long, default_value = "mnist")]
+    task: String,
     /// Epochs over the 60 000 training images.
     #[arg(long, default_value_t = 10)]
     epochs: u32,
-    /// (Expected) batch size; with DP the Poisson rate is batch_size / 60 000.
+    /// (Expected) batch size; with DP the Poisson rate is batch_size / training images.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Learning rate.
@@ -62,8 +65,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mnist = Mnist::load_default().context("loading MNIST")?;
-    let n = mnist.train.len();
+    let task = learning::task::find(&args.task)?;
+    let data = task
+        .load_default()
+        .with_context(|| format!("loading {}", task.name))?;
+    let n = data.train.len();
     let mut config = TrainConfig {
         local_epochs: 1,
         batching: Batching::BatchSize(args.batch_size),
@@ -102,7 +108,7 @@ fn main() -> anyhow::Result<()> {
 
     let device = burn::tensor::Device::flex();
     device.seed(args.seed);
-    let mut params = TinyCnnConfig::new().init(&device).to_flat();
+    let mut params = task.model().init(&device).to_flat();
     let mut privacy = ClientPrivacy::new(None, args.delta)?;
     let start = Instant::now();
     let mut last = None;
@@ -111,25 +117,32 @@ fn main() -> anyhow::Result<()> {
             let progress = (epoch - 1) as f32 / args.epochs as f32;
             config.learning_rate = args.lr * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos());
         }
-        let res = fit(&params, &config, &mnist.train, &mut privacy, &mut |p| {
-            if p.step % 20 == 0 || p.step + 1 == p.steps_per_epoch {
-                let done = (p.step + 1) as f64 / p.steps_per_epoch as f64;
-                let bar = "#".repeat((done * 30.0) as usize);
-                eprint!(
-                    "\repoch {epoch:3}/{} [{bar:<30}] {:5.1}% loss {:.3}  ",
-                    args.epochs,
-                    done * 100.0,
-                    p.batch_loss
-                );
-                std::io::stderr().flush().ok();
-            }
-        })?;
+        let res = fit(
+            task,
+            &params,
+            &config,
+            &data.train,
+            &mut privacy,
+            &mut |p| {
+                if p.step % 20 == 0 || p.step + 1 == p.steps_per_epoch {
+                    let done = (p.step + 1) as f64 / p.steps_per_epoch as f64;
+                    let bar = "#".repeat((done * 30.0) as usize);
+                    eprint!(
+                        "\repoch {epoch:3}/{} [{bar:<30}] {:5.1}% loss {:.3}  ",
+                        args.epochs,
+                        done * 100.0,
+                        p.batch_loss
+                    );
+                    std::io::stderr().flush().ok();
+                }
+            },
+        )?;
         let delta = res
             .update
             .delta()
             .context("central training is local DP-SGD: a parameter delta")?;
         params.iter_mut().zip(delta).for_each(|(p, u)| *p += u);
-        let eval = evaluate(&params, &mnist.test)?;
+        let eval = evaluate(task, &params, &data.test)?;
         eprint!("\r");
         println!(
             "epoch {epoch:3}  train loss {:.4}  test loss {:.4}  test accuracy {:.2}%  epsilon {}  elapsed {:.0}s",

@@ -547,7 +547,7 @@ impl Coordinator {
                         let span = round.span.clone();
                         self.eval_task = Some(tokio::task::spawn_blocking(move || {
                             span.in_scope(|| {
-                                learning::evaluate(&next, &test)
+                                learning::evaluate(&learning::task::MNIST, &next, &test)
                                     .map_err(|e| e.to_string())
                             })
                         }));

