@@ -26,7 +26,7 @@ use std::sync::Arc;
 use learning::{ClientPrivacy, Dataset, FitRes, LearningError, TrainConfig, Update, default_delta};
 use protocol::config::FitMetrics;
 use protocol::ledger::{DatasetLedger, LedgerSlot, fingerprint};
-use protocol::messages::{Assignment, Capabilities, OwnData, RunPhase};
+use protocol::messages::{Assignment, Capabilities, OwnData, RunPhase, TaskSpec};
 use protocol::worker::{SavedClient, Spent};
 use protocol::{ClientMessage, ErrorCode, FrameKind, PROTOCOL_VERSION, ServerMessage, TensorFrame};
 
@@ -248,11 +248,34 @@ enum Expect {
     Nothing,
     TrainModel {
         server_round: u64,
+        task: TaskSpec,
         config: TrainConfig,
     },
     EvalModel {
         server_round: u64,
+        task: TaskSpec,
     },
+}
+
+/// The task the server names, if this client knows it and lays its model out the same way: a
+/// model of another task, or of another layout (a page older or newer than the server), is
+/// never trained on — the reason says what to do.
+fn known_task(spec: &TaskSpec) -> Result<&'static learning::Task, String> {
+    let task = learning::task::find(&spec.id).map_err(|e| {
+        format!("the server's run trains a task this page does not know ({e}): reload the page")
+    })?;
+    let ours = task.spec();
+    if &ours != spec {
+        return Err(format!(
+            "the server's {} model has {} parameters laid out as {}, this page's has {} laid out as {}: reload the page",
+            task.name,
+            protocol::clip(&spec.model_params.to_string(), 20),
+            protocol::clip(&spec.model_signature, 20),
+            ours.model_params,
+            ours.model_signature
+        ));
+    }
+    Ok(task)
 }
 
 /// The data being trained on and its ledger's state.
@@ -505,11 +528,13 @@ impl Session {
             ServerMessage::Assignment(a) => self.on_assignment(a, &mut out),
             ServerMessage::TrainIns {
                 server_round,
+                task,
                 config,
                 ..
             } => {
                 self.expect = Expect::TrainModel {
                     server_round,
+                    task,
                     config,
                 };
             }
@@ -529,8 +554,8 @@ impl Session {
                 request,
             } => out
                 .extend(self.secure_step(server_round, |s| s.on_unmask(&request).map(|o| vec![o]))),
-            ServerMessage::EvaluateIns { server_round } => {
-                self.expect = Expect::EvalModel { server_round };
+            ServerMessage::EvaluateIns { server_round, task } => {
+                self.expect = Expect::EvalModel { server_round, task };
             }
             ServerMessage::RoundClosed {
                 server_round,
@@ -674,12 +699,20 @@ impl Session {
         match std::mem::replace(&mut self.expect, Expect::Nothing) {
             Expect::TrainModel {
                 server_round,
+                task,
                 config,
             } if server_round == frame.server_round => {
-                Ok(self.train(server_round, config, frame.values))
+                Ok(match known_task(&task) {
+                    Ok(task) => self.train(server_round, task, config, frame.values),
+                    // This client can never run the run's model: it says it refuses the run.
+                    Err(reason) => train_failed(server_round, reason, true),
+                })
             }
-            Expect::EvalModel { server_round } if server_round == frame.server_round => {
-                Ok(self.evaluate(server_round, frame.values))
+            Expect::EvalModel { server_round, task } if server_round == frame.server_round => {
+                Ok(match known_task(&task) {
+                    Ok(task) => self.evaluate(server_round, task, frame.values),
+                    Err(reason) => vec![eval_failed(server_round, reason)],
+                })
             }
             _ => Err(SessionError::Unexpected("a model frame")),
         }
@@ -702,7 +735,13 @@ impl Session {
         Ok((data, fingerprint, privacy))
     }
 
-    fn train(&mut self, server_round: u64, config: TrainConfig, global: Vec<f32>) -> Vec<Action> {
+    fn train(
+        &mut self,
+        server_round: u64,
+        task: &'static learning::Task,
+        config: TrainConfig,
+        global: Vec<f32>,
+    ) -> Vec<Action> {
         if self.secure_round == Some(server_round) && !self.secure_in(server_round) {
             // Joining this round's secure aggregation failed: its update is not sent at all,
             // and never in the clear.
@@ -750,7 +789,7 @@ impl Session {
         match self.take_work() {
             Ok((data, fingerprint, privacy)) => {
                 let job = Box::new(TrainJob {
-                    task: &learning::task::MNIST,
+                    task,
                     server_round,
                     global,
                     config,
@@ -772,7 +811,12 @@ impl Session {
         }
     }
 
-    fn evaluate(&mut self, server_round: u64, global: Vec<f32>) -> Vec<Action> {
+    fn evaluate(
+        &mut self,
+        server_round: u64,
+        task: &'static learning::Task,
+        global: Vec<f32>,
+    ) -> Vec<Action> {
         if !self.options.can_evaluate {
             return vec![eval_failed(
                 server_round,
@@ -781,7 +825,7 @@ impl Session {
         }
         match self.take_work() {
             Ok((data, fingerprint, privacy)) => vec![Action::Evaluate(Box::new(EvalJob {
-                task: &learning::task::MNIST,
+                task,
                 server_round,
                 global,
                 data,
@@ -1054,6 +1098,7 @@ mod tests {
         values: Vec<f32>,
     ) -> Vec<Action> {
         let ins = ServerMessage::TrainIns {
+            task: learning::task::MNIST.spec(),
             server_round,
             config,
             timeout_ms: 1000,
@@ -1203,6 +1248,7 @@ mod tests {
         // No data: a train instruction is answered with a failure, not a panic.
         s.on_text(
             &ServerMessage::TrainIns {
+                task: learning::task::MNIST.spec(),
                 server_round: 1,
                 config: TrainConfig::default(),
                 timeout_ms: 1,

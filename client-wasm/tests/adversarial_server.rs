@@ -4,10 +4,11 @@
 
 use client_wasm::session::{Action, Outgoing, OwnFiles, Session, SessionOptions};
 use learning::data::to_idx;
+use learning::task::{FASHION_MNIST, MNIST};
 use learning::{Batching, Dataset, DpSgdConfig, TrainConfig};
 use protocol::config::ShardScheme;
 use protocol::ledger::{DatasetLedger, LedgerSlot, fingerprint};
-use protocol::messages::Assignment;
+use protocol::messages::{Assignment, TaskSpec};
 use protocol::worker::SavedClient;
 use protocol::{ClientMessage, FrameKind, ServerMessage, TensorFrame};
 
@@ -63,6 +64,7 @@ fn model_frame(server_round: u64, values: Vec<f32>) -> Vec<u8> {
 /// The server asks for a round; the session's answer after running any job it asked for.
 fn round(s: &mut Session, server_round: u64, config: TrainConfig) -> Vec<Action> {
     let ins = ServerMessage::TrainIns {
+        task: MNIST.spec(),
         server_round,
         config,
         timeout_ms: 1000,
@@ -81,7 +83,10 @@ fn round(s: &mut Session, server_round: u64, config: TrainConfig) -> Vec<Action>
 
 /// The server asks for an evaluation; the session's answer.
 fn evaluation(s: &mut Session, server_round: u64) -> Vec<Action> {
-    let ins = ServerMessage::EvaluateIns { server_round };
+    let ins = ServerMessage::EvaluateIns {
+        server_round,
+        task: MNIST.spec(),
+    };
     assert!(s.on_text(&ins.encode()).unwrap().is_empty());
     let mut out = s.on_binary(&model_frame(server_round, global())).unwrap();
     match out.pop() {
@@ -226,6 +231,7 @@ fn evaluation_is_no_oracle_it_is_noisy_charged_and_capped() {
 fn shard(run_id: u64, data: &Dataset) -> (String, Vec<u8>, Vec<u8>) {
     let (images, labels) = to_idx(data);
     let a = ServerMessage::Assignment(Assignment {
+        task: MNIST.spec(),
         run_id,
         shard_index: 0,
         num_shards: 10,
@@ -358,6 +364,7 @@ fn a_model_that_overflows_cannot_smuggle_an_unclipped_gradient() {
     // is pure noise, or the round fails as diverged; never a NaN update or a crash.
     let mut s = own(20, None);
     let ins = ServerMessage::TrainIns {
+        task: MNIST.spec(),
         server_round: 1,
         config: dp(1.0, 1e-5),
         timeout_ms: 1000,
@@ -425,6 +432,7 @@ fn a_ledger_found_unreadable_mid_round_stays_blocked() {
     let mut s = own(20, None);
     let fp = s.dataset().unwrap().to_owned();
     let ins = ServerMessage::TrainIns {
+        task: MNIST.spec(),
         server_round: 1,
         config: dp(1.0, 1e-5),
         timeout_ms: 1000,
@@ -496,6 +504,7 @@ fn a_secure_round_shares_before_training_and_never_falls_back_to_the_clear() {
     ));
     // The instruction and the model: training waits for this member's shares.
     let ins = ServerMessage::TrainIns {
+        task: MNIST.spec(),
         server_round: 1,
         config: dp(1.0, 1e-5),
         timeout_ms: 1000,
@@ -675,6 +684,7 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
     let mut rng = rand::rngs::ChaCha20Rng::seed_from_u64(3);
     let others = other_members(Bytes32([3; 32]), &mut rng);
     let ins = ServerMessage::TrainIns {
+        task: MNIST.spec(),
         server_round: 3,
         config: distributed(3),
         timeout_ms: 1000,
@@ -747,6 +757,7 @@ fn distributed_dp_shares_leave_only_masked_in_a_round_of_at_least_t_and_are_unma
             .unwrap(),
     );
     let ins = ServerMessage::TrainIns {
+        task: MNIST.spec(),
         server_round: 4,
         config: distributed(3),
         timeout_ms: 1000,
@@ -900,6 +911,7 @@ fn whole_fresh_round_until_masked(
         })
         .collect();
     let ins = ServerMessage::TrainIns {
+        task: MNIST.spec(),
         server_round: r,
         config: dp(1.0, 1e-5),
         timeout_ms: 1000,
@@ -989,6 +1001,7 @@ fn keys_reused_across_rounds_never_let_a_server_unmask_an_earlier_round() {
         })
         .collect();
     let ins = ServerMessage::TrainIns {
+        task: MNIST.spec(),
         server_round: 5,
         config: dp(1.0, 1e-5),
         timeout_ms: 1000,
@@ -1009,4 +1022,45 @@ fn keys_reused_across_rounds_never_let_a_server_unmask_an_earlier_round() {
     let out = s.on_text(&unmask.encode()).unwrap();
     let (reason, _) = refusal(&out);
     assert!(reason.contains("reuses keys"), "{reason}");
+}
+
+/// A server that sends a model of a task this page does not know, or of a known task laid out
+/// otherwise (an older or newer server), is refused before anything is trained: the client
+/// says it refuses the run, and says to reload the page. Its ledger is not touched.
+#[test]
+fn a_model_of_another_task_or_layout_is_refused_before_training() {
+    let cases = [
+        TaskSpec {
+            id: "cifar-10".into(),
+            ..MNIST.spec()
+        },
+        TaskSpec {
+            model_signature: "0000000000000000".into(),
+            ..FASHION_MNIST.spec()
+        },
+        TaskSpec {
+            model_params: 99,
+            ..MNIST.spec()
+        },
+    ];
+    for task in cases {
+        let mut s = own(600, Some(3.0));
+        let ins = ServerMessage::TrainIns {
+            task: task.clone(),
+            server_round: 1,
+            config: dp(1.0, 1e-5),
+            timeout_ms: 1000,
+        };
+        assert!(s.on_text(&ins.encode()).unwrap().is_empty());
+        let out = s.on_binary(&model_frame(1, global())).unwrap();
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Train(_))),
+            "{task:?}: nothing trained"
+        );
+        let (reason, refuses_run) = refusal(&out);
+        assert!(refuses_run, "{task:?}");
+        assert!(reason.contains("reload the page"), "{task:?}: {reason}");
+        // A model of the run's task (the same layout) trains.
+        assert!(!round(&mut s, 2, dp(1.0, 1e-5)).is_empty());
+    }
 }

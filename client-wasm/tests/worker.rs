@@ -112,6 +112,7 @@ fn a_dp_round_trains_in_wasm_and_its_ledger_is_saved() {
     s.on_text(
         &ServerMessage::TrainIns {
             server_round: 1,
+            task: learning::task::MNIST.spec(),
             config,
             timeout_ms: 60_000,
         }

@@ -444,6 +444,11 @@ mod tests {
 
     fn assignment(run_id: u64) -> Assignment {
         Assignment {
+            task: protocol::messages::TaskSpec {
+                id: "mnist".into(),
+                model_params: 12_810,
+                model_signature: "0123456789abcdef".into(),
+            },
             run_id,
             shard_index: 1,
             num_shards: 10,

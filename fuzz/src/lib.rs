@@ -249,6 +249,7 @@ pub fn targets() -> Vec<Target> {
     let server = [
         ServerMessage::TrainIns {
             server_round: 1,
+            task: learning::task::MNIST.spec(),
             config: train,
             timeout_ms: 1000,
         },

@@ -88,7 +88,7 @@ pub enum DataError {
 }
 
 /// Images and labels, kept as bytes (1 byte a pixel) until a batch is built.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Dataset {
     /// `len × 784` pixels, row-major.
     pub images: Vec<u8>,

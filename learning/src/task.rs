@@ -194,6 +194,15 @@ impl Task {
         self.model().layout().signature()
     }
 
+    /// What the wire says of this task (`TrainIns`, `EvaluateIns`, `Assignment`).
+    pub fn spec(&self) -> protocol::messages::TaskSpec {
+        protocol::messages::TaskSpec {
+            id: self.id.into(),
+            model_params: self.num_params() as u64,
+            model_signature: self.model_signature(),
+        }
+    }
+
     /// Normalised pixels and labels of the examples at `indices`.
     pub fn batch(&self, data: &Dataset, indices: &[usize]) -> (Vec<f32>, Vec<u8>) {
         data.batch(indices, self.pixels)

@@ -36,6 +36,8 @@ pub const MAX_LEARNING_RATE: f32 = 100.0;
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
     pub name: String,
+    /// The learning problem (a registered task id: `mnist`, `fashion-mnist`).
+    pub task: String,
     /// Rounds to run (the run may stop earlier when the privacy budget is spent).
     pub rounds: u32,
     /// A round starts only when at least this many eligible clients are connected.
@@ -59,12 +61,21 @@ pub struct RunConfig {
     pub optimizer: Optimizer,
     /// `None`: train without differential privacy.
     pub dp: Option<DpRunConfig>,
-    /// `None`: clients bring their own data; otherwise the server splits MNIST's training set.
+    /// `None`: clients bring their own data; otherwise the server splits the task's training set.
     pub shards: Option<ShardConfig>,
     /// How the round's updates become one (FedAvg, or a robust rule against hostile clients).
     pub aggregator: AggregatorConfig,
     /// `Some`: the server learns only the sum of each round's updates (FedAvg only).
     pub secure_aggregation: Option<SecureAggregationConfig>,
+}
+
+/// Whether `id` has the form of a task id: 1 to 40 lower-case letters, digits and `-`. (Which
+/// ids exist is the server's registry's to say.)
+pub fn task_id_ok(id: &str) -> bool {
+    (1..=40).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Secure aggregation for a run (SecAgg with SecAgg+ neighbourhoods).
@@ -361,6 +372,7 @@ impl Default for RunConfig {
     fn default() -> Self {
         Self {
             name: "mnist-demo".into(),
+            task: "mnist".into(),
             rounds: 15,
             min_clients: 2,
             fraction_train: 1.0,
@@ -412,6 +424,9 @@ impl RunConfig {
         }
         if !name_ok {
             return Err(fields::NAME.error(format!("{:?}", self.name)));
+        }
+        if !task_id_ok(&self.task) {
+            return Err(fields::TASK.error(format!("{:?}", crate::clip(&self.task, 40))));
         }
         fields::ROUNDS.check(self.rounds)?;
         fields::MIN_CLIENTS.check(self.min_clients)?;
@@ -724,6 +739,21 @@ pub struct LedgerEntry {
     /// The same ledger under RDP, beside `epsilon` (the tight accountant's) to compare.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdp_epsilon: Option<f64>,
+}
+
+/// A task the server knows (`GET /api/tasks`): what the run form offers, one line each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// Class names, by label.
+    pub classes: Vec<String>,
+    pub model_params: u64,
+    pub model_signature: String,
+    /// Whether this server holds the task's data: server shards and server-side evaluation
+    /// (without it, clients bring their own data).
+    pub data: bool,
 }
 
 /// Where other devices can open the client page (`GET /api/admin/join`).
@@ -1043,7 +1073,7 @@ mod tests {
         );
         let unknown = said(r#"{"rouns":3}"#);
         assert!(
-            unknown.starts_with("rouns is 3: expected one of `name`, `rounds`"),
+            unknown.starts_with("rouns is 3: expected one of `name`, `task`, `rounds`"),
             "{unknown}"
         );
         assert!(!unknown.contains("line 1"), "{unknown}");

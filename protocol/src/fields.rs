@@ -241,8 +241,13 @@ const fn choice(path: &'static str, label: &'static str, choices: &'static str) 
 pub const BATCHING: Field = choice("batching", "Batching", "a batch size or a sample rate");
 pub const SHARDS: Field = choice(
     "shards",
-    "Server MNIST shards",
-    "on (the server splits MNIST) or off (clients bring their own data)",
+    "Server shards",
+    "on (the server splits the task's training set) or off (clients bring their own data)",
+);
+pub const TASK: Field = choice(
+    "task",
+    "Task",
+    "a task this server knows (GET /api/tasks lists them), e.g. mnist or fashion-mnist",
 );
 /// Not a field: what a request body that is no config at all is called.
 pub const BODY: Field = choice("body", "The request body", "a JSON object, e.g. {}");

@@ -123,15 +123,29 @@ pub enum ClientMessage {
     SecAggReveal { server_round: u64, reveal: Reveal },
 }
 
+/// Which learning problem a run trains, and its model: a client refuses a model it would lay
+/// out differently (a page older than the server, or a task it does not know).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// A registered task (`learning::task`), e.g. `mnist` or `fashion-mnist`.
+    pub id: String,
+    /// Parameters of the task's model: the length of the model frames.
+    pub model_params: u64,
+    /// The model's parameter layout in 16 hex digits (`ParamLayout::signature`).
+    pub model_signature: String,
+}
+
 /// Where a client's shard of the demo data set is and what is in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
     pub run_id: u64,
+    /// What the shard's examples are of.
+    pub task: TaskSpec,
     pub shard_index: u32,
     pub num_shards: u32,
     pub scheme: ShardScheme,
     pub num_examples: u64,
-    /// Examples per class 0–9.
+    /// Examples per class, by label.
     pub label_histogram: Vec<u32>,
     /// Paths (relative to the server's HTTP origin) of the shard as IDX files.
     pub images_path: String,
@@ -188,6 +202,8 @@ pub enum ServerMessage {
     /// Train on the `GlobalModel` frame of the same round that follows.
     TrainIns {
         server_round: u64,
+        /// The run's task: the model frame that follows is this task's.
+        task: TaskSpec,
         config: TrainConfig,
         /// Milliseconds the server waits for the result before closing the round.
         timeout_ms: u64,
@@ -195,6 +211,7 @@ pub enum ServerMessage {
     /// Evaluate the `GlobalModel` frame of the same round that follows on local data.
     EvaluateIns {
         server_round: u64,
+        task: TaskSpec,
     },
     /// What the active run does between this client's rounds, sent on joining and whenever it
     /// changes, so a tab can say what it waits for.
@@ -491,6 +508,11 @@ mod tests {
 
         let ins = ServerMessage::TrainIns {
             server_round: 2,
+            task: TaskSpec {
+                id: "mnist".into(),
+                model_params: 12_810,
+                model_signature: "0123456789abcdef".into(),
+            },
             config: TrainConfig::default(),
             timeout_ms: 1000,
         };

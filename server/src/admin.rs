@@ -292,7 +292,7 @@ pub async fn shard(
         return Err(AppError::NotFound("this server holds no data set".into()));
     };
     let client_key = q.client_key;
-    let shards = ask(&state, |reply| Command::Shard {
+    let (task, shards) = ask(&state, |reply| Command::Shard {
         run_id,
         shard_index,
         client_key,
@@ -309,7 +309,8 @@ pub async fn shard(
             .get(shard_index as usize)
             .cloned()
             .unwrap_or_default();
-        let (images, labels) = learning::data::to_idx(&data.shard(&indices));
+        let shard = data.shard(task, &indices).unwrap_or_default();
+        let (images, labels) = learning::data::to_idx(&shard);
         if part == "images" { images } else { labels }
     })
     .await

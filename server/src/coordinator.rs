@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use learning::accountant::AccountantError;
-use learning::{Aggregator, EvaluateRes, PrivacyLedger, TinyCnnConfig};
+use learning::{Aggregator, EvaluateRes, PrivacyLedger};
 use protocol::admin::{
     ClientInfo, ClientState, Departure, Event, FieldError, RoundRecord, RunAction, RunConfig,
     RunHistory, RunStatus, RunSummary,
@@ -134,7 +134,7 @@ pub enum Command {
         run_id: u64,
         shard_index: u32,
         client_key: String,
-        reply: oneshot::Sender<Option<Arc<Vec<Vec<usize>>>>>,
+        reply: oneshot::Sender<Option<(&'static learning::Task, Arc<Vec<Vec<usize>>>)>>,
     },
 }
 
@@ -275,6 +275,8 @@ impl Round {
 /// The run the coordinator drives (at most one at a time).
 struct ActiveRun {
     summary: RunSummary,
+    /// What the run trains (its config's `task`, from the registry).
+    task: &'static learning::Task,
     strategy: Box<dyn Strategy>,
     global: Arc<Vec<f32>>,
     clients: HashMap<String, ClientRow>,
@@ -392,7 +394,8 @@ pub struct CoordinatorOptions {
 pub struct Coordinator {
     store: Store,
     data: Option<Arc<DemoData>>,
-    test_set: Option<Arc<learning::Dataset>>,
+    /// Each loaded task's test set (cut to `eval_limit`), by task id.
+    test_sets: HashMap<&'static str, Arc<learning::Dataset>>,
     events: broadcast::Sender<Event>,
     /// Live connections by connection id: one per socket, so a replaced socket's late messages
     /// name its own id and never touch its successor.
@@ -425,17 +428,21 @@ impl Coordinator {
         events: broadcast::Sender<Event>,
         options: CoordinatorOptions,
     ) -> Result<Self, StoreError> {
-        let test_set = data.as_ref().map(|d| {
-            let test = d.test();
-            Arc::new(match options.eval_limit {
-                Some(n) if n < test.len() => test.subset(&(0..n).collect::<Vec<_>>()),
-                _ => test.clone(),
+        let test_sets = data
+            .iter()
+            .flat_map(|d| d.tasks().filter_map(|t| Some((t, &d.of(t)?.test))))
+            .map(|(t, test)| {
+                let test = match options.eval_limit {
+                    Some(n) if n < test.len() => test.subset(&(0..n).collect::<Vec<_>>()),
+                    _ => test.clone(),
+                };
+                (t.id, Arc::new(test))
             })
-        });
+            .collect();
         let mut c = Self {
             store,
             data,
-            test_set,
+            test_sets,
             events,
             clients: HashMap::new(),
             next_client_id: 1,
@@ -447,7 +454,11 @@ impl Coordinator {
             sigma_job: None,
             accounting_due: true,
             prepare_failed: false,
-            model_params: TinyCnnConfig::new().layout().num_params(),
+            model_params: learning::TASKS
+                .iter()
+                .map(|t| t.num_params())
+                .max()
+                .unwrap_or(0),
         };
         c.resume()?;
         Ok(c)
@@ -470,8 +481,12 @@ impl Coordinator {
                 detail: format!("run {} has none", summary.run_id),
             });
         };
+        let task = learning::task::find(&summary.config.task).map_err(|e| StoreError::Corrupt {
+            what: "run config",
+            detail: format!("run {}: {e}", summary.run_id),
+        })?;
         let shards = match (&summary.config.shards, &self.data) {
-            (Some(cfg), Some(data)) => data.shards(*cfg).ok(),
+            (Some(cfg), Some(data)) => data.shards(task, *cfg).ok(),
             _ => None,
         };
         let clients = self
@@ -491,6 +506,7 @@ impl Coordinator {
         let phase = (summary.status == RunStatus::Paused).then_some(RunPhase::Paused);
         (self.accounting_due, self.prepare_failed) = (true, false);
         self.run = Some(ActiveRun {
+            task,
             strategy: build_strategy(&summary.config),
             summary: RunSummary {
                 completed_rounds: round,
@@ -706,7 +722,7 @@ impl Coordinator {
                             .clients
                             .get(&client_key)
                             .is_some_and(|c| c.shard_index == Some(shard_index));
-                    holds.then(|| run.shards.as_ref().map(|s| s.indices.clone()))?
+                    holds.then(|| Some((run.task, run.shards.as_ref()?.indices.clone())))?
                 });
                 let _ignored_if_gone = reply.send(shards);
             }
@@ -754,6 +770,47 @@ mod tests {
         oneshot::channel()
     }
 
+    /// A coordinator whose run of `config` has started, with a client of each of `sizes`
+    /// examples (own data) joined; the clients' outboxes and the event stream are returned.
+    fn started_run(
+        config: &str,
+        sizes: impl IntoIterator<Item = u64>,
+    ) -> (
+        Coordinator,
+        Vec<mpsc::Receiver<Outgoing>>,
+        broadcast::Receiver<Event>,
+    ) {
+        let (events, seen) = broadcast::channel(4096);
+        let mut c = Coordinator::new(
+            Store::in_memory().unwrap(),
+            None,
+            events,
+            CoordinatorOptions { eval_limit: None },
+        )
+        .unwrap();
+        let run_id = c
+            .create_run(RunConfig::from_json(config).unwrap())
+            .unwrap()
+            .run_id;
+        let (tx, _started) = reply();
+        c.handle(Command::Control {
+            run_id,
+            action: RunAction::Start,
+            reply: tx,
+        });
+        let mut outboxes = Vec::new();
+        for n in sizes {
+            let (outbox, rx) = mpsc::channel(16);
+            outboxes.push(rx);
+            let caps = Capabilities {
+                own_data: Some(protocol::messages::OwnData { num_examples: n }),
+                ..Default::default()
+            };
+            c.join(None, caps, outbox).unwrap();
+        }
+        (c, outboxes, seen)
+    }
+
     /// Runs the accounting jobs as the coordinator's loop would, until nothing is left.
     async fn settle_accounting(c: &mut Coordinator) {
         loop {
@@ -772,34 +829,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_fails_the_round_in_flight_not_the_coordinator() {
-        let (events, mut seen) = broadcast::channel(64);
-        let mut c = Coordinator::new(
-            Store::in_memory().unwrap(),
-            None,
-            events,
-            CoordinatorOptions { eval_limit: None },
-        )
-        .unwrap();
-        let config =
-            RunConfig::from_json(r#"{"min_clients":2,"batching":{"batch_size":10},"shards":null}"#)
-                .unwrap();
-        let run_id = c.create_run(config).unwrap().run_id;
-        let (tx, _started) = reply();
-        c.handle(Command::Control {
-            run_id,
-            action: RunAction::Start,
-            reply: tx,
-        });
-        let mut outboxes = Vec::new();
-        for _ in 0..2 {
-            let (outbox, rx) = mpsc::channel(16);
-            outboxes.push(rx);
-            let caps = Capabilities {
-                own_data: Some(protocol::messages::OwnData { num_examples: 100 }),
-                ..Default::default()
-            };
-            c.join(None, caps, outbox).unwrap();
-        }
+        let (mut c, _outboxes, mut seen) = started_run(
+            r#"{"min_clients":2,"batching":{"batch_size":10},"shards":null}"#,
+            [100, 100],
+        );
         settle_accounting(&mut c).await;
         c.maybe_start_round();
         assert!(
@@ -833,36 +866,11 @@ mod tests {
     /// beside it.
     #[tokio::test]
     async fn the_tight_epsilon_is_computed_off_the_task_and_plans_wait_for_it() {
-        let (events, _seen) = broadcast::channel(64);
-        let mut c = Coordinator::new(
-            Store::in_memory().unwrap(),
-            None,
-            events,
-            CoordinatorOptions { eval_limit: None },
-        )
-        .unwrap();
-        let config = RunConfig::from_json(
+        let (mut c, _outboxes, _seen) = started_run(
             r#"{"min_clients":2,"batching":{"batch_size":10},"shards":null,
                 "dp":{"max_grad_norm":1.0,"target_epsilon":3.0,"delta":1e-5}}"#,
-        )
-        .unwrap();
-        let run_id = c.create_run(config).unwrap().run_id;
-        let (tx, _started) = reply();
-        c.handle(Command::Control {
-            run_id,
-            action: RunAction::Start,
-            reply: tx,
-        });
-        let mut outboxes = Vec::new();
-        for n in [100, 150] {
-            let (outbox, rx) = mpsc::channel(16);
-            outboxes.push(rx);
-            let caps = Capabilities {
-                own_data: Some(protocol::messages::OwnData { num_examples: n }),
-                ..Default::default()
-            };
-            c.join(None, caps, outbox).unwrap();
-        }
+            [100, 150],
+        );
         // First σ for the two shard sizes, off the task; no plan takes a client before it.
         c.start_accounting();
         assert!(c.sigma_job.is_some(), "σ of two new sizes to solve");
@@ -933,39 +941,12 @@ mod tests {
     async fn accounting_cost_with_a_thousand_shard_sizes() {
         use std::time::Instant;
         let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
-        let (events, _seen) = broadcast::channel(4096);
-        let mut c = Coordinator::new(
-            Store::in_memory().unwrap(),
-            None,
-            events,
-            CoordinatorOptions { eval_limit: None },
-        )
-        .unwrap();
-        let config = RunConfig::from_json(
+        let (mut c, _outboxes, _seen) = started_run(
             r#"{"min_clients":1000,"rounds":15,"batching":{"batch_size":512},"shards":null,
                 "round_timeout_secs":600,
                 "dp":{"max_grad_norm":1.0,"target_epsilon":3.0,"delta":1e-5}}"#,
-        )
-        .unwrap();
-        let run_id = c.create_run(config).unwrap().run_id;
-        let (tx, _started) = reply();
-        c.handle(Command::Control {
-            run_id,
-            action: RunAction::Start,
-            reply: tx,
-        });
-        let mut outboxes = Vec::new();
-        for i in 0..1000u64 {
-            let (outbox, rx) = mpsc::channel(16);
-            outboxes.push(rx);
-            let caps = Capabilities {
-                own_data: Some(protocol::messages::OwnData {
-                    num_examples: 3000 + 3 * i,
-                }),
-                ..Default::default()
-            };
-            c.join(None, caps, outbox).unwrap();
-        }
+            (0..1000u64).map(|i| 3000 + 3 * i),
+        );
         learning::accountant::clear_memos();
         println!(
             "1 000 clients, a shard size each (3 000 … 5 997), batch 512, 15 rounds, target ε 3"

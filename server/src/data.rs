@@ -1,16 +1,16 @@
-//! The demo data the server holds: MNIST's training set, split into shards handed to clients
-//! over HTTP, and the 10 000-image test set every global model is evaluated on.
+//! The data the server holds, one set per task it could load: the training set, split into
+//! shards handed to clients over HTTP, and the test set every global model is evaluated on.
 
 use std::sync::Arc;
 
 use learning::shard::partition;
-use learning::{Dataset, TaskData};
+use learning::{Dataset, Task, TaskData};
 use protocol::admin::{FieldError, ShardConfig};
 
-/// MNIST, loaded once at start.
+/// The tasks' data sets, loaded once at start.
 #[derive(Debug)]
 pub struct DemoData {
-    pub mnist: TaskData,
+    sets: Vec<(&'static Task, TaskData)>,
 }
 
 /// A run's split of the training set: example indices per shard.
@@ -21,14 +21,36 @@ pub struct Shards {
 }
 
 impl DemoData {
-    pub fn new(mnist: TaskData) -> Arc<Self> {
-        Arc::new(Self { mnist })
+    pub fn new(sets: Vec<(&'static Task, TaskData)>) -> Arc<Self> {
+        Arc::new(Self { sets })
     }
 
-    /// Splits the training set as `config` says (deterministic for its seed).
-    pub fn shards(&self, config: ShardConfig) -> Result<Shards, FieldError> {
+    /// `task`'s data, if it was loaded.
+    pub fn of(&self, task: &Task) -> Option<&TaskData> {
+        self.sets
+            .iter()
+            .find(|(t, _)| t.id == task.id)
+            .map(|(_, d)| d)
+    }
+
+    /// The tasks whose data is here.
+    pub fn tasks(&self) -> impl Iterator<Item = &'static Task> + '_ {
+        self.sets.iter().map(|(t, _)| *t)
+    }
+
+    /// Splits `task`'s training set as `config` says (deterministic for its seed).
+    pub fn shards(&self, task: &Task, config: ShardConfig) -> Result<Shards, FieldError> {
+        let data = self.of(task).ok_or_else(|| {
+            protocol::fields::SHARDS.error_because(
+                "on",
+                format!(
+                    "off: this server has no {} data ({}), so clients must bring their own",
+                    task.name, task.files.install
+                ),
+            )
+        })?;
         let parts = partition(
-            &self.mnist.train.labels,
+            &data.train.labels,
             config.num_shards as usize,
             config.scheme,
             config.seed,
@@ -40,12 +62,8 @@ impl DemoData {
         })
     }
 
-    /// One shard as a data set.
-    pub fn shard(&self, indices: &[usize]) -> Dataset {
-        self.mnist.train.subset(indices)
-    }
-
-    pub fn test(&self) -> &Dataset {
-        &self.mnist.test
+    /// One shard of `task`'s training set as a data set.
+    pub fn shard(&self, task: &Task, indices: &[usize]) -> Option<Dataset> {
+        Some(self.of(task)?.train.subset(indices))
     }
 }

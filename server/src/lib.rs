@@ -79,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(api_not_found);
     let router = Router::new()
         .route("/api/health", get(health))
+        .route("/api/tasks", get(tasks))
         .route("/ws", get(ws::ws_handler))
         .route("/api/runs/{run}/shards/{index}/{part}", get(admin::shard))
         .nest("/api/admin", admin_routes)
@@ -116,6 +117,25 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         protocol_version: protocol::PROTOCOL_VERSION,
         model_params: state.model_params,
     })
+}
+
+/// `GET /api/tasks`: every registered task, and whether this server holds its data.
+async fn tasks(State(state): State<AppState>) -> Json<Vec<protocol::admin::TaskInfo>> {
+    let held = |t: &learning::Task| state.data.as_ref().is_some_and(|d| d.of(t).is_some());
+    Json(
+        learning::TASKS
+            .iter()
+            .map(|t| protocol::admin::TaskInfo {
+                id: t.id.into(),
+                name: t.name.into(),
+                description: t.description.into(),
+                classes: t.classes.iter().map(|c| (*c).into()).collect(),
+                model_params: t.num_params() as u64,
+                model_signature: t.model_signature(),
+                data: held(t),
+            })
+            .collect(),
+    )
 }
 
 /// `f` of every item, in order, spread over the machine's cores (scoped threads): for the

