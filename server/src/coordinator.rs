@@ -417,6 +417,8 @@ pub struct Coordinator {
     accounting_due: bool,
     /// The strategy's work ahead failed in this run (a bug): plans solve σ themselves.
     prepare_failed: bool,
+    /// The largest model of any task: what `Welcome` and the socket's frame limit use (a
+    /// round's vectors have its run's task's length).
     model_params: usize,
 }
 

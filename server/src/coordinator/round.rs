@@ -132,7 +132,8 @@ impl Coordinator {
                     &config,
                     &ids,
                     server_round,
-                    self.model_params + 1,
+                    // The run's model, and one value for the weight.
+                    run.task.num_params() + 1,
                     gradient,
                     context,
                     run.kept_keys.take(),
@@ -163,7 +164,7 @@ impl Coordinator {
             deadline: tokio::time::Instant::now() + timeout,
             quorum_reached: false,
             sampled,
-            aggregator: run.strategy.aggregator(self.model_params),
+            aggregator: run.strategy.aggregator(run.task.num_params()),
             secure,
             participants: Vec::new(),
             aggregate_ms: 0.0,
