@@ -813,6 +813,12 @@ mod tests {
         (c, outboxes, seen)
     }
 
+    /// Every ledger of the active run.
+    fn run_ledgers(c: &Coordinator) -> Vec<PrivacyLedger> {
+        let run = c.run.as_ref().unwrap();
+        run.clients.values().map(|r| r.ledger.clone()).collect()
+    }
+
     /// Runs the accounting jobs as the coordinator's loop would, until nothing is left.
     async fn settle_accounting(c: &mut Coordinator) {
         loop {
@@ -887,14 +893,7 @@ mod tests {
             "nothing left to do"
         );
         c.maybe_start_round();
-        let ledgers: Vec<PrivacyLedger> = c
-            .run
-            .as_ref()
-            .unwrap()
-            .clients
-            .values()
-            .map(|r| r.ledger.clone())
-            .collect();
+        let ledgers = run_ledgers(&c);
         assert_eq!(ledgers.len(), 2);
         assert_ne!(ledgers[0], ledgers[1], "a shard size each: two ledgers");
         let rdp: Vec<f64> = ledgers
@@ -987,14 +986,7 @@ mod tests {
         }
         // What the task did before the job existed: every ledger's tight ε in one thread (the
         // record's ε, and again for every clients table), and σ solved in the plan.
-        let ledgers: Vec<PrivacyLedger> = c
-            .run
-            .as_ref()
-            .unwrap()
-            .clients
-            .values()
-            .map(|r| r.ledger.clone())
-            .collect();
+        let ledgers = run_ledgers(&c);
         learning::accountant::clear_memos();
         let t = Instant::now();
         for l in &ledgers {
