@@ -269,7 +269,7 @@ fn known_task(spec: &TaskSpec) -> Result<&'static learning::Task, String> {
         return Err(format!(
             "the server's {} model has {} parameters laid out as {}, this page's has {} laid out as {}: reload the page",
             task.name,
-            protocol::clip(&spec.model_params.to_string(), 20),
+            spec.model_params,
             protocol::clip(&spec.model_signature, 20),
             ours.model_params,
             ours.model_signature
@@ -672,6 +672,15 @@ impl Session {
     /// A shard assignment: the same shard keeps its data; another one is fetched (and trained
     /// with *its* ledger from the book, once its fingerprint is known).
     fn on_assignment(&mut self, a: Assignment, out: &mut Vec<Action>) {
+        if let Err(reason) = known_task(&a.task) {
+            // A shard of a model this page cannot run: not downloaded, and said.
+            out.push(Action::Notify(Notice::ServerError {
+                code: ErrorCode::BadMessage,
+                message: reason,
+                fatal: false,
+            }));
+            return;
+        }
         let same = self
             .assignment
             .as_ref()
@@ -702,19 +711,33 @@ impl Session {
                 task,
                 config,
             } if server_round == frame.server_round => {
-                Ok(match known_task(&task) {
+                Ok(match self.run_task(&task) {
                     Ok(task) => self.train(server_round, task, config, frame.values),
                     // This client can never run the run's model: it says it refuses the run.
                     Err(reason) => train_failed(server_round, reason, true),
                 })
             }
             Expect::EvalModel { server_round, task } if server_round == frame.server_round => {
-                Ok(match known_task(&task) {
+                Ok(match self.run_task(&task) {
                     Ok(task) => self.evaluate(server_round, task, frame.values),
                     Err(reason) => vec![eval_failed(server_round, reason)],
                 })
             }
             _ => Err(SessionError::Unexpected("a model frame")),
+        }
+    }
+
+    /// The instruction's task, if this client can run it and it is its shard's (a model of
+    /// another task would be trained on records it was not made for).
+    fn run_task(&self, spec: &TaskSpec) -> Result<&'static learning::Task, String> {
+        let task = known_task(spec)?;
+        match &self.assignment {
+            Some(a) if a.task.id != spec.id => Err(format!(
+                "the server asks to train a {} model on this client's {} shard: refusing",
+                task.name,
+                protocol::clip(&a.task.id, 40)
+            )),
+            _ => Ok(task),
         }
     }
 

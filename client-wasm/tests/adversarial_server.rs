@@ -1060,7 +1060,43 @@ fn a_model_of_another_task_or_layout_is_refused_before_training() {
         let (reason, refuses_run) = refusal(&out);
         assert!(refuses_run, "{task:?}");
         assert!(reason.contains("reload the page"), "{task:?}: {reason}");
-        // A model of the run's task (the same layout) trains.
-        assert!(!round(&mut s, 2, dp(1.0, 1e-5)).is_empty());
+        assert_eq!(s.epsilon(), Some(0.0), "{task:?}: nothing spent");
+        // A model of the run's task (the same layout) trains and its update is sent.
+        let sent = messages(&round(&mut s, 2, dp(1.0, 1e-5)));
+        assert!(
+            matches!(sent.as_slice(), [ClientMessage::TrainRes { .. }]),
+            "{sent:?}"
+        );
     }
+}
+
+/// A client holding an MNIST shard is never made to train or evaluate a model of another
+/// (known, same-layout) task on it.
+#[test]
+fn a_model_of_another_task_than_the_shards_is_refused() {
+    let data = records(60, 1);
+    let (assignment, images, labels) = shard(1, &data);
+    let mut s = shard_session(Vec::new(), None);
+    s.on_text(&assignment).unwrap();
+    s.on_shard(&images, &labels).unwrap();
+    let ins = ServerMessage::TrainIns {
+        task: FASHION_MNIST.spec(),
+        server_round: 1,
+        config: dp(1.0, 1e-5),
+        timeout_ms: 1000,
+    };
+    assert!(s.on_text(&ins.encode()).unwrap().is_empty());
+    let out = s.on_binary(&model_frame(1, global())).unwrap();
+    let (reason, refuses_run) = refusal(&out);
+    assert!(refuses_run && reason.contains("shard"), "{reason}");
+    let eval = ServerMessage::EvaluateIns {
+        server_round: 1,
+        task: FASHION_MNIST.spec(),
+    };
+    assert!(s.on_text(&eval.encode()).unwrap().is_empty());
+    let out = s.on_binary(&model_frame(1, global())).unwrap();
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Evaluate(_))),
+        "{out:?}"
+    );
 }

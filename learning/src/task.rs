@@ -154,6 +154,11 @@ pub static FASHION_MNIST: Task = Task {
 /// Every task, the default first.
 pub static TASKS: [&Task; 2] = [&MNIST, &FASHION_MNIST];
 
+/// The largest model of any task: the bound of a frame's length before its run is known.
+pub fn max_params() -> usize {
+    TASKS.iter().map(|t| t.num_params()).max().unwrap_or(0)
+}
+
 /// A task id that is not registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown task {given:?}: expected one of {known}")]
@@ -322,6 +327,55 @@ mod tests {
             assert_eq!(t.model_signature(), layout.signature());
         }
         assert_eq!(MNIST.num_params(), 12_810);
+    }
+
+    /// Distributed DP's accountant, its overflow bounds and the server's optimizer still
+    /// assume one model dimension (`protocol::config::MODEL_DIM`): a task with another model
+    /// makes those take the task's `num_params` first (client.rs `round_mechanism`,
+    /// strategy.rs `solve_noise` and `DistributedSgd`, config.rs `distributed_reach`).
+    #[test]
+    fn every_task_has_the_model_dimension_distributed_dp_assumes() {
+        for t in TASKS {
+            assert_eq!(
+                t.num_params() as u64,
+                protocol::config::MODEL_DIM,
+                "{}",
+                t.id
+            );
+        }
+    }
+
+    /// Each task's model goes through the wire format and comes back the same model: the
+    /// frame's values are the layout's, bit for bit, and their count is the spec's.
+    #[test]
+    fn each_task_model_round_trips_through_the_wire_format() {
+        use burn::tensor::{Device, Tensor};
+        use protocol::{FrameKind, TensorFrame};
+        let device = Device::flex();
+        for t in TASKS {
+            let model = t.model().init(&device);
+            let flat = model.to_flat();
+            assert_eq!(flat.len() as u64, t.spec().model_params);
+            let bytes = TensorFrame {
+                kind: FrameKind::GlobalModel,
+                server_round: 1,
+                values: flat.clone(),
+            }
+            .encode()
+            .unwrap();
+            let back = TensorFrame::decode(&bytes).unwrap().values;
+            assert_eq!(back, flat, "{}", t.id);
+            let rebuilt = t.model().from_flat(&back, &device).unwrap();
+            let [c, h, w] = t.input;
+            let x = || Tensor::<4>::ones([2, c, h, w], &device);
+            let (a, b) = (model.forward(x()), rebuilt.forward(x()));
+            assert_eq!(
+                crate::model::tensor_vec(a),
+                crate::model::tensor_vec(b),
+                "{}",
+                t.id
+            );
+        }
     }
 
     #[test]

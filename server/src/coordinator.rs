@@ -456,11 +456,7 @@ impl Coordinator {
             sigma_job: None,
             accounting_due: true,
             prepare_failed: false,
-            model_params: learning::TASKS
-                .iter()
-                .map(|t| t.num_params())
-                .max()
-                .unwrap_or(0),
+            model_params: learning::task::max_params(),
         };
         c.resume()?;
         Ok(c)
@@ -483,12 +479,40 @@ impl Coordinator {
                 detail: format!("run {} has none", summary.run_id),
             });
         };
-        let task = learning::task::find(&summary.config.task).map_err(|e| StoreError::Corrupt {
-            what: "run config",
-            detail: format!("run {}: {e}", summary.run_id),
-        })?;
+        // A run of a task this build does not have (a downgrade, a renamed task), or whose
+        // checkpoint another layout would read: ended with the reason, never resumed wrongly —
+        // and the server still starts.
+        let task = learning::task::find(&summary.config.task)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                (params.len() == t.num_params())
+                    .then_some(t)
+                    .ok_or_else(|| {
+                        format!(
+                            "its checkpoint holds {} parameters, this build's {} model {}",
+                            params.len(),
+                            t.name,
+                            t.num_params()
+                        )
+                    })
+            });
+        let task = match task {
+            Ok(t) => t,
+            Err(why) => {
+                let reason = format!("not resumed: {why}");
+                warn!(run_id = summary.run_id, %reason, "a stored run cannot be resumed");
+                self.store
+                    .set_status(summary.run_id, RunStatus::Finished, Some(&reason))?;
+                return Ok(());
+            }
+        };
         let shards = match (&summary.config.shards, &self.data) {
-            (Some(cfg), Some(data)) => data.shards(task, *cfg).ok(),
+            (Some(cfg), Some(data)) => data
+                .shards(task, *cfg)
+                .inspect_err(
+                    |e| warn!(run_id = summary.run_id, error = %e, "resumed without its shards"),
+                )
+                .ok(),
             _ => None,
         };
         let clients = self
@@ -1004,6 +1028,30 @@ mod tests {
         println!(
             "for comparison, on one thread: σ for 20 sizes {:.1} s (× 50 for 1 000)",
             ms(t) / 1e3
+        );
+    }
+
+    /// A stored run of a task this build does not have (a downgrade, a renamed task) is ended
+    /// with the reason, and the server starts: it is never resumed under another model.
+    #[test]
+    fn a_stored_run_of_an_unknown_task_is_ended_not_resumed() {
+        let mut store = Store::in_memory().unwrap();
+        let config = RunConfig {
+            task: "cifar-10".into(),
+            ..RunConfig::default()
+        };
+        let run_id = store.create_run(&config, &[0.0; 12_810], 0).unwrap();
+        store.set_status(run_id, RunStatus::Running, None).unwrap();
+        let (events, _seen) = broadcast::channel(4);
+        let c = Coordinator::new(store, None, events, CoordinatorOptions { eval_limit: None })
+            .expect("the server starts");
+        assert!(c.run.is_none());
+        let run = c.store.run(run_id).unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Finished);
+        let reason = run.finished_reason.unwrap();
+        assert!(
+            reason.starts_with("not resumed: unknown task \"cifar-10\""),
+            "{reason}"
         );
     }
 }

@@ -55,7 +55,7 @@ pub fn start(options: ServerOptions, data: Option<Arc<DemoData>>) -> Result<Star
         events,
         admin_token: Arc::new(options.admin_token),
         data,
-        model_params: learning::TinyCnnConfig::new().layout().num_params(),
+        model_params: learning::task::max_params(),
         static_dir: options.static_dir.map(Arc::new),
         listen: options.listen,
     };

@@ -442,7 +442,19 @@ async fn a_fashion_mnist_run_trains_its_own_model_on_its_own_data() {
     }
     let a = assignment.unwrap();
     assert_eq!(a.task, learning::task::FASHION_MNIST.spec());
-    assert_eq!(a.label_histogram.iter().sum::<u32>(), 3_000);
+    // The histogram is of Fashion-MNIST's labels for that shard (not MNIST's).
+    let data = mnist();
+    let fashion = data.of(&learning::task::FASHION_MNIST).unwrap();
+    let split = learning::shard::partition(
+        &fashion.train.labels,
+        20,
+        protocol::config::ShardScheme::Iid,
+        7,
+    )
+    .unwrap();
+    let expected =
+        learning::shard::label_histogram(&fashion.train.labels, &split[a.shard_index as usize]);
+    assert_eq!(a.label_histogram, expected.to_vec());
     drop(raw);
     let clients: Vec<_> = (0..2).map(|_| sim_client(server.ws(), None)).collect();
     for c in clients {

@@ -17,8 +17,11 @@ impl Coordinator {
                 run.summary.status.as_str()
             )));
         }
-        let task = learning::task::find(&config.task)
-            .map_err(|e| AdminError::Invalid(fields::TASK.error(e.to_string())))?;
+        let task = learning::task::find(&config.task).map_err(|e| {
+            AdminError::Invalid(
+                fields::TASK.error_because(format!("{:?}", e.given), format!("one of {}", e.known)),
+            )
+        })?;
         let shards = match (&config.shards, &self.data) {
             (None, _) => None,
             (Some(_), None) => {
