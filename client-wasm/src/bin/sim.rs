@@ -32,10 +32,14 @@ struct Args {
     /// examples; it must stay below 1/n).
     #[arg(long)]
     delta: Option<f64>,
-    /// Bring own data instead of a server shard: each client takes this many MNIST training
-    /// examples of its own (lightweight clients for load tests).
+    /// Bring own data instead of a server shard: each client takes this many training examples
+    /// of `--task`'s data set of its own (lightweight clients for load tests).
     #[arg(long)]
     own_examples: Option<usize>,
+    /// The task whose training set `--own-examples` draws from (mnist or fashion-mnist); the
+    /// run's task must be the same, or the clients refuse its models.
+    #[arg(long, default_value = "mnist")]
+    task: String,
     /// Trainings at once (default: the number of CPUs).
     #[arg(long)]
     parallel: Option<usize>,
@@ -82,16 +86,17 @@ async fn main() -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(parallel.max(1)));
     let own = match args.own_examples {
         Some(k) => {
-            let mnist = learning::task::MNIST
+            let task = learning::task::find(&args.task)?;
+            let data = task
                 .load_default()
-                .context("loading MNIST for --own-examples")?;
+                .with_context(|| format!("loading {} for --own-examples", task.name))?;
             anyhow::ensure!(
-                k >= 1 && k * args.clients <= mnist.train.len(),
+                k >= 1 && k * args.clients <= data.train.len(),
                 "--own-examples is {k}: expected 1..={} for {} clients",
-                mnist.train.len() / args.clients,
+                data.train.len() / args.clients,
                 args.clients
             );
-            Some((mnist, k))
+            Some((data, k))
         }
         None => None,
     };
