@@ -423,6 +423,14 @@ impl<S: Strategy> DpFedAvg<S> {
         Ok(with_sigma(&self.dp, config, sigma))
     }
 
+    /// The σ a shard of `n` needs and `solved` lacks (its key and the config to solve it for);
+    /// `None` when it is there or the inner strategy has no config for `n`.
+    fn unsolved(&self, n: u64, solved: &Solved) -> Option<(SigmaKey, TrainConfig)> {
+        let config = self.inner.train_config(n)?;
+        let key = sigma_key(&config, n);
+        (!solved.contains_key(&key)).then_some((key, config))
+    }
+
     /// Whether one more round of `config` keeps this ledger within the run's target.
     pub fn within_budget(&self, ledger: &PrivacyLedger, config: &TrainConfig, n: u64) -> bool {
         let (Some(target), Some(dp), Some((mechanism, steps))) = (
@@ -516,11 +524,7 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
     }
 
     fn ready(&self, n: u64) -> bool {
-        self.dp.noise_multiplier.is_some()
-            || self
-                .inner
-                .train_config(n)
-                .is_none_or(|c| solved(&self.sigmas).contains_key(&sigma_key(&c, n)))
+        self.dp.noise_multiplier.is_some() || self.unsolved(n, &solved(&self.sigmas)).is_none()
     }
 
     /// Solves σ for the sizes not solved yet, spread over the cores, into the shared cache
@@ -533,11 +537,7 @@ impl<S: Strategy> Strategy for DpFedAvg<S> {
             let solved = solved(&self.sigmas);
             let mut work = HashMap::new();
             for &n in sizes {
-                let Some(config) = self.inner.train_config(n) else {
-                    continue;
-                };
-                let key = sigma_key(&config, n);
-                if !solved.contains_key(&key) {
+                if let Some((key, config)) = self.unsolved(n, &solved) {
                     work.entry(key).or_insert((config, n));
                 }
             }

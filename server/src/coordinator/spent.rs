@@ -143,7 +143,7 @@ pub(super) fn account(tasks: Vec<Task>, delta: f64) -> Vec<Accounted> {
 }
 
 /// One task. A panic (a bug) leaves its ε unknown rather than the job failing and starting
-/// again forever: the pages then show RDP's ε, still marked pending.
+/// again forever: the pages then show RDP's ε for good (see `SpentBoard::shown`).
 fn account_one(task: &Task, delta: f64) -> Accounted {
     let epsilon = std::panic::catch_unwind(|| {
         for c in &task.checks {
@@ -313,10 +313,15 @@ fn next_checks(run: &super::ActiveRun, conn: &Conn, run_delta: f64) -> Vec<Check
         .dp
         .and_then(|dp| dp.target_epsilon)
         .map(|t| (t, run_delta));
-    let next = conn.num_examples.and_then(|n| {
-        let config = run.strategy.train_config(n)?;
-        learning::client::round_mechanism(&config, n as usize)
-    });
+    // Only with σ solved: `train_config` would otherwise solve it here, on the coordinator task
+    // (its checks are then warmed by the job after the σ job).
+    let next = conn
+        .num_examples
+        .filter(|&n| run.strategy.ready(n))
+        .and_then(|n| {
+            let config = run.strategy.train_config(n)?;
+            learning::client::round_mechanism(&config, n as usize)
+        });
     if let Some((mechanism, steps)) = next {
         for (cap, delta) in target.into_iter().chain(cap) {
             checks.push(Check {
