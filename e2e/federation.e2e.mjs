@@ -16,7 +16,10 @@
 //     is refused, and a ledger edited in storage blocks training until it is reset knowingly;
 //     the server killed mid-round (the tabs back off 0.5 s, 1 s, 2 s…) and restarted: the tabs
 //     reconnect as the same clients and a second run finishes, the own-data tab training too;
-//   * the run controls work from the buttons; no page logs an error this test did not cause.
+//   * the run controls work from the buttons;
+//   * a Fashion-MNIST run, its task chosen in the form from the server's registry, with 2 tabs:
+//     each names the task and shows its classes and a grid of its own images;
+//   * no page logs an error this test did not cause.
 //
 //   node e2e/federation.e2e.mjs        (scripts/test.sh runs it after the build)
 //
@@ -25,6 +28,7 @@
 
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { gzipSync } from 'node:zlib';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
@@ -166,6 +170,18 @@ try {
   for (const [i, tab] of tabs.entries()) {
     await waitFor(`tab ${i}'s shard`, async () => /examples/.test(await tab.textContent('#shard')), 60_000);
   }
+  // The tab names the run's task and shows a few images of its shard per class, drawn in the
+  // page (each strip has lit pixels).
+  const samplesOf = (tab) => tab.evaluate(() => [...document.querySelectorAll('#samples tr')].map((tr) => {
+    const c = tr.querySelector('canvas');
+    const lit = c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 !== 3 && v > 0);
+    return { label: tr.querySelector('.class-name').textContent, count: tr.querySelector('th small').textContent, lit };
+  }));
+  await waitFor('tab 0 to name the task', async () => (await tabs[0].textContent('#task')) === 'Task: MNIST digits · 10 classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9');
+  const mnistSamples = await samplesOf(tabs[0]);
+  assert.equal(mnistSamples.length, 10, JSON.stringify(mnistSamples));
+  assert.ok(mnistSamples.every((r) => r.lit), `every class's strip is drawn: ${JSON.stringify(mnistSamples)}`);
+  assert.deepEqual([mnistSamples[3].label, /^\d+ examples$/.test(mnistSamples[3].count)], ['3', true]);
   const stepsOf = async (tab) => Number(await tab.getAttribute('#train-progress', 'data-steps'));
   for (const [i, tab] of tabs.entries()) {
     await waitFor(`tab ${i} to train round 1`, async () => /ε = [1-9]|ε = 0\.[0-9]*[1-9]/.test(await tab.textContent('#epsilon')), 240_000, 500);
@@ -508,6 +524,44 @@ try {
   await tabSays(/^no more rounds: the run is over$/);
   log(`run 4: created, started ("${waitingHint}"; tab: "${tabWaiting}"), paused (on the tabs too), resumed, stopped after a confirmation`);
 
+  // --- Run 5: the second task, Fashion-MNIST, chosen in the form from the server's registry,
+  // with the two tabs: each names the task, labels its classes and shows its own images.
+  const registry = (await api('/api/tasks')).body;
+  const offered = await field('task').locator('select option').evaluateAll((os) => os.map((o) => o.value));
+  assert.deepEqual(offered, registry.map((t) => t.id), 'the task select lists the server\'s registry');
+  assert.ok(registry.find((t) => t.id === 'fashion-mnist')?.data, `the server holds Fashion-MNIST: ${JSON.stringify(registry)}`);
+  await field('secure_aggregation').locator('input').uncheck();
+  const RUN5 = {
+    name: 'e2e-fashion', task: 'fashion-mnist', rounds: '2', min_clients: '2', local_epochs: '1',
+    'batching.batch_size': '256', learning_rate: '2', 'dp.budget': 'target_epsilon', 'dp.target_epsilon': '3',
+    'shards.num_shards': '10',
+  };
+  await fillForm(RUN5);
+  await admin.click('#create-start');
+  await waitFor('run 5 to start', async () => (await api('/api/admin/runs/5')).body?.run.status === 'running');
+  await waitFor('the dashboard to name run 5\'s task', async () => (await admin.textContent('#run-task')) === 'Fashion-MNIST');
+  const fashionClasses = 'T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot';
+  for (const [i, tab] of [tab0, tab1].entries()) {
+    await waitFor(`tab ${i} to name Fashion-MNIST`, async () => (await tab.textContent('#task')) === `Task: Fashion-MNIST · 10 classes: ${fashionClasses}`, 60_000);
+    await waitFor(`tab ${i}'s Fashion-MNIST shard`, async () => /run 5 .* 6000 examples/.test(await tab.textContent('#shard')), 60_000);
+    const rows = await waitFor(`tab ${i}'s sample grid`, async () => {
+      const r = await samplesOf(tab);
+      return r.length === 10 && r.every((x) => x.lit) ? r : null;
+    });
+    assert.deepEqual([rows[0].label, rows[9].label], ['0 T-shirt/top', '9 Ankle boot']);
+  }
+  await waitFor('tab 0 to train run 5', async () => /round \d+ · epoch/.test(await tab0.textContent('#train-status')), 120_000, 100);
+  await tab0.screenshot({ path: join(shots, 'client-tab-fashion.png'), fullPage: true });
+  await waitFor('run 5 to finish', async () => (await api('/api/admin/runs/5')).body?.run.status === 'finished', 300_000, 500);
+  const run5 = (await api('/api/admin/runs/5')).body;
+  assert.equal(run5.run.config.task, 'fashion-mnist');
+  assert.deepEqual(run5.rounds.map((r) => r.server_round), [1, 2]);
+  // Chance is 10 %; two DP rounds of two 6 000-image shards reach well past it.
+  assert.ok(run5.rounds[1].test_accuracy > 0.5, `Fashion-MNIST after 2 rounds: ${run5.rounds[1].test_accuracy}`);
+  await waitFor('the accuracy chart to name the test set', async () => /Fashion-MNIST test set/.test(await admin.textContent('.chart figcaption')));
+  await admin.screenshot({ path: join(shots, 'dashboard-fashion.png'), fullPage: true });
+  log(`run 5 (Fashion-MNIST, 2 tabs, 2 rounds): accuracy ${(run5.rounds[1].test_accuracy * 100).toFixed(2)} %, ε ${run5.rounds[1].epsilon.toFixed(3)}`);
+
   // Nothing went wrong in any page but what this test caused: the refused token's 401, the
   // event stream cut by the kill, and connections refused while the server was down.
   const expected = /status of 401 \(Unauthorized\)|ERR_INCOMPLETE_CHUNKED_ENCODING|ERR_CONNECTION_REFUSED|WebSocket connection to 'ws:\/\/127\.0\.0\.1:\d+\/ws' failed/;
@@ -531,23 +585,27 @@ process.exit(failed ? 1 : 0);
 // user resets it knowingly.
 async function ledgerOutlivesTheTab(context, base, own, ownDir, watch) {
   const files = [join(ownDir, 'images.idx'), join(ownDir, 'labels.idx')];
-  const openOwn = async (name) => {
+  // The same files gzipped (as datasets ship): the page gunzips them, and the same records
+  // are the same ledger.
+  const gzipped = files.map((f) => { writeFileSync(`${f}.gz`, gzipSync(readFileSync(f))); return `${f}.gz`; });
+  const openOwn = async (name, chosen = files) => {
     const tab = await context.newPage();
     watch(tab, name);
     await tab.goto(`${base}/`);
     await tab.fill('#client-name', name);
     await tab.locator('input[type=radio][name=data]').nth(1).check();
-    for (const [i, f] of files.entries()) await tab.locator('.files input[type=file]').nth(i).setInputFiles(f);
+    for (const [i, f] of chosen.entries()) await tab.locator('.files input[type=file]').nth(i).setInputFiles(f);
     return tab;
   };
   const spent = await own.textContent('#epsilon');
   assert.match(spent, /^ε = \d+\.\d{3} \(δ = 1e-5\)$/);
   await own.close();
 
-  const again = await openOwn('e2e-own-again');
+  const again = await openOwn('e2e-own-again', gzipped);
   await again.click('#join');
-  await waitFor('a new tab on the same files to show their ledger', async () => (await again.textContent('#epsilon')) === spent);
-  log(`a new tab on the same files resumes their ledger: ${spent}`);
+  await waitFor('a new tab on the same files, gzipped, to show their ledger', async () => (await again.textContent('#epsilon')) === spent);
+  assert.equal(await again.textContent('#shard'), 'your own files · 1000 examples');
+  log(`a new tab on the same files (gzipped) resumes their ledger: ${spent}`);
 
   const second = await openOwn('e2e-own-second');
   await second.click('#join');

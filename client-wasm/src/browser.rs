@@ -18,7 +18,7 @@ use gloo_net::websocket::Message;
 use gloo_net::websocket::futures::WebSocket;
 use learning::Dataset;
 use protocol::ledger::fingerprint;
-use protocol::worker::{Connection, JoinRequest, PageToWorker, WorkerToPage};
+use protocol::worker::{Connection, JoinRequest, PageToWorker, Sample, WorkerToPage};
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
@@ -120,6 +120,36 @@ fn own_dataset(images: Option<Vec<u8>>, labels: Option<Vec<u8>>) -> Result<OwnFi
     })
 }
 
+/// Examples of each class the page draws: enough to see the data, few enough to post at once.
+const SAMPLES_PER_CLASS: usize = 6;
+
+/// The loaded data as the page shows it: its size, its label histogram (counted here, from the
+/// records themselves) and a few examples of each class.
+fn data_report(data: &Dataset, own: bool) -> WorkerToPage {
+    let samples = data
+        .first_of_each_class(SAMPLES_PER_CLASS)
+        .into_iter()
+        .map(|i| Sample {
+            label: data.labels[i],
+            pixels: data.image(i).to_vec(),
+        })
+        .collect();
+    WorkerToPage::Data {
+        num_examples: data.len() as u64,
+        label_histogram: data.label_histogram().to_vec(),
+        own,
+        samples,
+    }
+}
+
+/// Names the run's task on the page, if this worker knows it (the session says an unknown one
+/// as an error).
+fn post_task(spec: &protocol::messages::TaskSpec) {
+    if let Ok(task) = learning::task::find(&spec.id) {
+        post(&WorkerToPage::Task(task.label()));
+    }
+}
+
 /// A ledger changed in storage (another tab spent on the same records): the session counts it,
 /// and the page shows it.
 fn other_tab_spent(session: &mut Session, slot: protocol::ledger::LedgerSlot) {
@@ -147,11 +177,7 @@ async fn join(
     let own_data = if req.own_data {
         match own_dataset(images, labels) {
             Ok(own) => {
-                post(&WorkerToPage::Data {
-                    num_examples: own.data.len() as u64,
-                    label_histogram: own.data.label_histogram().to_vec(),
-                    own: true,
-                });
+                post(&data_report(&own.data, true));
                 Some(own)
             }
             Err(message) => {
@@ -331,12 +357,8 @@ async fn connection(
                     if let Err(e) = session.on_shard(&images, &labels) {
                         return Outcome::Fatal(e.to_string());
                     }
-                    if let Some(a) = session.assignment() {
-                        post(&WorkerToPage::Data {
-                            num_examples: a.num_examples,
-                            label_histogram: a.label_histogram.clone(),
-                            own: false,
-                        });
+                    if let Some(data) = session.data() {
+                        post(&data_report(data, false));
                     }
                     // The shard's records may have a ledger from an earlier run or tab.
                     post_privacy(session);
@@ -464,7 +486,14 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
             });
             save(session);
         }
-        Notice::RunState { run_id, phase } => post(&WorkerToPage::RunState { run_id, phase }),
+        Notice::RunState {
+            run_id,
+            task,
+            phase,
+        } => {
+            post_task(&task);
+            post(&WorkerToPage::RunState { run_id, phase });
+        }
         Notice::Secure {
             server_round,
             members,
@@ -480,7 +509,10 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
             masked,
         }),
         // The shard's ledger is known once its files are (their fingerprint names it).
-        Notice::Assigned(a) => post(&WorkerToPage::Assigned(a)),
+        Notice::Assigned(a) => {
+            post_task(&a.task);
+            post(&WorkerToPage::Assigned(a));
+        }
         // `Trained` is reported by the driver, with δ and the time it took.
         Notice::Trained { .. } => {}
         Notice::TrainFailed {

@@ -239,7 +239,11 @@ fn on_notice(
             rounds_taken,
             interrupted_round,
         } => info!(client_id, rounds_taken, ?interrupted_round, "welcomed"),
-        Notice::RunState { run_id, phase } => info!(client_id = id, run_id, ?phase, "run state"),
+        Notice::RunState {
+            run_id,
+            task,
+            phase,
+        } => info!(client_id = id, run_id, task = task.id, ?phase, "run state"),
         Notice::Sent {
             server_round,
             masked,

@@ -70,6 +70,8 @@ pub enum Notice {
     /// What the run does between this client's rounds (running, paused, waiting for clients).
     RunState {
         run_id: u64,
+        /// The run's task (known to this client: an unknown one is also said as an error).
+        task: TaskSpec,
         phase: RunPhase,
     },
     Assigned(Assignment),
@@ -444,6 +446,10 @@ impl Session {
     pub fn dataset(&self) -> Option<&str> {
         Some(&self.loaded.as_ref()?.fingerprint)
     }
+    /// The data trained on (the shard, or the user's files), once loaded.
+    pub fn data(&self) -> Option<&Dataset> {
+        Some(&self.loaded.as_ref()?.data)
+    }
     /// Why the current data is not trained on (its stored ledger is unreadable).
     pub fn blocked(&self) -> Option<&str> {
         self.loaded.as_ref()?.blocked.as_deref()
@@ -522,8 +528,24 @@ impl Session {
                     interrupted_round,
                 }));
             }
-            ServerMessage::RunState { run_id, phase } => {
-                out.push(Action::Notify(Notice::RunState { run_id, phase }));
+            ServerMessage::RunState {
+                run_id,
+                task,
+                phase,
+            } => {
+                if let Err(reason) = known_task(&task) {
+                    // Said before any round: this page cannot take part in the run.
+                    out.push(Action::Notify(Notice::ServerError {
+                        code: ErrorCode::BadMessage,
+                        message: reason,
+                        fatal: false,
+                    }));
+                }
+                out.push(Action::Notify(Notice::RunState {
+                    run_id,
+                    task,
+                    phase,
+                }));
             }
             ServerMessage::Assignment(a) => self.on_assignment(a, &mut out),
             ServerMessage::TrainIns {

@@ -2,7 +2,7 @@
 //! sends the real `Session` (and so the real `learning::fit`) what such a server could send,
 //! and asserts that the client refuses or that its ledger stays true.
 
-use client_wasm::session::{Action, Outgoing, OwnFiles, Session, SessionOptions};
+use client_wasm::session::{Action, Notice, Outgoing, OwnFiles, Session, SessionOptions};
 use learning::data::to_idx;
 use learning::task::{FASHION_MNIST, MNIST};
 use learning::{Batching, Dataset, DpSgdConfig, TrainConfig};
@@ -1068,6 +1068,45 @@ fn a_model_of_another_task_or_layout_is_refused_before_training() {
             "{sent:?}"
         );
     }
+}
+
+/// A run of a task this page does not know is said as soon as the run's state arrives, before
+/// any round, with what to do; a known one is passed on for the page to name.
+#[test]
+fn a_run_of_an_unknown_task_is_said_before_any_round() {
+    let mut s = own(600, Some(3.0));
+    let state = |task: TaskSpec| ServerMessage::RunState {
+        run_id: 1,
+        task,
+        phase: protocol::messages::RunPhase::Running,
+    };
+    let unknown = TaskSpec {
+        id: "cifar-10".into(),
+        ..MNIST.spec()
+    };
+    let out = s.on_text(&state(unknown.clone()).encode()).unwrap();
+    let said: Vec<_> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Notify(Notice::ServerError { message, fatal, .. }) => Some((message, fatal)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(said.as_slice(), [(m, false)] if m.contains("does not know") && m.contains("reload the page")),
+        "{out:?}"
+    );
+    assert!(
+        out.iter().any(
+            |a| matches!(a, Action::Notify(Notice::RunState { task, .. }) if *task == unknown)
+        )
+    );
+    let out = s.on_text(&state(FASHION_MNIST.spec()).encode()).unwrap();
+    assert!(
+        matches!(out.as_slice(), [Action::Notify(Notice::RunState { task, .. })] if *task == FASHION_MNIST.spec()),
+        "{out:?}"
+    );
+    assert_eq!(s.epsilon(), Some(0.0));
 }
 
 /// A client holding an MNIST shard is never made to train or evaluate a model of another

@@ -6,14 +6,16 @@ use std::collections::BTreeMap;
 use leptos::prelude::*;
 use protocol::admin::{
     ClientInfo, Event, FieldError, JoinInfo, RoundRecord, RunHistory, RunStatus, RunSummary,
+    TaskInfo,
 };
 use wasm_bindgen::prelude::*;
 
 use crate::api::{self, ApiError};
 use crate::chart::{Line, LineChart};
-use crate::run_form::{FIELDS, FieldKind, RunForm};
+use crate::run_form::{FIELDS, FieldKind, RunForm, task_options};
 use crate::run_view::{
-    charged_text, connected_count, dp_text, duration_text, secure_text, state_text, waiting_for,
+    accuracy_title, charged_text, connected_count, dp_text, duration_text, secure_text, state_text,
+    waiting_for,
 };
 use crate::series::{RoundPoint, Series};
 
@@ -163,6 +165,20 @@ fn Dashboard(
                 s.upsert(RoundPoint::from(r));
             }
         });
+    };
+
+    // The server's task registry: the form's task select and the runs' task names.
+    let tasks = RwSignal::new(Vec::<TaskInfo>::new());
+    leptos::task::spawn_local(async move {
+        match api::get::<Vec<TaskInfo>>(&token.get_value(), "/api/tasks").await {
+            Ok(list) => tasks.set(list),
+            Err(e) => set_action_error.set(Some(format!("could not list the tasks: {e}"))),
+        }
+    });
+    let task_name = move |id: &str| {
+        tasks
+            .with(|ts| ts.iter().find(|t| t.id == id).map(|t| t.name.clone()))
+            .unwrap_or_else(|| id.to_string())
     };
 
     let current_run = Memo::new(move |_| {
@@ -375,6 +391,7 @@ fn Dashboard(
                         let best = series.with(|s| s.best_accuracy());
                         view! {
                             <p>"Run " <b>{r.run_id}</b> " · " {r.config.name.clone()}
+                               " · task: " <span id="run-task">{task_name(&r.config.task)}</span>
                                " · aggregation: " <span id="run-aggregator">{r.config.aggregator.name()}</span>
                                " · " <span id="run-secure">{secure_text(&r.config)}</span></p>
                             <p id="run-dp">{dp_text(&r.config)}</p>
@@ -420,7 +437,7 @@ fn Dashboard(
         <section class="card charts">
             <h2>"Global model"</h2>
             <div class="chart-grid">
-                <LineChart id="chart-accuracy" title="Test accuracy and loss (10 000 MNIST test images)" y_title="accuracy %" y2_title="loss" series=series lines=vec![
+                <LineChart id="chart-accuracy" title=Signal::derive(move || accuracy_title(current_run.get().map(|r| task_name(&r.config.task)))) y_title="accuracy %" y2_title="loss" series=series lines=vec![
                     Line { label: "accuracy %", color: "#2563eb", value: |p| Some(p.accuracy * 100.0), right_axis: false },
                     Line { label: "loss", color: "#dc2626", value: |p| Some(p.loss), right_axis: true },
                 ]/>
@@ -458,7 +475,7 @@ fn Dashboard(
                 }}</tbody>
             </table>
         </section>
-        <RunConfigForm token=token on_created=move |run: RunSummary| { current.set(Some(run.run_id)); refresh_runs(); }/>
+        <RunConfigForm token=token tasks=tasks on_created=move |run: RunSummary| { current.set(Some(run.run_id)); refresh_runs(); }/>
     }
 }
 
@@ -467,6 +484,8 @@ fn Dashboard(
 fn RunConfigForm(
     /// The admin token.
     token: StoredValue<String>,
+    /// The server's task registry (`GET /api/tasks`): the task select's options.
+    tasks: RwSignal<Vec<TaskInfo>>,
     /// Called with the created run.
     on_created: impl Fn(RunSummary) + Send + Sync + 'static,
 ) -> impl IntoView {
@@ -548,6 +567,15 @@ fn RunConfigForm(
             FieldKind::Choice(options) => view! {
                 <select name=path on:change=on_input class:invalid=invalid aria-invalid=move || invalid().to_string()>
                     {options.iter().map(|&o| view! { <option value=o selected=move || value() == o>{o.replace('_', " ")}</option> }).collect_view()}
+                </select>
+            }
+            .into_any(),
+            FieldKind::Task => view! {
+                <select name=path on:change=on_input class:invalid=invalid aria-invalid=move || invalid().to_string()>
+                    {move || tasks.with(|ts| task_options(ts, &value())).into_iter().map(|(id, line)| {
+                        let chosen = id.clone();
+                        view! { <option value=id selected=move || value() == chosen>{line}</option> }
+                    }).collect_view()}
                 </select>
             }
             .into_any(),

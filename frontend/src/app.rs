@@ -18,7 +18,7 @@ fn App() -> impl IntoView {
     view! {
         <header class="top">
             <span class="brand">"FL·DP"</span>
-            <span class="tagline">"federated learning with differential privacy — MNIST, TinyCNN, DP-SGD"</span>
+            <span class="tagline">"federated learning with differential privacy — DP-SGD in every tab"</span>
             <nav>
                 <a href="/" class:active=!admin>"Client"</a>
                 <a href="/admin" class:active=admin>"Admin"</a>

@@ -107,7 +107,8 @@ pub fn LineChart(
     /// Element id of the canvas (tests find charts by it).
     id: &'static str,
     /// Title above the chart.
-    title: &'static str,
+    #[prop(into)]
+    title: Signal<String>,
     /// Left axis title.
     y_title: &'static str,
     /// Right axis title, when a line uses it.
@@ -143,7 +144,7 @@ pub fn LineChart(
     });
     view! {
         <figure class="chart">
-            <figcaption>{title}</figcaption>
+            <figcaption>{move || title.get()}</figcaption>
             <div class="chart-box"><canvas id=id node_ref=canvas></canvas></div>
         </figure>
     }

@@ -1,5 +1,5 @@
-//! The client page: join with the assigned MNIST shard or the user's own IDX files, then watch
-//! this tab train. Training runs in a dedicated Web Worker (`client-wasm`'s `worker` binary);
+//! The client page: join with a shard of the run's task or the user's own IDX files, then
+//! watch this tab train (the task, its classes and a few of the tab's images are shown). Training runs in a dedicated Web Worker (`client-wasm`'s `worker` binary);
 //! this page only sends intents and renders [`ClientView`].
 //!
 //! The tab's identity (client key) is kept in `sessionStorage`, so a reloaded tab rejoins as the
@@ -290,15 +290,51 @@ fn forward_ledger_changes(handle: StoredValue<Option<WorkerHandle>, LocalStorage
     listener.forget();
 }
 
-/// Reads a chosen file's bytes (they stay in the page and its worker).
+#[wasm_bindgen]
+extern "C" {
+    /// The browser's `DecompressionStream` (web-sys has it only behind its unstable APIs).
+    type DecompressionStream;
+
+    #[wasm_bindgen(constructor, catch)]
+    fn new(format: &str) -> Result<DecompressionStream, JsValue>;
+}
+
+/// The first bytes of every gzip file.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Reads a chosen file's bytes (they stay in the page and its worker), gunzipped if the file
+/// is gzipped: datasets ship so (Debian's Fashion-MNIST), and the same records must get the
+/// same fingerprint, and so the same ledger, whether chosen plain or compressed.
 async fn file_bytes(input: &web_sys::HtmlInputElement) -> Result<Vec<u8>, String> {
     let file = input
         .files()
         .and_then(|f| f.get(0))
         .ok_or("choose both IDX files (images and labels)")?;
+    let read = |e: JsValue| format!("could not read {}: {e:?}", file.name());
     let buf = wasm_bindgen_futures::JsFuture::from(file.array_buffer())
         .await
-        .map_err(|e| format!("could not read {}: {e:?}", file.name()))?;
+        .map_err(read)?;
+    let bytes = js_sys::Uint8Array::new(&buf).to_vec();
+    if !bytes.starts_with(&GZIP_MAGIC) {
+        return Ok(bytes);
+    }
+    let gunzip = |e: JsValue| {
+        format!(
+            "{} starts like a gzip file but does not decompress: {}",
+            file.name(),
+            e.as_string()
+                .or_else(|| e.dyn_ref::<js_sys::Error>().map(|e| e.message().into()))
+                .unwrap_or_else(|| format!("{e:?}"))
+        )
+    };
+    let stream = DecompressionStream::new("gzip").map_err(gunzip)?;
+    let plain = file
+        .stream()
+        .pipe_through(stream.unchecked_ref::<web_sys::ReadableWritablePair>());
+    let response = web_sys::Response::new_with_opt_readable_stream(Some(&plain)).map_err(gunzip)?;
+    let buf = wasm_bindgen_futures::JsFuture::from(response.array_buffer().map_err(gunzip)?)
+        .await
+        .map_err(gunzip)?;
     Ok(js_sys::Uint8Array::new(&buf).to_vec())
 }
 
@@ -547,13 +583,13 @@ pub fn ClientPage() -> impl IntoView {
                 <label>"Name " <input id="client-name" prop:value=name on:input=move |ev| set_name.set(event_target_value(&ev)) disabled=joined/></label>
                 <label>"My ε cap " <input id="epsilon-cap" placeholder="none" size="6" prop:value=cap on:input=move |ev| set_cap.set(event_target_value(&ev)) disabled=joined/></label>
                 <label title="the δ this device states ε and its cap at; default min(1e-5, 1/(10 n)) for n records">"at δ " <input id="delta" placeholder="auto" size="6" prop:value=delta_text on:input=move |ev| set_delta_text.set(event_target_value(&ev)) disabled=joined/></label>
-                <label><input type="radio" name="data" prop:checked=move || !own.get() on:change=move |_| set_own.set(false) disabled=joined/>" assigned MNIST shard"</label>
+                <label><input type="radio" name="data" prop:checked=move || !own.get() on:change=move |_| set_own.set(false) disabled=joined/>" a shard the server assigns"</label>
                 <label><input type="radio" name="data" prop:checked=own on:change=move |_| set_own.set(true) disabled=joined/>" my own IDX files"</label>
                 <label title="like the ε cap: this tab then refuses every round without secure aggregation, whatever the server asks"><input type="checkbox" id="require-secure" prop:checked=require_secure on:change=move |ev| set_require_secure.set(event_target_checked(&ev)) disabled=joined/>" require secure aggregation"</label>
                 <span class="files" class:hidden=move || !own.get()>
                     <label>"images " <input type="file" node_ref=images_input disabled=joined/></label>
                     <label>"labels " <input type="file" node_ref=labels_input disabled=joined/></label>
-                    <small>"(read in this page and never uploaded; what leaves is the DP update and the number of examples)"</small>
+                    <small>"IDX files, plain or gzipped (.gz): 28×28 grey images, labels 0–9, of the run's task (named once connected). Read in this page and never uploaded; what leaves is the DP update and the number of examples."</small>
                 </span>
                 <button id="join" type="submit" disabled=busy>{move || if joined() { "Leave" } else { "Join" }}</button>
             </form>
@@ -604,7 +640,7 @@ pub fn ClientPage() -> impl IntoView {
     }
 }
 
-/// The shard (or own files) and its label histogram.
+/// The run's task, the shard (or own files), its label histogram and a few of its images.
 #[component]
 fn DataPanel(
     /// The page state.
@@ -612,25 +648,82 @@ fn DataPanel(
 ) -> impl IntoView {
     move || {
         view.with(|v| {
-            let data = v.data.clone();
+            let histogram = v.data.as_ref().map(|d| {
+                let max = d.label_histogram.iter().copied().max().unwrap_or(1).max(1) as f64;
+                view! {
+                    <div class="histogram" id="histogram">
+                        {d.label_histogram.iter().enumerate().map(|(label, &n)| view! {
+                            <div class="bar" title=format!("{n} examples of {}", v.class_name(label))>
+                                <span style=format!("height: {:.0}%", n as f64 / max * 100.0)></span>
+                                <small>{label}</small>
+                            </div>
+                        }).collect_view()}
+                    </div>
+                }
+            });
+            let rows = v.sample_rows();
             view! {
+                <p id="task">{v.task_line()}</p>
                 <p id="shard">{v.data_line()}</p>
-                {data.map(|d| {
-                    let max = d.label_histogram.iter().copied().max().unwrap_or(1).max(1) as f64;
-                    view! {
-                        <div class="histogram" id="histogram">
-                            {d.label_histogram.iter().enumerate().map(|(label, &n)| view! {
-                                <div class="bar" title=format!("{n} examples of {label}")>
-                                    <span style=format!("height: {:.0}%", n as f64 / max * 100.0)></span>
-                                    <small>{label}</small>
-                                </div>
-                            }).collect_view()}
-                        </div>
-                    }
+                {histogram}
+                {(!rows.is_empty()).then(|| view! {
+                    <table class="samples" id="samples">
+                        <caption>"A few examples of each class in this tab's data (drawn here; they never leave the browser)"</caption>
+                        <tbody>{rows.into_iter().map(|r| view! {
+                            <tr data-label=r.label>
+                                <th><span class="class-name">{r.heading()}</span><small>{format!("{} examples", r.count)}</small></th>
+                                <td><SampleStrip samples=r.samples/></td>
+                            </tr>
+                        }).collect_view()}</tbody>
+                    </table>
                 })}
             }
         })
     }
+}
+
+/// Side of a sample image in pixels (every task's today; a sample of another size is skipped).
+const SAMPLE_SIDE: usize = 28;
+
+/// One class's samples side by side on one canvas (grey pixels; the CSS scales them up).
+#[component]
+fn SampleStrip(
+    /// Pixels of each sample, `SAMPLE_SIDE`² grey values each.
+    samples: Vec<Vec<u8>>,
+) -> impl IntoView {
+    let canvas = NodeRef::<leptos::html::Canvas>::new();
+    let count = samples.len().max(1);
+    canvas.on_load(move |c| {
+        if let Err(e) = draw_samples(&c, &samples) {
+            web_sys::console::error_2(&"could not draw the sample images".into(), &e);
+        }
+    });
+    view! {
+        <canvas node_ref=canvas class="sample-strip" width=(count * SAMPLE_SIDE).to_string() height=SAMPLE_SIDE.to_string()></canvas>
+    }
+}
+
+/// Paints `samples` left to right on `canvas`.
+fn draw_samples(canvas: &web_sys::HtmlCanvasElement, samples: &[Vec<u8>]) -> Result<(), JsValue> {
+    let ctx: web_sys::CanvasRenderingContext2d = canvas
+        .get_context("2d")?
+        .ok_or_else(|| JsValue::from_str("no 2d context"))?
+        .unchecked_into();
+    let side = SAMPLE_SIDE as u32;
+    for (i, pixels) in samples
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.len() == SAMPLE_SIDE * SAMPLE_SIDE)
+    {
+        let rgba: Vec<u8> = pixels.iter().flat_map(|&g| [g, g, g, 255]).collect();
+        let image = web_sys::ImageData::new_with_u8_clamped_array_and_sh(
+            wasm_bindgen::Clamped(&rgba),
+            side,
+            side,
+        )?;
+        ctx.put_image_data(&image, (i * SAMPLE_SIDE) as f64, 0.0)?;
+    }
+    Ok(())
 }
 
 /// The local training progress bar.

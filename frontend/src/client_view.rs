@@ -3,7 +3,7 @@
 
 use protocol::config::ShardScheme;
 use protocol::messages::{Assignment, RunPhase};
-use protocol::worker::{Connection, Spent, WorkerToPage};
+use protocol::worker::{Connection, Sample, Spent, TaskLabel, WorkerToPage};
 use serde::{Deserialize, Serialize};
 
 /// Local training in progress.
@@ -48,6 +48,8 @@ pub struct DataInfo {
     pub num_examples: u64,
     pub label_histogram: Vec<u32>,
     pub own: bool,
+    /// A few examples of each class, drawn in the sample grid.
+    pub samples: Vec<Sample>,
 }
 
 /// Everything the client page renders.
@@ -62,6 +64,8 @@ pub struct ClientView {
     /// an interrupted round was the reload's doing.
     pub reloaded: bool,
     pub assignment: Option<Assignment>,
+    /// The active run's task, named by the worker.
+    pub task: Option<TaskLabel>,
     /// What the run does between this client's rounds (the server's `RunState`).
     pub phase: Option<RunPhase>,
     /// The last round with secure aggregation: `(round, members)`.
@@ -92,6 +96,29 @@ pub struct ClientView {
 }
 
 pub const MAX_MESSAGES: usize = 5;
+
+/// One row of the sample grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRow {
+    pub label: usize,
+    pub name: String,
+    /// Examples of this class in the data.
+    pub count: u32,
+    /// Pixels of each sample shown.
+    pub samples: Vec<Vec<u8>>,
+}
+
+impl SampleRow {
+    /// The row's heading: label and name ("0 T-shirt/top"), or the name alone when it is the
+    /// label (digits).
+    pub fn heading(&self) -> String {
+        if self.name == self.label.to_string() {
+            self.name.clone()
+        } else {
+            format!("{} {}", self.label, self.name)
+        }
+    }
+}
 
 impl ClientView {
     /// Folds one worker report into the view.
@@ -136,16 +163,19 @@ impl ClientView {
                 self.set_rounds_run(run_id);
                 self.phase = Some(phase);
             }
+            WorkerToPage::Task(task) => self.task = Some(task),
             WorkerToPage::Assigned(a) => self.on_assigned(a),
             WorkerToPage::Data {
                 num_examples,
                 label_histogram,
                 own,
+                samples,
             } => {
                 self.data = Some(DataInfo {
                     num_examples,
                     label_histogram,
                     own,
+                    samples,
                 })
             }
             WorkerToPage::TrainStarted {
@@ -363,6 +393,48 @@ impl ClientView {
             }
             _ => "no data yet: join to get a shard".into(),
         }
+    }
+
+    /// The run's task in one line: its name and classes.
+    pub fn task_line(&self) -> Option<String> {
+        let t = self.task.as_ref()?;
+        Some(format!(
+            "Task: {} · {} classes: {}",
+            t.name,
+            t.classes.len(),
+            t.classes.join(", ")
+        ))
+    }
+
+    /// A class's name in the run's task, or its label when the task is not known yet.
+    pub fn class_name(&self, label: usize) -> String {
+        self.task
+            .as_ref()
+            .and_then(|t| t.classes.get(label).cloned())
+            .unwrap_or_else(|| label.to_string())
+    }
+
+    /// The sample grid: for each class with examples, its label, name, count and samples.
+    pub fn sample_rows(&self) -> Vec<SampleRow> {
+        let Some(d) = &self.data else {
+            return Vec::new();
+        };
+        d.label_histogram
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(label, &count)| SampleRow {
+                label,
+                name: self.class_name(label),
+                count,
+                samples: d
+                    .samples
+                    .iter()
+                    .filter(|s| s.label as usize == label)
+                    .map(|s| s.pixels.clone())
+                    .collect(),
+            })
+            .collect()
     }
 
     /// The line under the progress bar: the step of the round being trained, or what the tab
@@ -716,6 +788,47 @@ mod tests {
     }
 
     #[test]
+    fn the_task_names_the_classes_of_the_histogram_and_the_sample_grid() {
+        let mut v = ClientView::default();
+        let sample = |label: u8| Sample {
+            label,
+            pixels: vec![label; 784],
+        };
+        v.apply(WorkerToPage::Data {
+            num_examples: 5,
+            label_histogram: vec![2, 0, 3, 0, 0, 0, 0, 0, 0, 0],
+            own: true,
+            samples: vec![sample(0), sample(0), sample(2)],
+        });
+        // Before the run names its task: labels, and no task line.
+        assert_eq!(v.task_line(), None);
+        assert_eq!(v.sample_rows()[0].heading(), "0");
+        v.apply(WorkerToPage::Task(TaskLabel {
+            id: "fashion-mnist".into(),
+            name: "Fashion-MNIST".into(),
+            classes: ["T-shirt/top", "Trouser", "Pullover"]
+                .map(String::from)
+                .to_vec(),
+        }));
+        assert_eq!(
+            v.task_line().unwrap(),
+            "Task: Fashion-MNIST · 3 classes: T-shirt/top, Trouser, Pullover"
+        );
+        // One row per class present, with its count and its own samples only.
+        let rows = v.sample_rows();
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.label, r.name.as_str(), r.count, r.samples.len()))
+                .collect::<Vec<_>>(),
+            [(0, "T-shirt/top", 2, 2), (2, "Pullover", 3, 1)]
+        );
+        assert!(rows[1].samples[0].iter().all(|&p| p == 2));
+        assert_eq!(rows[1].heading(), "2 Pullover");
+        // A label past the task's classes (a page behind its worker) shows as its number.
+        assert_eq!(v.class_name(7), "7");
+    }
+
+    #[test]
     fn a_new_run_clears_the_old_shard_and_messages_are_bounded() {
         let mut v = ClientView::default();
         v.apply(WorkerToPage::Assigned(assignment(1)));
@@ -723,6 +836,7 @@ mod tests {
             num_examples: 6000,
             label_histogram: vec![600; 10],
             own: false,
+            samples: Vec::new(),
         });
         v.apply(WorkerToPage::RunFinished {
             reason: "done".into(),

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use protocol::admin::{AggregatorConfig, FieldError, LrSchedule, RunConfig};
+use protocol::admin::{AggregatorConfig, FieldError, LrSchedule, RunConfig, TaskInfo};
 use protocol::config::{Batching, Optimizer, ShardScheme};
 use protocol::fields::{self, Field};
 use serde_json::{Map, Value, json};
@@ -23,6 +23,8 @@ pub enum FieldKind {
     Bool,
     /// One of these values (a select box).
     Choice(&'static [&'static str]),
+    /// A task of the server's registry (a select box filled from `GET /api/tasks`).
+    Task,
 }
 
 /// One input of the form.
@@ -93,6 +95,11 @@ use FieldKind::*;
 /// Every field of the admin API's run config, in display order.
 pub const FIELDS: &[FormField] = &[
     value(&fields::NAME, Text, "shown in the run list"),
+    labelled(
+        &fields::TASK,
+        Task,
+        "what the federation learns: its data and model",
+    ),
     value(
         &fields::ROUNDS,
         Integer,
@@ -264,6 +271,7 @@ impl RunForm {
             v.insert(k, s);
         };
         set("name", c.name.clone());
+        set("task", c.task.clone());
         set("rounds", c.rounds.to_string());
         set("min_clients", c.min_clients.to_string());
         set("fraction_train", c.fraction_train.to_string());
@@ -473,6 +481,7 @@ impl RunForm {
         };
         let mut body = Map::new();
         body.insert("name".into(), self.get("name").into());
+        body.insert("task".into(), self.get("task").into());
         for path in [
             "rounds",
             "min_clients",
@@ -605,6 +614,30 @@ impl RunForm {
     }
 }
 
+/// One option of the task select: its id (the value) and one line about it, from the server's
+/// registry (`GET /api/tasks`). A task whose data this server lacks says so: its runs need
+/// clients with their own files.
+pub fn task_option(t: &TaskInfo) -> (String, String) {
+    let data = if t.data {
+        ""
+    } else {
+        " (no data on this server: clients bring their own files)"
+    };
+    (
+        t.id.clone(),
+        format!("{} — {}{data}", t.name, t.description),
+    )
+}
+
+/// The task select's options: the registry the server sent, or, before it answers, the task
+/// the form shows (so the select never holds a value it does not list).
+pub fn task_options(tasks: &[TaskInfo], chosen: &str) -> Vec<(String, String)> {
+    if tasks.is_empty() {
+        return vec![(chosen.to_string(), chosen.to_string())];
+    }
+    tasks.iter().map(task_option).collect()
+}
+
 /// What the DP inputs show while DP is off: the demo's settings.
 fn default_dp() -> protocol::admin::DpRunConfig {
     let demo = RunConfig::default().dp;
@@ -713,6 +746,55 @@ mod tests {
         assert!(errors[0].expected.contains("without secure aggregation"));
         form.set("dp.distributed", "false");
         assert!(!form.is_active("dp.distributed.contributors"));
+    }
+
+    #[test]
+    fn the_task_select_lists_the_servers_registry_and_sends_the_chosen_id() {
+        let registry = vec![
+            TaskInfo {
+                id: "mnist".into(),
+                name: "MNIST".into(),
+                description: "handwritten digits".into(),
+                classes: vec![],
+                model_params: 12_810,
+                model_signature: "0".repeat(16),
+                data: true,
+            },
+            TaskInfo {
+                id: "fashion-mnist".into(),
+                name: "Fashion-MNIST".into(),
+                description: "clothing".into(),
+                classes: vec![],
+                model_params: 12_810,
+                model_signature: "0".repeat(16),
+                data: false,
+            },
+        ];
+        let options = task_options(&registry, "mnist");
+        assert_eq!(
+            options,
+            [
+                ("mnist".into(), "MNIST — handwritten digits".into()),
+                (
+                    "fashion-mnist".into(),
+                    "Fashion-MNIST — clothing (no data on this server: clients bring their own files)"
+                        .into()
+                ),
+            ]
+        );
+        // Before the registry arrives the select still shows the form's task, and only it.
+        assert_eq!(
+            task_options(&[], "mnist"),
+            [("mnist".into(), "mnist".into())]
+        );
+        let mut form = RunForm::default();
+        assert_eq!(form.get("task"), "mnist");
+        form.set("task", "fashion-mnist");
+        assert_eq!(form.to_config().unwrap().task, "fashion-mnist");
+        // A task the form's own check cannot know is the server's to refuse (its 422 names
+        // the registry); the form only checks its form.
+        form.set("task", "Not A Task!");
+        assert_eq!(form.to_config().unwrap_err()[0].field, "task");
     }
 
     #[test]

@@ -110,6 +110,14 @@ pub fn secure_text(config: &protocol::admin::RunConfig) -> String {
     }
 }
 
+/// The accuracy chart's title: the run's task names the test set the server evaluates on.
+pub fn accuracy_title(task: Option<String>) -> String {
+    match task {
+        Some(name) => format!("Test accuracy and loss (the server's {name} test set)"),
+        None => "Test accuracy and loss (the server's test set)".into(),
+    }
+}
+
 /// A duration for a table cell: "45 s", "12 min", "3 h 05 min".
 pub fn duration_text(secs: f64) -> String {
     let s = secs.max(0.0) as u64;

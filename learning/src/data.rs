@@ -196,6 +196,21 @@ impl Dataset {
         h
     }
 
+    /// The first `per_class` examples of each class, class by class: what the client page
+    /// shows of the data a tab trains on.
+    pub fn first_of_each_class(&self, per_class: usize) -> Vec<usize> {
+        let mut taken = [0usize; NUM_CLASSES];
+        let mut picked: Vec<usize> = (0..self.len())
+            .filter(|&i| {
+                let seen = &mut taken[self.labels[i] as usize];
+                *seen += 1;
+                *seen <= per_class
+            })
+            .collect();
+        picked.sort_by_key(|&i| self.labels[i]);
+        picked
+    }
+
     /// Normalised pixels `(x/255 − mean)/std` and labels for the examples at `indices`.
     pub fn batch(&self, indices: &[usize], pixels: PixelStats) -> (Vec<f32>, Vec<u8>) {
         let mut x = Vec::with_capacity(indices.len() * IMAGE_PIXELS);
@@ -357,5 +372,17 @@ mod tests {
         let mut huge = im.clone();
         huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(Dataset::from_idx("im", &huge, "lb", &lb).is_err());
+    }
+
+    #[test]
+    fn the_first_examples_of_each_class_come_class_by_class() {
+        let labels = vec![3, 1, 3, 3, 0, 1, 3];
+        let data = Dataset {
+            images: vec![0; labels.len() * IMAGE_PIXELS],
+            labels,
+        };
+        // Two of each class at most, in file order within a class; absent classes are absent.
+        assert_eq!(data.first_of_each_class(2), [4, 1, 5, 0, 2]);
+        assert_eq!(data.first_of_each_class(0), Vec::<usize>::new());
     }
 }

@@ -23,7 +23,7 @@ use crate::data::{Dataset, NUM_CLASSES, PixelStats};
 use crate::model::{IMAGE_SIDE, TinyCnnConfig};
 
 /// One learning problem. See the module documentation.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Task {
     /// What the run config, the protocol and the URLs call it: lower case, digits and `-`.
     pub id: &'static str,
@@ -47,7 +47,7 @@ pub struct Task {
 /// SHA-256 of their uncompressed bytes, and where they are looked for: `$<env_var>`, else each
 /// of `default_dirs` in turn (relative ones under the workspace root). A file may also be there
 /// gzipped (`<name>.gz`, as Debian ships them); its uncompressed bytes are what is hashed.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct DataFiles {
     pub files: [(&'static str, &'static str); 4],
     pub env_var: &'static str,
@@ -188,6 +188,16 @@ impl Task {
             .with_num_classes(self.classes.len())
     }
 
+    /// The same task with a model of other channel counts: for measuring a model against the
+    /// registered one (`central --conv-channels`). Its layout signature differs, so no client
+    /// would take it for the registered task's model.
+    pub fn with_conv_channels(&self, conv_channels: [usize; 2]) -> Task {
+        Task {
+            conv_channels,
+            ..*self
+        }
+    }
+
     /// Parameters of the model (the length of every model and update on the wire).
     pub fn num_params(&self) -> usize {
         self.model().layout().num_params()
@@ -205,6 +215,15 @@ impl Task {
             id: self.id.into(),
             model_params: self.num_params() as u64,
             model_signature: self.model_signature(),
+        }
+    }
+
+    /// What the client page shows of this task (the page does not link this crate).
+    pub fn label(&self) -> protocol::worker::TaskLabel {
+        protocol::worker::TaskLabel {
+            id: self.id.into(),
+            name: self.name.into(),
+            classes: self.classes.iter().map(|c| (*c).into()).collect(),
         }
     }
 

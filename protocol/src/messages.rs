@@ -217,6 +217,8 @@ pub enum ServerMessage {
     /// changes, so a tab can say what it waits for.
     RunState {
         run_id: u64,
+        /// The run's task: a client bringing its own data learns what they must be of.
+        task: TaskSpec,
         phase: RunPhase,
     },
     /// This round uses secure aggregation: the member's place and neighbours (before

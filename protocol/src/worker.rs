@@ -82,6 +82,24 @@ pub struct Collusion {
     pub contributors: u32,
 }
 
+/// A task as the client page names it: the page does not link the learning crate, so the
+/// worker tells it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskLabel {
+    pub id: String,
+    pub name: String,
+    /// Class names, by label.
+    pub classes: Vec<String>,
+}
+
+/// One example of the tab's data, for the page's sample grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub label: u8,
+    /// Side × side grey pixels, row-major, 0 = black.
+    pub pixels: Vec<u8>,
+}
+
 /// Connection state as the page shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -131,12 +149,18 @@ pub enum WorkerToPage {
         run_id: u64,
         phase: RunPhase,
     },
+    /// The active run's task, as the page names it (from the worker's registry).
+    Task(TaskLabel),
     Assigned(Assignment),
     /// Training data is loaded and checked (the shard, or the user's files).
     Data {
         num_examples: u64,
         label_histogram: Vec<u32>,
         own: bool,
+        /// A few examples of each class, drawn on the page so the user sees what the tab
+        /// trains on (they never leave the browser).
+        #[serde(default)]
+        samples: Vec<Sample>,
     },
     /// Local training started for `server_round`.
     TrainStarted {

@@ -277,6 +277,15 @@ impl Raw {
             }
         }
     }
+    /// The next control message that is not the run's state (told on every join).
+    async fn next_past_state(&mut self) -> Option<ServerMessage> {
+        loop {
+            match self.next_msg().await {
+                Some(ServerMessage::RunState { .. }) => continue,
+                other => return other,
+            }
+        }
+    }
     async fn expect_error(&mut self, code: ErrorCode) -> String {
         loop {
             match self.next_msg().await {
@@ -431,15 +440,18 @@ async fn a_fashion_mnist_run_trains_its_own_model_on_its_own_data() {
         )
         .await;
     // A client told the run's task hears it with the model: a Fashion-MNIST shard's classes.
+    // The run's state names the task first (what a client bringing its own data learns).
     let (mut raw, _welcome) = welcome(&server.ws(), None).await;
-    let mut assignment = None;
+    let (mut assignment, mut state) = (None, None);
     while assignment.is_none() {
         match raw.next_msg().await {
             Some(ServerMessage::Assignment(a)) => assignment = Some(a),
+            Some(ServerMessage::RunState { task, .. }) => state = Some(task),
             Some(_) => {}
             None => panic!("closed before an assignment"),
         }
     }
+    assert_eq!(state, Some(learning::task::FASHION_MNIST.spec()));
     let a = assignment.unwrap();
     assert_eq!(a.task, learning::task::FASHION_MNIST.spec());
     // The histogram is of Fashion-MNIST's labels for that shard (not MNIST's).
@@ -1271,7 +1283,7 @@ async fn shards_cannot_be_squatted_by_sockets_that_say_hello_and_leave() {
     for _ in 0..2 {
         let mut squatter = Raw::hello(&server.ws(), None).await;
         assert!(matches!(
-            squatter.next_msg().await,
+            squatter.next_past_state().await,
             Some(ServerMessage::Assignment(_))
         ));
     }
@@ -1280,7 +1292,7 @@ async fn shards_cannot_be_squatted_by_sockets_that_say_hello_and_leave() {
     let mut got = None;
     for _ in 0..50 {
         let mut honest = Raw::hello(&server.ws(), None).await;
-        match honest.next_msg().await {
+        match honest.next_past_state().await {
             Some(ServerMessage::Assignment(a)) => {
                 got = Some(a.shard_index);
                 break;

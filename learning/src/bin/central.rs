@@ -58,6 +58,10 @@ struct Args {
     /// Decay the learning rate along a cosine from --lr to 0 over the epochs (per epoch).
     #[arg(long)]
     cosine: bool,
+    /// The model's two convolutions' channels, e.g. 32,64 (default: the task's registered
+    /// model, 16,32 for TinyCNN): to measure a larger model at the same ε.
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    conv_channels: Option<Vec<usize>>,
     /// Seed of the model initialisation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -65,7 +69,14 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let task = learning::task::find(&args.task)?;
+    let registered = learning::task::find(&args.task)?;
+    let task = &match args.conv_channels.as_deref() {
+        Some(&[c1, c2]) if c1 > 0 && c2 > 0 => registered.with_conv_channels([c1, c2]),
+        Some(other) => {
+            anyhow::bail!("--conv-channels is {other:?}: expected two counts above 0, e.g. 32,64")
+        }
+        None => *registered,
+    };
     let data = task
         .load_default()
         .with_context(|| format!("loading {}", task.name))?;
@@ -100,6 +111,11 @@ fn main() -> anyhow::Result<()> {
     }
     config.validate(n)?;
     println!("config: {args:?}");
+    println!(
+        "model: {} parameters, layout {}",
+        task.num_params(),
+        task.model_signature()
+    );
     println!(
         "train config: {config:?}, sample rate {:.6}, {} steps/epoch",
         config.sample_rate(n),

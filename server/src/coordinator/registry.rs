@@ -109,8 +109,9 @@ impl Coordinator {
                 interrupted_round: returning.interrupted_round,
             },
         );
-        self.assign(client_id);
+        // The run's state (with its task) first: the page names the task before the shard.
         self.tell_phase(client_id);
+        self.assign(client_id);
         if let Some(info) = self.client_info(client_id) {
             self.publish(Event::ClientJoined { client: info });
         }
@@ -119,15 +120,21 @@ impl Coordinator {
 
     /// Tells a joining client what the run does (the others heard it when it changed).
     fn tell_phase(&mut self, client_id: u64) {
-        let Some((run_id, phase)) = self
+        let Some(msg) = self
             .run
             .as_ref()
             .filter(|r| !r.summary.status.is_over())
-            .and_then(|r| Some((r.id(), r.phase?)))
+            .and_then(|r| {
+                Some(ServerMessage::RunState {
+                    run_id: r.id(),
+                    task: r.task.spec(),
+                    phase: r.phase?,
+                })
+            })
         else {
             return;
         };
-        self.send_lossy(client_id, &ServerMessage::RunState { run_id, phase });
+        self.send_lossy(client_id, &msg);
     }
 
     /// What the active run remembers of a key that connects again (a reloaded tab), told to it

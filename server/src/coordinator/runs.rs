@@ -148,6 +148,7 @@ impl Coordinator {
         run.phase = Some(phase);
         let msg = ServerMessage::RunState {
             run_id: run.id(),
+            task: run.task.spec(),
             phase,
         };
         for &id in self.clients.keys() {
