@@ -646,39 +646,40 @@ fn DataPanel(
     /// The page state.
     view: RwSignal<ClientView>,
 ) -> impl IntoView {
+    // Only a change of the card's content redraws it (the view changes at every step).
+    let card = Memo::new(move |_| view.with(ClientView::data_card));
     move || {
-        view.with(|v| {
-            let histogram = v.data.as_ref().map(|d| {
-                let max = d.label_histogram.iter().copied().max().unwrap_or(1).max(1) as f64;
-                view! {
-                    <div class="histogram" id="histogram">
-                        {d.label_histogram.iter().enumerate().map(|(label, &n)| view! {
-                            <div class="bar" title=format!("{n} examples of {}", v.class_name(label))>
-                                <span style=format!("height: {:.0}%", n as f64 / max * 100.0)></span>
-                                <small>{label}</small>
-                            </div>
-                        }).collect_view()}
-                    </div>
-                }
-            });
-            let rows = v.sample_rows();
+        let c = card.get();
+        let histogram = c.histogram.map(|bars| {
+            let max = bars.iter().map(|(n, _)| *n).max().unwrap_or(1).max(1) as f64;
             view! {
-                <p id="task">{v.task_line()}</p>
-                <p id="shard">{v.data_line()}</p>
-                {histogram}
-                {(!rows.is_empty()).then(|| view! {
-                    <table class="samples" id="samples">
-                        <caption>"A few examples of each class in this tab's data (drawn here; they never leave the browser)"</caption>
-                        <tbody>{rows.into_iter().map(|r| view! {
-                            <tr data-label=r.label>
-                                <th><span class="class-name">{r.heading()}</span><small>{format!("{} examples", r.count)}</small></th>
-                                <td><SampleStrip samples=r.samples/></td>
-                            </tr>
-                        }).collect_view()}</tbody>
-                    </table>
-                })}
+                <div class="histogram" id="histogram">
+                    {bars.into_iter().enumerate().map(|(label, (n, name))| view! {
+                        <div class="bar" title=format!("{n} examples of {name}")>
+                            <span style=format!("height: {:.0}%", n as f64 / max * 100.0)></span>
+                            <small>{label}</small>
+                        </div>
+                    }).collect_view()}
+                </div>
             }
-        })
+        });
+        let rows = c.samples;
+        view! {
+            <p id="task">{c.task_line}</p>
+            <p id="shard">{c.data_line}</p>
+            {histogram}
+            {(!rows.is_empty()).then(|| view! {
+                <table class="samples" id="samples">
+                    <caption>"A few examples of each class in this tab's data (drawn here; they never leave the browser)"</caption>
+                    <tbody>{rows.into_iter().map(|r| view! {
+                        <tr data-label=r.label>
+                            <th><span class="class-name">{r.heading()}</span><small>{format!("{} examples", r.count)}</small></th>
+                            <td><SampleStrip samples=r.samples/></td>
+                        </tr>
+                    }).collect_view()}</tbody>
+                </table>
+            })}
+        }
     }
 }
 

@@ -97,6 +97,17 @@ pub struct ClientView {
 
 pub const MAX_MESSAGES: usize = 5;
 
+/// What the Data card shows. Built from the view and compared as a whole, so the card (and
+/// its canvases) is redrawn only when it changes — not at every training step.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DataCard {
+    pub task_line: Option<String>,
+    pub data_line: String,
+    /// `(count, class name)` by label, when data is loaded.
+    pub histogram: Option<Vec<(u32, String)>>,
+    pub samples: Vec<SampleRow>,
+}
+
 /// One row of the sample grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleRow {
@@ -412,6 +423,22 @@ impl ClientView {
             .as_ref()
             .and_then(|t| t.classes.get(label).cloned())
             .unwrap_or_else(|| label.to_string())
+    }
+
+    /// The Data card's content.
+    pub fn data_card(&self) -> DataCard {
+        DataCard {
+            task_line: self.task_line(),
+            data_line: self.data_line(),
+            histogram: self.data.as_ref().map(|d| {
+                d.label_histogram
+                    .iter()
+                    .enumerate()
+                    .map(|(label, &n)| (n, self.class_name(label)))
+                    .collect()
+            }),
+            samples: self.sample_rows(),
+        }
     }
 
     /// The sample grid: for each class with examples, its label, name, count and samples.
@@ -824,6 +851,24 @@ mod tests {
         );
         assert!(rows[1].samples[0].iter().all(|&p| p == 2));
         assert_eq!(rows[1].heading(), "2 Pullover");
+        // The Data card names the bars too, and a training step leaves it as it is (the page
+        // redraws it, canvases included, only when it changes).
+        let card = v.data_card();
+        assert_eq!(card.histogram.as_ref().unwrap()[2], (3, "Pullover".into()));
+        v.apply(WorkerToPage::TrainStarted {
+            server_round: 1,
+            epochs: 1,
+            steps_per_epoch: 3,
+        });
+        v.apply(WorkerToPage::Progress {
+            server_round: 1,
+            epoch: 1,
+            epochs: 1,
+            step: 1,
+            steps_per_epoch: 3,
+            batch_loss: 2.0,
+        });
+        assert_eq!(v.data_card(), card);
         // A label past the task's classes (a page behind its worker) shows as its number.
         assert_eq!(v.class_name(7), "7");
     }
