@@ -491,8 +491,9 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
             task,
             phase,
         } => {
-            post_task(&task);
+            // The run first: a new run clears the page's task, then this names it.
             post(&WorkerToPage::RunState { run_id, phase });
+            post_task(&task);
         }
         Notice::Secure {
             server_round,
@@ -510,8 +511,9 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
         }),
         // The shard's ledger is known once its files are (their fingerprint names it).
         Notice::Assigned(a) => {
-            post_task(&a.task);
+            let task = a.task.clone();
             post(&WorkerToPage::Assigned(a));
+            post_task(&task);
         }
         // `Trained` is reported by the driver, with δ and the time it took.
         Notice::Trained { .. } => {}

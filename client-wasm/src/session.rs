@@ -319,6 +319,9 @@ pub struct Session {
     held: Option<Box<TrainJob>>,
     /// Parameters of the federated model (from `Welcome`).
     model_params: usize,
+    /// The run whose task this page does not know, once said (its state and its assignment
+    /// would otherwise say it again at every phase change).
+    unknown_task_said: Option<u64>,
 }
 
 impl Session {
@@ -341,6 +344,7 @@ impl Session {
             last_spend: None,
             expect: Expect::Nothing,
             finished: None,
+            unknown_task_said: None,
             rounds_trained: Vec::new(),
             secure: None,
             secure_round: None,
@@ -533,14 +537,8 @@ impl Session {
                 task,
                 phase,
             } => {
-                if let Err(reason) = known_task(&task) {
-                    // Said before any round: this page cannot take part in the run.
-                    out.push(Action::Notify(Notice::ServerError {
-                        code: ErrorCode::BadMessage,
-                        message: reason,
-                        fatal: false,
-                    }));
-                }
+                // Said before any round: this page cannot take part in the run.
+                self.say_unknown_task(run_id, &task, &mut out);
                 out.push(Action::Notify(Notice::RunState {
                     run_id,
                     task,
@@ -694,13 +692,8 @@ impl Session {
     /// A shard assignment: the same shard keeps its data; another one is fetched (and trained
     /// with *its* ledger from the book, once its fingerprint is known).
     fn on_assignment(&mut self, a: Assignment, out: &mut Vec<Action>) {
-        if let Err(reason) = known_task(&a.task) {
-            // A shard of a model this page cannot run: not downloaded, and said.
-            out.push(Action::Notify(Notice::ServerError {
-                code: ErrorCode::BadMessage,
-                message: reason,
-                fatal: false,
-            }));
+        if self.say_unknown_task(a.run_id, &a.task, out) {
+            // A shard of a model this page cannot run: not downloaded.
             return;
         }
         let same = self
@@ -719,6 +712,23 @@ impl Session {
             });
         }
         self.assignment = Some(a);
+    }
+
+    /// Whether `run_id`'s task is one this page cannot run; said once a run, as an error that
+    /// tells the user what to do.
+    fn say_unknown_task(&mut self, run_id: u64, spec: &TaskSpec, out: &mut Vec<Action>) -> bool {
+        let Err(reason) = known_task(spec) else {
+            return false;
+        };
+        if self.unknown_task_said != Some(run_id) {
+            self.unknown_task_said = Some(run_id);
+            out.push(Action::Notify(Notice::ServerError {
+                code: ErrorCode::BadMessage,
+                message: reason,
+                fatal: false,
+            }));
+        }
+        true
     }
 
     /// Handles a binary frame (the global model announced by the last instruction).

@@ -1101,6 +1101,24 @@ fn a_run_of_an_unknown_task_is_said_before_any_round() {
             |a| matches!(a, Action::Notify(Notice::RunState { task, .. }) if *task == unknown)
         )
     );
+    // Said once a run: not again at the next phase change, nor with the run's assignment
+    // (whose shard is not fetched).
+    let out = s.on_text(&state(unknown.clone()).encode()).unwrap();
+    assert!(
+        matches!(out.as_slice(), [Action::Notify(Notice::RunState { .. })]),
+        "{out:?}"
+    );
+    let (assignment, _, _) = shard(1, &records(60, 1));
+    let assignment = assignment.replace(r#""id":"mnist""#, r#""id":"cifar-10""#);
+    assert!(assignment.contains("cifar-10"), "{assignment}");
+    assert!(s.on_text(&assignment).unwrap().is_empty());
+    // Another run of it is said again.
+    let again = ServerMessage::RunState {
+        run_id: 2,
+        task: unknown.clone(),
+        phase: protocol::messages::RunPhase::Running,
+    };
+    assert_eq!(s.on_text(&again.encode()).unwrap().len(), 2);
     let out = s.on_text(&state(FASHION_MNIST.spec()).encode()).unwrap();
     assert!(
         matches!(out.as_slice(), [Action::Notify(Notice::RunState { task, .. })] if *task == FASHION_MNIST.spec()),

@@ -12,7 +12,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::api::{self, ApiError};
 use crate::chart::{Line, LineChart};
-use crate::run_form::{FIELDS, FieldKind, RunForm, task_options};
+use crate::run_form::{FIELDS, FieldKind, RunForm, task_help, task_options};
 use crate::run_view::{
     accuracy_title, charged_text, connected_count, dp_text, duration_text, secure_text, state_text,
     waiting_for,
@@ -566,7 +566,7 @@ fn RunConfigForm(
             .into_any(),
             FieldKind::Choice(options) => view! {
                 <select name=path on:change=on_input class:invalid=invalid aria-invalid=move || invalid().to_string()>
-                    {options.iter().map(|&o| view! { <option value=o selected=move || value() == o>{o.replace('_', " ")}</option> }).collect_view()}
+                    {options.iter().map(|&o| view! { <option value=o prop:selected=move || value() == o>{o.replace('_', " ")}</option> }).collect_view()}
                 </select>
             }
             .into_any(),
@@ -574,7 +574,7 @@ fn RunConfigForm(
                 <select name=path on:change=on_input class:invalid=invalid aria-invalid=move || invalid().to_string()>
                     {move || tasks.with(|ts| task_options(ts, &value())).into_iter().map(|(id, line)| {
                         let chosen = id.clone();
-                        view! { <option value=id selected=move || value() == chosen>{line}</option> }
+                        view! { <option value=id prop:selected=move || value() == chosen>{line}</option> }
                     }).collect_view()}
                 </select>
             }
@@ -593,11 +593,16 @@ fn RunConfigForm(
             <form id="run-form" class="run-form" on:submit=move |ev| { ev.prevent_default(); submit(true) }>
                 {FIELDS.iter().map(|field| {
                     let path = field.path;
+                    // The task's help is the chosen task's; every other field's is fixed.
+                    let help = move || match field.kind {
+                        FieldKind::Task => tasks.with(|ts| form.with(|f| task_help(ts, f.get(path)))),
+                        _ => field.help(),
+                    };
                     view! {
                         <div class="field" class:hidden=move || !form.with(|f| f.is_active(path)) data-field=path>
-                            <label title=field.help()>{field.label}</label>
+                            <label title=help>{field.label}</label>
                             {input(field)}
-                            <small class="help">{field.help()}</small>
+                            <small class="help">{help}</small>
                             <span class="field-error" data-field=path>{move || errors.with(|e| e.get(path).cloned())}</span>
                         </div>
                     }

@@ -1,6 +1,7 @@
 //! The client page: join with a shard of the run's task or the user's own IDX files, then
-//! watch this tab train (the task, its classes and a few of the tab's images are shown). Training runs in a dedicated Web Worker (`client-wasm`'s `worker` binary);
-//! this page only sends intents and renders [`ClientView`].
+//! watch this tab train (the task, its classes and a few of the tab's images are shown).
+//! Training runs in a dedicated Web Worker (`client-wasm`'s `worker` binary); this page only
+//! sends intents and renders [`ClientView`].
 //!
 //! The tab's identity (client key) is kept in `sessionStorage`, so a reloaded tab rejoins as the
 //! same client. The privacy ledgers are kept per *dataset* in `localStorage` (they outlive the
@@ -302,40 +303,86 @@ extern "C" {
 /// The first bytes of every gzip file.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
-/// Reads a chosen file's bytes (they stay in the page and its worker), gunzipped if the file
-/// is gzipped: datasets ship so (Debian's Fashion-MNIST), and the same records must get the
-/// same fingerprint, and so the same ledger, whether chosen plain or compressed.
+/// The largest own file the page reads, plain or once gunzipped: four times MNIST's training
+/// images (47 MB). A few megabytes of gzip can expand to gigabytes; past this the tab says so
+/// instead of running out of memory.
+const MAX_OWN_FILE_BYTES: usize = 200 * 1024 * 1024;
+
+/// A chosen file's bytes (they stay in the page and its worker), gunzipped if the file is
+/// gzipped: datasets ship so (Debian's Fashion-MNIST), and the same records must get the same
+/// fingerprint, and so the same ledger and lock, whether chosen plain or compressed.
 async fn file_bytes(input: &web_sys::HtmlInputElement) -> Result<Vec<u8>, String> {
     let file = input
         .files()
         .and_then(|f| f.get(0))
         .ok_or("choose both IDX files (images and labels)")?;
-    let read = |e: JsValue| format!("could not read {}: {e:?}", file.name());
-    let buf = wasm_bindgen_futures::JsFuture::from(file.array_buffer())
-        .await
-        .map_err(read)?;
-    let bytes = js_sys::Uint8Array::new(&buf).to_vec();
-    if !bytes.starts_with(&GZIP_MAGIC) {
-        return Ok(bytes);
+    let read = |e: JsValue| format!("could not read {}: {}", file.name(), js_text(&e));
+    let head = file.slice_with_f64_and_f64(0.0, 2.0).map_err(read)?;
+    if blob_bytes(&head).await.map_err(read)? == GZIP_MAGIC {
+        return gunzip(&file).await;
     }
-    let gunzip = |e: JsValue| {
+    if file.size() > MAX_OWN_FILE_BYTES as f64 {
+        return Err(too_large(&file.name()));
+    }
+    blob_bytes(&file).await.map_err(read)
+}
+
+/// The whole of a blob.
+async fn blob_bytes(blob: &web_sys::Blob) -> Result<Vec<u8>, JsValue> {
+    let buf = wasm_bindgen_futures::JsFuture::from(blob.array_buffer()).await?;
+    Ok(js_sys::Uint8Array::new(&buf).to_vec())
+}
+
+/// A gzipped file's content, read chunk by chunk through the browser's `DecompressionStream`
+/// and stopped past [`MAX_OWN_FILE_BYTES`].
+async fn gunzip(file: &web_sys::File) -> Result<Vec<u8>, String> {
+    let fail = |e: JsValue| {
         format!(
             "{} starts like a gzip file but does not decompress: {}",
             file.name(),
-            e.as_string()
-                .or_else(|| e.dyn_ref::<js_sys::Error>().map(|e| e.message().into()))
-                .unwrap_or_else(|| format!("{e:?}"))
+            js_text(&e)
         )
     };
-    let stream = DecompressionStream::new("gzip").map_err(gunzip)?;
-    let plain = file
+    let stream = DecompressionStream::new("gzip").map_err(fail)?;
+    let reader: web_sys::ReadableStreamDefaultReader = file
         .stream()
-        .pipe_through(stream.unchecked_ref::<web_sys::ReadableWritablePair>());
-    let response = web_sys::Response::new_with_opt_readable_stream(Some(&plain)).map_err(gunzip)?;
-    let buf = wasm_bindgen_futures::JsFuture::from(response.array_buffer().map_err(gunzip)?)
-        .await
-        .map_err(gunzip)?;
-    Ok(js_sys::Uint8Array::new(&buf).to_vec())
+        .pipe_through(stream.unchecked_ref::<web_sys::ReadableWritablePair>())
+        .get_reader()
+        .unchecked_into();
+    let mut out = Vec::new();
+    loop {
+        let chunk = wasm_bindgen_futures::JsFuture::from(reader.read())
+            .await
+            .map_err(fail)?;
+        let field = |name: &str| js_sys::Reflect::get(&chunk, &name.into()).map_err(fail);
+        if field("done")?.as_bool() != Some(false) {
+            return Ok(out);
+        }
+        let bytes = js_sys::Uint8Array::new(&field("value")?);
+        let start = out.len();
+        let end = start.saturating_add(bytes.length() as usize);
+        if end > MAX_OWN_FILE_BYTES {
+            // The rest is never decompressed.
+            let _stopped = reader.cancel();
+            return Err(too_large(&file.name()));
+        }
+        out.resize(end, 0);
+        bytes.copy_to(&mut out[start..]);
+    }
+}
+
+fn too_large(name: &str) -> String {
+    format!(
+        "{name} is larger than {} MB (uncompressed): expected an IDX file of at most that size",
+        MAX_OWN_FILE_BYTES / (1024 * 1024)
+    )
+}
+
+/// A JavaScript error's message (or what it is, if it is no `Error`).
+fn js_text(e: &JsValue) -> String {
+    e.as_string()
+        .or_else(|| e.dyn_ref::<js_sys::Error>().map(|e| e.message().into()))
+        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 /// Why own files cannot be joined with, and the dataset whose ledger the user may reset.

@@ -312,9 +312,11 @@ impl ClientView {
         self.assignment = Some(a);
     }
 
-    /// What is shown is of `run_id` from now on: another run's rounds, state and count go.
+    /// What is shown is of `run_id` from now on: another run's rounds, state, count and task go
+    /// (the worker names the new run's task after saying the run changed).
     fn set_rounds_run(&mut self, run_id: u64) {
         if self.rounds_run.is_some_and(|run| run != run_id) {
+            self.task = None;
             self.rounds.clear();
             self.phase = None;
             self.rounds_taken = 0;
@@ -871,6 +873,18 @@ mod tests {
         assert_eq!(v.data_card(), card);
         // A label past the task's classes (a page behind its worker) shows as its number.
         assert_eq!(v.class_name(7), "7");
+        // Another run forgets the task until the worker names the new one (a run of a task
+        // this page does not know is never shown under the old name).
+        v.apply(WorkerToPage::RunState {
+            run_id: 1,
+            phase: RunPhase::Running,
+        });
+        assert!(v.task.is_some());
+        v.apply(WorkerToPage::RunState {
+            run_id: 2,
+            phase: RunPhase::Running,
+        });
+        assert_eq!(v.task_line(), None);
     }
 
     #[test]

@@ -614,19 +614,27 @@ impl RunForm {
     }
 }
 
-/// One option of the task select: its id (the value) and one line about it, from the server's
-/// registry (`GET /api/tasks`). A task whose data this server lacks says so: its runs need
-/// clients with their own files.
+/// One option of the task select: its id (the value) and its name, from the server's registry
+/// (`GET /api/tasks`). Short, so a narrow select still shows it whole; a task whose data this
+/// server lacks says so (its runs need clients with their own files).
 pub fn task_option(t: &TaskInfo) -> (String, String) {
-    let data = if t.data {
-        ""
-    } else {
-        " (no data on this server: clients bring their own files)"
-    };
-    (
-        t.id.clone(),
-        format!("{} — {}{data}", t.name, t.description),
-    )
+    let data = if t.data { "" } else { " — no data here" };
+    (t.id.clone(), format!("{}{data}", t.name))
+}
+
+/// The help under the task select: what the chosen task is, and where its data comes from.
+pub fn task_help(tasks: &[TaskInfo], chosen: &str) -> String {
+    match tasks.iter().find(|t| t.id == chosen) {
+        Some(t) if t.data => format!(
+            "{}; this server holds its data (shards and the test set)",
+            t.description
+        ),
+        Some(t) => format!(
+            "{}; this server does not hold its data: clients bring their own files (server shards off), and the server does not evaluate",
+            t.description
+        ),
+        None => fields::TASK.expected(),
+    }
 }
 
 /// The task select's options: the registry the server sent, or, before it answers, the task
@@ -774,14 +782,22 @@ mod tests {
         assert_eq!(
             options,
             [
-                ("mnist".into(), "MNIST — handwritten digits".into()),
+                ("mnist".into(), "MNIST".into()),
                 (
                     "fashion-mnist".into(),
-                    "Fashion-MNIST — clothing (no data on this server: clients bring their own files)"
-                        .into()
+                    "Fashion-MNIST — no data here".into()
                 ),
             ]
         );
+        assert_eq!(
+            task_help(&registry, "mnist"),
+            "handwritten digits; this server holds its data (shards and the test set)"
+        );
+        assert!(
+            task_help(&registry, "fashion-mnist")
+                .starts_with("clothing; this server does not hold its data")
+        );
+        assert_eq!(task_help(&[], "mnist"), fields::TASK.expected());
         // Before the registry arrives the select still shows the form's task, and only it.
         assert_eq!(
             task_options(&[], "mnist"),

@@ -45,5 +45,5 @@ pub fn clip(text: &str, max: usize) -> String {
 /// messages and masked frames). 4: distributed DP (`DpSgdConfig::distributed`); secure
 /// aggregation's pairwise masks are bound to what each member was told to compute. 5: a secure
 /// round of the last round's cohort reuses its keys (`SecAggSetup::reuse_keys`). 6: runs name
-/// their task: `TrainIns`, `EvaluateIns` and `Assignment` carry a `TaskSpec`.
+/// their task: `TrainIns`, `EvaluateIns`, `Assignment` and `RunState` carry a `TaskSpec`.
 pub const PROTOCOL_VERSION: u16 = 6;

@@ -60,7 +60,7 @@ struct Args {
     cosine: bool,
     /// The model's two convolutions' channels, e.g. 32,64 (default: the task's registered
     /// model, 16,32 for TinyCNN): to measure a larger model at the same ε.
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',')]
     conv_channels: Option<Vec<usize>>,
     /// Seed of the model initialisation.
     #[arg(long, default_value_t = 0)]
