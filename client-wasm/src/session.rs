@@ -537,13 +537,14 @@ impl Session {
                 task,
                 phase,
             } => {
-                // Said before any round: this page cannot take part in the run.
-                self.say_unknown_task(run_id, &task, &mut out);
                 out.push(Action::Notify(Notice::RunState {
                     run_id,
-                    task,
+                    task: task.clone(),
                     phase,
                 }));
+                // Said before any round (after the run: a page clears the last run's messages
+                // when it hears of a new one): this page cannot take part in the run.
+                self.say_unknown_task(run_id, &task, &mut out);
             }
             ServerMessage::Assignment(a) => self.on_assignment(a, &mut out),
             ServerMessage::TrainIns {

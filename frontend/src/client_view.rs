@@ -312,11 +312,13 @@ impl ClientView {
         self.assignment = Some(a);
     }
 
-    /// What is shown is of `run_id` from now on: another run's rounds, state, count and task go
-    /// (the worker names the new run's task after saying the run changed).
+    /// What is shown is of `run_id` from now on: another run's rounds, state, count, task and
+    /// messages go (the worker names the new run's task, and says what is wrong with it, after
+    /// saying the run changed).
     fn set_rounds_run(&mut self, run_id: u64) {
         if self.rounds_run.is_some_and(|run| run != run_id) {
             self.task = None;
+            self.messages.clear();
             self.rounds.clear();
             self.phase = None;
             self.rounds_taken = 0;
@@ -880,11 +882,16 @@ mod tests {
             phase: RunPhase::Running,
         });
         assert!(v.task.is_some());
+        v.apply(WorkerToPage::Error {
+            message: "round 2 was interrupted by the reload".into(),
+            fatal: false,
+        });
         v.apply(WorkerToPage::RunState {
             run_id: 2,
             phase: RunPhase::Running,
         });
         assert_eq!(v.task_line(), None);
+        assert!(v.messages.is_empty(), "run 1's messages are gone");
     }
 
     #[test]
