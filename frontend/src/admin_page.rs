@@ -572,7 +572,8 @@ fn RunConfigForm(
             .into_any(),
             FieldKind::Task => view! {
                 <select name=path on:change=on_input class:invalid=invalid aria-invalid=move || invalid().to_string()>
-                    {move || tasks.with(|ts| task_options(ts, &value())).into_iter().map(|(id, line)| {
+                    // Rebuilt when the registry arrives, not at every keystroke in the form.
+                    {move || tasks.with(|ts| task_options(ts, &form.with_untracked(|f| f.get(path).to_string()))).into_iter().map(|(id, line)| {
                         let chosen = id.clone();
                         view! { <option value=id prop:selected=move || value() == chosen>{line}</option> }
                     }).collect_view()}
