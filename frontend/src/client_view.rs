@@ -545,6 +545,23 @@ mod tests {
     use super::*;
     use protocol::config::FitMetrics;
 
+    /// Round 1 starts with `epochs` epochs and reaches `(epoch, step)`.
+    fn train_round_1(v: &mut ClientView, epochs: u32, at: (u32, u64), steps_per_epoch: u64) {
+        v.apply(WorkerToPage::TrainStarted {
+            server_round: 1,
+            epochs,
+            steps_per_epoch,
+        });
+        v.apply(WorkerToPage::Progress {
+            server_round: 1,
+            epoch: at.0,
+            epochs,
+            step: at.1,
+            steps_per_epoch,
+            batch_loss: 0.5,
+        });
+    }
+
     fn assignment(run_id: u64) -> Assignment {
         Assignment {
             task: protocol::messages::TaskSpec {
@@ -574,19 +591,7 @@ mod tests {
         );
         v.apply(WorkerToPage::Assigned(assignment(1)));
         assert_eq!(v.data_line(), "run 1 · shard 2 of 10 (IID) · 6000 examples");
-        v.apply(WorkerToPage::TrainStarted {
-            server_round: 1,
-            epochs: 2,
-            steps_per_epoch: 10,
-        });
-        v.apply(WorkerToPage::Progress {
-            server_round: 1,
-            epoch: 2,
-            epochs: 2,
-            step: 5,
-            steps_per_epoch: 10,
-            batch_loss: 0.5,
-        });
+        train_round_1(&mut v, 2, (2, 5), 10);
         assert_eq!(v.training.as_ref().unwrap().fraction(), 0.75);
         assert_eq!(v.steps_seen, 1);
         assert_eq!(
@@ -859,19 +864,7 @@ mod tests {
         // redraws it, canvases included, only when it changes).
         let card = v.data_card();
         assert_eq!(card.histogram.as_ref().unwrap()[2], (3, "Pullover".into()));
-        v.apply(WorkerToPage::TrainStarted {
-            server_round: 1,
-            epochs: 1,
-            steps_per_epoch: 3,
-        });
-        v.apply(WorkerToPage::Progress {
-            server_round: 1,
-            epoch: 1,
-            epochs: 1,
-            step: 1,
-            steps_per_epoch: 3,
-            batch_loss: 2.0,
-        });
+        train_round_1(&mut v, 1, (1, 1), 3);
         assert_eq!(v.data_card(), card);
         // A label past the task's classes (a page behind its worker) shows as its number.
         assert_eq!(v.class_name(7), "7");
