@@ -542,7 +542,7 @@ mod tests {
 
         // The cap refuses a round that would cross it, and spends nothing.
         privacy.epsilon_cap = Some(eps * 1.1);
-        let err = fit(&MNIST, &global, &config, &shard, &mut privacy, &mut |_| {}).unwrap_err();
+        let err = fit_mnist(&global, &config, &shard, &mut privacy).unwrap_err();
         assert!(err.to_string().contains("privacy budget"), "{err}");
         assert_eq!(privacy.ledger.steps(), 40);
     }
@@ -565,7 +565,7 @@ mod tests {
             ..ClientPrivacy::new(None, 1e-5).expect("rng")
         };
         let global = init();
-        let res = fit(&MNIST, &global, &config, &shard, &mut privacy, &mut |_| {}).expect("fit");
+        let res = fit_mnist(&global, &config, &shard, &mut privacy).expect("fit");
         // Without DP nothing bounds what the update says about an example: ε = ∞ from now on.
         assert_eq!(res.metrics.epsilon, Some(f64::INFINITY));
         assert_eq!((privacy.ledger.steps(), privacy.unprotected_rounds), (0, 1));
@@ -605,6 +605,16 @@ mod tests {
         }
     }
 
+    /// [`fit`] of MNIST's model, progress unwatched.
+    fn fit_mnist(
+        global: &[f32],
+        config: &TrainConfig,
+        data: &Dataset,
+        privacy: &mut ClientPrivacy,
+    ) -> Result<FitRes, LearningError> {
+        fit(&MNIST, global, config, data, privacy, &mut |_| {})
+    }
+
     #[test]
     fn the_cap_is_checked_at_the_clients_delta_not_the_servers() {
         // Attack: the server sends δ = 0.5, at which ε looks tiny. The client refuses a δ
@@ -612,15 +622,7 @@ mod tests {
         let data = tiny(200);
         let global = init();
         let mut privacy = ClientPrivacy::new(Some(3.0), 1e-5).expect("rng");
-        let err = fit(
-            &MNIST,
-            &global,
-            &dp_config(0.5),
-            &data,
-            &mut privacy,
-            &mut |_| {},
-        )
-        .unwrap_err();
+        let err = fit_mnist(&global, &dp_config(0.5), &data, &mut privacy).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("the server's δ is 5e-1: expected below 1/n = 5e-3 for 200 records"),
@@ -628,29 +630,13 @@ mod tests {
         );
         assert_eq!(privacy.ledger.steps(), 0, "nothing spent");
         // δ = 1e-3 < 1/200 is allowed, but ε is stated at the client's 1e-5.
-        let res = fit(
-            &MNIST,
-            &global,
-            &dp_config(1e-3),
-            &data,
-            &mut privacy,
-            &mut |_| {},
-        )
-        .expect("fit");
+        let res = fit_mnist(&global, &dp_config(1e-3), &data, &mut privacy).expect("fit");
         let at_client = privacy.ledger.epsilon(1e-5).unwrap();
         assert_eq!(res.metrics.epsilon, Some(at_client));
         assert!(at_client > privacy.ledger.epsilon(1e-3).unwrap());
         // A client δ that is too large for its data is refused too.
         let mut loose = ClientPrivacy::new(Some(3.0), 0.1).expect("rng");
-        let err = fit(
-            &MNIST,
-            &global,
-            &dp_config(1e-5),
-            &data,
-            &mut loose,
-            &mut |_| {},
-        )
-        .unwrap_err();
+        let err = fit_mnist(&global, &dp_config(1e-5), &data, &mut loose).unwrap_err();
         assert!(
             err.to_string().starts_with("this client's δ is 1e-1"),
             "{err}"
@@ -666,15 +652,7 @@ mod tests {
             dp: None,
             ..dp_config(1e-5)
         };
-        let err = fit(
-            &MNIST,
-            &init(),
-            &config,
-            &tiny(20),
-            &mut privacy,
-            &mut |_| {},
-        )
-        .unwrap_err();
+        let err = fit_mnist(&init(), &config, &tiny(20), &mut privacy).unwrap_err();
         assert!(matches!(err, LearningError::NoDpWithCap), "{err}");
         assert_eq!(privacy.unprotected_rounds, 0);
     }
@@ -689,15 +667,7 @@ mod tests {
                 batching: Batching::SampleRate(q),
                 ..dp_config(1e-5)
             };
-            let err = fit(
-                &MNIST,
-                &init(),
-                &config,
-                &tiny(20),
-                &mut privacy,
-                &mut |_| {},
-            )
-            .unwrap_err();
+            let err = fit_mnist(&init(), &config, &tiny(20), &mut privacy).unwrap_err();
             assert!(err.to_string().contains("at most 100 000 steps"), "{err}");
         }
         assert_eq!(privacy.ledger.steps(), 0);
@@ -780,16 +750,11 @@ mod tests {
                 .to_string()
                 .starts_with("noise_multiplier is 0")
         );
-        let err = fit(
-            &MNIST,
+        let err = fit_mnist(
             &[0.0; 3],
             &TrainConfig::default(),
-            &Dataset {
-                images: vec![],
-                labels: vec![],
-            },
+            &Dataset::default(),
             &mut ClientPrivacy::new(None, 1e-5).expect("rng"),
-            &mut |_| {},
         );
         assert!(err.unwrap_err().to_string().contains("expected 12810"));
     }

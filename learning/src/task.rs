@@ -209,12 +209,13 @@ impl Task {
         self.model().layout().signature()
     }
 
-    /// What the wire says of this task (`TrainIns`, `EvaluateIns`, `Assignment`).
+    /// What the wire says of this task (`TrainIns`, `EvaluateIns`, `Assignment`, `RunState`).
     pub fn spec(&self) -> protocol::messages::TaskSpec {
+        let layout = self.model().layout();
         protocol::messages::TaskSpec {
             id: self.id.into(),
-            model_params: self.num_params() as u64,
-            model_signature: self.model_signature(),
+            model_params: layout.num_params() as u64,
+            model_signature: layout.signature(),
         }
     }
 
@@ -224,6 +225,26 @@ impl Task {
             id: self.id.into(),
             name: self.name.into(),
             classes: self.classes.iter().map(|c| (*c).into()).collect(),
+        }
+    }
+
+    /// What `GET /api/tasks` says of this task: its label, its wire spec, its description, and
+    /// whether the server holds its data (`data`).
+    pub fn info(&self, data: bool) -> protocol::admin::TaskInfo {
+        let protocol::messages::TaskSpec {
+            id,
+            model_params,
+            model_signature,
+        } = self.spec();
+        let protocol::worker::TaskLabel { name, classes, .. } = self.label();
+        protocol::admin::TaskInfo {
+            id,
+            name,
+            description: self.description.into(),
+            classes,
+            model_params,
+            model_signature,
+            data,
         }
     }
 
@@ -318,12 +339,7 @@ mod tests {
     fn every_task_is_found_by_its_id_and_an_unknown_one_is_named() {
         for t in TASKS {
             assert_eq!(find(t.id).unwrap().id, t.id);
-            assert!(
-                t.id.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
-                "{}",
-                t.id
-            );
+            assert!(protocol::admin::task_id_ok(t.id), "{}", t.id);
         }
         let e = find("cifar-10").unwrap_err().to_string();
         assert_eq!(

@@ -122,20 +122,7 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
 /// `GET /api/tasks`: every registered task, and whether this server holds its data.
 async fn tasks(State(state): State<AppState>) -> Json<Vec<protocol::admin::TaskInfo>> {
     let held = |t: &learning::Task| state.data.as_ref().is_some_and(|d| d.of(t).is_some());
-    Json(
-        learning::TASKS
-            .iter()
-            .map(|t| protocol::admin::TaskInfo {
-                id: t.id.into(),
-                name: t.name.into(),
-                description: t.description.into(),
-                classes: t.classes.iter().map(|c| (*c).into()).collect(),
-                model_params: t.num_params() as u64,
-                model_signature: t.model_signature(),
-                data: held(t),
-            })
-            .collect(),
-    )
+    Json(learning::TASKS.iter().map(|t| t.info(held(t))).collect())
 }
 
 /// `f` of every item, in order, spread over the machine's cores (scoped threads): for the
