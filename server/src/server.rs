@@ -8,13 +8,14 @@ use tokio::task::JoinHandle;
 
 use crate::coordinator::{self, AdminError, Coordinator, CoordinatorOptions};
 use crate::data::DemoData;
-use crate::store::{Store, StoreError};
+use crate::store::{Location, Store, StoreError};
 use crate::{AppState, app};
 
 /// How to start a server.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    pub data_dir: PathBuf,
+    /// Where the runs, rounds and ledgers are kept.
+    pub store: Location,
     pub admin_token: String,
     /// Create and start the demo run when the store has no run yet.
     pub demo: bool,
@@ -41,9 +42,9 @@ pub struct Started {
     pub coordinator: JoinHandle<()>,
 }
 
-/// Opens the store in the data directory, resumes or creates the run, starts the coordinator.
+/// Opens the store, resumes or creates the run, starts the coordinator.
 pub fn start(options: ServerOptions, data: Option<Arc<DemoData>>) -> Result<Started, StartError> {
-    let store = Store::open(&options.data_dir)?;
+    let store = Store::open_at(&options.store)?;
     let (events, _) = broadcast::channel(1024);
     let mut c = Coordinator::new(store, data.clone(), events.clone(), options.coordinator)?;
     if options.demo {

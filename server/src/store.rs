@@ -1,21 +1,37 @@
-//! The run store: one SQLite file in the data directory. Runs and their configs, every committed
-//! round with its participants, each client's privacy ledger, and a checkpoint of the global
-//! model after every round (round 0 is the initial model), so a restarted server resumes from
-//! the last committed round with the same ledger.
+//! The run store: SQLite in the data directory on one machine, or PostgreSQL when the server is
+//! given a database URL. Runs and their configs, every committed round with its participants,
+//! each client's privacy ledger, and a checkpoint of the global model after every round (round 0
+//! is the initial model), so a restarted server resumes from the last committed round with the
+//! same ledger.
 //!
 //! Owned by the coordinator task (one writer, no locks). Every round commits in one transaction:
-//! a crash leaves either the whole round or none of it.
+//! a crash leaves either the whole round or none of it. Both databases run the same queries
+//! (sqlx's `Any` driver); only the schema's column types differ (`server/migrations/`).
 
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use protocol::admin::{LedgerEntry, RoundRecord, RunConfig, RunStatus, RunSummary};
-use rusqlite::{Connection, OptionalExtension, params};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, SqlSafeStr};
 
-/// Why the store failed (the file, SQLite, or a row that does not decode).
+/// Why the store failed (the database, its schema, or a row that does not decode).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(#[from] sqlx::Error),
+    #[error("cannot open the database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("cannot bring the database schema up to date: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the database URL {url} is not one the store supports: expected postgres://… \
+         (or postgresql://…) or sqlite://…"
+    )]
+    Unsupported { url: String },
     #[error("stored {what} does not decode: {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error("cannot create the data directory {path}: {source}")]
@@ -28,44 +44,91 @@ pub enum StoreError {
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "fl.sqlite3";
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY,
-    config TEXT NOT NULL,
-    status TEXT NOT NULL,
-    completed_rounds INTEGER NOT NULL DEFAULT 0,
-    finished_reason TEXT,
-    created_at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    server_round INTEGER NOT NULL,
-    record TEXT NOT NULL,
-    PRIMARY KEY (run_id, server_round)
-);
-CREATE TABLE IF NOT EXISTS participants (
-    run_id INTEGER NOT NULL,
-    server_round INTEGER NOT NULL,
-    client_key TEXT NOT NULL,
-    num_examples INTEGER,
-    outcome TEXT NOT NULL,
-    detail TEXT
-);
-CREATE TABLE IF NOT EXISTS clients (
-    run_id INTEGER NOT NULL,
-    client_key TEXT NOT NULL,
-    shard_index INTEGER,
-    ledger TEXT NOT NULL,
-    rounds INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, client_key)
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    run_id INTEGER NOT NULL,
-    server_round INTEGER NOT NULL,
-    params BLOB NOT NULL,
-    PRIMARY KEY (run_id, server_round)
-);
-";
+/// Which database holds the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn of_url(url: &str) -> Option<Self> {
+        let scheme = url.split_once(':')?.0;
+        match scheme {
+            "sqlite" => Some(Self::Sqlite),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            _ => None,
+        }
+    }
+
+    /// The schema's migrations, in order. The SQL differs only in column types; a version is the
+    /// same change in both.
+    fn migrations(self) -> Vec<Migration> {
+        let files: [(&'static str, &'static str); 2] = match self {
+            Self::Sqlite => [
+                ("runs", include_str!("../migrations/sqlite/0001_runs.sql")),
+                (
+                    "participants by round",
+                    include_str!("../migrations/sqlite/0002_participants_by_round.sql"),
+                ),
+            ],
+            Self::Postgres => [
+                ("runs", include_str!("../migrations/postgres/0001_runs.sql")),
+                (
+                    "participants by round",
+                    include_str!("../migrations/postgres/0002_participants_by_round.sql"),
+                ),
+            ],
+        };
+        (1..)
+            .zip(files)
+            .map(|(version, (description, sql))| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect()
+    }
+}
+
+/// A database URL as it may be shown: without its password.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _cannot_fail_with_a_host = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(a URL that does not parse)".into(),
+    }
+}
+
+/// Where the store is: SQLite in a data directory, or a database URL.
+#[derive(Clone)]
+pub enum Location {
+    DataDir(PathBuf),
+    Url(String),
+}
+
+impl std::fmt::Display for Location {
+    /// Without the URL's password: this is what logs show.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DataDir(dir) => write!(f, "SQLite in {}", dir.join(DB_FILE).display()),
+            Self::Url(url) => f.write_str(&redacted(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
 
 /// A client's row in a run: its shard and the server's view of its privacy spend.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,9 +149,19 @@ pub struct Participant {
     pub detail: Option<String>,
 }
 
+/// The store: a pool of one connection, and the runtime that drives it.
+///
+/// The coordinator calls the store from synchronous code inside its tokio task, and waits for
+/// each write before it goes on (so memory and store never disagree). A future of the caller's
+/// own runtime cannot be blocked on there, so the store brings a small runtime of its own and
+/// blocks on it from a scoped thread ([`Store::wait`]): a few microseconds per call, next to a
+/// database round trip.
 #[derive(Debug)]
 pub struct Store {
-    conn: Connection,
+    pool: AnyPool,
+    backend: Backend,
+    /// `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 fn to_blob(params: &[f32]) -> Vec<u8> {
@@ -115,26 +188,125 @@ fn corrupt(what: &'static str) -> impl Fn(serde_json::Error) -> StoreError {
     }
 }
 
+/// Integers are stored as SQL's signed 64-bit; ours are counts and ids far below 2^63.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(what: &'static str, v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt {
+        what,
+        detail: format!("{v} is negative"),
+    })
+}
+
+type RunRow = (i64, String, String, i64, Option<String>, i64);
+
+const RUN_COLUMNS_BY_ID: &str = "SELECT id, config, status, completed_rounds, finished_reason, created_at_ms FROM runs ORDER BY id";
+const RUN_COLUMNS_OF_ID: &str = "SELECT id, config, status, completed_rounds, finished_reason, created_at_ms FROM runs WHERE id = $1";
+
+fn summary(raw: RunRow) -> Result<RunSummary, StoreError> {
+    let (run_id, config, status, completed_rounds, finished_reason, created_at_ms) = raw;
+    Ok(RunSummary {
+        run_id: uint("run id", run_id)?,
+        config: serde_json::from_str(&config).map_err(corrupt("run config"))?,
+        status: RunStatus::parse(&status).ok_or(StoreError::Corrupt {
+            what: "run status",
+            detail: status.clone(),
+        })?,
+        completed_rounds: uint("completed rounds", completed_rounds)?,
+        finished_reason,
+        created_at_ms: uint("creation time", created_at_ms)?,
+    })
+}
+
 impl Store {
-    /// Opens (creating if needed) the store in `data_dir`.
+    /// Opens the store where it is.
+    pub fn open_at(location: &Location) -> Result<Self, StoreError> {
+        match location {
+            Location::DataDir(dir) => Self::open(dir),
+            Location::Url(url) => Self::connect(url),
+        }
+    }
+
+    /// Opens (creating if needed) the SQLite store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source,
         })?;
-        let conn = Connection::open(data_dir.join(DB_FILE))?;
-        // WAL: a crash mid-write leaves the last committed transaction intact.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        let url = SqliteConnectOptions::new()
+            .filename(data_dir.join(DB_FILE))
+            .create_if_missing(true)
+            .to_url_lossy();
+        Self::connect(url.as_str())
     }
 
     /// A store that lives in memory only (unit tests).
     pub fn in_memory() -> Result<Self, StoreError> {
-        let conn = Connection::open_in_memory()?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        Self::connect("sqlite::memory:")
+    }
+
+    /// Opens the store at a database URL (`postgres://user:password@host/db`, `sqlite://path`)
+    /// and brings its schema up to date.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let backend =
+            Backend::of_url(url).ok_or_else(|| StoreError::Unsupported { url: redacted(url) })?;
+        install_default_drivers();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("store")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        let cannot_connect = |source| StoreError::Connect {
+            url: redacted(url),
+            source,
+        };
+        let connect = async {
+            // One attempt first, for its reason: the pool retries a refused connection until
+            // its timeout and then says only that it timed out.
+            AnyConnection::connect(url)
+                .await
+                .map_err(cannot_connect)?
+                .close()
+                .await?;
+            let pool = pool_options(backend)
+                .connect(url)
+                .await
+                .map_err(cannot_connect)?;
+            Migrator::with_migrations(backend.migrations())
+                .run(&pool)
+                .await?;
+            Ok::<_, StoreError>(pool)
+        };
+        let pool = match on(&runtime, connect) {
+            Ok(pool) => pool,
+            Err(e) => {
+                // Dropping a runtime inside the caller's async task would panic.
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
+        Ok(Self {
+            pool,
+            backend,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Which database this store is in.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs a database future to completion (see [`Store`]).
+    fn wait<T: Send>(&self, f: impl Future<Output = T> + Send) -> T {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives until the store is dropped");
+        on(runtime, f)
     }
 
     /// Stores a new run with its initial model as the round-0 checkpoint.
@@ -144,19 +316,27 @@ impl Store {
         initial: &[f32],
         now_ms: u64,
     ) -> Result<u64, StoreError> {
-        let tx = self.conn.transaction()?;
         let config_json = serde_json::to_string(config).map_err(corrupt("run config"))?;
-        tx.execute(
-            "INSERT INTO runs (config, status, created_at_ms) VALUES (?1, ?2, ?3)",
-            params![config_json, RunStatus::Created.as_str(), now_ms as i64],
-        )?;
-        let id = tx.last_insert_rowid() as u64;
-        tx.execute(
-            "INSERT INTO checkpoints (run_id, server_round, params) VALUES (?1, 0, ?2)",
-            params![id as i64, to_blob(initial)],
-        )?;
-        tx.commit()?;
-        Ok(id)
+        self.wait(async {
+            let mut tx = self.pool.begin().await?;
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO runs (config, status, created_at_ms) VALUES ($1, $2, $3) RETURNING id",
+            )
+            .bind(config_json)
+            .bind(RunStatus::Created.as_str())
+            .bind(int(now_ms))
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO checkpoints (run_id, server_round, params) VALUES ($1, 0, $2)",
+            )
+            .bind(id)
+            .bind(to_blob(initial))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            uint("run id", id)
+        })
     }
 
     pub fn set_status(
@@ -165,134 +345,114 @@ impl Store {
         status: RunStatus,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE runs SET status = ?2, finished_reason = COALESCE(?3, finished_reason) WHERE id = ?1",
-            params![run_id as i64, status.as_str(), reason],
-        )?;
-        Ok(())
-    }
-
-    fn summary_from_row(
-        row: &rusqlite::Row<'_>,
-    ) -> rusqlite::Result<(u64, String, String, u64, Option<String>, u64)> {
-        Ok((
-            row.get::<_, i64>(0)? as u64,
-            row.get(1)?,
-            row.get(2)?,
-            row.get::<_, i64>(3)? as u64,
-            row.get(4)?,
-            row.get::<_, i64>(5)? as u64,
-        ))
-    }
-
-    fn summary(
-        raw: (u64, String, String, u64, Option<String>, u64),
-    ) -> Result<RunSummary, StoreError> {
-        let (run_id, config, status, completed_rounds, finished_reason, created_at_ms) = raw;
-        Ok(RunSummary {
-            run_id,
-            config: serde_json::from_str(&config).map_err(corrupt("run config"))?,
-            status: RunStatus::parse(&status).ok_or(StoreError::Corrupt {
-                what: "run status",
-                detail: status.clone(),
-            })?,
-            completed_rounds,
-            finished_reason,
-            created_at_ms,
+        self.wait(async {
+            sqlx::query(
+                "UPDATE runs SET status = $2, finished_reason = COALESCE($3, finished_reason) WHERE id = $1",
+            )
+            .bind(int(run_id))
+            .bind(status.as_str())
+            .bind(reason)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
         })
     }
 
-    const RUN_COLUMNS: &str =
-        "id, config, status, completed_rounds, finished_reason, created_at_ms";
-
     pub fn runs(&self) -> Result<Vec<RunSummary>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {} FROM runs ORDER BY id",
-            Self::RUN_COLUMNS
-        ))?;
-        let rows = stmt.query_map([], Self::summary_from_row)?;
-        rows.map(|r| Self::summary(r?)).collect()
+        let rows: Vec<RunRow> =
+            self.wait(sqlx::query_as(RUN_COLUMNS_BY_ID).fetch_all(&self.pool))?;
+        rows.into_iter().map(summary).collect()
     }
 
     pub fn run(&self, run_id: u64) -> Result<Option<RunSummary>, StoreError> {
-        let raw = self
-            .conn
-            .query_row(
-                &format!("SELECT {} FROM runs WHERE id = ?1", Self::RUN_COLUMNS),
-                [run_id as i64],
-                Self::summary_from_row,
-            )
-            .optional()?;
-        raw.map(Self::summary).transpose()
+        let row: Option<RunRow> = self.wait(
+            sqlx::query_as(RUN_COLUMNS_OF_ID)
+                .bind(int(run_id))
+                .fetch_optional(&self.pool),
+        )?;
+        row.map(summary).transpose()
     }
 
     /// The latest checkpoint of a run: `(server_round, params)`.
     pub fn latest_checkpoint(&self, run_id: u64) -> Result<Option<(u64, Vec<f32>)>, StoreError> {
-        let row: Option<(i64, Vec<u8>)> = self
-            .conn
-            .query_row(
-                "SELECT server_round, params FROM checkpoints WHERE run_id = ?1 ORDER BY server_round DESC LIMIT 1",
-                [run_id as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+        let row: Option<(i64, Vec<u8>)> = self.wait(
+            sqlx::query_as(
+                "SELECT server_round, params FROM checkpoints WHERE run_id = $1 ORDER BY server_round DESC LIMIT 1",
             )
-            .optional()?;
-        row.map(|(r, b)| Ok((r as u64, from_blob(&b)?))).transpose()
+            .bind(int(run_id))
+            .fetch_optional(&self.pool),
+        )?;
+        row.map(|(r, b)| Ok((uint("checkpoint round", r)?, from_blob(&b)?)))
+            .transpose()
     }
 
     pub fn rounds(&self, run_id: u64) -> Result<Vec<RoundRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT record FROM rounds WHERE run_id = ?1 ORDER BY server_round")?;
-        let rows = stmt.query_map([run_id as i64], |r| r.get::<_, String>(0))?;
-        rows.map(|r| serde_json::from_str(&r?).map_err(corrupt("round record")))
+        let rows: Vec<(String,)> = self.wait(
+            sqlx::query_as("SELECT record FROM rounds WHERE run_id = $1 ORDER BY server_round")
+                .bind(int(run_id))
+                .fetch_all(&self.pool),
+        )?;
+        rows.into_iter()
+            .map(|(r,)| serde_json::from_str(&r).map_err(corrupt("round record")))
             .collect()
     }
 
+    /// A run's clients: those with a shard in shard order, then those with their own data by key.
     pub fn clients(&self, run_id: u64) -> Result<Vec<ClientRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT client_key, shard_index, ledger, rounds FROM clients WHERE run_id = ?1 ORDER BY rowid",
+        let rows: Vec<(String, Option<i64>, String, i64)> = self.wait(
+            sqlx::query_as(
+                "SELECT client_key, shard_index, ledger, rounds FROM clients WHERE run_id = $1
+                 ORDER BY shard_index IS NULL, shard_index, client_key",
+            )
+            .bind(int(run_id))
+            .fetch_all(&self.pool),
         )?;
-        let rows = stmt.query_map([run_id as i64], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
-        rows.map(|r| {
-            let (client_key, shard, ledger, rounds) = r?;
-            Ok(ClientRow {
-                client_key,
-                shard_index: shard.map(|s| s as u32),
-                ledger: serde_json::from_str(&ledger).map_err(corrupt("privacy ledger"))?,
-                rounds: rounds as u64,
+        rows.into_iter()
+            .map(|(client_key, shard, ledger, rounds)| {
+                Ok(ClientRow {
+                    client_key,
+                    shard_index: shard
+                        .map(|s| {
+                            u32::try_from(s).map_err(|_| StoreError::Corrupt {
+                                what: "shard index",
+                                detail: format!("{s} is not a shard index"),
+                            })
+                        })
+                        .transpose()?,
+                    ledger: serde_json::from_str(&ledger).map_err(corrupt("privacy ledger"))?,
+                    rounds: uint("client rounds", rounds)?,
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     /// Records (or updates) clients' rows in one transaction: used when shards are assigned and
     /// when a round is dispatched, *before* any client trains, so the server's ledger never lags
     /// what clients may have spent (a crash mid-round over-counts, never under-counts).
     pub fn upsert_clients(&mut self, run_id: u64, rows: &[ClientRow]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        for row in rows {
-            let ledger = serde_json::to_string(&row.ledger).map_err(corrupt("privacy ledger"))?;
-            tx.execute(
-                "INSERT INTO clients (run_id, client_key, shard_index, ledger, rounds) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (run_id, client_key) DO UPDATE SET shard_index = ?3, ledger = ?4, rounds = ?5",
-                params![
-                    run_id as i64,
-                    row.client_key,
-                    row.shard_index.map(|s| s as i64),
-                    ledger,
-                    row.rounds as i64
-                ],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+        let ledgers = rows
+            .iter()
+            .map(|row| serde_json::to_string(&row.ledger).map_err(corrupt("privacy ledger")))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.wait(async {
+            let mut tx = self.pool.begin().await?;
+            for (row, ledger) in rows.iter().zip(ledgers) {
+                sqlx::query(
+                    "INSERT INTO clients (run_id, client_key, shard_index, ledger, rounds) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (run_id, client_key) DO UPDATE
+                     SET shard_index = excluded.shard_index, ledger = excluded.ledger, rounds = excluded.rounds",
+                )
+                .bind(int(run_id))
+                .bind(row.client_key.as_str())
+                .bind(row.shard_index.map(i64::from))
+                .bind(ledger)
+                .bind(int(row.rounds))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Commits a closed round: its record, participants and checkpoint, and the run's progress
@@ -305,77 +465,129 @@ impl Store {
         params: &[f32],
         finished: Option<&str>,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        let r = record.server_round as i64;
-        tx.execute(
-            "INSERT INTO rounds (run_id, server_round, record) VALUES (?1, ?2, ?3)",
-            params![
-                run_id as i64,
-                r,
-                serde_json::to_string(record).map_err(corrupt("round record"))?
-            ],
-        )?;
-        {
-            let mut stmt = tx.prepare(
-                "INSERT INTO participants (run_id, server_round, client_key, num_examples, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
+        let record_json = serde_json::to_string(record).map_err(corrupt("round record"))?;
+        let (run, round) = (int(run_id), int(record.server_round));
+        self.wait(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("INSERT INTO rounds (run_id, server_round, record) VALUES ($1, $2, $3)")
+                .bind(run)
+                .bind(round)
+                .bind(record_json)
+                .execute(&mut *tx)
+                .await?;
             for p in participants {
-                stmt.execute(params![
-                    run_id as i64,
-                    r,
-                    p.client_key,
-                    p.num_examples.map(|n| n as i64),
-                    p.outcome,
-                    p.detail
-                ])?;
+                sqlx::query(
+                    "INSERT INTO participants (run_id, server_round, client_key, num_examples, outcome, detail)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(run)
+                .bind(round)
+                .bind(p.client_key.as_str())
+                .bind(p.num_examples.map(int))
+                .bind(p.outcome)
+                .bind(p.detail.as_deref())
+                .execute(&mut *tx)
+                .await?;
             }
-        }
-        tx.execute(
-            "INSERT INTO checkpoints (run_id, server_round, params) VALUES (?1, ?2, ?3)",
-            params![run_id as i64, r, to_blob(params)],
-        )?;
-        tx.execute(
-            "UPDATE runs SET completed_rounds = ?2 WHERE id = ?1",
-            params![run_id as i64, r],
-        )?;
-        if let Some(reason) = finished {
-            tx.execute(
-                "UPDATE runs SET status = ?2, finished_reason = ?3 WHERE id = ?1",
-                params![run_id as i64, RunStatus::Finished.as_str(), reason],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+            sqlx::query("INSERT INTO checkpoints (run_id, server_round, params) VALUES ($1, $2, $3)")
+                .bind(run)
+                .bind(round)
+                .bind(to_blob(params))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE runs SET completed_rounds = $2 WHERE id = $1")
+                .bind(run)
+                .bind(round)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(reason) = finished {
+                sqlx::query("UPDATE runs SET status = $2, finished_reason = $3 WHERE id = $1")
+                    .bind(run)
+                    .bind(RunStatus::Finished.as_str())
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
-    /// Participants of one round (history view, tests).
+    /// Participants of one round, by client key (history view, tests).
     pub fn participants(
         &self,
         run_id: u64,
         server_round: u64,
     ) -> Result<Vec<Participant>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT client_key, num_examples, outcome, detail FROM participants WHERE run_id = ?1 AND server_round = ?2 ORDER BY rowid",
+        let rows: Vec<(String, Option<i64>, String, Option<String>)> = self.wait(
+            sqlx::query_as(
+                "SELECT client_key, num_examples, outcome, detail FROM participants
+                 WHERE run_id = $1 AND server_round = $2 ORDER BY client_key",
+            )
+            .bind(int(run_id))
+            .bind(int(server_round))
+            .fetch_all(&self.pool),
         )?;
-        let rows = stmt.query_map(params![run_id as i64, server_round as i64], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })?;
-        rows.map(|r| {
-            let (client_key, n, outcome, detail) = r?;
-            Ok(Participant {
-                client_key,
-                num_examples: n.map(|n| n as u64),
-                outcome: if outcome == "ok" { "ok" } else { "failed" },
-                detail,
+        rows.into_iter()
+            .map(|(client_key, n, outcome, detail)| {
+                Ok(Participant {
+                    client_key,
+                    num_examples: n.map(|n| uint("example count", n)).transpose()?,
+                    outcome: if outcome == "ok" { "ok" } else { "failed" },
+                    detail,
+                })
             })
-        })
-        .collect()
+            .collect()
     }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Closing lets SQLite fold its write-ahead log back into the file and PostgreSQL end
+        // the session cleanly; then the runtime goes without blocking the caller's task.
+        self.wait(self.pool.close());
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// One connection: the coordinator is the only writer and waits for each call. In-memory SQLite
+/// lives as long as its one connection, so that connection is never retired.
+fn pool_options(backend: Backend) -> AnyPoolOptions {
+    let options = AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30));
+    match backend {
+        Backend::Postgres => options,
+        Backend::Sqlite => {
+            options
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        // WAL: a crash mid-write leaves the last committed transaction intact.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(())
+                    })
+                })
+        }
+    }
+}
+
+/// Blocks on `f` in `runtime` from a thread that is no runtime's worker, so it may be called
+/// from inside any async task.
+fn on<T: Send>(runtime: &tokio::runtime::Runtime, f: impl Future<Output = T> + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| runtime.block_on(f))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Per-client ε of a run as the server accounts it. Tens of milliseconds per distinct ledger
@@ -411,89 +623,4 @@ pub fn collusion_epsilon(ledger: &learning::PrivacyLedger, delta: f64) -> Option
         return None;
     }
     ledger.worst_case_epsilon(delta).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(r: u64) -> RoundRecord {
-        RoundRecord {
-            server_round: r,
-            started_at_ms: 1,
-            duration_ms: 2,
-            aggregate_ms: 0.1,
-            test_loss: 0.5,
-            test_accuracy: 0.9,
-            federated_loss: None,
-            federated_accuracy: None,
-            participants: 2,
-            failures: 1,
-            epsilon: Some(1.0),
-            attempts: 1,
-            secure: false,
-            recovered: 0,
-            keys_reused: false,
-        }
-    }
-
-    #[test]
-    fn a_run_survives_reopening_with_rounds_ledger_and_checkpoint() {
-        let dir = std::env::temp_dir().join(format!("fl-store-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = RunConfig::default();
-        let id;
-        {
-            let mut s = Store::open(&dir).unwrap();
-            id = s.create_run(&config, &[1.0, 2.0], 10).unwrap();
-            s.set_status(id, RunStatus::Running, None).unwrap();
-            let mut ledger = learning::PrivacyLedger::default();
-            ledger.record(0.04, 1.1, 25).unwrap();
-            s.upsert_clients(
-                id,
-                &[ClientRow {
-                    client_key: "k1".into(),
-                    shard_index: Some(3),
-                    ledger,
-                    rounds: 1,
-                }],
-            )
-            .unwrap();
-            let p = Participant {
-                client_key: "k1".into(),
-                num_examples: Some(6000),
-                outcome: "ok",
-                detail: None,
-            };
-            s.commit_round(id, &record(1), &[p], &[3.0, 4.0], None)
-                .unwrap();
-        }
-        let s = Store::open(&dir).unwrap();
-        let run = s.run(id).unwrap().unwrap();
-        assert_eq!(run.status, RunStatus::Running);
-        assert_eq!(run.completed_rounds, 1);
-        assert_eq!(run.config, config);
-        assert_eq!(s.latest_checkpoint(id).unwrap(), Some((1, vec![3.0, 4.0])));
-        assert_eq!(s.rounds(id).unwrap(), vec![record(1)]);
-        let clients = s.clients(id).unwrap();
-        assert_eq!(clients[0].ledger.steps(), 25);
-        assert_eq!(clients[0].shard_index, Some(3));
-        assert_eq!(s.participants(id, 1).unwrap()[0].num_examples, Some(6000));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_round_is_committed_once() {
-        let mut s = Store::in_memory().unwrap();
-        let id = s.create_run(&RunConfig::default(), &[0.0], 0).unwrap();
-        s.commit_round(id, &record(1), &[], &[1.0], None).unwrap();
-        // The same round again violates the primary key and changes nothing.
-        assert!(s.commit_round(id, &record(1), &[], &[2.0], None).is_err());
-        assert_eq!(s.latest_checkpoint(id).unwrap(), Some((1, vec![1.0])));
-        s.commit_round(id, &record(2), &[], &[2.0], Some("all rounds done"))
-            .unwrap();
-        let run = s.run(id).unwrap().unwrap();
-        assert_eq!(run.status, RunStatus::Finished);
-        assert_eq!(run.finished_reason.as_deref(), Some("all rounds done"));
-    }
 }

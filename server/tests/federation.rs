@@ -18,10 +18,13 @@ use protocol::{ClientMessage, ErrorCode, FrameKind, PROTOCOL_VERSION, ServerMess
 use server::coordinator::CoordinatorOptions;
 use server::data::DemoData;
 use server::server::{ServerOptions, Started, start};
+use server::store::{Location, Store};
 use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tower::ServiceExt;
+
+mod support;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -51,6 +54,11 @@ struct TestServer {
 
 impl TestServer {
     async fn start(dir: &std::path::Path, addr: Option<SocketAddr>) -> Self {
+        Self::start_with(dir, Location::DataDir(dir.to_path_buf()), addr).await
+    }
+
+    /// A server whose store is at `store` (its pages are still served from `dir`).
+    async fn start_with(dir: &std::path::Path, store: Location, addr: Option<SocketAddr>) -> Self {
         let _already = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -61,7 +69,7 @@ impl TestServer {
         let started = start(
             ServerOptions {
                 listen: None,
-                data_dir: dir.to_path_buf(),
+                store,
                 admin_token: TOKEN.into(),
                 demo: false,
                 coordinator: CoordinatorOptions {
@@ -1001,7 +1009,20 @@ async fn admin_routes_need_the_token_and_name_bad_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_resumes_from_its_last_checkpoint_with_the_same_ledger() {
     let dir = temp_dir("restart");
-    let server = TestServer::start(&dir, None).await;
+    a_killed_server_resumes(&dir, Location::DataDir(dir.clone())).await;
+}
+
+/// The same with the store in PostgreSQL (a throw-away cluster this test starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_resumes_from_postgresql_with_the_same_ledger() {
+    let dir = temp_dir("restart-pg");
+    let cluster = support::postgres::cluster();
+    a_killed_server_resumes(&dir, Location::Url(cluster.database("restart"))).await;
+}
+
+async fn a_killed_server_resumes(dir: &std::path::Path, store: Location) {
+    let dir = dir.to_path_buf();
+    let server = TestServer::start_with(&dir, store.clone(), None).await;
     let addr = server.addr;
     let mut events = server.started.state.events.subscribe();
     let run_id = server
@@ -1024,15 +1045,15 @@ async fn a_killed_server_resumes_from_its_last_checkpoint_with_the_same_ledger()
     let before = server.history(run_id).await;
     server.kill().await;
 
-    // What survived on disk: two rounds, their checkpoint, every client's ledger.
-    let store = server::store::Store::open(&dir).unwrap();
-    let (round, checkpoint) = store.latest_checkpoint(run_id).unwrap().unwrap();
+    // What survived in the store: two rounds, their checkpoint, every client's ledger.
+    let stored = Store::open_at(&store).unwrap();
+    let (round, checkpoint) = stored.latest_checkpoint(run_id).unwrap().unwrap();
     assert!(round >= 2);
-    let ledger_on_disk = store.clients(run_id).unwrap();
-    drop(store);
+    let ledger_on_disk = stored.clients(run_id).unwrap();
+    drop(stored);
     assert_eq!(ledger_on_disk.len(), 3);
 
-    let server = TestServer::start(&dir, Some(addr)).await;
+    let server = TestServer::start_with(&dir, store.clone(), Some(addr)).await;
     let resumed = server.history(run_id).await;
     assert_eq!(resumed.run.completed_rounds, round);
     assert_eq!(resumed.rounds[..2], before.rounds[..2]);
@@ -1070,9 +1091,9 @@ async fn a_killed_server_resumes_from_its_last_checkpoint_with_the_same_ledger()
         h.ledger
     );
     // Round 3 started from the checkpoint the new server loaded.
-    let store = server::store::Store::open(&dir).unwrap();
+    let stored = Store::open_at(&store).unwrap();
     assert_ne!(
-        store.latest_checkpoint(run_id).unwrap().unwrap().1,
+        stored.latest_checkpoint(run_id).unwrap().unwrap().1,
         checkpoint
     );
     server.kill().await;
@@ -1489,7 +1510,7 @@ async fn a_secure_round_sums_exactly_what_its_survivors_sent_despite_drops_at_ev
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let run_id = body["run_id"].as_u64().unwrap();
     let initial = {
-        let store = server::store::Store::open(&dir).unwrap();
+        let store = Store::open(&dir).unwrap();
         store.latest_checkpoint(run_id).unwrap().unwrap().1
     };
     // Ten members with known updates: seven stay, one never sends keys, one leaves after its
@@ -1537,7 +1558,7 @@ async fn a_secure_round_sums_exactly_what_its_survivors_sent_despite_drops_at_ev
     // The new model is the initial one plus the mean of exactly the eight counted updates
     // (equal shards: equal weights), within the encoding's rounding.
     let after = {
-        let store = server::store::Store::open(&dir).unwrap();
+        let store = Store::open(&dir).unwrap();
         store.latest_checkpoint(run_id).unwrap().unwrap().1
     };
     let counted: Vec<&Vec<f32>> = quits
@@ -1745,7 +1766,7 @@ async fn distributed_round(
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let run_id = body["run_id"].as_u64().unwrap();
     let initial = {
-        let store = server::store::Store::open(dir).unwrap();
+        let store = Store::open(dir).unwrap();
         store.latest_checkpoint(run_id).unwrap().unwrap().1
     };
     let members = sums
@@ -1787,7 +1808,7 @@ async fn a_distributed_round_unmasks_the_exact_integer_sum_and_never_fewer_than_
         m.await.unwrap();
     }
     let after = {
-        let store = server::store::Store::open(&dir).unwrap();
+        let store = Store::open(&dir).unwrap();
         store.latest_checkpoint(run_id).unwrap().unwrap().1
     };
     // SGD at lr 1 on the mean gradient: Σ sums · C/S / (4 members × batch 64).
