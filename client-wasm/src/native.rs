@@ -35,8 +35,10 @@ pub enum ClientError {
 /// How a simulated client behaves around its connection.
 #[derive(Debug, Clone)]
 pub struct DriverOptions {
-    /// `ws://host:port/ws`
-    pub server: String,
+    /// `ws://host:port/ws` of the server, or of each gateway of a deployment on several
+    /// machines: a client whose connection fails or ends moves to the next, keeping its key,
+    /// shard and ledger (its session).
+    pub servers: Vec<String>,
     /// Give up after failing to (re)connect for this long.
     pub reconnect_for: Duration,
     /// Stop when the server says the run finished.
@@ -96,16 +98,26 @@ pub async fn run_client(
     mut session: Session,
     options: DriverOptions,
 ) -> Result<ClientReport, ClientError> {
-    let origin = crate::http_origin(&options.server).map_err(ClientError::Url)?;
+    let servers = options
+        .servers
+        .iter()
+        .map(|url| Ok((url.as_str(), crate::http_origin(url)?)))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(ClientError::Url)?;
+    if servers.is_empty() {
+        return Err(ClientError::Url(
+            "no server URL: expected at least one".into(),
+        ));
+    }
     let mut report = ClientReport::default();
     let mut backoff = Duration::from_millis(100);
     let mut failing_since: Option<tokio::time::Instant> = None;
-    loop {
-        match tokio_tungstenite::connect_async(options.server.as_str()).await {
+    for (url, origin) in servers.iter().cycle() {
+        match tokio_tungstenite::connect_async(*url).await {
             Ok((ws, _)) => {
                 failing_since = None;
                 backoff = Duration::from_millis(100);
-                match connection(&mut session, ws, &origin, &options, &mut report).await {
+                match connection(&mut session, ws, origin, &options, &mut report).await {
                     Ok(true) => break,
                     Ok(false) => {}
                     Err(

@@ -292,7 +292,7 @@ pub async fn shard(
         return Err(AppError::NotFound("this server holds no data set".into()));
     };
     let client_key = q.client_key;
-    let (task, shards) = ask(&state, |reply| Command::Shard {
+    let (task, indices) = ask(&state, |reply| Command::Shard {
         run_id,
         shard_index,
         client_key,
@@ -305,10 +305,6 @@ pub async fn shard(
         ))
     })?;
     let bytes = tokio::task::spawn_blocking(move || {
-        let indices = shards
-            .get(shard_index as usize)
-            .cloned()
-            .unwrap_or_default();
         let shard = data.shard(task, &indices).unwrap_or_default();
         let (images, labels) = learning::data::to_idx(&shard);
         if part == "images" { images } else { labels }

@@ -56,9 +56,41 @@ const TICK: Duration = Duration::from_millis(500);
 pub enum Outgoing {
     Text(String),
     Binary(Bytes),
+    /// The global model: the same frame for every client of a round, so a gateway is sent it
+    /// once and each of its clients only its id (`bus`).
+    Model(ModelFrame),
     /// Close the connection (after what is queued).
     Close,
 }
+
+/// A global-model frame, encoded once per round and shared by every send; `id` names it on
+/// the bus (unique in this process).
+#[derive(Debug, Clone)]
+pub struct ModelFrame {
+    pub id: u64,
+    pub bytes: Bytes,
+}
+
+impl ModelFrame {
+    /// The global model as the binary frame clients receive.
+    pub fn encode(server_round: u64, global: &[f32]) -> Option<Self> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let bytes = TensorFrame {
+            kind: FrameKind::GlobalModel,
+            server_round,
+            values: global.to_vec(),
+        }
+        .encode()
+        .ok()?;
+        Some(Self {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            bytes: Bytes::from(bytes),
+        })
+    }
+}
+
+/// A shard's task and example indices, as the shard route serves them.
+pub type ShardGrant = (&'static learning::Task, Vec<usize>);
 
 /// Everything the coordinator can be asked.
 #[derive(Debug)]
@@ -134,7 +166,7 @@ pub enum Command {
         run_id: u64,
         shard_index: u32,
         client_key: String,
-        reply: oneshot::Sender<Option<(&'static learning::Task, Arc<Vec<Vec<usize>>>)>>,
+        reply: oneshot::Sender<Option<ShardGrant>>,
     },
 }
 
@@ -748,7 +780,8 @@ impl Coordinator {
                             .clients
                             .get(&client_key)
                             .is_some_and(|c| c.shard_index == Some(shard_index));
-                    holds.then(|| Some((run.task, run.shards.as_ref()?.indices.clone())))?
+                    let indices = run.shards.as_ref()?.indices.get(shard_index as usize)?;
+                    holds.then(|| (run.task, indices.clone()))
                 });
                 let _ignored_if_gone = reply.send(shards);
             }

@@ -7,7 +7,8 @@
 //! * [`strategy`]: pure Flower-shaped strategies (FedAvg, DP wrapper).
 //! * [`ws`]: one task per client socket; validates everything before the coordinator sees it.
 //! * [`admin`]: token-protected admin API, the dashboard event stream, shard downloads.
-//! * [`store`]: SQLite persistence (runs, rounds, ledger, checkpoints).
+//! * [`store`]: persistence in SQLite or PostgreSQL (runs, rounds, ledger, checkpoints).
+//! * [`bus`]: gateways and the coordinator over NATS (several machines).
 //! * [`data`]: the demo data set (MNIST) and its shards.
 //! * [`server`]: wiring it all together for the binary and the tests.
 //! * [`net`]: the listener's guards: a connection limit and an idle timeout.
@@ -16,6 +17,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod bus;
 pub mod coordinator;
 pub mod data;
 pub mod net;

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use server::bus::{GatewayId, Subjects};
 use server::coordinator::CoordinatorOptions;
 use server::data::DemoData;
-use server::server::{ServerOptions, start};
+use server::server::{BusOptions, GatewayOptions, ServerOptions, attach_bus, start, start_gateway};
 use server::store::Location;
 use tracing_subscriber::EnvFilter;
 
@@ -45,6 +46,17 @@ struct Args {
     /// Evaluate on only the first N test images (quick experiments; default all 10 000).
     #[arg(long)]
     eval_limit: Option<usize>,
+    /// The NATS server of a deployment on several machines (nats://host:4222): a coordinator
+    /// (without --gateway) takes the clients of every gateway on it.
+    #[arg(long, env = "FL_NATS_URL", hide_env_values = true)]
+    nats: Option<String>,
+    /// Run as a gateway with this id (unique per gateway: letters, digits, '-', '_'): it holds
+    /// client connections and shard downloads, and the coordinator on --nats runs the rounds.
+    #[arg(long, env = "FL_GATEWAY", requires = "nats")]
+    gateway: Option<String>,
+    /// The subjects' prefix on NATS (several federations can share one NATS server).
+    #[arg(long, env = "FL_BUS_PREFIX", default_value = "fl")]
+    bus_prefix: String,
     /// Connections at once (clients, pages, admin); more are closed at once. Keep it below the
     /// process's open-file limit (`ulimit -n`).
     #[arg(long, env = "FL_MAX_CONNECTIONS", default_value_t = server::net::MAX_CONNECTIONS)]
@@ -122,6 +134,24 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.bind))?;
     let addr = listener.local_addr()?;
+    let bus = match &args.nats {
+        Some(url) => Some(BusOptions {
+            nats_url: url.clone(),
+            subjects: Subjects::new(&args.bus_prefix).map_err(anyhow::Error::msg)?,
+        }),
+        None => None,
+    };
+    if let (Some(id), Some(bus)) = (&args.gateway, &bus) {
+        let options = GatewayOptions {
+            id: GatewayId::new(id).map_err(anyhow::Error::msg)?,
+            bus: bus.clone(),
+            static_dir: static_dir(&args),
+            listen: Some(addr),
+        };
+        let started = start_gateway(options, data).await?;
+        tracing::info!(%addr, gateway = %id, "gateway listening: clients join at ws://{addr}/ws");
+        return serve(listener, &args, started).await;
+    }
     let store = match &args.database_url {
         Some(url) => Location::Url(url.clone()),
         None => Location::DataDir(args.data_dir.clone()),
@@ -136,14 +166,14 @@ async fn main() -> anyhow::Result<()> {
             coordinator: CoordinatorOptions {
                 eval_limit: args.eval_limit,
             },
-            static_dir: args
-                .static_dir
-                .join("index.html")
-                .is_file()
-                .then(|| args.static_dir.clone()),
+            static_dir: static_dir(&args),
         },
         data,
     )?;
+    if let Some(bus) = &bus {
+        attach_bus(&started, bus).await?;
+        tracing::info!("coordinator on the bus: gateways' clients join through it");
+    }
     tracing::info!(%addr, "listening");
     tracing::info!(
         "clients join at  ws://{addr}/ws  (simulator: cargo run -p client-wasm --release --bin sim -- --server ws://{addr}/ws --clients 10)"
@@ -152,6 +182,23 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = &started.state.static_dir {
         tracing::info!(dir = %dir.display(), "client page at http://{addr}/   dashboard at http://{addr}/admin");
     }
+    serve(listener, &args, started).await
+}
+
+/// The built frontend, if the directory has one.
+fn static_dir(args: &Args) -> Option<PathBuf> {
+    args.static_dir
+        .join("index.html")
+        .is_file()
+        .then(|| args.static_dir.clone())
+}
+
+/// Serves the router until Ctrl-C or SIGTERM.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    args: &Args,
+    started: server::server::Started,
+) -> anyhow::Result<()> {
     let listener = server::net::GuardedListener::new(
         listener,
         args.max_connections,

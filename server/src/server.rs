@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use crate::bus::{self, GatewayId, Subjects};
 use crate::coordinator::{self, AdminError, Coordinator, CoordinatorOptions};
 use crate::data::DemoData;
 use crate::store::{Location, Store, StoreError};
@@ -31,6 +32,8 @@ pub struct ServerOptions {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Bus(String),
     #[error("cannot create the demo run: {0}")]
     Demo(#[from] AdminError),
 }
@@ -64,5 +67,71 @@ pub fn start(options: ServerOptions, data: Option<Arc<DemoData>>) -> Result<Star
         router: app(state.clone()),
         state,
         coordinator: handle,
+    })
+}
+
+/// Where the bus is, and this process's part on it.
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    /// `nats://host:4222` (with `user:password@` if the NATS server asks for them).
+    pub nats_url: String,
+    pub subjects: Subjects,
+}
+
+/// Puts a started coordinator on the bus: every gateway's clients become its clients.
+pub async fn attach_bus(started: &Started, bus: &BusOptions) -> Result<JoinHandle<()>, StartError> {
+    let nats = bus::connect(&bus.nats_url, "fl-coordinator")
+        .await
+        .map_err(StartError::Bus)?;
+    let (subjects, coordinator) = (bus.subjects.clone(), started.state.coordinator.clone());
+    Ok(tokio::spawn(async move {
+        if let Err(e) = bus::bridge::run(nats, subjects, coordinator).await {
+            tracing::error!(error = %e, "the coordinator's bus bridge stopped");
+        }
+    }))
+}
+
+/// How to start a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    pub id: GatewayId,
+    pub bus: BusOptions,
+    /// Serve this directory (the built client page) at `/`.
+    pub static_dir: Option<PathBuf>,
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// Starts a gateway: the same router as a server, its command channel served by the bus relay
+/// (`Started::coordinator` is the relay's task). Its data sets serve shard downloads.
+pub async fn start_gateway(
+    options: GatewayOptions,
+    data: Option<Arc<DemoData>>,
+) -> Result<Started, StartError> {
+    let name = format!("fl-gateway-{}", options.id);
+    let nats = bus::connect(&options.bus.nats_url, &name)
+        .await
+        .map_err(StartError::Bus)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let (subjects, id) = (options.bus.subjects.clone(), options.id.clone());
+    let relay = tokio::spawn(async move {
+        if let Err(e) = bus::relay::run(nats, subjects, id, rx).await {
+            tracing::error!(error = %e, "the gateway's bus relay stopped");
+        }
+    });
+    let (events, _) = broadcast::channel(16);
+    let admin_token = crate::random_hex(24).map_err(|e| StartError::Bus(e.to_string()))?;
+    let state = AppState {
+        coordinator: tx,
+        events,
+        admin_token: Arc::new(admin_token),
+        data,
+        model_params: learning::task::max_params(),
+        static_dir: options.static_dir.map(Arc::new),
+        listen: options.listen,
+    };
+    Ok(Started {
+        router: app(state.clone()),
+        state,
+        coordinator: relay,
     })
 }

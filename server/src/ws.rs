@@ -158,6 +158,7 @@ pub async fn handle_socket(mut socket: WebSocket, state: AppState) {
                     None => Message::Ping(bytes::Bytes::new()),
                     Some(Outgoing::Text(t)) => Message::Text(Utf8Bytes::from(t)),
                     Some(Outgoing::Binary(b)) => Message::Binary(b),
+                    Some(Outgoing::Model(m)) => Message::Binary(m.bytes),
                     Some(Outgoing::Close) => {
                         let _closing = sink.send(Message::Close(None::<CloseFrame>)).await;
                         break;

@@ -19,9 +19,15 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(about = "Start N simulated federated clients against a server")]
 struct Args {
-    /// The server's WebSocket URL.
-    #[arg(long, env = "FL_SERVER", default_value = "ws://127.0.0.1:3000/ws")]
-    server: String,
+    /// The server's WebSocket URL; on several machines, every gateway's, comma-separated:
+    /// client i starts at the (i mod n)-th and moves to the next when its connection fails.
+    #[arg(
+        long,
+        env = "FL_SERVER",
+        default_value = "ws://127.0.0.1:3000/ws",
+        value_delimiter = ','
+    )]
+    server: Vec<String>,
     /// Number of clients.
     #[arg(long, default_value_t = 10)]
     clients: usize,
@@ -101,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let start = Instant::now();
-    tracing::info!(target: "sim", clients = args.clients, server = %args.server, parallel, "starting simulated clients");
+    tracing::info!(target: "sim", clients = args.clients, servers = ?args.server, parallel, "starting simulated clients");
     let mut tasks = Vec::new();
     for i in 0..args.clients {
         let own_data = own.as_ref().map(|(m, k)| {
@@ -116,8 +122,11 @@ async fn main() -> anyhow::Result<()> {
             require_secure_aggregation: args.require_secure_aggregation,
             ..Default::default()
         })?;
+        let mut servers = args.server.clone();
+        let first = i % servers.len().max(1);
+        servers.rotate_left(first);
         let options = DriverOptions {
-            server: args.server.clone(),
+            servers,
             reconnect_for: Duration::from_secs(args.reconnect_secs),
             exit_when_finished: true,
             training_slots: slots.clone(),

@@ -67,7 +67,7 @@ impl Coordinator {
             TrainPlan::Train(a) => a,
         };
         let span = info_span!("round", run_id, server_round, attempt);
-        let Some(bytes) = model_frame(server_round, &run.global) else {
+        let Some(model) = ModelFrame::encode(server_round, &run.global) else {
             warn!(parent: &span, "the global model does not fit in a frame");
             return;
         };
@@ -203,7 +203,7 @@ impl Coordinator {
                 timeout_ms: timeout.as_millis() as u64,
             };
             if self.send_msg(a.client_id, &ins)
-                && self.send(a.client_id, Outgoing::Binary(bytes.clone()))
+                && self.send(a.client_id, Outgoing::Model(model.clone()))
                 && let Some(c) = self.clients.get_mut(&a.client_id)
             {
                 c.state = ClientState::Training;
@@ -612,14 +612,14 @@ impl Coordinator {
             results: evaluators.iter().map(|&id| (id, None)).collect(),
             test,
         };
-        let Some(bytes) = model_frame(server_round, &global) else {
+        let Some(model) = ModelFrame::encode(server_round, &global) else {
             return;
         };
         let task = run.task.spec();
         for id in evaluators {
             let task = task.clone();
             if self.send_msg(id, &ServerMessage::EvaluateIns { server_round, task })
-                && self.send(id, Outgoing::Binary(bytes.clone()))
+                && self.send(id, Outgoing::Model(model.clone()))
                 && let Some(c) = self.clients.get_mut(&id)
             {
                 c.state = ClientState::Evaluating;
@@ -808,15 +808,3 @@ const NOT_EVALUATED: EvaluateRes = EvaluateRes {
     accuracy: f64::NAN,
     num_examples: 0,
 };
-
-/// The global model as the binary frame clients receive (encoded once, shared by every send).
-fn model_frame(server_round: u64, global: &[f32]) -> Option<Bytes> {
-    TensorFrame {
-        kind: FrameKind::GlobalModel,
-        server_round,
-        values: global.to_vec(),
-    }
-    .encode()
-    .ok()
-    .map(Bytes::from)
-}

@@ -363,7 +363,7 @@ impl SecureRound {
 }
 
 /// What a member answers in a key, share or reveal step.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum SecAggAnswer {
     Keys(MemberKeys),
     Shares(SharedKeys),

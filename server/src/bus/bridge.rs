@@ -1,0 +1,415 @@
+//! The coordinator's side of the bus: every client of every gateway becomes a client of the
+//! coordinator's command channel, as a socket handler's is, with an outbox whose messages go
+//! down to its gateway. The coordinator itself does not know the bus exists.
+//!
+//! One task: the gateways' messages, the coordinator's answers to joins, every remote client's
+//! outbox (one stream each, polled together) and the heartbeat. A gateway silent for
+//! [`GATEWAY_SILENCE`] is gone, and so are its clients: they leave their rounds, which close by
+//! quorum or deadline, and reconnect through another gateway with their keys.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use async_nats::{Client, Message};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream, FuturesUnordered, SelectAll};
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::{Down, GATEWAY_SILENCE, GatewayId, HEARTBEAT, ShardAnswer, ShardQuery, Subjects, Up};
+use crate::coordinator::{Command, OUTBOX_CAPACITY, Outgoing};
+
+/// A gateway as the coordinator knows it.
+struct Gateway {
+    last_seen: Instant,
+    clients: HashSet<u64>,
+    /// The last model frame this gateway was sent.
+    model: Option<u64>,
+}
+
+/// A join the coordinator answered.
+struct Joined {
+    gateway: GatewayId,
+    conn: u64,
+    outbox: mpsc::Receiver<Outgoing>,
+    result: Result<u64, String>,
+}
+
+struct Bridge {
+    nats: Client,
+    subjects: Subjects,
+    coordinator: mpsc::Sender<Command>,
+    gateways: HashMap<GatewayId, Gateway>,
+    owner: HashMap<u64, GatewayId>,
+    /// The largest vector a client may send (the largest task's model).
+    max_params: usize,
+}
+
+/// Runs the bridge until the coordinator stops.
+pub async fn run(
+    nats: Client,
+    subjects: Subjects,
+    coordinator: mpsc::Sender<Command>,
+) -> Result<(), String> {
+    let epoch = {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).map_err(|e| format!("no OS randomness for the epoch: {e}"))?;
+        u64::from_le_bytes(b)
+    };
+    let subscribe_error = |e: async_nats::SubscribeError| format!("cannot subscribe on NATS: {e}");
+    let mut up = nats
+        .subscribe(subjects.up_all())
+        .await
+        .map_err(subscribe_error)?;
+    let mut shards = nats
+        .subscribe(subjects.shard())
+        .await
+        .map_err(subscribe_error)?;
+    nats.flush()
+        .await
+        .map_err(|e| format!("NATS flush failed: {e}"))?;
+    info!(epoch, "coordinator on the bus");
+    let mut bridge = Bridge {
+        nats,
+        subjects,
+        coordinator,
+        gateways: HashMap::new(),
+        owner: HashMap::new(),
+        max_params: learning::task::max_params(),
+    };
+    let mut joins: FuturesUnordered<BoxFuture<'static, Joined>> = FuturesUnordered::new();
+    let mut outboxes: SelectAll<BoxStream<'static, (u64, Option<Outgoing>)>> = SelectAll::new();
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            Some(msg) = up.next() => {
+                if let Some(join) = bridge.up(msg).await {
+                    joins.push(join);
+                }
+            }
+            Some(joined) = joins.next() => {
+                if let Some(stream) = bridge.joined(joined).await {
+                    outboxes.push(stream);
+                }
+            }
+            Some((client_id, out)) = outboxes.next() => bridge.outgoing(client_id, out).await,
+            Some(request) = shards.next() => bridge.shard(request),
+            _ = tick.tick() => {
+                if !bridge.tick(epoch).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+impl Bridge {
+    async fn down(&self, gateway: &GatewayId, msg: &Down, payload: &[u8]) {
+        let bytes = super::encode(msg, payload);
+        if let Err(e) = self.nats.publish(self.subjects.down(gateway), bytes).await {
+            warn!(%gateway, error = %e, "cannot publish to a gateway");
+        }
+    }
+
+    async fn command(&self, cmd: Command) {
+        if self.coordinator.send(cmd).await.is_err() {
+            warn!("coordinator gone");
+        }
+    }
+
+    /// A gateway's message; a join comes back as the coordinator's answer to wait for.
+    async fn up(&mut self, msg: Message) -> Option<BoxFuture<'static, Joined>> {
+        let Some(gateway) = self.subjects.gateway_of(msg.subject.as_str()) else {
+            warn!(subject = %msg.subject, "a message on the bus from no gateway");
+            return None;
+        };
+        let (up, payload) = match super::decode::<Up>(&msg.payload) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(%gateway, error = %e, "a gateway's message does not decode");
+                return None;
+            }
+        };
+        let new = !self.gateways.contains_key(&gateway);
+        let known = self.gateways.entry(gateway.clone()).or_insert_with(|| {
+            info!(%gateway, "gateway on the bus");
+            Gateway {
+                last_seen: Instant::now(),
+                clients: HashSet::new(),
+                model: None,
+            }
+        });
+        known.last_seen = Instant::now();
+        match up {
+            Up::Alive { clients } => {
+                if new && clients > 0 {
+                    // Clients this coordinator never saw join (it took the gateway for gone,
+                    // or restarted): they must join again.
+                    warn!(%gateway, clients, "a gateway holds clients this coordinator does not know: they join again");
+                    self.down(&gateway, &Down::Forget, &[]).await;
+                }
+                None
+            }
+            Up::Join {
+                conn,
+                client_key,
+                capabilities,
+            } => {
+                let (outbox, rx) = mpsc::channel(OUTBOX_CAPACITY);
+                let (reply, answer) = oneshot::channel();
+                let join = Command::Join {
+                    client_key,
+                    capabilities,
+                    outbox,
+                    reply,
+                };
+                self.command(join).await;
+                Some(
+                    async move {
+                        let result = answer
+                            .await
+                            .unwrap_or_else(|_| Err("the coordinator is stopping".into()));
+                        Joined {
+                            gateway,
+                            conn,
+                            outbox: rx,
+                            result,
+                        }
+                    }
+                    .boxed(),
+                )
+            }
+            other => {
+                match self.client_command(&gateway, other, payload) {
+                    Ok(Some(cmd)) => self.command(cmd).await,
+                    Ok(None) => {}
+                    Err(e) => warn!(%gateway, error = %e, "a gateway's message was refused"),
+                }
+                None
+            }
+        }
+    }
+
+    /// The command for a message about one of `gateway`'s clients; `None` when the client is
+    /// not the gateway's (it left, or the coordinator restarted since).
+    fn client_command(
+        &self,
+        gateway: &GatewayId,
+        up: Up,
+        payload: &[u8],
+    ) -> Result<Option<Command>, super::BusError> {
+        let client_id = match &up {
+            Up::Leave { client_id }
+            | Up::TrainRes { client_id, .. }
+            | Up::MaskedRes { client_id, .. }
+            | Up::SecAgg { client_id, .. }
+            | Up::TrainFailed { client_id, .. }
+            | Up::EvaluateRes { client_id, .. } => *client_id,
+            Up::Alive { .. } | Up::Join { .. } => return Ok(None),
+        };
+        if self.owner.get(&client_id) != Some(gateway) {
+            return Ok(None);
+        }
+        let words = |max| super::words(payload, max);
+        Ok(Some(match up {
+            Up::Leave { client_id } => Command::Leave { client_id },
+            Up::TrainRes {
+                client_id,
+                server_round,
+                num_examples,
+            } => Command::TrainRes {
+                client_id,
+                server_round,
+                num_examples,
+                update: words(self.max_params)?.map(f32::from_le_bytes).collect(),
+            },
+            Up::MaskedRes {
+                client_id,
+                server_round,
+                num_examples,
+            } => Command::MaskedRes {
+                client_id,
+                server_round,
+                num_examples,
+                masked: words(self.max_params)?.map(u32::from_le_bytes).collect(),
+            },
+            Up::SecAgg {
+                client_id,
+                server_round,
+                answer,
+            } => Command::SecAgg {
+                client_id,
+                server_round,
+                answer,
+            },
+            Up::TrainFailed {
+                client_id,
+                server_round,
+                reason,
+                refuses_run,
+            } => Command::TrainFailed {
+                client_id,
+                server_round,
+                reason,
+                refuses_run,
+            },
+            Up::EvaluateRes {
+                client_id,
+                server_round,
+                num_examples,
+                loss,
+                accuracy,
+            } => Command::EvaluateRes {
+                client_id,
+                server_round,
+                num_examples,
+                loss,
+                accuracy,
+            },
+            Up::Alive { .. } | Up::Join { .. } => return Ok(None),
+        }))
+    }
+
+    /// The coordinator answered a join: the gateway hears it, and the client's outbox is
+    /// watched from now on.
+    async fn joined(
+        &mut self,
+        joined: Joined,
+    ) -> Option<BoxStream<'static, (u64, Option<Outgoing>)>> {
+        let Joined {
+            gateway,
+            conn,
+            outbox,
+            result,
+        } = joined;
+        let answer = Down::Joined {
+            conn,
+            result: result.clone(),
+        };
+        let client_id = result.ok();
+        if let Some(id) = client_id {
+            self.owner.insert(id, gateway.clone());
+            if let Some(g) = self.gateways.get_mut(&gateway) {
+                g.clients.insert(id);
+            }
+        }
+        self.down(&gateway, &answer, &[]).await;
+        let id = client_id?;
+        let messages = stream::unfold(outbox, move |mut rx| async move {
+            let out = rx.recv().await?;
+            Some(((id, Some(out)), rx))
+        });
+        // The end of the stream says the coordinator let the client go.
+        Some(
+            messages
+                .chain(stream::once(async move { (id, None) }))
+                .boxed(),
+        )
+    }
+
+    /// A message from the coordinator to a remote client, or (`None`) the client's end.
+    async fn outgoing(&mut self, client_id: u64, out: Option<Outgoing>) {
+        let Some(gateway) = self.owner.get(&client_id).cloned() else {
+            return;
+        };
+        let Some(out) = out else {
+            self.owner.remove(&client_id);
+            if let Some(g) = self.gateways.get_mut(&gateway) {
+                g.clients.remove(&client_id);
+            }
+            return self.down(&gateway, &Down::Dropped { client_id }, &[]).await;
+        };
+        match out {
+            Outgoing::Text(text) => {
+                self.down(&gateway, &Down::Text { client_id, text }, &[])
+                    .await
+            }
+            Outgoing::Binary(bytes) => {
+                self.down(&gateway, &Down::Binary { client_id }, &bytes)
+                    .await;
+            }
+            Outgoing::Model(frame) => {
+                let sent = self.gateways.get(&gateway).and_then(|g| g.model);
+                if sent != Some(frame.id) {
+                    let model = Down::Model { model: frame.id };
+                    self.down(&gateway, &model, &frame.bytes).await;
+                    if let Some(g) = self.gateways.get_mut(&gateway) {
+                        g.model = Some(frame.id);
+                    }
+                }
+                let send = Down::SendModel {
+                    client_id,
+                    model: frame.id,
+                };
+                self.down(&gateway, &send, &[]).await;
+            }
+            Outgoing::Close => self.down(&gateway, &Down::Close { client_id }, &[]).await,
+        }
+    }
+
+    /// A gateway's shard download asks whether its client holds the shard.
+    fn shard(&self, request: Message) {
+        let Some(reply_to) = request.reply.clone() else {
+            return;
+        };
+        let (nats, coordinator) = (self.nats.clone(), self.coordinator.clone());
+        tokio::spawn(async move {
+            let grant = match serde_json::from_slice::<ShardQuery>(&request.payload) {
+                Ok(q) => {
+                    let (reply, answer) = oneshot::channel();
+                    let ask = Command::Shard {
+                        run_id: q.run_id,
+                        shard_index: q.shard_index,
+                        client_key: q.client_key,
+                        reply,
+                    };
+                    let asked = coordinator.send(ask).await.is_ok();
+                    let granted = if asked {
+                        answer.await.ok().flatten()
+                    } else {
+                        None
+                    };
+                    granted.map(|(task, indices)| (task.id.to_string(), indices))
+                }
+                Err(e) => {
+                    warn!(error = %e, "a shard query does not decode");
+                    None
+                }
+            };
+            let body = serde_json::to_vec(&ShardAnswer { grant }).unwrap_or_default();
+            if let Err(e) = nats.publish(reply_to, body.into()).await {
+                warn!(error = %e, "cannot answer a shard query");
+            }
+        });
+    }
+
+    /// The heartbeat; gateways silent too long are gone, with their clients. `false` once the
+    /// coordinator has stopped.
+    async fn tick(&mut self, epoch: u64) -> bool {
+        if self.coordinator.is_closed() {
+            return false;
+        }
+        let beat = super::encode(&Down::Coordinator { epoch }, &[]);
+        if let Err(e) = self.nats.publish(self.subjects.heartbeat(), beat).await {
+            warn!(error = %e, "cannot publish the heartbeat");
+        }
+        let silent: Vec<GatewayId> = self
+            .gateways
+            .iter()
+            .filter(|(_, g)| g.last_seen.elapsed() > GATEWAY_SILENCE)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for gateway in silent {
+            let Some(g) = self.gateways.remove(&gateway) else {
+                continue;
+            };
+            warn!(%gateway, clients = g.clients.len(), "gateway silent: its clients leave");
+            for client_id in g.clients {
+                self.owner.remove(&client_id);
+                self.command(Command::Leave { client_id }).await;
+            }
+        }
+        true
+    }
+}

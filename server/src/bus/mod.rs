@@ -1,0 +1,373 @@
+//! The bus between gateways and the coordinator, over NATS (Debian's `nats-server`).
+//!
+//! A **gateway** is this server in a gateway role: it terminates client WebSockets and shard
+//! downloads and validates every frame as a single server does (`ws`), but its command channel
+//! goes to a [`relay`] that speaks to the coordinator over the bus instead of to a coordinator of
+//! its own. The **coordinator** is a single server with a [`bridge`]: a client of its command
+//! channel, as a socket handler is, for every client of every gateway.
+//!
+//! * Gateway → coordinator: [`Up`] on `<prefix>.up.<gateway>` (the subject names the sender).
+//! * Coordinator → one gateway: [`Down`] on `<prefix>.gw.<gateway>`, in order (NATS keeps one
+//!   publisher's order on one subject, which is why a join's answer travels there too).
+//! * Coordinator → every gateway: its heartbeat on `<prefix>.gw.all`. A new epoch means the
+//!   coordinator restarted and knows none of the gateways' clients: they are disconnected, and
+//!   reconnect and join again with their keys (the ledger is in the store).
+//! * Shard grants: request/reply on `<prefix>.shard`.
+//!
+//! The global model crosses the bus once per round per gateway (`Down::Model`); each client of
+//! the gateway is then sent only its id. Messages are a JSON header and a binary payload
+//! ([`encode`]): vectors travel as little-endian numbers, never as JSON text.
+//!
+//! The bus is the operator's own infrastructure, but what arrives on it is still decoded with
+//! bounds ([`decode`]) and a gateway may only speak for its own clients.
+
+pub mod bridge;
+pub mod relay;
+
+use std::time::Duration;
+
+use protocol::messages::Capabilities;
+use serde::{Deserialize, Serialize};
+
+use crate::coordinator::SecAggAnswer;
+
+/// How often each side says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A gateway not heard from for this long is gone: its clients leave their rounds.
+pub const GATEWAY_SILENCE: Duration = Duration::from_secs(5);
+/// A join the coordinator has not answered within this time fails (the client retries).
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest JSON header accepted (a `SecAgg` answer with its envelopes is the largest).
+pub const MAX_HEADER: usize = 4 << 20;
+
+/// The subjects of one deployment: every name starts with its prefix, so several federations
+/// can share one NATS server.
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// `prefix` is one or more subject tokens (`fl`, `fl.eu`).
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        if prefix.split('.').all(token_ok) {
+            Ok(Self {
+                prefix: prefix.to_string(),
+            })
+        } else {
+            Err(format!(
+                "bus prefix {prefix:?}: expected dot-separated names of letters, digits, '-' and '_'"
+            ))
+        }
+    }
+
+    pub fn up(&self, gateway: &GatewayId) -> String {
+        format!("{}.up.{}", self.prefix, gateway.0)
+    }
+
+    /// What the coordinator subscribes to: every gateway's `up`.
+    pub fn up_all(&self) -> String {
+        format!("{}.up.*", self.prefix)
+    }
+
+    pub fn down(&self, gateway: &GatewayId) -> String {
+        format!("{}.gw.{}", self.prefix, gateway.0)
+    }
+
+    pub fn heartbeat(&self) -> String {
+        format!("{}.gw.all", self.prefix)
+    }
+
+    pub fn shard(&self) -> String {
+        format!("{}.shard", self.prefix)
+    }
+
+    /// The gateway an `up` subject came from.
+    pub fn gateway_of(&self, subject: &str) -> Option<GatewayId> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".up.")?;
+        GatewayId::new(rest).ok()
+    }
+}
+
+fn token_ok(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A gateway's name on the bus: one subject token, unique in the deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GatewayId(String);
+
+impl GatewayId {
+    pub fn new(id: &str) -> Result<Self, String> {
+        if token_ok(id) && id != "all" {
+            Ok(Self(id.to_string()))
+        } else {
+            Err(format!(
+                "gateway id {id:?}: expected 1 to 64 letters, digits, '-' or '_' (and not \"all\")"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for GatewayId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Gateway → coordinator. `client_id` is the coordinator's id of a client of the sending
+/// gateway; vectors are the payload.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Up {
+    /// The heartbeat, with how many clients the gateway holds.
+    Alive {
+        clients: u64,
+    },
+    /// A socket said `Hello`; `conn` is the gateway's number for it until the answer.
+    Join {
+        conn: u64,
+        client_key: Option<String>,
+        capabilities: Capabilities,
+    },
+    Leave {
+        client_id: u64,
+    },
+    /// Payload: the update, f32 little-endian.
+    TrainRes {
+        client_id: u64,
+        server_round: u64,
+        num_examples: u64,
+    },
+    /// Payload: the masked vector, u32 little-endian.
+    MaskedRes {
+        client_id: u64,
+        server_round: u64,
+        num_examples: u64,
+    },
+    SecAgg {
+        client_id: u64,
+        server_round: u64,
+        answer: SecAggAnswer,
+    },
+    TrainFailed {
+        client_id: u64,
+        server_round: u64,
+        reason: String,
+        refuses_run: bool,
+    },
+    EvaluateRes {
+        client_id: u64,
+        server_round: u64,
+        num_examples: u64,
+        loss: f64,
+        accuracy: f64,
+    },
+}
+
+/// Coordinator → gateway.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Down {
+    /// On the heartbeat subject: the coordinator's epoch (new at every start).
+    Coordinator {
+        epoch: u64,
+    },
+    /// The answer to `Up::Join`: the client's id, or why it may not join.
+    Joined {
+        conn: u64,
+        result: Result<u64, String>,
+    },
+    Text {
+        client_id: u64,
+        text: String,
+    },
+    /// Payload: the message.
+    Binary {
+        client_id: u64,
+    },
+    /// Payload: a global-model frame, kept until the next one.
+    Model {
+        model: u64,
+    },
+    /// Send the client the model frame `model` (sent before, as `Down::Model`).
+    SendModel {
+        client_id: u64,
+        model: u64,
+    },
+    /// Close the client's connection after what is queued.
+    Close {
+        client_id: u64,
+    },
+    /// The coordinator let the client go (left, replaced, too slow): its connection ends.
+    Dropped {
+        client_id: u64,
+    },
+    /// The coordinator does not know this gateway's clients (it took the gateway for gone, or
+    /// restarted): they are disconnected, and join again.
+    Forget,
+}
+
+/// A shard download asks whether the key holds the shard.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShardQuery {
+    pub run_id: u64,
+    pub shard_index: u32,
+    pub client_key: String,
+}
+
+/// The answer: the shard's task and example indices, if the key holds it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShardAnswer {
+    pub grant: Option<(String, Vec<usize>)>,
+}
+
+/// Why a bus message was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus message of {len} bytes is shorter than its 4-byte header length")]
+    Short { len: usize },
+    #[error(
+        "bus message header of {header} bytes: expected at most {max} and at most the {len} bytes received"
+    )]
+    Header {
+        header: usize,
+        max: usize,
+        len: usize,
+    },
+    #[error("bus message header does not decode: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("bus payload of {len} bytes: expected a whole number of 4-byte values, at most {max}")]
+    Payload { len: usize, max: usize },
+}
+
+/// A message: the header's length (u32 LE), the JSON header, the payload.
+pub fn encode(header: &impl Serialize, payload: &[u8]) -> bytes::Bytes {
+    let json = serde_json::to_vec(header).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + json.len() + payload.len());
+    out.extend_from_slice(&u32::try_from(json.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(payload);
+    out.into()
+}
+
+/// The header and the payload of a message, the header's length bounded.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<(T, &[u8]), BusError> {
+    let len = bytes.len();
+    let (head, rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or(BusError::Short { len })?;
+    let header = u32::from_le_bytes(*head) as usize;
+    if header > MAX_HEADER || header > rest.len() {
+        return Err(BusError::Header {
+            header,
+            max: MAX_HEADER,
+            len,
+        });
+    }
+    let (json, payload) = rest.split_at(header);
+    Ok((serde_json::from_slice(json)?, payload))
+}
+
+/// A payload of 4-byte little-endian values, at most `max` of them.
+pub fn words(payload: &[u8], max: usize) -> Result<impl Iterator<Item = [u8; 4]> + '_, BusError> {
+    if !payload.len().is_multiple_of(4) || payload.len() / 4 > max {
+        return Err(BusError::Payload {
+            len: payload.len(),
+            max: max.saturating_mul(4),
+        });
+    }
+    Ok(payload.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]))
+}
+
+pub fn f32s_to_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+pub fn u32s_to_bytes(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Connects to the NATS server at `url` (`nats://host:4222`, with `user:password@` if the server
+/// asks for them), retrying while it starts.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, String> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot connect to NATS at {}: {e}",
+                crate::store::redacted(url)
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_comes_back_as_it_went_and_bad_ones_are_named() {
+        let msg = Up::TrainRes {
+            client_id: 7,
+            server_round: 3,
+            num_examples: 600,
+        };
+        let bytes = encode(&msg, &f32s_to_bytes(&[1.5, -2.0]));
+        let (back, payload): (Up, _) = decode(&bytes).unwrap();
+        assert!(matches!(
+            back,
+            Up::TrainRes {
+                client_id: 7,
+                server_round: 3,
+                num_examples: 600
+            }
+        ));
+        let values: Vec<f32> = words(payload, 2).unwrap().map(f32::from_le_bytes).collect();
+        assert_eq!(values, [1.5, -2.0]);
+
+        assert!(matches!(words(payload, 1), Err(BusError::Payload { .. })));
+        assert!(matches!(
+            words(&payload[1..], 2),
+            Err(BusError::Payload { .. })
+        ));
+        assert!(matches!(
+            decode::<Up>(&[1, 0]),
+            Err(BusError::Short { len: 2 })
+        ));
+        // A header length past the message is refused before anything is read.
+        let mut lying = bytes.to_vec();
+        lying[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode::<Up>(&lying), Err(BusError::Header { .. })));
+        assert!(matches!(
+            decode::<Up>(&encode(&"x", &[])),
+            Err(BusError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn names_on_the_bus_are_single_subject_tokens() {
+        let s = Subjects::new("fl.eu").unwrap();
+        let g = GatewayId::new("gw-1").unwrap();
+        assert_eq!(s.up(&g), "fl.eu.up.gw-1");
+        assert_eq!(s.gateway_of("fl.eu.up.gw-1"), Some(g.clone()));
+        assert_eq!(s.gateway_of("fl.eu.up.gw.1"), None);
+        assert_eq!(s.gateway_of("fl.up.gw-1"), None);
+        assert_eq!(s.down(&g), "fl.eu.gw.gw-1");
+        for bad in ["", "a.b", "a*", "a>", "all", &"x".repeat(65)] {
+            assert!(GatewayId::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(Subjects::new("fl..x").is_err());
+        assert!(Subjects::new("fl.*").is_err());
+    }
+}

@@ -1,0 +1,370 @@
+//! The gateway's side of the bus: it serves the gateway's command channel — the one a single
+//! server's coordinator serves — by passing client commands up to the coordinator and the
+//! coordinator's messages down to the gateway's sockets.
+//!
+//! The relay holds each client's outbox (the only strong sender, as the coordinator does on a
+//! single server: when the relay lets a client go, its socket drains and closes). A client whose
+//! outbox is full is let go here, and the coordinator is told it left. The latest global-model
+//! frame is kept once and sent to each client the coordinator names.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use async_nats::Client;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::{Down, GatewayId, HEARTBEAT, JOIN_TIMEOUT, ShardAnswer, ShardQuery, Subjects, Up};
+use crate::coordinator::{AdminError, Command, Outgoing, ShardGrant};
+
+/// What the admin API answers on a gateway.
+const NOT_HERE: &str =
+    "this server is a gateway: runs, history and the admin API are on the coordinator";
+
+/// A socket waiting for the coordinator's answer to its join.
+struct PendingJoin {
+    reply: oneshot::Sender<Result<u64, String>>,
+    outbox: mpsc::Sender<Outgoing>,
+    since: Instant,
+}
+
+struct Relay {
+    nats: Client,
+    subjects: Subjects,
+    gateway: GatewayId,
+    next_conn: u64,
+    pending: HashMap<u64, PendingJoin>,
+    clients: HashMap<u64, mpsc::Sender<Outgoing>>,
+    /// The latest global-model frame: its id and bytes.
+    model: Option<(u64, Bytes)>,
+    /// The coordinator's epoch, once heard.
+    epoch: Option<u64>,
+}
+
+/// Runs the relay until the gateway's command channel closes.
+pub async fn run(
+    nats: Client,
+    subjects: Subjects,
+    gateway: GatewayId,
+    mut commands: mpsc::Receiver<Command>,
+) -> Result<(), String> {
+    let subscribe_error = |e: async_nats::SubscribeError| format!("cannot subscribe on NATS: {e}");
+    let mut down = nats
+        .subscribe(subjects.down(&gateway))
+        .await
+        .map_err(subscribe_error)?;
+    let mut heartbeat = nats
+        .subscribe(subjects.heartbeat())
+        .await
+        .map_err(subscribe_error)?;
+    nats.flush()
+        .await
+        .map_err(|e| format!("NATS flush failed: {e}"))?;
+    info!(%gateway, "gateway relay on the bus");
+    let mut relay = Relay {
+        nats,
+        subjects,
+        gateway,
+        next_conn: 1,
+        pending: HashMap::new(),
+        clients: HashMap::new(),
+        model: None,
+        epoch: None,
+    };
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(cmd) => relay.command(cmd).await,
+                None => return Ok(()),
+            },
+            Some(msg) = down.next() => relay.down(&msg.payload).await,
+            Some(msg) = heartbeat.next() => relay.heartbeat(&msg.payload),
+            _ = tick.tick() => relay.tick().await,
+        }
+    }
+}
+
+impl Relay {
+    async fn up(&self, msg: &Up, payload: &[u8]) {
+        let bytes = super::encode(msg, payload);
+        if let Err(e) = self
+            .nats
+            .publish(self.subjects.up(&self.gateway), bytes)
+            .await
+        {
+            warn!(error = %e, "cannot publish to the coordinator");
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        use super::f32s_to_bytes as f32s;
+        match cmd {
+            Command::Join {
+                client_key,
+                capabilities,
+                outbox,
+                reply,
+            } => {
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                let since = Instant::now();
+                self.pending.insert(
+                    conn,
+                    PendingJoin {
+                        reply,
+                        outbox,
+                        since,
+                    },
+                );
+                let join = Up::Join {
+                    conn,
+                    client_key,
+                    capabilities,
+                };
+                self.up(&join, &[]).await;
+            }
+            Command::Leave { client_id } => {
+                self.clients.remove(&client_id);
+                self.up(&Up::Leave { client_id }, &[]).await;
+            }
+            Command::TrainRes {
+                client_id,
+                server_round,
+                num_examples,
+                update,
+            } => {
+                let res = Up::TrainRes {
+                    client_id,
+                    server_round,
+                    num_examples,
+                };
+                self.up(&res, &f32s(&update)).await;
+            }
+            Command::MaskedRes {
+                client_id,
+                server_round,
+                num_examples,
+                masked,
+            } => {
+                let res = Up::MaskedRes {
+                    client_id,
+                    server_round,
+                    num_examples,
+                };
+                self.up(&res, &super::u32s_to_bytes(&masked)).await;
+            }
+            Command::SecAgg {
+                client_id,
+                server_round,
+                answer,
+            } => {
+                let msg = Up::SecAgg {
+                    client_id,
+                    server_round,
+                    answer,
+                };
+                self.up(&msg, &[]).await;
+            }
+            Command::TrainFailed {
+                client_id,
+                server_round,
+                reason,
+                refuses_run,
+            } => {
+                let msg = Up::TrainFailed {
+                    client_id,
+                    server_round,
+                    reason,
+                    refuses_run,
+                };
+                self.up(&msg, &[]).await;
+            }
+            Command::EvaluateRes {
+                client_id,
+                server_round,
+                num_examples,
+                loss,
+                accuracy,
+            } => {
+                let msg = Up::EvaluateRes {
+                    client_id,
+                    server_round,
+                    num_examples,
+                    loss,
+                    accuracy,
+                };
+                self.up(&msg, &[]).await;
+            }
+            Command::Shard {
+                run_id,
+                shard_index,
+                client_key,
+                reply,
+            } => {
+                let query = ShardQuery {
+                    run_id,
+                    shard_index,
+                    client_key,
+                };
+                let (nats, subject) = (self.nats.clone(), self.subjects.shard());
+                tokio::spawn(async move {
+                    let _ignored_if_gone = reply.send(ask_shard(&nats, subject, &query).await);
+                });
+            }
+            Command::CreateRun { reply, .. } | Command::Control { reply, .. } => {
+                let _ignored_if_gone = reply.send(Err(AdminError::NotFound(NOT_HERE.into())));
+            }
+            Command::ListRuns { reply } => {
+                let _ignored_if_gone = reply.send(Err(AdminError::NotFound(NOT_HERE.into())));
+            }
+            Command::History { reply, .. } => {
+                let _ignored_if_gone = reply.send(Err(AdminError::NotFound(NOT_HERE.into())));
+            }
+            Command::Model { reply, .. } => {
+                let _ignored_if_gone = reply.send(Err(AdminError::NotFound(NOT_HERE.into())));
+            }
+            Command::ListClients { reply } => {
+                let _ignored_if_gone = reply.send(Vec::new());
+            }
+        }
+    }
+
+    async fn down(&mut self, bytes: &[u8]) {
+        let (msg, payload) = match super::decode::<Down>(bytes) {
+            Ok(m) => m,
+            Err(e) => return warn!(error = %e, "a message from the coordinator does not decode"),
+        };
+        match msg {
+            Down::Joined { conn, result } => self.joined(conn, result).await,
+            Down::Text { client_id, text } => self.deliver(client_id, Outgoing::Text(text)).await,
+            Down::Binary { client_id } => {
+                let bytes = Bytes::copy_from_slice(payload);
+                self.deliver(client_id, Outgoing::Binary(bytes)).await;
+            }
+            Down::Model { model } => self.model = Some((model, Bytes::copy_from_slice(payload))),
+            Down::SendModel { client_id, model } => match &self.model {
+                Some((id, bytes)) if *id == model => {
+                    let frame = Outgoing::Binary(bytes.clone());
+                    self.deliver(client_id, frame).await;
+                }
+                _ => {
+                    // Cannot happen while the bus keeps the coordinator's order; if it does,
+                    // the client leaves (its round counts it failed) rather than wait forever.
+                    warn!(
+                        client_id,
+                        model, "asked to send a model this gateway was not sent"
+                    );
+                    self.let_go(client_id).await;
+                }
+            },
+            Down::Close { client_id } => self.deliver(client_id, Outgoing::Close).await,
+            Down::Dropped { client_id } => {
+                self.clients.remove(&client_id);
+            }
+            Down::Forget => self.forget_all("the coordinator does not know this gateway's clients"),
+            Down::Coordinator { .. } => {}
+        }
+    }
+
+    /// Disconnects every client (they reconnect and join again with their keys) and fails the
+    /// joins in flight.
+    fn forget_all(&mut self, why: &str) {
+        warn!(
+            clients = self.clients.len(),
+            "{why}: disconnecting this gateway's clients so they join again"
+        );
+        self.clients.clear();
+        for (_, join) in self.pending.drain() {
+            let _ignored_if_gone = join.reply.send(Err(format!("{why}: join again")));
+        }
+        self.model = None;
+    }
+
+    async fn joined(&mut self, conn: u64, result: Result<u64, String>) {
+        let Some(join) = self.pending.remove(&conn) else {
+            // Timed out here already: the coordinator's client has no socket.
+            if let Ok(client_id) = result {
+                self.up(&Up::Leave { client_id }, &[]).await;
+            }
+            return;
+        };
+        if let Ok(client_id) = result {
+            self.clients.insert(client_id, join.outbox);
+            if join.reply.send(Ok(client_id)).is_err() {
+                self.let_go(client_id).await;
+            }
+        } else {
+            let _ignored_if_gone = join.reply.send(result);
+        }
+    }
+
+    /// Queues a message for a client; a client too slow to take it is let go.
+    async fn deliver(&mut self, client_id: u64, msg: Outgoing) {
+        let Some(outbox) = self.clients.get(&client_id) else {
+            return;
+        };
+        if let Err(e) = outbox.try_send(msg) {
+            warn!(client_id, error = %e, "client's outbox is full or closed: disconnecting it");
+            self.let_go(client_id).await;
+        }
+    }
+
+    async fn let_go(&mut self, client_id: u64) {
+        self.clients.remove(&client_id);
+        self.up(&Up::Leave { client_id }, &[]).await;
+    }
+
+    /// A new coordinator epoch after another: the coordinator restarted and knows none of this
+    /// gateway's clients. They are disconnected, and join again with their keys.
+    fn heartbeat(&mut self, bytes: &[u8]) {
+        let Ok((Down::Coordinator { epoch }, _)) = super::decode::<Down>(bytes) else {
+            return warn!("a heartbeat from the coordinator does not decode");
+        };
+        if self
+            .epoch
+            .replace(epoch)
+            .is_some_and(|before| before != epoch)
+        {
+            self.forget_all("the coordinator restarted");
+        }
+    }
+
+    async fn tick(&mut self) {
+        let clients = self.clients.len() as u64;
+        self.up(&Up::Alive { clients }, &[]).await;
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, j)| j.since.elapsed() > JOIN_TIMEOUT)
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in expired {
+            if let Some(join) = self.pending.remove(&conn) {
+                let message = format!(
+                    "the coordinator did not answer within {} s: try again",
+                    JOIN_TIMEOUT.as_secs()
+                );
+                let _ignored_if_gone = join.reply.send(Err(message));
+            }
+        }
+    }
+}
+
+/// Asks the coordinator whether the key holds the shard; `None` when it does not, or the
+/// coordinator cannot be asked.
+async fn ask_shard(nats: &Client, subject: String, query: &ShardQuery) -> Option<ShardGrant> {
+    let body = serde_json::to_vec(query).ok()?;
+    let answer = match nats.request(subject, body.into()).await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "cannot ask the coordinator for a shard");
+            return None;
+        }
+    };
+    let ShardAnswer { grant } = serde_json::from_slice(&answer.payload).ok()?;
+    let (task, indices) = grant?;
+    Some((learning::task::find(&task).ok()?, indices))
+}

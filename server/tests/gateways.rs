@@ -1,0 +1,271 @@
+//! Several machines, on one: a coordinator with its store in PostgreSQL and two gateways, joined
+//! by a NATS server; simulated clients (the browser's session code) spread over both gateways.
+//! The NATS server and the PostgreSQL cluster are real, started by the test.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use protocol::admin::Event;
+use server::bus::{GatewayId, Subjects};
+use server::server::{BusOptions, GatewayOptions, Started, attach_bus, start_gateway};
+use server::store::Location;
+use support::*;
+use tokio::task::JoinHandle;
+
+/// No DP, so that two runs differ only by their random initial model and the clients' own
+/// sampling (measured: round 3's accuracy of one run and the next differ by up to 3.4 points,
+/// in either order).
+const CONFIG: &str = r#"{"name":"gateways","rounds":3,"min_clients":4,"quorum":1.0,
+    "round_timeout_secs":120,"batching":{"batch_size":64},"learning_rate":1.0,
+    "shards":{"scheme":{"kind":"iid"},"num_shards":20,"seed":7}}"#;
+
+struct Gateway {
+    addr: SocketAddr,
+    started: Started,
+    serve: JoinHandle<()>,
+}
+
+impl Gateway {
+    async fn start(id: &str, nats: &nats::Nats) -> Self {
+        let options = GatewayOptions {
+            id: GatewayId::new(id).unwrap(),
+            bus: bus(nats),
+            static_dir: None,
+            listen: None,
+        };
+        let started = start_gateway(options, Some(mnist()))
+            .await
+            .expect("gateway starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = started.router.clone();
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Self {
+            addr,
+            started,
+            serve,
+        }
+    }
+
+    fn ws(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Simulates `kill -9` of the gateway's process.
+    async fn kill(self) {
+        self.serve.abort();
+        self.started.coordinator.abort();
+        let _ = self.serve.await;
+        let _ = self.started.coordinator.await;
+    }
+}
+
+fn bus(nats: &nats::Nats) -> BusOptions {
+    BusOptions {
+        nats_url: nats.url.clone(),
+        subjects: Subjects::new("fl").unwrap(),
+    }
+}
+
+/// Runs `CONFIG` with 4 simulated clients on `urls` (round-robin): each round's test accuracy.
+async fn run_on(server: &TestServer, urls: &[String]) -> Vec<f64> {
+    let run_id = server.create_and_start(CONFIG).await;
+    let clients: Vec<_> = (0..4)
+        .map(|i| sim_client(urls[i % urls.len()].clone(), None))
+        .collect();
+    for c in clients {
+        let report = c.await.unwrap().expect("client ran to the end");
+        assert_eq!(report.finished.as_deref(), Some("all 3 rounds done"));
+    }
+    let h = server.history(run_id).await;
+    assert_eq!(h.rounds.len(), 3, "{h:?}");
+    assert!(
+        h.rounds
+            .iter()
+            .all(|r| r.participants == 4 && r.failures == 0),
+        "{:?}",
+        h.rounds
+    );
+    assert_eq!(h.ledger.len(), 4, "every client's ledger is stored");
+    h.rounds.iter().map(|r| r.test_accuracy).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_run_the_rounds_a_single_server_runs_with_the_same_accuracy() {
+    let nats = nats::start();
+    let cluster = postgres::cluster();
+    let dir = temp_dir("gateways");
+    let store = Location::Url(cluster.database("gateways"));
+    let coordinator = TestServer::start_with(&dir, store, None).await;
+    attach_bus(&coordinator.started, &bus(&nats)).await.unwrap();
+    let (a, b) = (
+        Gateway::start("gw-a", &nats).await,
+        Gateway::start("gw-b", &nats).await,
+    );
+    // Clients join through the gateways only, and fetch their shards from them.
+    let federated = run_on(&coordinator, &[a.ws(), b.ws()]).await;
+    a.kill().await;
+    b.kill().await;
+    coordinator.kill().await;
+
+    let single_dir = temp_dir("gateways-single");
+    let single = TestServer::start(&single_dir, None).await;
+    let alone = run_on(&single, &[single.ws()]).await;
+    single.kill().await;
+    assert!(
+        federated[2] > 0.75 && (federated[2] - alone[2]).abs() < 0.05,
+        "through gateways {federated:?}, on one server {alone:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&single_dir);
+}
+
+/// DP on: the ledgers are what a restart must keep.
+const DP_CONFIG: &str = r#"{"name":"gateways-dp","rounds":3,"min_clients":4,"quorum":0.5,
+    "round_timeout_secs":60,"batching":{"batch_size":256},"learning_rate":2.0,
+    "dp":{"max_grad_norm":1.0,"target_epsilon":3.0,"delta":1e-5},
+    "shards":{"scheme":{"kind":"iid"},"num_shards":20,"seed":7}}"#;
+
+/// A coordinator (store in PostgreSQL) and gateways `gw-a`, `gw-b` on one NATS server.
+async fn deployment(
+    name: &str,
+    nats: &nats::Nats,
+    store: &Location,
+) -> (TestServer, Gateway, Gateway) {
+    let coordinator = TestServer::start_with(&temp_dir(name), store.clone(), None).await;
+    attach_bus(&coordinator.started, &bus(nats)).await.unwrap();
+    let a = Gateway::start("gw-a", nats).await;
+    let b = Gateway::start("gw-b", nats).await;
+    (coordinator, a, b)
+}
+
+/// Four clients, two starting at each gateway, each with both gateways' URLs.
+fn spread_clients(
+    a: &Gateway,
+    b: &Gateway,
+) -> Vec<JoinHandle<Result<client_wasm::native::ClientReport, client_wasm::native::ClientError>>> {
+    (0..4)
+        .map(|i| {
+            let urls = if i % 2 == 0 {
+                [a.ws(), b.ws()]
+            } else {
+                [b.ws(), a.ws()]
+            };
+            failover_client(urls.to_vec())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_s_clients_move_to_the_other_and_the_round_closes() {
+    let nats = nats::start();
+    let cluster = postgres::cluster(); // held: the last holder stops it
+    let store = Location::Url(cluster.database("gateway_killed"));
+    let (coordinator, a, b) = deployment("gateway-killed", &nats, &store).await;
+    let mut events = coordinator.started.state.events.subscribe();
+    let run_id = coordinator.create_and_start(DP_CONFIG).await;
+    let clients = spread_clients(&a, &b);
+    // Mid-round: the round's instructions and model went out, nobody has answered yet.
+    wait_for(&mut events, 120, |e| {
+        matches!(
+            e,
+            Event::RoundStarted {
+                server_round: 1,
+                ..
+            }
+        )
+    })
+    .await;
+    a.kill().await;
+
+    for c in clients {
+        let report = c
+            .await
+            .unwrap()
+            .expect("client moves to the other gateway and finishes");
+        assert_eq!(report.finished.as_deref(), Some("all 3 rounds done"));
+    }
+    let h = coordinator.history(run_id).await;
+    assert_eq!(h.rounds.len(), 3, "{:?}", h.rounds);
+    // Round 1 closed without the killed gateway's clients (their updates died with it), by
+    // quorum; the next rounds had all four, through the gateway left.
+    assert!(
+        h.rounds[0].participants >= 2 && h.rounds[0].participants + h.rounds[0].failures >= 4,
+        "{:?}",
+        h.rounds[0]
+    );
+    assert!(
+        h.rounds[1..].iter().all(|r| r.participants == 4),
+        "{:?}",
+        h.rounds
+    );
+    assert_eq!(
+        h.ledger.len(),
+        4,
+        "one ledger per client: keys kept across gateways"
+    );
+    assert!(
+        h.ledger.iter().all(|c| c.epsilon.unwrap() <= 3.0),
+        "{:?}",
+        h.ledger
+    );
+    b.kill().await;
+    coordinator.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_coordinator_resumes_from_postgresql_and_the_gateways_clients_rejoin() {
+    let nats = nats::start();
+    let cluster = postgres::cluster(); // held: the last holder stops it
+    let store = Location::Url(cluster.database("coordinator_restart"));
+    let (coordinator, a, b) = deployment("coordinator-restart", &nats, &store).await;
+    let mut events = coordinator.started.state.events.subscribe();
+    let run_id = coordinator.create_and_start(DP_CONFIG).await;
+    let clients = spread_clients(&a, &b);
+    wait_for(
+        &mut events,
+        120,
+        |e| matches!(e, Event::RoundClosed { record, .. } if record.server_round == 1),
+    )
+    .await;
+    let before = coordinator.history(run_id).await;
+    coordinator.kill().await;
+
+    // A new coordinator on the same database and bus: a new epoch, so the gateways disconnect
+    // their clients, which join again with their keys.
+    let coordinator = TestServer::start_with(&temp_dir("coordinator-restart-2"), store, None).await;
+    attach_bus(&coordinator.started, &bus(&nats)).await.unwrap();
+    let resumed = coordinator.history(run_id).await;
+    assert!(resumed.run.completed_rounds >= 1);
+    assert_eq!(resumed.rounds[0], before.rounds[0]);
+    for (b, a) in before.ledger.iter().zip(&resumed.ledger) {
+        assert!(
+            a.steps >= b.steps && a.epsilon >= b.epsilon,
+            "{b:?} → {a:?}"
+        );
+    }
+    for c in clients {
+        let report = c.await.unwrap().expect("client rejoins and finishes");
+        let finished = report.finished.unwrap();
+        // A round in flight at the kill was charged at dispatch and is charged again when
+        // redone, so the budget may end the run a round early: never under-counted.
+        assert!(
+            finished == "all 3 rounds done" || finished.starts_with("privacy budget exhausted"),
+            "{finished}"
+        );
+    }
+    let h = coordinator.history(run_id).await;
+    assert!(h.rounds.len() >= 2, "{:?}", h.rounds);
+    assert_eq!(h.ledger.len(), 4);
+    assert!(
+        h.ledger.iter().all(|c| c.epsilon.unwrap() <= 3.0),
+        "{:?}",
+        h.ledger
+    );
+    a.kill().await;
+    b.kill().await;
+    coordinator.kill().await;
+}
