@@ -48,6 +48,8 @@ use crate::strategy::{
 pub const OUTBOX_CAPACITY: usize = 16;
 /// Most clients connected at once; more are refused at `Hello`.
 pub const MAX_CLIENTS: usize = 10_000;
+/// How long the gateways get to send their sums once a round's training is over.
+pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the coordinator checks whether a round can start.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -89,6 +91,56 @@ impl ModelFrame {
     }
 }
 
+/// Where a client's update waits while its round trains: a gateway that checked it and folds
+/// the accepted ones of a round into one running sum, so that only the sum crosses to the
+/// coordinator. The coordinator calls it and never waits: the calls go out on the bus.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    gateway: String,
+    calls: mpsc::UnboundedSender<(String, HolderCall)>,
+}
+
+/// What the coordinator asks of a [`Holder`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HolderCall {
+    /// Fold this client's update into the round's sum.
+    Accept { client_id: u64, server_round: u64 },
+    /// Send this client's update itself: the run's rule looks at each update.
+    SendInFull { client_id: u64, server_round: u64 },
+    /// Send the round's sum of the accepted updates.
+    Collect { server_round: u64 },
+}
+
+impl Holder {
+    /// `calls` carries each call with the gateway's name (to the bus).
+    pub fn new(gateway: String, calls: mpsc::UnboundedSender<(String, HolderCall)>) -> Self {
+        Self { gateway, calls }
+    }
+
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    fn call(&self, call: HolderCall) {
+        if self.calls.send((self.gateway.clone(), call)).is_err() {
+            warn!(gateway = %self.gateway, "the bus link to a gateway is gone");
+        }
+    }
+}
+
+/// A gateway's sum of a round's accepted updates, as it arrived (checked when folded in).
+#[derive(Debug)]
+pub struct PartialSum {
+    pub gateway: String,
+    pub server_round: u64,
+    /// The clients whose updates it holds.
+    pub clients: Vec<u64>,
+    /// Σ num_examples·update over them.
+    pub sum: Vec<f64>,
+    pub total_weight: u64,
+    pub count: usize,
+}
+
 /// A shard's task and example indices, as the shard route serves them.
 pub type ShardGrant = (&'static learning::Task, Vec<usize>);
 
@@ -110,6 +162,15 @@ pub enum Command {
         num_examples: u64,
         update: Vec<f32>,
     },
+    /// A result whose update waits at a gateway ([`Holder`]).
+    HeldRes {
+        client_id: u64,
+        server_round: u64,
+        num_examples: u64,
+        holder: Holder,
+    },
+    /// A gateway's sum of the held updates of a round.
+    Partial(PartialSum),
     /// A masked vector (secure aggregation) instead of an update.
     MaskedRes {
         client_id: u64,
@@ -230,6 +291,15 @@ struct Conn {
 enum Contribution {
     Update(Vec<f32>),
     Masked(Vec<u32>),
+    /// The update waits at a gateway, which sums it with the others it holds.
+    Held(Holder),
+}
+
+/// Updates of a round accepted while they wait at one gateway: client → weight.
+#[derive(Debug)]
+struct HeldAt {
+    holder: Holder,
+    clients: std::collections::BTreeMap<u64, u64>,
 }
 
 #[derive(Debug)]
@@ -245,6 +315,8 @@ enum Phase {
     Training,
     /// Secure aggregation: the masked vectors are in, the survivors reveal shares.
     Unmasking,
+    /// The gateways holding accepted updates send their sums (until the round's deadline).
+    Collecting,
     /// The new global model is being evaluated on the test set.
     Evaluating,
     /// Evaluated; the round is recorded once the ledgers it charged are accounted (its record
@@ -274,6 +346,8 @@ struct Round {
     aggregator: Box<dyn Aggregator>,
     /// The protocol's state when the run uses secure aggregation.
     secure: Option<SecureRound>,
+    /// Accepted updates waiting at gateways, by gateway.
+    held: HashMap<String, HeldAt>,
     participants: Vec<Participant>,
     aggregate_ms: f64,
     next_global: Option<Arc<Vec<f32>>>,
@@ -285,14 +359,17 @@ impl Round {
     /// Once `quorum` of the sampled clients have sent results, the others get
     /// [`straggler_wait`] more, never past the round's timeout (the first time only).
     fn shorten_for_stragglers(&mut self, quorum: f64) {
-        if self.quorum_reached
-            || self.aggregator.count() < quorum_needed(quorum, self.sampled.len())
-        {
+        if self.quorum_reached || self.accepted() < quorum_needed(quorum, self.sampled.len()) {
             return;
         }
         self.quorum_reached = true;
         let wait = straggler_wait(self.started.elapsed());
         self.deadline = self.deadline.min(tokio::time::Instant::now() + wait);
+    }
+
+    /// Results accepted so far: in the aggregator, or waiting at gateways.
+    fn accepted(&self) -> usize {
+        self.aggregator.count() + self.held.values().map(|h| h.clients.len()).sum::<usize>()
     }
 
     /// Sampled clients that failed this round (errors, invalid updates, disconnects, deadline).
@@ -680,7 +757,7 @@ impl Coordinator {
         match round.phase {
             Phase::Training => Some(step.map_or(round.deadline, |s| s.min(round.deadline))),
             Phase::Unmasking => step,
-            Phase::FederatedEval { .. } => Some(round.deadline),
+            Phase::FederatedEval { .. } | Phase::Collecting => Some(round.deadline),
             Phase::Evaluating | Phase::Accounting { .. } => None,
         }
     }
@@ -710,6 +787,18 @@ impl Coordinator {
                 num_examples,
                 Contribution::Update(update),
             ),
+            Command::HeldRes {
+                client_id,
+                server_round,
+                num_examples,
+                holder,
+            } => self.train_res(
+                client_id,
+                server_round,
+                num_examples,
+                Contribution::Held(holder),
+            ),
+            Command::Partial(partial) => self.partial(partial),
             Command::MaskedRes {
                 client_id,
                 server_round,
@@ -923,6 +1012,136 @@ mod tests {
         settle_accounting(&mut c).await;
         c.maybe_start_round();
         assert!(c.run.as_ref().unwrap().round.is_some(), "attempt 2 started");
+    }
+
+    /// The sampled clients of the round in flight, in order, and the round's number.
+    fn sampled(c: &Coordinator) -> (Vec<u64>, u64) {
+        let round = c.run.as_ref().unwrap().round.as_ref().unwrap();
+        let mut ids: Vec<u64> = round.sampled.keys().copied().collect();
+        ids.sort_unstable();
+        (ids, round.server_round)
+    }
+
+    /// Updates that wait at gateways: each is accepted (its gateway hears it), the sums are
+    /// asked for when training is over, and a gateway's sum counts only if it holds exactly
+    /// the updates accepted from that gateway. One that does not add up fails its clients,
+    /// and the round is aggregated from the rest.
+    #[tokio::test]
+    async fn a_gateway_s_sum_counts_only_when_it_holds_exactly_what_was_accepted() {
+        let (mut c, _outboxes, _seen) = started_run(
+            r#"{"min_clients":3,"quorum":0.3,"batching":{"batch_size":10},"shards":null}"#,
+            [100, 100, 100],
+        );
+        settle_accounting(&mut c).await;
+        c.maybe_start_round();
+        let (ids, server_round) = sampled(&c);
+        assert_eq!(ids.len(), 3);
+        let initial = c.run.as_ref().unwrap().global.clone();
+        let (calls_tx, mut calls) = mpsc::unbounded_channel();
+        let gateway = |i: usize| if i < 2 { "gw-a" } else { "gw-b" };
+        for (i, &client_id) in ids.iter().enumerate() {
+            let holder = Holder::new(gateway(i).into(), calls_tx.clone());
+            c.handle(Command::HeldRes {
+                client_id,
+                server_round,
+                num_examples: 100,
+                holder,
+            });
+        }
+        let mut heard: Vec<(String, HolderCall)> =
+            std::iter::from_fn(|| calls.try_recv().ok()).collect();
+        heard.sort_by_key(|(g, call)| (g.clone(), format!("{call:?}")));
+        let accept = |client_id| HolderCall::Accept {
+            client_id,
+            server_round,
+        };
+        let collect = HolderCall::Collect { server_round };
+        assert_eq!(
+            heard,
+            [
+                ("gw-a".into(), accept(ids[0])),
+                ("gw-a".into(), accept(ids[1])),
+                ("gw-a".into(), collect.clone()),
+                ("gw-b".into(), accept(ids[2])),
+                ("gw-b".into(), collect),
+            ]
+        );
+        let phase = &c.run.as_ref().unwrap().round.as_ref().unwrap().phase;
+        assert!(matches!(phase, Phase::Collecting), "{phase:?}");
+
+        // gw-a's sum is right: two updates of 0.5 everywhere, weight 100 each.
+        let n = initial.len();
+        c.handle(Command::Partial(PartialSum {
+            gateway: "gw-a".into(),
+            server_round,
+            clients: vec![ids[1], ids[0]],
+            sum: vec![100.0; n],
+            total_weight: 200,
+            count: 2,
+        }));
+        // gw-b claims twice the weight it was accepted for.
+        c.handle(Command::Partial(PartialSum {
+            gateway: "gw-b".into(),
+            server_round,
+            clients: vec![ids[2]],
+            sum: vec![1e6; n],
+            total_weight: 200,
+            count: 1,
+        }));
+        settle_accounting(&mut c).await;
+        let run = c.run.as_ref().unwrap();
+        assert_eq!(run.summary.completed_rounds, 1, "the round closed");
+        let record = &c.store.rounds(run.id()).unwrap()[0];
+        assert_eq!((record.participants, record.failures), (2, 1), "{record:?}");
+        let failed = c.store.participants(run.id(), 1).unwrap();
+        assert_eq!(failed.iter().filter(|p| p.outcome == "failed").count(), 1);
+        assert!(
+            failed
+                .iter()
+                .any(|p| p.detail.as_deref().is_some_and(|d| d.contains("gw-b")))
+        );
+        // The new model moved by gw-a's mean update only.
+        let (_, global) = c.store.latest_checkpoint(run.id()).unwrap().unwrap();
+        assert!(
+            global
+                .iter()
+                .zip(initial.iter())
+                .all(|(g, i)| (g - i - 0.5).abs() < 1e-5)
+        );
+    }
+
+    /// A rule that looks at each update (the median) asks the gateway for the update itself,
+    /// and the client's slot waits for it.
+    #[tokio::test]
+    async fn a_rule_that_needs_each_update_has_it_sent_in_full() {
+        let (mut c, _outboxes, _seen) = started_run(
+            r#"{"min_clients":2,"batching":{"batch_size":10},"shards":null,
+                "aggregator":{"kind":"median"}}"#,
+            [100, 100],
+        );
+        settle_accounting(&mut c).await;
+        c.maybe_start_round();
+        let (ids, server_round) = sampled(&c);
+        let (calls_tx, mut calls) = mpsc::unbounded_channel();
+        c.handle(Command::HeldRes {
+            client_id: ids[0],
+            server_round,
+            num_examples: 100,
+            holder: Holder::new("gw-a".into(), calls_tx),
+        });
+        assert_eq!(
+            calls.try_recv().unwrap(),
+            (
+                "gw-a".to_string(),
+                HolderCall::SendInFull {
+                    client_id: ids[0],
+                    server_round
+                }
+            )
+        );
+        let round = c.run.as_ref().unwrap().round.as_ref().unwrap();
+        assert!(matches!(round.sampled[&ids[0]].1, Slot::Pending));
+        assert!(round.held.is_empty());
     }
 
     /// σ for new shard sizes is solved off the task before the plan; a charged ledger shows

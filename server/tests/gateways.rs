@@ -269,3 +269,32 @@ async fn a_restarted_coordinator_resumes_from_postgresql_and_the_gateways_client
     b.kill().await;
     coordinator.kill().await;
 }
+
+/// Secure aggregation through gateways: the key, share and reveal steps and the masked vectors
+/// cross the bus (one per client: a gateway cannot sum what only the coordinator unmasks yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_aggregation_runs_through_gateways() {
+    let nats = nats::start();
+    let cluster = postgres::cluster(); // held: the last holder stops it
+    let store = Location::Url(cluster.database("secure"));
+    let (coordinator, a, b) = deployment("gateways-secure", &nats, &store).await;
+    let config = DP_CONFIG.replace(
+        r#""quorum":0.5,"#,
+        r#""quorum":0.5,"secure_aggregation":{},"#,
+    );
+    let run_id = coordinator.create_and_start(&config).await;
+    for c in spread_clients(&a, &b) {
+        let report = c.await.unwrap().expect("client ran to the end");
+        assert_eq!(report.finished.as_deref(), Some("all 3 rounds done"));
+    }
+    let h = coordinator.history(run_id).await;
+    assert!(
+        h.rounds.iter().all(|r| r.secure && r.participants == 4),
+        "{:?}",
+        h.rounds
+    );
+    assert!(h.rounds[2].test_accuracy > 0.6, "{:?}", h.rounds);
+    a.kill().await;
+    b.kill().await;
+    coordinator.kill().await;
+}

@@ -49,6 +49,63 @@ impl FedAvg {
         self.total_weight
     }
 
+    /// The running sum Σ num_examples·update: what a gateway sends for its clients of a round.
+    pub fn sum(&self) -> &[f64] {
+        &self.sum
+    }
+
+    /// A running sum formed elsewhere (a gateway's partial), checked as an update is: the
+    /// length, finite values, and a weight of at least 1 per update it holds.
+    pub fn from_parts(
+        num_params: usize,
+        sum: Vec<f64>,
+        total_weight: u64,
+        count: usize,
+    ) -> Result<Self, AggregationError> {
+        if sum.len() != num_params {
+            return Err(AggregationError::Length {
+                expected: num_params,
+                actual: sum.len(),
+            });
+        }
+        if let Some((index, &value)) = sum.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(AggregationError::NonFinite {
+                index,
+                value: value as f32,
+            });
+        }
+        if (count as u64) > total_weight {
+            return Err(AggregationError::ZeroWeight);
+        }
+        Ok(Self {
+            sum,
+            total_weight,
+            count,
+        })
+    }
+
+    /// Folds in another running sum: the same aggregate as adding its updates here (up to the
+    /// order of f64 additions), so gateways can sum their clients' updates and send one vector.
+    pub fn merge(&mut self, other: &FedAvg) -> Result<(), AggregationError> {
+        if other.sum.len() != self.sum.len() {
+            return Err(AggregationError::Length {
+                expected: self.sum.len(),
+                actual: other.sum.len(),
+            });
+        }
+        let total_weight = self.total_weight.checked_add(other.total_weight).ok_or(
+            AggregationError::WeightOverflow {
+                num_examples: other.total_weight,
+            },
+        )?;
+        for (s, o) in self.sum.iter_mut().zip(&other.sum) {
+            *s += o;
+        }
+        self.total_weight = total_weight;
+        self.count += other.count;
+        Ok(())
+    }
+
     /// The weighted mean update.
     pub fn mean(&self) -> Result<Vec<f32>, AggregationError> {
         if self.count == 0 {
@@ -66,6 +123,14 @@ impl Aggregator for FedAvg {
 
     fn count(&self) -> usize {
         self.count
+    }
+
+    fn takes_partials(&self) -> bool {
+        true
+    }
+
+    fn add_partial(&mut self, partial: &FedAvg) -> Result<(), AggregationError> {
+        self.merge(partial)
     }
 
     fn aggregate(&self) -> Result<Vec<f32>, AggregationError> {
@@ -91,6 +156,41 @@ mod tests {
             vec![4.0, 3.0, 1.0]
         );
         assert_eq!((agg.count(), agg.total_weight()), (2, 300));
+    }
+
+    /// Two gateways' partial sums merged give the aggregate of all their updates.
+    #[test]
+    fn merged_partials_equal_the_aggregate_of_every_update() {
+        let updates: Vec<(Vec<f32>, u64)> = (0..7)
+            .map(|i| (vec![i as f32 * 0.3, 1.0 - i as f32, 0.25], 100 + i * 37))
+            .collect();
+        let mut all = FedAvg::new(3);
+        let (mut a, mut b) = (FedAvg::new(3), FedAvg::new(3));
+        for (i, (u, n)) in updates.iter().enumerate() {
+            all.add(u, *n).unwrap();
+            if i % 3 == 0 { &mut a } else { &mut b }.add(u, *n).unwrap();
+        }
+        // As a coordinator receives them: rebuilt from their parts, then merged.
+        let mut merged = FedAvg::new(3);
+        for part in [&a, &b] {
+            let part =
+                FedAvg::from_parts(3, part.sum().to_vec(), part.total_weight(), part.count())
+                    .unwrap();
+            Aggregator::add_partial(&mut merged, &part).unwrap();
+        }
+        assert_eq!(
+            (merged.count(), merged.total_weight()),
+            (7, all.total_weight())
+        );
+        for (m, e) in merged.mean().unwrap().iter().zip(all.mean().unwrap()) {
+            assert!((m - e).abs() <= 1e-6 * e.abs().max(1.0), "{m} vs {e}");
+        }
+        // A partial of the wrong length, with a non-finite value, or claiming more updates
+        // than its weight allows, is refused.
+        assert!(FedAvg::from_parts(3, vec![0.0; 2], 1, 1).is_err());
+        assert!(FedAvg::from_parts(3, vec![0.0, f64::NAN, 0.0], 1, 1).is_err());
+        assert!(FedAvg::from_parts(3, vec![0.0; 3], 1, 2).is_err());
+        assert!(merged.merge(&FedAvg::new(4)).is_err());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum AggregationError {
     Plaintext,
     #[error("this aggregator takes updates in the clear: a masked vector is not one")]
     Masked,
+    #[error("this aggregation rule looks at each update: a sum of several is not one")]
+    NeedsEachUpdate,
     #[error(
         "this aggregator already holds {limit} updates, the most it keeps in memory: update refused (sample fewer clients per round)"
     )]
@@ -71,6 +73,18 @@ pub trait Aggregator: Send + std::fmt::Debug {
     fn set_unmasked(&mut self, mean: Vec<f32>) -> Result<(), AggregationError> {
         let _never_in_the_clear = mean;
         Err(AggregationError::Masked)
+    }
+
+    /// Whether a running sum formed elsewhere (a gateway's, over its clients' updates) can be
+    /// folded in; rules that look at each update cannot.
+    fn takes_partials(&self) -> bool {
+        false
+    }
+
+    /// Folds in a gateway's running sum of updates it checked (see [`FedAvg::merge`]).
+    fn add_partial(&mut self, partial: &FedAvg) -> Result<(), AggregationError> {
+        let _each_update_needed = partial;
+        Err(AggregationError::NeedsEachUpdate)
     }
 
     /// The round's aggregate update.

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::{Down, GATEWAY_SILENCE, GatewayId, HEARTBEAT, ShardAnswer, ShardQuery, Subjects, Up};
-use crate::coordinator::{Command, OUTBOX_CAPACITY, Outgoing};
+use crate::coordinator::{Command, Holder, HolderCall, OUTBOX_CAPACITY, Outgoing, PartialSum};
 
 /// A gateway as the coordinator knows it.
 struct Gateway {
@@ -44,6 +44,8 @@ struct Bridge {
     owner: HashMap<u64, GatewayId>,
     /// The largest vector a client may send (the largest task's model).
     max_params: usize,
+    /// Where the coordinator's calls to gateways holding updates go (see [`Holder`]).
+    holder_calls: Option<mpsc::UnboundedSender<(String, HolderCall)>>,
 }
 
 /// Runs the bridge until the coordinator stops.
@@ -77,7 +79,10 @@ pub async fn run(
         gateways: HashMap::new(),
         owner: HashMap::new(),
         max_params: learning::task::max_params(),
+        holder_calls: None,
     };
+    let (holder_calls, mut calls) = mpsc::unbounded_channel();
+    bridge.holder_calls = Some(holder_calls);
     let mut joins: FuturesUnordered<BoxFuture<'static, Joined>> = FuturesUnordered::new();
     let mut outboxes: SelectAll<BoxStream<'static, (u64, Option<Outgoing>)>> = SelectAll::new();
     let mut tick = tokio::time::interval(HEARTBEAT);
@@ -95,6 +100,7 @@ pub async fn run(
             }
             Some((client_id, out)) = outboxes.next() => bridge.outgoing(client_id, out).await,
             Some(request) = shards.next() => bridge.shard(request),
+            Some((gateway, call)) = calls.recv() => bridge.holder_call(gateway, call).await,
             _ = tick.tick() => {
                 if !bridge.tick(epoch).await {
                     return Ok(());
@@ -199,14 +205,31 @@ impl Bridge {
         up: Up,
         payload: &[u8],
     ) -> Result<Option<Command>, super::BusError> {
+        if let Up::Partial {
+            server_round,
+            clients,
+            total_weight,
+            count,
+        } = up
+        {
+            return Ok(Some(Command::Partial(PartialSum {
+                gateway: gateway.as_str().to_string(),
+                server_round,
+                clients,
+                sum: super::f64s(payload, self.max_params)?,
+                total_weight,
+                count,
+            })));
+        }
         let client_id = match &up {
             Up::Leave { client_id }
+            | Up::HeldRes { client_id, .. }
             | Up::TrainRes { client_id, .. }
             | Up::MaskedRes { client_id, .. }
             | Up::SecAgg { client_id, .. }
             | Up::TrainFailed { client_id, .. }
             | Up::EvaluateRes { client_id, .. } => *client_id,
-            Up::Alive { .. } | Up::Join { .. } => return Ok(None),
+            Up::Alive { .. } | Up::Join { .. } | Up::Partial { .. } => return Ok(None),
         };
         if self.owner.get(&client_id) != Some(gateway) {
             return Ok(None);
@@ -214,6 +237,19 @@ impl Bridge {
         let words = |max| super::words(payload, max);
         Ok(Some(match up {
             Up::Leave { client_id } => Command::Leave { client_id },
+            Up::HeldRes {
+                client_id,
+                server_round,
+                num_examples,
+            } => match &self.holder_calls {
+                Some(calls) => Command::HeldRes {
+                    client_id,
+                    server_round,
+                    num_examples,
+                    holder: Holder::new(gateway.as_str().to_string(), calls.clone()),
+                },
+                None => return Ok(None),
+            },
             Up::TrainRes {
                 client_id,
                 server_round,
@@ -232,7 +268,10 @@ impl Bridge {
                 client_id,
                 server_round,
                 num_examples,
-                masked: words(self.max_params)?.map(u32::from_le_bytes).collect(),
+                // The model's values and the weight (secagg's encoding).
+                masked: words(self.max_params + 1)?
+                    .map(u32::from_le_bytes)
+                    .collect(),
             },
             Up::SecAgg {
                 client_id,
@@ -267,7 +306,7 @@ impl Bridge {
                 loss,
                 accuracy,
             },
-            Up::Alive { .. } | Up::Join { .. } => return Ok(None),
+            Up::Alive { .. } | Up::Join { .. } | Up::Partial { .. } => return Ok(None),
         }))
     }
 
@@ -346,6 +385,31 @@ impl Bridge {
             }
             Outgoing::Close => self.down(&gateway, &Down::Close { client_id }, &[]).await,
         }
+    }
+
+    /// The coordinator's call to a gateway that holds updates.
+    async fn holder_call(&self, gateway: String, call: HolderCall) {
+        let Ok(gateway) = GatewayId::new(&gateway) else {
+            return;
+        };
+        let msg = match call {
+            HolderCall::Accept {
+                client_id,
+                server_round,
+            } => Down::Accept {
+                client_id,
+                server_round,
+            },
+            HolderCall::SendInFull {
+                client_id,
+                server_round,
+            } => Down::SendInFull {
+                client_id,
+                server_round,
+            },
+            HolderCall::Collect { server_round } => Down::Collect { server_round },
+        };
+        self.down(&gateway, &msg, &[]).await;
     }
 
     /// A gateway's shard download asks whether its client holds the shard.

@@ -15,8 +15,14 @@
 //! * Shard grants: request/reply on `<prefix>.shard`.
 //!
 //! The global model crosses the bus once per round per gateway (`Down::Model`); each client of
-//! the gateway is then sent only its id. Messages are a JSON header and a binary payload
-//! ([`encode`]): vectors travel as little-endian numbers, never as JSON text.
+//! the gateway is then sent only its id. Updates go the other way summed: a gateway holds each
+//! checked update (`Up::HeldRes`), folds those the coordinator accepts into one running sum per
+//! round (`Down::Accept`), and sends the sum when the round's training is over (`Down::Collect`,
+//! `Up::Partial`) — so the coordinator receives one vector per gateway per round, whatever the
+//! number of clients. Rules that look at each update (the robust ones) and masked vectors
+//! (secure aggregation) still cross one per client (`Down::SendInFull`, `Up::MaskedRes`).
+//! Messages are a JSON header and a binary payload ([`encode`]): vectors travel as
+//! little-endian numbers, never as JSON text.
 //!
 //! The bus is the operator's own infrastructure, but what arrives on it is still decoded with
 //! bounds ([`decode`]) and a gateway may only speak for its own clients.
@@ -146,6 +152,21 @@ pub enum Up {
         server_round: u64,
         num_examples: u64,
     },
+    /// A result whose update the gateway checked and holds: the coordinator answers
+    /// `Down::Accept` (it goes into the gateway's sum for the round) or `Down::SendInFull`.
+    HeldRes {
+        client_id: u64,
+        server_round: u64,
+        num_examples: u64,
+    },
+    /// The answer to `Down::Collect`: the sum of the round's accepted updates.
+    /// Payload: Σ num_examples·update, f64 little-endian.
+    Partial {
+        server_round: u64,
+        clients: Vec<u64>,
+        total_weight: u64,
+        count: usize,
+    },
     /// Payload: the masked vector, u32 little-endian.
     MaskedRes {
         client_id: u64,
@@ -206,6 +227,20 @@ pub enum Down {
     Close {
         client_id: u64,
     },
+    /// Fold the client's held update into the round's sum.
+    Accept {
+        client_id: u64,
+        server_round: u64,
+    },
+    /// Send the client's held update itself (`Up::TrainRes`).
+    SendInFull {
+        client_id: u64,
+        server_round: u64,
+    },
+    /// Send the round's sum (`Up::Partial`).
+    Collect {
+        server_round: u64,
+    },
     /// The coordinator let the client go (left, replaced, too slow): its connection ends.
     Dropped {
         client_id: u64,
@@ -244,7 +279,7 @@ pub enum BusError {
     },
     #[error("bus message header does not decode: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("bus payload of {len} bytes: expected a whole number of 4-byte values, at most {max}")]
+    #[error("bus payload of {len} bytes: expected a whole number of values, at most {max} bytes")]
     Payload { len: usize, max: usize },
 }
 
@@ -285,6 +320,24 @@ pub fn words(payload: &[u8], max: usize) -> Result<impl Iterator<Item = [u8; 4]>
         });
     }
     Ok(payload.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]))
+}
+
+/// A payload of f64 little-endian values, at most `max` of them.
+pub fn f64s(payload: &[u8], max: usize) -> Result<Vec<f64>, BusError> {
+    if !payload.len().is_multiple_of(8) || payload.len() / 8 > max {
+        return Err(BusError::Payload {
+            len: payload.len(),
+            max: max.saturating_mul(8),
+        });
+    }
+    Ok(payload
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
+}
+
+pub fn f64s_to_bytes(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 pub fn f32s_to_bytes(values: &[f32]) -> Vec<u8> {

@@ -5,7 +5,8 @@
 //! The relay holds each client's outbox (the only strong sender, as the coordinator does on a
 //! single server: when the relay lets a client go, its socket drains and closes). A client whose
 //! outbox is full is let go here, and the coordinator is told it left. The latest global-model
-//! frame is kept once and sent to each client the coordinator names.
+//! frame is kept once and sent to each client the coordinator names; each client's update is
+//! held until the coordinator accepts it into the round's running sum, which goes up once.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -13,6 +14,7 @@ use std::time::Instant;
 use async_nats::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use learning::FedAvg;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -41,6 +43,12 @@ struct Relay {
     model: Option<(u64, Bytes)>,
     /// The coordinator's epoch, once heard.
     epoch: Option<u64>,
+    /// Each client's checked update waiting for the coordinator's answer: its round, the
+    /// update, its weight. One per client (a newer result replaces it), so a client cannot make
+    /// the gateway hold more than one model's worth.
+    held: HashMap<u64, (u64, Vec<f32>, u64)>,
+    /// Each round's running sum of the accepted updates, and whose they are.
+    sums: std::collections::BTreeMap<u64, (FedAvg, Vec<u64>)>,
 }
 
 /// Runs the relay until the gateway's command channel closes.
@@ -72,6 +80,8 @@ pub async fn run(
         clients: HashMap::new(),
         model: None,
         epoch: None,
+        held: HashMap::new(),
+        sums: Default::default(),
     };
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
@@ -100,7 +110,6 @@ impl Relay {
     }
 
     async fn command(&mut self, cmd: Command) {
-        use super::f32s_to_bytes as f32s;
         match cmd {
             Command::Join {
                 client_key,
@@ -128,6 +137,7 @@ impl Relay {
             }
             Command::Leave { client_id } => {
                 self.clients.remove(&client_id);
+                self.held.remove(&client_id);
                 self.up(&Up::Leave { client_id }, &[]).await;
             }
             Command::TrainRes {
@@ -136,12 +146,15 @@ impl Relay {
                 num_examples,
                 update,
             } => {
-                let res = Up::TrainRes {
+                // Held here; only the answer to the coordinator's checks decides its fate.
+                self.held
+                    .insert(client_id, (server_round, update, num_examples));
+                let res = Up::HeldRes {
                     client_id,
                     server_round,
                     num_examples,
                 };
-                self.up(&res, &f32s(&update)).await;
+                self.up(&res, &[]).await;
             }
             Command::MaskedRes {
                 client_id,
@@ -229,6 +242,8 @@ impl Relay {
             Command::ListClients { reply } => {
                 let _ignored_if_gone = reply.send(Vec::new());
             }
+            // What the bridge sends a coordinator, never a socket a gateway.
+            Command::HeldRes { .. } | Command::Partial(_) => {}
         }
     }
 
@@ -261,6 +276,26 @@ impl Relay {
                 }
             },
             Down::Close { client_id } => self.deliver(client_id, Outgoing::Close).await,
+            Down::Accept {
+                client_id,
+                server_round,
+            } => self.accept(client_id, server_round),
+            Down::SendInFull {
+                client_id,
+                server_round,
+            } => {
+                if let Some((round, update, num_examples)) = self.held.remove(&client_id)
+                    && round == server_round
+                {
+                    let res = Up::TrainRes {
+                        client_id,
+                        server_round,
+                        num_examples,
+                    };
+                    self.up(&res, &super::f32s_to_bytes(&update)).await;
+                }
+            }
+            Down::Collect { server_round } => self.collect(server_round).await,
             Down::Dropped { client_id } => {
                 self.clients.remove(&client_id);
             }
@@ -277,10 +312,58 @@ impl Relay {
             "{why}: disconnecting this gateway's clients so they join again"
         );
         self.clients.clear();
+        self.held.clear();
+        self.sums.clear();
         for (_, join) in self.pending.drain() {
             let _ignored_if_gone = join.reply.send(Err(format!("{why}: join again")));
         }
         self.model = None;
+    }
+
+    /// The coordinator accepted a held update: into its round's sum. (Checked by the socket
+    /// handler already: a refusal here would make the sum disagree with what the coordinator
+    /// counted, and the coordinator then drops the gateway's whole sum — so it is logged.)
+    fn accept(&mut self, client_id: u64, server_round: u64) {
+        let Some((round, update, num_examples)) = self.held.remove(&client_id) else {
+            return warn!(
+                client_id,
+                server_round, "accepted an update this gateway does not hold"
+            );
+        };
+        if round != server_round {
+            return warn!(
+                client_id,
+                server_round, round, "accepted an update of another round"
+            );
+        }
+        let (sum, clients) = self
+            .sums
+            .entry(server_round)
+            .or_insert_with(|| (FedAvg::new(update.len()), Vec::new()));
+        match sum.add(&update, num_examples) {
+            Ok(()) => clients.push(client_id),
+            Err(e) => {
+                warn!(client_id, error = %e, "an accepted update does not fit the round's sum")
+            }
+        }
+    }
+
+    /// The round's training is over: its sum goes to the coordinator (an empty one when this
+    /// gateway holds none), and what older rounds left here goes.
+    async fn collect(&mut self, server_round: u64) {
+        let (sum, clients) = self
+            .sums
+            .remove(&server_round)
+            .unwrap_or_else(|| (FedAvg::new(0), Vec::new()));
+        self.sums.retain(|&r, _| r > server_round);
+        self.held.retain(|_, (r, _, _)| *r > server_round);
+        let partial = Up::Partial {
+            server_round,
+            total_weight: sum.total_weight(),
+            count: sum.count(),
+            clients,
+        };
+        self.up(&partial, &super::f64s_to_bytes(sum.sum())).await;
     }
 
     async fn joined(&mut self, conn: u64, result: Result<u64, String>) {
@@ -314,6 +397,7 @@ impl Relay {
 
     async fn let_go(&mut self, client_id: u64) {
         self.clients.remove(&client_id);
+        self.held.remove(&client_id);
         self.up(&Up::Leave { client_id }, &[]).await;
     }
 

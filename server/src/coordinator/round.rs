@@ -166,6 +166,7 @@ impl Coordinator {
             sampled,
             aggregator: run.strategy.aggregator(run.task.num_params()),
             secure,
+            held: HashMap::new(),
             participants: Vec::new(),
             aggregate_ms: 0.0,
             next_global: None,
@@ -255,6 +256,8 @@ impl Coordinator {
                 self.maybe_close_training();
             }
             Phase::Unmasking => self.advance_secure(false),
+            // Its updates wait at a gateway (which reports what it lost as a missing sum).
+            Phase::Collecting => {}
             Phase::FederatedEval { results, .. } => {
                 if let Some(slot) = results.get_mut(&client_id)
                     && slot.is_none()
@@ -332,6 +335,27 @@ impl Coordinator {
                 .aggregator
                 .add(&update, num_examples)
                 .map_err(|e| format!("update rejected: {e}")),
+            Contribution::Held(holder) if !round.aggregator.takes_partials() => {
+                // The slot stays pending until the update itself arrives.
+                holder.call(HolderCall::SendInFull {
+                    client_id,
+                    server_round,
+                });
+                return;
+            }
+            Contribution::Held(holder) => {
+                holder.call(HolderCall::Accept {
+                    client_id,
+                    server_round,
+                });
+                let gateway = holder.gateway().to_string();
+                let at = round.held.entry(gateway).or_insert_with(|| HeldAt {
+                    holder,
+                    clients: Default::default(),
+                });
+                at.clients.insert(client_id, num_examples);
+                Ok(())
+            }
             // Into the protocol's running sum; the aggregator only counts it.
             Contribution::Masked(masked) => match round.secure.as_mut() {
                 None => Err("a masked vector in a round without secure aggregation".into()),
@@ -492,21 +516,126 @@ impl Coordinator {
                 results.retain(|_, v| v.is_some());
                 self.maybe_close_federated_eval();
             }
+            Phase::Collecting => {
+                let missing: Vec<(String, HeldAt)> = round.held.drain().collect();
+                for (gateway, at) in missing {
+                    self.lose_held(&gateway, at, "its sum did not arrive in time");
+                }
+                self.maybe_aggregate_collected();
+            }
             // Its step deadline was handled above.
             Phase::Unmasking | Phase::Evaluating | Phase::Accounting { .. } => {}
         }
     }
 
-    /// Training is over: aggregate — after the unmask step when the round is secure.
+    /// Training is over: aggregate — after the unmask step when the round is secure, after
+    /// the gateways' sums when they hold accepted updates.
     pub(super) fn close_training(&mut self) {
-        let secure = self
+        let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
+            return;
+        };
+        if round.secure.is_some() {
+            self.start_unmask();
+        } else if !round.held.is_empty() {
+            round.phase = Phase::Collecting;
+            round.deadline = tokio::time::Instant::now() + COLLECT_TIMEOUT;
+            let server_round = round.server_round;
+            for at in round.held.values() {
+                at.holder.call(HolderCall::Collect { server_round });
+            }
+            round
+                .span
+                .in_scope(|| info!(gateways = round.held.len(), "collecting the gateways' sums"));
+        } else {
+            self.aggregate_round();
+        }
+    }
+
+    /// A gateway's sum: folded in if it holds exactly the updates accepted from it; the round
+    /// is aggregated once every gateway's is in.
+    pub(super) fn partial(&mut self, partial: PartialSum) {
+        let Some(run) = self.run.as_mut() else { return };
+        let num_params = run.task.num_params();
+        let Some(round) = run.round.as_mut() else {
+            return;
+        };
+        if round.server_round != partial.server_round || !matches!(round.phase, Phase::Collecting) {
+            return warn!(gateway = %partial.gateway, server_round = partial.server_round, "a gateway's sum for no round collecting: ignored");
+        }
+        let Some(at) = round.held.remove(&partial.gateway) else {
+            return warn!(gateway = %partial.gateway, "a sum from a gateway that holds nothing: ignored");
+        };
+        let expected: Vec<u64> = at.clients.keys().copied().collect();
+        let weight: u64 = at.clients.values().sum();
+        let mut clients = partial.clients.clone();
+        clients.sort_unstable();
+        let matches = clients == expected
+            && partial.total_weight == weight
+            && partial.count == expected.len();
+        let folded = if matches {
+            learning::FedAvg::from_parts(num_params, partial.sum, weight, partial.count)
+                .and_then(|sum| round.aggregator.add_partial(&sum))
+                .map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "the gateway's sum holds {} updates of weight {}: expected the {} accepted, of weight {weight}",
+                partial.count,
+                partial.total_weight,
+                expected.len()
+            ))
+        };
+        if let Err(reason) = folded {
+            self.lose_held(&partial.gateway, at, &reason);
+        }
+        self.maybe_aggregate_collected();
+    }
+
+    /// The accepted updates a gateway lost (it died, or its sum did not add up) fail their
+    /// clients' slots.
+    fn lose_held(&mut self, gateway: &str, at: HeldAt, reason: &str) {
+        let Some(run) = self.run.as_mut() else { return };
+        let Some(round) = run.round.as_mut() else {
+            return;
+        };
+        round.span.in_scope(|| {
+            warn!(
+                gateway,
+                lost = at.clients.len(),
+                reason,
+                "a gateway's updates are lost"
+            )
+        });
+        let detail = protocol::clip(&format!("its gateway {gateway}: {reason}"), 200);
+        let mut failed = Vec::new();
+        for client_id in at.clients.keys() {
+            if let Some((key, slot)) = round.sampled.get_mut(client_id) {
+                *slot = Slot::Failed;
+                if let Some(p) = round.participants.iter_mut().find(|p| &p.client_key == key) {
+                    p.outcome = "failed";
+                    p.num_examples = None;
+                    p.detail = Some(detail.clone());
+                }
+                failed.push((*client_id, key.clone()));
+            }
+        }
+        let server_round = round.server_round;
+        for (_, key) in failed {
+            self.publish(Event::ClientFailed {
+                client_id: self.public_id(&key),
+                server_round,
+                reason: detail.clone(),
+            });
+        }
+    }
+
+    /// Aggregates once no gateway's sum is awaited.
+    fn maybe_aggregate_collected(&mut self) {
+        let collected = self
             .run
             .as_ref()
             .and_then(|r| r.round.as_ref())
-            .is_some_and(|r| r.secure.is_some());
-        if secure {
-            self.start_unmask();
-        } else {
+            .is_some_and(|r| matches!(r.phase, Phase::Collecting) && r.held.is_empty());
+        if collected {
             self.aggregate_round();
         }
     }
