@@ -16,7 +16,7 @@ use protocol::admin::{LedgerEntry, RoundRecord, RunConfig, RunStatus, RunSummary
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, SqlSafeStr};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, Connection, SqlSafeStr};
 
 /// Why the store failed (the database, its schema, or a row that does not decode).
 #[derive(Debug, thiserror::Error)]
@@ -426,29 +426,48 @@ impl Store {
             .collect()
     }
 
-    /// Records (or updates) clients' rows in one transaction: used when shards are assigned and
+    /// Records (or updates) clients' rows, all or none: used when shards are assigned and
     /// when a round is dispatched, *before* any client trains, so the server's ledger never lags
     /// what clients may have spent (a crash mid-round over-counts, never under-counts).
+    ///
+    /// [`ROWS_PER_STATEMENT`] rows per statement: a round of 10 000 clients is 20 round trips to
+    /// the database, not 10 000.
     pub fn upsert_clients(&mut self, run_id: u64, rows: &[ClientRow]) -> Result<(), StoreError> {
-        let ledgers = rows
+        // One row per key (the last): a statement may not update a row twice.
+        let mut last = std::collections::HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            last.insert(row.client_key.as_str(), i);
+        }
+        let rows: Vec<(&ClientRow, String)> = rows
             .iter()
-            .map(|row| serde_json::to_string(&row.ledger).map_err(corrupt("privacy ledger")))
-            .collect::<Result<Vec<_>, _>>()?;
+            .enumerate()
+            .filter(|(i, row)| last.get(row.client_key.as_str()) == Some(i))
+            .map(|(_, row)| {
+                let ledger =
+                    serde_json::to_string(&row.ledger).map_err(corrupt("privacy ledger"))?;
+                Ok((row, ledger))
+            })
+            .collect::<Result<_, StoreError>>()?;
         self.wait(async {
             let mut tx = self.pool.begin().await?;
-            for (row, ledger) in rows.iter().zip(ledgers) {
-                sqlx::query(
-                    "INSERT INTO clients (run_id, client_key, shard_index, ledger, rounds) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (run_id, client_key) DO UPDATE
-                     SET shard_index = excluded.shard_index, ledger = excluded.ledger, rounds = excluded.rounds",
-                )
-                .bind(int(run_id))
-                .bind(row.client_key.as_str())
-                .bind(row.shard_index.map(i64::from))
-                .bind(ledger)
-                .bind(int(row.rounds))
-                .execute(&mut *tx)
-                .await?;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let sql = values_sql(
+                    "INSERT INTO clients (run_id, client_key, shard_index, ledger, rounds)",
+                    5,
+                    chunk.len(),
+                    " ON CONFLICT (run_id, client_key) DO UPDATE SET shard_index = excluded.shard_index, \
+                     ledger = excluded.ledger, rounds = excluded.rounds",
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for (row, ledger) in chunk {
+                    query = query
+                        .bind(int(run_id))
+                        .bind(row.client_key.as_str())
+                        .bind(row.shard_index.map(i64::from))
+                        .bind(ledger.as_str())
+                        .bind(int(row.rounds));
+                }
+                query.execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -475,19 +494,24 @@ impl Store {
                 .bind(record_json)
                 .execute(&mut *tx)
                 .await?;
-            for p in participants {
-                sqlx::query(
-                    "INSERT INTO participants (run_id, server_round, client_key, num_examples, outcome, detail)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(run)
-                .bind(round)
-                .bind(p.client_key.as_str())
-                .bind(p.num_examples.map(int))
-                .bind(p.outcome)
-                .bind(p.detail.as_deref())
-                .execute(&mut *tx)
-                .await?;
+            for chunk in participants.chunks(ROWS_PER_STATEMENT) {
+                let sql = values_sql(
+                    "INSERT INTO participants (run_id, server_round, client_key, num_examples, outcome, detail)",
+                    6,
+                    chunk.len(),
+                    "",
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for p in chunk {
+                    query = query
+                        .bind(run)
+                        .bind(round)
+                        .bind(p.client_key.as_str())
+                        .bind(p.num_examples.map(int))
+                        .bind(p.outcome)
+                        .bind(p.detail.as_deref());
+                }
+                query.execute(&mut *tx).await?;
             }
             sqlx::query("INSERT INTO checkpoints (run_id, server_round, params) VALUES ($1, $2, $3)")
                 .bind(run)
@@ -539,6 +563,26 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Rows per multi-row `INSERT`: its parameters stay far below both databases' limits (SQLite
+/// 32 766, PostgreSQL 65 535).
+pub const ROWS_PER_STATEMENT: usize = 500;
+
+/// `head VALUES ($1, …, $c), ($c+1, …), … tail` for `rows` rows of `columns` values. Only
+/// placeholders are generated: the values are bound.
+fn values_sql(head: &str, columns: usize, rows: usize, tail: &str) -> String {
+    let mut sql = format!("{head} VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        let placeholders: Vec<String> = (1..=columns)
+            .map(|c| format!("${}", r * columns + c))
+            .collect();
+        sql.push_str(&placeholders.join(", "));
+        sql.push(')');
+    }
+    sql.push_str(tail);
+    sql
 }
 
 impl Drop for Store {

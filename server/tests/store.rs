@@ -213,6 +213,41 @@ async fn clients_come_in_shard_order_then_own_data_by_key_and_an_upsert_updates(
     }
 }
 
+/// A round of more clients than one statement takes (the rows go in several): every row is
+/// written, a key given twice keeps its last row, and the participants all land.
+#[tokio::test]
+async fn thousands_of_clients_are_stored_in_a_few_statements() {
+    for db in databases("many") {
+        let name = db.name();
+        let mut s = db.open();
+        let id = s.create_run(&RunConfig::default(), &[0.0], 0).unwrap();
+        let n = server::store::ROWS_PER_STATEMENT * 2 + 7;
+        let mut rows: Vec<ClientRow> = (0..n)
+            .map(|i| client(&format!("k{i:05}"), Some(i as u32), 1))
+            .collect();
+        rows.push(client("k00003", Some(3), 99));
+        s.upsert_clients(id, &rows).unwrap();
+        let stored = s.clients(id).unwrap();
+        assert_eq!(stored.len(), n, "{name}");
+        assert_eq!(
+            stored[3].ledger.steps(),
+            99,
+            "{name}: the last row of a key wins"
+        );
+        let participants: Vec<Participant> = (0..n)
+            .map(|i| Participant {
+                client_key: format!("k{i:05}"),
+                num_examples: Some(i as u64),
+                outcome: "ok",
+                detail: None,
+            })
+            .collect();
+        s.commit_round(id, &record(1), &participants, &[1.0], None)
+            .unwrap();
+        assert_eq!(s.participants(id, 1).unwrap(), participants, "{name}");
+    }
+}
+
 /// A data directory written before the store had migrations (the same tables, no migration
 /// table) opens with its runs, and is brought up to date.
 #[tokio::test]

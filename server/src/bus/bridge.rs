@@ -3,9 +3,10 @@
 //! down to its gateway. The coordinator itself does not know the bus exists.
 //!
 //! One task: the gateways' messages, the coordinator's answers to joins, every remote client's
-//! outbox (one stream each, polled together) and the heartbeat. A gateway silent for
-//! [`GATEWAY_SILENCE`] is gone, and so are its clients: they leave their rounds, which close by
-//! quorum or deadline, and reconnect through another gateway with their keys.
+//! outbox (one stream each, polled together) and the heartbeat. A second one watches the
+//! gateways' heartbeats: a gateway silent for [`GATEWAY_SILENCE`] is gone, and so are its
+//! clients: they leave their rounds, which close by quorum or deadline, and reconnect through
+//! another gateway with their keys.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -18,11 +19,20 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::{Down, GATEWAY_SILENCE, GatewayId, HEARTBEAT, ShardAnswer, ShardQuery, Subjects, Up};
+
+/// What the liveness watcher tells the bridge.
+#[derive(Debug)]
+enum Liveness {
+    /// A gateway's first heartbeat (again, after it was taken for gone), with its clients.
+    New { gateway: GatewayId, clients: u64 },
+    /// Silent for [`GATEWAY_SILENCE`].
+    Gone(GatewayId),
+}
 use crate::coordinator::{Command, Holder, HolderCall, OUTBOX_CAPACITY, Outgoing, PartialSum};
 
 /// A gateway as the coordinator knows it.
+#[derive(Default)]
 struct Gateway {
-    last_seen: Instant,
     clients: HashSet<u64>,
     /// The last model frame this gateway was sent.
     model: Option<u64>,
@@ -68,10 +78,16 @@ pub async fn run(
         .subscribe(subjects.shard())
         .await
         .map_err(subscribe_error)?;
+    let alive = nats
+        .subscribe(subjects.alive_all())
+        .await
+        .map_err(subscribe_error)?;
     nats.flush()
         .await
         .map_err(|e| format!("NATS flush failed: {e}"))?;
     info!(epoch, "coordinator on the bus");
+    let (liveness_tx, mut liveness) = mpsc::unbounded_channel();
+    tokio::spawn(watch_liveness(alive, subjects.clone(), liveness_tx));
     let mut bridge = Bridge {
         nats,
         subjects,
@@ -101,6 +117,7 @@ pub async fn run(
             Some((client_id, out)) = outboxes.next() => bridge.outgoing(client_id, out).await,
             Some(request) = shards.next() => bridge.shard(request),
             Some((gateway, call)) = calls.recv() => bridge.holder_call(gateway, call).await,
+            Some(news) = liveness.recv() => bridge.liveness(news).await,
             _ = tick.tick() => {
                 if !bridge.tick(epoch).await {
                     return Ok(());
@@ -137,26 +154,10 @@ impl Bridge {
                 return None;
             }
         };
-        let new = !self.gateways.contains_key(&gateway);
-        let known = self.gateways.entry(gateway.clone()).or_insert_with(|| {
-            info!(%gateway, "gateway on the bus");
-            Gateway {
-                last_seen: Instant::now(),
-                clients: HashSet::new(),
-                model: None,
-            }
-        });
-        known.last_seen = Instant::now();
+        self.gateways.entry(gateway.clone()).or_default();
         match up {
-            Up::Alive { clients } => {
-                if new && clients > 0 {
-                    // Clients this coordinator never saw join (it took the gateway for gone,
-                    // or restarted): they must join again.
-                    warn!(%gateway, clients, "a gateway holds clients this coordinator does not know: they join again");
-                    self.down(&gateway, &Down::Forget, &[]).await;
-                }
-                None
-            }
+            // On its own subject (the liveness watcher's).
+            Up::Alive { .. } => None,
             Up::Join {
                 conn,
                 client_key,
@@ -448,8 +449,7 @@ impl Bridge {
         });
     }
 
-    /// The heartbeat; gateways silent too long are gone, with their clients. `false` once the
-    /// coordinator has stopped.
+    /// The coordinator's heartbeat. `false` once the coordinator has stopped.
     async fn tick(&mut self, epoch: u64) -> bool {
         if self.coordinator.is_closed() {
             return false;
@@ -458,22 +458,72 @@ impl Bridge {
         if let Err(e) = self.nats.publish(self.subjects.heartbeat(), beat).await {
             warn!(error = %e, "cannot publish the heartbeat");
         }
-        let silent: Vec<GatewayId> = self
-            .gateways
-            .iter()
-            .filter(|(_, g)| g.last_seen.elapsed() > GATEWAY_SILENCE)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for gateway in silent {
-            let Some(g) = self.gateways.remove(&gateway) else {
-                continue;
-            };
-            warn!(%gateway, clients = g.clients.len(), "gateway silent: its clients leave");
-            for client_id in g.clients {
-                self.owner.remove(&client_id);
-                self.command(Command::Leave { client_id }).await;
+        true
+    }
+
+    /// A gateway gone takes its clients with it; one that holds clients this coordinator does
+    /// not know (it took the gateway for gone, or restarted) has them join again.
+    async fn liveness(&mut self, news: Liveness) {
+        match news {
+            Liveness::New { gateway, clients } => {
+                info!(%gateway, clients, "gateway on the bus");
+                let known = self.gateways.entry(gateway.clone()).or_default();
+                if clients > 0 && known.clients.is_empty() {
+                    warn!(%gateway, clients, "a gateway holds clients this coordinator does not know: they join again");
+                    self.down(&gateway, &Down::Forget, &[]).await;
+                }
+            }
+            Liveness::Gone(gateway) => {
+                let Some(g) = self.gateways.remove(&gateway) else {
+                    return;
+                };
+                warn!(%gateway, clients = g.clients.len(), "gateway silent: its clients leave");
+                for client_id in g.clients {
+                    self.owner.remove(&client_id);
+                    self.command(Command::Leave { client_id }).await;
+                }
             }
         }
-        true
+    }
+}
+
+/// Watches the gateways' heartbeats on their own subject, apart from the bridge's work: a
+/// gateway is gone after [`GATEWAY_SILENCE`] without one, however busy the bridge is.
+async fn watch_liveness(
+    mut alive: async_nats::Subscriber,
+    subjects: Subjects,
+    news: mpsc::UnboundedSender<Liveness>,
+) {
+    let mut seen: HashMap<GatewayId, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            msg = alive.next() => {
+                let Some(msg) = msg else { return };
+                let Some(gateway) = subjects.alive_of(msg.subject.as_str()) else { continue };
+                let Ok((Up::Alive { clients }, _)) = super::decode::<Up>(&msg.payload) else {
+                    warn!(%gateway, "a gateway's heartbeat does not decode");
+                    continue;
+                };
+                if seen.insert(gateway.clone(), Instant::now()).is_none()
+                    && news.send(Liveness::New { gateway, clients }).is_err()
+                {
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                let silent: Vec<GatewayId> = seen
+                    .iter()
+                    .filter(|(_, t)| t.elapsed() > GATEWAY_SILENCE)
+                    .map(|(g, _)| g.clone())
+                    .collect();
+                for gateway in silent {
+                    seen.remove(&gateway);
+                    if news.send(Liveness::Gone(gateway)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 }

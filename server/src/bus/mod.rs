@@ -9,6 +9,8 @@
 //! * Gateway → coordinator: [`Up`] on `<prefix>.up.<gateway>` (the subject names the sender).
 //! * Coordinator → one gateway: [`Down`] on `<prefix>.gw.<gateway>`, in order (NATS keeps one
 //!   publisher's order on one subject, which is why a join's answer travels there too).
+//! * Gateway → coordinator: its heartbeat on `<prefix>.alive.<gateway>`, watched apart from
+//!   everything else, so that a backlog of messages never makes a live gateway look dead.
 //! * Coordinator → every gateway: its heartbeat on `<prefix>.gw.all`. A new epoch means the
 //!   coordinator restarted and knows none of the gateways' clients: they are disconnected, and
 //!   reconnect and join again with their keys (the ledger is in the store).
@@ -43,6 +45,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const GATEWAY_SILENCE: Duration = Duration::from_secs(5);
 /// A join the coordinator has not answered within this time fails (the client retries).
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages a subscription queues before NATS drops them (a slow consumer).
+pub const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
 /// Largest JSON header accepted (a `SecAgg` answer with its envelopes is the largest).
 pub const MAX_HEADER: usize = 4 << 20;
 
@@ -88,9 +92,28 @@ impl Subjects {
         format!("{}.shard", self.prefix)
     }
 
+    /// Each gateway's heartbeat: its own subject, so that the coordinator hears it at once
+    /// however far behind the gateways' other messages it is.
+    pub fn alive(&self, gateway: &GatewayId) -> String {
+        format!("{}.alive.{}", self.prefix, gateway.0)
+    }
+
+    pub fn alive_all(&self) -> String {
+        format!("{}.alive.*", self.prefix)
+    }
+
     /// The gateway an `up` subject came from.
     pub fn gateway_of(&self, subject: &str) -> Option<GatewayId> {
-        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".up.")?;
+        self.sender(subject, ".up.")
+    }
+
+    /// The gateway an `alive` subject came from.
+    pub fn alive_of(&self, subject: &str) -> Option<GatewayId> {
+        self.sender(subject, ".alive.")
+    }
+
+    fn sender(&self, subject: &str, kind: &str) -> Option<GatewayId> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(kind)?;
         GatewayId::new(rest).ok()
     }
 }
@@ -133,7 +156,7 @@ impl std::fmt::Display for GatewayId {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Up {
-    /// The heartbeat, with how many clients the gateway holds.
+    /// The heartbeat (on its own subject), with how many clients the gateway holds.
     Alive {
         clients: u64,
     },
@@ -353,6 +376,9 @@ pub fn u32s_to_bytes(values: &[u32]) -> Vec<u8> {
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, String> {
     async_nats::ConnectOptions::new()
         .name(name)
+        // Messages a subscriber has not taken yet: a join storm of 10 000 clients must wait
+        // in the queue, not be dropped (the default holds 65 536).
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
@@ -408,6 +434,65 @@ mod tests {
         ));
     }
 
+    /// Whatever arrives on the bus, decoding answers with a value or an error, never a panic:
+    /// valid messages of every kind, mutated byte by byte, cut short and grown.
+    #[test]
+    fn mutated_bus_messages_decode_or_fail_without_panicking() {
+        use rand::{RngExt, SeedableRng};
+        let seeds = [
+            encode(&Up::Alive { clients: 3 }, &[]),
+            encode(
+                &Up::Partial {
+                    server_round: 2,
+                    clients: vec![1, 2],
+                    total_weight: 12,
+                    count: 2,
+                },
+                &f64s_to_bytes(&[0.5, -1.0]),
+            ),
+            encode(
+                &Down::Joined {
+                    conn: 1,
+                    result: Err("no".into()),
+                },
+                &[],
+            ),
+            encode(
+                &Down::SendModel {
+                    client_id: 4,
+                    model: 9,
+                },
+                &[],
+            ),
+            encode(
+                &ShardAnswer {
+                    grant: Some(("mnist".into(), vec![1, 2, 3])),
+                },
+                &[],
+            ),
+        ];
+        let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(7);
+        for i in 0..20_000 {
+            let mut m = seeds[i % seeds.len()].to_vec();
+            for _ in 0..rng.random_range(1..4) {
+                match rng.random_range(0..3) {
+                    0 if !m.is_empty() => {
+                        let at = rng.random_range(0..m.len());
+                        m[at] = rng.random();
+                    }
+                    1 => m.truncate(rng.random_range(0..=m.len())),
+                    _ => m.extend((0..rng.random_range(1..16)).map(|_| rng.random::<u8>())),
+                }
+            }
+            if let Ok((_, payload)) = decode::<Up>(&m) {
+                let _ = f64s(payload, 4);
+                let _ = words(payload, 4).map(|w| w.count());
+            }
+            let _ = decode::<Down>(&m);
+            let _ = decode::<ShardAnswer>(&m);
+        }
+    }
+
     #[test]
     fn names_on_the_bus_are_single_subject_tokens() {
         let s = Subjects::new("fl.eu").unwrap();
@@ -417,6 +502,8 @@ mod tests {
         assert_eq!(s.gateway_of("fl.eu.up.gw.1"), None);
         assert_eq!(s.gateway_of("fl.up.gw-1"), None);
         assert_eq!(s.down(&g), "fl.eu.gw.gw-1");
+        assert_eq!(s.alive_of(&s.alive(&g)), Some(g.clone()));
+        assert_eq!(s.alive_of(&s.up(&g)), None);
         for bad in ["", "a.b", "a*", "a>", "all", &"x".repeat(65)] {
             assert!(GatewayId::new(bad).is_err(), "{bad:?}");
         }

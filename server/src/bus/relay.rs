@@ -417,8 +417,19 @@ impl Relay {
     }
 
     async fn tick(&mut self) {
-        let clients = self.clients.len() as u64;
-        self.up(&Up::Alive { clients }, &[]).await;
+        let alive = super::encode(
+            &Up::Alive {
+                clients: self.clients.len() as u64,
+            },
+            &[],
+        );
+        if let Err(e) = self
+            .nats
+            .publish(self.subjects.alive(&self.gateway), alive)
+            .await
+        {
+            warn!(error = %e, "cannot publish the heartbeat");
+        }
         let expired: Vec<u64> = self
             .pending
             .iter()
