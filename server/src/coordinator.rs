@@ -50,6 +50,8 @@ pub const OUTBOX_CAPACITY: usize = 16;
 pub const MAX_CLIENTS: usize = 10_000;
 /// How long the gateways get to send their sums once a round's training is over.
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The least time between two scans of every client (accounting, round planning).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(50);
 /// How often the coordinator checks whether a round can start.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -510,6 +512,8 @@ pub struct Coordinator {
     /// name its own id and never touch its successor.
     clients: HashMap<u64, Conn>,
     next_client_id: u64,
+    /// The connection of each connected key (a reconnecting key replaces its old one).
+    conn_of_key: HashMap<String, u64>,
     /// The id each known client key is shown as, to itself and on the dashboard: the same for
     /// all its connections (a reloaded tab stays "client #1"). Keys the server no longer
     /// honours (not connected, not in the active run) are dropped.
@@ -556,6 +560,7 @@ impl Coordinator {
             test_sets,
             events,
             clients: HashMap::new(),
+            conn_of_key: HashMap::new(),
             next_client_id: 1,
             public_ids: HashMap::new(),
             next_public_id: 1,
@@ -677,9 +682,16 @@ impl Coordinator {
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The accounting scan and the round planning look at every client: after every command
+        // they made a storm of 10 000 joins quadratic. At most every HOUSEKEEPING_EVERY instead,
+        // and once more after the last command of a burst.
+        let mut housekept = tokio::time::Instant::now() - HOUSEKEEPING_EVERY;
+        let mut housekeeping_due = false;
         loop {
             let deadline = self.deadline();
+            let catch_up = housekeeping_due.then_some(housekept + HOUSEKEEPING_EVERY);
             tokio::select! {
+                _ = sleep_until(catch_up) => {}
                 cmd = inbox.recv() => match cmd {
                     Some(cmd) => self.supervised("a command", |c| c.handle(cmd)),
                     None => break,
@@ -700,8 +712,12 @@ impl Coordinator {
                     self.supervised("the accounting", |c| c.on_solved(res));
                 }
             }
-            self.supervised("the accounting", Self::start_accounting);
-            self.supervised("starting a round", Self::maybe_start_round);
+            housekeeping_due = housekept.elapsed() < HOUSEKEEPING_EVERY;
+            if !housekeeping_due {
+                housekept = tokio::time::Instant::now();
+                self.supervised("the accounting", Self::start_accounting);
+                self.supervised("starting a round", Self::maybe_start_round);
+            }
         }
         info!("coordinator stopped");
     }

@@ -58,7 +58,7 @@ impl Coordinator {
         };
         // Looked up first: replacing the old connection below may drop a key with no run.
         let known_id = self.public_ids.get(&key).copied();
-        if let Some((&old, _)) = self.clients.iter().find(|(_, c)| c.key == key) {
+        if let Some(&old) = self.conn_of_key.get(&key) {
             // A tab that reconnects before its old socket timed out: the new one wins.
             self.send_msg(
                 old,
@@ -85,6 +85,7 @@ impl Coordinator {
             // Back: listed as connected again, not as left.
             run.departed.remove(&key);
         }
+        self.conn_of_key.insert(key.clone(), client_id);
         self.clients.insert(
             client_id,
             Conn {
@@ -268,6 +269,9 @@ impl Coordinator {
         let Some(conn) = self.clients.remove(&client_id) else {
             return;
         };
+        if self.conn_of_key.get(&conn.key) == Some(&client_id) {
+            self.conn_of_key.remove(&conn.key);
+        }
         info!(client_id, public_id = conn.public_id, reason, "client left");
         self.publish(Event::ClientLeft {
             client_id: conn.public_id,
