@@ -56,6 +56,20 @@ pub fn start() -> Nats {
         .stderr(Stdio::null())
         .spawn()
         .expect("nats-server starts");
+    // Stopped with this test process however it ends (`Drop` does not run on a kill).
+    let _watcher = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null",
+                std::process::id(),
+                child.id()
+            ),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

@@ -83,6 +83,7 @@ impl Cluster {
                 ],
             );
             if started {
+                watch_for_the_end_of(&bin, &dir);
                 return Self {
                     dir,
                     bin,
@@ -135,6 +136,30 @@ impl Drop for Cluster {
         );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Stops the cluster when this test process ends however it ends: `Drop` does not run for a
+/// process killed by a timeout or a signal, and the cluster would outlive it.
+fn watch_for_the_end_of(bin: &Path, dir: &Path) {
+    let as_postgres = if is_root() {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+         {as_postgres}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+        pid = std::process::id(),
+        pg_ctl = bin.join("pg_ctl").display(),
+        data = dir.join("data").display(),
+        dir = dir.display(),
+    );
+    let _watcher = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
 }
 
 /// Where PostgreSQL's server programs are: `$PG_BIN`, Debian's newest
