@@ -32,6 +32,9 @@ pub enum ClientError {
     Session(#[from] SessionError),
 }
 
+/// How long a connection attempt may take before the client tries the next server.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How a simulated client behaves around its connection.
 #[derive(Debug, Clone)]
 pub struct DriverOptions {
@@ -113,7 +116,14 @@ pub async fn run_client(
     let mut backoff = Duration::from_millis(100);
     let mut failing_since: Option<tokio::time::Instant> = None;
     for (url, origin) in servers.iter().cycle() {
-        match tokio_tungstenite::connect_async(*url).await {
+        // A server that never answers (a dead host) must not hold the client past the next.
+        let connecting =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(*url));
+        let connected = match connecting.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+        };
+        match connected {
             Ok((ws, _)) => {
                 failing_since = None;
                 backoff = Duration::from_millis(100);
@@ -132,10 +142,7 @@ pub async fn run_client(
             Err(e) => {
                 let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() > options.reconnect_for {
-                    return Err(ClientError::Unreachable(
-                        options.reconnect_for,
-                        e.to_string(),
-                    ));
+                    return Err(ClientError::Unreachable(options.reconnect_for, e));
                 }
             }
         }

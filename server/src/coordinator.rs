@@ -317,7 +317,7 @@ enum Phase {
     Training,
     /// Secure aggregation: the masked vectors are in, the survivors reveal shares.
     Unmasking,
-    /// The gateways holding accepted updates send their sums (until the round's deadline).
+    /// The gateways holding accepted updates send their sums (for at most COLLECT_TIMEOUT).
     Collecting,
     /// The new global model is being evaluated on the test set.
     Evaluating,
@@ -693,7 +693,14 @@ impl Coordinator {
             tokio::select! {
                 _ = sleep_until(catch_up) => {}
                 cmd = inbox.recv() => match cmd {
-                    Some(cmd) => self.supervised("a command", |c| c.handle(cmd)),
+                    Some(cmd) => {
+                        // An operator's command changes what the planning decides (a run starts,
+                        // pauses): clients must hear the outcome, not the phase before it.
+                        if matches!(cmd, Command::Control { .. } | Command::CreateRun { .. }) {
+                            housekept = tokio::time::Instant::now() - HOUSEKEEPING_EVERY;
+                        }
+                        self.supervised("a command", |c| c.handle(cmd))
+                    }
                     None => break,
                 },
                 _ = tick.tick() => {}
@@ -1039,11 +1046,11 @@ mod tests {
     }
 
     /// Updates that wait at gateways: each is accepted (its gateway hears it), the sums are
-    /// asked for when training is over, and a gateway's sum counts only if it holds exactly
-    /// the updates accepted from that gateway. One that does not add up fails its clients,
-    /// and the round is aggregated from the rest.
+    /// asked for when training is over, and a gateway's sum counts only if every update it
+    /// claims was accepted from that gateway, with its weight. A sum that claims more fails its
+    /// gateway's clients; accepted updates missing from a sum fail their own clients only.
     #[tokio::test]
-    async fn a_gateway_s_sum_counts_only_when_it_holds_exactly_what_was_accepted() {
+    async fn a_gateway_s_sum_counts_only_for_updates_accepted_from_it() {
         let (mut c, _outboxes, _seen) = started_run(
             r#"{"min_clients":3,"quorum":0.3,"batching":{"batch_size":10},"shards":null}"#,
             [100, 100, 100],
@@ -1085,15 +1092,16 @@ mod tests {
         let phase = &c.run.as_ref().unwrap().round.as_ref().unwrap().phase;
         assert!(matches!(phase, Phase::Collecting), "{phase:?}");
 
-        // gw-a's sum is right: two updates of 0.5 everywhere, weight 100 each.
+        // gw-a's sum holds one of its two accepted updates (the other client's was lost at the
+        // gateway): it counts, and only the missing client fails. Its update: 0.5 everywhere.
         let n = initial.len();
         c.handle(Command::Partial(PartialSum {
             gateway: "gw-a".into(),
             server_round,
-            clients: vec![ids[1], ids[0]],
-            sum: vec![100.0; n],
-            total_weight: 200,
-            count: 2,
+            clients: vec![ids[0]],
+            sum: vec![50.0; n],
+            total_weight: 100,
+            count: 1,
         }));
         // gw-b claims twice the weight it was accepted for.
         c.handle(Command::Partial(PartialSum {
@@ -1108,15 +1116,15 @@ mod tests {
         let run = c.run.as_ref().unwrap();
         assert_eq!(run.summary.completed_rounds, 1, "the round closed");
         let record = &c.store.rounds(run.id()).unwrap()[0];
-        assert_eq!((record.participants, record.failures), (2, 1), "{record:?}");
+        assert_eq!((record.participants, record.failures), (1, 2), "{record:?}");
         let failed = c.store.participants(run.id(), 1).unwrap();
-        assert_eq!(failed.iter().filter(|p| p.outcome == "failed").count(), 1);
+        assert_eq!(failed.iter().filter(|p| p.outcome == "failed").count(), 2);
         assert!(
             failed
                 .iter()
                 .any(|p| p.detail.as_deref().is_some_and(|d| d.contains("gw-b")))
         );
-        // The new model moved by gw-a's mean update only.
+        // The new model moved by the one update that counted.
         let (_, global) = c.store.latest_checkpoint(run.id()).unwrap().unwrap();
         assert!(
             global

@@ -27,6 +27,16 @@ pub struct ServerOptions {
     pub listen: Option<std::net::SocketAddr>,
 }
 
+impl Started {
+    fn new(state: AppState, coordinator: JoinHandle<()>) -> Self {
+        Self {
+            router: app(state.clone()),
+            state,
+            coordinator,
+        }
+    }
+}
+
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -63,11 +73,7 @@ pub fn start(options: ServerOptions, data: Option<Arc<DemoData>>) -> Result<Star
         static_dir: options.static_dir.map(Arc::new),
         listen: options.listen,
     };
-    Ok(Started {
-        router: app(state.clone()),
-        state,
-        coordinator: handle,
-    })
+    Ok(Started::new(state, handle))
 }
 
 /// Where the bus is, and this process's part on it.
@@ -129,9 +135,5 @@ pub async fn start_gateway(
         static_dir: options.static_dir.map(Arc::new),
         listen: options.listen,
     };
-    Ok(Started {
-        router: app(state.clone()),
-        state,
-        coordinator: relay,
-    })
+    Ok(Started::new(state, relay))
 }

@@ -98,8 +98,17 @@ impl Backend {
 /// A database URL as it may be shown: without its password.
 pub fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _cannot_fail_with_a_host = u.set_password(Some("***"));
+        Ok(mut u) if u.password().is_some() || !u.username().is_empty() => {
+            // A user name alone may be a token (`nats://TOKEN@host`).
+            let secret = if u.password().is_some() {
+                u.set_password(Some("***"))
+            } else {
+                u.set_username("***")
+            };
+            let _cannot_fail_with_a_host = secret;
+            u.query_pairs()
+                .any(|(k, _)| k == "password" || k == "token")
+                .then(|| u.set_query(Some("***")));
             u.to_string()
         }
         Ok(u) => u.to_string(),

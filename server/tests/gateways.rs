@@ -4,11 +4,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
 use protocol::admin::Event;
 use server::bus::{GatewayId, Subjects};
-use server::server::{BusOptions, GatewayOptions, Started, attach_bus, start_gateway};
+use server::server::{BusOptions, GatewayOptions, attach_bus, start_gateway};
 use server::store::Location;
 use support::*;
 use tokio::task::JoinHandle;
@@ -20,47 +18,18 @@ const CONFIG: &str = r#"{"name":"gateways","rounds":3,"min_clients":4,"quorum":1
     "round_timeout_secs":120,"batching":{"batch_size":64},"learning_rate":1.0,
     "shards":{"scheme":{"kind":"iid"},"num_shards":20,"seed":7}}"#;
 
-struct Gateway {
-    addr: SocketAddr,
-    started: Started,
-    serve: JoinHandle<()>,
-}
-
-impl Gateway {
-    async fn start(id: &str, nats: &nats::Nats) -> Self {
-        let options = GatewayOptions {
-            id: GatewayId::new(id).unwrap(),
-            bus: bus(nats),
-            static_dir: None,
-            listen: None,
-        };
-        let started = start_gateway(options, Some(mnist()))
-            .await
-            .expect("gateway starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = started.router.clone();
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
-        Self {
-            addr,
-            started,
-            serve,
-        }
-    }
-
-    fn ws(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// Simulates `kill -9` of the gateway's process.
-    async fn kill(self) {
-        self.serve.abort();
-        self.started.coordinator.abort();
-        let _ = self.serve.await;
-        let _ = self.started.coordinator.await;
-    }
+/// A gateway (its `coordinator` task is its bus relay), served on a free port.
+async fn gateway(id: &str, nats: &nats::Nats) -> TestServer {
+    let options = GatewayOptions {
+        id: GatewayId::new(id).unwrap(),
+        bus: bus(nats),
+        static_dir: None,
+        listen: None,
+    };
+    let started = start_gateway(options, Some(mnist()))
+        .await
+        .expect("gateway starts");
+    TestServer::serve(started, None).await
 }
 
 fn bus(nats: &nats::Nats) -> BusOptions {
@@ -101,10 +70,7 @@ async fn two_gateways_run_the_rounds_a_single_server_runs_with_the_same_accuracy
     let store = Location::Url(cluster.database("gateways"));
     let coordinator = TestServer::start_with(&dir, store, None).await;
     attach_bus(&coordinator.started, &bus(&nats)).await.unwrap();
-    let (a, b) = (
-        Gateway::start("gw-a", &nats).await,
-        Gateway::start("gw-b", &nats).await,
-    );
+    let (a, b) = (gateway("gw-a", &nats).await, gateway("gw-b", &nats).await);
     // Clients join through the gateways only, and fetch their shards from them.
     let federated = run_on(&coordinator, &[a.ws(), b.ws()]).await;
     a.kill().await;
@@ -134,18 +100,18 @@ async fn deployment(
     name: &str,
     nats: &nats::Nats,
     store: &Location,
-) -> (TestServer, Gateway, Gateway) {
+) -> (TestServer, TestServer, TestServer) {
     let coordinator = TestServer::start_with(&temp_dir(name), store.clone(), None).await;
     attach_bus(&coordinator.started, &bus(nats)).await.unwrap();
-    let a = Gateway::start("gw-a", nats).await;
-    let b = Gateway::start("gw-b", nats).await;
+    let a = gateway("gw-a", nats).await;
+    let b = gateway("gw-b", nats).await;
     (coordinator, a, b)
 }
 
 /// Four clients, two starting at each gateway, each with both gateways' URLs.
 fn spread_clients(
-    a: &Gateway,
-    b: &Gateway,
+    a: &TestServer,
+    b: &TestServer,
 ) -> Vec<JoinHandle<Result<client_wasm::native::ClientReport, client_wasm::native::ClientError>>> {
     (0..4)
         .map(|i| {

@@ -44,8 +44,10 @@ struct Relay {
     /// The coordinator's epoch, once heard.
     epoch: Option<u64>,
     /// Each client's checked update waiting for the coordinator's answer: its round, the
-    /// update, its weight. One per client (a newer result replaces it), so a client cannot make
-    /// the gateway hold more than one model's worth.
+    /// update, its weight. One per client, so a client cannot make the gateway hold more than
+    /// one model's worth: the first of a round stays (it is the one the coordinator judges), a
+    /// later round's replaces it. Kept when the client leaves: the coordinator may have accepted
+    /// it already. Dropped once its round is collected.
     held: HashMap<u64, (u64, Vec<f32>, u64)>,
     /// Each round's running sum of the accepted updates, and whose they are.
     sums: std::collections::BTreeMap<u64, (FedAvg, Vec<u64>)>,
@@ -137,7 +139,6 @@ impl Relay {
             }
             Command::Leave { client_id } => {
                 self.clients.remove(&client_id);
-                self.held.remove(&client_id);
                 self.up(&Up::Leave { client_id }, &[]).await;
             }
             Command::TrainRes {
@@ -147,8 +148,14 @@ impl Relay {
                 update,
             } => {
                 // Held here; only the answer to the coordinator's checks decides its fate.
-                self.held
-                    .insert(client_id, (server_round, update, num_examples));
+                let first_of_round = self
+                    .held
+                    .get(&client_id)
+                    .is_none_or(|(round, _, _)| *round < server_round);
+                if first_of_round {
+                    self.held
+                        .insert(client_id, (server_round, update, num_examples));
+                }
                 let res = Up::HeldRes {
                     client_id,
                     server_round,
@@ -397,7 +404,6 @@ impl Relay {
 
     async fn let_go(&mut self, client_id: u64) {
         self.clients.remove(&client_id);
-        self.held.remove(&client_id);
         self.up(&Up::Leave { client_id }, &[]).await;
     }
 

@@ -35,7 +35,8 @@ impl Coordinator {
     }
 
     pub(super) fn maybe_start_round(&mut self) {
-        // Called after every command: decide cheaply before cloning every client's ledger.
+        // Called often (at most every HOUSEKEEPING_EVERY): decide cheaply before cloning every
+        // client's ledger.
         if !self
             .run
             .as_ref()
@@ -565,27 +566,55 @@ impl Coordinator {
         let Some(at) = round.held.remove(&partial.gateway) else {
             return warn!(gateway = %partial.gateway, "a sum from a gateway that holds nothing: ignored");
         };
-        let expected: Vec<u64> = at.clients.keys().copied().collect();
-        let weight: u64 = at.clients.values().sum();
-        let mut clients = partial.clients.clone();
-        clients.sort_unstable();
-        let matches = clients == expected
-            && partial.total_weight == weight
-            && partial.count == expected.len();
-        let folded = if matches {
-            learning::FedAvg::from_parts(num_params, partial.sum, weight, partial.count)
-                .and_then(|sum| round.aggregator.add_partial(&sum))
-                .map_err(|e| e.to_string())
-        } else {
-            Err(format!(
-                "the gateway's sum holds {} updates of weight {}: expected the {} accepted, of weight {weight}",
+        // The sum may lack some accepted updates (a client replaced mid-round, a gateway bug):
+        // those clients fail; but every update it claims must be one accepted from it, once.
+        let mut weight = Some(0u64);
+        let mut claimed = std::collections::BTreeSet::new();
+        let mut unknown = Vec::new();
+        for &c in &partial.clients {
+            match at.clients.get(&c) {
+                Some(&n) if claimed.insert(c) => weight = weight.and_then(|w| w.checked_add(n)),
+                _ => unknown.push(c),
+            }
+        }
+        let folded = match weight {
+            Some(w)
+                if unknown.is_empty()
+                    && partial.total_weight == w
+                    && partial.count == claimed.len() =>
+            {
+                learning::FedAvg::from_parts(num_params, partial.sum, w, partial.count)
+                    .and_then(|sum| round.aggregator.add_partial(&sum))
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err(format!(
+                "the gateway's sum claims {} updates of weight {} (clients not accepted from it or \
+                 twice: {unknown:?}): expected a part of the {} accepted, weighing what they weigh",
                 partial.count,
                 partial.total_weight,
-                expected.len()
-            ))
+                at.clients.len()
+            )),
         };
-        if let Err(reason) = folded {
-            self.lose_held(&partial.gateway, at, &reason);
+        let (lost, missing): (HeldAt, &str) = match folded {
+            Ok(()) => {
+                let missing = HeldAt {
+                    clients: at
+                        .clients
+                        .into_iter()
+                        .filter(|(c, _)| !claimed.contains(c))
+                        .collect(),
+                    holder: at.holder,
+                };
+                (missing, "its update is not in the gateway's sum")
+            }
+            Err(reason) => {
+                let gateway = partial.gateway.clone();
+                self.lose_held(&gateway, at, &reason);
+                return self.maybe_aggregate_collected();
+            }
+        };
+        if !lost.clients.is_empty() {
+            self.lose_held(&partial.gateway, lost, missing);
         }
         self.maybe_aggregate_collected();
     }

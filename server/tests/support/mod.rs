@@ -82,6 +82,11 @@ impl TestServer {
             Some(mnist()),
         )
         .expect("server starts");
+        Self::serve(started, addr).await
+    }
+
+    /// Serves a started server (or gateway) on `addr`, or on a free loopback port.
+    pub async fn serve(started: Started, addr: Option<SocketAddr>) -> Self {
         let listener = tokio::net::TcpListener::bind(addr.unwrap_or(([127, 0, 0, 1], 0).into()))
             .await
             .expect("bind");

@@ -61,9 +61,11 @@ pub fn start() -> Nats {
         .args([
             "-c",
             &format!(
-                "while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null",
-                std::process::id(),
-                child.id()
+                // Only if that pid is still the NATS server (Drop may have reaped it already).
+                "while kill -0 {me} 2>/dev/null; do sleep 1; done; \
+                 grep -q nats-server /proc/{nats}/cmdline 2>/dev/null && kill {nats}",
+                me = std::process::id(),
+                nats = child.id()
             ),
         ])
         .stdin(Stdio::null())
