@@ -95,25 +95,26 @@ impl Backend {
     }
 }
 
-/// A database URL as it may be shown: without its password.
+/// A database URL as it may be shown: without its password, a user name standing alone (it
+/// may be a token: `nats://TOKEN@host`), or a query that carries a password or token.
 pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() || !u.username().is_empty() => {
-            // A user name alone may be a token (`nats://TOKEN@host`).
-            let secret = if u.password().is_some() {
-                u.set_password(Some("***"))
-            } else {
-                u.set_username("***")
-            };
-            let _cannot_fail_with_a_host = secret;
-            u.query_pairs()
-                .any(|(k, _)| k == "password" || k == "token")
-                .then(|| u.set_query(Some("***")));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "(a URL that does not parse)".into(),
+    let Ok(mut u) = url::Url::parse(url) else {
+        return "(a URL that does not parse)".into();
+    };
+    // Both fail only for URLs without a host, which carry no credentials.
+    let _no_host = if u.password().is_some() {
+        u.set_password(Some("***"))
+    } else if !u.username().is_empty() {
+        u.set_username("***")
+    } else {
+        Ok(())
+    };
+    if u.query_pairs()
+        .any(|(k, _)| k == "password" || k == "token")
+    {
+        u.set_query(Some("***"));
     }
+    u.to_string()
 }
 
 /// Where the store is: SQLite in a data directory, or a database URL.

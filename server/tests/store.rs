@@ -304,6 +304,7 @@ async fn a_bad_database_url_is_refused_with_what_was_expected() {
     for url in [
         "postgres://hunter2@127.0.0.1:1/fl",
         "postgres://fl@127.0.0.1:1/fl?password=hunter2",
+        "postgres://127.0.0.1:1/fl?password=hunter2",
     ] {
         let text = Store::connect(url).unwrap_err().to_string();
         assert!(!text.contains("hunter2"), "{text}");

@@ -129,10 +129,7 @@ pub async fn run(
 
 impl Bridge {
     async fn down(&self, gateway: &GatewayId, msg: &Down, payload: &[u8]) {
-        let bytes = super::encode(msg, payload);
-        if let Err(e) = self.nats.publish(self.subjects.down(gateway), bytes).await {
-            warn!(%gateway, error = %e, "cannot publish to a gateway");
-        }
+        super::publish(&self.nats, self.subjects.down(gateway), msg, payload).await;
     }
 
     async fn command(&self, cmd: Command) {
@@ -454,10 +451,8 @@ impl Bridge {
         if self.coordinator.is_closed() {
             return false;
         }
-        let beat = super::encode(&Down::Coordinator { epoch }, &[]);
-        if let Err(e) = self.nats.publish(self.subjects.heartbeat(), beat).await {
-            warn!(error = %e, "cannot publish the heartbeat");
-        }
+        let beat = Down::Coordinator { epoch };
+        super::publish(&self.nats, self.subjects.heartbeat(), &beat, &[]).await;
         true
     }
 

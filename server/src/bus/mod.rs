@@ -316,6 +316,19 @@ pub fn encode(header: &impl Serialize, payload: &[u8]) -> bytes::Bytes {
     out.into()
 }
 
+/// Publishes a message; a failure (the connection to NATS is down) is logged, and what it
+/// carried is lost as a dropped connection loses it: rounds close by their deadlines.
+pub async fn publish(
+    nats: &async_nats::Client,
+    subject: String,
+    header: &impl Serialize,
+    payload: &[u8],
+) {
+    if let Err(e) = nats.publish(subject.clone(), encode(header, payload)).await {
+        tracing::warn!(subject, error = %e, "cannot publish on NATS");
+    }
+}
+
 /// The header and the payload of a message, the header's length bounded.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<(T, &[u8]), BusError> {
     let len = bytes.len();

@@ -101,14 +101,7 @@ pub async fn run(
 
 impl Relay {
     async fn up(&self, msg: &Up, payload: &[u8]) {
-        let bytes = super::encode(msg, payload);
-        if let Err(e) = self
-            .nats
-            .publish(self.subjects.up(&self.gateway), bytes)
-            .await
-        {
-            warn!(error = %e, "cannot publish to the coordinator");
-        }
+        super::publish(&self.nats, self.subjects.up(&self.gateway), msg, payload).await;
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -423,19 +416,11 @@ impl Relay {
     }
 
     async fn tick(&mut self) {
-        let alive = super::encode(
-            &Up::Alive {
-                clients: self.clients.len() as u64,
-            },
-            &[],
-        );
-        if let Err(e) = self
-            .nats
-            .publish(self.subjects.alive(&self.gateway), alive)
-            .await
-        {
-            warn!(error = %e, "cannot publish the heartbeat");
-        }
+        let alive = Up::Alive {
+            clients: self.clients.len() as u64,
+        };
+        let subject = self.subjects.alive(&self.gateway);
+        super::publish(&self.nats, subject, &alive, &[]).await;
         let expired: Vec<u64> = self
             .pending
             .iter()

@@ -520,7 +520,8 @@ impl Coordinator {
             Phase::Collecting => {
                 let missing: Vec<(String, HeldAt)> = round.held.drain().collect();
                 for (gateway, at) in missing {
-                    self.lose_held(&gateway, at, "its sum did not arrive in time");
+                    let clients: Vec<u64> = at.clients.into_keys().collect();
+                    self.lose_held(&gateway, &clients, "its sum did not arrive in time");
                 }
                 self.maybe_aggregate_collected();
             }
@@ -552,8 +553,9 @@ impl Coordinator {
         }
     }
 
-    /// A gateway's sum: folded in if it holds exactly the updates accepted from it; the round
-    /// is aggregated once every gateway's is in.
+    /// A gateway's sum: folded in if every update it claims was accepted from that gateway,
+    /// with its weight (accepted updates it lacks fail their clients; a sum claiming more fails
+    /// the gateway's clients); the round is aggregated once every gateway's is in.
     pub(super) fn partial(&mut self, partial: PartialSum) {
         let Some(run) = self.run.as_mut() else { return };
         let num_params = run.task.num_params();
@@ -595,33 +597,34 @@ impl Coordinator {
                 at.clients.len()
             )),
         };
-        let (lost, missing): (HeldAt, &str) = match folded {
+        match folded {
             Ok(()) => {
-                let missing = HeldAt {
-                    clients: at
-                        .clients
-                        .into_iter()
-                        .filter(|(c, _)| !claimed.contains(c))
-                        .collect(),
-                    holder: at.holder,
-                };
-                (missing, "its update is not in the gateway's sum")
+                let missing: Vec<u64> = at
+                    .clients
+                    .keys()
+                    .filter(|c| !claimed.contains(c))
+                    .copied()
+                    .collect();
+                self.lose_held(
+                    &partial.gateway,
+                    &missing,
+                    "its update is not in the gateway's sum",
+                );
             }
             Err(reason) => {
-                let gateway = partial.gateway.clone();
-                self.lose_held(&gateway, at, &reason);
-                return self.maybe_aggregate_collected();
+                let all: Vec<u64> = at.clients.keys().copied().collect();
+                self.lose_held(&partial.gateway, &all, &reason);
             }
-        };
-        if !lost.clients.is_empty() {
-            self.lose_held(&partial.gateway, lost, missing);
         }
         self.maybe_aggregate_collected();
     }
 
-    /// The accepted updates a gateway lost (it died, or its sum did not add up) fail their
-    /// clients' slots.
-    fn lose_held(&mut self, gateway: &str, at: HeldAt, reason: &str) {
+    /// The accepted updates a gateway lost (it died, its sum did not add up, or left them out)
+    /// fail their clients' slots.
+    fn lose_held(&mut self, gateway: &str, clients: &[u64], reason: &str) {
+        if clients.is_empty() {
+            return;
+        }
         let Some(run) = self.run.as_mut() else { return };
         let Some(round) = run.round.as_mut() else {
             return;
@@ -629,26 +632,30 @@ impl Coordinator {
         round.span.in_scope(|| {
             warn!(
                 gateway,
-                lost = at.clients.len(),
+                lost = clients.len(),
                 reason,
                 "a gateway's updates are lost"
             )
         });
         let detail = protocol::clip(&format!("its gateway {gateway}: {reason}"), 200);
-        let mut failed = Vec::new();
-        for client_id in at.clients.keys() {
+        let mut failed = std::collections::HashSet::new();
+        for client_id in clients {
             if let Some((key, slot)) = round.sampled.get_mut(client_id) {
                 *slot = Slot::Failed;
-                if let Some(p) = round.participants.iter_mut().find(|p| &p.client_key == key) {
-                    p.outcome = "failed";
-                    p.num_examples = None;
-                    p.detail = Some(detail.clone());
-                }
-                failed.push((*client_id, key.clone()));
+                failed.insert(key.clone());
             }
         }
+        for p in round
+            .participants
+            .iter_mut()
+            .filter(|p| failed.contains(&p.client_key))
+        {
+            p.outcome = "failed";
+            p.num_examples = None;
+            p.detail = Some(detail.clone());
+        }
         let server_round = round.server_round;
-        for (_, key) in failed {
+        for key in failed {
             self.publish(Event::ClientFailed {
                 client_id: self.public_id(&key),
                 server_round,
