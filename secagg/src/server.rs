@@ -379,6 +379,44 @@ impl CollectingMasked {
         Ok(())
     }
 
+    /// Whether member m's masked vector is still awaited (its shares were relayed, no vector
+    /// yet): asked before accepting a vector that waits elsewhere, at a gateway that adds it
+    /// to others first ([`CollectingMasked::add_sum`]).
+    pub fn expects(&self, m: Member) -> Result<(), SecAggError> {
+        if !self.commitments.contains_key(&m) {
+            return Err(SecAggError::NotAMember(m));
+        }
+        if self.masked.contains(&m) {
+            return Err(SecAggError::Twice(m));
+        }
+        Ok(())
+    }
+
+    /// Several members' masked vectors already added together (mod 2³²), as a gateway adds
+    /// those of its clients: the sum is associative, so the result is the same as adding each.
+    /// All or nothing: every member must be awaited and listed once.
+    pub fn add_sum(&mut self, members: &[Member], sum: &[u32]) -> Result<(), SecAggError> {
+        if sum.len() != self.sum.len() {
+            return Err(SecAggError::Length {
+                expected: self.sum.len(),
+                actual: sum.len(),
+            });
+        }
+        let mut listed = BTreeSet::new();
+        for &m in members {
+            self.expects(m)?;
+            if !listed.insert(m) {
+                return Err(SecAggError::Twice(m));
+            }
+        }
+        if listed.is_empty() {
+            return Err(SecAggError::Empty);
+        }
+        self.masked.extend(listed);
+        add_into(&mut self.sum, sum, 1);
+        Ok(())
+    }
+
     /// Closes step 3: what each survivor is asked to reveal — or the round fails, when the
     /// survivors cannot rebuild a survivor's seed or a dropped member's masking secret.
     pub fn close(

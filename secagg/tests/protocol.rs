@@ -9,7 +9,7 @@ use rand::rngs::ChaCha20Rng;
 use rand::{Rng, SeedableRng};
 use secagg::client::{self, Holding, Masked, Shared};
 use secagg::server::{Round, Unmasked};
-use secagg::{Encoding, Params, SecAggError, graph, majority};
+use secagg::{Encoding, Params, SecAggError, add_into, graph, majority};
 
 /// The last step a member takes before it vanishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,9 @@ struct Setup {
     /// What each member was told to compute (absent: [`CONTEXT`]); the server unmasks with
     /// [`CONTEXT`].
     contexts: BTreeMap<Member, Bytes32>,
+    /// Members' masked vectors reach the server summed by this many gateways (member m's by
+    /// gateway m mod g), as the server's gateways sum them; 0: each vector on its own.
+    gateways: u32,
 }
 
 /// The context an honest server gives every member.
@@ -108,6 +111,7 @@ fn run_on(
     }
     let (mut masked, inboxes) = shares.close()?;
     let mut waiting: BTreeMap<Member, Masked> = BTreeMap::new();
+    let mut at_gateways: BTreeMap<u32, (Vec<Member>, Vec<u32>)> = BTreeMap::new();
     for (m, inbox) in inboxes {
         let holding: Holding = shared.remove(&m).unwrap().receive(&inbox)?;
         let context = s.contexts.get(&m).unwrap_or(&CONTEXT);
@@ -115,9 +119,20 @@ fn run_on(
         if gone(s, m, Drop::AfterShares) {
             continue;
         }
-        masked.add(m, &y)?;
+        if s.gateways == 0 {
+            masked.add(m, &y)?;
+        } else {
+            let (members, sum) = at_gateways
+                .entry(m % s.gateways)
+                .or_insert_with(|| (Vec::new(), vec![0; y.len()]));
+            members.push(m);
+            add_into(sum, &y, 1);
+        }
         t.masked.push((m, y));
         waiting.insert(m, next);
+    }
+    for (members, sum) in at_gateways.values() {
+        masked.add_sum(members, sum)?;
     }
     let (mut reveals, requests) = masked.close()?;
     for (m, request) in requests {
@@ -152,7 +167,16 @@ fn plain_sum(vectors: &[Vec<u32>], counted: &[Member]) -> Vec<u32> {
 fn the_masks_cancel_to_the_exact_sum() {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     // (members, neighbours): everyone for small cohorts, SecAgg+ neighbourhoods for 100.
-    for (n, k) in [(2, 1), (3, 2), (10, 9), (10, 4), (100, 8)] {
+    // g: gateways summing the masked vectors first (0: none).
+    for (n, k, g) in [
+        (2, 1, 0),
+        (3, 2, 0),
+        (10, 9, 0),
+        (10, 4, 0),
+        (100, 8, 0),
+        (10, 4, 3),
+        (100, 8, 4),
+    ] {
         let vectors = random_vectors(n, 33, &mut rng);
         let holders = (k as usize).min(n as usize - 1) + 1;
         let setup = Setup {
@@ -162,13 +186,14 @@ fn the_masks_cancel_to_the_exact_sum() {
             vectors,
             drops: BTreeMap::new(),
             contexts: BTreeMap::new(),
+            gateways: g,
         };
         let out = run(&setup, &mut rng, &mut Transcript::default()).unwrap();
         assert_eq!(out.counted.len(), n as usize);
         assert_eq!(
             out.sum,
             plain_sum(&setup.vectors, &out.counted),
-            "n {n} k {k}"
+            "n {n} k {k} gateways {g}"
         );
     }
 }
@@ -187,6 +212,7 @@ fn members_told_to_compute_different_things_cannot_be_summed() {
         vectors,
         drops: BTreeMap::new(),
         contexts: BTreeMap::new(),
+        gateways: 0,
     };
     let honest = run(&setup, &mut rng, &mut Transcript::default()).unwrap();
     assert_eq!(honest.sum, plain_sum(&setup.vectors, &honest.counted));
@@ -244,6 +270,8 @@ fn up_to_n_minus_t_drops_at_any_step_are_recovered_and_more_never_give_a_wrong_s
                 vectors: vectors.clone(),
                 drops: drops.clone(),
                 contexts: BTreeMap::new(),
+                // Each vector alone, or summed first by one or two gateways.
+                gateways: (recovered + refused) % 3,
             };
             let mut transcript = Transcript::default();
             let result = run(&setup, &mut rng, &mut transcript);
@@ -314,6 +342,7 @@ fn on_sparse_neighbourhoods_drops_are_recovered_or_refused_never_summed_wrong() 
                 vectors: vectors.clone(),
                 drops: drops.clone(),
                 contexts: BTreeMap::new(),
+                gateways: 0,
             };
             let mut transcript = Transcript::default();
             match run(&setup, &mut rng, &mut transcript) {
@@ -364,6 +393,7 @@ fn survivors_cut_into_two_groups_are_not_unmasked() {
         vectors: random_vectors(n, 3, &mut rng),
         drops,
         contexts: BTreeMap::new(),
+        gateways: 0,
     };
     let err = run_with_graph(&setup, g, &mut rng).unwrap_err();
     assert_eq!(err, SecAggError::Split);
@@ -437,6 +467,7 @@ fn a_curious_server_learns_the_sum_and_no_single_vector() {
         vectors: vectors.clone(),
         drops: BTreeMap::from([(5, Drop::AfterShares)]),
         contexts: BTreeMap::new(),
+        gateways: 0,
     };
     let mut t = Transcript::default();
     let out = run(&setup, &mut rng, &mut t).unwrap();
@@ -576,4 +607,84 @@ fn a_threshold_that_is_not_a_majority_and_copied_keys_are_refused() {
     assert_eq!(keys.add(3, published[&3]), Err(SecAggError::Twice(3)));
     let (_, relayed) = keys.close().unwrap();
     assert_eq!(relayed.keys().copied().collect::<Vec<_>>(), [3, 4, 5]);
+}
+
+/// A gateway's sum of masked vectors counts for the members it lists only if each is awaited
+/// and listed once; a refused sum adds nothing, so the members stay awaited.
+#[test]
+fn a_gateway_sum_listing_a_stranger_a_member_twice_or_one_already_in_is_refused_whole() {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let n = 4;
+    let params = Params {
+        session: Bytes32([3; 32]),
+        members: n,
+        threshold: majority(n as usize),
+        vector_len: 6,
+    };
+    let graph = graph::neighbourhoods(n, n - 1, &mut rng);
+    let mut keys = Round::start(params.clone(), graph.clone()).unwrap();
+    let mut advertised = BTreeMap::new();
+    for m in 1..=n {
+        let member = client::Member::new(params.clone(), m, graph[m as usize - 1].clone()).unwrap();
+        let (next, public) = member.advertise(&mut rng);
+        keys.add(m, public).unwrap();
+        advertised.insert(m, next);
+    }
+    let (mut shares, relayed) = keys.close().unwrap();
+    let mut shared = BTreeMap::new();
+    for (m, peers) in relayed {
+        let (next, msg) = advertised
+            .remove(&m)
+            .unwrap()
+            .share(&peers, &mut rng)
+            .unwrap();
+        shares.add(m, msg).unwrap();
+        shared.insert(m, next);
+    }
+    let (mut masked, inboxes) = shares.close().unwrap();
+    let vectors = random_vectors(n, 6, &mut rng);
+    let mut ys = BTreeMap::new();
+    let mut waiting = BTreeMap::new();
+    for (m, inbox) in inboxes {
+        let holding = shared.remove(&m).unwrap().receive(&inbox).unwrap();
+        let (next, y) = holding.mask(&vectors[m as usize - 1], &CONTEXT).unwrap();
+        ys.insert(m, y);
+        waiting.insert(m, next);
+    }
+    let sum_of = |ms: &[Member]| {
+        let mut sum = vec![0u32; 6];
+        for y in ms.iter().filter_map(|m| ys.get(m)) {
+            add_into(&mut sum, y, 1);
+        }
+        sum
+    };
+    masked.add(4, &ys[&4]).unwrap();
+    for (listed, what) in [
+        (vec![1, 5], "a stranger"),
+        (vec![1, 1], "a member twice"),
+        (vec![2, 4], "a member already in"),
+        (vec![], "nobody"),
+    ] {
+        assert!(
+            masked.add_sum(&listed, &sum_of(&listed)).is_err(),
+            "a sum listing {what} was taken"
+        );
+    }
+    assert!(
+        masked.add_sum(&[1, 2], &[0; 5]).is_err(),
+        "a sum of the wrong length was taken"
+    );
+    for m in 1..=3 {
+        masked.expects(m).unwrap();
+    }
+    assert!(matches!(masked.expects(4), Err(SecAggError::Twice(4))));
+    masked.add_sum(&[1, 2, 3], &sum_of(&[1, 2, 3])).unwrap();
+    let (mut reveals, requests) = masked.close().unwrap();
+    for (m, request) in requests {
+        let reveal = waiting.remove(&m).unwrap().reveal(&request).unwrap();
+        reveals.add(m, &reveal).unwrap();
+    }
+    let out = reveals.finish(&CONTEXT).unwrap();
+    assert_eq!(out.counted, vec![1, 2, 3, 4]);
+    assert_eq!(out.sum, plain_sum(&vectors, &out.counted));
 }
