@@ -24,6 +24,7 @@ use protocol::admin::{
 };
 use protocol::messages::{Assignment, Capabilities, RunPhase};
 use protocol::{ErrorCode, FrameKind, ServerMessage, TensorFrame};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, Span, info, info_span, warn};
@@ -102,15 +103,37 @@ pub struct Holder {
     calls: mpsc::UnboundedSender<(String, HolderCall)>,
 }
 
+/// Which round, and which attempt of it, a gateway's accepted vectors belong to: an abandoned
+/// attempt's sum, or another run's round of the same number, must never count for this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RoundRef {
+    pub run_id: u64,
+    pub server_round: u64,
+    pub attempt: u32,
+}
+
+/// What a gateway holds for a client: an update in the clear, or a masked vector (secure
+/// aggregation), which it sums modulo 2³² with the others it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VectorKind {
+    Update,
+    Masked,
+}
+
 /// What the coordinator asks of a [`Holder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HolderCall {
-    /// Fold this client's update into the round's sum.
-    Accept { client_id: u64, server_round: u64 },
+    /// Fold this client's vector, of this weight, into the round's sum.
+    Accept {
+        client_id: u64,
+        round: RoundRef,
+        num_examples: u64,
+    },
     /// Send this client's update itself: the run's rule looks at each update.
     SendInFull { client_id: u64, server_round: u64 },
-    /// Send the round's sum of the accepted updates.
-    Collect { server_round: u64 },
+    /// Send the round's sum of the accepted vectors.
+    Collect { round: RoundRef },
 }
 
 impl Holder {
@@ -130,17 +153,26 @@ impl Holder {
     }
 }
 
-/// A gateway's sum of a round's accepted updates, as it arrived (checked when folded in).
+/// A gateway's sum of a round's accepted vectors, as it arrived (checked when folded in).
 #[derive(Debug)]
 pub struct PartialSum {
     pub gateway: String,
-    pub server_round: u64,
-    /// The clients whose updates it holds.
+    pub round: RoundRef,
+    /// The clients whose vectors it holds.
     pub clients: Vec<u64>,
-    /// Σ num_examples·update over them.
-    pub sum: Vec<f64>,
+    pub sum: PartialVector,
+    /// Σ num_examples over them.
     pub total_weight: u64,
     pub count: usize,
+}
+
+/// The sum itself.
+#[derive(Debug)]
+pub enum PartialVector {
+    /// Σ num_examples·update.
+    Update(Vec<f64>),
+    /// Σ masked vectors mod 2³² (the weights are inside, in secure aggregation's encoding).
+    Masked(Vec<u32>),
 }
 
 /// A shard's task and example indices, as the shard route serves them.
@@ -164,11 +196,12 @@ pub enum Command {
         num_examples: u64,
         update: Vec<f32>,
     },
-    /// A result whose update waits at a gateway ([`Holder`]).
+    /// A result whose vector waits at a gateway ([`Holder`]).
     HeldRes {
         client_id: u64,
         server_round: u64,
         num_examples: u64,
+        kind: VectorKind,
         holder: Holder,
     },
     /// A gateway's sum of the held updates of a round.
@@ -293,14 +326,15 @@ struct Conn {
 enum Contribution {
     Update(Vec<f32>),
     Masked(Vec<u32>),
-    /// The update waits at a gateway, which sums it with the others it holds.
-    Held(Holder),
+    /// The vector waits at a gateway, which sums it with the others it holds.
+    Held(Holder, VectorKind),
 }
 
-/// Updates of a round accepted while they wait at one gateway: client → weight.
+/// Vectors of a round accepted while they wait at one gateway: client → weight.
 #[derive(Debug)]
 struct HeldAt {
     holder: Holder,
+    kind: VectorKind,
     clients: std::collections::BTreeMap<u64, u64>,
 }
 
@@ -336,6 +370,7 @@ enum Phase {
 /// The round in flight.
 #[derive(Debug)]
 struct Round {
+    run_id: u64,
     server_round: u64,
     attempt: u32,
     started: Instant,
@@ -367,6 +402,83 @@ impl Round {
         self.quorum_reached = true;
         let wait = straggler_wait(self.started.elapsed());
         self.deadline = self.deadline.min(tokio::time::Instant::now() + wait);
+    }
+
+    /// This attempt of this round, as gateways holding its vectors name it.
+    fn reference(&self) -> RoundRef {
+        RoundRef {
+            run_id: self.run_id,
+            server_round: self.server_round,
+            attempt: self.attempt,
+        }
+    }
+
+    /// A vector that waits at its gateway, checked as far as it can be without it: accepted
+    /// (the gateway folds it into its sum of the round), or refused.
+    fn hold(
+        &mut self,
+        client_id: u64,
+        num_examples: u64,
+        holder: Holder,
+        kind: VectorKind,
+    ) -> Result<(), String> {
+        match (kind, self.secure.as_ref()) {
+            (VectorKind::Masked, Some(secure)) => secure
+                .expects_masked(client_id)
+                .map_err(|e| format!("masked vector rejected: {e}"))?,
+            (VectorKind::Masked, None) => {
+                return Err("a masked vector in a round without secure aggregation".into());
+            }
+            (VectorKind::Update, _) => {}
+        }
+        let gateway = holder.gateway().to_string();
+        if self.held.get(&gateway).is_some_and(|at| at.kind != kind) {
+            return Err(format!(
+                "a {kind:?} vector where gateway {gateway} holds the other kind"
+            ));
+        }
+        holder.call(HolderCall::Accept {
+            client_id,
+            round: self.reference(),
+            num_examples,
+        });
+        let at = self.held.entry(gateway).or_insert_with(|| HeldAt {
+            holder,
+            kind,
+            clients: Default::default(),
+        });
+        at.clients.insert(client_id, num_examples);
+        Ok(())
+    }
+
+    /// A gateway's sum of the accepted vectors of `clients`, weighing `weight`, into the round:
+    /// into the aggregator, or into secure aggregation's running sum (the aggregator counts it).
+    fn fold(
+        &mut self,
+        clients: &std::collections::BTreeSet<u64>,
+        weight: u64,
+        sum: PartialVector,
+        num_params: usize,
+    ) -> Result<(), String> {
+        match sum {
+            PartialVector::Update(sum) => {
+                learning::FedAvg::from_parts(num_params, sum, weight, clients.len())
+                    .and_then(|sum| self.aggregator.add_partial(&sum))
+                    .map_err(|e| e.to_string())
+            }
+            PartialVector::Masked(sum) => {
+                let secure = self
+                    .secure
+                    .as_mut()
+                    .ok_or("a masked sum in a round without secure aggregation")?;
+                let conns: Vec<u64> = clients.iter().copied().collect();
+                secure.add_masked_sum(&conns, &sum)?;
+                for _ in clients {
+                    self.aggregator.add_masked().map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Results accepted so far: in the aggregator, or waiting at gateways.
@@ -814,12 +926,13 @@ impl Coordinator {
                 client_id,
                 server_round,
                 num_examples,
+                kind,
                 holder,
             } => self.train_res(
                 client_id,
                 server_round,
                 num_examples,
-                Contribution::Held(holder),
+                Contribution::Held(holder, kind),
             ),
             Command::Partial(partial) => self.partial(partial),
             Command::MaskedRes {
@@ -1045,6 +1158,10 @@ mod tests {
         (ids, round.server_round)
     }
 
+    fn round_ref(c: &Coordinator) -> RoundRef {
+        c.run.as_ref().unwrap().round.as_ref().unwrap().reference()
+    }
+
     /// Updates that wait at gateways: each is accepted (its gateway hears it), the sums are
     /// asked for when training is over, and a gateway's sum counts only if every update it
     /// claims was accepted from that gateway, with its weight. A sum that claims more fails its
@@ -1068,17 +1185,20 @@ mod tests {
                 client_id,
                 server_round,
                 num_examples: 100,
+                kind: VectorKind::Update,
                 holder,
             });
         }
         let mut heard: Vec<(String, HolderCall)> =
             std::iter::from_fn(|| calls.try_recv().ok()).collect();
         heard.sort_by_key(|(g, call)| (g.clone(), format!("{call:?}")));
+        let round = round_ref(&c);
         let accept = |client_id| HolderCall::Accept {
             client_id,
-            server_round,
+            round,
+            num_examples: 100,
         };
-        let collect = HolderCall::Collect { server_round };
+        let collect = HolderCall::Collect { round };
         assert_eq!(
             heard,
             [
@@ -1095,20 +1215,43 @@ mod tests {
         // gw-a's sum holds one of its two accepted updates (the other client's was lost at the
         // gateway): it counts, and only the missing client fails. Its update: 0.5 everywhere.
         let n = initial.len();
+        // A sum of another attempt of the same round (abandoned) is not this round's.
+        let stale = RoundRef {
+            attempt: round.attempt + 1,
+            ..round
+        };
         c.handle(Command::Partial(PartialSum {
             gateway: "gw-a".into(),
-            server_round,
+            round: stale,
+            clients: vec![ids[0], ids[1]],
+            sum: PartialVector::Update(vec![1e6; n]),
+            total_weight: 200,
+            count: 2,
+        }));
+        assert!(
+            c.run
+                .as_ref()
+                .unwrap()
+                .round
+                .as_ref()
+                .unwrap()
+                .held
+                .contains_key("gw-a")
+        );
+        c.handle(Command::Partial(PartialSum {
+            gateway: "gw-a".into(),
+            round,
             clients: vec![ids[0]],
-            sum: vec![50.0; n],
+            sum: PartialVector::Update(vec![50.0; n]),
             total_weight: 100,
             count: 1,
         }));
         // gw-b claims twice the weight it was accepted for.
         c.handle(Command::Partial(PartialSum {
             gateway: "gw-b".into(),
-            server_round,
+            round,
             clients: vec![ids[2]],
-            sum: vec![1e6; n],
+            sum: PartialVector::Update(vec![1e6; n]),
             total_weight: 200,
             count: 1,
         }));
@@ -1151,6 +1294,7 @@ mod tests {
             client_id: ids[0],
             server_round,
             num_examples: 100,
+            kind: VectorKind::Update,
             holder: Holder::new("gw-a".into(), calls_tx),
         });
         assert_eq!(

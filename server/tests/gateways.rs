@@ -5,7 +5,11 @@
 mod support;
 
 use protocol::admin::Event;
-use server::bus::{GatewayId, Subjects};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use server::bus::{GatewayId, Subjects, Up, decode};
+use server::coordinator::VectorKind;
 use server::server::{BusOptions, GatewayOptions, attach_bus, start_gateway};
 use server::store::Location;
 use support::*;
@@ -236,10 +240,45 @@ async fn a_restarted_coordinator_resumes_from_postgresql_and_the_gateways_client
     coordinator.kill().await;
 }
 
-/// Secure aggregation through gateways: the key, share and reveal steps and the masked vectors
-/// cross the bus (one per client: a gateway cannot sum what only the coordinator unmasks yet).
+/// What the gateways sent up, each message's header and its payload's length, until `stop`
+/// (then what is still in flight).
+async fn watch_up(
+    nats: &nats::Nats,
+) -> (
+    JoinHandle<Vec<(Up, usize)>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let mut up = client.subscribe("fl.up.*").await.unwrap();
+    client.flush().await.unwrap();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut keep = |msg: async_nats::Message| {
+            let (header, payload) =
+                decode::<Up>(&msg.payload).expect("a gateway's message decodes");
+            seen.push((header, payload.len()));
+        };
+        loop {
+            tokio::select! {
+                Some(msg) = up.next() => keep(msg),
+                _ = &mut stopped => break,
+            }
+        }
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), up.next()).await
+        {
+            keep(msg);
+        }
+        seen
+    });
+    (watcher, stop)
+}
+
+/// Secure aggregation through gateways: the key, share and reveal steps cross the bus per
+/// client, but each gateway sums its clients' masked vectors (mod 2³²) and sends one sum per
+/// round, which the coordinator unmasks with the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secure_aggregation_runs_through_gateways() {
+async fn secure_aggregation_runs_through_gateways_which_sum_the_masked_vectors() {
     let nats = nats::start();
     let cluster = postgres::cluster(); // held: the last holder stops it
     let store = Location::Url(cluster.database("secure"));
@@ -248,6 +287,7 @@ async fn secure_aggregation_runs_through_gateways() {
         r#""quorum":0.5,"#,
         r#""quorum":0.5,"secure_aggregation":{},"#,
     );
+    let (watcher, stop) = watch_up(&nats).await;
     let run_id = coordinator.create_and_start(&config).await;
     for c in spread_clients(&a, &b) {
         let report = c.await.unwrap().expect("client ran to the end");
@@ -263,4 +303,54 @@ async fn secure_aggregation_runs_through_gateways() {
     a.kill().await;
     b.kill().await;
     coordinator.kill().await;
+
+    // Every masked vector was held at its gateway: what went up were sums, at most one per
+    // gateway per round (attempt), and together they count each round's 4 clients.
+    stop.send(()).unwrap();
+    let seen = watcher.await.unwrap();
+    let held = seen
+        .iter()
+        .filter(|(m, len)| {
+            matches!(
+                m,
+                Up::HeldRes {
+                    kind: VectorKind::Masked,
+                    ..
+                }
+            ) && *len == 0
+        })
+        .count();
+    assert!(
+        held >= 12,
+        "3 rounds × 4 clients' masked vectors held: {held}"
+    );
+    // Half a model's f32s: more than any message that is not a vector.
+    let half_a_model = 2 * learning::task::max_params();
+    // Clients summed, by round and attempt (a retried attempt sums again).
+    let mut counted = std::collections::BTreeMap::new();
+    for (m, len) in &seen {
+        match m {
+            Up::Partial {
+                round,
+                kind: VectorKind::Masked,
+                clients,
+                ..
+            } => {
+                *counted
+                    .entry(round.server_round)
+                    .or_insert_with(std::collections::BTreeMap::new)
+                    .entry(round.attempt)
+                    .or_insert(0) += clients.len()
+            }
+            other => assert!(
+                *len < half_a_model,
+                "a vector crossed the bus outside a sum: {other:?} with {len} bytes"
+            ),
+        }
+    }
+    let last_attempts: Vec<(u64, usize)> = counted
+        .iter()
+        .map(|(&r, attempts)| (r, *attempts.values().last().unwrap()))
+        .collect();
+    assert_eq!(last_attempts, [(1, 4), (2, 4), (3, 4)]);
 }

@@ -28,7 +28,9 @@ enum Liveness {
     /// Silent for [`GATEWAY_SILENCE`].
     Gone(GatewayId),
 }
-use crate::coordinator::{Command, Holder, HolderCall, OUTBOX_CAPACITY, Outgoing, PartialSum};
+use crate::coordinator::{
+    Command, Holder, HolderCall, OUTBOX_CAPACITY, Outgoing, PartialSum, PartialVector, VectorKind,
+};
 
 /// A gateway as the coordinator knows it.
 #[derive(Default)]
@@ -204,17 +206,27 @@ impl Bridge {
         payload: &[u8],
     ) -> Result<Option<Command>, super::BusError> {
         if let Up::Partial {
-            server_round,
+            round,
+            kind,
             clients,
             total_weight,
             count,
         } = up
         {
+            let sum = match kind {
+                VectorKind::Update => PartialVector::Update(super::f64s(payload, self.max_params)?),
+                // The model's values and the weight (secagg's encoding).
+                VectorKind::Masked => PartialVector::Masked(
+                    super::words(payload, self.max_params + 1)?
+                        .map(u32::from_le_bytes)
+                        .collect(),
+                ),
+            };
             return Ok(Some(Command::Partial(PartialSum {
                 gateway: gateway.as_str().to_string(),
-                server_round,
+                round,
                 clients,
-                sum: super::f64s(payload, self.max_params)?,
+                sum,
                 total_weight,
                 count,
             })));
@@ -223,7 +235,6 @@ impl Bridge {
             Up::Leave { client_id }
             | Up::HeldRes { client_id, .. }
             | Up::TrainRes { client_id, .. }
-            | Up::MaskedRes { client_id, .. }
             | Up::SecAgg { client_id, .. }
             | Up::TrainFailed { client_id, .. }
             | Up::EvaluateRes { client_id, .. } => *client_id,
@@ -239,11 +250,13 @@ impl Bridge {
                 client_id,
                 server_round,
                 num_examples,
+                kind,
             } => match &self.holder_calls {
                 Some(calls) => Command::HeldRes {
                     client_id,
                     server_round,
                     num_examples,
+                    kind,
                     holder: Holder::new(gateway.as_str().to_string(), calls.clone()),
                 },
                 None => return Ok(None),
@@ -257,19 +270,6 @@ impl Bridge {
                 server_round,
                 num_examples,
                 update: words(self.max_params)?.map(f32::from_le_bytes).collect(),
-            },
-            Up::MaskedRes {
-                client_id,
-                server_round,
-                num_examples,
-            } => Command::MaskedRes {
-                client_id,
-                server_round,
-                num_examples,
-                // The model's values and the weight (secagg's encoding).
-                masked: words(self.max_params + 1)?
-                    .map(u32::from_le_bytes)
-                    .collect(),
             },
             Up::SecAgg {
                 client_id,
@@ -393,10 +393,12 @@ impl Bridge {
         let msg = match call {
             HolderCall::Accept {
                 client_id,
-                server_round,
+                round,
+                num_examples,
             } => Down::Accept {
                 client_id,
-                server_round,
+                round,
+                num_examples,
             },
             HolderCall::SendInFull {
                 client_id,
@@ -405,7 +407,7 @@ impl Bridge {
                 client_id,
                 server_round,
             },
-            HolderCall::Collect { server_round } => Down::Collect { server_round },
+            HolderCall::Collect { round } => Down::Collect { round },
         };
         self.down(&gateway, &msg, &[]).await;
     }

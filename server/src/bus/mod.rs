@@ -21,8 +21,9 @@
 //! checked update (`Up::HeldRes`), folds those the coordinator accepts into one running sum per
 //! round (`Down::Accept`), and sends the sum when the round's training is over (`Down::Collect`,
 //! `Up::Partial`) — so the coordinator receives one vector per gateway per round, whatever the
-//! number of clients. Rules that look at each update (the robust ones) and masked vectors
-//! (secure aggregation) still cross one per client (`Down::SendInFull`, `Up::MaskedRes`).
+//! number of clients. Masked vectors (secure aggregation) are summed the same way, modulo 2³²:
+//! the protocol's sum is associative, and the coordinator unmasks the sum of the sums. Rules
+//! that look at each update (the robust ones) have it cross in full (`Down::SendInFull`).
 //! Messages are a JSON header and a binary payload ([`encode`]): vectors travel as
 //! little-endian numbers, never as JSON text.
 //!
@@ -37,7 +38,7 @@ use std::time::Duration;
 use protocol::messages::Capabilities;
 use serde::{Deserialize, Serialize};
 
-use crate::coordinator::SecAggAnswer;
+use crate::coordinator::{RoundRef, SecAggAnswer, VectorKind};
 
 /// How often each side says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -175,26 +176,23 @@ pub enum Up {
         server_round: u64,
         num_examples: u64,
     },
-    /// A result whose update the gateway checked and holds: the coordinator answers
-    /// `Down::Accept` (it goes into the gateway's sum for the round) or `Down::SendInFull`.
+    /// A result whose vector (an update, or a masked vector) the gateway checked and holds:
+    /// the coordinator answers `Down::Accept` (it goes into the gateway's sum for the round)
+    /// or, for an update, `Down::SendInFull`.
     HeldRes {
         client_id: u64,
         server_round: u64,
         num_examples: u64,
+        kind: VectorKind,
     },
-    /// The answer to `Down::Collect`: the sum of the round's accepted updates.
-    /// Payload: Σ num_examples·update, f64 little-endian.
+    /// The answer to `Down::Collect`: the sum of the round's accepted vectors. Payload:
+    /// Σ num_examples·update as f64, or Σ masked vectors mod 2³² as u32, little-endian.
     Partial {
-        server_round: u64,
+        round: RoundRef,
+        kind: VectorKind,
         clients: Vec<u64>,
         total_weight: u64,
         count: usize,
-    },
-    /// Payload: the masked vector, u32 little-endian.
-    MaskedRes {
-        client_id: u64,
-        server_round: u64,
-        num_examples: u64,
     },
     SecAgg {
         client_id: u64,
@@ -250,10 +248,11 @@ pub enum Down {
     Close {
         client_id: u64,
     },
-    /// Fold the client's held update into the round's sum.
+    /// Fold the client's held vector, of this weight, into the round's sum.
     Accept {
         client_id: u64,
-        server_round: u64,
+        round: RoundRef,
+        num_examples: u64,
     },
     /// Send the client's held update itself (`Up::TrainRes`).
     SendInFull {
@@ -262,7 +261,7 @@ pub enum Down {
     },
     /// Send the round's sum (`Up::Partial`).
     Collect {
-        server_round: u64,
+        round: RoundRef,
     },
     /// The coordinator let the client go (left, replaced, too slow): its connection ends.
     Dropped {
@@ -456,12 +455,26 @@ mod tests {
             encode(&Up::Alive { clients: 3 }, &[]),
             encode(
                 &Up::Partial {
-                    server_round: 2,
+                    round: RoundRef {
+                        run_id: 1,
+                        server_round: 2,
+                        attempt: 1,
+                    },
+                    kind: VectorKind::Update,
                     clients: vec![1, 2],
                     total_weight: 12,
                     count: 2,
                 },
                 &f64s_to_bytes(&[0.5, -1.0]),
+            ),
+            encode(
+                &Up::HeldRes {
+                    client_id: 3,
+                    server_round: 2,
+                    num_examples: 60,
+                    kind: VectorKind::Masked,
+                },
+                &[],
             ),
             encode(
                 &Down::Joined {

@@ -5,8 +5,9 @@
 //! The relay holds each client's outbox (the only strong sender, as the coordinator does on a
 //! single server: when the relay lets a client go, its socket drains and closes). A client whose
 //! outbox is full is let go here, and the coordinator is told it left. The latest global-model
-//! frame is kept once and sent to each client the coordinator names; each client's update is
-//! held until the coordinator accepts it into the round's running sum, which goes up once.
+//! frame is kept once and sent to each client the coordinator names; each client's update or
+//! masked vector is held until the coordinator accepts it into the round's running sum, which
+//! goes up once.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -20,6 +21,7 @@ use tracing::{info, warn};
 
 use super::{Down, GatewayId, HEARTBEAT, JOIN_TIMEOUT, ShardAnswer, ShardQuery, Subjects, Up};
 use crate::coordinator::{AdminError, Command, Outgoing, ShardGrant};
+use crate::coordinator::{RoundRef, VectorKind};
 
 /// What the admin API answers on a gateway.
 const NOT_HERE: &str =
@@ -43,14 +45,92 @@ struct Relay {
     model: Option<(u64, Bytes)>,
     /// The coordinator's epoch, once heard.
     epoch: Option<u64>,
-    /// Each client's checked update waiting for the coordinator's answer: its round, the
-    /// update, its weight. One per client, so a client cannot make the gateway hold more than
-    /// one model's worth: the first of a round stays (it is the one the coordinator judges), a
-    /// later round's replaces it. Kept when the client leaves: the coordinator may have accepted
-    /// it already. Dropped once its round is collected.
-    held: HashMap<u64, (u64, Vec<f32>, u64)>,
-    /// Each round's running sum of the accepted updates, and whose they are.
-    sums: std::collections::BTreeMap<u64, (FedAvg, Vec<u64>)>,
+    /// Each client's checked vector waiting for the coordinator's answer. One per client, so
+    /// a client cannot make the gateway hold more than one model's worth: a newer result
+    /// replaces it (a retried attempt of the round sends one; the coordinator's `Accept` names
+    /// the weight it judged, so a swap it did not see cannot change the sum's weight). Kept
+    /// when the client leaves: the coordinator may have accepted it already. Dropped once its
+    /// round is collected.
+    held: HashMap<u64, Held>,
+    /// The running sum of the accepted vectors of the round being collected.
+    sum: Option<(RoundRef, RoundSum)>,
+}
+
+/// A client's checked vector at the gateway.
+struct Held {
+    server_round: u64,
+    num_examples: u64,
+    vector: HeldVector,
+}
+
+enum HeldVector {
+    Update(Vec<f32>),
+    Masked(Vec<u32>),
+}
+
+/// A round's sum of accepted vectors, and whose they are.
+struct RoundSum {
+    clients: Vec<u64>,
+    total_weight: u64,
+    of: SumOf,
+}
+
+enum SumOf {
+    /// FedAvg's Σ num_examples·update (it keeps the total weight too).
+    Updates(FedAvg),
+    /// Σ masked vectors mod 2³²: unmasked only at the coordinator, for the sum of the sums.
+    Masked(Vec<u32>),
+}
+
+impl RoundSum {
+    fn new(first: &HeldVector) -> Self {
+        let of = match first {
+            HeldVector::Update(u) => SumOf::Updates(FedAvg::new(u.len())),
+            HeldVector::Masked(m) => SumOf::Masked(vec![0; m.len()]),
+        };
+        Self {
+            clients: Vec::new(),
+            total_weight: 0,
+            of,
+        }
+    }
+
+    /// Folds in one client's vector; refused if it is of the other kind or length, or the
+    /// weights overflow.
+    fn add(&mut self, client_id: u64, held: &Held) -> Result<(), String> {
+        let total = self
+            .total_weight
+            .checked_add(held.num_examples)
+            .ok_or("the round's total weight overflows")?;
+        match (&mut self.of, &held.vector) {
+            (SumOf::Updates(sum), HeldVector::Update(u)) => {
+                sum.add(u, held.num_examples).map_err(|e| e.to_string())?
+            }
+            (SumOf::Masked(sum), HeldVector::Masked(m)) if sum.len() == m.len() => {
+                secagg::add_into(sum, m, 1)
+            }
+            _ => return Err("a vector of another kind or length than the round's others".into()),
+        }
+        self.total_weight = total;
+        self.clients.push(client_id);
+        Ok(())
+    }
+
+    /// The `Up::Partial` for it, and its payload.
+    fn into_partial(self, round: RoundRef) -> (Up, Vec<u8>) {
+        let (kind, payload) = match &self.of {
+            SumOf::Updates(sum) => (VectorKind::Update, super::f64s_to_bytes(sum.sum())),
+            SumOf::Masked(sum) => (VectorKind::Masked, super::u32s_to_bytes(sum)),
+        };
+        let partial = Up::Partial {
+            round,
+            kind,
+            count: self.clients.len(),
+            clients: self.clients,
+            total_weight: self.total_weight,
+        };
+        (partial, payload)
+    }
 }
 
 /// Runs the relay until the gateway's command channel closes.
@@ -83,7 +163,7 @@ pub async fn run(
         model: None,
         epoch: None,
         held: HashMap::new(),
-        sums: Default::default(),
+        sum: None,
     };
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
@@ -140,21 +220,9 @@ impl Relay {
                 num_examples,
                 update,
             } => {
-                // Held here; only the answer to the coordinator's checks decides its fate.
-                let first_of_round = self
-                    .held
-                    .get(&client_id)
-                    .is_none_or(|(round, _, _)| *round < server_round);
-                if first_of_round {
-                    self.held
-                        .insert(client_id, (server_round, update, num_examples));
-                }
-                let res = Up::HeldRes {
-                    client_id,
-                    server_round,
-                    num_examples,
-                };
-                self.up(&res, &[]).await;
+                let vector = HeldVector::Update(update);
+                self.hold(client_id, server_round, num_examples, vector)
+                    .await;
             }
             Command::MaskedRes {
                 client_id,
@@ -162,12 +230,9 @@ impl Relay {
                 num_examples,
                 masked,
             } => {
-                let res = Up::MaskedRes {
-                    client_id,
-                    server_round,
-                    num_examples,
-                };
-                self.up(&res, &super::u32s_to_bytes(&masked)).await;
+                let vector = HeldVector::Masked(masked);
+                self.hold(client_id, server_round, num_examples, vector)
+                    .await;
             }
             Command::SecAgg {
                 client_id,
@@ -247,6 +312,34 @@ impl Relay {
         }
     }
 
+    /// A client's checked result: held here, and the coordinator told what it may judge
+    /// without the vector; its answer decides the vector's fate.
+    async fn hold(
+        &mut self,
+        client_id: u64,
+        server_round: u64,
+        num_examples: u64,
+        vector: HeldVector,
+    ) {
+        let kind = match vector {
+            HeldVector::Update(_) => VectorKind::Update,
+            HeldVector::Masked(_) => VectorKind::Masked,
+        };
+        let held = Held {
+            server_round,
+            num_examples,
+            vector,
+        };
+        self.held.insert(client_id, held);
+        let res = Up::HeldRes {
+            client_id,
+            server_round,
+            num_examples,
+            kind,
+        };
+        self.up(&res, &[]).await;
+    }
+
     async fn down(&mut self, bytes: &[u8]) {
         let (msg, payload) = match super::decode::<Down>(bytes) {
             Ok(m) => m,
@@ -278,24 +371,14 @@ impl Relay {
             Down::Close { client_id } => self.deliver(client_id, Outgoing::Close).await,
             Down::Accept {
                 client_id,
-                server_round,
-            } => self.accept(client_id, server_round),
+                round,
+                num_examples,
+            } => self.accept(client_id, round, num_examples),
             Down::SendInFull {
                 client_id,
                 server_round,
-            } => {
-                if let Some((round, update, num_examples)) = self.held.remove(&client_id)
-                    && round == server_round
-                {
-                    let res = Up::TrainRes {
-                        client_id,
-                        server_round,
-                        num_examples,
-                    };
-                    self.up(&res, &super::f32s_to_bytes(&update)).await;
-                }
-            }
-            Down::Collect { server_round } => self.collect(server_round).await,
+            } => self.send_in_full(client_id, server_round).await,
+            Down::Collect { round } => self.collect(round).await,
             Down::Dropped { client_id } => {
                 self.clients.remove(&client_id);
             }
@@ -313,57 +396,83 @@ impl Relay {
         );
         self.clients.clear();
         self.held.clear();
-        self.sums.clear();
+        self.sum = None;
         for (_, join) in self.pending.drain() {
             let _ignored_if_gone = join.reply.send(Err(format!("{why}: join again")));
         }
         self.model = None;
     }
 
-    /// The coordinator accepted a held update: into its round's sum. (Checked by the socket
-    /// handler already: a refusal here would make the sum disagree with what the coordinator
-    /// counted, and the coordinator then drops the gateway's whole sum — so it is logged.)
-    fn accept(&mut self, client_id: u64, server_round: u64) {
-        let Some((round, update, num_examples)) = self.held.remove(&client_id) else {
+    /// The coordinator accepted a held vector of this weight: into its round's sum. (Checked
+    /// by the socket handler already: a refusal here leaves the client out of the sum, and the
+    /// coordinator then fails that client alone — so it is logged.)
+    fn accept(&mut self, client_id: u64, round: RoundRef, num_examples: u64) {
+        let Some(held) = self.held.remove(&client_id) else {
             return warn!(
                 client_id,
-                server_round, "accepted an update this gateway does not hold"
+                ?round,
+                "accepted a vector this gateway does not hold"
             );
         };
-        if round != server_round {
+        if held.server_round != round.server_round || held.num_examples != num_examples {
             return warn!(
                 client_id,
-                server_round, round, "accepted an update of another round"
+                ?round,
+                num_examples,
+                held_round = held.server_round,
+                held_weight = held.num_examples,
+                "accepted a vector of another round or weight than the one held"
             );
         }
-        let (sum, clients) = self
-            .sums
-            .entry(server_round)
-            .or_insert_with(|| (FedAvg::new(update.len()), Vec::new()));
-        match sum.add(&update, num_examples) {
-            Ok(()) => clients.push(client_id),
-            Err(e) => {
-                warn!(client_id, error = %e, "an accepted update does not fit the round's sum")
+        // The coordinator runs one round at a time: a sum of another round or attempt was
+        // abandoned, and must not count for this one.
+        if self.sum.as_ref().is_none_or(|(r, _)| *r != round) {
+            self.sum = Some((round, RoundSum::new(&held.vector)));
+        }
+        if let Some((_, sum)) = self.sum.as_mut()
+            && let Err(e) = sum.add(client_id, &held)
+        {
+            warn!(client_id, error = %e, "an accepted vector does not fit the round's sum");
+        }
+    }
+
+    /// The run's rule looks at each update: the held one goes up whole.
+    async fn send_in_full(&mut self, client_id: u64, server_round: u64) {
+        let Some(held) = self.held.remove(&client_id) else {
+            return;
+        };
+        match held.vector {
+            HeldVector::Update(update) if held.server_round == server_round => {
+                let res = Up::TrainRes {
+                    client_id,
+                    server_round,
+                    num_examples: held.num_examples,
+                };
+                self.up(&res, &super::f32s_to_bytes(&update)).await;
             }
+            _ => warn!(
+                client_id,
+                server_round, "asked for an update in full that this gateway does not hold"
+            ),
         }
     }
 
     /// The round's training is over: its sum goes to the coordinator (an empty one when this
-    /// gateway holds none), and what older rounds left here goes.
-    async fn collect(&mut self, server_round: u64) {
-        let (sum, clients) = self
-            .sums
-            .remove(&server_round)
-            .unwrap_or_else(|| (FedAvg::new(0), Vec::new()));
-        self.sums.retain(|&r, _| r > server_round);
-        self.held.retain(|_, (r, _, _)| *r > server_round);
-        let partial = Up::Partial {
-            server_round,
-            total_weight: sum.total_weight(),
-            count: sum.count(),
-            clients,
+    /// gateway holds none), and the vectors held for it or earlier go.
+    async fn collect(&mut self, round: RoundRef) {
+        let (partial, payload) = match self.sum.take() {
+            Some((r, sum)) if r == round => sum.into_partial(round),
+            _ => RoundSum {
+                clients: Vec::new(),
+                total_weight: 0,
+                of: SumOf::Updates(FedAvg::new(0)),
+            }
+            .into_partial(round),
         };
-        self.up(&partial, &super::f64s_to_bytes(sum.sum())).await;
+        let clients = &self.clients;
+        self.held
+            .retain(|c, h| h.server_round > round.server_round && clients.contains_key(c));
+        self.up(&partial, &payload).await;
     }
 
     async fn joined(&mut self, conn: u64, result: Result<u64, String>) {

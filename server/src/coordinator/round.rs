@@ -158,6 +158,7 @@ impl Coordinator {
             None => (None, Vec::new()),
         };
         run.round = Some(Round {
+            run_id,
             server_round,
             attempt,
             started: Instant::now(),
@@ -306,7 +307,7 @@ impl Coordinator {
             self.reject(client_id, ErrorCode::WrongRound, format!("result for round {server_round}: expected round {current}, and only while it is training"));
             return self.fail_slot(client_id, Some(current), "result for another round");
         }
-        let Some((key, slot)) = round.sampled.get_mut(&client_id) else {
+        let Some((key, slot)) = round.sampled.get(&client_id) else {
             return self.reject(
                 client_id,
                 ErrorCode::NotSampled,
@@ -322,6 +323,7 @@ impl Coordinator {
                 ),
             );
         }
+        let key = key.clone();
         if expected_n != Some(num_examples) {
             let msg = format!(
                 "num_examples is {num_examples}: expected this client's data size {}",
@@ -336,7 +338,9 @@ impl Coordinator {
                 .aggregator
                 .add(&update, num_examples)
                 .map_err(|e| format!("update rejected: {e}")),
-            Contribution::Held(holder) if !round.aggregator.takes_partials() => {
+            Contribution::Held(holder, VectorKind::Update)
+                if !round.aggregator.takes_partials() =>
+            {
                 // The slot stays pending until the update itself arrives.
                 holder.call(HolderCall::SendInFull {
                     client_id,
@@ -344,19 +348,7 @@ impl Coordinator {
                 });
                 return;
             }
-            Contribution::Held(holder) => {
-                holder.call(HolderCall::Accept {
-                    client_id,
-                    server_round,
-                });
-                let gateway = holder.gateway().to_string();
-                let at = round.held.entry(gateway).or_insert_with(|| HeldAt {
-                    holder,
-                    clients: Default::default(),
-                });
-                at.clients.insert(client_id, num_examples);
-                Ok(())
-            }
+            Contribution::Held(holder, kind) => round.hold(client_id, num_examples, holder, kind),
             // Into the protocol's running sum; the aggregator only counts it.
             Contribution::Masked(masked) => match round.secure.as_mut() {
                 None => Err("a masked vector in a round without secure aggregation".into()),
@@ -371,8 +363,9 @@ impl Coordinator {
             self.reject(client_id, ErrorCode::InvalidUpdate, msg.clone());
             return self.fail_slot(client_id, Some(server_round), &msg);
         }
-        *slot = Slot::Done;
-        let key = key.clone();
+        if let Some((_, slot)) = round.sampled.get_mut(&client_id) {
+            *slot = Slot::Done;
+        }
         let Some(run) = self.run.as_mut() else { return };
         run.bench.succeeded(&key);
         let Some(round) = run.round.as_mut() else {
@@ -536,18 +529,30 @@ impl Coordinator {
         let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
             return;
         };
-        if round.secure.is_some() {
-            self.start_unmask();
-        } else if !round.held.is_empty() {
+        if !round.held.is_empty() {
             round.phase = Phase::Collecting;
             round.deadline = tokio::time::Instant::now() + COLLECT_TIMEOUT;
-            let server_round = round.server_round;
+            let reference = round.reference();
             for at in round.held.values() {
-                at.holder.call(HolderCall::Collect { server_round });
+                at.holder.call(HolderCall::Collect { round: reference });
             }
             round
                 .span
                 .in_scope(|| info!(gateways = round.held.len(), "collecting the gateways' sums"));
+        } else {
+            self.aggregate_collected();
+        }
+    }
+
+    /// Every accepted vector is in: aggregated — after the unmask step when the round is secure.
+    fn aggregate_collected(&mut self) {
+        let secure = self
+            .run
+            .as_ref()
+            .and_then(|r| r.round.as_ref())
+            .is_some_and(|r| r.secure.is_some());
+        if secure {
+            self.start_unmask();
         } else {
             self.aggregate_round();
         }
@@ -562,8 +567,8 @@ impl Coordinator {
         let Some(round) = run.round.as_mut() else {
             return;
         };
-        if round.server_round != partial.server_round || !matches!(round.phase, Phase::Collecting) {
-            return warn!(gateway = %partial.gateway, server_round = partial.server_round, "a gateway's sum for no round collecting: ignored");
+        if round.reference() != partial.round || !matches!(round.phase, Phase::Collecting) {
+            return warn!(gateway = %partial.gateway, round = ?partial.round, "a gateway's sum for no round collecting: ignored");
         }
         let Some(at) = round.held.remove(&partial.gateway) else {
             return warn!(gateway = %partial.gateway, "a sum from a gateway that holds nothing: ignored");
@@ -585,9 +590,16 @@ impl Coordinator {
                     && partial.total_weight == w
                     && partial.count == claimed.len() =>
             {
-                learning::FedAvg::from_parts(num_params, partial.sum, w, partial.count)
-                    .and_then(|sum| round.aggregator.add_partial(&sum))
-                    .map_err(|e| e.to_string())
+                match (at.kind, &partial.sum) {
+                    (VectorKind::Update, PartialVector::Update(_))
+                    | (VectorKind::Masked, PartialVector::Masked(_)) => {
+                        round.fold(&claimed, w, partial.sum, num_params)
+                    }
+                    _ => Err(format!(
+                        "a sum of the other kind: it holds {:?} vectors",
+                        at.kind
+                    )),
+                }
             }
             _ => Err(format!(
                 "the gateway's sum claims {} updates of weight {} (clients not accepted from it or \
@@ -672,7 +684,7 @@ impl Coordinator {
             .and_then(|r| r.round.as_ref())
             .is_some_and(|r| matches!(r.phase, Phase::Collecting) && r.held.is_empty());
         if collected {
-            self.aggregate_round();
+            self.aggregate_collected();
         }
     }
 
