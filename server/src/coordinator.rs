@@ -206,6 +206,10 @@ pub enum Command {
     },
     /// A gateway's sum of the held updates of a round.
     Partial(PartialSum),
+    /// A gateway went silent or restarted: the vectors it held are lost.
+    GatewayGone {
+        gateway: String,
+    },
     /// A masked vector (secure aggregation) instead of an update.
     MaskedRes {
         client_id: u64,
@@ -935,6 +939,7 @@ impl Coordinator {
                 Contribution::Held(holder, kind),
             ),
             Command::Partial(partial) => self.partial(partial),
+            Command::GatewayGone { gateway } => self.gateway_gone(&gateway),
             Command::MaskedRes {
                 client_id,
                 server_round,
@@ -1275,6 +1280,48 @@ mod tests {
                 .zip(initial.iter())
                 .all(|(g, i)| (g - i - 0.5).abs() < 1e-5)
         );
+    }
+
+    /// A gateway gone while its sum is awaited: its clients fail at once and the round
+    /// aggregates the other gateway's sum, without waiting out the collect timeout.
+    #[tokio::test]
+    async fn a_gone_gateway_s_held_updates_fail_at_once() {
+        let (mut c, _outboxes, _seen) = started_run(
+            r#"{"min_clients":2,"quorum":0.3,"batching":{"batch_size":10},"shards":null}"#,
+            [100, 100],
+        );
+        settle_accounting(&mut c).await;
+        c.maybe_start_round();
+        let (ids, server_round) = sampled(&c);
+        let (calls_tx, _calls) = mpsc::unbounded_channel();
+        for (&client_id, gateway) in ids.iter().zip(["gw-a", "gw-b"]) {
+            c.handle(Command::HeldRes {
+                client_id,
+                server_round,
+                num_examples: 100,
+                kind: VectorKind::Update,
+                holder: Holder::new(gateway.into(), calls_tx.clone()),
+            });
+        }
+        let n = c.run.as_ref().unwrap().global.len();
+        c.handle(Command::Partial(PartialSum {
+            gateway: "gw-a".into(),
+            round: round_ref(&c),
+            clients: vec![ids[0]],
+            sum: PartialVector::Update(vec![50.0; n]),
+            total_weight: 100,
+            count: 1,
+        }));
+        let phase = &c.run.as_ref().unwrap().round.as_ref().unwrap().phase;
+        assert!(matches!(phase, Phase::Collecting), "{phase:?}");
+        c.handle(Command::GatewayGone {
+            gateway: "gw-b".into(),
+        });
+        settle_accounting(&mut c).await;
+        let run = c.run.as_ref().unwrap();
+        assert_eq!(run.summary.completed_rounds, 1, "the round closed");
+        let record = &c.store.rounds(run.id()).unwrap()[0];
+        assert_eq!((record.participants, record.failures), (1, 1), "{record:?}");
     }
 
     /// A rule that looks at each update (the median) asks the gateway for the update itself,

@@ -58,6 +58,8 @@ struct Bridge {
     max_params: usize,
     /// Where the coordinator's calls to gateways holding updates go (see [`Holder`]).
     holder_calls: Option<mpsc::UnboundedSender<(String, HolderCall)>>,
+    /// This coordinator's, new at every start.
+    epoch: u64,
 }
 
 /// Runs the bridge until the coordinator stops.
@@ -66,11 +68,7 @@ pub async fn run(
     subjects: Subjects,
     coordinator: mpsc::Sender<Command>,
 ) -> Result<(), String> {
-    let epoch = {
-        let mut b = [0u8; 8];
-        getrandom::fill(&mut b).map_err(|e| format!("no OS randomness for the epoch: {e}"))?;
-        u64::from_le_bytes(b)
-    };
+    let epoch = super::random_u64("coordinator's epoch")?;
     let subscribe_error = |e: async_nats::SubscribeError| format!("cannot subscribe on NATS: {e}");
     let mut up = nats
         .subscribe(subjects.up_all())
@@ -98,6 +96,7 @@ pub async fn run(
         owner: HashMap::new(),
         max_params: learning::task::max_params(),
         holder_calls: None,
+        epoch,
     };
     let (holder_calls, mut calls) = mpsc::unbounded_channel();
     bridge.holder_calls = Some(holder_calls);
@@ -121,7 +120,7 @@ pub async fn run(
             Some((gateway, call)) = calls.recv() => bridge.holder_call(gateway, call).await,
             Some(news) = liveness.recv() => bridge.liveness(news).await,
             _ = tick.tick() => {
-                if !bridge.tick(epoch).await {
+                if !bridge.tick().await {
                     return Ok(());
                 }
             }
@@ -322,6 +321,7 @@ impl Bridge {
         } = joined;
         let answer = Down::Joined {
             conn,
+            epoch: self.epoch,
             result: result.clone(),
         };
         let client_id = result.ok();
@@ -449,11 +449,11 @@ impl Bridge {
     }
 
     /// The coordinator's heartbeat. `false` once the coordinator has stopped.
-    async fn tick(&mut self, epoch: u64) -> bool {
+    async fn tick(&mut self) -> bool {
         if self.coordinator.is_closed() {
             return false;
         }
-        let beat = Down::Coordinator { epoch };
+        let beat = Down::Coordinator { epoch: self.epoch };
         super::publish(&self.nats, self.subjects.heartbeat(), &beat, &[]).await;
         true
     }
@@ -471,10 +471,15 @@ impl Bridge {
                 }
             }
             Liveness::Gone(gateway) => {
+                // The vectors it held for the round are lost now, not at the collect deadline.
+                self.command(Command::GatewayGone {
+                    gateway: gateway.as_str().to_string(),
+                })
+                .await;
                 let Some(g) = self.gateways.remove(&gateway) else {
                     return;
                 };
-                warn!(%gateway, clients = g.clients.len(), "gateway silent: its clients leave");
+                warn!(%gateway, clients = g.clients.len(), "gateway gone: its clients leave");
                 for client_id in g.clients {
                     self.owner.remove(&client_id);
                     self.command(Command::Leave { client_id }).await;
@@ -491,18 +496,27 @@ async fn watch_liveness(
     subjects: Subjects,
     news: mpsc::UnboundedSender<Liveness>,
 ) {
-    let mut seen: HashMap<GatewayId, Instant> = HashMap::new();
+    // Each gateway's instance and when it was last heard.
+    let mut seen: HashMap<GatewayId, (u64, Instant)> = HashMap::new();
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
             msg = alive.next() => {
                 let Some(msg) = msg else { return };
                 let Some(gateway) = subjects.alive_of(msg.subject.as_str()) else { continue };
-                let Ok((Up::Alive { clients }, _)) = super::decode::<Up>(&msg.payload) else {
+                let Ok((Up::Alive { instance, clients }, _)) = super::decode::<Up>(&msg.payload) else {
                     warn!(%gateway, "a gateway's heartbeat does not decode");
                     continue;
                 };
-                if seen.insert(gateway.clone(), Instant::now()).is_none()
+                let before = seen.insert(gateway.clone(), (instance, Instant::now()));
+                let restarted = before.is_some_and(|(i, _)| i != instance);
+                if restarted {
+                    warn!(%gateway, "gateway restarted: its former clients are gone");
+                    if news.send(Liveness::Gone(gateway.clone())).is_err() {
+                        return;
+                    }
+                }
+                if (before.is_none() || restarted)
                     && news.send(Liveness::New { gateway, clients }).is_err()
                 {
                     return;
@@ -511,7 +525,7 @@ async fn watch_liveness(
             _ = tick.tick() => {
                 let silent: Vec<GatewayId> = seen
                     .iter()
-                    .filter(|(_, t)| t.elapsed() > GATEWAY_SILENCE)
+                    .filter(|(_, (_, t))| t.elapsed() > GATEWAY_SILENCE)
                     .map(|(g, _)| g.clone())
                     .collect();
                 for gateway in silent {

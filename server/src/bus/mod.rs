@@ -157,8 +157,11 @@ impl std::fmt::Display for GatewayId {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Up {
-    /// The heartbeat (on its own subject), with how many clients the gateway holds.
+    /// The heartbeat (on its own subject), with how many clients the gateway holds. `instance`
+    /// is drawn at the gateway's start: a gateway restarted under the same name is a new one,
+    /// whose predecessor's clients are gone, however soon it is back.
     Alive {
+        instance: u64,
         clients: u64,
     },
     /// A socket said `Hello`; `conn` is the gateway's number for it until the answer.
@@ -222,9 +225,12 @@ pub enum Down {
     Coordinator {
         epoch: u64,
     },
-    /// The answer to `Up::Join`: the client's id, or why it may not join.
+    /// The answer to `Up::Join`: the client's id, or why it may not join. With the
+    /// coordinator's epoch: the heartbeat that announces a restarted coordinator travels on
+    /// another subject, in no order with this answer.
     Joined {
         conn: u64,
+        epoch: u64,
         result: Result<u64, String>,
     },
     Text {
@@ -303,6 +309,13 @@ pub enum BusError {
     Json(#[from] serde_json::Error),
     #[error("bus payload of {len} bytes: expected a whole number of values, at most {max} bytes")]
     Payload { len: usize, max: usize },
+}
+
+/// A random number from the OS: a coordinator's epoch, a gateway's instance.
+pub fn random_u64(what: &str) -> Result<u64, String> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| format!("no OS randomness for the {what}: {e}"))?;
+    Ok(u64::from_le_bytes(b))
 }
 
 /// A message: the header's length (u32 LE), the JSON header, the payload.
@@ -452,7 +465,13 @@ mod tests {
     fn mutated_bus_messages_decode_or_fail_without_panicking() {
         use rand::{RngExt, SeedableRng};
         let seeds = [
-            encode(&Up::Alive { clients: 3 }, &[]),
+            encode(
+                &Up::Alive {
+                    instance: 5,
+                    clients: 3,
+                },
+                &[],
+            ),
             encode(
                 &Up::Partial {
                     round: RoundRef {
@@ -479,6 +498,7 @@ mod tests {
             encode(
                 &Down::Joined {
                     conn: 1,
+                    epoch: 8,
                     result: Err("no".into()),
                 },
                 &[],

@@ -45,6 +45,8 @@ struct Relay {
     model: Option<(u64, Bytes)>,
     /// The coordinator's epoch, once heard.
     epoch: Option<u64>,
+    /// This gateway process's, drawn at its start (see `Up::Alive`).
+    instance: u64,
     /// Each client's checked vector waiting for the coordinator's answer. One per client, so
     /// a client cannot make the gateway hold more than one model's worth: a newer result
     /// replaces it (a retried attempt of the round sends one; the coordinator's `Accept` names
@@ -153,11 +155,15 @@ pub async fn run(
         .await
         .map_err(|e| format!("NATS flush failed: {e}"))?;
     info!(%gateway, "gateway relay on the bus");
+    let instance = super::random_u64("gateway's instance")?;
     let mut relay = Relay {
         nats,
         subjects,
         gateway,
-        next_conn: 1,
+        // Not 1: a join answer meant for a predecessor under the same name (restarted within
+        // the coordinator's silence window) must not find one of this process's sockets.
+        next_conn: super::random_u64("gateway's first connection number")? >> 1,
+        instance,
         pending: HashMap::new(),
         clients: HashMap::new(),
         model: None,
@@ -193,7 +199,7 @@ impl Relay {
                 reply,
             } => {
                 let conn = self.next_conn;
-                self.next_conn += 1;
+                self.next_conn = self.next_conn.wrapping_add(1);
                 let since = Instant::now();
                 self.pending.insert(
                     conn,
@@ -308,7 +314,7 @@ impl Relay {
                 let _ignored_if_gone = reply.send(Vec::new());
             }
             // What the bridge sends a coordinator, never a socket a gateway.
-            Command::HeldRes { .. } | Command::Partial(_) => {}
+            Command::HeldRes { .. } | Command::Partial(_) | Command::GatewayGone { .. } => {}
         }
     }
 
@@ -346,7 +352,11 @@ impl Relay {
             Err(e) => return warn!(error = %e, "a message from the coordinator does not decode"),
         };
         match msg {
-            Down::Joined { conn, result } => self.joined(conn, result).await,
+            Down::Joined {
+                conn,
+                epoch,
+                result,
+            } => self.joined(conn, epoch, result).await,
             Down::Text { client_id, text } => self.deliver(client_id, Outgoing::Text(text)).await,
             Down::Binary { client_id } => {
                 let bytes = Bytes::copy_from_slice(payload);
@@ -475,8 +485,10 @@ impl Relay {
         self.up(&partial, &payload).await;
     }
 
-    async fn joined(&mut self, conn: u64, result: Result<u64, String>) {
-        let Some(join) = self.pending.remove(&conn) else {
+    async fn joined(&mut self, conn: u64, epoch: u64, result: Result<u64, String>) {
+        let join = self.pending.remove(&conn);
+        self.heard_epoch(epoch);
+        let Some(join) = join else {
             // Timed out here already: the coordinator's client has no socket.
             if let Ok(client_id) = result {
                 self.up(&Up::Leave { client_id }, &[]).await;
@@ -515,6 +527,12 @@ impl Relay {
         let Ok((Down::Coordinator { epoch }, _)) = super::decode::<Down>(bytes) else {
             return warn!("a heartbeat from the coordinator does not decode");
         };
+        self.heard_epoch(epoch);
+    }
+
+    /// The coordinator's epoch, from its heartbeat or a join answer (whichever comes first):
+    /// another one than before means it restarted, and knows none of the clients here.
+    fn heard_epoch(&mut self, epoch: u64) {
         if self
             .epoch
             .replace(epoch)
@@ -526,6 +544,7 @@ impl Relay {
 
     async fn tick(&mut self) {
         let alive = Up::Alive {
+            instance: self.instance,
             clients: self.clients.len() as u64,
         };
         let subject = self.subjects.alive(&self.gateway);

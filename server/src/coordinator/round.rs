@@ -631,6 +631,20 @@ impl Coordinator {
         self.maybe_aggregate_collected();
     }
 
+    /// A gateway is gone: the round's vectors it held fail their clients now (the round then
+    /// closes by quorum or deadline, or aggregates if it waited only for that gateway's sum).
+    pub(super) fn gateway_gone(&mut self, gateway: &str) {
+        let Some(round) = self.run.as_mut().and_then(|r| r.round.as_mut()) else {
+            return;
+        };
+        let Some(at) = round.held.remove(gateway) else {
+            return;
+        };
+        let clients: Vec<u64> = at.clients.into_keys().collect();
+        self.lose_held(gateway, &clients, "the gateway is gone");
+        self.maybe_aggregate_collected();
+    }
+
     /// The accepted updates a gateway lost (it died, its sum did not add up, or left them out)
     /// fail their clients' slots.
     fn lose_held(&mut self, gateway: &str, clients: &[u64], reason: &str) {
