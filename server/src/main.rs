@@ -150,7 +150,8 @@ async fn main() -> anyhow::Result<()> {
         };
         let started = start_gateway(options, data).await?;
         tracing::info!(%addr, gateway = %id, "gateway listening: clients join at ws://{addr}/ws");
-        return serve(listener, &args, started).await;
+        let relay = Lifeline::new("the gateway's bus relay", started.coordinator);
+        return serve(listener, &args, started.router, vec![relay]).await;
     }
     let store = match &args.database_url {
         Some(url) => Location::Url(url.clone()),
@@ -170,8 +171,10 @@ async fn main() -> anyhow::Result<()> {
         },
         data,
     )?;
+    let mut lifelines = Vec::new();
     if let Some(bus) = &bus {
-        attach_bus(&started, bus).await?;
+        let bridge = attach_bus(&started, bus).await?;
+        lifelines.push(Lifeline::new("the coordinator's bus bridge", bridge));
         tracing::info!("coordinator on the bus: gateways' clients join through it");
     }
     tracing::info!(%addr, "listening");
@@ -182,7 +185,32 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = &started.state.static_dir {
         tracing::info!(dir = %dir.display(), "client page at http://{addr}/   dashboard at http://{addr}/admin");
     }
-    serve(listener, &args, started).await
+    lifelines.push(Lifeline::new("the coordinator", started.coordinator));
+    serve(listener, &args, started.router, lifelines).await
+}
+
+/// A task the process cannot work without (the coordinator, a bus relay or bridge): when it
+/// ends, the server stops and exits with an error, so that a supervisor restarts it — rather
+/// than serve sockets that nothing answers.
+struct Lifeline {
+    what: &'static str,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Lifeline {
+    fn new(what: &'static str, task: tokio::task::JoinHandle<()>) -> Self {
+        Self { what, task }
+    }
+}
+
+/// Resolves with what ended, once any of `lifelines` does (never when there are none).
+async fn any_ends(lifelines: Vec<Lifeline>) -> &'static str {
+    if lifelines.is_empty() {
+        return std::future::pending().await;
+    }
+    let (whats, tasks): (Vec<_>, Vec<_>) = lifelines.into_iter().map(|l| (l.what, l.task)).unzip();
+    let (_, index, _) = futures_util::future::select_all(tasks).await;
+    whats[index]
 }
 
 /// The built frontend, if the directory has one.
@@ -193,33 +221,84 @@ fn static_dir(args: &Args) -> Option<PathBuf> {
         .then(|| args.static_dir.clone())
 }
 
-/// Serves the router until Ctrl-C or SIGTERM.
+/// How long the sockets get to close after a lifeline ended.
+const DRAIN_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves the router until Ctrl-C or SIGTERM (then `Ok`), or until a lifeline ends (then an
+/// error naming it).
 async fn serve(
     listener: tokio::net::TcpListener,
     args: &Args,
-    started: server::server::Started,
+    router: axum::Router,
+    lifelines: Vec<Lifeline>,
 ) -> anyhow::Result<()> {
     let listener = server::net::GuardedListener::new(
         listener,
         args.max_connections,
         server::net::IDLE_TIMEOUT,
     );
-    axum::serve(listener, started.router)
-        .with_graceful_shutdown(async {
-            let ctrl_c = async { tokio::signal::ctrl_c().await.ok() };
-            #[cfg(unix)]
-            let term = async {
-                if let Ok(mut s) =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                {
-                    s.recv().await;
-                }
-            };
-            #[cfg(not(unix))]
-            let term = std::future::pending::<()>();
-            tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-            tracing::info!("shutting down");
-        })
-        .await?;
-    Ok(())
+    let failed = std::sync::Arc::new(std::sync::OnceLock::new());
+    let failure = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (failed_in, failure_in) = (failed.clone(), failure.clone());
+    let shutdown = async move {
+        let ctrl_c = async { tokio::signal::ctrl_c().await.ok() };
+        #[cfg(unix)]
+        let term = async {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                s.recv().await;
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("shutting down"),
+            _ = term => tracing::info!("shutting down"),
+            what = any_ends(lifelines) => {
+                tracing::error!("{what} stopped: shutting down");
+                let _ = failed_in.set(what);
+                failure_in.notify_one();
+            }
+        }
+    };
+    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+    // After a failure the sockets get a moment to close, not forever.
+    let drained = async {
+        failure.notified().await;
+        tokio::time::sleep(DRAIN_AFTER_FAILURE).await;
+    };
+    tokio::select! {
+        r = served => r?,
+        _ = drained => {}
+    }
+    match failed.get() {
+        Some(what) => anyhow::bail!("{what} stopped"),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task the process cannot work without ends (a panic in the relay, say): the server
+    /// stops serving and says which, instead of accepting sockets nothing answers.
+    #[tokio::test]
+    async fn the_server_stops_with_an_error_when_a_lifeline_ends() {
+        let args = Args::parse_from(["server"]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = tokio::spawn(async { panic!("the relay fails") });
+        let served = serve(
+            listener,
+            &args,
+            axum::Router::new(),
+            vec![Lifeline::new("the gateway's bus relay", relay)],
+        );
+        let err = tokio::time::timeout(std::time::Duration::from_secs(30), served)
+            .await
+            .expect("the server stops")
+            .unwrap_err();
+        assert_eq!(err.to_string(), "the gateway's bus relay stopped");
+    }
 }

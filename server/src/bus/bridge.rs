@@ -60,6 +60,8 @@ struct Bridge {
     holder_calls: Option<mpsc::UnboundedSender<(String, HolderCall)>>,
     /// This coordinator's, new at every start.
     epoch: u64,
+    /// Commands waiting for room in the coordinator's inbox, in order.
+    backlog: std::collections::VecDeque<Command>,
 }
 
 /// Runs the bridge until the coordinator stops.
@@ -97,14 +99,21 @@ pub async fn run(
         max_params: learning::task::max_params(),
         holder_calls: None,
         epoch,
+        backlog: Default::default(),
     };
     let (holder_calls, mut calls) = mpsc::unbounded_channel();
     bridge.holder_calls = Some(holder_calls);
     let mut joins: FuturesUnordered<BoxFuture<'static, Joined>> = FuturesUnordered::new();
     let mut outboxes: SelectAll<BoxStream<'static, (u64, Option<Outgoing>)>> = SelectAll::new();
     let mut tick = tokio::time::interval(HEARTBEAT);
+    let inbox = bridge.coordinator.clone();
     loop {
         tokio::select! {
+            Ok(room) = inbox.reserve(), if !bridge.backlog.is_empty() => {
+                if let Some(cmd) = bridge.backlog.pop_front() {
+                    room.send(cmd);
+                }
+            }
             Some(msg) = up.next() => {
                 if let Some(join) = bridge.up(msg).await {
                     joins.push(join);
@@ -133,10 +142,26 @@ impl Bridge {
         super::publish(&self.nats, self.subjects.down(gateway), msg, payload).await;
     }
 
-    async fn command(&self, cmd: Command) {
-        if self.coordinator.send(cmd).await.is_err() {
-            warn!("coordinator gone");
+    /// Queues a command for the coordinator without waiting: while its inbox is full, the
+    /// bridge goes on draining the clients' outboxes (waiting here would stall them, and the
+    /// coordinator would then take its remote clients for too slow and drop them).
+    fn command(&mut self, cmd: Command) {
+        if !self.backlog.is_empty() {
+            return self.queue(cmd);
         }
+        match self.coordinator.try_send(cmd) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(cmd)) => self.queue(cmd),
+            Err(mpsc::error::TrySendError::Closed(_)) => warn!("coordinator gone"),
+        }
+    }
+
+    fn queue(&mut self, cmd: Command) {
+        if self.backlog.len() >= super::SUBSCRIPTION_CAPACITY {
+            // As NATS drops a slow consumer's messages: the rounds close by their deadlines.
+            return warn!("the coordinator is too far behind: a gateway's message is dropped");
+        }
+        self.backlog.push_back(cmd);
     }
 
     /// A gateway's message; a join comes back as the coordinator's answer to wait for.
@@ -169,7 +194,7 @@ impl Bridge {
                     outbox,
                     reply,
                 };
-                self.command(join).await;
+                self.command(join);
                 Some(
                     async move {
                         let result = answer
@@ -187,7 +212,7 @@ impl Bridge {
             }
             other => {
                 match self.client_command(&gateway, other, payload) {
-                    Ok(Some(cmd)) => self.command(cmd).await,
+                    Ok(Some(cmd)) => self.command(cmd),
                     Ok(None) => {}
                     Err(e) => warn!(%gateway, error = %e, "a gateway's message was refused"),
                 }
@@ -474,15 +499,14 @@ impl Bridge {
                 // The vectors it held for the round are lost now, not at the collect deadline.
                 self.command(Command::GatewayGone {
                     gateway: gateway.as_str().to_string(),
-                })
-                .await;
+                });
                 let Some(g) = self.gateways.remove(&gateway) else {
                     return;
                 };
                 warn!(%gateway, clients = g.clients.len(), "gateway gone: its clients leave");
                 for client_id in g.clients {
                     self.owner.remove(&client_id);
-                    self.command(Command::Leave { client_id }).await;
+                    self.command(Command::Leave { client_id });
                 }
             }
         }
