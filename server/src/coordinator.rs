@@ -27,7 +27,7 @@ use protocol::{ErrorCode, FrameKind, ServerMessage, TensorFrame};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, Span, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 mod registry;
 mod round;

@@ -8,7 +8,7 @@ use protocol::admin::Event;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use server::bus::{GatewayId, Subjects, Up, decode};
+use server::bus::{GatewayId, Subjects, Up, decode, frames};
 use server::coordinator::VectorKind;
 use server::server::{BusOptions, GatewayOptions, attach_bus, start_gateway};
 use server::store::Location;
@@ -314,7 +314,13 @@ async fn watch_up(
         let mut keep = |msg: async_nats::Message| {
             let (header, payload) =
                 decode::<Up>(&msg.payload).expect("a gateway's message decodes");
-            seen.push((header, payload.len()));
+            if !matches!(header, Up::Batch { .. }) {
+                return seen.push((header, payload.len()));
+            }
+            for frame in frames(payload) {
+                let (header, payload) = decode::<Up>(frame.unwrap()).unwrap();
+                seen.push((header, payload.len()));
+            }
         };
         loop {
             tokio::select! {

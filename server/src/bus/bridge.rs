@@ -62,7 +62,12 @@ struct Bridge {
     epoch: u64,
     /// Commands waiting for room in the coordinator's inbox, in order.
     backlog: std::collections::VecDeque<Command>,
+    /// Each gateway's messages of this turn of the loop, sent together at its end.
+    batches: HashMap<GatewayId, super::Batch>,
 }
+
+/// At most this many ready messages are taken in one turn of the loop (they share batches).
+const BURST: usize = 4096;
 
 /// Runs the bridge until the coordinator stops.
 pub async fn run(
@@ -100,6 +105,7 @@ pub async fn run(
         holder_calls: None,
         epoch,
         backlog: Default::default(),
+        batches: HashMap::new(),
     };
     let (holder_calls, mut calls) = mpsc::unbounded_channel();
     bridge.holder_calls = Some(holder_calls);
@@ -115,18 +121,34 @@ pub async fn run(
                 }
             }
             Some(msg) = up.next() => {
-                if let Some(join) = bridge.up(msg).await {
-                    joins.push(join);
+                joins.extend(bridge.up(msg).await);
+                for _ in 0..BURST {
+                    let Some(Some(msg)) = up.next().now_or_never() else { break };
+                    joins.extend(bridge.up(msg).await);
                 }
             }
             Some(joined) = joins.next() => {
-                if let Some(stream) = bridge.joined(joined).await {
-                    outboxes.push(stream);
+                outboxes.extend(bridge.joined(joined).await);
+                for _ in 0..BURST {
+                    let Some(Some(joined)) = joins.next().now_or_never() else { break };
+                    outboxes.extend(bridge.joined(joined).await);
                 }
             }
-            Some((client_id, out)) = outboxes.next() => bridge.outgoing(client_id, out).await,
+            Some((client_id, out)) = outboxes.next() => {
+                bridge.outgoing(client_id, out).await;
+                for _ in 0..BURST {
+                    let Some(Some((client_id, out))) = outboxes.next().now_or_never() else { break };
+                    bridge.outgoing(client_id, out).await;
+                }
+            }
             Some(request) = shards.next() => bridge.shard(request),
-            Some((gateway, call)) = calls.recv() => bridge.holder_call(gateway, call).await,
+            Some((gateway, call)) = calls.recv() => {
+                bridge.holder_call(gateway, call).await;
+                for _ in 0..BURST {
+                    let Ok((gateway, call)) = calls.try_recv() else { break };
+                    bridge.holder_call(gateway, call).await;
+                }
+            }
             Some(news) = liveness.recv() => bridge.liveness(news).await,
             _ = tick.tick() => {
                 if !bridge.tick().await {
@@ -134,12 +156,33 @@ pub async fn run(
                 }
             }
         }
+        bridge.flush().await;
     }
 }
 
 impl Bridge {
-    async fn down(&self, gateway: &GatewayId, msg: &Down, payload: &[u8]) {
-        super::publish(&self.nats, self.subjects.down(gateway), msg, payload).await;
+    /// A message to a gateway: batched with the others of this turn when it has no payload
+    /// (sent by [`Bridge::flush`]), else sent at once after them.
+    async fn down(&mut self, gateway: &GatewayId, msg: &Down, payload: &[u8]) {
+        let subject = self.subjects.down(gateway);
+        let batch = self.batches.entry(gateway.clone()).or_default();
+        let wrap = |messages| Down::Batch { messages };
+        if payload.is_empty() {
+            batch.add(&self.nats, &subject, msg, wrap).await;
+        } else {
+            batch.flush(&self.nats, &subject, wrap).await;
+            super::publish(&self.nats, subject, msg, payload).await;
+        }
+    }
+
+    /// Sends every gateway's batch.
+    async fn flush(&mut self) {
+        for (gateway, batch) in &mut self.batches {
+            let subject = self.subjects.down(gateway);
+            batch
+                .flush(&self.nats, &subject, |messages| Down::Batch { messages })
+                .await;
+        }
     }
 
     /// Queues a command for the coordinator without waiting: while its inbox is full, the
@@ -164,23 +207,47 @@ impl Bridge {
         self.backlog.push_back(cmd);
     }
 
-    /// A gateway's message; a join comes back as the coordinator's answer to wait for.
-    async fn up(&mut self, msg: Message) -> Option<BoxFuture<'static, Joined>> {
+    /// A gateway's message (or batch of them); joins come back as the coordinator's answers to
+    /// wait for.
+    async fn up(&mut self, msg: Message) -> Vec<BoxFuture<'static, Joined>> {
         let Some(gateway) = self.subjects.gateway_of(msg.subject.as_str()) else {
             warn!(subject = %msg.subject, "a message on the bus from no gateway");
-            return None;
-        };
-        let (up, payload) = match super::decode::<Up>(&msg.payload) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(%gateway, error = %e, "a gateway's message does not decode");
-                return None;
-            }
+            return Vec::new();
         };
         self.gateways.entry(gateway.clone()).or_default();
+        let mut joins = Vec::new();
+        match super::decode::<Up>(&msg.payload) {
+            Ok((Up::Batch { .. }, batch)) => {
+                for frame in super::frames(batch) {
+                    match frame.and_then(super::decode::<Up>) {
+                        Ok((Up::Batch { .. }, _)) => {
+                            warn!(%gateway, error = %super::BusError::Nested, "a gateway's batch was cut short");
+                            break;
+                        }
+                        Ok((up, payload)) => joins.extend(self.one_up(&gateway, up, payload)),
+                        Err(e) => {
+                            warn!(%gateway, error = %e, "a gateway's batch was cut short");
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok((up, payload)) => joins.extend(self.one_up(&gateway, up, payload)),
+            Err(e) => warn!(%gateway, error = %e, "a gateway's message does not decode"),
+        }
+        joins
+    }
+
+    /// One message of a gateway.
+    fn one_up(
+        &mut self,
+        gateway: &GatewayId,
+        up: Up,
+        payload: &[u8],
+    ) -> Option<BoxFuture<'static, Joined>> {
         match up {
             // On its own subject (the liveness watcher's).
-            Up::Alive { .. } => None,
+            Up::Alive { .. } | Up::Batch { .. } => None,
             Up::Join {
                 conn,
                 client_key,
@@ -195,6 +262,7 @@ impl Bridge {
                     reply,
                 };
                 self.command(join);
+                let gateway = gateway.clone();
                 Some(
                     async move {
                         let result = answer
@@ -211,7 +279,7 @@ impl Bridge {
                 )
             }
             other => {
-                match self.client_command(&gateway, other, payload) {
+                match self.client_command(gateway, other, payload) {
                     Ok(Some(cmd)) => self.command(cmd),
                     Ok(None) => {}
                     Err(e) => warn!(%gateway, error = %e, "a gateway's message was refused"),
@@ -262,7 +330,9 @@ impl Bridge {
             | Up::SecAgg { client_id, .. }
             | Up::TrainFailed { client_id, .. }
             | Up::EvaluateRes { client_id, .. } => *client_id,
-            Up::Alive { .. } | Up::Join { .. } | Up::Partial { .. } => return Ok(None),
+            Up::Alive { .. } | Up::Batch { .. } | Up::Join { .. } | Up::Partial { .. } => {
+                return Ok(None);
+            }
         };
         if self.owner.get(&client_id) != Some(gateway) {
             return Ok(None);
@@ -328,7 +398,9 @@ impl Bridge {
                 loss,
                 accuracy,
             },
-            Up::Alive { .. } | Up::Join { .. } | Up::Partial { .. } => return Ok(None),
+            Up::Alive { .. } | Up::Batch { .. } | Up::Join { .. } | Up::Partial { .. } => {
+                return Ok(None);
+            }
         }))
     }
 
@@ -411,7 +483,7 @@ impl Bridge {
     }
 
     /// The coordinator's call to a gateway that holds updates.
-    async fn holder_call(&self, gateway: String, call: HolderCall) {
+    async fn holder_call(&mut self, gateway: String, call: HolderCall) {
         let Ok(gateway) = GatewayId::new(&gateway) else {
             return;
         };

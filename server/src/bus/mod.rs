@@ -157,6 +157,10 @@ impl std::fmt::Display for GatewayId {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Up {
+    /// Several messages without payload, framed in the payload ([`Batch`]).
+    Batch {
+        messages: u32,
+    },
     /// The heartbeat (on its own subject), with how many clients the gateway holds. `instance`
     /// is drawn at the gateway's start: a gateway restarted under the same name is a new one,
     /// whose predecessor's clients are gone, however soon it is back.
@@ -221,6 +225,10 @@ pub enum Up {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Down {
+    /// Several messages without payload, framed in the payload ([`Batch`]).
+    Batch {
+        messages: u32,
+    },
     /// On the heartbeat subject: the coordinator's epoch (new at every start).
     Coordinator {
         epoch: u64,
@@ -309,6 +317,10 @@ pub enum BusError {
     Json(#[from] serde_json::Error),
     #[error("bus payload of {len} bytes: expected a whole number of values, at most {max} bytes")]
     Payload { len: usize, max: usize },
+    #[error("a batched message of {len} bytes, past the {left} bytes left in its batch")]
+    Frame { len: usize, left: usize },
+    #[error("a batch inside a batch")]
+    Nested,
 }
 
 /// A random number from the OS: a coordinator's epoch, a gateway's instance.
@@ -326,6 +338,84 @@ pub fn encode(header: &impl Serialize, payload: &[u8]) -> bytes::Bytes {
     out.extend_from_slice(&json);
     out.extend_from_slice(payload);
     out.into()
+}
+
+/// Largest batch of messages sent as one (far below NATS's default 1 MiB payload limit).
+pub const MAX_BATCH: usize = 256 << 10;
+
+/// Messages without payload to one subject, sent together: one NATS message carries many, each
+/// framed as its length (u32 LE) and its own encoding. A round's per-client instructions and
+/// answers then cost the bus, and the processes at both ends, per batch rather than per
+/// client. A message with a payload goes alone after the batch before it ([`Batch::flush`]
+/// first), so the order on the subject is the order of sending.
+#[derive(Debug, Default)]
+pub struct Batch {
+    frames: Vec<u8>,
+    messages: u32,
+}
+
+impl Batch {
+    /// Adds a message; the batch goes first if the message would take it past [`MAX_BATCH`].
+    pub async fn add<H: Serialize>(
+        &mut self,
+        nats: &async_nats::Client,
+        subject: &str,
+        message: &H,
+        batch: impl Fn(u32) -> H,
+    ) {
+        let m = encode(message, &[]);
+        if self.messages > 0 && self.frames.len() + 4 + m.len() > MAX_BATCH {
+            self.flush(nats, subject, &batch).await;
+        }
+        self.frames
+            .extend_from_slice(&u32::try_from(m.len()).unwrap_or(u32::MAX).to_le_bytes());
+        self.frames.extend_from_slice(&m);
+        self.messages += 1;
+    }
+
+    /// Sends what it holds: one message as itself, several as a batch.
+    pub async fn flush<H: Serialize>(
+        &mut self,
+        nats: &async_nats::Client,
+        subject: &str,
+        batch: impl Fn(u32) -> H,
+    ) {
+        let frames = std::mem::take(&mut self.frames);
+        let messages = std::mem::take(&mut self.messages);
+        let bytes = match messages {
+            0 => return,
+            1 => bytes::Bytes::copy_from_slice(&frames[4..]),
+            n => encode(&batch(n), &frames),
+        };
+        if let Err(e) = nats.publish(subject.to_string(), bytes).await {
+            tracing::warn!(subject, error = %e, "cannot publish on NATS");
+        }
+    }
+}
+
+/// The messages of a batch's payload, each still to be decoded (with [`decode`]'s bounds); a
+/// frame that does not fit what is left ends it with an error.
+pub fn frames(payload: &[u8]) -> impl Iterator<Item = Result<&[u8], BusError>> {
+    let mut rest = payload;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let Some((head, tail)) = rest.split_first_chunk::<4>() else {
+            let len = rest.len();
+            rest = &[];
+            return Some(Err(BusError::Short { len }));
+        };
+        let len = u32::from_le_bytes(*head) as usize;
+        if len > tail.len() {
+            let left = tail.len();
+            rest = &[];
+            return Some(Err(BusError::Frame { len, left }));
+        }
+        let (frame, after) = tail.split_at(len);
+        rest = after;
+        Some(Ok(frame))
+    })
 }
 
 /// Publishes a message; a failure (the connection to NATS is down) is logged, and what it
@@ -459,6 +549,26 @@ mod tests {
         ));
     }
 
+    /// A batch's frames come back in order; one whose length runs past the batch ends it with
+    /// an error naming the lengths, after the frames before it.
+    #[test]
+    fn a_batch_gives_back_its_frames_and_a_cut_one_ends_with_an_error() {
+        let mut batch = Vec::new();
+        for m in [b"ab".as_slice(), b"", b"cde"] {
+            batch.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            batch.extend_from_slice(m);
+        }
+        let all: Vec<&[u8]> = frames(&batch).map(Result::unwrap).collect();
+        assert_eq!(all, [b"ab".as_slice(), b"", b"cde"]);
+        let cut: Vec<_> = frames(&batch[..batch.len() - 1]).collect();
+        assert_eq!(cut.len(), 3);
+        assert!(matches!(cut[2], Err(BusError::Frame { len: 3, left: 2 })));
+        assert!(matches!(
+            frames(&[1, 0]).next(),
+            Some(Err(BusError::Short { len: 2 }))
+        ));
+    }
+
     /// Whatever arrives on the bus, decoding answers with a value or an error, never a panic:
     /// valid messages of every kind, mutated byte by byte, cut short and grown.
     #[test]
@@ -510,6 +620,17 @@ mod tests {
                 },
                 &[],
             ),
+            {
+                let mut frames = Vec::new();
+                for m in [
+                    encode(&Down::Forget, &[]),
+                    encode(&Down::Close { client_id: 2 }, &[]),
+                ] {
+                    frames.extend_from_slice(&(m.len() as u32).to_le_bytes());
+                    frames.extend_from_slice(&m);
+                }
+                encode(&Down::Batch { messages: 2 }, &frames)
+            },
             encode(
                 &ShardAnswer {
                     grant: Some(("mnist".into(), vec![1, 2, 3])),
@@ -534,7 +655,11 @@ mod tests {
                 let _ = f64s(payload, 4);
                 let _ = words(payload, 4).map(|w| w.count());
             }
-            let _ = decode::<Down>(&m);
+            if let Ok((_, payload)) = decode::<Down>(&m) {
+                for frame in frames(payload) {
+                    let _ = frame.and_then(decode::<Down>);
+                }
+            }
             let _ = decode::<ShardAnswer>(&m);
         }
     }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use async_nats::Client;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use learning::FedAvg;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -22,6 +22,9 @@ use tracing::{info, warn};
 use super::{Down, GatewayId, HEARTBEAT, JOIN_TIMEOUT, ShardAnswer, ShardQuery, Subjects, Up};
 use crate::coordinator::{AdminError, Command, Outgoing, ShardGrant};
 use crate::coordinator::{RoundRef, VectorKind};
+
+/// At most this many ready messages are taken in one turn of the loop (they share a batch).
+const BURST: usize = 4096;
 
 /// What the admin API answers on a gateway.
 const NOT_HERE: &str =
@@ -47,6 +50,8 @@ struct Relay {
     epoch: Option<u64>,
     /// This gateway process's, drawn at its start (see `Up::Alive`).
     instance: u64,
+    /// The messages of this turn of the loop, sent together at its end.
+    batch: super::Batch,
     /// Each client's checked vector waiting for the coordinator's answer. One per client, so
     /// a client cannot make the gateway hold more than one model's worth: a newer result
     /// replaces it (a retried attempt of the round sends one; the coordinator's `Accept` names
@@ -164,6 +169,7 @@ pub async fn run(
         // the coordinator's silence window) must not find one of this process's sockets.
         next_conn: super::random_u64("gateway's first connection number")? >> 1,
         instance,
+        batch: super::Batch::default(),
         pending: HashMap::new(),
         clients: HashMap::new(),
         model: None,
@@ -175,19 +181,48 @@ pub async fn run(
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
-                Some(cmd) => relay.command(cmd).await,
+                Some(cmd) => {
+                    relay.command(cmd).await;
+                    for _ in 0..BURST {
+                        let Ok(cmd) = commands.try_recv() else { break };
+                        relay.command(cmd).await;
+                    }
+                }
                 None => return Ok(()),
             },
-            Some(msg) = down.next() => relay.down(&msg.payload).await,
+            Some(msg) = down.next() => {
+                relay.down(&msg.payload).await;
+                for _ in 0..BURST {
+                    let Some(Some(msg)) = down.next().now_or_never() else { break };
+                    relay.down(&msg.payload).await;
+                }
+            }
             Some(msg) = heartbeat.next() => relay.heartbeat(&msg.payload),
             _ = tick.tick() => relay.tick().await,
         }
+        relay.flush().await;
     }
 }
 
 impl Relay {
-    async fn up(&self, msg: &Up, payload: &[u8]) {
-        super::publish(&self.nats, self.subjects.up(&self.gateway), msg, payload).await;
+    /// A message to the coordinator: batched with the others of this turn when it has no
+    /// payload (sent by [`Relay::flush`]), else sent at once after them.
+    async fn up(&mut self, msg: &Up, payload: &[u8]) {
+        let subject = self.subjects.up(&self.gateway);
+        let wrap = |messages| Up::Batch { messages };
+        if payload.is_empty() {
+            self.batch.add(&self.nats, &subject, msg, wrap).await;
+        } else {
+            self.batch.flush(&self.nats, &subject, wrap).await;
+            super::publish(&self.nats, subject, msg, payload).await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        let subject = self.subjects.up(&self.gateway);
+        self.batch
+            .flush(&self.nats, &subject, |messages| Up::Batch { messages })
+            .await;
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -346,11 +381,30 @@ impl Relay {
         self.up(&res, &[]).await;
     }
 
+    /// A message (or batch of them) from the coordinator.
     async fn down(&mut self, bytes: &[u8]) {
-        let (msg, payload) = match super::decode::<Down>(bytes) {
-            Ok(m) => m,
-            Err(e) => return warn!(error = %e, "a message from the coordinator does not decode"),
-        };
+        match super::decode::<Down>(bytes) {
+            Ok((Down::Batch { .. }, batch)) => {
+                for frame in super::frames(batch) {
+                    match frame.and_then(super::decode::<Down>) {
+                        Ok((Down::Batch { .. }, _)) => {
+                            warn!(error = %super::BusError::Nested, "a batch from the coordinator was cut short");
+                            break;
+                        }
+                        Ok((msg, payload)) => self.one_down(msg, payload).await,
+                        Err(e) => {
+                            warn!(error = %e, "a batch from the coordinator was cut short");
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok((msg, payload)) => self.one_down(msg, payload).await,
+            Err(e) => warn!(error = %e, "a message from the coordinator does not decode"),
+        }
+    }
+
+    async fn one_down(&mut self, msg: Down, payload: &[u8]) {
         match msg {
             Down::Joined {
                 conn,
@@ -393,7 +447,8 @@ impl Relay {
                 self.clients.remove(&client_id);
             }
             Down::Forget => self.forget_all("the coordinator does not know this gateway's clients"),
-            Down::Coordinator { .. } => {}
+            // The heartbeat's (another subject); a batch was opened by `down`.
+            Down::Coordinator { .. } | Down::Batch { .. } => {}
         }
     }
 

@@ -377,7 +377,7 @@ impl Coordinator {
             outcome: "ok",
             detail: None,
         });
-        round.span.in_scope(|| info!(client_id, "update accepted"));
+        round.span.in_scope(|| debug!(client_id, "update accepted"));
         let quorum = run.summary.config.quorum;
         round.shorten_for_stragglers(quorum);
         self.publish(Event::ClientTrained {
