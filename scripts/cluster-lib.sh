@@ -52,7 +52,8 @@ cluster_up() {
   COORD_URL="http://127.0.0.1:$base"
   "$CLUSTER_BIN/server" --bind "127.0.0.1:$base" --data-dir "$CLUSTER_DIR/coordinator" \
     --database-url "postgres://postgres@127.0.0.1:$pg_port/fl" --nats "$nats" \
-    --admin-token "$TOKEN" ${CLUSTER_SERVER_ARGS:-} > "$CLUSTER_DIR/coordinator.log" 2>&1 &
+    --admin-token "$TOKEN" --max-clients "${CLUSTER_MAX_CLIENTS:-100000}" ${CLUSTER_SERVER_ARGS:-} \
+    > "$CLUSTER_DIR/coordinator.log" 2>&1 &
   COORD_PID=$!
   cluster_wait_http "$COORD_URL/api/health" "the coordinator"
   GATEWAY_PIDS=""; GATEWAY_WS=""

@@ -47,8 +47,9 @@ use crate::strategy::{
 
 /// Messages waiting for one client's socket; a client this far behind is disconnected.
 pub const OUTBOX_CAPACITY: usize = 16;
-/// Most clients connected at once; more are refused at `Hello`.
-pub const MAX_CLIENTS: usize = 10_000;
+/// Most clients connected at once by default (`--max-clients`); more are refused at `Hello`.
+/// A coordinator behind gateways takes more: it holds ≈ 12 KiB per client, not a socket.
+pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
 /// How long the gateways get to send their sums once a round's training is over.
 pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The least time between two scans of every client (accounting, round planning).
@@ -615,6 +616,17 @@ fn build_strategy(config: &RunConfig) -> Box<dyn Strategy> {
 pub struct CoordinatorOptions {
     /// Evaluate on only the first N test images (tests); `None` = all 10 000.
     pub eval_limit: Option<usize>,
+    /// Most clients connected at once (through this server and every gateway).
+    pub max_clients: usize,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        Self {
+            eval_limit: None,
+            max_clients: DEFAULT_MAX_CLIENTS,
+        }
+    }
 }
 
 /// The coordinator's state; [`Coordinator::run`] is its task.
@@ -649,6 +661,8 @@ pub struct Coordinator {
     /// The largest model of any task: what `Welcome` and the socket's frame limit use (a
     /// round's vectors have its run's task's length).
     model_params: usize,
+    /// Most clients connected at once.
+    max_clients: usize,
 }
 
 impl Coordinator {
@@ -687,6 +701,7 @@ impl Coordinator {
             accounting_due: true,
             prepare_failed: false,
             model_params: learning::task::max_params(),
+            max_clients: options.max_clients,
         };
         c.resume()?;
         Ok(c)
@@ -1074,7 +1089,7 @@ mod tests {
             Store::in_memory().unwrap(),
             None,
             events,
-            CoordinatorOptions { eval_limit: None },
+            CoordinatorOptions::default(),
         )
         .unwrap();
         let run_id = c
@@ -1098,6 +1113,35 @@ mod tests {
             c.join(None, caps, outbox).unwrap();
         }
         (c, outboxes, seen)
+    }
+
+    /// Past `max_clients` a join is refused with the limit named; a coordinator behind
+    /// gateways is given a larger one than a single server's default.
+    #[test]
+    fn joins_past_the_client_limit_are_refused_and_the_limit_is_set_per_server() {
+        let (events, _seen) = broadcast::channel(16);
+        let options = CoordinatorOptions {
+            max_clients: 2,
+            ..Default::default()
+        };
+        let mut c = Coordinator::new(Store::in_memory().unwrap(), None, events, options).unwrap();
+        let mut outboxes = Vec::new();
+        let mut join = |c: &mut Coordinator| {
+            let (outbox, rx) = mpsc::channel(16);
+            outboxes.push(rx);
+            c.join(None, Capabilities::default(), outbox)
+        };
+        join(&mut c).unwrap();
+        join(&mut c).unwrap();
+        let refused = join(&mut c).unwrap_err();
+        assert!(
+            refused.contains("2 clients connected, its limit (--max-clients)"),
+            "{refused}"
+        );
+        assert_eq!(
+            CoordinatorOptions::default().max_clients,
+            DEFAULT_MAX_CLIENTS
+        );
     }
 
     /// Every ledger of the active run.
@@ -1510,7 +1554,7 @@ mod tests {
         let run_id = store.create_run(&config, &[0.0; 12_810], 0).unwrap();
         store.set_status(run_id, RunStatus::Running, None).unwrap();
         let (events, _seen) = broadcast::channel(4);
-        let c = Coordinator::new(store, None, events, CoordinatorOptions { eval_limit: None })
+        let c = Coordinator::new(store, None, events, CoordinatorOptions::default())
             .expect("the server starts");
         assert!(c.run.is_none());
         let run = c.store.run(run_id).unwrap().unwrap();

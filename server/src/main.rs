@@ -46,6 +46,11 @@ struct Args {
     /// Evaluate on only the first N test images (quick experiments; default all 10 000).
     #[arg(long)]
     eval_limit: Option<usize>,
+    /// Most clients connected at once, here and through every gateway (a coordinator holds
+    /// ≈ 12 KiB per client; a server's own sockets are bounded by --max-connections).
+    #[arg(long, env = "FL_MAX_CLIENTS", default_value_t = server::coordinator::DEFAULT_MAX_CLIENTS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    max_clients: u32,
     /// The NATS server of a deployment on several machines (nats://host:4222): a coordinator
     /// (without --gateway) takes the clients of every gateway on it.
     #[arg(long, env = "FL_NATS_URL", hide_env_values = true)]
@@ -166,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
             demo: !args.no_demo && has_mnist,
             coordinator: CoordinatorOptions {
                 eval_limit: args.eval_limit,
+                max_clients: args.max_clients as usize,
             },
             static_dir: static_dir(&args),
         },

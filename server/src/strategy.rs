@@ -389,8 +389,8 @@ fn remember(sigmas: &Mutex<Solved>, key: SigmaKey, sigma: Result<f64, Accountant
     m.insert(key, sigma);
 }
 
-/// Most σ kept solved (a run of more shard sizes starts over past it): one per client at most.
-const MAX_SOLVED: usize = crate::coordinator::MAX_CLIENTS;
+/// Most σ kept solved (a run of more shard sizes starts over past it).
+const MAX_SOLVED: usize = crate::coordinator::DEFAULT_MAX_CLIENTS;
 
 impl<S: Strategy> DpFedAvg<S> {
     pub fn new(inner: S, dp: DpRunConfig, rounds: u32) -> Self {

@@ -45,9 +45,10 @@ impl Coordinator {
         caps: Capabilities,
         outbox: mpsc::Sender<Outgoing>,
     ) -> Result<u64, String> {
-        if self.clients.len() >= MAX_CLIENTS {
+        if self.clients.len() >= self.max_clients {
             return Err(format!(
-                "the server has {MAX_CLIENTS} clients connected: expected fewer; try later"
+                "the server has {} clients connected, its limit (--max-clients): try later",
+                self.max_clients
             ));
         }
         // Only a key this server issued is honoured (a connected client's, or one the active

@@ -76,6 +76,7 @@ impl TestServer {
                 demo: false,
                 coordinator: CoordinatorOptions {
                     eval_limit: Some(2000),
+                    ..Default::default()
                 },
                 static_dir: Some(dir.join("www")),
             },
