@@ -30,11 +30,20 @@ const BURST: usize = 4096;
 const NOT_HERE: &str =
     "this server is a gateway: runs, history and the admin API are on the coordinator";
 
+/// Joins sent to the coordinator and not answered yet, at most. The others wait here for
+/// their turn, so that a storm of sockets reaches the coordinator at the pace it answers them,
+/// rather than all at once, timing out and retrying (which made 10 000 simultaneous clients a
+/// storm of retries).
+const JOINS_IN_FLIGHT: usize = 256;
+/// Sockets waiting for their turn to join, at most; more are told to try again.
+const JOINS_WAITING: usize = 100_000;
+
 /// A socket waiting for the coordinator's answer to its join.
 struct PendingJoin {
     reply: oneshot::Sender<Result<u64, String>>,
     outbox: mpsc::Sender<Outgoing>,
-    since: Instant,
+    /// When its join went to the coordinator; `None` while it waits for its turn.
+    sent: Option<Instant>,
 }
 
 struct Relay {
@@ -43,6 +52,10 @@ struct Relay {
     gateway: GatewayId,
     next_conn: u64,
     pending: HashMap<u64, PendingJoin>,
+    /// Joins waiting for their turn (see [`JOINS_IN_FLIGHT`]), in arrival order.
+    waiting: std::collections::VecDeque<(u64, Up)>,
+    /// Joins sent and not answered.
+    in_flight: usize,
     clients: HashMap<u64, mpsc::Sender<Outgoing>>,
     /// The latest global-model frame: its id and bytes.
     model: Option<(u64, Bytes)>,
@@ -171,6 +184,8 @@ pub async fn run(
         instance,
         batch: super::Batch::default(),
         pending: HashMap::new(),
+        waiting: Default::default(),
+        in_flight: 0,
         clients: HashMap::new(),
         model: None,
         epoch: None,
@@ -233,23 +248,28 @@ impl Relay {
                 outbox,
                 reply,
             } => {
+                if self.waiting.len() >= JOINS_WAITING {
+                    let busy = format!(
+                        "this gateway has {JOINS_WAITING} sockets waiting to join: try again"
+                    );
+                    let _ignored_if_gone = reply.send(Err(busy));
+                    return;
+                }
                 let conn = self.next_conn;
                 self.next_conn = self.next_conn.wrapping_add(1);
-                let since = Instant::now();
-                self.pending.insert(
-                    conn,
-                    PendingJoin {
-                        reply,
-                        outbox,
-                        since,
-                    },
-                );
+                let join = PendingJoin {
+                    reply,
+                    outbox,
+                    sent: None,
+                };
+                self.pending.insert(conn, join);
                 let join = Up::Join {
                     conn,
                     client_key,
                     capabilities,
                 };
-                self.up(&join, &[]).await;
+                self.waiting.push_back((conn, join));
+                self.send_joins().await;
             }
             Command::Leave { client_id } => {
                 self.clients.remove(&client_id);
@@ -465,6 +485,8 @@ impl Relay {
         for (_, join) in self.pending.drain() {
             let _ignored_if_gone = join.reply.send(Err(format!("{why}: join again")));
         }
+        self.waiting.clear();
+        self.in_flight = 0;
         self.model = None;
     }
 
@@ -540,9 +562,33 @@ impl Relay {
         self.up(&partial, &payload).await;
     }
 
+    /// Sends waiting joins while fewer than [`JOINS_IN_FLIGHT`] are unanswered (a socket gone
+    /// before its turn is skipped).
+    async fn send_joins(&mut self) {
+        while self.in_flight < JOINS_IN_FLIGHT {
+            let Some((conn, join)) = self.waiting.pop_front() else {
+                return;
+            };
+            match self.pending.get_mut(&conn) {
+                Some(p) if !p.reply.is_closed() => {
+                    p.sent = Some(Instant::now());
+                    self.in_flight += 1;
+                    self.up(&join, &[]).await;
+                }
+                _ => {
+                    self.pending.remove(&conn);
+                }
+            }
+        }
+    }
+
     async fn joined(&mut self, conn: u64, epoch: u64, result: Result<u64, String>) {
         let join = self.pending.remove(&conn);
+        if join.as_ref().is_some_and(|j| j.sent.is_some()) {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
         self.heard_epoch(epoch);
+        self.send_joins().await;
         let Some(join) = join else {
             // Timed out here already: the coordinator's client has no socket.
             if let Ok(client_id) = result {
@@ -607,11 +653,12 @@ impl Relay {
         let expired: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, j)| j.since.elapsed() > JOIN_TIMEOUT)
+            .filter(|(_, j)| j.sent.is_some_and(|t| t.elapsed() > JOIN_TIMEOUT))
             .map(|(&conn, _)| conn)
             .collect();
         for conn in expired {
             if let Some(join) = self.pending.remove(&conn) {
+                self.in_flight = self.in_flight.saturating_sub(1);
                 let message = format!(
                     "the coordinator did not answer within {} s: try again",
                     JOIN_TIMEOUT.as_secs()
@@ -619,6 +666,7 @@ impl Relay {
                 let _ignored_if_gone = join.reply.send(Err(message));
             }
         }
+        self.send_joins().await;
     }
 }
 
