@@ -32,6 +32,8 @@ pub enum StoreError {
          (or postgresql://…) or sqlite://…"
     )]
     Unsupported { url: String },
+    #[error("the database did not answer within {secs} s")]
+    Timeout { secs: f64 },
     #[error("stored {what} does not decode: {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error("cannot create the data directory {path}: {source}")]
@@ -172,7 +174,14 @@ pub struct Store {
     backend: Backend,
     /// `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
+    /// How long one call may wait for the database ([`STORE_TIMEOUT`]).
+    timeout: Duration,
 }
+
+/// How long one store call waits for the database: a database that hangs fails the call (the
+/// coordinator then retries the round or refuses the request) instead of freezing the
+/// coordinator's task, which answers every socket.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn to_blob(params: &[f32]) -> Vec<u8> {
     params.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -302,7 +311,13 @@ impl Store {
             pool,
             backend,
             runtime: Some(runtime),
+            timeout: STORE_TIMEOUT,
         })
+    }
+
+    /// How long each call may wait for the database from now on.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     /// Which database this store is in.
@@ -310,13 +325,31 @@ impl Store {
         self.backend
     }
 
-    /// Runs a database future to completion (see [`Store`]).
-    fn wait<T: Send>(&self, f: impl Future<Output = T> + Send) -> T {
+    /// Runs a database future to completion (see [`Store`]), or fails it after the timeout.
+    fn wait<T: Send>(
+        &self,
+        f: impl Future<Output = Result<T, StoreError>> + Send,
+    ) -> Result<T, StoreError> {
         let runtime = self
             .runtime
             .as_ref()
             .expect("the runtime lives until the store is dropped");
-        on(runtime, f)
+        let timeout = self.timeout;
+        on(runtime, async move {
+            tokio::time::timeout(timeout, f)
+                .await
+                .unwrap_or(Err(StoreError::Timeout {
+                    secs: timeout.as_secs_f64(),
+                }))
+        })
+    }
+
+    /// [`Store::wait`] for one query.
+    fn query<T: Send>(
+        &self,
+        f: impl Future<Output = Result<T, sqlx::Error>> + Send,
+    ) -> Result<T, StoreError> {
+        self.wait(async { Ok(f.await?) })
     }
 
     /// Stores a new run with its initial model as the round-0 checkpoint.
@@ -370,12 +403,12 @@ impl Store {
 
     pub fn runs(&self) -> Result<Vec<RunSummary>, StoreError> {
         let rows: Vec<RunRow> =
-            self.wait(sqlx::query_as(RUN_COLUMNS_BY_ID).fetch_all(&self.pool))?;
+            self.query(sqlx::query_as(RUN_COLUMNS_BY_ID).fetch_all(&self.pool))?;
         rows.into_iter().map(summary).collect()
     }
 
     pub fn run(&self, run_id: u64) -> Result<Option<RunSummary>, StoreError> {
-        let row: Option<RunRow> = self.wait(
+        let row: Option<RunRow> = self.query(
             sqlx::query_as(RUN_COLUMNS_OF_ID)
                 .bind(int(run_id))
                 .fetch_optional(&self.pool),
@@ -385,7 +418,7 @@ impl Store {
 
     /// The latest checkpoint of a run: `(server_round, params)`.
     pub fn latest_checkpoint(&self, run_id: u64) -> Result<Option<(u64, Vec<f32>)>, StoreError> {
-        let row: Option<(i64, Vec<u8>)> = self.wait(
+        let row: Option<(i64, Vec<u8>)> = self.query(
             sqlx::query_as(
                 "SELECT server_round, params FROM checkpoints WHERE run_id = $1 ORDER BY server_round DESC LIMIT 1",
             )
@@ -397,7 +430,7 @@ impl Store {
     }
 
     pub fn rounds(&self, run_id: u64) -> Result<Vec<RoundRecord>, StoreError> {
-        let rows: Vec<(String,)> = self.wait(
+        let rows: Vec<(String,)> = self.query(
             sqlx::query_as("SELECT record FROM rounds WHERE run_id = $1 ORDER BY server_round")
                 .bind(int(run_id))
                 .fetch_all(&self.pool),
@@ -409,7 +442,7 @@ impl Store {
 
     /// A run's clients: those with a shard in shard order, then those with their own data by key.
     pub fn clients(&self, run_id: u64) -> Result<Vec<ClientRow>, StoreError> {
-        let rows: Vec<(String, Option<i64>, String, i64)> = self.wait(
+        let rows: Vec<(String, Option<i64>, String, i64)> = self.query(
             sqlx::query_as(
                 "SELECT client_key, shard_index, ledger, rounds FROM clients WHERE run_id = $1
                  ORDER BY shard_index IS NULL, shard_index, client_key",
@@ -553,7 +586,7 @@ impl Store {
         run_id: u64,
         server_round: u64,
     ) -> Result<Vec<Participant>, StoreError> {
-        let rows: Vec<(String, Option<i64>, String, Option<String>)> = self.wait(
+        let rows: Vec<(String, Option<i64>, String, Option<String>)> = self.query(
             sqlx::query_as(
                 "SELECT client_key, num_examples, outcome, detail FROM participants
                  WHERE run_id = $1 AND server_round = $2 ORDER BY client_key",
@@ -599,7 +632,10 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Closing lets SQLite fold its write-ahead log back into the file and PostgreSQL end
         // the session cleanly; then the runtime goes without blocking the caller's task.
-        self.wait(self.pool.close());
+        let _closed_or_timed_out = self.wait(async {
+            self.pool.close().await;
+            Ok(())
+        });
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }

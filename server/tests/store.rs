@@ -310,3 +310,90 @@ async fn a_bad_database_url_is_refused_with_what_was_expected() {
         assert!(!text.contains("hunter2"), "{text}");
     }
 }
+
+/// A TCP proxy to `target` that stops passing bytes while `stalled` is set: a database that
+/// hangs (a network partition, a stuck server) without closing anything. On a thread and a
+/// runtime of its own: the store blocks the caller's thread while it waits.
+fn stalling_proxy(
+    target: std::net::SocketAddr,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(proxy(std_listener, target, stalled));
+    });
+    addr
+}
+
+async fn proxy(
+    listener: std::net::TcpListener,
+    target: std::net::SocketAddr,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut to, stalled) in [
+                (
+                    Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    stalled.clone(),
+                ),
+                (Box::new(sr), Box::new(cw), stalled.clone()),
+            ] {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 << 10];
+                    while let Ok(n) = from.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        while stalled.load(Ordering::SeqCst) {
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// A database that stops answering fails each store call after the store's timeout, with an
+/// error that says so, instead of freezing the coordinator's task; once it answers again, so
+/// does the store.
+#[tokio::test]
+async fn a_database_that_hangs_fails_calls_after_the_timeout() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cluster = cluster();
+    let url = cluster.database("hangs");
+    let (prefix, rest) = url.split_once("@").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let stalled = Arc::new(AtomicBool::new(false));
+    let proxy = stalling_proxy(host.parse().unwrap(), stalled.clone());
+    let mut store = Store::connect(&format!("{prefix}@{proxy}/{path}")).unwrap();
+    store.set_timeout(std::time::Duration::from_secs(1));
+    assert!(store.runs().unwrap().is_empty());
+    stalled.store(true, Ordering::SeqCst);
+    let err = store.runs().unwrap_err();
+    assert!(matches!(err, StoreError::Timeout { .. }), "{err}");
+    assert_eq!(err.to_string(), "the database did not answer within 1 s");
+    stalled.store(false, Ordering::SeqCst);
+    // The connection the timed-out call left may be dropped first: the store reconnects.
+    let answered = (0..5).any(|_| store.runs().is_ok());
+    assert!(answered, "the store answers again once the database does");
+}
