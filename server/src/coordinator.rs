@@ -125,10 +125,11 @@ pub enum VectorKind {
 /// What the coordinator asks of a [`Holder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HolderCall {
-    /// Fold this client's vector, of this weight, into the round's sum.
+    /// Fold this client's vector, of this kind and weight, into the round's sum.
     Accept {
         client_id: u64,
         round: RoundRef,
+        kind: VectorKind,
         num_examples: u64,
     },
     /// Send this client's update itself: the run's rule looks at each update.
@@ -205,7 +206,7 @@ pub enum Command {
         kind: VectorKind,
         holder: Holder,
     },
-    /// A gateway's sum of the held updates of a round.
+    /// A gateway's sum of the vectors of a round it held and the coordinator accepted.
     Partial(PartialSum),
     /// A gateway went silent or restarted: the vectors it held are lost.
     GatewayGone {
@@ -388,7 +389,7 @@ struct Round {
     aggregator: Box<dyn Aggregator>,
     /// The protocol's state when the run uses secure aggregation.
     secure: Option<SecureRound>,
-    /// Accepted updates waiting at gateways, by gateway.
+    /// Accepted vectors (updates or masked) waiting at gateways, by gateway.
     held: HashMap<String, HeldAt>,
     participants: Vec<Participant>,
     aggregate_ms: f64,
@@ -445,6 +446,7 @@ impl Round {
         holder.call(HolderCall::Accept {
             client_id,
             round: self.reference(),
+            kind,
             num_examples,
         });
         let at = self.held.entry(gateway).or_insert_with(|| HeldAt {
@@ -1245,6 +1247,7 @@ mod tests {
         let accept = |client_id| HolderCall::Accept {
             client_id,
             round,
+            kind: VectorKind::Update,
             num_examples: 100,
         };
         let collect = HolderCall::Collect { round };

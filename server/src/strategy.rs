@@ -389,8 +389,9 @@ fn remember(sigmas: &Mutex<Solved>, key: SigmaKey, sigma: Result<f64, Accountant
     m.insert(key, sigma);
 }
 
-/// Most σ kept solved (a run of more shard sizes starts over past it).
-const MAX_SOLVED: usize = crate::coordinator::DEFAULT_MAX_CLIENTS;
+/// Most σ kept solved (a run of more shard sizes starts over past it): one per distinct
+/// (sample rate, steps), ≈ 50 bytes each; clients of one shard size share one.
+const MAX_SOLVED: usize = 1_000_000;
 
 impl<S: Strategy> DpFedAvg<S> {
     pub fn new(inner: S, dp: DpRunConfig, rounds: u32) -> Self {

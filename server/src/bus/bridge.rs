@@ -4,9 +4,11 @@
 //!
 //! One task: the gateways' messages, the coordinator's answers to joins, every remote client's
 //! outbox (one stream each, polled together) and the heartbeat. A second one watches the
-//! gateways' heartbeats: a gateway silent for [`GATEWAY_SILENCE`] is gone, and so are its
-//! clients: they leave their rounds, which close by quorum or deadline, and reconnect through
-//! another gateway with their keys.
+//! gateways' heartbeats: a gateway silent for [`GATEWAY_SILENCE`], or back with another
+//! instance number (restarted), is gone, and so are its clients: they leave their rounds,
+//! which close by quorum or deadline, and reconnect through another gateway with their keys.
+//! The bridge never waits for the coordinator: while its inbox is full, commands wait in order
+//! in a backlog, and the clients' outboxes keep draining.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -62,12 +64,16 @@ struct Bridge {
     epoch: u64,
     /// Commands waiting for room in the coordinator's inbox, in order.
     backlog: std::collections::VecDeque<Command>,
+    /// Commands dropped because the backlog was full (see [`Bridge::queue`]).
+    dropped: u64,
     /// Each gateway's messages of this turn of the loop, sent together at its end.
     batches: HashMap<GatewayId, super::Batch>,
 }
 
 /// At most this many ready messages are taken in one turn of the loop (they share batches).
 const BURST: usize = 4096;
+/// Commands the bridge keeps while the coordinator's inbox is full.
+const MAX_BACKLOG: usize = 1 << 20;
 
 /// Runs the bridge until the coordinator stops.
 pub async fn run(
@@ -105,6 +111,7 @@ pub async fn run(
         holder_calls: None,
         epoch,
         backlog: Default::default(),
+        dropped: 0,
         batches: HashMap::new(),
     };
     let (holder_calls, mut calls) = mpsc::unbounded_channel();
@@ -119,6 +126,7 @@ pub async fn run(
                 if let Some(cmd) = bridge.backlog.pop_front() {
                     room.send(cmd);
                 }
+                bridge.drain_backlog();
             }
             Some(msg) = up.next() => {
                 joins.extend(bridge.up(msg).await);
@@ -199,12 +207,43 @@ impl Bridge {
         }
     }
 
+    /// Waits in the backlog. Past [`MAX_BACKLOG`] a client's message is dropped, as NATS drops a
+    /// slow consumer's (its round closes by deadline); never a client leaving, a gateway gone or
+    /// a gateway's sum, which would leave the coordinator with clients nobody serves or a round
+    /// waiting for nothing.
     fn queue(&mut self, cmd: Command) {
-        if self.backlog.len() >= super::SUBSCRIPTION_CAPACITY {
-            // As NATS drops a slow consumer's messages: the rounds close by their deadlines.
-            return warn!("the coordinator is too far behind: a gateway's message is dropped");
+        let vital = matches!(
+            cmd,
+            Command::Leave { .. } | Command::GatewayGone { .. } | Command::Partial(_)
+        );
+        if self.backlog.len() >= MAX_BACKLOG && !vital {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                warn!(
+                    dropped = self.dropped,
+                    "the coordinator is too far behind: gateways' messages are dropped"
+                );
+            }
+            return;
         }
         self.backlog.push_back(cmd);
+    }
+
+    /// Moves commands from the backlog to the coordinator's inbox while it has room.
+    fn drain_backlog(&mut self) {
+        while let Some(cmd) = self.backlog.pop_front() {
+            match self.coordinator.try_send(cmd) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(cmd)) => {
+                    self.backlog.push_front(cmd);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return warn!("coordinator gone");
+                }
+            }
+        }
     }
 
     /// A gateway's message (or batch of them); joins come back as the coordinator's answers to
@@ -491,10 +530,12 @@ impl Bridge {
             HolderCall::Accept {
                 client_id,
                 round,
+                kind,
                 num_examples,
             } => Down::Accept {
                 client_id,
                 round,
+                kind,
                 num_examples,
             },
             HolderCall::SendInFull {

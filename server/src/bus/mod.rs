@@ -31,6 +31,7 @@
 //! bounds ([`decode`]) and a gateway may only speak for its own clients.
 
 pub mod bridge;
+pub mod holdings;
 pub mod relay;
 
 use std::time::Duration;
@@ -262,10 +263,11 @@ pub enum Down {
     Close {
         client_id: u64,
     },
-    /// Fold the client's held vector, of this weight, into the round's sum.
+    /// Fold the client's held vector, of this kind and weight, into the round's sum.
     Accept {
         client_id: u64,
         round: RoundRef,
+        kind: VectorKind,
         num_examples: u64,
     },
     /// Send the client's held update itself (`Up::TrainRes`).

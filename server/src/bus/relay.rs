@@ -15,10 +15,10 @@ use std::time::Instant;
 use async_nats::Client;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use learning::FedAvg;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use super::holdings::{HeldVector, Holdings};
 use super::{Down, GatewayId, HEARTBEAT, JOIN_TIMEOUT, ShardAnswer, ShardQuery, Subjects, Up};
 use crate::coordinator::{AdminError, Command, Outgoing, ShardGrant};
 use crate::coordinator::{RoundRef, VectorKind};
@@ -65,92 +65,8 @@ struct Relay {
     instance: u64,
     /// The messages of this turn of the loop, sent together at its end.
     batch: super::Batch,
-    /// Each client's checked vector waiting for the coordinator's answer. One per client, so
-    /// a client cannot make the gateway hold more than one model's worth: a newer result
-    /// replaces it (a retried attempt of the round sends one; the coordinator's `Accept` names
-    /// the weight it judged, so a swap it did not see cannot change the sum's weight). Kept
-    /// when the client leaves: the coordinator may have accepted it already. Dropped once its
-    /// round is collected.
-    held: HashMap<u64, Held>,
-    /// The running sum of the accepted vectors of the round being collected.
-    sum: Option<(RoundRef, RoundSum)>,
-}
-
-/// A client's checked vector at the gateway.
-struct Held {
-    server_round: u64,
-    num_examples: u64,
-    vector: HeldVector,
-}
-
-enum HeldVector {
-    Update(Vec<f32>),
-    Masked(Vec<u32>),
-}
-
-/// A round's sum of accepted vectors, and whose they are.
-struct RoundSum {
-    clients: Vec<u64>,
-    total_weight: u64,
-    of: SumOf,
-}
-
-enum SumOf {
-    /// FedAvg's Σ num_examples·update (it keeps the total weight too).
-    Updates(FedAvg),
-    /// Σ masked vectors mod 2³²: unmasked only at the coordinator, for the sum of the sums.
-    Masked(Vec<u32>),
-}
-
-impl RoundSum {
-    fn new(first: &HeldVector) -> Self {
-        let of = match first {
-            HeldVector::Update(u) => SumOf::Updates(FedAvg::new(u.len())),
-            HeldVector::Masked(m) => SumOf::Masked(vec![0; m.len()]),
-        };
-        Self {
-            clients: Vec::new(),
-            total_weight: 0,
-            of,
-        }
-    }
-
-    /// Folds in one client's vector; refused if it is of the other kind or length, or the
-    /// weights overflow.
-    fn add(&mut self, client_id: u64, held: &Held) -> Result<(), String> {
-        let total = self
-            .total_weight
-            .checked_add(held.num_examples)
-            .ok_or("the round's total weight overflows")?;
-        match (&mut self.of, &held.vector) {
-            (SumOf::Updates(sum), HeldVector::Update(u)) => {
-                sum.add(u, held.num_examples).map_err(|e| e.to_string())?
-            }
-            (SumOf::Masked(sum), HeldVector::Masked(m)) if sum.len() == m.len() => {
-                secagg::add_into(sum, m, 1)
-            }
-            _ => return Err("a vector of another kind or length than the round's others".into()),
-        }
-        self.total_weight = total;
-        self.clients.push(client_id);
-        Ok(())
-    }
-
-    /// The `Up::Partial` for it, and its payload.
-    fn into_partial(self, round: RoundRef) -> (Up, Vec<u8>) {
-        let (kind, payload) = match &self.of {
-            SumOf::Updates(sum) => (VectorKind::Update, super::f64s_to_bytes(sum.sum())),
-            SumOf::Masked(sum) => (VectorKind::Masked, super::u32s_to_bytes(sum)),
-        };
-        let partial = Up::Partial {
-            round,
-            kind,
-            count: self.clients.len(),
-            clients: self.clients,
-            total_weight: self.total_weight,
-        };
-        (partial, payload)
-    }
+    /// The clients' vectors waiting for the coordinator's answer, and the round's sum.
+    holdings: Holdings,
 }
 
 /// Runs the relay until the gateway's command channel closes.
@@ -189,8 +105,7 @@ pub async fn run(
         clients: HashMap::new(),
         model: None,
         epoch: None,
-        held: HashMap::new(),
-        sum: None,
+        holdings: Holdings::default(),
     };
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
@@ -203,7 +118,10 @@ pub async fn run(
                         relay.command(cmd).await;
                     }
                 }
-                None => return Ok(()),
+                None => {
+                    relay.flush().await;
+                    return Ok(());
+                }
             },
             Some(msg) = down.next() => {
                 relay.down(&msg.payload).await;
@@ -382,16 +300,9 @@ impl Relay {
         num_examples: u64,
         vector: HeldVector,
     ) {
-        let kind = match vector {
-            HeldVector::Update(_) => VectorKind::Update,
-            HeldVector::Masked(_) => VectorKind::Masked,
-        };
-        let held = Held {
-            server_round,
-            num_examples,
-            vector,
-        };
-        self.held.insert(client_id, held);
+        let kind = self
+            .holdings
+            .hold(client_id, server_round, num_examples, vector);
         let res = Up::HeldRes {
             client_id,
             server_round,
@@ -456,8 +367,9 @@ impl Relay {
             Down::Accept {
                 client_id,
                 round,
+                kind,
                 num_examples,
-            } => self.accept(client_id, round, num_examples),
+            } => self.accept(client_id, round, kind, num_examples),
             Down::SendInFull {
                 client_id,
                 server_round,
@@ -480,8 +392,7 @@ impl Relay {
             "{why}: disconnecting this gateway's clients so they join again"
         );
         self.clients.clear();
-        self.held.clear();
-        self.sum = None;
+        self.holdings = Holdings::default();
         for (_, join) in self.pending.drain() {
             let _ignored_if_gone = join.reply.send(Err(format!("{why}: join again")));
         }
@@ -490,54 +401,27 @@ impl Relay {
         self.model = None;
     }
 
-    /// The coordinator accepted a held vector of this weight: into its round's sum. (Checked
-    /// by the socket handler already: a refusal here leaves the client out of the sum, and the
-    /// coordinator then fails that client alone — so it is logged.)
-    fn accept(&mut self, client_id: u64, round: RoundRef, num_examples: u64) {
-        let Some(held) = self.held.remove(&client_id) else {
-            return warn!(
-                client_id,
-                ?round,
-                "accepted a vector this gateway does not hold"
-            );
-        };
-        if held.server_round != round.server_round || held.num_examples != num_examples {
-            return warn!(
-                client_id,
-                ?round,
-                num_examples,
-                held_round = held.server_round,
-                held_weight = held.num_examples,
-                "accepted a vector of another round or weight than the one held"
-            );
-        }
-        // The coordinator runs one round at a time: a sum of another round or attempt was
-        // abandoned, and must not count for this one.
-        if self.sum.as_ref().is_none_or(|(r, _)| *r != round) {
-            self.sum = Some((round, RoundSum::new(&held.vector)));
-        }
-        if let Some((_, sum)) = self.sum.as_mut()
-            && let Err(e) = sum.add(client_id, &held)
-        {
-            warn!(client_id, error = %e, "an accepted vector does not fit the round's sum");
+    /// The coordinator accepted a held vector: into its round's sum. (Checked by the socket
+    /// handler already: a refusal here leaves the client out of the sum, and the coordinator
+    /// then fails that client alone — so it is logged.)
+    fn accept(&mut self, client_id: u64, round: RoundRef, kind: VectorKind, num_examples: u64) {
+        if let Err(e) = self.holdings.accept(client_id, round, kind, num_examples) {
+            warn!(client_id, ?round, ?kind, num_examples, "{e}");
         }
     }
 
     /// The run's rule looks at each update: the held one goes up whole.
     async fn send_in_full(&mut self, client_id: u64, server_round: u64) {
-        let Some(held) = self.held.remove(&client_id) else {
-            return;
-        };
-        match held.vector {
-            HeldVector::Update(update) if held.server_round == server_round => {
+        match self.holdings.take_update(client_id, server_round) {
+            Some((num_examples, update)) => {
                 let res = Up::TrainRes {
                     client_id,
                     server_round,
-                    num_examples: held.num_examples,
+                    num_examples,
                 };
                 self.up(&res, &super::f32s_to_bytes(&update)).await;
             }
-            _ => warn!(
+            None => warn!(
                 client_id,
                 server_round, "asked for an update in full that this gateway does not hold"
             ),
@@ -547,18 +431,8 @@ impl Relay {
     /// The round's training is over: its sum goes to the coordinator (an empty one when this
     /// gateway holds none), and the vectors held for it or earlier go.
     async fn collect(&mut self, round: RoundRef) {
-        let (partial, payload) = match self.sum.take() {
-            Some((r, sum)) if r == round => sum.into_partial(round),
-            _ => RoundSum {
-                clients: Vec::new(),
-                total_weight: 0,
-                of: SumOf::Updates(FedAvg::new(0)),
-            }
-            .into_partial(round),
-        };
         let clients = &self.clients;
-        self.held
-            .retain(|c, h| h.server_round > round.server_round && clients.contains_key(c));
+        let (partial, payload) = self.holdings.collect(round, |c| clients.contains_key(&c));
         self.up(&partial, &payload).await;
     }
 
@@ -583,19 +457,24 @@ impl Relay {
     }
 
     async fn joined(&mut self, conn: u64, epoch: u64, result: Result<u64, String>) {
-        let join = self.pending.remove(&conn);
-        if join.as_ref().is_some_and(|j| j.sent.is_some()) {
-            self.in_flight = self.in_flight.saturating_sub(1);
-        }
-        self.heard_epoch(epoch);
-        self.send_joins().await;
-        let Some(join) = join else {
-            // Timed out here already: the coordinator's client has no socket.
-            if let Ok(client_id) = result {
+        let Some(join) = self.pending.remove(&conn) else {
+            // Timed out here already, or forgotten since: the coordinator's client has no
+            // socket. Said only to the coordinator that answered (ids restart with it: another
+            // one's client may have the same).
+            if let Ok(client_id) = result
+                && self.epoch == Some(epoch)
+            {
                 self.up(&Up::Leave { client_id }, &[]).await;
             }
             return;
         };
+        if join.sent.is_some() {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        // A pending join went up after the last forget: its answer is from the coordinator of
+        // now (maybe before its heartbeat is heard), never from one before.
+        self.heard_epoch(epoch);
+        self.send_joins().await;
         if let Ok(client_id) = result {
             self.clients.insert(client_id, join.outbox);
             if join.reply.send(Ok(client_id)).is_err() {

@@ -591,6 +591,8 @@ impl Coordinator {
                     && partial.count == claimed.len() =>
             {
                 match (at.kind, &partial.sum) {
+                    // Nothing in it (the gateway lost them all): nothing to fold.
+                    _ if claimed.is_empty() => Ok(()),
                     (VectorKind::Update, PartialVector::Update(_))
                     | (VectorKind::Masked, PartialVector::Masked(_)) => {
                         round.fold(&claimed, w, partial.sum, num_params)
