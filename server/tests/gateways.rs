@@ -191,6 +191,24 @@ async fn a_killed_gateway_s_clients_move_to_the_other_and_the_round_closes() {
     coordinator.kill().await;
 }
 
+/// The clients of a run in which a process was killed mid-round reconnect and finish. A round
+/// in flight at the kill was charged at dispatch and is charged again when redone, so the budget
+/// may end the run a round early: never under-counted.
+async fn finish_after_a_kill(
+    clients: Vec<
+        JoinHandle<Result<client_wasm::native::ClientReport, client_wasm::native::ClientError>>,
+    >,
+) {
+    for c in clients {
+        let report = c.await.unwrap().expect("client reconnects and finishes");
+        let finished = report.finished.unwrap();
+        assert!(
+            finished == "all 3 rounds done" || finished.starts_with("privacy budget exhausted"),
+            "{finished}"
+        );
+    }
+}
+
 /// A gateway killed and started again at once under the same name and address (well within
 /// the coordinator's 5 s of silence) is a new gateway: its predecessor's clients are gone at
 /// once. Those that reconnect replace themselves by key anyway; those that never come back
@@ -220,16 +238,7 @@ async fn a_gateway_restarted_at_once_under_its_name_is_a_new_one() {
         gone.abort();
     }
     let a = gateway_at("gw-a", &nats, Some(addr)).await;
-    for c in clients {
-        let report = c.await.unwrap().expect("client reconnects and finishes");
-        let finished = report.finished.unwrap();
-        // The round in flight at the kill is charged again when redone: the budget may end
-        // the run a round early.
-        assert!(
-            finished == "all 3 rounds done" || finished.starts_with("privacy budget exhausted"),
-            "{finished}"
-        );
-    }
+    finish_after_a_kill(clients).await;
     let h = coordinator.history(run_id).await;
     assert!(h.rounds.len() >= 2, "{:?}", h.rounds);
     let last = h.rounds.last().unwrap();
@@ -274,16 +283,7 @@ async fn a_restarted_coordinator_resumes_from_postgresql_and_the_gateways_client
             "{b:?} → {a:?}"
         );
     }
-    for c in clients {
-        let report = c.await.unwrap().expect("client rejoins and finishes");
-        let finished = report.finished.unwrap();
-        // A round in flight at the kill was charged at dispatch and is charged again when
-        // redone, so the budget may end the run a round early: never under-counted.
-        assert!(
-            finished == "all 3 rounds done" || finished.starts_with("privacy budget exhausted"),
-            "{finished}"
-        );
-    }
+    finish_after_a_kill(clients).await;
     let h = coordinator.history(run_id).await;
     assert!(h.rounds.len() >= 2, "{:?}", h.rounds);
     assert_eq!(h.ledger.len(), 4);
