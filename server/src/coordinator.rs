@@ -106,7 +106,7 @@ pub struct Holder {
 
 /// Which round, and which attempt of it, a gateway's accepted vectors belong to: an abandoned
 /// attempt's sum, or another run's round of the same number, must never count for this one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RoundRef {
     pub run_id: u64,
     pub server_round: u64,
@@ -115,7 +115,7 @@ pub struct RoundRef {
 
 /// What a gateway holds for a client: an update in the clear, or a masked vector (secure
 /// aggregation), which it sums modulo 2³² with the others it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VectorKind {
     Update,

@@ -67,6 +67,7 @@ struct Bridge {
     /// Commands dropped because the backlog was full (see [`Bridge::queue`]).
     dropped: u64,
     /// Each gateway's messages of this turn of the loop, sent together at its end.
+    outbound: HashMap<GatewayId, super::outbound::Outbound>,
     batches: HashMap<GatewayId, super::Batch>,
 }
 
@@ -112,6 +113,7 @@ pub async fn run(
         epoch,
         backlog: Default::default(),
         dropped: 0,
+        outbound: HashMap::new(),
         batches: HashMap::new(),
     };
     let (holder_calls, mut calls) = mpsc::unbounded_channel();
@@ -169,27 +171,34 @@ pub async fn run(
 }
 
 impl Bridge {
-    /// A message to a gateway: batched with the others of this turn when it has no payload
-    /// (sent by [`Bridge::flush`]), else sent at once after them.
-    async fn down(&mut self, gateway: &GatewayId, msg: &Down, payload: &[u8]) {
-        let subject = self.subjects.down(gateway);
-        let batch = self.batches.entry(gateway.clone()).or_default();
-        let wrap = |messages| Down::Batch { messages };
-        if payload.is_empty() {
-            batch.add(&self.nats, &subject, msg, wrap).await;
-        } else {
-            batch.flush(&self.nats, &subject, wrap).await;
-            super::publish(&self.nats, subject, msg, payload).await;
-        }
+    /// A message to a gateway, sent with the others of this turn by [`Bridge::flush`] (the
+    /// same message to several clients once: see [`outbound`](super::outbound)).
+    fn down(&mut self, gateway: &GatewayId, msg: Down, payload: Vec<u8>) {
+        self.outbound
+            .entry(gateway.clone())
+            .or_default()
+            .push(msg, payload);
     }
 
-    /// Sends every gateway's batch.
+    /// Sends every gateway's messages of this turn: those without payload in batches, those
+    /// with one alone, in order.
     async fn flush(&mut self) {
-        for (gateway, batch) in &mut self.batches {
+        for (gateway, out) in &mut self.outbound {
+            if out.is_empty() {
+                continue;
+            }
             let subject = self.subjects.down(gateway);
-            batch
-                .flush(&self.nats, &subject, |messages| Down::Batch { messages })
-                .await;
+            let batch = self.batches.entry(gateway.clone()).or_default();
+            let wrap = |messages| Down::Batch { messages };
+            for (msg, payload) in out.take() {
+                if payload.is_empty() {
+                    batch.add(&self.nats, &subject, &msg, wrap).await;
+                } else {
+                    batch.flush(&self.nats, &subject, wrap).await;
+                    super::publish(&self.nats, subject.clone(), &msg, &payload).await;
+                }
+            }
+            batch.flush(&self.nats, &subject, wrap).await;
         }
     }
 
@@ -467,7 +476,7 @@ impl Bridge {
                 g.clients.insert(id);
             }
         }
-        self.down(&gateway, &answer, &[]).await;
+        self.down(&gateway, answer, Vec::new());
         let id = client_id?;
         let messages = stream::unfold(outbox, move |mut rx| async move {
             let out = rx.recv().await?;
@@ -491,22 +500,18 @@ impl Bridge {
             if let Some(g) = self.gateways.get_mut(&gateway) {
                 g.clients.remove(&client_id);
             }
-            return self.down(&gateway, &Down::Dropped { client_id }, &[]).await;
+            return self.down(&gateway, Down::Dropped { client_id }, Vec::new());
         };
         match out {
-            Outgoing::Text(text) => {
-                self.down(&gateway, &Down::Text { client_id, text }, &[])
-                    .await
-            }
+            Outgoing::Text(text) => self.down(&gateway, Down::Text { client_id, text }, Vec::new()),
             Outgoing::Binary(bytes) => {
-                self.down(&gateway, &Down::Binary { client_id }, &bytes)
-                    .await;
+                self.down(&gateway, Down::Binary { client_id }, bytes.to_vec())
             }
             Outgoing::Model(frame) => {
                 let sent = self.gateways.get(&gateway).and_then(|g| g.model);
                 if sent != Some(frame.id) {
                     let model = Down::Model { model: frame.id };
-                    self.down(&gateway, &model, &frame.bytes).await;
+                    self.down(&gateway, model, frame.bytes.to_vec());
                     if let Some(g) = self.gateways.get_mut(&gateway) {
                         g.model = Some(frame.id);
                     }
@@ -515,9 +520,9 @@ impl Bridge {
                     client_id,
                     model: frame.id,
                 };
-                self.down(&gateway, &send, &[]).await;
+                self.down(&gateway, send, Vec::new());
             }
-            Outgoing::Close => self.down(&gateway, &Down::Close { client_id }, &[]).await,
+            Outgoing::Close => self.down(&gateway, Down::Close { client_id }, Vec::new()),
         }
     }
 
@@ -547,7 +552,7 @@ impl Bridge {
             },
             HolderCall::Collect { round } => Down::Collect { round },
         };
-        self.down(&gateway, &msg, &[]).await;
+        self.down(&gateway, msg, Vec::new());
     }
 
     /// A gateway's shard download asks whether its client holds the shard.
@@ -605,7 +610,7 @@ impl Bridge {
                 let known = self.gateways.entry(gateway.clone()).or_default();
                 if clients > 0 && known.clients.is_empty() {
                     warn!(%gateway, clients, "a gateway holds clients this coordinator does not know: they join again");
-                    self.down(&gateway, &Down::Forget, &[]).await;
+                    self.down(&gateway, Down::Forget, Vec::new());
                 }
             }
             Liveness::Gone(gateway) => {

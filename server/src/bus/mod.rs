@@ -32,6 +32,7 @@
 
 pub mod bridge;
 pub mod holdings;
+pub mod outbound;
 pub mod relay;
 
 use std::time::Duration;
@@ -246,6 +247,11 @@ pub enum Down {
         client_id: u64,
         text: String,
     },
+    /// The same text to each of these clients ([`outbound`]).
+    Texts {
+        clients: Vec<u64>,
+        text: String,
+    },
     /// Payload: the message.
     Binary {
         client_id: u64,
@@ -259,6 +265,11 @@ pub enum Down {
         client_id: u64,
         model: u64,
     },
+    /// `SendModel` to each of these clients.
+    SendModels {
+        model: u64,
+        clients: Vec<u64>,
+    },
     /// Close the client's connection after what is queued.
     Close {
         client_id: u64,
@@ -269,6 +280,12 @@ pub enum Down {
         round: RoundRef,
         kind: VectorKind,
         num_examples: u64,
+    },
+    /// `Accept` for each of these clients, with its weight.
+    Accepts {
+        round: RoundRef,
+        kind: VectorKind,
+        clients: Vec<(u64, u64)>,
     },
     /// Send the client's held update itself (`Up::TrainRes`).
     SendInFull {

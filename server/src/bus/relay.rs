@@ -343,26 +343,31 @@ impl Relay {
                 result,
             } => self.joined(conn, epoch, result).await,
             Down::Text { client_id, text } => self.deliver(client_id, Outgoing::Text(text)).await,
+            Down::Texts { clients, text } => {
+                for client_id in clients {
+                    self.deliver(client_id, Outgoing::Text(text.clone())).await;
+                }
+            }
+            Down::SendModels { model, clients } => {
+                for client_id in clients {
+                    self.send_model(client_id, model).await;
+                }
+            }
+            Down::Accepts {
+                round,
+                kind,
+                clients,
+            } => {
+                for (client_id, num_examples) in clients {
+                    self.accept(client_id, round, kind, num_examples);
+                }
+            }
             Down::Binary { client_id } => {
                 let bytes = Bytes::copy_from_slice(payload);
                 self.deliver(client_id, Outgoing::Binary(bytes)).await;
             }
             Down::Model { model } => self.model = Some((model, Bytes::copy_from_slice(payload))),
-            Down::SendModel { client_id, model } => match &self.model {
-                Some((id, bytes)) if *id == model => {
-                    let frame = Outgoing::Binary(bytes.clone());
-                    self.deliver(client_id, frame).await;
-                }
-                _ => {
-                    // Cannot happen while the bus keeps the coordinator's order; if it does,
-                    // the client leaves (its round counts it failed) rather than wait forever.
-                    warn!(
-                        client_id,
-                        model, "asked to send a model this gateway was not sent"
-                    );
-                    self.let_go(client_id).await;
-                }
-            },
+            Down::SendModel { client_id, model } => self.send_model(client_id, model).await,
             Down::Close { client_id } => self.deliver(client_id, Outgoing::Close).await,
             Down::Accept {
                 client_id,
@@ -482,6 +487,25 @@ impl Relay {
             }
         } else {
             let _ignored_if_gone = join.reply.send(result);
+        }
+    }
+
+    /// Sends a client the model frame `model`, kept once for all.
+    async fn send_model(&mut self, client_id: u64, model: u64) {
+        match &self.model {
+            Some((id, bytes)) if *id == model => {
+                let frame = Outgoing::Binary(bytes.clone());
+                self.deliver(client_id, frame).await;
+            }
+            _ => {
+                // Cannot happen while the bus keeps the coordinator's order; if it does, the
+                // client leaves (its round counts it failed) rather than wait forever.
+                warn!(
+                    client_id,
+                    model, "asked to send a model this gateway was not sent"
+                );
+                self.let_go(client_id).await;
+            }
         }
     }
 
