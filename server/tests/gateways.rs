@@ -371,18 +371,22 @@ async fn secure_aggregation_runs_through_gateways_which_sum_the_masked_vectors()
     // gateway per round (attempt), and together they count each round's 4 clients.
     stop.send(()).unwrap();
     let seen = watcher.await.unwrap();
-    let held = seen
+    // Alone, or several clients' in one message.
+    let held: usize = seen
         .iter()
-        .filter(|(m, len)| {
-            matches!(
-                m,
-                Up::HeldRes {
-                    kind: VectorKind::Masked,
-                    ..
-                }
-            ) && *len == 0
+        .map(|(m, len)| match m {
+            Up::HeldRes {
+                kind: VectorKind::Masked,
+                ..
+            } if *len == 0 => 1,
+            Up::HeldMany {
+                kind: VectorKind::Masked,
+                clients,
+                ..
+            } if *len == 0 => clients.len(),
+            _ => 0,
         })
-        .count();
+        .sum();
     assert!(
         held >= 12,
         "3 rounds × 4 clients' masked vectors held: {held}"

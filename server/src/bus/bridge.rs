@@ -67,7 +67,7 @@ struct Bridge {
     /// Commands dropped because the backlog was full (see [`Bridge::queue`]).
     dropped: u64,
     /// Each gateway's messages of this turn of the loop, sent together at its end.
-    outbound: HashMap<GatewayId, super::outbound::Outbound>,
+    outbound: HashMap<GatewayId, super::outbound::Outbound<Down>>,
     batches: HashMap<GatewayId, super::Batch>,
 }
 
@@ -294,6 +294,29 @@ impl Bridge {
         payload: &[u8],
     ) -> Option<BoxFuture<'static, Joined>> {
         match up {
+            // Several clients' messages in one: each as if alone.
+            Up::HeldMany {
+                server_round,
+                kind,
+                clients,
+            } => {
+                for (client_id, num_examples) in clients {
+                    let held = Up::HeldRes {
+                        client_id,
+                        server_round,
+                        num_examples,
+                        kind,
+                    };
+                    self.one_up(gateway, held, &[]);
+                }
+                None
+            }
+            Up::Leaves { clients } => {
+                for client_id in clients {
+                    self.one_up(gateway, Up::Leave { client_id }, &[]);
+                }
+                None
+            }
             // On its own subject (the liveness watcher's).
             Up::Alive { .. } | Up::Batch { .. } => None,
             Up::Join {
@@ -378,7 +401,12 @@ impl Bridge {
             | Up::SecAgg { client_id, .. }
             | Up::TrainFailed { client_id, .. }
             | Up::EvaluateRes { client_id, .. } => *client_id,
-            Up::Alive { .. } | Up::Batch { .. } | Up::Join { .. } | Up::Partial { .. } => {
+            Up::Alive { .. }
+            | Up::Batch { .. }
+            | Up::Join { .. }
+            | Up::Partial { .. }
+            | Up::HeldMany { .. }
+            | Up::Leaves { .. } => {
                 return Ok(None);
             }
         };
@@ -446,7 +474,12 @@ impl Bridge {
                 loss,
                 accuracy,
             },
-            Up::Alive { .. } | Up::Batch { .. } | Up::Join { .. } | Up::Partial { .. } => {
+            Up::Alive { .. }
+            | Up::Batch { .. }
+            | Up::Join { .. }
+            | Up::Partial { .. }
+            | Up::HeldMany { .. }
+            | Up::Leaves { .. } => {
                 return Ok(None);
             }
         }))

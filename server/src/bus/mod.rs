@@ -179,6 +179,10 @@ pub enum Up {
     Leave {
         client_id: u64,
     },
+    /// `Leave` for each of these clients ([`outbound`]).
+    Leaves {
+        clients: Vec<u64>,
+    },
     /// Payload: the update, f32 little-endian.
     TrainRes {
         client_id: u64,
@@ -193,6 +197,12 @@ pub enum Up {
         server_round: u64,
         num_examples: u64,
         kind: VectorKind,
+    },
+    /// `HeldRes` of one round and kind for each of these clients, with its weight.
+    HeldMany {
+        server_round: u64,
+        kind: VectorKind,
+        clients: Vec<(u64, u64)>,
     },
     /// The answer to `Down::Collect`: the sum of the round's accepted vectors. Payload:
     /// Σ num_examples·update as f64, or Σ masked vectors mod 2³² as u32, little-endian.

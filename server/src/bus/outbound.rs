@@ -1,6 +1,7 @@
-//! A gateway's messages of one turn of the bridge's loop, before they go on the bus: where several
-//! clients get the same message — a round's instructions, its model, its accepts — they share
-//! one, which names them all. A round's control bytes to a gateway then grow with the number of
+//! One subject's messages of one turn of the bridge's (or a relay's) loop, before they go on the
+//! bus: where several clients get the same message — a round's instructions, its model, its
+//! accepts — or a gateway says the same of several clients — results held, clients gone — they
+//! share one, which names them all. A round's control bytes then grow with the number of
 //! distinct messages, plus a client id each, not with a message each.
 //!
 //! Each client's messages keep their order: a client joins an earlier shared message only if
@@ -8,63 +9,57 @@
 //! between them on the bus, as they had none in the coordinator's outboxes.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
-use super::Down;
+use super::{Down, Up};
 use crate::coordinator::{RoundRef, VectorKind};
 
-/// What makes two clients' messages the same one.
-#[derive(Debug, PartialEq, Eq, Hash)]
-enum Shared {
-    Text(String),
-    Model(u64),
-    Accept(RoundRef, VectorKind),
+/// A message that several clients' copies of can share.
+pub trait Shareable: Sized {
+    /// What makes two clients' messages the same one.
+    type Key: Hash + Eq;
+    /// The client the message is about, if one.
+    fn client(&self) -> Option<u64>;
+    /// `None`: never shared.
+    fn key(&self) -> Option<Self::Key>;
+    /// Makes `self` (a message of the same key) also name `msg`'s client: `false` if it cannot.
+    fn join(&mut self, msg: &Self) -> bool;
 }
 
-/// One gateway's messages of this turn, in order, and their payloads.
-#[derive(Debug, Default)]
-pub struct Outbound {
-    entries: Vec<(Down, Vec<u8>)>,
+/// One subject's messages of this turn, in order, and their payloads.
+#[derive(Debug)]
+pub struct Outbound<M: Shareable> {
+    entries: Vec<(M, Vec<u8>)>,
     /// Where each shared message is.
-    shared: HashMap<Shared, usize>,
+    shared: HashMap<M::Key, usize>,
     /// Where each client's last message is.
     last: HashMap<u64, usize>,
 }
 
-impl Outbound {
+impl<M: Shareable> Default for Outbound<M> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            shared: HashMap::new(),
+            last: HashMap::new(),
+        }
+    }
+}
+
+impl<M: Shareable> Outbound<M> {
     /// Adds a message, into an earlier one it can share.
-    pub fn push(&mut self, msg: Down, payload: Vec<u8>) {
-        let (client, key) = match &msg {
-            Down::Text { client_id, text } => (Some(*client_id), Some(Shared::Text(text.clone()))),
-            Down::SendModel { client_id, model } => (Some(*client_id), Some(Shared::Model(*model))),
-            Down::Accept {
-                client_id,
-                round,
-                kind,
-                ..
-            } => (Some(*client_id), Some(Shared::Accept(*round, *kind))),
-            Down::Joined {
-                result: Ok(client_id),
-                ..
-            }
-            | Down::Binary { client_id }
-            | Down::Close { client_id }
-            | Down::Dropped { client_id } => (Some(*client_id), None),
-            _ => (None, None),
-        };
-        if let (Some(client), Some(key)) = (client, key) {
+    pub fn push(&mut self, msg: M, payload: Vec<u8>) {
+        let client = msg.client();
+        if let (Some(client), Some(key)) = (client, msg.key()) {
             let at = self.shared.get(&key).copied();
             let after_its_own = |i: usize| self.last.get(&client).is_none_or(|&l| l < i);
             if let Some(i) = at.filter(|&i| after_its_own(i))
-                && join(&mut self.entries[i].0, &msg)
+                && self.entries[i].0.join(&msg)
             {
                 self.last.insert(client, i);
                 return;
             }
-            let i = self.entries.len();
-            self.shared.insert(key, i);
-            self.last.insert(client, i);
-            self.entries.push((msg, payload));
-            return;
+            self.shared.insert(key, self.entries.len());
         }
         if let Some(client) = client {
             self.last.insert(client, self.entries.len());
@@ -73,7 +68,7 @@ impl Outbound {
     }
 
     /// The messages, in order; empty afterwards.
-    pub fn take(&mut self) -> Vec<(Down, Vec<u8>)> {
+    pub fn take(&mut self) -> Vec<(M, Vec<u8>)> {
         self.shared.clear();
         self.last.clear();
         std::mem::take(&mut self.entries)
@@ -84,69 +79,172 @@ impl Outbound {
     }
 }
 
-/// Makes `shared` also name the client of `msg` (the same message): `false` if they differ.
-fn join(shared: &mut Down, msg: &Down) -> bool {
-    match (shared, msg) {
-        (Down::Texts { clients, text }, Down::Text { client_id, text: t }) if text == t => {
-            clients.push(*client_id);
-        }
-        (
-            Down::SendModels { model, clients },
-            Down::SendModel {
-                client_id,
-                model: m,
-            },
-        ) if model == m => {
-            clients.push(*client_id);
-        }
-        (
-            Down::Accepts {
-                round,
-                kind,
-                clients,
-            },
-            Down::Accept {
-                client_id,
-                round: r,
-                kind: k,
-                num_examples,
-            },
-        ) if round == r && kind == k => clients.push((*client_id, *num_examples)),
-        (shared, msg) => {
-            // A single message becomes a shared one, then takes the client.
-            let Some(many) = as_shared(shared) else {
-                return false;
-            };
-            *shared = many;
-            return join(shared, msg);
-        }
-    }
-    true
+/// What makes two of the coordinator's messages to clients the same one.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub enum DownKey {
+    Text(String),
+    Model(u64),
+    Accept(RoundRef, VectorKind),
 }
 
-/// A single client's message as a shared one naming that client, if it can be shared.
-fn as_shared(single: &Down) -> Option<Down> {
-    Some(match single {
-        Down::Text { client_id, text } => Down::Texts {
-            clients: vec![*client_id],
-            text: text.clone(),
-        },
-        Down::SendModel { client_id, model } => Down::SendModels {
-            model: *model,
-            clients: vec![*client_id],
-        },
-        Down::Accept {
-            client_id,
-            round,
-            kind,
-            num_examples,
-        } => Down::Accepts {
-            round: *round,
-            kind: *kind,
-            clients: vec![(*client_id, *num_examples)],
-        },
-        _ => return None,
-    })
+impl Shareable for Down {
+    type Key = DownKey;
+
+    fn client(&self) -> Option<u64> {
+        match self {
+            Down::Text { client_id, .. }
+            | Down::SendModel { client_id, .. }
+            | Down::Accept { client_id, .. }
+            | Down::Joined {
+                result: Ok(client_id),
+                ..
+            }
+            | Down::Binary { client_id }
+            | Down::Close { client_id }
+            | Down::Dropped { client_id }
+            | Down::SendInFull { client_id, .. } => Some(*client_id),
+            _ => None,
+        }
+    }
+
+    fn key(&self) -> Option<DownKey> {
+        Some(match self {
+            Down::Text { text, .. } => DownKey::Text(text.clone()),
+            Down::SendModel { model, .. } => DownKey::Model(*model),
+            Down::Accept { round, kind, .. } => DownKey::Accept(*round, *kind),
+            _ => return None,
+        })
+    }
+
+    fn join(&mut self, msg: &Self) -> bool {
+        match (self, msg) {
+            (Down::Texts { clients, text }, Down::Text { client_id, text: t }) if text == t => {
+                clients.push(*client_id);
+            }
+            (
+                Down::SendModels { model, clients },
+                Down::SendModel {
+                    client_id,
+                    model: m,
+                },
+            ) if model == m => {
+                clients.push(*client_id);
+            }
+            (
+                Down::Accepts {
+                    round,
+                    kind,
+                    clients,
+                },
+                Down::Accept {
+                    client_id,
+                    round: r,
+                    kind: k,
+                    num_examples,
+                },
+            ) if round == r && kind == k => clients.push((*client_id, *num_examples)),
+            (shared, msg) => {
+                // A single client's message becomes a shared one, then takes the client.
+                let many = match shared {
+                    Down::Text { client_id, text } => Down::Texts {
+                        clients: vec![*client_id],
+                        text: text.clone(),
+                    },
+                    Down::SendModel { client_id, model } => Down::SendModels {
+                        model: *model,
+                        clients: vec![*client_id],
+                    },
+                    Down::Accept {
+                        client_id,
+                        round,
+                        kind,
+                        num_examples,
+                    } => Down::Accepts {
+                        round: *round,
+                        kind: *kind,
+                        clients: vec![(*client_id, *num_examples)],
+                    },
+                    _ => return false,
+                };
+                *shared = many;
+                return shared.join(msg);
+            }
+        }
+        true
+    }
+}
+
+/// What makes two gateway messages about clients the same one.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub enum UpKey {
+    Held(u64, VectorKind),
+    Leave,
+}
+
+impl Shareable for Up {
+    type Key = UpKey;
+
+    fn client(&self) -> Option<u64> {
+        match self {
+            Up::Leave { client_id }
+            | Up::HeldRes { client_id, .. }
+            | Up::TrainRes { client_id, .. }
+            | Up::SecAgg { client_id, .. }
+            | Up::TrainFailed { client_id, .. }
+            | Up::EvaluateRes { client_id, .. } => Some(*client_id),
+            _ => None,
+        }
+    }
+
+    fn key(&self) -> Option<UpKey> {
+        Some(match self {
+            Up::HeldRes {
+                server_round, kind, ..
+            } => UpKey::Held(*server_round, *kind),
+            Up::Leave { .. } => UpKey::Leave,
+            _ => return None,
+        })
+    }
+
+    fn join(&mut self, msg: &Self) -> bool {
+        match (self, msg) {
+            (
+                Up::HeldMany {
+                    server_round,
+                    kind,
+                    clients,
+                },
+                Up::HeldRes {
+                    client_id,
+                    server_round: r,
+                    kind: k,
+                    num_examples,
+                },
+            ) if server_round == r && kind == k => clients.push((*client_id, *num_examples)),
+            (Up::Leaves { clients }, Up::Leave { client_id }) => clients.push(*client_id),
+            (shared, msg) => {
+                let many = match shared {
+                    Up::HeldRes {
+                        client_id,
+                        server_round,
+                        num_examples,
+                        kind,
+                    } => Up::HeldMany {
+                        server_round: *server_round,
+                        kind: *kind,
+                        clients: vec![(*client_id, *num_examples)],
+                    },
+                    Up::Leave { client_id } => Up::Leaves {
+                        clients: vec![*client_id],
+                    },
+                    _ => return false,
+                };
+                *shared = many;
+                return shared.join(msg);
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]
@@ -195,7 +293,7 @@ mod tests {
     /// still gets its own messages in its own order.
     #[test]
     fn the_same_message_to_many_clients_is_one_and_each_client_keeps_its_order() {
-        let mut out = Outbound::default();
+        let mut out = Outbound::<Down>::default();
         out.push(Down::Model { model: 7 }, vec![1, 2, 3]);
         for c in 0..1000 {
             out.push(text(c, "train"), Vec::new());
@@ -220,7 +318,7 @@ mod tests {
     /// it first): a second copy goes after.
     #[test]
     fn a_client_never_joins_a_message_before_one_of_its_own() {
-        let mut out = Outbound::default();
+        let mut out = Outbound::<Down>::default();
         out.push(text(1, "a"), Vec::new());
         out.push(text(2, "b"), Vec::new());
         out.push(text(2, "a"), Vec::new());
@@ -250,7 +348,7 @@ mod tests {
             kind: VectorKind::Update,
             num_examples: 10 + client_id,
         };
-        let mut out = Outbound::default();
+        let mut out = Outbound::<Down>::default();
         out.push(accept(1, round), Vec::new());
         out.push(accept(2, round), Vec::new());
         let retry = RoundRef {
@@ -265,5 +363,33 @@ mod tests {
             Down::Accepts { clients, .. } if clients == &[(1, 11), (2, 12)]
         ));
         assert!(matches!(entries[1].0, Down::Accept { client_id: 3, .. }));
+    }
+
+    /// Results held for one round and kind go up as one message; a client's leave stays after
+    /// its own result.
+    #[test]
+    fn a_gateway_s_held_results_and_leaves_go_up_shared() {
+        let held = |client_id| Up::HeldRes {
+            client_id,
+            server_round: 4,
+            num_examples: 6,
+            kind: VectorKind::Masked,
+        };
+        let mut out = Outbound::<Up>::default();
+        out.push(Up::Leave { client_id: 9 }, Vec::new());
+        out.push(held(1), Vec::new());
+        out.push(held(2), Vec::new());
+        out.push(Up::Leave { client_id: 1 }, Vec::new());
+        out.push(held(3), Vec::new());
+        let entries = out.take();
+        assert_eq!(entries.len(), 3, "{entries:?}");
+        assert!(matches!(&entries[0].0, Up::Leave { client_id: 9 }));
+        assert!(matches!(
+            &entries[1].0,
+            Up::HeldMany { server_round: 4, kind: VectorKind::Masked, clients }
+                if clients == &[(1, 6), (2, 6), (3, 6)]
+        ));
+        // Client 1's leave could not join the first leave (its result comes after that).
+        assert!(matches!(&entries[2].0, Up::Leave { client_id: 1 }));
     }
 }

@@ -63,7 +63,9 @@ struct Relay {
     epoch: Option<u64>,
     /// This gateway process's, drawn at its start (see `Up::Alive`).
     instance: u64,
-    /// The messages of this turn of the loop, sent together at its end.
+    /// The messages of this turn of the loop, sent together at its end (several clients' same
+    /// message as one: see [`outbound`](super::outbound)).
+    outbound: super::outbound::Outbound<Up>,
     batch: super::Batch,
     /// The clients' vectors waiting for the coordinator's answer, and the round's sum.
     holdings: Holdings,
@@ -98,6 +100,7 @@ pub async fn run(
         // the coordinator's silence window) must not find one of this process's sockets.
         next_conn: super::random_u64("gateway's first connection number")? >> 1,
         instance,
+        outbound: Default::default(),
         batch: super::Batch::default(),
         pending: HashMap::new(),
         waiting: Default::default(),
@@ -140,22 +143,27 @@ pub async fn run(
 impl Relay {
     /// A message to the coordinator: batched with the others of this turn when it has no
     /// payload (sent by [`Relay::flush`]), else sent at once after them.
-    async fn up(&mut self, msg: &Up, payload: &[u8]) {
-        let subject = self.subjects.up(&self.gateway);
-        let wrap = |messages| Up::Batch { messages };
-        if payload.is_empty() {
-            self.batch.add(&self.nats, &subject, msg, wrap).await;
-        } else {
-            self.batch.flush(&self.nats, &subject, wrap).await;
-            super::publish(&self.nats, subject, msg, payload).await;
-        }
+    fn up(&mut self, msg: Up, payload: Vec<u8>) {
+        self.outbound.push(msg, payload);
     }
 
+    /// Sends this turn's messages: those without payload in batches, those with one alone, in
+    /// order.
     async fn flush(&mut self) {
+        if self.outbound.is_empty() {
+            return;
+        }
         let subject = self.subjects.up(&self.gateway);
-        self.batch
-            .flush(&self.nats, &subject, |messages| Up::Batch { messages })
-            .await;
+        let wrap = |messages| Up::Batch { messages };
+        for (msg, payload) in self.outbound.take() {
+            if payload.is_empty() {
+                self.batch.add(&self.nats, &subject, &msg, wrap).await;
+            } else {
+                self.batch.flush(&self.nats, &subject, wrap).await;
+                super::publish(&self.nats, subject.clone(), &msg, &payload).await;
+            }
+        }
+        self.batch.flush(&self.nats, &subject, wrap).await;
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -191,7 +199,7 @@ impl Relay {
             }
             Command::Leave { client_id } => {
                 self.clients.remove(&client_id);
-                self.up(&Up::Leave { client_id }, &[]).await;
+                self.up(Up::Leave { client_id }, Vec::new());
             }
             Command::TrainRes {
                 client_id,
@@ -223,7 +231,7 @@ impl Relay {
                     server_round,
                     answer,
                 };
-                self.up(&msg, &[]).await;
+                self.up(msg, Vec::new());
             }
             Command::TrainFailed {
                 client_id,
@@ -237,7 +245,7 @@ impl Relay {
                     reason,
                     refuses_run,
                 };
-                self.up(&msg, &[]).await;
+                self.up(msg, Vec::new());
             }
             Command::EvaluateRes {
                 client_id,
@@ -253,7 +261,7 @@ impl Relay {
                     loss,
                     accuracy,
                 };
-                self.up(&msg, &[]).await;
+                self.up(msg, Vec::new());
             }
             Command::Shard {
                 run_id,
@@ -309,7 +317,7 @@ impl Relay {
             num_examples,
             kind,
         };
-        self.up(&res, &[]).await;
+        self.up(res, Vec::new());
     }
 
     /// A message (or batch of them) from the coordinator.
@@ -424,7 +432,7 @@ impl Relay {
                     server_round,
                     num_examples,
                 };
-                self.up(&res, &super::f32s_to_bytes(&update)).await;
+                self.up(res, super::f32s_to_bytes(&update));
             }
             None => warn!(
                 client_id,
@@ -438,7 +446,7 @@ impl Relay {
     async fn collect(&mut self, round: RoundRef) {
         let clients = &self.clients;
         let (partial, payload) = self.holdings.collect(round, |c| clients.contains_key(&c));
-        self.up(&partial, &payload).await;
+        self.up(partial, payload);
     }
 
     /// Sends waiting joins while fewer than [`JOINS_IN_FLIGHT`] are unanswered (a socket gone
@@ -452,7 +460,7 @@ impl Relay {
                 Some(p) if !p.reply.is_closed() => {
                     p.sent = Some(Instant::now());
                     self.in_flight += 1;
-                    self.up(&join, &[]).await;
+                    self.up(join, Vec::new());
                 }
                 _ => {
                     self.pending.remove(&conn);
@@ -469,7 +477,7 @@ impl Relay {
             if let Ok(client_id) = result
                 && self.epoch == Some(epoch)
             {
-                self.up(&Up::Leave { client_id }, &[]).await;
+                self.up(Up::Leave { client_id }, Vec::new());
             }
             return;
         };
@@ -522,7 +530,7 @@ impl Relay {
 
     async fn let_go(&mut self, client_id: u64) {
         self.clients.remove(&client_id);
-        self.up(&Up::Leave { client_id }, &[]).await;
+        self.up(Up::Leave { client_id }, Vec::new());
     }
 
     /// A new coordinator epoch after another: the coordinator restarted and knows none of this
