@@ -25,6 +25,10 @@ use crate::coordinator::{RoundRef, VectorKind};
 
 /// At most this many ready messages are taken in one turn of the loop (they share a batch).
 const BURST: usize = 4096;
+/// How long what the gateway sends up may wait for more: the clients' results of a round come
+/// within milliseconds of each other, one per turn of the loop, and would otherwise go up one
+/// message each. Nothing here needs an answer faster (rounds take seconds; a join waits 5 ms).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// What the admin API answers on a gateway.
 const NOT_HERE: &str =
@@ -111,6 +115,7 @@ pub async fn run(
         holdings: Holdings::default(),
     };
     let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
@@ -135,14 +140,30 @@ pub async fn run(
             }
             Some(msg) = heartbeat.next() => relay.heartbeat(&msg.payload),
             _ = tick.tick() => relay.tick().await,
+            () = sleep_until(flush_at), if flush_at.is_some() => {
+                relay.flush().await;
+                flush_at = None;
+            }
         }
-        relay.flush().await;
+        // What this turn queued waits [`LINGER`] for the clients' messages that come just
+        // after, so that those of a burst share a message (see `outbound`).
+        if flush_at.is_none() && !relay.outbound.is_empty() {
+            flush_at = Some(tokio::time::Instant::now() + LINGER);
+        }
+    }
+}
+
+/// Resolves at `at` (never when `None`).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
 impl Relay {
-    /// A message to the coordinator: batched with the others of this turn when it has no
-    /// payload (sent by [`Relay::flush`]), else sent at once after them.
+    /// A message to the coordinator, sent with the others of this moment by [`Relay::flush`]
+    /// (several clients' same message as one).
     fn up(&mut self, msg: Up, payload: Vec<u8>) {
         self.outbound.push(msg, payload);
     }
