@@ -312,7 +312,9 @@ impl Bridge {
                 None
             }
             Up::Leaves { clients } => {
-                for client_id in clients {
+                // Once each: a leave is never dropped from the backlog, so no repeats.
+                let unique: HashSet<u64> = clients.into_iter().collect();
+                for client_id in unique {
                     self.one_up(gateway, Up::Leave { client_id }, &[]);
                 }
                 None

@@ -369,7 +369,8 @@ pub fn encode(header: &impl Serialize, payload: &[u8]) -> bytes::Bytes {
     out.into()
 }
 
-/// Largest batch of messages sent as one (far below NATS's default 1 MiB payload limit).
+/// Largest batch of messages sent as one (far below NATS's default 1 MiB payload limit; a
+/// single message is at most ≈ 80 KB of shared ids, see `outbound`).
 pub const MAX_BATCH: usize = 256 << 10;
 
 /// Messages without payload to one subject, sent together: one NATS message carries many, each

@@ -1,5 +1,5 @@
-//! One subject's messages of one turn of the bridge's (or a relay's) loop, before they go on the
-//! bus: where several clients get the same message — a round's instructions, its model, its
+//! One subject's messages of one turn of the bridge's loop (of a relay's 5 ms linger), before
+//! they go on the bus: where several clients get the same message — a round's instructions, its model, its
 //! accepts — or a gateway says the same of several clients — results held, clients gone — they
 //! share one, which names them all. A round's control bytes then grow with the number of
 //! distinct messages, plus a client id each, not with a message each.
@@ -24,9 +24,15 @@ pub trait Shareable: Sized {
     fn key(&self) -> Option<Self::Key>;
     /// Makes `self` (a message of the same key) also name `msg`'s client: `false` if it cannot.
     fn join(&mut self, msg: &Self) -> bool;
+    /// How many clients it names.
+    fn shared_len(&self) -> usize;
 }
 
-/// One subject's messages of this turn, in order, and their payloads.
+/// Most clients one shared message names (≈ 80 KB of ids and weights): past it, the next copy
+/// starts another, so that no message nears NATS's 1 MiB payload limit.
+const MAX_SHARED: usize = 4096;
+
+/// One subject's messages waiting to go, in order, and their payloads.
 #[derive(Debug)]
 pub struct Outbound<M: Shareable> {
     entries: Vec<(M, Vec<u8>)>,
@@ -57,6 +63,9 @@ impl<M: Shareable> Outbound<M> {
                 && self.entries[i].0.join(&msg)
             {
                 self.last.insert(client, i);
+                if self.entries[i].0.shared_len() >= MAX_SHARED {
+                    self.shared.remove(&key);
+                }
                 return;
             }
             self.shared.insert(key, self.entries.len());
@@ -114,6 +123,14 @@ impl Shareable for Down {
             Down::Accept { round, kind, .. } => DownKey::Accept(*round, *kind),
             _ => return None,
         })
+    }
+
+    fn shared_len(&self) -> usize {
+        match self {
+            Down::Texts { clients, .. } | Down::SendModels { clients, .. } => clients.len(),
+            Down::Accepts { clients, .. } => clients.len(),
+            _ => 1,
+        }
     }
 
     fn join(&mut self, msg: &Self) -> bool {
@@ -204,6 +221,14 @@ impl Shareable for Up {
             Up::Leave { .. } => UpKey::Leave,
             _ => return None,
         })
+    }
+
+    fn shared_len(&self) -> usize {
+        match self {
+            Up::HeldMany { clients, .. } => clients.len(),
+            Up::Leaves { clients } => clients.len(),
+            _ => 1,
+        }
     }
 
     fn join(&mut self, msg: &Self) -> bool {
@@ -391,5 +416,18 @@ mod tests {
         ));
         // Client 1's leave could not join the first leave (its result comes after that).
         assert!(matches!(&entries[2].0, Up::Leave { client_id: 1 }));
+    }
+
+    /// A shared message names at most MAX_SHARED clients; the next copy starts another.
+    #[test]
+    fn a_shared_message_stops_growing_at_its_cap() {
+        let mut out = Outbound::<Down>::default();
+        for c in 0..(MAX_SHARED as u64 + 10) {
+            out.push(text(c, "train"), Vec::new());
+        }
+        let entries = out.take();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].0.shared_len(), MAX_SHARED);
+        assert_eq!(entries[1].0.shared_len(), 10);
     }
 }

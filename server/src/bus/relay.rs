@@ -23,7 +23,7 @@ use super::{Down, GatewayId, HEARTBEAT, JOIN_TIMEOUT, ShardAnswer, ShardQuery, S
 use crate::coordinator::{AdminError, Command, Outgoing, ShardGrant};
 use crate::coordinator::{RoundRef, VectorKind};
 
-/// At most this many ready messages are taken in one turn of the loop (they share a batch).
+/// At most this many ready messages are taken in one turn of the loop.
 const BURST: usize = 4096;
 /// How long what the gateway sends up may wait for more: the clients' results of a round come
 /// within milliseconds of each other, one per turn of the loop, and would otherwise go up one
@@ -67,7 +67,7 @@ struct Relay {
     epoch: Option<u64>,
     /// This gateway process's, drawn at its start (see `Up::Alive`).
     instance: u64,
-    /// The messages of this turn of the loop, sent together at its end (several clients' same
+    /// The messages to go up, sent together after a 5 ms linger (several clients' same
     /// message as one: see [`outbound`](super::outbound)).
     outbound: super::outbound::Outbound<Up>,
     batch: super::Batch,
@@ -168,8 +168,8 @@ impl Relay {
         self.outbound.push(msg, payload);
     }
 
-    /// Sends this turn's messages: those without payload in batches, those with one alone, in
-    /// order.
+    /// Sends what waits to go up: messages without payload in batches, those with one alone,
+    /// in order.
     async fn flush(&mut self) {
         if self.outbound.is_empty() {
             return;
@@ -374,7 +374,9 @@ impl Relay {
             Down::Text { client_id, text } => self.deliver(client_id, Outgoing::Text(text)).await,
             Down::Texts { clients, text } => {
                 for client_id in clients {
-                    self.deliver(client_id, Outgoing::Text(text.clone())).await;
+                    if self.clients.contains_key(&client_id) {
+                        self.deliver(client_id, Outgoing::Text(text.clone())).await;
+                    }
                 }
             }
             Down::SendModels { model, clients } => {
@@ -432,6 +434,9 @@ impl Relay {
         }
         self.waiting.clear();
         self.in_flight = 0;
+        // What was about to go up concerns clients the coordinator no longer has (its ids
+        // restart: a stale Leave could drop a new client of the same id).
+        let _stale = self.outbound.take();
         self.model = None;
     }
 
