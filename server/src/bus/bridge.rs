@@ -20,6 +20,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use super::outbound::Shareable;
 use super::{Down, GATEWAY_SILENCE, GatewayId, HEARTBEAT, ShardAnswer, ShardQuery, Subjects, Up};
 
 /// What the liveness watcher tells the bridge.
@@ -396,21 +397,9 @@ impl Bridge {
                 count,
             })));
         }
-        let client_id = match &up {
-            Up::Leave { client_id }
-            | Up::HeldRes { client_id, .. }
-            | Up::TrainRes { client_id, .. }
-            | Up::SecAgg { client_id, .. }
-            | Up::TrainFailed { client_id, .. }
-            | Up::EvaluateRes { client_id, .. } => *client_id,
-            Up::Alive { .. }
-            | Up::Batch { .. }
-            | Up::Join { .. }
-            | Up::Partial { .. }
-            | Up::HeldMany { .. }
-            | Up::Leaves { .. } => {
-                return Ok(None);
-            }
+        // A message about one client (the others were handled before this).
+        let Some(client_id) = Shareable::client(&up) else {
+            return Ok(None);
         };
         if self.owner.get(&client_id) != Some(gateway) {
             return Ok(None);
@@ -476,14 +465,7 @@ impl Bridge {
                 loss,
                 accuracy,
             },
-            Up::Alive { .. }
-            | Up::Batch { .. }
-            | Up::Join { .. }
-            | Up::Partial { .. }
-            | Up::HeldMany { .. }
-            | Up::Leaves { .. } => {
-                return Ok(None);
-            }
+            _ => return Ok(None),
         }))
     }
 
