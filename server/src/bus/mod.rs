@@ -25,7 +25,9 @@
 //! the protocol's sum is associative, and the coordinator unmasks the sum of the sums. Rules
 //! that look at each update (the robust ones) have it cross in full (`Down::SendInFull`).
 //! Messages are a JSON header and a binary payload ([`encode`]): vectors travel as
-//! little-endian numbers, never as JSON text.
+//! little-endian numbers, never as JSON text. The same message to (or about) several clients
+//! of a gateway crosses once, naming them ([`outbound`]), and messages without payload travel
+//! in batches ([`Batch`]): a round's control costs the bus little more than an id per client.
 //!
 //! The bus is the operator's own infrastructure, but what arrives on it is still decoded with
 //! bounds ([`decode`]) and a gateway may only speak for its own clients.
