@@ -198,6 +198,142 @@ fn idx_files(input: &[u8]) {
     }
 }
 
+/// A bus message as the bridge (`Up`) or a relay (`Down`) reads it: the header's length
+/// bounded, a batch's frames each decoded with the same bounds, a payload read as the vector
+/// it claims to be, never more values than asked for.
+fn bus_message<T: for<'de> serde::Deserialize<'de>>(input: &[u8], is_batch: fn(&T) -> bool) {
+    use server::bus;
+    let Ok((header, payload)) = bus::decode::<T>(input) else {
+        return;
+    };
+    assert!(input.len() - payload.len() <= 4 + bus::MAX_HEADER);
+    if is_batch(&header) {
+        for frame in bus::frames(payload) {
+            let Ok(frame) = frame else { break };
+            assert!(frame.len() <= payload.len());
+            let _ = bus::decode::<T>(frame);
+        }
+    } else {
+        if let Ok(values) = bus::f64s(payload, 16) {
+            assert!(values.len() <= 16 && values.len() * 8 == payload.len());
+        }
+        if let Ok(words) = bus::words(payload, 16) {
+            assert!(words.count() <= 16);
+        }
+    }
+}
+
+fn bus_up(input: &[u8]) {
+    bus_message::<server::bus::Up>(input, |m| matches!(m, server::bus::Up::Batch { .. }));
+}
+
+fn bus_down(input: &[u8]) {
+    bus_message::<server::bus::Down>(input, |m| matches!(m, server::bus::Down::Batch { .. }));
+}
+
+/// Valid bus messages of each direction: single ones with and without payload, and a batch.
+fn bus_seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    use server::bus::{Down, Up, encode, f32s_to_bytes, f64s_to_bytes};
+    use server::coordinator::{RoundRef, VectorKind};
+    let round = RoundRef {
+        run_id: 1,
+        server_round: 2,
+        attempt: 1,
+    };
+    let batch = |messages: Vec<bytes::Bytes>| {
+        let mut frames = Vec::new();
+        for m in &messages {
+            frames.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            frames.extend_from_slice(m);
+        }
+        (messages.len() as u32, frames)
+    };
+    let (n, frames) = batch(vec![
+        encode(
+            &Up::HeldMany {
+                server_round: 2,
+                kind: VectorKind::Masked,
+                clients: vec![(1, 60), (2, 61)],
+            },
+            &[],
+        ),
+        encode(
+            &Up::Leaves {
+                clients: vec![3, 4],
+            },
+            &[],
+        ),
+    ]);
+    let up = vec![
+        encode(&Up::Batch { messages: n }, &frames),
+        encode(
+            &Up::Join {
+                conn: 7,
+                client_key: Some("0123456789abcdef0123456789abcdef".into()),
+                capabilities: Capabilities::default(),
+            },
+            &[],
+        ),
+        encode(
+            &Up::TrainRes {
+                client_id: 1,
+                server_round: 2,
+                num_examples: 6,
+            },
+            &f32s_to_bytes(&[0.5, -1.0, 2.0]),
+        ),
+        encode(
+            &Up::Partial {
+                round,
+                kind: VectorKind::Update,
+                clients: vec![1, 2],
+                total_weight: 12,
+                count: 2,
+            },
+            &f64s_to_bytes(&[3.0, -6.0]),
+        ),
+    ];
+    let (n, frames) = batch(vec![
+        encode(
+            &Down::Texts {
+                clients: vec![1, 2],
+                text: "{\"type\":\"round_closed\"}".into(),
+            },
+            &[],
+        ),
+        encode(
+            &Down::Accepts {
+                round,
+                kind: VectorKind::Update,
+                clients: vec![(1, 6)],
+            },
+            &[],
+        ),
+        encode(
+            &Down::SendModels {
+                model: 9,
+                clients: vec![1],
+            },
+            &[],
+        ),
+    ]);
+    let down = vec![
+        encode(&Down::Batch { messages: n }, &frames),
+        encode(
+            &Down::Joined {
+                conn: 7,
+                epoch: 11,
+                result: Ok(1),
+            },
+            &[],
+        ),
+        encode(&Down::Model { model: 9 }, &[1, 2, 3, 4, 5, 6, 7, 8]),
+        encode(&Down::Collect { round }, &[]),
+    ];
+    let to_vecs = |v: Vec<bytes::Bytes>| v.into_iter().map(|b| b.to_vec()).collect();
+    (to_vecs(up), to_vecs(down))
+}
+
 /// Every decoder a peer reaches, with valid seeds.
 pub fn targets() -> Vec<Target> {
     let train = TrainConfig {
@@ -311,7 +447,20 @@ pub fn targets() -> Vec<Target> {
         input
     };
     let bytes = |v: Vec<String>| v.into_iter().map(String::into_bytes).collect();
+    let (bus_up_seeds, bus_down_seeds) = bus_seeds();
     vec![
+        Target {
+            name: "bus message, gateway to coordinator",
+            seeds: bus_up_seeds,
+            json: false,
+            run: bus_up,
+        },
+        Target {
+            name: "bus message, coordinator to gateway",
+            seeds: bus_down_seeds,
+            json: false,
+            run: bus_down,
+        },
         Target {
             name: "client message",
             seeds: bytes(client.iter().map(ClientMessage::encode).collect()),

@@ -131,7 +131,10 @@ pub async fn run(
                 }
                 bridge.drain_backlog();
             }
-            Some(msg) = up.next() => {
+            msg = up.next() => {
+                let Some(msg) = msg else {
+                    return Err("the subscription to the gateways' messages ended".into());
+                };
                 joins.extend(bridge.up(msg).await);
                 for _ in 0..BURST {
                     let Some(Some(msg)) = up.next().now_or_never() else { break };
@@ -152,7 +155,10 @@ pub async fn run(
                     bridge.outgoing(client_id, out).await;
                 }
             }
-            Some(request) = shards.next() => bridge.shard(request),
+            request = shards.next() => match request {
+                Some(request) => bridge.shard(request),
+                None => return Err("the subscription to shard queries ended".into()),
+            },
             Some((gateway, call)) = calls.recv() => {
                 bridge.holder_call(gateway, call).await;
                 for _ in 0..BURST {
@@ -160,7 +166,11 @@ pub async fn run(
                     bridge.holder_call(gateway, call).await;
                 }
             }
-            Some(news) = liveness.recv() => bridge.liveness(news).await,
+            news = liveness.recv() => match news {
+                Some(news) => bridge.liveness(news).await,
+                // Without it no gateway is ever taken for gone: the process must stop.
+                None => return Err("the gateways' liveness watcher stopped".into()),
+            },
             _ = tick.tick() => {
                 if !bridge.tick().await {
                     return Ok(());

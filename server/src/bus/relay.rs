@@ -131,14 +131,20 @@ pub async fn run(
                     return Ok(());
                 }
             },
-            Some(msg) = down.next() => {
+            msg = down.next() => {
+                let Some(msg) = msg else {
+                    return Err("the subscription to the coordinator's messages ended".into());
+                };
                 relay.down(&msg.payload).await;
                 for _ in 0..BURST {
                     let Some(Some(msg)) = down.next().now_or_never() else { break };
                     relay.down(&msg.payload).await;
                 }
             }
-            Some(msg) = heartbeat.next() => relay.heartbeat(&msg.payload),
+            msg = heartbeat.next() => match msg {
+                Some(msg) => relay.heartbeat(&msg.payload),
+                None => return Err("the subscription to the coordinator's heartbeat ended".into()),
+            },
             _ = tick.tick() => relay.tick().await,
             () = sleep_until(flush_at), if flush_at.is_some() => {
                 relay.flush().await;
