@@ -645,6 +645,8 @@ impl Bridge {
                 self.command(Command::GatewayGone {
                     gateway: gateway.as_str().to_string(),
                 });
+                self.outbound.remove(&gateway);
+                self.batches.remove(&gateway);
                 let Some(g) = self.gateways.remove(&gateway) else {
                     return;
                 };
@@ -667,6 +669,9 @@ async fn watch_liveness(
 ) {
     // Each gateway's instance and when it was last heard.
     let mut seen: HashMap<GatewayId, (u64, Instant)> = HashMap::new();
+    // Each gateway's instance before its last restart, and when it was replaced: heard again
+    // soon after, two processes run under one id (each heartbeat then looks like a restart).
+    let mut replaced: HashMap<GatewayId, (u64, Instant)> = HashMap::new();
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
@@ -679,7 +684,14 @@ async fn watch_liveness(
                 };
                 let before = seen.insert(gateway.clone(), (instance, Instant::now()));
                 let restarted = before.is_some_and(|(i, _)| i != instance);
-                if restarted {
+                if let Some((old, _)) = before.filter(|_| restarted) {
+                    let twin = replaced
+                        .get(&gateway)
+                        .is_some_and(|&(i, at)| i == instance && at.elapsed() < GATEWAY_SILENCE);
+                    if twin {
+                        tracing::error!(%gateway, "two gateway processes run under the id {gateway}: their clients are dropped at every heartbeat; give each its own --gateway id");
+                    }
+                    replaced.insert(gateway.clone(), (old, Instant::now()));
                     warn!(%gateway, "gateway restarted: its former clients are gone");
                     if news.send(Liveness::Gone(gateway.clone())).is_err() {
                         return;
@@ -699,6 +711,7 @@ async fn watch_liveness(
                     .collect();
                 for gateway in silent {
                     seen.remove(&gateway);
+                    replaced.remove(&gateway);
                     if news.send(Liveness::Gone(gateway)).is_err() {
                         return;
                     }
