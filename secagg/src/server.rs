@@ -363,20 +363,7 @@ impl CollectingShares {
 impl CollectingMasked {
     /// Member m's masked vector, added to the running sum at once.
     pub fn add(&mut self, m: Member, masked: &[u32]) -> Result<(), SecAggError> {
-        if !self.commitments.contains_key(&m) {
-            return Err(SecAggError::NotAMember(m));
-        }
-        if masked.len() != self.sum.len() {
-            return Err(SecAggError::Length {
-                expected: self.sum.len(),
-                actual: masked.len(),
-            });
-        }
-        if !self.masked.insert(m) {
-            return Err(SecAggError::Twice(m));
-        }
-        add_into(&mut self.sum, masked, 1);
-        Ok(())
+        self.add_sum(&[m], masked)
     }
 
     /// Whether member m's masked vector is still awaited (its shares were relayed, no vector

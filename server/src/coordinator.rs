@@ -1213,6 +1213,26 @@ mod tests {
         c.run.as_ref().unwrap().round.as_ref().unwrap().reference()
     }
 
+    /// A gateway's sum of updates as it arrives: `value` in each of `n` coordinates, claiming
+    /// `clients` of `total_weight` in all.
+    fn update_sum(
+        gateway: &str,
+        round: RoundRef,
+        clients: Vec<u64>,
+        value: f64,
+        n: usize,
+        total_weight: u64,
+    ) -> Command {
+        Command::Partial(PartialSum {
+            gateway: gateway.into(),
+            round,
+            count: clients.len(),
+            clients,
+            sum: PartialVector::Update(vec![value; n]),
+            total_weight,
+        })
+    }
+
     /// Updates that wait at gateways: each is accepted (its gateway hears it), the sums are
     /// asked for when training is over, and a gateway's sum counts only if every update it
     /// claims was accepted from that gateway, with its weight. A sum that claims more fails its
@@ -1264,22 +1284,13 @@ mod tests {
         let phase = &c.run.as_ref().unwrap().round.as_ref().unwrap().phase;
         assert!(matches!(phase, Phase::Collecting), "{phase:?}");
 
-        // gw-a's sum holds one of its two accepted updates (the other client's was lost at the
-        // gateway): it counts, and only the missing client fails. Its update: 0.5 everywhere.
         let n = initial.len();
         // A sum of another attempt of the same round (abandoned) is not this round's.
         let stale = RoundRef {
             attempt: round.attempt + 1,
             ..round
         };
-        c.handle(Command::Partial(PartialSum {
-            gateway: "gw-a".into(),
-            round: stale,
-            clients: vec![ids[0], ids[1]],
-            sum: PartialVector::Update(vec![1e6; n]),
-            total_weight: 200,
-            count: 2,
-        }));
+        c.handle(update_sum("gw-a", stale, vec![ids[0], ids[1]], 1e6, n, 200));
         assert!(
             c.run
                 .as_ref()
@@ -1290,23 +1301,11 @@ mod tests {
                 .held
                 .contains_key("gw-a")
         );
-        c.handle(Command::Partial(PartialSum {
-            gateway: "gw-a".into(),
-            round,
-            clients: vec![ids[0]],
-            sum: PartialVector::Update(vec![50.0; n]),
-            total_weight: 100,
-            count: 1,
-        }));
+        // gw-a's sum holds one of its two accepted updates (the other client's was lost at the
+        // gateway): it counts, and only the missing client fails. Its update: 0.5 everywhere.
+        c.handle(update_sum("gw-a", round, vec![ids[0]], 50.0, n, 100));
         // gw-b claims twice the weight it was accepted for.
-        c.handle(Command::Partial(PartialSum {
-            gateway: "gw-b".into(),
-            round,
-            clients: vec![ids[2]],
-            sum: PartialVector::Update(vec![1e6; n]),
-            total_weight: 200,
-            count: 1,
-        }));
+        c.handle(update_sum("gw-b", round, vec![ids[2]], 1e6, n, 200));
         settle_accounting(&mut c).await;
         let run = c.run.as_ref().unwrap();
         assert_eq!(run.summary.completed_rounds, 1, "the round closed");
@@ -1351,14 +1350,14 @@ mod tests {
             });
         }
         let n = c.run.as_ref().unwrap().global.len();
-        c.handle(Command::Partial(PartialSum {
-            gateway: "gw-a".into(),
-            round: round_ref(&c),
-            clients: vec![ids[0]],
-            sum: PartialVector::Update(vec![50.0; n]),
-            total_weight: 100,
-            count: 1,
-        }));
+        c.handle(update_sum(
+            "gw-a",
+            round_ref(&c),
+            vec![ids[0]],
+            50.0,
+            n,
+            100,
+        ));
         let phase = &c.run.as_ref().unwrap().round.as_ref().unwrap().phase;
         assert!(matches!(phase, Phase::Collecting), "{phase:?}");
         c.handle(Command::GatewayGone {

@@ -353,42 +353,34 @@ impl SecureRound {
     /// Whether `conn`'s masked vector is awaited: it waits at a gateway, which sums it with
     /// its other clients' ([`SecureRound::add_masked_sum`]).
     pub(super) fn expects_masked(&self, conn: u64) -> Result<(), String> {
-        let m = self
-            .member(conn)
-            .ok_or("not a member of this round's secure aggregation")?;
+        let m = self.member(conn).ok_or(NOT_A_MEMBER)?;
         match &self.step {
             Step::Masked(s) => s.expects(m).map_err(|e| e.to_string()),
-            _ => Err("a masked vector before this member was sent its neighbours' shares".into()),
+            _ => Err(NOT_THE_MASKED_STEP.into()),
         }
     }
 
-    /// A gateway's modular sum of the masked vectors of `conns`, into the protocol's running
-    /// sum (all or none).
+    /// The modular sum of the masked vectors of `conns` (one member's own, or a gateway's
+    /// sum of its clients'), into the protocol's running sum: all or none.
     pub(super) fn add_masked_sum(&mut self, conns: &[u64], sum: &[u32]) -> Result<(), String> {
         let members = conns
             .iter()
-            .map(|&c| {
-                self.member(c)
-                    .ok_or(format!("connection {c} is not a member"))
-            })
-            .collect::<Result<Vec<Member>, String>>()?;
+            .map(|&c| self.member(c).ok_or(NOT_A_MEMBER))
+            .collect::<Result<Vec<Member>, _>>()?;
         match &mut self.step {
             Step::Masked(s) => s.add_sum(&members, sum).map_err(|e| e.to_string()),
-            _ => Err("a masked sum after the masked vectors' step closed".into()),
+            _ => Err(NOT_THE_MASKED_STEP.into()),
         }
     }
 
     /// A masked vector from `conn`, into the protocol's running sum.
     pub(super) fn add_masked(&mut self, conn: u64, values: &[u32]) -> Result<(), String> {
-        let m = self
-            .member(conn)
-            .ok_or("not a member of this round's secure aggregation")?;
-        match &mut self.step {
-            Step::Masked(s) => s.add(m, values).map_err(|e| e.to_string()),
-            _ => Err("a masked vector before this member was sent its neighbours' shares".into()),
-        }
+        self.add_masked_sum(&[conn], values)
     }
 }
+
+const NOT_A_MEMBER: &str = "not a member of this round's secure aggregation";
+const NOT_THE_MASKED_STEP: &str = "a masked vector outside the masked vectors' step (before this member was sent its neighbours' shares, or after the step closed)";
 
 /// What a member answers in a key, share or reveal step.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
