@@ -208,10 +208,9 @@ fn bus_message<T: for<'de> serde::Deserialize<'de>>(input: &[u8], is_batch: fn(&
     };
     assert!(input.len() - payload.len() <= 4 + bus::MAX_HEADER);
     if is_batch(&header) {
-        for frame in bus::frames(payload) {
-            let Ok(frame) = frame else { break };
-            assert!(frame.len() <= payload.len());
-            let _ = bus::decode::<T>(frame);
+        for item in bus::unbatch::<T>(payload, is_batch) {
+            let Ok((_, inner)) = item else { break };
+            assert!(inner.len() <= payload.len());
         }
     } else {
         if let Ok(values) = bus::f64s(payload, 16) {

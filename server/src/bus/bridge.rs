@@ -69,7 +69,6 @@ struct Bridge {
     dropped: u64,
     /// Each gateway's messages of this turn of the loop, sent together at its end.
     outbound: HashMap<GatewayId, super::outbound::Outbound<Down>>,
-    batches: HashMap<GatewayId, super::Batch>,
 }
 
 /// At most this many ready messages are taken in one turn of the loop (they share batches).
@@ -115,7 +114,6 @@ pub async fn run(
         backlog: Default::default(),
         dropped: 0,
         outbound: HashMap::new(),
-        batches: HashMap::new(),
     };
     let (holder_calls, mut calls) = mpsc::unbounded_channel();
     bridge.holder_calls = Some(holder_calls);
@@ -199,17 +197,8 @@ impl Bridge {
                 continue;
             }
             let subject = self.subjects.down(gateway);
-            let batch = self.batches.entry(gateway.clone()).or_default();
-            let wrap = |messages| Down::Batch { messages };
-            for (msg, payload) in out.take() {
-                if payload.is_empty() {
-                    batch.add(&self.nats, &subject, &msg, wrap).await;
-                } else {
-                    batch.flush(&self.nats, &subject, wrap).await;
-                    super::publish(&self.nats, subject.clone(), &msg, &payload).await;
-                }
-            }
-            batch.flush(&self.nats, &subject, wrap).await;
+            let batch = |messages| Down::Batch { messages };
+            super::send_in_order(&self.nats, &subject, out.take(), batch).await;
         }
     }
 
@@ -277,12 +266,8 @@ impl Bridge {
         let mut joins = Vec::new();
         match super::decode::<Up>(&msg.payload) {
             Ok((Up::Batch { .. }, batch)) => {
-                for frame in super::frames(batch) {
-                    match frame.and_then(super::decode::<Up>) {
-                        Ok((Up::Batch { .. }, _)) => {
-                            warn!(%gateway, error = %super::BusError::Nested, "a gateway's batch was cut short");
-                            break;
-                        }
+                for item in super::unbatch(batch, |m| matches!(m, Up::Batch { .. })) {
+                    match item {
                         Ok((up, payload)) => joins.extend(self.one_up(&gateway, up, payload)),
                         Err(e) => {
                             warn!(%gateway, error = %e, "a gateway's batch was cut short");
@@ -646,7 +631,6 @@ impl Bridge {
                     gateway: gateway.as_str().to_string(),
                 });
                 self.outbound.remove(&gateway);
-                self.batches.remove(&gateway);
                 let Some(g) = self.gateways.remove(&gateway) else {
                     return;
                 };

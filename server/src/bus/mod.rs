@@ -378,8 +378,8 @@ pub const MAX_BATCH: usize = 256 << 10;
 /// Messages without payload to one subject, sent together: one NATS message carries many, each
 /// framed as its length (u32 LE) and its own encoding. A round's per-client instructions and
 /// answers then cost the bus, and the processes at both ends, per batch rather than per
-/// client. A message with a payload goes alone after the batch before it ([`Batch::flush`]
-/// first), so the order on the subject is the order of sending.
+/// client. [`send_in_order`] sends a message with a payload alone after the batch before it,
+/// so the order on the subject is the order of sending.
 #[derive(Debug, Default)]
 pub struct Batch {
     frames: Vec<u8>,
@@ -423,6 +423,41 @@ impl Batch {
             tracing::warn!(subject, error = %e, "cannot publish on NATS");
         }
     }
+}
+
+/// Sends `messages` on `subject` in order: those without payload in batches, one with a
+/// payload alone after the batch before it.
+pub async fn send_in_order<H: Serialize>(
+    nats: &async_nats::Client,
+    subject: &str,
+    messages: Vec<(H, Vec<u8>)>,
+    batch: impl Fn(u32) -> H,
+) {
+    let mut pending = Batch::default();
+    for (msg, payload) in messages {
+        if payload.is_empty() {
+            pending.add(nats, subject, &msg, &batch).await;
+        } else {
+            pending.flush(nats, subject, &batch).await;
+            publish(nats, subject.to_string(), &msg, &payload).await;
+        }
+    }
+    pending.flush(nats, subject, &batch).await;
+}
+
+/// The messages of a batch's payload, each decoded with [`decode`]'s bounds; a frame cut short,
+/// one that does not decode, or a batch inside the batch (`is_batch`) ends it with an error.
+pub fn unbatch<T: for<'de> Deserialize<'de>>(
+    payload: &[u8],
+    is_batch: fn(&T) -> bool,
+) -> impl Iterator<Item = Result<(T, &[u8]), BusError>> {
+    frames(payload).map(move |frame| {
+        let (msg, payload) = decode::<T>(frame?)?;
+        if is_batch(&msg) {
+            return Err(BusError::Nested);
+        }
+        Ok((msg, payload))
+    })
 }
 
 /// The messages of a batch's payload, each still to be decoded (with [`decode`]'s bounds); a

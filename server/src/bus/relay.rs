@@ -70,7 +70,6 @@ struct Relay {
     /// The messages to go up, sent together after a 5 ms linger (several clients' same
     /// message as one: see [`outbound`](super::outbound)).
     outbound: super::outbound::Outbound<Up>,
-    batch: super::Batch,
     /// The clients' vectors waiting for the coordinator's answer, and the round's sum.
     holdings: Holdings,
 }
@@ -105,7 +104,6 @@ pub async fn run(
         next_conn: super::random_u64("gateway's first connection number")? >> 1,
         instance,
         outbound: Default::default(),
-        batch: super::Batch::default(),
         pending: HashMap::new(),
         waiting: Default::default(),
         in_flight: 0,
@@ -181,16 +179,8 @@ impl Relay {
             return;
         }
         let subject = self.subjects.up(&self.gateway);
-        let wrap = |messages| Up::Batch { messages };
-        for (msg, payload) in self.outbound.take() {
-            if payload.is_empty() {
-                self.batch.add(&self.nats, &subject, &msg, wrap).await;
-            } else {
-                self.batch.flush(&self.nats, &subject, wrap).await;
-                super::publish(&self.nats, subject.clone(), &msg, &payload).await;
-            }
-        }
-        self.batch.flush(&self.nats, &subject, wrap).await;
+        let batch = |messages| Up::Batch { messages };
+        super::send_in_order(&self.nats, &subject, self.outbound.take(), batch).await;
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -351,12 +341,8 @@ impl Relay {
     async fn down(&mut self, bytes: &[u8]) {
         match super::decode::<Down>(bytes) {
             Ok((Down::Batch { .. }, batch)) => {
-                for frame in super::frames(batch) {
-                    match frame.and_then(super::decode::<Down>) {
-                        Ok((Down::Batch { .. }, _)) => {
-                            warn!(error = %super::BusError::Nested, "a batch from the coordinator was cut short");
-                            break;
-                        }
+                for item in super::unbatch(batch, |m| matches!(m, Down::Batch { .. })) {
+                    match item {
                         Ok((msg, payload)) => self.one_down(msg, payload).await,
                         Err(e) => {
                             warn!(error = %e, "a batch from the coordinator was cut short");
