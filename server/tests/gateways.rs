@@ -8,7 +8,7 @@ use protocol::admin::Event;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use server::bus::{GatewayId, Subjects, Up, decode, frames};
+use server::bus::{GatewayId, Subjects, Up, decode, unbatch};
 use server::coordinator::VectorKind;
 use server::server::{BusOptions, GatewayOptions, attach_bus, start_gateway};
 use server::store::Location;
@@ -317,8 +317,8 @@ async fn watch_up(
             if !matches!(header, Up::Batch { .. }) {
                 return seen.push((header, payload.len()));
             }
-            for frame in frames(payload) {
-                let (header, payload) = decode::<Up>(frame.unwrap()).unwrap();
+            for item in unbatch(payload, |m| matches!(m, Up::Batch { .. })) {
+                let (header, payload) = item.expect("a batched message decodes");
                 seen.push((header, payload.len()));
             }
         };
