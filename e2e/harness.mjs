@@ -26,10 +26,10 @@ export async function waitFor(what, fn, timeoutMs = 60_000, everyMs = 250) {
 
 /**
  * The server (SERVER_BIN, default target/debug/server) on 127.0.0.1:`port` with a fresh data
- * directory, no demo run and the built pages (DIST, default dist). `restart()` starts it again
- * on the same data; `stop()` ends it and removes the data.
+ * directory, no demo run and the built pages (DIST, default dist), and `extraArgs` (a gateway's
+ * flags). `restart()` starts it again on the same data; `stop()` ends it and removes the data.
  */
-export async function startServer(port) {
+export async function startServer(port, extraArgs = []) {
   const dataDir = mkdtempSync(join(tmpdir(), 'fl-e2e-'));
   const base = `http://127.0.0.1:${port}`;
   const server = {
@@ -39,7 +39,7 @@ export async function startServer(port) {
       this.process = spawn(
         process.env.SERVER_BIN ?? 'target/debug/server',
         ['--bind', `127.0.0.1:${port}`, '--data-dir', dataDir, '--admin-token', token, '--no-demo',
-         '--static-dir', process.env.DIST ?? 'dist'],
+         '--static-dir', process.env.DIST ?? 'dist', ...extraArgs],
         { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } },
       );
       await waitFor('the server', async () => (await fetch(`${base}/api/health`)).ok, 120_000);

@@ -60,7 +60,7 @@ cluster_up() {
   for i in $(seq "$n"); do
     local port=$((base + i))
     "$CLUSTER_BIN/server" --bind "127.0.0.1:$port" --gateway "gw-$i" --nats "$nats" \
-      --data-dir "$CLUSTER_DIR/gw-$i" --max-connections "${CLUSTER_GATEWAY_CONNECTIONS:-5000}" \
+      --public-url "ws://127.0.0.1:$port/ws" --data-dir "$CLUSTER_DIR/gw-$i" --max-connections "${CLUSTER_GATEWAY_CONNECTIONS:-5000}" \
       > "$CLUSTER_DIR/gw-$i.log" 2>&1 &
     GATEWAY_PIDS="$GATEWAY_PIDS $!"
     GATEWAY_WS="${GATEWAY_WS:+$GATEWAY_WS,}ws://127.0.0.1:$port/ws"

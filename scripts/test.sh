@@ -42,6 +42,8 @@ run "wasm-bindgen-test (client-wasm in a Chromium Web Worker)" env \
 if [ "$pages_built" = 0 ] && [ "$server_built" = 0 ]; then
   run "browser end-to-end (Playwright + Chromium)" env SERVER_BIN="$TARGET_DIR/debug/server" \
     node e2e/federation.e2e.mjs
+  run "browser end-to-end on several machines (NATS, a coordinator, 2 gateways; a tab moves when its gateway dies)" \
+    env SERVER_BIN="$TARGET_DIR/debug/server" node e2e/gateways.e2e.mjs
   run "trunk serve (development command: pages through trunk, a tab through its /ws proxy)" env \
     SERVER_BIN="$TARGET_DIR/debug/server" node e2e/trunk-serve.e2e.mjs
 else

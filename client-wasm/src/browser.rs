@@ -4,7 +4,9 @@
 //!
 //! The page talks to it with [`PageToWorker`] messages (JSON strings, the user's own IDX files
 //! beside them as `ArrayBuffer`s) and renders the [`WorkerToPage`] reports. Reconnects use
-//! exponential backoff (0.5 s → 10 s, reset once the server welcomes the client); the client key
+//! exponential backoff (0.5 s → 10 s, reset once the server welcomes the client), each attempt to
+//! the next server of the join's list (the page's own, then the deployment's other gateways:
+//! a client whose gateway died reaches another at its next attempt); the client key
 //! and the privacy ledgers survive them, and survive the tab through [`WorkerToPage::Save`]: an
 //! update or an evaluation result is sent only after the page confirmed it stored the ledger
 //! (per dataset, in `localStorage`) that includes it.
@@ -18,6 +20,7 @@ use gloo_net::websocket::Message;
 use gloo_net::websocket::futures::WebSocket;
 use learning::Dataset;
 use protocol::ledger::fingerprint;
+use protocol::servers::ServerList;
 use protocol::worker::{Connection, JoinRequest, PageToWorker, Sample, WorkerToPage};
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
@@ -191,8 +194,8 @@ async fn join(
     } else {
         None
     };
-    let origin = match crate::http_origin(&req.server) {
-        Ok(o) => o,
+    let mut servers = match ServerList::new(&req.servers) {
+        Ok(list) => list,
         Err(e) => return e,
     };
     let mut session = match Session::new(SessionOptions {
@@ -212,9 +215,12 @@ async fn join(
     let mut attempt = 0u32;
     let mut backoff = FIRST_BACKOFF_MS;
     loop {
-        post(&WorkerToPage::Connection(Connection::Connecting));
-        let outcome = match WebSocket::open(&req.server) {
-            Ok(ws) => connection(&mut session, ws, &origin, rx).await,
+        let server = servers.next_server().clone();
+        post(&WorkerToPage::Connection(Connection::Connecting {
+            server: server.to_string(),
+        }));
+        let outcome = match WebSocket::open(server.socket()) {
+            Ok(ws) => connection(&mut session, ws, server.origin(), rx).await,
             Err(e) => Outcome::Lost(e.to_string()),
         };
         let reason = match outcome {

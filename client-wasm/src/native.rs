@@ -101,24 +101,18 @@ pub async fn run_client(
     mut session: Session,
     options: DriverOptions,
 ) -> Result<ClientReport, ClientError> {
-    let servers = options
-        .servers
-        .iter()
-        .map(|url| Ok((url.as_str(), crate::http_origin(url)?)))
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(ClientError::Url)?;
-    if servers.is_empty() {
-        return Err(ClientError::Url(
-            "no server URL: expected at least one".into(),
-        ));
-    }
+    let mut servers =
+        protocol::servers::ServerList::new(&options.servers).map_err(ClientError::Url)?;
     let mut report = ClientReport::default();
     let mut backoff = Duration::from_millis(100);
     let mut failing_since: Option<tokio::time::Instant> = None;
-    for (url, origin) in servers.iter().cycle() {
+    loop {
+        let server = servers.next_server().clone();
         // A server that never answers (a dead host) must not hold the client past the next.
-        let connecting =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(*url));
+        let connecting = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_tungstenite::connect_async(server.socket()),
+        );
         let connected = match connecting.await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
@@ -127,7 +121,7 @@ pub async fn run_client(
             Ok((ws, _)) => {
                 failing_since = None;
                 backoff = Duration::from_millis(100);
-                match connection(&mut session, ws, origin, &options, &mut report).await {
+                match connection(&mut session, ws, server.origin(), &options, &mut report).await {
                     Ok(true) => break,
                     Ok(false) => {}
                     Err(

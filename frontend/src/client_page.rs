@@ -12,6 +12,7 @@
 use leptos::html::Input;
 use leptos::prelude::*;
 use protocol::ledger::{self, LedgerSlot};
+use protocol::servers::{ServersInfo, servers_to_try};
 use protocol::worker::{JoinRequest, PageToWorker, SavedClient, WorkerToPage};
 use wasm_bindgen::prelude::*;
 use web_sys::{MessageEvent, Worker};
@@ -38,6 +39,23 @@ fn socket_url() -> String {
         "ws"
     };
     format!("{scheme}://{}/ws", loc.host().unwrap_or_default())
+}
+
+/// The deployment's other gateways (`GET /api/servers`), for the worker to move to when a
+/// connection fails. A single server lists none; an unreachable or garbled answer counts as
+/// none (the page's own server is tried anyway), and [`servers_to_try`] checks each URL.
+async fn listed_servers() -> Vec<String> {
+    let answer = async {
+        let res = gloo_net::http::Request::get("/api/servers")
+            .send()
+            .await
+            .ok()?;
+        if !res.ok() {
+            return None;
+        }
+        res.json::<ServersInfo>().await.ok()
+    };
+    answer.await.map(|info| info.servers).unwrap_or_default()
 }
 
 /// A running worker and what keeps its handlers alive.
@@ -524,8 +542,9 @@ pub fn ClientPage() -> impl IntoView {
                 None
             };
             // Read after the lock is held: the last holder's ledger is in storage by then.
+            let servers = servers_to_try(&socket_url(), &listed_servers().await);
             let req = PageToWorker::Join(JoinRequest {
-                server: socket_url(),
+                servers,
                 name: prefs.name.clone(),
                 epsilon_cap,
                 delta,

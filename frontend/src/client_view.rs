@@ -525,7 +525,7 @@ impl ClientView {
     pub fn connection_text(&self) -> String {
         match &self.connection {
             None => "not joined".into(),
-            Some(Connection::Connecting) => "connecting…".into(),
+            Some(Connection::Connecting { server }) => format!("connecting to {server}…"),
             Some(Connection::Connected) => "connected".into(),
             Some(Connection::Reconnecting {
                 attempt,

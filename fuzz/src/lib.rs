@@ -420,7 +420,7 @@ pub fn targets() -> Vec<Target> {
     })
     .unwrap_or_default();
     let page = PageToWorker::Join(JoinRequest {
-        server: "ws://127.0.0.1:3000/ws".into(),
+        servers: vec!["ws://127.0.0.1:3000/ws".into()],
         name: "tab".into(),
         epsilon_cap: Some(3.0),
         delta: None,

@@ -11,6 +11,7 @@
 //! * [`fields`]: each run-config field's label and range, said once for the server and the form.
 //! * [`worker`]: messages between the client page and its training Web Worker.
 //! * [`secagg`]: the secure-aggregation messages (keys, encrypted shares, unmasking).
+//! * [`servers`]: the socket URLs a client connects to, and the list it moves along on failure.
 
 // No unwrap outside tests: bad input gets an error, not a panic.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -22,6 +23,7 @@ pub mod frame;
 pub mod ledger;
 pub mod messages;
 pub mod secagg;
+pub mod servers;
 pub mod worker;
 
 pub use frame::{FrameError, FrameKind, MaskedFrame, ResultFrame, TensorFrame};

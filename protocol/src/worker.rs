@@ -30,8 +30,10 @@ pub enum PageToWorker {
 /// How to join.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JoinRequest {
-    /// `ws://host:port/ws` (or `wss://`).
-    pub server: String,
+    /// `ws://host:port/ws` (or `wss://`) of the page's own server first, then the other
+    /// gateways of the deployment: each connection attempt takes the next
+    /// ([`crate::servers::ServerList`]).
+    pub servers: Vec<String>,
     /// Shown on the dashboard.
     pub name: String,
     /// This client's own ε cap: it refuses rounds past it whatever the server asks.
@@ -104,7 +106,10 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Connection {
-    Connecting,
+    /// To this server (of the join's list).
+    Connecting {
+        server: String,
+    },
     Connected,
     /// Lost or refused; the next attempt is in `retry_in_ms`.
     Reconnecting {
@@ -252,7 +257,7 @@ mod tests {
     #[test]
     fn messages_round_trip_with_their_tags() {
         let join = PageToWorker::Join(JoinRequest {
-            server: "ws://127.0.0.1:3000/ws".into(),
+            servers: vec!["ws://127.0.0.1:3000/ws".into()],
             name: "tab".into(),
             epsilon_cap: Some(3.0),
             delta: None,

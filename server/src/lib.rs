@@ -32,6 +32,7 @@ use axum::extract::State;
 use axum::routing::{any, get, post};
 use axum::{Json, Router, middleware};
 use protocol::admin::Event;
+use protocol::servers::ServersInfo;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tower_http::services::{ServeDir, ServeFile};
@@ -51,6 +52,8 @@ pub struct AppState {
     pub static_dir: Option<Arc<std::path::PathBuf>>,
     /// Where the server listens (for the join link other devices use).
     pub listen: Option<std::net::SocketAddr>,
+    /// The deployment's live gateways, heard on the bus (empty on a single server).
+    pub peers: bus::peers::Peers,
 }
 
 /// What `GET /api/health` answers: enough for a client or an operator to check that it talks
@@ -83,7 +86,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api/health", get(health))
         .route("/api/tasks", get(tasks))
         .route("/ws", get(ws::ws_handler))
-        .route("/api/runs/{run}/shards/{index}/{part}", get(admin::shard))
+        .route("/api/servers", get(servers))
+        // A page served by one gateway downloads its shard from the gateway it moved to.
+        .route(
+            "/api/runs/{run}/shards/{index}/{part}",
+            get(admin::shard).layer(middleware::map_response(readable_from_any_origin)),
+        )
         .nest("/api/admin", admin_routes)
         // An unknown API path is a JSON 404, never the frontend's index.html.
         .route("/api/{*rest}", any(api_not_found));
@@ -119,6 +127,33 @@ async fn health(State(state): State<AppState>) -> Json<Health> {
         protocol_version: protocol::PROTOCOL_VERSION,
         model_params: state.model_params,
     })
+}
+
+/// `GET /api/servers`: the socket URLs of the deployment's live gateways, for a client page to
+/// move to when its connection fails (none on a single server). Shuffled per request, so the
+/// clients of a failed gateway spread over the others.
+async fn servers(State(state): State<AppState>) -> Result<Json<ServersInfo>, admin::AppError> {
+    let seed = bus::random_u64("order of the gateways").map_err(admin::AppError::Internal)?;
+    let servers = match state.peers.lock() {
+        Ok(mut table) => table.live(std::time::Instant::now(), seed),
+        Err(_) => {
+            return Err(admin::AppError::Internal(
+                "the gateway table's lock is poisoned".into(),
+            ));
+        }
+    };
+    Ok(Json(ServersInfo { servers }))
+}
+
+/// Shard files are fetched with the client's key in the URL, which no other site holds: any
+/// origin may read the answer (a page served by one gateway, connected to another), and an
+/// error's message reaches the page instead of an opaque network failure.
+async fn readable_from_any_origin(mut res: axum::response::Response) -> axum::response::Response {
+    res.headers_mut().insert(
+        axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        axum::http::HeaderValue::from_static("*"),
+    );
+    res
 }
 
 /// `GET /api/tasks`: every registered task, and whether this server holds its data.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use protocol::servers::ServerUrl;
 use server::bus::{GatewayId, Subjects};
 use server::coordinator::CoordinatorOptions;
 use server::data::DemoData;
@@ -59,6 +60,11 @@ struct Args {
     /// client connections and shard downloads, and the coordinator on --nats runs the rounds.
     #[arg(long, env = "FL_GATEWAY", requires = "nats")]
     gateway: Option<String>,
+    /// A gateway's socket URL as browsers reach it (ws://host:port/ws, or wss:// behind TLS):
+    /// every server on the bus lists the live gateways' URLs for client pages, which move to
+    /// another gateway when theirs fails. Without it, this gateway is not listed.
+    #[arg(long, env = "FL_PUBLIC_URL", requires = "gateway", value_parser = ServerUrl::parse)]
+    public_url: Option<ServerUrl>,
     /// The subjects' prefix on NATS (several federations can share one NATS server).
     #[arg(long, env = "FL_BUS_PREFIX", default_value = "fl")]
     bus_prefix: String,
@@ -152,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
             bus: bus.clone(),
             static_dir: static_dir(&args),
             listen: Some(addr),
+            public_url: args.public_url.clone(),
         };
         let started = start_gateway(options, data).await?;
         tracing::info!(%addr, gateway = %id, "gateway listening: clients join at ws://{addr}/ws");

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use protocol::servers::ServerUrl;
+
 use crate::bus::{self, GatewayId, Subjects};
 use crate::coordinator::{self, AdminError, Coordinator, CoordinatorOptions};
 use crate::data::DemoData;
@@ -72,6 +74,7 @@ pub fn start(options: ServerOptions, data: Option<Arc<DemoData>>) -> Result<Star
         model_params: learning::task::max_params(),
         static_dir: options.static_dir.map(Arc::new),
         listen: options.listen,
+        peers: Default::default(),
     };
     Ok(Started::new(state, handle))
 }
@@ -89,6 +92,11 @@ pub async fn attach_bus(started: &Started, bus: &BusOptions) -> Result<JoinHandl
     let nats = bus::connect(&bus.nats_url, "fl-coordinator")
         .await
         .map_err(StartError::Bus)?;
+    watch_peers(
+        nats.clone(),
+        bus.subjects.clone(),
+        started.state.peers.clone(),
+    );
     let (subjects, coordinator) = (bus.subjects.clone(), started.state.coordinator.clone());
     Ok(tokio::spawn(async move {
         if let Err(e) = bus::bridge::run(nats, subjects, coordinator).await {
@@ -105,6 +113,19 @@ pub struct GatewayOptions {
     /// Serve this directory (the built client page) at `/`.
     pub static_dir: Option<PathBuf>,
     pub listen: Option<std::net::SocketAddr>,
+    /// Where browsers reach this gateway, said in its heartbeats: every server lists the live
+    /// gateways' URLs at `GET /api/servers`, where a client page finds where to move.
+    pub public_url: Option<ServerUrl>,
+}
+
+/// Keeps `peers` filled from the gateways' heartbeats. Not a lifeline: without it the listing
+/// empties and pages try only their own server, as on a single machine.
+fn watch_peers(nats: async_nats::Client, subjects: Subjects, peers: bus::peers::Peers) {
+    tokio::spawn(async move {
+        if let Err(e) = bus::peers::watch(nats, subjects, peers).await {
+            tracing::error!(error = %e, "the list of gateways for client pages is no longer kept");
+        }
+    });
 }
 
 /// Starts a gateway: the same router as a server, its command channel served by the bus relay
@@ -118,9 +139,12 @@ pub async fn start_gateway(
         .await
         .map_err(StartError::Bus)?;
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let peers = bus::peers::Peers::default();
+    watch_peers(nats.clone(), options.bus.subjects.clone(), peers.clone());
     let (subjects, id) = (options.bus.subjects.clone(), options.id.clone());
+    let public_url = options.public_url.as_ref().map(ToString::to_string);
     let relay = tokio::spawn(async move {
-        if let Err(e) = bus::relay::run(nats, subjects, id, rx).await {
+        if let Err(e) = bus::relay::run(nats, subjects, id, public_url, rx).await {
             tracing::error!(error = %e, "the gateway's bus relay stopped");
         }
     });
@@ -134,6 +158,7 @@ pub async fn start_gateway(
         model_params: learning::task::max_params(),
         static_dir: options.static_dir.map(Arc::new),
         listen: options.listen,
+        peers,
     };
     Ok(Started::new(state, relay))
 }

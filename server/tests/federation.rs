@@ -1093,7 +1093,7 @@ async fn shards_cannot_be_squatted_by_sockets_that_say_hello_and_leave() {
     // the run; an honest client then waited forever ("all 2 shards … are taken").
     let dir = temp_dir("squat");
     let server = TestServer::start(&dir, None).await;
-    server
+    let run_id = server
         .create_and_start(
             r#"{"name":"squat","rounds":1,"min_clients":5,
                 "shards":{"scheme":{"kind":"iid"},"num_shards":2,"seed":1}}"#,
@@ -1129,6 +1129,26 @@ async fn shards_cannot_be_squatted_by_sockets_that_say_hello_and_leave() {
         .admin("GET", &format!("/api/admin/runs?token={TOKEN}"), "", None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A page served by one gateway and moved to another reads the shard answer there, an
+    // error included (not an opaque network failure); a single server lists no gateways.
+    let req = Request::get(format!(
+        "/api/runs/{run_id}/shards/0/images?client_key=nobody"
+    ))
+    .body(Body::empty())
+    .unwrap();
+    let res = server.started.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        res.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.as_bytes()),
+        Some(&b"*"[..])
+    );
+    let (status, body) = server.admin("GET", "/api/servers", "", None).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, serde_json::json!({"servers": []}))
+    );
     server.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

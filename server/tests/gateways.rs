@@ -7,7 +7,9 @@ mod support;
 use protocol::admin::Event;
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use futures_util::StreamExt;
+use protocol::servers::{ServerUrl, ServersInfo, servers_to_try};
 use server::bus::{GatewayId, Subjects, Up, decode, unbatch};
 use server::coordinator::VectorKind;
 use server::server::{BusOptions, GatewayOptions, attach_bus, start_gateway};
@@ -27,18 +29,53 @@ async fn gateway(id: &str, nats: &nats::Nats) -> TestServer {
     gateway_at(id, nats, None).await
 }
 
-/// A gateway served at `addr` (a free port when `None`).
+/// A gateway served at `addr` (a free port when `None`), whose heartbeats name its socket URL
+/// for client pages.
 async fn gateway_at(id: &str, nats: &nats::Nats, addr: Option<std::net::SocketAddr>) -> TestServer {
+    let addr = addr.unwrap_or_else(free_addr);
     let options = GatewayOptions {
         id: GatewayId::new(id).unwrap(),
         bus: bus(nats),
         static_dir: None,
         listen: None,
+        public_url: Some(ServerUrl::parse(&format!("ws://{addr}/ws")).unwrap()),
     };
     let started = start_gateway(options, Some(mnist()))
         .await
         .expect("gateway starts");
-    TestServer::serve(started, addr).await
+    TestServer::serve(started, Some(addr)).await
+}
+
+/// A port nothing listens on now (the gateway must know its URL before it serves).
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// What a client page served by `server` gets at `GET /api/servers`.
+async fn listed(server: &TestServer) -> Vec<String> {
+    let (status, body) = server.admin("GET", "/api/servers", "", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    serde_json::from_value::<ServersInfo>(body).unwrap().servers
+}
+
+/// Waits until `server` lists exactly these gateways (heartbeats come every second; a gateway
+/// silent for 5 s is no longer listed).
+async fn wait_listed(server: &TestServer, expected: &[&TestServer]) {
+    let mut want: Vec<String> = expected.iter().map(|g| g.ws()).collect();
+    want.sort();
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got = listed(server).await;
+        got.sort();
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} lists {got:?}, expected {want:?}", server.ws());
 }
 
 fn bus(nats: &nats::Nats) -> BusOptions {
@@ -114,24 +151,27 @@ async fn deployment(
     attach_bus(&coordinator.started, &bus(nats)).await.unwrap();
     let a = gateway("gw-a", nats).await;
     let b = gateway("gw-b", nats).await;
+    // Every server on the bus lists both gateways for client pages, the coordinator too.
+    for server in [&coordinator, &a, &b] {
+        wait_listed(server, &[&a, &b]).await;
+    }
     (coordinator, a, b)
 }
 
-/// Four clients, two starting at each gateway, each with both gateways' URLs.
-fn spread_clients(
+/// Four clients, two starting at each gateway, each with the list a client page served there
+/// builds: its own gateway first, then those the gateway lists (`GET /api/servers`).
+async fn spread_clients(
     a: &TestServer,
     b: &TestServer,
 ) -> Vec<JoinHandle<Result<client_wasm::native::ClientReport, client_wasm::native::ClientError>>> {
-    (0..4)
-        .map(|i| {
-            let urls = if i % 2 == 0 {
-                [a.ws(), b.ws()]
-            } else {
-                [b.ws(), a.ws()]
-            };
-            failover_client(urls.to_vec())
-        })
-        .collect()
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let page = if i % 2 == 0 { a } else { b };
+        let servers = servers_to_try(&page.ws(), &listed(page).await);
+        assert_eq!(servers.len(), 2, "{servers:?}");
+        clients.push(failover_client(servers));
+    }
+    clients
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +182,7 @@ async fn a_killed_gateway_s_clients_move_to_the_other_and_the_round_closes() {
     let (coordinator, a, b) = deployment("gateway-killed", &nats, &store).await;
     let mut events = coordinator.started.state.events.subscribe();
     let run_id = coordinator.create_and_start(DP_CONFIG).await;
-    let clients = spread_clients(&a, &b);
+    let clients = spread_clients(&a, &b).await;
     // Mid-round: the round's instructions and model went out, nobody has answered yet.
     wait_for(&mut events, 120, |e| {
         matches!(
@@ -187,6 +227,9 @@ async fn a_killed_gateway_s_clients_move_to_the_other_and_the_round_closes() {
         "{:?}",
         h.ledger
     );
+    // Pages no longer get the dead gateway.
+    wait_listed(&b, &[&b]).await;
+    wait_listed(&coordinator, &[&b]).await;
     b.kill().await;
     coordinator.kill().await;
 }
@@ -260,7 +303,7 @@ async fn a_restarted_coordinator_resumes_from_postgresql_and_the_gateways_client
     let (coordinator, a, b) = deployment("coordinator-restart", &nats, &store).await;
     let mut events = coordinator.started.state.events.subscribe();
     let run_id = coordinator.create_and_start(DP_CONFIG).await;
-    let clients = spread_clients(&a, &b);
+    let clients = spread_clients(&a, &b).await;
     wait_for(
         &mut events,
         120,
@@ -352,7 +395,7 @@ async fn secure_aggregation_runs_through_gateways_which_sum_the_masked_vectors()
     );
     let (watcher, stop) = watch_up(&nats).await;
     let run_id = coordinator.create_and_start(&config).await;
-    for c in spread_clients(&a, &b) {
+    for c in spread_clients(&a, &b).await {
         let report = c.await.unwrap().expect("client ran to the end");
         assert_eq!(report.finished.as_deref(), Some("all 3 rounds done"));
     }

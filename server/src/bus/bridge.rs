@@ -662,7 +662,7 @@ async fn watch_liveness(
             msg = alive.next() => {
                 let Some(msg) = msg else { return };
                 let Some(gateway) = subjects.alive_of(msg.subject.as_str()) else { continue };
-                let Ok((Up::Alive { instance, clients }, _)) = super::decode::<Up>(&msg.payload) else {
+                let Ok((Up::Alive { instance, clients, .. }, _)) = super::decode::<Up>(&msg.payload) else {
                     warn!(%gateway, "a gateway's heartbeat does not decode");
                     continue;
                 };

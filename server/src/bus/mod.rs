@@ -35,6 +35,7 @@
 pub mod bridge;
 pub mod holdings;
 pub mod outbound;
+pub mod peers;
 pub mod relay;
 
 use std::time::Duration;
@@ -167,10 +168,13 @@ pub enum Up {
     },
     /// The heartbeat (on its own subject), with how many clients the gateway holds. `instance`
     /// is drawn at the gateway's start: a gateway restarted under the same name is a new one,
-    /// whose predecessor's clients are gone, however soon it is back.
+    /// whose predecessor's clients are gone, however soon it is back. `url`: where browsers
+    /// reach it (`--public-url`), listed by every server at `GET /api/servers` ([`peers`]).
     Alive {
         instance: u64,
         clients: u64,
+        #[serde(default)]
+        url: Option<String>,
     },
     /// A socket said `Hello`; `conn` is the gateway's number for it until the answer.
     Join {
@@ -646,6 +650,7 @@ mod tests {
                 &Up::Alive {
                     instance: 5,
                     clients: 3,
+                    url: Some("ws://gw-a:3000/ws".into()),
                 },
                 &[],
             ),

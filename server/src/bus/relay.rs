@@ -67,6 +67,8 @@ struct Relay {
     epoch: Option<u64>,
     /// This gateway process's, drawn at its start (see `Up::Alive`).
     instance: u64,
+    /// Where browsers reach this gateway, said in every heartbeat (checked at start).
+    public_url: Option<String>,
     /// The messages to go up, sent together after a 5 ms linger (several clients' same
     /// message as one: see [`outbound`](super::outbound)).
     outbound: super::outbound::Outbound<Up>,
@@ -79,6 +81,7 @@ pub async fn run(
     nats: Client,
     subjects: Subjects,
     gateway: GatewayId,
+    public_url: Option<String>,
     mut commands: mpsc::Receiver<Command>,
 ) -> Result<(), String> {
     let subscribe_error = |e: async_nats::SubscribeError| format!("cannot subscribe on NATS: {e}");
@@ -103,6 +106,7 @@ pub async fn run(
         // the coordinator's silence window) must not find one of this process's sockets.
         next_conn: super::random_u64("gateway's first connection number")? >> 1,
         instance,
+        public_url,
         outbound: Default::default(),
         pending: HashMap::new(),
         waiting: Default::default(),
@@ -576,6 +580,7 @@ impl Relay {
         let alive = Up::Alive {
             instance: self.instance,
             clients: self.clients.len() as u64,
+            url: self.public_url.clone(),
         };
         let subject = self.subjects.alive(&self.gateway);
         super::publish(&self.nats, subject, &alive, &[]).await;
