@@ -573,14 +573,16 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
 }
 
 async fn http_get(url: &str) -> Result<Vec<u8>, String> {
+    // The query holds the client's key: errors (shown on the page) name the path only.
+    let shown = url.split('?').next().unwrap_or_default();
     let res = gloo_net::http::Request::get(url)
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let body = res.binary().await.map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let body = res.binary().await.map_err(|e| format!("{shown}: {e}"))?;
     if !res.ok() {
         return Err(format!(
-            "{url}: HTTP {}: {}",
+            "{shown}: HTTP {}: {}",
             res.status(),
             String::from_utf8_lossy(&body)
         ));

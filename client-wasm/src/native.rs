@@ -63,7 +63,9 @@ pub struct ClientReport {
 }
 
 async fn http_get(url: &str) -> Result<Vec<u8>, ClientError> {
-    let err = |e: &dyn std::fmt::Display| ClientError::Shard(format!("{url}: {e}"));
+    // The query holds the client's key: errors (logged) name the path only.
+    let shown = url.split('?').next().unwrap_or_default();
+    let err = |e: &dyn std::fmt::Display| ClientError::Shard(format!("{shown}: {e}"));
     let uri: hyper::Uri = url.parse().map_err(|e| err(&e))?;
     let host = uri.host().ok_or_else(|| err(&"no host"))?.to_string();
     let port = uri.port_u16().unwrap_or(80);

@@ -41,10 +41,16 @@ fn socket_url() -> String {
     format!("{scheme}://{}/ws", loc.host().unwrap_or_default())
 }
 
+/// How long a join waits for the list of gateways: a server that accepts the request and never
+/// answers must not hold the Join button (the page's own server is tried anyway).
+const LISTING_TIMEOUT_MS: i32 = 2_000;
+
 /// The deployment's other gateways (`GET /api/servers`), for the worker to move to when a
-/// connection fails. A single server lists none; an unreachable or garbled answer counts as
-/// none (the page's own server is tried anyway), and [`servers_to_try`] checks each URL.
+/// connection fails. A single server lists none; an unreachable, slow (past
+/// [`LISTING_TIMEOUT_MS`]) or garbled answer counts as none, and [`servers_to_try`] checks each
+/// URL.
 async fn listed_servers() -> Vec<String> {
+    use futures::FutureExt;
     let answer = async {
         let res = gloo_net::http::Request::get("/api/servers")
             .send()
@@ -55,7 +61,14 @@ async fn listed_servers() -> Vec<String> {
         }
         res.json::<ServersInfo>().await.ok()
     };
-    answer.await.map(|info| info.servers).unwrap_or_default()
+    let timeout = wasm_bindgen_futures::JsFuture::from(js_sys::Promise::new(&mut |resolve, _| {
+        let _id = window()
+            .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, LISTING_TIMEOUT_MS);
+    }));
+    futures::select! {
+        info = answer.fuse() => info.map(|i| i.servers).unwrap_or_default(),
+        _ = timeout.fuse() => Vec::new(),
+    }
 }
 
 /// A running worker and what keeps its handlers alive.
@@ -527,6 +540,8 @@ pub fn ClientPage() -> impl IntoView {
         };
         set_busy.set(true);
         leptos::task::spawn_local(async move {
+            // Before the dataset lock is taken: waiting for it never widens the lock's window.
+            let servers = servers_to_try(&socket_url(), &listed_servers().await);
             let files = if own_data {
                 match own_files(images_input, labels_input, lock).await {
                     Ok(f) => Some(f),
@@ -541,8 +556,6 @@ pub fn ClientPage() -> impl IntoView {
                 release_lock();
                 None
             };
-            // Read after the lock is held: the last holder's ledger is in storage by then.
-            let servers = servers_to_try(&socket_url(), &listed_servers().await);
             let req = PageToWorker::Join(JoinRequest {
                 servers,
                 name: prefs.name.clone(),
@@ -551,6 +564,7 @@ pub fn ClientPage() -> impl IntoView {
                 own_data,
                 resume: stored(SAVED_KEY)
                     .and_then(|s| serde_json::from_str::<SavedClient>(&s).ok()),
+                // Read after the lock is held: the last holder's ledger is in storage by then.
                 ledgers: stored_ledgers(),
                 require_secure_aggregation: prefs.require_secure,
             });

@@ -1,8 +1,8 @@
 //! Where a client connects: the socket URL of a server, or of each gateway of a deployment on
 //! several machines, and the list a client moves along when one fails.
 //!
-//! A gateway names the URL browsers reach it at (`--public-url`); its peers hear it on the bus
-//! and every gateway lists the live ones at `GET /api/servers`. A client page starts with its
+//! A gateway names the URL browsers reach it at (`--public-url`); every server on the bus (the
+//! gateways and the coordinator) hears it and lists the live ones at `GET /api/servers`. A client page starts with its
 //! own origin and moves to the next listed gateway whenever a connection ends or cannot be
 //! made, keeping its key, shard and ledger (the simulator does the same with `--server` given
 //! several times). Everything here is checked where it is read: a URL comes from an operator's
@@ -12,12 +12,14 @@ use serde::{Deserialize, Serialize};
 
 /// Longest socket URL accepted (an operator's host name and path fit many times over).
 pub const MAX_URL_LEN: usize = 512;
-/// Most servers a client keeps in its list: enough to outlive several failed gateways, and a
-/// bound on what a server's answer can make a client hold.
+/// Most servers a client page takes from a server's answer ([`servers_to_try`]): enough to
+/// outlive several failed gateways, and a bound on what the answer can make a page hold.
 pub const MAX_SERVERS: usize = 32;
 
 /// A checked socket URL (`ws://host[:port]/path` or `wss://…`) and the HTTP origin its shard
-/// files are downloaded from.
+/// files are downloaded from. Both receive the client's key (its `Hello`, the shard query),
+/// which is why every URL a client may move to is checked and comes only from the page's own
+/// server or the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl {
     socket: String,
@@ -47,8 +49,13 @@ impl ServerUrl {
         let authority = rest
             .split(['/', '?', '#'])
             .next()
-            .filter(|a| !a.is_empty() && !a.contains('@'))
+            .filter(|a| !a.is_empty())
             .ok_or_else(bad)?;
+        if authority.contains('@') {
+            return Err(format!(
+                "server URL {shown:?}: expected ws://host:port/path without a user name (no '@')"
+            ));
+        }
         Ok(Self {
             socket: url.to_owned(),
             origin: format!("{scheme}://{authority}"),
@@ -82,8 +89,9 @@ pub struct ServerList {
 }
 
 impl ServerList {
-    /// The first URL is tried first. Repeated URLs count once; at least one is needed, at most
-    /// [`MAX_SERVERS`] distinct ones, each a valid socket URL.
+    /// The first URL is tried first. Repeated URLs count once; at least one is needed, each a
+    /// valid socket URL. (Lists from the network are bounded where they are read:
+    /// [`servers_to_try`]; an operator's `--server` list is the operator's.)
     pub fn new<S: AsRef<str>>(urls: &[S]) -> Result<Self, String> {
         let mut servers: Vec<ServerUrl> = Vec::new();
         for url in urls {
@@ -95,12 +103,6 @@ impl ServerList {
         if servers.is_empty() {
             return Err("no server URL: expected at least one".into());
         }
-        if servers.len() > MAX_SERVERS {
-            return Err(format!(
-                "{} server URLs: expected at most {MAX_SERVERS}",
-                servers.len()
-            ));
-        }
         Ok(Self { servers, next: 0 })
     }
 
@@ -111,12 +113,9 @@ impl ServerList {
         &self.servers[at]
     }
 
+    /// How many distinct servers the list holds (never 0).
     pub fn len(&self) -> usize {
         self.servers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.servers.is_empty()
     }
 }
 
@@ -129,15 +128,19 @@ pub struct ServersInfo {
 }
 
 /// The list a client page tries: its own origin first (where the page came from, so a single
-/// server or a load balancer keeps working as before), then the listed gateways. URLs that do
-/// not parse are skipped rather than failing the join: the page's own origin is always there.
+/// server or a load balancer keeps working as before), then the listed gateways, at most
+/// [`MAX_SERVERS`] in all. URLs that do not parse are skipped rather than failing the join (the
+/// page's own origin is always there), and so are plain `ws://` ones under a `wss://` page: the
+/// browser would refuse them, and the key must not leave TLS.
 pub fn servers_to_try(own: &str, listed: &[String]) -> Vec<String> {
+    let secure = own.starts_with("wss://");
     let mut out = vec![own.to_owned()];
     for url in listed {
         if out.len() == MAX_SERVERS {
             break;
         }
-        if !out.contains(url) && ServerUrl::parse(url).is_ok() {
+        let downgrade = secure && !url.starts_with("wss://");
+        if !downgrade && !out.contains(url) && ServerUrl::parse(url).is_ok() {
             out.push(url.clone());
         }
     }
@@ -199,12 +202,13 @@ mod tests {
     }
 
     #[test]
-    fn a_list_is_bounded_and_never_empty() {
+    fn a_list_is_never_empty_and_every_url_is_checked() {
         let none: [&str; 0] = [];
         assert!(ServerList::new(&none).unwrap_err().contains("at least one"));
-        let many: Vec<String> = (0..=MAX_SERVERS).map(|i| format!("ws://h{i}/ws")).collect();
-        assert!(ServerList::new(&many).unwrap_err().contains("at most 32"));
         assert!(ServerList::new(&["ws://a/ws", "nope"]).is_err());
+        // An operator's list of 100 gateways is the operator's to give (the simulator).
+        let many: Vec<String> = (0..100).map(|i| format!("ws://h{i}/ws")).collect();
+        assert_eq!(ServerList::new(&many).unwrap().len(), 100);
     }
 
     /// A server's answer is a peer's input: bad URLs are skipped, the page's own origin stays
@@ -225,5 +229,15 @@ mod tests {
         let list = servers_to_try("ws://a/ws", &flood);
         assert_eq!(list.len(), MAX_SERVERS);
         assert!(ServerList::new(&list).is_ok());
+    }
+
+    /// A page served over TLS never moves its key to a plain socket.
+    #[test]
+    fn a_secure_page_moves_only_to_secure_gateways() {
+        let listed = vec!["ws://b/ws".to_string(), "wss://c/ws".to_string()];
+        assert_eq!(
+            servers_to_try("wss://a/ws", &listed),
+            ["wss://a/ws", "wss://c/ws"]
+        );
     }
 }

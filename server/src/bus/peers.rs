@@ -41,7 +41,10 @@ impl PeerTable {
             self.heard.remove(&gateway);
             return;
         }
-        self.forget_silent(now);
+        // Pruned only when full: each heartbeat costs O(1), however many gateways there are.
+        if self.heard.len() >= MAX_PEERS && !self.heard.contains_key(&gateway) {
+            self.forget_silent(now);
+        }
         if self.heard.len() >= MAX_PEERS && !self.heard.contains_key(&gateway) {
             warn!(%gateway, "{MAX_PEERS} gateways already listed: this one is not");
             return;
