@@ -46,7 +46,8 @@ export async function startServer(port, extraArgs = []) {
     },
     async kill(signal = 'SIGTERM') {
       const p = this.process;
-      if (!p || p.exitCode !== null) return;
+      // Ended already (by a signal, exitCode stays null): its 'exit' event will not come again.
+      if (!p || p.exitCode !== null || p.signalCode !== null) return;
       const exited = new Promise((r) => p.once('exit', r));
       p.kill(signal);
       await exited;
