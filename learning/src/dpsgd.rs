@@ -4,18 +4,19 @@
 //!
 //! # How per-example gradients are computed
 //!
-//! One batched forward pass adds a zero "tap" leaf to each pre-activation z (conv1, conv2, fc);
-//! one batched backward gives dL/dz for every example separately, because the loss is a sum over
-//! examples. The weight gradient of example i is then built from its own layer input a_i:
+//! One batched forward pass and TinyCNN's backward written out ([`crate::backward`]) give dL/dz
+//! of every pre-activation z (conv1, conv2, fc) for every example separately, because the loss
+//! is a sum over examples. The weight gradient of example i is then built from its own layer
+//! input a_i:
 //!
 //! * convolution: `dW_i = dz_i · unfold(a_i)ᵀ` (one batched matmul), `db_i = Σ_spatial dz_i`
 //! * linear: `dW_i = a_i ⊗ dz_i`, whose norm is `‖a_i‖·‖dz_i‖`, so the fc layer is never
 //!   materialised per example: the clipped sum is one matmul `aᵀ · (f ⊙ dz)`.
 //!
-//! This costs about 1.3× a plain batched step (`../shared/TOOLCHAIN.md`); 64 backward passes of
-//! batch 1 would cost 1.4–2×. Non-DP training uses the same pass with every clip factor 1.
+//! Non-DP training uses the same pass with every clip factor 1. (Until issue 17, dL/dz came from
+//! burn's autodiff through zero "tap" leaves added to each z; its max-pool was a quarter of a
+//! step. The tests still hold every gradient to burn's autodiff on a batch of one.)
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::module::unfold4d;
 use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -24,7 +25,7 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::data::NUM_CLASSES;
-use crate::model::{IMAGE_SIDE, Taps, TinyCnn, TinyCnnConfig, tensor_vec};
+use crate::model::{TinyCnn, TinyCnnConfig, tensor_vec};
 
 /// Opacus adds this to the norm before dividing, so a zero gradient gets factor 1, not NaN.
 const CLIP_EPS: f32 = 1e-6;
@@ -229,55 +230,18 @@ fn layer_gradients(
     labels: &[u8],
     device: &Device,
 ) -> LayerGradients {
-    let b = labels.len();
-    let (c1, c2) = (config.conv1_channels, config.conv2_channels);
-    let (s1, s2) = (IMAGE_SIDE - 2, (IMAGE_SIDE - 2) / 2 - 2); // 26, 11
-    let x = Tensor::<4>::from_data(
-        TensorData::new(images.to_vec(), [b, 1, IMAGE_SIDE, IMAGE_SIDE]),
-        device,
-    );
-    let ad = device.clone().autodiff();
-    let taps = Taps {
-        z1: Tensor::zeros([b, c1, s1, s1], &ad).require_grad(),
-        z2: Tensor::zeros([b, c2, s2, s2], &ad).require_grad(),
-        z3: Tensor::zeros([b, config.num_classes], &ad).require_grad(),
-    };
-    let fwd = model.forward_tapped(x.clone(), Some(&taps));
-    let h1 = fwd.conv2_input.clone().inner();
-    let fc_input = fwd.fc_input.clone().inner();
-    let logits = tensor_vec(fwd.logits.clone().inner());
-
-    let mut onehot = vec![0f32; b * config.num_classes];
-    for (i, &l) in labels.iter().enumerate() {
-        onehot[i * config.num_classes + l as usize] = 1.0;
-    }
-    let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [b, config.num_classes]), device);
-    // Summed (not averaged) cross-entropy: dL/dz of example i is then its own gradient.
-    let loss = (log_softmax(fwd.logits, 1) * onehot).sum().neg();
-    let grads = loss.backward();
-    let missing = "tap leaves require grad, so backward records their gradient";
-    let dz1 = taps
-        .z1
-        .grad(&grads)
-        .expect(missing)
-        .reshape([b, c1, s1 * s1]);
-    let dz2 = taps
-        .z2
-        .grad(&grads)
-        .expect(missing)
-        .reshape([b, c2, s2 * s2]);
-    let fc_dz = taps.z3.grad(&grads).expect(missing);
-
+    let pass = crate::backward::pass(model, config, images, labels, device);
     let unfold = UnfoldOptions::new([1, 1], [0, 0], [1, 1]);
-    let u1 = unfold4d(x, [3, 3], unfold.clone()); // [b, 9, 676]
-    let u2 = unfold4d(h1, [3, 3], unfold); // [b, 144, 121]
+    let u1 = unfold4d(pass.x, [3, 3], unfold.clone()); // [b, 9, 676]
+    let u2 = unfold4d(pass.h1, [3, 3], unfold); // [b, 144, 121]
+    let (dz1, dz2) = (pass.dz1, pass.dz2);
     let w1 = dz1.clone().matmul(u1.swap_dims(1, 2)); // [b, 16, 9]
     let w2 = dz2.clone().matmul(u2.swap_dims(1, 2)); // [b, 32, 144]
     LayerGradients {
         conv: [w1, dz1.sum_dim(2), w2, dz2.sum_dim(2)],
-        fc_input,
-        fc_dz,
-        logits,
+        fc_input: pass.fc_input,
+        fc_dz: pass.dz3,
+        logits: pass.logits,
     }
 }
 
@@ -397,7 +361,9 @@ mod tests {
         let mut onehot = vec![0f32; 10];
         onehot[label as usize] = 1.0;
         let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [1, 10]), &ad);
-        let loss = (log_softmax(model.forward(x), 1) * onehot).sum().neg();
+        let loss = (burn::tensor::activation::log_softmax(model.forward_burn(x), 1) * onehot)
+            .sum()
+            .neg();
         let grads = loss.backward();
         let g = |t: Option<Tensor<4>>| tensor_vec(t.expect("grad"));
         let g1 = |t: Option<Tensor<1>>| tensor_vec(t.expect("grad"));
@@ -416,13 +382,40 @@ mod tests {
     #[test]
     fn per_example_gradients_equal_batch_of_one_autodiff() {
         let (config, params, images, labels, device) = setup(5, 1);
-        let per_ex =
-            per_example_gradients(&config, &params, &images, &labels, &device).expect("len");
-        assert_eq!(per_ex.len(), 5);
+        assert_matches_autodiff(&config, &params, &images, &labels, &device);
+    }
+
+    /// Images with flat regions (as real digits have: a constant background) give pooling
+    /// windows of equal activations, and ReLU inputs of exactly 0 at their edges: still
+    /// burn's gradients. (Which of equal activations gets the gradient does not change a
+    /// weight gradient when their input patches are equal too; `relu_pool`'s own test holds
+    /// the first-maximum rule.)
+    #[test]
+    fn pooling_ties_route_the_gradient_as_burn_does() {
+        let (config, params, _, labels, device) = setup(4, 3);
+        let images: Vec<f32> = (0..4 * 784)
+            .map(|i| match (i % 784) / 28 {
+                r if r < 10 => 1.0, // a flat band
+                r if r < 20 => ((i % 7) as f32) * 0.5,
+                _ => -0.5,
+            })
+            .collect();
+        assert_matches_autodiff(&config, &params, &images, &labels, &device);
+    }
+
+    fn assert_matches_autodiff(
+        config: &TinyCnnConfig,
+        params: &[f32],
+        images: &[f32],
+        labels: &[u8],
+        device: &Device,
+    ) {
+        let per_ex = per_example_gradients(config, params, images, labels, device).expect("len");
+        assert_eq!(per_ex.len(), labels.len());
         let mut max_diff = 0f32;
         for (i, g) in per_ex.iter().enumerate() {
             let reference =
-                autodiff_gradient(&config, &params, &images[i * 784..(i + 1) * 784], labels[i]);
+                autodiff_gradient(config, params, &images[i * 784..(i + 1) * 784], labels[i]);
             assert_eq!(g.len(), reference.len());
             for (a, b) in g.iter().zip(&reference) {
                 max_diff = max_diff.max((a - b).abs() / (1.0 + b.abs()));

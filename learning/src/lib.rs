@@ -22,6 +22,7 @@
 
 pub mod accountant;
 pub mod aggregate;
+mod backward;
 pub mod bench;
 pub mod client;
 pub mod data;

@@ -20,8 +20,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Initializer, Linear, LinearConfig, Relu};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::LearningError;
@@ -54,8 +53,6 @@ pub struct TinyCnn {
     pub(crate) conv1: Conv2d,
     pub(crate) conv2: Conv2d,
     pub(crate) fc: Linear,
-    pool: MaxPool2d,
-    activation: Relu,
 }
 
 impl TinyCnnConfig {
@@ -83,8 +80,6 @@ impl TinyCnnConfig {
             conv1: conv([1, self.conv1_channels]),
             conv2: conv([self.conv1_channels, self.conv2_channels]),
             fc: fc.init(device),
-            pool: MaxPool2dConfig::new([2, 2]).init(),
-            activation: Relu::new(),
         }
     }
 
@@ -129,41 +124,52 @@ impl TinyCnnConfig {
 impl TinyCnn {
     /// Logits for a batch of images `[batch, 1, 28, 28]` → `[batch, 10]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.forward_tapped(images, None).logits
+        self.forward_kept(images).logits
     }
 
-    /// Forward pass that can add a zero "tap" to each pre-activation.
-    ///
-    /// The taps are autodiff leaves; after `backward`, their gradients are dL/dz for every
-    /// example separately, which is what per-example gradients are built from
-    /// ([`crate::dpsgd`]). The returned layer inputs are what the weight gradients multiply.
-    pub(crate) fn forward_tapped(&self, images: Tensor<4>, taps: Option<&Taps>) -> Forward {
-        let batch = images.dims()[0];
-        let tap4 = |z: Tensor<4>, t: Option<&Tensor<4>>| match t {
-            Some(t) => z + t.clone(),
-            None => z,
-        };
-        // [batch, 16, 26, 26]
-        let z1 = tap4(self.conv1.forward(images.clone()), taps.map(|t| &t.z1));
-        // [batch, 16, 13, 13]
-        let h1 = self.pool.forward(self.activation.forward(z1));
-        // [batch, 32, 11, 11]
-        let z2 = tap4(self.conv2.forward(h1.clone()), taps.map(|t| &t.z2));
-        // [batch, 32, 5, 5] → [batch, 800]
-        let h2 = self
-            .pool
-            .forward(self.activation.forward(z2))
-            .reshape([batch as i64, -1]);
-        // [batch, 10]
-        let mut logits = self.fc.forward(h2.clone());
-        if let Some(t) = taps {
-            logits = logits + t.z3.clone();
-        }
-        Forward {
+    /// The forward pass, keeping what the written-out backward needs ([`crate::backward`]).
+    /// ReLU and the max-pool run together on the host ([`relu_pool`]): burn-flex's pool was a
+    /// quarter of a training step (`benchmarks/step-profile-native-512.txt`). Not
+    /// differentiable by burn's autodiff: gradients come from [`crate::backward`].
+    pub(crate) fn forward_kept(&self, images: Tensor<4>) -> Kept {
+        let device = images.device();
+        // [b, 16, 26, 26] → [b, 16, 13, 13]
+        let z1 = self.conv1.forward(images);
+        let [b, c1, s1, _] = z1.dims();
+        let z1 = tensor_vec(z1);
+        let (h1, pool1) = relu_pool(&z1, s1);
+        let h1 = Tensor::<4>::from_data(TensorData::new(h1, [b, c1, s1 / 2, s1 / 2]), &device);
+        // [b, 32, 11, 11] → [b, 32, 5, 5] → [b, 800]
+        let z2 = self.conv2.forward(h1.clone());
+        let [_, c2, s2, _] = z2.dims();
+        let z2 = tensor_vec(z2);
+        let (h2, pool2) = relu_pool(&z2, s2);
+        let fc_input =
+            Tensor::<2>::from_data(TensorData::new(h2, [b, c2 * (s2 / 2) * (s2 / 2)]), &device);
+        // [b, 10]
+        let logits = self.fc.forward(fc_input.clone());
+        Kept {
+            z1,
+            pool1,
+            h1,
+            z2,
+            pool2,
+            fc_input,
             logits,
-            conv2_input: h1,
-            fc_input: h2,
         }
+    }
+
+    /// The same logits through burn's own layers (ReLU, `MaxPool2d`), differentiable by burn's
+    /// autodiff: the oracle the written-out backward is tested against.
+    #[cfg(test)]
+    pub(crate) fn forward_burn(&self, images: Tensor<4>) -> Tensor<2> {
+        use burn::nn::Relu;
+        use burn::nn::pool::MaxPool2dConfig;
+        let (pool, relu) = (MaxPool2dConfig::new([2, 2]).init(), Relu::new());
+        let batch = images.dims()[0];
+        let h1 = pool.forward(relu.forward(self.conv1.forward(images)));
+        let h2 = pool.forward(relu.forward(self.conv2.forward(h1)));
+        self.fc.forward(h2.reshape([batch as i64, -1]))
     }
 
     /// Parameters as one flat vector in [`TinyCnnConfig::layout`] order.
@@ -185,20 +191,103 @@ impl TinyCnn {
     }
 }
 
-/// Zero leaves added to the pre-activations (see [`TinyCnn::forward_tapped`]).
-pub(crate) struct Taps {
-    pub z1: Tensor<4>,
-    pub z2: Tensor<4>,
-    pub z3: Tensor<2>,
+/// What [`TinyCnn::forward_kept`] keeps: each pre-activation (as plain values), where each
+/// pool output came from, and each layer's input.
+pub(crate) struct Kept {
+    /// conv1's output `[b × 16 × 26 × 26]`.
+    pub z1: Vec<f32>,
+    pub pool1: PoolRoute,
+    /// conv2's input `[b, 16, 13, 13]`.
+    pub h1: Tensor<4>,
+    /// conv2's output `[b × 32 × 11 × 11]`.
+    pub z2: Vec<f32>,
+    pub pool2: PoolRoute,
+    /// fc's input `[b, 800]`.
+    pub fc_input: Tensor<2>,
+    pub logits: Tensor<2>,
 }
 
-/// What a tapped forward pass returns.
-pub(crate) struct Forward {
-    pub logits: Tensor<2>,
-    /// Input of conv2 `[batch, 16, 13, 13]`.
-    pub conv2_input: Tensor<4>,
-    /// Input of fc `[batch, 800]`.
-    pub fc_input: Tensor<2>,
+/// Where each output of a 2×2 max-pool came from: the index in its input of its window's
+/// first maximum.
+pub(crate) struct PoolRoute {
+    argmax: Vec<usize>,
+}
+
+impl PoolRoute {
+    /// dL/dz from dL/d(pool output) for `relu_pool(z)`: each output's gradient goes to its
+    /// argmax, through ReLU (0 where z ≤ 0; a NaN passes, as in burn).
+    pub(crate) fn backward(&self, d_out: &[f32], z: &[f32]) -> Vec<f32> {
+        let mut dz = vec![0.0; z.len()];
+        for (&g, &at) in d_out.iter().zip(&self.argmax) {
+            if z[at] > 0.0 || z[at].is_nan() {
+                dz[at] = g;
+            }
+        }
+        dz
+    }
+}
+
+/// ReLU then 2×2 max-pool (stride 2, floor: an odd last row and column are dropped) of square
+/// planes of `side × side`, one after another: the pooled values and where they came from.
+/// burn's rules: the first maximum of a window in row-major order wins (ties are common: a
+/// constant background gives equal activations), a NaN wins.
+pub(crate) fn relu_pool(z: &[f32], side: usize) -> (Vec<f32>, PoolRoute) {
+    let half = side / 2;
+    let planes = z.len() / (side * side);
+    let mut out = Vec::with_capacity(planes * half * half);
+    let mut argmax = Vec::with_capacity(planes * half * half);
+    // NaN is rare (a broken model): one pass to find it keeps it out of the hot loop.
+    let window = if z.iter().fold(false, |nan, v| nan | v.is_nan()) {
+        window_max_with_nan
+    } else {
+        window_max
+    };
+    for (p, plane) in z.chunks_exact(side * side).enumerate() {
+        let base = p * side * side;
+        for i in 0..half {
+            for j in 0..half {
+                let (best, value) = window(plane, 2 * i * side + 2 * j, side);
+                out.push(value);
+                argmax.push(base + best);
+            }
+        }
+    }
+    (out, PoolRoute { argmax })
+}
+
+/// The first maximum of ReLU over the 2×2 window at `first`, and its index, for NaN-free z:
+/// the top pair's first maximum unless the bottom pair's is strictly greater, which is the
+/// first maximum in row-major order, in selects the compiler need not branch on.
+fn window_max(plane: &[f32], first: usize, side: usize) -> (usize, f32) {
+    let [a, b] = [plane[first].max(0.0), plane[first + 1].max(0.0)];
+    let [c, d] = [
+        plane[first + side].max(0.0),
+        plane[first + side + 1].max(0.0),
+    ];
+    let (top, top_at) = if b > a { (b, first + 1) } else { (a, first) };
+    let (bottom, bottom_at) = if d > c {
+        (d, first + side + 1)
+    } else {
+        (c, first + side)
+    };
+    if bottom > top {
+        (bottom_at, bottom)
+    } else {
+        (top_at, top)
+    }
+}
+
+/// [`window_max`] where a NaN wins and passes ReLU (burn's rules: it propagates).
+fn window_max_with_nan(plane: &[f32], first: usize, side: usize) -> (usize, f32) {
+    let relu = |v: f32| if v > 0.0 || v.is_nan() { v } else { 0.0 };
+    let (mut best, mut value) = (first, relu(plane[first]));
+    for q in [first + 1, first + side, first + side + 1] {
+        let v = relu(plane[q]);
+        if v > value || (v.is_nan() && !value.is_nan()) {
+            (best, value) = (q, v);
+        }
+    }
+    (best, value)
 }
 
 /// Reads a tensor back as `Vec<f32>`. Every tensor here is f32 on the CPU, so this cannot fail
@@ -332,6 +421,28 @@ mod tests {
         );
         let b = tensor_vec(config.from_flat(&back, &device).expect("len").forward(x));
         assert_eq!(a, b);
+    }
+
+    /// The forward pass every evaluation and training step uses (ReLU and pool on the host)
+    /// gives burn's own layers' logits, on inputs with flat regions and negative values alike.
+    #[test]
+    fn the_forward_pass_equals_burn_s_layers() {
+        let device = Device::flex();
+        device.seed(11);
+        let model = TinyCnnConfig::new().init(&device);
+        let images: Vec<f32> = (0..3 * IMAGE_PIXELS)
+            .map(|i| {
+                if i % IMAGE_PIXELS < 300 {
+                    0.7
+                } else {
+                    ((i * 37 % 101) as f32 - 50.0) / 25.0
+                }
+            })
+            .collect();
+        let x = || Tensor::<4>::from_data(TensorData::new(images.clone(), [3, 1, 28, 28]), &device);
+        let ours = tensor_vec(model.forward(x()));
+        let burn = tensor_vec(model.forward_burn(x()));
+        assert_eq!(ours, burn);
     }
 
     #[test]
