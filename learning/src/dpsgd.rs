@@ -211,7 +211,7 @@ fn zero_rows<const D: usize>(t: Tensor<D>, bad: &[usize], device: &Device) -> Te
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
-/// Per-example pieces from one tapped forward/backward pass.
+/// Per-example pieces from one forward pass and the written-out backward ([`crate::backward`]).
 struct LayerGradients {
     /// Per-example conv1 weight `[b, 16, 9]`, conv1 bias `[b, 16, 1]`, conv2 weight
     /// `[b, 32, 144]`, conv2 bias `[b, 32, 1]` gradients.
@@ -391,7 +391,7 @@ mod tests {
     /// weight gradient when their input patches are equal too; `relu_pool`'s own test holds
     /// the first-maximum rule.)
     #[test]
-    fn pooling_ties_route_the_gradient_as_burn_does() {
+    fn images_with_flat_regions_give_burn_s_gradients() {
         let (config, params, _, labels, device) = setup(4, 3);
         let images: Vec<f32> = (0..4 * 784)
             .map(|i| match (i % 784) / 28 {
