@@ -158,25 +158,15 @@ pub fn batch_gradient(
             let a_sq = a.clone().square().sum_dim(1);
             let dz_sq = dz.clone().square().sum_dim(1);
             let total = sq3(&w1) + sq3(&b1) + sq3(&w2) + sq3(&b2) + a_sq.add_scalar(1.0) * dz_sq;
-            let factor = total
-                .sqrt()
-                .add_scalar(CLIP_EPS)
-                .recip()
-                .mul_scalar(c)
-                .clamp_max(1.0);
-            let host = tensor_vec(factor.clone());
-            let clipped = host.iter().filter(|f| f.is_nan() || **f < 1.0).count();
-            // An example whose norm is not finite (a huge or broken model) gets clip factor 0
-            // and all-zero gradient rows: 0 × ∞ would be NaN and poison the whole sum.
-            let bad: Vec<usize> = (0..b).filter(|&i| !host[i].is_finite()).collect();
-            if bad.is_empty() {
-                (factor, clipped)
-            } else {
+            let (host, bad) = clip_factors(&tensor_vec(total), c);
+            let clipped = host.iter().filter(|f| **f < 1.0).count();
+            let factor = Tensor::<2>::from_data(TensorData::new(host, [b, 1]), device);
+            if !bad.is_empty() {
                 [w1, b1, w2, b2] = [w1, b1, w2, b2].map(|t| zero_rows(t, &bad, device));
                 a = zero_rows(a, &bad, device);
                 dz = zero_rows(dz, &bad, device);
-                (zero_rows(factor, &bad, device), clipped)
             }
+            (factor, clipped)
         }
     };
     let f3 = factor.clone().reshape([b, 1, 1]);
@@ -197,6 +187,27 @@ pub fn batch_gradient(
         batch_size: b,
         clipped,
     }
+}
+
+/// Opacus's clip factor `min(1, C / (‖g‖ + 1e-6))` of each example, from its squared norm, and
+/// the examples whose norm is not finite. Those get factor 0 and must also get all-zero rows:
+/// an infinite norm alone would give the finite factor 0, and 0 × ∞ in one of its entries would
+/// be NaN and poison the whole batch's sum.
+fn clip_factors(norms_sq: &[f32], c: f32) -> (Vec<f32>, Vec<usize>) {
+    let mut bad = Vec::new();
+    let factors = norms_sq
+        .iter()
+        .enumerate()
+        .map(|(i, sq)| {
+            if sq.is_finite() {
+                ((sq.sqrt() + CLIP_EPS).recip() * c).min(1.0)
+            } else {
+                bad.push(i);
+                0.0
+            }
+        })
+        .collect();
+    (factors, bad)
 }
 
 /// Sets the rows (dimension 0: the example) listed in `bad` to 0, on the host. Only reached
@@ -478,6 +489,17 @@ mod tests {
         let g = batch_gradient(&model, &config, &images, &labels, Some(1.0), &device);
         assert!(g.sum.iter().all(|v| *v == 0.0), "every example dropped");
         assert_eq!(g.clipped, 4);
+    }
+
+    /// An example whose norm is infinite (not NaN) is dropped like a NaN one: its clip factor
+    /// 0 alone would leave 0 × ∞ = NaN in the sum.
+    #[test]
+    fn an_infinite_norm_drops_its_example() {
+        let (factors, bad) = clip_factors(&[4.0, f32::INFINITY, f32::NAN, 0.25], 1.0);
+        assert_eq!(bad, [1, 2]);
+        assert_eq!(factors[1..3], [0.0, 0.0]);
+        assert!((factors[0] - 0.5).abs() < 1e-6, "{factors:?}");
+        assert_eq!(factors[3], 1.0);
     }
 
     #[test]
