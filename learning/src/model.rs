@@ -207,20 +207,34 @@ pub(crate) struct Kept {
     pub logits: Tensor<2>,
 }
 
-/// Where each output of a 2×2 max-pool came from: the index in its input of its window's
-/// first maximum.
+/// Where each output of a 2×2 max-pool came from: which of its window's four inputs (0, 1 on
+/// the top row, 2, 3 on the bottom) is the first maximum. A byte per output rather than an
+/// index (≈ 2 MB instead of 14 at batch 512), and an output can only name its own window.
 pub(crate) struct PoolRoute {
-    argmax: Vec<usize>,
+    offsets: Vec<u8>,
+    side: usize,
 }
 
 impl PoolRoute {
+    /// The index in z of each output's maximum, in output order.
+    fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        let (side, half) = (self.side, self.side / 2);
+        let per_plane = half * half;
+        self.offsets.iter().enumerate().map(move |(o, &off)| {
+            let (plane, at) = (o / per_plane, o % per_plane);
+            let (i, j) = (at / half, at % half);
+            let (row, col) = (2 * i + usize::from(off >> 1), 2 * j + usize::from(off & 1));
+            plane * side * side + row * side + col
+        })
+    }
+
     /// dL/dz from dL/d(pool output) for `relu_pool(z)`: each output's gradient goes to its
     /// argmax, through ReLU (0 where z ≤ 0; a NaN passes, as in burn).
     pub(crate) fn backward(&self, d_out: &[f32], z: &[f32]) -> Vec<f32> {
-        debug_assert_eq!(d_out.len(), self.argmax.len());
+        debug_assert_eq!(d_out.len(), self.offsets.len());
         // An assignment, not a sum: 2×2 windows at stride 2 never share an input.
         let mut dz = vec![0.0; z.len()];
-        for (&g, &at) in d_out.iter().zip(&self.argmax) {
+        for (&g, at) in d_out.iter().zip(self.indices()) {
             if z[at] > 0.0 || z[at].is_nan() {
                 dz[at] = g;
             }
@@ -237,43 +251,39 @@ pub(crate) fn relu_pool(z: &[f32], side: usize) -> (Vec<f32>, PoolRoute) {
     let half = side / 2;
     let planes = z.len() / (side * side);
     let mut out = Vec::with_capacity(planes * half * half);
-    let mut argmax = Vec::with_capacity(planes * half * half);
+    let mut offsets = Vec::with_capacity(planes * half * half);
     debug_assert_eq!(z.len() % (side * side), 0, "whole planes");
     // NaN is rare (a broken model): one pass to find it keeps it out of the hot loop. (A loop
-    // generic over the window function, so that it inlines, measured 15 % slower at batch 64, benchmarks/backward-ab-native.log.)
+    // generic over the window function, so that it inlines, measured 15 % slower at batch 64:
+    // benchmarks/backward-ab-native.log.)
     let window = if z.iter().fold(false, |nan, v| nan | v.is_nan()) {
         window_max_with_nan
     } else {
         window_max
     };
-    for (p, plane) in z.chunks_exact(side * side).enumerate() {
-        let base = p * side * side;
+    for plane in z.chunks_exact(side * side) {
         for i in 0..half {
             for j in 0..half {
-                let (best, value) = window(plane, 2 * i * side + 2 * j, side);
+                let (offset, value) = window(plane, 2 * i * side + 2 * j, side);
                 out.push(value);
-                argmax.push(base + best);
+                offsets.push(offset);
             }
         }
     }
-    (out, PoolRoute { argmax })
+    (out, PoolRoute { offsets, side })
 }
 
-/// The first maximum of ReLU over the 2×2 window at `first`, and its index, for NaN-free z:
-/// the top pair's first maximum unless the bottom pair's is strictly greater, which is the
-/// first maximum in row-major order, in selects the compiler need not branch on.
-fn window_max(plane: &[f32], first: usize, side: usize) -> (usize, f32) {
+/// The first maximum of ReLU over the 2×2 window at `first`, and which of the four it is, for
+/// NaN-free z: the top pair's first maximum unless the bottom pair's is strictly greater, which
+/// is the first maximum in row-major order, in selects the compiler need not branch on.
+fn window_max(plane: &[f32], first: usize, side: usize) -> (u8, f32) {
     let [a, b] = [plane[first].max(0.0), plane[first + 1].max(0.0)];
     let [c, d] = [
         plane[first + side].max(0.0),
         plane[first + side + 1].max(0.0),
     ];
-    let (top, top_at) = if b > a { (b, first + 1) } else { (a, first) };
-    let (bottom, bottom_at) = if d > c {
-        (d, first + side + 1)
-    } else {
-        (c, first + side)
-    };
+    let (top, top_at) = if b > a { (b, 1) } else { (a, 0) };
+    let (bottom, bottom_at) = if d > c { (d, 3) } else { (c, 2) };
     if bottom > top {
         (bottom_at, bottom)
     } else {
@@ -284,13 +294,14 @@ fn window_max(plane: &[f32], first: usize, side: usize) -> (usize, f32) {
 /// [`window_max`] where a NaN wins and passes ReLU, so that it propagates as in burn (whose
 /// pool keeps the last NaN of a window, this the first: either way the example's gradient is
 /// not finite, and DP-SGD gives it clip factor 0).
-fn window_max_with_nan(plane: &[f32], first: usize, side: usize) -> (usize, f32) {
+fn window_max_with_nan(plane: &[f32], first: usize, side: usize) -> (u8, f32) {
     let relu = |v: f32| if v > 0.0 || v.is_nan() { v } else { 0.0 };
-    let (mut best, mut value) = (first, relu(plane[first]));
-    for q in [first + 1, first + side, first + side + 1] {
-        let v = relu(plane[q]);
+    let at = [first, first + 1, first + side, first + side + 1];
+    let (mut best, mut value) = (0, relu(plane[first]));
+    for (k, q) in (1u8..).zip(&at[1..]) {
+        let v = relu(plane[*q]);
         if v > value || (v.is_nan() && !value.is_nan()) {
-            (best, value) = (q, v);
+            (best, value) = (k, v);
         }
     }
     (best, value)
@@ -470,7 +481,7 @@ mod tests {
             assert_eq!(ours, tensor_vec(values), "side {side}");
             let burn: Vec<i64> = indices.into_data().convert::<i64>().try_to_vec().unwrap();
             let plane = side * side;
-            let local: Vec<i64> = route.argmax.iter().map(|&a| (a % plane) as i64).collect();
+            let local: Vec<i64> = route.indices().map(|a| (a % plane) as i64).collect();
             assert_eq!(local, burn, "side {side}");
         }
     }
