@@ -478,7 +478,9 @@ try {
   assert.ok(reusable.filter(Boolean).length >= 3, JSON.stringify(run3.rounds));
   // Evaluated every 3 rounds: the others carry no test accuracy.
   assert.deepEqual(run3.rounds.map((r) => r.test_accuracy !== null), [false, false, true, false, false, true]);
-  assert.ok(run3.rounds[5].test_accuracy > 0.3, `6 steps of ≈ 192 examples: ${run3.rounds[5].test_accuracy}`);
+  // It learns (chance is 0.1); six noisy steps vary a lot from run to run: 0.28, 0.41, 0.42, 0.52
+  // measured at 48d7cc0 (0.3 failed one CI run).
+  assert.ok(run3.rounds[5].test_accuracy > 0.2, `6 steps of ≈ 192 examples: ${run3.rounds[5].test_accuracy}`);
   // Two ε on each page: under the run's promise of 3 honest clients, and if the others collude.
   const distributedEps = /^ε = \d+\.\d{3} \(δ = 1e-5\) while the server follows the protocol and at least 3 clients of each distributed round are honest · ε = \d+\.\d whatever the server and the other clients do \(this client's own noise share alone\)$/;
   await waitFor('the third tab to show both ε', async () => distributedEps.test(await third.textContent('#epsilon')), 30_000, 200);
