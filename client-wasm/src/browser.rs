@@ -573,8 +573,7 @@ fn notify(session: &mut Session, n: Notice) -> Option<Outcome> {
 }
 
 async fn http_get(url: &str) -> Result<Vec<u8>, String> {
-    // The query holds the client's key: errors (shown on the page) name the path only.
-    let shown = url.split('?').next().unwrap_or_default();
+    let shown = protocol::servers::without_query(url); // the query holds the client's key
     let res = gloo_net::http::Request::get(url)
         .send()
         .await

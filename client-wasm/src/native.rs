@@ -63,8 +63,7 @@ pub struct ClientReport {
 }
 
 async fn http_get(url: &str) -> Result<Vec<u8>, ClientError> {
-    // The query holds the client's key: errors (logged) name the path only.
-    let shown = url.split('?').next().unwrap_or_default();
+    let shown = protocol::servers::without_query(url); // the query holds the client's key
     let err = |e: &dyn std::fmt::Display| ClientError::Shard(format!("{shown}: {e}"));
     let uri: hyper::Uri = url.parse().map_err(|e| err(&e))?;
     let host = uri.host().ok_or_else(|| err(&"no host"))?.to_string();

@@ -232,22 +232,14 @@ fn bus_down(input: &[u8]) {
 
 /// Valid bus messages of each direction: single ones with and without payload, and a batch.
 fn bus_seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    use server::bus::{Down, Up, encode, f32s_to_bytes, f64s_to_bytes};
+    use server::bus::{Batch, Down, Up, encode, f32s_to_bytes, f64s_to_bytes};
     use server::coordinator::{RoundRef, VectorKind};
     let round = RoundRef {
         run_id: 1,
         server_round: 2,
         attempt: 1,
     };
-    let batch = |messages: Vec<bytes::Bytes>| {
-        let mut frames = Vec::new();
-        for m in &messages {
-            frames.extend_from_slice(&(m.len() as u32).to_le_bytes());
-            frames.extend_from_slice(m);
-        }
-        (messages.len() as u32, frames)
-    };
-    let (n, frames) = batch(vec![
+    let (n, frames) = Batch::framed(&[
         encode(
             &Up::HeldMany {
                 server_round: 2,
@@ -292,7 +284,7 @@ fn bus_seeds() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
             &f64s_to_bytes(&[3.0, -6.0]),
         ),
     ];
-    let (n, frames) = batch(vec![
+    let (n, frames) = Batch::framed(&[
         encode(
             &Down::Texts {
                 clients: vec![1, 2],

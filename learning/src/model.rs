@@ -440,6 +440,39 @@ mod tests {
         assert_eq!(a, b);
     }
 
+    #[test]
+    fn relu_pool_takes_the_first_maximum_and_drops_an_odd_edge() {
+        // One 3×3 plane: the pool sees only the top-left 2×2 window (floor).
+        let z = [1.0, 3.0, 9.0, 3.0, -1.0, 9.0, 9.0, 9.0, 9.0];
+        let (out, route) = relu_pool(&z, 3);
+        assert_eq!(out, [3.0]);
+        assert_eq!(
+            route.backward(&[5.0], &z),
+            [0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        );
+        // All negative: the output is 0 and the gradient stops at ReLU.
+        let z = [-1.0, -2.0, -3.0, -4.0];
+        let (out, route) = relu_pool(&z, 2);
+        assert_eq!(out, [0.0]);
+        assert_eq!(route.backward(&[5.0], &z), [0.0; 4]);
+        // Ties go to the first (top row first); a NaN wins and its gradient passes.
+        let z = [2.0, 1.0, 2.0, 2.0, 1.0, f32::NAN, 0.0, 3.0];
+        let (out, route) = relu_pool(&z, 2);
+        assert_eq!(out[0], 2.0);
+        assert!(out[1].is_nan());
+        let dz = route.backward(&[5.0, 7.0], &z);
+        assert_eq!(&dz[..4], [5.0, 0.0, 0.0, 0.0]);
+        assert_eq!(&dz[4..], [0.0, 7.0, 0.0, 0.0]);
+        // Within a row too.
+        let z = [3.0, 3.0, 0.0, 0.0];
+        let (_, route) = relu_pool(&z, 2);
+        assert_eq!(route.backward(&[1.0], &z), [1.0, 0.0, 0.0, 0.0]);
+        // Bottom row strictly greater wins, at its first maximum.
+        let z = [1.0, 1.0, 4.0, 4.0];
+        let (_, route) = relu_pool(&z, 2);
+        assert_eq!(route.backward(&[1.0], &z), [0.0, 0.0, 1.0, 0.0]);
+    }
+
     /// The forward pass every evaluation and training step uses (ReLU and pool on the host)
     /// gives burn's own layers' logits, on inputs with flat regions and negative values alike.
     #[test]

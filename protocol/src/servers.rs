@@ -79,6 +79,13 @@ impl std::fmt::Display for ServerUrl {
     }
 }
 
+/// A URL as an error message may show it: without its query. A shard's URL carries the
+/// client's key there (the server's assignment puts it in), and error messages reach the page
+/// and the logs.
+pub fn without_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or_default()
+}
+
 /// The servers a client tries, in turn: each attempt takes the next one, so a client whose
 /// gateway died reaches another at its next attempt, and one refused everywhere keeps cycling
 /// (with its backoff) until one answers.
@@ -114,7 +121,8 @@ impl ServerList {
     }
 
     /// How many distinct servers the list holds (never 0).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.servers.len()
     }
 }
@@ -229,6 +237,15 @@ mod tests {
         let list = servers_to_try("ws://a/ws", &flood);
         assert_eq!(list.len(), MAX_SERVERS);
         assert!(ServerList::new(&list).is_ok());
+    }
+
+    #[test]
+    fn a_shown_url_leaves_the_key_out() {
+        let url = "http://gw:3000/api/runs/1/shards/0/images?client_key=secret";
+        assert_eq!(
+            without_query(url),
+            "http://gw:3000/api/runs/1/shards/0/images"
+        );
     }
 
     /// A page served over TLS never moves its key to a plain socket.

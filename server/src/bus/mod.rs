@@ -403,10 +403,25 @@ impl Batch {
         if self.messages > 0 && self.frames.len() + 4 + m.len() > MAX_BATCH {
             self.flush(nats, subject, &batch).await;
         }
+        self.push(&m);
+    }
+
+    /// Appends one encoded message as a frame: its length (u32 LE), then itself.
+    fn push(&mut self, m: &[u8]) {
         self.frames
             .extend_from_slice(&u32::try_from(m.len()).unwrap_or(u32::MAX).to_le_bytes());
-        self.frames.extend_from_slice(&m);
+        self.frames.extend_from_slice(m);
         self.messages += 1;
+    }
+
+    /// A batch of these encoded messages, unsent: how many, and the framed payload that
+    /// [`frames`] and [`unbatch`] read (tests and the fuzz seeds build batches with it).
+    pub fn framed<M: AsRef<[u8]>>(messages: &[M]) -> (u32, Vec<u8>) {
+        let mut batch = Self::default();
+        for m in messages {
+            batch.push(m.as_ref());
+        }
+        (batch.messages, batch.frames)
     }
 
     /// Sends what it holds: one message as itself, several as a batch.
@@ -624,11 +639,7 @@ mod tests {
     /// an error naming the lengths, after the frames before it.
     #[test]
     fn a_batch_gives_back_its_frames_and_a_cut_one_ends_with_an_error() {
-        let mut batch = Vec::new();
-        for m in [b"ab".as_slice(), b"", b"cde"] {
-            batch.extend_from_slice(&(m.len() as u32).to_le_bytes());
-            batch.extend_from_slice(m);
-        }
+        let (_, batch) = Batch::framed(&[b"ab".as_slice(), b"", b"cde"]);
         let all: Vec<&[u8]> = frames(&batch).map(Result::unwrap).collect();
         assert_eq!(all, [b"ab".as_slice(), b"", b"cde"]);
         let cut: Vec<_> = frames(&batch[..batch.len() - 1]).collect();
@@ -693,15 +704,11 @@ mod tests {
                 &[],
             ),
             {
-                let mut frames = Vec::new();
-                for m in [
+                let (messages, frames) = Batch::framed(&[
                     encode(&Down::Forget, &[]),
                     encode(&Down::Close { client_id: 2 }, &[]),
-                ] {
-                    frames.extend_from_slice(&(m.len() as u32).to_le_bytes());
-                    frames.extend_from_slice(&m);
-                }
-                encode(&Down::Batch { messages: 2 }, &frames)
+                ]);
+                encode(&Down::Batch { messages }, &frames)
             },
             encode(
                 &ShardAnswer {

@@ -1,7 +1,7 @@
 //! One subject's messages of one turn of the bridge's loop (of a relay's 5 ms linger), before
-//! they go on the bus: where several clients get the same message — a round's instructions, its model, its
-//! accepts — or a gateway says the same of several clients — results held, clients gone — they
-//! share one, which names them all. A round's control bytes then grow with the number of
+//! they go on the bus: where several clients get the same message — a round's instructions,
+//! its model, its accepts — or a gateway says the same of several clients — results held,
+//! clients gone — they share one, which names them all. A round's control bytes then grow with the number of
 //! distinct messages, plus a client id each, not with a message each.
 //!
 //! Each client's messages keep their order: a client joins an earlier shared message only if
