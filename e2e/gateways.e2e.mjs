@@ -5,7 +5,8 @@
 //   * every server lists both gateways at /api/servers (what a page hands its worker);
 //   * the run's first round closes with both tabs; gateway A is then killed (SIGKILL);
 //   * A's tab moves to gateway B on its own (no load balancer) with its key, shard and ledger,
-//     and trains the last round there: the last round has both tabs, and one client per tab;
+//     and trains the last round there: the last round has both tabs, one client per tab, and
+//     the tab itself lists round 3 under the same client number;
 //   * the listing drops A; no page error, and no console error except about A's address.
 //
 //   node e2e/gateways.e2e.mjs          (scripts/test.sh runs it after the build)
@@ -93,6 +94,7 @@ try {
   const history = async () => (await coordinator.api(`/api/admin/runs/${runId}`)).body;
   const round1 = await waitFor('round 1 to close', async () => (await history()).rounds[0], 120_000);
   assert.equal(round1.participants, 2, JSON.stringify(round1));
+  const idBefore = await tabs[0].textContent('#client-id');
   await a.kill('SIGKILL');
   log('round 1 closed with both tabs; gateway A killed');
 
@@ -104,6 +106,10 @@ try {
   assert.equal(last.participants, 2, `A's tab trained the last round through B: ${JSON.stringify(h.rounds)}`);
   assert.equal(h.ledger.length, 2, 'one client per tab: the moved tab kept its key');
   assert.equal(await tabs[0].textContent('#connection'), 'connected');
+  // What A's tab itself shows: the last round in its rounds table (newest first), as the same
+  // client.
+  await waitFor('A\'s tab to list round 3', async () => (await tabs[0].locator('#rounds tbody tr td').first().textContent()).trim() === '3', 30_000);
+  assert.equal(await tabs[0].textContent('#client-id'), idBefore, 'the same client on the page');
   log('A\'s tab moved to B and trained the last round:', h.rounds.map((r) => r.participants).join(', '), 'participants');
 
   await waitFor('the listing to drop A', async () => JSON.stringify(await listed(b)) === JSON.stringify([socket(b)]), 10_000);
