@@ -14,10 +14,10 @@ use crate::LearningError;
 use crate::accountant::{AccountantError, Mechanism, PrivacyLedger};
 use crate::data::Dataset;
 use crate::distributed::{DistributedStep, contribution};
-use crate::dpsgd::{
-    BatchGradient, OptimizerState, SecureRng, add_gaussian_noise, batch_gradient, loss_and_correct,
-};
+use crate::dpsgd::{BatchGradient, SecureRng, add_gaussian_noise, loss_and_correct};
 use crate::model::tensor_vec;
+use crate::parallel::{StepGradient, Threads};
+use crate::steps::LocalSteps;
 use crate::task::Task;
 use protocol::config::DistributedNoise;
 use protocol::ledger::SkellamMechanism;
@@ -174,7 +174,7 @@ pub struct EvaluateRes {
     pub num_examples: usize,
 }
 
-/// Trains `global`, a model of `task`, on `shard` and returns the update.
+/// Trains `global`, a model of `task`, on `shard` and returns the update (on this thread).
 pub fn fit(
     task: &Task,
     global: &[f32],
@@ -183,127 +183,98 @@ pub fn fit(
     privacy: &mut ClientPrivacy,
     progress: &mut dyn FnMut(FitProgress),
 ) -> Result<FitRes, LearningError> {
-    let model_config = task.model();
-    model_config.layout().check_len(global)?;
+    fit_with(
+        task,
+        global,
+        config,
+        shard,
+        privacy,
+        &mut Threads(1),
+        progress,
+    )
+}
+
+/// [`fit`] with each step's gradient computed by `workers` (threads, or anything else that
+/// sums clipped per-example gradients); the noise, the ledger and the optimizer stay here.
+pub fn fit_with(
+    task: &Task,
+    global: &[f32],
+    config: &TrainConfig,
+    shard: &Dataset,
+    privacy: &mut ClientPrivacy,
+    workers: &mut dyn StepGradient,
+    progress: &mut dyn FnMut(FitProgress),
+) -> Result<FitRes, LearningError> {
+    let mut steps = match start_fit(task, global, config, shard, privacy)? {
+        Fit::Done(res) => {
+            progress(FitProgress::one_step());
+            return Ok(res);
+        }
+        Fit::Steps(steps) => steps,
+    };
+    let model = task.model();
+    while let Some(input) = steps.next_input(task, shard, &mut privacy.rng) {
+        let g = if input.is_empty() {
+            BatchGradient::empty(steps.params().len())
+        } else {
+            workers.gradient(&model, steps.params(), &input)?
+        };
+        progress(steps.apply(g, privacy)?);
+    }
+    steps.finish(privacy)
+}
+
+/// How a round's training goes on once its configuration is checked.
+#[derive(Debug)]
+pub enum Fit {
+    /// A distributed DP round (one step, Skellam noise): computed at once.
+    Done(FitRes),
+    /// Local training: the steps, for a driver to take ([`crate::steps`]).
+    Steps(LocalSteps),
+}
+
+/// Checks a round against the shard and the client's own limits (its cap, its δ, no round
+/// without DP when capped) and starts it. Nothing is sampled or spent before these checks.
+pub fn start_fit(
+    task: &Task,
+    global: &[f32],
+    config: &TrainConfig,
+    shard: &Dataset,
+    privacy: &mut ClientPrivacy,
+) -> Result<Fit, LearningError> {
+    task.model().layout().check_len(global)?;
     let n = shard.len();
     config.validate(n)?;
     if let Some(dp) = config.dp
         && let Some(noise) = dp.distributed
     {
         let res = fit_distributed(task, global, config, dp, noise, shard, privacy)?;
-        progress(FitProgress {
-            epoch: 0,
-            epochs: 1,
-            step: 0,
-            steps_per_epoch: 1,
-            batch_loss: f64::NAN,
-        });
-        return Ok(res);
+        return Ok(Fit::Done(res));
     }
-    let q = config.sample_rate(n);
-    let steps_per_epoch = config.steps_per_epoch(n);
     match config.dp {
         // Without DP an update has no bound at all: a client with a cap never sends one.
         None if privacy.epsilon_cap.is_some() => return Err(LearningError::NoDpWithCap),
         None => {}
         Some(dp) => {
             check_delta_for(dp.delta, n, "the server's δ")?;
+            let q = config.sample_rate(n);
             privacy.check(q, dp.noise_multiplier as f64, config.steps_per_round(n), n)?;
         }
     }
+    Ok(Fit::Steps(LocalSteps::new(global, *config, n)))
+}
 
-    let device = Device::flex();
-    let mut params = global.to_vec();
-    let mut optimizer = OptimizerState::new(config.optimizer, params.len());
-    let (mut loss_sum, mut seen, mut correct, mut clipped, mut steps) =
-        (0.0, 0usize, 0usize, 0usize, 0u64);
-    let mut order: Vec<usize> = (0..n).collect();
-    for epoch in 0..config.local_epochs {
-        if config.dp.is_none() {
-            privacy.rng.shuffle(&mut order);
-        }
-        for step in 0..steps_per_epoch {
-            let batch: Vec<usize> = match config.dp {
-                Some(_) => privacy.rng.poisson_sample(n, q),
-                None => {
-                    let b = config.expected_batch(n).round().max(1.0) as usize;
-                    let start = step as usize * b;
-                    order[start.min(n)..(start + b).min(n)].to_vec()
-                }
-            };
-            let g = if batch.is_empty() {
-                // An empty Poisson batch still takes a (pure noise) step: skipping it would
-                // change the mechanism the accountant analyses.
-                BatchGradient {
-                    sum: vec![0.0; params.len()],
-                    loss_sum: 0.0,
-                    correct: 0,
-                    batch_size: 0,
-                    clipped: 0,
-                }
-            } else {
-                let (x, y) = task.batch(shard, &batch);
-                let model = model_config.from_flat(&params, &device)?;
-                batch_gradient(
-                    &model,
-                    &model_config,
-                    &x,
-                    &y,
-                    config.dp.map(|d| d.max_grad_norm),
-                    &device,
-                )
-            };
-            let mut grad = g.sum;
-            let denominator = match config.dp {
-                Some(dp) => {
-                    add_gaussian_noise(
-                        &mut grad,
-                        dp.noise_multiplier * dp.max_grad_norm,
-                        &mut privacy.rng,
-                    );
-                    privacy.ledger.record(q, dp.noise_multiplier as f64, 1)?;
-                    config.expected_batch(n) as f32
-                }
-                None => g.batch_size.max(1) as f32,
-            };
-            grad.iter_mut().for_each(|v| *v /= denominator);
-            if config.dp.is_some() || g.batch_size > 0 {
-                optimizer.step(&mut params, &grad, config.learning_rate);
-            }
-            loss_sum += g.loss_sum;
-            seen += g.batch_size;
-            correct += g.correct;
-            clipped += g.clipped;
-            steps += 1;
-            progress(FitProgress {
-                epoch,
-                epochs: config.local_epochs,
-                step,
-                steps_per_epoch,
-                batch_loss: g.loss_sum / g.batch_size.max(1) as f64,
-            });
+impl FitProgress {
+    /// A round of one step (distributed DP), whose loss is not measured.
+    pub fn one_step() -> Self {
+        Self {
+            epoch: 0,
+            epochs: 1,
+            step: 0,
+            steps_per_epoch: 1,
+            batch_loss: f64::NAN,
         }
     }
-    if config.dp.is_none() {
-        // Counted even if it diverged: the examples were looked at without noise.
-        privacy.unprotected_rounds = privacy.unprotected_rounds.saturating_add(1);
-    }
-    if params.iter().any(|v| !v.is_finite()) {
-        return Err(LearningError::Diverged);
-    }
-    let update = params.iter().zip(global).map(|(p, g)| p - g).collect();
-    let epsilon = Some(privacy.epsilon()?);
-    Ok(FitRes {
-        update: Update::Delta(update),
-        num_examples: n,
-        metrics: FitMetrics {
-            loss: loss_sum / seen.max(1) as f64,
-            accuracy: correct as f64 / seen.max(1) as f64,
-            epsilon,
-            steps,
-            clipped_fraction: clipped as f64 / seen.max(1) as f64,
-        },
-    })
 }
 
 fn skellam_mechanism(q: f64, dp: DpSgdConfig, noise: DistributedNoise, dim: u64) -> Mechanism {

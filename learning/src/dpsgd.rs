@@ -92,6 +92,39 @@ pub struct BatchGradient {
     pub clipped: usize,
 }
 
+impl BatchGradient {
+    /// The gradient of no example: what an empty Poisson batch contributes (its step still
+    /// takes place, as pure noise).
+    pub fn empty(dim: usize) -> Self {
+        Self {
+            sum: vec![0.0; dim],
+            loss_sum: 0.0,
+            correct: 0,
+            batch_size: 0,
+            clipped: 0,
+        }
+    }
+
+    /// Adds the gradient of another slice of the same step. Clipping is per example, so the
+    /// sum of the slices' clipped sums is the whole batch's clipped sum.
+    pub fn add(&mut self, other: &BatchGradient) -> Result<(), crate::LearningError> {
+        if other.sum.len() != self.sum.len() {
+            return Err(crate::LearningError::ParamLength {
+                expected: self.sum.len(),
+                actual: other.sum.len(),
+            });
+        }
+        for (s, o) in self.sum.iter_mut().zip(&other.sum) {
+            *s += o;
+        }
+        self.loss_sum += other.loss_sum;
+        self.correct += other.correct;
+        self.batch_size += other.batch_size;
+        self.clipped += other.clipped;
+        Ok(())
+    }
+}
+
 /// Per-example gradients of a batch, one flat vector per example (layout order). Used to check
 /// the batched computation against autodiff; training never materialises these.
 pub fn per_example_gradients(

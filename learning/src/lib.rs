@@ -30,16 +30,18 @@ pub mod distributed;
 pub mod dpsgd;
 mod memo;
 pub mod model;
+pub mod parallel;
 pub mod pld;
 pub mod shard;
 pub mod skellam;
+pub mod steps;
 pub mod task;
 
 pub use accountant::PrivacyLedger;
 pub use aggregate::{Aggregator, FedAvg};
 pub use client::{
     Batching, ClientPrivacy, DpSgdConfig, EvaluateRes, FitMetrics, FitRes, TrainConfig, Update,
-    default_delta, evaluate, evaluate_private, fit,
+    default_delta, evaluate, evaluate_private, fit, fit_with, start_fit,
 };
 pub use data::Dataset;
 pub use dpsgd::Optimizer;
@@ -88,4 +90,6 @@ pub enum LearningError {
     Rng(String),
     #[error("distributed step: {0}")]
     Distributed(String),
+    #[error("{0}")]
+    Worker(String),
 }

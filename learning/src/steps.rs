@@ -1,0 +1,284 @@
+//! A round of local training as a sequence of steps, so that the gradient of each step can be
+//! computed anywhere — on this thread, on native threads, in a pool of Web Workers — while the
+//! privacy mechanism stays in one place.
+//!
+//! [`LocalSteps`] owns everything the mechanism is made of: Poisson sampling, the noise (one
+//! Gaussian draw per coordinate per step, from the client's [`SecureRng`]), the ledger entry,
+//! the division by the expected batch and the optimizer. Whoever computes a step's gradient
+//! gets only the model and the step's examples ([`StepInput`]) and returns their clipped sum
+//! ([`BatchGradient`]): it never sees the RNG or the ledger, so however the examples are
+//! spread over workers, the noise is drawn once per step and each example is clipped on its own
+//! (the sum of the slices' clipped sums is the batch's clipped sum).
+//!
+//! A driver is a short loop — [`crate::fit_with`] natively, an async one in the browser worker:
+//!
+//! ```text
+//! while let Some(input) = steps.next_input(task, shard, &mut privacy.rng) {
+//!     let g = gradient_of(steps.params(), &input)?;   // anywhere
+//!     progress(steps.apply(g, privacy)?);
+//! }
+//! steps.finish(privacy)
+//! ```
+
+use crate::LearningError;
+use crate::client::{ClientPrivacy, FitProgress, FitRes, TrainConfig, Update};
+use crate::data::Dataset;
+use crate::dpsgd::{BatchGradient, OptimizerState, SecureRng, add_gaussian_noise};
+use crate::task::Task;
+use protocol::config::FitMetrics;
+
+/// The examples of one step, ready for a forward pass, and the clipping norm (`None`: no DP).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepInput {
+    /// Normalised pixels, example after example.
+    pub images: Vec<f32>,
+    pub labels: Vec<u8>,
+    pub clip: Option<f32>,
+}
+
+impl StepInput {
+    /// Examples in the step.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The examples in `range` (a slice for one worker).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> (&[f32], &[u8]) {
+        let per = self.images.len() / self.labels.len().max(1);
+        (
+            &self.images[range.start * per..range.end * per],
+            &self.labels[range],
+        )
+    }
+}
+
+/// Splits `n` examples into at most `workers` contiguous slices whose sizes differ by at most
+/// one; no slice is empty (fewer examples than workers give fewer slices).
+pub fn slices(n: usize, workers: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = workers.clamp(1, n.max(1));
+    let (base, extra) = (n / parts, n % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            let r = start..start + len;
+            start += len;
+            r
+        })
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// Running totals for the round's metrics.
+#[derive(Debug, Default)]
+struct Totals {
+    loss_sum: f64,
+    seen: usize,
+    correct: usize,
+    clipped: usize,
+    steps: u64,
+}
+
+/// One round of local (or non-DP) training, step by step. Built by
+/// [`crate::client::start_fit`], which checks the configuration and the client's own cap
+/// first.
+#[derive(Debug)]
+pub struct LocalSteps {
+    config: TrainConfig,
+    global: Vec<f32>,
+    params: Vec<f32>,
+    optimizer: OptimizerState,
+    n: usize,
+    q: f64,
+    steps_per_epoch: u64,
+    /// Non-DP epochs walk a shuffled order.
+    order: Vec<usize>,
+    epoch: u32,
+    step: u64,
+    /// The size of the batch [`Self::next_input`] gave out, until it is applied.
+    pending: Option<usize>,
+    totals: Totals,
+}
+
+impl LocalSteps {
+    /// A round over a shard of `n` records starting from `global`. The caller has checked the
+    /// configuration, the parameter count and the client's cap.
+    pub(crate) fn new(global: &[f32], config: TrainConfig, n: usize) -> Self {
+        Self {
+            config,
+            global: global.to_vec(),
+            params: global.to_vec(),
+            optimizer: OptimizerState::new(config.optimizer, global.len()),
+            n,
+            q: config.sample_rate(n),
+            steps_per_epoch: config.steps_per_epoch(n),
+            order: (0..n).collect(),
+            epoch: 0,
+            step: 0,
+            pending: None,
+            totals: Totals::default(),
+        }
+    }
+
+    /// The current parameters: the model the next step's gradient is taken at.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// Steps in the whole round.
+    pub fn total_steps(&self) -> u64 {
+        self.steps_per_epoch * u64::from(self.config.local_epochs)
+    }
+
+    /// The next step's examples, or `None` once the round's steps are all taken. With DP the
+    /// batch is a Poisson sample of rate q (its size is random, and may be 0: that step still
+    /// takes place, as pure noise).
+    pub fn next_input(
+        &mut self,
+        task: &Task,
+        shard: &Dataset,
+        rng: &mut SecureRng,
+    ) -> Option<StepInput> {
+        assert!(
+            self.pending.is_none(),
+            "a step was given out and not applied"
+        );
+        if self.epoch >= self.config.local_epochs {
+            return None;
+        }
+        let batch: Vec<usize> = match self.config.dp {
+            Some(_) => rng.poisson_sample(self.n, self.q),
+            None => {
+                if self.step == 0 {
+                    rng.shuffle(&mut self.order);
+                }
+                let b = self.config.expected_batch(self.n).round().max(1.0) as usize;
+                let start = (self.step as usize).saturating_mul(b).min(self.n);
+                self.order[start..start.saturating_add(b).min(self.n)].to_vec()
+            }
+        };
+        self.pending = Some(batch.len());
+        let (images, labels) = task.batch(shard, &batch);
+        Some(StepInput {
+            images,
+            labels,
+            clip: self.config.dp.map(|d| d.max_grad_norm),
+        })
+    }
+
+    /// Takes the step whose examples [`Self::next_input`] gave out, with `g` the clipped sum of
+    /// their gradients: noise (DP), the ledger entry, the mean, the optimizer.
+    pub fn apply(
+        &mut self,
+        g: BatchGradient,
+        privacy: &mut ClientPrivacy,
+    ) -> Result<FitProgress, LearningError> {
+        let Some(expected) = self.pending.take() else {
+            panic!("apply without a step given out");
+        };
+        if g.batch_size != expected || g.sum.len() != self.params.len() {
+            return Err(LearningError::Worker(format!(
+                "a step's gradient covers {} examples and {} values: expected {expected} and {}",
+                g.batch_size,
+                g.sum.len(),
+                self.params.len()
+            )));
+        }
+        let mut grad = g.sum;
+        let denominator = match self.config.dp {
+            Some(dp) => {
+                add_gaussian_noise(
+                    &mut grad,
+                    dp.noise_multiplier * dp.max_grad_norm,
+                    &mut privacy.rng,
+                );
+                privacy
+                    .ledger
+                    .record(self.q, dp.noise_multiplier as f64, 1)?;
+                self.config.expected_batch(self.n) as f32
+            }
+            None => g.batch_size.max(1) as f32,
+        };
+        grad.iter_mut().for_each(|v| *v /= denominator);
+        if self.config.dp.is_some() || g.batch_size > 0 {
+            self.optimizer
+                .step(&mut self.params, &grad, self.config.learning_rate);
+        }
+        let t = &mut self.totals;
+        t.loss_sum += g.loss_sum;
+        t.seen += g.batch_size;
+        t.correct += g.correct;
+        t.clipped += g.clipped;
+        t.steps += 1;
+        let progress = FitProgress {
+            epoch: self.epoch,
+            epochs: self.config.local_epochs,
+            step: self.step,
+            steps_per_epoch: self.steps_per_epoch,
+            batch_loss: g.loss_sum / g.batch_size.max(1) as f64,
+        };
+        self.step += 1;
+        if self.step >= self.steps_per_epoch {
+            self.step = 0;
+            self.epoch += 1;
+        }
+        Ok(progress)
+    }
+
+    /// The round's update and metrics, once every step is applied.
+    pub fn finish(self, privacy: &mut ClientPrivacy) -> Result<FitRes, LearningError> {
+        if self.config.dp.is_none() {
+            // Counted even if it diverged: the examples were looked at without noise.
+            privacy.unprotected_rounds = privacy.unprotected_rounds.saturating_add(1);
+        }
+        if self.params.iter().any(|v| !v.is_finite()) {
+            return Err(LearningError::Diverged);
+        }
+        let update = self
+            .params
+            .iter()
+            .zip(&self.global)
+            .map(|(p, g)| p - g)
+            .collect();
+        let t = self.totals;
+        let seen = t.seen.max(1) as f64;
+        Ok(FitRes {
+            update: Update::Delta(update),
+            num_examples: self.n,
+            metrics: FitMetrics {
+                loss: t.loss_sum / seen,
+                accuracy: t.correct as f64 / seen,
+                epsilon: Some(privacy.epsilon()?),
+                steps: t.steps,
+                clipped_fraction: t.clipped as f64 / seen,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_cover_every_example_once_and_are_balanced() {
+        for n in 0..40 {
+            for workers in 0..9 {
+                let s = slices(n, workers);
+                assert!(s.len() <= workers.max(1), "{n} over {workers}: {s:?}");
+                assert!(s.iter().all(|r| !r.is_empty()));
+                let covered: Vec<usize> = s.iter().flat_map(|r| r.clone()).collect();
+                assert_eq!(covered, (0..n).collect::<Vec<_>>());
+                let lens: Vec<usize> = s.iter().map(|r| r.len()).collect();
+                let (lo, hi) = (lens.iter().min(), lens.iter().max());
+                if let (Some(lo), Some(hi)) = (lo, hi) {
+                    assert!(hi - lo <= 1, "{n} over {workers}: {lens:?}");
+                }
+            }
+        }
+    }
+}
