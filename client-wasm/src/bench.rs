@@ -25,7 +25,8 @@ pub fn train_throughput(kind: &str, batch: usize, iters: usize) -> Result<f64, J
     if batch == 0 || iters == 0 {
         return Err(JsError::new("batch and iters must be at least 1"));
     }
-    train_step_throughput(kind, batch, 3, iters, &now_ms).map_err(|e| JsError::new(&e.to_string()))
+    train_step_throughput(kind, batch, 1, 3, iters, &now_ms)
+        .map_err(|e| JsError::new(&e.to_string()))
 }
 
 /// A member's CPU time (milliseconds, the median member) for one secure-aggregation round of
@@ -95,7 +96,7 @@ mod tests {
 
     #[test]
     fn measures_a_positive_rate() {
-        let rate = train_step_throughput(StepKind::DpSgd, 4, 1, 2, &now_ms).expect("runs");
+        let rate = train_step_throughput(StepKind::DpSgd, 4, 1, 1, 2, &now_ms).expect("runs");
         assert!(rate.is_finite() && rate > 0.0, "{rate}");
     }
 }

@@ -21,10 +21,13 @@ use gloo_net::websocket::futures::WebSocket;
 use learning::Dataset;
 use protocol::ledger::fingerprint;
 use protocol::servers::ServerList;
-use protocol::worker::{Connection, JoinRequest, PageToWorker, Sample, WorkerToPage};
+use protocol::worker::{
+    Connection, JoinRequest, PageToWorker, Sample, WorkerToPage, training_workers,
+};
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
+use crate::pool::Workers;
 use crate::session::{Action, Notice, Outgoing, OwnFiles, Session, SessionOptions};
 
 const FIRST_BACKOFF_MS: u32 = 500;
@@ -63,6 +66,13 @@ pub fn start() {
     let (tx, rx) = mpsc::unbounded::<Command>();
     let onmessage = Closure::<dyn Fn(MessageEvent)>::new(move |ev: MessageEvent| {
         let data = ev.data();
+        // A helper's work (this worker was started by a tab's training worker).
+        if let Some(header) = js_sys::Reflect::get(&data, &"slice".into())
+            .ok()
+            .and_then(|v| v.as_string())
+        {
+            return crate::pool::serve_slice(&data, &header);
+        }
         let json = js_sys::Reflect::get(&data, &"json".into())
             .ok()
             .and_then(|v| v.as_string());
@@ -212,6 +222,8 @@ async fn join(
         Err(e) => return format!("could not start the session: {e}"),
     };
     post_privacy(&session);
+    let cores = scope().navigator().hardware_concurrency();
+    let mut workers = Workers::new(training_workers(req.workers, Some(cores)));
     let mut attempt = 0u32;
     let mut backoff = FIRST_BACKOFF_MS;
     loop {
@@ -220,7 +232,7 @@ async fn join(
             server: server.to_string(),
         }));
         let outcome = match WebSocket::open(server.socket()) {
-            Ok(ws) => connection(&mut session, ws, server.origin(), rx).await,
+            Ok(ws) => connection(&mut session, ws, server.origin(), rx, &mut workers).await,
             Err(e) => Outcome::Lost(e.to_string()),
         };
         let reason = match outcome {
@@ -262,7 +274,7 @@ async fn join(
 }
 
 /// Sleeps on the worker's `setTimeout` (a worker has no `window`).
-async fn sleep_ms(ms: u32) {
+pub(crate) async fn sleep_ms(ms: u32) {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         let _id =
             scope().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms as i32);
@@ -294,6 +306,7 @@ async fn connection(
     mut ws: WebSocket,
     origin: &str,
     rx: &mut mpsc::UnboundedReceiver<Command>,
+    workers: &mut Workers,
 ) -> Outcome {
     // A connection counts as established only once the server welcomed this client: a socket
     // that is refused, or closed before the welcome (server full), keeps the backoff growing.
@@ -371,15 +384,23 @@ async fn connection(
                 }
                 Action::Train(job) => {
                     let server_round = job.server_round;
+                    if let Some(message) = workers.prepare().await {
+                        post(&WorkerToPage::Error {
+                            message,
+                            fatal: false,
+                        });
+                    }
                     let started = js_sys::Date::now();
                     let mut announced = false;
-                    let done = job.run(&mut |p| {
+                    let count = workers.count() as u32;
+                    let done = crate::pool::train(*job, workers, &mut |p, rate| {
                         if !announced {
                             announced = true;
                             post(&WorkerToPage::TrainStarted {
                                 server_round,
                                 epochs: p.epochs,
                                 steps_per_epoch: p.steps_per_epoch,
+                                workers: count,
                             });
                         }
                         post(&WorkerToPage::Progress {
@@ -389,8 +410,10 @@ async fn connection(
                             step: p.step + 1,
                             steps_per_epoch: p.steps_per_epoch,
                             batch_loss: p.batch_loss,
+                            samples_per_second: rate,
                         });
-                    });
+                    })
+                    .await;
                     let seconds = (js_sys::Date::now() - started) / 1000.0;
                     let ok = done.result.as_ref().ok().map(|r| r.metrics);
                     let delta = done.privacy.delta;

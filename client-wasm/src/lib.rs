@@ -7,6 +7,7 @@
 //! * [`secure`]: a member's side of a secure-aggregation round, inside the session.
 //! * [`browser`]: the Web Worker transport (gloo-net) the client page runs (feature `browser`).
 //! * [`native`]: tokio transport for simulated clients (feature `native`, not on wasm32).
+//! * [`pool`]: a step's gradient spread over the tab's helper workers (every core).
 //! * [`bench`]: training-step throughput measured inside a JS host.
 //! * [`attack`]: hostile simulated clients (feature `native`).
 
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod browser;
 #[cfg(all(feature = "native", not(target_arch = "wasm32")))]
 pub mod native;
+pub mod pool;
 pub mod secure;
 pub mod session;
 

@@ -3,6 +3,8 @@
 //! [`Session`] the browser worker drives, and reconnects with backoff when the connection drops.
 
 use std::sync::Arc;
+
+use learning::parallel::Threads;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -50,6 +52,8 @@ pub struct DriverOptions {
     pub training_slots: Arc<Semaphore>,
     /// Behave as a hostile client (benchmarks of the robust aggregators).
     pub attack: Option<Attack>,
+    /// Threads that share each of this client's training steps (`learning::parallel`).
+    pub threads: usize,
 }
 
 /// What a client did, when it stops.
@@ -194,11 +198,11 @@ async fn connection(
                 }
                 Action::Train(job) => {
                     let slot = options.training_slots.clone().acquire_owned().await;
-                    let attack = options.attack;
+                    let (attack, threads) = (options.attack, Threads(options.threads));
                     let who = session.client_id().unwrap_or(0);
                     let done = tokio::task::spawn_blocking(move || {
                         let _slot = slot;
-                        train(*job, attack, who)
+                        train(*job, attack, who, threads)
                     })
                     .await
                     .map_err(|e| ClientError::Task(format!("training: {e}")))?;
@@ -224,14 +228,19 @@ async fn connection(
 
 /// Runs a training job, as an honest client or as `attack` says (client `who`'s random
 /// updates differ from other attackers').
-fn train(mut job: TrainJob, attack: Option<Attack>, who: u64) -> crate::session::TrainDone {
+fn train(
+    mut job: TrainJob,
+    attack: Option<Attack>,
+    who: u64,
+    mut threads: Threads,
+) -> crate::session::TrainDone {
     let Some(attack) = attack else {
-        return job.run(&mut |_| {});
+        return job.run_with(&mut threads, &mut |_| {});
     };
     if let Some(poisoned) = attack.poison_data(&job.data) {
         job.data = Arc::new(poisoned);
     }
-    let mut done = job.run(&mut |_| {});
+    let mut done = job.run_with(&mut threads, &mut |_| {});
     if let Ok(res) = &mut done.result
         && let learning::Update::Delta(update) = &mut res.update
     {

@@ -154,16 +154,33 @@ pub struct TrainDone {
 }
 
 impl TrainJob {
-    /// Trains (blocking, CPU-bound); `progress` sees every step.
-    pub fn run(mut self, progress: &mut dyn FnMut(learning::client::FitProgress)) -> TrainDone {
-        let result = learning::fit(
+    /// Trains on this thread (blocking, CPU-bound); `progress` sees every step.
+    pub fn run(self, progress: &mut dyn FnMut(learning::client::FitProgress)) -> TrainDone {
+        self.run_with(&mut learning::parallel::Threads(1), progress)
+    }
+
+    /// Trains with each step's gradient computed by `workers` (the noise, the ledger and the
+    /// optimizer stay here, [`learning::steps`]).
+    pub fn run_with(
+        mut self,
+        workers: &mut dyn learning::parallel::StepGradient,
+        progress: &mut dyn FnMut(learning::client::FitProgress),
+    ) -> TrainDone {
+        let result = learning::fit_with(
             self.task,
             &self.global,
             &self.config,
             &self.data,
             &mut self.privacy,
+            workers,
             progress,
         );
+        self.done(result)
+    }
+
+    /// The job's outcome once its training ended (here, or in an async driver that took the
+    /// steps itself: the browser's pool of workers).
+    pub fn done(self, result: Result<FitRes, LearningError>) -> TrainDone {
         TrainDone {
             server_round: self.server_round,
             result,

@@ -92,6 +92,9 @@ struct JoinPrefs {
     own: bool,
     #[serde(default)]
     require_secure: bool,
+    /// Training workers; empty: the device's cores.
+    #[serde(default)]
+    workers: String,
 }
 
 /// The ε cap field: empty for none.
@@ -102,6 +105,20 @@ fn parse_cap(text: &str) -> Result<Option<f64>, String> {
             Ok(c) if c > 0.0 && c.is_finite() => Ok(Some(c)),
             _ => Err(format!(
                 "ε cap is {t}: expected a number above 0, or empty for no cap"
+            )),
+        },
+    }
+}
+
+/// The workers field: empty for the device's cores.
+fn parse_workers(text: &str) -> Result<Option<u32>, String> {
+    let max = protocol::worker::MAX_TRAINING_WORKERS;
+    match text.trim() {
+        "" => Ok(None),
+        t => match t.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(format!(
+                "workers is {t}: expected a whole number from 1 to {max}, or empty for this device's cores"
             )),
         },
     }
@@ -482,6 +499,7 @@ pub fn ClientPage() -> impl IntoView {
     let (delta_text, set_delta_text) = signal(String::new());
     let (own, set_own) = signal(false);
     let (require_secure, set_require_secure) = signal(false);
+    let (workers_text, set_workers_text) = signal(String::new());
     let (form_error, set_form_error) = signal(None::<String>);
     // A dataset whose unreadable ledger the user may reset (own files checked by the page).
     let (reset_target, set_reset_target) = signal(None::<String>);
@@ -523,12 +541,13 @@ pub fn ClientPage() -> impl IntoView {
         }
         set_form_error.set(None);
         set_reset_target.set(None);
-        let (epsilon_cap, delta) = match (
+        let (epsilon_cap, delta, workers) = match (
             parse_cap(&cap.get_untracked()),
             parse_delta(&delta_text.get_untracked()),
+            parse_workers(&workers_text.get_untracked()),
         ) {
-            (Ok(c), Ok(d)) => (c, d),
-            (Err(e), _) | (_, Err(e)) => return set_form_error.set(Some(e)),
+            (Ok(c), Ok(d), Ok(w)) => (c, d, w),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return set_form_error.set(Some(e)),
         };
         let own_data = own.get_untracked();
         let prefs = JoinPrefs {
@@ -537,6 +556,7 @@ pub fn ClientPage() -> impl IntoView {
             delta: delta_text.get_untracked(),
             own: own_data,
             require_secure: require_secure.get_untracked(),
+            workers: workers_text.get_untracked(),
         };
         set_busy.set(true);
         leptos::task::spawn_local(async move {
@@ -567,6 +587,7 @@ pub fn ClientPage() -> impl IntoView {
                 // Read after the lock is held: the last holder's ledger is in storage by then.
                 ledgers: stored_ledgers(),
                 require_secure_aggregation: prefs.require_secure,
+                workers,
             });
             // A worker that stopped on its own (a fatal error) is still there: end it first.
             let mine = retire_current();
@@ -636,6 +657,7 @@ pub fn ClientPage() -> impl IntoView {
         set_delta_text.set(prefs.delta);
         set_own.set(prefs.own);
         set_require_secure.set(prefs.require_secure);
+        set_workers_text.set(prefs.workers);
         if prefs.own {
             set_form_error.set(Some("This tab trained on your own files: choose them again and press Join to continue as the same client.".into()));
         } else {
@@ -666,6 +688,7 @@ pub fn ClientPage() -> impl IntoView {
                 <label><input type="radio" name="data" prop:checked=move || !own.get() on:change=move |_| set_own.set(false) disabled=joined/>" a shard the server assigns"</label>
                 <label><input type="radio" name="data" prop:checked=own on:change=move |_| set_own.set(true) disabled=joined/>" my own IDX files"</label>
                 <label title="like the ε cap: this tab then refuses every round without secure aggregation, whatever the server asks"><input type="checkbox" id="require-secure" prop:checked=require_secure on:change=move |ev| set_require_secure.set(event_target_checked(&ev)) disabled=joined/>" require secure aggregation"</label>
+                <label title="Web Workers that share each training step (the page stays responsive: training never runs on it); empty: one per core of this device">"workers " <input id="workers" placeholder="auto" size="3" prop:value=workers_text on:input=move |ev| set_workers_text.set(event_target_value(&ev)) disabled=joined/></label>
                 <span class="files" class:hidden=move || !own.get()>
                     <label>"images " <input type="file" node_ref=images_input disabled=joined/></label>
                     <label>"labels " <input type="file" node_ref=labels_input disabled=joined/></label>

@@ -15,9 +15,31 @@ pub struct Training {
     pub step: u64,
     pub steps_per_epoch: u64,
     pub batch_loss: f64,
+    /// Web Workers sharing each step.
+    pub workers: u32,
+    /// Examples trained on per second so far this round.
+    pub samples_per_second: Option<f64>,
 }
 
 impl Training {
+    /// " · 3 120 samples/s on 2 workers" once a step was timed.
+    pub fn speed(&self) -> String {
+        let Some(rate) = self
+            .samples_per_second
+            .filter(|r| r.is_finite() && *r > 0.0)
+        else {
+            return String::new();
+        };
+        let workers = match self.workers {
+            1 => "1 worker".to_string(),
+            n => format!("{n} workers"),
+        };
+        format!(
+            " · {} samples/s on {workers}",
+            protocol::fields::grouped(rate.round() as u64)
+        )
+    }
+
     /// Done fraction over all epochs, in [0, 1].
     pub fn fraction(&self) -> f64 {
         let total = self.epochs as f64 * self.steps_per_epoch as f64;
@@ -193,6 +215,7 @@ impl ClientView {
                 server_round,
                 epochs,
                 steps_per_epoch,
+                workers,
             } => {
                 self.last_round_secure =
                     Some(self.secure.is_some_and(|(round, _)| round == server_round));
@@ -203,6 +226,8 @@ impl ClientView {
                     step: 0,
                     steps_per_epoch,
                     batch_loss: f64::NAN,
+                    workers,
+                    samples_per_second: None,
                 })
             }
             WorkerToPage::Progress {
@@ -212,8 +237,10 @@ impl ClientView {
                 step,
                 steps_per_epoch,
                 batch_loss,
+                samples_per_second,
             } => {
                 self.steps_seen += 1;
+                let workers = self.training.as_ref().map_or(1, |t| t.workers);
                 self.training = Some(Training {
                     server_round,
                     epoch,
@@ -221,6 +248,8 @@ impl ClientView {
                     step,
                     steps_per_epoch,
                     batch_loss,
+                    workers,
+                    samples_per_second,
                 });
             }
             WorkerToPage::Trained {
@@ -488,8 +517,13 @@ impl ClientView {
                 "…".into()
             };
             return format!(
-                "round {} · epoch {}/{} · step {}/{} · batch loss {loss}",
-                t.server_round, t.epoch, t.epochs, t.step, t.steps_per_epoch
+                "round {} · epoch {}/{} · step {}/{} · batch loss {loss}{}",
+                t.server_round,
+                t.epoch,
+                t.epochs,
+                t.step,
+                t.steps_per_epoch,
+                t.speed()
             );
         }
         if self.finished.is_some() {
@@ -551,6 +585,7 @@ mod tests {
             server_round: 1,
             epochs,
             steps_per_epoch,
+            workers: 2,
         });
         v.apply(WorkerToPage::Progress {
             server_round: 1,
@@ -559,6 +594,7 @@ mod tests {
             step: at.1,
             steps_per_epoch,
             batch_loss: 0.5,
+            samples_per_second: Some(3120.4),
         });
     }
 
@@ -596,7 +632,7 @@ mod tests {
         assert_eq!(v.steps_seen, 1);
         assert_eq!(
             v.training_line(),
-            "round 1 · epoch 2/2 · step 5/10 · batch loss 0.5000"
+            "round 1 · epoch 2/2 · step 5/10 · batch loss 0.5000 · 3\u{a0}120 samples/s on 2 workers"
         );
         let metrics = FitMetrics {
             loss: 0.4,
@@ -806,6 +842,7 @@ mod tests {
             server_round: 1,
             epochs: 1,
             steps_per_epoch: 10,
+            workers: 1,
         });
         assert!(v.training_line().starts_with("round 1 · epoch 1/1"));
         v.apply(WorkerToPage::RoundClosed {

@@ -425,6 +425,7 @@ pub fn targets() -> Vec<Target> {
             reason: "checksum".into(),
         }],
         require_secure_aggregation: false,
+        workers: Some(2),
     });
     let idx = {
         let data = learning::Dataset {

@@ -4,8 +4,10 @@
 
 use burn::tensor::Device;
 
-use crate::dpsgd::{OptimizerState, SecureRng, add_gaussian_noise, batch_gradient};
+use crate::dpsgd::{OptimizerState, SecureRng, add_gaussian_noise};
 use crate::model::{IMAGE_PIXELS, IMAGE_SIDE, TinyCnnConfig, tensor_vec};
+use crate::parallel::{StepGradient, Threads};
+use crate::steps::StepInput;
 use crate::{LearningError, Optimizer};
 
 /// Which step to time.
@@ -19,11 +21,13 @@ pub enum StepKind {
     Inference,
 }
 
-/// Samples per second of `iters` steps of `batch` examples, after `warmup` untimed steps.
-/// `now_ms` is a monotonic clock in milliseconds.
+/// Samples per second of `iters` steps of `batch` examples, after `warmup` untimed steps, each
+/// training step's gradient shared by `threads` ([`Threads`]; 1 in wasm). `now_ms` is a
+/// monotonic clock in milliseconds.
 pub fn train_step_throughput(
     kind: StepKind,
     batch: usize,
+    threads: usize,
     warmup: usize,
     iters: usize,
     now_ms: &dyn Fn() -> f64,
@@ -36,10 +40,11 @@ pub fn train_step_throughput(
     let images: Vec<f32> = (0..batch * IMAGE_PIXELS).map(|_| rng.normal()).collect();
     let labels: Vec<u8> = (0..batch).map(|i| (i % 10) as u8).collect();
     let mut opt = OptimizerState::new(Optimizer::Sgd { momentum: 0.0 }, params.len());
+    let mut workers = Threads(threads);
     let mut step = |params: &mut Vec<f32>| -> Result<(), LearningError> {
-        let model = config.from_flat(params, &device)?;
         match kind {
             StepKind::Inference => {
+                let model = config.from_flat(params, &device)?;
                 let x = burn::tensor::Tensor::<4>::from_data(
                     burn::tensor::TensorData::new(
                         images.clone(),
@@ -50,8 +55,12 @@ pub fn train_step_throughput(
                 std::hint::black_box(tensor_vec(model.forward(x)));
             }
             StepKind::Plain | StepKind::DpSgd => {
-                let clip = (kind == StepKind::DpSgd).then_some(1.0);
-                let mut g = batch_gradient(&model, &config, &images, &labels, clip, &device).sum;
+                let input = StepInput {
+                    images: images.clone(),
+                    labels: labels.clone(),
+                    clip: (kind == StepKind::DpSgd).then_some(1.0),
+                };
+                let mut g = workers.gradient(&config, params, &input)?.sum;
                 if kind == StepKind::DpSgd {
                     add_gaussian_noise(&mut g, 1.0, &mut rng);
                 }

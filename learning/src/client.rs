@@ -230,7 +230,7 @@ pub enum Fit {
     /// A distributed DP round (one step, Skellam noise): computed at once.
     Done(FitRes),
     /// Local training: the steps, for a driver to take ([`crate::steps`]).
-    Steps(LocalSteps),
+    Steps(Box<LocalSteps>),
 }
 
 /// Checks a round against the shard and the client's own limits (its cap, its δ, no round
@@ -261,7 +261,7 @@ pub fn start_fit(
             privacy.check(q, dp.noise_multiplier as f64, config.steps_per_round(n), n)?;
         }
     }
-    Ok(Fit::Steps(LocalSteps::new(global, *config, n)))
+    Ok(Fit::Steps(Box::new(LocalSteps::new(global, *config, n))))
 }
 
 impl FitProgress {

@@ -62,7 +62,7 @@ pub struct Field {
 }
 
 /// `12345` as "12 345" (a no-break space): ranges are read by people.
-fn grouped(n: u64) -> String {
+pub fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

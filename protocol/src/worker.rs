@@ -52,6 +52,23 @@ pub struct JoinRequest {
     /// Send no update in the clear: refuse rounds without secure aggregation.
     #[serde(default)]
     pub require_secure_aggregation: bool,
+    /// Web Workers that share each training step (this one and its helpers); `None`: the
+    /// device's hardware concurrency. Clamped to 1..=[`MAX_TRAINING_WORKERS`].
+    #[serde(default)]
+    pub workers: Option<u32>,
+}
+
+/// Most Web Workers a tab trains with. Past this a TinyCNN step's slices are too small to
+/// gain (and each worker holds its own copy of the wasm module).
+pub const MAX_TRAINING_WORKERS: u32 = 16;
+
+/// How many workers a tab trains with: the page's choice, else the device's cores, within
+/// 1..=[`MAX_TRAINING_WORKERS`].
+pub fn training_workers(chosen: Option<u32>, hardware_concurrency: Option<f64>) -> u32 {
+    let cores = hardware_concurrency
+        .filter(|c| c.is_finite() && *c >= 1.0)
+        .map_or(1, |c| c.min(f64::from(MAX_TRAINING_WORKERS)) as u32);
+    chosen.unwrap_or(cores).clamp(1, MAX_TRAINING_WORKERS)
 }
 
 /// What must survive a page reload besides the ledgers: the identity the server knows this
@@ -172,6 +189,9 @@ pub enum WorkerToPage {
         server_round: u64,
         epochs: u32,
         steps_per_epoch: u64,
+        /// Web Workers sharing each step.
+        #[serde(default = "one")]
+        workers: u32,
     },
     /// One local step done: `step` (1-based) of `epoch` (1-based).
     Progress {
@@ -183,6 +203,10 @@ pub enum WorkerToPage {
         /// NaN when not measured (a distributed-DP step).
         #[serde(with = "crate::ledger::nan_as_null")]
         batch_loss: f64,
+        /// Examples trained on per second so far this round (gradient, noise and optimizer
+        /// step); `None` when not measured.
+        #[serde(default)]
+        samples_per_second: Option<f64>,
     },
     Trained {
         server_round: u64,
@@ -231,6 +255,58 @@ pub enum WorkerToPage {
     },
 }
 
+fn one() -> u32 {
+    1
+}
+
+/// A slice of a training step, from a tab's training worker to one of its helper workers. The
+/// slice itself travels beside this header as typed arrays: `params` (Float32Array), `images`
+/// (Float32Array, normalised pixels) and `labels` (Uint8Array). A helper gets no randomness,
+/// ledger or optimizer: it returns the slice's clipped gradient sum and the training worker
+/// adds the step's noise once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceRequest {
+    /// The run's task (the model to build from `params`).
+    pub task: String,
+    /// Per-example clipping norm; `None` without DP.
+    pub clip: Option<f32>,
+}
+
+/// A helper's answer to a [`SliceRequest`]; with `Done`, the sum of the slice's clipped
+/// per-example gradients travels beside it as `sum` (Float32Array).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SliceReply {
+    Done {
+        #[serde(with = "crate::ledger::nan_as_null")]
+        loss_sum: f64,
+        correct: u64,
+        examples: u64,
+        clipped: u64,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+impl SliceRequest {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+    pub fn decode(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+impl SliceReply {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+    pub fn decode(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
 impl PageToWorker {
     pub fn encode(&self) -> String {
         // Plain data with string keys: serialisation cannot fail.
@@ -270,6 +346,7 @@ mod tests {
                 reason: "checksum".into(),
             }],
             require_secure_aggregation: true,
+            workers: Some(3),
         });
         let text = join.encode();
         assert!(text.starts_with(r#"{"type":"join""#), "{text}");
@@ -326,5 +403,46 @@ mod tests {
             blocked: None,
         };
         assert_eq!(WorkerToPage::decode(&ev.encode()).unwrap(), ev);
+    }
+
+    #[test]
+    fn a_tab_trains_on_its_cores_or_its_choice_within_bounds() {
+        assert_eq!(training_workers(None, Some(8.0)), 8);
+        assert_eq!(training_workers(None, None), 1, "unknown cores: one worker");
+        assert_eq!(training_workers(None, Some(f64::NAN)), 1);
+        assert_eq!(training_workers(None, Some(0.0)), 1);
+        assert_eq!(training_workers(None, Some(256.0)), MAX_TRAINING_WORKERS);
+        assert_eq!(
+            training_workers(Some(2), Some(8.0)),
+            2,
+            "the page's choice wins"
+        );
+        assert_eq!(training_workers(Some(0), Some(8.0)), 1);
+        assert_eq!(training_workers(Some(1000), None), MAX_TRAINING_WORKERS);
+    }
+
+    #[test]
+    fn slice_messages_round_trip_and_a_nan_loss_survives() {
+        let req = SliceRequest {
+            task: "mnist".into(),
+            clip: Some(1.5),
+        };
+        assert_eq!(SliceRequest::decode(&req.encode()).unwrap(), req);
+        let reply = SliceReply::Done {
+            loss_sum: f64::NAN,
+            correct: 3,
+            examples: 4,
+            clipped: 1,
+        };
+        match SliceReply::decode(&reply.encode()).unwrap() {
+            SliceReply::Done { loss_sum, .. } => assert!(loss_sum.is_nan()),
+            other => panic!("{other:?}"),
+        }
+        // Reports of an older worker (no workers, no speed) still decode.
+        let old = r#"{"type":"train_started","server_round":1,"epochs":1,"steps_per_epoch":5}"#;
+        assert!(matches!(
+            WorkerToPage::decode(old).unwrap(),
+            WorkerToPage::TrainStarted { workers: 1, .. }
+        ));
     }
 }

@@ -1423,6 +1423,7 @@ async fn simulated_clients_train_a_secure_run_one_of_them_requiring_it() {
             exit_when_finished: true,
             training_slots: Arc::new(Semaphore::new(2)),
             attack: None,
+            threads: 2,
         },
     )));
     for c in clients {

@@ -16,6 +16,11 @@ use client_wasm::{Session, SessionOptions};
 use tokio::sync::Semaphore;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: glibc's malloc hands a training step's large buffers back to the kernel and
+/// faults them in again at the next step (a third of a TinyCNN step; BENCHMARKS.md, issue 17).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "Start N simulated federated clients against a server")]
 struct Args {
@@ -49,6 +54,11 @@ struct Args {
     /// Trainings at once (default: the number of CPUs).
     #[arg(long)]
     parallel: Option<usize>,
+    /// Threads that share each client's training step (its Poisson batch cut into slices; the
+    /// noise is still drawn once per step). Trainings at once × threads should not pass the
+    /// CPUs.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Give up after failing to reach the server for this many seconds.
     #[arg(long, default_value_t = 60)]
     reconnect_secs: u64,
@@ -79,6 +89,11 @@ async fn main() -> anyhow::Result<()> {
         args.clients >= 1,
         "--clients is {}: expected at least 1",
         args.clients
+    );
+    anyhow::ensure!(
+        (1..=256).contains(&args.threads),
+        "--threads is {}: expected 1 to 256",
+        args.threads
     );
     let attackers = args.attackers.unwrap_or(0);
     anyhow::ensure!(
@@ -131,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             exit_when_finished: true,
             training_slots: slots.clone(),
             attack: args.attack.filter(|_| i < attackers),
+            threads: args.threads,
         };
         tasks.push(tokio::spawn(run_client(session, options)));
     }

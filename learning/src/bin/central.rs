@@ -15,9 +15,15 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
+use learning::parallel::Threads;
 use learning::{
-    Batching, ClientPrivacy, DpSgdConfig, Optimizer, TrainConfig, accountant, evaluate, fit,
+    Batching, ClientPrivacy, DpSgdConfig, Optimizer, TrainConfig, accountant, evaluate, fit_with,
 };
+
+/// mimalloc, as in every native training binary: glibc's malloc hands a step's large buffers
+/// back to the kernel and faults them in again at the next step (BENCHMARKS.md, issue 17).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,6 +71,9 @@ struct Args {
     /// Seed of the model initialisation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Threads sharing each step (its batch cut into slices; the noise drawn once per step).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -133,12 +142,13 @@ fn main() -> anyhow::Result<()> {
             let progress = (epoch - 1) as f32 / args.epochs as f32;
             config.learning_rate = args.lr * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos());
         }
-        let res = fit(
+        let res = fit_with(
             task,
             &params,
             &config,
             &data.train,
             &mut privacy,
+            &mut Threads(args.threads.max(1)),
             &mut |p| {
                 if p.step % 20 == 0 || p.step + 1 == p.steps_per_epoch {
                     let done = (p.step + 1) as f64 / p.steps_per_epoch as f64;

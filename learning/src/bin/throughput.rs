@@ -1,8 +1,15 @@
-//! Native training throughput of TinyCNN (samples/s, one thread): plain step, DP-SGD step,
-//! inference. `cargo run -p learning --release --bin throughput -- --batch 64`
+//! Native training throughput of TinyCNN (samples/s): plain step, DP-SGD step, inference.
+//! `cargo run -p learning --release --bin throughput -- --batch 64 --threads 2` (the training
+//! steps' gradients shared by 2 threads; inference always on one).
 
 use clap::Parser;
 use learning::bench::{StepKind, train_step_throughput};
+
+/// mimalloc, as in every native training binary: glibc's malloc hands the step's large
+/// buffers back to the kernel and faults them in again at the next step (a third of a
+/// TinyCNN step went to page faults; BENCHMARKS.md, issue 17).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -12,6 +19,9 @@ struct Args {
     /// Timed steps per run.
     #[arg(long, default_value_t = 50)]
     iters: usize,
+    /// Threads sharing each training step's gradient.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Runs per kind; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -22,8 +32,8 @@ fn main() -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let now = move || t0.elapsed().as_secs_f64() * 1000.0;
     println!(
-        "TinyCNN, flex backend, 1 thread, batch {}, {} steps × {} runs (median)",
-        args.batch, args.iters, args.runs
+        "TinyCNN, flex backend, {} thread(s), batch {}, {} steps × {} runs (median)",
+        args.threads, args.batch, args.iters, args.runs
     );
     for (name, kind) in [
         ("plain step", StepKind::Plain),
@@ -31,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         ("inference", StepKind::Inference),
     ] {
         let mut runs = (0..args.runs)
-            .map(|_| train_step_throughput(kind, args.batch, 5, args.iters, &now))
+            .map(|_| train_step_throughput(kind, args.batch, args.threads, 5, args.iters, &now))
             .collect::<Result<Vec<_>, _>>()?;
         runs.sort_by(f64::total_cmp);
         println!(

@@ -227,6 +227,7 @@ fn client_of(
             exit_when_finished: true,
             training_slots: Arc::new(Semaphore::new(2)),
             attack,
+            threads: 1,
         },
     ))
 }
