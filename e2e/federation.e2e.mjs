@@ -249,6 +249,13 @@ try {
     await waitFor(`tab ${i} to show round 3's global accuracy`, async () => (await tab.textContent('#global-accuracy'))?.includes('%'));
     const rows = await tab.locator('#rounds tbody tr').count();
     assert.equal(rows, 3, `tab ${i} lists the 3 rounds it trained in`);
+    // Every core trains: the tab's worker and its helpers (one per core, at most 16).
+    const cores = await tab.evaluate(() => Math.min(Math.max(navigator.hardwareConcurrency || 1, 1), 16));
+    const speeds = await tab.locator('#rounds tbody td.speed').allTextContents();
+    const workers = cores === 1 ? '1 worker' : `${cores} workers`;
+    assert.ok(speeds.length === 3 && speeds.every((t) => new RegExp(`^[\\d\u00a0]+ samples/s on ${workers}$`).test(t)),
+      `tab ${i}'s rounds show their speed on ${workers}: ${JSON.stringify(speeds)}`);
+    if (i === 0) log(`tab 0 trained at ${speeds.join(', ')}`);
     // Finished: said under an empty bar, not the last round's full one.
     await waitFor(`tab ${i} to say the run finished`, async () => (await tab.textContent('#train-status')) === 'no more rounds: the run is over');
     assert.equal(await tab.evaluate(() => document.querySelector('#train-progress').value), 0);

@@ -4,7 +4,8 @@
 #   2. trunk build --release: the client page, the dashboard and the training worker
 #   3. cargo test: every native unit and integration test
 #   4. wasm-bindgen-test: the client's wasm side inside a Web Worker in headless Chromium
-#   5. the browser end-to-end test: the server, the built pages, 3 client tabs and the admin page
+#   5. the browser end-to-end tests: the server, the built pages, 3 client tabs and the admin page;
+#      a tab on 2 workers whose helper fails; gateways on NATS
 #   6. the `trunk serve` smoke test: the development command reuses the release build and proxies
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,8 @@ run "wasm-bindgen-test (client-wasm in a Chromium Web Worker)" env \
 if [ "$pages_built" = 0 ] && [ "$server_built" = 0 ]; then
   run "browser end-to-end (Playwright + Chromium)" env SERVER_BIN="$TARGET_DIR/debug/server" \
     node e2e/federation.e2e.mjs
+  run "browser end-to-end: a tab trains on 2 workers; a helper failing mid-step fails only its round" \
+    env SERVER_BIN="$TARGET_DIR/debug/server" node e2e/workers.e2e.mjs
   run "browser end-to-end on several machines (NATS, a coordinator, 2 gateways; a tab moves when its gateway dies)" \
     env SERVER_BIN="$TARGET_DIR/debug/server" node e2e/gateways.e2e.mjs
   run "trunk serve (development command: pages through trunk, a tab through its /ws proxy)" env \

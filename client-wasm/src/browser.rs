@@ -393,7 +393,9 @@ async fn connection(
                     let started = js_sys::Date::now();
                     let mut announced = false;
                     let count = workers.count() as u32;
+                    let mut last_rate = None;
                     let done = crate::pool::train(*job, workers, &mut |p, rate| {
+                        last_rate = rate;
                         if !announced {
                             announced = true;
                             post(&WorkerToPage::TrainStarted {
@@ -427,6 +429,8 @@ async fn connection(
                             metrics,
                             delta: Some(delta),
                             seconds,
+                            samples_per_second: last_rate,
+                            workers: count,
                         });
                         // The whole ledger's view again (a distributed round's worst case
                         // too), after the round's own ε.

@@ -726,7 +726,7 @@ pub fn ClientPage() -> impl IntoView {
         <section class="card">
             <h2>"Rounds this client trained in"</h2>
             <table id="rounds">
-                <thead><tr><th>"round"</th><th>"local loss"</th><th>"local accuracy"</th><th>"ε after"</th><th>"time"</th><th>"global accuracy"</th></tr></thead>
+                <thead><tr><th>"round"</th><th>"local loss"</th><th>"local accuracy"</th><th>"ε after"</th><th>"time"</th><th>"speed"</th><th>"global accuracy"</th></tr></thead>
                 <tbody>{move || view.with(|v| v.rounds.iter().rev().map(|r| view! {
                     <tr>
                         <td>{r.server_round}</td>
@@ -735,6 +735,7 @@ pub fn ClientPage() -> impl IntoView {
                         <td>{if r.accuracy.is_finite() { format!("{:.2} %", r.accuracy * 100.0) } else { "—".into() }}</td>
                         <td>{r.epsilon.map_or("—".into(), |e| if e.is_finite() { format!("{e:.3}") } else { "∞".into() })}</td>
                         <td>{format!("{:.2} s", r.seconds)}</td>
+                        <td class="speed">{crate::client_view::speed(r.samples_per_second, r.workers).unwrap_or_else(|| "—".into())}</td>
                         <td>{r.global_accuracy.map_or("…".into(), |a| format!("{:.2} %", a * 100.0))}</td>
                     </tr>
                 }).collect_view())}</tbody>

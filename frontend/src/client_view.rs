@@ -21,23 +21,27 @@ pub struct Training {
     pub samples_per_second: Option<f64>,
 }
 
+fn one() -> u32 {
+    1
+}
+
+/// "3 120 samples/s on 2 workers", or `None` before a step was timed.
+pub fn speed(samples_per_second: Option<f64>, workers: u32) -> Option<String> {
+    let rate = samples_per_second.filter(|r| r.is_finite() && *r > 0.0)?;
+    let workers = match workers {
+        1 => "1 worker".to_string(),
+        n => format!("{n} workers"),
+    };
+    Some(format!(
+        "{} samples/s on {workers}",
+        protocol::fields::grouped(rate.round() as u64)
+    ))
+}
+
 impl Training {
     /// " · 3 120 samples/s on 2 workers" once a step was timed.
     pub fn speed(&self) -> String {
-        let Some(rate) = self
-            .samples_per_second
-            .filter(|r| r.is_finite() && *r > 0.0)
-        else {
-            return String::new();
-        };
-        let workers = match self.workers {
-            1 => "1 worker".to_string(),
-            n => format!("{n} workers"),
-        };
-        format!(
-            " · {} samples/s on {workers}",
-            protocol::fields::grouped(rate.round() as u64)
-        )
+        speed(self.samples_per_second, self.workers).map_or(String::new(), |s| format!(" · {s}"))
     }
 
     /// Done fraction over all epochs, in [0, 1].
@@ -60,6 +64,11 @@ pub struct RoundRow {
     pub accuracy: f64,
     pub epsilon: Option<f64>,
     pub seconds: f64,
+    /// Examples trained on per second, and the workers that shared the steps.
+    #[serde(default)]
+    pub samples_per_second: Option<f64>,
+    #[serde(default = "one")]
+    pub workers: u32,
     /// The global model's test accuracy once the round closed.
     pub global_accuracy: Option<f64>,
 }
@@ -257,6 +266,8 @@ impl ClientView {
                 metrics,
                 delta,
                 seconds,
+                samples_per_second,
+                workers,
             } => {
                 if let Some(t) = self.training.as_mut() {
                     t.step = t.steps_per_epoch;
@@ -277,6 +288,8 @@ impl ClientView {
                     accuracy: metrics.accuracy,
                     epsilon: metrics.epsilon,
                     seconds,
+                    samples_per_second,
+                    workers,
                     global_accuracy: None,
                 });
             }
@@ -646,8 +659,15 @@ mod tests {
             metrics,
             delta: Some(1e-5),
             seconds: 3.0,
+            samples_per_second: Some(4000.0),
+            workers: 2,
         });
         assert_eq!(v.training.as_ref().unwrap().fraction(), 1.0);
+        let row = &v.rounds[0];
+        assert_eq!(
+            speed(row.samples_per_second, row.workers).as_deref(),
+            Some("4\u{a0}000 samples/s on 2 workers")
+        );
         assert_eq!(
             v.epsilon,
             Some(Spent {
@@ -749,8 +769,16 @@ mod tests {
             },
             delta: Some(1e-5),
             seconds: 3.0,
+            samples_per_second: None,
+            workers: 1,
         });
         let saved = before.saved_rounds().unwrap();
+        // Rows saved by an older page (no speed) still restore.
+        let old = saved.replace(",\"samples_per_second\":null,\"workers\":1", "");
+        assert!(!old.contains("workers"), "{old}");
+        let mut restored = ClientView::default();
+        restored.restore_rounds(&old);
+        assert_eq!(restored.rounds, before.rounds);
         // The reloaded page restores the table before it is welcomed again.
         let mut v = ClientView {
             reloaded: true,

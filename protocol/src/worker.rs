@@ -215,6 +215,12 @@ pub enum WorkerToPage {
         delta: Option<f64>,
         /// Local training time.
         seconds: f64,
+        /// Examples trained on per second over the round; `None` when not measured.
+        #[serde(default)]
+        samples_per_second: Option<f64>,
+        /// Web Workers that shared its steps.
+        #[serde(default = "one")]
+        workers: u32,
     },
     TrainFailed {
         server_round: u64,
@@ -384,6 +390,8 @@ mod tests {
             },
             delta: Some(1e-5),
             seconds: 0.2,
+            samples_per_second: None,
+            workers: 1,
         };
         let Ok(WorkerToPage::Trained { metrics, .. }) = WorkerToPage::decode(&ev.encode()) else {
             panic!("Trained does not decode: {}", ev.encode())

@@ -1,0 +1,97 @@
+// Browser end-to-end test of training on every core: one client tab joins with 2 training workers
+// (its worker and one helper it starts), and
+//
+//   * round 1 trains with both: its row in the tab's rounds table says "… samples/s on 2 workers";
+//   * the helper is then made to fail when it gets its next slice (its message handler throws, as a
+//     crashed worker would): that round fails cleanly — the tab says which worker failed, the tab
+//     and its training worker go on, nothing is sent for it and the server retries the round;
+//   * the next rounds start a fresh helper and train on 2 workers again, and the run finishes with
+//     every round aggregated, at the accuracy a run of one tab reaches;
+//   * no page error.
+//
+//   node e2e/workers.e2e.mjs          (scripts/test.sh runs it after the build)
+//
+// Environment: SERVER_BIN (default target/debug/server), CHROMIUM (/usr/bin/chromium),
+// E2E_WORKERS_PORT (3386), DIST (dist).
+
+import assert from 'node:assert/strict';
+import { launchChromium, startServer, waitFor } from './harness.mjs';
+
+const RUN = {
+  name: 'e2e-workers', rounds: 3, min_clients: 1, round_timeout_secs: 60,
+  local_epochs: 1, batching: { batch_size: 256 }, learning_rate: 2,
+  // A fixed σ, not an ε target: the failed attempt is charged like every round the server sends,
+  // and a target of 3 over 3 rounds would end the run for budget before the third.
+  dp: { max_grad_norm: 1, noise_multiplier: 1.1, target_epsilon: null, delta: 1e-5 },
+  shards: { scheme: { kind: 'iid' }, num_shards: 10, seed: 1 },
+};
+const CRASH = 'helper crashed (e2e)';
+
+const port = Number(process.env.E2E_WORKERS_PORT ?? 3386);
+const t0 = Date.now();
+const log = (...a) => console.log(`[e2e workers ${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
+
+let server;
+let browser;
+let failed = false;
+try {
+  server = await startServer(port);
+  browser = await launchChromium();
+  const page = await (await browser.newContext()).newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  // The page's workers in the order they start: the training worker, then its helpers.
+  const workers = [];
+  page.on('worker', (w) => workers.push(w));
+
+  const created = await server.api('/api/admin/runs', { method: 'POST', body: JSON.stringify(RUN) });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const runId = created.body.run_id;
+  await page.goto(`${server.base}/`);
+  await page.fill('#workers', '2');
+  await page.click('#join');
+  await waitFor('the tab to connect', async () => (await page.textContent('#connection')) === 'connected');
+  await server.api(`/api/admin/runs/${runId}/start`, { method: 'POST' });
+
+  const speeds = () => page.locator('#rounds tbody td.speed').allTextContents();
+  const rounds = async () => (await page.locator('#rounds tbody tr td:first-child').allTextContents()).map(Number);
+  await waitFor('round 1 in the tab', async () => (await rounds()).includes(1), 120_000, 100);
+  const [first] = await speeds();
+  assert.match(first, /^[\d\u00a0]+ samples\/s on 2 workers$/, 'round 1 trained on the worker and its helper');
+  assert.equal(workers.length, 2, `the page runs its training worker and one helper: ${workers.map((w) => w.url())}`);
+  log(`round 1 trained at ${first}`);
+
+  // The helper throws at its next slice: an uncaught error inside it, which its parent sees.
+  const helper = workers[1];
+  await helper.evaluate((crash) => { self.onmessage = () => { throw new Error(crash); }; }, CRASH);
+  const failure = await waitFor('a round to fail on the helper', async () => {
+    const text = await page.textContent('ul.messages');
+    return text?.includes('failed') ? text : null;
+  }, 120_000, 100);
+  assert.match(failure, new RegExp(`round \\d+ not trained: training worker 2 of 2 failed: .*${CRASH.replace(/[()]/g, '\\$&')}`),
+    `the tab names the failed worker: ${failure}`);
+  log(`the failure as the tab shows it: ${JSON.stringify(failure.trim())}`);
+
+  await waitFor('the run to finish', async () => (await server.api(`/api/admin/runs/${runId}`)).body?.run.status === 'finished',
+    300_000, 500);
+  const history = (await server.api(`/api/admin/runs/${runId}`)).body;
+  assert.equal(history.rounds.length, 3, `three rounds aggregated: ${JSON.stringify(history)}`);
+  assert.ok(history.rounds.every((r) => r.participants === 1), JSON.stringify(history.rounds));
+  assert.equal(history.rounds.reduce((n, r) => n + r.attempts, 0), 4, 'the failed round was attempted again');
+  const last = history.rounds.at(-1);
+  assert.ok(last.test_accuracy >= 0.8, `accuracy after 3 rounds: ${last.test_accuracy}`);
+  await waitFor('the tab to list 3 rounds', async () => (await rounds()).length === 3, 30_000, 100);
+  const all = await speeds();
+  assert.ok(all.every((t) => /^[\d\u00a0]+ samples\/s on 2 workers$/.test(t)), `every trained round on 2 workers: ${JSON.stringify(all)}`);
+  assert.ok(workers.length >= 3, 'a fresh helper was started after the failure');
+  assert.deepEqual(pageErrors, [], 'no uncaught page error');
+  log(`run finished: accuracy ${(last.test_accuracy * 100).toFixed(2)} %; speeds ${all.join(', ')}`);
+  log('passed');
+} catch (e) {
+  failed = true;
+  console.error(e);
+} finally {
+  await browser?.close();
+  await server?.stop();
+  process.exit(failed ? 1 : 0);
+}
