@@ -18,6 +18,8 @@ for (const [name, kind] of [['plain step', 'plain'], ['DP-SGD step', 'dp'], ['in
   console.log(`${name.padEnd(12)} ${median.toFixed(0).padStart(8)} samples/s   (runs: ${rates.map((r) => r.toFixed(0)).join(', ')})`);
 }
 
+if (process.env.TRAINING_ONLY) process.exit(0);
+
 // The accountants in wasm: one ε evaluation and one σ solve (the native `accountant-cost`).
 const { accountantMs, accountantCases } = require(path.resolve(dir, 'client_wasm.js'));
 const names = accountantCases();

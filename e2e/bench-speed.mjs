@@ -1,0 +1,131 @@
+// Training speed in Chromium, for scripts/bench-speed.sh (BENCHMARKS.md, issue 17):
+//   1. the DP-SGD and plain steps in one dedicated worker (the same `learning::bench` code as the
+//      native `throughput` binary), batch 64 and 512, median of 3;
+//   2. real training rounds of one tab (a 6 000-example shard, 1 local epoch, σ 1.1) on 1 worker
+//      and on N (the device's cores): the examples per second the tab reports for each round,
+//      the round's time, and the page's animation frames per second and longest gap between
+//      frames while it trains — median of the run's 3 rounds.
+//
+//   SERVER_BIN=target/release/server node e2e/bench-speed.mjs     (DIST: the trunk build)
+// Prints `key value` lines (read by bench-speed.sh) after a human-readable log.
+import { launchChromium, startServer, waitFor } from './harness.mjs';
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const results = [];
+const put = (key, value) => results.push(`${key} ${value}`);
+
+const server = await startServer(Number(process.env.BENCH_PORT ?? 3387));
+const browser = await launchChromium();
+try {
+  // --- 1. The step benchmark in one dedicated worker.
+  const page = await (await browser.newContext()).newPage();
+  await page.goto(`${server.base}/`);
+  await page.waitForSelector('#join');
+  const cores = Number(process.env.WORKERS ?? await page.evaluate(() => Math.min(navigator.hardwareConcurrency || 1, 16)));
+  const steps = await page.evaluate(async (origin) => {
+    const src = `importScripts("${origin}/worker.js");
+      wasm_bindgen("${origin}/worker_bg.wasm").then(() => {
+        const out = {};
+        for (const [kind, batch, iters] of [["dp", 64, 40], ["plain", 64, 40], ["dp", 512, 6], ["plain", 512, 6]]) {
+          const rates = [1, 2, 3].map(() => wasm_bindgen.trainThroughput(kind, batch, iters));
+          out[kind + "-" + batch] = rates;
+        }
+        postMessage({ bench: out });
+      });`;
+    const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })));
+    const result = await new Promise((resolve, reject) => {
+      w.onmessage = (e) => e.data?.bench && resolve(e.data.bench);
+      w.onerror = (e) => reject(new Error(e.message));
+    });
+    w.terminate();
+    return result;
+  }, server.base);
+  console.log('## TinyCNN steps in one Chromium dedicated worker (samples/s; runs)');
+  for (const [k, runs] of Object.entries(steps)) {
+    console.log(`${k.padEnd(10)} ${median(runs).toFixed(0)}   (${runs.map((r) => r.toFixed(0)).join(', ')})`);
+    put(`chromium-step-${k}`, median(runs).toFixed(0));
+  }
+  await page.context().close();
+
+  // --- 2. Real rounds on 1 and on N workers.
+  for (const batch of [64, 512]) {
+    for (const workers of [...new Set([1, cores])]) {
+      const r = await rounds(batch, workers);
+      const key = `chromium-round-${batch}-${workers}w`;
+      console.log(`## batch ${batch}, ${workers} worker(s): rounds at ${r.speeds.join(', ')} samples/s; `
+        + `${r.seconds.map((s) => s.toFixed(2)).join(', ')} s; ${r.fps.map((f) => f.toFixed(1)).join(', ')} frames/s; `
+        + `longest frame gaps ${r.gaps.map((g) => g.toFixed(0)).join(', ')} ms`);
+      put(`${key}-samples`, median(r.speeds).toFixed(0));
+      put(`${key}-seconds`, median(r.seconds).toFixed(2));
+      put(`${key}-fps`, median(r.fps).toFixed(1));
+      put(`${key}-gap`, median(r.gaps).toFixed(0));
+    }
+  }
+  put('workers', cores);
+  console.log(results.join('\n'));
+} finally {
+  await browser.close();
+  await server.stop();
+}
+
+/** One run of 3 rounds for one tab joined with `workers`: per round, the tab's samples/s and
+ * time, and the page's frame rate and longest frame gap while it trained. */
+async function rounds(batch, workers) {
+  const config = {
+    name: `speed-${batch}-${workers}`, rounds: 3, min_clients: 1, round_timeout_secs: 300,
+    local_epochs: 1, batching: { batch_size: batch }, learning_rate: batch === 64 ? 0.5 : 2,
+    dp: { max_grad_norm: 1, noise_multiplier: 1.1, target_epsilon: null, delta: 1e-5 },
+    shards: { scheme: { kind: 'iid' }, num_shards: 10, seed: 1 },
+  };
+  const created = await server.api('/api/admin/runs', { method: 'POST', body: JSON.stringify(config) });
+  if (created.status !== 201) throw new Error(`run not created: ${JSON.stringify(created)}`);
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${server.base}/`);
+  await page.fill('#workers', String(workers));
+  await page.click('#join');
+  await waitFor('the tab to get its shard', () => page.$('#histogram'), 120_000);
+  await page.evaluate(() => {
+    window.frames_ = [];
+    const tick = (t) => { window.frames_.push(t); requestAnimationFrame(tick); };
+    requestAnimationFrame(tick);
+  });
+  await server.api(`/api/admin/runs/${created.body.run_id}/start`, { method: 'POST' });
+  // Training windows: from the first step of a round to its row in the rounds table.
+  const windows = [];
+  let current = null;
+  for (;;) {
+    const s = await page.evaluate(() => ({
+      t: performance.now(),
+      status: document.querySelector('#train-status')?.textContent ?? '',
+      rows: document.querySelectorAll('#rounds tbody tr').length,
+    }));
+    if (!current && / step /.test(s.status) && windows.length === s.rows) current = { start: s.t, rows: s.rows };
+    if (current && s.rows > current.rows) {
+      windows.push([current.start, s.t]);
+      current = null;
+    }
+    if (s.rows >= 3) break;
+    await new Promise((r) => setTimeout(r, 100)); // light: the page and the workers share the cores
+  }
+  const out = await page.evaluate((windows) => {
+    const f = window.frames_;
+    const stat = ([a, b]) => {
+      const ts = f.filter((t) => t >= a && t <= b);
+      let gap = 0;
+      for (let i = 1; i < ts.length; i++) gap = Math.max(gap, ts[i] - ts[i - 1]);
+      return [(ts.length - 1) / ((b - a) / 1000), gap];
+    };
+    const rows = [...document.querySelectorAll('#rounds tbody tr')].map((tr) => [...tr.children].map((td) => td.textContent));
+    return { stats: windows.map(stat), rows };
+  }, windows);
+  await context.close();
+  const id = created.body.run_id;
+  await waitFor(`run ${id} to finish`, async () => (await server.api(`/api/admin/runs/${id}`)).body?.run.status === 'finished', 120_000);
+  return {
+    speeds: out.rows.map((r) => Number(r[5].split(' samples/s')[0].replace(/\D/g, ''))),
+    seconds: out.rows.map((r) => parseFloat(r[4])),
+    fps: out.stats.map((s) => s[0]),
+    gaps: out.stats.map((s) => s[1]),
+  };
+}
