@@ -70,7 +70,7 @@ row() { # label, then the DP and plain values for batch 64 and 512, and the core
 echo
 echo "## Training speed (samples/s, median of 3; DP-SGD = per-example clipping + noise)"
 echo
-echo "| where | DP batch 64 | plain 64 | DP batch 512 | plain 512 | DP vs wasm ceiling (64 / 512) |"
+echo "| where | DP batch 64 | plain 64 | DP batch 512 | plain 512 | DP ÷ (10 000 × cores used): 64 / 512 |"
 echo "|---|---|---|---|---|---|"
 row "this project, native, 1 thread" "${v[native-64-1-dp]}" "${v[native-64-1-plain]}" "${v[native-512-1-dp]}" "${v[native-512-1-plain]}" 1
 row "this project, native, $cores threads" "${v[native-64-$cores-dp]}" "${v[native-64-$cores-plain]}" "${v[native-512-$cores-dp]}" "${v[native-512-$cores-plain]}" "$cores"

@@ -43,7 +43,7 @@ run "wasm-bindgen-test (client-wasm in a Chromium Web Worker)" env \
 if [ "$pages_built" = 0 ] && [ "$server_built" = 0 ]; then
   run "browser end-to-end (Playwright + Chromium)" env SERVER_BIN="$TARGET_DIR/debug/server" \
     node e2e/federation.e2e.mjs
-  run "browser end-to-end: a tab trains on 2 workers; a helper failing mid-step fails only its round" \
+  run "browser end-to-end: a tab trains on 2 workers; a helper failing mid-step costs one step's redo, not the round" \
     env SERVER_BIN="$TARGET_DIR/debug/server" node e2e/workers.e2e.mjs
   run "browser end-to-end on several machines (NATS, a coordinator, 2 gateways; a tab moves when its gateway dies)" \
     env SERVER_BIN="$TARGET_DIR/debug/server" node e2e/gateways.e2e.mjs

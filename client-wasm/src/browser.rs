@@ -27,7 +27,7 @@ use protocol::worker::{
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
-use crate::pool::Workers;
+use crate::pool::{TrainEvent, Workers};
 use crate::session::{Action, Notice, Outgoing, OwnFiles, Session, SessionOptions};
 
 const FIRST_BACKOFF_MS: u32 = 500;
@@ -383,58 +383,9 @@ async fn connection(
                     post_privacy(session);
                 }
                 Action::Train(job) => {
-                    let server_round = job.server_round;
-                    if let Some(message) = workers.prepare().await {
-                        post(&WorkerToPage::Error {
-                            message,
-                            fatal: false,
-                        });
-                    }
-                    let started = js_sys::Date::now();
-                    let mut announced = false;
-                    let count = workers.count() as u32;
-                    let mut last_rate = None;
-                    let done = crate::pool::train(*job, workers, &mut |p, rate| {
-                        last_rate = rate;
-                        if !announced {
-                            announced = true;
-                            post(&WorkerToPage::TrainStarted {
-                                server_round,
-                                epochs: p.epochs,
-                                steps_per_epoch: p.steps_per_epoch,
-                                workers: count,
-                            });
-                        }
-                        post(&WorkerToPage::Progress {
-                            server_round,
-                            epoch: p.epoch + 1,
-                            epochs: p.epochs,
-                            step: p.step + 1,
-                            steps_per_epoch: p.steps_per_epoch,
-                            batch_loss: p.batch_loss,
-                            samples_per_second: rate,
-                        });
-                    })
-                    .await;
-                    let seconds = (js_sys::Date::now() - started) / 1000.0;
-                    let ok = done.result.as_ref().ok().map(|r| r.metrics);
-                    let delta = done.privacy.delta;
-                    let release = session.on_trained(done);
-                    if let Some(outcome) = store_spent(session, rx).await {
+                    let (release, stop) = train_round(session, *job, workers, rx).await;
+                    if let Some(outcome) = stop {
                         return outcome;
-                    }
-                    if let Some(metrics) = ok {
-                        post(&WorkerToPage::Trained {
-                            server_round,
-                            metrics,
-                            delta: Some(delta),
-                            seconds,
-                            samples_per_second: last_rate,
-                            workers: count,
-                        });
-                        // The whole ledger's view again (a distributed round's worst case
-                        // too), after the round's own ε.
-                        post_privacy(session);
                     }
                     queue.extend(release);
                 }
@@ -456,6 +407,81 @@ async fn connection(
             }
         }
     }
+}
+
+/// Trains one round (on the tab's workers), reporting progress to the page, and stores what it
+/// spent before anything is released: returns the session's next actions, or why the connection
+/// ends (the page stopped answering the save).
+async fn train_round(
+    session: &mut Session,
+    job: crate::session::TrainJob,
+    workers: &mut Workers,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> (Vec<Action>, Option<Outcome>) {
+    let server_round = job.server_round;
+    if let Some(message) = workers.prepare().await {
+        post(&WorkerToPage::Error {
+            message,
+            fatal: false,
+        });
+    }
+    let started = js_sys::Date::now();
+    let mut announced = false;
+    let mut count = workers.count() as u32;
+    let mut last_rate = None;
+    let done = crate::pool::train(job, workers, &mut |event| match event {
+        TrainEvent::HelpersLost(message) => {
+            count = 1;
+            post(&WorkerToPage::Error {
+                message: format!("round {server_round}: {message}"),
+                fatal: false,
+            });
+        }
+        TrainEvent::Step(p, rate) => {
+            last_rate = rate;
+            if !announced {
+                announced = true;
+                post(&WorkerToPage::TrainStarted {
+                    server_round,
+                    epochs: p.epochs,
+                    steps_per_epoch: p.steps_per_epoch,
+                    workers: count,
+                });
+            }
+            post(&WorkerToPage::Progress {
+                server_round,
+                epoch: p.epoch + 1,
+                epochs: p.epochs,
+                step: p.step + 1,
+                steps_per_epoch: p.steps_per_epoch,
+                batch_loss: p.batch_loss,
+                samples_per_second: rate,
+            });
+        }
+    })
+    .await;
+    let seconds = (js_sys::Date::now() - started) / 1000.0;
+    let ok = done.result.as_ref().ok().map(|r| r.metrics);
+    let delta = done.privacy.delta;
+    let release = session.on_trained(done);
+    if let Some(outcome) = store_spent(session, rx).await {
+        return (Vec::new(), Some(outcome));
+    }
+    if let Some(metrics) = ok {
+        post(&WorkerToPage::Trained {
+            server_round,
+            metrics,
+            delta: Some(delta),
+            seconds,
+            samples_per_second: last_rate,
+            // The workers that took its last steps (one if the helpers were lost).
+            workers: count,
+        });
+        // The whole ledger's view again (a distributed round's worst case too), after the
+        // round's own ε.
+        post_privacy(session);
+    }
+    (release, None)
 }
 
 /// Asks the page to store the session's identity and what the last job spent (added to its

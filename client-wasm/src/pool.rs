@@ -8,71 +8,108 @@
 //! the mechanism is the one-worker mechanism (the native tests of `learning::parallel` hold
 //! it: the same clipped sum for any number of workers, one noise draw per step).
 //!
-//! A helper that fails or goes silent fails the step, hence the round (with a message naming
-//! the helper); the pool is then dropped (its workers terminated) and started again for the
-//! next round.
+//! A helper's answer is checked before it counts: it must answer this very request (a
+//! sequence number), cover its slice, and stay within the clipping bound. A helper that fails,
+//! answers wrongly or stays silent loses the pool for the round: the step is computed again,
+//! from the same batch, by the training worker alone (nothing of it was released, so this
+//! costs no privacy, and the batch is never redrawn), the round goes on on one worker and the
+//! user is told. The next round starts fresh helpers; after [`MAX_POOL_FAILURES`] losses in one
+//! join the tab stops trying.
 
-use learning::LearningError;
 use learning::dpsgd::BatchGradient;
 use protocol::worker::SliceReply;
 
-/// A helper's reply as its slice's gradient, checked against what it was asked: a reply that
-/// covers other examples or has the wrong length is an error, never a wrong sum.
+/// Helper pools a tab may lose in one join before it trains on its one worker for good.
+pub const MAX_POOL_FAILURES: u32 = 3;
+
+/// What a slice was: its request number, its examples, the model's size and the clipping norm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Asked {
+    pub seq: u64,
+    pub examples: usize,
+    pub dim: usize,
+    pub clip: Option<f32>,
+}
+
+/// A helper's reply as its slice's gradient, checked against what it was asked: a reply to
+/// another request, that covers other examples, has the wrong length, is not finite or passes
+/// the clipping bound (examples × C) is an error, never a wrong sum.
 pub fn slice_gradient_from(
     reply: SliceReply,
     sum: Option<Vec<f32>>,
-    examples: usize,
-    dim: usize,
+    asked: Asked,
 ) -> Result<BatchGradient, String> {
-    match reply {
-        SliceReply::Failed { reason } => Err(reason),
+    let (seq, loss_sum, correct, covered, clipped) = match reply {
+        SliceReply::Failed { reason, .. } => return Err(reason),
         SliceReply::Done {
+            seq,
             loss_sum,
             correct,
-            examples: covered,
+            examples,
             clipped,
-        } => {
-            let n = examples as u64;
-            if covered != n || correct > n || clipped > n {
-                return Err(format!(
-                    "its answer covers {covered} examples ({correct} right, {clipped} clipped): expected {n}, and counts at most {n}"
-                ));
-            }
-            let sum = sum.ok_or("its answer has no gradient sum")?;
-            if sum.len() != dim {
-                return Err(format!(
-                    "its gradient sum has {} values: expected {dim}",
-                    sum.len()
-                ));
-            }
-            Ok(BatchGradient {
-                sum,
-                loss_sum,
-                correct: correct as usize,
-                batch_size: examples,
-                clipped: clipped as usize,
-            })
+        } => (seq, loss_sum, correct, examples, clipped),
+    };
+    if seq != asked.seq {
+        return Err(format!("it answered request {seq}: expected {}", asked.seq));
+    }
+    let n = asked.examples as u64;
+    if covered != n || correct > n || clipped > n {
+        return Err(format!(
+            "its answer covers {covered} examples ({correct} right, {clipped} clipped): expected {n}, and counts at most {n}"
+        ));
+    }
+    let sum = sum.ok_or("its answer has no gradient sum")?;
+    if sum.len() != asked.dim {
+        return Err(format!(
+            "its gradient sum has {} values: expected {}",
+            sum.len(),
+            asked.dim
+        ));
+    }
+    let norm = sum
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    if !norm.is_finite() {
+        return Err("its gradient sum is not finite".into());
+    }
+    if let Some(c) = asked.clip {
+        // Each example's clipped gradient has norm ≤ C; float rounding allows a hair more.
+        let bound = asked.examples as f64 * f64::from(c) * (1.0 + 1e-3);
+        if norm > bound {
+            return Err(format!(
+                "its gradient sum has norm {norm:.4}: expected at most {bound:.4} ({} examples clipped to {c})",
+                asked.examples
+            ));
         }
     }
+    Ok(BatchGradient {
+        sum,
+        loss_sum,
+        correct: correct as usize,
+        batch_size: asked.examples,
+        clipped: clipped as usize,
+    })
 }
 
-/// The error a failed helper gives its step.
-#[cfg_attr(
-    not(all(feature = "browser", target_arch = "wasm32")),
-    allow(dead_code)
-)]
-fn helper_failed(index: usize, of: usize, why: &str) -> LearningError {
-    LearningError::Worker(format!(
-        "training worker {} of {of} failed: {why}",
+/// What the user is told when a helper is lost (`index` 0 is the training worker itself).
+pub fn helper_lost(index: usize, of: usize, why: &str) -> String {
+    format!(
+        "training worker {} of {of} failed: {why}; this round goes on on one worker",
         index + 1
-    ))
+    )
 }
 
 #[cfg(all(feature = "browser", target_arch = "wasm32"))]
-pub use web::{Workers, serve_slice, train};
+pub use web::{TrainEvent, Workers, serve_slice, train};
 
 #[cfg(all(feature = "browser", target_arch = "wasm32"))]
 mod web {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
     use futures::channel::mpsc;
     use futures::{FutureExt, StreamExt};
     use learning::client::{Fit, FitProgress};
@@ -84,13 +121,52 @@ mod web {
     use wasm_bindgen::prelude::*;
     use web_sys::{ErrorEvent, MessageEvent, Worker};
 
-    use super::{helper_failed, slice_gradient_from};
+    use super::{Asked, MAX_POOL_FAILURES, helper_lost, slice_gradient_from};
     use crate::session::{TrainDone, TrainJob};
 
-    /// How long a helper may take to load, and to answer one slice. A slice of a step is
+    /// How long a helper may take to load, and a step's helpers to answer. A slice of a step is
     /// well under a second on a phone; a helper silent this long is lost.
     const READY_MS: u32 = 30_000;
-    const SLICE_MS: u32 = 60_000;
+    const STEP_MS: u32 = 60_000;
+
+    fn scope() -> web_sys::DedicatedWorkerGlobalScope {
+        js_sys::global().unchecked_into()
+    }
+
+    /// A timer that resolves after `ms` and is cleared when dropped: a step that ends before
+    /// its deadline leaves no timer behind.
+    struct Deadline {
+        id: i32,
+        fired: wasm_bindgen_futures::JsFuture,
+    }
+
+    impl Deadline {
+        fn new(ms: u32) -> Self {
+            let mut id = 0;
+            let promise = js_sys::Promise::new(&mut |resolve, _| {
+                id = scope()
+                    .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms as i32)
+                    .unwrap_or(0);
+            });
+            Self {
+                id,
+                fired: promise.into(),
+            }
+        }
+    }
+
+    impl Future for Deadline {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            Pin::new(&mut self.fired).poll(cx).map(|_| ())
+        }
+    }
+
+    impl Drop for Deadline {
+        fn drop(&mut self) {
+            scope().clear_timeout_with_handle(self.id);
+        }
+    }
 
     enum Event {
         /// The helper's wasm is loaded (it says `Ready` like any training worker).
@@ -134,41 +210,49 @@ mod web {
             })
         }
 
-        /// The next event, or why there is none within `ms`.
-        async fn next(&mut self, ms: u32) -> Result<Event, String> {
+        /// The next event, or why there is none before `deadline` (`ms` after it was set).
+        async fn next(
+            &mut self,
+            mut deadline: &mut futures::future::Fuse<Deadline>,
+            ms: u32,
+        ) -> Result<Event, String> {
             futures::select! {
                 e = self.events.next().fuse() => e.ok_or_else(|| "it stopped".to_string()),
-                () = crate::browser::sleep_ms(ms).fuse() => {
-                    Err(format!("it did not answer within {} s", ms / 1000))
-                }
+                () = deadline => Err(format!("it did not answer within {} s", ms / 1000)),
             }
         }
 
-        fn send(&self, header: &SliceRequest, params: &[f32], images: &[f32], labels: &[u8]) {
+        fn send(
+            &self,
+            header: &SliceRequest,
+            params: &[f32],
+            images: &[f32],
+            labels: &[u8],
+        ) -> Result<(), String> {
             let params = js_sys::Float32Array::from(params);
             let images = js_sys::Float32Array::from(images);
             let labels = js_sys::Uint8Array::from(labels);
             let msg = js_sys::Object::new();
             let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&msg, &k.into(), v).is_ok();
-            let ok = set("slice", &header.encode().into())
+            let built = set("slice", &header.encode().into())
                 && set("params", &params)
                 && set("images", &images)
                 && set("labels", &labels);
             let transfer = js_sys::Array::of3(&params.buffer(), &images.buffer(), &labels.buffer());
-            if !ok
-                || self
-                    .worker
-                    .post_message_with_transfer(&msg, &transfer)
-                    .is_err()
-            {
-                // The reply never comes: the step's wait names this helper.
-                web_sys::console::error_1(&"training pool: could not post a slice".into());
+            if !built {
+                return Err("its slice could not be built".into());
             }
+            self.worker
+                .post_message_with_transfer(&msg, &transfer)
+                .map_err(|e| format!("its slice could not be posted: {e:?}"))
         }
     }
 
     impl Drop for Helper {
         fn drop(&mut self) {
+            // No event may reach the handlers once they are freed with `self`.
+            self.worker.set_onmessage(None);
+            self.worker.set_onerror(None);
             self.worker.terminate();
         }
     }
@@ -176,22 +260,24 @@ mod web {
     /// The helper workers of a tab's training worker (it is itself the first worker).
     struct HelperPool {
         helpers: Vec<Helper>,
+        /// Requests sent so far: each slice's number.
+        seq: u64,
     }
 
     impl HelperPool {
         /// Starts `count` helpers running this worker's own script and waits until each has
         /// loaded.
         async fn start(count: usize) -> Result<Self, String> {
-            let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-            let url = scope.location().href();
+            let url = scope().location().href();
             let mut helpers = Vec::with_capacity(count);
             for i in 0..count {
                 let helper = Helper::start(&url)
                     .map_err(|e| format!("helper {} did not start: {e}", i + 2))?;
                 helpers.push(helper);
             }
+            let mut deadline = Deadline::new(READY_MS).fuse();
             for (i, h) in helpers.iter_mut().enumerate() {
-                match h.next(READY_MS).await {
+                match h.next(&mut deadline, READY_MS).await {
                     Ok(Event::Ready) => {}
                     Ok(Event::Error(e)) | Err(e) => {
                         return Err(format!("helper {} did not load: {e}", i + 2));
@@ -201,7 +287,7 @@ mod web {
                     }
                 }
             }
-            Ok(Self { helpers })
+            Ok(Self { helpers, seq: 0 })
         }
 
         /// Workers sharing a step: the helpers and the training worker.
@@ -209,33 +295,48 @@ mod web {
             self.helpers.len() + 1
         }
 
-        /// The clipped gradient sum of a step's examples, computed in slices.
+        /// The clipped gradient sum of a step's examples, computed in slices; `Err` names the
+        /// helper that failed (the pool is then unusable).
         async fn gradient(
             &mut self,
             task: &Task,
             params: &[f32],
             input: &StepInput,
-        ) -> Result<BatchGradient, LearningError> {
+        ) -> Result<BatchGradient, String> {
             let model = task.model();
             let parts = slices(input.len(), self.workers());
-            let header = SliceRequest {
-                task: task.id.to_string(),
-                clip: input.clip,
-            };
-            for (helper, range) in self.helpers.iter().zip(&parts[1..]) {
+            let of = parts.len();
+            let mut asked = Vec::with_capacity(of - 1);
+            for (i, (helper, range)) in self.helpers.iter().zip(&parts[1..]).enumerate() {
+                self.seq += 1;
+                let header = SliceRequest {
+                    seq: self.seq,
+                    task: task.id.to_string(),
+                    clip: input.clip,
+                };
                 let (images, labels) = input.slice(range.clone());
-                helper.send(&header, params, images, labels);
+                helper
+                    .send(&header, params, images, labels)
+                    .map_err(|why| helper_lost(i + 1, of, &why))?;
+                asked.push(Asked {
+                    seq: self.seq,
+                    examples: range.len(),
+                    dim: params.len(),
+                    clip: input.clip,
+                });
             }
             let (images, labels) = input.slice(parts[0].clone());
-            let mut total = slice_gradient(&model, params, images, labels, input.clip)?;
-            let of = parts.len();
-            for (i, (helper, range)) in self.helpers.iter_mut().zip(&parts[1..]).enumerate() {
-                let part = match helper.next(SLICE_MS).await {
-                    Ok(Event::Message(data)) => read_reply(&data, range.len(), params.len()),
+            let mut total = slice_gradient(&model, params, images, labels, input.clip)
+                .map_err(|e| e.to_string())?;
+            let mut deadline = Deadline::new(STEP_MS).fuse();
+            for (i, (helper, asked)) in self.helpers.iter_mut().zip(asked).enumerate() {
+                let part = match helper.next(&mut deadline, STEP_MS).await {
+                    Ok(Event::Message(data)) => read_reply(&data, asked),
                     Ok(Event::Ready) => Err("it restarted".to_string()),
                     Ok(Event::Error(e)) | Err(e) => Err(e),
                 };
-                total.add(&part.map_err(|why| helper_failed(i + 1, of, &why))?)?;
+                let part = part.map_err(|why| helper_lost(i + 1, of, &why))?;
+                total.add(&part).map_err(|e| e.to_string())?;
             }
             Ok(total)
         }
@@ -245,8 +346,8 @@ mod web {
     pub struct Workers {
         wanted: usize,
         pool: Option<HelperPool>,
-        /// Why helpers could not start: the tab then trains on one worker for this join.
-        unavailable: bool,
+        /// Pools lost in this join (a helper that failed, or helpers that would not start).
+        failures: u32,
     }
 
     impl Workers {
@@ -255,15 +356,15 @@ mod web {
             Self {
                 wanted: (wanted as usize).max(1),
                 pool: None,
-                unavailable: false,
+                failures: 0,
             }
         }
 
         /// Starts the helpers if they are wanted and not running (the first round, or after
-        /// one failed). Returns a notice for the user when they cannot start: the tab then
-        /// trains on its one worker, and does not try again until it joins again.
+        /// a pool was lost), unless this join has lost [`MAX_POOL_FAILURES`] already. Returns a
+        /// notice for the user when they cannot start: the round then trains on one worker.
         pub async fn prepare(&mut self) -> Option<String> {
-            if self.wanted <= 1 || self.pool.is_some() || self.unavailable {
+            if self.wanted <= 1 || self.pool.is_some() || self.failures >= MAX_POOL_FAILURES {
                 return None;
             }
             match HelperPool::start(self.wanted - 1).await {
@@ -271,13 +372,23 @@ mod web {
                     self.pool = Some(pool);
                     None
                 }
-                Err(e) => {
-                    self.unavailable = true;
-                    Some(format!(
-                        "training on one worker instead of {}: {e}",
-                        self.wanted
-                    ))
-                }
+                Err(e) => Some(self.lost(format!(
+                    "training on one worker instead of {}: {e}",
+                    self.wanted
+                ))),
+            }
+        }
+
+        /// Drops the pool (its workers terminated) and counts it lost; returns what to tell.
+        fn lost(&mut self, notice: String) -> String {
+            self.pool = None;
+            self.failures += 1;
+            if self.failures >= MAX_POOL_FAILURES {
+                format!(
+                    "{notice} (helpers failed {MAX_POOL_FAILURES} times: this tab now trains on one worker until it joins again)"
+                )
+            } else {
+                notice
             }
         }
 
@@ -288,7 +399,7 @@ mod web {
     }
 
     /// A helper's message as its slice's gradient.
-    fn read_reply(data: &JsValue, examples: usize, dim: usize) -> Result<BatchGradient, String> {
+    fn read_reply(data: &JsValue, asked: Asked) -> Result<BatchGradient, String> {
         let field = |k: &str| js_sys::Reflect::get(data, &k.into()).ok();
         let reply = field("reply")
             .and_then(|v| v.as_string())
@@ -297,23 +408,39 @@ mod web {
         let sum = field("sum")
             .and_then(|v| v.dyn_into::<js_sys::Float32Array>().ok())
             .map(|a| a.to_vec());
-        slice_gradient_from(reply, sum, examples, dim)
+        slice_gradient_from(reply, sum, asked)
     }
 
     /// A helper's side: computes the slice in `data` (a [`SliceRequest`] with its arrays) and
     /// answers its parent. Nothing here is random or remembered between slices.
     pub fn serve_slice(data: &JsValue, header: &str) {
-        let (reply, sum) = match compute_slice(data, header) {
-            Ok(g) => (
-                SliceReply::Done {
-                    loss_sum: g.loss_sum,
-                    correct: g.correct as u64,
-                    examples: g.batch_size as u64,
-                    clipped: g.clipped as u64,
+        let (reply, sum) = match SliceRequest::decode(header) {
+            Err(e) => (
+                SliceReply::Failed {
+                    seq: 0,
+                    reason: format!("slice header: {e}"),
                 },
-                Some(js_sys::Float32Array::from(g.sum.as_slice())),
+                None,
             ),
-            Err(reason) => (SliceReply::Failed { reason }, None),
+            Ok(req) => match compute_slice(data, &req) {
+                Ok(g) => (
+                    SliceReply::Done {
+                        seq: req.seq,
+                        loss_sum: g.loss_sum,
+                        correct: g.correct as u64,
+                        examples: g.batch_size as u64,
+                        clipped: g.clipped as u64,
+                    },
+                    Some(js_sys::Float32Array::from(g.sum.as_slice())),
+                ),
+                Err(reason) => (
+                    SliceReply::Failed {
+                        seq: req.seq,
+                        reason,
+                    },
+                    None,
+                ),
+            },
         };
         let msg = js_sys::Object::new();
         let _set = js_sys::Reflect::set(&msg, &"reply".into(), &reply.encode().into());
@@ -322,15 +449,13 @@ mod web {
             let _set = js_sys::Reflect::set(&msg, &"sum".into(), sum);
             transfer.push(&sum.buffer());
         }
-        let scope: web_sys::DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-        if let Err(e) = scope.post_message_with_transfer(&msg, &transfer) {
+        if let Err(e) = scope().post_message_with_transfer(&msg, &transfer) {
             web_sys::console::error_2(&"helper: postMessage failed".into(), &e);
         }
     }
 
-    fn compute_slice(data: &JsValue, header: &str) -> Result<BatchGradient, String> {
-        let header = SliceRequest::decode(header).map_err(|e| format!("slice header: {e}"))?;
-        let task = learning::task::find(&header.task).map_err(|e| e.to_string())?;
+    fn compute_slice(data: &JsValue, req: &SliceRequest) -> Result<BatchGradient, String> {
+        let task = learning::task::find(&req.task).map_err(|e| e.to_string())?;
         let floats = |k: &str| {
             js_sys::Reflect::get(data, &k.into())
                 .ok()
@@ -362,16 +487,24 @@ mod web {
                 model.num_classes
             ));
         }
-        slice_gradient(&model, &params, &images, &labels, header.clip).map_err(|e| e.to_string())
+        slice_gradient(&model, &params, &images, &labels, req.clip).map_err(|e| e.to_string())
+    }
+
+    /// What [`train`] reports as it goes.
+    pub enum TrainEvent {
+        /// A step was taken; examples per second so far this round.
+        Step(FitProgress, Option<f64>),
+        /// The helpers were lost: what to tell the user (the round goes on on one worker).
+        HelpersLost(String),
     }
 
     /// Runs a training job step by step, each step's gradient spread over the helpers (when
-    /// they run) and computed here otherwise. A failed helper fails the job and drops the pool.
-    /// `on_step` gets each step's progress and the examples per second so far.
+    /// they run) and computed here otherwise. A step whose helpers fail is computed again here
+    /// from the same batch; the pool is dropped for the rest of the round.
     pub async fn train(
         mut job: TrainJob,
         workers: &mut Workers,
-        on_step: &mut dyn FnMut(FitProgress, Option<f64>),
+        on_event: &mut dyn FnMut(TrainEvent),
     ) -> TrainDone {
         let started = js_sys::Date::now();
         let result = async {
@@ -380,34 +513,50 @@ mod web {
                 learning::start_fit(task, &job.global, &job.config, &job.data, &mut job.privacy)?;
             let mut steps = match fit {
                 Fit::Done(res) => {
-                    on_step(FitProgress::one_step(), None);
+                    on_event(TrainEvent::Step(FitProgress::one_step(), None));
                     return Ok(res);
                 }
                 Fit::Steps(steps) => steps,
             };
             let mut seen = 0usize;
             while let Some(input) = steps.next_input(task, &job.data, &mut job.privacy.rng) {
-                let g = match workers.pool.as_mut() {
-                    Some(p) if !input.is_empty() => p.gradient(task, steps.params(), &input).await,
-                    _ => slice_gradient(
-                        &task.model(),
-                        steps.params(),
-                        &input.images,
-                        &input.labels,
-                        input.clip,
-                    ),
-                };
-                // A helper that failed may still answer later: the pool starts afresh.
-                let g = g.inspect_err(|_| workers.pool = None)?;
+                let g = step_gradient(task, steps.params(), &input, workers, on_event).await?;
                 seen += input.len();
                 let progress = steps.apply(g, &mut job.privacy)?;
                 let seconds = (js_sys::Date::now() - started) / 1000.0;
-                on_step(progress, (seconds > 0.0).then(|| seen as f64 / seconds));
+                on_event(TrainEvent::Step(
+                    progress,
+                    (seconds > 0.0).then(|| seen as f64 / seconds),
+                ));
             }
             steps.finish(&mut job.privacy)
         }
         .await;
         job.done(result)
+    }
+
+    /// One step's clipped gradient sum: on the helpers when they run, else (or when they fail)
+    /// here, from the same examples.
+    async fn step_gradient(
+        task: &Task,
+        params: &[f32],
+        input: &StepInput,
+        workers: &mut Workers,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<BatchGradient, LearningError> {
+        if let Some(pool) = workers.pool.as_mut().filter(|_| !input.is_empty()) {
+            match pool.gradient(task, params, input).await {
+                Ok(g) => return Ok(g),
+                Err(why) => on_event(TrainEvent::HelpersLost(workers.lost(why))),
+            }
+        }
+        slice_gradient(
+            &task.model(),
+            params,
+            &input.images,
+            &input.labels,
+            input.clip,
+        )
     }
 }
 
@@ -415,8 +564,9 @@ mod web {
 mod tests {
     use super::*;
 
-    fn done(examples: u64, correct: u64, clipped: u64) -> SliceReply {
+    fn done(seq: u64, examples: u64, correct: u64, clipped: u64) -> SliceReply {
         SliceReply::Done {
+            seq,
             loss_sum: 1.5,
             correct,
             examples,
@@ -424,22 +574,45 @@ mod tests {
         }
     }
 
+    const ASKED: Asked = Asked {
+        seq: 9,
+        examples: 3,
+        dim: 4,
+        clip: Some(1.0),
+    };
+
+    /// Attacks a broken or confused helper could make on the sum: each is refused, with what
+    /// was expected.
     #[test]
     fn a_reply_is_taken_only_for_the_slice_it_was_asked() {
-        let g = slice_gradient_from(done(3, 2, 1), Some(vec![0.5; 4]), 3, 4).expect("fits");
+        let g = slice_gradient_from(done(9, 3, 2, 1), Some(vec![0.5; 4]), ASKED).expect("fits");
         assert_eq!((g.batch_size, g.correct, g.clipped), (3, 2, 1));
+        // Norm 3 for 3 examples clipped to 1: at the bound, taken.
+        assert!(slice_gradient_from(done(9, 3, 2, 1), Some(vec![1.5; 4]), ASKED).is_ok());
         let refused = [
-            (done(4, 2, 1), Some(vec![0.0; 4]), "covers 4 examples"),
-            (done(3, 9, 1), Some(vec![0.0; 4]), "9 right"),
-            (done(3, 2, 7), Some(vec![0.0; 4]), "7 clipped"),
             (
-                done(3, 2, 1),
+                done(8, 3, 2, 1),
+                Some(vec![0.0; 4]),
+                "answered request 8: expected 9",
+            ),
+            (done(9, 4, 2, 1), Some(vec![0.0; 4]), "covers 4 examples"),
+            (done(9, 3, 9, 1), Some(vec![0.0; 4]), "9 right"),
+            (done(9, 3, 2, 7), Some(vec![0.0; 4]), "7 clipped"),
+            (
+                done(9, 3, 2, 1),
                 Some(vec![0.0; 5]),
                 "has 5 values: expected 4",
             ),
-            (done(3, 2, 1), None, "no gradient sum"),
+            (done(9, 3, 2, 1), None, "no gradient sum"),
+            (done(9, 3, 2, 1), Some(vec![f32::NAN; 4]), "not finite"),
+            (
+                done(9, 3, 2, 1),
+                Some(vec![2.0; 4]),
+                "norm 4.0000: expected at most 3.0030",
+            ),
             (
                 SliceReply::Failed {
+                    seq: 9,
                     reason: "out of memory".into(),
                 },
                 None,
@@ -447,17 +620,22 @@ mod tests {
             ),
         ];
         for (reply, sum, says) in refused {
-            let err = slice_gradient_from(reply, sum, 3, 4).expect_err(says);
+            let err = slice_gradient_from(reply, sum, ASKED).expect_err(says);
             assert!(err.contains(says), "{err} (expected: {says})");
         }
+        // Without DP there is no bound to check.
+        let plain = Asked {
+            clip: None,
+            ..ASKED
+        };
+        assert!(slice_gradient_from(done(9, 3, 2, 0), Some(vec![2.0; 4]), plain).is_ok());
     }
 
     #[test]
-    fn a_failed_helper_is_named_in_the_round_s_error() {
-        let e = helper_failed(1, 3, "it did not answer within 60 s").to_string();
+    fn a_lost_helper_is_named_for_the_user() {
         assert_eq!(
-            e,
-            "training worker 2 of 3 failed: it did not answer within 60 s"
+            helper_lost(1, 3, "it did not answer within 60 s"),
+            "training worker 2 of 3 failed: it did not answer within 60 s; this round goes on on one worker"
         );
     }
 }

@@ -1139,6 +1139,8 @@ fn refused(server_round: u64, e: &LearningError) -> Vec<Action> {
         LearningError::BudgetExhausted { cap, .. } => {
             format!("this round would take this client past its own ε cap of {cap}")
         }
+        // The details (a worker's own error text, the sizes of a step's slices) stay here.
+        LearningError::Worker(_) => "a training worker of this client failed".into(),
         other => other.to_string(),
     };
     told_apart(server_round, to_server, e.to_string(), refuses_run)
@@ -1277,6 +1279,21 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// A worker's failure is told to the user in full and to the server only as a failure: its
+    /// text may carry a step's slice sizes (how many of this client's examples were sampled).
+    #[test]
+    fn a_worker_failure_s_details_stay_with_the_user() {
+        let why = "a step's gradient covers 17 examples and 3 values: expected 17 and 12810";
+        let actions = refused(4, &LearningError::Worker(why.into()));
+        let sent = text(&actions);
+        let [ClientMessage::TrainFailed { reason, .. }] = sent.as_slice() else {
+            panic!("one TrainFailed to the server: {actions:?}");
+        };
+        assert_eq!(reason, "a training worker of this client failed");
+        assert!(actions.iter().any(|a| matches!(a,
+            Action::Notify(Notice::TrainFailed { reason, .. }) if reason == why)));
     }
 
     #[test]

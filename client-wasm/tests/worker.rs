@@ -192,6 +192,7 @@ fn page_and_worker_messages_round_trip() {
         step: 3,
         steps_per_epoch: 12,
         batch_loss: 0.25,
+        samples_per_second: Some(2500.0),
     };
     assert_eq!(WorkerToPage::decode(&ev.encode()).unwrap(), ev);
     assert!(WorkerToPage::decode("{\"type\":\"nope\"}").is_err());

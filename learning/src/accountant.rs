@@ -102,8 +102,10 @@ fn rdp_one_step(q: f64, sigma: f64, alpha: u32) -> f64 {
     log_a / (a - 1.0)
 }
 
-static CURVES: std::sync::Mutex<crate::memo::Memo<(u64, u64), std::sync::Arc<[f64]>>> =
-    std::sync::Mutex::new(crate::memo::Memo::new(4096));
+/// RDP curves remembered by (q, σ) bits.
+type Curves = crate::memo::Memo<(u64, u64), std::sync::Arc<[f64]>>;
+
+static CURVES: std::sync::Mutex<Curves> = std::sync::Mutex::new(crate::memo::Memo::new(4096));
 
 /// Forgets every remembered result of both accountants (benchmarks time the computation).
 pub fn clear_memos() {
@@ -330,8 +332,8 @@ fn refine_noise<E>(b: Bracket, target: f64, g: &impl Fn(f64) -> Result<f64, E>) 
     let mut steps = 0u32;
     while hi - lo > 1e-4 * hi && true_g_hi < -1e-6 * target && hi > 1e-3 {
         steps += 1;
-        let bisect = steps % 2 == 0 && hi - lo > 0.5 * width_two_steps_ago;
-        if steps % 2 == 0 {
+        let bisect = steps.is_multiple_of(2) && hi - lo > 0.5 * width_two_steps_ago;
+        if steps.is_multiple_of(2) {
             width_two_steps_ago = hi - lo;
         }
         let x = match w_lo.filter(|_| !bisect) {

@@ -22,9 +22,6 @@ pub trait StepGradient {
         params: &[f32],
         input: &StepInput,
     ) -> Result<BatchGradient, LearningError>;
-
-    /// How many workers share a step (for progress reports).
-    fn workers(&self) -> usize;
 }
 
 /// The clipped gradient sum of one slice, computed on the calling thread.
@@ -72,10 +69,6 @@ impl StepGradient for Threads {
         }
         spread(model, params, input, &parts)
     }
-
-    fn workers(&self) -> usize {
-        self.0.max(1)
-    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -92,19 +85,22 @@ fn spread(
             slice_gradient(model, params, images, labels, input.clip)
         };
         let others: Vec<_> = parts[1..].iter().map(|r| s.spawn(move || run(r))).collect();
-        let first = run(&parts[0]);
+        // This thread's own slice fails like the others': an error, not a panic in the caller.
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&parts[0])));
         // Every thread is joined before any error is returned: a scope left with a panicked
         // thread unjoined would panic itself.
-        let rest: Vec<_> = others.into_iter().map(|h| h.join()).collect();
-        let mut total = first?;
-        for (i, joined) in rest.into_iter().enumerate() {
-            let part = joined.map_err(|panic| {
+        let joined: Vec<_> = std::iter::once(first)
+            .chain(others.into_iter().map(|h| h.join()))
+            .collect();
+        let mut total = BatchGradient::empty(params.len());
+        for (i, result) in joined.into_iter().enumerate() {
+            let part = result.map_err(|panic| {
                 let why = panic
                     .downcast_ref::<String>()
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("it panicked");
-                LearningError::Worker(format!("training thread {} of {of} failed: {why}", i + 2))
+                LearningError::Worker(format!("training thread {} of {of} failed: {why}", i + 1))
             })??;
             total.add(&part)?;
         }
@@ -250,6 +246,21 @@ mod tests {
         assert!(text.contains("training thread 3 of 3 failed"), "{text}");
     }
 
+    /// The calling thread's own slice (the first) fails the same way.
+    #[test]
+    fn the_calling_thread_s_slice_failing_is_an_error_too() {
+        let (model, params) = (MNIST.model(), init());
+        let mut bad = input(&records(6, 3), Some(1.0));
+        bad.labels[0] = 200;
+        let err = Threads(3)
+            .gradient(&model, &params, &bad)
+            .expect_err("thread 1 cannot compute its slice");
+        assert!(
+            err.to_string().contains("training thread 1 of 3 failed"),
+            "{err}"
+        );
+    }
+
     /// A step whose gradient could not be computed ends the round with that error, and only
     /// the steps that were taken (noise drawn, update made) are in the ledger.
     #[test]
@@ -267,9 +278,6 @@ mod tests {
                     return Err(LearningError::Worker("worker 2 of 2 went away".into()));
                 }
                 self.1.gradient(model, params, input)
-            }
-            fn workers(&self) -> usize {
-                2
             }
         }
         let data = records(40, 4);

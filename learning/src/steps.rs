@@ -28,12 +28,24 @@ use crate::task::Task;
 use protocol::config::FitMetrics;
 
 /// The examples of one step, ready for a forward pass, and the clipping norm (`None`: no DP).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct StepInput {
     /// Normalised pixels, example after example.
     pub images: Vec<f32>,
     pub labels: Vec<u8>,
     pub clip: Option<f32>,
+}
+
+impl std::fmt::Debug for StepInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the records themselves: a debug print is not a place to leak them.
+        write!(
+            f,
+            "StepInput({} examples, clip {:?})",
+            self.len(),
+            self.clip
+        )
+    }
 }
 
 impl StepInput {
@@ -57,14 +69,15 @@ impl StepInput {
 }
 
 /// Splits `n` examples into at most `workers` contiguous slices whose sizes differ by at most
-/// one; no slice is empty (fewer examples than workers give fewer slices).
+/// one, the smaller ones first (the first is the coordinating worker's, which also samples,
+/// adds the noise and steps); no slice is empty (fewer examples than workers give fewer).
 pub fn slices(n: usize, workers: usize) -> Vec<std::ops::Range<usize>> {
     let parts = workers.clamp(1, n.max(1));
     let (base, extra) = (n / parts, n % parts);
     let mut start = 0;
     (0..parts)
         .map(|i| {
-            let len = base + usize::from(i < extra);
+            let len = base + usize::from(i >= parts - extra);
             let r = start..start + len;
             start += len;
             r
@@ -101,6 +114,9 @@ pub struct LocalSteps {
     step: u64,
     /// The size of the batch [`Self::next_input`] gave out, until it is applied.
     pending: Option<usize>,
+    /// A step failed: the round is over. Its batch is never drawn again (a batch redrawn only
+    /// after failures would make the sampling depend on them).
+    failed: bool,
     totals: Totals,
 }
 
@@ -120,6 +136,7 @@ impl LocalSteps {
             epoch: 0,
             step: 0,
             pending: None,
+            failed: false,
             totals: Totals::default(),
         }
     }
@@ -129,14 +146,9 @@ impl LocalSteps {
         &self.params
     }
 
-    /// Steps in the whole round.
-    pub fn total_steps(&self) -> u64 {
-        self.steps_per_epoch * u64::from(self.config.local_epochs)
-    }
-
-    /// The next step's examples, or `None` once the round's steps are all taken. With DP the
-    /// batch is a Poisson sample of rate q (its size is random, and may be 0: that step still
-    /// takes place, as pure noise).
+    /// The next step's examples, or `None` once the round's steps are all taken (or a step
+    /// failed). With DP the batch is a Poisson sample of rate q (its size is random, and may be
+    /// 0: that step still takes place, as pure noise).
     pub fn next_input(
         &mut self,
         task: &Task,
@@ -147,7 +159,7 @@ impl LocalSteps {
             self.pending.is_none(),
             "a step was given out and not applied"
         );
-        if self.epoch >= self.config.local_epochs {
+        if self.failed || self.epoch >= self.config.local_epochs {
             return None;
         }
         let batch: Vec<usize> = match self.config.dp {
@@ -171,8 +183,19 @@ impl LocalSteps {
     }
 
     /// Takes the step whose examples [`Self::next_input`] gave out, with `g` the clipped sum of
-    /// their gradients: noise (DP), the ledger entry, the mean, the optimizer.
+    /// their gradients: noise (DP), the ledger entry, the mean, the optimizer. After an error
+    /// the round is over: no more steps, and [`Self::finish`] gives no update.
     pub fn apply(
+        &mut self,
+        g: BatchGradient,
+        privacy: &mut ClientPrivacy,
+    ) -> Result<FitProgress, LearningError> {
+        let result = self.take_step(g, privacy);
+        self.failed |= result.is_err();
+        result
+    }
+
+    fn take_step(
         &mut self,
         g: BatchGradient,
         privacy: &mut ClientPrivacy,
@@ -231,6 +254,11 @@ impl LocalSteps {
 
     /// The round's update and metrics, once every step is applied.
     pub fn finish(self, privacy: &mut ClientPrivacy) -> Result<FitRes, LearningError> {
+        if self.failed || self.pending.is_some() {
+            return Err(LearningError::Worker(
+                "the round stopped at a step that failed: no update".into(),
+            ));
+        }
         if self.config.dp.is_none() {
             // Counted even if it diverged: the examples were looked at without noise.
             privacy.unprotected_rounds = privacy.unprotected_rounds.saturating_add(1);
@@ -274,11 +302,52 @@ mod tests {
                 let covered: Vec<usize> = s.iter().flat_map(|r| r.clone()).collect();
                 assert_eq!(covered, (0..n).collect::<Vec<_>>());
                 let lens: Vec<usize> = s.iter().map(|r| r.len()).collect();
+                assert!(lens.is_sorted(), "smaller slices first: {lens:?}");
                 let (lo, hi) = (lens.iter().min(), lens.iter().max());
                 if let (Some(lo), Some(hi)) = (lo, hi) {
                     assert!(hi - lo <= 1, "{n} over {workers}: {lens:?}");
                 }
             }
         }
+    }
+
+    /// A step whose gradient does not fit the step it was given for ends the round: no further
+    /// batch is drawn (a redraw after a failure would make sampling depend on failures), and
+    /// the round gives no update.
+    #[test]
+    fn a_failed_step_ends_the_round_without_a_redraw() {
+        use crate::client::{ClientPrivacy, Fit, start_fit};
+        use crate::task::MNIST;
+        let data = Dataset {
+            images: vec![7; 40 * 784],
+            labels: (0..40).map(|i| (i % 10) as u8).collect(),
+        };
+        let config = TrainConfig {
+            batching: crate::client::Batching::BatchSize(20),
+            ..TrainConfig::default()
+        };
+        let global = vec![0.0; MNIST.model().layout().num_params()];
+        let mut privacy = ClientPrivacy::new(None, 1e-5).expect("OS randomness");
+        let Ok(Fit::Steps(mut steps)) = start_fit(&MNIST, &global, &config, &data, &mut privacy)
+        else {
+            panic!("a local round");
+        };
+        let input = steps
+            .next_input(&MNIST, &data, &mut privacy.rng)
+            .expect("a step");
+        let wrong = BatchGradient::empty(global.len() + 1);
+        let err = steps
+            .apply(wrong, &mut privacy)
+            .expect_err("a gradient of the wrong size");
+        assert!(err.to_string().contains("expected"), "{err} ({input:?})");
+        assert!(
+            steps.next_input(&MNIST, &data, &mut privacy.rng).is_none(),
+            "no redraw"
+        );
+        assert_eq!(privacy.ledger.steps(), 0, "nothing noised, nothing charged");
+        let end = steps
+            .finish(&mut privacy)
+            .expect_err("no update from a failed round");
+        assert!(end.to_string().contains("no update"), "{end}");
     }
 }

@@ -272,6 +272,9 @@ fn one() -> u32 {
 /// adds the step's noise once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SliceRequest {
+    /// Which request this is (the training worker counts them): the reply must say the same,
+    /// so that no late or repeated answer is ever taken for another step's slice.
+    pub seq: u64,
     /// The run's task (the model to build from `params`).
     pub task: String,
     /// Per-example clipping norm; `None` without DP.
@@ -284,6 +287,8 @@ pub struct SliceRequest {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SliceReply {
     Done {
+        /// The request's `seq`.
+        seq: u64,
         #[serde(with = "crate::ledger::nan_as_null")]
         loss_sum: f64,
         correct: u64,
@@ -291,6 +296,7 @@ pub enum SliceReply {
         clipped: u64,
     },
     Failed {
+        seq: u64,
         reason: String,
     },
 }
@@ -432,11 +438,13 @@ mod tests {
     #[test]
     fn slice_messages_round_trip_and_a_nan_loss_survives() {
         let req = SliceRequest {
+            seq: 7,
             task: "mnist".into(),
             clip: Some(1.5),
         };
         assert_eq!(SliceRequest::decode(&req.encode()).unwrap(), req);
         let reply = SliceReply::Done {
+            seq: 7,
             loss_sum: f64::NAN,
             correct: 3,
             examples: 4,

@@ -507,7 +507,7 @@ fn solve_ahead(
 ) {
     let sigma = solve_noise(dp, rounds, config, n);
     remember(sigmas, sigma_key(config, n), sigma.clone());
-    let planned = sigma.map(|s| with_sigma(dp, config.clone(), s));
+    let planned = sigma.map(|s| with_sigma(dp, *config, s));
     if let Some((mechanism, _)) = planned.ok().and_then(|c| round_mechanism(&c, n as usize)) {
         let _ = PrivacyLedger::default().allows(mechanism, 1, dp.delta, f64::INFINITY);
     }
