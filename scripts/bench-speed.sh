@@ -22,14 +22,15 @@ venv="${OPACUS_VENV:-$HOME/.cache/fl-dp/opacus-venv}"
 exec > >(tee "$log") 2>&1
 echo "# bash scripts/bench-speed.sh at $(git rev-parse --short HEAD), $(date -u +%FT%TZ), $cores cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 
-# --- Builds (before anything is timed; their output goes to $log.build, not the log).
+# --- Builds (before anything is timed; their output goes to $build_log, not the log).
+build_log="$target_dir/bench-speed-build.log"
 {
   cargo build --release -p learning -p server --bin throughput --bin server
   [ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q torch opacus; }
   cargo build --release --target wasm32-unknown-unknown -p client-wasm --no-default-features --features browser --lib
   wasm-bindgen --target nodejs --out-dir "$target_dir/wasm-bench" "$target_dir/wasm32-unknown-unknown/release/client_wasm.wasm"
   trunk build --release   # never a stale dist/
-} > "$log.build" 2>&1 || { tail -30 "$log.build"; exit 1; }
+} > "$build_log" 2>&1 || { tail -30 "$build_log"; exit 1; }
 wasm_out="$target_dir/wasm-bench"
 
 declare -A v
