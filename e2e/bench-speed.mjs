@@ -8,7 +8,7 @@
 //
 //   SERVER_BIN=target/release/server node e2e/bench-speed.mjs     (DIST: the trunk build)
 // Prints `key value` lines (read by bench-speed.sh) after a human-readable log.
-import { launchChromium, startServer, waitFor } from './harness.mjs';
+import { launchChromium, startServer, stepRatesInWorker, waitFor } from './harness.mjs';
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const results = [];
@@ -22,24 +22,7 @@ try {
   await page.goto(`${server.base}/`);
   await page.waitForSelector('#join');
   const cores = Number(process.env.WORKERS ?? await page.evaluate(() => Math.min(navigator.hardwareConcurrency || 1, 16)));
-  const steps = await page.evaluate(async (origin) => {
-    const src = `importScripts("${origin}/worker.js");
-      wasm_bindgen("${origin}/worker_bg.wasm").then(() => {
-        const out = {};
-        for (const [kind, batch, iters] of [["dp", 64, 40], ["plain", 64, 40], ["dp", 512, 6], ["plain", 512, 6]]) {
-          const rates = [1, 2, 3].map(() => wasm_bindgen.trainThroughput(kind, batch, iters));
-          out[kind + "-" + batch] = rates;
-        }
-        postMessage({ bench: out });
-      });`;
-    const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })));
-    const result = await new Promise((resolve, reject) => {
-      w.onmessage = (e) => e.data?.bench && resolve(e.data.bench);
-      w.onerror = (e) => reject(new Error(e.message));
-    });
-    w.terminate();
-    return result;
-  }, server.base);
+  const steps = await stepRatesInWorker(page, server.base, [['dp', 64, 40], ['plain', 64, 40], ['dp', 512, 6], ['plain', 512, 6]]);
   console.log('## TinyCNN steps in one Chromium dedicated worker (samples/s; runs)');
   for (const [k, runs] of Object.entries(steps)) {
     console.log(`${k.padEnd(10)} ${median(runs).toFixed(0)}   (${runs.map((r) => r.toFixed(0)).join(', ')})`);

@@ -10,7 +10,7 @@
 //   SERVER_BIN=target/release/server node e2e/bench.mjs
 import { readdirSync, readFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
-import { launchChromium, startServer, waitFor } from './harness.mjs';
+import { launchChromium, startServer, stepRatesInWorker, waitFor } from './harness.mjs';
 
 const dist = process.env.DIST ?? 'dist';
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -72,24 +72,8 @@ try {
   const page = await (await browser.newContext()).newPage();
   await page.goto(`${base}/`);
   await page.waitForSelector('#join');
-  const steps = await page.evaluate(async (origin) => {
-    const src = `importScripts("${origin}/worker.js");
-      wasm_bindgen("${origin}/worker_bg.wasm").then(() => {
-        const out = {};
-        for (const [kind, batch, iters] of [["dp", 64, 30], ["plain", 64, 30], ["inference", 64, 30], ["dp", 512, 6]]) {
-          const rates = [1, 2, 3].map(() => wasm_bindgen.trainThroughput(kind, batch, iters));
-          out[kind + " batch " + batch] = rates.sort((a, b) => a - b)[1];
-        }
-        postMessage({ bench: out });
-      });`;
-    const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })));
-    const result = await new Promise((resolve, reject) => {
-      w.onmessage = (e) => e.data?.bench && resolve(e.data.bench);
-      w.onerror = (e) => reject(new Error(e.message));
-    });
-    w.terminate();
-    return result;
-  }, base);
+  const runs = await stepRatesInWorker(page, base, [['dp', 64, 30], ['plain', 64, 30], ['inference', 64, 30], ['dp', 512, 6]]);
+  const steps = Object.fromEntries(Object.entries(runs).map(([k, r]) => [k.replace('-', ' batch '), median(r)]));
   console.log('\n## TinyCNN steps in a Chromium dedicated worker (samples/s, median of 3)');
   for (const [k, v] of Object.entries(steps)) console.log(`${k.padEnd(20)} ${v.toFixed(0)}`);
 

@@ -77,3 +77,28 @@ export function launchChromium() {
            '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
 }
+
+/**
+ * The training-step benchmark (`trainThroughput`, exported by the worker bundle) in a fresh
+ * dedicated worker of `page`, served from `origin`: for each `[kind, batch, iters]` of `cases`,
+ * three runs' samples/s, keyed `${kind}-${batch}`.
+ */
+export function stepRatesInWorker(page, origin, cases) {
+  return page.evaluate(async ({ origin, cases }) => {
+    const src = `importScripts("${origin}/worker.js");
+      wasm_bindgen("${origin}/worker_bg.wasm").then(() => {
+        const out = {};
+        for (const [kind, batch, iters] of ${JSON.stringify(cases)}) {
+          out[kind + "-" + batch] = [1, 2, 3].map(() => wasm_bindgen.trainThroughput(kind, batch, iters));
+        }
+        postMessage({ bench: out });
+      });`;
+    const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })));
+    const result = await new Promise((resolve, reject) => {
+      w.onmessage = (e) => e.data?.bench && resolve(e.data.bench);
+      w.onerror = (e) => reject(new Error(e.message));
+    });
+    w.terminate();
+    return result;
+  }, { origin, cases });
+}

@@ -233,32 +233,23 @@ mod tests {
     }
 
     /// A thread that fails (here a label outside the model's classes makes it panic) fails the
-    /// step with an error naming it, instead of taking the process down.
+    /// step with an error naming it, instead of taking the process down — the calling thread's
+    /// own slice (the first) as well as a spawned thread's.
     #[test]
     fn a_thread_that_fails_mid_step_is_an_error_not_a_panic() {
         let (model, params) = (MNIST.model(), init());
-        let mut bad = input(&records(6, 3), Some(1.0));
-        bad.labels[5] = 200;
-        let err = Threads(3)
-            .gradient(&model, &params, &bad)
-            .expect_err("thread 3 cannot compute its slice");
-        let text = err.to_string();
-        assert!(text.contains("training thread 3 of 3 failed"), "{text}");
-    }
-
-    /// The calling thread's own slice (the first) fails the same way.
-    #[test]
-    fn the_calling_thread_s_slice_failing_is_an_error_too() {
-        let (model, params) = (MNIST.model(), init());
-        let mut bad = input(&records(6, 3), Some(1.0));
-        bad.labels[0] = 200;
-        let err = Threads(3)
-            .gradient(&model, &params, &bad)
-            .expect_err("thread 1 cannot compute its slice");
-        assert!(
-            err.to_string().contains("training thread 1 of 3 failed"),
-            "{err}"
-        );
+        for (example, thread) in [(5, 3), (0, 1)] {
+            let mut bad = input(&records(6, 3), Some(1.0));
+            bad.labels[example] = 200;
+            let err = Threads(3)
+                .gradient(&model, &params, &bad)
+                .expect_err("a thread cannot compute its slice");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("training thread {thread} of 3 failed")),
+                "{text}"
+            );
+        }
     }
 
     /// A step whose gradient could not be computed ends the round with that error, and only
