@@ -274,7 +274,7 @@ async fn join(
 }
 
 /// Sleeps on the worker's `setTimeout` (a worker has no `window`).
-pub(crate) async fn sleep_ms(ms: u32) {
+async fn sleep_ms(ms: u32) {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         let _id =
             scope().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms as i32);
