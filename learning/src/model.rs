@@ -216,16 +216,33 @@ pub(crate) struct PoolRoute {
 }
 
 impl PoolRoute {
-    /// The index in z of each output's maximum, in output order.
-    fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+    /// Calls `f(output, index in z of its maximum)` for every output, in output order: nested
+    /// loops over planes, rows and columns (a division and a remainder per output cost 4 % of a
+    /// wasm step).
+    fn for_each(&self, mut f: impl FnMut(usize, usize)) {
         let (side, half) = (self.side, self.side / 2);
         let per_plane = half * half;
-        self.offsets.iter().enumerate().map(move |(o, &off)| {
-            let (plane, at) = (o / per_plane, o % per_plane);
-            let (i, j) = (at / half, at % half);
-            let (row, col) = (2 * i + usize::from(off >> 1), 2 * j + usize::from(off & 1));
-            plane * side * side + row * side + col
-        })
+        if per_plane == 0 {
+            return;
+        }
+        for (p, plane) in self.offsets.chunks_exact(per_plane).enumerate() {
+            let base = p * side * side;
+            for (i, row) in plane.chunks_exact(half).enumerate() {
+                let top = base + 2 * i * side;
+                for (j, &off) in row.iter().enumerate() {
+                    let at = top + usize::from(off >> 1) * side + 2 * j + usize::from(off & 1);
+                    f(p * per_plane + i * half + j, at);
+                }
+            }
+        }
+    }
+
+    /// The index in z of each output's maximum, in output order.
+    #[cfg(test)]
+    fn indices(&self) -> Vec<usize> {
+        let mut out = Vec::with_capacity(self.offsets.len());
+        self.for_each(|_, at| out.push(at));
+        out
     }
 
     /// dL/dz from dL/d(pool output) for `relu_pool(z)`: each output's gradient goes to its
@@ -234,11 +251,11 @@ impl PoolRoute {
         debug_assert_eq!(d_out.len(), self.offsets.len());
         // An assignment, not a sum: 2×2 windows at stride 2 never share an input.
         let mut dz = vec![0.0; z.len()];
-        for (&g, at) in d_out.iter().zip(self.indices()) {
+        self.for_each(|o, at| {
             if z[at] > 0.0 || z[at].is_nan() {
-                dz[at] = g;
+                dz[at] = d_out[o];
             }
-        }
+        });
         dz
     }
 }
@@ -253,18 +270,14 @@ pub(crate) fn relu_pool(z: &[f32], side: usize) -> (Vec<f32>, PoolRoute) {
     let mut out = Vec::with_capacity(planes * half * half);
     let mut offsets = Vec::with_capacity(planes * half * half);
     debug_assert_eq!(z.len() % (side * side), 0, "whole planes");
-    // NaN is rare (a broken model): one pass to find it keeps it out of the hot loop. (A loop
-    // generic over the window function, so that it inlines, measured 15 % slower at batch 64:
-    // benchmarks/backward-ab-native.log.)
-    let window = if z.iter().fold(false, |nan, v| nan | v.is_nan()) {
-        window_max_with_nan
-    } else {
-        window_max
-    };
+    // NaN is rare (a broken model): one pass to find it keeps it out of the hot loop.
+    if !z.iter().fold(false, |nan, v| nan | v.is_nan()) {
+        return relu_pool_nan_free(z, side);
+    }
     for plane in z.chunks_exact(side * side) {
         for i in 0..half {
             for j in 0..half {
-                let (offset, value) = window(plane, 2 * i * side + 2 * j, side);
+                let (offset, value) = window_max_with_nan(plane, 2 * i * side + 2 * j, side);
                 out.push(value);
                 offsets.push(offset);
             }
@@ -273,25 +286,48 @@ pub(crate) fn relu_pool(z: &[f32], side: usize) -> (Vec<f32>, PoolRoute) {
     (out, PoolRoute { offsets, side })
 }
 
-/// The first maximum of ReLU over the 2×2 window at `first`, and which of the four it is, for
-/// NaN-free z: the top pair's first maximum unless the bottom pair's is strictly greater, which
-/// is the first maximum in row-major order, in selects the compiler need not branch on.
-fn window_max(plane: &[f32], first: usize, side: usize) -> (u8, f32) {
-    let [a, b] = [plane[first].max(0.0), plane[first + 1].max(0.0)];
-    let [c, d] = [
-        plane[first + side].max(0.0),
-        plane[first + side + 1].max(0.0),
-    ];
-    let (top, top_at) = if b > a { (b, 1) } else { (a, 0) };
-    let (bottom, bottom_at) = if d > c { (d, 3) } else { (c, 2) };
-    if bottom > top {
-        (bottom_at, bottom)
-    } else {
-        (top_at, top)
-    }
+/// ReLU of a number that is not NaN: a compare and a select. (`f32::max` keeps IEEE's NaN
+/// rule, which WebAssembly has no instruction for: it compiled to a call of libm's `fmaxf`,
+/// 15 % of a wasm DP step; benchmarks/wasm-step-profile-64.txt.)
+#[inline(always)]
+fn relu(v: f32) -> f32 {
+    if v > 0.0 { v } else { 0.0 }
 }
 
-/// [`window_max`] where a NaN wins and passes ReLU, so that it propagates as in burn (whose
+/// [`relu_pool`] of NaN-free z, a pair of rows at a time into outputs sized up front: no
+/// per-window call, bounds check or push (in wasm the per-window function was 17 % of a DP
+/// step; benchmarks/wasm-step-profile-64.txt). In each window the top pair's first maximum wins unless
+/// the bottom pair's is strictly greater: the first maximum in row-major order, in selects.
+fn relu_pool_nan_free(z: &[f32], side: usize) -> (Vec<f32>, PoolRoute) {
+    let half = side / 2;
+    let n = z.len() / (side * side) * half * half;
+    let (mut out, mut offsets) = (vec![0.0; n], vec![0u8; n]);
+    if half > 0 {
+        let rows = z
+            .chunks_exact(side * side)
+            .flat_map(|plane| plane.chunks_exact(2 * side).take(half));
+        let outputs = out
+            .chunks_exact_mut(half)
+            .zip(offsets.chunks_exact_mut(half));
+        for (pair, (out_row, off_row)) in rows.zip(outputs) {
+            let (top, bottom) = pair.split_at(side);
+            let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+            for ((t, b), (o, off)) in windows.zip(out_row.iter_mut().zip(off_row.iter_mut())) {
+                let (a, b1, c, d) = (relu(t[0]), relu(t[1]), relu(b[0]), relu(b[1]));
+                let (top_max, top_at) = if b1 > a { (b1, 1) } else { (a, 0) };
+                let (bottom_max, bottom_at) = if d > c { (d, 3) } else { (c, 2) };
+                (*o, *off) = if bottom_max > top_max {
+                    (bottom_max, bottom_at)
+                } else {
+                    (top_max, top_at)
+                };
+            }
+        }
+    }
+    (out, PoolRoute { offsets, side })
+}
+
+/// The window rule of [`relu_pool_nan_free`] where a NaN wins and passes ReLU, so that it propagates as in burn (whose
 /// pool keeps the last NaN of a window, this the first: either way the example's gradient is
 /// not finite, and DP-SGD gives it clip factor 0).
 fn window_max_with_nan(plane: &[f32], first: usize, side: usize) -> (u8, f32) {
@@ -514,7 +550,11 @@ mod tests {
             assert_eq!(ours, tensor_vec(values), "side {side}");
             let burn: Vec<i64> = indices.into_data().convert::<i64>().try_to_vec().unwrap();
             let plane = side * side;
-            let local: Vec<i64> = route.indices().map(|a| (a % plane) as i64).collect();
+            let local: Vec<i64> = route
+                .indices()
+                .into_iter()
+                .map(|a| (a % plane) as i64)
+                .collect();
             assert_eq!(local, burn, "side {side}");
         }
     }
