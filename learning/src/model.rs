@@ -288,16 +288,17 @@ pub(crate) fn relu_pool(z: &[f32], side: usize) -> (Vec<f32>, PoolRoute) {
 
 /// ReLU of a number that is not NaN: a compare and a select. (`f32::max` keeps IEEE's NaN
 /// rule, which WebAssembly has no instruction for: it compiled to a call of libm's `fmaxf`,
-/// 15 % of a wasm DP step; benchmarks/wasm-step-profile-64.txt.)
+/// 12 % of a wasm DP step; benchmarks/wasm-step-profile-64.txt.)
 #[inline(always)]
 fn relu(v: f32) -> f32 {
     if v > 0.0 { v } else { 0.0 }
 }
 
 /// [`relu_pool`] of NaN-free z, a pair of rows at a time into outputs sized up front: no
-/// per-window call, bounds check or push (in wasm the per-window function was 17 % of a DP
-/// step; benchmarks/wasm-step-profile-64.txt). In each window the top pair's first maximum wins unless
-/// the bottom pair's is strictly greater: the first maximum in row-major order, in selects.
+/// per-window call, bounds check or push (in wasm the per-window function called through a
+/// pointer was 10 % of a DP step, the pushes 6 %; benchmarks/wasm-step-profile-64.txt). In
+/// each window the top pair's first maximum wins unless the bottom pair's is strictly greater:
+/// the first maximum in row-major order, in selects.
 fn relu_pool_nan_free(z: &[f32], side: usize) -> (Vec<f32>, PoolRoute) {
     let half = side / 2;
     let n = z.len() / (side * side) * half * half;
