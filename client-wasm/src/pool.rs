@@ -66,6 +66,9 @@ pub fn slice_gradient_from(
             asked.dim
         ));
     }
+    if loss_sum < 0.0 {
+        return Err(format!("its loss sum is {loss_sum}: expected 0 or more"));
+    }
     let norm = sum
         .iter()
         .map(|v| f64::from(*v).powi(2))
@@ -133,23 +136,27 @@ mod web {
         js_sys::global().unchecked_into()
     }
 
-    /// A timer that resolves after `ms` and is cleared when dropped: a step that ends before
-    /// its deadline leaves no timer behind.
+    /// A timer that resolves after `ms`. Dropped earlier, it is cleared and its promise
+    /// resolved: a `JsFuture` frees its callbacks only when its promise settles, so a promise
+    /// left pending would leak them at every step.
     struct Deadline {
         id: i32,
+        resolve: Option<js_sys::Function>,
         fired: wasm_bindgen_futures::JsFuture,
     }
 
     impl Deadline {
         fn new(ms: u32) -> Self {
-            let mut id = 0;
+            let (mut id, mut resolver) = (0, None);
             let promise = js_sys::Promise::new(&mut |resolve, _| {
                 id = scope()
                     .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms as i32)
                     .unwrap_or(0);
+                resolver = Some(resolve);
             });
             Self {
                 id,
+                resolve: resolver,
                 fired: promise.into(),
             }
         }
@@ -165,6 +172,9 @@ mod web {
     impl Drop for Deadline {
         fn drop(&mut self) {
             scope().clear_timeout_with_handle(self.id);
+            if let Some(resolve) = self.resolve.take() {
+                let _settled = resolve.call0(&JsValue::UNDEFINED);
+            }
         }
     }
 
@@ -210,7 +220,9 @@ mod web {
             })
         }
 
-        /// The next event, or why there is none before `deadline` (`ms` after it was set).
+        /// The next event, or why there is none before `deadline` (`ms` after it was set). A
+        /// deadline that fired ends its pool: a fused one never fires again, so it is never
+        /// waited on twice.
         async fn next(
             &mut self,
             mut deadline: &mut futures::future::Fuse<Deadline>,
@@ -295,14 +307,15 @@ mod web {
             self.helpers.len() + 1
         }
 
-        /// The clipped gradient sum of a step's examples, computed in slices; `Err` names the
-        /// helper that failed (the pool is then unusable).
+        /// The clipped gradient sum of a step's examples, computed in slices. A helper's failure
+        /// names it (the pool is then unusable); the training worker's own part failing is a
+        /// [`StepError::Local`].
         async fn gradient(
             &mut self,
             task: &Task,
             params: &[f32],
             input: &StepInput,
-        ) -> Result<BatchGradient, String> {
+        ) -> Result<BatchGradient, StepError> {
             let model = task.model();
             let parts = slices(input.len(), self.workers());
             let of = parts.len();
@@ -317,7 +330,7 @@ mod web {
                 let (images, labels) = input.slice(range.clone());
                 helper
                     .send(&header, params, images, labels)
-                    .map_err(|why| helper_lost(i + 1, of, &why))?;
+                    .map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
                 asked.push(Asked {
                     seq: self.seq,
                     examples: range.len(),
@@ -327,7 +340,7 @@ mod web {
             }
             let (images, labels) = input.slice(parts[0].clone());
             let mut total = slice_gradient(&model, params, images, labels, input.clip)
-                .map_err(|e| e.to_string())?;
+                .map_err(StepError::Local)?;
             let mut deadline = Deadline::new(STEP_MS).fuse();
             for (i, (helper, asked)) in self.helpers.iter_mut().zip(asked).enumerate() {
                 let part = match helper.next(&mut deadline, STEP_MS).await {
@@ -335,11 +348,19 @@ mod web {
                     Ok(Event::Ready) => Err("it restarted".to_string()),
                     Ok(Event::Error(e)) | Err(e) => Err(e),
                 };
-                let part = part.map_err(|why| helper_lost(i + 1, of, &why))?;
-                total.add(&part).map_err(|e| e.to_string())?;
+                let part = part.map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
+                total.add(&part).map_err(StepError::Local)?;
             }
             Ok(total)
         }
+    }
+
+    /// Why a step's gradient could not be computed in slices.
+    enum StepError {
+        /// A helper failed: what to tell the user (the step is computed again here).
+        Helper(String),
+        /// The training worker's own part failed: the step fails.
+        Local(LearningError),
     }
 
     /// The workers a tab trains with: how many it wants, and the helpers once started.
@@ -547,7 +568,10 @@ mod web {
         if let Some(pool) = workers.pool.as_mut().filter(|_| !input.is_empty()) {
             match pool.gradient(task, params, input).await {
                 Ok(g) => return Ok(g),
-                Err(why) => on_event(TrainEvent::HelpersLost(workers.lost(why))),
+                Err(StepError::Local(e)) => return Err(e),
+                Err(StepError::Helper(why)) => {
+                    on_event(TrainEvent::HelpersLost(workers.lost(why)));
+                }
             }
         }
         slice_gradient(
@@ -605,6 +629,17 @@ mod tests {
             ),
             (done(9, 3, 2, 1), None, "no gradient sum"),
             (done(9, 3, 2, 1), Some(vec![f32::NAN; 4]), "not finite"),
+            (
+                SliceReply::Done {
+                    seq: 9,
+                    loss_sum: -1.0,
+                    correct: 2,
+                    examples: 3,
+                    clipped: 1,
+                },
+                Some(vec![0.0; 4]),
+                "loss sum is -1: expected 0 or more",
+            ),
             (
                 done(9, 3, 2, 1),
                 Some(vec![2.0; 4]),

@@ -265,15 +265,15 @@ impl PoolRoute {
 /// burn's rules: the first maximum of a window in row-major order wins (ties are common: a
 /// constant background gives equal activations), a NaN wins (see [`window_max_with_nan`]).
 pub(crate) fn relu_pool(z: &[f32], side: usize) -> (Vec<f32>, PoolRoute) {
-    let half = side / 2;
-    let planes = z.len() / (side * side);
-    let mut out = Vec::with_capacity(planes * half * half);
-    let mut offsets = Vec::with_capacity(planes * half * half);
     debug_assert_eq!(z.len() % (side * side), 0, "whole planes");
     // NaN is rare (a broken model): one pass to find it keeps it out of the hot loop.
     if !z.iter().fold(false, |nan, v| nan | v.is_nan()) {
         return relu_pool_nan_free(z, side);
     }
+    let half = side / 2;
+    let planes = z.len() / (side * side);
+    let mut out = Vec::with_capacity(planes * half * half);
+    let mut offsets = Vec::with_capacity(planes * half * half);
     for plane in z.chunks_exact(side * side) {
         for i in 0..half {
             for j in 0..half {
