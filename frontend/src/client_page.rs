@@ -110,20 +110,6 @@ fn parse_cap(text: &str) -> Result<Option<f64>, String> {
     }
 }
 
-/// The workers field: empty for the device's cores.
-fn parse_workers(text: &str) -> Result<Option<u32>, String> {
-    let max = protocol::worker::MAX_TRAINING_WORKERS;
-    match text.trim() {
-        "" => Ok(None),
-        t => match t.parse::<u32>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(format!(
-                "workers is {t}: expected a whole number from 1 to {max}, or empty for this device's cores"
-            )),
-        },
-    }
-}
-
 /// The δ field: empty for the default min(1e-5, 1/(10 n)).
 fn parse_delta(text: &str) -> Result<Option<f64>, String> {
     match text.trim() {
@@ -544,7 +530,7 @@ pub fn ClientPage() -> impl IntoView {
         let (epsilon_cap, delta, workers) = match (
             parse_cap(&cap.get_untracked()),
             parse_delta(&delta_text.get_untracked()),
-            parse_workers(&workers_text.get_untracked()),
+            crate::client_view::parse_workers(&workers_text.get_untracked()),
         ) {
             (Ok(c), Ok(d), Ok(w)) => (c, d, w),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return set_form_error.set(Some(e)),

@@ -21,6 +21,20 @@ pub struct Training {
     pub samples_per_second: Option<f64>,
 }
 
+/// The workers field: empty for the device's cores.
+pub fn parse_workers(text: &str) -> Result<Option<u32>, String> {
+    let max = protocol::worker::MAX_TRAINING_WORKERS;
+    match text.trim() {
+        "" => Ok(None),
+        t => match t.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(format!(
+                "workers is {t}: expected a whole number from 1 to {max}, or empty for this device's cores"
+            )),
+        },
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -980,5 +994,21 @@ mod tests {
             reason: "left".into(),
         }));
         assert_eq!(v.connection_text(), "stopped: left");
+    }
+
+    #[test]
+    fn the_workers_field_takes_1_to_16_or_nothing() {
+        assert_eq!(parse_workers(""), Ok(None));
+        assert_eq!(parse_workers(" 4 "), Ok(Some(4)));
+        assert_eq!(parse_workers("16"), Ok(Some(16)));
+        for bad in ["0", "17", "-2", "2.5", "many"] {
+            let e = parse_workers(bad).expect_err(bad);
+            assert_eq!(
+                e,
+                format!(
+                    "workers is {bad}: expected a whole number from 1 to 16, or empty for this device's cores"
+                )
+            );
+        }
     }
 }
