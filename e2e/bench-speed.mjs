@@ -8,7 +8,7 @@
 //
 //   SERVER_BIN=target/release/server node e2e/bench-speed.mjs     (DIST: the trunk build)
 // Prints `key value` lines (read by bench-speed.sh) after a human-readable log.
-import { launchChromium, startServer, stepRatesInWorker, waitFor } from './harness.mjs';
+import { frameStats, launchChromium, recordFrames, startServer, stepRatesInWorker, trainingWindows, waitFor } from './harness.mjs';
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const results = [];
@@ -68,47 +68,17 @@ async function rounds(batch, workers) {
   await page.fill('#workers', String(workers));
   await page.click('#join');
   await waitFor('the tab to get its shard', () => page.$('#histogram'), 120_000);
-  await page.evaluate(() => {
-    window.frames_ = [];
-    const tick = (t) => { window.frames_.push(t); requestAnimationFrame(tick); };
-    requestAnimationFrame(tick);
-  });
+  await recordFrames(page);
   await server.api(`/api/admin/runs/${created.body.run_id}/start`, { method: 'POST' });
-  // Training windows: from the first step of a round to its row in the rounds table.
-  const windows = [];
-  let current = null;
-  for (;;) {
-    const s = await page.evaluate(() => ({
-      t: performance.now(),
-      status: document.querySelector('#train-status')?.textContent ?? '',
-      rows: document.querySelectorAll('#rounds tbody tr').length,
-    }));
-    if (!current && / step /.test(s.status) && windows.length === s.rows) current = { start: s.t, rows: s.rows };
-    if (current && s.rows > current.rows) {
-      windows.push([current.start, s.t]);
-      current = null;
-    }
-    if (s.rows >= 3) break;
-    await new Promise((r) => setTimeout(r, 100)); // light: the page and the workers share the cores
-  }
-  const out = await page.evaluate((windows) => {
-    const f = window.frames_;
-    const stat = ([a, b]) => {
-      const ts = f.filter((t) => t >= a && t <= b);
-      let gap = 0;
-      for (let i = 1; i < ts.length; i++) gap = Math.max(gap, ts[i] - ts[i - 1]);
-      return [(ts.length - 1) / ((b - a) / 1000), gap];
-    };
-    const rows = [...document.querySelectorAll('#rounds tbody tr')].map((tr) => [...tr.children].map((td) => td.textContent));
-    return { stats: windows.map(stat), rows };
-  }, windows);
+  const windows = await trainingWindows(page, 3);
+  const out = await frameStats(page, windows);
   await context.close();
   const id = created.body.run_id;
   await waitFor(`run ${id} to finish`, async () => (await server.api(`/api/admin/runs/${id}`)).body?.run.status === 'finished', 120_000);
   return {
     speeds: out.rows.map((r) => Number(r[5].split(' samples/s')[0].replace(/\D/g, ''))),
     seconds: out.rows.map((r) => parseFloat(r[4])),
-    fps: out.stats.map((s) => s[0]),
-    gaps: out.stats.map((s) => s[1]),
+    fps: out.stats.map((s) => s.fps),
+    gaps: out.stats.map((s) => s.maxGap),
   };
 }

@@ -10,7 +10,7 @@
 //   SERVER_BIN=target/release/server node e2e/bench.mjs
 import { readdirSync, readFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
-import { launchChromium, startServer, stepRatesInWorker, waitFor } from './harness.mjs';
+import { frameStats, launchChromium, recordFrames, startServer, stepRatesInWorker, trainingWindows, waitFor } from './harness.mjs';
 
 const dist = process.env.DIST ?? 'dist';
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -78,47 +78,16 @@ try {
   for (const [k, v] of Object.entries(steps)) console.log(`${k.padEnd(20)} ${v.toFixed(0)}`);
 
   // --- 3b + 4. One tab trains 3 real rounds while the page counts its animation frames.
-  await page.evaluate(() => {
-    window.frames_ = [];
-    const tick = (t) => { window.frames_.push(t); requestAnimationFrame(tick); };
-    requestAnimationFrame(tick);
-  });
+  await recordFrames(page);
   await page.click('#join');
   await waitFor('the tab to get its shard', () => page.$('#histogram'));
   await page.waitForTimeout(3000); // idle baseline
   const idleEnd = await page.evaluate(() => performance.now());
   const started = await server.api(`/api/admin/runs/${created.body.run_id}/start`, { method: 'POST' });
   if (started.status !== 200) throw new Error(`run not started: ${JSON.stringify(started)}`);
-  // Training windows: from the first progress event of a round to its Trained report.
-  const windows = [];
-  let current = null;
-  for (;;) {
-    const s = await page.evaluate(() => ({
-      t: performance.now(),
-      status: document.querySelector('#train-status')?.textContent ?? '',
-      rows: document.querySelectorAll('#rounds tbody tr').length,
-      finished: !!document.querySelector('#run-finished'),
-    }));
-    const training = /step/.test(s.status) && !(current && s.rows > current.rows);
-    if (training && !current) current = { start: s.t, rows: s.rows };
-    if (current && s.rows > current.rows) {
-      windows.push([current.start, s.t]);
-      current = null;
-    }
-    if (s.rows >= 3 || s.finished) break;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  const result = await page.evaluate(({ idleEnd, windows }) => {
-    const f = window.frames_;
-    const stats = (a, b) => {
-      const ts = f.filter((t) => t >= a && t <= b);
-      let gap = 0;
-      for (let i = 1; i < ts.length; i++) gap = Math.max(gap, ts[i] - ts[i - 1]);
-      return { fps: (ts.length - 1) / ((b - a) / 1000), maxGap: gap };
-    };
-    const rows = [...document.querySelectorAll('#rounds tbody tr')].map((tr) => [...tr.children].map((td) => td.textContent));
-    return { idle: stats(idleEnd - 3000, idleEnd), training: windows.map(([a, b]) => stats(a, b)), rows };
-  }, { idleEnd, windows });
+  const windows = await trainingWindows(page, 3, 20);
+  const { stats, rows } = await frameStats(page, [[idleEnd - 3000, idleEnd], ...windows]);
+  const result = { idle: stats[0], training: stats.slice(1), rows };
   const seconds = result.rows.map((r) => parseFloat(r[4]));
   console.log('\n## a real DP round in one tab (6 000 examples, batch 512, 1 local epoch, σ for ε ≤ 3)');
   for (const r of result.rows.reverse()) console.log(`round ${r[0]}: ${r[4]} → ${(6000 / parseFloat(r[4])).toFixed(0)} samples/s (ε after ${r[3]})`);

@@ -102,3 +102,55 @@ export function stepRatesInWorker(page, origin, cases) {
     return result;
   }, { origin, cases });
 }
+
+/** Starts recording `page`'s animation frames (their timestamps, in `window.frames_`). */
+export function recordFrames(page) {
+  return page.evaluate(() => {
+    window.frames_ = [];
+    const tick = (t) => { window.frames_.push(t); requestAnimationFrame(tick); };
+    requestAnimationFrame(tick);
+  });
+}
+
+/**
+ * Watches a client tab train until its rounds table has `rounds` rows (or the run is over): for
+ * each round, the window [first step shown, its row shown] in the page's `performance.now()`
+ * time. Polled every `everyMs` (lightly: the page and its workers share the cores).
+ */
+export async function trainingWindows(page, rounds, everyMs = 100) {
+  const windows = [];
+  let current = null;
+  for (;;) {
+    const s = await page.evaluate(() => ({
+      t: performance.now(),
+      status: document.querySelector('#train-status')?.textContent ?? '',
+      rows: document.querySelectorAll('#rounds tbody tr').length,
+      finished: !!document.querySelector('#run-finished'),
+    }));
+    if (!current && / step /.test(s.status) && windows.length === s.rows) current = { start: s.t, rows: s.rows };
+    if (current && s.rows > current.rows) {
+      windows.push([current.start, s.t]);
+      current = null;
+    }
+    if (s.rows >= rounds || s.finished) return windows;
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/**
+ * For each `[start, end]` window: the frames per second `recordFrames` saw in it and the longest
+ * gap between two frames (ms); with the cells of the tab's rounds table (newest round first).
+ */
+export function frameStats(page, windows) {
+  return page.evaluate((windows) => {
+    const f = window.frames_;
+    const stats = windows.map(([a, b]) => {
+      const ts = f.filter((t) => t >= a && t <= b);
+      let gap = 0;
+      for (let i = 1; i < ts.length; i++) gap = Math.max(gap, ts[i] - ts[i - 1]);
+      return { fps: (ts.length - 1) / ((b - a) / 1000), maxGap: gap };
+    });
+    const rows = [...document.querySelectorAll('#rounds tbody tr')].map((tr) => [...tr.children].map((td) => td.textContent));
+    return { stats, rows };
+  }, windows);
+}

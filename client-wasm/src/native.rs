@@ -3,13 +3,12 @@
 //! [`Session`] the browser worker drives, and reconnects with backoff when the connection drops.
 
 use std::sync::Arc;
-
-use learning::parallel::Threads;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
+use learning::parallel::Threads;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{info, warn};

@@ -35,10 +35,6 @@ pub fn parse_workers(text: &str) -> Result<Option<u32>, String> {
     }
 }
 
-fn one() -> u32 {
-    1
-}
-
 /// "3 120 samples/s on 2 workers", or `None` before a step was timed.
 pub fn speed(samples_per_second: Option<f64>, workers: u32) -> Option<String> {
     let rate = samples_per_second.filter(|r| r.is_finite() && *r > 0.0)?;
@@ -81,7 +77,7 @@ pub struct RoundRow {
     /// Examples trained on per second, and the workers that shared the steps.
     #[serde(default)]
     pub samples_per_second: Option<f64>,
-    #[serde(default = "one")]
+    #[serde(default = "protocol::worker::one_worker")]
     pub workers: u32,
     /// The global model's test accuracy once the round closed.
     pub global_accuracy: Option<f64>,

