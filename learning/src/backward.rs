@@ -12,78 +12,87 @@
 //! ```text
 //! dz3 = softmax(logits) − onehot                      [b, 10]   (summed cross-entropy)
 //! dh2 = dz3 · W_fcᵀ                                   [b, 800]
-//! dz2 = each dh2 at its window's argmax, if z2 > 0    [b, 32, 11, 11]
-//! dh1 = conv_transpose(dz2, W2)                       [b, 16, 13, 13]
-//! dz1 = each dh1 at its window's argmax, if z1 > 0    [b, 16, 26, 26]
+//! dz2 = each dh2 at its window's argmax, if z2 > 0    [32, b, 11, 11]
+//! dh1 = col2im(W2ᵀ · dz2)  (conv2's transpose)        [16, b, 13, 13]
+//! dz1 = each dh1 at its window's argmax, if z1 > 0    [16, b, 26, 26]
 //! ```
+//!
+//! (Channel-major over the batch, as the forward pass lays them out: every product is one gemm
+//! for the whole batch, [`crate::kernels`].)
 //!
 //! ReLU and the 2×2 pool run together in one pass over z that keeps each window's argmax
 //! ([`crate::model::relu_pool`], in the forward pass every evaluation uses too), with burn's
 //! rules: the first maximum of a window in row-major order wins, a NaN wins, ReLU's gradient at
 //! 0 is 0. The tests hold the result to burn's autodiff through burn's own layers.
 
-use burn::tensor::module::conv_transpose2d;
-use burn::tensor::ops::ConvTransposeOptions;
-use burn::tensor::{Device, Tensor, TensorData};
+use crate::kernels::{Mat, MatMut, col2im3, matmul, swap_outer};
+use crate::model::{IMAGE_PIXELS, IMAGE_SIDE, Kept, TinyCnnConfig, Weights, forward_kept};
 
-use crate::model::{IMAGE_SIDE, TinyCnn, TinyCnnConfig, tensor_vec};
-
-/// What one pass gives: the layers' inputs (the weight gradients multiply them) and dL/dz.
+/// What one pass gives, channel-major over the batch like the forward pass: the layers' inputs
+/// (the weight gradients multiply them) and dL/dz.
 pub(crate) struct Pass {
-    /// The images `[b, 1, 28, 28]` (conv1's input).
-    pub x: Tensor<4>,
-    /// conv2's input `[b, 16, 13, 13]`.
-    pub h1: Tensor<4>,
+    /// im2col of the images `[9, b · 676]` and of conv2's input `[16 · 9, b · 121]`.
+    pub u1: Vec<f32>,
+    pub u2: Vec<f32>,
     /// fc's input `[b, 800]`.
-    pub fc_input: Tensor<2>,
-    /// Logits `[b × 10]`.
+    pub fc_input: Vec<f32>,
+    /// Logits `[b, 10]`.
     pub logits: Vec<f32>,
-    /// dL/dz1 `[b, 16, 676]`, dL/dz2 `[b, 32, 121]`, dL/dlogits `[b, 10]`.
-    pub dz1: Tensor<3>,
-    pub dz2: Tensor<3>,
-    pub dz3: Tensor<2>,
+    /// dL/dz1 `[16, b, 676]`, dL/dz2 `[32, b, 121]`, dL/dlogits `[b, 10]`.
+    pub dz1: Vec<f32>,
+    pub dz2: Vec<f32>,
+    pub dz3: Vec<f32>,
 }
 
-/// Forward and backward of the summed cross-entropy of a batch.
-pub(crate) fn pass(
-    model: &TinyCnn,
-    config: &TinyCnnConfig,
-    images: &[f32],
-    labels: &[u8],
-    device: &Device,
-) -> Pass {
+/// Forward and backward of the summed cross-entropy of a batch (`images` holds one whole
+/// image per label: checked by the callers).
+pub(crate) fn pass(config: &TinyCnnConfig, w: &Weights<'_>, images: &[f32], labels: &[u8]) -> Pass {
     let b = labels.len();
+    debug_assert_eq!(images.len(), b * IMAGE_PIXELS);
     let (c1, c2, k) = (
         config.conv1_channels,
         config.conv2_channels,
         config.num_classes,
     );
-    let (s1, s2) = (IMAGE_SIDE - 2, (IMAGE_SIDE - 2) / 2 - 2); // 26, 11
-    let x = Tensor::<4>::from_data(
-        TensorData::new(images.to_vec(), [b, 1, IMAGE_SIDE, IMAGE_SIDE]),
-        device,
-    );
-    let kept = model.forward_kept(x.clone());
-    let logits = tensor_vec(kept.logits);
+    let (p1, s2) = ((IMAGE_SIDE - 2) / 2, (IMAGE_SIDE - 2) / 2 - 2); // 13, 11
+    let f = config.flat_features();
+    let Kept {
+        u1,
+        z1,
+        pool1,
+        u2,
+        z2,
+        pool2,
+        fc_input,
+        logits,
+    } = forward_kept(config, w, images);
 
-    let dz3 = Tensor::<2>::from_data(
-        TensorData::new(softmax_minus_onehot(&logits, labels, k), [b, k]),
-        device,
+    let dz3 = softmax_minus_onehot(&logits, labels, k);
+    // dh2 = dz3 · W_fcᵀ [b, 800], then channel-major [32, b, 25] as the pool's outputs are.
+    let mut dh2 = vec![0.0; b * f];
+    matmul(
+        MatMut::new(&mut dh2, b, f),
+        Mat::new(&dz3, b, k),
+        Mat::new(w.fc, f, k).t(),
+        false,
     );
-    let dh2 = tensor_vec(dz3.clone().matmul(model.fc.weight.val().transpose()));
-    let dz2 = kept.pool2.backward(&dh2, &kept.z2);
-    let dz2 = Tensor::<4>::from_data(TensorData::new(dz2, [b, c2, s2, s2]), device);
-    let transposed = ConvTransposeOptions::new([1, 1], [0, 0], [0, 0], [1, 1], 1);
-    let dh1 = conv_transpose2d(dz2.clone(), model.conv2.weight.val(), None, transposed);
-    let dz1 = kept.pool1.backward(&tensor_vec(dh1), &kept.z1);
-    let dz1 = Tensor::<3>::from_data(TensorData::new(dz1, [b, c1, s1 * s1]), device);
+    let dz2 = pool2.backward(&swap_outer(&dh2, b, c2, f / c2), &z2);
+    // dh1 = conv2's transpose: W2ᵀ · dz2 [c1·9, b·121], each column back to its input (col2im).
+    let mut du2 = vec![0.0; c1 * 9 * b * s2 * s2];
+    matmul(
+        MatMut::new(&mut du2, c1 * 9, b * s2 * s2),
+        Mat::new(w.conv2, c2, c1 * 9).t(),
+        Mat::new(&dz2, c2, b * s2 * s2),
+        false,
+    );
+    let dz1 = pool1.backward(&col2im3(&du2, c1, b, p1), &z1);
     Pass {
-        x,
-        h1: kept.h1,
-        fc_input: kept.fc_input,
+        u1,
+        u2,
+        fc_input,
         logits,
         dz1,
-        dz2: dz2.reshape([b, c2, s2 * s2]),
+        dz2,
         dz3,
     }
 }

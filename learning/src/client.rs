@@ -2,7 +2,6 @@
 //! global model on a shard and returns the update; `evaluate` measures a model on data.
 //! The browser worker and the headless simulator call exactly these.
 
-use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 pub use protocol::config::{
@@ -15,7 +14,6 @@ use crate::accountant::{AccountantError, Mechanism, PrivacyLedger};
 use crate::data::Dataset;
 use crate::distributed::{DistributedStep, contribution};
 use crate::dpsgd::{BatchGradient, SecureRng, add_gaussian_noise, loss_and_correct};
-use crate::model::tensor_vec;
 use crate::parallel::{StepGradient, Threads};
 use crate::steps::LocalSteps;
 use crate::task::Task;
@@ -410,15 +408,12 @@ fn loss_sum_and_correct(
     bound: Option<f64>,
 ) -> Result<(f64, usize), LearningError> {
     let config = task.model();
-    let device = Device::flex();
-    let model = config.from_flat(params, &device)?;
+    config.layout().check_len(params)?;
     let (mut loss, mut correct) = (0.0, 0);
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(EVAL_BATCH) {
         let (x, y) = task.batch(data, chunk);
-        let [c, h, w] = task.input;
-        let x = Tensor::<4>::from_data(TensorData::new(x, [chunk.len(), c, h, w]), &device);
-        let logits = tensor_vec(model.forward(x));
+        let logits = config.logits(params, &x)?;
         for (row, label) in logits.chunks_exact(config.num_classes).zip(&y) {
             let (l, c) = loss_and_correct(row, std::slice::from_ref(label));
             loss += match bound {
@@ -448,6 +443,7 @@ impl From<ConfigError> for LearningError {
 mod tests {
     use super::*;
     use crate::task::{MNIST, TaskData};
+    use burn::tensor::Device;
 
     fn mnist() -> TaskData {
         MNIST

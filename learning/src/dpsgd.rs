@@ -9,23 +9,23 @@
 //! is a sum over examples. The weight gradient of example i is then built from its own layer
 //! input a_i:
 //!
-//! * convolution: `dW_i = dz_i · unfold(a_i)ᵀ` (one batched matmul), `db_i = Σ_spatial dz_i`
+//! * convolution: `dW_i = dz_i · unfold(a_i)ᵀ` (a gemm per example on strided views of the
+//!   batch's buffers, [`crate::kernels`]), `db_i = Σ_spatial dz_i`
 //! * linear: `dW_i = a_i ⊗ dz_i`, whose norm is `‖a_i‖·‖dz_i‖`, so the fc layer is never
 //!   materialised per example: the clipped sum is one matmul `aᵀ · (f ⊙ dz)`.
 //!
-//! Non-DP training uses the same pass with every clip factor 1. (Until issue 17, dL/dz came from
-//! burn's autodiff through zero "tap" leaves added to each z; its max-pool was a quarter of a
-//! step. The tests still hold every gradient to burn's autodiff on a batch of one.)
+//! Non-DP training needs no example's own gradient: each weight gradient is one product over
+//! the whole batch. (Until issue 17, dL/dz came from burn's autodiff through zero "tap" leaves
+//! added to each z, and every product from burn-flex's per-example kernels. The tests still
+//! hold every gradient to burn's autodiff on a batch of one.)
 
-use burn::tensor::module::unfold4d;
-use burn::tensor::ops::UnfoldOptions;
-use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::{ChaCha20Rng, SysRng};
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::data::NUM_CLASSES;
-use crate::model::{TinyCnn, TinyCnnConfig, tensor_vec};
+use crate::kernels::{Mat, MatMut, matmul};
+use crate::model::{TinyCnnConfig, Weights, check_images};
 
 /// Opacus adds this to the norm before dividing, so a zero gradient gets factor 1, not NaN.
 const CLIP_EPS: f32 = 1e-6;
@@ -126,100 +126,159 @@ impl BatchGradient {
 }
 
 /// Per-example gradients of a batch, one flat vector per example (layout order). Used to check
-/// the batched computation against autodiff; training never materialises these.
+/// the batched computation against autodiff and by the distributed step, which rounds each
+/// example's gradient; local training never materialises these.
 pub fn per_example_gradients(
     config: &TinyCnnConfig,
     params: &[f32],
     images: &[f32],
     labels: &[u8],
-    device: &Device,
 ) -> Result<Vec<Vec<f32>>, crate::LearningError> {
-    let model = config.from_flat(params, device)?;
-    let parts = layer_gradients(&model, config, images, labels, device);
-    let b = labels.len();
-    let [w1, b1, w2, b2] = parts.conv.map(tensor_vec);
-    let (a, dz) = (tensor_vec(parts.fc_input), tensor_vec(parts.fc_dz));
-    let (c1, c2, k) = (
-        config.conv1_channels,
-        config.conv2_channels,
-        config.num_classes,
-    );
-    let (n1, n2, f) = (w1.len() / b, w2.len() / b, a.len() / b);
-    Ok((0..b)
+    let w = config.weights(params)?;
+    check_images(images, labels.len())?;
+    let parts = per_example_layers(config, &w, images, labels);
+    let [w1, b1, w2, b2] = &parts.conv;
+    let (a, dz, k) = (&parts.fc_input, &parts.fc_dz, config.num_classes);
+    let f = config.flat_features();
+    Ok((0..labels.len())
         .map(|i| {
             let mut g = Vec::with_capacity(params.len());
-            g.extend_from_slice(&w1[i * n1..][..n1]);
-            g.extend_from_slice(&b1[i * c1..][..c1]);
-            g.extend_from_slice(&w2[i * n2..][..n2]);
-            g.extend_from_slice(&b2[i * c2..][..c2]);
-            for j in 0..f {
-                g.extend(dz[i * k..(i + 1) * k].iter().map(|d| a[i * f + j] * d));
+            for t in [w1, b1, w2, b2] {
+                g.extend_from_slice(t.row(i));
             }
-            g.extend_from_slice(&dz[i * k..(i + 1) * k]);
+            let dz_i = &dz[i * k..(i + 1) * k];
+            for a_ij in &a[i * f..(i + 1) * f] {
+                g.extend(dz_i.iter().map(|d| a_ij * d));
+            }
+            g.extend_from_slice(dz_i);
             g
         })
         .collect())
 }
 
 /// The gradient of one batch: per-example clipped to `max_grad_norm` when it is `Some` (DP),
-/// plain otherwise.
+/// plain otherwise. An error when `params` or `images` do not fit the model and the labels.
 pub fn batch_gradient(
-    model: &TinyCnn,
     config: &TinyCnnConfig,
+    params: &[f32],
     images: &[f32],
     labels: &[u8],
     max_grad_norm: Option<f32>,
-    device: &Device,
-) -> BatchGradient {
-    let b = labels.len();
-    let parts = layer_gradients(model, config, images, labels, device);
-    let logits = parts.logits;
-    let [w1, b1, w2, b2] = parts.conv;
-    let (mut a, mut dz) = (parts.fc_input, parts.fc_dz);
-    let [mut w1, mut b1, mut w2, mut b2] = [w1, b1, w2, b2];
-
-    let (factor, clipped) = match max_grad_norm {
-        None => (Tensor::<2>::ones([b, 1], device), 0),
-        Some(c) => {
-            // Squared per-example norm of every layer, [b, 1].
-            let sq3 = |t: &Tensor<3>| {
-                t.clone()
-                    .square()
-                    .sum_dims_squeeze::<1, _>(&[1, 2])
-                    .reshape([b, 1])
-            };
-            let a_sq = a.clone().square().sum_dim(1);
-            let dz_sq = dz.clone().square().sum_dim(1);
-            let total = sq3(&w1) + sq3(&b1) + sq3(&w2) + sq3(&b2) + a_sq.add_scalar(1.0) * dz_sq;
-            let (host, bad) = clip_factors(&tensor_vec(total), c);
-            let clipped = host.iter().filter(|f| **f < 1.0).count();
-            let factor = Tensor::<2>::from_data(TensorData::new(host, [b, 1]), device);
-            if !bad.is_empty() {
-                [w1, b1, w2, b2] = [w1, b1, w2, b2].map(|t| zero_rows(t, &bad, device));
-                a = zero_rows(a, &bad, device);
-                dz = zero_rows(dz, &bad, device);
-            }
-            (factor, clipped)
-        }
+) -> Result<BatchGradient, crate::LearningError> {
+    let w = config.weights(params)?;
+    check_images(images, labels.len())?;
+    let (sum, logits, clipped) = match max_grad_norm {
+        Some(c) => clipped_sum(config, &w, images, labels, c),
+        None => plain_sum(config, &w, images, labels),
     };
-    let f3 = factor.clone().reshape([b, 1, 1]);
-    let sum0 = |t: Tensor<3>| (t * f3.clone()).sum_dim(0).reshape([-1]);
-    let dz_scaled = dz * factor;
-    let fc_w = a.transpose().matmul(dz_scaled.clone()).reshape([-1]); // [800, 10]
-    let fc_b = dz_scaled.sum_dim(0).reshape([-1]);
-    let sum = tensor_vec(Tensor::cat(
-        vec![sum0(w1), sum0(b1), sum0(w2), sum0(b2), fc_w, fc_b],
-        0,
-    ));
-
     let (loss_sum, correct) = loss_and_correct(&logits, labels);
-    BatchGradient {
+    Ok(BatchGradient {
         sum,
         loss_sum,
         correct,
-        batch_size: b,
+        batch_size: labels.len(),
         clipped,
+    })
+}
+
+/// Σ of the per-example gradients each scaled by Opacus's clip factor, flat in layout order;
+/// the logits; how many examples were scaled down.
+fn clipped_sum(
+    config: &TinyCnnConfig,
+    w: &Weights<'_>,
+    images: &[f32],
+    labels: &[u8],
+    c: f32,
+) -> (Vec<f32>, Vec<f32>, usize) {
+    let b = labels.len();
+    let parts = per_example_layers(config, w, images, labels);
+    let [w1, b1, w2, b2] = &parts.conv;
+    let (mut a, dz, k) = (parts.fc_input, parts.fc_dz, config.num_classes);
+    let f = config.flat_features();
+    // Squared per-example norm of every layer; fc's weight gradient a_i ⊗ dz_i has norm
+    // ‖a_i‖·‖dz_i‖ and is never built per example.
+    let norms_sq: Vec<f32> = (0..b)
+        .map(|i| {
+            let [n1, n2, n3, n4] = [w1, b1, w2, b2].map(|t| squares(t.row(i)));
+            let (a_sq, dz_sq) = (squares(&a[i * f..][..f]), squares(&dz[i * k..][..k]));
+            n1 + n2 + n3 + n4 + (a_sq + 1.0) * dz_sq
+        })
+        .collect();
+    let (factors, bad) = clip_factors(&norms_sq, c);
+    let clipped = factors.iter().filter(|f| **f < 1.0).count();
+    let mut sum = Vec::with_capacity(config.layout().num_params());
+    for t in [w1, b1, w2, b2] {
+        sum.extend(t.weighted_sum(&factors));
     }
+    // fc: aᵀ · (factor ⊙ dz). A dropped example's rows become exact zeros: 0 × ∞ would be NaN.
+    let dz_scaled: Vec<f32> = dz
+        .chunks_exact(k)
+        .zip(&factors)
+        .flat_map(|(row, f)| row.iter().map(move |d| if *f == 0.0 { 0.0 } else { f * d }))
+        .collect();
+    for &i in &bad {
+        a[i * f..(i + 1) * f].fill(0.0);
+    }
+    sum.extend(fc_gradient(&a, &dz_scaled, b, f, k));
+    (sum, parts.logits, clipped)
+}
+
+/// The plain gradient sum: each weight gradient is one product over the whole batch (no
+/// example's own gradient is needed), `dz [c_out × b·n] · uᵀ`.
+fn plain_sum(
+    config: &TinyCnnConfig,
+    w: &Weights<'_>,
+    images: &[f32],
+    labels: &[u8],
+) -> (Vec<f32>, Vec<f32>, usize) {
+    let b = labels.len();
+    let pass = crate::backward::pass(config, w, images, labels);
+    let (c1, c2, k) = (
+        config.conv1_channels,
+        config.conv2_channels,
+        config.num_classes,
+    );
+    let mut sum = Vec::with_capacity(config.layout().num_params());
+    for (dz, u, rows, taps) in [
+        (&pass.dz1, &pass.u1, c1, 9),
+        (&pass.dz2, &pass.u2, c2, c1 * 9),
+    ] {
+        let n = dz.len() / rows;
+        let mut weight = vec![0.0; rows * taps];
+        matmul(
+            MatMut::new(&mut weight, rows, taps),
+            Mat::new(dz, rows, n),
+            Mat::new(u, taps, n).t(),
+            false,
+        );
+        sum.extend(weight);
+        sum.extend(dz.chunks_exact(n.max(1)).map(|row| row.iter().sum::<f32>()));
+    }
+    let f = config.flat_features();
+    sum.extend(fc_gradient(&pass.fc_input, &pass.dz3, b, f, k));
+    (sum, pass.logits, 0)
+}
+
+/// fc's weight and bias gradients summed over the batch: `aᵀ · dz` `[800, k]`, then `Σ dz`.
+fn fc_gradient(a: &[f32], dz: &[f32], b: usize, f: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0.0; f * k];
+    matmul(
+        MatMut::new(&mut out, f, k),
+        Mat::new(a, b, f).t(),
+        Mat::new(dz, b, k),
+        false,
+    );
+    let mut bias = vec![0.0; k];
+    for row in dz.chunks_exact(k) {
+        bias.iter_mut().zip(row).for_each(|(s, d)| *s += d);
+    }
+    out.extend(bias);
+    out
+}
+
+/// Σ v².
+fn squares(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum()
 }
 
 /// Opacus's clip factor `min(1, C / (‖g‖ + 1e-6))` of each example, from its squared norm, and
@@ -243,50 +302,95 @@ fn clip_factors(norms_sq: &[f32], c: f32) -> (Vec<f32>, Vec<usize>) {
     (factors, bad)
 }
 
-/// Sets the rows (dimension 0: the example) listed in `bad` to 0, on the host. Only reached
-/// when some example's gradient is not finite, so its cost never matters.
-fn zero_rows<const D: usize>(t: Tensor<D>, bad: &[usize], device: &Device) -> Tensor<D> {
-    let shape = t.dims();
-    let mut v = tensor_vec(t);
-    let row = v.len() / shape[0].max(1);
-    for &i in bad {
-        v[i * row..(i + 1) * row].fill(0.0);
+/// One value per example and entry, `[b, len]` flat: a layer's per-example gradients.
+struct PerExample {
+    values: Vec<f32>,
+    len: usize,
+}
+
+impl PerExample {
+    fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.len..][..self.len]
     }
-    Tensor::from_data(TensorData::new(v, shape), device)
+
+    /// Σ_i factor_i · row_i. A factor of 0 skips its row (a dropped example's non-finite
+    /// values never reach the sum: 0 × ∞ would be NaN).
+    fn weighted_sum(&self, factors: &[f32]) -> Vec<f32> {
+        let mut sum = vec![0.0; self.len];
+        for (row, &f) in self.values.chunks_exact(self.len.max(1)).zip(factors) {
+            if f != 0.0 {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += f * v);
+            }
+        }
+        sum
+    }
 }
 
 /// Per-example pieces from one forward pass and the written-out backward ([`crate::backward`]).
 struct LayerGradients {
-    /// Per-example conv1 weight `[b, 16, 9]`, conv1 bias `[b, 16, 1]`, conv2 weight
-    /// `[b, 32, 144]`, conv2 bias `[b, 32, 1]` gradients.
-    conv: [Tensor<3>; 4],
+    /// Per-example conv1 weight `[b, 16 · 9]`, conv1 bias `[b, 16]`, conv2 weight
+    /// `[b, 32 · 144]`, conv2 bias `[b, 32]` gradients.
+    conv: [PerExample; 4],
     /// fc input `[b, 800]` and dL/dlogits `[b, 10]`.
-    fc_input: Tensor<2>,
-    fc_dz: Tensor<2>,
-    /// Logits as plain values `[b × 10]`.
+    fc_input: Vec<f32>,
+    fc_dz: Vec<f32>,
+    /// Logits `[b, 10]`.
     logits: Vec<f32>,
 }
 
-fn layer_gradients(
-    model: &TinyCnn,
+fn per_example_layers(
     config: &TinyCnnConfig,
+    w: &Weights<'_>,
     images: &[f32],
     labels: &[u8],
-    device: &Device,
 ) -> LayerGradients {
-    let pass = crate::backward::pass(model, config, images, labels, device);
-    let unfold = UnfoldOptions::new([1, 1], [0, 0], [1, 1]);
-    let u1 = unfold4d(pass.x, [3, 3], unfold.clone()); // [b, 9, 676]
-    let u2 = unfold4d(pass.h1, [3, 3], unfold); // [b, 144, 121]
-    let (dz1, dz2) = (pass.dz1, pass.dz2);
-    let w1 = dz1.clone().matmul(u1.swap_dims(1, 2)); // [b, 16, 9]
-    let w2 = dz2.clone().matmul(u2.swap_dims(1, 2)); // [b, 32, 144]
+    let b = labels.len();
+    let pass = crate::backward::pass(config, w, images, labels);
+    let (c1, c2) = (config.conv1_channels, config.conv2_channels);
     LayerGradients {
-        conv: [w1, dz1.sum_dim(2), w2, dz2.sum_dim(2)],
+        conv: [
+            per_example_weights(&pass.dz1, &pass.u1, c1, 9, b),
+            per_example_biases(&pass.dz1, c1, b),
+            per_example_weights(&pass.dz2, &pass.u2, c2, c1 * 9, b),
+            per_example_biases(&pass.dz2, c2, b),
+        ],
         fc_input: pass.fc_input,
         fc_dz: pass.dz3,
         logits: pass.logits,
     }
+}
+
+/// Each example's convolution weight gradient `dz_i [c_out × n] · u_iᵀ [n × taps]`, read in
+/// place from the batch's `dz [c_out, b, n]` and im2col `u [taps, b, n]` by strided views.
+fn per_example_weights(dz: &[f32], u: &[f32], c_out: usize, taps: usize, b: usize) -> PerExample {
+    let len = c_out * taps;
+    let mut values = vec![0.0; b * len];
+    if b == 0 {
+        return PerExample { values, len };
+    }
+    let n = dz.len() / (c_out * b);
+    for (i, out) in values.chunks_exact_mut(len).enumerate() {
+        matmul(
+            MatMut::new(out, c_out, taps),
+            Mat::strided(&dz[i * n..], c_out, n, b * n, 1),
+            Mat::strided(&u[i * n..], taps, n, b * n, 1).t(),
+            false,
+        );
+    }
+    PerExample { values, len }
+}
+
+/// Each example's bias gradient: its dz summed over positions, from `dz [c_out, b, n]`.
+fn per_example_biases(dz: &[f32], c_out: usize, b: usize) -> PerExample {
+    let mut values = vec![0.0; b * c_out];
+    if b > 0 {
+        let n = dz.len() / (c_out * b);
+        for (row, d) in dz.chunks_exact(n.max(1)).enumerate() {
+            let (c, i) = (row / b, row % b);
+            values[i * c_out + c] = d.iter().sum();
+        }
+    }
+    PerExample { values, len: c_out }
 }
 
 /// Σ cross-entropy and the number of right arg-max predictions, from logits `[b × 10]`.
@@ -381,7 +485,11 @@ mod tests {
     use super::*;
     use crate::model::TinyCnnConfig;
 
-    fn setup(b: usize, seed: u64) -> (TinyCnnConfig, Vec<f32>, Vec<f32>, Vec<u8>, Device) {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use crate::model::tensor_vec;
+
+    fn setup(b: usize, seed: u64) -> (TinyCnnConfig, Vec<f32>, Vec<f32>, Vec<u8>) {
         let device = Device::flex();
         device.seed(seed);
         let config = TinyCnnConfig::new();
@@ -389,7 +497,7 @@ mod tests {
         let mut rng = SecureRng::seeded(seed);
         let images: Vec<f32> = (0..b * 784).map(|_| rng.normal()).collect();
         let labels: Vec<u8> = (0..b).map(|i| (i * 7 % 10) as u8).collect();
-        (config, params, images, labels, device)
+        (config, params, images, labels)
     }
 
     /// Gradient of one example by burn's own autodiff on the module (batch of one).
@@ -425,8 +533,8 @@ mod tests {
 
     #[test]
     fn per_example_gradients_equal_batch_of_one_autodiff() {
-        let (config, params, images, labels, device) = setup(5, 1);
-        assert_matches_autodiff(&config, &params, &images, &labels, &device);
+        let (config, params, images, labels) = setup(5, 1);
+        assert_matches_autodiff(&config, &params, &images, &labels);
     }
 
     /// Images with flat regions (as real digits have: a constant background) give pooling
@@ -436,7 +544,7 @@ mod tests {
     /// the first-maximum rule.)
     #[test]
     fn images_with_flat_regions_give_burn_s_gradients() {
-        let (config, params, _, labels, device) = setup(4, 3);
+        let (config, params, _, labels) = setup(4, 3);
         let images: Vec<f32> = (0..4 * 784)
             .map(|i| match (i % 784) / 28 {
                 r if r < 10 => 1.0, // a flat band
@@ -444,7 +552,7 @@ mod tests {
                 _ => -0.5,
             })
             .collect();
-        assert_matches_autodiff(&config, &params, &images, &labels, &device);
+        assert_matches_autodiff(&config, &params, &images, &labels);
     }
 
     fn assert_matches_autodiff(
@@ -452,9 +560,8 @@ mod tests {
         params: &[f32],
         images: &[f32],
         labels: &[u8],
-        device: &Device,
     ) {
-        let per_ex = per_example_gradients(config, params, images, labels, device).expect("len");
+        let per_ex = per_example_gradients(config, params, images, labels).expect("len");
         assert_eq!(per_ex.len(), labels.len());
         let mut max_diff = 0f32;
         for (i, g) in per_ex.iter().enumerate() {
@@ -471,9 +578,8 @@ mod tests {
 
     #[test]
     fn clipping_bounds_every_example_and_matches_the_explicit_sum() {
-        let (config, params, images, labels, device) = setup(8, 2);
-        let per_ex =
-            per_example_gradients(&config, &params, &images, &labels, &device).expect("len");
+        let (config, params, images, labels) = setup(8, 2);
+        let per_ex = per_example_gradients(&config, &params, &images, &labels).expect("len");
         let norms: Vec<f32> = per_ex
             .iter()
             .map(|g| g.iter().map(|v| v * v).sum::<f32>().sqrt())
@@ -492,8 +598,7 @@ mod tests {
                 *e += f * v;
             }
         }
-        let model = config.from_flat(&params, &device).expect("len");
-        let got = batch_gradient(&model, &config, &images, &labels, Some(c), &device);
+        let got = batch_gradient(&config, &params, &images, &labels, Some(c)).expect("fits");
         assert_eq!(got.clipped, 8);
         for (a, b) in got.sum.iter().zip(&expected) {
             assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
@@ -504,8 +609,8 @@ mod tests {
             "sum of 8 clipped gradients has norm ≤ 8C"
         );
         // A huge C clips nothing and gives the plain gradient.
-        let plain = batch_gradient(&model, &config, &images, &labels, None, &device);
-        let loose = batch_gradient(&model, &config, &images, &labels, Some(1e9), &device);
+        let plain = batch_gradient(&config, &params, &images, &labels, None).expect("fits");
+        let loose = batch_gradient(&config, &params, &images, &labels, Some(1e9)).expect("fits");
         assert_eq!(loose.clipped, 0);
         for (a, b) in plain.sum.iter().zip(&loose.sum) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()));
@@ -516,10 +621,9 @@ mod tests {
     fn a_non_finite_per_example_norm_gets_clip_factor_zero() {
         // Attack: the server sends a model whose activations overflow. Every example's
         // gradient is NaN or infinite; with DP each must contribute nothing (not NaN).
-        let (config, params, images, labels, device) = setup(4, 3);
+        let (config, params, images, labels) = setup(4, 3);
         let huge: Vec<f32> = params.iter().map(|p| p * 1e30).collect();
-        let model = config.from_flat(&huge, &device).expect("len");
-        let g = batch_gradient(&model, &config, &images, &labels, Some(1.0), &device);
+        let g = batch_gradient(&config, &huge, &images, &labels, Some(1.0)).expect("fits");
         assert!(g.sum.iter().all(|v| *v == 0.0), "every example dropped");
         assert_eq!(g.clipped, 4);
     }

@@ -28,6 +28,7 @@ pub mod client;
 pub mod data;
 pub mod distributed;
 pub mod dpsgd;
+mod kernels;
 mod memo;
 pub mod model;
 pub mod parallel;
@@ -53,6 +54,11 @@ pub use task::{TASKS, Task, TaskData};
 pub enum LearningError {
     #[error("parameter vector has {actual} values, expected {expected} (the task's model layout)")]
     ParamLength { expected: usize, actual: usize },
+    #[error(
+        "a batch of {batch} examples needs {} pixel values (28 × 28 each), got {actual}",
+        batch.saturating_mul(model::IMAGE_PIXELS)
+    )]
+    BatchShape { batch: usize, actual: usize },
     #[error(transparent)]
     Config(client::ConfigError),
     #[error(transparent)]

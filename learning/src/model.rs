@@ -24,6 +24,7 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::LearningError;
+use crate::kernels::{Mat, MatMut, im2col3, matmul, swap_outer};
 
 /// Hyper-parameters of [`TinyCnn`]. The defaults are the product's model; the server and every
 /// client must use the same values, which the parameter count on the wire checks.
@@ -121,44 +122,115 @@ impl TinyCnnConfig {
     }
 }
 
+impl TinyCnnConfig {
+    /// The parameters of `flat` by layer, read in place: what a step's kernels multiply, with
+    /// no burn module built per step (building one copied every parameter into new tensors).
+    pub(crate) fn weights<'a>(&self, flat: &'a [f32]) -> Result<Weights<'a>, LearningError> {
+        let layout = self.layout();
+        layout.check_len(flat)?;
+        let part = |i: usize| layout.slice(flat, i);
+        Ok(Weights {
+            conv1: part(0),
+            conv1_bias: part(1),
+            conv2: part(2),
+            conv2_bias: part(3),
+            fc: part(4),
+            fc_bias: part(5),
+        })
+    }
+
+    /// Logits `[batch × classes]` of `images` (`batch × 28 × 28` values) under `params`.
+    pub fn logits(&self, params: &[f32], images: &[f32]) -> Result<Vec<f32>, LearningError> {
+        let weights = self.weights(params)?;
+        check_images(images, images.len() / IMAGE_PIXELS)?;
+        Ok(forward_kept(self, &weights, images).logits)
+    }
+}
+
+/// An error unless `images` holds `batch` whole images.
+pub(crate) fn check_images(images: &[f32], batch: usize) -> Result<(), LearningError> {
+    match batch.checked_mul(IMAGE_PIXELS) {
+        Some(n) if n == images.len() => Ok(()),
+        _ => Err(LearningError::BatchShape {
+            batch,
+            actual: images.len(),
+        }),
+    }
+}
+
+/// TinyCNN's parameters as slices of the flat vector, in burn's shapes: conv weights
+/// `[c_out, c_in · 3 · 3]` (row-major, as im2col's rows are ordered), fc `[800, classes]`.
+pub(crate) struct Weights<'a> {
+    pub conv1: &'a [f32],
+    pub conv1_bias: &'a [f32],
+    pub conv2: &'a [f32],
+    pub conv2_bias: &'a [f32],
+    pub fc: &'a [f32],
+    pub fc_bias: &'a [f32],
+}
+
+/// The forward pass, keeping what the written-out backward needs ([`crate::backward`]).
+/// Activations are laid out channel-major over the batch, `[channels, batch, side, side]`, so
+/// that each convolution is one matrix product for the whole batch ([`crate::kernels`]). ReLU
+/// and the max-pool run together ([`relu_pool`]): burn-flex's pool was a quarter of a training
+/// step (`benchmarks/step-profile-native-512.txt`). `images` holds whole images (checked by
+/// every caller).
+pub(crate) fn forward_kept(config: &TinyCnnConfig, w: &Weights<'_>, images: &[f32]) -> Kept {
+    let b = images.len() / IMAGE_PIXELS;
+    let (c1, c2, k) = (
+        config.conv1_channels,
+        config.conv2_channels,
+        config.num_classes,
+    );
+    let (s1, s2) = (IMAGE_SIDE - 2, (IMAGE_SIDE - 2) / 2 - 2); // 26, 11
+    // conv1 [c1 × 9] · [9 × b·676] → [c1, b, 26, 26] → pool [c1, b, 13, 13]
+    let u1 = im2col3(images, 1, b, IMAGE_SIDE);
+    let z1 = conv(w.conv1, w.conv1_bias, &u1, 9);
+    let (h1, pool1) = relu_pool(&z1, s1);
+    // conv2 [c2 × c1·9] · [c1·9 × b·121] → [c2, b, 11, 11] → pool [c2, b, 5, 5]
+    let u2 = im2col3(&h1, c1, b, s1 / 2);
+    let z2 = conv(w.conv2, w.conv2_bias, &u2, c1 * 9);
+    let (h2, pool2) = relu_pool(&z2, s2);
+    // fc [b × 800] · [800 × k]: each example's features in burn's flatten order (c, y, x).
+    let fc_input = swap_outer(&h2, c2, b, FEATURE_SIDE * FEATURE_SIDE);
+    let f = config.flat_features();
+    let mut logits: Vec<f32> = w.fc_bias.iter().copied().cycle().take(b * k).collect();
+    matmul(
+        MatMut::new(&mut logits, b, k),
+        Mat::new(&fc_input, b, f),
+        Mat::new(w.fc, f, k),
+        true,
+    );
+    Kept {
+        u1,
+        z1,
+        pool1,
+        u2,
+        z2,
+        pool2,
+        fc_input,
+        logits,
+    }
+}
+
+/// A convolution of the batch from its im2col `cols` (`[taps, n]`): `weight · cols` plus each
+/// output channel's bias, `[c_out, n]`.
+fn conv(weight: &[f32], bias: &[f32], cols: &[f32], taps: usize) -> Vec<f32> {
+    let (c_out, n) = (bias.len(), cols.len() / taps);
+    let mut out = Vec::with_capacity(c_out * n);
+    for &b in bias {
+        out.extend(std::iter::repeat_n(b, n));
+    }
+    matmul(
+        MatMut::new(&mut out, c_out, n),
+        Mat::new(weight, c_out, taps),
+        Mat::new(cols, taps, n),
+        true,
+    );
+    out
+}
+
 impl TinyCnn {
-    /// Logits for a batch of images `[batch, 1, 28, 28]` → `[batch, 10]`.
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.forward_kept(images).logits
-    }
-
-    /// The forward pass, keeping what the written-out backward needs ([`crate::backward`]).
-    /// ReLU and the max-pool run together on the host ([`relu_pool`]): burn-flex's pool was a
-    /// quarter of a training step (`benchmarks/step-profile-native-512.txt`). Not
-    /// differentiable by burn's autodiff: gradients come from [`crate::backward`].
-    pub(crate) fn forward_kept(&self, images: Tensor<4>) -> Kept {
-        let device = images.device();
-        // [b, 16, 26, 26] → [b, 16, 13, 13]
-        let z1 = self.conv1.forward(images);
-        let [b, c1, s1, _] = z1.dims();
-        let z1 = tensor_vec(z1);
-        let (h1, pool1) = relu_pool(&z1, s1);
-        let h1 = Tensor::<4>::from_data(TensorData::new(h1, [b, c1, s1 / 2, s1 / 2]), &device);
-        // [b, 32, 11, 11] → [b, 32, 5, 5] → [b, 800]
-        let z2 = self.conv2.forward(h1.clone());
-        let [_, c2, s2, _] = z2.dims();
-        let z2 = tensor_vec(z2);
-        let (h2, pool2) = relu_pool(&z2, s2);
-        let fc_input =
-            Tensor::<2>::from_data(TensorData::new(h2, [b, c2 * (s2 / 2) * (s2 / 2)]), &device);
-        // [b, 10]
-        let logits = self.fc.forward(fc_input.clone());
-        Kept {
-            z1,
-            pool1,
-            h1,
-            z2,
-            pool2,
-            fc_input,
-            logits,
-        }
-    }
-
     /// The same logits through burn's own layers (ReLU, `MaxPool2d`), differentiable by burn's
     /// autodiff: the oracle the written-out backward is tested against.
     #[cfg(test)]
@@ -191,20 +263,23 @@ impl TinyCnn {
     }
 }
 
-/// What [`TinyCnn::forward_kept`] keeps: each pre-activation (as plain values), where each
-/// pool output came from, and each layer's input.
+/// What [`forward_kept`] keeps, channel-major over the batch ([`crate::kernels`]): each layer's
+/// input as the weight gradients read it, each pre-activation, where each pool output came from.
 pub(crate) struct Kept {
-    /// conv1's output `[b × 16 × 26 × 26]`.
+    /// im2col of the images `[9, b · 676]` (conv1's input).
+    pub u1: Vec<f32>,
+    /// conv1's output `[16, b, 26, 26]`.
     pub z1: Vec<f32>,
     pub pool1: PoolRoute,
-    /// conv2's input `[b, 16, 13, 13]`.
-    pub h1: Tensor<4>,
-    /// conv2's output `[b × 32 × 11 × 11]`.
+    /// im2col of conv2's input `[16 · 9, b · 121]`.
+    pub u2: Vec<f32>,
+    /// conv2's output `[32, b, 11, 11]`.
     pub z2: Vec<f32>,
     pub pool2: PoolRoute,
     /// fc's input `[b, 800]`.
-    pub fc_input: Tensor<2>,
-    pub logits: Tensor<2>,
+    pub fc_input: Vec<f32>,
+    /// `[b, 10]`.
+    pub logits: Vec<f32>,
 }
 
 /// Where each output of a 2×2 max-pool came from: which of its window's four inputs (0, 1 on
@@ -445,8 +520,10 @@ mod tests {
         assert_eq!(model.num_params(), layout.num_params());
         assert_eq!(model.conv1.weight.dims(), [16, 1, 3, 3]);
         assert_eq!(model.fc.weight.dims(), [800, 10]);
-        let logits = model.forward(Tensor::zeros([3, 1, 28, 28], &device));
-        assert_eq!(logits.dims(), [3, 10]);
+        let logits = config
+            .logits(&model.to_flat(), &[0.0; 3 * IMAGE_PIXELS])
+            .expect("fits");
+        assert_eq!(logits.len(), 3 * 10);
     }
 
     #[test]
@@ -467,14 +544,11 @@ mod tests {
         assert_eq!(bits(&flat), bits(&back));
         // Same forward output after the round trip.
         let x = Tensor::<4>::ones([2, 1, 28, 28], &device);
-        let a = tensor_vec(
-            config
-                .from_flat(&flat, &device)
-                .expect("len")
-                .forward(x.clone()),
-        );
-        let b = tensor_vec(config.from_flat(&back, &device).expect("len").forward(x));
-        assert_eq!(a, b);
+        let forward = |flat: &[f32]| {
+            let model = config.from_flat(flat, &device).expect("len");
+            tensor_vec(model.forward_burn(x.clone()))
+        };
+        assert_eq!(forward(&flat), forward(&back));
     }
 
     #[test]
@@ -510,13 +584,15 @@ mod tests {
         assert_eq!(route.backward(&[1.0], &z), [0.0, 0.0, 1.0, 0.0]);
     }
 
-    /// The forward pass every evaluation and training step uses (ReLU and pool on the host)
-    /// gives burn's own layers' logits, on inputs with flat regions and negative values alike.
+    /// The forward pass every evaluation and training step uses (im2col + one gemm per layer,
+    /// ReLU and pool on the host) gives burn's own layers' logits, on inputs with flat regions
+    /// and negative values alike; and refuses images that are not whole.
     #[test]
     fn the_forward_pass_equals_burn_s_layers() {
         let device = Device::flex();
         device.seed(11);
-        let model = TinyCnnConfig::new().init(&device);
+        let config = TinyCnnConfig::new();
+        let model = config.init(&device);
         let images: Vec<f32> = (0..3 * IMAGE_PIXELS)
             .map(|i| {
                 if i % IMAGE_PIXELS < 300 {
@@ -526,10 +602,21 @@ mod tests {
                 }
             })
             .collect();
-        let x = || Tensor::<4>::from_data(TensorData::new(images.clone(), [3, 1, 28, 28]), &device);
-        let ours = tensor_vec(model.forward(x()));
-        let burn = tensor_vec(model.forward_burn(x()));
-        assert_eq!(ours, burn);
+        let ours = config.logits(&model.to_flat(), &images).expect("fits");
+        let x = Tensor::<4>::from_data(TensorData::new(images.clone(), [3, 1, 28, 28]), &device);
+        let burn = tensor_vec(model.forward_burn(x));
+        assert_eq!(ours.len(), burn.len());
+        for (a, b) in ours.iter().zip(&burn) {
+            // Summation order differs (one gemm for the batch against burn's per example).
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        let err = config
+            .logits(&model.to_flat(), &images[1..])
+            .expect_err("a partial image");
+        assert_eq!(
+            err.to_string(),
+            "a batch of 2 examples needs 1568 pixel values (28 × 28 each), got 2351"
+        );
     }
 
     /// The host pool routes each output where burn's pool does (burn's indices are what its

@@ -6,8 +6,6 @@
 //! (The browser's pool of Web Workers does the same with messages instead of threads, in
 //! `client-wasm`.)
 
-use burn::tensor::Device;
-
 use crate::LearningError;
 use crate::dpsgd::{BatchGradient, batch_gradient};
 use crate::model::TinyCnnConfig;
@@ -35,9 +33,7 @@ pub fn slice_gradient(
     if labels.is_empty() {
         return Ok(BatchGradient::empty(params.len()));
     }
-    let device = Device::flex();
-    let m = model.from_flat(params, &device)?;
-    Ok(batch_gradient(&m, model, images, labels, clip, &device))
+    batch_gradient(model, params, images, labels, clip)
 }
 
 /// A step on `n` threads (this one and n − 1 scoped ones). One thread computes in place.
@@ -114,6 +110,7 @@ mod tests {
     use crate::data::Dataset;
     use crate::dpsgd::SecureRng;
     use crate::task::MNIST;
+    use burn::tensor::Device;
     use protocol::config::Optimizer;
 
     /// Records of varied pixels and all ten labels.
