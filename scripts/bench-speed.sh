@@ -49,7 +49,8 @@ take() { # prefix, then lines "name  N samples/s" on stdin
 for batch in 64 512; do
   iters=$(( batch == 64 ? 60 : 10 ))
   for t in 1 "$cores"; do
-    take "native-$batch-$t" < <("$target_dir/release/throughput" --batch "$batch" --threads "$t" --iters "$iters" --runs 3)
+    gemm=(); [ "$batch-$t" = 64-1 ] && gemm=(--gemm)   # the step's products alone, once
+    take "native-$batch-$t" < <("$target_dir/release/throughput" --batch "$batch" --threads "$t" --iters "$iters" --runs 3 "${gemm[@]}")
     take "opacus-$batch-$t" < <("$venv/bin/python" benchmarks/opacus_step.py --batch "$batch" --threads "$t")
   done
   take "node-$batch" < <(BATCH=$batch ITERS=$iters RUNS=3 TRAINING_ONLY=1 node client-wasm/bench/throughput.mjs "$wasm_out")

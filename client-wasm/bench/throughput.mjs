@@ -18,6 +18,15 @@ for (const [name, kind] of [['plain step', 'plain'], ['DP-SGD step', 'dp'], ['in
   console.log(`${name.padEnd(12)} ${median.toFixed(0).padStart(8)} samples/s   (runs: ${rates.map((r) => r.toFixed(0)).join(', ')})`);
 }
 
+// What the gemm kernels reach here: each matrix product of a batch-64 DP step alone.
+const { gemmRates } = require(path.resolve(dir, 'client_wasm.js'));
+gemmRates(); // warm-up
+console.log('the step\'s matrix products alone (batch 64):');
+for (const line of gemmRates().trim().split('\n')) {
+  const [name, ms, gflops] = line.split('\t');
+  console.log(`  ${name.padEnd(62)} ${ms.padStart(7)} ms  ${gflops.padStart(6)} GFLOP/s`);
+}
+
 if (process.env.TRAINING_ONLY) process.exit(0);
 
 // The accountants in wasm: one ε evaluation and one σ solve (the native `accountant-cost`).

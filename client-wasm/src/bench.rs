@@ -101,6 +101,16 @@ mod tests {
     }
 }
 
+/// The matrix products of a batch-64 DP-SGD step, each alone (`learning::bench::gemm_rates`):
+/// one line per product, `name<TAB>ms<TAB>GFLOP/s`.
+#[wasm_bindgen(js_name = gemmRates)]
+pub fn gemm_rates() -> String {
+    learning::bench::gemm_rates(&now_ms)
+        .into_iter()
+        .map(|(name, ms, gflops)| format!("{name}\t{ms:.3}\t{gflops:.1}\n"))
+        .collect()
+}
+
 /// `[ε evaluation ms, σ solve ms]` of `learning::bench::ACCOUNTANT_CASES[case]` under PLD
 /// (`pld`) or RDP.
 #[wasm_bindgen(js_name = accountantMs)]

@@ -11,34 +11,36 @@
 //!
 //! ```text
 //! dz3 = softmax(logits) − onehot                      [b, 10]   (summed cross-entropy)
-//! dh2 = dz3 · W_fcᵀ                                   [b, 800]
-//! dz2 = each dh2 at its window's argmax, if z2 > 0    [32, b, 11, 11]
-//! dh1 = col2im(W2ᵀ · dz2)  (conv2's transpose)        [16, b, 13, 13]
-//! dz1 = each dh1 at its window's argmax, if z1 > 0    [16, b, 26, 26]
+//! dh2 = dz3 · W_fcᵀ                                   [b, 5, 5, 32]
+//! dz2 = each dh2 at its window's argmax, if z2 > 0    [b, 11, 11, 32]
+//! dh1 = col2im(dz2 · W2)  (conv2's transpose)         [b, 13, 13, 16]
+//! dz1 = each dh1 at its window's argmax, if z1 > 0    [b, 26, 26, 16]
 //! ```
 //!
-//! (Channel-major over the batch, as the forward pass lays them out: every product is one gemm
-//! for the whole batch, [`crate::kernels`].)
+//! (Channels last, as the forward pass lays them out: every product is one gemm for the whole
+//! batch, [`crate::kernels`].)
 //!
 //! ReLU and the 2×2 pool run together in one pass over z that keeps each window's argmax
 //! ([`crate::model::relu_pool`], in the forward pass every evaluation uses too), with burn's
 //! rules: the first maximum of a window in row-major order wins, a NaN wins, ReLU's gradient at
 //! 0 is 0. The tests hold the result to burn's autodiff through burn's own layers.
 
-use crate::kernels::{Mat, MatMut, col2im3, matmul, swap_outer};
-use crate::model::{IMAGE_PIXELS, IMAGE_SIDE, Kept, TinyCnnConfig, Weights, forward_kept};
+use crate::kernels::{Mat, MatMut, col2im3, matmul};
+use crate::model::{
+    IMAGE_PIXELS, IMAGE_SIDE, Kept, TinyCnnConfig, Weights, forward_kept, relu_pool_backward,
+};
 
-/// What one pass gives, channel-major over the batch like the forward pass: the layers' inputs
-/// (the weight gradients multiply them) and dL/dz.
+/// What one pass gives, channels last like the forward pass: the layers' inputs (the weight
+/// gradients multiply them) and dL/dz.
 pub(crate) struct Pass {
-    /// im2col of the images `[9, b · 676]` and of conv2's input `[16 · 9, b · 121]`.
+    /// im2col of the images `[b · 676, 9]` and of conv2's input `[b · 121, 9 · 16]`.
     pub u1: Vec<f32>,
     pub u2: Vec<f32>,
-    /// fc's input `[b, 800]`.
+    /// fc's input `[b, 800]`, rows in `(y, x, c)` order.
     pub fc_input: Vec<f32>,
     /// Logits `[b, 10]`.
     pub logits: Vec<f32>,
-    /// dL/dz1 `[16, b, 676]`, dL/dz2 `[32, b, 121]`, dL/dlogits `[b, 10]`.
+    /// dL/dz1 `[b · 676, 16]`, dL/dz2 `[b · 121, 32]`, dL/dlogits `[b, 10]`.
     pub dz1: Vec<f32>,
     pub dz2: Vec<f32>,
     pub dz3: Vec<f32>,
@@ -46,7 +48,7 @@ pub(crate) struct Pass {
 
 /// Forward and backward of the summed cross-entropy of a batch (`images` holds one whole
 /// image per label: checked by the callers).
-pub(crate) fn pass(config: &TinyCnnConfig, w: &Weights<'_>, images: &[f32], labels: &[u8]) -> Pass {
+pub(crate) fn pass(config: &TinyCnnConfig, w: &Weights, images: &[f32], labels: &[u8]) -> Pass {
     let b = labels.len();
     debug_assert_eq!(images.len(), b * IMAGE_PIXELS);
     let (c1, c2, k) = (
@@ -59,33 +61,32 @@ pub(crate) fn pass(config: &TinyCnnConfig, w: &Weights<'_>, images: &[f32], labe
     let Kept {
         u1,
         z1,
-        pool1,
         u2,
         z2,
-        pool2,
         fc_input,
         logits,
     } = forward_kept(config, w, images);
 
     let dz3 = softmax_minus_onehot(&logits, labels, k);
-    // dh2 = dz3 · W_fcᵀ [b, 800], then channel-major [32, b, 25] as the pool's outputs are.
+    // dh2 = dz3 · W_fcᵀ [b, 800], each row in (y, x, c) order: the pool's outputs, channels last.
     let mut dh2 = vec![0.0; b * f];
     matmul(
         MatMut::new(&mut dh2, b, f),
         Mat::new(&dz3, b, k),
-        Mat::new(w.fc, f, k).t(),
+        Mat::new(&w.fc, f, k).t(),
         false,
     );
-    let dz2 = pool2.backward(&swap_outer(&dh2, b, c2, f / c2), &z2);
-    // dh1 = conv2's transpose: W2ᵀ · dz2 [c1·9, b·121], each column back to its input (col2im).
-    let mut du2 = vec![0.0; c1 * 9 * b * s2 * s2];
+    let dz2 = relu_pool_backward(&dh2, &z2, s2, c2);
+    // dh1 = conv2's transpose: dz2 · W2 [b·121 × 9·c1], each column back to its input (col2im).
+    let n2 = b * s2 * s2;
+    let mut du2 = vec![0.0; n2 * 9 * c1];
     matmul(
-        MatMut::new(&mut du2, c1 * 9, b * s2 * s2),
-        Mat::new(w.conv2, c2, c1 * 9).t(),
-        Mat::new(&dz2, c2, b * s2 * s2),
+        MatMut::new(&mut du2, n2, 9 * c1),
+        Mat::new(&dz2, n2, c2),
+        Mat::new(&w.conv2, c2, 9 * c1),
         false,
     );
-    let dz1 = pool1.backward(&col2im3(&du2, c1, b, p1), &z1);
+    let dz1 = relu_pool_backward(&col2im3(&du2, c1, b, p1), &z1, 2 * p1, c1);
     Pass {
         u1,
         u2,

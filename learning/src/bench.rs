@@ -123,3 +123,94 @@ pub fn accountant_ms(
     }
     Ok((t1 - t0, now() - t1))
 }
+
+/// GFLOP/s of each matrix product of a batch-64 DP-SGD step, alone, in the step's own shapes
+/// and orientations (`learning::kernels::matmul`): `(name, milliseconds, GFLOP/s)`. Shows what
+/// the gemm kernels reach on this host (wasm: `gemmRates()`), i.e. the ceiling of the step.
+pub fn gemm_rates(now_ms: &dyn Fn() -> f64) -> Vec<(String, f64, f64)> {
+    use crate::kernels::{Mat, MatMut, matmul};
+    let b = 64;
+    let (n1, n2) = (b * 676, b * 121);
+    // (name, m, k, n, lhs stored transposed, rhs stored transposed, products per step):
+    // dst [m × n] = lhs [m × k] · rhs [k × n].
+    let shapes = [
+        (
+            "conv1 forward [b·676 × 9]·[9 × 16]",
+            n1,
+            9,
+            16,
+            false,
+            true,
+            1,
+        ),
+        (
+            "conv2 forward [b·121 × 144]·[144 × 32]",
+            n2,
+            144,
+            32,
+            false,
+            true,
+            1,
+        ),
+        ("dL/dh2 [b × 10]·[10 × 800]", b, 10, 800, false, true, 1),
+        (
+            "conv2 transpose [b·121 × 32]·[32 × 144]",
+            n2,
+            32,
+            144,
+            false,
+            false,
+            1,
+        ),
+        (
+            "per-example conv2 weights [32 × 121]·[121 × 144], b of them",
+            32,
+            121,
+            144,
+            true,
+            false,
+            b,
+        ),
+        (
+            "per-example conv1 weights [16 × 676]·[676 × 9], b of them",
+            16,
+            676,
+            9,
+            true,
+            false,
+            b,
+        ),
+        ("fc weights [800 × b]·[b × 10]", 800, b, 10, true, false, 1),
+        ("logits [b × 800]·[800 × 10]", b, 800, 10, false, false, 1),
+    ];
+    shapes
+        .into_iter()
+        .map(|(name, m, k, n, lhs_t, rhs_t, products)| {
+            let lhs: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+            let rhs: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+            let mut dst = vec![0.0; m * n];
+            let l = if lhs_t {
+                Mat::new(&lhs, k, m).t()
+            } else {
+                Mat::new(&lhs, m, k)
+            };
+            let r = if rhs_t {
+                Mat::new(&rhs, n, k).t()
+            } else {
+                Mat::new(&rhs, k, n)
+            };
+            let mut step = || {
+                for _ in 0..products {
+                    matmul(MatMut::new(&mut dst, m, n), l, r, false);
+                }
+            };
+            (0..3).for_each(|_| step());
+            let iters = 20;
+            let start = now_ms();
+            (0..iters).for_each(|_| step());
+            let ms = (now_ms() - start) / f64::from(iters);
+            let gflops = 2.0 * (m * k * n * products) as f64 / (ms * 1e6);
+            (name.to_string(), ms, gflops)
+        })
+        .collect()
+}

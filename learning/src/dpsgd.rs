@@ -24,7 +24,7 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::data::NUM_CLASSES;
-use crate::kernels::{Mat, MatMut, matmul};
+use crate::kernels::{Mat, MatMut, column_sums, matmul, sum_squares, swap_outer, taps_first};
 use crate::model::{TinyCnnConfig, Weights, check_images};
 
 /// Opacus adds this to the norm before dividing, so a zero gradient gets factor 1, not NaN.
@@ -142,18 +142,36 @@ pub fn per_example_gradients(
     let f = config.flat_features();
     Ok((0..labels.len())
         .map(|i| {
-            let mut g = Vec::with_capacity(params.len());
-            for t in [w1, b1, w2, b2] {
-                g.extend_from_slice(t.row(i));
-            }
             let dz_i = &dz[i * k..(i + 1) * k];
-            for a_ij in &a[i * f..(i + 1) * f] {
-                g.extend(dz_i.iter().map(|d| a_ij * d));
-            }
-            g.extend_from_slice(dz_i);
-            g
+            let fc: Vec<f32> = a[i * f..(i + 1) * f]
+                .iter()
+                .flat_map(|a_ij| dz_i.iter().map(move |d| a_ij * d))
+                .collect();
+            let rows = [w1, b1, w2, b2].map(|t| t.row(i).to_vec());
+            let [w1, b1, w2, b2] = rows;
+            to_layout(config, [w1, b1, w2, b2, fc, dz_i.to_vec()])
         })
         .collect())
+}
+
+/// A gradient's pieces in the kernels' orders (conv2's taps last, fc's rows `(y, x, c)`,
+/// [`crate::model::Weights`]) as one flat vector in the layout's (burn's) orders.
+fn to_layout(config: &TinyCnnConfig, parts: [Vec<f32>; 6]) -> Vec<f32> {
+    let [w1, b1, w2, b2, fc_w, fc_b] = parts;
+    let (c1, c2, k) = (
+        config.conv1_channels,
+        config.conv2_channels,
+        config.num_classes,
+    );
+    let positions = config.flat_features() / c2.max(1);
+    let mut flat = Vec::with_capacity(config.layout().num_params());
+    flat.extend(w1); // one input channel: taps last is burn's order
+    flat.extend(b1);
+    flat.extend(taps_first(&w2, c1));
+    flat.extend(b2);
+    flat.extend(swap_outer(&fc_w, positions, c2, k));
+    flat.extend(fc_b);
+    flat
 }
 
 /// The gradient of one batch: per-example clipped to `max_grad_norm` when it is `Some` (DP),
@@ -185,7 +203,7 @@ pub fn batch_gradient(
 /// the logits; how many examples were scaled down.
 fn clipped_sum(
     config: &TinyCnnConfig,
-    w: &Weights<'_>,
+    w: &Weights,
     images: &[f32],
     labels: &[u8],
     c: f32,
@@ -199,17 +217,14 @@ fn clipped_sum(
     // ‖a_i‖·‖dz_i‖ and is never built per example.
     let norms_sq: Vec<f32> = (0..b)
         .map(|i| {
-            let [n1, n2, n3, n4] = [w1, b1, w2, b2].map(|t| squares(t.row(i)));
-            let (a_sq, dz_sq) = (squares(&a[i * f..][..f]), squares(&dz[i * k..][..k]));
-            n1 + n2 + n3 + n4 + (a_sq + 1.0) * dz_sq
+            let [n1, n2, n3, n4] = [w1, b1, w2, b2].map(|t| sum_squares(t.row(i)));
+            let a_sq = sum_squares(&a[i * f..][..f]);
+            n1 + n2 + n3 + n4 + (a_sq + 1.0) * sum_squares(&dz[i * k..][..k])
         })
         .collect();
     let (factors, bad) = clip_factors(&norms_sq, c);
     let clipped = factors.iter().filter(|f| **f < 1.0).count();
-    let mut sum = Vec::with_capacity(config.layout().num_params());
-    for t in [w1, b1, w2, b2] {
-        sum.extend(t.weighted_sum(&factors));
-    }
+    let [w1, b1, w2, b2] = [w1, b1, w2, b2].map(|t| t.weighted_sum(&factors));
     // fc: aᵀ · (factor ⊙ dz). A dropped example's rows become exact zeros: 0 × ∞ would be NaN.
     let dz_scaled: Vec<f32> = dz
         .chunks_exact(k)
@@ -219,15 +234,16 @@ fn clipped_sum(
     for &i in &bad {
         a[i * f..(i + 1) * f].fill(0.0);
     }
-    sum.extend(fc_gradient(&a, &dz_scaled, b, f, k));
+    let (fc_w, fc_b) = fc_gradient(&a, &dz_scaled, b, f, k);
+    let sum = to_layout(config, [w1, b1, w2, b2, fc_w, fc_b]);
     (sum, parts.logits, clipped)
 }
 
 /// The plain gradient sum: each weight gradient is one product over the whole batch (no
-/// example's own gradient is needed), `dz [c_out × b·n] · uᵀ`.
+/// example's own gradient is needed), `dzᵀ [c_out × b·n] · u [b·n × taps]`.
 fn plain_sum(
     config: &TinyCnnConfig,
-    w: &Weights<'_>,
+    w: &Weights,
     images: &[f32],
     labels: &[u8],
 ) -> (Vec<f32>, Vec<f32>, usize) {
@@ -238,47 +254,37 @@ fn plain_sum(
         config.conv2_channels,
         config.num_classes,
     );
-    let mut sum = Vec::with_capacity(config.layout().num_params());
-    for (dz, u, rows, taps) in [
+    let [(w1, b1), (w2, b2)] = [
         (&pass.dz1, &pass.u1, c1, 9),
         (&pass.dz2, &pass.u2, c2, c1 * 9),
-    ] {
-        let n = dz.len() / rows;
-        let mut weight = vec![0.0; rows * taps];
+    ]
+    .map(|(dz, u, c_out, taps)| {
+        let n = dz.len() / c_out;
+        let mut weight = vec![0.0; c_out * taps];
         matmul(
-            MatMut::new(&mut weight, rows, taps),
-            Mat::new(dz, rows, n),
-            Mat::new(u, taps, n).t(),
+            MatMut::new(&mut weight, c_out, taps),
+            Mat::new(dz, n, c_out).t(),
+            Mat::new(u, n, taps),
             false,
         );
-        sum.extend(weight);
-        sum.extend(dz.chunks_exact(n.max(1)).map(|row| row.iter().sum::<f32>()));
-    }
+        (weight, column_sums(dz, c_out))
+    });
     let f = config.flat_features();
-    sum.extend(fc_gradient(&pass.fc_input, &pass.dz3, b, f, k));
+    let (fc_w, fc_b) = fc_gradient(&pass.fc_input, &pass.dz3, b, f, k);
+    let sum = to_layout(config, [w1, b1, w2, b2, fc_w, fc_b]);
     (sum, pass.logits, 0)
 }
 
-/// fc's weight and bias gradients summed over the batch: `aᵀ · dz` `[800, k]`, then `Σ dz`.
-fn fc_gradient(a: &[f32], dz: &[f32], b: usize, f: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0.0; f * k];
+/// fc's weight and bias gradients summed over the batch: `aᵀ · dz` `[800, k]` and `Σ dz`.
+fn fc_gradient(a: &[f32], dz: &[f32], b: usize, f: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut weight = vec![0.0; f * k];
     matmul(
-        MatMut::new(&mut out, f, k),
+        MatMut::new(&mut weight, f, k),
         Mat::new(a, b, f).t(),
         Mat::new(dz, b, k),
         false,
     );
-    let mut bias = vec![0.0; k];
-    for row in dz.chunks_exact(k) {
-        bias.iter_mut().zip(row).for_each(|(s, d)| *s += d);
-    }
-    out.extend(bias);
-    out
-}
-
-/// Σ v².
-fn squares(v: &[f32]) -> f32 {
-    v.iter().map(|x| x * x).sum()
+    (weight, column_sums(dz, k))
 }
 
 /// Opacus's clip factor `min(1, C / (‖g‖ + 1e-6))` of each example, from its squared norm, and
@@ -329,9 +335,9 @@ impl PerExample {
 /// Per-example pieces from one forward pass and the written-out backward ([`crate::backward`]).
 struct LayerGradients {
     /// Per-example conv1 weight `[b, 16 · 9]`, conv1 bias `[b, 16]`, conv2 weight
-    /// `[b, 32 · 144]`, conv2 bias `[b, 32]` gradients.
+    /// `[b, 32 · 9 · 16]` (taps last), conv2 bias `[b, 32]` gradients.
     conv: [PerExample; 4],
-    /// fc input `[b, 800]` and dL/dlogits `[b, 10]`.
+    /// fc input `[b, 800]` (rows `(y, x, c)`) and dL/dlogits `[b, 10]`.
     fc_input: Vec<f32>,
     fc_dz: Vec<f32>,
     /// Logits `[b, 10]`.
@@ -340,7 +346,7 @@ struct LayerGradients {
 
 fn per_example_layers(
     config: &TinyCnnConfig,
-    w: &Weights<'_>,
+    w: &Weights,
     images: &[f32],
     labels: &[u8],
 ) -> LayerGradients {
@@ -360,34 +366,33 @@ fn per_example_layers(
     }
 }
 
-/// Each example's convolution weight gradient `dz_i [c_out × n] · u_iᵀ [n × taps]`, read in
-/// place from the batch's `dz [c_out, b, n]` and im2col `u [taps, b, n]` by strided views.
+/// Each example's convolution weight gradient `dz_iᵀ [c_out × n] · u_i [n × taps]`, from the
+/// batch's `dz [b · n, c_out]` and im2col `u [b · n, taps]` (channels last: an example's rows
+/// are contiguous).
 fn per_example_weights(dz: &[f32], u: &[f32], c_out: usize, taps: usize, b: usize) -> PerExample {
     let len = c_out * taps;
     let mut values = vec![0.0; b * len];
-    if b == 0 {
-        return PerExample { values, len };
-    }
-    let n = dz.len() / (c_out * b);
-    for (i, out) in values.chunks_exact_mut(len).enumerate() {
-        matmul(
-            MatMut::new(out, c_out, taps),
-            Mat::strided(&dz[i * n..], c_out, n, b * n, 1),
-            Mat::strided(&u[i * n..], taps, n, b * n, 1).t(),
-            false,
-        );
+    let n = dz.len().checked_div(c_out * b).unwrap_or(0);
+    if n > 0 {
+        let examples = dz.chunks_exact(n * c_out).zip(u.chunks_exact(n * taps));
+        for (out, (dz, u)) in values.chunks_exact_mut(len).zip(examples) {
+            matmul(
+                MatMut::new(out, c_out, taps),
+                Mat::new(dz, n, c_out).t(),
+                Mat::new(u, n, taps),
+                false,
+            );
+        }
     }
     PerExample { values, len }
 }
 
-/// Each example's bias gradient: its dz summed over positions, from `dz [c_out, b, n]`.
+/// Each example's bias gradient: its dz summed over positions, from `dz [b · n, c_out]`.
 fn per_example_biases(dz: &[f32], c_out: usize, b: usize) -> PerExample {
-    let mut values = vec![0.0; b * c_out];
-    if b > 0 {
-        let n = dz.len() / (c_out * b);
-        for (row, d) in dz.chunks_exact(n.max(1)).enumerate() {
-            let (c, i) = (row / b, row % b);
-            values[i * c_out + c] = d.iter().sum();
+    let mut values = Vec::with_capacity(b * c_out);
+    if let Some(per_example @ 1..) = dz.len().checked_div(b) {
+        for example in dz.chunks_exact(per_example) {
+            values.extend(column_sums(example, c_out));
         }
     }
     PerExample { values, len: c_out }

@@ -143,27 +143,29 @@ pub(crate) fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bo
     }
 }
 
-/// The batch's planes `[channels, batch, side, side]` as im2col of a 3×3 convolution without
-/// padding, stride 1: `[channels · 9, batch · out²]` with `out = side − 2`, row `(c, dy, dx)`
-/// holding input `(c, b, y + dy, x + dx)` at column `(b, y, x)`. A convolution of the batch is
-/// then `W [c_out × channels·9] · cols`. Built by whole-row copies, no index arithmetic per value.
-pub(crate) fn im2col3(planes: &[f32], channels: usize, batch: usize, side: usize) -> Vec<f32> {
+/// im2col of a 3×3 convolution without padding, stride 1, for a batch of images laid out
+/// channels last, `[batch, side, side, channels]`: `[batch · out², 9 · channels]` with
+/// `out = side − 2`, row `(b, y, x)` holding the taps in `(dy, dx, c)` order, i.e. input
+/// `(b, y + dy, x + dx, c)`. A convolution of the batch is then `cols · Wᵀ` with W's taps in the
+/// same order ([`taps_last`]). Each row is three copies of `3 · channels` contiguous values.
+pub(crate) fn im2col3(images: &[f32], channels: usize, batch: usize, side: usize) -> Vec<f32> {
     let out = side.saturating_sub(2);
-    let plane = side * side;
-    assert_eq!(
-        planes.len(),
-        channels * batch * plane,
-        "[channels, batch, side, side]"
-    );
-    let mut cols = Vec::with_capacity(channels * 9 * batch * out * out);
-    if out == 0 || batch == 0 {
-        return cols;
-    }
-    for group in planes.chunks_exact(batch * plane) {
-        for (dy, dx) in TAPS {
-            for p in group.chunks_exact(plane) {
-                for y in 0..out {
-                    cols.extend_from_slice(&p[(y + dy) * side + dx..][..out]);
+    let image = side * side * channels;
+    assert_eq!(images.len(), batch * image, "[batch, side, side, channels]");
+    let run = 3 * channels;
+    let mut cols = Vec::with_capacity(batch * out * out * 3 * run);
+    for img in images.chunks_exact(image.max(1)).take(batch) {
+        for y in 0..out {
+            for x in 0..out {
+                let at = |dy: usize| &img[((y + dy) * side + x) * channels..][..run];
+                if channels == 1 {
+                    // Runs of 3 values: a copy call each would cost more than the values.
+                    let [r0, r1, r2] = [0, 1, 2].map(at);
+                    cols.extend([
+                        r0[0], r0[1], r0[2], r1[0], r1[1], r1[2], r2[0], r2[1], r2[2],
+                    ]);
+                } else {
+                    (0..3).for_each(|dy| cols.extend_from_slice(at(dy)));
                 }
             }
         }
@@ -172,40 +174,53 @@ pub(crate) fn im2col3(planes: &[f32], channels: usize, batch: usize, side: usize
 }
 
 /// The adjoint of [`im2col3`]: each column value added back to the input position it was
-/// copied from, `[channels, batch, side, side]`. dL/d(input) of a convolution is
-/// `col2im3(Wᵀ · dL/d(output))`.
+/// copied from, `[batch, side, side, channels]`. dL/d(input) of a convolution is
+/// `col2im3(dL/d(output) · W)`.
 pub(crate) fn col2im3(cols: &[f32], channels: usize, batch: usize, side: usize) -> Vec<f32> {
     let out = side.saturating_sub(2);
-    let plane = side * side;
-    assert_eq!(
-        cols.len(),
-        channels * 9 * batch * out * out,
-        "im2col3's shape"
-    );
-    let mut planes = vec![0.0; channels * batch * plane];
-    let per_row = batch * out * out;
-    if per_row == 0 {
-        return planes;
+    let image = side * side * channels;
+    let run = 3 * channels;
+    assert_eq!(cols.len(), batch * out * out * 3 * run, "im2col3's shape");
+    let mut images = vec![0.0; batch * image];
+    if cols.is_empty() {
+        return images;
     }
-    let per_channel = cols.chunks_exact(9 * per_row);
-    for (c_rows, group) in per_channel.zip(planes.chunks_exact_mut(batch * plane)) {
-        for (row, (dy, dx)) in c_rows.chunks_exact(per_row).zip(TAPS) {
-            for (src, p) in row
-                .chunks_exact(out * out)
-                .zip(group.chunks_exact_mut(plane))
-            {
-                for (y, s) in src.chunks_exact(out).enumerate() {
-                    let d = &mut p[(y + dy) * side + dx..][..out];
-                    d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
-                }
+    let per_image = cols.chunks_exact(out * out * 3 * run);
+    for (img, rows) in images.chunks_exact_mut(image).zip(per_image) {
+        for (position, row) in rows.chunks_exact(3 * run).enumerate() {
+            let (y, x) = (position / out, position % out);
+            for (dy, taps) in row.chunks_exact(run).enumerate() {
+                let d = &mut img[((y + dy) * side + x) * channels..][..run];
+                d.iter_mut().zip(taps).for_each(|(d, t)| *d += t);
             }
         }
     }
-    planes
+    images
 }
 
-/// `[outer, inner, len]` → `[inner, outer, len]`: between the kernels' channel-major layout
-/// `[channels, batch, …]` and one row per example `[batch, channels, …]`.
+/// A convolution's weights `[c_out, c_in, 3, 3]` (burn's) with the taps in im2col's order,
+/// `[c_out, 3, 3, c_in]`; [`taps_first`] is the inverse (for the gradients).
+pub(crate) fn taps_last(weights: &[f32], c_in: usize) -> Vec<f32> {
+    let per_out = 9 * c_in;
+    let mut out = Vec::with_capacity(weights.len());
+    for w in weights.chunks_exact(per_out.max(1)) {
+        out.extend(swap_outer(w, c_in, 9, 1));
+    }
+    out
+}
+
+/// The inverse of [`taps_last`]: `[c_out, 3, 3, c_in]` → `[c_out, c_in, 3, 3]`.
+pub(crate) fn taps_first(weights: &[f32], c_in: usize) -> Vec<f32> {
+    let per_out = 9 * c_in;
+    let mut out = Vec::with_capacity(weights.len());
+    for w in weights.chunks_exact(per_out.max(1)) {
+        out.extend(swap_outer(w, 9, c_in, 1));
+    }
+    out
+}
+
+/// `[outer, inner, len]` → `[inner, outer, len]`: between burn's channel-first orders and the
+/// kernels' channels-last ones.
 pub(crate) fn swap_outer(v: &[f32], outer: usize, inner: usize, len: usize) -> Vec<f32> {
     assert_eq!(v.len(), outer * inner * len, "[outer, inner, len]");
     let mut out = Vec::with_capacity(v.len());
@@ -217,18 +232,26 @@ pub(crate) fn swap_outer(v: &[f32], outer: usize, inner: usize, len: usize) -> V
     out
 }
 
-/// The nine taps `(dy, dx)` of a 3×3 kernel in burn's weight order (row-major).
-const TAPS: [(usize, usize); 9] = [
-    (0, 0),
-    (0, 1),
-    (0, 2),
-    (1, 0),
-    (1, 1),
-    (1, 2),
-    (2, 0),
-    (2, 1),
-    (2, 2),
-];
+/// Σ of each column of a row-major `[rows, cols]` matrix: one vector add per row, so it
+/// vectorises (a single running sum per value is latency-bound).
+pub(crate) fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
+    let mut sums = vec![0.0; cols];
+    for row in m.chunks_exact(cols.max(1)) {
+        sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+    }
+    sums
+}
+
+/// Σ v² with eight running sums, which vectorise; one running sum is a chain of dependent adds.
+pub(crate) fn sum_squares(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+    for c in chunks {
+        acc.iter_mut().zip(c).for_each(|(a, x)| *a += x * x);
+    }
+    acc.iter().sum::<f32>() + tail
+}
 
 #[cfg(test)]
 mod tests {
@@ -305,6 +328,17 @@ mod tests {
     }
 
     #[test]
+    fn sums_cover_every_value_and_the_tail() {
+        let m: Vec<f32> = (1..=15).map(|v| v as f32).collect(); // 5 rows × 3 columns
+        assert_eq!(column_sums(&m, 3), [35.0, 40.0, 45.0]);
+        for n in [0, 1, 7, 8, 9, 17] {
+            let v: Vec<f32> = (1..=n).map(|v| v as f32).collect();
+            let want: f32 = v.iter().map(|x| x * x).sum();
+            assert_eq!(sum_squares(&v), want, "{n} values");
+        }
+    }
+
+    #[test]
     #[should_panic(expected = "does not fit")]
     fn a_view_past_its_slice_is_refused() {
         let data = [0.0; 10];
@@ -318,14 +352,14 @@ mod tests {
         use burn::tensor::{Device, Tensor, TensorData};
         let (channels, batch, side) = (3, 2, 6);
         let out = side - 2;
-        let planes = values(channels * batch * side * side, 5);
+        let planes = values(channels * batch * side * side, 5); // [batch, side, side, channels]
         let cols = im2col3(&planes, channels, batch, side);
         // burn's unfold of [batch, channels, side, side] gives [batch, channels·9, out²].
         let mut nchw = Vec::new();
         for b in 0..batch {
             for c in 0..channels {
-                let plane = (c * batch + b) * side * side;
-                nchw.extend_from_slice(&planes[plane..][..side * side]);
+                let pixels = (0..side * side).map(|p| planes[(b * side * side + p) * channels + c]);
+                nchw.extend(pixels);
             }
         }
         let x = Tensor::<4>::from_data(
@@ -334,13 +368,23 @@ mod tests {
         );
         let unfold = unfold4d(x, [3, 3], UnfoldOptions::new([1, 1], [0, 0], [1, 1]));
         let unfold: Vec<f32> = unfold.into_data().try_to_vec().expect("f32");
+        let (mut ours, mut burn) = (Vec::new(), Vec::new());
         for b in 0..batch {
-            for row in 0..channels * 9 {
-                let ours = &cols[row * batch * out * out + b * out * out..][..out * out];
-                let burn = &unfold[(b * channels * 9 + row) * out * out..][..out * out];
-                assert_eq!(ours, burn, "example {b}, row {row}");
+            for c in 0..channels {
+                for tap in 0..9 {
+                    for pos in 0..out * out {
+                        ours.push(cols[(b * out * out + pos) * 9 * channels + tap * channels + c]);
+                        burn.push(unfold[((b * channels + c) * 9 + tap) * out * out + pos]);
+                    }
+                }
             }
         }
+        assert_eq!(ours, burn);
+        // The weights' tap order follows, and back.
+        let w = values(4 * channels * 9, 7);
+        let last = taps_last(&w, channels);
+        assert_eq!(last[channels], w[1], "second tap of input channel 0");
+        assert_eq!(taps_first(&last, channels), w);
         // ⟨im2col(x), y⟩ = ⟨x, col2im(y)⟩ for any y: col2im is the adjoint.
         let y = values(cols.len(), 6);
         let back = col2im3(&y, channels, batch, side);

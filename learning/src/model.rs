@@ -24,7 +24,7 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::LearningError;
-use crate::kernels::{Mat, MatMut, im2col3, matmul, swap_outer};
+use crate::kernels::{Mat, MatMut, im2col3, matmul, swap_outer, taps_last};
 
 /// Hyper-parameters of [`TinyCnn`]. The defaults are the product's model; the server and every
 /// client must use the same values, which the parameter count on the wire checks.
@@ -123,19 +123,20 @@ impl TinyCnnConfig {
 }
 
 impl TinyCnnConfig {
-    /// The parameters of `flat` by layer, read in place: what a step's kernels multiply, with
-    /// no burn module built per step (building one copied every parameter into new tensors).
-    pub(crate) fn weights<'a>(&self, flat: &'a [f32]) -> Result<Weights<'a>, LearningError> {
+    /// The parameters of `flat` in the kernels' layout ([`Weights`]): what a step multiplies,
+    /// with no burn module built per step (building one copied every parameter into tensors).
+    pub(crate) fn weights(&self, flat: &[f32]) -> Result<Weights, LearningError> {
         let layout = self.layout();
         layout.check_len(flat)?;
         let part = |i: usize| layout.slice(flat, i);
+        let positions = FEATURE_SIDE * FEATURE_SIDE;
         Ok(Weights {
-            conv1: part(0),
-            conv1_bias: part(1),
-            conv2: part(2),
-            conv2_bias: part(3),
-            fc: part(4),
-            fc_bias: part(5),
+            conv1: part(0).to_vec(), // one input channel: its taps are already last
+            conv1_bias: part(1).to_vec(),
+            conv2: taps_last(part(2), self.conv1_channels),
+            conv2_bias: part(3).to_vec(),
+            fc: swap_outer(part(4), self.conv2_channels, positions, self.num_classes),
+            fc_bias: part(5).to_vec(),
         })
     }
 
@@ -158,24 +159,25 @@ pub(crate) fn check_images(images: &[f32], batch: usize) -> Result<(), LearningE
     }
 }
 
-/// TinyCNN's parameters as slices of the flat vector, in burn's shapes: conv weights
-/// `[c_out, c_in · 3 · 3]` (row-major, as im2col's rows are ordered), fc `[800, classes]`.
-pub(crate) struct Weights<'a> {
-    pub conv1: &'a [f32],
-    pub conv1_bias: &'a [f32],
-    pub conv2: &'a [f32],
-    pub conv2_bias: &'a [f32],
-    pub fc: &'a [f32],
-    pub fc_bias: &'a [f32],
+/// TinyCNN's parameters in the kernels' channels-last order ([`crate::kernels`]): conv weights
+/// `[c_out, 3, 3, c_in]` (taps in im2col's order), fc `[800, classes]` with its rows in the
+/// order `(y, x, c)` in which the pooled features come out. (burn's orders are `[c_out, c_in,
+/// 3, 3]` and rows `(c, y, x)`; a step's gradients go back to them, [`crate::dpsgd`].)
+pub(crate) struct Weights {
+    pub conv1: Vec<f32>,
+    pub conv1_bias: Vec<f32>,
+    pub conv2: Vec<f32>,
+    pub conv2_bias: Vec<f32>,
+    pub fc: Vec<f32>,
+    pub fc_bias: Vec<f32>,
 }
 
 /// The forward pass, keeping what the written-out backward needs ([`crate::backward`]).
-/// Activations are laid out channel-major over the batch, `[channels, batch, side, side]`, so
-/// that each convolution is one matrix product for the whole batch ([`crate::kernels`]). ReLU
-/// and the max-pool run together ([`relu_pool`]): burn-flex's pool was a quarter of a training
-/// step (`benchmarks/step-profile-native-512.txt`). `images` holds whole images (checked by
-/// every caller).
-pub(crate) fn forward_kept(config: &TinyCnnConfig, w: &Weights<'_>, images: &[f32]) -> Kept {
+/// Activations are laid out channels last, `[batch, side, side, channels]`: each convolution is
+/// one matrix product for the whole batch, and ReLU + pool one elementwise pass over channel
+/// vectors ([`crate::kernels`], [`relu_pool`]). `images` holds whole images (checked by every
+/// caller).
+pub(crate) fn forward_kept(config: &TinyCnnConfig, w: &Weights, images: &[f32]) -> Kept {
     let b = images.len() / IMAGE_PIXELS;
     let (c1, c2, k) = (
         config.conv1_channels,
@@ -183,48 +185,54 @@ pub(crate) fn forward_kept(config: &TinyCnnConfig, w: &Weights<'_>, images: &[f3
         config.num_classes,
     );
     let (s1, s2) = (IMAGE_SIDE - 2, (IMAGE_SIDE - 2) / 2 - 2); // 26, 11
-    // conv1 [c1 × 9] · [9 × b·676] → [c1, b, 26, 26] → pool [c1, b, 13, 13]
+    // conv1 [b·676 × 9] · [9 × c1] → [b, 26, 26, c1] → pool [b, 13, 13, c1]
     let u1 = im2col3(images, 1, b, IMAGE_SIDE);
-    let z1 = conv(w.conv1, w.conv1_bias, &u1, 9);
-    let (h1, pool1) = relu_pool(&z1, s1);
-    // conv2 [c2 × c1·9] · [c1·9 × b·121] → [c2, b, 11, 11] → pool [c2, b, 5, 5]
+    let z1 = conv(&u1, &w.conv1, &w.conv1_bias);
+    let h1 = relu_pool(&z1, s1, c1);
+    // conv2 [b·121 × 9·c1] · [9·c1 × c2] → [b, 11, 11, c2] → pool [b, 5, 5, c2]
     let u2 = im2col3(&h1, c1, b, s1 / 2);
-    let z2 = conv(w.conv2, w.conv2_bias, &u2, c1 * 9);
-    let (h2, pool2) = relu_pool(&z2, s2);
-    // fc [b × 800] · [800 × k]: each example's features in burn's flatten order (c, y, x).
-    let fc_input = swap_outer(&h2, c2, b, FEATURE_SIDE * FEATURE_SIDE);
+    let z2 = conv(&u2, &w.conv2, &w.conv2_bias);
+    let fc_input = relu_pool(&z2, s2, c2);
+    // fc [b × 800] · [800 × k], each example's features in (y, x, c) order as w.fc's rows.
     let f = config.flat_features();
-    let mut logits: Vec<f32> = w.fc_bias.iter().copied().cycle().take(b * k).collect();
+    let mut logits = repeat_rows(&w.fc_bias, b);
     matmul(
         MatMut::new(&mut logits, b, k),
         Mat::new(&fc_input, b, f),
-        Mat::new(w.fc, f, k),
+        Mat::new(&w.fc, f, k),
         true,
     );
     Kept {
         u1,
         z1,
-        pool1,
         u2,
         z2,
-        pool2,
         fc_input,
         logits,
     }
 }
 
-/// A convolution of the batch from its im2col `cols` (`[taps, n]`): `weight · cols` plus each
-/// output channel's bias, `[c_out, n]`.
-fn conv(weight: &[f32], bias: &[f32], cols: &[f32], taps: usize) -> Vec<f32> {
-    let (c_out, n) = (bias.len(), cols.len() / taps);
-    let mut out = Vec::with_capacity(c_out * n);
-    for &b in bias {
-        out.extend(std::iter::repeat_n(b, n));
+/// `rows` copies of `row`, one after another: a bias for every output row. (Collecting
+/// `cycle().take(..)` pushed value by value: 17 % of a wasm DP step.)
+fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * row.len());
+    for _ in 0..rows {
+        out.extend_from_slice(row);
     }
+    out
+}
+
+/// A convolution of the batch from its im2col `cols` (`[n, taps]`): `cols · weightᵀ` plus each
+/// output channel's bias, `[n, c_out]`.
+fn conv(cols: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let c_out = bias.len();
+    let taps = weight.len() / c_out.max(1);
+    let n = cols.len() / taps.max(1);
+    let mut out = repeat_rows(bias, n);
     matmul(
-        MatMut::new(&mut out, c_out, n),
-        Mat::new(weight, c_out, taps),
-        Mat::new(cols, taps, n),
+        MatMut::new(&mut out, n, c_out),
+        Mat::new(cols, n, taps),
+        Mat::new(weight, c_out, taps).t(),
         true,
     );
     out
@@ -263,102 +271,191 @@ impl TinyCnn {
     }
 }
 
-/// What [`forward_kept`] keeps, channel-major over the batch ([`crate::kernels`]): each layer's
-/// input as the weight gradients read it, each pre-activation, where each pool output came from.
+/// What [`forward_kept`] keeps, channels last ([`crate::kernels`]): each layer's input as the
+/// weight gradients read it, and each pre-activation (the pools' backward reads them).
 pub(crate) struct Kept {
-    /// im2col of the images `[9, b · 676]` (conv1's input).
+    /// im2col of the images `[b · 676, 9]` (conv1's input).
     pub u1: Vec<f32>,
-    /// conv1's output `[16, b, 26, 26]`.
+    /// conv1's output `[b, 26, 26, 16]`.
     pub z1: Vec<f32>,
-    pub pool1: PoolRoute,
-    /// im2col of conv2's input `[16 · 9, b · 121]`.
+    /// im2col of conv2's input `[b · 121, 9 · 16]`.
     pub u2: Vec<f32>,
-    /// conv2's output `[32, b, 11, 11]`.
+    /// conv2's output `[b, 11, 11, 32]`.
     pub z2: Vec<f32>,
-    pub pool2: PoolRoute,
-    /// fc's input `[b, 800]`.
+    /// fc's input `[b, 800]`, each row in `(y, x, c)` order.
     pub fc_input: Vec<f32>,
     /// `[b, 10]`.
     pub logits: Vec<f32>,
 }
 
-/// Where each output of a 2×2 max-pool came from: which of its window's four inputs (0, 1 on
-/// the top row, 2, 3 on the bottom) is the first maximum. A byte per output rather than an
-/// index (≈ 2 MB instead of 14 at batch 512), and an output can only name its own window.
-pub(crate) struct PoolRoute {
-    offsets: Vec<u8>,
-    side: usize,
-}
-
-impl PoolRoute {
-    /// Calls `f(output, index in z of its maximum)` for every output, in output order: nested
-    /// loops over planes, rows and columns (a division and a remainder per output cost 4 % of a
-    /// wasm step).
-    fn for_each(&self, mut f: impl FnMut(usize, usize)) {
-        let (side, half) = (self.side, self.side / 2);
-        let per_plane = half * half;
-        if per_plane == 0 {
-            return;
-        }
-        for (p, plane) in self.offsets.chunks_exact(per_plane).enumerate() {
-            let base = p * side * side;
-            for (i, row) in plane.chunks_exact(half).enumerate() {
-                let top = base + 2 * i * side;
-                for (j, &off) in row.iter().enumerate() {
-                    let at = top + usize::from(off >> 1) * side + 2 * j + usize::from(off & 1);
-                    f(p * per_plane + i * half + j, at);
-                }
-            }
-        }
-    }
-
-    /// The index in z of each output's maximum, in output order.
-    #[cfg(test)]
-    fn indices(&self) -> Vec<usize> {
-        let mut out = Vec::with_capacity(self.offsets.len());
-        self.for_each(|_, at| out.push(at));
-        out
-    }
-
-    /// dL/dz from dL/d(pool output) for `relu_pool(z)`: each output's gradient goes to its
-    /// argmax, through ReLU (0 where z ≤ 0; a NaN passes, as in burn).
-    pub(crate) fn backward(&self, d_out: &[f32], z: &[f32]) -> Vec<f32> {
-        debug_assert_eq!(d_out.len(), self.offsets.len());
-        // An assignment, not a sum: 2×2 windows at stride 2 never share an input.
-        let mut dz = vec![0.0; z.len()];
-        self.for_each(|o, at| {
-            if z[at] > 0.0 || z[at].is_nan() {
-                dz[at] = d_out[o];
-            }
-        });
-        dz
-    }
-}
-
-/// ReLU then 2×2 max-pool (stride 2, floor: an odd last row and column are dropped) of square
-/// planes of `side × side`, one after another: the pooled values and where they came from.
-/// burn's rules: the first maximum of a window in row-major order wins (ties are common: a
-/// constant background gives equal activations), a NaN wins (see [`window_max_with_nan`]).
-pub(crate) fn relu_pool(z: &[f32], side: usize) -> (Vec<f32>, PoolRoute) {
-    debug_assert_eq!(z.len() % (side * side), 0, "whole planes");
-    // NaN is rare (a broken model): one pass to find it keeps it out of the hot loop.
-    if !z.iter().fold(false, |nan, v| nan | v.is_nan()) {
-        return relu_pool_nan_free(z, side);
-    }
+/// Calls `f(first output, index in z of the top-left input)` for every 2×2 window (stride 2,
+/// floor: an odd last row and column are dropped) of images `[.., side, side, channels]` laid
+/// out channels last, in output order. A window's outputs are `channels` consecutive values;
+/// its inputs' channel vectors start at the top-left index plus each of [`window_inputs`].
+fn for_each_window(outputs: usize, side: usize, channels: usize, mut f: impl FnMut(usize, usize)) {
     let half = side / 2;
-    let planes = z.len() / (side * side);
-    let mut out = Vec::with_capacity(planes * half * half);
-    let mut offsets = Vec::with_capacity(planes * half * half);
-    for plane in z.chunks_exact(side * side) {
+    let per_image = half * half * channels;
+    if per_image == 0 {
+        return;
+    }
+    for img in 0..outputs / per_image {
         for i in 0..half {
             for j in 0..half {
-                let (offset, value) = window_max_with_nan(plane, 2 * i * side + 2 * j, side);
-                out.push(value);
-                offsets.push(offset);
+                let out = ((img * half + i) * half + j) * channels;
+                f(out, ((img * side + 2 * i) * side + 2 * j) * channels);
             }
         }
     }
-    (out, PoolRoute { offsets, side })
+}
+
+/// Where a window's four inputs start relative to its top-left one, in the pool's order (0, 1
+/// on the top row, 2, 3 on the bottom).
+fn window_inputs(side: usize, channels: usize) -> [usize; 4] {
+    [0, channels, side * channels, (side + 1) * channels]
+}
+
+/// Outputs of a 2×2 pool of `z` (whole images `side × side × channels`).
+fn pooled_len(z: usize, side: usize, channels: usize) -> usize {
+    let half = side / 2;
+    z.checked_div(side * side * channels).unwrap_or(0) * half * half * channels
+}
+
+/// Whether any value is NaN, in one pass without an early exit (which vectorises). NaN is rare
+/// (a broken model): knowing it up front keeps its rule out of the hot loops.
+fn has_nan(z: &[f32]) -> bool {
+    z.iter().fold(false, |nan, v| nan | v.is_nan())
+}
+
+/// ReLU then 2×2 max-pool (stride 2, floor) of images `[.., side, side, channels]` laid out
+/// channels last, `[.., side / 2, side / 2, channels]`. burn's rules: the first maximum of a
+/// window in row-major order wins (ties are common: a constant background gives equal
+/// activations), a NaN wins (see [`window_max_with_nan`]). One lane per channel: the four
+/// inputs of a window are four channel vectors, so the selects vectorise.
+pub(crate) fn relu_pool(z: &[f32], side: usize, channels: usize) -> Vec<f32> {
+    if has_nan(z) {
+        pool_windows(z, side, channels, window_max_with_nan)
+    } else {
+        pool_windows(z, side, channels, window_max)
+    }
+}
+
+fn pool_windows(
+    z: &[f32],
+    side: usize,
+    channels: usize,
+    rule: impl Fn([f32; 4]) -> (u32, f32),
+) -> Vec<f32> {
+    let mut out = vec![0.0; pooled_len(z.len(), side, channels)];
+    let at = window_inputs(side, channels);
+    for_each_window(out.len(), side, channels, |o, top| {
+        let [a, b, c, d] = at.map(|shift| &z[top + shift..][..channels]);
+        pool_lanes(a, b, c, d, &mut out[o..][..channels], &rule);
+    });
+    out
+}
+
+/// One window of [`pool_windows`], a lane per channel. Its own function so that every slice
+/// is a separate argument, which tells the compiler they do not overlap: it vectorises the
+/// loop instead of checking at run time (inside the closure it did not; wasm profile).
+#[inline(never)]
+fn pool_lanes(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    d: &[f32],
+    out: &mut [f32],
+    rule: &impl Fn([f32; 4]) -> (u32, f32),
+) {
+    for ((((out, a), b), c), d) in out.iter_mut().zip(a).zip(b).zip(c).zip(d) {
+        *out = rule([*a, *b, *c, *d]).1;
+    }
+}
+
+/// dL/dz of [`relu_pool`] from dL/d(its output): each output's gradient goes to its window's
+/// first maximum, recomputed from z by the forward's rule (nothing is kept between the
+/// passes), through ReLU (0 where z ≤ 0; a NaN passes, as in burn). Every input of a window is
+/// written once, by selects.
+pub(crate) fn relu_pool_backward(
+    d_out: &[f32],
+    z: &[f32],
+    side: usize,
+    channels: usize,
+) -> Vec<f32> {
+    debug_assert_eq!(d_out.len(), pooled_len(z.len(), side, channels));
+    if has_nan(z) {
+        route_windows(d_out, z, side, channels, window_max_with_nan)
+    } else {
+        route_windows(d_out, z, side, channels, window_max)
+    }
+}
+
+fn route_windows(
+    d_out: &[f32],
+    z: &[f32],
+    side: usize,
+    channels: usize,
+    rule: impl Fn([f32; 4]) -> (u32, f32),
+) -> Vec<f32> {
+    // Inputs outside every window (an odd side's last row and column) get 0.
+    let mut dz = vec![0.0; z.len()];
+    let at = window_inputs(side, channels);
+    for_each_window(d_out.len(), side, channels, |o, top| {
+        let [a, b, c, d] = at.map(|shift| &z[top + shift..][..channels]);
+        let (upper, lower) = dz[top..].split_at_mut(side * channels);
+        let (da, db) = upper[..2 * channels].split_at_mut(channels);
+        let (dc, dd) = lower[..2 * channels].split_at_mut(channels);
+        let g = &d_out[o..][..channels];
+        route_lanes([a, b, c, d], g, da, db, dc, dd, &rule);
+    });
+    dz
+}
+
+/// One window of [`route_windows`], a lane per channel; separate arguments for the same
+/// reason as [`pool_lanes`].
+#[inline(never)]
+fn route_lanes(
+    [a, b, c, d]: [&[f32]; 4],
+    g: &[f32],
+    da: &mut [f32],
+    db: &mut [f32],
+    dc: &mut [f32],
+    dd: &mut [f32],
+    rule: &impl Fn([f32; 4]) -> (u32, f32),
+) {
+    let passes = |z: f32| z > 0.0 || z.is_nan();
+    let inputs = a.iter().zip(b).zip(c).zip(d);
+    let grads = da
+        .iter_mut()
+        .zip(db.iter_mut())
+        .zip(dc.iter_mut())
+        .zip(dd.iter_mut());
+    for (((((&a, &b), &c), &d), (((da, db), dc), dd)), &g) in inputs.zip(grads).zip(g) {
+        let (winner, _) = rule([a, b, c, d]);
+        *da = if winner == 0 && passes(a) { g } else { 0.0 };
+        *db = if winner == 1 && passes(b) { g } else { 0.0 };
+        *dc = if winner == 2 && passes(c) { g } else { 0.0 };
+        *dd = if winner == 3 && passes(d) { g } else { 0.0 };
+    }
+}
+
+/// The index in z of each pool output's maximum, in output order (tests: burn's pool returns
+/// these).
+#[cfg(test)]
+fn argmax_indices(z: &[f32], side: usize, channels: usize) -> Vec<usize> {
+    let at = window_inputs(side, channels);
+    let mut out = vec![0; pooled_len(z.len(), side, channels)];
+    let rule = if has_nan(z) {
+        window_max_with_nan
+    } else {
+        window_max
+    };
+    for_each_window(out.len(), side, channels, |o, top| {
+        for ch in 0..channels {
+            let window = at.map(|shift| z[top + shift + ch]);
+            out[o + ch] = top + at[rule(window).0 as usize] + ch;
+        }
+    });
+    out
 }
 
 /// ReLU of a number that is not NaN: a compare and a select. (`f32::max` keeps IEEE's NaN
@@ -369,49 +466,29 @@ fn relu(v: f32) -> f32 {
     if v > 0.0 { v } else { 0.0 }
 }
 
-/// [`relu_pool`] of NaN-free z, a pair of rows at a time into outputs sized up front: no
-/// per-window call, bounds check or push (in wasm the per-window function called through a
-/// pointer was 10 % of a DP step, the pushes 6 %; benchmarks/wasm-step-profile-64.txt). In
-/// each window the top pair's first maximum wins unless the bottom pair's is strictly greater:
-/// the first maximum in row-major order, in selects.
-fn relu_pool_nan_free(z: &[f32], side: usize) -> (Vec<f32>, PoolRoute) {
-    let half = side / 2;
-    let n = z.len() / (side * side) * half * half;
-    let (mut out, mut offsets) = (vec![0.0; n], vec![0u8; n]);
-    if half > 0 {
-        let rows = z
-            .chunks_exact(side * side)
-            .flat_map(|plane| plane.chunks_exact(2 * side).take(half));
-        let outputs = out
-            .chunks_exact_mut(half)
-            .zip(offsets.chunks_exact_mut(half));
-        for (pair, (out_row, off_row)) in rows.zip(outputs) {
-            let (top, bottom) = pair.split_at(side);
-            let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
-            for ((t, b), (o, off)) in windows.zip(out_row.iter_mut().zip(off_row.iter_mut())) {
-                let (a, b1, c, d) = (relu(t[0]), relu(t[1]), relu(b[0]), relu(b[1]));
-                let (top_max, top_at) = if b1 > a { (b1, 1) } else { (a, 0) };
-                let (bottom_max, bottom_at) = if d > c { (d, 3) } else { (c, 2) };
-                (*o, *off) = if bottom_max > top_max {
-                    (bottom_max, bottom_at)
-                } else {
-                    (top_max, top_at)
-                };
-            }
-        }
+/// The first maximum of a window of NaN-free values after ReLU, and its place: the top pair's
+/// first maximum wins unless the bottom pair's is strictly greater (row-major order), in
+/// selects only.
+#[inline(always)]
+fn window_max([a, b, c, d]: [f32; 4]) -> (u32, f32) {
+    let (a, b, c, d) = (relu(a), relu(b), relu(c), relu(d));
+    let (top_at, top_max) = if b > a { (1, b) } else { (0, a) };
+    let (bottom_at, bottom_max) = if d > c { (3, d) } else { (2, c) };
+    if bottom_max > top_max {
+        (bottom_at, bottom_max)
+    } else {
+        (top_at, top_max)
     }
-    (out, PoolRoute { offsets, side })
 }
 
-/// The window rule of [`relu_pool_nan_free`] where a NaN wins and passes ReLU, so that it
-/// propagates as in burn (whose pool keeps the last NaN of a window, this the first: either way
-/// the example's gradient is not finite, and DP-SGD gives it clip factor 0).
-fn window_max_with_nan(plane: &[f32], first: usize, side: usize) -> (u8, f32) {
+/// The window rule of [`window_max`] where a NaN wins and passes ReLU, so that it propagates
+/// as in burn (whose pool keeps the last NaN of a window, this the first: either way the
+/// example's gradient is not finite, and DP-SGD gives it clip factor 0).
+fn window_max_with_nan(window: [f32; 4]) -> (u32, f32) {
     let relu = |v: f32| if v > 0.0 || v.is_nan() { v } else { 0.0 };
-    let at = [first, first + 1, first + side, first + side + 1];
-    let (mut best, mut value) = (0, relu(plane[first]));
-    for (k, q) in (1u8..).zip(&at[1..]) {
-        let v = relu(plane[*q]);
+    let (mut best, mut value) = (0, relu(window[0]));
+    for (k, v) in (1u32..).zip(&window[1..]) {
+        let v = relu(*v);
         if v > value || (v.is_nan() && !value.is_nan()) {
             (best, value) = (k, v);
         }
@@ -555,33 +632,31 @@ mod tests {
     fn relu_pool_takes_the_first_maximum_and_drops_an_odd_edge() {
         // One 3×3 plane: the pool sees only the top-left 2×2 window (floor).
         let z = [1.0, 3.0, 9.0, 3.0, -1.0, 9.0, 9.0, 9.0, 9.0];
-        let (out, route) = relu_pool(&z, 3);
+        let out = relu_pool(&z, 3, 1);
         assert_eq!(out, [3.0]);
         assert_eq!(
-            route.backward(&[5.0], &z),
+            relu_pool_backward(&[5.0], &z, 3, 1),
             [0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         );
         // All negative: the output is 0 and the gradient stops at ReLU.
         let z = [-1.0, -2.0, -3.0, -4.0];
-        let (out, route) = relu_pool(&z, 2);
+        let out = relu_pool(&z, 2, 1);
         assert_eq!(out, [0.0]);
-        assert_eq!(route.backward(&[5.0], &z), [0.0; 4]);
+        assert_eq!(relu_pool_backward(&[5.0], &z, 2, 1), [0.0; 4]);
         // Ties go to the first (top row first); a NaN wins and its gradient passes.
         let z = [2.0, 1.0, 2.0, 2.0, 1.0, f32::NAN, 0.0, 3.0];
-        let (out, route) = relu_pool(&z, 2);
+        let out = relu_pool(&z, 2, 1);
         assert_eq!(out[0], 2.0);
         assert!(out[1].is_nan());
-        let dz = route.backward(&[5.0, 7.0], &z);
+        let dz = relu_pool_backward(&[5.0, 7.0], &z, 2, 1);
         assert_eq!(&dz[..4], [5.0, 0.0, 0.0, 0.0]);
         assert_eq!(&dz[4..], [0.0, 7.0, 0.0, 0.0]);
         // Within a row too.
         let z = [3.0, 3.0, 0.0, 0.0];
-        let (_, route) = relu_pool(&z, 2);
-        assert_eq!(route.backward(&[1.0], &z), [1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(relu_pool_backward(&[1.0], &z, 2, 1), [1.0, 0.0, 0.0, 0.0]);
         // Bottom row strictly greater wins, at its first maximum.
         let z = [1.0, 1.0, 4.0, 4.0];
-        let (_, route) = relu_pool(&z, 2);
-        assert_eq!(route.backward(&[1.0], &z), [0.0, 0.0, 1.0, 0.0]);
+        assert_eq!(relu_pool_backward(&[1.0], &z, 2, 1), [0.0, 0.0, 1.0, 0.0]);
     }
 
     /// The forward pass every evaluation and training step uses (im2col + one gemm per layer,
@@ -619,8 +694,8 @@ mod tests {
         );
     }
 
-    /// The host pool routes each output where burn's pool does (burn's indices are what its
-    /// backward scatters through): planes full of ties, negative windows, odd sides.
+    /// The host pool and its backward route each output where burn's pool does (burn's
+    /// indices are what its backward scatters through): planes full of ties, negative windows, odd sides.
     #[test]
     fn the_pool_routes_each_output_where_burn_s_pool_does() {
         use burn::tensor::module::max_pool2d_with_indices;
@@ -631,19 +706,35 @@ mod tests {
             let z: Vec<f32> = (0..2 * 3 * side * side)
                 .map(|i| ((i * 7 + i / 5) % 4) as f32 - 1.0)
                 .collect();
-            let (ours, route) = relu_pool(&z, side);
+            // Ours reads the same planes channels last.
+            let (images, channels, plane) = (2, 3, side * side);
+            let nchw = |img: usize, ch: usize, p: usize| (img * channels + ch) * plane + p;
+            let mut nhwc = Vec::new();
+            for img in 0..images {
+                for p in 0..plane {
+                    nhwc.extend((0..channels).map(|ch| z[nchw(img, ch, p)]));
+                }
+            }
+            let ours = relu_pool(&nhwc, side, channels);
             let x = Tensor::<4>::from_data(TensorData::new(z.clone(), [2, 3, side, side]), &device)
                 .clamp_min(0.0);
             let (values, indices) = max_pool2d_with_indices(x, MaxPoolOptions::new([2, 2]));
-            assert_eq!(ours, tensor_vec(values), "side {side}");
+            let values = tensor_vec(values);
             let burn: Vec<i64> = indices.into_data().convert::<i64>().try_to_vec().unwrap();
-            let plane = side * side;
-            let local: Vec<i64> = route
-                .indices()
-                .into_iter()
-                .map(|a| (a % plane) as i64)
-                .collect();
-            assert_eq!(local, burn, "side {side}");
+            // Output (img, y, x, ch) of ours is burn's (img, ch, y, x).
+            let out_plane = (side / 2) * (side / 2);
+            let ours_at = |img: usize, ch: usize, p: usize| (img * out_plane + p) * channels + ch;
+            let indices = argmax_indices(&nhwc, side, channels);
+            for img in 0..images {
+                for ch in 0..channels {
+                    for p in 0..out_plane {
+                        let (o, b) = (ours_at(img, ch, p), (img * channels + ch) * out_plane + p);
+                        assert_eq!(ours[o], values[b], "side {side}");
+                        let local = (indices[o] / channels % plane) as i64;
+                        assert_eq!(local, burn[b], "side {side}, image {img}, channel {ch}");
+                    }
+                }
+            }
         }
     }
 

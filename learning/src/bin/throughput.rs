@@ -25,6 +25,9 @@ struct Args {
     /// Runs per kind; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Then each matrix product of a batch-64 DP step alone, in GFLOP/s.
+    #[arg(long)]
+    gemm: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +56,15 @@ fn main() -> anyhow::Result<()> {
                 .join(", ")
         );
     }
+    if args.gemm {
+        print_gemm_rates(learning::bench::gemm_rates(&now));
+    }
     Ok(())
+}
+
+fn print_gemm_rates(rates: Vec<(String, f64, f64)>) {
+    println!("the step's matrix products alone (batch 64):");
+    for (name, ms, gflops) in rates {
+        println!("  {name:62} {ms:7.3} ms  {gflops:6.1} GFLOP/s");
+    }
 }
