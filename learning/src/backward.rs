@@ -20,8 +20,8 @@
 //! (Channels last, as the forward pass lays them out: every product is one gemm for the whole
 //! batch, [`crate::kernels`].)
 //!
-//! ReLU and the 2×2 pool run together in one pass over z that keeps each window's argmax
-//! ([`crate::model::relu_pool`], in the forward pass every evaluation uses too), with burn's
+//! ReLU and the 2×2 pool run together in one pass over z, and the backward finds each window's
+//! argmax again from z ([`crate::model::relu_pool`], [`crate::model::relu_pool_backward`]), with burn's
 //! rules: the first maximum of a window in row-major order wins, a NaN wins, ReLU's gradient at
 //! 0 is 0. The tests hold the result to burn's autodiff through burn's own layers.
 

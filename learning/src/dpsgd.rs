@@ -9,8 +9,8 @@
 //! is a sum over examples. The weight gradient of example i is then built from its own layer
 //! input a_i:
 //!
-//! * convolution: `dW_i = dz_i · unfold(a_i)ᵀ` (a gemm per example on strided views of the
-//!   batch's buffers, [`crate::kernels`]), `db_i = Σ_spatial dz_i`
+//! * convolution: `dW_i = dz_iᵀ · unfold(a_i)` (a gemm per example on its own contiguous rows
+//!   of the batch's channels-last buffers, [`crate::kernels`]), `db_i = Σ_spatial dz_i`
 //! * linear: `dW_i = a_i ⊗ dz_i`, whose norm is `‖a_i‖·‖dz_i‖`, so the fc layer is never
 //!   materialised per example: the clipped sum is one matmul `aᵀ · (f ⊙ dz)`.
 //!
@@ -631,6 +631,28 @@ mod tests {
         let g = batch_gradient(&config, &huge, &images, &labels, Some(1.0)).expect("fits");
         assert!(g.sum.iter().all(|v| *v == 0.0), "every example dropped");
         assert_eq!(g.clipped, 4);
+    }
+
+    /// Attack: one example of a batch holds a NaN pixel (a poisoned record). Its gradient is
+    /// dropped and nothing of it reaches the others': the sum is the other examples' alone.
+    #[test]
+    fn a_poisoned_example_is_dropped_without_touching_the_others() {
+        let (config, params, mut images, labels) = setup(4, 5);
+        images[2 * 784 + 400] = f32::NAN;
+        let got = batch_gradient(&config, &params, &images, &labels, Some(1.0)).expect("fits");
+        let mut others = images[..2 * 784].to_vec();
+        others.extend_from_slice(&images[3 * 784..]);
+        let rest = [labels[0], labels[1], labels[3]];
+        let want = batch_gradient(&config, &params, &others, &rest, Some(1.0)).expect("fits");
+        assert!(got.sum.iter().all(|v| v.is_finite()), "no NaN in the sum");
+        for (a, b) in got.sum.iter().zip(&want.sum) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        assert_eq!(
+            got.clipped,
+            want.clipped + 1,
+            "the poisoned example counts as clipped"
+        );
     }
 
     /// An example whose norm is infinite (not NaN) is dropped like a NaN one: its clip factor

@@ -6,10 +6,12 @@
 //! an NHWC copy of the input, a transposed copy of the weights and a scatter of the output
 //! around each, so at TinyCNN's sizes that overhead cost as much as the arithmetic (in wasm:
 //! forward convolutions 29 % of a DP step, conv2's transpose 20 %, the per-example weight
-//! gradients 24 %, unfold's index tensors 5 %; `benchmarks/wasm-step-profile-64.txt`). Laid out
-//! channel-major over the batch, `[channels, batch, side, side]`, each convolution of the batch
-//! is one gemm whose long dimension is the whole batch. Written as a module that does not know
-//! TinyCNN, so that it could be proposed to burn-flex as a batched 3×3 path.
+//! gradients 24 %, unfold's index tensors 5 %; `benchmarks/wasm-step-profile-64.txt`). With the
+//! activations laid out channels last, `[batch, side, side, channels]`, each convolution of the
+//! batch is one gemm whose long dimension is every position of every image, an example's rows
+//! are contiguous (its weight gradient is a gemm on its own rows), and im2col copies runs of
+//! `3 · channels` values. Written as a module that does not know TinyCNN, so that it could be
+//! proposed to burn-flex as a batched 3×3 path.
 
 /// A matrix inside a slice: element (r, c) at `r · row_stride + c · col_stride`. Strides let
 /// one buffer be read as its transpose, or one example's block of a batch, without a copy.
@@ -30,7 +32,7 @@ impl<'a> Mat<'a> {
 
     /// `rows × cols` with the given strides. Panics (a bug of the caller) when an element it
     /// names lies outside `data`: the gemm below reads through raw pointers.
-    pub fn strided(
+    fn strided(
         data: &'a [f32],
         rows: usize,
         cols: usize,
@@ -74,7 +76,10 @@ pub(crate) struct MatMut<'a> {
 impl<'a> MatMut<'a> {
     /// Panics (a bug of the caller) unless `data` holds exactly `rows × cols` values.
     pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(data.len(), rows * cols, "a {rows}×{cols} output");
+        let len = rows
+            .checked_mul(cols)
+            .expect("an output within the address space");
+        assert_eq!(data.len(), len, "a {rows}×{cols} output");
         Self { data, rows, cols }
     }
 }
@@ -84,13 +89,19 @@ fn span(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize
     if rows == 0 || cols == 0 {
         0
     } else {
-        (rows - 1) * row_stride + (cols - 1) * col_stride + 1
+        // Checked: the SAFETY argument of `matmul` rests on this bound.
+        let last = |n: usize, stride: usize| (n - 1).checked_mul(stride);
+        last(rows, row_stride)
+            .zip(last(cols, col_stride))
+            .and_then(|(r, c)| r.checked_add(c)?.checked_add(1))
+            .expect("a view within the address space")
     }
 }
 
 /// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`. On the calling thread (the step
 /// is already split across threads or workers by the caller). Panics when the shapes do not
-/// chain: every shape here is fixed by TinyCNN's configuration, never by a peer's input.
+/// chain: the shapes follow from TinyCNN's configuration and the batch size, both checked
+/// before a step starts (a wrong image count is an error there, never a panic here).
 /// The workspace's only `unsafe`: gemm's API takes raw pointers and strides.
 #[allow(unsafe_code)]
 pub(crate) fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) {
@@ -115,6 +126,7 @@ pub(crate) fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bo
         return;
     }
     let stride = |s: usize| isize::try_from(s).expect("a stride within the address space");
+    // gemm's argument order: dst, then each matrix's column stride before its row stride.
     // SAFETY: `Mat::strided` checked that every element of lhs and rhs lies inside its slice,
     // `MatMut::new` that dst is exactly m × n row-major (row stride n, column stride 1); dst is
     // borrowed mutably, so it overlaps neither input. gemm reads and writes nothing else.
@@ -154,7 +166,7 @@ pub(crate) fn im2col3(images: &[f32], channels: usize, batch: usize, side: usize
     assert_eq!(images.len(), batch * image, "[batch, side, side, channels]");
     let run = 3 * channels;
     let mut cols = Vec::with_capacity(batch * out * out * 3 * run);
-    for img in images.chunks_exact(image.max(1)).take(batch) {
+    for img in images.chunks_exact(image.max(1)) {
         for y in 0..out {
             for x in 0..out {
                 let at = |dy: usize| &img[((y + dy) * side + x) * channels..][..run];
@@ -202,6 +214,10 @@ pub(crate) fn col2im3(cols: &[f32], channels: usize, batch: usize, side: usize) 
 /// `[c_out, 3, 3, c_in]`; [`taps_first`] is the inverse (for the gradients).
 pub(crate) fn taps_last(weights: &[f32], c_in: usize) -> Vec<f32> {
     let per_out = 9 * c_in;
+    assert!(
+        per_out > 0 && weights.len().is_multiple_of(per_out),
+        "[c_out, c_in, 3, 3]"
+    );
     let mut out = Vec::with_capacity(weights.len());
     for w in weights.chunks_exact(per_out.max(1)) {
         out.extend(swap_outer(w, c_in, 9, 1));
@@ -212,6 +228,10 @@ pub(crate) fn taps_last(weights: &[f32], c_in: usize) -> Vec<f32> {
 /// The inverse of [`taps_last`]: `[c_out, 3, 3, c_in]` → `[c_out, c_in, 3, 3]`.
 pub(crate) fn taps_first(weights: &[f32], c_in: usize) -> Vec<f32> {
     let per_out = 9 * c_in;
+    assert!(
+        per_out > 0 && weights.len().is_multiple_of(per_out),
+        "[c_out, 3, 3, c_in]"
+    );
     let mut out = Vec::with_capacity(weights.len());
     for w in weights.chunks_exact(per_out.max(1)) {
         out.extend(swap_outer(w, 9, c_in, 1));
@@ -290,8 +310,8 @@ mod tests {
 
     #[test]
     fn matmul_reads_strided_and_transposed_views() {
-        // One example's block of a batch laid out [rows, batch · cols], read as itself and as
-        // its transpose: the two views the per-example gradients use.
+        // One block of a buffer laid out [rows, batch · cols], read as itself and as its
+        // transpose: strides, not copies.
         let (rows, batch, cols) = (5, 3, 7);
         let a = values(rows * batch * cols, 1);
         let b = values(rows * batch * cols, 2);
