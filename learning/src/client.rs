@@ -408,12 +408,12 @@ fn loss_sum_and_correct(
     bound: Option<f64>,
 ) -> Result<(f64, usize), LearningError> {
     let config = task.model();
-    config.layout().check_len(params)?;
+    let weights = config.weights(params)?;
     let (mut loss, mut correct) = (0.0, 0);
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(EVAL_BATCH) {
         let (x, y) = task.batch(data, chunk);
-        let logits = config.logits(params, &x)?;
+        let logits = config.logits_with(&weights, &x)?;
         for (row, label) in logits.chunks_exact(config.num_classes).zip(&y) {
             let (l, c) = loss_and_correct(row, std::slice::from_ref(label));
             loss += match bound {

@@ -24,7 +24,7 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::data::NUM_CLASSES;
-use crate::kernels::{Mat, MatMut, column_sums, matmul, sum_squares, swap_outer, taps_first};
+use crate::kernels::{Mat, MatMut, column_sums, matmul, sum_squares};
 use crate::model::{TinyCnnConfig, Weights, check_images};
 
 /// Opacus adds this to the norm before dividing, so a zero gradient gets factor 1, not NaN.
@@ -147,31 +147,10 @@ pub fn per_example_gradients(
                 .iter()
                 .flat_map(|a_ij| dz_i.iter().map(move |d| a_ij * d))
                 .collect();
-            let rows = [w1, b1, w2, b2].map(|t| t.row(i).to_vec());
-            let [w1, b1, w2, b2] = rows;
-            to_layout(config, [w1, b1, w2, b2, fc, dz_i.to_vec()])
+            let [w1, b1, w2, b2] = [w1, b1, w2, b2].map(|t| t.row(i).to_vec());
+            config.to_layout([w1, b1, w2, b2, fc, dz_i.to_vec()])
         })
         .collect())
-}
-
-/// A gradient's pieces in the kernels' orders (conv2's taps last, fc's rows `(y, x, c)`,
-/// [`crate::model::Weights`]) as one flat vector in the layout's (burn's) orders.
-fn to_layout(config: &TinyCnnConfig, parts: [Vec<f32>; 6]) -> Vec<f32> {
-    let [w1, b1, w2, b2, fc_w, fc_b] = parts;
-    let (c1, c2, k) = (
-        config.conv1_channels,
-        config.conv2_channels,
-        config.num_classes,
-    );
-    let positions = config.flat_features() / c2.max(1);
-    let mut flat = Vec::with_capacity(config.layout().num_params());
-    flat.extend(w1); // one input channel: taps last is burn's order
-    flat.extend(b1);
-    flat.extend(taps_first(&w2, c1));
-    flat.extend(b2);
-    flat.extend(swap_outer(&fc_w, positions, c2, k));
-    flat.extend(fc_b);
-    flat
 }
 
 /// The gradient of one batch: per-example clipped to `max_grad_norm` when it is `Some` (DP),
@@ -235,7 +214,7 @@ fn clipped_sum(
         a[i * f..(i + 1) * f].fill(0.0);
     }
     let (fc_w, fc_b) = fc_gradient(&a, &dz_scaled, b, f, k);
-    let sum = to_layout(config, [w1, b1, w2, b2, fc_w, fc_b]);
+    let sum = config.to_layout([w1, b1, w2, b2, fc_w, fc_b]);
     (sum, parts.logits, clipped)
 }
 
@@ -271,7 +250,7 @@ fn plain_sum(
     });
     let f = config.flat_features();
     let (fc_w, fc_b) = fc_gradient(&pass.fc_input, &pass.dz3, b, f, k);
-    let sum = to_layout(config, [w1, b1, w2, b2, fc_w, fc_b]);
+    let sum = config.to_layout([w1, b1, w2, b2, fc_w, fc_b]);
     (sum, pass.logits, 0)
 }
 

@@ -24,7 +24,7 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::LearningError;
-use crate::kernels::{Mat, MatMut, im2col3, matmul, swap_outer, taps_last};
+use crate::kernels::{Mat, MatMut, im2col3, matmul, swap_outer, taps_first, taps_last};
 
 /// Hyper-parameters of [`TinyCnn`]. The defaults are the product's model; the server and every
 /// client must use the same values, which the parameter count on the wire checks.
@@ -140,11 +140,41 @@ impl TinyCnnConfig {
         })
     }
 
+    /// The inverse of [`TinyCnnConfig::weights`] for a gradient: its pieces in the kernels'
+    /// orders (conv2's taps last, fc's rows `(y, x, c)`) as one flat vector in the layout's
+    /// (burn's) orders.
+    pub(crate) fn to_layout(&self, parts: [Vec<f32>; 6]) -> Vec<f32> {
+        let [w1, b1, w2, b2, fc_w, fc_b] = parts;
+        let positions = FEATURE_SIDE * FEATURE_SIDE;
+        let mut flat = Vec::with_capacity(self.layout().num_params());
+        flat.extend(w1); // one input channel: taps last is burn's order
+        flat.extend(b1);
+        flat.extend(taps_first(&w2, self.conv1_channels));
+        flat.extend(b2);
+        flat.extend(swap_outer(
+            &fc_w,
+            positions,
+            self.conv2_channels,
+            self.num_classes,
+        ));
+        flat.extend(fc_b);
+        flat
+    }
+
     /// Logits `[batch × classes]` of `images` (`batch × 28 × 28` values) under `params`.
     pub fn logits(&self, params: &[f32], images: &[f32]) -> Result<Vec<f32>, LearningError> {
-        let weights = self.weights(params)?;
+        self.logits_with(&self.weights(params)?, images)
+    }
+
+    /// [`TinyCnnConfig::logits`] with the weights already in the kernels' layout (an
+    /// evaluation prepares them once for all its batches).
+    pub(crate) fn logits_with(
+        &self,
+        w: &Weights,
+        images: &[f32],
+    ) -> Result<Vec<f32>, LearningError> {
         check_images(images, images.len() / IMAGE_PIXELS)?;
-        Ok(forward_kept(self, &weights, images).logits)
+        Ok(forward_kept(self, w, images).logits)
     }
 }
 
@@ -626,6 +656,26 @@ mod tests {
             tensor_vec(model.forward_burn(x.clone()))
         };
         assert_eq!(forward(&flat), forward(&back));
+    }
+
+    /// A gradient shaped like the parameters goes back to the layout they came from: the
+    /// kernels' orders and burn's are inverse permutations.
+    #[test]
+    fn the_kernels_layout_round_trips() {
+        let config = TinyCnnConfig::new();
+        let flat: Vec<f32> = (0..config.layout().num_params())
+            .map(|i| i as f32)
+            .collect();
+        let w = config.weights(&flat).expect("fits");
+        let parts = [
+            w.conv1,
+            w.conv1_bias,
+            w.conv2,
+            w.conv2_bias,
+            w.fc,
+            w.fc_bias,
+        ];
+        assert_eq!(config.to_layout(parts), flat);
     }
 
     #[test]
