@@ -577,6 +577,19 @@ impl Bench {
     fn succeeded(&mut self, key: &str) {
         self.failed_in_a_row.remove(key);
     }
+
+    /// Ends every bench still running; how many it ended. A bench lasts until the run has
+    /// completed more rounds, so a run that cannot complete one without the benched clients
+    /// (fewer candidates than it needs) must take them back, or it would wait forever.
+    fn lift(&mut self, completed_rounds: u64) -> usize {
+        let lifted = self
+            .until
+            .values()
+            .filter(|&&until| completed_rounds < until)
+            .count();
+        self.until.clear();
+        lifted
+    }
 }
 
 /// Failed rounds in a row after which a client sits out [`BENCH_ROUNDS`] rounds.
@@ -1199,6 +1212,93 @@ mod tests {
         settle_accounting(&mut c).await;
         c.maybe_start_round();
         assert!(c.run.as_ref().unwrap().round.is_some(), "attempt 2 started");
+    }
+
+    /// The messages waiting in a client's outbox, decoded.
+    fn received(outbox: &mut mpsc::Receiver<Outgoing>) -> Vec<ServerMessage> {
+        std::iter::from_fn(|| outbox.try_recv().ok())
+            .filter_map(|out| match out {
+                Outgoing::Text(text) => ServerMessage::decode(&text).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A client whose socket was down when its run ended is told the end when it comes back
+    /// (a simulated client waited forever for it in a CI run); a key new to the run is not.
+    #[tokio::test]
+    async fn a_client_back_after_its_run_ended_hears_the_end() {
+        let (mut c, _outboxes, _seen) = started_run(
+            r#"{"min_clients":2,"batching":{"batch_size":10},"shards":null}"#,
+            [100, 100],
+        );
+        settle_accounting(&mut c).await;
+        c.maybe_start_round();
+        // Both were sampled (and charged): the run keeps their keys.
+        let (ids, _) = sampled(&c);
+        let key = c.clients[&ids[0]].key.clone();
+        c.leave(ids[0], "disconnected");
+        let run_id = c.run.as_ref().unwrap().id();
+        let (tx, _stopped) = reply();
+        c.handle(Command::Control {
+            run_id,
+            action: RunAction::Stop,
+            reply: tx,
+        });
+        let caps = || Capabilities {
+            own_data: Some(protocol::messages::OwnData { num_examples: 100 }),
+            ..Default::default()
+        };
+
+        let (outbox, mut back) = mpsc::channel(16);
+        c.join(Some(key), caps(), outbox).unwrap();
+        let heard = received(&mut back);
+        assert!(
+            matches!(heard.first(), Some(ServerMessage::Welcome { .. })),
+            "{heard:?}"
+        );
+        assert!(
+            heard.iter().any(
+                |m| matches!(m, ServerMessage::RunFinished { run_id: r, reason }
+                if *r == run_id && reason == "stopped by the operator")
+            ),
+            "{heard:?}"
+        );
+
+        let (outbox, mut new) = mpsc::channel(16);
+        c.join(None, caps(), outbox).unwrap();
+        let heard = received(&mut new);
+        assert!(
+            !heard
+                .iter()
+                .any(|m| matches!(m, ServerMessage::RunFinished { .. })),
+            "{heard:?}"
+        );
+    }
+
+    /// A bench lasts until the run completes more rounds: when the run cannot complete one
+    /// without the benched client (min_clients is every client), it takes it back rather than
+    /// wait forever.
+    #[tokio::test]
+    async fn benched_clients_come_back_when_the_run_cannot_go_on_without_them() {
+        let (mut c, _outboxes, _seen) = started_run(
+            r#"{"min_clients":2,"batching":{"batch_size":10},"shards":null}"#,
+            [100, 100],
+        );
+        settle_accounting(&mut c).await;
+        let key = c.clients.values().next().unwrap().key.clone();
+        let run = c.run.as_mut().unwrap();
+        let benched = (0..MAX_FAILURES_IN_A_ROW).fold(false, |_, _| run.bench.failed(&key, 0));
+        assert!(benched && run.bench.sits_out(&key, 0));
+
+        c.maybe_start_round();
+        assert!(
+            c.run.as_ref().unwrap().round.is_none(),
+            "one candidate of two: it waits"
+        );
+        c.maybe_start_round();
+        let (sampled, _) = sampled(&c);
+        assert_eq!(sampled.len(), 2, "the benched client is back");
     }
 
     /// The sampled clients of the round in flight, in order, and the round's number.

@@ -10,9 +10,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
 use protocol::servers::{ServerUrl, ServersInfo, servers_to_try};
-use server::bus::{GatewayId, Subjects, Up, decode, unbatch};
+use server::bus::{Down, GatewayId, Subjects, Up, decode, unbatch};
 use server::coordinator::VectorKind;
-use server::server::{BusOptions, GatewayOptions, attach_bus, start_gateway};
+use server::server::{BusOptions, GatewayOptions, start_gateway};
 use server::store::Location;
 use support::*;
 use tokio::task::JoinHandle;
@@ -114,8 +114,8 @@ async fn two_gateways_run_the_rounds_a_single_server_runs_with_the_same_accuracy
     let cluster = postgres::cluster();
     let dir = temp_dir("gateways");
     let store = Location::Url(cluster.database("gateways"));
-    let coordinator = TestServer::start_with(&dir, store, None).await;
-    attach_bus(&coordinator.started, &bus(&nats)).await.unwrap();
+    let mut coordinator = TestServer::start_with(&dir, store, None).await;
+    coordinator.attach(&bus(&nats)).await;
     let (a, b) = (gateway("gw-a", &nats).await, gateway("gw-b", &nats).await);
     // Clients join through the gateways only, and fetch their shards from them.
     let federated = run_on(&coordinator, &[a.ws(), b.ws()]).await;
@@ -147,8 +147,8 @@ async fn deployment(
     nats: &nats::Nats,
     store: &Location,
 ) -> (TestServer, TestServer, TestServer) {
-    let coordinator = TestServer::start_with(&temp_dir(name), store.clone(), None).await;
-    attach_bus(&coordinator.started, &bus(nats)).await.unwrap();
+    let mut coordinator = TestServer::start_with(&temp_dir(name), store.clone(), None).await;
+    coordinator.attach(&bus(nats)).await;
     let a = gateway("gw-a", nats).await;
     let b = gateway("gw-b", nats).await;
     // Every server on the bus lists both gateways for client pages, the coordinator too.
@@ -315,8 +315,9 @@ async fn a_restarted_coordinator_resumes_from_postgresql_and_the_gateways_client
 
     // A new coordinator on the same database and bus: a new epoch, so the gateways disconnect
     // their clients, which join again with their keys.
-    let coordinator = TestServer::start_with(&temp_dir("coordinator-restart-2"), store, None).await;
-    attach_bus(&coordinator.started, &bus(&nats)).await.unwrap();
+    let mut coordinator =
+        TestServer::start_with(&temp_dir("coordinator-restart-2"), store, None).await;
+    coordinator.attach(&bus(&nats)).await;
     let resumed = coordinator.history(run_id).await;
     assert!(resumed.run.completed_rounds >= 1);
     assert_eq!(resumed.rounds[0], before.rounds[0]);
@@ -338,6 +339,79 @@ async fn a_restarted_coordinator_resumes_from_postgresql_and_the_gateways_client
     a.kill().await;
     b.kill().await;
     coordinator.kill().await;
+}
+
+/// The join answers on `gateway`'s subject within `wait` (a batch's too).
+async fn joins_answered(
+    down: &mut async_nats::Subscriber,
+    wait: Duration,
+) -> Vec<Result<u64, String>> {
+    let mut answers = Vec::new();
+    let mut keep = |header: Down| {
+        if let Down::Joined { result, .. } = header {
+            answers.push(result);
+        }
+    };
+    while let Ok(Some(msg)) = tokio::time::timeout(wait, down.next()).await {
+        let (header, payload) = decode::<Down>(&msg.payload).expect("a bridge's message decodes");
+        if !matches!(header, Down::Batch { .. }) {
+            keep(header);
+            continue;
+        }
+        for item in unbatch(payload, |m| matches!(m, Down::Batch { .. })) {
+            keep(item.expect("a batched message decodes").0);
+        }
+    }
+    answers
+}
+
+/// A coordinator's bridge stops with it, at once: until its next heartbeat it would otherwise
+/// answer joins for a coordinator that is gone, and gateways that already heard its successor
+/// would take its epoch back and disconnect every client (see the relay's `Epochs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_coordinator_s_bridge_answers_no_more_joins() {
+    let nats = nats::start();
+    let dir = temp_dir("bridge-stops");
+    let coordinator = TestServer::start(&dir, None).await;
+    let probe = async_nats::connect(&nats.url).await.unwrap();
+    let subjects = Subjects::new("fl").unwrap();
+    let gateway = GatewayId::new("gw-probe").unwrap();
+    let mut down = probe.subscribe(subjects.down(&gateway)).await.unwrap();
+    let mut beats = probe.subscribe(subjects.heartbeat()).await.unwrap();
+    probe.flush().await.unwrap();
+    // Not `attach`: the bridge is held here, and outlives the kill unless it stops itself.
+    let bridge = server::server::attach_bus(&coordinator.started, &bus(&nats))
+        .await
+        .unwrap();
+    // Its first heartbeat comes once it listens.
+    tokio::time::timeout(Duration::from_secs(30), beats.next())
+        .await
+        .expect("the bridge beats");
+    let join = |conn| {
+        let header = Up::Join {
+            conn,
+            client_key: None,
+            capabilities: Default::default(),
+        };
+        probe.publish(subjects.up(&gateway), server::bus::encode(&header, &[]))
+    };
+
+    join(1).await.unwrap();
+    let answers = joins_answered(&mut down, Duration::from_secs(5)).await;
+    assert!(
+        matches!(answers[..], [Ok(_)]),
+        "the live coordinator answers: {answers:?}"
+    );
+
+    coordinator.kill().await;
+    join(2).await.unwrap();
+    let answers = joins_answered(&mut down, Duration::from_millis(1500)).await;
+    assert!(answers.is_empty(), "answered after the kill: {answers:?}");
+    tokio::time::timeout(Duration::from_secs(2), bridge)
+        .await
+        .expect("the bridge stopped")
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// What the gateways sent up, each message's header and its payload's length, until `stop`

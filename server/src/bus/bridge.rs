@@ -122,6 +122,13 @@ pub async fn run(
     let mut tick = tokio::time::interval(HEARTBEAT);
     let inbox = bridge.coordinator.clone();
     loop {
+        // Its coordinator stopped: the bridge stops at once, not at its next heartbeat. Until
+        // then it would answer joins for a coordinator that is gone, under an epoch the
+        // gateways may already have replaced by the next coordinator's. Checked before each
+        // turn (the branches below are taken in random order) and awaited among them (idle).
+        if inbox.is_closed() {
+            return Ok(());
+        }
         tokio::select! {
             Ok(room) = inbox.reserve(), if !bridge.backlog.is_empty() => {
                 if let Some(cmd) = bridge.backlog.pop_front() {
@@ -169,6 +176,7 @@ pub async fn run(
                 // Without it no gateway is ever taken for gone: the process must stop.
                 None => return Err("the gateways' liveness watcher stopped".into()),
             },
+            () = inbox.closed() => return Ok(()),
             _ = tick.tick() => {
                 if !bridge.tick().await {
                     return Ok(());

@@ -63,8 +63,8 @@ struct Relay {
     clients: HashMap<u64, mpsc::Sender<Outgoing>>,
     /// The latest global-model frame: its id and bytes.
     model: Option<(u64, Bytes)>,
-    /// The coordinator's epoch, once heard.
-    epoch: Option<u64>,
+    /// The coordinator's epoch, once heard, and those it replaced.
+    epochs: Epochs,
     /// This gateway process's, drawn at its start (see `Up::Alive`).
     instance: u64,
     /// Where browsers reach this gateway, said in every heartbeat (checked at start).
@@ -113,7 +113,7 @@ pub async fn run(
         in_flight: 0,
         clients: HashMap::new(),
         model: None,
-        epoch: None,
+        epochs: Epochs::default(),
         holdings: Holdings::default(),
     };
     let mut tick = tokio::time::interval(HEARTBEAT);
@@ -492,12 +492,21 @@ impl Relay {
     }
 
     async fn joined(&mut self, conn: u64, epoch: u64, result: Result<u64, String>) {
+        if self.epochs.is_retired(epoch) {
+            // A coordinator already replaced answered (its last messages, or a process not
+            // dead yet): its client id means nothing to the coordinator of now, which got
+            // the same join and answers it too (or the join times out).
+            return warn!(
+                conn,
+                epoch, "a join answered by a replaced coordinator: ignored"
+            );
+        }
         let Some(join) = self.pending.remove(&conn) else {
             // Timed out here already, or forgotten since: the coordinator's client has no
             // socket. Said only to the coordinator that answered (ids restart with it: another
             // one's client may have the same).
             if let Ok(client_id) = result
-                && self.epoch == Some(epoch)
+                && self.epochs.is_current(epoch)
             {
                 self.up(Up::Leave { client_id }, Vec::new());
             }
@@ -567,12 +576,14 @@ impl Relay {
     /// The coordinator's epoch, from its heartbeat or a join answer (whichever comes first):
     /// another one than before means it restarted, and knows none of the clients here.
     fn heard_epoch(&mut self, epoch: u64) {
-        if self
-            .epoch
-            .replace(epoch)
-            .is_some_and(|before| before != epoch)
-        {
-            self.forget_all("the coordinator restarted");
+        match self.epochs.hear(epoch) {
+            Heard::Current => {}
+            Heard::New => self.forget_all("the coordinator restarted"),
+            Heard::Retired => warn!(
+                epoch,
+                "a replaced coordinator is still on the bus: ignored (two coordinators on one bus \
+                 would each disconnect the other's clients)"
+            ),
         }
     }
 
@@ -618,4 +629,91 @@ async fn ask_shard(nats: &Client, subject: String, query: &ShardQuery) -> Option
     let ShardAnswer { grant } = serde_json::from_slice(&answer.payload).ok()?;
     let (task, indices) = grant?;
     Some((learning::task::find(&task).ok()?, indices))
+}
+
+/// What one heard epoch means for this gateway.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard {
+    /// The coordinator of now (or the first one heard).
+    Current,
+    /// Another coordinator than the one of now: it restarted, and knows none of our clients.
+    New,
+    /// One this gateway already saw replaced.
+    Retired,
+}
+
+/// The coordinators' epochs as this gateway heard them: the one of now and the last ones it
+/// replaced. A replaced one heard again (a message still in flight from a coordinator killed,
+/// or a process not dead yet) is ignored, never taken back: going back and forth would
+/// disconnect every client at each change, and a client registered with a coordinator that
+/// is gone would sit here, counted by no one.
+#[derive(Debug, Default)]
+struct Epochs {
+    current: Option<u64>,
+    /// The last [`Epochs::KEPT`] replaced, oldest first.
+    retired: std::collections::VecDeque<u64>,
+}
+
+impl Epochs {
+    const KEPT: usize = 16;
+
+    fn hear(&mut self, epoch: u64) -> Heard {
+        if self.is_retired(epoch) {
+            return Heard::Retired;
+        }
+        match self.current.replace(epoch) {
+            None => Heard::Current,
+            Some(before) if before == epoch => Heard::Current,
+            Some(before) => {
+                if self.retired.len() == Self::KEPT {
+                    self.retired.pop_front();
+                }
+                self.retired.push_back(before);
+                Heard::New
+            }
+        }
+    }
+
+    fn is_current(&self, epoch: u64) -> bool {
+        self.current == Some(epoch)
+    }
+
+    fn is_retired(&self, epoch: u64) -> bool {
+        self.retired.contains(&epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A killed coordinator's join answers may arrive after its successor was heard (in
+    /// flight, or its process not dead yet): taking its epoch back would disconnect every
+    /// client, and again at the successor's next heartbeat.
+    #[test]
+    fn a_replaced_coordinator_is_never_taken_back() {
+        let mut epochs = Epochs::default();
+        assert_eq!(epochs.hear(1), Heard::Current);
+        assert_eq!(epochs.hear(1), Heard::Current);
+        assert_eq!(epochs.hear(2), Heard::New);
+        assert_eq!(
+            epochs.hear(1),
+            Heard::Retired,
+            "the old one is not taken back"
+        );
+        assert!(epochs.is_current(2) && !epochs.is_current(1));
+        assert_eq!(epochs.hear(2), Heard::Current);
+        assert_eq!(epochs.hear(3), Heard::New);
+        assert!(epochs.is_retired(1) && epochs.is_retired(2));
+    }
+
+    #[test]
+    fn the_retired_epochs_are_bounded() {
+        let mut epochs = Epochs::default();
+        for e in 0..100 {
+            epochs.hear(e);
+        }
+        assert_eq!(epochs.retired.len(), Epochs::KEPT);
+        assert!(epochs.is_retired(98) && !epochs.is_retired(98 - Epochs::KEPT as u64));
+    }
 }

@@ -113,6 +113,7 @@ impl Coordinator {
         );
         // The run's state (with its task) first: the page names the task before the shard.
         self.tell_phase(client_id);
+        self.tell_run_over(client_id);
         self.assign(client_id);
         if let Some(info) = self.client_info(client_id) {
             self.publish(Event::ClientJoined { client: info });
@@ -137,6 +138,31 @@ impl Coordinator {
             return;
         };
         self.send_lossy(client_id, &msg);
+    }
+
+    /// A client of the active run back after it ended hears the end now: its socket was down
+    /// when the end was said to everyone connected, and it would otherwise wait for a round
+    /// that never comes. A key new to the run has nothing to hear.
+    fn tell_run_over(&mut self, client_id: u64) {
+        let Some(key) = self.clients.get(&client_id).map(|c| c.key.as_str()) else {
+            return;
+        };
+        let Some(msg) = self
+            .run
+            .as_ref()
+            .filter(|r| r.summary.status.is_over() && r.clients.contains_key(key))
+            .map(|r| ServerMessage::RunFinished {
+                run_id: r.id(),
+                reason: r
+                    .summary
+                    .finished_reason
+                    .clone()
+                    .unwrap_or_else(|| format!("the run is {}", r.summary.status.as_str())),
+            })
+        else {
+            return;
+        };
+        self.send_msg(client_id, &msg);
     }
 
     /// What the active run remembers of a key that connects again (a reloaded tab), told to it

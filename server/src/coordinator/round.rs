@@ -56,6 +56,13 @@ impl Coordinator {
             .configure_train(server_round, &candidates, seed);
         let assignments = match plan {
             TrainPlan::Wait { needed, .. } => {
+                let lifted = run.bench.lift(run.summary.completed_rounds);
+                if lifted > 0 {
+                    info!(
+                        run_id,
+                        lifted, "benched clients are back: the run needs them to go on"
+                    );
+                }
                 return self.set_phase(RunPhase::Waiting {
                     needed: needed as u64,
                 });

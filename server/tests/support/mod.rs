@@ -48,6 +48,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub started: Started,
     pub serve: JoinHandle<()>,
+    /// Its bus bridge, when it is a coordinator on a bus ([`TestServer::attach`]).
+    bridge: Option<JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -100,7 +102,16 @@ impl TestServer {
             addr,
             started,
             serve,
+            bridge: None,
         }
+    }
+
+    /// Puts this server on the bus as its coordinator (its bridge dies with it: [`kill`]).
+    ///
+    /// [`kill`]: TestServer::kill
+    pub async fn attach(&mut self, bus: &server::server::BusOptions) {
+        let bridge = server::server::attach_bus(&self.started, bus).await;
+        self.bridge = Some(bridge.expect("the coordinator gets on the bus"));
     }
 
     pub fn ws(&self) -> String {
@@ -108,11 +119,19 @@ impl TestServer {
     }
 
     /// Simulates `kill -9`: the tasks stop wherever they are; only what was committed stays.
+    /// Its bus bridge too: a process killed takes it along, and a bridge left running would
+    /// answer joins for a coordinator that is gone.
     pub async fn kill(self) {
         self.serve.abort();
         self.started.coordinator.abort();
+        if let Some(bridge) = &self.bridge {
+            bridge.abort();
+        }
         let _ = self.serve.await;
         let _ = self.started.coordinator.await;
+        if let Some(bridge) = self.bridge {
+            let _ = bridge.await;
+        }
     }
 
     pub async fn admin(
@@ -219,7 +238,7 @@ fn client_of(
         ..Default::default()
     })
     .unwrap();
-    tokio::spawn(run_client(
+    let client = run_client(
         session,
         DriverOptions {
             servers,
@@ -229,8 +248,18 @@ fn client_of(
             attack,
             threads: 1,
         },
-    ))
+    );
+    // A test awaits its clients: one that never ends (a run that never tells it the end)
+    // fails the test by name in minutes, not the whole suite at CI's limit.
+    tokio::spawn(async move {
+        tokio::time::timeout(CLIENT_LIMIT, client)
+            .await
+            .unwrap_or_else(|_| panic!("a simulated client did not finish within {CLIENT_LIMIT:?}"))
+    })
 }
+
+/// The longest any test's simulated client runs (the longest takes ≈ 1 min on 2 cores).
+const CLIENT_LIMIT: Duration = Duration::from_secs(600);
 
 pub async fn wait_for(
     events: &mut broadcast::Receiver<Event>,
