@@ -544,6 +544,8 @@ struct Bench {
     failed: HashMap<String, u64>,
     /// Keys that sit out until the run has completed this many rounds.
     until: HashMap<String, u64>,
+    /// Since when the run has waited for want of clients (see [`Bench::lift_if_stuck`]).
+    waiting_since: Option<Instant>,
 }
 
 impl Bench {
@@ -578,17 +580,34 @@ impl Bench {
         self.failed_in_a_row.remove(key);
     }
 
-    /// Ends every bench still running; how many it ended. A bench lasts until the run has
-    /// completed more rounds, so a run that cannot complete one without the benched clients
-    /// (fewer candidates than it needs) must take them back, or it would wait forever.
-    fn lift(&mut self, completed_rounds: u64) -> usize {
-        let lifted = self
-            .until
-            .values()
-            .filter(|&&until| completed_rounds < until)
-            .count();
-        self.until.clear();
-        lifted
+    /// A bench lasts until the run completes more rounds. A run that has waited `patience`
+    /// for want of clients, `missing` short, whose `benched` clients connected now would make
+    /// up the difference, cannot complete one without them: they come back (how many) rather
+    /// than the run waiting for ever. A run merely waiting for absent clients keeps its benches.
+    fn lift_if_stuck(
+        &mut self,
+        benched: &[String],
+        missing: usize,
+        patience: Duration,
+        now: Instant,
+    ) -> usize {
+        let since = *self.waiting_since.get_or_insert(now);
+        if benched.is_empty()
+            || benched.len() < missing
+            || now.saturating_duration_since(since) < patience
+        {
+            return 0;
+        }
+        for key in benched {
+            self.until.remove(key);
+        }
+        self.waiting_since = None;
+        benched.len()
+    }
+
+    /// The run planned a round: it no longer waits.
+    fn planned(&mut self) {
+        self.waiting_since = None;
     }
 }
 
@@ -1234,7 +1253,8 @@ mod tests {
         );
         settle_accounting(&mut c).await;
         c.maybe_start_round();
-        // Both were sampled (and charged): the run keeps their keys.
+        // Both were sampled and charged: the run keeps their keys (it forgets a key that
+        // leaves unused).
         let (ids, _) = sampled(&c);
         let key = c.clients[&ids[0]].key.clone();
         c.leave(ids[0], "disconnected");
@@ -1277,19 +1297,23 @@ mod tests {
     }
 
     /// A bench lasts until the run completes more rounds: when the run cannot complete one
-    /// without the benched client (min_clients is every client), it takes it back rather than
-    /// wait forever.
+    /// without the benched client (min_clients is every client) and has waited a round's
+    /// timeout, it takes it back rather than wait for ever. Before that, or while the client
+    /// could not make up what is missing, the bench holds (it exists against clients that
+    /// always fail).
     #[tokio::test]
     async fn benched_clients_come_back_when_the_run_cannot_go_on_without_them() {
         let (mut c, _outboxes, _seen) = started_run(
-            r#"{"min_clients":2,"batching":{"batch_size":10},"shards":null}"#,
+            r#"{"min_clients":2,"round_timeout_secs":60,"batching":{"batch_size":10},"shards":null}"#,
             [100, 100],
         );
         settle_accounting(&mut c).await;
         let key = c.clients.values().next().unwrap().key.clone();
-        let run = c.run.as_mut().unwrap();
-        let benched = (0..MAX_FAILURES_IN_A_ROW).fold(false, |_, _| run.bench.failed(&key, 0));
-        assert!(benched && run.bench.sits_out(&key, 0));
+        fn bench(c: &mut Coordinator) -> &mut Bench {
+            &mut c.run.as_mut().unwrap().bench
+        }
+        let benched = (0..MAX_FAILURES_IN_A_ROW).fold(false, |_, _| bench(&mut c).failed(&key, 0));
+        assert!(benched && bench(&mut c).sits_out(&key, 0));
 
         c.maybe_start_round();
         assert!(
@@ -1297,8 +1321,38 @@ mod tests {
             "one candidate of two: it waits"
         );
         c.maybe_start_round();
+        assert!(
+            bench(&mut c).sits_out(&key, 0),
+            "it has not waited a round's timeout yet"
+        );
+        // A round's timeout later.
+        bench(&mut c).waiting_since = Some(Instant::now() - Duration::from_secs(61));
+        c.maybe_start_round();
+        c.maybe_start_round();
         let (sampled, _) = sampled(&c);
         assert_eq!(sampled.len(), 2, "the benched client is back");
+        assert!(bench(&mut c).waiting_since.is_none());
+    }
+
+    /// A run waiting for clients that are not there keeps its benches: the benched client
+    /// alone cannot make up the two missing, and comes back only when they do.
+    #[tokio::test]
+    async fn a_bench_holds_while_the_run_waits_for_absent_clients() {
+        let (mut c, _outboxes, _seen) = started_run(
+            r#"{"min_clients":3,"round_timeout_secs":60,"batching":{"batch_size":10},"shards":null}"#,
+            [100, 100],
+        );
+        settle_accounting(&mut c).await;
+        let key = c.clients.values().next().unwrap().key.clone();
+        let run = c.run.as_mut().unwrap();
+        (0..MAX_FAILURES_IN_A_ROW).for_each(|_| {
+            run.bench.failed(&key, 0);
+        });
+        run.bench.waiting_since = Some(Instant::now() - Duration::from_secs(3600));
+        c.maybe_start_round();
+        c.maybe_start_round();
+        let run = c.run.as_ref().unwrap();
+        assert!(run.round.is_none() && run.bench.sits_out(&key, 0));
     }
 
     /// The sampled clients of the round in flight, in order, and the round's number.

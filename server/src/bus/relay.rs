@@ -19,7 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::holdings::{HeldVector, Holdings};
-use super::{Down, GatewayId, HEARTBEAT, JOIN_TIMEOUT, ShardAnswer, ShardQuery, Subjects, Up};
+use super::{
+    Down, GATEWAY_SILENCE, GatewayId, HEARTBEAT, JOIN_TIMEOUT, ShardAnswer, ShardQuery, Subjects,
+    Up,
+};
 use crate::coordinator::{AdminError, Command, Outgoing, ShardGrant};
 use crate::coordinator::{RoundRef, VectorKind};
 
@@ -492,10 +495,10 @@ impl Relay {
     }
 
     async fn joined(&mut self, conn: u64, epoch: u64, result: Result<u64, String>) {
-        if self.epochs.is_retired(epoch) {
-            // A coordinator already replaced answered (its last messages, or a process not
-            // dead yet): its client id means nothing to the coordinator of now, which got
-            // the same join and answers it too (or the join times out).
+        if self.epochs.ignores(epoch, Instant::now()) {
+            // A replaced coordinator answered (late): its client id means nothing to the
+            // coordinator of now, which got the same join and answers it too (or the join
+            // times out).
             return warn!(
                 conn,
                 epoch, "a join answered by a replaced coordinator: ignored"
@@ -576,13 +579,14 @@ impl Relay {
     /// The coordinator's epoch, from its heartbeat or a join answer (whichever comes first):
     /// another one than before means it restarted, and knows none of the clients here.
     fn heard_epoch(&mut self, epoch: u64) {
-        match self.epochs.hear(epoch) {
-            Heard::Current => {}
+        match self.epochs.hear(epoch, Instant::now()) {
+            Heard::Current | Heard::Retired { again: true } => {}
             Heard::New => self.forget_all("the coordinator restarted"),
-            Heard::Retired => warn!(
+            Heard::Retired { again: false } => warn!(
                 epoch,
-                "a replaced coordinator is still on the bus: ignored (two coordinators on one bus \
-                 would each disconnect the other's clients)"
+                "a replaced coordinator is still on the bus: ignored while the coordinator of \
+                 now is heard (two coordinators on one bus would each disconnect the other's \
+                 clients)"
             ),
         }
     }
@@ -638,33 +642,39 @@ enum Heard {
     Current,
     /// Another coordinator than the one of now: it restarted, and knows none of our clients.
     New,
-    /// One this gateway already saw replaced.
-    Retired,
+    /// One this gateway saw replaced, while the one of now is still heard: ignored. `again`
+    /// after the first time for this epoch (said once).
+    Retired { again: bool },
 }
 
-/// The coordinators' epochs as this gateway heard them: the one of now and the last ones it
-/// replaced. A replaced one heard again (a message still in flight from a coordinator killed,
-/// or a process not dead yet) is ignored, never taken back: going back and forth would
-/// disconnect every client at each change, and a client registered with a coordinator that
-/// is gone would sit here, counted by no one.
+/// The coordinators' epochs as this gateway heard them: the one of now, when it was last
+/// heard, and the last ones it replaced. Only a heartbeat and a join answer carry an epoch. A
+/// replaced one heard again (a killed coordinator's late answers, or two coordinators on one
+/// bus) is ignored while the one of now is heard: going back and forth would disconnect every
+/// client at each change. Once the one of now has been silent for [`GATEWAY_SILENCE`], any
+/// epoch heard is taken (a second coordinator stopped, the first still running).
 #[derive(Debug, Default)]
 struct Epochs {
-    current: Option<u64>,
+    current: Option<(u64, Instant)>,
     /// The last [`Epochs::KEPT`] replaced, oldest first.
     retired: std::collections::VecDeque<u64>,
+    /// The last retired epoch that was ignored (to say it once).
+    ignored: Option<u64>,
 }
 
 impl Epochs {
     const KEPT: usize = 16;
 
-    fn hear(&mut self, epoch: u64) -> Heard {
-        if self.is_retired(epoch) {
-            return Heard::Retired;
+    fn hear(&mut self, epoch: u64, now: Instant) -> Heard {
+        if self.ignores(epoch, now) {
+            let again = self.ignored.replace(epoch) == Some(epoch);
+            return Heard::Retired { again };
         }
-        match self.current.replace(epoch) {
+        self.retired.retain(|&e| e != epoch);
+        match self.current.replace((epoch, now)) {
             None => Heard::Current,
-            Some(before) if before == epoch => Heard::Current,
-            Some(before) => {
+            Some((before, _)) if before == epoch => Heard::Current,
+            Some((before, _)) => {
                 if self.retired.len() == Self::KEPT {
                     self.retired.pop_front();
                 }
@@ -674,46 +684,67 @@ impl Epochs {
         }
     }
 
-    fn is_current(&self, epoch: u64) -> bool {
-        self.current == Some(epoch)
+    /// `epoch` is a replaced one and the coordinator of now was heard lately.
+    fn ignores(&self, epoch: u64, now: Instant) -> bool {
+        self.retired.contains(&epoch)
+            && self
+                .current
+                .is_some_and(|(_, at)| now.saturating_duration_since(at) <= GATEWAY_SILENCE)
     }
 
-    fn is_retired(&self, epoch: u64) -> bool {
-        self.retired.contains(&epoch)
+    fn is_current(&self, epoch: u64) -> bool {
+        self.current.is_some_and(|(e, _)| e == epoch)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    /// A killed coordinator's join answers may arrive after its successor was heard (in
-    /// flight, or its process not dead yet): taking its epoch back would disconnect every
-    /// client, and again at the successor's next heartbeat.
+    /// A killed coordinator's join answers may arrive after its successor was heard: taking
+    /// its epoch back would disconnect every client, and again at the successor's next
+    /// heartbeat.
     #[test]
-    fn a_replaced_coordinator_is_never_taken_back() {
+    fn a_replaced_coordinator_is_not_taken_back_while_the_new_one_is_heard() {
+        let t = Instant::now();
         let mut epochs = Epochs::default();
-        assert_eq!(epochs.hear(1), Heard::Current);
-        assert_eq!(epochs.hear(1), Heard::Current);
-        assert_eq!(epochs.hear(2), Heard::New);
-        assert_eq!(
-            epochs.hear(1),
-            Heard::Retired,
-            "the old one is not taken back"
-        );
+        assert_eq!(epochs.hear(1, t), Heard::Current);
+        assert_eq!(epochs.hear(1, t), Heard::Current);
+        assert_eq!(epochs.hear(2, t), Heard::New);
+        assert_eq!(epochs.hear(1, t), Heard::Retired { again: false });
+        assert_eq!(epochs.hear(1, t), Heard::Retired { again: true });
         assert!(epochs.is_current(2) && !epochs.is_current(1));
-        assert_eq!(epochs.hear(2), Heard::Current);
-        assert_eq!(epochs.hear(3), Heard::New);
-        assert!(epochs.is_retired(1) && epochs.is_retired(2));
+        assert_eq!(epochs.hear(2, t), Heard::Current);
+        assert_eq!(epochs.hear(3, t), Heard::New);
+        assert!(epochs.ignores(1, t) && epochs.ignores(2, t) && !epochs.ignores(3, t));
+    }
+
+    /// A second coordinator started by mistake and stopped: the first, still running, is
+    /// taken back once the second has been silent for the gateways' silence window, or every
+    /// join would time out for good.
+    #[test]
+    fn a_replaced_coordinator_is_taken_back_once_the_new_one_is_silent() {
+        let t = Instant::now();
+        let mut epochs = Epochs::default();
+        epochs.hear(1, t);
+        epochs.hear(2, t);
+        let later = t + GATEWAY_SILENCE + Duration::from_millis(1);
+        assert!(epochs.ignores(1, t + GATEWAY_SILENCE));
+        assert!(epochs.ignores(1, t + Duration::from_secs(1)));
+        assert!(!epochs.ignores(1, later));
+        assert_eq!(epochs.hear(1, later), Heard::New);
+        assert!(epochs.is_current(1) && epochs.ignores(2, later));
     }
 
     #[test]
     fn the_retired_epochs_are_bounded() {
+        let t = Instant::now();
         let mut epochs = Epochs::default();
         for e in 0..100 {
-            epochs.hear(e);
+            epochs.hear(e, t);
         }
         assert_eq!(epochs.retired.len(), Epochs::KEPT);
-        assert!(epochs.is_retired(98) && !epochs.is_retired(98 - Epochs::KEPT as u64));
+        assert!(epochs.ignores(98, t) && !epochs.ignores(98 - Epochs::KEPT as u64, t));
     }
 }

@@ -34,6 +34,43 @@ impl Coordinator {
         v
     }
 
+    /// Connected clients that would be candidates but for their bench.
+    fn benched_keys(&self) -> Vec<String> {
+        let Some(run) = &self.run else {
+            return Vec::new();
+        };
+        self.clients
+            .values()
+            .filter(|c| {
+                !run.refused.contains(&c.key)
+                    && run.bench.sits_out(&c.key, run.summary.completed_rounds)
+                    && c.num_examples.is_some_and(|n| n > 0)
+            })
+            .map(|c| c.key.clone())
+            .collect()
+    }
+
+    /// The run waits for clients; benched ones come back if it cannot go on without them.
+    fn wait_for_clients(&mut self, eligible: usize, needed: usize) {
+        let benched = self.benched_keys();
+        if let Some(run) = self.run.as_mut() {
+            let patience = Duration::from_secs(run.summary.config.round_timeout_secs);
+            let missing = needed.saturating_sub(eligible);
+            let lifted = run
+                .bench
+                .lift_if_stuck(&benched, missing, patience, Instant::now());
+            if lifted > 0 {
+                info!(
+                    run_id = run.id(),
+                    lifted, "benched clients are back: the run cannot go on without them"
+                );
+            }
+        }
+        self.set_phase(RunPhase::Waiting {
+            needed: needed as u64,
+        });
+    }
+
     pub(super) fn maybe_start_round(&mut self) {
         // Called often (at most every HOUSEKEEPING_EVERY): decide cheaply before cloning every
         // client's ledger.
@@ -55,18 +92,7 @@ impl Coordinator {
             .strategy
             .configure_train(server_round, &candidates, seed);
         let assignments = match plan {
-            TrainPlan::Wait { needed, .. } => {
-                let lifted = run.bench.lift(run.summary.completed_rounds);
-                if lifted > 0 {
-                    info!(
-                        run_id,
-                        lifted, "benched clients are back: the run needs them to go on"
-                    );
-                }
-                return self.set_phase(RunPhase::Waiting {
-                    needed: needed as u64,
-                });
-            }
+            TrainPlan::Wait { eligible, needed } => return self.wait_for_clients(eligible, needed),
             TrainPlan::BudgetExhausted => {
                 self.finish_run(run_id, "privacy budget exhausted: every client's next round would pass the run's target ε");
                 return;
@@ -74,6 +100,7 @@ impl Coordinator {
             TrainPlan::Train(a) if a.is_empty() => return,
             TrainPlan::Train(a) => a,
         };
+        run.bench.planned();
         let span = info_span!("round", run_id, server_round, attempt);
         let Some(model) = ModelFrame::encode(server_round, &run.global) else {
             warn!(parent: &span, "the global model does not fit in a frame");

@@ -110,6 +110,7 @@ impl TestServer {
     ///
     /// [`kill`]: TestServer::kill
     pub async fn attach(&mut self, bus: &server::server::BusOptions) {
+        assert!(self.bridge.is_none(), "one bridge per coordinator");
         let bridge = server::server::attach_bus(&self.started, bus).await;
         self.bridge = Some(bridge.expect("the coordinator gets on the bus"));
     }
