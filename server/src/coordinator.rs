@@ -1296,6 +1296,26 @@ mod tests {
         );
     }
 
+    /// A run of `min_clients` (round timeout 60 s) with two clients connected, the first of
+    /// which has just been benched; its key, and the outboxes (kept open).
+    async fn two_clients_one_benched(
+        min_clients: usize,
+    ) -> (Coordinator, String, Vec<mpsc::Receiver<Outgoing>>) {
+        let config = format!(
+            r#"{{"min_clients":{min_clients},"round_timeout_secs":60,"batching":{{"batch_size":10}},"shards":null}}"#
+        );
+        let (mut c, outboxes, _seen) = started_run(&config, [100, 100]);
+        settle_accounting(&mut c).await;
+        let key = c.clients.values().next().unwrap().key.clone();
+        let benched = (0..MAX_FAILURES_IN_A_ROW).fold(false, |_, _| bench(&mut c).failed(&key, 0));
+        assert!(benched && bench(&mut c).sits_out(&key, 0));
+        (c, key, outboxes)
+    }
+
+    fn bench(c: &mut Coordinator) -> &mut Bench {
+        &mut c.run.as_mut().unwrap().bench
+    }
+
     /// A bench lasts until the run completes more rounds: when the run cannot complete one
     /// without the benched client (min_clients is every client) and has waited a round's
     /// timeout, it takes it back rather than wait for ever. Before that, or while the client
@@ -1303,17 +1323,7 @@ mod tests {
     /// always fail).
     #[tokio::test]
     async fn benched_clients_come_back_when_the_run_cannot_go_on_without_them() {
-        let (mut c, _outboxes, _seen) = started_run(
-            r#"{"min_clients":2,"round_timeout_secs":60,"batching":{"batch_size":10},"shards":null}"#,
-            [100, 100],
-        );
-        settle_accounting(&mut c).await;
-        let key = c.clients.values().next().unwrap().key.clone();
-        fn bench(c: &mut Coordinator) -> &mut Bench {
-            &mut c.run.as_mut().unwrap().bench
-        }
-        let benched = (0..MAX_FAILURES_IN_A_ROW).fold(false, |_, _| bench(&mut c).failed(&key, 0));
-        assert!(benched && bench(&mut c).sits_out(&key, 0));
+        let (mut c, key, _outboxes) = two_clients_one_benched(2).await;
 
         c.maybe_start_round();
         assert!(
@@ -1338,17 +1348,8 @@ mod tests {
     /// alone cannot make up the two missing, and comes back only when they do.
     #[tokio::test]
     async fn a_bench_holds_while_the_run_waits_for_absent_clients() {
-        let (mut c, _outboxes, _seen) = started_run(
-            r#"{"min_clients":3,"round_timeout_secs":60,"batching":{"batch_size":10},"shards":null}"#,
-            [100, 100],
-        );
-        settle_accounting(&mut c).await;
-        let key = c.clients.values().next().unwrap().key.clone();
-        let run = c.run.as_mut().unwrap();
-        (0..MAX_FAILURES_IN_A_ROW).for_each(|_| {
-            run.bench.failed(&key, 0);
-        });
-        run.bench.waiting_since = Some(Instant::now() - Duration::from_secs(3600));
+        let (mut c, key, _outboxes) = two_clients_one_benched(3).await;
+        bench(&mut c).waiting_since = Some(Instant::now() - Duration::from_secs(3600));
         c.maybe_start_round();
         c.maybe_start_round();
         let run = c.run.as_ref().unwrap();
