@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 
 /// No DP, so that two runs differ only by their random initial model and the clients' own
 /// sampling (measured: round 3's accuracy of one run and the next differ by up to 3.4 points,
-/// in either order).
+/// in either order; once 6.0 in a CI run, 0.816 against 0.876, with every update counted).
+/// The rounds' participants and failures are what shows an update lost on the way.
 const CONFIG: &str = r#"{"name":"gateways","rounds":3,"min_clients":4,"quorum":1.0,
     "round_timeout_secs":120,"batching":{"batch_size":64},"learning_rate":1.0,
     "shards":{"scheme":{"kind":"iid"},"num_shards":20,"seed":7}}"#;
@@ -128,7 +129,7 @@ async fn two_gateways_run_the_rounds_a_single_server_runs_with_the_same_accuracy
     let alone = run_on(&single, &[single.ws()]).await;
     single.kill().await;
     assert!(
-        federated[2] > 0.75 && (federated[2] - alone[2]).abs() < 0.05,
+        federated[2] > 0.75 && (federated[2] - alone[2]).abs() < 0.08,
         "through gateways {federated:?}, on one server {alone:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
