@@ -12,23 +12,25 @@
 //! ```text
 //! dz3 = softmax(logits) − onehot                      [b, 10]   (summed cross-entropy)
 //! dh2 = dz3 · W_fcᵀ                                   [b, 5, 5, 32]
-//! dz2 = each dh2 at its window's argmax, if z2 > 0    [b, 11, 11, 32]
-//! dh1 = col2im(dz2 · W2)  (conv2's transpose)         [b, 13, 13, 16]
+//! dz2 = each dh2 at its window's argmax, if z2 > 0    [b, 11, 11, 32], kept as routes
+//! dh1 = col2im(dz2 · W2)  (conv2's transpose)         [b, 13, 13, 16], along the routes
 //! dz1 = each dh1 at its window's argmax, if z1 > 0    [b, 26, 26, 16]
 //! ```
 //!
 //! (Channels last, as the forward pass lays them out: every product is one gemm for the whole
-//! batch, [`crate::kernels`].)
+//! batch, [`crate::kernels`] — but those that take dz2: at most one position of each pool window
+//! has a gradient, so they follow its routes, [`crate::routes`].)
 //!
 //! ReLU and the 2×2 pool run together in one pass over z, and the backward finds each window's
 //! argmax again from z ([`crate::model::relu_pool`], [`crate::model::relu_pool_backward`]), with burn's
 //! rules: the first maximum of a window in row-major order wins, a NaN wins, ReLU's gradient at
 //! 0 is 0. The tests hold the result to burn's autodiff through burn's own layers.
 
-use crate::kernels::{Mat, MatMut, col2im3, matmul};
+use crate::kernels::{Mat, MatMut, matmul};
 use crate::model::{
     IMAGE_PIXELS, IMAGE_SIDE, Kept, TinyCnnConfig, Weights, forward_kept, relu_pool_backward,
 };
+use crate::routes::Routes;
 
 /// What one pass gives, channels last like the forward pass: the layers' inputs (the weight
 /// gradients multiply them) and dL/dz.
@@ -40,9 +42,10 @@ pub(crate) struct Pass {
     pub fc_input: Vec<f32>,
     /// Logits `[b, 10]`.
     pub logits: Vec<f32>,
-    /// dL/dz1 `[b · 676, 16]`, dL/dz2 `[b · 121, 32]`, dL/dlogits `[b, 10]`.
+    /// dL/dz1 `[b · 676, 16]`, dL/dz2 as routes (`[b · 121, 32]` with one position of each
+    /// pool window not 0), dL/dlogits `[b, 10]`.
     pub dz1: Vec<f32>,
-    pub dz2: Vec<f32>,
+    pub dz2: Routes,
     pub dz3: Vec<f32>,
 }
 
@@ -76,17 +79,10 @@ pub(crate) fn pass(config: &TinyCnnConfig, w: &Weights, images: &[f32], labels: 
         Mat::new(&w.fc, f, k).t(),
         false,
     );
-    let dz2 = relu_pool_backward(&dh2, &z2, s2, c2);
-    // dh1 = conv2's transpose: dz2 · W2 [b·121 × 9·c1], each column back to its input (col2im).
-    let n2 = b * s2 * s2;
-    let mut du2 = vec![0.0; n2 * 9 * c1];
-    matmul(
-        MatMut::new(&mut du2, n2, 9 * c1),
-        Mat::new(&dz2, n2, c2),
-        Mat::new(&w.conv2, c2, 9 * c1),
-        false,
-    );
-    let dz1 = relu_pool_backward(&col2im3(&du2, c1, b, p1), &z1, 2 * p1, c1);
+    let dz2 = Routes::new(&dh2, &z2, s2, c2);
+    // dh1 = conv2's transpose, col2im(dz2 · W2) [b, 13, 13, c1], along dz2's routes.
+    let dh1 = dz2.conv3_input_gradient(&w.conv2, c1);
+    let dz1 = relu_pool_backward(&dh1, &z1, 2 * p1, c1);
     Pass {
         u1,
         u2,

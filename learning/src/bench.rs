@@ -127,6 +127,8 @@ pub fn accountant_ms(
 /// GFLOP/s of each matrix product of a batch-64 DP-SGD step, alone, in the step's own shapes
 /// and orientations (`learning::kernels::matmul`): `(name, milliseconds, GFLOP/s)`. Shows what
 /// the gemm kernels reach on this host (wasm: `gemmRates()`), i.e. the ceiling of the step.
+/// (conv2's transpose and weight gradients are not products any more: they follow the pool's
+/// routes, `learning::routes`.)
 pub fn gemm_rates(now_ms: &dyn Fn() -> f64) -> Vec<(String, f64, f64)> {
     use crate::kernels::{Mat, MatMut, matmul};
     let b = 64;
@@ -153,24 +155,6 @@ pub fn gemm_rates(now_ms: &dyn Fn() -> f64) -> Vec<(String, f64, f64)> {
             1,
         ),
         ("dL/dh2 [b × 10]·[10 × 800]", b, 10, 800, false, true, 1),
-        (
-            "conv2 transpose [b·121 × 32]·[32 × 144]",
-            n2,
-            32,
-            144,
-            false,
-            false,
-            1,
-        ),
-        (
-            "per-example conv2 weights [32 × 121]·[121 × 144], b of them",
-            32,
-            121,
-            144,
-            true,
-            false,
-            b,
-        ),
         (
             "per-example conv1 weights [16 × 676]·[676 × 9], b of them",
             16,

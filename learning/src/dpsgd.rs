@@ -235,8 +235,9 @@ fn clipped_sum(
     (sum, parts.logits, clipped)
 }
 
-/// The plain gradient sum: each weight gradient is one product over the whole batch (no
-/// example's own gradient is needed), `dzᵀ [c_out × b·n] · u [b·n × taps]`.
+/// The plain gradient sum: no example's own gradient is needed, so conv1's weight gradient is
+/// one product over the whole batch, `dz1ᵀ [c1 × b·676] · u1 [b·676 × 9]`, and conv2's one sum
+/// along dz2's routes over the whole batch.
 fn plain_sum(
     config: &TinyCnnConfig,
     w: &Weights,
@@ -245,26 +246,19 @@ fn plain_sum(
 ) -> (Vec<f32>, Vec<f32>, usize) {
     let b = labels.len();
     let pass = crate::backward::pass(config, w, images, labels);
-    let (c1, c2, k) = (
-        config.conv1_channels,
-        config.conv2_channels,
-        config.num_classes,
+    let (c1, k) = (config.conv1_channels, config.num_classes);
+    let (dz1, u1) = (&pass.dz1, &pass.u1);
+    let n = dz1.len() / c1;
+    let mut w1 = vec![0.0; c1 * 9];
+    matmul(
+        MatMut::new(&mut w1, c1, 9),
+        Mat::new(dz1, n, c1).t(),
+        Mat::new(u1, n, 9),
+        false,
     );
-    let [(w1, b1), (w2, b2)] = [
-        (&pass.dz1, &pass.u1, c1, 9),
-        (&pass.dz2, &pass.u2, c2, c1 * 9),
-    ]
-    .map(|(dz, u, c_out, taps)| {
-        let n = dz.len() / c_out;
-        let mut weight = vec![0.0; c_out * taps];
-        matmul(
-            MatMut::new(&mut weight, c_out, taps),
-            Mat::new(dz, n, c_out).t(),
-            Mat::new(u, n, taps),
-            false,
-        );
-        (weight, column_sums(dz, c_out))
-    });
+    let b1 = column_sums(dz1, c1);
+    let w2 = pass.dz2.weight_sums(&pass.u2, c1 * 9, b.max(1));
+    let b2 = pass.dz2.bias_sums(b.max(1));
     let f = config.flat_features();
     let (fc_w, fc_b) = fc_gradient(&pass.fc_input, &pass.dz3, b, f, k);
     let sum = config.to_layout([w1, b1, w2, b2, fc_w, fc_b]);
@@ -353,8 +347,14 @@ fn per_example_layers(
         conv: [
             per_example_weights(&pass.dz1, &pass.u1, c1, 9, b),
             per_example_biases(&pass.dz1, c1, b),
-            per_example_weights(&pass.dz2, &pass.u2, c2, c1 * 9, b),
-            per_example_biases(&pass.dz2, c2, b),
+            PerExample {
+                values: pass.dz2.weight_sums(&pass.u2, c1 * 9, 1),
+                len: c2 * c1 * 9,
+            },
+            PerExample {
+                values: pass.dz2.bias_sums(1),
+                len: c2,
+            },
         ],
         fc_input: pass.fc_input,
         fc_dz: pass.dz3,

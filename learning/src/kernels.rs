@@ -187,7 +187,9 @@ pub(crate) fn im2col3(images: &[f32], channels: usize, batch: usize, side: usize
 
 /// The adjoint of [`im2col3`]: each column value added back to the input position it was
 /// copied from, `[batch, side, side, channels]`. dL/d(input) of a convolution is
-/// `col2im3(dL/d(output) · W)`.
+/// `col2im3(dL/d(output) · W)`. (Training follows the pool's routes instead,
+/// [`crate::routes::Routes::conv3_input_gradient`]; this is its tests' oracle.)
+#[cfg(test)]
 pub(crate) fn col2im3(cols: &[f32], channels: usize, batch: usize, side: usize) -> Vec<f32> {
     let out = side.saturating_sub(2);
     let image = side * side * channels;

@@ -33,6 +33,7 @@ mod memo;
 pub mod model;
 pub mod parallel;
 pub mod pld;
+mod routes;
 pub mod shard;
 pub mod skellam;
 pub mod steps;

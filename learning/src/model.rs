@@ -322,7 +322,12 @@ pub(crate) struct Kept {
 /// floor: an odd last row and column are dropped) of images `[.., side, side, channels]` laid
 /// out channels last, in output order. A window's outputs are `channels` consecutive values;
 /// its inputs' channel vectors start at the top-left index plus each of [`window_inputs`].
-fn for_each_window(outputs: usize, side: usize, channels: usize, mut f: impl FnMut(usize, usize)) {
+pub(crate) fn for_each_window(
+    outputs: usize,
+    side: usize,
+    channels: usize,
+    mut f: impl FnMut(usize, usize),
+) {
     let half = side / 2;
     let per_image = half * half * channels;
     if per_image == 0 {
@@ -340,7 +345,7 @@ fn for_each_window(outputs: usize, side: usize, channels: usize, mut f: impl FnM
 
 /// Where a window's four inputs start relative to its top-left one, in the pool's order (0, 1
 /// on the top row, 2, 3 on the bottom).
-fn window_inputs(side: usize, channels: usize) -> [usize; 4] {
+pub(crate) fn window_inputs(side: usize, channels: usize) -> [usize; 4] {
     [0, channels, side * channels, (side + 1) * channels]
 }
 
@@ -352,7 +357,7 @@ fn pooled_len(z: usize, side: usize, channels: usize) -> usize {
 
 /// Whether any value is NaN, in one pass without an early exit (which vectorises). NaN is rare
 /// (a broken model): knowing it up front keeps its rule out of the hot loops.
-fn has_nan(z: &[f32]) -> bool {
+pub(crate) fn has_nan(z: &[f32]) -> bool {
     z.iter().fold(false, |nan, v| nan | v.is_nan())
 }
 
@@ -500,7 +505,7 @@ fn relu(v: f32) -> f32 {
 /// first maximum wins unless the bottom pair's is strictly greater (row-major order), in
 /// selects only.
 #[inline(always)]
-fn window_max([a, b, c, d]: [f32; 4]) -> (u32, f32) {
+pub(crate) fn window_max([a, b, c, d]: [f32; 4]) -> (u32, f32) {
     let (a, b, c, d) = (relu(a), relu(b), relu(c), relu(d));
     let (top_at, top_max) = if b > a { (1, b) } else { (0, a) };
     let (bottom_at, bottom_max) = if d > c { (3, d) } else { (2, c) };
@@ -514,7 +519,7 @@ fn window_max([a, b, c, d]: [f32; 4]) -> (u32, f32) {
 /// The window rule of [`window_max`] where a NaN wins and passes ReLU, so that it propagates
 /// as in burn (whose pool keeps the last NaN of a window, this the first: either way the
 /// example's gradient is not finite, and DP-SGD gives it clip factor 0).
-fn window_max_with_nan(window: [f32; 4]) -> (u32, f32) {
+pub(crate) fn window_max_with_nan(window: [f32; 4]) -> (u32, f32) {
     let relu = |v: f32| if v > 0.0 || v.is_nan() { v } else { 0.0 };
     let (mut best, mut value) = (0, relu(window[0]));
     for (k, v) in (1u32..).zip(&window[1..]) {
