@@ -12,9 +12,9 @@
 //! ```text
 //! dz3 = softmax(logits) − onehot                      [b, 10]   (summed cross-entropy)
 //! dh2 = dz3 · W_fcᵀ                                   [b, 5, 5, 32]
-//! dz2 = each dh2 at its window's argmax, if z2 > 0    [b, 11, 11, 32], kept as routes
-//! dh1 = col2im(dz2 · W2)  (conv2's transpose)         [b, 13, 13, 16], along the routes
-//! dz1 = each dh1 at its window's argmax, if z1 > 0    [b, 26, 26, 16]
+//! dz2 = each dh2 at its window's argmax, if z2 > 0    [b, 10, 10, 32], kept as routes
+//! dh1 = col2im(dz2 · W2)  (conv2's transpose)         [b, 12, 12, 16], along the routes
+//! dz1 = each dh1 at its window's argmax, if z1 > 0    [b, 24, 24, 16]
 //! ```
 //!
 //! (Channels last, as the forward pass lays them out: every product is one gemm for the whole
@@ -28,21 +28,23 @@
 
 use crate::kernels::{Mat, MatMut, matmul};
 use crate::model::{
-    IMAGE_PIXELS, IMAGE_SIDE, Kept, TinyCnnConfig, Weights, forward_kept, relu_pool_backward,
+    CONV1_USED, CONV2_USED, IMAGE_PIXELS, Kept, TinyCnnConfig, Weights, forward_kept,
+    relu_pool_backward,
 };
 use crate::routes::Routes;
 
 /// What one pass gives, channels last like the forward pass: the layers' inputs (the weight
 /// gradients multiply them) and dL/dz.
 pub(crate) struct Pass {
-    /// im2col of the images `[b · 676, 9]` and of conv2's input `[b · 121, 9 · 16]`.
+    /// im2col of the images `[b · 576, 9]` and of conv2's input `[b · 100, 9 · 16]` (the
+    /// outputs that reach the features, [`crate::model::CONV1_USED`]).
     pub u1: Vec<f32>,
     pub u2: Vec<f32>,
     /// fc's input `[b, 800]`, rows in `(y, x, c)` order.
     pub fc_input: Vec<f32>,
     /// Logits `[b, 10]`.
     pub logits: Vec<f32>,
-    /// dL/dz1 `[b · 676, 16]`, dL/dz2 as routes (`[b · 121, 32]` with one position of each
+    /// dL/dz1 `[b · 576, 16]`, dL/dz2 as routes (`[b · 100, 32]` with one position of each
     /// pool window not 0), dL/dlogits `[b, 10]`.
     pub dz1: Vec<f32>,
     pub dz2: Routes,
@@ -59,7 +61,6 @@ pub(crate) fn pass(config: &TinyCnnConfig, w: &Weights, images: &[f32], labels: 
         config.conv2_channels,
         config.num_classes,
     );
-    let (p1, s2) = ((IMAGE_SIDE - 2) / 2, (IMAGE_SIDE - 2) / 2 - 2); // 13, 11
     let f = config.flat_features();
     let Kept {
         u1,
@@ -79,10 +80,10 @@ pub(crate) fn pass(config: &TinyCnnConfig, w: &Weights, images: &[f32], labels: 
         Mat::new(&w.fc, f, k).t(),
         false,
     );
-    let dz2 = Routes::new(&dh2, &z2, s2, c2);
-    // dh1 = conv2's transpose, col2im(dz2 · W2) [b, 13, 13, c1], along dz2's routes.
+    let dz2 = Routes::new(&dh2, &z2, CONV2_USED, c2);
+    // dh1 = conv2's transpose, col2im(dz2 · W2) [b, 12, 12, c1], along dz2's routes.
     let dh1 = dz2.conv3_input_gradient(&w.conv2, c1);
-    let dz1 = relu_pool_backward(&dh1, &z1, 2 * p1, c1);
+    let dz1 = relu_pool_backward(&dh1, &z1, CONV1_USED, c1);
     Pass {
         u1,
         u2,

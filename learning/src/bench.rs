@@ -132,12 +132,12 @@ pub fn accountant_ms(
 pub fn gemm_rates(now_ms: &dyn Fn() -> f64) -> Vec<(String, f64, f64)> {
     use crate::kernels::{Mat, MatMut, matmul};
     let b = 64;
-    let (n1, n2) = (b * 676, b * 121);
+    let (n1, n2) = (b * 576, b * 100); // the used outputs, `model::CONV1_USED`
     // (name, m, k, n, lhs stored transposed, rhs stored transposed, products per step):
     // dst [m × n] = lhs [m × k] · rhs [k × n].
     let shapes = [
         (
-            "conv1 forward [b·676 × 9]·[9 × 16]",
+            "conv1 forward [b·576 × 9]·[9 × 16]",
             n1,
             9,
             16,
@@ -146,7 +146,7 @@ pub fn gemm_rates(now_ms: &dyn Fn() -> f64) -> Vec<(String, f64, f64)> {
             1,
         ),
         (
-            "conv2 forward [b·121 × 144]·[144 × 32]",
+            "conv2 forward [b·100 × 144]·[144 × 32]",
             n2,
             144,
             32,
@@ -156,9 +156,9 @@ pub fn gemm_rates(now_ms: &dyn Fn() -> f64) -> Vec<(String, f64, f64)> {
         ),
         ("dL/dh2 [b × 10]·[10 × 800]", b, 10, 800, false, true, 1),
         (
-            "per-example conv1 weights [16 × 676]·[676 × 9], b of them",
+            "per-example conv1 weights [16 × 576]·[576 × 9], b of them",
             16,
-            676,
+            576,
             9,
             true,
             false,

@@ -236,7 +236,7 @@ fn clipped_sum(
 }
 
 /// The plain gradient sum: no example's own gradient is needed, so conv1's weight gradient is
-/// one product over the whole batch, `dz1ᵀ [c1 × b·676] · u1 [b·676 × 9]`, and conv2's one sum
+/// one product over the whole batch, `dz1ᵀ [c1 × b·576] · u1 [b·576 × 9]`, and conv2's one sum
 /// along dz2's routes over the whole batch.
 fn plain_sum(
     config: &TinyCnnConfig,

@@ -156,14 +156,22 @@ pub(crate) fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bo
 }
 
 /// im2col of a 3×3 convolution without padding, stride 1, for a batch of images laid out
-/// channels last, `[batch, side, side, channels]`: `[batch · out², 9 · channels]` with
-/// `out = side − 2`, row `(b, y, x)` holding the taps in `(dy, dx, c)` order, i.e. input
-/// `(b, y + dy, x + dx, c)`. A convolution of the batch is then `cols · Wᵀ` with W's taps in the
-/// same order ([`taps_last`]). Each row is three copies of `3 · channels` contiguous values.
-pub(crate) fn im2col3(images: &[f32], channels: usize, batch: usize, side: usize) -> Vec<f32> {
-    let out = side.saturating_sub(2);
+/// channels last, `[batch, side, side, channels]`, at its top-left `out × out` outputs (at most
+/// `side − 2`: TinyCNN's pools never read the others, [`crate::model`]):
+/// `[batch · out², 9 · channels]`, row `(b, y, x)` holding the taps in `(dy, dx, c)` order, i.e.
+/// input `(b, y + dy, x + dx, c)`. A convolution of the batch is then `cols · Wᵀ` with W's taps
+/// in the same order ([`taps_last`]). Each row is three copies of `3 · channels` contiguous
+/// values.
+pub(crate) fn im2col3(
+    images: &[f32],
+    channels: usize,
+    batch: usize,
+    side: usize,
+    out: usize,
+) -> Vec<f32> {
     let image = side * side * channels;
     assert_eq!(images.len(), batch * image, "[batch, side, side, channels]");
+    assert!(out + 2 <= side, "a 3 × 3 window inside the image");
     let run = 3 * channels;
     let mut cols = Vec::with_capacity(batch * out * out * 3 * run);
     for img in images.chunks_exact(image.max(1)) {
@@ -375,7 +383,7 @@ mod tests {
         let (channels, batch, side) = (3, 2, 6);
         let out = side - 2;
         let planes = values(channels * batch * side * side, 5); // [batch, side, side, channels]
-        let cols = im2col3(&planes, channels, batch, side);
+        let cols = im2col3(&planes, channels, batch, side, out);
         // burn's unfold of [batch, channels, side, side] gives [batch, channels·9, out²].
         let mut nchw = Vec::new();
         for b in 0..batch {

@@ -2,13 +2,13 @@
 //! gradient landed.
 //!
 //! Each output of [`relu_pool`](crate::model::relu_pool) sends its gradient to one input: its
-//! window's first maximum, if that passed ReLU. After conv2 (11 × 11 → 5 × 5, the last row and
-//! column dropped) that is at most 25 of 121 positions per channel, so dL/dz2 is at least 79 %
-//! zeros. The two products that took dL/dz2 densely — conv2's transpose `dz2 · W2` and each
-//! example's weight gradient `dz2ᵀ · u2` — cost 1.1 MFLOP per example each, together 59 % of a
-//! DP step's arithmetic. Following the routes costs at most 0.23 MFLOP each, less where ReLU
-//! stopped the gradient: the same sums without their zero terms (the tests hold them to the
-//! dense products, and the whole backward to burn's autodiff).
+//! window's first maximum, if that passed ReLU. After conv2 (its used 10 × 10 outputs → 5 × 5)
+//! that is at most 25 of 100 positions per channel, so dL/dz2 is at least 75 % zeros. The two
+//! products that took dL/dz2 densely — conv2's transpose `dz2 · W2` and each example's weight
+//! gradient `dz2ᵀ · u2` — cost 0.92 MFLOP per example each (1.1 over burn's 11 × 11), more than
+//! half of a DP step's arithmetic. Following the routes costs at most 0.23 MFLOP each, less
+//! where ReLU stopped the gradient: the same sums without their zero terms (the tests hold them
+//! to the dense products, and the whole backward to burn's autodiff).
 
 use crate::model::{for_each_window, has_nan, window_inputs, window_max, window_max_with_nan};
 
@@ -223,7 +223,7 @@ mod tests {
             let d_out = values(images * half * half * c_out, 2);
             let taps = 9 * c_in;
             let input = values(images * (side + 2) * (side + 2) * c_in, 3);
-            let u = im2col3(&input, c_in, images, side + 2);
+            let u = im2col3(&input, c_in, images, side + 2, side);
             let w = values(c_out * taps, 4);
             let routes = Routes::new(&d_out, &z, side, c_out);
             let dz = relu_pool_backward(&d_out, &z, side, c_out);
