@@ -44,8 +44,8 @@ pub(crate) struct Pass {
     pub fc_input: Vec<f32>,
     /// Logits `[b, 10]`.
     pub logits: Vec<f32>,
-    /// dL/dz1 `[b · 576, 16]`, dL/dz2 as routes (`[b · 100, 32]` with one position of each
-    /// pool window not 0), dL/dlogits `[b, 10]`.
+    /// dL/dz1 `[b · 576, 16]`, dL/dz2 as routes (`[b · 100, 32]` with at most one position
+    /// of each pool window not 0), dL/dlogits `[b, 10]`.
     pub dz1: Vec<f32>,
     pub dz2: Routes,
     pub dz3: Vec<f32>,

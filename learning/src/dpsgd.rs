@@ -9,13 +9,15 @@
 //! is a sum over examples. The weight gradient of example i is then built from its own layer
 //! input a_i:
 //!
-//! * convolution: `dW_i = dz_iᵀ · unfold(a_i)` (a gemm per example on its own contiguous rows
-//!   of the batch's channels-last buffers, [`crate::kernels`]), `db_i = Σ_spatial dz_i`
+//! * convolution: `dW_i = dz_iᵀ · unfold(a_i)`, `db_i = Σ_spatial dz_i`: for conv1 a gemm per
+//!   example on its own contiguous rows of the batch's channels-last buffers
+//!   ([`crate::kernels`]); for conv2, whose dz is at most one position of each pool window, a
+//!   sum along the pool's routes ([`crate::routes`])
 //! * linear: `dW_i = a_i ⊗ dz_i`, whose norm is `‖a_i‖·‖dz_i‖`, so the fc layer is never
 //!   materialised per example: the clipped sum is one matmul `aᵀ · (f ⊙ dz)`.
 //!
-//! Non-DP training needs no example's own gradient: each weight gradient is one product over
-//! the whole batch. (Until issue 17, dL/dz came from burn's autodiff through zero "tap" leaves
+//! Non-DP training needs no example's own gradient: each weight gradient is one sum over the
+//! whole batch (a product for conv1, the routes for conv2). (Until issue 17, dL/dz came from burn's autodiff through zero "tap" leaves
 //! added to each z, and every product from burn-flex's per-example kernels. The tests still
 //! hold every gradient to burn's autodiff on a batch of one.)
 
@@ -26,6 +28,7 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::data::NUM_CLASSES;
 use crate::kernels::{Mat, MatMut, column_sums, matmul, sum_squares};
 use crate::model::{IMAGE_PIXELS, TinyCnnConfig, Weights, check_images};
+use crate::routes::Group;
 
 /// Opacus adds this to the norm before dividing, so a zero gradient gets factor 1, not NaN.
 const CLIP_EPS: f32 = 1e-6;
@@ -247,18 +250,11 @@ fn plain_sum(
     let b = labels.len();
     let pass = crate::backward::pass(config, w, images, labels);
     let (c1, k) = (config.conv1_channels, config.num_classes);
-    let (dz1, u1) = (&pass.dz1, &pass.u1);
-    let n = dz1.len() / c1;
-    let mut w1 = vec![0.0; c1 * 9];
-    matmul(
-        MatMut::new(&mut w1, c1, 9),
-        Mat::new(dz1, n, c1).t(),
-        Mat::new(u1, n, 9),
-        false,
-    );
-    let b1 = column_sums(dz1, c1);
-    let w2 = pass.dz2.weight_sums(&pass.u2, c1 * 9, b.max(1));
-    let b2 = pass.dz2.bias_sums(b.max(1));
+    // The whole batch's rows as one example's: one product.
+    let w1 = per_example_weights(&pass.dz1, &pass.u1, c1, 9, 1).values;
+    let b1 = column_sums(&pass.dz1, c1);
+    let w2 = pass.dz2.weight_sums(&pass.u2, c1 * 9, Group::Batch);
+    let b2 = pass.dz2.bias_sums(Group::Batch);
     let f = config.flat_features();
     let (fc_w, fc_b) = fc_gradient(&pass.fc_input, &pass.dz3, b, f, k);
     let sum = config.to_layout([w1, b1, w2, b2, fc_w, fc_b]);
@@ -348,11 +344,11 @@ fn per_example_layers(
             per_example_weights(&pass.dz1, &pass.u1, c1, 9, b),
             per_example_biases(&pass.dz1, c1, b),
             PerExample {
-                values: pass.dz2.weight_sums(&pass.u2, c1 * 9, 1),
+                values: pass.dz2.weight_sums(&pass.u2, c1 * 9, Group::Example),
                 len: c2 * c1 * 9,
             },
             PerExample {
-                values: pass.dz2.bias_sums(1),
+                values: pass.dz2.bias_sums(Group::Example),
                 len: c2,
             },
         ],
@@ -660,6 +656,25 @@ mod tests {
             want.clipped + 1,
             "the poisoned example counts as clipped"
         );
+    }
+
+    /// The model never reads an image's last two rows and columns (TinyCNN's pools drop what
+    /// they reach, `model::CONV1_USED`): a NaN there changes no logit and no gradient, and the
+    /// example is not dropped (burn's autodiff would give it NaN gradients through 0 × NaN).
+    #[test]
+    fn a_nan_where_the_model_never_reads_changes_nothing() {
+        let (config, params, mut images, labels) = setup(2, 7);
+        let clean = batch_gradient(&config, &params, &images, &labels, Some(1.0)).expect("fits");
+        images[784 + 27 * 28 + 27] = f32::NAN;
+        images[784 + 26 * 28 + 3] = f32::NAN;
+        let got = batch_gradient(&config, &params, &images, &labels, Some(1.0)).expect("fits");
+        assert_eq!(got.sum, clean.sum);
+        assert_eq!(got.clipped, clean.clipped);
+        // One pixel inside what it reads is a poisoned example (dropped, as tested above).
+        images[784 + 25 * 28 + 25] = f32::NAN;
+        let got = batch_gradient(&config, &params, &images, &labels, Some(1.0)).expect("fits");
+        assert!(got.sum.iter().all(|v| v.is_finite()));
+        assert_ne!(got.sum, clean.sum);
     }
 
     /// An example whose norm is infinite (not NaN) is dropped like a NaN one: its clip factor

@@ -1,6 +1,7 @@
 //! The training step's dense kernels on plain slices: a checked matrix product (the `gemm`
-//! crate's, the one burn-flex itself calls) and im2col / col2im of a 3×3 convolution for a
-//! whole batch at once.
+//! crate's, the one burn-flex itself calls) and im2col of a 3×3 convolution for a whole batch
+//! at once (col2im, its adjoint, is the tests' oracle for [`crate::routes`], which replaced
+//! it in the step).
 //!
 //! Why not burn-flex's `conv2d` and batched `matmul`: they run one small gemm per example, with
 //! an NHWC copy of the input, a transposed copy of the weights and a scatter of the output
@@ -410,6 +411,14 @@ mod tests {
             }
         }
         assert_eq!(ours, burn);
+        // The top-left outputs alone are those rows of the whole im2col.
+        let part = im2col3(&planes, channels, batch, side, out - 1);
+        let rows = cols.chunks_exact(9 * channels).enumerate();
+        let kept = rows.filter(|(r, _)| (r % (out * out)) / out < out - 1 && r % out < out - 1);
+        assert_eq!(
+            part,
+            kept.flat_map(|(_, row)| row.to_vec()).collect::<Vec<_>>()
+        );
         // The weights' tap order follows, and back.
         let w = values(4 * channels * 9, 7);
         let last = taps_last(&w, channels);

@@ -12,6 +12,30 @@
 
 use crate::model::{for_each_window, has_nan, window_inputs, window_max, window_max_with_nan};
 
+/// What a sum over routes adds up: each example's own, or the whole batch's (one row, also for
+/// an empty batch).
+#[derive(Clone, Copy)]
+pub(crate) enum Group {
+    Example,
+    Batch,
+}
+
+impl Group {
+    fn count(self, images: usize) -> usize {
+        match self {
+            Group::Example => images,
+            Group::Batch => 1,
+        }
+    }
+
+    fn of(self, image: usize) -> usize {
+        match self {
+            Group::Example => image,
+            Group::Batch => 0,
+        }
+    }
+}
+
 /// Where the gradient of every output of a ReLU + 2×2 pool goes, for whole images
 /// `[images, side, side, channels]` (channels last) of z.
 pub(crate) struct Routes {
@@ -26,8 +50,10 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    /// dL/dz of ReLU + pool as routes, from dL/d(its output) `d_out` and z: the routes of
-    /// [`crate::model::relu_pool_backward`], by the same window rule.
+    /// dL/dz of ReLU + pool as routes, from dL/d(its output) `d_out` and z, by the forward's
+    /// window rule ([`crate::model::relu_pool`]). ([`crate::model::relu_pool_backward`] writes
+    /// the same dL/dz out densely for conv1, in its own loop: building it from routes, a scatter
+    /// per output, made a wasm DP step ≈ 15 % slower.)
     pub(crate) fn new(d_out: &[f32], z: &[f32], side: usize, channels: usize) -> Self {
         let plane = side * side * channels;
         let images = z.len().checked_div(plane).unwrap_or(0);
@@ -91,25 +117,23 @@ impl Routes {
             })
     }
 
-    /// Σ over each group of `per_group` consecutive images of every routed gradient times the
-    /// layer input's row at its position: `[groups, channels, taps]`, from the layer's im2col
-    /// `u` `[images · side², taps]`. One group per image gives each example's weight
-    /// gradient `dzᵀ · u`; one group for the batch, their sum.
-    pub(crate) fn weight_sums(&self, u: &[f32], taps: usize, per_group: usize) -> Vec<f32> {
+    /// Σ of every routed gradient times the layer input's row at its position, per example or
+    /// for the whole batch: `[examples or 1, channels, taps]`, from the layer's im2col `u`
+    /// `[images · side², taps]`. Per example it is each one's weight gradient `dzᵀ · u`.
+    pub(crate) fn weight_sums(&self, u: &[f32], taps: usize, group: Group) -> Vec<f32> {
         let rows_per_image = self.side * self.side;
         assert_eq!(
             u.len(),
             self.images * rows_per_image * taps,
             "[images · side², taps]"
         );
-        let (len, per_group) = (self.channels * taps, per_group.max(1));
-        let groups = self.images.div_ceil(per_group);
-        let mut sums = vec![0.0; groups * len];
+        let len = self.channels * taps;
+        let mut sums = vec![0.0; group.count(self.images) * len];
         let images = self
             .image_routes()
             .zip(u.chunks_exact((rows_per_image * taps).max(1)));
         for (img, (routes, rows)) in images.enumerate() {
-            let sum = &mut sums[img / per_group * len..][..len];
+            let sum = &mut sums[group.of(img) * len..][..len];
             for (ch, p, g) in routes {
                 axpy(&mut sum[ch * taps..][..taps], g, &rows[p * taps..][..taps]);
             }
@@ -117,14 +141,12 @@ impl Routes {
         sums
     }
 
-    /// Σ of each image's gradients per channel: its bias gradient, `[images, channels]`, or
-    /// one row for the batch when `per_group` is `images`.
-    pub(crate) fn bias_sums(&self, per_group: usize) -> Vec<f32> {
-        let per_group = per_group.max(1);
-        let groups = self.images.div_ceil(per_group);
-        let mut sums = vec![0.0; groups * self.channels];
+    /// Σ of the gradients per channel, per example (its bias gradient) or for the whole batch:
+    /// `[examples or 1, channels]`.
+    pub(crate) fn bias_sums(&self, group: Group) -> Vec<f32> {
+        let mut sums = vec![0.0; group.count(self.images) * self.channels];
         for (img, routes) in self.image_routes().enumerate() {
-            let sum = &mut sums[img / per_group * self.channels..][..self.channels];
+            let sum = &mut sums[group.of(img) * self.channels..][..self.channels];
             for (ch, _, g) in routes {
                 sum[ch] += g;
             }
@@ -135,7 +157,7 @@ impl Routes {
     /// dL/d(input) of the 3×3 convolution (no padding, stride 1) whose output z these routes
     /// are of, `[images, side + 2, side + 2, c_in]`, from its weights `[channels, 3, 3, c_in]`:
     /// each routed gradient adds its channel's filter, scaled, onto the 3 × 3 inputs its
-    /// position read ([`crate::kernels::col2im3`] of `dz · W`, without the zero rows).
+    /// position read (col2im of `dz · W`, without the zero rows).
     pub(crate) fn conv3_input_gradient(&self, weights: &[f32], c_in: usize) -> Vec<f32> {
         let in_side = self.side + 2;
         let (run, plane) = (3 * c_in, in_side * in_side * c_in);
@@ -164,10 +186,10 @@ impl Routes {
 
 /// One window of [`Routes::fill`], a lane per channel: the winner's position and its gradient
 /// if it passed ReLU, by arithmetic and selects only, so that the loop vectorises (separate
-/// slice arguments, as `model::route_lanes`; `g` is read before the select: read inside it, it
-/// became a branch and the loop stayed scalar, 7 % of a wasm DP step). The rules give the
-/// winner's value after ReLU, which is not 0 exactly when the winner passes ReLU (positive, or
-/// NaN).
+/// slice arguments tell the compiler they do not overlap, as in `model::pool_lanes`; `g` is
+/// read before the select: read inside it, it became a branch and the loop stayed scalar, 7 %
+/// of a wasm DP step). The rules give the winner's value after ReLU, which is not 0 exactly
+/// when the winner passes ReLU (positive, or NaN).
 #[inline(never)]
 fn route_lanes(
     [a, b, c, d]: [&[f32]; 4],
@@ -195,7 +217,7 @@ fn axpy(acc: &mut [f32], g: f32, x: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{Mat, MatMut, col2im3, im2col3, matmul};
+    use crate::kernels::{Mat, MatMut, col2im3, column_sums, im2col3, matmul};
     use crate::model::relu_pool_backward;
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
@@ -254,17 +276,18 @@ mod tests {
                 matmul(MatMut::new(&mut g, c_out, taps), dz_t, u_m, false);
                 per_image.extend(g);
             }
-            assert_close(&routes.weight_sums(&u, taps, 1), &per_image);
+            assert_close(&routes.weight_sums(&u, taps, Group::Example), &per_image);
             let batch: Vec<f32> = (0..c_out * taps)
                 .map(|j| per_image.chunks_exact(c_out * taps).map(|g| g[j]).sum())
                 .collect();
-            assert_close(&routes.weight_sums(&u, taps, images), &batch);
+            assert_close(&routes.weight_sums(&u, taps, Group::Batch), &batch);
 
             let biases: Vec<f32> = dz
                 .chunks_exact(side * side * c_out)
-                .flat_map(|dz| crate::kernels::column_sums(dz, c_out))
+                .flat_map(|dz| column_sums(dz, c_out))
                 .collect();
-            assert_close(&routes.bias_sums(1), &biases);
+            assert_close(&routes.bias_sums(Group::Example), &biases);
+            assert_close(&routes.bias_sums(Group::Batch), &column_sums(&dz, c_out));
         }
     }
 
