@@ -8,7 +8,7 @@
 #
 # Versions are pinned: trunk 0.21.14 (≥ 0.22 needs a newer rustc), wasm-bindgen-cli = the
 # wasm-bindgen in Cargo.lock (trunk runs offline and refuses any other), npm packages by
-# package-lock.json. See ../shared/TOOLCHAIN.md for what was measured.
+# package-lock.json. See docs/toolchain.md for what was measured, and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
