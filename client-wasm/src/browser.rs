@@ -429,6 +429,7 @@ async fn train_round(
     let mut announced = false;
     let mut count = workers.count() as u32;
     let mut last_rate = None;
+    let mut gate = crate::pool::ProgressGate::default();
     let done = crate::pool::train(job, workers, &mut |event| match event {
         TrainEvent::HelpersLost(message) => {
             count = 1;
@@ -447,6 +448,9 @@ async fn train_round(
                     steps_per_epoch: p.steps_per_epoch,
                     workers: count,
                 });
+            }
+            if !gate.due(p.step, p.steps_per_epoch, js_sys::Date::now()) {
+                return;
             }
             post(&WorkerToPage::Progress {
                 server_round,

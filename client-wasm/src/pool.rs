@@ -104,6 +104,30 @@ pub fn helper_lost(index: usize, of: usize, why: &str) -> String {
     )
 }
 
+/// The least time between two progress reports of a round to the page.
+pub const PROGRESS_MS: f64 = 100.0;
+
+/// Which training steps the page hears of. Every step at batch 64 was ≈ 100 messages a second,
+/// each re-rendering the page on the cores the workers train on; a person reads no more than a
+/// few a second. At most one per [`PROGRESS_MS`], and always an epoch's last step (the bar
+/// then shows the epoch done).
+#[derive(Debug, Default)]
+pub struct ProgressGate {
+    last_ms: Option<f64>,
+}
+
+impl ProgressGate {
+    /// Whether the step `step` of `steps_per_epoch` (0-based), taken at `now_ms`, is reported.
+    pub fn due(&mut self, step: u64, steps_per_epoch: u64, now_ms: f64) -> bool {
+        let epoch_done = step + 1 >= steps_per_epoch;
+        let due = epoch_done || self.last_ms.is_none_or(|t| now_ms - t >= PROGRESS_MS);
+        if due {
+            self.last_ms = Some(now_ms);
+        }
+        due
+    }
+}
+
 #[cfg(all(feature = "browser", target_arch = "wasm32"))]
 pub use web::{TrainEvent, Workers, serve_slice, train};
 
@@ -664,6 +688,17 @@ mod tests {
             ..ASKED
         };
         assert!(slice_gradient_from(done(9, 3, 2, 0), Some(vec![2.0; 4]), plain).is_ok());
+    }
+
+    /// A round of 100 steps in 1 s reaches the page as ≈ 10 reports: the first step, one per
+    /// 100 ms, and each epoch's last step even when it follows the one before at once.
+    #[test]
+    fn the_page_hears_of_a_step_at_most_every_100_ms_and_of_each_epoch_s_end() {
+        let mut gate = ProgressGate::default();
+        let shown: Vec<u64> = (0..100u64)
+            .filter(|&step| gate.due(step % 50, 50, step as f64 * 10.0))
+            .collect();
+        assert_eq!(shown, [0, 10, 20, 30, 40, 49, 59, 69, 79, 89, 99]);
     }
 
     #[test]
