@@ -5,7 +5,7 @@
 use burn::tensor::Device;
 
 use crate::dpsgd::{OptimizerState, SecureRng, add_gaussian_noise};
-use crate::model::{IMAGE_PIXELS, TinyCnnConfig};
+use crate::model::{CONV1_USED, CONV2_USED, IMAGE_PIXELS, TinyCnnConfig};
 use crate::parallel::{StepGradient, Threads};
 use crate::steps::StepInput;
 use crate::{LearningError, Optimizer};
@@ -130,71 +130,120 @@ pub fn accountant_ms(
 /// (conv2's transpose and weight gradients are not products any more: they follow the pool's
 /// routes, `learning::routes`.)
 pub fn gemm_rates(now_ms: &dyn Fn() -> f64) -> Vec<(String, f64, f64)> {
-    use crate::kernels::{Mat, MatMut, matmul};
-    let b = 64;
-    let (n1, n2) = (b * 576, b * 100); // the used outputs, `model::CONV1_USED`
-    // (name, m, k, n, lhs stored transposed, rhs stored transposed, products per step):
-    // dst [m × n] = lhs [m × k] · rhs [k × n].
-    let shapes = [
-        (
-            "conv1 forward [b·576 × 9]·[9 × 16]",
-            n1,
-            9,
-            16,
-            false,
-            true,
-            1,
-        ),
-        (
-            "conv2 forward [b·100 × 144]·[144 × 32]",
-            n2,
-            144,
-            32,
-            false,
-            true,
-            1,
-        ),
-        ("dL/dh2 [b × 10]·[10 × 800]", b, 10, 800, false, true, 1),
-        (
-            "per-example conv1 weights [16 × 576]·[576 × 9], b of them",
-            16,
-            576,
-            9,
-            true,
-            false,
-            b,
-        ),
-        ("fc weights [800 × b]·[b × 10]", 800, b, 10, true, false, 1),
-        ("logits [b × 800]·[800 × 10]", b, 800, 10, false, false, 1),
-    ];
-    shapes
+    step_products(&TinyCnnConfig::new(), 64)
         .into_iter()
-        .map(|(name, m, k, n, lhs_t, rhs_t, products)| {
-            let lhs: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
-            let rhs: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
-            let mut dst = vec![0.0; m * n];
-            let l = if lhs_t {
-                Mat::new(&lhs, k, m).t()
-            } else {
-                Mat::new(&lhs, m, k)
-            };
-            let r = if rhs_t {
-                Mat::new(&rhs, n, k).t()
-            } else {
-                Mat::new(&rhs, k, n)
-            };
-            let mut step = || {
-                for _ in 0..products {
-                    matmul(MatMut::new(&mut dst, m, n), l, r, false);
-                }
-            };
-            (0..3).for_each(|_| step());
-            let iters = 20;
-            let start = now_ms();
-            (0..iters).for_each(|_| step());
-            let ms = (now_ms() - start) / f64::from(iters);
-            let gflops = 2.0 * (m * k * n * products) as f64 / (ms * 1e6);
-            (name.to_string(), ms, gflops)
+        .map(|p| {
+            let ms = p.time_ms(now_ms);
+            let gflops = 2.0 * (p.m * p.k * p.n * p.times) as f64 / (ms * 1e6);
+            (p.name, ms, gflops)
         })
         .collect()
+}
+
+/// One matrix product of a training step, `dst [m × n] = lhs [m × k] · rhs [k × n]`, with each
+/// operand stored as the step stores it, done `times` per step.
+struct Product {
+    name: String,
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs_transposed: bool,
+    rhs_transposed: bool,
+    times: usize,
+}
+
+/// The products of a DP step of `b` examples, in TinyCNN's shapes (its used outputs,
+/// `model::CONV1_USED`).
+fn step_products(config: &TinyCnnConfig, b: usize) -> Vec<Product> {
+    let (c1, c2, k) = (
+        config.conv1_channels,
+        config.conv2_channels,
+        config.num_classes,
+    );
+    let (p1, p2, f) = (
+        CONV1_USED * CONV1_USED,
+        CONV2_USED * CONV2_USED,
+        config.flat_features(),
+    );
+    let product =
+        |name: String, (m, kk, n): (usize, usize, usize), [lhs_t, rhs_t]: [bool; 2], times| {
+            Product {
+                name,
+                m,
+                k: kk,
+                n,
+                lhs_transposed: lhs_t,
+                rhs_transposed: rhs_t,
+                times,
+            }
+        };
+    vec![
+        product(
+            format!("conv1 forward [b·{p1} × 9]·[9 × {c1}]"),
+            (b * p1, 9, c1),
+            [false, true],
+            1,
+        ),
+        product(
+            format!("conv2 forward [b·{p2} × {}]·[{} × {c2}]", 9 * c1, 9 * c1),
+            (b * p2, 9 * c1, c2),
+            [false, true],
+            1,
+        ),
+        product(
+            format!("dL/dh2 [b × {k}]·[{k} × {f}]"),
+            (b, k, f),
+            [false, true],
+            1,
+        ),
+        product(
+            format!("per-example conv1 weights [{c1} × {p1}]·[{p1} × 9], b of them"),
+            (c1, p1, 9),
+            [true, false],
+            b,
+        ),
+        product(
+            format!("fc weights [{f} × b]·[b × {k}]"),
+            (f, b, k),
+            [true, false],
+            1,
+        ),
+        product(
+            format!("logits [b × {f}]·[{f} × {k}]"),
+            (b, f, k),
+            [false, false],
+            1,
+        ),
+    ]
+}
+
+impl Product {
+    /// Milliseconds per step of this product alone (after 3 untimed steps, mean of 20).
+    fn time_ms(&self, now_ms: &dyn Fn() -> f64) -> f64 {
+        use crate::kernels::{Mat, MatMut, matmul};
+        let (m, k, n) = (self.m, self.k, self.n);
+        let lhs: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let rhs: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut dst = vec![0.0; m * n];
+        let l = if self.lhs_transposed {
+            Mat::new(&lhs, k, m).t()
+        } else {
+            Mat::new(&lhs, m, k)
+        };
+        let r = if self.rhs_transposed {
+            Mat::new(&rhs, n, k).t()
+        } else {
+            Mat::new(&rhs, k, n)
+        };
+        let mut step = || {
+            for _ in 0..self.times {
+                matmul(MatMut::new(&mut dst, m, n), l, r, false);
+            }
+        };
+        (0..3).for_each(|_| step());
+        let iters = 20;
+        let start = now_ms();
+        (0..iters).for_each(|_| step());
+        (now_ms() - start) / f64::from(iters)
+    }
 }
