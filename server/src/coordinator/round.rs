@@ -15,9 +15,8 @@ impl Coordinator {
             .clients
             .iter()
             .filter(|(_, c)| {
-                !run.refused.contains(&c.key)
+                self.could_train(run, c)
                     && !run.bench.sits_out(&c.key, run.summary.completed_rounds)
-                    && c.num_examples.is_some_and(|n| self.ready_to_plan(run, n))
             })
             .filter_map(|(&client_id, c)| {
                 Some(Candidate {
@@ -34,6 +33,14 @@ impl Coordinator {
         v
     }
 
+    /// A connected client the run could plan for, bench aside: not refused, with examples, its
+    /// σ ready.
+    fn could_train(&self, run: &ActiveRun, c: &Conn) -> bool {
+        !run.refused.contains(&c.key)
+            && c.num_examples
+                .is_some_and(|n| n > 0 && self.ready_to_plan(run, n))
+    }
+
     /// Connected clients that would be candidates but for their bench.
     fn benched_keys(&self) -> Vec<String> {
         let Some(run) = &self.run else {
@@ -42,9 +49,7 @@ impl Coordinator {
         self.clients
             .values()
             .filter(|c| {
-                !run.refused.contains(&c.key)
-                    && run.bench.sits_out(&c.key, run.summary.completed_rounds)
-                    && c.num_examples.is_some_and(|n| n > 0)
+                self.could_train(run, c) && run.bench.sits_out(&c.key, run.summary.completed_rounds)
             })
             .map(|c| c.key.clone())
             .collect()
