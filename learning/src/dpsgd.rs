@@ -17,9 +17,10 @@
 //!   materialised per example: the clipped sum is one matmul `aᵀ · (f ⊙ dz)`.
 //!
 //! Non-DP training needs no example's own gradient: each weight gradient is one sum over the
-//! whole batch (a product for conv1, the routes for conv2). (Until issue 17, dL/dz came from burn's autodiff through zero "tap" leaves
-//! added to each z, and every product from burn-flex's per-example kernels. The tests still
-//! hold every gradient to burn's autodiff on a batch of one.)
+//! whole batch (a product for conv1, the routes for conv2). (Until issue 17, dL/dz came from
+//! burn's autodiff through zero "tap" leaves added to each z, and every product from
+//! burn-flex's per-example kernels. The tests still hold every gradient to burn's autodiff on a
+//! batch of one.)
 
 use rand::rngs::{ChaCha20Rng, SysRng};
 use rand::{RngExt, SeedableRng};
