@@ -2,11 +2,16 @@
 //   1. the DP-SGD and plain steps in one dedicated worker (the same `learning::bench` code as the
 //      native `throughput` binary), batch 64 and 512, median of 3;
 //   2. real training rounds of one tab (a 6 000-example shard, 1 local epoch, σ 1.1) on 1 worker
-//      and on N (the device's cores): the examples per second the tab reports for each round,
-//      the round's time, and the page's animation frames per second and longest gap between
-//      frames while it trains — median of the run's 3 rounds.
+//      and on N (the device's cores): the examples per second the tab reports for each round and
+//      the round's time, median of a run's 3 rounds, interleaved 1 and N workers, RUNS (3) runs:
+//      the median of their medians, and each run's. Nothing watches the page while these rounds
+//      train (this script asks the server, once a second, whether the run is over): on a 2-core
+//      machine, a harness polling the page and a frame counter are CPU the workers lose.
+//   3. the same rounds again, watched: the page's animation frames per second and longest gap
+//      between frames while it trains (a requestAnimationFrame loop; the tab polled every 100 ms).
 //
 //   SERVER_BIN=target/release/server node e2e/bench-speed.mjs     (DIST: the trunk build)
+// ROUNDS_ONLY=1 runs part 2 alone (for A/B runs of two builds, RUNS=1 each, interleaved).
 // Prints `key value` lines (read by bench-speed.sh) after a human-readable log.
 import { frameStats, launchChromium, recordFrames, startServer, stepRatesInWorker, trainingWindows, waitFor } from './harness.mjs';
 
@@ -22,7 +27,8 @@ try {
   await page.goto(`${server.base}/`);
   await page.waitForSelector('#join');
   const cores = Number(process.env.WORKERS ?? await page.evaluate(() => Math.min(navigator.hardwareConcurrency || 1, 16)));
-  const steps = await stepRatesInWorker(page, server.base, [['dp', 64, 40], ['plain', 64, 40], ['dp', 512, 6], ['plain', 512, 6]]);
+  const roundsOnly = Boolean(process.env.ROUNDS_ONLY);
+  const steps = roundsOnly ? {} : await stepRatesInWorker(page, server.base, [['dp', 64, 40], ['plain', 64, 40], ['dp', 512, 6], ['plain', 512, 6]]);
   console.log('## TinyCNN steps in one Chromium dedicated worker (samples/s; runs)');
   for (const [k, runs] of Object.entries(steps)) {
     console.log(`${k.padEnd(10)} ${median(runs).toFixed(0)}   (${runs.map((r) => r.toFixed(0)).join(', ')})`);
@@ -30,16 +36,36 @@ try {
   }
   await page.context().close();
 
-  // --- 2. Real rounds on 1 and on N workers.
+  // --- 2. Real rounds on 1 and on N workers, unwatched, interleaved.
+  const counts = [...new Set([1, cores])];
+  const runs = Number(process.env.RUNS ?? 3);
   for (const batch of [64, 512]) {
-    for (const workers of [...new Set([1, cores])]) {
-      const r = await rounds(batch, workers);
+    const by = new Map(counts.map((w) => [w, { speeds: [], seconds: [] }]));
+    for (let run = 0; run < runs; run++) {
+      for (const workers of counts) {
+        const r = await rounds(batch, workers, false);
+        console.log(`## batch ${batch}, ${workers} worker(s), run ${run + 1}, unwatched: rounds at ${r.speeds.join(', ')} samples/s; `
+          + `${r.seconds.map((s) => s.toFixed(2)).join(', ')} s`);
+        by.get(workers).speeds.push(median(r.speeds));
+        by.get(workers).seconds.push(median(r.seconds));
+      }
+    }
+    for (const [workers, r] of by) {
       const key = `chromium-round-${batch}-${workers}w`;
-      console.log(`## batch ${batch}, ${workers} worker(s): rounds at ${r.speeds.join(', ')} samples/s; `
-        + `${r.seconds.map((s) => s.toFixed(2)).join(', ')} s; ${r.fps.map((f) => f.toFixed(1)).join(', ')} frames/s; `
-        + `longest frame gaps ${r.gaps.map((g) => g.toFixed(0)).join(', ')} ms`);
+      console.log(`## batch ${batch}, ${workers} worker(s): runs' medians ${r.speeds.join(', ')} samples/s`);
       put(`${key}-samples`, median(r.speeds).toFixed(0));
+      put(`${key}-runs`, r.speeds.join(','));
       put(`${key}-seconds`, median(r.seconds).toFixed(2));
+    }
+  }
+  // --- 3. Watched rounds: the page's frame rate while they train.
+  for (const batch of roundsOnly ? [] : [64, 512]) {
+    for (const workers of counts) {
+      const r = await rounds(batch, workers, true);
+      const key = `chromium-round-${batch}-${workers}w`;
+      console.log(`## batch ${batch}, ${workers} worker(s), watched: rounds at ${r.speeds.join(', ')} samples/s; `
+        + `${r.fps.map((f) => f.toFixed(1)).join(', ')} frames/s; longest frame gaps ${r.gaps.map((g) => g.toFixed(0)).join(', ')} ms`);
+      put(`${key}-watched-samples`, median(r.speeds).toFixed(0));
       put(`${key}-fps`, median(r.fps).toFixed(1));
       put(`${key}-gap`, median(r.gaps).toFixed(0));
     }
@@ -52,8 +78,8 @@ try {
 }
 
 /** One run of 3 rounds for one tab joined with `workers`: per round, the tab's samples/s and
- * time, and the page's frame rate and longest frame gap while it trained. */
-async function rounds(batch, workers) {
+ * time; `watch`ed, also the page's frame rate and longest frame gap while it trained. */
+async function rounds(batch, workers, watch) {
   const config = {
     name: `speed-${batch}-${workers}`, rounds: 3, min_clients: 1, round_timeout_secs: 300,
     local_epochs: 1, batching: { batch_size: batch }, learning_rate: batch === 64 ? 0.5 : 2,
@@ -68,13 +94,21 @@ async function rounds(batch, workers) {
   await page.fill('#workers', String(workers));
   await page.click('#join');
   await waitFor('the tab to get its shard', () => page.$('#histogram'), 120_000);
-  await recordFrames(page);
-  await server.api(`/api/admin/runs/${created.body.run_id}/start`, { method: 'POST' });
-  const windows = await trainingWindows(page, 3);
-  const out = await frameStats(page, windows);
-  await context.close();
   const id = created.body.run_id;
-  await waitFor(`run ${id} to finish`, async () => (await server.api(`/api/admin/runs/${id}`)).body?.run.status === 'finished', 120_000);
+  const finished = async () => (await server.api(`/api/admin/runs/${id}`)).body?.run.status === 'finished';
+  let out;
+  if (watch) {
+    await recordFrames(page);
+    await server.api(`/api/admin/runs/${id}/start`, { method: 'POST' });
+    out = await frameStats(page, await trainingWindows(page, 3));
+  } else {
+    await server.api(`/api/admin/runs/${id}/start`, { method: 'POST' });
+    await waitFor(`run ${id} to finish`, finished, 300_000, 1000);
+    await waitFor('the tab to show 3 rounds', () => page.evaluate(() => document.querySelectorAll('#rounds tbody tr').length >= 3), 30_000);
+    out = await frameStats(page, []);
+  }
+  await context.close();
+  await waitFor(`run ${id} to finish`, finished, 120_000);
   return {
     speeds: out.rows.map((r) => Number(r[5].split(' samples/s')[0].replace(/\D/g, ''))),
     seconds: out.rows.map((r) => parseFloat(r[4])),

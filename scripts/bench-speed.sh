@@ -3,8 +3,9 @@
 #   * this project's DP-SGD and plain steps natively on 1 thread and on N (the cores), batch 64
 #     and 512 (`throughput`);
 #   * the same steps in wasm in node (`bench-wasm.sh`'s build) and in one Chromium worker;
-#   * real training rounds of one tab on 1 worker and on N, with the page's frame rate
-#     (`e2e/bench-speed.mjs`, against the trunk build in dist/);
+#   * real training rounds of one tab on 1 worker and on N, 3 runs interleaved, nothing watching
+#     the page meanwhile; then watched rounds, for the page's frame rate (`e2e/bench-speed.mjs`,
+#     against the trunk build in dist/);
 #   * PyTorch + Opacus, 1 thread and N, same model and batches (`benchmarks/opacus_step.py`, in a
 #     virtualenv made here: `pip install torch opacus` from PyPI, ≈ 3 GB the first time);
 # then one table, with each figure's share of the dense step's wasm SIMD ceiling (≈ 10 000
@@ -87,6 +88,12 @@ row "PyTorch + Opacus, $cores threads" "${v[opacus-64-$cores-dp]}" "${v[opacus-6
 echo
 echo "Real DP rounds of one tab (6 000 examples, 1 epoch): batch 64 ${v[chromium-round-64-1w-seconds]} s on 1 worker → ${v[chromium-round-64-${n}w-seconds]} s on $n;" \
   "batch 512 (the demo's batch) ${v[chromium-round-512-1w-seconds]} s → ${v[chromium-round-512-${n}w-seconds]} s."
+scaling() { # batch: each run's N-worker speed over its 1-worker speed, then the medians' ratio
+  local b=$1
+  awk -v a="${v[chromium-round-$b-1w-runs]}" -v c="${v[chromium-round-$b-${n}w-runs]}" -v m1="${v[chromium-round-$b-1w-samples]}" -v mn="${v[chromium-round-$b-${n}w-samples]}" \
+    'BEGIN { k = split(a, x, ","); split(c, y, ","); s = ""; for (i = 1; i <= k; i++) s = s sprintf("%s%.2f", i > 1 ? ", " : "", y[i] / x[i]); printf "%.2f× (runs: %s)", mn / m1, s }'
+}
+echo "Scaling of a tab's real DP rounds, $n workers over 1 (target ≥ 0.8 × $n): batch 64 $(scaling 64); batch 512 $(scaling 512)."
 echo "Page while $n workers train: ${v[chromium-round-64-${n}w-fps]} / ${v[chromium-round-512-${n}w-fps]} frames/s (batch 64 / 512)," \
   "longest gap between frames ${v[chromium-round-64-${n}w-gap]} / ${v[chromium-round-512-${n}w-gap]} ms; on 1 worker ${v[chromium-round-64-1w-fps]} / ${v[chromium-round-512-1w-fps]} frames/s."
 echo "Log: $log"
