@@ -96,19 +96,20 @@ async function rounds(batch, workers, watch) {
   await waitFor('the tab to get its shard', () => page.$('#histogram'), 120_000);
   const id = created.body.run_id;
   const finished = async () => (await server.api(`/api/admin/runs/${id}`)).body?.run.status === 'finished';
+  if (watch) await recordFrames(page);
+  await server.api(`/api/admin/runs/${id}/start`, { method: 'POST' });
   let out;
   if (watch) {
-    await recordFrames(page);
-    await server.api(`/api/admin/runs/${id}/start`, { method: 'POST' });
     out = await frameStats(page, await trainingWindows(page, 3));
   } else {
-    await server.api(`/api/admin/runs/${id}/start`, { method: 'POST' });
+    // Nothing touches the page until the run is over: only the server is asked, once a second.
     await waitFor(`run ${id} to finish`, finished, 300_000, 1000);
     await waitFor('the tab to show 3 rounds', () => page.evaluate(() => document.querySelectorAll('#rounds tbody tr').length >= 3), 30_000);
-    out = await frameStats(page, []);
+    out = await frameStats(page, []); // the tab's rounds table; no frames were counted
   }
   await context.close();
-  await waitFor(`run ${id} to finish`, finished, 120_000);
+  // A watched run may still be evaluating its last round; the next run starts after it.
+  if (watch) await waitFor(`run ${id} to finish`, finished, 120_000);
   return {
     speeds: out.rows.map((r) => Number(r[5].split(' samples/s')[0].replace(/\D/g, ''))),
     seconds: out.rows.map((r) => parseFloat(r[4])),

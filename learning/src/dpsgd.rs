@@ -196,10 +196,11 @@ pub fn batch_gradient(
 /// Examples whose activations go through the layers together. Each example's gradient is its
 /// own, so a batch is a sum over chunks, and a chunk's buffers stay in the caches: at batch 512
 /// the activations and unfolded inputs are tens of MB, and natively the DP step ran ≈ 30 %
-/// slower per example than in chunks of 64 (`benchmarks/chunk-ab-native.log`). Chunks of 8 fit
-/// a core's own L2 cache, which matters most when every core trains: two threads at batch 512
-/// went from 15 771 to 20 677 samples/s (1.53× → 1.84× of one thread), one thread at batch 64
-/// +17 %, wasm in node at batch 64 +21 %, at 512 the same (`benchmarks/chunk8-ab-*.log`).
+/// slower per example than in chunks of 64 (`benchmarks/chunk-ab-native.log`). Chunks of 8 are
+/// faster still, most when every core trains (their buffers likely stay in a core's own L2
+/// cache; not measured directly): two threads at batch 512 went from 15 771 to 20 677
+/// samples/s (1.53× → 1.84× of one thread), one thread at batch 64 +17 %, wasm in node at
+/// batch 64 +21 %, at 512 the same (`benchmarks/chunk8-ab-*.log`).
 const CHUNK: usize = 8;
 
 /// Σ of the per-example gradients each scaled by Opacus's clip factor, flat in layout order;
