@@ -197,7 +197,7 @@ async fn connection(
                 }
                 Action::Train(job) => {
                     let slot = options.training_slots.clone().acquire_owned().await;
-                    let (attack, threads) = (options.attack, Threads(options.threads));
+                    let (attack, threads) = (options.attack, Threads::new(options.threads));
                     let who = session.client_id().unwrap_or(0);
                     let done = tokio::task::spawn_blocking(move || {
                         let _slot = slot;

@@ -156,7 +156,7 @@ pub struct TrainDone {
 impl TrainJob {
     /// Trains on this thread (blocking, CPU-bound); `progress` sees every step.
     pub fn run(self, progress: &mut dyn FnMut(learning::client::FitProgress)) -> TrainDone {
-        self.run_with(&mut learning::parallel::Threads(1), progress)
+        self.run_with(&mut learning::parallel::Threads::new(1), progress)
     }
 
     /// Trains with each step's gradient computed by `workers` (the noise, the ledger and the

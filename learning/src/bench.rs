@@ -40,7 +40,7 @@ pub fn train_step_throughput(
     let images: Vec<f32> = (0..batch * IMAGE_PIXELS).map(|_| rng.normal()).collect();
     let labels: Vec<u8> = (0..batch).map(|i| (i % 10) as u8).collect();
     let mut opt = OptimizerState::new(Optimizer::Sgd { momentum: 0.0 }, params.len());
-    let mut workers = Threads(threads);
+    let mut workers = Threads::new(threads);
     let input = StepInput {
         images: images.clone(),
         labels,

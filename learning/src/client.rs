@@ -187,7 +187,7 @@ pub fn fit(
         config,
         shard,
         privacy,
-        &mut Threads(1),
+        &mut Threads::new(1),
         progress,
     )
 }

@@ -36,9 +36,38 @@ pub fn slice_gradient(
     batch_gradient(model, params, images, labels, clip)
 }
 
-/// A step on `n` threads (this one and n − 1 scoped ones). One thread computes in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Threads(pub usize);
+/// A step on `n` threads: the calling one and n − 1 helper threads, started at the first step
+/// that needs them and kept until this value is dropped. Threads started afresh at every step
+/// cost a spawn and a join per step, and each new thread's allocator heap faults its pages in
+/// again (the kernel zeroing them showed as ≈ 5 % of a native step's profile); kept, their
+/// heaps stay warm. One thread computes in place and starts nothing.
+pub struct Threads {
+    count: usize,
+    #[cfg(not(target_arch = "wasm32"))]
+    helpers: Vec<helpers::Helper>,
+}
+
+impl Threads {
+    /// `count` threads in all (0 counts as 1). None is started before a step needs it.
+    pub fn new(count: usize) -> Self {
+        Self {
+            count: count.max(1),
+            #[cfg(not(target_arch = "wasm32"))]
+            helpers: Vec::new(),
+        }
+    }
+
+    /// Threads sharing a step (the calling one included).
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
+impl std::fmt::Debug for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Threads({})", self.count)
+    }
+}
 
 impl StepGradient for Threads {
     fn gradient(
@@ -47,60 +76,193 @@ impl StepGradient for Threads {
         params: &[f32],
         input: &StepInput,
     ) -> Result<BatchGradient, LearningError> {
-        let parts = slices(input.len(), self.0);
+        let parts = slices(input.len(), self.count);
         if parts.len() <= 1 {
             return slice_gradient(model, params, &input.images, &input.labels, input.clip);
         }
-        spread(model, params, input, &parts)
+        self.spread(model, params, input, &parts)
     }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn spread(
-    model: &TinyCnnConfig,
-    params: &[f32],
-    input: &StepInput,
-    parts: &[std::ops::Range<usize>],
-) -> Result<BatchGradient, LearningError> {
-    let of = parts.len();
-    std::thread::scope(|s| {
-        let run = |r: &std::ops::Range<usize>| {
-            let (images, labels) = input.slice(r.clone());
-            slice_gradient(model, params, images, labels, input.clip)
-        };
-        let others: Vec<_> = parts[1..].iter().map(|r| s.spawn(move || run(r))).collect();
-        // This thread's own slice fails like the others': an error, not a panic in the caller.
-        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&parts[0])));
-        // Every thread is joined before any error is returned: a scope left with a panicked
-        // thread unjoined would panic itself.
-        let joined: Vec<_> = std::iter::once(first)
-            .chain(others.into_iter().map(|h| h.join()))
-            .collect();
-        let mut total = BatchGradient::empty(params.len());
-        for (i, result) in joined.into_iter().enumerate() {
-            let part = result.map_err(|panic| {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("it panicked");
-                LearningError::Worker(format!("training thread {} of {of} failed: {why}", i + 1))
-            })??;
-            total.add(&part)?;
+/// What a failed thread's panic said, for the user.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("it panicked")
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// A slice's result on its thread: a panic (a bug, or a broken input) caught as its payload.
+type SliceResult = std::thread::Result<Result<BatchGradient, LearningError>>;
+
+#[cfg(not(target_arch = "wasm32"))]
+/// Adds the slices' results in order, each failure named by its thread (1 is the caller).
+fn total(dim: usize, results: Vec<SliceResult>) -> Result<BatchGradient, LearningError> {
+    let of = results.len();
+    let mut total = BatchGradient::empty(dim);
+    for (i, result) in results.into_iter().enumerate() {
+        let part = result.map_err(|panic| {
+            LearningError::Worker(format!(
+                "training thread {} of {of} failed: {}",
+                i + 1,
+                panic_text(panic.as_ref())
+            ))
+        })??;
+        total.add(&part)?;
+    }
+    Ok(total)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Threads {
+    fn spread(
+        &mut self,
+        model: &TinyCnnConfig,
+        params: &[f32],
+        input: &StepInput,
+        parts: &[std::ops::Range<usize>],
+    ) -> Result<BatchGradient, LearningError> {
+        while self.helpers.len() < parts.len() - 1 {
+            let index = self.helpers.len() + 2;
+            self.helpers.push(helpers::Helper::start(index)?);
         }
-        Ok(total)
-    })
+        let shared: std::sync::Arc<[f32]> = params.into();
+        let sent: Vec<bool> = self
+            .helpers
+            .iter()
+            .zip(&parts[1..])
+            .map(|(helper, r)| {
+                let (images, labels) = input.slice(r.clone());
+                helper.send(helpers::Job {
+                    model: model.clone(),
+                    params: shared.clone(),
+                    images: images.to_vec(),
+                    labels: labels.to_vec(),
+                    clip: input.clip,
+                })
+            })
+            .collect();
+        // This thread's own slice fails like the others': an error, not a panic in the caller.
+        let (images, labels) = input.slice(parts[0].clone());
+        let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            slice_gradient(model, params, images, labels, input.clip)
+        }));
+        // Every helper that was sent a slice answers before any error is returned: no answer
+        // is left in a channel for the next step to take as its own.
+        let mut results = vec![own];
+        let mut lost = false;
+        for (helper, sent) in self.helpers.iter().zip(sent) {
+            let answer = sent.then(|| helper.answer()).flatten();
+            lost |= answer.is_none();
+            results.push(answer.unwrap_or_else(|| Err(Box::new("it stopped") as Box<_>)));
+        }
+        if lost {
+            // A thread that is gone is started again at the next step.
+            self.helpers.clear();
+        }
+        total(params.len(), results)
+    }
+}
+
+/// The kept helper threads: each waits for a job, computes its slice and answers, until its
+/// [`Helper`] is dropped.
+#[cfg(not(target_arch = "wasm32"))]
+mod helpers {
+    use std::sync::Arc;
+    use std::sync::mpsc::{Receiver, Sender, channel};
+    use std::thread::JoinHandle;
+
+    use super::{SliceResult, slice_gradient};
+    use crate::LearningError;
+    use crate::model::TinyCnnConfig;
+
+    /// A slice, owned: the helper outlives the step that borrowed the inputs.
+    pub(super) struct Job {
+        pub model: TinyCnnConfig,
+        pub params: Arc<[f32]>,
+        pub images: Vec<f32>,
+        pub labels: Vec<u8>,
+        pub clip: Option<f32>,
+    }
+
+    pub(super) struct Helper {
+        jobs: Option<Sender<Job>>,
+        answers: Receiver<SliceResult>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Helper {
+        /// Starts training thread number `index` (the caller is number 1).
+        pub fn start(index: usize) -> Result<Self, LearningError> {
+            let (jobs, inbox) = channel::<Job>();
+            let (outbox, answers) = channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("training {index}"))
+                .spawn(move || {
+                    for job in inbox {
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            let Job {
+                                model,
+                                params,
+                                images,
+                                labels,
+                                clip,
+                            } = job;
+                            slice_gradient(&model, &params, &images, &labels, clip)
+                        }));
+                        if outbox.send(result).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| {
+                    LearningError::Worker(format!("training thread {index} did not start: {e}"))
+                })?;
+            Ok(Self {
+                jobs: Some(jobs),
+                answers,
+                thread: Some(thread),
+            })
+        }
+
+        /// Hands the thread a slice; false if the thread is gone.
+        pub fn send(&self, job: Job) -> bool {
+            self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
+        }
+
+        /// The slice's result; `None` if the thread is gone.
+        pub fn answer(&self) -> Option<SliceResult> {
+            self.answers.recv().ok()
+        }
+    }
+
+    impl Drop for Helper {
+        fn drop(&mut self) {
+            // Closing the job channel ends the thread's loop; it is joined so that no thread
+            // outlives the pool that owns it.
+            self.jobs = None;
+            if let Some(thread) = self.thread.take() {
+                let _ended = thread.join();
+            }
+        }
+    }
 }
 
 /// wasm32 has no threads here (the browser's pool of workers is in `client-wasm`): one slice.
 #[cfg(target_arch = "wasm32")]
-fn spread(
-    model: &TinyCnnConfig,
-    params: &[f32],
-    input: &StepInput,
-    _parts: &[std::ops::Range<usize>],
-) -> Result<BatchGradient, LearningError> {
-    slice_gradient(model, params, &input.images, &input.labels, input.clip)
+impl Threads {
+    fn spread(
+        &mut self,
+        model: &TinyCnnConfig,
+        params: &[f32],
+        input: &StepInput,
+        _parts: &[std::ops::Range<usize>],
+    ) -> Result<BatchGradient, LearningError> {
+        slice_gradient(model, params, &input.images, &input.labels, input.clip)
+    }
 }
 
 #[cfg(test)]
@@ -146,12 +308,12 @@ mod tests {
     fn every_thread_count_gives_the_same_clipped_sum() {
         let (model, params) = (MNIST.model(), init());
         let one_input = input(&records(7, 1), Some(0.05));
-        let one = Threads(1)
+        let one = Threads::new(1)
             .gradient(&model, &params, &one_input)
             .expect("1 thread");
         assert_eq!(one.clipped, 7, "C is small enough to clip every example");
         for n in 2..=8 {
-            let got = Threads(n)
+            let got = Threads::new(n)
                 .gradient(&model, &params, &one_input)
                 .expect("n threads");
             assert_eq!(
@@ -201,7 +363,7 @@ mod tests {
                 &config,
                 &data,
                 &mut privacy,
-                &mut Threads(threads),
+                &mut Threads::new(threads),
                 &mut |_| {},
             )
             .expect("fit");
@@ -226,7 +388,7 @@ mod tests {
         for (example, thread) in [(5, 3), (0, 1)] {
             let mut bad = input(&records(6, 3), Some(1.0));
             bad.labels[example] = 200;
-            let err = Threads(3)
+            let err = Threads::new(3)
                 .gradient(&model, &params, &bad)
                 .expect_err("a thread cannot compute its slice");
             let text = err.to_string();
@@ -235,6 +397,45 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// The kept threads outlive a failed step: the next step on the same pool is computed in
+    /// full, and no answer of the failed step (a helper's slice that did succeed) is taken as
+    /// one of the next step's — the next sum is exactly a fresh pool's.
+    #[test]
+    fn a_failed_step_leaves_the_kept_threads_working_and_no_stale_answer() {
+        let (model, params) = (MNIST.model(), init());
+        let mut pool = Threads::new(3);
+        let mut bad = input(&records(6, 3), Some(1.0));
+        bad.labels[0] = 200; // the calling thread's slice fails; the two helpers' succeed
+        pool.gradient(&model, &params, &bad)
+            .expect_err("the first slice cannot be computed");
+        let good = input(&records(9, 4), Some(1.0));
+        for step in 0..3 {
+            let got = pool
+                .gradient(&model, &params, &good)
+                .expect("the pool still works");
+            let fresh = Threads::new(3)
+                .gradient(&model, &params, &good)
+                .expect("fresh");
+            assert_eq!(got.batch_size, 9, "step {step}");
+            assert_eq!(
+                got.sum, fresh.sum,
+                "step {step}: the same slices, the same sum"
+            );
+        }
+        // A helper's slice failing (the last example is the third thread's) is survived too.
+        let mut bad = good.clone();
+        bad.labels[8] = 200;
+        let err = pool
+            .gradient(&model, &params, &bad)
+            .expect_err("thread 3's slice");
+        assert!(
+            err.to_string().contains("training thread 3 of 3 failed"),
+            "{err}"
+        );
+        let again = pool.gradient(&model, &params, &good).expect("and after it");
+        assert_eq!(again.batch_size, 9);
     }
 
     /// A step whose gradient could not be computed ends the round with that error, and only
@@ -272,7 +473,7 @@ mod tests {
             &config,
             &data,
             &mut privacy,
-            &mut FailsAt(3, Threads(2)),
+            &mut FailsAt(3, Threads::new(2)),
             &mut |_| seen += 1,
         )
         .expect_err("the third step's worker fails");

@@ -148,7 +148,7 @@ fn main() -> anyhow::Result<()> {
             &config,
             &data.train,
             &mut privacy,
-            &mut Threads(args.threads),
+            &mut Threads::new(args.threads),
             &mut |p| {
                 if p.step % 20 == 0 || p.step + 1 == p.steps_per_epoch {
                     let done = (p.step + 1) as f64 / p.steps_per_epoch as f64;
