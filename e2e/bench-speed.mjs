@@ -11,7 +11,8 @@
 //      between frames while it trains (a requestAnimationFrame loop; the tab polled every 100 ms).
 //
 //   SERVER_BIN=target/release/server node e2e/bench-speed.mjs     (DIST: the trunk build)
-// ROUNDS_ONLY=1 runs part 2 alone (for A/B runs of two builds, RUNS=1 each, interleaved).
+// ROUNDS_ONLY=1 runs part 2 alone (for A/B runs of two builds, RUNS=1 each, interleaved);
+// BATCHES=64 (default 64,512) limits it to those batch sizes.
 // Prints `key value` lines (read by bench-speed.sh) after a human-readable log.
 import { frameStats, launchChromium, recordFrames, startServer, stepRatesInWorker, trainingWindows, waitFor } from './harness.mjs';
 
@@ -39,7 +40,7 @@ try {
   // --- 2. Real rounds on 1 and on N workers, unwatched, interleaved.
   const counts = [...new Set([1, cores])];
   const runs = Number(process.env.RUNS ?? 3);
-  for (const batch of [64, 512]) {
+  for (const batch of (process.env.BATCHES ?? '64,512').split(',').map(Number)) {
     const by = new Map(counts.map((w) => [w, { speeds: [], seconds: [] }]));
     for (let run = 0; run < runs; run++) {
       for (const workers of counts) {
@@ -90,6 +91,7 @@ async function rounds(batch, workers, watch) {
   if (created.status !== 201) throw new Error(`run not created: ${JSON.stringify(created)}`);
   const context = await browser.newContext();
   const page = await context.newPage();
+  page.on('console', (m) => { if (m.text().startsWith('PROFILE')) console.log(`b${batch} ${m.text()}`); });
   await page.goto(`${server.base}/`);
   await page.fill('#workers', String(workers));
   await page.click('#join');

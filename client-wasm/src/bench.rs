@@ -49,7 +49,7 @@ pub fn secagg_member_ms(members: u32, neighbours: u32) -> Result<f64, JsError> {
 }
 
 #[cfg(target_arch = "wasm32")]
-fn now_ms() -> f64 {
+pub(crate) fn now_ms() -> f64 {
     // `performance` exists in browsers, workers and node ≥ 16.
     let perf = js_sys::Reflect::get(&js_sys::global(), &"performance".into()).ok();
     let now = perf
@@ -69,7 +69,7 @@ fn now_ms() -> f64 {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn now_ms() -> f64 {
+pub(crate) fn now_ms() -> f64 {
     use std::sync::OnceLock;
     static START: OnceLock<std::time::Instant> = OnceLock::new();
     START
