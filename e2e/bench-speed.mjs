@@ -91,7 +91,6 @@ async function rounds(batch, workers, watch) {
   if (created.status !== 201) throw new Error(`run not created: ${JSON.stringify(created)}`);
   const context = await browser.newContext();
   const page = await context.newPage();
-  page.on('console', (m) => { if (m.text().startsWith('PROFILE')) console.log(`b${batch} ${m.text()}`); });
   await page.goto(`${server.base}/`);
   await page.fill('#workers', String(workers));
   await page.click('#join');

@@ -1,10 +1,9 @@
 //! Training on every core of the device: the tab's training worker starts helper workers (the
 //! same script, [`crate::browser`]) and each step's Poisson batch is cut into slices, one per
-//! worker ([`learning::steps::slices`]). A helper gets the model's parameters and its slice's
-//! examples and returns the slice's clipped gradient sum ([`protocol::worker::SliceReply`]);
-//! the slices are sized so that the helpers' answers arrive as the training worker finishes
-//! its own ([`Balance`]);
-//! the training worker computes the first slice itself, adds the slices' sums, and only then
+//! worker, sized so that the helpers' answers arrive as the training worker finishes its own
+//! ([`Balance`]). A helper gets the model's parameters and its slice's examples and returns
+//! the slice's clipped gradient sum ([`protocol::worker::SliceReply`]); the training worker
+//! computes the first slice itself, adds the slices' sums, and only then
 //! adds the step's noise, records it in the ledger and steps the optimizer
 //! ([`learning::steps::LocalSteps`]). Helpers hold no randomness, ledger or optimizer state:
 //! the mechanism is the one-worker mechanism (the native tests of `learning::parallel` hold
@@ -128,8 +127,9 @@ impl Balance {
         }
     }
 
-    /// The training worker waited `waited_ms` for helper `worker`'s answer after finishing
-    /// its own slice (≈ 0 when the answer was already there).
+    /// The training worker waited `waited_ms` for helper `worker`'s answer, from when it was
+    /// ready for it (its own slice done, and the answers it read before this one), ≈ 0 when
+    /// the answer was already there.
     pub fn record(&mut self, worker: usize, waited_ms: f64) {
         if worker == 0 || waited_ms.is_nan() {
             return;
@@ -144,19 +144,19 @@ impl Balance {
         }
     }
 
-    /// `n` examples as one contiguous range per worker, the training worker's first; a range
-    /// may be empty. With equal shares these are [`learning::steps::slices`]'s (the smaller
-    /// slices first).
+    /// `n` examples as one contiguous range per worker, the training worker's first; a
+    /// helper's range may be empty, the training worker's only when `n` is 0 (a helper's
+    /// slice of a tiny batch would cost a message each way to save nothing). With equal
+    /// shares these are [`learning::steps::slices`]'s (the smaller slices first).
     pub fn slices(&self, n: usize) -> Vec<std::ops::Range<usize>> {
-        let mut start = 0;
-        largest_remainder(n, &self.weights)
-            .into_iter()
-            .map(|len| {
-                let r = start..start + len;
-                start += len;
-                r
-            })
-            .collect()
+        let mut lens = largest_remainder(n, &self.weights);
+        if n > 0 && lens[0] == 0 {
+            // From the largest part (the last of equals): the others keep their order.
+            let largest = (0..lens.len()).rev().max_by_key(|&i| lens[i]).unwrap_or(0);
+            lens[largest] -= 1;
+            lens[0] = 1;
+        }
+        learning::steps::contiguous(lens)
     }
 }
 
@@ -460,12 +460,16 @@ mod web {
             let (images, labels) = input.slice(parts[0].clone());
             let mut total = slice_gradient(&model, params, images, labels, input.clip)
                 .map_err(StepError::Local)?;
-            let own_done = now_ms();
+            let mut ready = now_ms();
             let mut deadline = Deadline::new(STEP_MS).fuse();
             for (i, slice) in asked {
                 let part = self.answer(i, slice, &mut deadline).await;
                 let part = part.map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
-                self.balance.record(i + 1, now_ms() - own_done);
+                // Each helper is timed from when its answer could have been read: a slow one
+                // before it does not make it look late.
+                let now = now_ms();
+                self.balance.record(i + 1, now - ready);
+                ready = now;
                 total.add(&part).map_err(StepError::Local)?;
             }
             Ok(total)
@@ -816,18 +820,36 @@ mod tests {
         }
     }
 
-    /// Before anything is learnt the slices are `learning::steps::slices`'s.
+    /// Before anything is learnt the slices are `learning::steps::slices`'s (with an empty
+    /// range for each helper a batch smaller than the workers leaves out).
     #[test]
     fn the_first_step_s_slices_are_equal() {
         for workers in 1..5 {
             for n in 0..70 {
-                let mut got = lens(&Balance::new(workers).slices(n));
-                got.retain(|&l| l > 0);
+                let mut got = Balance::new(workers).slices(n);
+                got.retain(|r| !r.is_empty());
                 assert_eq!(
                     got,
-                    lens(&learning::steps::slices(n, workers)),
+                    learning::steps::slices(n, workers),
                     "{n} over {workers}"
                 );
+            }
+        }
+    }
+
+    /// The training worker always has a slice of a batch that is not empty, however small the
+    /// batch and however fast the helpers.
+    #[test]
+    fn the_training_worker_always_has_a_slice() {
+        let mut fast_helpers = Balance::new(3);
+        for _ in 0..100 {
+            fast_helpers.record(1, 0.0);
+            fast_helpers.record(2, 0.0);
+        }
+        for b in [Balance::new(2), Balance::new(4), fast_helpers] {
+            assert!(b.slices(0).iter().all(|r| r.is_empty()));
+            for n in 1..12 {
+                assert!(!b.slices(n)[0].is_empty(), "{n}: {:?}", b.slices(n));
             }
         }
     }

@@ -424,18 +424,38 @@ mod tests {
                 "step {step}: the same slices, the same sum"
             );
         }
-        // A helper's slice failing (the last example is the third thread's) is survived too.
-        let mut bad = good.clone();
-        bad.labels[8] = 200;
+        // A helper's slice failing (example 4 is the second thread's) is survived too, and
+        // the third thread's answer to that step is not taken for the next one's.
+        let mut bad = input(&records(9, 5), Some(1.0));
+        bad.labels[4] = 200;
         let err = pool
             .gradient(&model, &params, &bad)
-            .expect_err("thread 3's slice");
+            .expect_err("thread 2's slice");
         assert!(
-            err.to_string().contains("training thread 3 of 3 failed"),
+            err.to_string().contains("training thread 2 of 3 failed"),
             "{err}"
         );
         let again = pool.gradient(&model, &params, &good).expect("and after it");
-        assert_eq!(again.batch_size, 9);
+        let fresh = Threads::new(3)
+            .gradient(&model, &params, &good)
+            .expect("fresh");
+        assert_eq!(again.sum, fresh.sum);
+    }
+
+    /// A pool whose steps need fewer threads than it has (a small Poisson batch), then all of
+    /// them again, gives each step a fresh pool's sum.
+    #[test]
+    fn a_step_that_needs_fewer_threads_leaves_the_others_ready() {
+        let (model, params) = (MNIST.model(), init());
+        let mut pool = Threads::new(4);
+        for n in [9, 2, 1, 9, 3, 9] {
+            let step = input(&records(n, n as u64), Some(1.0));
+            let got = pool.gradient(&model, &params, &step).expect("pool");
+            let fresh = Threads::new(4)
+                .gradient(&model, &params, &step)
+                .expect("fresh");
+            assert_eq!((got.batch_size, &got.sum), (n, &fresh.sum), "{n} examples");
+        }
     }
 
     /// A step whose gradient could not be computed ends the round with that error, and only

@@ -74,15 +74,21 @@ impl StepInput {
 pub fn slices(n: usize, workers: usize) -> Vec<std::ops::Range<usize>> {
     let parts = workers.clamp(1, n.max(1));
     let (base, extra) = (n / parts, n % parts);
+    let lens = (0..parts).map(|i| base + usize::from(i >= parts - extra));
+    let mut ranges = contiguous(lens);
+    ranges.retain(|r| !r.is_empty());
+    ranges
+}
+
+/// Consecutive ranges of the given lengths, from 0.
+pub fn contiguous(lens: impl IntoIterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
     let mut start = 0;
-    (0..parts)
-        .map(|i| {
-            let len = base + usize::from(i >= parts - extra);
+    lens.into_iter()
+        .map(|len| {
             let r = start..start + len;
             start += len;
             r
         })
-        .filter(|r| !r.is_empty())
         .collect()
 }
 

@@ -137,6 +137,8 @@ fn main() -> anyhow::Result<()> {
     let mut privacy = ClientPrivacy::new(None, args.delta)?;
     let start = Instant::now();
     let mut last = None;
+    // Kept across epochs: its threads start once.
+    let mut threads = Threads::new(args.threads);
     for epoch in 1..=args.epochs {
         if args.cosine {
             let progress = (epoch - 1) as f32 / args.epochs as f32;
@@ -148,7 +150,7 @@ fn main() -> anyhow::Result<()> {
             &config,
             &data.train,
             &mut privacy,
-            &mut Threads::new(args.threads),
+            &mut threads,
             &mut |p| {
                 if p.step % 20 == 0 || p.step + 1 == p.steps_per_epoch {
                     let done = (p.step + 1) as f64 / p.steps_per_epoch as f64;
