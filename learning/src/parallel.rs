@@ -9,7 +9,7 @@
 use crate::LearningError;
 use crate::dpsgd::{BatchGradient, batch_gradient};
 use crate::model::TinyCnnConfig;
-use crate::steps::{StepInput, slices};
+use crate::steps::StepInput;
 
 /// Computes a step's (clipped) gradient sum. Implementations differ only in where the work
 /// runs: none gets the noise source or the ledger.
@@ -76,11 +76,16 @@ impl StepGradient for Threads {
         params: &[f32],
         input: &StepInput,
     ) -> Result<BatchGradient, LearningError> {
-        let parts = slices(input.len(), self.count);
-        if parts.len() <= 1 {
-            return slice_gradient(model, params, &input.images, &input.labels, input.clip);
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let parts = crate::steps::slices(input.len(), self.count);
+            if parts.len() > 1 {
+                return self.spread(model, params, input, &parts);
+            }
         }
-        self.spread(model, params, input, &parts)
+        // One slice; always on wasm32, which has no threads here (the browser's pool of
+        // workers is in `client-wasm`).
+        slice_gradient(model, params, &input.images, &input.labels, input.clip)
     }
 }
 
@@ -248,20 +253,6 @@ mod helpers {
                 let _ended = thread.join();
             }
         }
-    }
-}
-
-/// wasm32 has no threads here (the browser's pool of workers is in `client-wasm`): one slice.
-#[cfg(target_arch = "wasm32")]
-impl Threads {
-    fn spread(
-        &mut self,
-        model: &TinyCnnConfig,
-        params: &[f32],
-        input: &StepInput,
-        _parts: &[std::ops::Range<usize>],
-    ) -> Result<BatchGradient, LearningError> {
-        slice_gradient(model, params, &input.images, &input.labels, input.clip)
     }
 }
 
