@@ -100,9 +100,10 @@ pub fn slice_gradient_from(
 /// How a step's examples are shared among its workers, learnt from the steps before: a
 /// helper whose answer kept the training worker waiting after its own slice gets a little less
 /// at the next step, one whose answer was already there a little more. Equal slices kept the
-/// training worker waiting ≈ 1.2 ms of an 8 ms step (batch 64, 2 workers in Chromium): a
-/// helper's slice costs a message each way and the copies of its inputs, which equal compute
-/// does not cover — and on a device with unequal cores every step would wait for the slowest.
+/// training worker waiting 1.0–1.4 ms of a 6–8 ms step (batch 64, 2 workers in Chromium,
+/// `benchmarks/pool-profile-2w.log`): a helper starts after its message arrives and its answer
+/// takes ≈ 0.3 ms to come back, which equal halves do not cover — and on a device with unequal
+/// cores every step would wait for the slowest.
 /// Which worker computes which example changes nothing in the sum.
 #[derive(Debug, Clone)]
 pub struct Balance {
