@@ -181,6 +181,44 @@ fn largest_remainder(n: usize, weights: &[f64]) -> Vec<usize> {
     lens
 }
 
+/// A new pool's first steps whose helper answers are checked against the training worker's own
+/// computation of the same slices: the first step's slices travel in new arrays, the second's in
+/// the arrays the helpers sent back (the pool's `Buffers`). A helper whose sums are wrong but
+/// within the clipping bound would otherwise go unnoticed: the round would train on them.
+pub const AUDITED_STEPS: u32 = 2;
+
+/// A helper's answer against the same slice computed by the training worker: the same wasm code
+/// on the same inputs gives the same bits, so any difference is an error.
+pub fn check_same(answer: &BatchGradient, own: &BatchGradient) -> Result<(), String> {
+    let counts = |g: &BatchGradient| (g.batch_size, g.correct, g.clipped);
+    if counts(answer) != counts(own) || answer.loss_sum.to_bits() != own.loss_sum.to_bits() {
+        return Err(format!(
+            "its answer (examples, right, clipped: {:?}; loss {}) differs from the same slice computed here ({:?}; loss {})",
+            counts(answer),
+            answer.loss_sum,
+            counts(own),
+            own.loss_sum
+        ));
+    }
+    if answer.sum.len() != own.sum.len() {
+        return Err(format!(
+            "its gradient sum has {} values: expected {}",
+            answer.sum.len(),
+            own.sum.len()
+        ));
+    }
+    match (answer.sum.iter().zip(&own.sum)).position(|(a, b)| a.to_bits() != b.to_bits()) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "its gradient sum differs from the same slice computed here: value {} of {} is {} (expected {})",
+            i + 1,
+            own.sum.len(),
+            answer.sum[i],
+            own.sum[i]
+        )),
+    }
+}
+
 /// What the user is told when a helper is lost (`index` 0 is the training worker itself).
 pub fn helper_lost(index: usize, of: usize, why: &str) -> String {
     format!(
@@ -233,7 +271,10 @@ mod web {
     use wasm_bindgen::prelude::*;
     use web_sys::{ErrorEvent, MessageEvent, Worker};
 
-    use super::{Asked, Balance, MAX_POOL_FAILURES, helper_lost, slice_gradient_from};
+    use super::{
+        AUDITED_STEPS, Asked, Balance, MAX_POOL_FAILURES, check_same, helper_lost,
+        slice_gradient_from,
+    };
     use crate::bench::now_ms;
     use crate::session::{TrainDone, TrainJob};
 
@@ -300,6 +341,48 @@ mod web {
         events: mpsc::UnboundedReceiver<Event>,
         _on_message: Closure<dyn FnMut(MessageEvent)>,
         _on_error: Closure<dyn FnMut(ErrorEvent)>,
+        /// The arrays the last slice travelled in, back with the helper's answer.
+        spare: Option<Buffers>,
+    }
+
+    /// The typed arrays a slice's parameters and images travel in. The helper sends them back
+    /// with its answer (its gradient sum written over the parameters) and the next step fills
+    /// them again: new arrays at every step cost allocations and the garbage collections they
+    /// bring, which made posting a slice take 0.2–1.7 ms at batch 64 instead of ≈ 0.5
+    /// (`benchmarks/pool-profile-post.log`).
+    struct Buffers {
+        params: js_sys::Float32Array,
+        images: js_sys::Float32Array,
+    }
+
+    impl Buffers {
+        /// Arrays holding exactly `params` and `images`, in this spare's memory when it is
+        /// large enough (a Poisson batch's size varies: images get a quarter more room).
+        fn fill(spare: Option<Buffers>, params: &[f32], images: &[f32]) -> Buffers {
+            let (old_params, old_images) = match spare {
+                Some(b) => (Some(b.params), Some(b.images)),
+                None => (None, None),
+            };
+            let params_array = old_params
+                .filter(|a| a.length() as usize == params.len())
+                .unwrap_or_else(|| js_sys::Float32Array::new_with_length(params.len() as u32));
+            params_array.copy_from(params);
+            let bytes = images.len() * 4;
+            let memory = old_images
+                .map(|a| a.buffer())
+                .filter(|b| b.byte_length() as usize >= bytes)
+                .unwrap_or_else(|| js_sys::ArrayBuffer::new((bytes + bytes / 4) as u32));
+            let images_array = js_sys::Float32Array::new_with_byte_offset_and_length(
+                &memory,
+                0,
+                images.len() as u32,
+            );
+            images_array.copy_from(images);
+            Buffers {
+                params: params_array,
+                images: images_array,
+            }
+        }
     }
 
     impl Helper {
@@ -327,6 +410,7 @@ mod web {
                 events,
                 _on_message: on_message,
                 _on_error: on_error,
+                spare: None,
             })
         }
 
@@ -345,14 +429,13 @@ mod web {
         }
 
         fn send(
-            &self,
+            &mut self,
             header: &SliceRequest,
             params: &[f32],
             images: &[f32],
             labels: &[u8],
         ) -> Result<(), String> {
-            let params = js_sys::Float32Array::from(params);
-            let images = js_sys::Float32Array::from(images);
+            let Buffers { params, images } = Buffers::fill(self.spare.take(), params, images);
             let labels = js_sys::Uint8Array::from(labels);
             let msg = js_sys::Object::new();
             let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&msg, &k.into(), v).is_ok();
@@ -386,6 +469,8 @@ mod web {
         seq: u64,
         /// How the next step is shared.
         balance: Balance,
+        /// Steps whose answers are still to be checked ([`AUDITED_STEPS`]).
+        audits_left: u32,
     }
 
     impl HelperPool {
@@ -415,6 +500,7 @@ mod web {
                 helpers,
                 seq: 0,
                 balance: Balance::new(count + 1),
+                audits_left: AUDITED_STEPS,
             })
         }
 
@@ -436,7 +522,7 @@ mod web {
             let parts = self.balance.slices(input.len());
             let of = parts.len();
             let mut asked = Vec::with_capacity(of - 1);
-            for (i, (helper, range)) in self.helpers.iter().zip(&parts[1..]).enumerate() {
+            for (i, (helper, range)) in self.helpers.iter_mut().zip(&parts[1..]).enumerate() {
                 if range.is_empty() {
                     continue;
                 }
@@ -456,23 +542,29 @@ mod web {
                     dim: params.len(),
                     clip: input.clip,
                 };
-                asked.push((i, slice));
+                asked.push((i, slice, range.clone()));
             }
             let (images, labels) = input.slice(parts[0].clone());
             let mut total = slice_gradient(&model, params, images, labels, input.clip)
                 .map_err(StepError::Local)?;
             let mut ready = now_ms();
             let mut deadline = Deadline::new(STEP_MS).fuse();
-            for (i, slice) in asked {
-                let part = self.answer(i, slice, &mut deadline).await;
-                let part = part.map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
+            for (i, slice, range) in asked {
+                let lost = |why: String| StepError::Helper(helper_lost(i + 1, of, &why));
+                let part = self.answer(i, slice, &mut deadline).await.map_err(lost)?;
                 // Each helper is timed from when its answer could have been read: a slow one
                 // before it does not make it look late.
-                let now = now_ms();
-                self.balance.record(i + 1, now - ready);
-                ready = now;
+                self.balance.record(i + 1, now_ms() - ready);
+                if self.audits_left > 0 {
+                    let (images, labels) = input.slice(range);
+                    let own = slice_gradient(&model, params, images, labels, input.clip)
+                        .map_err(StepError::Local)?;
+                    check_same(&part, &own).map_err(lost)?;
+                }
+                ready = now_ms();
                 total.add(&part).map_err(StepError::Local)?;
             }
+            self.audits_left = self.audits_left.saturating_sub(1);
             Ok(total)
         }
 
@@ -483,8 +575,13 @@ mod web {
             slice: Asked,
             deadline: &mut futures::future::Fuse<Deadline>,
         ) -> Result<BatchGradient, String> {
-            match self.helpers[i].next(deadline, STEP_MS).await {
-                Ok(Event::Message(data)) => read_reply(&data, slice),
+            let helper = &mut self.helpers[i];
+            match helper.next(deadline, STEP_MS).await {
+                Ok(Event::Message(data)) => {
+                    let part = read_reply(&data, slice)?;
+                    helper.spare = returned_buffers(&data);
+                    Ok(part)
+                }
                 Ok(Event::Ready) => Err("it restarted".to_string()),
                 Ok(Event::Error(e)) | Err(e) => Err(e),
             }
@@ -555,6 +652,20 @@ mod web {
         }
     }
 
+    /// The arrays a helper sent back with its answer (its sum in the parameters' array).
+    fn returned_buffers(data: &JsValue) -> Option<Buffers> {
+        let array = |k: &str| {
+            js_sys::Reflect::get(data, &k.into())
+                .ok()?
+                .dyn_into::<js_sys::Float32Array>()
+                .ok()
+        };
+        Some(Buffers {
+            params: array("sum")?,
+            images: array("images")?,
+        })
+    }
+
     /// A helper's message as its slice's gradient.
     fn read_reply(data: &JsValue, asked: Asked) -> Result<BatchGradient, String> {
         let field = |k: &str| js_sys::Reflect::get(data, &k.into()).ok();
@@ -571,6 +682,12 @@ mod web {
     /// A helper's side: computes the slice in `data` (a [`SliceRequest`] with its arrays) and
     /// answers its parent. Nothing here is random or remembered between slices.
     pub fn serve_slice(data: &JsValue, header: &str) {
+        let array = |k: &str| {
+            js_sys::Reflect::get(data, &k.into())
+                .ok()
+                .and_then(|v| v.dyn_into::<js_sys::Float32Array>().ok())
+        };
+        let (params, images) = (array("params"), array("images"));
         let (reply, sum) = match SliceRequest::decode(header) {
             Err(e) => (
                 SliceReply::Failed {
@@ -579,7 +696,7 @@ mod web {
                 },
                 None,
             ),
-            Ok(req) => match compute_slice(data, &req) {
+            Ok(req) => match compute_slice(params.as_ref(), images.as_ref(), data, &req) {
                 Ok(g) => (
                     SliceReply::Done {
                         seq: req.seq,
@@ -588,7 +705,7 @@ mod web {
                         examples: g.batch_size as u64,
                         clipped: g.clipped as u64,
                     },
-                    Some(js_sys::Float32Array::from(g.sum.as_slice())),
+                    Some(sum_array(params.as_ref(), &g.sum)),
                 ),
                 Err(reason) => (
                     SliceReply::Failed {
@@ -605,22 +722,41 @@ mod web {
         if let Some(sum) = &sum {
             let _set = js_sys::Reflect::set(&msg, &"sum".into(), sum);
             transfer.push(&sum.buffer());
+            // The images' array goes back too, for the next slice ([`Buffers`]).
+            if let Some(images) = &images {
+                let _set = js_sys::Reflect::set(&msg, &"images".into(), images);
+                transfer.push(&images.buffer());
+            }
         }
         if let Err(e) = scope().post_message_with_transfer(&msg, &transfer) {
             web_sys::console::error_2(&"helper: postMessage failed".into(), &e);
         }
     }
 
-    fn compute_slice(data: &JsValue, req: &SliceRequest) -> Result<BatchGradient, String> {
+    /// The sum in the parameters' array when it has the sum's length (it has: the model's),
+    /// else in a new one.
+    fn sum_array(params: Option<&js_sys::Float32Array>, sum: &[f32]) -> js_sys::Float32Array {
+        match params.filter(|a| a.length() as usize == sum.len()) {
+            Some(a) => {
+                a.copy_from(sum);
+                a.clone()
+            }
+            None => js_sys::Float32Array::from(sum),
+        }
+    }
+
+    fn compute_slice(
+        params: Option<&js_sys::Float32Array>,
+        images: Option<&js_sys::Float32Array>,
+        data: &JsValue,
+        req: &SliceRequest,
+    ) -> Result<BatchGradient, String> {
         let task = learning::task::find(&req.task).map_err(|e| e.to_string())?;
-        let floats = |k: &str| {
-            js_sys::Reflect::get(data, &k.into())
-                .ok()
-                .and_then(|v| v.dyn_into::<js_sys::Float32Array>().ok())
-                .map(|a| a.to_vec())
+        let floats = |a: Option<&js_sys::Float32Array>, k: &str| {
+            a.map(|a| a.to_vec())
                 .ok_or(format!("slice: expected {k} as a Float32Array"))
         };
-        let (params, images) = (floats("params")?, floats("images")?);
+        let (params, images) = (floats(params, "params")?, floats(images, "images")?);
         let labels = js_sys::Reflect::get(data, &"labels".into())
             .ok()
             .and_then(|v| v.dyn_into::<js_sys::Uint8Array>().ok())
@@ -800,6 +936,37 @@ mod tests {
             ..ASKED
         };
         assert!(slice_gradient_from(done(9, 3, 2, 0), Some(vec![2.0; 4]), plain).is_ok());
+    }
+
+    /// A helper's answer is taken at its first steps only if it is the training worker's own
+    /// computation to the bit: a sum off by one value, a loss, a count.
+    #[test]
+    fn an_audited_answer_must_match_to_the_bit() {
+        let own = BatchGradient {
+            sum: vec![0.5, -0.25, 1.0],
+            loss_sum: 2.5,
+            correct: 2,
+            batch_size: 3,
+            clipped: 1,
+        };
+        assert!(check_same(&own.clone(), &own).is_ok());
+        let mut off = own.clone();
+        off.sum[1] = -0.250_000_03;
+        let err = check_same(&off, &own).expect_err("one value off");
+        assert!(
+            err.contains("value 2 of 3 is -0.25000003 (expected -0.25)"),
+            "{err}"
+        );
+        for change in [
+            |g: &mut BatchGradient| g.loss_sum = 2.500_000_1,
+            |g: &mut BatchGradient| g.correct = 3,
+            |g: &mut BatchGradient| g.clipped = 0,
+            |g: &mut BatchGradient| g.sum.push(0.0),
+        ] {
+            let mut off = own.clone();
+            change(&mut off);
+            assert!(check_same(&off, &own).is_err(), "{off:?}");
+        }
     }
 
     fn lens(ranges: &[std::ops::Range<usize>]) -> Vec<usize> {
