@@ -1,7 +1,8 @@
 //! Training on every core of the device: the tab's training worker starts helper workers (the
 //! same script, [`crate::browser`]) and each step's Poisson batch is cut into slices, one per
 //! worker, sized so that the helpers' answers arrive as the training worker finishes its own
-//! ([`Balance`]). A helper gets the model's parameters and its slice's examples and returns
+//! ([`Balance`]); each helper's first answers are checked against the training worker's own
+//! computation ([`Audit`]). A helper gets the model's parameters and its slice's examples and returns
 //! the slice's clipped gradient sum ([`protocol::worker::SliceReply`]); the training worker
 //! computes the first slice itself, adds the slices' sums, and only then
 //! adds the step's noise, records it in the ledger and steps the optimizer
@@ -181,17 +182,42 @@ fn largest_remainder(n: usize, weights: &[f64]) -> Vec<usize> {
     lens
 }
 
-/// A new pool's first steps whose helper answers are checked against the training worker's own
-/// computation of the same slices: the first step's slices travel in new arrays, the second's in
-/// the arrays the helpers sent back (the pool's `Buffers`). A helper whose sums are wrong but
-/// within the clipping bound would otherwise go unnoticed: the round would train on them.
-pub const AUDITED_STEPS: u32 = 2;
+/// Which of a helper's answers are checked against the training worker's own computation of
+/// the same slice ([`check_same`]): the first to a slice sent in new arrays and the first to a
+/// slice sent in arrays the helper gave back (the pool reuses them, `Buffers`) — each way a
+/// slice travels, once per helper. A helper whose sums are wrong but within the clipping bound
+/// (a reused array not refilled, say) would otherwise go unnoticed: the round would train on
+/// them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Audit {
+    fresh: bool,
+    reused: bool,
+}
+
+impl Audit {
+    /// Whether the answer to a slice sent in returned arrays (`reused`) or new ones is checked.
+    pub fn wanted(&self, reused: bool) -> bool {
+        !if reused { self.reused } else { self.fresh }
+    }
+
+    /// Such an answer was checked and right.
+    pub fn passed(&mut self, reused: bool) {
+        if reused {
+            self.reused = true;
+        } else {
+            self.fresh = true;
+        }
+    }
+}
 
 /// A helper's answer against the same slice computed by the training worker: the same wasm code
-/// on the same inputs gives the same bits, so any difference is an error.
+/// on the same inputs gives the same bits, so any difference is an error. (A loss that is not
+/// finite travels as `null` and comes back as NaN: two such losses count as the same.)
 pub fn check_same(answer: &BatchGradient, own: &BatchGradient) -> Result<(), String> {
     let counts = |g: &BatchGradient| (g.batch_size, g.correct, g.clipped);
-    if counts(answer) != counts(own) || answer.loss_sum.to_bits() != own.loss_sum.to_bits() {
+    let (a, b) = (answer.loss_sum, own.loss_sum);
+    let same_loss = a.to_bits() == b.to_bits() || (!a.is_finite() && !b.is_finite());
+    if counts(answer) != counts(own) || !same_loss {
         return Err(format!(
             "its answer (examples, right, clipped: {:?}; loss {}) differs from the same slice computed here ({:?}; loss {})",
             counts(answer),
@@ -272,8 +298,7 @@ mod web {
     use web_sys::{ErrorEvent, MessageEvent, Worker};
 
     use super::{
-        AUDITED_STEPS, Asked, Balance, MAX_POOL_FAILURES, check_same, helper_lost,
-        slice_gradient_from,
+        Asked, Audit, Balance, MAX_POOL_FAILURES, check_same, helper_lost, slice_gradient_from,
     };
     use crate::bench::now_ms;
     use crate::session::{TrainDone, TrainJob};
@@ -343,6 +368,16 @@ mod web {
         _on_error: Closure<dyn FnMut(ErrorEvent)>,
         /// The arrays the last slice travelled in, back with the helper's answer.
         spare: Option<Buffers>,
+        /// How the last slice was sent: in returned arrays, and how many image values.
+        sent: Sent,
+        /// Which of its answers are still to be checked.
+        audit: Audit,
+    }
+
+    #[derive(Debug, Default, Clone, Copy)]
+    struct Sent {
+        reused: bool,
+        images: usize,
     }
 
     /// The typed arrays a slice's parameters and images travel in. The helper sends them back
@@ -357,31 +392,35 @@ mod web {
 
     impl Buffers {
         /// Arrays holding exactly `params` and `images`, in this spare's memory when it is
-        /// large enough (a Poisson batch's size varies: images get a quarter more room).
-        fn fill(spare: Option<Buffers>, params: &[f32], images: &[f32]) -> Buffers {
+        /// large enough (a Poisson batch's size varies: images get a quarter more room), and
+        /// whether both were.
+        fn fill(spare: Option<Buffers>, params: &[f32], images: &[f32]) -> (Buffers, bool) {
             let (old_params, old_images) = match spare {
                 Some(b) => (Some(b.params), Some(b.images)),
                 None => (None, None),
             };
+            let old_params = old_params.filter(|a| a.length() as usize == params.len());
+            let bytes = images.len() * 4;
+            let old_memory = old_images
+                .map(|a| a.buffer())
+                .filter(|b| b.byte_length() as usize >= bytes);
+            let reused = old_params.is_some() && old_memory.is_some();
             let params_array = old_params
-                .filter(|a| a.length() as usize == params.len())
                 .unwrap_or_else(|| js_sys::Float32Array::new_with_length(params.len() as u32));
             params_array.copy_from(params);
-            let bytes = images.len() * 4;
-            let memory = old_images
-                .map(|a| a.buffer())
-                .filter(|b| b.byte_length() as usize >= bytes)
-                .unwrap_or_else(|| js_sys::ArrayBuffer::new((bytes + bytes / 4) as u32));
+            let memory =
+                old_memory.unwrap_or_else(|| js_sys::ArrayBuffer::new((bytes + bytes / 4) as u32));
             let images_array = js_sys::Float32Array::new_with_byte_offset_and_length(
                 &memory,
                 0,
                 images.len() as u32,
             );
             images_array.copy_from(images);
-            Buffers {
+            let buffers = Buffers {
                 params: params_array,
                 images: images_array,
-            }
+            };
+            (buffers, reused)
         }
     }
 
@@ -411,6 +450,8 @@ mod web {
                 _on_message: on_message,
                 _on_error: on_error,
                 spare: None,
+                sent: Sent::default(),
+                audit: Audit::default(),
             })
         }
 
@@ -435,7 +476,12 @@ mod web {
             images: &[f32],
             labels: &[u8],
         ) -> Result<(), String> {
-            let Buffers { params, images } = Buffers::fill(self.spare.take(), params, images);
+            let (buffers, reused) = Buffers::fill(self.spare.take(), params, images);
+            self.sent = Sent {
+                reused,
+                images: images.len(),
+            };
+            let Buffers { params, images } = buffers;
             let labels = js_sys::Uint8Array::from(labels);
             let msg = js_sys::Object::new();
             let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&msg, &k.into(), v).is_ok();
@@ -469,8 +515,6 @@ mod web {
         seq: u64,
         /// How the next step is shared.
         balance: Balance,
-        /// Steps whose answers are still to be checked ([`AUDITED_STEPS`]).
-        audits_left: u32,
     }
 
     impl HelperPool {
@@ -500,7 +544,6 @@ mod web {
                 helpers,
                 seq: 0,
                 balance: Balance::new(count + 1),
-                audits_left: AUDITED_STEPS,
             })
         }
 
@@ -555,16 +598,18 @@ mod web {
                 // Each helper is timed from when its answer could have been read: a slow one
                 // before it does not make it look late.
                 self.balance.record(i + 1, now_ms() - ready);
-                if self.audits_left > 0 {
+                let helper = &mut self.helpers[i];
+                let reused = helper.sent.reused;
+                if helper.audit.wanted(reused) {
                     let (images, labels) = input.slice(range);
                     let own = slice_gradient(&model, params, images, labels, input.clip)
                         .map_err(StepError::Local)?;
                     check_same(&part, &own).map_err(lost)?;
+                    helper.audit.passed(reused);
                 }
                 ready = now_ms();
                 total.add(&part).map_err(StepError::Local)?;
             }
-            self.audits_left = self.audits_left.saturating_sub(1);
             Ok(total)
         }
 
@@ -579,7 +624,7 @@ mod web {
             match helper.next(deadline, STEP_MS).await {
                 Ok(Event::Message(data)) => {
                     let part = read_reply(&data, slice)?;
-                    helper.spare = returned_buffers(&data);
+                    helper.spare = returned_buffers(&data, helper.sent.images);
                     Ok(part)
                 }
                 Ok(Event::Ready) => Err("it restarted".to_string()),
@@ -652,17 +697,32 @@ mod web {
         }
     }
 
-    /// The arrays a helper sent back with its answer (its sum in the parameters' array).
-    fn returned_buffers(data: &JsValue) -> Option<Buffers> {
+    /// The arrays a helper sent back with its answer (its sum in the parameters' array), kept
+    /// for the next slice only if they are what was sent: each alone on a plain `ArrayBuffer`
+    /// (not shared, whose size could change under a check), the sum's exactly its size, the
+    /// images `images` values in at most 4 times their room. Anything else is dropped and the
+    /// next slice travels in new arrays.
+    fn returned_buffers(data: &JsValue, images: usize) -> Option<Buffers> {
         let array = |k: &str| {
             js_sys::Reflect::get(data, &k.into())
                 .ok()?
                 .dyn_into::<js_sys::Float32Array>()
                 .ok()
         };
-        Some(Buffers {
-            params: array("sum")?,
-            images: array("images")?,
+        let (sum, back) = (array("sum")?, array("images")?);
+        let plain = |a: &js_sys::Float32Array| {
+            a.byte_offset() == 0
+                && JsValue::from(a.buffer()).is_instance_of::<js_sys::ArrayBuffer>()
+        };
+        let fits = plain(&sum)
+            && plain(&back)
+            && !js_sys::Object::is(&sum.buffer(), &back.buffer())
+            && sum.buffer().byte_length() == sum.byte_length()
+            && back.length() as usize == images
+            && back.buffer().byte_length() as usize <= 4 * images * 4;
+        fits.then_some(Buffers {
+            params: sum,
+            images: back,
         })
     }
 
@@ -962,11 +1022,36 @@ mod tests {
             |g: &mut BatchGradient| g.correct = 3,
             |g: &mut BatchGradient| g.clipped = 0,
             |g: &mut BatchGradient| g.sum.push(0.0),
+            |g: &mut BatchGradient| g.loss_sum = f64::NAN,
         ] {
             let mut off = own.clone();
             change(&mut off);
             assert!(check_same(&off, &own).is_err(), "{off:?}");
         }
+        // A loss that is not finite comes back as NaN (JSON has no infinity): the same.
+        let mut inf = own.clone();
+        inf.loss_sum = f64::INFINITY;
+        let mut nan = own.clone();
+        nan.loss_sum = f64::NAN;
+        assert!(check_same(&nan, &inf).is_ok());
+    }
+
+    /// Each way a slice travels is checked once per helper: new arrays, then returned ones,
+    /// whichever comes first; nothing after both passed.
+    #[test]
+    fn a_helper_is_audited_once_each_way_a_slice_travels() {
+        let mut audit = Audit::default();
+        assert!(audit.wanted(false) && audit.wanted(true));
+        audit.passed(false);
+        assert!(!audit.wanted(false), "new arrays: checked once");
+        assert!(audit.wanted(true), "returned arrays: not yet");
+        audit.passed(true);
+        assert!(!audit.wanted(false) && !audit.wanted(true));
+        // A helper whose first slice came in returned arrays (it had none before) still has its
+        // answer from new arrays checked.
+        let mut audit = Audit::default();
+        audit.passed(true);
+        assert!(audit.wanted(false) && !audit.wanted(true));
     }
 
     fn lens(ranges: &[std::ops::Range<usize>]) -> Vec<usize> {
