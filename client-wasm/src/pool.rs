@@ -1047,8 +1047,7 @@ mod tests {
         assert!(audit.wanted(true), "returned arrays: not yet");
         audit.passed(true);
         assert!(!audit.wanted(false) && !audit.wanted(true));
-        // A helper whose first slice came in returned arrays (it had none before) still has its
-        // answer from new arrays checked.
+        // In the other order too: returned arrays checked first, new ones still are.
         let mut audit = Audit::default();
         audit.passed(true);
         assert!(audit.wanted(false) && !audit.wanted(true));
