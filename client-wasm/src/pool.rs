@@ -703,13 +703,7 @@ mod web {
     /// images `images` values in at most 4 times their room. Anything else is dropped and the
     /// next slice travels in new arrays.
     fn returned_buffers(data: &JsValue, images: usize) -> Option<Buffers> {
-        let array = |k: &str| {
-            js_sys::Reflect::get(data, &k.into())
-                .ok()?
-                .dyn_into::<js_sys::Float32Array>()
-                .ok()
-        };
-        let (sum, back) = (array("sum")?, array("images")?);
+        let (sum, back) = (float32_field(data, "sum")?, float32_field(data, "images")?);
         let plain = |a: &js_sys::Float32Array| {
             a.byte_offset() == 0
                 && JsValue::from(a.buffer()).is_instance_of::<js_sys::ArrayBuffer>()
@@ -733,21 +727,22 @@ mod web {
             .and_then(|v| v.as_string())
             .ok_or("its answer is not a slice reply")?;
         let reply = SliceReply::decode(&reply).map_err(|e| format!("its answer: {e}"))?;
-        let sum = field("sum")
-            .and_then(|v| v.dyn_into::<js_sys::Float32Array>().ok())
-            .map(|a| a.to_vec());
+        let sum = float32_field(data, "sum").map(|a| a.to_vec());
         slice_gradient_from(reply, sum, asked)
+    }
+
+    /// A message's field `key` when it is a Float32Array.
+    fn float32_field(data: &JsValue, key: &str) -> Option<js_sys::Float32Array> {
+        js_sys::Reflect::get(data, &key.into())
+            .ok()?
+            .dyn_into::<js_sys::Float32Array>()
+            .ok()
     }
 
     /// A helper's side: computes the slice in `data` (a [`SliceRequest`] with its arrays) and
     /// answers its parent. Nothing here is random or remembered between slices.
     pub fn serve_slice(data: &JsValue, header: &str) {
-        let array = |k: &str| {
-            js_sys::Reflect::get(data, &k.into())
-                .ok()
-                .and_then(|v| v.dyn_into::<js_sys::Float32Array>().ok())
-        };
-        let (params, images) = (array("params"), array("images"));
+        let (params, images) = (float32_field(data, "params"), float32_field(data, "images"));
         let (reply, sum) = match SliceRequest::decode(header) {
             Err(e) => (
                 SliceReply::Failed {

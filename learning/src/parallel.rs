@@ -56,11 +56,6 @@ impl Threads {
             helpers: Vec::new(),
         }
     }
-
-    /// Threads sharing a step (the calling one included).
-    pub fn count(&self) -> usize {
-        self.count
-    }
 }
 
 impl std::fmt::Debug for Threads {
