@@ -69,12 +69,13 @@ export async function startServer(port, extraArgs = []) {
   return server;
 }
 
-/** Debian's Chromium (CHROMIUM, default /usr/bin/chromium), headless. */
+/** Debian's Chromium (CHROMIUM, default /usr/bin/chromium), headless; EXTRA_CHROMIUM_ARGS
+ * (space-separated) are added, for experiments such as V8 flags (benchmarks/round-profile-1.log). */
 export function launchChromium() {
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-           '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+           '--disable-background-networking', '--disable-component-update', '--disable-sync', ...(process.env.EXTRA_CHROMIUM_ARGS ? process.env.EXTRA_CHROMIUM_ARGS.split(' ') : [])],
   });
 }
 
