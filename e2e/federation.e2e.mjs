@@ -497,7 +497,20 @@ try {
   await waitFor('the dashboard to show both ε', async () => / · \d+\.\d whatever the others do$/.test((await rowOf('e2e-tab-d'))?.[7] ?? ''), 30_000, 200);
   const row3 = run3.ledger.find((l) => l.collusion_epsilon !== undefined);
   assert.ok(row3 && row3.epsilon <= 3 && row3.collusion_epsilon > row3.epsilon, JSON.stringify(run3.ledger));
-  log(`run 3 (distributed DP, 6 rounds): accuracy ${(run3.rounds[5].test_accuracy * 100).toFixed(2)} %, ${await third.textContent('#epsilon')}`);
+  // Each round's one step ran on every core of the third tab: its helpers' rounded sums were
+  // taken (the first of each checked to the integer against the training worker's own), none
+  // was lost.
+  const cores3 = await third.evaluate(() => Math.min(Math.max(navigator.hardwareConcurrency || 1, 1), 16));
+  const workers3 = cores3 === 1 ? '1 worker' : `${cores3} workers`;
+  await waitFor('the third tab to list the 6 rounds', async () => (await third.locator('#rounds tbody tr').count()) === 6, 30_000, 200);
+  const speeds3 = await third.locator('#rounds tbody td.speed').allTextContents();
+  assert.ok(speeds3.every((t) => new RegExp(`^[\\d\u00a0]+ samples/s on ${workers3}$`).test(t)),
+    `the third tab's distributed rounds ran on ${workers3}: ${JSON.stringify(speeds3)}`);
+  for (const [name, tab] of [['tab-a', tabs[0]], ['tab-b', tabs[1]], ['tab-d', third]]) {
+    const said = (await tab.textContent('ul.messages')) ?? '';
+    assert.ok(!said.includes('goes on on one worker'), `${name} lost no helper in the distributed run: ${said}`);
+  }
+  log(`run 3 (distributed DP, 6 rounds): accuracy ${(run3.rounds[5].test_accuracy * 100).toFixed(2)} %, ${await third.textContent('#epsilon')}; the third tab at ${speeds3.join(', ')}`);
   await third.screenshot({ path: join(shots, 'client-tab-distributed.png'), fullPage: true });
   await field('dp.distributed').locator('input').uncheck();
   await third.close();

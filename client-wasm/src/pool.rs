@@ -6,18 +6,26 @@
 //! the slice's clipped gradient sum ([`protocol::worker::SliceReply`]); the training worker
 //! computes the first slice itself, adds the slices' sums, and only then
 //! adds the step's noise, records it in the ledger and steps the optimizer
-//! ([`learning::steps::LocalSteps`]). Helpers hold no randomness, ledger or optimizer state:
+//! ([`learning::steps::LocalSteps`]). Helpers hold no noise source, ledger or optimizer state:
 //! the mechanism is the one-worker mechanism (the native tests of `learning::parallel` hold
 //! it: the same clipped sum for any number of workers, one noise draw per step).
 //!
+//! A distributed round's one step is shared the same way: each slice's gradients are clipped
+//! and rounded to integers with the ChaCha20 stream of the round's rounding key that starts at
+//! the slice's first example ([`learning::distributed::rounded_slice_sum`]), so a slice rounds
+//! the same on any worker; a helper returns the slice's integer sum, checked against the
+//! rounding's bound ([`slice_rounded_from`]), and the training worker adds the noise share
+//! once ([`learning::client::DistributedFit::finish`]).
+//!
 //! A helper's answer is checked before it counts: it must answer this very request (a
-//! sequence number), cover its slice, and stay within the clipping bound. A helper that fails,
+//! sequence number), cover its slice, and stay within the clipping (or rounding) bound. A helper that fails,
 //! answers wrongly or stays silent loses the pool for the round: the step is computed again,
 //! from the same batch, by the training worker alone (nothing of it was released, so this
 //! costs no privacy, and the batch is never redrawn), the round goes on on one worker and the
 //! user is told. The next round starts fresh helpers; after [`MAX_POOL_FAILURES`] losses in one
 //! join the tab stops trying.
 
+use learning::distributed::RoundedSum;
 use learning::dpsgd::BatchGradient;
 use protocol::worker::SliceReply;
 
@@ -33,14 +41,9 @@ pub struct Asked {
     pub clip: Option<f32>,
 }
 
-/// A helper's reply as its slice's gradient, checked against what it was asked: a reply to
-/// another request, that covers other examples, has the wrong length, is not finite or passes
-/// the clipping bound (examples × C) is an error, never a wrong sum.
-pub fn slice_gradient_from(
-    reply: SliceReply,
-    sum: Option<Vec<f32>>,
-    asked: Asked,
-) -> Result<BatchGradient, String> {
+/// What a `Done` reply counts, once it is this request's and covers its slice: the loss sum,
+/// the examples right and clipped. Anything else is an error naming what was wrong.
+fn done_for(reply: SliceReply, asked: Asked) -> Result<(f64, u64, u64), String> {
     let (seq, loss_sum, correct, covered, clipped) = match reply {
         SliceReply::Failed { reason, .. } => return Err(reason),
         SliceReply::Done {
@@ -60,6 +63,18 @@ pub fn slice_gradient_from(
             "its answer covers {covered} examples ({correct} right, {clipped} clipped): expected {n}, and counts at most {n}"
         ));
     }
+    Ok((loss_sum, correct, clipped))
+}
+
+/// A helper's reply as its slice's gradient, checked against what it was asked: a reply to
+/// another request, that covers other examples, has the wrong length, is not finite or passes
+/// the clipping bound (examples × C) is an error, never a wrong sum.
+pub fn slice_gradient_from(
+    reply: SliceReply,
+    sum: Option<Vec<f32>>,
+    asked: Asked,
+) -> Result<BatchGradient, String> {
+    let (loss_sum, correct, clipped) = done_for(reply, asked)?;
     let sum = sum.ok_or("its answer has no gradient sum")?;
     if sum.len() != asked.dim {
         return Err(format!(
@@ -96,6 +111,57 @@ pub fn slice_gradient_from(
         batch_size: asked.examples,
         clipped: clipped as usize,
     })
+}
+
+/// The largest integer a Float64Array carries exactly (2⁵³).
+const EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
+
+/// A helper's reply as its distributed slice's rounded sum, checked against what it was asked:
+/// this request, its examples, the model's length, whole numbers a float carries exactly, and
+/// a norm that `examples` rounded gradients of norm ≤ `bound` can make.
+pub fn slice_rounded_from(
+    reply: SliceReply,
+    integers: Option<Vec<f64>>,
+    asked: Asked,
+    bound: f64,
+) -> Result<RoundedSum, String> {
+    done_for(reply, asked)?;
+    let values = integers.ok_or("its answer has no rounded sum")?;
+    let whole = |v: &f64| v.is_finite() && v.fract() == 0.0 && v.abs() <= EXACT_INTEGER;
+    if let Some(v) = values.iter().find(|v| !whole(v)) {
+        return Err(format!(
+            "its rounded sum holds {v}: expected whole numbers of at most 2^53"
+        ));
+    }
+    let part = RoundedSum {
+        sum: values.iter().map(|v| *v as i64).collect(),
+        examples: asked.examples,
+    };
+    part.check(asked.dim, bound)?;
+    Ok(part)
+}
+
+/// [`check_same`] for a distributed slice: the same key and stream give the same integers.
+pub fn check_same_rounded(answer: &RoundedSum, own: &RoundedSum) -> Result<(), String> {
+    if answer.examples != own.examples || answer.sum.len() != own.sum.len() {
+        return Err(format!(
+            "its rounded sum covers {} examples in {} values: the same slice computed here, {} in {}",
+            answer.examples,
+            answer.sum.len(),
+            own.examples,
+            own.sum.len()
+        ));
+    }
+    match answer.sum.iter().zip(&own.sum).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "its rounded sum differs from the same slice computed here: value {} of {} is {} (expected {})",
+            i + 1,
+            own.sum.len(),
+            answer.sum[i],
+            own.sum[i]
+        )),
+    }
 }
 
 /// How a step's examples are shared among its workers, learnt from the steps before: a
@@ -289,16 +355,18 @@ mod web {
     use futures::channel::mpsc;
     use futures::{FutureExt, StreamExt};
     use learning::client::{Fit, FitProgress};
+    use learning::distributed::{RoundedSum, Rounding, rounded_slice_sum};
     use learning::dpsgd::BatchGradient;
     use learning::parallel::slice_gradient;
     use learning::steps::StepInput;
-    use learning::{LearningError, Task};
-    use protocol::worker::{SliceReply, SliceRequest, WorkerToPage};
+    use learning::{LearningError, Task, TinyCnnConfig};
+    use protocol::worker::{SliceReply, SliceRequest, SliceRounding, WorkerToPage};
     use wasm_bindgen::prelude::*;
     use web_sys::{ErrorEvent, MessageEvent, Worker};
 
     use super::{
-        Asked, Audit, Balance, MAX_POOL_FAILURES, check_same, helper_lost, slice_gradient_from,
+        Asked, Audit, Balance, MAX_POOL_FAILURES, check_same, check_same_rounded, helper_lost,
+        slice_gradient_from, slice_rounded_from,
     };
     use crate::bench::now_ms;
     use crate::session::{TrainDone, TrainJob};
@@ -552,15 +620,16 @@ mod web {
             self.helpers.len() + 1
         }
 
-        /// The clipped gradient sum of a step's examples, computed in slices ([`Balance`]).
-        /// A helper's failure names it (the pool is then unusable); the training worker's own
-        /// part failing is a [`StepError::Local`].
-        async fn gradient(
+        /// A step's sum (clipped gradients, or a distributed step's rounded ones: `work`),
+        /// computed in slices ([`Balance`]). A helper's failure names it (the pool is then
+        /// unusable); the training worker's own part failing is a [`StepError::Local`].
+        async fn run<W: SliceWork>(
             &mut self,
             task: &Task,
             params: &[f32],
             input: &StepInput,
-        ) -> Result<BatchGradient, StepError> {
+            work: &W,
+        ) -> Result<W::Part, StepError> {
             let model = task.model();
             let parts = self.balance.slices(input.len());
             let of = parts.len();
@@ -574,6 +643,7 @@ mod web {
                     seq: self.seq,
                     task: task.id.to_string(),
                     clip: input.clip,
+                    rounding: work.rounding(range.start),
                 };
                 let (images, labels) = input.slice(range.clone());
                 helper
@@ -587,49 +657,145 @@ mod web {
                 };
                 asked.push((i, slice, range.clone()));
             }
-            let (images, labels) = input.slice(parts[0].clone());
-            let mut total = slice_gradient(&model, params, images, labels, input.clip)
+            let mut total = work
+                .compute(&model, params, input, parts[0].clone())
                 .map_err(StepError::Local)?;
             let mut ready = now_ms();
             let mut deadline = Deadline::new(STEP_MS).fuse();
             for (i, slice, range) in asked {
                 let lost = |why: String| StepError::Helper(helper_lost(i + 1, of, &why));
-                let part = self.answer(i, slice, &mut deadline).await.map_err(lost)?;
+                let part = self
+                    .answer(i, slice, &mut deadline, work)
+                    .await
+                    .map_err(lost)?;
                 // Each helper is timed from when its answer could have been read: a slow one
                 // before it does not make it look late.
                 self.balance.record(i + 1, now_ms() - ready);
                 let helper = &mut self.helpers[i];
                 let reused = helper.sent.reused;
                 if helper.audit.wanted(reused) {
-                    let (images, labels) = input.slice(range);
-                    let own = slice_gradient(&model, params, images, labels, input.clip)
+                    let own = work
+                        .compute(&model, params, input, range)
                         .map_err(StepError::Local)?;
-                    check_same(&part, &own).map_err(lost)?;
+                    W::same(&part, &own).map_err(lost)?;
                     helper.audit.passed(reused);
                 }
                 ready = now_ms();
-                total.add(&part).map_err(StepError::Local)?;
+                W::add(&mut total, &part).map_err(StepError::Local)?;
             }
             Ok(total)
         }
 
         /// Helper `i`'s answer to `slice`, checked.
-        async fn answer(
+        async fn answer<W: SliceWork>(
             &mut self,
             i: usize,
             slice: Asked,
             deadline: &mut futures::future::Fuse<Deadline>,
-        ) -> Result<BatchGradient, String> {
+            work: &W,
+        ) -> Result<W::Part, String> {
             let helper = &mut self.helpers[i];
             match helper.next(deadline, STEP_MS).await {
                 Ok(Event::Message(data)) => {
-                    let part = read_reply(&data, slice)?;
+                    let part = work.read(&data, slice)?;
                     helper.spare = returned_buffers(&data, helper.sent.images);
                     Ok(part)
                 }
                 Ok(Event::Ready) => Err("it restarted".to_string()),
                 Ok(Event::Error(e)) | Err(e) => Err(e),
             }
+        }
+    }
+
+    /// What a step's slices compute, and how their answers are read, checked and added: the
+    /// clipped gradient sums of a local step ([`Clipped`]) or the rounded integer sums of a
+    /// distributed one ([`Rounded`]).
+    trait SliceWork {
+        type Part;
+        /// The rounding a slice starting at example `start` is sent with.
+        fn rounding(&self, start: usize) -> Option<SliceRounding>;
+        /// The examples `range` of the step, computed here.
+        fn compute(
+            &self,
+            model: &TinyCnnConfig,
+            params: &[f32],
+            input: &StepInput,
+            range: std::ops::Range<usize>,
+        ) -> Result<Self::Part, LearningError>;
+        /// A helper's message as its answer to `asked`.
+        fn read(&self, data: &JsValue, asked: Asked) -> Result<Self::Part, String>;
+        /// An audited answer against the same slice computed here.
+        fn same(answer: &Self::Part, own: &Self::Part) -> Result<(), String>;
+        fn add(total: &mut Self::Part, part: &Self::Part) -> Result<(), LearningError>;
+    }
+
+    /// A local step: each slice's clipped gradient sum (no clip without DP).
+    struct Clipped;
+
+    impl SliceWork for Clipped {
+        type Part = BatchGradient;
+        fn rounding(&self, _: usize) -> Option<SliceRounding> {
+            None
+        }
+        fn compute(
+            &self,
+            model: &TinyCnnConfig,
+            params: &[f32],
+            input: &StepInput,
+            range: std::ops::Range<usize>,
+        ) -> Result<BatchGradient, LearningError> {
+            let (images, labels) = input.slice(range);
+            slice_gradient(model, params, images, labels, input.clip)
+        }
+        fn read(&self, data: &JsValue, asked: Asked) -> Result<BatchGradient, String> {
+            read_reply(data, asked)
+        }
+        fn same(answer: &BatchGradient, own: &BatchGradient) -> Result<(), String> {
+            check_same(answer, own)
+        }
+        fn add(total: &mut BatchGradient, part: &BatchGradient) -> Result<(), LearningError> {
+            total.add(part)
+        }
+    }
+
+    /// A distributed step: each slice's rounded integer sum, drawn from its own stream of the
+    /// round's rounding key (the slice's first example), so a slice rounds the same anywhere.
+    struct Rounded<'a>(&'a Rounding);
+
+    impl SliceWork for Rounded<'_> {
+        type Part = RoundedSum;
+        fn rounding(&self, start: usize) -> Option<SliceRounding> {
+            Some(SliceRounding {
+                scale: self.0.scale,
+                bound: self.0.bound,
+                key: self.0.key(),
+                stream: start as u64,
+            })
+        }
+        fn compute(
+            &self,
+            model: &TinyCnnConfig,
+            params: &[f32],
+            input: &StepInput,
+            range: std::ops::Range<usize>,
+        ) -> Result<RoundedSum, LearningError> {
+            let stream = range.start as u64;
+            let (images, labels) = input.slice(range);
+            rounded_slice_sum(model, params, images, labels, self.0, stream)
+        }
+        fn read(&self, data: &JsValue, asked: Asked) -> Result<RoundedSum, String> {
+            let reply = reply_header(data)?;
+            let integers = js_sys::Reflect::get(data, &"integers".into())
+                .ok()
+                .and_then(|v| v.dyn_into::<js_sys::Float64Array>().ok())
+                .map(|a| a.to_vec());
+            slice_rounded_from(reply, integers, asked, self.0.bound)
+        }
+        fn same(answer: &RoundedSum, own: &RoundedSum) -> Result<(), String> {
+            check_same_rounded(answer, own)
+        }
+        fn add(total: &mut RoundedSum, part: &RoundedSum) -> Result<(), LearningError> {
+            total.add(part)
         }
     }
 
@@ -720,15 +886,19 @@ mod web {
         })
     }
 
-    /// A helper's message as its slice's gradient.
-    fn read_reply(data: &JsValue, asked: Asked) -> Result<BatchGradient, String> {
-        let field = |k: &str| js_sys::Reflect::get(data, &k.into()).ok();
-        let reply = field("reply")
+    /// A helper's message's reply header.
+    fn reply_header(data: &JsValue) -> Result<SliceReply, String> {
+        let reply = js_sys::Reflect::get(data, &"reply".into())
+            .ok()
             .and_then(|v| v.as_string())
             .ok_or("its answer is not a slice reply")?;
-        let reply = SliceReply::decode(&reply).map_err(|e| format!("its answer: {e}"))?;
+        SliceReply::decode(&reply).map_err(|e| format!("its answer: {e}"))
+    }
+
+    /// A helper's message as its slice's gradient.
+    fn read_reply(data: &JsValue, asked: Asked) -> Result<BatchGradient, String> {
         let sum = float32_field(data, "sum").map(|a| a.to_vec());
-        slice_gradient_from(reply, sum, asked)
+        slice_gradient_from(reply_header(data)?, sum, asked)
     }
 
     /// A message's field `key` when it is a Float32Array.
@@ -740,52 +910,85 @@ mod web {
     }
 
     /// A helper's side: computes the slice in `data` (a [`SliceRequest`] with its arrays) and
-    /// answers its parent. Nothing here is random or remembered between slices.
+    /// answers its parent. Nothing here is remembered between slices; a distributed slice's
+    /// rounding draws only from the key and stream it was sent.
     pub fn serve_slice(data: &JsValue, header: &str) {
         let (params, images) = (float32_field(data, "params"), float32_field(data, "images"));
-        let (reply, sum) = match SliceRequest::decode(header) {
-            Err(e) => (
-                SliceReply::Failed {
-                    seq: 0,
-                    reason: format!("slice header: {e}"),
-                },
-                None,
-            ),
+        let (reply, payload) = match SliceRequest::decode(header) {
+            Err(e) => (failed(0, format!("slice header: {e}")), Payload::None),
             Ok(req) => match compute_slice(params.as_ref(), images.as_ref(), data, &req) {
-                Ok(g) => (
-                    SliceReply::Done {
-                        seq: req.seq,
-                        loss_sum: g.loss_sum,
-                        correct: g.correct as u64,
-                        examples: g.batch_size as u64,
-                        clipped: g.clipped as u64,
-                    },
-                    Some(sum_array(params.as_ref(), &g.sum)),
+                Ok(SlicePart::Clipped(g)) => (
+                    done(req.seq, g.batch_size, g.loss_sum, g.correct, g.clipped),
+                    Payload::Sum(sum_array(params.as_ref(), &g.sum)),
                 ),
-                Err(reason) => (
-                    SliceReply::Failed {
-                        seq: req.seq,
-                        reason,
-                    },
-                    None,
-                ),
+                Ok(SlicePart::Rounded(r)) => {
+                    let values: Vec<f64> = r.sum.iter().map(|v| *v as f64).collect();
+                    (
+                        done(req.seq, r.examples, f64::NAN, 0, 0),
+                        Payload::Integers(js_sys::Float64Array::from(values.as_slice())),
+                    )
+                }
+                Err(reason) => (failed(req.seq, reason), Payload::None),
             },
         };
         let msg = js_sys::Object::new();
-        let _set = js_sys::Reflect::set(&msg, &"reply".into(), &reply.encode().into());
+        let set = |k: &str, v: &JsValue| {
+            let _set = js_sys::Reflect::set(&msg, &k.into(), v);
+        };
+        set("reply", &reply.encode().into());
         let transfer = js_sys::Array::new();
-        if let Some(sum) = &sum {
-            let _set = js_sys::Reflect::set(&msg, &"sum".into(), sum);
-            transfer.push(&sum.buffer());
-            // The images' array goes back too, for the next slice ([`Buffers`]).
-            if let Some(images) = &images {
-                let _set = js_sys::Reflect::set(&msg, &"images".into(), images);
-                transfer.push(&images.buffer());
+        match payload {
+            Payload::Sum(sum) => {
+                set("sum", &sum);
+                transfer.push(&sum.buffer());
+                // The images' array goes back too, for the next slice ([`Buffers`]).
+                if let Some(images) = &images {
+                    set("images", images);
+                    transfer.push(&images.buffer());
+                }
             }
+            Payload::Integers(integers) => {
+                set("integers", &integers);
+                transfer.push(&integers.buffer());
+            }
+            Payload::None => {}
         }
         if let Err(e) = scope().post_message_with_transfer(&msg, &transfer) {
             web_sys::console::error_2(&"helper: postMessage failed".into(), &e);
         }
+    }
+
+    fn done(
+        seq: u64,
+        examples: usize,
+        loss_sum: f64,
+        correct: usize,
+        clipped: usize,
+    ) -> SliceReply {
+        SliceReply::Done {
+            seq,
+            loss_sum,
+            correct: correct as u64,
+            examples: examples as u64,
+            clipped: clipped as u64,
+        }
+    }
+
+    fn failed(seq: u64, reason: String) -> SliceReply {
+        SliceReply::Failed { seq, reason }
+    }
+
+    /// What a helper computed for a slice.
+    enum SlicePart {
+        Clipped(BatchGradient),
+        Rounded(RoundedSum),
+    }
+
+    /// The array a helper's answer carries beside its header.
+    enum Payload {
+        Sum(js_sys::Float32Array),
+        Integers(js_sys::Float64Array),
+        None,
     }
 
     /// The sum in the parameters' array when it has the sum's length (it has: the model's),
@@ -805,7 +1008,7 @@ mod web {
         images: Option<&js_sys::Float32Array>,
         data: &JsValue,
         req: &SliceRequest,
-    ) -> Result<BatchGradient, String> {
+    ) -> Result<SlicePart, String> {
         let task = learning::task::find(&req.task).map_err(|e| e.to_string())?;
         let floats = |a: Option<&js_sys::Float32Array>, k: &str| {
             a.map(|a| a.to_vec())
@@ -835,7 +1038,16 @@ mod web {
                 model.num_classes
             ));
         }
-        slice_gradient(&model, &params, &images, &labels, req.clip).map_err(|e| e.to_string())
+        let Some(r) = &req.rounding else {
+            return slice_gradient(&model, &params, &images, &labels, req.clip)
+                .map(SlicePart::Clipped)
+                .map_err(|e| e.to_string());
+        };
+        let clip = req.clip.ok_or("a rounded slice has no clipping norm")?;
+        let rounding = Rounding::new(clip, r.scale, r.bound, r.key).map_err(|e| e.to_string())?;
+        rounded_slice_sum(&model, &params, &images, &labels, &rounding, r.stream)
+            .map(SlicePart::Rounded)
+            .map_err(|e| e.to_string())
     }
 
     /// What [`train`] reports as it goes.
@@ -860,15 +1072,22 @@ mod web {
             let fit =
                 learning::start_fit(task, &job.global, &job.config, &job.data, &mut job.privacy)?;
             let mut steps = match fit {
-                Fit::Done(res) => {
-                    on_event(TrainEvent::Step(FitProgress::one_step(), None));
-                    return Ok(res);
+                Fit::Distributed(fit) => {
+                    let input = fit.input(task, &job.data);
+                    let work = Rounded(fit.rounding());
+                    let part = step_sum(task, fit.params(), &input, &work, workers, on_event);
+                    let part = part.await?;
+                    let seconds = (js_sys::Date::now() - started) / 1000.0;
+                    let rate = (seconds > 0.0).then(|| input.len() as f64 / seconds);
+                    on_event(TrainEvent::Step(FitProgress::one_step(), rate));
+                    return fit.finish(part, &mut job.privacy);
                 }
                 Fit::Steps(steps) => steps,
             };
             let mut seen = 0usize;
             while let Some(input) = steps.next_input(task, &job.data, &mut job.privacy.rng) {
-                let g = step_gradient(task, steps.params(), &input, workers, on_event).await?;
+                let g = step_sum(task, steps.params(), &input, &Clipped, workers, on_event);
+                let g = g.await?;
                 seen += input.len();
                 let progress = steps.apply(g, &mut job.privacy)?;
                 let seconds = (js_sys::Date::now() - started) / 1000.0;
@@ -883,31 +1102,26 @@ mod web {
         job.done(result)
     }
 
-    /// One step's clipped gradient sum: on the helpers when they run, else (or when they fail)
-    /// here, from the same examples.
-    async fn step_gradient(
+    /// One step's sum (`work`): on the helpers when they run, else (or when they fail) here,
+    /// from the same examples.
+    async fn step_sum<W: SliceWork>(
         task: &Task,
         params: &[f32],
         input: &StepInput,
+        work: &W,
         workers: &mut Workers,
         on_event: &mut dyn FnMut(TrainEvent),
-    ) -> Result<BatchGradient, LearningError> {
+    ) -> Result<W::Part, LearningError> {
         if let Some(pool) = workers.pool.as_mut().filter(|_| !input.is_empty()) {
-            match pool.gradient(task, params, input).await {
-                Ok(g) => return Ok(g),
+            match pool.run(task, params, input, work).await {
+                Ok(part) => return Ok(part),
                 Err(StepError::Local(e)) => return Err(e),
                 Err(StepError::Helper(why)) => {
                     on_event(TrainEvent::HelpersLost(workers.lost(why)));
                 }
             }
         }
-        slice_gradient(
-            &task.model(),
-            params,
-            &input.images,
-            &input.labels,
-            input.clip,
-        )
+        work.compute(&task.model(), params, input, 0..input.len())
     }
 }
 
@@ -991,6 +1205,66 @@ mod tests {
             ..ASKED
         };
         assert!(slice_gradient_from(done(9, 3, 2, 0), Some(vec![2.0; 4]), plain).is_ok());
+    }
+
+    /// A distributed slice's answer: whole numbers a float carries exactly, the model's
+    /// length, the slice's examples, and a norm its examples' rounded gradients (each ≤ the
+    /// bound) can make — else the pool is dropped and the step computed here.
+    #[test]
+    fn a_rounded_reply_is_taken_only_if_its_examples_can_make_it() {
+        let (bound, reply) = (10.0, || done(9, 3, 0, 0));
+        // Norm 30 = 3 examples × 10: at the bound, taken.
+        let r = slice_rounded_from(reply(), Some(vec![15.0; 4]), ASKED, bound).expect("fits");
+        assert_eq!((r.sum, r.examples), (vec![15; 4], 3));
+        let refused = [
+            (
+                done(8, 3, 0, 0),
+                Some(vec![0.0; 4]),
+                "answered request 8: expected 9",
+            ),
+            (done(9, 2, 0, 0), Some(vec![0.0; 4]), "covers 2 examples"),
+            (reply(), None, "no rounded sum"),
+            (reply(), Some(vec![0.0; 5]), "has 5 values: expected 4"),
+            (
+                reply(),
+                Some(vec![0.5, 0.0, 0.0, 0.0]),
+                "holds 0.5: expected whole numbers",
+            ),
+            (reply(), Some(vec![f64::NAN; 4]), "holds NaN"),
+            (reply(), Some(vec![f64::INFINITY; 4]), "holds inf"),
+            (
+                reply(),
+                Some(vec![2f64.powi(60), 0.0, 0.0, 0.0]),
+                "of at most 2^53",
+            ),
+            (
+                reply(),
+                Some(vec![16.0; 4]),
+                "norm 32.0: expected at most 30.0",
+            ),
+        ];
+        for (reply, integers, says) in refused {
+            let err = slice_rounded_from(reply, integers, ASKED, bound).expect_err(says);
+            assert!(err.contains(says), "{err} (expected: {says})");
+        }
+    }
+
+    #[test]
+    fn an_audited_rounded_answer_must_be_the_same_integers() {
+        let own = RoundedSum {
+            sum: vec![3, -2, 0],
+            examples: 2,
+        };
+        assert!(check_same_rounded(&own.clone(), &own).is_ok());
+        let mut off = own.clone();
+        off.sum[1] = -1;
+        let err = check_same_rounded(&off, &own).unwrap_err();
+        assert!(err.contains("value 2 of 3 is -1 (expected -2)"), "{err}");
+        let fewer = RoundedSum {
+            examples: 1,
+            ..own.clone()
+        };
+        assert!(check_same_rounded(&fewer, &own).is_err());
     }
 
     /// A helper's answer is taken at its first steps only if it is the training worker's own

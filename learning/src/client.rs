@@ -12,10 +12,10 @@ pub use protocol::config::{
 use crate::LearningError;
 use crate::accountant::{AccountantError, Mechanism, PrivacyLedger};
 use crate::data::Dataset;
-use crate::distributed::{DistributedStep, contribution};
+use crate::distributed::{DistributedRound, DistributedStep, RoundedSum, Rounding};
 use crate::dpsgd::{BatchGradient, SecureRng, add_gaussian_noise, loss_and_correct};
 use crate::parallel::{StepGradient, Threads};
-use crate::steps::LocalSteps;
+use crate::steps::{LocalSteps, StepInput};
 use crate::task::Task;
 use protocol::config::DistributedNoise;
 use protocol::ledger::SkellamMechanism;
@@ -203,14 +203,16 @@ pub fn fit_with(
     workers: &mut dyn StepGradient,
     progress: &mut dyn FnMut(FitProgress),
 ) -> Result<FitRes, LearningError> {
+    let model = task.model();
     let mut steps = match start_fit(task, global, config, shard, privacy)? {
-        Fit::Done(res) => {
+        Fit::Distributed(fit) => {
+            let input = fit.input(task, shard);
+            let part = workers.rounded(&model, fit.params(), &input, fit.rounding())?;
             progress(FitProgress::one_step());
-            return Ok(res);
+            return fit.finish(part, privacy);
         }
         Fit::Steps(steps) => steps,
     };
-    let model = task.model();
     while let Some(input) = steps.next_input(task, shard, &mut privacy.rng) {
         let g = if input.is_empty() {
             BatchGradient::empty(steps.params().len())
@@ -225,8 +227,9 @@ pub fn fit_with(
 /// How a round's training goes on once its configuration is checked.
 #[derive(Debug)]
 pub enum Fit {
-    /// A distributed DP round (one step, Skellam noise): computed at once.
-    Done(FitRes),
+    /// A distributed DP round: one step (Skellam noise), its rounded sum for a driver to
+    /// compute.
+    Distributed(Box<DistributedFit>),
     /// Local training: the steps, for a driver to take ([`crate::steps`]).
     Steps(Box<LocalSteps>),
 }
@@ -246,8 +249,8 @@ pub fn start_fit(
     if let Some(dp) = config.dp
         && let Some(noise) = dp.distributed
     {
-        let res = fit_distributed(task, global, config, dp, noise, shard, privacy)?;
-        return Ok(Fit::Done(res));
+        let fit = DistributedFit::start(task, global, config, dp, noise, n, privacy)?;
+        return Ok(Fit::Distributed(Box::new(fit)));
     }
     match config.dp {
         // Without DP an update has no bound at all: a client with a cap never sends one.
@@ -307,49 +310,88 @@ pub fn round_mechanism(config: &TrainConfig, n: usize) -> Option<(Mechanism, u64
     })
 }
 
-/// One distributed DP-SGD step ([`crate::distributed`]): the cap is checked against the
-/// Skellam mechanism first, the step is charged once its contribution exists. No loss or
-/// accuracy is measured (that would take a second pass over the batch): they are NaN.
-fn fit_distributed(
-    task: &Task,
-    global: &[f32],
-    config: &TrainConfig,
-    dp: DpSgdConfig,
-    noise: DistributedNoise,
-    shard: &Dataset,
-    privacy: &mut ClientPrivacy,
-) -> Result<FitRes, LearningError> {
-    let n = shard.len();
-    check_delta_for(dp.delta, n, "the server's δ")?;
-    let q = config.sample_rate(n);
-    let z = dp.noise_multiplier as f64;
-    // (`global` has the task's parameter count: checked by `fit`.)
-    let Some((mechanism, 1)) = round_mechanism(config, n) else {
-        return Err(LearningError::Distributed(
-            "a distributed round is one step with DP".into(),
-        ));
-    };
-    privacy.check_mechanism(mechanism, 1, n)?;
-    let step = DistributedStep {
-        sample_rate: q,
-        clip: dp.max_grad_norm,
-        scale: noise.scale,
-        beta: noise.beta,
-        noise_variance: noise.share_variance(z),
-    };
-    let c = contribution(task, global, shard, &step, &mut privacy.rng)?;
-    privacy.ledger.record_mechanism(mechanism, 1)?;
-    Ok(FitRes {
-        update: Update::Integers(c.sum),
-        num_examples: n,
-        metrics: FitMetrics {
-            loss: f64::NAN,
-            accuracy: f64::NAN,
-            epsilon: Some(privacy.epsilon()?),
-            steps: 1,
-            clipped_fraction: f64::NAN,
-        },
-    })
+/// One distributed DP-SGD step ([`crate::distributed`]) once its checks passed (the cap
+/// against the Skellam mechanism, before anything is sampled): a driver computes the rounded
+/// sum of [`DistributedFit::input`] (in slices, anywhere:
+/// [`crate::distributed::rounded_slice_sum`]) and [`DistributedFit::finish`] adds the noise
+/// share and charges the ledger. No loss or accuracy is measured (that would take a second
+/// pass over the batch): they are NaN.
+#[derive(Debug)]
+pub struct DistributedFit {
+    round: DistributedRound,
+    mechanism: Mechanism,
+    n: usize,
+}
+
+impl DistributedFit {
+    fn start(
+        task: &Task,
+        global: &[f32],
+        config: &TrainConfig,
+        dp: DpSgdConfig,
+        noise: DistributedNoise,
+        n: usize,
+        privacy: &mut ClientPrivacy,
+    ) -> Result<Self, LearningError> {
+        check_delta_for(dp.delta, n, "the server's δ")?;
+        let q = config.sample_rate(n);
+        let z = dp.noise_multiplier as f64;
+        // (`global` has the task's parameter count: checked by `start_fit`.)
+        let Some((mechanism, 1)) = round_mechanism(config, n) else {
+            return Err(LearningError::Distributed(
+                "a distributed round is one step with DP".into(),
+            ));
+        };
+        privacy.check_mechanism(mechanism, 1, n)?;
+        let step = DistributedStep {
+            sample_rate: q,
+            clip: dp.max_grad_norm,
+            scale: noise.scale,
+            beta: noise.beta,
+            noise_variance: noise.share_variance(z),
+        };
+        let round = DistributedRound::new(task, global, n, step, &mut privacy.rng)?;
+        Ok(Self {
+            round,
+            mechanism,
+            n,
+        })
+    }
+
+    /// The model the gradients are taken at.
+    pub fn params(&self) -> &[f32] {
+        self.round.params()
+    }
+
+    pub fn rounding(&self) -> &Rounding {
+        self.round.rounding()
+    }
+
+    /// The sampled examples.
+    pub fn input(&self, task: &Task, shard: &Dataset) -> StepInput {
+        self.round.input(task, shard)
+    }
+
+    /// The round's update: `part` with the noise share, charged to the ledger.
+    pub fn finish(
+        self,
+        part: RoundedSum,
+        privacy: &mut ClientPrivacy,
+    ) -> Result<FitRes, LearningError> {
+        let c = self.round.finish(part, &mut privacy.rng)?;
+        privacy.ledger.record_mechanism(self.mechanism, 1)?;
+        Ok(FitRes {
+            update: Update::Integers(c.sum),
+            num_examples: self.n,
+            metrics: FitMetrics {
+                loss: f64::NAN,
+                accuracy: f64::NAN,
+                epsilon: Some(privacy.epsilon()?),
+                steps: 1,
+                clipped_fraction: f64::NAN,
+            },
+        })
+    }
 }
 
 /// Examples per inference batch in `evaluate`.

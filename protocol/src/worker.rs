@@ -268,9 +268,9 @@ pub fn one_worker() -> u32 {
 
 /// A slice of a training step, from a tab's training worker to one of its helper workers. The
 /// slice itself travels beside this header as typed arrays: `params` (Float32Array), `images`
-/// (Float32Array, normalised pixels) and `labels` (Uint8Array). A helper gets no randomness,
-/// ledger or optimizer: it returns the slice's clipped gradient sum and the training worker
-/// adds the step's noise once.
+/// (Float32Array, normalised pixels) and `labels` (Uint8Array). A helper gets no noise source,
+/// ledger or optimizer: it returns the slice's clipped gradient sum (or, for a distributed
+/// step, its rounded integer sum) and the training worker adds the step's noise once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SliceRequest {
     /// Which request this is (the training worker counts them): the reply must say the same,
@@ -280,10 +280,26 @@ pub struct SliceRequest {
     pub task: String,
     /// Per-example clipping norm; `None` without DP.
     pub clip: Option<f32>,
+    /// A distributed step's slice: its gradients (clipped to `clip`) are rounded to integers
+    /// and their integer sum travels back as `integers` (Float64Array).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounding: Option<SliceRounding>,
+}
+
+/// How a distributed step's slice is rounded: the scale (integer units per C), the bound of a
+/// rounded gradient's norm, the round's rounding key and this slice's stream of it (its first
+/// example's index in the step), so that the slice rounds the same on any worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceRounding {
+    pub scale: f64,
+    pub bound: f64,
+    pub key: [u8; 32],
+    pub stream: u64,
 }
 
 /// A helper's answer to a [`SliceRequest`]; with `Done`, the sum of the slice's clipped
-/// per-example gradients travels beside it as `sum` (Float32Array).
+/// per-example gradients travels beside it as `sum` (Float32Array), or for a distributed step
+/// their rounded sum as `integers` (Float64Array; `loss_sum` NaN, `correct` and `clipped` 0).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SliceReply {
@@ -442,8 +458,19 @@ mod tests {
             seq: 7,
             task: "mnist".into(),
             clip: Some(1.5),
+            rounding: None,
         };
         assert_eq!(SliceRequest::decode(&req.encode()).unwrap(), req);
+        let rounded = SliceRequest {
+            rounding: Some(SliceRounding {
+                scale: 4096.0,
+                bound: 4200.5,
+                key: [7; 32],
+                stream: 33,
+            }),
+            ..req.clone()
+        };
+        assert_eq!(SliceRequest::decode(&rounded.encode()).unwrap(), rounded);
         let reply = SliceReply::Done {
             seq: 7,
             loss_sum: f64::NAN,
