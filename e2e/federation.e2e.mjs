@@ -213,13 +213,17 @@ try {
   await victim.close();
   // It stays on the dashboard, marked with when and why it left. 30 s: the dashboard polls every
   // 2 s, and on CI's 2 cores (a debug server, 3 tabs training) 10 s once ran out (4c7a27d).
-  await waitFor('the dashboard to show tab 2 left', async () => /^left in round 2: /.test((await rowOf('e2e-tab-2'))?.[2] ?? ''), 30_000, 200);
+  let status2 = null; // what the row said last, for the error if it never says "left"
+  await waitFor('the dashboard to show tab 2 left', async () => /^left in round 2: /.test(status2 = (await rowOf('e2e-tab-2'))?.[2] ?? ''), 30_000, 200)
+    .catch((e) => { throw new Error(`${e.message}; its row's status: ${JSON.stringify(status2)}`); });
   log('closed tab 2 in the middle of round 2:', (await rowOf('e2e-tab-2'))[2]);
   // Its round 2 was charged at dispatch and failed: the ε cell says it counts it, with the tight
   // ε beside RDP's once the (debug) server has computed it. 60 s: at cf164d8, on CI's 2 cores with
   // 3 tabs training, 10 s ran out once (re-runs pass).
+  let eps2 = null;
   await waitFor('tab 2\'s ε to say it includes the round that failed', async () =>
-    /^\d+\.\d{3} \(incl\. 1 failed round\) · RDP \d+\.\d{3}$/.test((await rowOf('e2e-tab-2'))?.[7] ?? ''), 60_000, 200);
+    /^\d+\.\d{3} \(incl\. 1 failed round\) · RDP \d+\.\d{3}$/.test(eps2 = (await rowOf('e2e-tab-2'))?.[7] ?? ''), 60_000, 200)
+    .catch((e) => { throw new Error(`${e.message}; its ε cell: ${JSON.stringify(eps2)}`); });
   await waitFor('round 2 to close without tab 2', async () => Number(await admin.textContent('#completed-rounds')) >= 2, 300_000, 500);
   const history2 = (await api('/api/admin/runs/1')).body;
   const round2 = history2.rounds.find((r) => r.server_round === 2);

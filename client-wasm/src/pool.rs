@@ -249,30 +249,50 @@ fn largest_remainder(n: usize, weights: &[f64]) -> Vec<usize> {
 }
 
 /// Which of a helper's answers are checked against the training worker's own computation of
-/// the same slice ([`check_same`]): the first to a slice sent in new arrays and the first to a
-/// slice sent in arrays the helper gave back (the pool reuses them, `Buffers`) — each way a
-/// slice travels, once per helper. A helper whose sums are wrong but within the clipping bound
-/// (a reused array not refilled, say) would otherwise go unnoticed: the round would train on
-/// them.
+/// the same slice ([`check_same`], [`check_same_rounded`]): for a local step's slices, the
+/// first sent in new arrays and the first sent in arrays the helper gave back (the pool reuses
+/// them, `Buffers`) — each way a slice travels — and the first distributed slice, whatever
+/// came before it (a pool lives for the whole join, across runs of both kinds); once per
+/// helper each. A helper whose sums are wrong but within the bound (a reused array not
+/// refilled, a slice rounded on another stream) would otherwise go unnoticed: the round would
+/// train on them — and a rounded sum's norm check bounds only the total, not one example's
+/// share of it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Audit {
     fresh: bool,
     reused: bool,
+    rounded: bool,
+}
+
+/// How a slice travelled, for [`Audit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// A local step's slice in new arrays.
+    Fresh,
+    /// A local step's slice in arrays the helper gave back.
+    Reused,
+    /// A distributed step's slice.
+    Rounded,
 }
 
 impl Audit {
-    /// Whether the answer to a slice sent in returned arrays (`reused`) or new ones is checked.
-    pub fn wanted(&self, reused: bool) -> bool {
-        !if reused { self.reused } else { self.fresh }
+    fn checked(&mut self, way: Way) -> &mut bool {
+        match way {
+            Way::Fresh => &mut self.fresh,
+            Way::Reused => &mut self.reused,
+            Way::Rounded => &mut self.rounded,
+        }
+    }
+
+    /// Whether the answer to a slice that travelled `way` is checked.
+    pub fn wanted(&self, way: Way) -> bool {
+        let mut copy = *self;
+        !*copy.checked(way)
     }
 
     /// Such an answer was checked and right.
-    pub fn passed(&mut self, reused: bool) {
-        if reused {
-            self.reused = true;
-        } else {
-            self.fresh = true;
-        }
+    pub fn passed(&mut self, way: Way) {
+        *self.checked(way) = true;
     }
 }
 
@@ -365,7 +385,7 @@ mod web {
     use web_sys::{ErrorEvent, MessageEvent, Worker};
 
     use super::{
-        Asked, Audit, Balance, MAX_POOL_FAILURES, check_same, check_same_rounded, helper_lost,
+        Asked, Audit, Balance, MAX_POOL_FAILURES, Way, check_same, check_same_rounded, helper_lost,
         slice_gradient_from, slice_rounded_from,
     };
     use crate::bench::now_ms;
@@ -672,13 +692,13 @@ mod web {
                 // before it does not make it look late.
                 self.balance.record(i + 1, now_ms() - ready);
                 let helper = &mut self.helpers[i];
-                let reused = helper.sent.reused;
-                if helper.audit.wanted(reused) {
+                let way = W::way(helper.sent.reused);
+                if helper.audit.wanted(way) {
                     let own = work
                         .compute(&model, params, input, range)
                         .map_err(StepError::Local)?;
                     W::same(&part, &own).map_err(lost)?;
-                    helper.audit.passed(reused);
+                    helper.audit.passed(way);
                 }
                 ready = now_ms();
                 W::add(&mut total, &part).map_err(StepError::Local)?;
@@ -712,6 +732,8 @@ mod web {
     /// distributed one ([`Rounded`]).
     trait SliceWork {
         type Part;
+        /// How a slice travelled (in returned arrays or not), for its audit.
+        fn way(reused: bool) -> Way;
         /// The rounding a slice starting at example `start` is sent with.
         fn rounding(&self, start: usize) -> Option<SliceRounding>;
         /// The examples `range` of the step, computed here.
@@ -734,6 +756,9 @@ mod web {
 
     impl SliceWork for Clipped {
         type Part = BatchGradient;
+        fn way(reused: bool) -> Way {
+            if reused { Way::Reused } else { Way::Fresh }
+        }
         fn rounding(&self, _: usize) -> Option<SliceRounding> {
             None
         }
@@ -764,6 +789,9 @@ mod web {
 
     impl SliceWork for Rounded<'_> {
         type Part = RoundedSum;
+        fn way(_: bool) -> Way {
+            Way::Rounded
+        }
         fn rounding(&self, start: usize) -> Option<SliceRounding> {
             Some(SliceRounding {
                 scale: self.0.scale,
@@ -785,10 +813,8 @@ mod web {
         }
         fn read(&self, data: &JsValue, asked: Asked) -> Result<RoundedSum, String> {
             let reply = reply_header(data)?;
-            let integers = js_sys::Reflect::get(data, &"integers".into())
-                .ok()
-                .and_then(|v| v.dyn_into::<js_sys::Float64Array>().ok())
-                .map(|a| a.to_vec());
+            let integers =
+                typed_field::<js_sys::Float64Array>(data, "integers").map(|a| a.to_vec());
             slice_rounded_from(reply, integers, asked, self.0.bound)
         }
         fn same(answer: &RoundedSum, own: &RoundedSum) -> Result<(), String> {
@@ -903,9 +929,14 @@ mod web {
 
     /// A message's field `key` when it is a Float32Array.
     fn float32_field(data: &JsValue, key: &str) -> Option<js_sys::Float32Array> {
+        typed_field(data, key)
+    }
+
+    /// A message's field `key` when it is a `T` (a typed array).
+    fn typed_field<T: JsCast>(data: &JsValue, key: &str) -> Option<T> {
         js_sys::Reflect::get(data, &key.into())
             .ok()?
-            .dyn_into::<js_sys::Float32Array>()
+            .dyn_into::<T>()
             .ok()
     }
 
@@ -1015,9 +1046,7 @@ mod web {
                 .ok_or(format!("slice: expected {k} as a Float32Array"))
         };
         let (params, images) = (floats(params, "params")?, floats(images, "images")?);
-        let labels = js_sys::Reflect::get(data, &"labels".into())
-            .ok()
-            .and_then(|v| v.dyn_into::<js_sys::Uint8Array>().ok())
+        let labels = typed_field::<js_sys::Uint8Array>(data, "labels")
             .map(|a| a.to_vec())
             .ok_or("slice: expected labels as a Uint8Array")?;
         let model = task.model();
@@ -1079,8 +1108,9 @@ mod web {
                     let part = part.await?;
                     let seconds = (js_sys::Date::now() - started) / 1000.0;
                     let rate = (seconds > 0.0).then(|| input.len() as f64 / seconds);
+                    let res = fit.finish(part, &mut job.privacy)?;
                     on_event(TrainEvent::Step(FitProgress::one_step(), rate));
-                    return fit.finish(part, &mut job.privacy);
+                    return Ok(res);
                 }
                 Fit::Steps(steps) => steps,
             };
@@ -1310,16 +1340,23 @@ mod tests {
     #[test]
     fn a_helper_is_audited_once_each_way_a_slice_travels() {
         let mut audit = Audit::default();
-        assert!(audit.wanted(false) && audit.wanted(true));
-        audit.passed(false);
-        assert!(!audit.wanted(false), "new arrays: checked once");
-        assert!(audit.wanted(true), "returned arrays: not yet");
-        audit.passed(true);
-        assert!(!audit.wanted(false) && !audit.wanted(true));
+        assert!(audit.wanted(Way::Fresh) && audit.wanted(Way::Reused));
+        audit.passed(Way::Fresh);
+        assert!(!audit.wanted(Way::Fresh), "new arrays: checked once");
+        assert!(audit.wanted(Way::Reused), "returned arrays: not yet");
+        audit.passed(Way::Reused);
+        assert!(!audit.wanted(Way::Fresh) && !audit.wanted(Way::Reused));
+        // A pool that trained local rounds still checks its first distributed slice.
+        assert!(audit.wanted(Way::Rounded));
+        audit.passed(Way::Rounded);
+        assert!(!audit.wanted(Way::Rounded));
         // In the other order too: returned arrays checked first, new ones still are.
         let mut audit = Audit::default();
-        audit.passed(true);
-        assert!(audit.wanted(false) && !audit.wanted(true));
+        audit.passed(Way::Reused);
+        assert!(audit.wanted(Way::Fresh) && !audit.wanted(Way::Reused));
+        let mut audit = Audit::default();
+        audit.passed(Way::Rounded);
+        assert!(audit.wanted(Way::Fresh) && audit.wanted(Way::Reused));
     }
 
     fn lens(ranges: &[std::ops::Range<usize>]) -> Vec<usize> {

@@ -208,8 +208,9 @@ pub fn fit_with(
         Fit::Distributed(fit) => {
             let input = fit.input(task, shard);
             let part = workers.rounded(&model, fit.params(), &input, fit.rounding())?;
+            let res = fit.finish(part, privacy)?;
             progress(FitProgress::one_step());
-            return fit.finish(part, privacy);
+            return Ok(res);
         }
         Fit::Steps(steps) => steps,
     };
@@ -363,6 +364,7 @@ impl DistributedFit {
         self.round.params()
     }
 
+    /// How the slices are rounded (for the workers that compute them).
     pub fn rounding(&self) -> &Rounding {
         self.round.rounding()
     }
@@ -605,6 +607,45 @@ mod tests {
             }),
             ..TrainConfig::default()
         }
+    }
+
+    /// A distributed round whose rounded sum is not the sample's (what a wrong or hostile
+    /// helper worker would answer) ends with an error, sends nothing and charges nothing; the
+    /// right sum is charged once.
+    #[test]
+    fn a_distributed_round_charges_only_a_sum_that_is_the_samples() {
+        let mut config = dp_config(1e-5);
+        config.batching = Batching::SampleRate(1.0);
+        config.dp.as_mut().unwrap().distributed = Some(DistributedNoise {
+            scale: 1000.0,
+            beta: (-0.5f64).exp(),
+            contributors: 3,
+        });
+        let (shard, global) = (tiny(4), init());
+        let mut privacy = ClientPrivacy::new(None, 1e-5).expect("OS randomness");
+        let start = |privacy: &mut ClientPrivacy| match start_fit(
+            &MNIST, &global, &config, &shard, privacy,
+        ) {
+            Ok(Fit::Distributed(fit)) => fit,
+            other => panic!("expected a distributed round: {other:?}"),
+        };
+        let fit = start(&mut privacy);
+        let short = RoundedSum {
+            sum: vec![0; global.len()],
+            examples: 3,
+        };
+        assert!(fit.finish(short, &mut privacy).is_err());
+        assert_eq!(privacy.ledger.entries(), 0, "nothing charged");
+        let fit = start(&mut privacy);
+        let input = fit.input(&MNIST, &shard);
+        let part = Threads::new(1)
+            .rounded(&MNIST.model(), fit.params(), &input, fit.rounding())
+            .unwrap();
+        let res = fit
+            .finish(part, &mut privacy)
+            .expect("the sample's own sum");
+        assert!(matches!(res.update, Update::Integers(_)));
+        assert_eq!(privacy.ledger.entries(), 1);
     }
 
     fn tiny(n: usize) -> Dataset {

@@ -14,7 +14,7 @@
 use crate::LearningError;
 use crate::data::Dataset;
 use crate::dpsgd::{OptimizerState, SecureRng, per_example_gradients};
-use crate::model::TinyCnnConfig;
+use crate::model::{IMAGE_PIXELS, TinyCnnConfig, check_images};
 use crate::skellam::{self, SkellamError, SkellamStep};
 use crate::steps::StepInput;
 use crate::task::Task;
@@ -150,11 +150,7 @@ impl RoundedSum {
                 actual: other.sum.len(),
             });
         }
-        for (s, v) in self.sum.iter_mut().zip(&other.sum) {
-            *s = s
-                .checked_add(*v)
-                .ok_or_else(|| LearningError::Distributed("a rounded sum overflows".into()))?;
-        }
+        add_into(&mut self.sum, other.sum.iter().copied())?;
         self.examples += other.examples;
         Ok(())
     }
@@ -195,12 +191,14 @@ pub fn rounded_slice_sum(
     rounding: &Rounding,
     stream: u64,
 ) -> Result<RoundedSum, LearningError> {
+    check_images(images, labels.len())?;
     let mut rng = ChaCha20Rng::from_seed(rounding.key);
     rng.set_stream(stream);
-    let pixels = images.len() / labels.len().max(1);
     let mut out = RoundedSum::empty(params.len());
-    for (i, labels) in labels.chunks(CHUNK).enumerate() {
-        let images = &images[i * CHUNK * pixels..][..labels.len() * pixels];
+    for (labels, images) in labels
+        .chunks(CHUNK)
+        .zip(images.chunks(CHUNK * IMAGE_PIXELS))
+    {
         for g in per_example_gradients(model, params, images, labels)? {
             out.examples += 1;
             let unit = clipped_over_c(&g, rounding.clip);
@@ -213,12 +211,21 @@ pub fn rounded_slice_sum(
                     Err(SkellamError::Rounding { .. }) => continue,
                     Err(e) => return Err(skellam_error(e)),
                 };
-            for (s, r) in out.sum.iter_mut().zip(rounded) {
-                *s += r;
-            }
+            add_into(&mut out.sum, rounded)?;
         }
     }
     Ok(out)
+}
+
+/// `values` added to `sum`, checked: a helper sent a scale the client's own configuration
+/// would refuse could otherwise make a sum wrap.
+fn add_into(sum: &mut [i64], values: impl IntoIterator<Item = i64>) -> Result<(), LearningError> {
+    for (s, v) in sum.iter_mut().zip(values) {
+        *s = s
+            .checked_add(v)
+            .ok_or_else(|| LearningError::Distributed("a rounded sum overflows".into()))?;
+    }
+    Ok(())
 }
 
 /// The bound the accountant assumes for a rounded gradient of norm ≤ C.
@@ -238,16 +245,15 @@ fn rounded_bound(step: &DistributedStep, dim: usize) -> f64 {
 fn add_noise(sum: &mut [i64], variance: f64, rng: &mut SecureRng) -> Result<(), LearningError> {
     if variance > 0.0 {
         let noise = skellam::noise(variance, sum.len(), rng.inner()).map_err(skellam_error)?;
-        for (s, n) in sum.iter_mut().zip(noise) {
-            *s += n;
-        }
+        add_into(sum, noise)?;
     }
     Ok(())
 }
 
 /// Computes this client's contribution to a distributed step from the global model, on this
-/// thread: the one-call form of a [`DistributedRound`], for tests and tools.
-pub fn contribution(
+/// thread: the one-call form of a [`DistributedRound`], for tests.
+#[cfg(test)]
+pub(crate) fn contribution(
     task: &Task,
     global: &[f32],
     data: &Dataset,
@@ -269,8 +275,9 @@ pub fn contribution(
 
 /// One client's distributed round once its checks passed: its Poisson sample drawn and its
 /// rounding key, waiting for the rounded sum of the sampled examples (computed here or by a
-/// pool of workers, in slices: [`rounded_slice_sum`]); [`Self::finish`] then adds the noise
-/// share and charges the ledger. Nothing is released before that.
+/// pool of workers, in slices: [`rounded_slice_sum`]); [`Self::finish`] then checks it and
+/// adds the noise share (the caller charges the ledger:
+/// [`crate::client::DistributedFit::finish`]). Nothing is released before that.
 #[derive(Debug)]
 pub struct DistributedRound {
     global: Vec<f32>,
@@ -291,12 +298,8 @@ impl DistributedRound {
         step.check()?;
         task.model().layout().check_len(global)?;
         let picked = rng.poisson_sample(n, step.sample_rate);
-        let rounding = Rounding {
-            clip: step.clip,
-            scale: step.scale,
-            bound: rounded_bound(&step, global.len()),
-            key: rng.key(),
-        };
+        let bound = rounded_bound(&step, global.len());
+        let rounding = Rounding::new(step.clip, step.scale, bound, rng.key())?;
         Ok(Self {
             global: global.to_vec(),
             step,
@@ -310,6 +313,7 @@ impl DistributedRound {
         &self.global
     }
 
+    /// How the slices are rounded (for the workers that compute them).
     pub fn rounding(&self) -> &Rounding {
         &self.rounding
     }
@@ -502,6 +506,24 @@ mod tests {
     }
 
     #[test]
+    fn a_rounding_from_another_worker_is_checked() {
+        for (clip, scale, bound, says) in [
+            (0.0, 10.0, 10.0, "clipping norm"),
+            (f32::NAN, 10.0, 10.0, "clipping norm"),
+            (1.0, 0.0, 10.0, "scale"),
+            (1.0, f64::INFINITY, 10.0, "scale"),
+            (1.0, 10.0, -1.0, "bound"),
+            (1.0, 10.0, f64::NAN, "bound"),
+        ] {
+            let err = Rounding::new(clip, scale, bound, [0; 32])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{err} (expected: {says})");
+        }
+        assert!(Rounding::new(1.0, 10.0, 10.0, [0; 32]).is_ok());
+    }
+
+    #[test]
     fn a_rounded_sum_that_overflows_is_an_error() {
         let mut a = RoundedSum {
             sum: vec![i64::MAX, 0],
@@ -517,7 +539,8 @@ mod tests {
 
     #[test]
     fn without_noise_it_is_the_rounded_sum_of_clipped_gradients() {
-        let data = data(48);
+        // 130 examples: two whole chunks of the per-example path and a partial one.
+        let data = data(130);
         let config = MNIST.model();
         let global = config.init(&Device::flex()).to_flat();
         // A small C, so that clipping bites (checked below).
@@ -530,17 +553,17 @@ mod tests {
         };
         let mut rng = SecureRng::seeded(1);
         let c = contribution(&MNIST, &global, &data, &step, &mut rng).unwrap();
-        assert_eq!(c.examples, 48, "q = 1 takes every example");
+        assert_eq!(c.examples, 130, "q = 1 takes every example");
         // The clipped sum, computed by the batched (local DP-SGD) path.
-        let all: Vec<usize> = (0..48).collect();
+        let all: Vec<usize> = (0..130).collect();
         let (images, labels) = MNIST.batch(&data, &all);
         let exact = batch_gradient(&config, &global, &images, &labels, Some(0.05)).unwrap();
         assert!(
-            exact.clipped > 24,
-            "clipping bites: {} of 48",
+            exact.clipped > 65,
+            "clipping bites: {} of 130",
             exact.clipped
         );
-        // Each example's coordinate is rounded by less than 1, so the sums differ by < 48 units
+        // Each example's coordinate is rounded by less than 1, so the sums differ by < 130 units
         // (plus float noise between the two gradient paths).
         let worst = c
             .sum
@@ -548,7 +571,7 @@ mod tests {
             .zip(&exact.sum)
             .map(|(&s, &e)| (s as f64 - e as f64 / 0.05 * 1000.0).abs())
             .fold(0.0, f64::max);
-        assert!(worst < 48.5, "off by {worst} units");
+        assert!(worst < 130.5, "off by {worst} units");
     }
 
     #[test]

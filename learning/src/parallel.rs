@@ -4,7 +4,8 @@
 //! sees the RNG: the noise is added once, afterwards, by [`crate::steps::LocalSteps`].
 //!
 //! (The browser's pool of Web Workers does the same with messages instead of threads, in
-//! `client-wasm`.)
+//! `client-wasm`, for a distributed round's rounded sum too; [`Threads`] computes that one on
+//! the calling thread: the simulator's clients already share the cores.)
 
 use crate::LearningError;
 use crate::distributed::{RoundedSum, Rounding, rounded_slice_sum};

@@ -289,12 +289,23 @@ pub struct SliceRequest {
 /// How a distributed step's slice is rounded: the scale (integer units per C), the bound of a
 /// rounded gradient's norm, the round's rounding key and this slice's stream of it (its first
 /// example's index in the step), so that the slice rounds the same on any worker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct SliceRounding {
     pub scale: f64,
     pub bound: f64,
     pub key: [u8; 32],
     pub stream: u64,
+}
+
+impl std::fmt::Debug for SliceRounding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key: a debug print is not a place for the client's randomness.
+        write!(
+            f,
+            "SliceRounding(S {}, bound {}, stream {})",
+            self.scale, self.bound, self.stream
+        )
+    }
 }
 
 /// A helper's answer to a [`SliceRequest`]; with `Done`, the sum of the slice's clipped
