@@ -152,14 +152,25 @@ pub fn check_same_rounded(answer: &RoundedSum, own: &RoundedSum) -> Result<(), S
             own.sum.len()
         ));
     }
-    match answer.sum.iter().zip(&own.sum).position(|(a, b)| a != b) {
+    first_difference("rounded sum", &answer.sum, &own.sum, |a, b| a == b)
+}
+
+/// An audit's error at the first value where `answer` and `own` (of equal lengths) are not
+/// `same`, naming it.
+fn first_difference<T: std::fmt::Display>(
+    what: &str,
+    answer: &[T],
+    own: &[T],
+    same: impl Fn(&T, &T) -> bool,
+) -> Result<(), String> {
+    match answer.iter().zip(own).position(|(a, b)| !same(a, b)) {
         None => Ok(()),
         Some(i) => Err(format!(
-            "its rounded sum differs from the same slice computed here: value {} of {} is {} (expected {})",
+            "its {what} differs from the same slice computed here: value {} of {} is {} (expected {})",
             i + 1,
-            own.sum.len(),
-            answer.sum[i],
-            own.sum[i]
+            own.len(),
+            answer[i],
+            own[i]
         )),
     }
 }
@@ -319,16 +330,9 @@ pub fn check_same(answer: &BatchGradient, own: &BatchGradient) -> Result<(), Str
             own.sum.len()
         ));
     }
-    match (answer.sum.iter().zip(&own.sum)).position(|(a, b)| a.to_bits() != b.to_bits()) {
-        None => Ok(()),
-        Some(i) => Err(format!(
-            "its gradient sum differs from the same slice computed here: value {} of {} is {} (expected {})",
-            i + 1,
-            own.sum.len(),
-            answer.sum[i],
-            own.sum[i]
-        )),
-    }
+    first_difference("gradient sum", &answer.sum, &own.sum, |a, b| {
+        a.to_bits() == b.to_bits()
+    })
 }
 
 /// What the user is told when a helper is lost (`index` 0 is the training worker itself).

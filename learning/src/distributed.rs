@@ -427,17 +427,19 @@ mod tests {
         mnist.train.subset(&(0..n).collect::<Vec<_>>())
     }
 
+    /// Every example, a small C (clipping bites), S = 1000, no noise.
+    const EVERY_EXAMPLE: DistributedStep = DistributedStep {
+        sample_rate: 1.0,
+        clip: 0.05,
+        scale: 1000.0,
+        beta: 0.606_530_659_712_633_4, // e^−0.5
+        noise_variance: 0.0,
+    };
+
     fn round_of(n: usize, rng: &mut SecureRng) -> (Dataset, Vec<f32>, DistributedRound) {
         let data = data(n);
         let global = MNIST.model().init(&Device::flex()).to_flat();
-        let step = DistributedStep {
-            sample_rate: 1.0,
-            clip: 0.05,
-            scale: 1000.0,
-            beta: (-0.5f64).exp(),
-            noise_variance: 0.0,
-        };
-        let round = DistributedRound::new(&MNIST, &global, n, step, rng).unwrap();
+        let round = DistributedRound::new(&MNIST, &global, n, EVERY_EXAMPLE, rng).unwrap();
         (data, global, round)
     }
 
@@ -544,15 +546,8 @@ mod tests {
         let config = MNIST.model();
         let global = config.init(&Device::flex()).to_flat();
         // A small C, so that clipping bites (checked below).
-        let step = DistributedStep {
-            sample_rate: 1.0,
-            clip: 0.05,
-            scale: 1000.0,
-            beta: (-0.5f64).exp(),
-            noise_variance: 0.0,
-        };
         let mut rng = SecureRng::seeded(1);
-        let c = contribution(&MNIST, &global, &data, &step, &mut rng).unwrap();
+        let c = contribution(&MNIST, &global, &data, &EVERY_EXAMPLE, &mut rng).unwrap();
         assert_eq!(c.examples, 130, "q = 1 takes every example");
         // The clipped sum, computed by the batched (local DP-SGD) path.
         let all: Vec<usize> = (0..130).collect();
