@@ -107,10 +107,11 @@ pub fn noise(variance: f64, len: usize, rng: &mut impl Rng) -> Result<Vec<i64>, 
 /// for the input's clipping norm), so the sensitivity the accountant uses holds exactly. (The
 /// redraws bias the result slightly toward shorter vectors; with β ≤ e^−0.5 rarely.)
 ///
-/// Each coordinate's draw is 32 random bits (up with probability ⌈frac · 2³²⌉ / 2³², within
-/// 2⁻³² of frac): half the keystream of a 64-bit float draw, and the keystream was ≈ 40 % of a
-/// distributed step. The bias is a utility matter only: privacy rests on the norm bound, which
-/// is checked on the rounded vector itself.
+/// Each coordinate's draw is 32 random bits (up with probability ⌈frac · 2³²⌉ / 2³², at most
+/// 2⁻³² above frac): half the keystream of a 64-bit float draw, for what was 29–36 % of a
+/// distributed step's compute natively (`benchmarks/distributed-step-parts.log`). The bias is a
+/// utility matter only: privacy rests on the norm bound, which is checked on the rounded vector
+/// itself.
 pub fn conditional_round(
     x: &[f32],
     scale: f64,
@@ -498,6 +499,16 @@ mod tests {
             .collect();
         let var = sums.iter().map(|s| s * s).sum::<f64>() / n as f64;
         assert!((var / total - 1.0).abs() < 0.02, "variance {var}");
+    }
+
+    #[test]
+    fn whole_numbers_round_to_themselves() {
+        // frac 0: never up (a 32-bit draw is never below 0); negative ones keep their floor.
+        let mut rng = ChaCha20Rng::seed_from_u64(16);
+        for _ in 0..50 {
+            let r = conditional_round(&[0.0, 1.0, -1.0, 2.0, -3.0], 1.0, 10.0, &mut rng).unwrap();
+            assert_eq!(r, [0, 1, -1, 2, -3]);
+        }
     }
 
     #[test]
