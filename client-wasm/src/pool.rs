@@ -18,12 +18,12 @@
 //! once ([`learning::client::DistributedFit::finish`]).
 //!
 //! A helper's answer is checked before it counts: it must answer this very request (a
-//! sequence number), cover its slice, and stay within the clipping (or rounding) bound. A helper that fails,
-//! answers wrongly or stays silent loses the pool for the round: the step is computed again,
-//! from the same batch, by the training worker alone (nothing of it was released, so this
-//! costs no privacy, and the batch is never redrawn), the round goes on on one worker and the
-//! user is told. The next round starts fresh helpers; after [`MAX_POOL_FAILURES`] losses in one
-//! join the tab stops trying.
+//! sequence number), cover its slice, and stay within the clipping (or rounding) bound. A
+//! helper that fails, answers wrongly or stays silent loses the pool for the round: the step is
+//! computed again, from the same batch, by the training worker alone (nothing of it was
+//! released, so this costs no privacy, and the batch is never redrawn), the round goes on on one
+//! worker and the user is told. The next round starts fresh helpers; after
+//! [`MAX_POOL_FAILURES`] losses in one join the tab stops trying.
 
 use learning::distributed::RoundedSum;
 use learning::dpsgd::BatchGradient;
@@ -297,8 +297,11 @@ impl Audit {
 
     /// Whether the answer to a slice that travelled `way` is checked.
     pub fn wanted(&self, way: Way) -> bool {
-        let mut copy = *self;
-        !*copy.checked(way)
+        !match way {
+            Way::Fresh => self.fresh,
+            Way::Reused => self.reused,
+            Way::Rounded => self.rounded,
+        }
     }
 
     /// Such an answer was checked and right.
