@@ -1113,8 +1113,7 @@ mod web {
                     let work = Rounded(fit.rounding());
                     let part = step_sum(task, fit.params(), &input, &work, workers, on_event);
                     let part = part.await?;
-                    let seconds = (js_sys::Date::now() - started) / 1000.0;
-                    let rate = (seconds > 0.0).then(|| input.len() as f64 / seconds);
+                    let rate = rate_since(started, input.len());
                     let res = fit.finish(part, &mut job.privacy)?;
                     on_event(TrainEvent::Step(FitProgress::one_step(), rate));
                     return Ok(res);
@@ -1127,16 +1126,19 @@ mod web {
                 let g = g.await?;
                 seen += input.len();
                 let progress = steps.apply(g, &mut job.privacy)?;
-                let seconds = (js_sys::Date::now() - started) / 1000.0;
-                on_event(TrainEvent::Step(
-                    progress,
-                    (seconds > 0.0).then(|| seen as f64 / seconds),
-                ));
+                on_event(TrainEvent::Step(progress, rate_since(started, seen)));
             }
             steps.finish(&mut job.privacy)
         }
         .await;
         job.done(result)
+    }
+
+    /// Examples per second since `started` (`Date.now()` milliseconds); none before any time
+    /// has passed.
+    fn rate_since(started: f64, examples: usize) -> Option<f64> {
+        let seconds = (js_sys::Date::now() - started) / 1000.0;
+        (seconds > 0.0).then(|| examples as f64 / seconds)
     }
 
     /// One step's sum (`work`): on the helpers when they run, else (or when they fail) here,

@@ -52,6 +52,16 @@ fn skellam_error(e: SkellamError) -> LearningError {
     LearningError::Distributed(e.to_string())
 }
 
+/// An error naming `what` unless `value` is finite and above 0.
+fn above_zero(value: f64, what: &str) -> Result<(), LearningError> {
+    if value > 0.0 && value.is_finite() {
+        return Ok(());
+    }
+    Err(LearningError::Distributed(format!(
+        "{what}: expected a finite number above 0"
+    )))
+}
+
 impl DistributedStep {
     /// Every parameter in its range (a server-sent step is checked before anything runs).
     pub fn check(&self) -> Result<(), LearningError> {
@@ -59,12 +69,8 @@ impl DistributedStep {
         if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
             return bad("sample rate: expected a number above 0 and at most 1");
         }
-        if !(self.clip > 0.0 && self.clip.is_finite()) {
-            return bad("clipping norm: expected a finite number above 0");
-        }
-        if !(self.scale > 0.0 && self.scale.is_finite()) {
-            return bad("scale: expected a finite number above 0");
-        }
+        above_zero(f64::from(self.clip), "clipping norm")?;
+        above_zero(self.scale, "scale")?;
         if !(0.0..1.0).contains(&self.beta) {
             return bad("beta: expected a number at least 0 and below 1");
         }
@@ -102,16 +108,9 @@ impl std::fmt::Debug for Rounding {
 impl Rounding {
     /// A rounding received from another worker: every number checked.
     pub fn new(clip: f32, scale: f64, bound: f64, key: [u8; 32]) -> Result<Self, LearningError> {
-        let bad = |what: &str| Err(LearningError::Distributed(what.into()));
-        if !(clip > 0.0 && clip.is_finite()) {
-            return bad("rounding: clipping norm: expected a finite number above 0");
-        }
-        if !(scale > 0.0 && scale.is_finite()) {
-            return bad("rounding: scale: expected a finite number above 0");
-        }
-        if !(bound > 0.0 && bound.is_finite()) {
-            return bad("rounding: bound: expected a finite number above 0");
-        }
+        above_zero(f64::from(clip), "rounding: clipping norm")?;
+        above_zero(scale, "rounding: scale")?;
+        above_zero(bound, "rounding: bound")?;
         Ok(Self {
             clip,
             scale,
