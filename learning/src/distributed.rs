@@ -13,16 +13,13 @@
 
 use crate::LearningError;
 use crate::data::Dataset;
-use crate::dpsgd::{OptimizerState, SecureRng, per_example_gradients};
-use crate::model::{IMAGE_PIXELS, TinyCnnConfig, check_images};
-use crate::skellam::{self, SkellamError, SkellamStep};
+use crate::dpsgd::{OptimizerState, SecureRng, each_unit_gradient};
+use crate::model::TinyCnnConfig;
+use crate::skellam::{self, ConditionalRounding, SkellamError, SkellamStep};
 use crate::steps::StepInput;
 use crate::task::Task;
 use rand::SeedableRng;
 use rand::rngs::ChaCha20Rng;
-
-/// Examples whose gradients are materialised at once (memory: this × 12 810 floats).
-const CHUNK: usize = 64;
 
 /// What a client computes for one distributed step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -190,30 +187,27 @@ pub fn rounded_slice_sum(
     rounding: &Rounding,
     stream: u64,
 ) -> Result<RoundedSum, LearningError> {
-    check_images(images, labels.len())?;
     let mut rng = ChaCha20Rng::from_seed(rounding.key);
     rng.set_stream(stream);
-    let mut out = RoundedSum::empty(params.len());
-    for (labels, images) in labels
-        .chunks(CHUNK)
-        .zip(images.chunks(CHUNK * IMAGE_PIXELS))
-    {
-        for g in per_example_gradients(model, params, images, labels)? {
-            out.examples += 1;
-            let unit = clipped_over_c(&g, rounding.clip);
+    let mut rounder = ConditionalRounding::default();
+    // In the kernels' order, as each example's gradient comes; the layout's at the end.
+    let mut sum = vec![0; params.len()];
+    let mut examples = 0;
+    each_unit_gradient(model, params, images, labels, rounding.clip, |unit| {
+        examples += 1;
+        match rounder.round(unit, rounding.scale, rounding.bound, &mut rng) {
+            Ok(rounded) => add_into(&mut sum, rounded.iter().copied()),
             // An example whose rounding keeps exceeding the bound (vanishingly rare at β ≤
             // e^−0.5) counts as zero rather than dropping the client's whole contribution,
             // noise share included.
-            let rounded =
-                match skellam::conditional_round(&unit, rounding.scale, rounding.bound, &mut rng) {
-                    Ok(r) => r,
-                    Err(SkellamError::Rounding { .. }) => continue,
-                    Err(e) => return Err(skellam_error(e)),
-                };
-            add_into(&mut out.sum, rounded)?;
+            Err(SkellamError::Rounding { .. }) => Ok(()),
+            Err(e) => Err(skellam_error(e)),
         }
-    }
-    Ok(out)
+    })?;
+    Ok(RoundedSum {
+        sum: model.kernel_order_to_layout(&sum),
+        examples,
+    })
 }
 
 /// `values` added to `sum`, checked: a helper sent a scale the client's own configuration
@@ -397,21 +391,6 @@ pub fn apply_gradient(
     }
     *optimizer = next_state;
     Ok(next)
-}
-
-/// `g` clipped to norm C, divided by C (so its norm is at most 1); a gradient that is not
-/// finite counts as zero, like local DP-SGD's clip factor 0.
-fn clipped_over_c(g: &[f32], clip: f32) -> Vec<f32> {
-    let norm = g
-        .iter()
-        .map(|v| (*v as f64) * (*v as f64))
-        .sum::<f64>()
-        .sqrt();
-    if !norm.is_finite() {
-        return vec![0.0; g.len()];
-    }
-    let factor = (1.0 / norm.max(clip as f64)) as f32;
-    g.iter().map(|v| v * factor).collect()
 }
 
 #[cfg(test)]
@@ -688,15 +667,22 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_gradient_counts_as_zero() {
-        assert_eq!(clipped_over_c(&[f32::NAN, 1.0], 1.0), [0.0, 0.0]);
-        let c = clipped_over_c(&[3.0, 4.0], 1.0);
-        assert!((c[0] - 0.6).abs() < 1e-6 && (c[1] - 0.8).abs() < 1e-6);
-        let small = clipped_over_c(&[0.3, 0.4], 1.0);
-        assert!(
-            (small[0] - 0.3).abs() < 1e-6,
-            "below C: unchanged (over C = 1)"
-        );
+    fn a_broken_model_s_examples_count_and_add_nothing() {
+        let mut rng = SecureRng::seeded(6);
+        let (data, mut global, round) = round_of(5, &mut rng);
+        global[20] = f32::INFINITY; // a conv1 weight: no gradient is finite
+        let input = round.input(&MNIST, &data);
+        let sum = rounded_slice_sum(
+            &MNIST.model(),
+            &global,
+            &input.images,
+            &input.labels,
+            round.rounding(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(sum.examples, 5);
+        assert!(sum.sum.iter().all(|v| *v == 0));
     }
 }
 
@@ -706,9 +692,10 @@ mod timing {
     use crate::task::MNIST;
     use burn::tensor::Device;
 
-    /// Where a distributed step's time goes, natively, for 512 examples: the per-example
-    /// gradients, their clipping, their rounding (the local step's batched clipped sum beside
-    /// them). `cargo test --release -p learning --lib timing -- --ignored --nocapture`
+    /// Where a distributed step's time goes, natively, for 512 examples: the whole rounded sum
+    /// (one slice, one thread), its unit gradients alone, and the local step's batched clipped
+    /// sum beside them; three times.
+    /// `cargo test --release -p learning --lib timing -- --ignored --nocapture`
     #[test]
     #[ignore = "a measurement: prints times"]
     fn a_distributed_step_s_parts() {
@@ -718,30 +705,27 @@ mod timing {
         let global = model.init(&Device::flex()).to_flat();
         let all: Vec<usize> = (0..512).collect();
         let (images, labels) = MNIST.batch(&data, &all);
-        let t = std::time::Instant::now();
-        let mut grads = Vec::new();
-        for (l, im) in labels
-            .chunks(CHUNK)
-            .zip(images.chunks(CHUNK * IMAGE_PIXELS))
-        {
-            grads.extend(per_example_gradients(&model, &global, im, l).unwrap());
+        let rounding = Rounding::new(1.0, 4096.0, 1e12, [1; 32]).unwrap();
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let sum = rounded_slice_sum(&model, &global, &images, &labels, &rounding, 0);
+            std::hint::black_box(sum.unwrap());
+            let whole = t.elapsed();
+            let t = std::time::Instant::now();
+            each_unit_gradient(&model, &global, &images, &labels, 1.0, |unit| {
+                std::hint::black_box(unit);
+                Ok(())
+            })
+            .unwrap();
+            let gradients = t.elapsed();
+            let t = std::time::Instant::now();
+            let batched =
+                crate::dpsgd::batch_gradient(&model, &global, &images, &labels, Some(1.0));
+            std::hint::black_box(batched.unwrap());
+            let local = t.elapsed();
+            eprintln!(
+                "512 examples: the rounded sum {whole:?}, of which unit gradients {gradients:?}; the local step's clipped sum {local:?}"
+            );
         }
-        let gradients = t.elapsed();
-        let t = std::time::Instant::now();
-        let units: Vec<Vec<f32>> = grads.iter().map(|g| clipped_over_c(g, 1.0)).collect();
-        let clipping = t.elapsed();
-        let mut rng = ChaCha20Rng::from_seed([1; 32]);
-        let t = std::time::Instant::now();
-        for u in &units {
-            std::hint::black_box(skellam::conditional_round(u, 4096.0, 1e12, &mut rng).unwrap());
-        }
-        let rounding = t.elapsed();
-        let t = std::time::Instant::now();
-        let batched = crate::dpsgd::batch_gradient(&model, &global, &images, &labels, Some(1.0));
-        std::hint::black_box(batched.unwrap());
-        let local = t.elapsed();
-        eprintln!(
-            "512 examples: per-example gradients {gradients:?}, clipping {clipping:?}, rounding {rounding:?}; the local step's clipped sum {local:?}"
-        );
     }
 }

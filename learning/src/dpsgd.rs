@@ -222,18 +222,10 @@ fn clipped_sum(
 ) -> (Vec<f32>, Vec<f32>, usize) {
     let b = labels.len();
     let parts = per_example_layers(config, w, images, labels);
+    let norms_sq = parts.norms_sq(config);
     let [w1, b1, w2, b2] = &parts.conv;
     let (mut a, dz, k) = (parts.fc_input, parts.fc_dz, config.num_classes);
     let f = config.flat_features();
-    // Squared per-example norm of every layer; fc's weight gradient a_i ⊗ dz_i has norm
-    // ‖a_i‖·‖dz_i‖ and is never built per example.
-    let norms_sq: Vec<f32> = (0..b)
-        .map(|i| {
-            let [n1, n2, n3, n4] = [w1, b1, w2, b2].map(|t| sum_squares(t.row(i)));
-            let a_sq = sum_squares(&a[i * f..][..f]);
-            n1 + n2 + n3 + n4 + (a_sq + 1.0) * sum_squares(&dz[i * k..][..k])
-        })
-        .collect();
     let (factors, bad) = clip_factors(&norms_sq, c);
     let clipped = factors.iter().filter(|f| **f < 1.0).count();
     let [w1, b1, w2, b2] = [w1, b1, w2, b2].map(|t| t.weighted_sum(&factors));
@@ -341,6 +333,86 @@ struct LayerGradients {
     fc_dz: Vec<f32>,
     /// Logits `[b, 10]`.
     logits: Vec<f32>,
+}
+
+impl LayerGradients {
+    /// Each example's squared gradient norm, layer by layer; fc's weight gradient a_i ⊗ dz_i
+    /// has norm ‖a_i‖·‖dz_i‖ and is never built for it.
+    fn norms_sq(&self, config: &TinyCnnConfig) -> Vec<f32> {
+        let (f, k) = (config.flat_features(), config.num_classes);
+        let (a, dz) = (&self.fc_input, &self.fc_dz);
+        (0..dz.len() / k.max(1))
+            .map(|i| {
+                let layers: f32 = self.conv.iter().map(|t| sum_squares(t.row(i))).sum();
+                let a_sq = sum_squares(&a[i * f..][..f]);
+                layers + (a_sq + 1.0) * sum_squares(&dz[i * k..][..k])
+            })
+            .collect()
+    }
+
+    /// Example `i`'s gradient times `factor`, in the kernels' orders, written over `out`;
+    /// all zeros when `factor` is 0 (a non-finite gradient: 0 × ∞ would be NaN).
+    fn write_scaled(&self, config: &TinyCnnConfig, i: usize, factor: f32, out: &mut Vec<f32>) {
+        let len = config.layout().num_params();
+        out.clear();
+        if factor == 0.0 {
+            out.resize(len, 0.0);
+            return;
+        }
+        for layer in &self.conv {
+            out.extend(layer.row(i).iter().map(|v| v * factor));
+        }
+        let (f, k) = (config.flat_features(), config.num_classes);
+        let dz: Vec<f32> = self.fc_dz[i * k..][..k]
+            .iter()
+            .map(|d| d * factor)
+            .collect();
+        for a in &self.fc_input[i * f..][..f] {
+            out.extend(dz.iter().map(|d| a * d));
+        }
+        out.extend_from_slice(&dz);
+        debug_assert_eq!(out.len(), len);
+    }
+}
+
+/// Each example's gradient over its clipping norm, `g / max(‖g‖, C)` (norm at most 1), handed
+/// to `each` one example at a time in one buffer: what a distributed step rounds. In the
+/// kernels' orders ([`TinyCnnConfig::kernel_order_to_layout`] puts a sum of them in the
+/// layout's), computed in chunks like [`batch_gradient`], fc's weight gradient written straight
+/// into the buffer: materialising each example's gradient in the layout's order took longer
+/// than the whole local clipped sum (`benchmarks/distributed-step-parts.log`). An example whose
+/// norm is not finite is handed as zeros: it still counts, and adds nothing.
+pub(crate) fn each_unit_gradient(
+    config: &TinyCnnConfig,
+    params: &[f32],
+    images: &[f32],
+    labels: &[u8],
+    clip: f32,
+    mut each: impl FnMut(&[f32]) -> Result<(), crate::LearningError>,
+) -> Result<(), crate::LearningError> {
+    let w = config.weights(params)?;
+    check_images(images, labels.len())?;
+    let mut unit = Vec::with_capacity(params.len());
+    for (images, labels) in images
+        .chunks(CHUNK * IMAGE_PIXELS)
+        .zip(labels.chunks(CHUNK))
+    {
+        let parts = per_example_layers(config, &w, images, labels);
+        for (i, sq) in parts.norms_sq(config).into_iter().enumerate() {
+            parts.write_scaled(config, i, unit_factor(sq, clip), &mut unit);
+            each(&unit)?;
+        }
+    }
+    Ok(())
+}
+
+/// `1 / max(‖g‖, C)` from `‖g‖²`: what scales a gradient to its clipped self over C. 0 when the
+/// norm is not finite.
+fn unit_factor(norm_sq: f32, clip: f32) -> f32 {
+    if !norm_sq.is_finite() {
+        return 0.0;
+    }
+    (1.0 / f64::from(norm_sq).sqrt().max(f64::from(clip))) as f32
 }
 
 fn per_example_layers(
@@ -539,6 +611,57 @@ mod tests {
         ));
         out.extend(g1(bias(&model.fc.bias).grad(&grads)));
         out
+    }
+
+    #[test]
+    fn each_unit_gradient_is_an_examples_gradient_over_its_clipping_norm() {
+        // 11 examples: a whole chunk and a partial one; C between the examples' norms, so
+        // some are scaled down and some only divided by C.
+        let (config, params, images, labels) = setup(11, 5);
+        let grads = per_example_gradients(&config, &params, &images, &labels).unwrap();
+        let norms: Vec<f32> = grads.iter().map(|g| sum_squares(g).sqrt()).collect();
+        let clip = norms.iter().sum::<f32>() / norms.len() as f32;
+        assert!(norms.iter().any(|n| *n > clip) && norms.iter().any(|n| *n < clip));
+        let mut seen = 0;
+        each_unit_gradient(&config, &params, &images, &labels, clip, |unit| {
+            let (g, n) = (&grads[seen], norms[seen]);
+            let unit = config.kernel_order_to_layout(unit);
+            for (u, v) in unit.iter().zip(g) {
+                let want = v / n.max(clip);
+                assert!(
+                    (u - want).abs() <= 1e-6 + 1e-4 * want.abs(),
+                    "{u} vs {want}"
+                );
+            }
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, 11);
+    }
+
+    #[test]
+    fn an_example_whose_gradient_is_not_finite_is_handed_as_zeros() {
+        let (config, mut params, images, labels) = setup(3, 6);
+        params[20] = f32::NAN; // a conv1 weight: every example's gradient is NaN
+        let mut seen = 0;
+        each_unit_gradient(&config, &params, &images, &labels, 1.0, |unit| {
+            assert!(unit.iter().all(|v| *v == 0.0));
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, 3, "they still count");
+        assert_eq!(unit_factor(f32::INFINITY, 1.0), 0.0);
+        assert_eq!(unit_factor(f32::NAN, 1.0), 0.0);
+        assert!(
+            (unit_factor(25.0, 1.0) - 0.2).abs() < 1e-7,
+            "above C: 1 / ‖g‖"
+        );
+        assert!(
+            (unit_factor(0.25, 1.0) - 1.0).abs() < 1e-7,
+            "below C: 1 / C"
+        );
     }
 
     #[test]

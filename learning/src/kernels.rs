@@ -237,7 +237,7 @@ pub(crate) fn taps_last(weights: &[f32], c_in: usize) -> Vec<f32> {
 }
 
 /// The inverse of [`taps_last`]: `[c_out, 3, 3, c_in]` → `[c_out, c_in, 3, 3]`.
-pub(crate) fn taps_first(weights: &[f32], c_in: usize) -> Vec<f32> {
+pub(crate) fn taps_first<T: Copy>(weights: &[T], c_in: usize) -> Vec<T> {
     let per_out = 9 * c_in;
     assert!(
         per_out > 0 && weights.len().is_multiple_of(per_out),
@@ -252,7 +252,7 @@ pub(crate) fn taps_first(weights: &[f32], c_in: usize) -> Vec<f32> {
 
 /// `[outer, inner, len]` → `[inner, outer, len]`: between burn's channel-first orders and the
 /// kernels' channels-last ones.
-pub(crate) fn swap_outer(v: &[f32], outer: usize, inner: usize, len: usize) -> Vec<f32> {
+pub(crate) fn swap_outer<T: Copy>(v: &[T], outer: usize, inner: usize, len: usize) -> Vec<T> {
     assert_eq!(v.len(), outer * inner * len, "[outer, inner, len]");
     let mut out = Vec::with_capacity(v.len());
     for i in 0..inner {

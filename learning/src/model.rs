@@ -158,21 +158,31 @@ impl TinyCnnConfig {
     /// orders (conv2's taps last, fc's rows `(y, x, c)`) as one flat vector in the layout's
     /// (burn's) orders.
     pub(crate) fn to_layout(&self, parts: [Vec<f32>; 6]) -> Vec<f32> {
-        let [w1, b1, w2, b2, fc_w, fc_b] = parts;
+        self.kernel_order_to_layout(&parts.concat())
+    }
+
+    /// [`TinyCnnConfig::to_layout`] of the pieces already one after the other (each piece has
+    /// the same length and place as in the layout; only the orders inside conv2's and fc's
+    /// weights differ). Any element type: a distributed step rounds each example's gradient in
+    /// the kernels' order and puts only its integer sum in the layout's.
+    pub(crate) fn kernel_order_to_layout<T: Copy>(&self, flat: &[T]) -> Vec<T> {
+        let layout = self.layout();
+        assert_eq!(flat.len(), layout.num_params(), "one value a parameter");
+        let part = |i: usize| layout.slice(flat, i);
         let positions = FEATURE_SIDE * FEATURE_SIDE;
-        let mut flat = Vec::with_capacity(self.layout().num_params());
-        flat.extend(w1); // one input channel: taps last is burn's order
-        flat.extend(b1);
-        flat.extend(taps_first(&w2, self.conv1_channels));
-        flat.extend(b2);
-        flat.extend(swap_outer(
-            &fc_w,
+        let mut out = Vec::with_capacity(flat.len());
+        out.extend_from_slice(part(0)); // one input channel: taps last is burn's order
+        out.extend_from_slice(part(1));
+        out.extend(taps_first(part(2), self.conv1_channels));
+        out.extend_from_slice(part(3));
+        out.extend(swap_outer(
+            part(4),
             positions,
             self.conv2_channels,
             self.num_classes,
         ));
-        flat.extend(fc_b);
-        flat
+        out.extend_from_slice(part(5));
+        out
     }
 
     /// Logits `[batch × classes]` of `images` (`batch × 28 × 28` values) under `params`.
@@ -598,7 +608,7 @@ impl ParamLayout {
     }
 
     /// The part of `flat` that holds entry `i`.
-    pub fn slice<'a>(&self, flat: &'a [f32], i: usize) -> &'a [f32] {
+    pub fn slice<'a, T>(&self, flat: &'a [T], i: usize) -> &'a [T] {
         let e = &self.entries[i];
         &flat[e.offset..e.offset + e.len]
     }
