@@ -10,7 +10,7 @@ const batch = Number(process.env.BATCH ?? 64);
 const iters = Number(process.env.ITERS ?? 30);
 const runs = Number(process.env.RUNS ?? 3);
 console.log(`TinyCNN in wasm (node ${process.version}), batch ${batch}, ${iters} steps × ${runs} runs (median)`);
-for (const [name, kind] of [['plain step', 'plain'], ['DP-SGD step', 'dp'], ['inference', 'inference']]) {
+for (const [name, kind] of [['plain step', 'plain'], ['DP-SGD step', 'dp'], ['distributed', 'distributed'], ['inference', 'inference']]) {
   const rates = [];
   for (let r = 0; r < runs; r++) rates.push(trainThroughput(kind, batch, iters));
   const sorted = [...rates].sort((a, b) => a - b);

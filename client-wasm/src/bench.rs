@@ -12,8 +12,9 @@ fn parse_kind(kind: &str) -> Result<StepKind, String> {
         "plain" => Ok(StepKind::Plain),
         "dp" => Ok(StepKind::DpSgd),
         "inference" => Ok(StepKind::Inference),
+        "distributed" => Ok(StepKind::Distributed),
         other => Err(format!(
-            "unknown step kind {other:?}: expected \"plain\", \"dp\" or \"inference\""
+            "unknown step kind {other:?}: expected \"plain\", \"dp\", \"distributed\" or \"inference\""
         )),
     }
 }
@@ -87,6 +88,7 @@ mod tests {
     fn kinds_parse_and_unknown_is_named() {
         assert_eq!(parse_kind("dp"), Ok(StepKind::DpSgd));
         assert_eq!(parse_kind("plain"), Ok(StepKind::Plain));
+        assert_eq!(parse_kind("distributed"), Ok(StepKind::Distributed));
         assert!(
             parse_kind("fast")
                 .unwrap_err()
@@ -96,8 +98,10 @@ mod tests {
 
     #[test]
     fn measures_a_positive_rate() {
-        let rate = train_step_throughput(StepKind::DpSgd, 4, 1, 1, 2, &now_ms).expect("runs");
-        assert!(rate.is_finite() && rate > 0.0, "{rate}");
+        for kind in [StepKind::DpSgd, StepKind::Distributed] {
+            let rate = train_step_throughput(kind, 4, 1, 1, 2, &now_ms).expect("runs");
+            assert!(rate.is_finite() && rate > 0.0, "{kind:?}: {rate}");
+        }
     }
 }
 

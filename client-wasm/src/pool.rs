@@ -11,7 +11,7 @@
 //! it: the same clipped sum for any number of workers, one noise draw per step).
 //!
 //! A distributed round's one step is shared the same way: each slice's gradients are clipped
-//! and rounded to integers with the ChaCha20 stream of the round's rounding key that starts at
+//! and rounded to integers with the ChaCha12 stream of the round's rounding key that starts at
 //! the slice's first example ([`learning::distributed::rounded_slice_sum`]), so a slice rounds
 //! the same on any worker; a helper returns the slice's integer sum, checked against the
 //! rounding's bound ([`slice_rounded_from`]), and the training worker adds the noise share

@@ -4,6 +4,7 @@
 
 use burn::tensor::Device;
 
+use crate::distributed::{Rounding, add_noise, mean_gradient, rounded_slice_sum};
 use crate::dpsgd::{OptimizerState, SecureRng, add_gaussian_noise};
 use crate::model::{CONV1_USED, CONV2_USED, IMAGE_PIXELS, TinyCnnConfig};
 use crate::parallel::{StepGradient, Threads};
@@ -19,6 +20,8 @@ pub enum StepKind {
     DpSgd,
     /// Forward pass only.
     Inference,
+    /// One client's distributed-DP step ([`distributed_step`]).
+    Distributed,
 }
 
 /// Samples per second of `iters` steps of `batch` examples, after `warmup` untimed steps, each
@@ -51,6 +54,9 @@ pub fn train_step_throughput(
             StepKind::Inference => {
                 std::hint::black_box(config.logits(params, &images)?);
             }
+            StepKind::Distributed => {
+                distributed_step(&config, params, &input, &mut opt, &mut rng)?;
+            }
             StepKind::Plain | StepKind::DpSgd => {
                 let mut g = workers.gradient(&config, params, &input)?.sum;
                 if kind == StepKind::DpSgd {
@@ -71,6 +77,28 @@ pub fn train_step_throughput(
     }
     let secs = (now_ms() - start) / 1000.0;
     Ok((iters * batch) as f64 / secs)
+}
+
+/// A distributed-DP step as a client computes it, with the run form's defaults (S = 2 000,
+/// β = e^−0.5, C = 1): a fresh rounding key (one a round), every example's gradient clipped
+/// and rounded ([`rounded_slice_sum`], on this thread), its noise share for 3 contributors at
+/// z = 1, then the server's update on the mean, so that it compares with a local step.
+fn distributed_step(
+    config: &TinyCnnConfig,
+    params: &mut [f32],
+    input: &StepInput,
+    opt: &mut OptimizerState,
+    rng: &mut SecureRng,
+) -> Result<(), LearningError> {
+    let (scale, beta) = (2000.0, (-0.5f64).exp());
+    let bound = protocol::config::rounded_norm_bound(scale, params.len() as u64, beta);
+    let rounding = Rounding::new(1.0, scale, bound, rng.key())?;
+    let (images, labels) = (&input.images, &input.labels);
+    let mut part = rounded_slice_sum(config, params, images, labels, &rounding, 0)?;
+    add_noise(&mut part.sum, scale * scale / 3.0, rng)?;
+    let grad = mean_gradient(&part.sum, 1.0, scale, labels.len() as f64)?;
+    opt.step(params, &grad, 0.01);
+    Ok(())
 }
 
 /// Ledgers the accountant benchmarks time: `(name, q, σ, steps)` at δ = 1e-5, the σ solve for

@@ -19,7 +19,7 @@ use crate::skellam::{self, ConditionalRounding, SkellamError, SkellamStep};
 use crate::steps::StepInput;
 use crate::task::Task;
 use rand::SeedableRng;
-use rand::rngs::ChaCha20Rng;
+use rand::rngs::ChaCha12Rng;
 
 /// What a client computes for one distributed step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,9 +80,15 @@ impl DistributedStep {
 
 /// How a distributed step's examples are rounded, wherever they are computed: the clipping
 /// norm, the scale, the rounded norm's bound and the round's rounding key. A slice's draws are
-/// the ChaCha20 stream of its first example's index under this key ([`rounded_slice_sum`]): a
+/// the ChaCha12 stream of its first example's index under this key ([`rounded_slice_sum`]): a
 /// slice gives the same integers on any worker (so a helper's answer can be checked to the bit)
 /// and no two slices of a step share randomness.
+///
+/// ChaCha12, not the ChaCha20 of the noise: its draws need only look independent to whoever
+/// sees the sum (a rounding within its bound is private whatever the draws; the noise is what
+/// must never be predicted), ChaCha12 is the generator `rand`'s `StdRng` trusts for that, and
+/// the keystream was a third of a distributed step in wasm, where ChaCha has no SIMD
+/// (`benchmarks/distributed-fused-ab.log`).
 #[derive(Clone, PartialEq)]
 pub struct Rounding {
     pub clip: f32,
@@ -187,7 +193,7 @@ pub fn rounded_slice_sum(
     rounding: &Rounding,
     stream: u64,
 ) -> Result<RoundedSum, LearningError> {
-    let mut rng = ChaCha20Rng::from_seed(rounding.key);
+    let mut rng = ChaCha12Rng::from_seed(rounding.key);
     rng.set_stream(stream);
     let mut rounder = ConditionalRounding::default();
     // In the kernels' order, as each example's gradient comes; the layout's at the end.
@@ -196,7 +202,7 @@ pub fn rounded_slice_sum(
     each_unit_gradient(model, params, images, labels, rounding.clip, |unit| {
         examples += 1;
         match rounder.round(unit, rounding.scale, rounding.bound, &mut rng) {
-            Ok(rounded) => add_into(&mut sum, rounded.iter().copied()),
+            Ok(rounded) => add_into(&mut sum, rounded.iter().map(|&r| r as i64)),
             // An example whose rounding keeps exceeding the bound (vanishingly rare at β ≤
             // e^−0.5) counts as zero rather than dropping the client's whole contribution,
             // noise share included.
@@ -235,7 +241,11 @@ fn rounded_bound(step: &DistributedStep, dim: usize) -> f64 {
 }
 
 /// Adds this client's share of the Skellam noise.
-fn add_noise(sum: &mut [i64], variance: f64, rng: &mut SecureRng) -> Result<(), LearningError> {
+pub(crate) fn add_noise(
+    sum: &mut [i64],
+    variance: f64,
+    rng: &mut SecureRng,
+) -> Result<(), LearningError> {
     if variance > 0.0 {
         let noise = skellam::noise(variance, sum.len(), rng.inner()).map_err(skellam_error)?;
         add_into(sum, noise)?;

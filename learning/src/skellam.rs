@@ -118,9 +118,9 @@ pub fn conditional_round(
     bound: f64,
     rng: &mut impl Rng,
 ) -> Result<Vec<i64>, SkellamError> {
-    ConditionalRounding::default()
-        .round(x, scale, bound, rng)
-        .map(<[i64]>::to_vec)
+    let mut rounding = ConditionalRounding::default();
+    let rounded = rounding.round(x, scale, bound, rng)?;
+    Ok(rounded.iter().map(|&r| r as i64).collect())
 }
 
 /// [`conditional_round`] with its buffers kept from one vector to the next: a distributed step
@@ -129,22 +129,23 @@ pub fn conditional_round(
 #[derive(Debug, Default)]
 pub struct ConditionalRounding {
     draws: Vec<u32>,
-    rounded: Vec<i64>,
+    rounded: Vec<f64>,
 }
 
 impl ConditionalRounding {
     /// `x · scale` conditionally rounded ([`conditional_round`]), in a buffer valid until the
-    /// next call.
+    /// next call. Whole numbers held as f64 (exact below 2⁵³, and `as i64` saturates above, as
+    /// an i64 result would): the loop has no integer conversion, so it vectorises in wasm.
     pub fn round(
         &mut self,
         x: &[f32],
         scale: f64,
         bound: f64,
         rng: &mut impl Rng,
-    ) -> Result<&[i64], SkellamError> {
+    ) -> Result<&[f64], SkellamError> {
         const TRIES: u32 = 1000;
         self.draws.resize(x.len(), 0);
-        self.rounded.resize(x.len(), 0);
+        self.rounded.resize(x.len(), 0.0);
         for _ in 0..TRIES {
             rng.fill(&mut self.draws[..]);
             for ((r, &v), &u) in self.rounded.iter_mut().zip(x).zip(&self.draws) {
@@ -161,32 +162,41 @@ impl ConditionalRounding {
     }
 }
 
-/// `y` rounded down, or up when the 32-bit draw `u` is below its fraction × 2³². Saturates
-/// rather than overflows: a huge `y` has no fraction left, and a non-finite one none at all.
-fn round_one(y: f64, u: u32) -> i64 {
+/// `y` rounded down, or up when the 32-bit draw `u` is below its fraction × 2³².
+fn round_one(y: f64, u: u32) -> f64 {
     const TWO_32: f64 = 4_294_967_296.0;
-    // ⌊y⌋ from the truncation (one instruction on any x86-64; `f64::floor` is a call without
-    // SSE4.1): one less for a negative y with a fraction.
-    let t = y as i64;
-    let floor = t.saturating_sub(i64::from(y < t as f64));
-    let up = f64::from(u) < (y - floor as f64) * TWO_32;
-    floor.saturating_add(i64::from(up))
+    let floor = floor(y);
+    let up = f64::from(u) < (y - floor) * TWO_32;
+    floor + if up { 1.0 } else { 0.0 }
 }
 
-/// `Σ v²` in f64, four sums side by side (one running sum waits on each add). Exact while the
-/// sum stays below 2⁵³, as any rounded vector within its bound does.
-fn squared_norm(v: &[i64]) -> f64 {
+/// ⌊y⌋: one instruction in wasm (also in SIMD128, so the rounding loop vectorises there).
+#[cfg(target_arch = "wasm32")]
+fn floor(y: f64) -> f64 {
+    y.floor()
+}
+
+/// ⌊y⌋ from the truncation toward zero, one less for a negative y with a fraction: x86-64
+/// without SSE4.1 has no floor instruction and `f64::floor` is a call. Above 2⁵² in size y has
+/// no fraction (and would not fit the i64), so it is its own floor; so are ±∞ and NaN.
+#[cfg(not(target_arch = "wasm32"))]
+fn floor(y: f64) -> f64 {
+    let fraction_possible = y.abs() < 4_503_599_627_370_496.0; // false for NaN too
+    if !fraction_possible {
+        return y;
+    }
+    let t = y as i64 as f64;
+    t - if y < t { 1.0 } else { 0.0 }
+}
+
+/// `Σ v²`, four sums side by side (one running sum waits on each add). Exact while the sum
+/// stays below 2⁵³, as any rounded vector within its bound does.
+fn squared_norm(v: &[f64]) -> f64 {
     let mut acc = [0.0f64; 4];
     let chunks = v.chunks_exact(4);
-    let tail: f64 = chunks
-        .remainder()
-        .iter()
-        .map(|&r| (r as f64) * (r as f64))
-        .sum();
+    let tail: f64 = chunks.remainder().iter().map(|r| r * r).sum();
     for c in chunks {
-        acc.iter_mut()
-            .zip(c)
-            .for_each(|(a, &r)| *a += (r as f64) * (r as f64));
+        acc.iter_mut().zip(c).for_each(|(a, r)| *a += r * r);
     }
     acc.iter().sum::<f64>() + tail
 }
@@ -540,25 +550,22 @@ mod tests {
     }
 
     #[test]
-    fn rounding_from_the_truncation_is_rounding_from_the_floor() {
-        // What `round_one` replaced: ⌊y⌋ by `f64::floor`, saturating into i64.
-        let by_floor = |y: f64, u: u32| {
+    fn rounding_is_the_floor_plus_one_with_the_fractions_chance() {
+        // What `round_one` must equal on any input: ⌊y⌋ by `f64::floor`, up when the draw is
+        // below the fraction, as a saturating i64 (huge, infinite and NaN inputs included).
+        let exact = |y: f64, u: u32| {
             let floor = y.floor();
             let up = f64::from(u) < (y - floor) * 4_294_967_296.0;
             (floor as i64).saturating_add(i64::from(up))
         };
         let mut rng = ChaCha20Rng::seed_from_u64(17);
-        let mut ys = vec![
-            0.0,
-            -0.0,
-            0.5,
-            -0.5,
-            -1.0,
-            -1.25,
-            3.999_999,
-            -3.000_001,
+        let mut ys = vec![0.0, -0.0, 0.5, -0.5, -1.0, -1.25, 3.999_999, -3.000_001];
+        ys.extend([
+            2f64.powi(52) - 0.5,
+            -(2f64.powi(52)) + 0.5,
             2f64.powi(52),
-        ];
+            2f64.powi(60),
+        ]);
         ys.extend([
             1e300,
             -1e300,
@@ -570,7 +577,7 @@ mod tests {
         ys.extend((0..2000).map(|_| (rng.random::<f64>() - 0.5) * 8192.0));
         for y in ys {
             for u in [0, 1, 1 << 31, u32::MAX, rng.random()] {
-                assert_eq!(round_one(y, u), by_floor(y, u), "y = {y}, u = {u}");
+                assert_eq!(round_one(y, u) as i64, exact(y, u), "y = {y}, u = {u}");
             }
         }
     }

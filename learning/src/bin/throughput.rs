@@ -1,4 +1,5 @@
-//! Native training throughput of TinyCNN (samples/s): plain step, DP-SGD step, inference.
+//! Native training throughput of TinyCNN (samples/s): plain step, DP-SGD step, a client's
+//! distributed-DP step, inference.
 //! `cargo run -p learning --release --bin throughput -- --batch 64 --threads 2` (the training
 //! steps' gradients shared by 2 threads; inference always on one).
 
@@ -41,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     for (name, kind) in [
         ("plain step", StepKind::Plain),
         ("DP-SGD step", StepKind::DpSgd),
+        ("distributed", StepKind::Distributed),
         ("inference", StepKind::Inference),
     ] {
         let mut runs = (0..args.runs)
