@@ -25,7 +25,8 @@ pub enum StepKind {
 }
 
 /// Samples per second of `iters` steps of `batch` examples, after `warmup` untimed steps, each
-/// training step's gradient shared by `threads` ([`Threads`]; 1 in wasm). `now_ms` is a
+/// local training step's gradient shared by `threads` ([`Threads`]; 1 in wasm; a distributed
+/// step on this thread, as the simulator computes it). `now_ms` is a
 /// monotonic clock in milliseconds.
 pub fn train_step_throughput(
     kind: StepKind,

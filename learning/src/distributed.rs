@@ -84,11 +84,13 @@ impl DistributedStep {
 /// slice gives the same integers on any worker (so a helper's answer can be checked to the bit)
 /// and no two slices of a step share randomness.
 ///
-/// ChaCha12, not the ChaCha20 of the noise: its draws need only look independent to whoever
-/// sees the sum (a rounding within its bound is private whatever the draws; the noise is what
-/// must never be predicted), ChaCha12 is the generator `rand`'s `StdRng` trusts for that, and
-/// the keystream was a third of a distributed step in wasm, where ChaCha has no SIMD
-/// (`benchmarks/distributed-fused-ab.log`).
+/// The draws must be as unpredictable to the server as the noise: the analysis takes each
+/// example's rounding as fresh randomness, and a slice's draws go by position, so one example
+/// more or less shifts every later example's draws — which leaves the sum's distribution the
+/// same only for draws the server cannot predict. ChaCha12 (a CSPRNG: `rand`'s `StdRng`; the
+/// best known attacks reach 7 rounds) rather than the noise's ChaCha20: its keystream was a
+/// third of a distributed step in wasm, where ChaCha has no SIMD
+/// (`benchmarks/distributed-wasm-profile.log`).
 #[derive(Clone, PartialEq)]
 pub struct Rounding {
     pub clip: f32,
@@ -197,7 +199,7 @@ pub fn rounded_slice_sum(
     rng.set_stream(stream);
     let mut rounder = ConditionalRounding::default();
     // In the kernels' order, as each example's gradient comes; the layout's at the end.
-    let mut sum = vec![0; params.len()];
+    let mut sum = vec![0; model.layout().num_params()];
     let mut examples = 0;
     each_unit_gradient(model, params, images, labels, rounding.clip, |unit| {
         examples += 1;
@@ -205,8 +207,8 @@ pub fn rounded_slice_sum(
             Ok(rounded) => add_into(&mut sum, rounded.iter().map(|&r| r as i64)),
             // An example whose rounding keeps exceeding the bound (vanishingly rare at β ≤
             // e^−0.5) counts as zero rather than dropping the client's whole contribution,
-            // noise share included.
-            Err(SkellamError::Rounding { .. }) => Ok(()),
+            // noise share included; so does one that overflows at the round's scale.
+            Err(SkellamError::Rounding { .. } | SkellamError::NotFinite) => Ok(()),
             Err(e) => Err(skellam_error(e)),
         }
     })?;
@@ -529,7 +531,7 @@ mod tests {
 
     #[test]
     fn without_noise_it_is_the_rounded_sum_of_clipped_gradients() {
-        // 130 examples: two whole chunks of the per-example path and a partial one.
+        // 130 examples: sixteen whole chunks of the per-example path and a partial one.
         let data = data(130);
         let config = MNIST.model();
         let global = config.init(&Device::flex()).to_flat();
@@ -672,6 +674,24 @@ mod tests {
             assert!(
                 matches!(bad.check(), Err(LearningError::Distributed(_))),
                 "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn params_of_another_length_are_an_error_not_a_panic() {
+        // A helper's params come from another worker: checked where they are read.
+        let mut rng = SecureRng::seeded(7);
+        let (data, global, round) = round_of(3, &mut rng);
+        let input = round.input(&MNIST, &data);
+        for len in [0, global.len() - 1, global.len() + 1] {
+            let params = vec![0.0; len];
+            let (images, labels) = (&input.images, &input.labels);
+            let res =
+                rounded_slice_sum(&MNIST.model(), &params, images, labels, round.rounding(), 0);
+            assert!(
+                matches!(res, Err(LearningError::ParamLength { .. })),
+                "{len}: {res:?}"
             );
         }
     }

@@ -137,10 +137,11 @@ impl BatchGradient {
     }
 }
 
-/// Per-example gradients of a batch, one flat vector per example (layout order). Used to check
-/// the batched computation against autodiff and by the distributed step, which rounds each
-/// example's gradient; local training never materialises these.
-pub fn per_example_gradients(
+/// Per-example gradients of a batch, one flat vector per example (layout order): what the tests
+/// hold the batched computations to (autodiff; the distributed step's unit gradients). No step
+/// materialises these.
+#[cfg(test)]
+pub(crate) fn per_example_gradients(
     config: &TinyCnnConfig,
     params: &[f32],
     images: &[f32],
@@ -350,10 +351,11 @@ impl LayerGradients {
             .collect()
     }
 
-    /// Example `i`'s gradient times `factor`, in the kernels' orders, written over `out`;
-    /// all zeros when `factor` is 0 (a non-finite gradient: 0 × ∞ would be NaN).
+    /// Example `i`'s gradient times `factor`, in the kernels' orders, written over `out` (as
+    /// many values as it holds: one a parameter); all zeros when `factor` is 0 (a non-finite
+    /// gradient: 0 × ∞ would be NaN).
     fn write_scaled(&self, config: &TinyCnnConfig, i: usize, factor: f32, out: &mut Vec<f32>) {
-        let len = config.layout().num_params();
+        let len = out.len();
         out.clear();
         if factor == 0.0 {
             out.resize(len, 0.0);
@@ -381,7 +383,7 @@ impl LayerGradients {
 /// layout's), computed in chunks like [`batch_gradient`], fc's weight gradient written straight
 /// into the buffer: materialising each example's gradient in the layout's order took longer
 /// than the whole local clipped sum (`benchmarks/distributed-step-parts.log`). An example whose
-/// norm is not finite is handed as zeros: it still counts, and adds nothing.
+/// squared norm is not finite in f32 is handed as zeros: it still counts, and adds nothing.
 pub(crate) fn each_unit_gradient(
     config: &TinyCnnConfig,
     params: &[f32],
@@ -392,7 +394,7 @@ pub(crate) fn each_unit_gradient(
 ) -> Result<(), crate::LearningError> {
     let w = config.weights(params)?;
     check_images(images, labels.len())?;
-    let mut unit = Vec::with_capacity(params.len());
+    let mut unit = vec![0.0; params.len()];
     for (images, labels) in images
         .chunks(CHUNK * IMAGE_PIXELS)
         .zip(labels.chunks(CHUNK))
@@ -406,13 +408,16 @@ pub(crate) fn each_unit_gradient(
     Ok(())
 }
 
-/// `1 / max(‖g‖, C)` from `‖g‖²`: what scales a gradient to its clipped self over C. 0 when the
-/// norm is not finite.
+/// `1 / max(‖g‖, C)` from `‖g‖²`: what scales a gradient to its clipped self over C. Not
+/// Opacus's `C / (‖g‖ + 10⁻⁶)` of the local step ([`clip_factors`]): a distributed step counts
+/// in units of C, and this is its clip over C exactly. 0 when ‖g‖² is not finite in f32 (as the
+/// local step drops such an example) or the factor is not (a subnormal C).
 fn unit_factor(norm_sq: f32, clip: f32) -> f32 {
     if !norm_sq.is_finite() {
         return 0.0;
     }
-    (1.0 / f64::from(norm_sq).sqrt().max(f64::from(clip))) as f32
+    let factor = (1.0 / f64::from(norm_sq).sqrt().max(f64::from(clip))) as f32;
+    if factor.is_finite() { factor } else { 0.0 }
 }
 
 fn per_example_layers(
@@ -661,6 +666,11 @@ mod tests {
         assert!(
             (unit_factor(0.25, 1.0) - 1.0).abs() < 1e-7,
             "below C: 1 / C"
+        );
+        assert_eq!(
+            unit_factor(0.0, 1e-45),
+            0.0,
+            "a subnormal C: the factor overflows"
         );
     }
 

@@ -78,6 +78,10 @@ pub enum SkellamError {
         "after {tries} draws the rounded vector's norm stayed above {bound}: the input is longer than the clipping norm allows"
     )]
     Rounding { tries: u32, bound: f64 },
+    #[error(
+        "the vector to round is not finite (or overflows at this scale): expected finite values"
+    )]
+    NotFinite,
 }
 
 /// One draw of symmetric Skellam noise with the given variance: the difference of two
@@ -151,8 +155,14 @@ impl ConditionalRounding {
             for ((r, &v), &u) in self.rounded.iter_mut().zip(x).zip(&self.draws) {
                 *r = round_one(f64::from(v) * scale, u);
             }
-            if squared_norm(&self.rounded).sqrt() <= bound {
+            let norm = squared_norm(&self.rounded).sqrt();
+            if norm <= bound {
                 return Ok(&self.rounded);
+            }
+            if !norm.is_finite() {
+                // A non-finite input (or one that overflows at this scale) rounds to the same
+                // non-finite values whatever the draws: no redraw can help.
+                return Err(SkellamError::NotFinite);
             }
         }
         Err(SkellamError::Rounding {
@@ -583,6 +593,33 @@ mod tests {
     }
 
     #[test]
+    fn the_squared_norm_counts_every_value() {
+        // Four sums side by side and a tail: every length up to two rounds of four and a tail.
+        for len in 0..10 {
+            let v: Vec<f64> = (1..=len).map(|i| i as f64).collect();
+            let plain: f64 = v.iter().map(|r| r * r).sum();
+            assert_eq!(squared_norm(&v), plain, "length {len}");
+        }
+    }
+
+    #[test]
+    fn a_vector_that_is_not_finite_is_refused_without_redraws() {
+        for x in [vec![0.5, f32::NAN], vec![f32::INFINITY, 0.0]] {
+            let mut rng = ChaCha20Rng::seed_from_u64(18);
+            let err = conditional_round(&x, 10.0, 100.0, &mut rng).unwrap_err();
+            assert!(matches!(err, SkellamError::NotFinite), "{err}");
+            // One draw for each value, not a thousand.
+            let mut once = ChaCha20Rng::seed_from_u64(18);
+            once.fill(&mut vec![0u32; x.len()][..]);
+            assert_eq!(once.random::<u64>(), rng.random::<u64>());
+        }
+        // Finite values that overflow at this scale: the same.
+        let mut rng = ChaCha20Rng::seed_from_u64(19);
+        let err = conditional_round(&[1.0, 1.0], 1e300, 1e10, &mut rng).unwrap_err();
+        assert!(matches!(err, SkellamError::NotFinite), "{err}");
+    }
+
+    #[test]
     fn whole_numbers_round_to_themselves() {
         // frac 0: never up (a 32-bit draw is never below 0); negative ones keep their floor.
         let mut rng = ChaCha20Rng::seed_from_u64(16);
@@ -595,7 +632,7 @@ mod tests {
     #[test]
     fn conditional_rounding_never_exceeds_its_bound_and_is_unbiased() {
         let mut rng = ChaCha20Rng::seed_from_u64(15);
-        let (scale, dim) = (50.0, 400usize);
+        let (scale, dim) = (50.0, 402usize); // not a multiple of 4: the norm's tail counts
         let beta = (-0.5f64).exp();
         let step = SkellamStep {
             sample_rate: 1.0,

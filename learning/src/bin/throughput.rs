@@ -1,7 +1,7 @@
 //! Native training throughput of TinyCNN (samples/s): plain step, DP-SGD step, a client's
 //! distributed-DP step, inference.
 //! `cargo run -p learning --release --bin throughput -- --batch 64 --threads 2` (the training
-//! steps' gradients shared by 2 threads; inference always on one).
+//! steps' gradients shared by 2 threads; the distributed step and inference always on one).
 
 use clap::Parser;
 use learning::bench::{StepKind, train_step_throughput};
