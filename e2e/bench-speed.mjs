@@ -29,7 +29,7 @@ try {
   await page.waitForSelector('#join');
   const cores = Number(process.env.WORKERS ?? await page.evaluate(() => Math.min(navigator.hardwareConcurrency || 1, 16)));
   const roundsOnly = Boolean(process.env.ROUNDS_ONLY);
-  const steps = roundsOnly ? {} : await stepRatesInWorker(page, server.base, [['dp', 64, 40], ['plain', 64, 40], ['dp', 512, 6], ['plain', 512, 6]]);
+  const steps = roundsOnly ? {} : await stepRatesInWorker(page, server.base, [['dp', 64, 40], ['plain', 64, 40], ['distributed', 64, 20], ['dp', 512, 6], ['plain', 512, 6], ['distributed', 512, 4]]);
   console.log('## TinyCNN steps in one Chromium dedicated worker (samples/s; runs)');
   for (const [k, runs] of Object.entries(steps)) {
     console.log(`${k.padEnd(10)} ${median(runs).toFixed(0)}   (${runs.map((r) => r.toFixed(0)).join(', ')})`);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Training speed, everything in one run on this machine (BENCHMARKS.md, "Training speed"):
 #   * this project's DP-SGD and plain steps natively on 1 thread and on N (the cores), batch 64
-#     and 512 (`throughput`);
+#     and 512 (`throughput`), and a client's distributed-DP step (one thread);
 #   * the same steps in wasm in node (`bench-wasm.sh`'s build) and in one Chromium worker;
 #   * real training rounds of one tab on 1 worker and on N, 3 runs interleaved, nothing watching
 #     the page meanwhile; then watched rounds, for the page's frame rate (`e2e/bench-speed.mjs`,
@@ -45,6 +45,7 @@ take() { # prefix, then lines "name  N samples/s" on stdin
     case "$line" in
       "plain step"*) v[$prefix-plain]=$(awk '{print $3}' <<<"$line") ;;
       "DP-SGD step"*) v[$prefix-dp]=$(awk '{print $3}' <<<"$line") ;;
+      "distributed"*) v[$prefix-distributed]=$(awk '{print $2}' <<<"$line") ;;
     esac
   done
 }
@@ -86,6 +87,9 @@ row "this project, Chromium tab, real DP round, $n workers" "${v[chromium-round-
 row "PyTorch + Opacus, 1 thread" "${v[opacus-64-1-dp]}" "${v[opacus-64-1-plain]}" "${v[opacus-512-1-dp]}" "${v[opacus-512-1-plain]}" 1
 row "PyTorch + Opacus, $cores threads" "${v[opacus-64-$cores-dp]}" "${v[opacus-64-$cores-plain]}" "${v[opacus-512-$cores-dp]}" "${v[opacus-512-$cores-plain]}" "$cores"
 echo
+echo "A client's distributed-DP step (every example clipped and conditionally rounded, its noise share, the update; one thread): batch 64 / 512," \
+  "native ${v[native-64-1-distributed]} / ${v[native-512-1-distributed]}, wasm in node ${v[node-64-distributed]} / ${v[node-512-distributed]}," \
+  "one Chromium worker ${v[chromium-step-distributed-64]} / ${v[chromium-step-distributed-512]} samples/s (no Opacus counterpart)."
 echo "Real DP rounds of one tab (6 000 examples, 1 epoch): batch 64 ${v[chromium-round-64-1w-seconds]} s on 1 worker → ${v[chromium-round-64-${n}w-seconds]} s on $n;" \
   "batch 512 (the demo's batch) ${v[chromium-round-512-1w-seconds]} s → ${v[chromium-round-512-${n}w-seconds]} s."
 scaling() { # batch: each run's N-worker speed over its 1-worker speed, then the medians' ratio
