@@ -4,7 +4,8 @@
 //! ([`Balance`]); each helper's first answers are checked against the training worker's own
 //! computation ([`Audit`]). A helper gets the model's parameters and its slice's examples and returns
 //! the slice's clipped gradient sum ([`protocol::worker::SliceReply`]); the training worker
-//! computes the first slice itself, adds the slices' sums, and only then
+//! computes the first slice itself (then draws the step's noise while the helpers finish:
+//! [`learning::steps::StepNoise`]), adds the slices' sums, and only then
 //! adds the step's noise, records it in the ledger and steps the optimizer
 //! ([`learning::steps::LocalSteps`]). Helpers hold no noise source, ledger or optimizer state:
 //! the mechanism is the one-worker mechanism (the native tests of `learning::parallel` hold
@@ -648,7 +649,8 @@ mod web {
         }
 
         /// A step's sum (clipped gradients, or a distributed step's rounded ones: `work`),
-        /// computed in slices ([`Balance`]). A helper's failure names it (the pool is then
+        /// computed in slices ([`Balance`]); `idle` runs between the training worker's own
+        /// slice and its wait for the helpers. A helper's failure names it (the pool is then
         /// unusable); the training worker's own part failing is a [`StepError::Local`].
         async fn run<W: SliceWork>(
             &mut self,
@@ -656,6 +658,7 @@ mod web {
             params: &[f32],
             input: &StepInput,
             work: &W,
+            idle: &mut dyn FnMut(),
         ) -> Result<W::Part, StepError> {
             let model = task.model();
             let parts = self.balance.slices(input.len());
@@ -687,6 +690,7 @@ mod web {
             let mut total = work
                 .compute(&model, params, input, parts[0].clone())
                 .map_err(StepError::Local)?;
+            idle();
             let mut ready = now_ms();
             let mut deadline = Deadline::new(STEP_MS).fuse();
             for (i, slice, range) in asked {
@@ -1111,7 +1115,8 @@ mod web {
                 Fit::Distributed(fit) => {
                     let input = fit.input(task, &job.data);
                     let work = Rounded(fit.rounding());
-                    let part = step_sum(task, fit.params(), &input, &work, workers, on_event);
+                    let idle = &mut || {};
+                    let part = step_sum(task, fit.params(), &input, &work, workers, idle, on_event);
                     let part = part.await?;
                     let rate = rate_since(started, input.len());
                     let res = fit.finish(part, &mut job.privacy)?;
@@ -1122,16 +1127,41 @@ mod web {
             };
             let mut seen = 0usize;
             while let Some(input) = steps.next_input(task, &job.data, &mut job.privacy.rng) {
-                let g = step_sum(task, steps.params(), &input, &Clipped, workers, on_event);
+                // The step's noise is drawn while the helpers compute (the same draws, in the
+                // same order, as `apply` would make after them).
+                let mut noise = None;
+                let rng = &mut job.privacy.rng;
+                let draw = &mut || noise = noise.take().or_else(|| steps.draw_noise(rng));
+                let g = step_sum(
+                    task,
+                    steps.params(),
+                    &input,
+                    &Clipped,
+                    workers,
+                    draw,
+                    on_event,
+                );
                 let g = g.await?;
                 seen += input.len();
-                let progress = steps.apply(g, &mut job.privacy)?;
+                let progress = steps.apply_noised(g, noise, &mut job.privacy)?;
                 on_event(TrainEvent::Step(progress, rate_since(started, seen)));
+                next_call().await;
             }
             steps.finish(&mut job.privacy)
         }
         .await;
         job.done(result)
+    }
+
+    /// Returns to the event loop and comes back in a microtask. On one worker nothing in a
+    /// round awaits, so the whole round would run in one call of this future's code, and a wasm
+    /// function's optimised code is only used from its next call (V8 has no on-stack
+    /// replacement for wasm): without this, a round ran in the baseline compiler's code from
+    /// start to end (`benchmarks/noise-ahead-ab.log`).
+    async fn next_call() {
+        let resolved = js_sys::Promise::resolve(&JsValue::UNDEFINED);
+        // A resolved promise cannot fail.
+        let _ = wasm_bindgen_futures::JsFuture::from(resolved).await;
     }
 
     /// Examples per second since `started` (`Date.now()` milliseconds); none before any time
@@ -1142,17 +1172,20 @@ mod web {
     }
 
     /// One step's sum (`work`): on the helpers when they run, else (or when they fail) here,
-    /// from the same examples.
+    /// from the same examples. `idle` is called once the training worker's own part is done
+    /// and before it waits for the helpers (or after its own sum when it computes alone): work
+    /// of the step that needs no gradient, done while it would otherwise wait.
     async fn step_sum<W: SliceWork>(
         task: &Task,
         params: &[f32],
         input: &StepInput,
         work: &W,
         workers: &mut Workers,
+        idle: &mut dyn FnMut(),
         on_event: &mut dyn FnMut(TrainEvent),
     ) -> Result<W::Part, LearningError> {
         if let Some(pool) = workers.pool.as_mut().filter(|_| !input.is_empty()) {
-            match pool.run(task, params, input, work).await {
+            match pool.run(task, params, input, work, idle).await {
                 Ok(part) => return Ok(part),
                 Err(StepError::Local(e)) => return Err(e),
                 Err(StepError::Helper(why)) => {
@@ -1160,7 +1193,9 @@ mod web {
                 }
             }
         }
-        work.compute(&task.model(), params, input, 0..input.len())
+        let part = work.compute(&task.model(), params, input, 0..input.len());
+        idle();
+        part
     }
 }
 

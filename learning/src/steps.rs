@@ -102,6 +102,18 @@ struct Totals {
     steps: u64,
 }
 
+/// A DP step's noise drawn ahead of its gradient, so that a pool of workers can draw it while
+/// its helpers compute (the training worker would otherwise wait idle, then draw it). Only
+/// [`LocalSteps::draw_noise`] makes one — from the client's RNG, with the step's σC, for the
+/// step given out — and [`LocalSteps::apply_noised`] takes it once, for that step only: noise
+/// reused across steps would correlate them.
+#[derive(Debug)]
+pub struct StepNoise {
+    values: Vec<f32>,
+    /// The step it was drawn for: the steps applied before it.
+    step: u64,
+}
+
 /// One round of local (or non-DP) training, step by step. Built by
 /// [`crate::client::start_fit`], which checks the configuration and the client's own cap
 /// first.
@@ -196,7 +208,32 @@ impl LocalSteps {
         g: BatchGradient,
         privacy: &mut ClientPrivacy,
     ) -> Result<FitProgress, LearningError> {
-        let result = self.take_step(g, privacy);
+        self.apply_noised(g, None, privacy)
+    }
+
+    /// The noise of the step given out, drawn now from `rng` (the client's): `None` without DP
+    /// or without a step given out. Drawn right after the step's sample, as [`Self::apply`]
+    /// would draw it after the gradient, it is the same draws in the same order.
+    pub fn draw_noise(&self, rng: &mut SecureRng) -> Option<StepNoise> {
+        let dp = self.config.dp?;
+        self.pending?;
+        let mut values = vec![0.0; self.params.len()];
+        add_gaussian_noise(&mut values, dp.noise_multiplier * dp.max_grad_norm, rng);
+        Some(StepNoise {
+            values,
+            step: self.totals.steps,
+        })
+    }
+
+    /// [`Self::apply`] with the step's noise drawn ahead ([`Self::draw_noise`]); `None` draws it
+    /// now. Noise drawn for another step is an error (and ends the round).
+    pub fn apply_noised(
+        &mut self,
+        g: BatchGradient,
+        noise: Option<StepNoise>,
+        privacy: &mut ClientPrivacy,
+    ) -> Result<FitProgress, LearningError> {
+        let result = self.take_step(g, noise, privacy);
         self.failed |= result.is_err();
         result
     }
@@ -204,6 +241,7 @@ impl LocalSteps {
     fn take_step(
         &mut self,
         g: BatchGradient,
+        noise: Option<StepNoise>,
         privacy: &mut ClientPrivacy,
     ) -> Result<FitProgress, LearningError> {
         let Some(expected) = self.pending.take() else {
@@ -220,11 +258,22 @@ impl LocalSteps {
         let mut grad = g.sum;
         let denominator = match self.config.dp {
             Some(dp) => {
-                add_gaussian_noise(
-                    &mut grad,
-                    dp.noise_multiplier * dp.max_grad_norm,
-                    &mut privacy.rng,
-                );
+                match noise {
+                    Some(n) if n.step == self.totals.steps && n.values.len() == grad.len() => {
+                        grad.iter_mut().zip(&n.values).for_each(|(g, z)| *g += z);
+                    }
+                    Some(n) => {
+                        return Err(LearningError::Worker(format!(
+                            "noise drawn for step {} applied to step {}: expected the step's own",
+                            n.step, self.totals.steps
+                        )));
+                    }
+                    None => add_gaussian_noise(
+                        &mut grad,
+                        dp.noise_multiplier * dp.max_grad_norm,
+                        &mut privacy.rng,
+                    ),
+                }
                 privacy
                     .ledger
                     .record(self.q, dp.noise_multiplier as f64, 1)?;
@@ -355,5 +404,95 @@ mod tests {
             .finish(&mut privacy)
             .expect_err("no update from a failed round");
         assert!(end.to_string().contains("no update"), "{end}");
+    }
+
+    /// The noise a pool draws while its helpers compute is the noise `apply` would draw (the
+    /// same draws in the same order: the same model), and only for its own step: noise drawn
+    /// for one step and offered to the next is refused and ends the round.
+    #[test]
+    fn noise_drawn_ahead_is_apply_s_noise_and_only_for_its_own_step() {
+        use crate::client::{ClientPrivacy, Fit, start_fit};
+        use crate::dpsgd::batch_gradient;
+        use crate::task::MNIST;
+        let data = Dataset {
+            images: (0..40 * 784).map(|i| (i * 7 % 256) as u8).collect(),
+            labels: (0..40).map(|i| (i % 10) as u8).collect(),
+        };
+        let config = TrainConfig {
+            batching: crate::client::Batching::BatchSize(20),
+            ..TrainConfig::default() // DP: σ = 1, C = 1
+        };
+        let model = MNIST.model();
+        let global = model.init(&burn::tensor::Device::flex()).to_flat();
+        let start = |seed: u64| {
+            let mut privacy = ClientPrivacy::new(None, 1e-5).expect("OS randomness");
+            privacy.rng = SecureRng::seeded(seed);
+            match start_fit(&MNIST, &global, &config, &data, &mut privacy) {
+                Ok(Fit::Steps(steps)) => (steps, privacy),
+                _ => panic!("a local round"),
+            }
+        };
+        let gradient = |steps: &LocalSteps, input: &StepInput| {
+            batch_gradient(
+                &model,
+                steps.params(),
+                &input.images,
+                &input.labels,
+                input.clip,
+            )
+            .expect("fits")
+        };
+        let run = |ahead: bool| {
+            let (mut steps, mut privacy) = start(11);
+            while let Some(input) = steps.next_input(&MNIST, &data, &mut privacy.rng) {
+                let noise = ahead.then(|| steps.draw_noise(&mut privacy.rng).expect("DP"));
+                let g = gradient(&steps, &input);
+                steps.apply_noised(g, noise, &mut privacy).expect("a step");
+            }
+            (steps.params().to_vec(), privacy.ledger.steps())
+        };
+        let (ahead, noised) = run(true);
+        assert_eq!((ahead.clone(), noised), run(false));
+        assert_eq!(noised, 2, "two noised steps");
+        // Stale noise: drawn for step 0, offered to step 1.
+        let (mut steps, mut privacy) = start(12);
+        assert!(
+            steps.draw_noise(&mut privacy.rng).is_none(),
+            "no step given out"
+        );
+        let input = steps
+            .next_input(&MNIST, &data, &mut privacy.rng)
+            .expect("a step");
+        let stale = steps.draw_noise(&mut privacy.rng);
+        steps
+            .apply(gradient(&steps, &input), &mut privacy)
+            .expect("step 0");
+        let input = steps
+            .next_input(&MNIST, &data, &mut privacy.rng)
+            .expect("a step");
+        let err = steps
+            .apply_noised(gradient(&steps, &input), stale, &mut privacy)
+            .expect_err("another step's noise");
+        assert!(
+            err.to_string()
+                .contains("noise drawn for step 0 applied to step 1"),
+            "{err}"
+        );
+        assert_eq!(privacy.ledger.steps(), 1, "the refused step is not charged");
+        assert!(
+            steps.next_input(&MNIST, &data, &mut privacy.rng).is_none(),
+            "the round is over"
+        );
+        // Without DP there is no noise to draw.
+        let plain = TrainConfig { dp: None, ..config };
+        let mut privacy = ClientPrivacy::new(None, 1e-5).expect("OS randomness");
+        let Ok(Fit::Steps(mut steps)) = start_fit(&MNIST, &global, &plain, &data, &mut privacy)
+        else {
+            panic!("a local round");
+        };
+        steps
+            .next_input(&MNIST, &data, &mut privacy.rng)
+            .expect("a step");
+        assert!(steps.draw_noise(&mut privacy.rng).is_none());
     }
 }
