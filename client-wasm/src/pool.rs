@@ -21,8 +21,9 @@
 //! A helper's answer is checked before it counts: it must answer this very request (a
 //! sequence number), cover its slice, and stay within the clipping (or rounding) bound. A
 //! helper that fails, answers wrongly or stays silent loses the pool for the round: the step is
-//! computed again, from the same batch, by the training worker alone (nothing of it was
-//! released, so this costs no privacy, and the batch is never redrawn), the round goes on on one
+//! computed again, from the same batch and with the noise already drawn for it, by the training
+//! worker alone (nothing of it was released, so this costs no privacy, and the batch is never
+//! redrawn), the round goes on on one
 //! worker and the user is told. The next round starts fresh helpers; after
 //! [`MAX_POOL_FAILURES`] losses in one join the tab stops trying.
 
@@ -1128,10 +1129,15 @@ mod web {
             let mut seen = 0usize;
             while let Some(input) = steps.next_input(task, &job.data, &mut job.privacy.rng) {
                 // The step's noise is drawn while the helpers compute (the same draws, in the
-                // same order, as `apply` would make after them).
+                // same order, as `apply` would make after them), once: a step computed again
+                // after a helper failed keeps it.
                 let mut noise = None;
                 let rng = &mut job.privacy.rng;
-                let draw = &mut || noise = noise.take().or_else(|| steps.draw_noise(rng));
+                let draw = &mut || {
+                    if noise.is_none() {
+                        noise = steps.draw_noise(rng);
+                    }
+                };
                 let g = step_sum(
                     task,
                     steps.params(),
@@ -1153,8 +1159,9 @@ mod web {
         job.done(result)
     }
 
-    /// Returns to the event loop and comes back in a microtask. On one worker nothing in a
-    /// round awaits, so the whole round would run in one call of this future's code, and a wasm
+    /// Returns to JavaScript and comes back in a microtask (no event is handled in between: a
+    /// message still waits for the round's end, as before). On one worker nothing in a round
+    /// awaits, so the whole round would run in one call of this future's code, and a wasm
     /// function's optimised code is only used from its next call (V8 has no on-stack
     /// replacement for wasm): without this, a round ran in the baseline compiler's code from
     /// start to end (`benchmarks/noise-ahead-ab.log`).

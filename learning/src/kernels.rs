@@ -274,14 +274,21 @@ pub(crate) fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
 }
 
 /// Σ v² with eight running sums, which vectorise; one running sum is a chain of dependent adds.
-pub(crate) fn sum_squares(v: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
+/// f32 for gradients' norms; f64 for a rounded vector's (exact there: whole numbers).
+pub(crate) fn sum_squares<T>(v: &[T]) -> T
+where
+    T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
+{
+    let mut acc = [T::default(); 8];
     let chunks = v.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(T::default(), |s, &x| s + x * x);
     for c in chunks {
-        acc.iter_mut().zip(c).for_each(|(a, x)| *a += x * x);
+        acc.iter_mut().zip(c).for_each(|(a, &x)| *a = *a + x * x);
     }
-    acc.iter().sum::<f32>() + tail
+    acc.iter().fold(T::default(), |s, &a| s + a) + tail
 }
 
 #[cfg(test)]

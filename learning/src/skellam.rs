@@ -155,7 +155,7 @@ impl ConditionalRounding {
             for ((r, &v), &u) in self.rounded.iter_mut().zip(x).zip(&self.draws) {
                 *r = round_one(f64::from(v) * scale, u);
             }
-            let norm = squared_norm(&self.rounded).sqrt();
+            let norm = crate::kernels::sum_squares(&self.rounded).sqrt();
             if norm <= bound {
                 return Ok(&self.rounded);
             }
@@ -197,18 +197,6 @@ fn floor(y: f64) -> f64 {
     }
     let t = y as i64 as f64;
     t - if y < t { 1.0 } else { 0.0 }
-}
-
-/// `Σ v²`, four sums side by side (one running sum waits on each add). Exact while the sum
-/// stays below 2⁵³, as any rounded vector within its bound does.
-fn squared_norm(v: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let chunks = v.chunks_exact(4);
-    let tail: f64 = chunks.remainder().iter().map(|r| r * r).sum();
-    for c in chunks {
-        acc.iter_mut().zip(c).for_each(|(a, r)| *a += r * r);
-    }
-    acc.iter().sum::<f64>() + tail
 }
 
 impl SkellamStep {
@@ -594,11 +582,11 @@ mod tests {
 
     #[test]
     fn the_squared_norm_counts_every_value() {
-        // Four sums side by side and a tail: every length up to two rounds of four and a tail.
-        for len in 0..10 {
+        // Eight sums side by side and a tail: every length up to two rounds of eight and a tail.
+        for len in 0..20 {
             let v: Vec<f64> = (1..=len).map(|i| i as f64).collect();
             let plain: f64 = v.iter().map(|r| r * r).sum();
-            assert_eq!(squared_norm(&v), plain, "length {len}");
+            assert_eq!(crate::kernels::sum_squares(&v), plain, "length {len}");
         }
     }
 

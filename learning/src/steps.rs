@@ -107,12 +107,22 @@ struct Totals {
 /// [`LocalSteps::draw_noise`] makes one — from the client's RNG, with the step's σC, for the
 /// step given out — and [`LocalSteps::apply_noised`] takes it once, for that step only: noise
 /// reused across steps would correlate them.
-#[derive(Debug)]
 pub struct StepNoise {
     values: Vec<f32>,
-    /// The step it was drawn for: the steps applied before it.
+    /// The round ([`LocalSteps::round`]) and step it was drawn for (the steps applied before).
+    round: u64,
     step: u64,
 }
+
+impl std::fmt::Debug for StepNoise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the values: whoever learns the noise can subtract it from the update.
+        write!(f, "StepNoise(round {}, step {})", self.round, self.step)
+    }
+}
+
+/// Numbers each [`LocalSteps`] of this process, so that a [`StepNoise`] names its round.
+static ROUNDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One round of local (or non-DP) training, step by step. Built by
 /// [`crate::client::start_fit`], which checks the configuration and the client's own cap
@@ -136,6 +146,9 @@ pub struct LocalSteps {
     /// after failures would make the sampling depend on them).
     failed: bool,
     totals: Totals,
+    /// This round among the process's ([`ROUNDS`]): noise drawn for one round is refused by
+    /// another.
+    round: u64,
 }
 
 impl LocalSteps {
@@ -156,6 +169,7 @@ impl LocalSteps {
             pending: None,
             failed: false,
             totals: Totals::default(),
+            round: ROUNDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -221,6 +235,7 @@ impl LocalSteps {
         add_gaussian_noise(&mut values, dp.noise_multiplier * dp.max_grad_norm, rng);
         Some(StepNoise {
             values,
+            round: self.round,
             step: self.totals.steps,
         })
     }
@@ -259,15 +274,14 @@ impl LocalSteps {
         let denominator = match self.config.dp {
             Some(dp) => {
                 match noise {
-                    Some(n) if n.step == self.totals.steps && n.values.len() == grad.len() => {
-                        grad.iter_mut().zip(&n.values).for_each(|(g, z)| *g += z);
-                    }
-                    Some(n) => {
+                    Some(n) if (n.round, n.step) != (self.round, self.totals.steps) => {
                         return Err(LearningError::Worker(format!(
-                            "noise drawn for step {} applied to step {}: expected the step's own",
-                            n.step, self.totals.steps
+                            "noise drawn for step {} of round {} applied to step {} of round {}: expected the step's own",
+                            n.step, n.round, self.totals.steps, self.round
                         )));
                     }
+                    // Drawn by this round for this step, so of this model's length.
+                    Some(n) => grad.iter_mut().zip(&n.values).for_each(|(g, z)| *g += z),
                     None => add_gaussian_noise(
                         &mut grad,
                         dp.noise_multiplier * dp.max_grad_norm,
@@ -420,7 +434,13 @@ mod tests {
         };
         let config = TrainConfig {
             batching: crate::client::Batching::BatchSize(20),
-            ..TrainConfig::default() // DP: σ = 1, C = 1
+            dp: Some(crate::client::DpSgdConfig {
+                max_grad_norm: 0.7,
+                noise_multiplier: 1.1, // σ and C apart: the noise is σ·C, neither alone
+                delta: 1e-5,
+                distributed: None,
+            }),
+            ..TrainConfig::default()
         };
         let model = MNIST.model();
         let global = model.init(&burn::tensor::Device::flex()).to_flat();
@@ -473,15 +493,31 @@ mod tests {
         let err = steps
             .apply_noised(gradient(&steps, &input), stale, &mut privacy)
             .expect_err("another step's noise");
-        assert!(
-            err.to_string()
-                .contains("noise drawn for step 0 applied to step 1"),
-            "{err}"
+        let want = format!(
+            "noise drawn for step 0 of round {0} applied to step 1 of round {0}",
+            steps.round
         );
+        assert!(err.to_string().contains(&want), "{err}");
         assert_eq!(privacy.ledger.steps(), 1, "the refused step is not charged");
         assert!(
             steps.next_input(&MNIST, &data, &mut privacy.rng).is_none(),
             "the round is over"
+        );
+        // Another round's noise, drawn for the same step number: refused too.
+        let (mut a, mut privacy_a) = start(13);
+        let (mut b, mut privacy_b) = start(13);
+        a.next_input(&MNIST, &data, &mut privacy_a.rng)
+            .expect("a step");
+        let theirs = a.draw_noise(&mut privacy_a.rng);
+        let input = b
+            .next_input(&MNIST, &data, &mut privacy_b.rng)
+            .expect("a step");
+        let err = b
+            .apply_noised(gradient(&b, &input), theirs, &mut privacy_b)
+            .expect_err("another round's noise");
+        assert!(err.to_string().contains("expected the step's own"), "{err}");
+        assert!(
+            format!("{:?}", a.draw_noise(&mut privacy_a.rng)).starts_with("Some(StepNoise(round")
         );
         // Without DP there is no noise to draw.
         let plain = TrainConfig { dp: None, ..config };
