@@ -23,9 +23,8 @@
 //! helper that fails, answers wrongly or stays silent loses the pool for the round: the step is
 //! computed again, from the same batch and with the noise already drawn for it, by the training
 //! worker alone (nothing of it was released, so this costs no privacy, and the batch is never
-//! redrawn), the round goes on on one
-//! worker and the user is told. The next round starts fresh helpers; after
-//! [`MAX_POOL_FAILURES`] losses in one join the tab stops trying.
+//! redrawn), the round goes on on one worker and the user is told. The next round starts fresh
+//! helpers; after [`MAX_POOL_FAILURES`] losses in one join the tab stops trying.
 
 use learning::distributed::RoundedSum;
 use learning::dpsgd::BatchGradient;
@@ -272,12 +271,11 @@ fn largest_remainder(n: usize, weights: &[f64]) -> Vec<usize> {
 /// share of it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Audit {
-    fresh: bool,
-    reused: bool,
-    rounded: bool,
+    /// Whether an answer has been checked, one flag per [`Way`].
+    checked: [bool; 3],
 }
 
-/// How a slice travelled, for [`Audit`].
+/// How a slice travelled, for [`Audit`] (its index there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Way {
     /// A local step's slice in new arrays.
@@ -289,26 +287,14 @@ pub enum Way {
 }
 
 impl Audit {
-    fn checked(&mut self, way: Way) -> &mut bool {
-        match way {
-            Way::Fresh => &mut self.fresh,
-            Way::Reused => &mut self.reused,
-            Way::Rounded => &mut self.rounded,
-        }
-    }
-
     /// Whether the answer to a slice that travelled `way` is checked.
     pub fn wanted(&self, way: Way) -> bool {
-        !match way {
-            Way::Fresh => self.fresh,
-            Way::Reused => self.reused,
-            Way::Rounded => self.rounded,
-        }
+        !self.checked[way as usize]
     }
 
     /// Such an answer was checked and right.
     pub fn passed(&mut self, way: Way) {
-        *self.checked(way) = true;
+        self.checked[way as usize] = true;
     }
 }
 

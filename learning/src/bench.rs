@@ -10,6 +10,7 @@ use crate::model::{CONV1_USED, CONV2_USED, IMAGE_PIXELS, TinyCnnConfig};
 use crate::parallel::{StepGradient, Threads};
 use crate::steps::StepInput;
 use crate::{LearningError, Optimizer};
+use protocol::config::{DistributedNoise, rounded_norm_bound};
 
 /// Which step to time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,13 +92,17 @@ fn distributed_step(
     opt: &mut OptimizerState,
     rng: &mut SecureRng,
 ) -> Result<(), LearningError> {
-    let (scale, beta) = (2000.0, (-0.5f64).exp());
-    let bound = protocol::config::rounded_norm_bound(scale, params.len() as u64, beta);
-    let rounding = Rounding::new(1.0, scale, bound, rng.key())?;
+    let noise = DistributedNoise {
+        scale: 2000.0,
+        beta: (-0.5f64).exp(),
+        contributors: 3,
+    };
+    let bound = rounded_norm_bound(noise.scale, params.len() as u64, noise.beta);
+    let rounding = Rounding::new(1.0, noise.scale, bound, rng.key())?;
     let (images, labels) = (&input.images, &input.labels);
     let mut part = rounded_slice_sum(config, params, images, labels, &rounding, 0)?;
-    add_noise(&mut part.sum, scale * scale / 3.0, rng)?;
-    let grad = mean_gradient(&part.sum, 1.0, scale, labels.len() as f64)?;
+    add_noise(&mut part.sum, noise.share_variance(1.0), rng)?;
+    let grad = mean_gradient(&part.sum, 1.0, noise.scale, labels.len() as f64)?;
     opt.step(params, &grad, 0.01);
     Ok(())
 }

@@ -25,7 +25,7 @@ use crate::client::{ClientPrivacy, FitProgress, FitRes, TrainConfig, Update};
 use crate::data::Dataset;
 use crate::dpsgd::{BatchGradient, OptimizerState, SecureRng, add_gaussian_noise};
 use crate::task::Task;
-use protocol::config::FitMetrics;
+use protocol::config::{DpSgdConfig, FitMetrics};
 
 /// The examples of one step, ready for a forward pass, and the clipping norm (`None`: no DP).
 #[derive(Clone, PartialEq)]
@@ -119,6 +119,11 @@ impl std::fmt::Debug for StepNoise {
         // Never the values: whoever learns the noise can subtract it from the update.
         write!(f, "StepNoise(round {}, step {})", self.round, self.step)
     }
+}
+
+/// A DP step's noise std, σ·C: drawn ahead ([`LocalSteps::draw_noise`]) or at the step.
+fn noise_std(dp: &DpSgdConfig) -> f32 {
+    dp.noise_multiplier * dp.max_grad_norm
 }
 
 /// Numbers each [`LocalSteps`] of this process, so that a [`StepNoise`] names its round.
@@ -232,7 +237,7 @@ impl LocalSteps {
         let dp = self.config.dp?;
         self.pending?;
         let mut values = vec![0.0; self.params.len()];
-        add_gaussian_noise(&mut values, dp.noise_multiplier * dp.max_grad_norm, rng);
+        add_gaussian_noise(&mut values, noise_std(&dp), rng);
         Some(StepNoise {
             values,
             round: self.round,
@@ -282,11 +287,7 @@ impl LocalSteps {
                     }
                     // Drawn by this round for this step, so of this model's length.
                     Some(n) => grad.iter_mut().zip(&n.values).for_each(|(g, z)| *g += z),
-                    None => add_gaussian_noise(
-                        &mut grad,
-                        dp.noise_multiplier * dp.max_grad_norm,
-                        &mut privacy.rng,
-                    ),
+                    None => add_gaussian_noise(&mut grad, noise_std(&dp), &mut privacy.rng),
                 }
                 privacy
                     .ledger
