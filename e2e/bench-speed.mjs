@@ -12,12 +12,13 @@
 //
 //   SERVER_BIN=target/release/server node e2e/bench-speed.mjs     (DIST: the trunk build)
 // ROUNDS_ONLY=1 runs part 2 alone (for A/B runs of two builds, RUNS=1 each, interleaved);
-// BATCHES=64 (default 64,512) limits it to those batch sizes.
+// BATCHES=64 (default 64,512) limits it to those batch sizes; ROUNDS (default 3) rounds a run.
 // Prints `key value` lines (read by bench-speed.sh) after a human-readable log.
 import { frameStats, launchChromium, recordFrames, startServer, stepRatesInWorker, trainingWindows, waitFor } from './harness.mjs';
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const results = [];
+const roundsPerRun = Number(process.env.ROUNDS ?? 3);
 const put = (key, value) => results.push(`${key} ${value}`);
 
 const server = await startServer(Number(process.env.BENCH_PORT ?? 3387));
@@ -78,11 +79,11 @@ try {
   await server.stop();
 }
 
-/** One run of 3 rounds for one tab joined with `workers`: per round, the tab's samples/s and
+/** One run of ROUNDS (3) rounds for one tab joined with `workers`: per round, the tab's samples/s and
  * time; `watch`ed, also the page's frame rate and longest frame gap while it trained. */
 async function rounds(batch, workers, watch) {
   const config = {
-    name: `speed-${batch}-${workers}`, rounds: 3, min_clients: 1, round_timeout_secs: 300,
+    name: `speed-${batch}-${workers}`, rounds: roundsPerRun, min_clients: 1, round_timeout_secs: 300,
     local_epochs: 1, batching: { batch_size: batch }, learning_rate: batch === 64 ? 0.5 : 2,
     dp: { max_grad_norm: 1, noise_multiplier: 1.1, target_epsilon: null, delta: 1e-5 },
     shards: { scheme: { kind: 'iid' }, num_shards: 10, seed: 1 },
@@ -101,11 +102,11 @@ async function rounds(batch, workers, watch) {
   await server.api(`/api/admin/runs/${id}/start`, { method: 'POST' });
   let out;
   if (watch) {
-    out = await frameStats(page, await trainingWindows(page, 3));
+    out = await frameStats(page, await trainingWindows(page, roundsPerRun));
   } else {
     // Nothing touches the page until the run is over: only the server is asked, once a second.
     await waitFor(`run ${id} to finish`, finished, 300_000, 1000);
-    await waitFor('the tab to show 3 rounds', () => page.evaluate(() => document.querySelectorAll('#rounds tbody tr').length >= 3), 30_000);
+    await waitFor(`the tab to show ${roundsPerRun} rounds`, () => page.evaluate((n) => document.querySelectorAll('#rounds tbody tr').length >= n, roundsPerRun), 30_000);
     out = await frameStats(page, []); // the tab's rounds table; no frames were counted
   }
   await context.close();
