@@ -2,7 +2,8 @@
 importScripts('work.js');
 const mine = new Float32Array(DIM), myImages = new Float32Array(IMAGES);
 
-onmessage = async ({ data: { mode, half, sab } }) => {
+onmessage = async ({ data: { mode, half, sab, memoryKb } }) => {
+  useMemory(memoryKb);
   if (mode === 'post') {
     onmessage = ({ data: d }) => {
       JSON.parse(d.slice); myImages.set(d.im); work(half); d.p.set(mine);

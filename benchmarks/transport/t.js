@@ -6,7 +6,8 @@
 importScripts('work.js');
 const params = new Float32Array(DIM).fill(0.5), images = new Float32Array(IMAGES).fill(0.25);
 
-onmessage = async ({ data: { mode, steps, half } }) => {
+onmessage = async ({ data: { mode, steps, half, memoryKb } }) => {
+  useMemory(memoryKb);
   const times = [];
   const timed = async (step) => { const t0 = performance.now(); await step(); times.push(performance.now() - t0); };
   if (mode === 'solo') {
@@ -19,7 +20,7 @@ onmessage = async ({ data: { mode, steps, half } }) => {
     let answered = null;
     helper.onmessage = (e) => answered(e.data);
     const reply = () => new Promise((resolve) => { answered = resolve; });
-    let ready = reply(); helper.postMessage({ mode, half }); await ready;
+    let ready = reply(); helper.postMessage({ mode, half, memoryKb }); await ready;
     let spare = null;
     for (let i = 0; i < steps; i++) await timed(async () => {
       const p = spare ? spare.p : new Float32Array(DIM), im = spare ? spare.im : new Float32Array(IMAGES);
@@ -35,7 +36,7 @@ onmessage = async ({ data: { mode, steps, half } }) => {
     const state = new Int32Array(sab, 0, 4);
     const p = new Float32Array(sab, 16, DIM), im = new Float32Array(sab, 16 + DIM * 4, IMAGES);
     const sum = new Float32Array(DIM);
-    await new Promise((resolve) => { helper.onmessage = resolve; helper.postMessage({ mode, half, sab }); });
+    await new Promise((resolve) => { helper.onmessage = resolve; helper.postMessage({ mode, half, sab, memoryKb }); });
     for (let i = 0; i < steps; i++) await timed(async () => {
       p.set(params); im.set(images);
       Atomics.store(state, 0, 1); Atomics.notify(state, 0); // asked
