@@ -472,6 +472,15 @@ mod tests {
             }
             (steps.params().to_vec(), privacy.ledger.steps())
         };
+        // The next step given out, offered `noise`: refused.
+        let refused = |steps: &mut LocalSteps, privacy: &mut ClientPrivacy, noise| {
+            let input = steps
+                .next_input(&MNIST, &data, &mut privacy.rng)
+                .expect("a step");
+            steps
+                .apply_noised(gradient(steps, &input), noise, privacy)
+                .expect_err("noise not drawn for this step")
+        };
         let (ahead, noised) = run(true);
         assert_eq!((ahead.clone(), noised), run(false));
         assert_eq!(noised, 2, "two noised steps");
@@ -488,12 +497,7 @@ mod tests {
         steps
             .apply(gradient(&steps, &input), &mut privacy)
             .expect("step 0");
-        let input = steps
-            .next_input(&MNIST, &data, &mut privacy.rng)
-            .expect("a step");
-        let err = steps
-            .apply_noised(gradient(&steps, &input), stale, &mut privacy)
-            .expect_err("another step's noise");
+        let err = refused(&mut steps, &mut privacy, stale);
         let want = format!(
             "noise drawn for step 0 of round {0} applied to step 1 of round {0}",
             steps.round
@@ -510,12 +514,7 @@ mod tests {
         a.next_input(&MNIST, &data, &mut privacy_a.rng)
             .expect("a step");
         let theirs = a.draw_noise(&mut privacy_a.rng);
-        let input = b
-            .next_input(&MNIST, &data, &mut privacy_b.rng)
-            .expect("a step");
-        let err = b
-            .apply_noised(gradient(&b, &input), theirs, &mut privacy_b)
-            .expect_err("another round's noise");
+        let err = refused(&mut b, &mut privacy_b, theirs);
         assert!(err.to_string().contains("expected the step's own"), "{err}");
         assert!(
             format!("{:?}", a.draw_noise(&mut privacy_a.rng)).starts_with("Some(StepNoise(round")
