@@ -63,6 +63,9 @@ pub struct ClientReport {
     pub epsilon: Option<f64>,
     pub last_accuracy: Option<f64>,
     pub finished: Option<String>,
+    /// The errors the server sent that did not stop the client (a browser tab shows each on
+    /// its page): an honest client in a healthy run gets none.
+    pub server_errors: Vec<(protocol::ErrorCode, String)>,
 }
 
 async fn http_get(url: &str) -> Result<Vec<u8>, ClientError> {
@@ -325,6 +328,7 @@ fn on_notice(
             if Session::stops_client(*code, *fatal) {
                 return Err(ClientError::Refused(message.clone()));
             }
+            report.server_errors.push((*code, message.clone()));
         }
     }
     Ok(false)

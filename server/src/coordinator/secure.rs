@@ -395,19 +395,24 @@ impl Coordinator {
     /// step does not wait for (late, from an abandoned attempt) is refused and the member stays.
     pub(super) fn secagg_answer(&mut self, conn: u64, server_round: u64, answer: SecAggAnswer) {
         let current = self.current_round();
-        if server_round < current && matches!(answer, SecAggAnswer::Reveal(_)) {
+        let closed = self.run.as_ref().map_or(0, |r| r.summary.completed_rounds);
+        if server_round <= closed && matches!(answer, SecAggAnswer::Reveal(_)) {
             // A reveal of a round already unmasked and closed (the sum needed only a threshold
-            // of the shares; distributed-DP rounds follow each other within milliseconds):
-            // not needed, nothing to say.
+            // of the shares): not needed, nothing to say — also between rounds, when no round
+            // is open (distributed-DP rounds follow each other within milliseconds, so a tab's
+            // reveal often lands there; answering it "wrong round" put a server error on every
+            // tab's page every round).
             return;
         }
         if current != server_round {
+            let expected = match current {
+                0 => "no round is open".to_string(),
+                _ => format!("expected round {current}"),
+            };
             return self.reject(
                 conn,
                 ErrorCode::WrongRound,
-                format!(
-                    "secure aggregation message for round {server_round}: expected round {current}"
-                ),
+                format!("secure aggregation message for round {server_round}: {expected}"),
             );
         }
         let member = self.secure_mut().map(|s| s.member(conn));
