@@ -480,9 +480,9 @@ try {
   await third.click('#join');
   await waitFor('the third tab to connect', async () => (await third.textContent('#connection')) === 'connected');
   const RUN3 = {
-    name: 'e2e-distributed', rounds: '6', min_clients: '3', local_epochs: '1', 'batching.batch_size': '64',
+    name: 'e2e-distributed', rounds: '10', min_clients: '3', local_epochs: '1', 'batching.batch_size': '64',
     learning_rate: '2', 'dp.budget': 'target_epsilon', 'dp.target_epsilon': '3',
-    'dp.distributed.contributors': '3', 'dp.distributed.evaluate_every': '3',
+    'dp.distributed.contributors': '3', 'dp.distributed.evaluate_every': '5',
   };
   await field('dp.distributed').locator('input').check();
   await field('secure_aggregation').locator('input').check();
@@ -492,18 +492,19 @@ try {
   assert.match(await admin.textContent('#run-dp'), /^distributed DP: each round is one DP-SGD step over the sampled clients' data; each client adds 1\/3 of the noise's variance/);
   await waitFor('run 3 to finish', async () => (await api('/api/admin/runs/3')).body?.run.status === 'finished', 300_000, 500);
   const run3 = (await api('/api/admin/runs/3')).body;
-  assert.deepEqual(run3.rounds.map((r) => r.server_round), [1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(run3.rounds.map((r) => r.server_round), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
   assert.ok(run3.rounds.every((r) => r.secure && r.participants === 3), JSON.stringify(run3.rounds));
   // The same three tabs round after round: each round after a clean one reuses its keys (no key
   // step), in the browser worker as in the simulator; a retried attempt would draw fresh ones.
   const reusable = run3.rounds.map((r, i) => i > 0 && r.attempts === 1 && run3.rounds[i - 1].failures === 0 && run3.rounds[i - 1].recovered === 0);
   assert.deepEqual(run3.rounds.map((r) => r.keys_reused), reusable, JSON.stringify(run3.rounds));
   assert.ok(reusable.filter(Boolean).length >= 3, JSON.stringify(run3.rounds));
-  // Evaluated every 3 rounds: the others carry no test accuracy.
-  assert.deepEqual(run3.rounds.map((r) => r.test_accuracy !== null), [false, false, true, false, false, true]);
-  // It learns (chance is 0.1); six noisy steps vary a lot from run to run: 0.28, 0.41, 0.42, 0.52
-  // measured at 48d7cc0 (0.3 failed one CI run).
-  assert.ok(run3.rounds[5].test_accuracy > 0.2, `6 steps of ≈ 192 examples: ${run3.rounds[5].test_accuracy}`);
+  // Evaluated every 5 rounds: the others carry no test accuracy.
+  assert.deepEqual(run3.rounds.map((r) => r.test_accuracy !== null), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10].map((r) => r % 5 === 0));
+  // It learns: the untrained model scores 5–14 %. Ten noisy steps reached 47–71 % in 20 runs
+  // of three fresh tabs and 45–73 % in 30 of simulated clients; six steps had reached 16 % in
+  // one CI run (benchmarks/distributed-spread.log).
+  assert.ok(run3.rounds[9].test_accuracy > 0.2, `10 steps of ≈ 192 examples: ${run3.rounds[9].test_accuracy}`);
   // Two ε on each page: under the run's promise of 3 honest clients, and if the others collude.
   const distributedEps = /^ε = \d+\.\d{3} \(δ = 1e-5\) while the server follows the protocol and at least 3 clients of each distributed round are honest · ε = \d+\.\d whatever the server and the other clients do \(this client's own noise share alone\)$/;
   await waitFor('the third tab to show both ε', async () => distributedEps.test(await third.textContent('#epsilon')), 30_000, 200);
@@ -515,15 +516,20 @@ try {
   // was lost.
   const cores3 = await third.evaluate(() => Math.min(Math.max(navigator.hardwareConcurrency || 1, 1), 16));
   const workers3 = cores3 === 1 ? '1 worker' : `${cores3} workers`;
-  await waitFor('the third tab to list the 6 rounds', async () => (await third.locator('#rounds tbody tr').count()) === 6, 30_000, 200);
+  await waitFor('the third tab to list the 10 rounds', async () => (await third.locator('#rounds tbody tr').count()) === 10, 30_000, 200);
   const speeds3 = await third.locator('#rounds tbody td.speed').allTextContents();
   assert.ok(speeds3.every((t) => new RegExp(`^[\\d\u00a0]+ samples/s on ${workers3}$`).test(t)),
     `the third tab's distributed rounds ran on ${workers3}: ${JSON.stringify(speeds3)}`);
   for (const [name, tab] of [['tab-a', tabs[0]], ['tab-b', tabs[1]], ['tab-d', third]]) {
     const said = (await tab.textContent('ul.messages')) ?? '';
     assert.ok(!said.includes('goes on on one worker'), `${name} lost no helper in the distributed run: ${said}`);
+    // Reveals landing between rounds were once answered "wrong round", on the tabs' pages.
+    assert.ok(!said.includes('secure aggregation message'), `${name} was told no late reveal was wrong: ${said}`);
   }
-  log(`run 3 (distributed DP, 6 rounds): accuracy ${(run3.rounds[5].test_accuracy * 100).toFixed(2)} %, ${await third.textContent('#epsilon')}; the third tab at ${speeds3.join(', ')}`);
+  // The third tab, new in this run, was told of nothing wrong at all.
+  const said3 = (await third.textContent('ul.messages')) ?? '';
+  assert.ok(!said3.includes('server:'), `the third tab was sent no error: ${said3}`);
+  log(`run 3 (distributed DP, 10 rounds): accuracy ${(run3.rounds[9].test_accuracy * 100).toFixed(2)} %, ${await third.textContent('#epsilon')}; the third tab at ${speeds3.join(', ')}`);
   await third.screenshot({ path: join(shots, 'client-tab-distributed.png'), fullPage: true });
   await field('dp.distributed').locator('input').uncheck();
   await third.close();
