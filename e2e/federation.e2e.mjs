@@ -517,6 +517,15 @@ try {
   const cores3 = await third.evaluate(() => Math.min(Math.max(navigator.hardwareConcurrency || 1, 1), 16));
   const workers3 = cores3 === 1 ? '1 worker' : `${cores3} workers`;
   await waitFor('the third tab to list the 10 rounds', async () => (await third.locator('#rounds tbody tr').count()) === 10, 30_000, 200);
+  // Latest first: the rounds the server evaluated after (5 and 10) give the global accuracy,
+  // the others say they were not evaluated (they once said "NaN %").
+  const evaluated3 = [10, 9, 8, 7, 6, 5, 4, 3, 2, 1].map((r) => (r % 5 === 0 ? '%' : 'not evaluated'));
+  await waitFor('the third tab to show which rounds were evaluated', async () => {
+    const globals = await third.locator('#rounds tbody tr td:last-child').allTextContents();
+    return globals.every((t, i) => (evaluated3[i] === '%' ? /^\d+\.\d\d %$/.test(t) : t === evaluated3[i]));
+  }, 30_000, 200).catch(async (e) => {
+    throw new Error(`${e.message}: ${JSON.stringify(await third.locator('#rounds tbody tr td:last-child').allTextContents())}`);
+  });
   const speeds3 = await third.locator('#rounds tbody td.speed').allTextContents();
   assert.ok(speeds3.every((t) => new RegExp(`^[\\d\u00a0]+ samples/s on ${workers3}$`).test(t)),
     `the third tab's distributed rounds ran on ${workers3}: ${JSON.stringify(speeds3)}`);

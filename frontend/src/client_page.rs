@@ -709,23 +709,39 @@ pub fn ClientPage() -> impl IntoView {
                 }))}
             </section>
         </div>
+        <RoundsTable view=view/>
+    }
+}
+
+/// The rounds this client trained in, the latest first.
+#[component]
+fn RoundsTable(
+    /// The page state.
+    view: RwSignal<ClientView>,
+) -> impl IntoView {
+    // The view changes at every step; the rows only when a round ends or closes.
+    let rows = Memo::new(move |_| {
+        view.with(|v| v.rounds.iter().rev().map(|r| r.cells()).collect::<Vec<_>>())
+    });
+    let caption = Memo::new(move |_| view.with(ClientView::rounds_caption));
+    view! {
         <section class="card">
             <h2>"Rounds this client trained in"</h2>
             <table id="rounds">
                 <thead><tr><th>"round"</th><th>"local loss"</th><th>"local accuracy"</th><th>"ε after"</th><th>"time"</th><th>"speed"</th><th>"global accuracy"</th></tr></thead>
-                <tbody>{move || view.with(|v| v.rounds.iter().rev().map(|r| view! {
+                <tbody>{move || rows.get().into_iter().map(|r| view! {
                     <tr>
-                        <td>{r.server_round}</td>
-                        // A distributed-DP step measures neither (it computes only clipped gradients).
-                        <td>{if r.loss.is_finite() { format!("{:.4}", r.loss) } else { "—".into() }}</td>
-                        <td>{if r.accuracy.is_finite() { format!("{:.2} %", r.accuracy * 100.0) } else { "—".into() }}</td>
-                        <td>{r.epsilon.map_or("—".into(), |e| if e.is_finite() { format!("{e:.3}") } else { "∞".into() })}</td>
-                        <td>{format!("{:.2} s", r.seconds)}</td>
-                        <td class="speed">{crate::client_view::speed(r.samples_per_second, r.workers).unwrap_or_else(|| "—".into())}</td>
-                        <td>{r.global_accuracy.map_or("…".into(), |a| format!("{:.2} %", a * 100.0))}</td>
+                        <td>{r.round}</td>
+                        <td>{r.loss}</td>
+                        <td>{r.accuracy}</td>
+                        <td>{r.epsilon}</td>
+                        <td>{r.time}</td>
+                        <td class="speed">{r.speed}</td>
+                        <td>{r.global_accuracy}</td>
                     </tr>
-                }).collect_view())}</tbody>
+                }).collect_view()}</tbody>
             </table>
+            {move || caption.get().map(|c| view! { <p class="help" id="rounds-caption">{c}</p> })}
         </section>
     }
 }

@@ -70,8 +70,12 @@ impl Training {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRow {
     pub server_round: u64,
-    pub loss: f64,
-    pub accuracy: f64,
+    /// The local loss and accuracy; none for a distributed-DP step, which measures neither (it
+    /// computes only clipped gradients). Not NaN: the saved table is JSON, where NaN is null.
+    #[serde(default)]
+    pub loss: Option<f64>,
+    #[serde(default)]
+    pub accuracy: Option<f64>,
     pub epsilon: Option<f64>,
     pub seconds: f64,
     /// Examples trained on per second, and the workers that shared the steps.
@@ -79,8 +83,50 @@ pub struct RoundRow {
     pub samples_per_second: Option<f64>,
     #[serde(default = "protocol::worker::one_worker")]
     pub workers: u32,
-    /// The global model's test accuracy once the round closed.
+    /// The global model's test accuracy once the round closed, if the server evaluated it.
     pub global_accuracy: Option<f64>,
+    /// The round closed (so no accuracy means it was not evaluated, not that it is awaited).
+    #[serde(default)]
+    pub closed: bool,
+}
+
+/// A row of the rounds table as the page writes it. Compared as a whole, so the table is
+/// redrawn only when a row changes (a round's NaN loss would make every `RoundRow` differ).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundCells {
+    pub round: u64,
+    pub loss: String,
+    pub accuracy: String,
+    pub epsilon: String,
+    pub time: String,
+    pub speed: String,
+    pub global_accuracy: String,
+}
+
+impl RoundRow {
+    pub fn cells(&self) -> RoundCells {
+        RoundCells {
+            round: self.server_round,
+            loss: self.loss.map_or("—".into(), |l| format!("{l:.4}")),
+            accuracy: self
+                .accuracy
+                .map_or("—".into(), |a| format!("{:.2} %", a * 100.0)),
+            epsilon: self.epsilon.map_or("—".into(), |e| {
+                if e.is_finite() {
+                    format!("{e:.3}")
+                } else {
+                    "∞".into()
+                }
+            }),
+            time: format!("{:.2} s", self.seconds),
+            speed: speed(self.samples_per_second, self.workers).unwrap_or_else(|| "—".into()),
+            global_accuracy: match (self.global_accuracy, self.closed) {
+                (Some(a), _) => format!("{:.2} %", a * 100.0),
+                (None, true) => "not evaluated".into(),
+                (None, false) => "…".into(),
+            },
+        }
+    }
 }
 
 /// The training data this tab holds.
@@ -130,6 +176,10 @@ pub struct ClientView {
     pub epsilon: Option<Spent>,
     /// The current data's stored ledger is unreadable: `(dataset fingerprint, why)`.
     pub blocked: Option<(Option<String>, String)>,
+    /// The latest round that closed, evaluated or not.
+    pub last_closed: Option<u64>,
+    /// The latest round the server evaluated the global model after, and its test accuracy
+    /// (a distributed-DP run evaluates only every few rounds).
     pub last_global_accuracy: Option<(u64, f64)>,
     pub finished: Option<String>,
     /// Latest problems, newest last (at most [`MAX_MESSAGES`]).
@@ -137,6 +187,10 @@ pub struct ClientView {
 }
 
 pub const MAX_MESSAGES: usize = 5;
+
+/// Rounds the table lists (the latest): a distributed-DP run is a round per step, a thousand
+/// and more, and the table is redrawn and saved to `sessionStorage` whenever it changes.
+pub const MAX_ROUNDS_LISTED: usize = 100;
 
 /// What the Data card shows. Built from the view and compared as a whole, so the card (and
 /// its canvases) is redrawn only when it changes — not at every training step.
@@ -294,14 +348,16 @@ impl ClientView {
                 self.rounds.retain(|r| r.server_round != server_round);
                 self.rounds.push(RoundRow {
                     server_round,
-                    loss: metrics.loss,
-                    accuracy: metrics.accuracy,
+                    loss: Some(metrics.loss).filter(|l| l.is_finite()),
+                    accuracy: Some(metrics.accuracy).filter(|a| a.is_finite()),
                     epsilon: metrics.epsilon,
                     seconds,
                     samples_per_second,
                     workers,
                     global_accuracy: None,
+                    closed: false,
                 });
+                self.keep_latest_rounds();
             }
             WorkerToPage::TrainFailed {
                 server_round,
@@ -325,13 +381,19 @@ impl ClientView {
             } => {
                 // The round is over: the bar empties until the next one starts.
                 self.training = None;
-                self.last_global_accuracy = Some((server_round, test_accuracy));
+                self.last_closed = Some(server_round);
+                // NaN: the server did not evaluate after this round.
+                let measured = Some(test_accuracy).filter(|a| a.is_finite());
+                if let Some(a) = measured {
+                    self.last_global_accuracy = Some((server_round, a));
+                }
                 if let Some(r) = self
                     .rounds
                     .iter_mut()
                     .find(|r| r.server_round == server_round)
                 {
-                    r.global_accuracy = Some(test_accuracy);
+                    r.closed = true;
+                    r.global_accuracy = measured;
                 }
             }
             WorkerToPage::RunFinished { reason } => {
@@ -356,6 +418,7 @@ impl ClientView {
         }
         if self.assignment.is_some() && !same_shard {
             self.finished = None;
+            self.last_closed = None;
             self.last_global_accuracy = None;
             if self.data.as_ref().is_some_and(|d| !d.own) {
                 self.data = None;
@@ -391,7 +454,20 @@ impl ClientView {
         if let Ok((run, rounds)) = serde_json::from_str::<(u64, Vec<RoundRow>)>(saved) {
             self.rounds_run = Some(run);
             self.rounds = rounds;
+            self.keep_latest_rounds();
         }
+    }
+
+    fn keep_latest_rounds(&mut self) {
+        let extra = self.rounds.len().saturating_sub(MAX_ROUNDS_LISTED);
+        self.rounds.drain(..extra);
+    }
+
+    /// Said under the table once it no longer lists every round this client trained in.
+    pub fn rounds_caption(&self) -> Option<String> {
+        (self.rounds.len() == MAX_ROUNDS_LISTED).then(|| {
+            format!("The latest {MAX_ROUNDS_LISTED} rounds this client trained in are listed.")
+        })
     }
 
     fn note(&mut self, message: String) {
@@ -552,14 +628,14 @@ impl ClientView {
         if self.finished.is_some() {
             return "no more rounds: the run is over".into();
         }
-        match (self.phase, &self.last_global_accuracy) {
+        match (self.phase, self.last_closed) {
             (Some(RunPhase::Paused), _) => {
                 "paused by the admin: no new round starts until the run is resumed".into()
             }
             (Some(RunPhase::Waiting { needed }), _) => {
                 format!("waiting for {needed} clients that can train")
             }
-            (_, Some((round, _))) => format!("round {round} closed: waiting for the next round"),
+            (_, Some(round)) => format!("round {round} closed: waiting for the next round"),
             (_, None) => "waiting for a round".into(),
         }
     }
@@ -762,6 +838,79 @@ mod tests {
             v.epsilon_text(),
             "ε = 2.100 (δ = 1e-5) while the server follows the protocol and at least 7 clients of each distributed round are honest · ε = 48.0 whatever the server and the other clients do (this client's own noise share alone)"
         );
+    }
+
+    #[test]
+    fn the_table_keeps_the_latest_rounds_of_a_long_run() {
+        let trained = |server_round| WorkerToPage::Trained {
+            server_round,
+            metrics: FitMetrics {
+                loss: f64::NAN,
+                accuracy: f64::NAN,
+                epsilon: Some(1.0),
+                steps: 1,
+                clipped_fraction: 0.5,
+            },
+            delta: Some(1e-5),
+            seconds: 0.2,
+            samples_per_second: Some(1_000.0),
+            workers: 2,
+        };
+        let mut v = ClientView::default();
+        v.apply(WorkerToPage::Assigned(assignment(1)));
+        for round in 1..=99 {
+            v.apply(trained(round));
+        }
+        assert_eq!(v.rounds_caption(), None, "every round is listed");
+        // A distributed run: a round per step, far more than a table can show at a glance.
+        for round in 100..=1_172 {
+            v.apply(trained(round));
+        }
+        let listed: Vec<u64> = v.rounds.iter().map(|r| r.server_round).collect();
+        assert_eq!(listed, (1_073..=1_172).collect::<Vec<_>>());
+        assert_eq!(
+            v.rounds_caption().as_deref(),
+            Some("The latest 100 rounds this client trained in are listed.")
+        );
+        // The global accuracy still lands on its row; a round closed without an evaluation
+        // (a distributed run evaluates every few rounds) says so, not "NaN %".
+        v.apply(WorkerToPage::RoundClosed {
+            server_round: 1_171,
+            test_accuracy: 0.9,
+        });
+        v.apply(WorkerToPage::RoundClosed {
+            server_round: 1_172,
+            test_accuracy: f64::NAN,
+        });
+        let shown: Vec<String> = v.rounds[98..]
+            .iter()
+            .map(|r| r.cells().global_accuracy)
+            .collect();
+        assert_eq!(shown, ["90.00 %", "not evaluated"]);
+        assert_eq!(v.last_global_accuracy, Some((1_171, 0.9)));
+        assert_eq!(
+            v.training_line(),
+            "round 1172 closed: waiting for the next round"
+        );
+        assert_eq!(v.rounds[97].cells().global_accuracy, "…");
+        // A distributed step's row (no loss, no accuracy) survives a reload: saved with NaN,
+        // it was JSON null and the whole table failed to restore.
+        assert_eq!((v.rounds[0].loss, v.rounds[0].accuracy), (None, None));
+        let mut reloaded = ClientView::default();
+        reloaded.restore_rounds(&v.saved_rounds().unwrap());
+        assert_eq!(reloaded.rounds, v.rounds);
+        // A table saved by a page that kept every row is cut to the latest on restore.
+        let mut all = v.clone();
+        all.rounds = (1..=1_172)
+            .map(|server_round| RoundRow {
+                server_round,
+                ..v.rounds[0].clone()
+            })
+            .collect();
+        let mut restored = ClientView::default();
+        restored.restore_rounds(&all.saved_rounds().unwrap());
+        assert_eq!(restored.rounds.len(), MAX_ROUNDS_LISTED);
+        assert_eq!(restored.rounds[0].server_round, 1_073);
     }
 
     #[test]
