@@ -398,7 +398,7 @@ fn Dashboard(
                             <p>"Status: " <b id="run-status" class=format!("status {:?}", r.status).to_lowercase()>{format!("{:?}", r.status).to_lowercase()}</b>
                                " · round " <b id="completed-rounds">{r.completed_rounds}</b> " of " {r.config.rounds}
                                {r.finished_reason.clone().map(|x| format!(" · {x}"))}</p>
-                            <p>{best.map(|(round, acc)| format!("best test accuracy {:.2} % (round {round})", acc * 100.0))}</p>
+                            <p id="run-best">{best.map(|(round, acc)| format!("best test accuracy {:.2} % (round {round})", acc * 100.0))}</p>
                             <p id="run-waiting" class="hint">{waiting}</p>
                         }.into_any()
                     }
@@ -438,8 +438,8 @@ fn Dashboard(
             <h2>"Global model"</h2>
             <div class="chart-grid">
                 <LineChart id="chart-accuracy" title=Signal::derive(move || accuracy_title(current_run.get().map(|r| task_name(&r.config.task)))) y_title="accuracy %" y2_title="loss" series=series lines=vec![
-                    Line { label: "accuracy %", color: "#2563eb", value: |p| Some(p.accuracy * 100.0), right_axis: false },
-                    Line { label: "loss", color: "#dc2626", value: |p| Some(p.loss), right_axis: true },
+                    Line { label: "accuracy %", color: "#2563eb", value: |p| p.accuracy.map(|a| a * 100.0), right_axis: false },
+                    Line { label: "loss", color: "#dc2626", value: |p| p.loss, right_axis: true },
                 ]/>
                 <LineChart id="chart-epsilon" title="Privacy spent ε (largest client)" y_title="ε" series=series lines=vec![
                     Line { label: "ε", color: "#7c3aed", value: |p| p.epsilon, right_axis: false },

@@ -45,6 +45,9 @@ fn config(lines: &[Line], y_title: &str, y2_title: Option<&str>, integer: bool) 
                 "backgroundColor": l.color,
                 "tension": 0.2,
                 "pointRadius": 3,
+                // Across rounds without a value (a distributed run evaluates every few
+                // rounds): the line joins the rounds that have one.
+                "spanGaps": true,
                 "yAxisID": if l.right_axis { "y2" } else { "y" },
             })
         })

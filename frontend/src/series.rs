@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RoundPoint {
     pub server_round: u64,
-    pub accuracy: f64,
-    pub loss: f64,
+    /// The global model's test accuracy and loss; none when the server did not evaluate after
+    /// this round (a distributed-DP run evaluates every few rounds).
+    pub accuracy: Option<f64>,
+    pub loss: Option<f64>,
     /// ε spent so far (None without DP).
     pub epsilon: Option<f64>,
     pub participants: u32,
@@ -27,8 +29,8 @@ impl From<&protocol::admin::RoundRecord> for RoundPoint {
     fn from(r: &protocol::admin::RoundRecord) -> Self {
         Self {
             server_round: r.server_round,
-            accuracy: r.test_accuracy,
-            loss: r.test_loss,
+            accuracy: Some(r.test_accuracy).filter(|a| a.is_finite()),
+            loss: Some(r.test_loss).filter(|l| l.is_finite()),
             epsilon: r.epsilon,
             participants: u32::try_from(r.participants).unwrap_or(u32::MAX),
             failures: u32::try_from(r.failures).unwrap_or(u32::MAX),
@@ -74,12 +76,12 @@ impl Series {
         &self.points
     }
 
-    /// Best accuracy so far and its round.
+    /// Best accuracy so far and its round (of the rounds evaluated after).
     pub fn best_accuracy(&self) -> Option<(u64, f64)> {
         self.points
             .iter()
-            .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy))
-            .map(|p| (p.server_round, p.accuracy))
+            .filter_map(|p| Some((p.server_round, p.accuracy?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
     /// The metrics as CSV (the dashboard's download), one row per round.
@@ -87,14 +89,15 @@ impl Series {
         let mut out = String::from(
             "server_round,accuracy,loss,epsilon,participants,failures,recovered,duration_secs\n",
         );
+        // An empty field where there is no value (not evaluated, no DP).
+        let field = |x: Option<f64>| x.map_or(String::new(), |x| x.to_string());
         for p in &self.points {
-            let eps = p.epsilon.map_or(String::new(), |e| e.to_string());
             out.push_str(&format!(
                 "{},{},{},{},{},{},{},{}\n",
                 p.server_round,
-                p.accuracy,
-                p.loss,
-                eps,
+                field(p.accuracy),
+                field(p.loss),
+                field(p.epsilon),
                 p.participants,
                 p.failures,
                 p.recovered,
@@ -112,8 +115,8 @@ mod tests {
     fn p(round: u64, acc: f64) -> RoundPoint {
         RoundPoint {
             server_round: round,
-            accuracy: acc,
-            loss: 1.0 - acc,
+            accuracy: Some(acc),
+            loss: Some(1.0 - acc),
             epsilon: Some(round as f64 * 0.5),
             participants: 3,
             failures: round as u32 % 2,
@@ -132,6 +135,41 @@ mod tests {
         let rounds: Vec<u64> = s.points().iter().map(|q| q.server_round).collect();
         assert_eq!(rounds, vec![1, 2, 3]);
         assert_eq!(s.best_accuracy(), Some((3, 0.95)));
+    }
+
+    #[test]
+    fn rounds_not_evaluated_are_no_value_not_nan() {
+        // As the server's history has them: a distributed run evaluated at round 2 only.
+        let record = |server_round, test_accuracy: f64| protocol::admin::RoundRecord {
+            server_round,
+            started_at_ms: 0,
+            duration_ms: 40,
+            aggregate_ms: 1.0,
+            test_loss: if test_accuracy.is_nan() {
+                f64::NAN
+            } else {
+                0.4
+            },
+            test_accuracy,
+            federated_loss: None,
+            federated_accuracy: None,
+            participants: 3,
+            failures: 0,
+            epsilon: None,
+            attempts: 1,
+            secure: true,
+            recovered: 0,
+            keys_reused: true,
+        };
+        let mut s = Series::default();
+        for r in [record(1, f64::NAN), record(2, 0.5), record(3, f64::NAN)] {
+            s.upsert(RoundPoint::from(&r));
+        }
+        assert_eq!(s.points()[0].accuracy, None);
+        // A NaN sorts above every number: it was the "best test accuracy NaN %".
+        assert_eq!(s.best_accuracy(), Some((2, 0.5)));
+        assert!(!s.to_csv().contains("NaN"), "{}", s.to_csv());
+        assert_eq!(s.to_csv().lines().nth(1), Some("1,,,,3,0,0,0.04"));
     }
 
     #[test]
