@@ -1243,6 +1243,46 @@ mod tests {
             .collect()
     }
 
+    /// Between two rounds no round is open: a reveal for a round that closed (the sum needed
+    /// only a threshold of them, and distributed-DP rounds follow each other within
+    /// milliseconds) is dropped without a word — it was answered "wrong round … expected round
+    /// 0", which a tab shows on its page; one for a round not closed yet is still refused.
+    #[tokio::test]
+    async fn a_late_reveal_between_rounds_is_dropped_not_refused() {
+        let (mut c, mut outboxes, _seen) = started_run(
+            r#"{"min_clients":2,"batching":{"batch_size":10},"shards":null}"#,
+            [100, 100],
+        );
+        let run = c.run.as_mut().unwrap();
+        assert!(run.round.is_none(), "no round open");
+        run.summary.completed_rounds = 3;
+        // Connections are numbered in the order they joined.
+        let conn = *c.clients.keys().min().unwrap();
+        let outbox = &mut outboxes[0];
+        let _joined = received(outbox);
+        let reveal = || {
+            secure::SecAggAnswer::Reveal(protocol::secagg::Reveal {
+                seeds: vec![],
+                masking_keys: vec![],
+            })
+        };
+        for closed in [1, 3] {
+            c.secagg_answer(conn, closed, reveal());
+            let heard = received(outbox);
+            assert!(
+                heard.is_empty(),
+                "a reveal for closed round {closed}: {heard:?}"
+            );
+        }
+        c.secagg_answer(conn, 4, reveal());
+        let heard = received(outbox);
+        assert!(
+            matches!(&heard[..], [ServerMessage::Error { code: ErrorCode::WrongRound, message, .. }]
+                if message == "secure aggregation message for round 4: no round is open"),
+            "{heard:?}"
+        );
+    }
+
     /// A client whose socket was down when its run ended is told the end when it comes back
     /// (a simulated client waited forever for it in a CI run); a key new to the run is not.
     #[tokio::test]
