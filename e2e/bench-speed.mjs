@@ -106,7 +106,9 @@ async function rounds(batch, workers, watch) {
   } else {
     // Nothing touches the page until the run is over: only the server is asked, once a second.
     await waitFor(`run ${id} to finish`, finished, 300_000, 1000);
-    await waitFor(`the tab to show ${roundsPerRun} rounds`, () => page.evaluate((n) => document.querySelectorAll('#rounds tbody tr').length >= n, roundsPerRun), 30_000);
+    // The page lists a run's latest 100 rounds (MAX_ROUNDS_LISTED).
+    const listed = Math.min(roundsPerRun, 100);
+    await waitFor(`the tab to show ${listed} rounds`, () => page.evaluate((n) => document.querySelectorAll('#rounds tbody tr').length >= n, listed), 30_000);
     out = await frameStats(page, []); // the tab's rounds table; no frames were counted
   }
   await context.close();

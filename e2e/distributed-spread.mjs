@@ -51,7 +51,8 @@ try {
   await server.stop();
 }
 const sorted = [...accuracies].sort((a, b) => a - b);
-console.log(`batch ${batch} per client, lr ${lr}, ${rounds} rounds, ${runs} runs: median ${(sorted[Math.floor(runs / 2)] * 100).toFixed(2)} %, range ${(sorted[0] * 100).toFixed(2)}–${(sorted.at(-1) * 100).toFixed(2)} %`);
+const median = (sorted[Math.floor((runs - 1) / 2)] + sorted[Math.floor(runs / 2)]) / 2;
+console.log(`batch ${batch} per client, lr ${lr}, ${rounds} rounds, ${runs} runs: median ${(median * 100).toFixed(2)} %, range ${(sorted[0] * 100).toFixed(2)}–${(sorted.at(-1) * 100).toFixed(2)} %`);
 
 /** Three tabs joined in a fresh browser context (no ledger from an earlier run); the context. */
 async function openTabs(browser, base) {

@@ -116,9 +116,11 @@ export function recordFrames(page) {
 /**
  * Watches a client tab train until its rounds table has `rounds` rows (or the run is over): for
  * each round, the window [first step shown, its row shown] in the page's `performance.now()`
- * time. Polled every `everyMs` (lightly: the page and its workers share the cores).
+ * time. Polled every `everyMs` (lightly: the page and its workers share the cores). The table
+ * lists a run's latest 100 rounds (MAX_ROUNDS_LISTED): the windows of the first 100.
  */
 export async function trainingWindows(page, rounds, everyMs = 100) {
+  rounds = Math.min(rounds, 100);
   const windows = [];
   let current = null;
   for (;;) {

@@ -720,9 +720,7 @@ fn RoundsTable(
     view: RwSignal<ClientView>,
 ) -> impl IntoView {
     // The view changes at every step; the rows only when a round ends or closes.
-    let rows = Memo::new(move |_| {
-        view.with(|v| v.rounds.iter().rev().map(|r| r.cells()).collect::<Vec<_>>())
-    });
+    let rows = Memo::new(move |_| view.with(ClientView::round_cells));
     let caption = Memo::new(move |_| view.with(ClientView::rounds_caption));
     view! {
         <section class="card">

@@ -91,7 +91,7 @@ pub struct RoundRow {
 }
 
 /// A row of the rounds table as the page writes it. Compared as a whole, so the table is
-/// redrawn only when a row changes (a round's NaN loss would make every `RoundRow` differ).
+/// redrawn only when what it shows changes, not at every training step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoundCells {
     pub round: u64,
@@ -104,7 +104,8 @@ pub struct RoundCells {
 }
 
 impl RoundRow {
-    pub fn cells(&self) -> RoundCells {
+    /// Its cells; `latest`: no later round is listed, so one not closed may still be.
+    pub fn cells(&self, latest: bool) -> RoundCells {
         RoundCells {
             round: self.server_round,
             loss: self.loss.map_or("—".into(), |l| format!("{l:.4}")),
@@ -120,10 +121,13 @@ impl RoundRow {
             }),
             time: format!("{:.2} s", self.seconds),
             speed: speed(self.samples_per_second, self.workers).unwrap_or_else(|| "—".into()),
-            global_accuracy: match (self.global_accuracy, self.closed) {
-                (Some(a), _) => format!("{:.2} %", a * 100.0),
-                (None, true) => "not evaluated".into(),
-                (None, false) => "…".into(),
+            global_accuracy: match (self.global_accuracy, self.closed, latest) {
+                (Some(a), _, _) => format!("{:.2} %", a * 100.0),
+                (None, true, _) => "not evaluated".into(),
+                (None, false, true) => "…".into(),
+                // A later round started, so this one closed; whether it was evaluated was not
+                // heard (a reconnect, or a row saved by an older page).
+                (None, false, false) => "—".into(),
             },
         }
     }
@@ -165,7 +169,10 @@ pub struct ClientView {
     pub training: Option<Training>,
     /// Training steps seen in all (the progress bar moved this often).
     pub steps_seen: u64,
+    /// The latest rounds this client trained in (at most [`MAX_ROUNDS_LISTED`]).
     pub rounds: Vec<RoundRow>,
+    /// Earlier rounds of the run no longer listed.
+    pub rounds_unlisted: u64,
     /// The run `rounds` belong to (kept with them across a reload).
     pub rounds_run: Option<u64>,
     /// The data changed and its ledger has not been read yet: no ε is shown rather than the
@@ -435,6 +442,7 @@ impl ClientView {
             self.task = None;
             self.messages.clear();
             self.rounds.clear();
+            self.rounds_unlisted = 0;
             self.phase = None;
             self.rounds_taken = 0;
             self.secure = None;
@@ -443,17 +451,23 @@ impl ClientView {
         self.rounds_run = Some(run_id);
     }
 
-    /// The rounds table as kept in the tab's `sessionStorage` (a reload shows it again).
+    /// The rounds table as kept in the tab's `sessionStorage` (a reload shows it again):
+    /// `(run, rows, rounds no longer listed)`.
     pub fn saved_rounds(&self) -> Option<String> {
         let run = self.rounds_run?;
-        serde_json::to_string(&(run, &self.rounds)).ok()
+        serde_json::to_string(&(run, &self.rounds, self.rounds_unlisted)).ok()
     }
 
-    /// The rounds table a reloaded tab kept (ignored if it does not parse).
+    /// The rounds table a reloaded tab kept (ignored if it does not parse); an older page
+    /// saved `(run, rows)`.
     pub fn restore_rounds(&mut self, saved: &str) {
-        if let Ok((run, rounds)) = serde_json::from_str::<(u64, Vec<RoundRow>)>(saved) {
+        let parsed = serde_json::from_str::<(u64, Vec<RoundRow>, u64)>(saved).or_else(|_| {
+            serde_json::from_str::<(u64, Vec<RoundRow>)>(saved).map(|(run, rows)| (run, rows, 0))
+        });
+        if let Ok((run, rounds, unlisted)) = parsed {
             self.rounds_run = Some(run);
             self.rounds = rounds;
+            self.rounds_unlisted = unlisted;
             self.keep_latest_rounds();
         }
     }
@@ -461,12 +475,26 @@ impl ClientView {
     fn keep_latest_rounds(&mut self) {
         let extra = self.rounds.len().saturating_sub(MAX_ROUNDS_LISTED);
         self.rounds.drain(..extra);
+        self.rounds_unlisted = self.rounds_unlisted.saturating_add(extra as u64);
+    }
+
+    /// The table's rows as the page writes them, the latest first.
+    pub fn round_cells(&self) -> Vec<RoundCells> {
+        let latest = self.rounds.iter().map(|r| r.server_round).max();
+        self.rounds
+            .iter()
+            .rev()
+            .map(|r| r.cells(Some(r.server_round) == latest))
+            .collect()
     }
 
     /// Said under the table once it no longer lists every round this client trained in.
     pub fn rounds_caption(&self) -> Option<String> {
-        (self.rounds.len() == MAX_ROUNDS_LISTED).then(|| {
-            format!("The latest {MAX_ROUNDS_LISTED} rounds this client trained in are listed.")
+        (self.rounds_unlisted > 0).then(|| {
+            format!(
+                "The latest {MAX_ROUNDS_LISTED} rounds this client trained in are listed; {} earlier ones are not.",
+                self.rounds_unlisted
+            )
         })
     }
 
@@ -858,59 +886,86 @@ mod tests {
         };
         let mut v = ClientView::default();
         v.apply(WorkerToPage::Assigned(assignment(1)));
-        for round in 1..=99 {
+        for round in 1..=100 {
             v.apply(trained(round));
         }
         assert_eq!(v.rounds_caption(), None, "every round is listed");
         // A distributed run: a round per step, far more than a table can show at a glance.
-        for round in 100..=1_172 {
+        for round in 101..=1_172 {
             v.apply(trained(round));
         }
         let listed: Vec<u64> = v.rounds.iter().map(|r| r.server_round).collect();
         assert_eq!(listed, (1_073..=1_172).collect::<Vec<_>>());
         assert_eq!(
             v.rounds_caption().as_deref(),
-            Some("The latest 100 rounds this client trained in are listed.")
+            Some(
+                "The latest 100 rounds this client trained in are listed; 1072 earlier ones are not."
+            )
         );
         // The global accuracy still lands on its row; a round closed without an evaluation
         // (a distributed run evaluates every few rounds) says so, not "NaN %".
+        let global = |v: &ClientView| -> Vec<String> {
+            v.round_cells()[..3]
+                .iter()
+                .map(|c| c.global_accuracy.clone())
+                .collect()
+        };
         v.apply(WorkerToPage::RoundClosed {
             server_round: 1_171,
             test_accuracy: 0.9,
         });
+        // Round 1 170's closing was not heard: it closed (1 171 started), evaluated or not.
+        assert_eq!(global(&v), ["…", "90.00 %", "—"]);
         v.apply(WorkerToPage::RoundClosed {
             server_round: 1_172,
             test_accuracy: f64::NAN,
         });
-        let shown: Vec<String> = v.rounds[98..]
-            .iter()
-            .map(|r| r.cells().global_accuracy)
-            .collect();
-        assert_eq!(shown, ["90.00 %", "not evaluated"]);
+        assert_eq!(global(&v), ["not evaluated", "90.00 %", "—"]);
         assert_eq!(v.last_global_accuracy, Some((1_171, 0.9)));
         assert_eq!(
             v.training_line(),
             "round 1172 closed: waiting for the next round"
         );
-        assert_eq!(v.rounds[97].cells().global_accuracy, "…");
         // A distributed step's row (no loss, no accuracy) survives a reload: saved with NaN,
         // it was JSON null and the whole table failed to restore.
         assert_eq!((v.rounds[0].loss, v.rounds[0].accuracy), (None, None));
         let mut reloaded = ClientView::default();
         reloaded.restore_rounds(&v.saved_rounds().unwrap());
         assert_eq!(reloaded.rounds, v.rounds);
-        // A table saved by a page that kept every row is cut to the latest on restore.
-        let mut all = v.clone();
-        all.rounds = (1..=1_172)
+        assert_eq!(reloaded.rounds_caption(), v.rounds_caption());
+        // A table saved by an older page, which kept every row: cut to the latest on restore.
+        let rows: Vec<RoundRow> = (1..=1_172)
             .map(|server_round| RoundRow {
                 server_round,
                 ..v.rounds[0].clone()
             })
             .collect();
         let mut restored = ClientView::default();
-        restored.restore_rounds(&all.saved_rounds().unwrap());
+        restored.restore_rounds(&serde_json::to_string(&(1u64, &rows)).unwrap());
         assert_eq!(restored.rounds.len(), MAX_ROUNDS_LISTED);
         assert_eq!(restored.rounds[0].server_round, 1_073);
+        assert_eq!(restored.rounds_caption(), v.rounds_caption());
+    }
+
+    #[test]
+    fn rows_saved_by_the_previous_page_restore() {
+        // Its distributed rows: NaN loss and accuracy saved as null, no `closed`.
+        let saved = r#"[1,[{"server_round":1,"loss":null,"accuracy":null,"epsilon":2.0,"seconds":0.1,"global_accuracy":null},{"server_round":2,"loss":0.5,"accuracy":0.9,"epsilon":2.1,"seconds":0.1,"global_accuracy":null}]]"#;
+        let mut v = ClientView::default();
+        v.restore_rounds(saved);
+        let cells = v.round_cells();
+        let shown: Vec<(&str, &str, &str)> = cells
+            .iter()
+            .map(|c| {
+                (
+                    c.loss.as_str(),
+                    c.accuracy.as_str(),
+                    c.global_accuracy.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(shown, [("0.5000", "90.00 %", "…"), ("—", "—", "—")]);
+        assert_eq!(v.rounds_caption(), None);
     }
 
     #[test]
