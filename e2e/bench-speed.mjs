@@ -14,7 +14,7 @@
 // ROUNDS_ONLY=1 runs part 2 alone (for A/B runs of two builds, RUNS=1 each, interleaved);
 // BATCHES=64 (default 64,512) limits it to those batch sizes; ROUNDS (default 3) rounds a run.
 // Prints `key value` lines (read by bench-speed.sh) after a human-readable log.
-import { frameStats, launchChromium, recordFrames, startServer, stepRatesInWorker, trainingWindows, waitFor } from './harness.mjs';
+import { ROUNDS_LISTED, frameStats, launchChromium, recordFrames, startServer, stepRatesInWorker, trainingWindows, waitFor } from './harness.mjs';
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const results = [];
@@ -106,8 +106,7 @@ async function rounds(batch, workers, watch) {
   } else {
     // Nothing touches the page until the run is over: only the server is asked, once a second.
     await waitFor(`run ${id} to finish`, finished, 300_000, 1000);
-    // The page lists a run's latest 100 rounds (MAX_ROUNDS_LISTED).
-    const listed = Math.min(roundsPerRun, 100);
+    const listed = Math.min(roundsPerRun, ROUNDS_LISTED); // the page lists the latest
     await waitFor(`the tab to show ${listed} rounds`, () => page.evaluate((n) => document.querySelectorAll('#rounds tbody tr').length >= n, listed), 30_000);
     out = await frameStats(page, []); // the tab's rounds table; no frames were counted
   }

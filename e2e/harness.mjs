@@ -113,14 +113,17 @@ export function recordFrames(page) {
   });
 }
 
+/** Rounds a client tab's table lists, the latest (frontend's `MAX_ROUNDS_LISTED`). */
+export const ROUNDS_LISTED = 100;
+
 /**
  * Watches a client tab train until its rounds table has `rounds` rows (or the run is over): for
  * each round, the window [first step shown, its row shown] in the page's `performance.now()`
  * time. Polled every `everyMs` (lightly: the page and its workers share the cores). The table
- * lists a run's latest 100 rounds (MAX_ROUNDS_LISTED): the windows of the first 100.
+ * lists a run's latest ROUNDS_LISTED rounds: the windows of the first ROUNDS_LISTED.
  */
 export async function trainingWindows(page, rounds, everyMs = 100) {
-  rounds = Math.min(rounds, 100);
+  rounds = Math.min(rounds, ROUNDS_LISTED);
   const windows = [];
   let current = null;
   for (;;) {

@@ -1,6 +1,7 @@
 //! What the client page shows, folded from its worker's reports. Plain data, so the page's
 //! logic is tested natively; the component only renders a [`ClientView`].
 
+use crate::series::finite;
 use protocol::config::ShardScheme;
 use protocol::messages::{Assignment, RunPhase};
 use protocol::worker::{Connection, Sample, Spent, TaskLabel, WorkerToPage};
@@ -355,8 +356,8 @@ impl ClientView {
                 self.rounds.retain(|r| r.server_round != server_round);
                 self.rounds.push(RoundRow {
                     server_round,
-                    loss: Some(metrics.loss).filter(|l| l.is_finite()),
-                    accuracy: Some(metrics.accuracy).filter(|a| a.is_finite()),
+                    loss: finite(metrics.loss),
+                    accuracy: finite(metrics.accuracy),
                     epsilon: metrics.epsilon,
                     seconds,
                     samples_per_second,
@@ -390,7 +391,7 @@ impl ClientView {
                 self.training = None;
                 self.last_closed = Some(server_round);
                 // NaN: the server did not evaluate after this round.
-                let measured = Some(test_accuracy).filter(|a| a.is_finite());
+                let measured = finite(test_accuracy);
                 if let Some(a) = measured {
                     self.last_global_accuracy = Some((server_round, a));
                 }

@@ -7,6 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A value measured, or none: the server and the training worker send NaN for one that was not
+/// (a round not evaluated, a distributed step's local loss).
+pub fn finite(x: f64) -> Option<f64> {
+    Some(x).filter(|x| x.is_finite())
+}
+
 /// One closed round as the dashboard sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RoundPoint {
@@ -29,8 +35,8 @@ impl From<&protocol::admin::RoundRecord> for RoundPoint {
     fn from(r: &protocol::admin::RoundRecord) -> Self {
         Self {
             server_round: r.server_round,
-            accuracy: Some(r.test_accuracy).filter(|a| a.is_finite()),
-            loss: Some(r.test_loss).filter(|l| l.is_finite()),
+            accuracy: finite(r.test_accuracy),
+            loss: finite(r.test_loss),
             epsilon: r.epsilon,
             participants: u32::try_from(r.participants).unwrap_or(u32::MAX),
             failures: u32::try_from(r.failures).unwrap_or(u32::MAX),
