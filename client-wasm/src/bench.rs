@@ -3,7 +3,7 @@
 //! `secaggMemberMs(members, neighbours)`, the same round as the native `secagg-cost`, and
 //! `accountantMs(case, pld)`, the same timings as the native `accountant-cost`.
 
-use learning::bench::{StepKind, train_step_throughput};
+use learning::bench::{StepKind, train_step_throughput, train_step_times};
 use wasm_bindgen::prelude::*;
 
 /// Parses the step kind named by a JS caller.
@@ -28,6 +28,17 @@ pub fn train_throughput(kind: &str, batch: usize, iters: usize) -> Result<f64, J
     }
     train_step_throughput(kind, batch, 1, 3, iters, &now_ms)
         .map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// The milliseconds of each of `iters` TinyCNN steps of `batch` examples, one setup for all
+/// (after 3 warm-up steps): how a step's time varies from step to step.
+#[wasm_bindgen(js_name = trainStepTimes)]
+pub fn train_step_times_ms(kind: &str, batch: usize, iters: usize) -> Result<Vec<f64>, JsError> {
+    let kind = parse_kind(kind).map_err(|e| JsError::new(&e))?;
+    if batch == 0 || iters == 0 {
+        return Err(JsError::new("batch and iters must be at least 1"));
+    }
+    train_step_times(kind, batch, 1, 3, iters, &now_ms).map_err(|e| JsError::new(&e.to_string()))
 }
 
 /// A member's CPU time (milliseconds, the median member) for one secure-aggregation round of
@@ -102,6 +113,13 @@ mod tests {
             let rate = train_step_throughput(kind, 4, 1, 1, 2, &now_ms).expect("runs");
             assert!(rate.is_finite() && rate > 0.0, "{kind:?}: {rate}");
         }
+    }
+
+    #[test]
+    fn times_each_step_of_one_setup() {
+        let times = train_step_times(StepKind::DpSgd, 4, 1, 1, 3, &now_ms).expect("runs");
+        assert_eq!(times.len(), 3, "one time per timed step, none for the warm-up");
+        assert!(times.iter().all(|t| t.is_finite() && *t > 0.0), "{times:?}");
     }
 }
 

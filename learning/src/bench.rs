@@ -37,6 +37,22 @@ pub fn train_step_throughput(
     iters: usize,
     now_ms: &dyn Fn() -> f64,
 ) -> Result<f64, LearningError> {
+    let times = train_step_times(kind, batch, threads, warmup, iters, now_ms)?;
+    let secs = times.iter().sum::<f64>() / 1000.0;
+    Ok((iters * batch) as f64 / secs)
+}
+
+/// The milliseconds of each of the `iters` timed steps of [`train_step_throughput`]: one setup
+/// (model, buffers, inputs) for all of them, so that how one step's time varies from the next
+/// can be told from how it varies between setups (a tab rebuilds its model every round).
+pub fn train_step_times(
+    kind: StepKind,
+    batch: usize,
+    threads: usize,
+    warmup: usize,
+    iters: usize,
+    now_ms: &dyn Fn() -> f64,
+) -> Result<Vec<f64>, LearningError> {
     let device = Device::flex();
     let config = TinyCnnConfig::new();
     let mut params = config.init(&device).to_flat();
@@ -73,12 +89,13 @@ pub fn train_step_throughput(
     for _ in 0..warmup {
         step(&mut params)?;
     }
-    let start = now_ms();
+    let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
+        let start = now_ms();
         step(&mut params)?;
+        times.push(now_ms() - start);
     }
-    let secs = (now_ms() - start) / 1000.0;
-    Ok((iters * batch) as f64 / secs)
+    Ok(times)
 }
 
 /// A distributed-DP step as a client computes it, with the run form's defaults (S = 2 000,

@@ -4,7 +4,7 @@
 //! steps' gradients shared by 2 threads; the distributed step and inference always on one).
 
 use clap::Parser;
-use learning::bench::{StepKind, train_step_throughput};
+use learning::bench::{StepKind, train_step_throughput, train_step_times};
 
 /// mimalloc, as in every native training binary: glibc's malloc hands the step's large
 /// buffers back to the kernel and faults them in again at the next step (a third of a
@@ -29,12 +29,22 @@ struct Args {
     /// Then each matrix product of a batch-64 DP step alone, in GFLOP/s.
     #[arg(long)]
     gemm: bool,
+    /// Only the milliseconds of each of this many DP-SGD steps of one setup, as one JSON
+    /// array (for `client-wasm/bench/step-times.mjs`).
+    #[arg(long)]
+    step_times: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let t0 = std::time::Instant::now();
     let now = move || t0.elapsed().as_secs_f64() * 1000.0;
+    if let Some(steps) = args.step_times {
+        let times = train_step_times(StepKind::DpSgd, args.batch, args.threads, 5, steps, &now)?;
+        let times: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
+        println!("[{}]", times.join(","));
+        return Ok(());
+    }
     println!(
         "TinyCNN, flex backend, {} thread(s), batch {}, {} steps × {} runs (median)",
         args.threads, args.batch, args.iters, args.runs
