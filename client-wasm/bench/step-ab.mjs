@@ -3,8 +3,9 @@
 // order alternating between rounds), one setup of STEPS steps at BATCH,
 //   native 1: one `throughput --step-times` process;
 //   native 2: two such processes side by side (the two cores contend, as two workers do);
+//   threads 2: one such process whose steps share each batch between 2 threads (`--threads 2`);
 //   node 1 / node 2: the same in wasm, `trainStepTimes` in one node process / two side by side.
-// Prints each arm's median µs an example (for "2", the mean of the two processes' medians).
+// Prints each arm's median µs an example and its mean (for "2", averaged over the two processes).
 //
 //   BUILDS=8:/tmp/ab/8,4:/tmp/ab/4 node client-wasm/bench/step-ab.mjs
 // where each build's directory holds `throughput` (cargo build --release -p learning --bin
@@ -40,22 +41,27 @@ function times(cmd, args) {
   });
 }
 
-function one(build, where) {
+function one(build, where, threads = 1) {
   if (where === 'native') {
-    return times(path.join(build.dir, 'throughput'), ['--step-times', String(steps), '--batch', String(batch)]);
+    const args = ['--step-times', String(steps), '--batch', String(batch), '--threads', String(threads)];
+    return times(path.join(build.dir, 'throughput'), args);
   }
   const lib = JSON.stringify(path.join(build.dir, 'wasm', 'client_wasm.js'));
   const code = `console.log(JSON.stringify(Array.from(require(${lib}).trainStepTimes('dp', ${batch}, ${steps}))))`;
   return times(process.execPath, ['-e', code]);
 }
 
-/** Median µs an example of `copies` processes of `build` side by side (mean over them). */
+const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+/** `copies` processes of `build` side by side: [median, mean] µs an example (mean over them).
+ * The median is robust to slow spells; the mean is what throughput sees (tails included). */
 async function arm(build, mode) {
-  const where = mode.replace(/[0-9]+$/, '');
-  const copies = Number(mode.slice(where.length));
-  const runs = await Promise.all(Array.from({ length: copies }, () => one(build, where)));
-  const per = runs.map((r) => (median(r) / batch) * 1000);
-  return per.reduce((a, b) => a + b, 0) / per.length;
+  const threads = mode === 'threads2' ? 2 : 1;
+  const where = mode === 'threads2' ? 'native' : mode.replace(/[0-9]+$/, '');
+  const copies = mode === 'threads2' ? 1 : Number(mode.slice(where.length));
+  const runs = await Promise.all(Array.from({ length: copies }, () => one(build, where, threads)));
+  const us = (ms) => (ms / batch) * 1000;
+  return [mean(runs.map((r) => us(median(r)))), mean(runs.map((r) => us(mean(r))))];
 }
 
 console.log(`# step A/B, batch ${batch}, ${steps} steps an arm, ${rounds} rounds, ${new Date().toISOString()}`);
@@ -66,14 +72,18 @@ for (let r = 1; r <= rounds; r++) {
   for (const mode of modes) {
     const line = [];
     for (const build of order) {
-      const us = await arm(build, mode);
-      results[mode][build.name].push(us);
-      line.push(`${build.name} ${us.toFixed(1)}`);
+      const [med, avg] = await arm(build, mode);
+      results[mode][build.name].push([med, avg]);
+      line.push(`${build.name} ${med.toFixed(1)} (mean ${avg.toFixed(1)})`);
     }
     console.log(`round ${r} ${mode}: ${line.join(', ')} µs an example`);
   }
 }
-console.log('# medians of the rounds, µs an example (lower is faster):');
+console.log('# medians over the rounds of the step median (and of the step mean), µs an example (lower is faster):');
 for (const mode of modes) {
-  console.log(`${mode}: ${builds.map((b) => `${b.name} ${median(results[mode][b.name]).toFixed(1)}`).join(', ')}`);
+  const cell = (b) => {
+    const rs = results[mode][b.name];
+    return `${b.name} ${median(rs.map((x) => x[0])).toFixed(1)} (${median(rs.map((x) => x[1])).toFixed(1)})`;
+  };
+  console.log(`${mode}: ${builds.map(cell).join(', ')}`);
 }
