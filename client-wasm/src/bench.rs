@@ -3,7 +3,7 @@
 //! `secaggMemberMs(members, neighbours)`, the same round as the native `secagg-cost`, and
 //! `accountantMs(case, pld)`, the same timings as the native `accountant-cost`.
 
-use learning::bench::{StepKind, train_step_throughput, train_step_times};
+use learning::bench::{StepKind, samples_per_second, train_step_times};
 use wasm_bindgen::prelude::*;
 
 /// Parses the step kind named by a JS caller.
@@ -26,7 +26,8 @@ pub fn train_throughput(kind: &str, batch: usize, iters: usize) -> Result<f64, J
     if batch == 0 || iters == 0 {
         return Err(JsError::new("batch and iters must be at least 1"));
     }
-    train_step_throughput(kind, batch, 1, 3, iters, &now_ms)
+    train_step_times(kind, batch, 1, 3, iters, &now_ms)
+        .map(|ms| samples_per_second(&ms, batch))
         .map_err(|e| JsError::new(&e.to_string()))
 }
 
@@ -110,7 +111,10 @@ mod tests {
     #[test]
     fn measures_a_positive_rate() {
         for kind in [StepKind::DpSgd, StepKind::Distributed] {
-            let rate = train_step_throughput(kind, 4, 1, 1, 2, &now_ms).expect("runs");
+            let rate = samples_per_second(
+                &train_step_times(kind, 4, 1, 1, 2, &now_ms).expect("runs"),
+                4,
+            );
             assert!(rate.is_finite() && rate > 0.0, "{kind:?}: {rate}");
         }
     }
@@ -118,7 +122,11 @@ mod tests {
     #[test]
     fn times_each_step_of_one_setup() {
         let times = train_step_times(StepKind::DpSgd, 4, 1, 1, 3, &now_ms).expect("runs");
-        assert_eq!(times.len(), 3, "one time per timed step, none for the warm-up");
+        assert_eq!(
+            times.len(),
+            3,
+            "one time per timed step, none for the warm-up"
+        );
         assert!(times.iter().all(|t| t.is_finite() && *t > 0.0), "{times:?}");
     }
 }

@@ -25,26 +25,18 @@ pub enum StepKind {
     Distributed,
 }
 
-/// Samples per second of `iters` steps of `batch` examples, after `warmup` untimed steps, each
-/// local training step's gradient shared by `threads` ([`Threads`]; 1 in wasm; a distributed
-/// step on this thread, as the simulator computes it). `now_ms` is a
-/// monotonic clock in milliseconds.
-pub fn train_step_throughput(
-    kind: StepKind,
-    batch: usize,
-    threads: usize,
-    warmup: usize,
-    iters: usize,
-    now_ms: &dyn Fn() -> f64,
-) -> Result<f64, LearningError> {
-    let times = train_step_times(kind, batch, threads, warmup, iters, now_ms)?;
-    let secs = times.iter().sum::<f64>() / 1000.0;
-    Ok((iters * batch) as f64 / secs)
+/// Samples per second of steps of `batch` examples that took `step_ms` milliseconds each
+/// ([`train_step_times`]).
+pub fn samples_per_second(step_ms: &[f64], batch: usize) -> f64 {
+    (step_ms.len() * batch) as f64 / (step_ms.iter().sum::<f64>() / 1000.0)
 }
 
-/// The milliseconds of each of the `iters` timed steps of [`train_step_throughput`]: one setup
-/// (model, buffers, inputs) for all of them, so that how one step's time varies from the next
-/// can be told from how it varies between setups (a tab rebuilds its model every round).
+/// The milliseconds of each of `iters` steps of `batch` examples, after `warmup` untimed steps,
+/// each local training step's gradient shared by `threads` ([`Threads`]; 1 in wasm; a
+/// distributed step on this thread, as the simulator computes it). `now_ms` is a monotonic
+/// clock in milliseconds. One setup (model, buffers, inputs) for all the steps, so that how one
+/// step's time varies from the next can be told from how it varies between setups (a tab
+/// rebuilds its model every round).
 pub fn train_step_times(
     kind: StepKind,
     batch: usize,

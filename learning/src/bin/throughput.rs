@@ -4,7 +4,7 @@
 //! steps' gradients shared by 2 threads; the distributed step and inference always on one).
 
 use clap::Parser;
-use learning::bench::{StepKind, train_step_throughput, train_step_times};
+use learning::bench::{StepKind, samples_per_second, train_step_times};
 
 /// mimalloc, as in every native training binary: glibc's malloc hands the step's large
 /// buffers back to the kernel and faults them in again at the next step (a third of a
@@ -56,7 +56,10 @@ fn main() -> anyhow::Result<()> {
         ("inference", StepKind::Inference),
     ] {
         let mut runs = (0..args.runs)
-            .map(|_| train_step_throughput(kind, args.batch, args.threads, 5, args.iters, &now))
+            .map(|_| {
+                train_step_times(kind, args.batch, args.threads, 5, args.iters, &now)
+                    .map(|ms| samples_per_second(&ms, args.batch))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         runs.sort_by(f64::total_cmp);
         println!(
