@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
 # Usage: python3 benchmarks/thread-cpu.py <command...>   (issue 17: who uses the 2 cores while a tab trains)
+# Polls /proc every 0.25 s: a thread that starts and ends between two polls is not seen, one that
+# ends loses its last ≈ 0.25 s, and a reused thread id's drop in CPU time is ignored.
 # Per-thread CPU seconds of every process on the machine while a command runs, by (process, thread) name.
 import os, sys, time, subprocess, collections
 HZ = os.sysconf('SC_CLK_TCK')

@@ -10,7 +10,8 @@
 //   BUILDS=8:/tmp/ab/8,4:/tmp/ab/4 node client-wasm/bench/step-ab.mjs
 // where each build's directory holds `throughput` (cargo build --release -p learning --bin
 // throughput) and `wasm/` (`wasm-bindgen --target nodejs` of the client-wasm bench build, as
-// scripts/bench-wasm.sh makes it). ROUNDS (4), STEPS (800), BATCH (64), MODES (all four).
+// scripts/bench-wasm.sh makes it). ROUNDS (4), STEPS (800), BATCH (64),
+// MODES (default native1,native2,node1,node2; threads2 too).
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 
@@ -56,6 +57,9 @@ const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 /** `copies` processes of `build` side by side: [median, mean] µs an example (mean over them).
  * The median is robust to slow spells; the mean is what throughput sees (tails included). */
 async function arm(build, mode) {
+  if (!/^(native[12]|node[12]|threads2)$/.test(mode)) {
+    throw new Error(`MODES: unknown mode "${mode}": expected native1, native2, node1, node2 or threads2`);
+  }
   const threads = mode === 'threads2' ? 2 : 1;
   const where = mode === 'threads2' ? 'native' : mode.replace(/[0-9]+$/, '');
   const copies = mode === 'threads2' ? 1 : Number(mode.slice(where.length));

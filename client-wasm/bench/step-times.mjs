@@ -10,7 +10,8 @@
 //     (the worker bundle in a dedicated worker of a page, as `e2e/bench.mjs` runs it; with
 //     PAIRS=k, k pairs of ITERS steps instead: the kept worker's, then a fresh worker's)
 // BLOCKS (20) blocks of ITERS (94, a demo round's steps at batch 64) steps of BATCH (64), REPS (3)
-// interleaved repetitions of both arms.
+// repetitions of both arms, alternated (one setup first in each). Per-example figures use the upper
+// of the two middle values as the median. In Chromium the fresh setups run in the same kept worker.
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
@@ -50,7 +51,7 @@ function summary(name, blockTimes) {
   return { medians, all };
 }
 
-/** `run(iters)` → step ms: both arms, interleaved. */
+/** `run(iters)` → step ms: both arms, alternated. */
 async function arms(run) {
   for (let r = 1; r <= reps; r++) {
     const one = await run(blocks * iters);
@@ -64,6 +65,7 @@ async function arms(run) {
 
 console.log(`DP-SGD step times, batch ${batch}, ${where}, ${new Date().toISOString()}`);
 if (where === 'node') {
+  if (!process.argv[2]) throw new Error('usage: node client-wasm/bench/step-times.mjs <dir of wasm-bindgen --target nodejs output>');
   const require = createRequire(import.meta.url);
   const { trainStepTimes } = require(path.resolve(process.argv[2], 'client_wasm.js'));
   await arms(async (n) => Array.from(trainStepTimes('dp', batch, n)));
@@ -86,11 +88,11 @@ if (where === 'node') {
         wasm_bindgen("${origin}/worker_bg.wasm").then(() => {
           onmessage = (e) => postMessage({ times: Array.from(wasm_bindgen.trainStepTimes(...e.data)) });
           postMessage({ ready: true });
-        });`;
+        }, (e) => postMessage({ failed: String(e) }));`;
       window.benchWorker = async () => {
         const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })));
         await new Promise((resolve, reject) => {
-          w.onmessage = (e) => e.data?.ready && resolve();
+          w.onmessage = (e) => (e.data?.failed ? reject(new Error(e.data.failed)) : e.data?.ready && resolve());
           w.onerror = (e) => reject(new Error(e.message));
         });
         return w;

@@ -1,5 +1,7 @@
-//! Benchmarks for JS hosts, timed with the host's `performance.now()`: `trainThroughput(kind,
-//! batch, iters)`, the same measurement as the native `throughput` binary (`learning::bench`),
+//! Benchmarks for JS hosts, timed with the host's `performance.now()` (Chromium coarsens it to
+//! ≈ 0.1 ms on a page that is not cross-origin isolated): `trainThroughput(kind, batch, iters)`,
+//! the same measurement as the native `throughput` binary (`learning::bench`),
+//! `trainStepTimes(kind, batch, iters)`, each of those steps' milliseconds,
 //! `secaggMemberMs(members, neighbours)`, the same round as the native `secagg-cost`, and
 //! `accountantMs(case, pld)`, the same timings as the native `accountant-cost`.
 

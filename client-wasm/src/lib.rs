@@ -8,7 +8,7 @@
 //! * [`browser`]: the Web Worker transport (gloo-net) the client page runs (feature `browser`).
 //! * [`native`]: tokio transport for simulated clients (feature `native`, not on wasm32).
 //! * [`pool`]: a step's gradient spread over the tab's helper workers (every core).
-//! * [`bench`]: training-step throughput measured inside a JS host.
+//! * [`bench`]: training-step throughput and step times measured inside a JS host.
 //! * [`attack`]: hostile simulated clients (feature `native`).
 
 // No unwrap outside tests: bad input gets an error, not a panic.

@@ -26,7 +26,7 @@ pub enum StepKind {
 }
 
 /// Samples per second of steps of `batch` examples that took `step_ms` milliseconds each
-/// ([`train_step_times`]).
+/// ([`train_step_times`]); NaN for no step.
 pub fn samples_per_second(step_ms: &[f64], batch: usize) -> f64 {
     (step_ms.len() * batch) as f64 / (step_ms.iter().sum::<f64>() / 1000.0)
 }

@@ -2,6 +2,7 @@
 //! distributed-DP step, inference.
 //! `cargo run -p learning --release --bin throughput -- --batch 64 --threads 2` (the training
 //! steps' gradients shared by 2 threads; the distributed step and inference always on one).
+//! `--step-times N` instead prints each of N DP-SGD steps' milliseconds as one JSON array.
 
 use clap::Parser;
 use learning::bench::{StepKind, samples_per_second, train_step_times};
@@ -29,8 +30,9 @@ struct Args {
     /// Then each matrix product of a batch-64 DP step alone, in GFLOP/s.
     #[arg(long)]
     gemm: bool,
-    /// Only the milliseconds of each of this many DP-SGD steps of one setup, as one JSON
-    /// array (for `client-wasm/bench/step-times.mjs`).
+    /// Only the milliseconds of each of this many DP-SGD steps of one setup (after 5 untimed
+    /// ones), as one JSON array, and nothing else (`--iters`, `--runs`, `--gemm` are not used;
+    /// for `client-wasm/bench/step-times.mjs`).
     #[arg(long)]
     step_times: Option<usize>,
 }
