@@ -24,13 +24,7 @@ fn parse_kind(kind: &str) -> Result<StepKind, String> {
 /// Samples per second of `iters` TinyCNN steps of `batch` examples (after 3 warm-up steps).
 #[wasm_bindgen(js_name = trainThroughput)]
 pub fn train_throughput(kind: &str, batch: usize, iters: usize) -> Result<f64, JsError> {
-    let kind = parse_kind(kind).map_err(|e| JsError::new(&e))?;
-    if batch == 0 || iters == 0 {
-        return Err(JsError::new("batch and iters must be at least 1"));
-    }
-    train_step_times(kind, batch, 1, 3, iters, &now_ms)
-        .map(|ms| samples_per_second(&ms, batch))
-        .map_err(|e| JsError::new(&e.to_string()))
+    train_step_times_ms(kind, batch, iters).map(|ms| samples_per_second(&ms, batch))
 }
 
 /// The milliseconds of each of `iters` TinyCNN steps of `batch` examples, one setup for all
