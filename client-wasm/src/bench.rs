@@ -157,3 +157,138 @@ pub fn accountant_cases() -> Vec<String> {
         .map(|c| c.0.to_string())
         .collect()
 }
+
+#[cfg(all(feature = "browser", target_arch = "wasm32"))]
+pub use pooled::paired_rounds;
+
+/// A tab's real training rounds on one worker and on a pool, alternated in one worker: the
+/// pool's scaling measured where both arms meet the same stretch of the host. Rounds measured
+/// one run after another (`e2e/bench-speed.mjs`) swing ±20 % from run to run on a shared VM,
+/// which hides any change of a few percent; here each pair of rounds is a second or two apart.
+#[cfg(all(feature = "browser", target_arch = "wasm32"))]
+mod pooled {
+    use std::sync::Arc;
+
+    use learning::client::{ClientPrivacy, Update};
+    use learning::task::MNIST;
+    use learning::{Dataset, Optimizer};
+    use protocol::config::{Batching, DpSgdConfig, TrainConfig};
+    use wasm_bindgen::prelude::*;
+
+    use crate::pool::{TrainEvent, Workers, train};
+    use crate::session::TrainJob;
+
+    /// `[rates on 1 worker, rates on `workers`]`: each round's examples per second as the tab
+    /// reports it (the `train` loop's rate at its last step), `pairs` rounds of each, in the
+    /// order 1, N, N, 1, 1, N … (so neither arm always goes first). A round is one epoch over
+    /// the shard (`images`: 784 bytes an image, `labels`: one class 0–9 each) in DP-SGD steps
+    /// of Poisson batches of `batch` expected examples, lr 0.5, σ 1.1, C 1, a fresh ledger
+    /// each; with `trained`, each round starts from the model the previous round of its arm
+    /// left (as a tab's rounds start from a trained global model), else from the same
+    /// initial model.
+    #[wasm_bindgen(js_name = pairedRounds)]
+    pub async fn paired_rounds(
+        workers: u32,
+        batch: u32,
+        pairs: u32,
+        images: Vec<u8>,
+        labels: Vec<u8>,
+        trained: bool,
+    ) -> Result<js_sys::Array, JsError> {
+        let examples = labels.len();
+        if !(2..=16).contains(&workers)
+            || !(1..=examples).contains(&(batch as usize))
+            || !(1..=60_000).contains(&examples)
+            || !(1..=1_000).contains(&pairs)
+        {
+            return Err(JsError::new(&format!(
+                "got {workers} workers, batch {batch}, {examples} labels, {pairs} pairs: expected 2 ≤ workers ≤ 16, 1 ≤ batch ≤ labels ≤ 60 000, 1 ≤ pairs ≤ 1 000"
+            )));
+        }
+        if images.len() != examples * 784 || labels.iter().any(|l| *l > 9) {
+            return Err(JsError::new(&format!(
+                "got {} image bytes for {examples} labels: expected 784 bytes an image and labels 0–9",
+                images.len()
+            )));
+        }
+        let data = Arc::new(Dataset { images, labels });
+        let init = MNIST
+            .model()
+            .init(&burn::tensor::Device::flex())
+            .to_flat();
+        let mut models = [init.clone(), init];
+        let mut one = Workers::new(1);
+        let mut pool = Workers::new(workers);
+        if let Some(notice) = pool.prepare().await {
+            return Err(JsError::new(&notice));
+        }
+        let mut rates = [Vec::new(), Vec::new()];
+        for pair in 0..pairs {
+            let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+            for arm in order {
+                let on = if arm == 0 { &mut one } else { &mut pool };
+                let (rate, model) = round_rate(on, &models[arm], &data, batch).await?;
+                if trained {
+                    models[arm] = model;
+                }
+                if arm == 1 && pool.count() != workers as usize {
+                    return Err(JsError::new("the pool lost its helpers: see the console"));
+                }
+                rates[arm].push(rate);
+            }
+        }
+        Ok(rates
+            .iter()
+            .map(|r| JsValue::from(js_sys::Float64Array::from(&r[..])))
+            .collect())
+    }
+
+    /// One round's examples per second on `workers`, and the model it trained.
+    async fn round_rate(
+        workers: &mut Workers,
+        global: &[f32],
+        data: &Arc<Dataset>,
+        batch: u32,
+    ) -> Result<(f64, Vec<f32>), JsError> {
+        let job = TrainJob {
+            task: &MNIST,
+            server_round: 0,
+            global: global.to_vec(),
+            config: TrainConfig {
+                local_epochs: 1,
+                batching: Batching::BatchSize(batch as usize),
+                learning_rate: 0.5,
+                optimizer: Optimizer::Sgd { momentum: 0.0 },
+                dp: Some(DpSgdConfig {
+                    max_grad_norm: 1.0,
+                    noise_multiplier: 1.1,
+                    delta: 1e-5,
+                    distributed: None,
+                }),
+            },
+            data: Arc::clone(data),
+            fingerprint: String::new(),
+            privacy: ClientPrivacy::new(None, 1e-5).map_err(|e| JsError::new(&e.to_string()))?,
+        };
+        let mut rate = None;
+        let done = train(job, workers, &mut |event| {
+            if let TrainEvent::Step(_, r) = event {
+                rate = r;
+            }
+        })
+        .await;
+        let res = done.result.map_err(|e| JsError::new(&e.to_string()))?;
+        let rate = rate.ok_or_else(|| JsError::new("a round took no step"))?;
+        Ok((rate, model_after(global, &res.update)?))
+    }
+
+    /// The model a round's update leaves: global + delta.
+    fn model_after(global: &[f32], update: &Update) -> Result<Vec<f32>, JsError> {
+        match update {
+            Update::Delta(d) if d.len() == global.len() => {
+                Ok(global.iter().zip(d).map(|(g, d)| g + d).collect())
+            }
+            _ => Err(JsError::new("a local round's update is a delta of the model's size")),
+        }
+    }
+}
