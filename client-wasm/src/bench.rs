@@ -212,10 +212,7 @@ mod pooled {
             )));
         }
         let data = Arc::new(Dataset { images, labels });
-        let init = MNIST
-            .model()
-            .init(&burn::tensor::Device::flex())
-            .to_flat();
+        let init = MNIST.model().init(&burn::tensor::Device::flex()).to_flat();
         let mut models = [init.clone(), init];
         let mut one = Workers::new(1);
         let mut pool = Workers::new(workers);
@@ -288,7 +285,9 @@ mod pooled {
             Update::Delta(d) if d.len() == global.len() => {
                 Ok(global.iter().zip(d).map(|(g, d)| g + d).collect())
             }
-            _ => Err(JsError::new("a local round's update is a delta of the model's size")),
+            _ => Err(JsError::new(
+                "a local round's update is a delta of the model's size",
+            )),
         }
     }
 }
