@@ -78,6 +78,8 @@ try {
   const pageErrors = [];
   tab.on('pageerror', (e) => pageErrors.push(String(e)));
   await tab.goto(`${TRUNK}/`);
+  // Trunk.toml's headers: cross-origin isolated, as the server serves the pages.
+  assert.equal(await tab.evaluate(() => self.crossOriginIsolated), true, 'trunk serves the page cross-origin isolated');
   await tab.fill('#client-name', 'trunk-tab');
   await tab.click('#join');
   await waitFor('the tab connected through trunk', async () => (await tab.textContent('#connection')) === 'connected');

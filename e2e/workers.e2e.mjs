@@ -1,6 +1,8 @@
 // Browser end-to-end test of training on every core: one client tab joins with 2 training workers
 // (its worker and one helper it starts), and
 //
+//   * the page is cross-origin isolated, so the two claim each step's chunks as they come free
+//     (a SharedArrayBuffer counter);
 //   * round 1 trains with both: its row in the tab's rounds table says "… samples/s on 2 workers";
 //   * the helper is then made to fail when it gets its next slice (its message handler throws, as a
 //     crashed worker would): the tab says which worker failed, the training worker computes that
@@ -48,6 +50,8 @@ try {
   assert.equal(created.status, 201, JSON.stringify(created.body));
   const runId = created.body.run_id;
   await page.goto(`${server.base}/`);
+  // Served cross-origin isolated: the workers share a counter and claim each step's chunks.
+  assert.equal(await page.evaluate(() => self.crossOriginIsolated), true, 'the page is cross-origin isolated');
   await page.fill('#workers', '2');
   await page.click('#join');
   await waitFor('the tab to connect', async () => (await page.textContent('#connection')) === 'connected');

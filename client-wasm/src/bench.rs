@@ -162,9 +162,9 @@ pub fn accountant_cases() -> Vec<String> {
 pub use pooled::paired_rounds;
 
 /// A tab's real training rounds on one worker and on a pool, alternated in one worker: the
-/// pool's scaling measured where both arms meet the same stretch of the host. Rounds measured
-/// one run after another (`e2e/bench-speed.mjs`) swing ±20 % from run to run on a shared VM,
-/// which hides any change of a few percent; here each pair of rounds is a second or two apart.
+/// pool's scaling measured where the arms meet the same stretch of the host. Runs measured one
+/// after another (`e2e/bench-speed.mjs`) swing ±20 % from run to run on a shared VM, which hides
+/// any change of a few percent; here the arms' rounds of one pass are a second or two apart.
 #[cfg(all(feature = "browser", target_arch = "wasm32"))]
 mod pooled {
     use std::sync::Arc;
@@ -178,19 +178,30 @@ mod pooled {
     use crate::pool::{TrainEvent, Workers, train};
     use crate::session::TrainJob;
 
-    /// `[rates on 1 worker, rates on `workers`]`: each round's examples per second as the tab
-    /// reports it (the `train` loop's rate at its last step), `pairs` rounds of each, in the
-    /// order 1, N, N, 1, 1, N … (so neither arm always goes first). A round is one epoch over
-    /// the shard (`images`: 784 bytes an image, `labels`: one class 0–9 each) in DP-SGD steps
-    /// of Poisson batches of `batch` expected examples, lr 0.5, σ 1.1, C 1, a fresh ledger
-    /// each; with `trained`, each round starts from the model the previous round of its arm
-    /// left (as a tab's rounds start from a trained global model), else from the same
-    /// initial model.
+    /// The arms' orders, one a pass in turn: each arm goes first, second and last equally often.
+    const ORDERS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [2, 1, 0],
+        [1, 2, 0],
+        [0, 2, 1],
+        [2, 0, 1],
+        [1, 0, 2],
+    ];
+
+    /// `[on 1 worker, on `workers` split before each step, on `workers` as a tab trains]`:
+    /// each round's examples per second as the tab reports it (the `train` loop's rate at its
+    /// last step), `passes` rounds of each arm, their order turning ([`ORDERS`]). The third
+    /// arm claims each step's chunks where the page is cross-origin isolated (as the server
+    /// serves it) and is split like the second elsewhere. A round is one epoch over the shard
+    /// (`images`: 784 bytes an image, `labels`: one class 0–9 each) in DP-SGD steps of Poisson
+    /// batches of `batch` expected examples, lr 0.5, σ 1.1, C 1, a fresh ledger each; with
+    /// `trained`, each round starts from the model its arm's previous round left (as a tab's
+    /// rounds start from a trained global model), else from the same initial model.
     #[wasm_bindgen(js_name = pairedRounds)]
     pub async fn paired_rounds(
         workers: u32,
         batch: u32,
-        pairs: u32,
+        passes: u32,
         images: Vec<u8>,
         labels: Vec<u8>,
         trained: bool,
@@ -199,10 +210,10 @@ mod pooled {
         if !(2..=16).contains(&workers)
             || !(1..=examples).contains(&(batch as usize))
             || !(1..=60_000).contains(&examples)
-            || !(1..=1_000).contains(&pairs)
+            || !(1..=1_000).contains(&passes)
         {
             return Err(JsError::new(&format!(
-                "got {workers} workers, batch {batch}, {examples} labels, {pairs} pairs: expected 2 ≤ workers ≤ 16, 1 ≤ batch ≤ labels ≤ 60 000, 1 ≤ pairs ≤ 1 000"
+                "got {workers} workers, batch {batch}, {examples} labels, {passes} passes: expected 2 ≤ workers ≤ 16, 1 ≤ batch ≤ labels ≤ 60 000, 1 ≤ passes ≤ 1 000"
             )));
         }
         if images.len() != examples * 784 || labels.iter().any(|l| *l > 9) {
@@ -212,24 +223,27 @@ mod pooled {
             )));
         }
         let data = Arc::new(Dataset { images, labels });
-        let init = MNIST.model().init(&burn::tensor::Device::flex()).to_flat();
-        let mut models = [init.clone(), init];
-        let mut one = Workers::new(1);
-        let mut pool = Workers::new(workers);
-        if let Some(notice) = pool.prepare().await {
-            return Err(JsError::new(&notice));
+        let mut arms = [
+            Workers::new(1),
+            Workers::with_fixed_split(workers),
+            Workers::new(workers),
+        ];
+        for arm in &mut arms {
+            if let Some(notice) = arm.prepare().await {
+                return Err(JsError::new(&notice));
+            }
         }
-        let mut rates = [Vec::new(), Vec::new()];
-        for pair in 0..pairs {
-            let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
-            for arm in order {
-                let on = if arm == 0 { &mut one } else { &mut pool };
-                let (rate, model) = round_rate(on, &models[arm], &data, batch).await?;
+        let init = MNIST.model().init(&burn::tensor::Device::flex()).to_flat();
+        let mut models = [init.clone(), init.clone(), init];
+        let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+        for pass in 0..passes as usize {
+            for arm in ORDERS[pass % ORDERS.len()] {
+                let (rate, model) = round_rate(&mut arms[arm], &models[arm], &data, batch).await?;
+                if arm > 0 && arms[arm].count() != workers as usize {
+                    return Err(JsError::new("a pool lost its helpers: see the console"));
+                }
                 if trained {
                     models[arm] = model;
-                }
-                if arm == 1 && pool.count() != workers as usize {
-                    return Err(JsError::new("the pool lost its helpers: see the console"));
                 }
                 rates[arm].push(rate);
             }

@@ -1,7 +1,11 @@
 //! Training on every core of the device: the tab's training worker starts helper workers (the
-//! same script, [`crate::browser`]) and each step's Poisson batch is cut into slices, one per
-//! worker, sized so that the helpers' answers arrive as the training worker finishes its own
-//! ([`Balance`]); each helper's first answers are checked against the training worker's own
+//! same script, [`crate::browser`]) and each step's Poisson batch is shared between them. Where
+//! the page is cross-origin isolated (the server and `trunk serve` say so), every worker takes
+//! the batch's next chunk of 8 examples from a counter in a SharedArrayBuffer until none is
+//! left, so a step ends within a chunk of all being done ([`Coverage`] checks that the answers
+//! sum each chunk once); elsewhere, and for a distributed step, the batch is cut into slices, one
+//! per worker, sized so that the helpers' answers arrive as the training worker finishes its own
+//! ([`Balance`]). Each helper's first answers are checked against the training worker's own
 //! computation ([`Audit`]). A helper gets the model's parameters and its slice's examples and returns
 //! the slice's clipped gradient sum ([`protocol::worker::SliceReply`]); the training worker
 //! computes the first slice itself (then draws the step's noise while the helpers finish:
@@ -27,7 +31,7 @@
 //! helpers; after [`MAX_POOL_FAILURES`] losses in one join the tab stops trying.
 
 use learning::distributed::RoundedSum;
-use learning::dpsgd::BatchGradient;
+use learning::dpsgd::{BatchGradient, CHUNK};
 use protocol::worker::SliceReply;
 
 /// Helper pools a tab may lose in one join before it trains on its one worker for good.
@@ -326,6 +330,70 @@ pub fn check_same(answer: &BatchGradient, own: &BatchGradient) -> Result<(), Str
     })
 }
 
+/// Which chunks of a step the workers' answers have summed, when the workers claimed the
+/// step's chunks ([`learning::dpsgd::CHUNK`] examples each) as they came free: each chunk once,
+/// and every chunk by the end. A helper is the tab's own code, but its answer is still checked
+/// before it counts: a chunk summed twice or left out would change the step's sum.
+#[derive(Debug)]
+pub struct Coverage {
+    examples: usize,
+    summed: Vec<bool>,
+}
+
+impl Coverage {
+    /// A step of `examples` examples, no chunk summed yet.
+    pub fn new(examples: usize) -> Self {
+        Self {
+            examples,
+            summed: vec![false; examples.div_ceil(CHUNK)],
+        }
+    }
+
+    /// Marks the chunks one worker names, and returns how many examples they hold. A worker
+    /// names its chunks in the order the counter handed them out (increasing); a chunk outside
+    /// the step, out of that order, or already summed by another worker is an error naming it.
+    pub fn take(&mut self, chunks: &[u32]) -> Result<usize, String> {
+        let of = self.summed.len();
+        let mut examples = 0;
+        let mut last = None;
+        for &c in chunks {
+            let c = c as usize;
+            if let Some(l) = last.filter(|l| c <= *l) {
+                return Err(format!(
+                    "it names chunk {c} after chunk {l}: expected the increasing order they are claimed in"
+                ));
+            }
+            let Some(summed) = self.summed.get_mut(c) else {
+                return Err(format!(
+                    "it names chunk {c}: the step has {of} chunks of {CHUNK} examples"
+                ));
+            };
+            if std::mem::replace(summed, true) {
+                return Err(format!("it names chunk {c}, which another worker summed"));
+            }
+            examples += CHUNK.min(self.examples - c * CHUNK);
+            last = Some(c);
+        }
+        Ok(examples)
+    }
+
+    /// The first chunk no answer summed, if any.
+    pub fn missing(&self) -> Option<usize> {
+        self.summed.iter().position(|s| !s)
+    }
+}
+
+/// The chunks among a worker's `claims` that lie in a step of `examples` examples (its last
+/// claim, the one that found none left, does not).
+pub fn in_step(claims: &[usize], examples: usize) -> Vec<u32> {
+    let chunks = examples.div_ceil(CHUNK);
+    claims
+        .iter()
+        .filter(|c| **c < chunks)
+        .filter_map(|c| u32::try_from(*c).ok())
+        .collect()
+}
+
 /// What the user is told when a helper is lost (`index` 0 is the training worker itself).
 pub fn helper_lost(index: usize, of: usize, why: &str) -> String {
     format!(
@@ -371,7 +439,7 @@ mod web {
     use futures::{FutureExt, StreamExt};
     use learning::client::{Fit, FitProgress};
     use learning::distributed::{RoundedSum, Rounding, rounded_slice_sum};
-    use learning::dpsgd::BatchGradient;
+    use learning::dpsgd::{BatchGradient, CHUNK, claimed_gradient};
     use learning::parallel::slice_gradient;
     use learning::steps::StepInput;
     use learning::{LearningError, Task, TinyCnnConfig};
@@ -380,8 +448,8 @@ mod web {
     use web_sys::{ErrorEvent, MessageEvent, Worker};
 
     use super::{
-        Asked, Audit, Balance, MAX_POOL_FAILURES, Way, check_same, check_same_rounded, helper_lost,
-        slice_gradient_from, slice_rounded_from,
+        Asked, Audit, Balance, Coverage, MAX_POOL_FAILURES, Way, check_same, check_same_rounded,
+        helper_lost, in_step, slice_gradient_from, slice_rounded_from,
     };
     use crate::bench::now_ms;
     use crate::session::{TrainDone, TrainJob};
@@ -552,12 +620,15 @@ mod web {
             }
         }
 
+        /// Posts a slice: the parameters, its examples and, when the workers claim the step's
+        /// chunks, the step's counter (then the examples are the whole batch).
         fn send(
             &mut self,
             header: &SliceRequest,
             params: &[f32],
             images: &[f32],
             labels: &[u8],
+            claims: Option<&js_sys::Int32Array>,
         ) -> Result<(), String> {
             let (buffers, reused) = Buffers::fill(self.spare.take(), params, images);
             self.sent = Sent {
@@ -571,7 +642,8 @@ mod web {
             let built = set("slice", &header.encode().into())
                 && set("params", &params)
                 && set("images", &images)
-                && set("labels", &labels);
+                && set("labels", &labels)
+                && claims.is_none_or(|c| set("claims", c));
             let transfer = js_sys::Array::of3(&params.buffer(), &images.buffer(), &labels.buffer());
             if !built {
                 return Err("its slice could not be built".into());
@@ -594,6 +666,10 @@ mod web {
     /// The helper workers of a tab's training worker (it is itself the first worker).
     struct HelperPool {
         helpers: Vec<Helper>,
+        /// Whether a local step's chunks are claimed ([`Self::run_claims`]): the page is
+        /// cross-origin isolated (only then may workers share memory, a SharedArrayBuffer) and
+        /// the pool was not asked for the fixed split ([`Workers::with_fixed_split`]).
+        claims: bool,
         /// Requests sent so far: each slice's number.
         seq: u64,
         /// How the next step is shared.
@@ -602,8 +678,8 @@ mod web {
 
     impl HelperPool {
         /// Starts `count` helpers running this worker's own script and waits until each has
-        /// loaded.
-        async fn start(count: usize) -> Result<Self, String> {
+        /// loaded; `may_claim`: whether its steps' chunks may be claimed (where the page allows).
+        async fn start(count: usize, may_claim: bool) -> Result<Self, String> {
             let url = scope().location().href();
             let mut helpers = Vec::with_capacity(count);
             for i in 0..count {
@@ -623,8 +699,13 @@ mod web {
                     }
                 }
             }
+            let isolated = js_sys::Reflect::get(&js_sys::global(), &"crossOriginIsolated".into())
+                .ok()
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
             Ok(Self {
                 helpers,
+                claims: isolated && may_claim,
                 seq: 0,
                 balance: Balance::new(count + 1),
             })
@@ -647,6 +728,9 @@ mod web {
             work: &W,
             idle: &mut dyn FnMut(),
         ) -> Result<W::Part, StepError> {
+            if W::CLAIMED && self.claims {
+                return self.run_claims(task, params, input, work, idle).await;
+            }
             let model = task.model();
             let parts = self.balance.slices(input.len());
             let of = parts.len();
@@ -664,7 +748,7 @@ mod web {
                 };
                 let (images, labels) = input.slice(range.clone());
                 helper
-                    .send(&header, params, images, labels)
+                    .send(&header, params, images, labels, None)
                     .map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
                 let slice = Asked {
                     seq: self.seq,
@@ -702,6 +786,127 @@ mod web {
                 W::add(&mut total, &part).map_err(StepError::Local)?;
             }
             Ok(total)
+        }
+
+        /// A step whose chunks the workers claim as they come free ([`claimed_gradient`]), from
+        /// a counter in a SharedArrayBuffer: the step ends within a chunk of every worker being
+        /// done, instead of waiting for whichever one the machine slowed down
+        /// (+4 % over the fixed split in 180 paired rounds, `benchmarks/paired-claims.log`).
+        /// Each helper gets the whole batch; each answer names the chunks it summed, and the
+        /// answers must cover the step once ([`Coverage`]).
+        /// The counter is new at every step: a helper still busy with a failed step's chunks
+        /// cannot take this one's.
+        async fn run_claims<W: SliceWork>(
+            &mut self,
+            task: &Task,
+            params: &[f32],
+            input: &StepInput,
+            work: &W,
+            idle: &mut dyn FnMut(),
+        ) -> Result<W::Part, StepError> {
+            let model = task.model();
+            let counter = js_sys::Int32Array::new(&js_sys::SharedArrayBuffer::new(4));
+            let (n, of) = (input.len(), self.workers());
+            // A helper is worth a message only if a chunk can be left for it.
+            let helpers = self.helpers.len().min(n.div_ceil(CHUNK).saturating_sub(1));
+            let mut asked = Vec::with_capacity(helpers);
+            for (i, helper) in self.helpers.iter_mut().take(helpers).enumerate() {
+                self.seq += 1;
+                let header = SliceRequest {
+                    seq: self.seq,
+                    task: task.id.to_string(),
+                    clip: input.clip,
+                    rounding: None,
+                };
+                helper
+                    .send(
+                        &header,
+                        params,
+                        &input.images,
+                        &input.labels,
+                        Some(&counter),
+                    )
+                    .map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
+                let whole = Asked {
+                    seq: self.seq,
+                    examples: n,
+                    dim: params.len(),
+                    clip: input.clip,
+                };
+                asked.push((i, whole));
+            }
+            let mut coverage = Coverage::new(n);
+            let mut own = Vec::new();
+            let mut claim = || {
+                let c = claim_next(&counter);
+                own.push(c);
+                c
+            };
+            let mut total = work
+                .claimed(&model, params, input, &mut claim)
+                .map_err(StepError::Local)?;
+            coverage
+                .take(&in_step(&own, n))
+                .map_err(|e| StepError::Local(LearningError::Worker(e)))?;
+            idle();
+            let mut deadline = Deadline::new(STEP_MS).fuse();
+            for (i, whole) in asked {
+                let lost = |why: String| StepError::Helper(helper_lost(i + 1, of, &why));
+                let (part, chunks) = self
+                    .claimed_answer(i, whole, &mut deadline, work, &mut coverage)
+                    .await
+                    .map_err(lost)?;
+                let helper = &mut self.helpers[i];
+                let way = W::way(helper.sent.reused);
+                // An answer that summed nothing (its helper came after the last chunk was
+                // taken) is no test of its arithmetic: the audit waits for one that did.
+                if !chunks.is_empty() && helper.audit.wanted(way) {
+                    let mut theirs = chunks.iter().map(|c| *c as usize);
+                    let mut claim = || theirs.next().unwrap_or(usize::MAX);
+                    let own = work
+                        .claimed(&model, params, input, &mut claim)
+                        .map_err(StepError::Local)?;
+                    W::same(&part, &own).map_err(lost)?;
+                    helper.audit.passed(way);
+                }
+                W::add(&mut total, &part).map_err(StepError::Local)?;
+            }
+            match coverage.missing() {
+                // Every answer was within its bounds, yet a chunk is missing: a helper stopped
+                // claiming early (which one cannot be told). The step is computed again here.
+                Some(c) => Err(StepError::Helper(format!(
+                    "the training workers' answers left chunk {c} of a step out; this round goes on on one worker"
+                ))),
+                None => Ok(total),
+            }
+        }
+
+        /// Helper `i`'s answer to a step whose chunks were claimed: the chunks it names are
+        /// marked in `coverage`, and its sum is checked as a slice of that many examples.
+        async fn claimed_answer<W: SliceWork>(
+            &mut self,
+            i: usize,
+            whole: Asked,
+            deadline: &mut futures::future::Fuse<Deadline>,
+            work: &W,
+            coverage: &mut Coverage,
+        ) -> Result<(W::Part, Vec<u32>), String> {
+            let helper = &mut self.helpers[i];
+            let data = match helper.next(deadline, STEP_MS).await {
+                Ok(Event::Message(data)) => data,
+                Ok(Event::Ready) => return Err("it restarted".to_string()),
+                Ok(Event::Error(e)) | Err(e) => return Err(e),
+            };
+            if let SliceReply::Failed { reason, .. } = reply_header(&data)? {
+                return Err(reason);
+            }
+            let chunks = typed_field::<js_sys::Uint32Array>(&data, "chunks")
+                .ok_or("its answer names no chunks")?
+                .to_vec();
+            let examples = coverage.take(&chunks)?;
+            let part = work.read(&data, Asked { examples, ..whole })?;
+            helper.spare = returned_buffers(&data, helper.sent.images);
+            Ok((part, chunks))
         }
 
         /// Helper `i`'s answer to `slice`, checked.
@@ -747,6 +952,20 @@ mod web {
         /// An audited answer against the same slice computed here.
         fn same(answer: &Self::Part, own: &Self::Part) -> Result<(), String>;
         fn add(total: &mut Self::Part, part: &Self::Part) -> Result<(), LearningError>;
+        /// Whether the workers may claim this work's chunks as they come free
+        /// ([`HelperPool::run_claims`]): a local step's clipped sum does not depend on which
+        /// worker computed which example; a distributed step's slices round from streams of
+        /// their own (the slice's first example), so its slices stay fixed.
+        const CLAIMED: bool;
+        /// The sum of the chunks `claim` hands out; asked only of work that is
+        /// [`Self::CLAIMED`].
+        fn claimed(
+            &self,
+            model: &TinyCnnConfig,
+            params: &[f32],
+            input: &StepInput,
+            claim: &mut dyn FnMut() -> usize,
+        ) -> Result<Self::Part, LearningError>;
     }
 
     /// A local step: each slice's clipped gradient sum (no clip without DP).
@@ -778,6 +997,17 @@ mod web {
         }
         fn add(total: &mut BatchGradient, part: &BatchGradient) -> Result<(), LearningError> {
             total.add(part)
+        }
+        const CLAIMED: bool = true;
+        fn claimed(
+            &self,
+            model: &TinyCnnConfig,
+            params: &[f32],
+            input: &StepInput,
+            claim: &mut dyn FnMut() -> usize,
+        ) -> Result<BatchGradient, LearningError> {
+            let (images, labels) = (&input.images, &input.labels);
+            claimed_gradient(model, params, images, labels, input.clip, claim)
         }
     }
 
@@ -821,6 +1051,18 @@ mod web {
         fn add(total: &mut RoundedSum, part: &RoundedSum) -> Result<(), LearningError> {
             total.add(part)
         }
+        const CLAIMED: bool = false;
+        fn claimed(
+            &self,
+            _: &TinyCnnConfig,
+            _: &[f32],
+            _: &StepInput,
+            _: &mut dyn FnMut() -> usize,
+        ) -> Result<RoundedSum, LearningError> {
+            Err(LearningError::Worker(
+                "a distributed step's slices are fixed, not claimed".into(),
+            ))
+        }
     }
 
     /// Why a step's gradient could not be computed in slices.
@@ -834,6 +1076,8 @@ mod web {
     /// The workers a tab trains with: how many it wants, and the helpers once started.
     pub struct Workers {
         wanted: usize,
+        /// Every step split before it, even where the page lets the workers claim chunks.
+        fixed_split: bool,
         pool: Option<HelperPool>,
         /// Pools lost in this join (a helper that failed, or helpers that would not start).
         failures: u32,
@@ -844,8 +1088,19 @@ mod web {
         pub fn new(wanted: u32) -> Self {
             Self {
                 wanted: (wanted as usize).max(1),
+                fixed_split: false,
                 pool: None,
                 failures: 0,
+            }
+        }
+
+        /// Workers whose local steps are split before they start (by [`Balance`]) even on a
+        /// cross-origin isolated page, as a page that is not isolated trains: for the paired
+        /// benchmark (`crate::bench`'s `pairedRounds`), which compares the two splits on one page.
+        pub fn with_fixed_split(wanted: u32) -> Self {
+            Self {
+                fixed_split: true,
+                ..Self::new(wanted)
             }
         }
 
@@ -856,7 +1111,7 @@ mod web {
             if self.wanted <= 1 || self.pool.is_some() || self.failures >= MAX_POOL_FAILURES {
                 return None;
             }
-            match HelperPool::start(self.wanted - 1).await {
+            match HelperPool::start(self.wanted - 1, !self.fixed_split).await {
                 Ok(pool) => {
                     self.pool = Some(pool);
                     None
@@ -910,6 +1165,15 @@ mod web {
         })
     }
 
+    /// The next chunk of a step, taken from its counter (a chunk no other worker has taken);
+    /// past the end of any step if the counter cannot be read.
+    fn claim_next(counter: &js_sys::Int32Array) -> usize {
+        js_sys::Atomics::add(counter, 0, 1)
+            .ok()
+            .and_then(|c| usize::try_from(c).ok())
+            .unwrap_or(usize::MAX)
+    }
+
     /// A helper's message's reply header.
     fn reply_header(data: &JsValue) -> Result<SliceReply, String> {
         let reply = js_sys::Reflect::get(data, &"reply".into())
@@ -948,7 +1212,14 @@ mod web {
             Ok(req) => match compute_slice(params.as_ref(), images.as_ref(), data, &req) {
                 Ok(SlicePart::Clipped(g)) => (
                     done(req.seq, g.batch_size, g.loss_sum, g.correct, g.clipped),
-                    Payload::Sum(sum_array(params.as_ref(), &g.sum)),
+                    Payload::Sum(sum_array(params.as_ref(), &g.sum), None),
+                ),
+                Ok(SlicePart::Claimed(g, chunks)) => (
+                    done(req.seq, g.batch_size, g.loss_sum, g.correct, g.clipped),
+                    Payload::Sum(
+                        sum_array(params.as_ref(), &g.sum),
+                        Some(js_sys::Uint32Array::from(chunks.as_slice())),
+                    ),
                 ),
                 Ok(SlicePart::Rounded(r)) => {
                     let values: Vec<f64> = r.sum.iter().map(|v| *v as f64).collect();
@@ -967,8 +1238,11 @@ mod web {
         set("reply", &reply.encode().into());
         let transfer = js_sys::Array::new();
         match payload {
-            Payload::Sum(sum) => {
+            Payload::Sum(sum, chunks) => {
                 set("sum", &sum);
+                if let Some(chunks) = &chunks {
+                    set("chunks", chunks);
+                }
                 transfer.push(&sum.buffer());
                 // The images' array goes back too, for the next slice ([`Buffers`]).
                 if let Some(images) = &images {
@@ -1010,12 +1284,15 @@ mod web {
     /// What a helper computed for a slice.
     enum SlicePart {
         Clipped(BatchGradient),
+        /// The sum of the chunks claimed, and which they were.
+        Claimed(BatchGradient, Vec<u32>),
         Rounded(RoundedSum),
     }
 
     /// The array a helper's answer carries beside its header.
     enum Payload {
-        Sum(js_sys::Float32Array),
+        /// A clipped sum, and the chunks it sums when they were claimed.
+        Sum(js_sys::Float32Array, Option<js_sys::Uint32Array>),
         Integers(js_sys::Float64Array),
         None,
     }
@@ -1064,6 +1341,18 @@ mod web {
                 "slice has label {l}: expected below {}",
                 model.num_classes
             ));
+        }
+        if let Some(counter) = typed_field::<js_sys::Int32Array>(data, "claims") {
+            // The whole batch: take its chunks until none is left, and name them.
+            let mut taken = Vec::new();
+            let mut claim = || {
+                let c = claim_next(&counter);
+                taken.push(c);
+                c
+            };
+            let g = claimed_gradient(&model, &params, &images, &labels, req.clip, &mut claim)
+                .map_err(|e| e.to_string())?;
+            return Ok(SlicePart::Claimed(g, in_step(&taken, labels.len())));
         }
         let Some(r) = &req.rounding else {
             return slice_gradient(&model, &params, &images, &labels, req.clip)
@@ -1204,6 +1493,41 @@ mod tests {
             examples,
             clipped,
         }
+    }
+
+    /// Attacks a broken helper could make on a step whose chunks were claimed: each is refused
+    /// with the chunk it named; honest answers count their examples (a partial last chunk too).
+    #[test]
+    fn claimed_chunks_count_once_and_cover_the_step() {
+        let n = 3 * CHUNK + 5; // chunks 0..=3, the last of 5 examples
+        let mut step = Coverage::new(n);
+        assert_eq!(
+            step.take(&in_step(&[0, 2, 4], n)),
+            Ok(2 * CHUNK),
+            "own claims"
+        );
+        assert_eq!(step.missing(), Some(1));
+        let refused = [
+            (&[1, 1][..], "chunk 1 after chunk 1"),
+            (&[3, 1], "chunk 1 after chunk 3"),
+            (&[4], "chunk 4: the step has 4 chunks"),
+            (&[u32::MAX], "the step has 4 chunks"),
+            (&[2], "chunk 2, which another worker summed"),
+        ];
+        for (chunks, says) in refused {
+            let mut attacked = Coverage::new(n);
+            attacked.take(&[0, 2]).expect("honest");
+            let err = attacked.take(chunks).expect_err(says);
+            assert!(err.contains(says), "{chunks:?}: {err}");
+        }
+        assert_eq!(step.take(&[1, 3]), Ok(CHUNK + 5), "the partial last chunk");
+        assert_eq!(step.missing(), None);
+        assert!(step.take(&[3]).is_err(), "a chunk twice across answers");
+        assert_eq!(
+            Coverage::new(0).missing(),
+            None,
+            "an empty step has nothing to cover"
+        );
     }
 
     const ASKED: Asked = Asked {

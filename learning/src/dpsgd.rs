@@ -177,29 +177,74 @@ pub fn batch_gradient(
 ) -> Result<BatchGradient, crate::LearningError> {
     let w = config.weights(params)?;
     check_images(images, labels.len())?;
-    let mut sum = vec![0.0; config.layout().num_params()];
-    let (mut loss_sum, mut correct, mut clipped) = (0.0, 0, 0);
+    let mut total = BatchGradient::empty(config.layout().num_params());
+    add_batch(&mut total, config, &w, images, labels, max_grad_norm);
+    Ok(total)
+}
+
+/// Adds a batch's (clipped) gradient sum and counts to `total`, [`CHUNK`] examples at a time:
+/// what [`batch_gradient`] computes, for [`claimed_gradient`], which adds the chunks a worker
+/// claims one by one with the weights unpacked once. `images` must hold `labels.len()` examples
+/// ([`check_images`]).
+pub(crate) fn add_batch(
+    total: &mut BatchGradient,
+    config: &TinyCnnConfig,
+    w: &Weights,
+    images: &[f32],
+    labels: &[u8],
+    max_grad_norm: Option<f32>,
+) {
     for (images, labels) in images
         .chunks(CHUNK * IMAGE_PIXELS)
         .zip(labels.chunks(CHUNK))
     {
         let (part, logits, part_clipped) = match max_grad_norm {
-            Some(c) => clipped_sum(config, &w, images, labels, c),
-            None => plain_sum(config, &w, images, labels),
+            Some(c) => clipped_sum(config, w, images, labels, c),
+            None => plain_sum(config, w, images, labels),
         };
-        sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
+        total.sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
         let (part_loss, part_correct) = loss_and_correct(&logits, labels);
-        loss_sum += part_loss;
-        correct += part_correct;
-        clipped += part_clipped;
+        total.loss_sum += part_loss;
+        total.correct += part_correct;
+        total.clipped += part_clipped;
     }
-    Ok(BatchGradient {
-        sum,
-        loss_sum,
-        correct,
-        batch_size: labels.len(),
-        clipped,
-    })
+    total.batch_size += labels.len();
+}
+
+/// The (clipped) gradient sum of the chunks `claim` hands out: each call returns the index of
+/// the next chunk of [`CHUNK`] examples this caller takes, until one at or past the batch's
+/// end. For workers sharing one step, each taking the next chunk none has taken (a shared
+/// counter): the step then ends within a chunk of every worker being done, where a split fixed
+/// before the step waits for whichever worker the machine slowed down during it (in the
+/// browser, 2 workers went from 1.48× to 1.54× of one in 180 paired rounds:
+/// `benchmarks/paired-claims.log`).
+pub fn claimed_gradient(
+    config: &TinyCnnConfig,
+    params: &[f32],
+    images: &[f32],
+    labels: &[u8],
+    max_grad_norm: Option<f32>,
+    claim: &mut dyn FnMut() -> usize,
+) -> Result<BatchGradient, crate::LearningError> {
+    let w = config.weights(params)?;
+    check_images(images, labels.len())?;
+    let mut total = BatchGradient::empty(config.layout().num_params());
+    loop {
+        let start = claim().saturating_mul(CHUNK);
+        if start >= labels.len() {
+            return Ok(total);
+        }
+        let end = (start + CHUNK).min(labels.len());
+        let pixels = &images[start * IMAGE_PIXELS..end * IMAGE_PIXELS];
+        add_batch(
+            &mut total,
+            config,
+            &w,
+            pixels,
+            &labels[start..end],
+            max_grad_norm,
+        );
+    }
 }
 
 /// Examples whose activations go through the layers together. Each example's gradient is its
@@ -210,7 +255,7 @@ pub fn batch_gradient(
 /// cache; not measured directly): two threads at batch 512 went from 15 771 to 20 677
 /// samples/s (1.53× → 1.84× of one thread), one thread at batch 64 +17 %, wasm in node at
 /// batch 64 +21 %, at 512 the same (`benchmarks/chunk8-ab-*.log`).
-const CHUNK: usize = 8;
+pub const CHUNK: usize = 8;
 
 /// Σ of the per-example gradients each scaled by Opacus's clip factor, flat in layout order;
 /// the logits; how many examples were scaled down.
@@ -769,6 +814,51 @@ mod tests {
         for (a, b) in plain.sum.iter().zip(&loose.sum) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()));
         }
+    }
+
+    /// Two workers claiming chunks from one counter: a counter shared by A and B hands out 0
+    /// to A, 1 to B, 2 and 3 to A, 4 to B, then 5 (past the end) to A and 6 to B. Each sums
+    /// exactly the chunks it took and stops at its first claim past the end, and the two sums
+    /// add up to the batch's clipped sum (up to float summation order).
+    #[test]
+    fn chunks_claimed_by_two_workers_sum_to_the_batch() {
+        let n = 4 * CHUNK + 3; // 5 chunks, the last partial
+        let (config, params, images, labels) = setup(n, 4);
+        let whole = batch_gradient(&config, &params, &images, &labels, Some(0.5)).expect("fits");
+        let claimed = |handed: &[usize]| {
+            let mut handed = handed.iter().copied();
+            let mut claim = || {
+                handed
+                    .next()
+                    .expect("no claim after the first past the end")
+            };
+            claimed_gradient(&config, &params, &images, &labels, Some(0.5), &mut claim)
+                .expect("fits")
+        };
+        let (a, b) = (claimed(&[0, 2, 3, 5]), claimed(&[1, 4, 6]));
+        assert_eq!((a.batch_size, b.batch_size), (3 * CHUNK, CHUNK + 3));
+        let mut both = a.clone();
+        both.add(&b).expect("same length");
+        assert_eq!(
+            (both.batch_size, both.clipped, both.correct),
+            (whole.batch_size, whole.clipped, whole.correct)
+        );
+        assert!((both.loss_sum - whole.loss_sum).abs() <= 1e-6 * whole.loss_sum.abs());
+        for (x, y) in both.sum.iter().zip(&whole.sum) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+        // A worker whose first claim is past the end takes nothing.
+        assert_eq!(claimed(&[5]).batch_size, 0);
+        // Only the chunk claimed: chunk 4 alone is the batch's last 3 examples.
+        let last = batch_gradient(
+            &config,
+            &params,
+            &images[4 * CHUNK * 784..],
+            &labels[4 * CHUNK..],
+            Some(0.5),
+        )
+        .expect("fits");
+        assert_eq!(claimed(&[4, 9]).sum, last.sum);
     }
 
     #[test]

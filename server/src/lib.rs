@@ -103,6 +103,7 @@ pub fn app(state: AppState) -> Router {
         None => router,
     };
     router
+        .layer(middleware::map_response(cross_origin_isolated))
         // gzip for the pages (5.7 MB → 1.3 MB, BENCHMARKS.md) and the shard files; tower-http's default
         // predicate leaves the event stream, images and small bodies (a socket upgrade) alone.
         .layer(tower_http::compression::CompressionLayer::new())
@@ -115,6 +116,25 @@ pub fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
     let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b)?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Every response says the pages are cross-origin isolated (COOP `same-origin`, COEP
+/// `require-corp`): only such a page's workers may share memory, and a tab's workers claim a
+/// step's chunks through a SharedArrayBuffer counter (`client-wasm/src/pool.rs`; 2 workers went
+/// from 1.48× to 1.54× of one, BENCHMARKS.md). The pages load nothing from other origins but the
+/// shards of another gateway, which are CORS fetches (`readable_from_any_origin`), allowed.
+async fn cross_origin_isolated(mut res: axum::response::Response) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    let h = res.headers_mut();
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-embedder-policy",
+        HeaderValue::from_static("require-corp"),
+    );
+    res
 }
 
 async fn api_not_found(uri: axum::http::Uri) -> admin::AppError {

@@ -1190,6 +1190,26 @@ async fn the_built_frontend_is_served_on_the_same_port_and_api_paths_stay_json()
         ty.starts_with("text/html") && body.contains("<title>fl-dp"),
         "{ty} {body}"
     );
+    // Cross-origin isolated, so that a tab's workers may share a SharedArrayBuffer.
+    let res = server
+        .started
+        .router
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let header = |k: &str| {
+        res.headers()
+            .get(k)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(
+        (
+            header("cross-origin-opener-policy"),
+            header("cross-origin-embedder-policy")
+        ),
+        (Some("same-origin".into()), Some("require-corp".into()))
+    );
     let (status, _, body) = get("/admin").await;
     assert_eq!(status, StatusCode::OK, "the page routes itself");
     assert!(body.contains("<title>fl-dp"));
