@@ -13,7 +13,8 @@
 //   SERVER_BIN=target/release/server PASSES=30 node e2e/bench-paired.mjs    (DIST: the trunk build)
 //
 // Prints every pass, then per ratio of two arms the geometric mean over the passes with its 95 %
-// interval, the median and quartiles, and in how many passes the first arm was faster.
+// interval, the median and quartiles, and in how many passes the first arm was faster; then
+// `paired-… value` lines (geometric means) for scripts/bench-speed.sh.
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { launchChromium, startServer } from './harness.mjs';
@@ -32,14 +33,17 @@ const quantile = (xs, q) => {
   const i = (s.length - 1) * q;
   return s[Math.floor(i)] + (s[Math.ceil(i)] - s[Math.floor(i)]) * (i - Math.floor(i));
 };
-/** Ratios a[i] / b[i] summed up: geometric mean with a 95 % interval (normal, on the logs). */
-function compare(name, a, b) {
+const results = [];
+/** Ratios a[i] / b[i] summed up: geometric mean with a 95 % interval (normal, on the logs),
+ * also kept as a `key value` line. */
+function compare(name, key, a, b) {
   const logs = a.map((x, i) => Math.log(x / b[i]));
   const mean = logs.reduce((s, x) => s + x, 0) / logs.length;
   const sd = Math.sqrt(logs.reduce((s, x) => s + (x - mean) ** 2, 0) / Math.max(1, logs.length - 1));
   const half = 1.96 * sd / Math.sqrt(logs.length);
   const r = a.map((x, i) => x / b[i]);
   const f = (x) => x.toFixed(3);
+  results.push(`${key} ${f(Math.exp(mean))} ${f(Math.exp(mean - half))}-${f(Math.exp(mean + half))}`);
   console.log(`${name.padEnd(30)} geo-mean ${f(Math.exp(mean))} (95 % ${f(Math.exp(mean - half))}–${f(Math.exp(mean + half))}), `
     + `median ${f(quantile(r, 0.5))} (quartiles ${f(quantile(r, 0.25))}–${f(quantile(r, 0.75))}), faster in ${logs.filter((x) => x > 0).length} of ${logs.length}`);
 }
@@ -86,9 +90,11 @@ try {
   one.forEach((r, i) => console.log(`${String(i + 1).padStart(4)}  ${r.toFixed(0).padStart(8)}  ${fixed[i].toFixed(0).padStart(7)}  ${tab[i].toFixed(0).padStart(12)}`));
   const med = (xs) => quantile(xs, 0.5).toFixed(0);
   console.log(`medians: 1 worker ${med(one)}, ${workers} fixed ${med(fixed)}, ${workers} as a tab ${med(tab)} samples/s`);
-  compare(`${workers} fixed over 1`, fixed, one);
-  compare(`${workers} as a tab over 1`, tab, one);
-  compare(`${workers} as a tab over fixed`, tab, fixed);
+  compare(`${workers} fixed over 1`, 'paired-fixed-over-1', fixed, one);
+  compare(`${workers} as a tab over 1`, 'paired-tab-over-1', tab, one);
+  compare(`${workers} as a tab over fixed`, 'paired-tab-over-fixed', tab, fixed);
+  results.push(`paired-isolated ${isolated}`);
+  console.log(results.join('\n'));
 } finally {
   await browser.close();
   await server.stop();

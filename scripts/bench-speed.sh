@@ -5,7 +5,8 @@
 #   * the same steps in wasm in node (`bench-wasm.sh`'s build) and in one Chromium worker;
 #   * real training rounds of one tab on 1 worker and on N, 3 runs interleaved, nothing watching
 #     the page meanwhile; then watched rounds, for the page's frame rate (`e2e/bench-speed.mjs`,
-#     against the trunk build in dist/);
+#     against the trunk build in dist/); then the same rounds paired in one worker: 1 worker, N
+#     split before each step, N as a tab trains, in turn (`e2e/bench-paired.mjs`);
 #   * PyTorch + Opacus, 1 thread and N, same model and batches (`benchmarks/opacus_step.py`, in a
 #     virtualenv made here: `pip install torch opacus` from PyPI, ≈ 3 GB the first time);
 # then one table, with each figure's share of the dense step's wasm SIMD ceiling (≈ 10 000
@@ -65,6 +66,12 @@ while read -r key value; do
   [ "$key" = "##" ] || v[$key]=$value
 done < <(RUST_LOG=error SERVER_BIN="$target_dir/release/server" node e2e/bench-speed.mjs | grep -E '^(chromium-|workers |## )')
 n=${v[workers]}
+# The same rounds with the arms side by side in one worker (the order turning every pass): the
+# scaling without the run-to-run drift of the runs above.
+while read -r key value; do
+  echo "$key $value"
+  v[$key]=$value
+done < <(RUST_LOG=error WORKERS="$n" PASSES=30 SERVER_BIN="$target_dir/release/server" node e2e/bench-paired.mjs | grep -E '^paired-')
 
 ceiling=10000
 row() { # label, then the DP and plain values for batch 64 and 512, and the cores the row uses
@@ -98,6 +105,9 @@ scaling() { # batch: each run's N-worker speed over its 1-worker speed, then the
     'BEGIN { k = split(a, x, ","); split(c, y, ","); s = ""; for (i = 1; i <= k; i++) s = s sprintf("%s%.2f", i > 1 ? ", " : "", y[i] / x[i]); printf "%.2f× (runs: %s)", mn / m1, s }'
 }
 echo "Scaling of a tab's real DP rounds, $n workers over 1 (target ≥ 0.8 × $n): batch 64 $(scaling 64); batch 512 $(scaling 512)."
+paired() { awk '{ printf "%s (95 %% %s)", $1, $2 }' <<<"${v[$1]}"; }
+echo "Paired in one worker (30 passes of one batch-64 round per arm, geometric mean of the passes' ratios): $n workers as a tab over 1 $(paired paired-tab-over-1)," \
+  "split fixed before each step over 1 $(paired paired-fixed-over-1), as a tab over the fixed split $(paired paired-tab-over-fixed); page cross-origin isolated (chunks claimed): ${v[paired-isolated]}."
 echo "Page while $n workers train: ${v[chromium-round-64-${n}w-fps]} / ${v[chromium-round-512-${n}w-fps]} frames/s (batch 64 / 512)," \
   "longest gap between frames ${v[chromium-round-64-${n}w-gap]} / ${v[chromium-round-512-${n}w-gap]} ms; on 1 worker ${v[chromium-round-64-1w-fps]} / ${v[chromium-round-512-1w-fps]} frames/s."
 echo "Log: $log"
