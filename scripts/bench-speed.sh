@@ -20,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PWD/node_modules/.bin:$PATH"
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+mkdir -p "$target_dir"   # a fresh clone has no target/ yet: the build log goes there
 cores=$(nproc)
 log="benchmarks/speed-$(date +%Y-%m-%d-%H%M).log"
 venv="${OPACUS_VENV:-$HOME/.cache/fl-dp/opacus-venv}"
@@ -67,11 +68,13 @@ while read -r key value; do
 done < <(RUST_LOG=error SERVER_BIN="$target_dir/release/server" node e2e/bench-speed.mjs | grep -E '^(chromium-|workers |## )')
 n=${v[workers]}
 # The same rounds with the arms side by side in one worker (the order turning every pass): the
-# scaling without the run-to-run drift of the runs above.
-while read -r key value; do
-  echo "$key $value"
-  v[$key]=$value
-done < <(RUST_LOG=error WORKERS="$n" PASSES=30 SERVER_BIN="$target_dir/release/server" node e2e/bench-paired.mjs | grep -E '^paired-')
+# scaling without the run-to-run drift of the runs above. Its whole output goes to the log.
+if [ "$n" -ge 2 ]; then
+  paired_out=$(RUST_LOG=error WORKERS="$n" PASSES=30 SERVER_BIN="$target_dir/release/server" node e2e/bench-paired.mjs) \
+    || echo "!! e2e/bench-paired.mjs failed"
+  echo "$paired_out"
+  while read -r key value; do v[$key]=$value; done < <(grep -E '^paired-' <<<"$paired_out")
+fi
 
 ceiling=10000
 row() { # label, then the DP and plain values for batch 64 and 512, and the cores the row uses
@@ -105,9 +108,11 @@ scaling() { # batch: each run's N-worker speed over its 1-worker speed, then the
     'BEGIN { k = split(a, x, ","); split(c, y, ","); s = ""; for (i = 1; i <= k; i++) s = s sprintf("%s%.2f", i > 1 ? ", " : "", y[i] / x[i]); printf "%.2f× (runs: %s)", mn / m1, s }'
 }
 echo "Scaling of a tab's real DP rounds, $n workers over 1 (target ≥ 0.8 × $n): batch 64 $(scaling 64); batch 512 $(scaling 512)."
-paired() { awk '{ printf "%s (95 %% %s)", $1, $2 }' <<<"${v[$1]}"; }
+paired() { # a paired-… value as "ratio (95 % interval)", or n/a when the benchmark gave none
+  if [ -n "${v[$1]:-}" ]; then awk '{ printf "%s (95 %% %s)", $1, $2 }' <<<"${v[$1]}"; else printf 'n/a'; fi
+}
 echo "Paired in one worker (30 passes of one batch-64 round per arm, geometric mean of the passes' ratios): $n workers as a tab over 1 $(paired paired-tab-over-1)," \
-  "split fixed before each step over 1 $(paired paired-fixed-over-1), as a tab over the fixed split $(paired paired-tab-over-fixed); page cross-origin isolated (chunks claimed): ${v[paired-isolated]}."
+  "split fixed before each step over 1 $(paired paired-fixed-over-1), as a tab over the fixed split $(paired paired-tab-over-fixed); page cross-origin isolated (chunks claimed): ${v[paired-isolated]:-n/a}."
 echo "Page while $n workers train: ${v[chromium-round-64-${n}w-fps]} / ${v[chromium-round-512-${n}w-fps]} frames/s (batch 64 / 512)," \
   "longest gap between frames ${v[chromium-round-64-${n}w-gap]} / ${v[chromium-round-512-${n}w-gap]} ms; on 1 worker ${v[chromium-round-64-1w-fps]} / ${v[chromium-round-512-1w-fps]} frames/s."
 echo "Log: $log"

@@ -171,7 +171,7 @@ mod pooled {
 
     use learning::client::{ClientPrivacy, Update};
     use learning::task::MNIST;
-    use learning::{Dataset, Optimizer};
+    use learning::{Aggregator, Dataset, FedAvg, Optimizer};
     use protocol::config::{Batching, DpSgdConfig, TrainConfig};
     use wasm_bindgen::prelude::*;
 
@@ -188,7 +188,8 @@ mod pooled {
         [1, 0, 2],
     ];
 
-    /// `[on 1 worker, on `workers` split before each step, on `workers` as a tab trains]`:
+    /// The rates on 1 worker, on `workers` split before each step and on `workers` as a tab
+    /// trains (three arrays):
     /// each round's examples per second as the tab reports it (the `train` loop's rate at its
     /// last step), `passes` rounds of each arm, their order turning ([`ORDERS`]). The third
     /// arm claims each step's chunks where the page is cross-origin isolated (as the server
@@ -216,11 +217,14 @@ mod pooled {
                 "got {workers} workers, batch {batch}, {examples} labels, {passes} passes: expected 2 ≤ workers ≤ 16, 1 ≤ batch ≤ labels ≤ 60 000, 1 ≤ passes ≤ 1 000"
             )));
         }
-        if images.len() != examples * 784 || labels.iter().any(|l| *l > 9) {
+        if images.len() != examples * 784 {
             return Err(JsError::new(&format!(
-                "got {} image bytes for {examples} labels: expected 784 bytes an image and labels 0–9",
+                "got {} image bytes for {examples} labels: expected 784 bytes an image",
                 images.len()
             )));
+        }
+        if let Some(l) = labels.iter().find(|l| **l > 9) {
+            return Err(JsError::new(&format!("got label {l}: expected 0–9")));
         }
         let data = Arc::new(Dataset { images, labels });
         let mut arms = [
@@ -293,15 +297,16 @@ mod pooled {
         Ok((rate, model_after(global, &res.update)?))
     }
 
-    /// The model a round's update leaves: global + delta.
+    /// The model a round's update leaves, as the server makes it from this one client's
+    /// update (FedAvg of one: global + delta, refused if not finite).
     fn model_after(global: &[f32], update: &Update) -> Result<Vec<f32>, JsError> {
-        match update {
-            Update::Delta(d) if d.len() == global.len() => {
-                Ok(global.iter().zip(d).map(|(g, d)| g + d).collect())
-            }
-            _ => Err(JsError::new(
-                "a local round's update is a delta of the model's size",
-            )),
-        }
+        let Update::Delta(delta) = update else {
+            return Err(JsError::new("a local round's update is a delta"));
+        };
+        let mut fedavg = FedAvg::new(global.len());
+        fedavg
+            .add(delta, 1)
+            .and_then(|()| fedavg.apply(global))
+            .map_err(|e| JsError::new(&e.to_string()))
     }
 }

@@ -6,10 +6,11 @@
 //! sum each chunk once); elsewhere, and for a distributed step, the batch is cut into slices, one
 //! per worker, sized so that the helpers' answers arrive as the training worker finishes its own
 //! ([`Balance`]). Each helper's first answers are checked against the training worker's own
-//! computation ([`Audit`]). A helper gets the model's parameters and its slice's examples and returns
-//! the slice's clipped gradient sum ([`protocol::worker::SliceReply`]); the training worker
-//! computes the first slice itself (then draws the step's noise while the helpers finish:
-//! [`learning::steps::StepNoise`]), adds the slices' sums, and only then
+//! computation ([`Audit`]). A helper gets the model's parameters and its slice's examples (when
+//! chunks are claimed, the whole batch: each helper its own copy, measured on 2 workers only) and
+//! returns the clipped gradient sum of what it computed ([`protocol::worker::SliceReply`]); the
+//! training worker computes the first slice (or claims chunks) itself, then draws the step's
+//! noise while the helpers finish ([`learning::steps::StepNoise`]), adds their sums, and only then
 //! adds the step's noise, records it in the ledger and steps the optimizer
 //! ([`learning::steps::LocalSteps`]). Helpers hold no noise source, ledger or optimizer state:
 //! the mechanism is the one-worker mechanism (the native tests of `learning::parallel` hold
@@ -269,7 +270,8 @@ fn largest_remainder(n: usize, weights: &[f64]) -> Vec<usize> {
 /// first sent in new arrays and the first sent in arrays the helper gave back (the pool reuses
 /// them, `Buffers`) — each way a slice travels — and the first distributed slice, whatever
 /// came before it (a pool lives for the whole join, across runs of both kinds); once per
-/// helper each. A helper whose sums are wrong but within the bound (a reused array not
+/// helper each (a claimed answer only once it summed a chunk: one that found none left tests
+/// nothing). A helper whose sums are wrong but within the bound (a reused array not
 /// refilled, a slice rounded on another stream) would otherwise go unnoticed: the round would
 /// train on them — and a rounded sum's norm check bounds only the total, not one example's
 /// share of it.
@@ -377,9 +379,37 @@ impl Coverage {
         Ok(examples)
     }
 
+    /// The step's chunks.
+    pub fn chunks(&self) -> usize {
+        self.summed.len()
+    }
+
     /// The first chunk no answer summed, if any.
     pub fn missing(&self) -> Option<usize> {
         self.summed.iter().position(|s| !s)
+    }
+}
+
+/// What is checked of a claimed answer before any of its chunks is marked in `coverage`: that
+/// it is a `Done` answer to this step's request `seq` — a stale answer (to a step that failed
+/// here) must not take this step's chunks — and names no more chunks than the step has
+/// (`named`: the length of its list, checked before the list is copied).
+pub fn check_claimed(
+    reply: &SliceReply,
+    seq: u64,
+    named: u32,
+    coverage: &Coverage,
+) -> Result<(), String> {
+    match reply {
+        SliceReply::Failed { reason, .. } => Err(reason.clone()),
+        SliceReply::Done { seq: s, .. } if *s != seq => {
+            Err(format!("it answered request {s}: expected {seq}"))
+        }
+        SliceReply::Done { .. } if named as usize > coverage.chunks() => Err(format!(
+            "it names {named} chunks: the step has {}",
+            coverage.chunks()
+        )),
+        SliceReply::Done { .. } => Ok(()),
     }
 }
 
@@ -448,8 +478,8 @@ mod web {
     use web_sys::{ErrorEvent, MessageEvent, Worker};
 
     use super::{
-        Asked, Audit, Balance, Coverage, MAX_POOL_FAILURES, Way, check_same, check_same_rounded,
-        helper_lost, in_step, slice_gradient_from, slice_rounded_from,
+        Asked, Audit, Balance, Coverage, MAX_POOL_FAILURES, Way, check_claimed, check_same,
+        check_same_rounded, helper_lost, in_step, slice_gradient_from, slice_rounded_from,
     };
     use crate::bench::now_ms;
     use crate::session::{TrainDone, TrainJob};
@@ -617,6 +647,18 @@ mod web {
             futures::select! {
                 e = self.events.next().fuse() => e.ok_or_else(|| "it stopped".to_string()),
                 () = deadline => Err(format!("it did not answer within {} s", ms / 1000)),
+            }
+        }
+
+        /// Its next message within a step ([`STEP_MS`]): anything else is why it is lost.
+        async fn message(
+            &mut self,
+            deadline: &mut futures::future::Fuse<Deadline>,
+        ) -> Result<JsValue, String> {
+            match self.next(deadline, STEP_MS).await? {
+                Event::Message(data) => Ok(data),
+                Event::Ready => Err("it restarted".to_string()),
+                Event::Error(e) => Err(e),
             }
         }
 
@@ -795,7 +837,8 @@ mod web {
         /// Each helper gets the whole batch; each answer names the chunks it summed, and the
         /// answers must cover the step once ([`Coverage`]).
         /// The counter is new at every step: a helper still busy with a failed step's chunks
-        /// cannot take this one's.
+        /// cannot take this one's, and an answer is taken only if it answers this step's
+        /// request (a stale one, left by a step that failed here, marks no chunk).
         async fn run_claims<W: SliceWork>(
             &mut self,
             task: &Task,
@@ -836,17 +879,12 @@ mod web {
                 asked.push((i, whole));
             }
             let mut coverage = Coverage::new(n);
-            let mut own = Vec::new();
-            let mut claim = || {
-                let c = claim_next(&counter);
-                own.push(c);
-                c
-            };
+            let mut own = Claims::new(&counter);
             let mut total = work
-                .claimed(&model, params, input, &mut claim)
+                .claimed(&model, params, input, &mut || own.next())
                 .map_err(StepError::Local)?;
             coverage
-                .take(&in_step(&own, n))
+                .take(&in_step(&own.taken, n))
                 .map_err(|e| StepError::Local(LearningError::Worker(e)))?;
             idle();
             let mut deadline = Deadline::new(STEP_MS).fuse();
@@ -892,17 +930,11 @@ mod web {
             coverage: &mut Coverage,
         ) -> Result<(W::Part, Vec<u32>), String> {
             let helper = &mut self.helpers[i];
-            let data = match helper.next(deadline, STEP_MS).await {
-                Ok(Event::Message(data)) => data,
-                Ok(Event::Ready) => return Err("it restarted".to_string()),
-                Ok(Event::Error(e)) | Err(e) => return Err(e),
-            };
-            if let SliceReply::Failed { reason, .. } = reply_header(&data)? {
-                return Err(reason);
-            }
+            let data = helper.message(deadline).await?;
             let chunks = typed_field::<js_sys::Uint32Array>(&data, "chunks")
-                .ok_or("its answer names no chunks")?
-                .to_vec();
+                .ok_or("its answer names no chunks")?;
+            check_claimed(&reply_header(&data)?, whole.seq, chunks.length(), coverage)?;
+            let chunks = chunks.to_vec();
             let examples = coverage.take(&chunks)?;
             let part = work.read(&data, Asked { examples, ..whole })?;
             helper.spare = returned_buffers(&data, helper.sent.images);
@@ -918,15 +950,10 @@ mod web {
             work: &W,
         ) -> Result<W::Part, String> {
             let helper = &mut self.helpers[i];
-            match helper.next(deadline, STEP_MS).await {
-                Ok(Event::Message(data)) => {
-                    let part = work.read(&data, slice)?;
-                    helper.spare = returned_buffers(&data, helper.sent.images);
-                    Ok(part)
-                }
-                Ok(Event::Ready) => Err("it restarted".to_string()),
-                Ok(Event::Error(e)) | Err(e) => Err(e),
-            }
+            let data = helper.message(deadline).await?;
+            let part = work.read(&data, slice)?;
+            helper.spare = returned_buffers(&data, helper.sent.images);
+            Ok(part)
         }
     }
 
@@ -956,16 +983,20 @@ mod web {
         /// ([`HelperPool::run_claims`]): a local step's clipped sum does not depend on which
         /// worker computed which example; a distributed step's slices round from streams of
         /// their own (the slice's first example), so its slices stay fixed.
-        const CLAIMED: bool;
+        const CLAIMED: bool = false;
         /// The sum of the chunks `claim` hands out; asked only of work that is
         /// [`Self::CLAIMED`].
         fn claimed(
             &self,
-            model: &TinyCnnConfig,
-            params: &[f32],
-            input: &StepInput,
-            claim: &mut dyn FnMut() -> usize,
-        ) -> Result<Self::Part, LearningError>;
+            _model: &TinyCnnConfig,
+            _params: &[f32],
+            _input: &StepInput,
+            _claim: &mut dyn FnMut() -> usize,
+        ) -> Result<Self::Part, LearningError> {
+            Err(LearningError::Worker(
+                "this step's slices are fixed, not claimed".into(),
+            ))
+        }
     }
 
     /// A local step: each slice's clipped gradient sum (no clip without DP).
@@ -1050,18 +1081,6 @@ mod web {
         }
         fn add(total: &mut RoundedSum, part: &RoundedSum) -> Result<(), LearningError> {
             total.add(part)
-        }
-        const CLAIMED: bool = false;
-        fn claimed(
-            &self,
-            _: &TinyCnnConfig,
-            _: &[f32],
-            _: &StepInput,
-            _: &mut dyn FnMut() -> usize,
-        ) -> Result<RoundedSum, LearningError> {
-            Err(LearningError::Worker(
-                "a distributed step's slices are fixed, not claimed".into(),
-            ))
         }
     }
 
@@ -1165,13 +1184,30 @@ mod web {
         })
     }
 
-    /// The next chunk of a step, taken from its counter (a chunk no other worker has taken);
-    /// past the end of any step if the counter cannot be read.
-    fn claim_next(counter: &js_sys::Int32Array) -> usize {
-        js_sys::Atomics::add(counter, 0, 1)
-            .ok()
-            .and_then(|c| usize::try_from(c).ok())
-            .unwrap_or(usize::MAX)
+    /// A worker's claims on a step's counter, and the chunks it took.
+    struct Claims<'a> {
+        counter: &'a js_sys::Int32Array,
+        taken: Vec<usize>,
+    }
+
+    impl<'a> Claims<'a> {
+        fn new(counter: &'a js_sys::Int32Array) -> Self {
+            Self {
+                counter,
+                taken: Vec::new(),
+            }
+        }
+
+        /// The next chunk of the step, taken from its counter (a chunk no other worker has
+        /// taken); past the end of any step if the counter cannot be read.
+        fn next(&mut self) -> usize {
+            let c = js_sys::Atomics::add(self.counter, 0, 1)
+                .ok()
+                .and_then(|c| usize::try_from(c).ok())
+                .unwrap_or(usize::MAX);
+            self.taken.push(c);
+            c
+        }
     }
 
     /// A helper's message's reply header.
@@ -1343,16 +1379,18 @@ mod web {
             ));
         }
         if let Some(counter) = typed_field::<js_sys::Int32Array>(data, "claims") {
+            if req.rounding.is_some() {
+                return Err(
+                    "a slice both claimed and rounded: a distributed step's slices are fixed"
+                        .into(),
+                );
+            }
             // The whole batch: take its chunks until none is left, and name them.
-            let mut taken = Vec::new();
-            let mut claim = || {
-                let c = claim_next(&counter);
-                taken.push(c);
-                c
-            };
+            let mut claims = Claims::new(&counter);
+            let mut claim = || claims.next();
             let g = claimed_gradient(&model, &params, &images, &labels, req.clip, &mut claim)
                 .map_err(|e| e.to_string())?;
-            return Ok(SlicePart::Claimed(g, in_step(&taken, labels.len())));
+            return Ok(SlicePart::Claimed(g, in_step(&claims.taken, labels.len())));
         }
         let Some(r) = &req.rounding else {
             return slice_gradient(&model, &params, &images, &labels, req.clip)
@@ -1528,6 +1566,28 @@ mod tests {
             None,
             "an empty step has nothing to cover"
         );
+    }
+
+    /// Attack: a claimed answer to an earlier request (a step that failed here, its answer still
+    /// queued), or one naming more chunks than the step has, is refused before it marks any.
+    #[test]
+    fn a_claimed_answer_is_checked_before_its_chunks_count() {
+        let step = Coverage::new(2 * CHUNK);
+        let answer = |seq| done(seq, CHUNK as u64, 0, 0);
+        assert_eq!(check_claimed(&answer(7), 7, 1, &step), Ok(()));
+        let stale = check_claimed(&answer(6), 7, 1, &step).expect_err("stale");
+        assert!(stale.contains("answered request 6: expected 7"), "{stale}");
+        let many = check_claimed(&answer(7), 7, 3, &step).expect_err("too many");
+        assert!(many.contains("names 3 chunks: the step has 2"), "{many}");
+        let failed = SliceReply::Failed {
+            seq: 7,
+            reason: "out of memory".into(),
+        };
+        assert_eq!(
+            check_claimed(&failed, 7, 0, &step),
+            Err("out of memory".into())
+        );
+        assert_eq!(step.missing(), Some(0), "nothing marked");
     }
 
     const ASKED: Asked = Asked {
