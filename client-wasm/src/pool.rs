@@ -663,7 +663,8 @@ mod web {
         }
 
         /// Posts a slice: the parameters, its examples and, when the workers claim the step's
-        /// chunks, the step's counter (then the examples are the whole batch).
+        /// chunks, the step's counter (then the examples are the whole batch). Returns what
+        /// was asked, which its answer is checked against.
         fn send(
             &mut self,
             header: &SliceRequest,
@@ -671,7 +672,13 @@ mod web {
             images: &[f32],
             labels: &[u8],
             claims: Option<&js_sys::Int32Array>,
-        ) -> Result<(), String> {
+        ) -> Result<Asked, String> {
+            let asked = Asked {
+                seq: header.seq,
+                examples: labels.len(),
+                dim: params.len(),
+                clip: header.clip,
+            };
             let (buffers, reused) = Buffers::fill(self.spare.take(), params, images);
             self.sent = Sent {
                 reused,
@@ -692,7 +699,8 @@ mod web {
             }
             self.worker
                 .post_message_with_transfer(&msg, &transfer)
-                .map_err(|e| format!("its slice could not be posted: {e:?}"))
+                .map_err(|e| format!("its slice could not be posted: {e:?}"))?;
+            Ok(asked)
         }
     }
 
@@ -782,22 +790,11 @@ mod web {
                     continue;
                 }
                 self.seq += 1;
-                let header = SliceRequest {
-                    seq: self.seq,
-                    task: task.id.to_string(),
-                    clip: input.clip,
-                    rounding: work.rounding(range.start),
-                };
+                let header = request(self.seq, task, input, work.rounding(range.start));
                 let (images, labels) = input.slice(range.clone());
-                helper
+                let slice = helper
                     .send(&header, params, images, labels, None)
                     .map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
-                let slice = Asked {
-                    seq: self.seq,
-                    examples: range.len(),
-                    dim: params.len(),
-                    clip: input.clip,
-                };
                 asked.push((i, slice, range.clone()));
             }
             let mut total = work
@@ -855,27 +852,11 @@ mod web {
             let mut asked = Vec::with_capacity(helpers);
             for (i, helper) in self.helpers.iter_mut().take(helpers).enumerate() {
                 self.seq += 1;
-                let header = SliceRequest {
-                    seq: self.seq,
-                    task: task.id.to_string(),
-                    clip: input.clip,
-                    rounding: None,
-                };
-                helper
-                    .send(
-                        &header,
-                        params,
-                        &input.images,
-                        &input.labels,
-                        Some(&counter),
-                    )
+                let header = request(self.seq, task, input, None);
+                let (images, labels) = (&input.images, &input.labels);
+                let whole = helper
+                    .send(&header, params, images, labels, Some(&counter))
                     .map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
-                let whole = Asked {
-                    seq: self.seq,
-                    examples: n,
-                    dim: params.len(),
-                    clip: input.clip,
-                };
                 asked.push((i, whole));
             }
             let mut coverage = Coverage::new(n);
@@ -1182,6 +1163,22 @@ mod web {
             params: sum,
             images: back,
         })
+    }
+
+    /// Request `seq` of a step of `task` with `input`'s clipping norm (and a distributed
+    /// slice's rounding).
+    fn request(
+        seq: u64,
+        task: &Task,
+        input: &StepInput,
+        rounding: Option<SliceRounding>,
+    ) -> SliceRequest {
+        SliceRequest {
+            seq,
+            task: task.id.to_string(),
+            clip: input.clip,
+            rounding,
+        }
     }
 
     /// A worker's claims on a step's counter, and the chunks it took.
