@@ -189,9 +189,9 @@ mod pooled {
     ];
 
     /// The rates on 1 worker, on `workers` split before each step and on `workers` as a tab
-    /// trains (three arrays):
-    /// each round's examples per second as the tab reports it (the `train` loop's rate at its
-    /// last step), `passes` rounds of each arm, their order turning ([`ORDERS`]). The third
+    /// trains (three arrays): each round's examples per second as the tab reports it (the
+    /// `train` loop's rate at its last step), `passes` rounds of each arm, their order turning
+    /// ([`ORDERS`]). The third
     /// arm claims each step's chunks where the page is cross-origin isolated (as the server
     /// serves it) and is split like the second elsewhere. A round is one epoch over the shard
     /// (`images`: 784 bytes an image, `labels`: one class 0–9 each) in DP-SGD steps of Poisson
@@ -242,12 +242,12 @@ mod pooled {
         let mut rates = [Vec::new(), Vec::new(), Vec::new()];
         for pass in 0..passes as usize {
             for arm in ORDERS[pass % ORDERS.len()] {
-                let (rate, model) = round_rate(&mut arms[arm], &models[arm], &data, batch).await?;
+                let (rate, update) = round_rate(&mut arms[arm], &models[arm], &data, batch).await?;
                 if arm > 0 && arms[arm].count() != workers as usize {
                     return Err(JsError::new("a pool lost its helpers: see the console"));
                 }
                 if trained {
-                    models[arm] = model;
+                    models[arm] = model_after(&models[arm], &update)?;
                 }
                 rates[arm].push(rate);
             }
@@ -258,13 +258,13 @@ mod pooled {
             .collect())
     }
 
-    /// One round's examples per second on `workers`, and the model it trained.
+    /// One round's examples per second on `workers`, and its update.
     async fn round_rate(
         workers: &mut Workers,
         global: &[f32],
         data: &Arc<Dataset>,
         batch: u32,
-    ) -> Result<(f64, Vec<f32>), JsError> {
+    ) -> Result<(f64, Update), JsError> {
         let job = TrainJob {
             task: &MNIST,
             server_round: 0,
@@ -294,7 +294,7 @@ mod pooled {
         .await;
         let res = done.result.map_err(|e| JsError::new(&e.to_string()))?;
         let rate = rate.ok_or_else(|| JsError::new("a round took no step"))?;
-        Ok((rate, model_after(global, &res.update)?))
+        Ok((rate, res.update))
     }
 
     /// The model a round's update leaves, as the server makes it from this one client's
