@@ -8,7 +8,7 @@
 #     against the trunk build in dist/); then the same rounds paired in one worker: 1 worker, N
 #     split before each step, N as a tab trains, in turn (`e2e/bench-paired.mjs`);
 #   * PyTorch + Opacus, 1 thread and N, same model and batches (`benchmarks/opacus_step.py`, in a
-#     virtualenv made here: `pip install torch opacus` from PyPI, ≈ 3 GB the first time);
+#     virtualenv made here: torch and opacus at pinned versions from PyPI, ≈ 5 GB the first time);
 # then one table, with each figure's share of the dense step's wasm SIMD ceiling (≈ 10 000
 # samples/s per core: TinyCNN's 3.78 MFLOP per training sample, what Opacus computes, at ≈ 40
 # GFLOP/s of wasm SIMD128 per core on this CPU). This project's step does at most 1.75 MFLOP
@@ -31,7 +31,8 @@ echo "# bash scripts/bench-speed.sh at $(git rev-parse --short HEAD), $(date -u 
 build_log="$target_dir/bench-speed-build.log"
 {
   cargo build --release -p learning -p server --bin throughput --bin server
-  [ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q torch opacus; }
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q torch==2.15.0 opacus==1.6.0   # nothing to do when they are there
   cargo build --release --target wasm32-unknown-unknown -p client-wasm --no-default-features --features browser --lib
   wasm-bindgen --target nodejs --out-dir "$target_dir/wasm-bench" "$target_dir/wasm32-unknown-unknown/release/client_wasm.wasm"
   trunk build --release   # never a stale dist/
