@@ -12,7 +12,8 @@
 //
 //   SERVER_BIN=target/release/server node e2e/bench-speed.mjs     (DIST: the trunk build)
 // ROUNDS_ONLY=1 runs part 2 alone (for A/B runs of two builds, RUNS=1 each, interleaved);
-// BATCHES=64 (default 64,512) limits it to those batch sizes; ROUNDS (default 3) rounds a run.
+// BATCHES=64 (default 64,512) limits it to those batch sizes; ROUNDS (default 3) rounds a run;
+// HIDE=1 hides the page's body while unwatched rounds train.
 // Prints `key value` lines (read by bench-speed.sh) after a human-readable log.
 import { ROUNDS_LISTED, frameStats, launchChromium, recordFrames, startServer, stepRatesInWorker, trainingWindows, waitFor } from './harness.mjs';
 
@@ -96,6 +97,9 @@ async function rounds(batch, workers, watch) {
   await page.fill('#workers', String(workers));
   await page.click('#join');
   await waitFor('the tab to get its shard', () => page.$('#histogram'), 120_000);
+  // HIDE=1: the page's body is not displayed while the rounds train (its DOM still updates, but
+  // nothing is laid out or painted): how much the page's drawing costs the workers.
+  if (process.env.HIDE === '1' && !watch) await page.evaluate(() => { document.body.style.display = 'none'; });
   const id = created.body.run_id;
   const finished = async () => (await server.api(`/api/admin/runs/${id}`)).body?.run.status === 'finished';
   if (watch) await recordFrames(page);
@@ -107,6 +111,7 @@ async function rounds(batch, workers, watch) {
     // Nothing touches the page until the run is over: only the server is asked, once a second.
     await waitFor(`run ${id} to finish`, finished, 300_000, 1000);
     const listed = Math.min(roundsPerRun, ROUNDS_LISTED); // the page lists the latest
+    if (process.env.HIDE === '1') await page.evaluate(() => { document.body.style.display = ''; });
     await waitFor(`the tab to show ${listed} rounds`, () => page.evaluate((n) => document.querySelectorAll('#rounds tbody tr').length >= n, listed), 30_000);
     out = await frameStats(page, []); // the tab's rounds table; no frames were counted
   }
