@@ -469,7 +469,7 @@ mod web {
     use futures::{FutureExt, StreamExt};
     use learning::client::{Fit, FitProgress};
     use learning::distributed::{RoundedSum, Rounding, rounded_slice_sum};
-    use learning::dpsgd::{BatchGradient, CHUNK, claimed_gradient};
+    use learning::dpsgd::{BatchGradient, claimed_gradient};
     use learning::parallel::slice_gradient;
     use learning::steps::StepInput;
     use learning::{LearningError, Task, TinyCnnConfig};
@@ -847,8 +847,9 @@ mod web {
             let model = task.model();
             let counter = js_sys::Int32Array::new(&js_sys::SharedArrayBuffer::new(4));
             let (n, of) = (input.len(), self.workers());
+            let mut coverage = Coverage::new(n);
             // A helper is worth a message only if a chunk can be left for it.
-            let helpers = self.helpers.len().min(n.div_ceil(CHUNK).saturating_sub(1));
+            let helpers = self.helpers.len().min(coverage.chunks().saturating_sub(1));
             let mut asked = Vec::with_capacity(helpers);
             for (i, helper) in self.helpers.iter_mut().take(helpers).enumerate() {
                 self.seq += 1;
@@ -859,7 +860,6 @@ mod web {
                     .map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
                 asked.push((i, whole));
             }
-            let mut coverage = Coverage::new(n);
             let mut own = Claims::new(&counter);
             let mut total = work
                 .claimed(&model, params, input, &mut || own.next())
@@ -912,10 +912,12 @@ mod web {
         ) -> Result<(W::Part, Vec<u32>), String> {
             let helper = &mut self.helpers[i];
             let data = helper.message(deadline).await?;
-            let chunks = typed_field::<js_sys::Uint32Array>(&data, "chunks")
-                .ok_or("its answer names no chunks")?;
-            check_claimed(&reply_header(&data)?, whole.seq, chunks.length(), coverage)?;
-            let chunks = chunks.to_vec();
+            // The header first: a helper that failed says why, not that it named no chunks.
+            let reply = reply_header(&data)?;
+            let chunks = typed_field::<js_sys::Uint32Array>(&data, "chunks");
+            let named = chunks.as_ref().map_or(0, js_sys::Uint32Array::length);
+            check_claimed(&reply, whole.seq, named, coverage)?;
+            let chunks = chunks.ok_or("its answer names no chunks")?.to_vec();
             let examples = coverage.take(&chunks)?;
             let part = work.read(&data, Asked { examples, ..whole })?;
             helper.spare = returned_buffers(&data, helper.sent.images);

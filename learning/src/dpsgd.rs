@@ -186,7 +186,7 @@ pub fn batch_gradient(
 /// what [`batch_gradient`] computes, for [`claimed_gradient`], which adds the chunks a worker
 /// claims one by one with the weights unpacked once. `images` must hold `labels.len()` examples
 /// ([`check_images`]).
-pub(crate) fn add_batch(
+fn add_batch(
     total: &mut BatchGradient,
     config: &TinyCnnConfig,
     w: &Weights,
