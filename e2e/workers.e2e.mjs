@@ -8,8 +8,13 @@
 //     crashed worker would): the tab says which worker failed, the training worker computes that
 //     step again from the same batch and finishes the round alone (its row: "on 1 worker"), and
 //     the round is not lost (the server aggregates it at the first attempt);
-//   * the next round starts a fresh helper and trains on 2 workers again, and the run finishes
-//     with every round aggregated once, at the accuracy a run of one tab reaches;
+//   * the next round starts a fresh helper and trains on 2 workers again;
+//   * that helper is then made to forge its answer in its reply buffer (the shared memory a
+//     claimed step is answered in): it marks the answer written and says it names a million
+//     chunks, more than the buffer has room for. The training worker refuses it before reading
+//     the list (the tab names the reason), computes the step again alone, and the round after
+//     trains on a fresh helper; the run finishes with every round aggregated once, at the accuracy
+//     a run of one tab reaches;
 //   * no page error.
 //
 //   node e2e/workers.e2e.mjs          (scripts/test.sh runs it after the build)
@@ -21,13 +26,14 @@ import assert from 'node:assert/strict';
 import { launchChromium, startServer, waitFor } from './harness.mjs';
 
 const RUN = {
-  name: 'e2e-workers', rounds: 3, min_clients: 1, round_timeout_secs: 60,
+  name: 'e2e-workers', rounds: 5, min_clients: 1, round_timeout_secs: 60,
   local_epochs: 1, batching: { batch_size: 256 }, learning_rate: 2,
   // A fixed σ (a failed attempt, if there were one, would be charged like every round sent).
   dp: { max_grad_norm: 1, noise_multiplier: 1.1, target_epsilon: null, delta: 1e-5 },
   shards: { scheme: { kind: 'iid' }, num_shards: 10, seed: 1 },
 };
 const CRASH = 'helper crashed (e2e)';
+const FORGED_CHUNKS = 1_000_000;
 
 const port = Number(process.env.E2E_WORKERS_PORT ?? 3386);
 const t0 = Date.now();
@@ -80,23 +86,49 @@ try {
   assert.ok(!failure.includes('not trained'), `the round is not lost: ${failure}`);
   log(`the failure as the tab shows it: ${JSON.stringify(failure.trim())}`);
 
+  // The fresh helper forges its answers: written, to this very request, naming more chunks than
+  // its reply buffer holds (read with the buffer's own layout, the list would lie outside it).
+  const fresh = await waitFor('a fresh helper with its message handler', async () => {
+    const w = workers[2];
+    return w && await w.evaluate(() => typeof self.onmessage === 'function') ? w : null;
+  }, 60_000, 20);
+  await fresh.evaluate((named) => {
+    self.onmessage = (e) => {
+      const buffer = e.data?.replyBuffer;
+      if (!buffer) return;
+      const words = new Int32Array(buffer, 0, 7);
+      words.set([JSON.parse(e.data.slice).seq, 0, 0, 0, 0, named], 1);
+      Atomics.store(words, 0, 1);
+      Atomics.notify(words, 0);
+    };
+  }, FORGED_CHUNKS);
+  const forged = new RegExp(`round (\\d+): training worker 2 of 2 failed: it names ${FORGED_CHUNKS} chunks: its reply has room for \\d+; this round goes on on one worker`);
+  const refused = await waitFor('the tab to say the forged answer was refused', async () => {
+    const text = await page.textContent('ul.messages');
+    return forged.test(text ?? '') ? text : null;
+  }, 120_000, 100);
+  const forgedRound = Number(refused.match(forged)[1]);
+  log(`the forged answer as the tab shows it: ${JSON.stringify(refused.match(forged)[0])}`);
+
   await waitFor('the run to finish', async () => (await server.api(`/api/admin/runs/${runId}`)).body?.run.status === 'finished',
     300_000, 500);
   const history = (await server.api(`/api/admin/runs/${runId}`)).body;
-  assert.equal(history.rounds.length, 3, `three rounds aggregated: ${JSON.stringify(history)}`);
+  assert.equal(history.rounds.length, 5, `five rounds aggregated: ${JSON.stringify(history)}`);
   assert.ok(history.rounds.every((r) => r.participants === 1), JSON.stringify(history.rounds));
   assert.ok(history.rounds.every((r) => r.attempts === 1), `no round attempted twice: ${JSON.stringify(history.rounds)}`);
   const last = history.rounds.at(-1);
   assert.ok(last.test_accuracy >= 0.8, `accuracy after 3 rounds: ${last.test_accuracy}`);
-  await waitFor('the tab to list 3 rounds', async () => (await rounds()).length === 3, 30_000, 100);
-  // Rows are newest first: round 3, 2, 1.
+  await waitFor('the tab to list 5 rounds', async () => (await rounds()).length === 5, 30_000, 100);
+  // Rows are newest first: round 5, 4, … 1.
   const all = (await speeds()).reverse();
   all.forEach((t, i) => {
-    const expected = i + 1 === alone ? '1 worker' : '2 workers';
+    const expected = [alone, forgedRound].includes(i + 1) ? '1 worker' : '2 workers';
     assert.ok(new RegExp(`^[\\d\u00a0]+ samples/s on ${expected}$`).test(t), `round ${i + 1} on ${expected}: ${JSON.stringify(all)}`);
   });
   assert.equal(alone, 2, 'the crash came in round 2');
-  assert.equal(workers.length, 3, 'one fresh helper was started after the failure');
+  // The forging helper may have been set up after round 3 had trained: then round 4 refused it.
+  assert.ok([3, 4].includes(forgedRound), `the forged answer came in round 3 or 4: ${forgedRound}`);
+  assert.equal(workers.length, 4, 'a fresh helper was started after each failure');
   assert.deepEqual(pageErrors, [], 'no uncaught page error');
   log(`run finished: accuracy ${(last.test_accuracy * 100).toFixed(2)} %; speeds ${all.join(', ')}`);
   log('passed');

@@ -6,12 +6,15 @@
 //! sum each chunk once); elsewhere, and for a distributed step, the batch is cut into slices, one
 //! per worker, sized so that the helpers' answers arrive as the training worker finishes its own
 //! ([`Balance`]). Each helper's first answers are checked against the training worker's own
-//! computation ([`Audit`]). A helper gets the model's parameters and its slice's examples (when
-//! chunks are claimed, the whole batch: each helper its own copy, measured on 2 workers only) and
-//! returns the clipped gradient sum of what it computed ([`protocol::worker::SliceReply`]); the
-//! training worker computes the first slice (or claims chunks) itself, then draws the step's
-//! noise while the helpers finish ([`learning::steps::StepNoise`]), adds their sums, and only then
-//! adds the step's noise, records it in the ledger and steps the optimizer
+//! computation ([`Audit`]). A helper gets the model's parameters and its slice's examples and
+//! returns the clipped gradient sum of what it computed ([`protocol::worker::SliceReply`]); when
+//! chunks are claimed, the parameters and the whole batch are written once into memory every
+//! helper reads, and each helper writes its answer into a reply buffer of its own, which the
+//! training worker waits on with `Atomics.wait` ([`shared`]). The training worker computes the
+//! first slice (or claims chunks) itself and draws the step's noise while the helpers compute
+//! ([`learning::steps::StepNoise`]; with claims, before its own chunks, with the next step's batch
+//! after it), adds their sums, and only then adds the step's noise, records it in the ledger and
+//! steps the optimizer
 //! ([`learning::steps::LocalSteps`]). Helpers hold no noise source, ledger or optimizer state:
 //! the mechanism is the one-worker mechanism (the native tests of `learning::parallel` hold
 //! it: the same clipped sum for any number of workers, one noise draw per step).
@@ -34,6 +37,8 @@
 use learning::distributed::RoundedSum;
 use learning::dpsgd::{BatchGradient, CHUNK};
 use protocol::worker::SliceReply;
+
+pub mod shared;
 
 /// Helper pools a tab may lose in one join before it trains on its one worker for good.
 pub const MAX_POOL_FAILURES: u32 = 3;
@@ -268,7 +273,8 @@ fn largest_remainder(n: usize, weights: &[f64]) -> Vec<usize> {
 /// Which of a helper's answers are checked against the training worker's own computation of
 /// the same slice ([`check_same`], [`check_same_rounded`]): for a local step's slices, the
 /// first sent in new arrays and the first sent in arrays the helper gave back (the pool reuses
-/// them, `Buffers`) — each way a slice travels — and the first distributed slice, whatever
+/// them, `Buffers`) — each way a slice travels —, the first claimed step's answer in shared
+/// memory, and the first distributed slice, whatever
 /// came before it (a pool lives for the whole join, across runs of both kinds); once per
 /// helper each (a claimed answer only once it summed a chunk: one that found none left tests
 /// nothing). A helper whose sums are wrong but within the bound (a reused array not
@@ -278,7 +284,7 @@ fn largest_remainder(n: usize, weights: &[f64]) -> Vec<usize> {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Audit {
     /// Whether an answer has been checked, one flag per [`Way`].
-    checked: [bool; 3],
+    checked: [bool; 4],
 }
 
 /// How a slice travelled, for [`Audit`] (its index there).
@@ -290,6 +296,8 @@ pub enum Way {
     Reused,
     /// A distributed step's slice.
     Rounded,
+    /// A claimed step's chunks, read from and answered in shared memory.
+    Shared,
 }
 
 impl Audit {
@@ -393,7 +401,7 @@ impl Coverage {
 /// What is checked of a claimed answer before any of its chunks is marked in `coverage`: that
 /// it is a `Done` answer to this step's request `seq` — a stale answer (to a step that failed
 /// here) must not take this step's chunks — and names no more chunks than the step has
-/// (`named`: the length of its list, checked before the list is copied).
+/// (`named`: the length of its list, which its reply buffer's room bounded before it was read).
 pub fn check_claimed(
     reply: &SliceReply,
     seq: u64,
@@ -477,6 +485,7 @@ mod web {
     use wasm_bindgen::prelude::*;
     use web_sys::{ErrorEvent, MessageEvent, Worker};
 
+    use super::shared::{ReplyLayout, ReplyMemory, ReplyState, StepMemory, mark, write_reply};
     use super::{
         Asked, Audit, Balance, Coverage, MAX_POOL_FAILURES, Way, check_claimed, check_same,
         check_same_rounded, helper_lost, in_step, slice_gradient_from, slice_rounded_from,
@@ -488,6 +497,12 @@ mod web {
     /// well under a second on a phone; a helper silent this long is lost.
     const READY_MS: u32 = 30_000;
     const STEP_MS: u32 = 60_000;
+    /// How long the training worker blocks (`Atomics.wait`) for a claimed step's answer
+    /// before it waits for it between events: an answer normally comes within a chunk's time
+    /// (≈ 1 ms here, 10 on a slow phone), and while it blocks, the page's messages wait.
+    const BLOCK_MS: f64 = 50.0;
+    /// How often an answer later than that is looked for, between the helper's events.
+    const POLL_MS: u32 = 2;
 
     fn scope() -> web_sys::DedicatedWorkerGlobalScope {
         js_sys::global().unchecked_into()
@@ -553,6 +568,8 @@ mod web {
         sent: Sent,
         /// Which of its answers are still to be checked.
         audit: Audit,
+        /// Where it answers a claimed step, kept from step to step.
+        reply: Option<ReplyMemory>,
     }
 
     #[derive(Debug, Default, Clone, Copy)]
@@ -633,6 +650,7 @@ mod web {
                 spare: None,
                 sent: Sent::default(),
                 audit: Audit::default(),
+                reply: None,
             })
         }
 
@@ -662,16 +680,14 @@ mod web {
             }
         }
 
-        /// Posts a slice: the parameters, its examples and, when the workers claim the step's
-        /// chunks, the step's counter (then the examples are the whole batch). Returns what
-        /// was asked, which its answer is checked against.
+        /// Posts a slice of a step split before it: the parameters and its examples. Returns
+        /// what was asked, which its answer is checked against.
         fn send(
             &mut self,
             header: &SliceRequest,
             params: &[f32],
             images: &[f32],
             labels: &[u8],
-            claims: Option<&js_sys::Int32Array>,
         ) -> Result<Asked, String> {
             let asked = Asked {
                 seq: header.seq,
@@ -691,8 +707,7 @@ mod web {
             let built = set("slice", &header.encode().into())
                 && set("params", &params)
                 && set("images", &images)
-                && set("labels", &labels)
-                && claims.is_none_or(|c| set("claims", c));
+                && set("labels", &labels);
             let transfer = js_sys::Array::of3(&params.buffer(), &images.buffer(), &labels.buffer());
             if !built {
                 return Err("its slice could not be built".into());
@@ -701,6 +716,91 @@ mod web {
                 .post_message_with_transfer(&msg, &transfer)
                 .map_err(|e| format!("its slice could not be posted: {e:?}"))?;
             Ok(asked)
+        }
+
+        /// Posts a claimed step's request: the step's parameters and batch in shared memory
+        /// (`step`, the same for every helper), its counter, and this helper's reply buffer,
+        /// set pending with room for `room` chunks. Returns what was asked (the whole batch).
+        fn send_shared(
+            &mut self,
+            header: &SliceRequest,
+            step: &SharedStep,
+            counter: &js_sys::Int32Array,
+            room: usize,
+        ) -> Result<Asked, String> {
+            let (params, images, labels) = step;
+            let dim = params.length() as usize;
+            let reply = ReplyMemory::for_step(&mut self.reply, ReplyLayout { room, dim });
+            let msg = js_sys::Object::new();
+            let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&msg, &k.into(), v).is_ok();
+            let built = set("slice", &header.encode().into())
+                && set("params", params)
+                && set("images", images)
+                && set("labels", labels)
+                && set("claims", counter)
+                && set("replyBuffer", &reply.buffer)
+                && set("room", &JsValue::from(reply.layout.room as f64));
+            if !built {
+                return Err("its slice could not be built".into());
+            }
+            self.worker
+                .post_message(&msg)
+                .map_err(|e| format!("its slice could not be posted: {e:?}"))?;
+            Ok(Asked {
+                seq: header.seq,
+                examples: labels.length() as usize,
+                dim,
+                clip: header.clip,
+            })
+        }
+
+        /// Waits until its reply buffer holds its answer: blocking for up to [`BLOCK_MS`],
+        /// then looking every [`POLL_MS`] while listening for its failure or its end, until
+        /// the step's `deadline` (set only then: a timer costs ≈ 0.07 ms, 1 % of a step).
+        async fn written(&mut self, deadline: &mut Option<StepDeadline>) -> Result<(), String> {
+            let mut state = self.reply.as_ref().and_then(|r| r.wait(BLOCK_MS));
+            while state == Some(ReplyState::Pending) {
+                let mut tick = Deadline::new(POLL_MS).fuse();
+                let step = deadline.get_or_insert_with(|| Deadline::new(STEP_MS).fuse());
+                futures::select! {
+                    event = self.next(step, STEP_MS).fuse() => return Err(match event? {
+                        Event::Message(data) => failure(&data),
+                        Event::Ready => "it restarted".to_string(),
+                        Event::Error(e) => e,
+                    }),
+                    () = tick => {}
+                }
+                state = self.reply.as_ref().and_then(ReplyMemory::state);
+            }
+            match state {
+                Some(ReplyState::Written) => Ok(()),
+                Some(ReplyState::Failed) => {
+                    let step = deadline.get_or_insert_with(|| Deadline::new(STEP_MS).fuse());
+                    Err(failure(&self.message(step).await?))
+                }
+                _ => Err("its reply buffer holds no answer's state".into()),
+            }
+        }
+    }
+
+    /// A step's deadline for its helpers' answers ([`STEP_MS`]).
+    type StepDeadline = futures::future::Fuse<Deadline>;
+
+    /// A claimed step's parameters, images and labels, as views of shared memory.
+    type SharedStep = (
+        js_sys::Float32Array,
+        js_sys::Float32Array,
+        js_sys::Uint8Array,
+    );
+
+    /// Why a helper that answers in shared memory sent a message instead: its failure's reason.
+    fn failure(data: &JsValue) -> String {
+        match reply_header(data) {
+            Ok(SliceReply::Failed { reason, .. }) => reason,
+            Ok(SliceReply::Done { .. }) => {
+                "it answered in a message: expected its answer in shared memory".into()
+            }
+            Err(e) => e,
         }
     }
 
@@ -724,6 +824,8 @@ mod web {
         seq: u64,
         /// How the next step is shared.
         balance: Balance,
+        /// Where a claimed step's parameters and batch are written for the helpers.
+        step: StepMemory,
     }
 
     impl HelperPool {
@@ -758,6 +860,7 @@ mod web {
                 claims: isolated && may_claim,
                 seq: 0,
                 balance: Balance::new(count + 1),
+                step: StepMemory::default(),
             })
         }
 
@@ -767,8 +870,8 @@ mod web {
         }
 
         /// A step's sum (clipped gradients, or a distributed step's rounded ones: `work`),
-        /// computed in slices ([`Balance`]); `idle` runs between the training worker's own
-        /// slice and its wait for the helpers. A helper's failure names it (the pool is then
+        /// computed in slices ([`Balance`]) or claimed chunks; `idle` runs while the helpers
+        /// compute ([`step_sum`]). A helper's failure names it (the pool is then
         /// unusable); the training worker's own part failing is a [`StepError::Local`].
         async fn run<W: SliceWork>(
             &mut self,
@@ -793,7 +896,7 @@ mod web {
                 let header = request(self.seq, task, input, work.rounding(range.start));
                 let (images, labels) = input.slice(range.clone());
                 let slice = helper
-                    .send(&header, params, images, labels, None)
+                    .send(&header, params, images, labels)
                     .map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
                 asked.push((i, slice, range.clone()));
             }
@@ -831,8 +934,13 @@ mod web {
         /// a counter in a SharedArrayBuffer: the step ends within a chunk of every worker being
         /// done, instead of waiting for whichever one the machine slowed down
         /// (+4 % over the fixed split in 180 paired rounds, `benchmarks/paired-claims.log`).
-        /// Each helper gets the whole batch; each answer names the chunks it summed, and the
-        /// answers must cover the step once ([`Coverage`]).
+        /// The step's parameters and batch are written once into memory all helpers read, and
+        /// each helper answers in its own reply buffer ([`super::shared`]); each answer names
+        /// the chunks it summed, and the answers must cover the step once ([`Coverage`]).
+        /// `idle` (the step's noise, and the next step's batch) runs right after the requests
+        /// are posted, while they travel and the helpers copy the batch, so that at the end the
+        /// helpers wait for the training worker's last chunk only (+3 % with the shared memory,
+        /// paired, `benchmarks/shared-claims-ab.log`).
         /// The counter is new at every step: a helper still busy with a failed step's chunks
         /// cannot take this one's, and an answer is taken only if it answers this step's
         /// request (a stale one, left by a step that failed here, marks no chunk).
@@ -848,18 +956,21 @@ mod web {
             let counter = js_sys::Int32Array::new(&js_sys::SharedArrayBuffer::new(4));
             let (n, of) = (input.len(), self.workers());
             let mut coverage = Coverage::new(n);
-            // A helper is worth a message only if a chunk can be left for it.
+            // A helper is worth a request only if a chunk can be left for it.
             let helpers = self.helpers.len().min(coverage.chunks().saturating_sub(1));
             let mut asked = Vec::with_capacity(helpers);
-            for (i, helper) in self.helpers.iter_mut().take(helpers).enumerate() {
-                self.seq += 1;
-                let header = request(self.seq, task, input, None);
-                let (images, labels) = (&input.images, &input.labels);
-                let whole = helper
-                    .send(&header, params, images, labels, Some(&counter))
-                    .map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
-                asked.push((i, whole));
+            if helpers > 0 {
+                let step = self.step.fill(params, &input.images, &input.labels);
+                for (i, helper) in self.helpers.iter_mut().take(helpers).enumerate() {
+                    self.seq += 1;
+                    let header = request(self.seq, task, input, None);
+                    let whole = helper
+                        .send_shared(&header, &step, &counter, coverage.chunks())
+                        .map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
+                    asked.push((i, whole));
+                }
             }
+            idle();
             let mut own = Claims::new(&counter);
             let mut total = work
                 .claimed(&model, params, input, &mut || own.next())
@@ -867,26 +978,24 @@ mod web {
             coverage
                 .take(&in_step(&own.taken, n))
                 .map_err(|e| StepError::Local(LearningError::Worker(e)))?;
-            idle();
-            let mut deadline = Deadline::new(STEP_MS).fuse();
+            let mut deadline = None;
             for (i, whole) in asked {
                 let lost = |why: String| StepError::Helper(helper_lost(i + 1, of, &why));
                 let (part, chunks) = self
-                    .claimed_answer(i, whole, &mut deadline, work, &mut coverage)
+                    .shared_answer(i, whole, &mut deadline, work, &mut coverage)
                     .await
                     .map_err(lost)?;
                 let helper = &mut self.helpers[i];
-                let way = W::way(helper.sent.reused);
                 // An answer that summed nothing (its helper came after the last chunk was
                 // taken) is no test of its arithmetic: the audit waits for one that did.
-                if !chunks.is_empty() && helper.audit.wanted(way) {
+                if !chunks.is_empty() && helper.audit.wanted(Way::Shared) {
                     let mut theirs = chunks.iter().map(|c| *c as usize);
                     let mut claim = || theirs.next().unwrap_or(usize::MAX);
                     let own = work
                         .claimed(&model, params, input, &mut claim)
                         .map_err(StepError::Local)?;
                     W::same(&part, &own).map_err(lost)?;
-                    helper.audit.passed(way);
+                    helper.audit.passed(Way::Shared);
                 }
                 W::add(&mut total, &part).map_err(StepError::Local)?;
             }
@@ -900,27 +1009,24 @@ mod web {
             }
         }
 
-        /// Helper `i`'s answer to a step whose chunks were claimed: the chunks it names are
-        /// marked in `coverage`, and its sum is checked as a slice of that many examples.
-        async fn claimed_answer<W: SliceWork>(
+        /// Helper `i`'s answer in its reply buffer to a step whose chunks were claimed: its
+        /// request number and chunk count are checked before any chunk is marked in `coverage`
+        /// ([`check_claimed`]), then its sum is checked as a slice of that many examples.
+        async fn shared_answer<W: SliceWork>(
             &mut self,
             i: usize,
             whole: Asked,
-            deadline: &mut futures::future::Fuse<Deadline>,
+            deadline: &mut Option<StepDeadline>,
             work: &W,
             coverage: &mut Coverage,
         ) -> Result<(W::Part, Vec<u32>), String> {
             let helper = &mut self.helpers[i];
-            let data = helper.message(deadline).await?;
-            // The header first: a helper that failed says why, not that it named no chunks.
-            let reply = reply_header(&data)?;
-            let chunks = typed_field::<js_sys::Uint32Array>(&data, "chunks");
-            let named = chunks.as_ref().map_or(0, js_sys::Uint32Array::length);
-            check_claimed(&reply, whole.seq, named, coverage)?;
-            let chunks = chunks.ok_or("its answer names no chunks")?.to_vec();
+            helper.written(deadline).await?;
+            let memory = helper.reply.as_ref().ok_or("it has no reply buffer")?;
+            let (reply, chunks, sum) = memory.read()?;
+            check_claimed(&reply, whole.seq, chunks.len() as u32, coverage)?;
             let examples = coverage.take(&chunks)?;
-            let part = work.read(&data, Asked { examples, ..whole })?;
-            helper.spare = returned_buffers(&data, helper.sent.images);
+            let part = work.read_shared(reply, sum, Asked { examples, ..whole })?;
             Ok((part, chunks))
         }
 
@@ -959,6 +1065,16 @@ mod web {
         ) -> Result<Self::Part, LearningError>;
         /// A helper's message as its answer to `asked`.
         fn read(&self, data: &JsValue, asked: Asked) -> Result<Self::Part, String>;
+        /// A helper's answer in shared memory (a reply and its sum) as its answer to `asked`;
+        /// only work that is [`Self::CLAIMED`] is answered there.
+        fn read_shared(
+            &self,
+            _reply: SliceReply,
+            _sum: Vec<f32>,
+            _asked: Asked,
+        ) -> Result<Self::Part, String> {
+            Err("this step's answers come in messages, not in shared memory".into())
+        }
         /// An audited answer against the same slice computed here.
         fn same(answer: &Self::Part, own: &Self::Part) -> Result<(), String>;
         fn add(total: &mut Self::Part, part: &Self::Part) -> Result<(), LearningError>;
@@ -1005,6 +1121,14 @@ mod web {
         }
         fn read(&self, data: &JsValue, asked: Asked) -> Result<BatchGradient, String> {
             read_reply(data, asked)
+        }
+        fn read_shared(
+            &self,
+            reply: SliceReply,
+            sum: Vec<f32>,
+            asked: Asked,
+        ) -> Result<BatchGradient, String> {
+            slice_gradient_from(reply, Some(sum), asked)
         }
         fn same(answer: &BatchGradient, own: &BatchGradient) -> Result<(), String> {
             check_same(answer, own)
@@ -1238,23 +1362,30 @@ mod web {
     }
 
     /// A helper's side: computes the slice in `data` (a [`SliceRequest`] with its arrays) and
-    /// answers its parent. Nothing here is remembered between slices; a distributed slice's
-    /// rounding draws only from the key and stream it was sent.
+    /// answers its parent, in a message, or in its reply buffer when the request brings one (a
+    /// claimed step, [`serve_shared`]). Nothing here is remembered between slices; a
+    /// distributed slice's rounding draws only from the key and stream it was sent.
     pub fn serve_slice(data: &JsValue, header: &str) {
+        if let Some(reply) = typed_field::<js_sys::SharedArrayBuffer>(data, "replyBuffer") {
+            return serve_shared(data, header, &reply);
+        }
         let (params, images) = (float32_field(data, "params"), float32_field(data, "images"));
+        let claimed = typed_field::<js_sys::Int32Array>(data, "claims").is_some();
         let (reply, payload) = match SliceRequest::decode(header) {
             Err(e) => (failed(0, format!("slice header: {e}")), Payload::None),
+            // Refused before a chunk is taken: its answer would have nowhere to go.
+            Ok(req) if claimed => (
+                failed(req.seq, "a claimed slice without its reply buffer".into()),
+                Payload::None,
+            ),
             Ok(req) => match compute_slice(params.as_ref(), images.as_ref(), data, &req) {
                 Ok(SlicePart::Clipped(g)) => (
                     done(req.seq, g.batch_size, g.loss_sum, g.correct, g.clipped),
-                    Payload::Sum(sum_array(params.as_ref(), &g.sum), None),
+                    Payload::Sum(sum_array(params.as_ref(), &g.sum)),
                 ),
-                Ok(SlicePart::Claimed(g, chunks)) => (
-                    done(req.seq, g.batch_size, g.loss_sum, g.correct, g.clipped),
-                    Payload::Sum(
-                        sum_array(params.as_ref(), &g.sum),
-                        Some(js_sys::Uint32Array::from(chunks.as_slice())),
-                    ),
+                Ok(SlicePart::Claimed(..)) => (
+                    failed(req.seq, "a claimed slice without its reply buffer".into()),
+                    Payload::None,
                 ),
                 Ok(SlicePart::Rounded(r)) => {
                     let values: Vec<f64> = r.sum.iter().map(|v| *v as f64).collect();
@@ -1273,11 +1404,8 @@ mod web {
         set("reply", &reply.encode().into());
         let transfer = js_sys::Array::new();
         match payload {
-            Payload::Sum(sum, chunks) => {
+            Payload::Sum(sum) => {
                 set("sum", &sum);
-                if let Some(chunks) = &chunks {
-                    set("chunks", chunks);
-                }
                 transfer.push(&sum.buffer());
                 // The images' array goes back too, for the next slice ([`Buffers`]).
                 if let Some(images) = &images {
@@ -1294,6 +1422,63 @@ mod web {
         if let Err(e) = scope().post_message_with_transfer(&msg, &transfer) {
             web_sys::console::error_2(&"helper: postMessage failed".into(), &e);
         }
+    }
+
+    /// A helper's side of a claimed step in shared memory ([`super::shared`]): takes chunks
+    /// until none is left and writes its answer into `reply`. A failure is posted as a message
+    /// (its reason) and then marked in `reply`, which wakes the training worker.
+    fn serve_shared(data: &JsValue, header: &str, reply: &js_sys::SharedArrayBuffer) {
+        let (params, images) = (float32_field(data, "params"), float32_field(data, "images"));
+        let answered = SliceRequest::decode(header)
+            .map_err(|e| (0, format!("slice header: {e}")))
+            .and_then(|req| {
+                let seq = req.seq;
+                let failed = move |e: String| (seq, e);
+                let layout = reply_layout(data, params.as_ref()).map_err(failed)?;
+                let part = compute_slice(params.as_ref(), images.as_ref(), data, &req);
+                match part.map_err(failed)? {
+                    SlicePart::Claimed(g, chunks) => {
+                        write_reply(reply, layout, seq, &g, &chunks).map_err(failed)
+                    }
+                    _ => Err(failed(
+                        "a slice answered in shared memory must be claimed".into(),
+                    )),
+                }
+            });
+        if let Err((seq, reason)) = answered {
+            let msg = js_sys::Object::new();
+            let _set =
+                js_sys::Reflect::set(&msg, &"reply".into(), &failed(seq, reason).encode().into());
+            if let Err(e) = scope().post_message(&msg) {
+                web_sys::console::error_2(&"helper: postMessage failed".into(), &e);
+            }
+            mark(reply, ReplyState::Failed);
+        }
+    }
+
+    /// The most chunks a reply buffer is asked to have room for: a step of 2²⁰ examples.
+    const MAX_ROOM: f64 = (1 << 17) as f64;
+
+    /// The layout of a request's reply buffer: room for the chunks it says (a whole number up to
+    /// [`MAX_ROOM`]) and a sum of the parameters' length.
+    fn reply_layout(
+        data: &JsValue,
+        params: Option<&js_sys::Float32Array>,
+    ) -> Result<ReplyLayout, String> {
+        let room = js_sys::Reflect::get(data, &"room".into())
+            .ok()
+            .and_then(|v| v.as_f64())
+            .filter(|r| r.fract() == 0.0 && (0.0..=MAX_ROOM).contains(r))
+            .ok_or_else(|| {
+                format!("slice: expected room as a whole number of chunks up to {MAX_ROOM}")
+            })?;
+        let dim = params
+            .ok_or("slice: expected params as a Float32Array")?
+            .length();
+        Ok(ReplyLayout {
+            room: room as usize,
+            dim: dim as usize,
+        })
     }
 
     fn done(
@@ -1326,8 +1511,8 @@ mod web {
 
     /// The array a helper's answer carries beside its header.
     enum Payload {
-        /// A clipped sum, and the chunks it sums when they were claimed.
-        Sum(js_sys::Float32Array, Option<js_sys::Uint32Array>),
+        /// A clipped sum.
+        Sum(js_sys::Float32Array),
         Integers(js_sys::Float64Array),
         None,
     }
@@ -1438,16 +1623,20 @@ mod web {
                 }
                 Fit::Steps(steps) => steps,
             };
-            let mut seen = 0usize;
-            while let Some(input) = steps.next_input(task, &job.data, &mut job.privacy.rng) {
-                // The step's noise is drawn while the helpers compute (the same draws, in the
-                // same order, as `apply` would make after them), once: a step computed again
-                // after a helper failed keeps it.
+            let (mut seen, mut ahead) = (0usize, None);
+            while let Some(input) =
+                steps.next_input_or(ahead.take(), task, &job.data, &mut job.privacy.rng)
+            {
+                // The step's noise, then the next step's batch, are drawn while the helpers
+                // compute (the same draws, in the same order, as `apply` and `next_input`
+                // would make after them), once: a step computed again after a helper failed
+                // keeps them.
                 let mut noise = None;
-                let rng = &mut job.privacy.rng;
+                let (rng, data) = (&mut job.privacy.rng, &job.data);
                 let draw = &mut || {
                     if noise.is_none() {
                         noise = steps.draw_noise(rng);
+                        ahead = steps.sample_ahead(task, data, rng, noise.as_ref());
                     }
                 };
                 let g = step_sum(
@@ -1491,9 +1680,9 @@ mod web {
     }
 
     /// One step's sum (`work`): on the helpers when they run, else (or when they fail) here,
-    /// from the same examples. `idle` is called once the training worker's own part is done
-    /// and before it waits for the helpers (or after its own sum when it computes alone): work
-    /// of the step that needs no gradient, done while it would otherwise wait.
+    /// from the same examples. `idle` is called once, while the helpers compute: after the
+    /// training worker's own slice, or before its own chunks when they are claimed (and after
+    /// its own sum when it computes alone): work of the step that needs no gradient.
     async fn step_sum<W: SliceWork>(
         task: &Task,
         params: &[f32],

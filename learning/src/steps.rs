@@ -121,6 +121,26 @@ impl std::fmt::Debug for StepNoise {
     }
 }
 
+/// The batch of the step after the one given out, sampled while that one is still being
+/// computed ([`LocalSteps::sample_ahead`]) and taken only as that next step's
+/// ([`LocalSteps::next_input_or`]).
+pub struct InputAhead {
+    input: StepInput,
+    /// The round and step it was sampled for (the steps applied before it).
+    round: u64,
+    step: u64,
+}
+
+impl std::fmt::Debug for InputAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "InputAhead({:?} for round {}, step {})",
+            self.input, self.round, self.step
+        )
+    }
+}
+
 /// A DP step's noise std, σ·C: drawn ahead ([`LocalSteps::draw_noise`]) or at the step.
 fn noise_std(dp: &DpSgdConfig) -> f32 {
     dp.noise_multiplier * dp.max_grad_norm
@@ -192,12 +212,33 @@ impl LocalSteps {
         shard: &Dataset,
         rng: &mut SecureRng,
     ) -> Option<StepInput> {
+        self.next_input_or(None, task, shard, rng)
+    }
+
+    /// [`Self::next_input`], whose batch is `ahead` when it was sampled ahead for this step
+    /// ([`Self::sample_ahead`]). After a failed step it is dropped, as no batch is drawn then.
+    pub fn next_input_or(
+        &mut self,
+        ahead: Option<InputAhead>,
+        task: &Task,
+        shard: &Dataset,
+        rng: &mut SecureRng,
+    ) -> Option<StepInput> {
         assert!(
             self.pending.is_none(),
             "a step was given out and not applied"
         );
         if self.failed || self.epoch >= self.config.local_epochs {
             return None;
+        }
+        if let Some(ahead) = ahead {
+            assert_eq!(
+                (ahead.round, ahead.step),
+                (self.round, self.totals.steps),
+                "a batch sampled ahead for another step"
+            );
+            self.pending = Some(ahead.input.len());
+            return Some(ahead.input);
         }
         let batch: Vec<usize> = match self.config.dp {
             Some(_) => rng.poisson_sample(self.n, self.q),
@@ -242,6 +283,41 @@ impl LocalSteps {
             values,
             round: self.round,
             step: self.totals.steps,
+        })
+    }
+
+    /// The next step's batch, sampled while the step given out is still being computed (a
+    /// pool's training worker does it while its helpers compute), with the draws
+    /// [`Self::next_input`] would make after [`Self::apply_noised`], in the same order: so only
+    /// once `noise`, the pending step's own ([`Self::draw_noise`]), is drawn — it comes first
+    /// from the same RNG — and only with DP (Poisson batches; a non-DP epoch reshuffles at its
+    /// first step). `None` otherwise, and when the pending step is the round's last.
+    pub fn sample_ahead(
+        &self,
+        task: &Task,
+        shard: &Dataset,
+        rng: &mut SecureRng,
+        noise: Option<&StepNoise>,
+    ) -> Option<InputAhead> {
+        let dp = self.config.dp?;
+        let noise = noise?;
+        self.pending?;
+        let own = (noise.round, noise.step) == (self.round, self.totals.steps);
+        let last = self.step + 1 >= self.steps_per_epoch
+            && self.epoch.saturating_add(1) >= self.config.local_epochs;
+        if !own || last || self.failed {
+            return None;
+        }
+        let batch = rng.poisson_sample(self.n, self.q);
+        let (images, labels) = task.batch(shard, &batch);
+        Some(InputAhead {
+            input: StepInput {
+                images,
+                labels,
+                clip: Some(dp.max_grad_norm),
+            },
+            round: self.round,
+            step: self.totals.steps + 1,
         })
     }
 
@@ -419,6 +495,88 @@ mod tests {
             .finish(&mut privacy)
             .expect_err("no update from a failed round");
         assert!(end.to_string().contains("no update"), "{end}");
+    }
+
+    /// A pool samples the next step's batch while its helpers compute (after the step's noise):
+    /// the same batches and the same model as a round that samples each after the step before,
+    /// none past the round's last step or before the step's noise, and none taken after a
+    /// failed step.
+    #[test]
+    fn batches_sampled_ahead_are_next_input_s_batches() {
+        use crate::client::{ClientPrivacy, Fit, start_fit};
+        use crate::dpsgd::batch_gradient;
+        use crate::task::MNIST;
+        let data = Dataset {
+            images: (0..40 * 784).map(|i| (i * 7 % 256) as u8).collect(),
+            labels: (0..40).map(|i| (i % 10) as u8).collect(),
+        };
+        let config = TrainConfig {
+            local_epochs: 2,
+            batching: crate::client::Batching::BatchSize(10),
+            ..TrainConfig::default()
+        };
+        let model = MNIST.model();
+        let global = model.init(&burn::tensor::Device::flex()).to_flat();
+        let start = || {
+            let mut privacy = ClientPrivacy::new(None, 1e-5).expect("OS randomness");
+            privacy.rng = SecureRng::seeded(21);
+            match start_fit(&MNIST, &global, &config, &data, &mut privacy) {
+                Ok(Fit::Steps(steps)) => (steps, privacy),
+                _ => panic!("a local round"),
+            }
+        };
+        let run = |ahead_too: bool| {
+            let (mut steps, mut privacy) = start();
+            let (mut inputs, mut ahead, mut none_ahead) = (Vec::new(), None, 0);
+            while let Some(input) =
+                steps.next_input_or(ahead.take(), &MNIST, &data, &mut privacy.rng)
+            {
+                let g = batch_gradient(
+                    &model,
+                    steps.params(),
+                    &input.images,
+                    &input.labels,
+                    input.clip,
+                )
+                .expect("fits");
+                let noise = steps.draw_noise(&mut privacy.rng);
+                if ahead_too {
+                    assert!(
+                        steps
+                            .sample_ahead(&MNIST, &data, &mut privacy.rng, None)
+                            .is_none(),
+                        "not before the step's noise"
+                    );
+                    ahead = steps.sample_ahead(&MNIST, &data, &mut privacy.rng, noise.as_ref());
+                    none_ahead += usize::from(ahead.is_none());
+                }
+                inputs.push(input);
+                steps.apply_noised(g, noise, &mut privacy).expect("a step");
+            }
+            (inputs, steps.params().to_vec(), none_ahead)
+        };
+        let (inputs, params, none_ahead) = run(true);
+        let (plain_inputs, plain_params, _) = run(false);
+        assert_eq!(inputs.len(), 8, "2 epochs of 4 steps");
+        assert_eq!((&inputs, &params), (&plain_inputs, &plain_params));
+        assert_eq!(none_ahead, 1, "nothing sampled after the round's last step");
+        // A step that fails drops the batch sampled after it.
+        let (mut steps, mut privacy) = start();
+        steps
+            .next_input(&MNIST, &data, &mut privacy.rng)
+            .expect("a step");
+        let noise = steps.draw_noise(&mut privacy.rng);
+        let ahead = steps.sample_ahead(&MNIST, &data, &mut privacy.rng, noise.as_ref());
+        assert!(ahead.is_some());
+        let wrong = BatchGradient::empty(global.len() + 1);
+        steps
+            .apply_noised(wrong, noise, &mut privacy)
+            .expect_err("a gradient of the wrong size");
+        assert!(
+            steps
+                .next_input_or(ahead, &MNIST, &data, &mut privacy.rng)
+                .is_none()
+        );
     }
 
     /// The noise a pool draws while its helpers compute is the noise `apply` would draw (the
