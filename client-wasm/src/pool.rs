@@ -12,8 +12,8 @@
 //! helper reads, and each helper writes its answer into a reply buffer of its own, which the
 //! training worker waits on with `Atomics.wait` ([`shared`]). The training worker computes the
 //! first slice (or claims chunks) itself and draws the step's noise while the helpers compute
-//! ([`learning::steps::StepNoise`]; with claims, before its own chunks, with the next step's batch
-//! after it), adds their sums, and only then adds the step's noise, records it in the ledger and
+//! ([`learning::steps::StepNoise`], then the next step's batch; with claims, both before its own
+//! chunks), adds their sums, and only then adds the step's noise, records it in the ledger and
 //! steps the optimizer
 //! ([`learning::steps::LocalSteps`]). Helpers hold no noise source, ledger or optimizer state:
 //! the mechanism is the one-worker mechanism (the native tests of `learning::parallel` hold
@@ -273,8 +273,9 @@ fn largest_remainder(n: usize, weights: &[f64]) -> Vec<usize> {
 /// Which of a helper's answers are checked against the training worker's own computation of
 /// the same slice ([`check_same`], [`check_same_rounded`]): for a local step's slices, the
 /// first sent in new arrays and the first sent in arrays the helper gave back (the pool reuses
-/// them, `Buffers`) — each way a slice travels —, the first claimed step's answer in shared
-/// memory, and the first distributed slice, whatever
+/// them, `Buffers`) —, the first claimed step's answer in new shared memory and the first in
+/// shared memory an earlier step used — each way a slice travels —, and the first distributed
+/// slice, whatever
 /// came before it (a pool lives for the whole join, across runs of both kinds); once per
 /// helper each (a claimed answer only once it summed a chunk: one that found none left tests
 /// nothing). A helper whose sums are wrong but within the bound (a reused array not
@@ -284,7 +285,7 @@ fn largest_remainder(n: usize, weights: &[f64]) -> Vec<usize> {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Audit {
     /// Whether an answer has been checked, one flag per [`Way`].
-    checked: [bool; 4],
+    checked: [bool; 5],
 }
 
 /// How a slice travelled, for [`Audit`] (its index there).
@@ -296,8 +297,11 @@ pub enum Way {
     Reused,
     /// A distributed step's slice.
     Rounded,
-    /// A claimed step's chunks, read from and answered in shared memory.
-    Shared,
+    /// A claimed step's chunks in shared memory new for the step (the first step, or one
+    /// whose batch outgrew the memory).
+    SharedFresh,
+    /// A claimed step's chunks in shared memory an earlier step used.
+    SharedReused,
 }
 
 impl Audit {
@@ -719,18 +723,29 @@ mod web {
         }
 
         /// Posts a claimed step's request: the step's parameters and batch in shared memory
-        /// (`step`, the same for every helper), its counter, and this helper's reply buffer,
-        /// set pending with room for `room` chunks. Returns what was asked (the whole batch).
+        /// (`step`, the same for every helper; `reused`: memory an earlier step used), its
+        /// counter, and this helper's reply buffer, set pending with room for at least `room`
+        /// chunks. Returns what was asked (the whole batch).
         fn send_shared(
             &mut self,
             header: &SliceRequest,
             step: &SharedStep,
+            reused: bool,
             counter: &js_sys::Int32Array,
             room: usize,
         ) -> Result<Asked, String> {
-            let (params, images, labels) = step;
+            let SharedStep {
+                params,
+                images,
+                labels,
+            } = step;
             let dim = params.length() as usize;
-            let reply = ReplyMemory::for_step(&mut self.reply, ReplyLayout { room, dim });
+            let (reply, reply_reused) =
+                ReplyMemory::for_step(&mut self.reply, ReplyLayout { room, dim });
+            self.sent = Sent {
+                reused: reused && reply_reused,
+                images: images.length() as usize,
+            };
             let msg = js_sys::Object::new();
             let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&msg, &k.into(), v).is_ok();
             let built = set("slice", &header.encode().into())
@@ -755,16 +770,20 @@ mod web {
         }
 
         /// Waits until its reply buffer holds its answer: blocking for up to [`BLOCK_MS`],
-        /// then looking every [`POLL_MS`] while listening for its failure or its end, until
-        /// the step's `deadline` (set only then: a timer costs ≈ 0.07 ms, 1 % of a step).
-        async fn written(&mut self, deadline: &mut Option<StepDeadline>) -> Result<(), String> {
+        /// then looking every [`POLL_MS`] (a browser may stretch repeated short timers to 4 ms)
+        /// while listening for its failure or its end, until the step's `deadline` (set only
+        /// then: a timer costs ≈ 0.07 ms, 1 % of a step).
+        async fn wait_for_answer(
+            &mut self,
+            deadline: &mut Option<StepDeadline>,
+        ) -> Result<(), String> {
             let mut state = self.reply.as_ref().and_then(|r| r.wait(BLOCK_MS));
             while state == Some(ReplyState::Pending) {
                 let mut tick = Deadline::new(POLL_MS).fuse();
                 let step = deadline.get_or_insert_with(|| Deadline::new(STEP_MS).fuse());
                 futures::select! {
                     event = self.next(step, STEP_MS).fuse() => return Err(match event? {
-                        Event::Message(data) => failure(&data),
+                        Event::Message(data) => failure_reason(&data),
                         Event::Ready => "it restarted".to_string(),
                         Event::Error(e) => e,
                     }),
@@ -776,7 +795,7 @@ mod web {
                 Some(ReplyState::Written) => Ok(()),
                 Some(ReplyState::Failed) => {
                     let step = deadline.get_or_insert_with(|| Deadline::new(STEP_MS).fuse());
-                    Err(failure(&self.message(step).await?))
+                    Err(failure_reason(&self.message(step).await?))
                 }
                 _ => Err("its reply buffer holds no answer's state".into()),
             }
@@ -786,15 +805,10 @@ mod web {
     /// A step's deadline for its helpers' answers ([`STEP_MS`]).
     type StepDeadline = futures::future::Fuse<Deadline>;
 
-    /// A claimed step's parameters, images and labels, as views of shared memory.
-    type SharedStep = (
-        js_sys::Float32Array,
-        js_sys::Float32Array,
-        js_sys::Uint8Array,
-    );
+    use super::shared::SharedStep;
 
     /// Why a helper that answers in shared memory sent a message instead: its failure's reason.
-    fn failure(data: &JsValue) -> String {
+    fn failure_reason(data: &JsValue) -> String {
         match reply_header(data) {
             Ok(SliceReply::Failed { reason, .. }) => reason,
             Ok(SliceReply::Done { .. }) => {
@@ -952,24 +966,31 @@ mod web {
             work: &W,
             idle: &mut dyn FnMut(),
         ) -> Result<W::Part, StepError> {
+            let result = self.claimed_step(task, params, input, work, idle).await;
+            if result.is_err() {
+                // Helpers may still be reading this step's batch or about to write their
+                // answers: the next step gets memory of its own (a late answer then lands
+                // where nobody reads it).
+                self.step = StepMemory::default();
+                self.helpers.iter_mut().for_each(|h| h.reply = None);
+            }
+            result
+        }
+
+        /// [`Self::run_claims`]'s step, which may leave helpers busy when it fails.
+        async fn claimed_step<W: SliceWork>(
+            &mut self,
+            task: &Task,
+            params: &[f32],
+            input: &StepInput,
+            work: &W,
+            idle: &mut dyn FnMut(),
+        ) -> Result<W::Part, StepError> {
             let model = task.model();
             let counter = js_sys::Int32Array::new(&js_sys::SharedArrayBuffer::new(4));
             let (n, of) = (input.len(), self.workers());
             let mut coverage = Coverage::new(n);
-            // A helper is worth a request only if a chunk can be left for it.
-            let helpers = self.helpers.len().min(coverage.chunks().saturating_sub(1));
-            let mut asked = Vec::with_capacity(helpers);
-            if helpers > 0 {
-                let step = self.step.fill(params, &input.images, &input.labels);
-                for (i, helper) in self.helpers.iter_mut().take(helpers).enumerate() {
-                    self.seq += 1;
-                    let header = request(self.seq, task, input, None);
-                    let whole = helper
-                        .send_shared(&header, &step, &counter, coverage.chunks())
-                        .map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
-                    asked.push((i, whole));
-                }
-            }
+            let asked = self.post_claims(task, params, input, &counter, coverage.chunks())?;
             idle();
             let mut own = Claims::new(&counter);
             let mut total = work
@@ -985,18 +1006,7 @@ mod web {
                     .shared_answer(i, whole, &mut deadline, work, &mut coverage)
                     .await
                     .map_err(lost)?;
-                let helper = &mut self.helpers[i];
-                // An answer that summed nothing (its helper came after the last chunk was
-                // taken) is no test of its arithmetic: the audit waits for one that did.
-                if !chunks.is_empty() && helper.audit.wanted(Way::Shared) {
-                    let mut theirs = chunks.iter().map(|c| *c as usize);
-                    let mut claim = || theirs.next().unwrap_or(usize::MAX);
-                    let own = work
-                        .claimed(&model, params, input, &mut claim)
-                        .map_err(StepError::Local)?;
-                    W::same(&part, &own).map_err(lost)?;
-                    helper.audit.passed(Way::Shared);
-                }
+                self.audit_claimed(i, &part, &chunks, (&model, params, input), work)?;
                 W::add(&mut total, &part).map_err(StepError::Local)?;
             }
             match coverage.missing() {
@@ -1007,6 +1017,66 @@ mod web {
                 ))),
                 None => Ok(total),
             }
+        }
+
+        /// Writes a claimed step's parameters and batch into the shared memory and posts its
+        /// request to each helper a chunk can be left for (a step of `chunks` chunks).
+        fn post_claims(
+            &mut self,
+            task: &Task,
+            params: &[f32],
+            input: &StepInput,
+            counter: &js_sys::Int32Array,
+            chunks: usize,
+        ) -> Result<Vec<(usize, Asked)>, StepError> {
+            let of = self.workers();
+            let helpers = self.helpers.len().min(chunks.saturating_sub(1));
+            let mut asked = Vec::with_capacity(helpers);
+            if helpers == 0 {
+                return Ok(asked);
+            }
+            let (step, reused) = self.step.fill(params, &input.images, &input.labels);
+            for (i, helper) in self.helpers.iter_mut().take(helpers).enumerate() {
+                self.seq += 1;
+                let header = request(self.seq, task, input, None);
+                let whole = helper
+                    .send_shared(&header, &step, reused, counter, chunks)
+                    .map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
+                asked.push((i, whole));
+            }
+            Ok(asked)
+        }
+
+        /// Helper `i`'s answer `part` (the sum of `chunks`) against the same chunks computed
+        /// here, if its [`Audit`] wants this way's answer. An answer that summed nothing (its
+        /// helper came after the last chunk was taken) is no test of its arithmetic: the audit
+        /// waits for one that did.
+        fn audit_claimed<W: SliceWork>(
+            &mut self,
+            i: usize,
+            part: &W::Part,
+            chunks: &[u32],
+            (model, params, input): (&TinyCnnConfig, &[f32], &StepInput),
+            work: &W,
+        ) -> Result<(), StepError> {
+            let helper = &mut self.helpers[i];
+            let way = if helper.sent.reused {
+                Way::SharedReused
+            } else {
+                Way::SharedFresh
+            };
+            if chunks.is_empty() || !helper.audit.wanted(way) {
+                return Ok(());
+            }
+            let mut theirs = chunks.iter().map(|c| *c as usize);
+            let mut claim = || theirs.next().unwrap_or(usize::MAX);
+            let own = work
+                .claimed(model, params, input, &mut claim)
+                .map_err(StepError::Local)?;
+            let of = self.helpers.len() + 1;
+            W::same(part, &own).map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
+            self.helpers[i].audit.passed(way);
+            Ok(())
         }
 
         /// Helper `i`'s answer in its reply buffer to a step whose chunks were claimed: its
@@ -1021,7 +1091,7 @@ mod web {
             coverage: &mut Coverage,
         ) -> Result<(W::Part, Vec<u32>), String> {
             let helper = &mut self.helpers[i];
-            helper.written(deadline).await?;
+            helper.wait_for_answer(deadline).await?;
             let memory = helper.reply.as_ref().ok_or("it has no reply buffer")?;
             let (reply, chunks, sum) = memory.read()?;
             check_claimed(&reply, whole.seq, chunks.len() as u32, coverage)?;
@@ -1370,22 +1440,14 @@ mod web {
             return serve_shared(data, header, &reply);
         }
         let (params, images) = (float32_field(data, "params"), float32_field(data, "images"));
-        let claimed = typed_field::<js_sys::Int32Array>(data, "claims").is_some();
         let (reply, payload) = match SliceRequest::decode(header) {
             Err(e) => (failed(0, format!("slice header: {e}")), Payload::None),
-            // Refused before a chunk is taken: its answer would have nowhere to go.
-            Ok(req) if claimed => (
-                failed(req.seq, "a claimed slice without its reply buffer".into()),
-                Payload::None,
-            ),
-            Ok(req) => match compute_slice(params.as_ref(), images.as_ref(), data, &req) {
+            Ok(req) => match SliceInputs::read(params.as_ref(), images.as_ref(), data, &req)
+                .and_then(|inputs| inputs.fixed(&req))
+            {
                 Ok(SlicePart::Clipped(g)) => (
                     done(req.seq, g.batch_size, g.loss_sum, g.correct, g.clipped),
                     Payload::Sum(sum_array(params.as_ref(), &g.sum)),
-                ),
-                Ok(SlicePart::Claimed(..)) => (
-                    failed(req.seq, "a claimed slice without its reply buffer".into()),
-                    Payload::None,
                 ),
                 Ok(SlicePart::Rounded(r)) => {
                     let values: Vec<f64> = r.sum.iter().map(|v| *v as f64).collect();
@@ -1435,15 +1497,13 @@ mod web {
                 let seq = req.seq;
                 let failed = move |e: String| (seq, e);
                 let layout = reply_layout(data, params.as_ref()).map_err(failed)?;
-                let part = compute_slice(params.as_ref(), images.as_ref(), data, &req);
-                match part.map_err(failed)? {
-                    SlicePart::Claimed(g, chunks) => {
-                        write_reply(reply, layout, seq, &g, &chunks).map_err(failed)
-                    }
-                    _ => Err(failed(
-                        "a slice answered in shared memory must be claimed".into(),
-                    )),
-                }
+                let counter = typed_field::<js_sys::Int32Array>(data, "claims")
+                    .ok_or_else(|| failed("slice: expected its claims' counter".into()))?;
+                let inputs = SliceInputs::read(params.as_ref(), images.as_ref(), data, &req);
+                let (g, chunks) = inputs
+                    .and_then(|i| i.claimed(&req, &counter))
+                    .map_err(failed)?;
+                write_reply(reply, layout, seq, &g, &chunks).map_err(failed)
             });
         if let Err((seq, reason)) = answered {
             let msg = js_sys::Object::new();
@@ -1504,8 +1564,6 @@ mod web {
     /// What a helper computed for a slice.
     enum SlicePart {
         Clipped(BatchGradient),
-        /// The sum of the chunks claimed, and which they were.
-        Claimed(BatchGradient, Vec<u32>),
         Rounded(RoundedSum),
     }
 
@@ -1529,63 +1587,104 @@ mod web {
         }
     }
 
-    fn compute_slice(
-        params: Option<&js_sys::Float32Array>,
-        images: Option<&js_sys::Float32Array>,
-        data: &JsValue,
-        req: &SliceRequest,
-    ) -> Result<SlicePart, String> {
-        let task = learning::task::find(&req.task).map_err(|e| e.to_string())?;
-        let floats = |a: Option<&js_sys::Float32Array>, k: &str| {
-            a.map(|a| a.to_vec())
-                .ok_or(format!("slice: expected {k} as a Float32Array"))
-        };
-        let (params, images) = (floats(params, "params")?, floats(images, "images")?);
-        let labels = typed_field::<js_sys::Uint8Array>(data, "labels")
-            .map(|a| a.to_vec())
-            .ok_or("slice: expected labels as a Uint8Array")?;
-        let model = task.model();
-        let pixels: usize = task.input.iter().product();
-        if images.len() != labels.len() * pixels {
-            return Err(format!(
-                "slice has {} pixels for {} labels: expected {pixels} per example",
-                images.len(),
-                labels.len()
-            ));
+    /// A request's inputs, copied out of its message and checked: the task's model, the
+    /// parameters, and the examples (pixels per label as the task says, labels below its class
+    /// count). In a claimed step they are read from shared memory, which this copies first.
+    struct SliceInputs {
+        model: TinyCnnConfig,
+        params: Vec<f32>,
+        images: Vec<f32>,
+        labels: Vec<u8>,
+    }
+
+    impl SliceInputs {
+        fn read(
+            params: Option<&js_sys::Float32Array>,
+            images: Option<&js_sys::Float32Array>,
+            data: &JsValue,
+            req: &SliceRequest,
+        ) -> Result<Self, String> {
+            let task = learning::task::find(&req.task).map_err(|e| e.to_string())?;
+            let floats = |a: Option<&js_sys::Float32Array>, k: &str| {
+                a.map(|a| a.to_vec())
+                    .ok_or(format!("slice: expected {k} as a Float32Array"))
+            };
+            let (params, images) = (floats(params, "params")?, floats(images, "images")?);
+            let labels = typed_field::<js_sys::Uint8Array>(data, "labels")
+                .map(|a| a.to_vec())
+                .ok_or("slice: expected labels as a Uint8Array")?;
+            let model = task.model();
+            let pixels: usize = task.input.iter().product();
+            if images.len() != labels.len() * pixels {
+                return Err(format!(
+                    "slice has {} pixels for {} labels: expected {pixels} per example",
+                    images.len(),
+                    labels.len()
+                ));
+            }
+            if let Some(l) = labels
+                .iter()
+                .find(|l| usize::from(**l) >= model.num_classes)
+            {
+                return Err(format!(
+                    "slice has label {l}: expected below {}",
+                    model.num_classes
+                ));
+            }
+            Ok(Self {
+                model,
+                params,
+                images,
+                labels,
+            })
         }
-        if let Some(l) = labels
-            .iter()
-            .find(|l| usize::from(**l) >= model.num_classes)
-        {
-            return Err(format!(
-                "slice has label {l}: expected below {}",
-                model.num_classes
-            ));
+
+        /// A fixed slice's sum: clipped, or rounded with the stream it was sent.
+        fn fixed(&self, req: &SliceRequest) -> Result<SlicePart, String> {
+            let Self {
+                model,
+                params,
+                images,
+                labels,
+            } = self;
+            let Some(r) = &req.rounding else {
+                return slice_gradient(model, params, images, labels, req.clip)
+                    .map(SlicePart::Clipped)
+                    .map_err(|e| e.to_string());
+            };
+            let clip = req.clip.ok_or("a rounded slice has no clipping norm")?;
+            let rounding =
+                Rounding::new(clip, r.scale, r.bound, r.key).map_err(|e| e.to_string())?;
+            rounded_slice_sum(model, params, images, labels, &rounding, r.stream)
+                .map(SlicePart::Rounded)
+                .map_err(|e| e.to_string())
         }
-        if let Some(counter) = typed_field::<js_sys::Int32Array>(data, "claims") {
+
+        /// A claimed step's part: the sum of the chunks taken from `counter` until none is
+        /// left, and which they were.
+        fn claimed(
+            &self,
+            req: &SliceRequest,
+            counter: &js_sys::Int32Array,
+        ) -> Result<(BatchGradient, Vec<u32>), String> {
             if req.rounding.is_some() {
                 return Err(
                     "a slice both claimed and rounded: a distributed step's slices are fixed"
                         .into(),
                 );
             }
-            // The whole batch: take its chunks until none is left, and name them.
-            let mut claims = Claims::new(&counter);
+            let mut claims = Claims::new(counter);
             let mut claim = || claims.next();
-            let g = claimed_gradient(&model, &params, &images, &labels, req.clip, &mut claim)
+            let Self {
+                model,
+                params,
+                images,
+                labels,
+            } = self;
+            let g = claimed_gradient(model, params, images, labels, req.clip, &mut claim)
                 .map_err(|e| e.to_string())?;
-            return Ok(SlicePart::Claimed(g, in_step(&claims.taken, labels.len())));
+            Ok((g, in_step(&claims.taken, labels.len())))
         }
-        let Some(r) = &req.rounding else {
-            return slice_gradient(&model, &params, &images, &labels, req.clip)
-                .map(SlicePart::Clipped)
-                .map_err(|e| e.to_string());
-        };
-        let clip = req.clip.ok_or("a rounded slice has no clipping norm")?;
-        let rounding = Rounding::new(clip, r.scale, r.bound, r.key).map_err(|e| e.to_string())?;
-        rounded_slice_sum(&model, &params, &images, &labels, &rounding, r.stream)
-            .map(SlicePart::Rounded)
-            .map_err(|e| e.to_string())
     }
 
     /// What [`train`] reports as it goes.
@@ -1680,9 +1779,10 @@ mod web {
     }
 
     /// One step's sum (`work`): on the helpers when they run, else (or when they fail) here,
-    /// from the same examples. `idle` is called once, while the helpers compute: after the
-    /// training worker's own slice, or before its own chunks when they are claimed (and after
-    /// its own sum when it computes alone): work of the step that needs no gradient.
+    /// from the same examples. `idle` runs while the helpers compute: after the training
+    /// worker's own slice, or before its own chunks when they are claimed (and after its own sum
+    /// when it computes alone): work of the step that needs no gradient. A step computed again
+    /// here after its helpers failed calls it again: it must do its work only once.
     async fn step_sum<W: SliceWork>(
         task: &Task,
         params: &[f32],
@@ -1966,6 +2066,16 @@ mod tests {
         let mut audit = Audit::default();
         audit.passed(Way::Rounded);
         assert!(audit.wanted(Way::Fresh) && audit.wanted(Way::Reused));
+        // A claimed step's answers: the first in new shared memory, then the first in memory an
+        // earlier step used (a buffer not rewritten would show only there), each once.
+        let mut audit = Audit::default();
+        audit.passed(Way::Fresh);
+        assert!(audit.wanted(Way::SharedFresh) && audit.wanted(Way::SharedReused));
+        audit.passed(Way::SharedFresh);
+        assert!(!audit.wanted(Way::SharedFresh), "new shared memory: checked once");
+        assert!(audit.wanted(Way::SharedReused), "reused shared memory: not yet");
+        audit.passed(Way::SharedReused);
+        assert!(!audit.wanted(Way::SharedReused) && audit.wanted(Way::Reused));
     }
 
     fn lens(ranges: &[std::ops::Range<usize>]) -> Vec<usize> {

@@ -103,7 +103,7 @@ pub fn reply_from_words(words: [i32; WORDS], loss_sum: f64) -> (SliceReply, u32)
 }
 
 #[cfg(all(feature = "browser", target_arch = "wasm32"))]
-pub use web::{ReplyMemory, StepMemory, mark, write_reply};
+pub use web::{ReplyMemory, SharedStep, StepMemory, mark, write_reply};
 
 #[cfg(all(feature = "browser", target_arch = "wasm32"))]
 mod web {
@@ -118,22 +118,30 @@ mod web {
         reply_from_words,
     };
 
-    /// A shared buffer of at least `bytes`: `slot`'s if it is large enough, else a new one with
-    /// a quarter more room (a Poisson batch's size varies from step to step).
-    fn at_least(slot: &mut Option<SharedArrayBuffer>, bytes: usize) -> SharedArrayBuffer {
+    /// A shared buffer of at least `bytes`: `slot`'s if it is large enough (and `true`), else a
+    /// new one with a quarter more room (a Poisson batch's size varies from step to step).
+    fn at_least(slot: &mut Option<SharedArrayBuffer>, bytes: usize) -> (SharedArrayBuffer, bool) {
         match slot {
-            Some(b) if b.byte_length() as usize >= bytes => b.clone(),
+            Some(b) if b.byte_length() as usize >= bytes => (b.clone(), true),
             _ => {
                 let b = SharedArrayBuffer::new((bytes + bytes / 4).max(8) as u32);
                 *slot = Some(b.clone());
-                b
+                (b, false)
             }
         }
     }
 
+    /// A claimed step's parameters, images and labels: views of [`StepMemory`].
+    pub struct SharedStep {
+        pub params: Float32Array,
+        pub images: Float32Array,
+        pub labels: Uint8Array,
+    }
+
     /// The memory a claimed step's parameters and batch are written to once, for every helper.
-    /// It is written only between steps: every helper has answered the last step (or the
-    /// pool was dropped), and a helper copies what it reads before it computes.
+    /// It is written only between steps: every helper has answered the last step, or the step
+    /// failed and its memory was dropped (`HelperPool::run_claims`); a helper copies what it
+    /// reads before it computes.
     #[derive(Default)]
     pub struct StepMemory {
         params: Option<SharedArrayBuffer>,
@@ -142,26 +150,32 @@ mod web {
     }
 
     impl StepMemory {
-        /// Views of exactly `params`, `images` and `labels`, written into this memory.
+        /// Views of exactly `params`, `images` and `labels`, written into this memory, and
+        /// whether all of it is memory an earlier step used.
         pub fn fill(
             &mut self,
             params: &[f32],
             images: &[f32],
             labels: &[u8],
-        ) -> (Float32Array, Float32Array, Uint8Array) {
+        ) -> (SharedStep, bool) {
             let floats = |slot: &mut Option<SharedArrayBuffer>, values: &[f32]| {
-                let buffer = at_least(slot, values.len() * 4);
+                let (buffer, reused) = at_least(slot, values.len() * 4);
                 let view =
                     Float32Array::new_with_byte_offset_and_length(&buffer, 0, values.len() as u32);
                 view.copy_from(values);
-                view
+                (view, reused)
             };
-            let params = floats(&mut self.params, params);
-            let images = floats(&mut self.images, images);
-            let buffer = at_least(&mut self.labels, labels.len());
+            let (params, params_reused) = floats(&mut self.params, params);
+            let (images, images_reused) = floats(&mut self.images, images);
+            let (buffer, labels_reused) = at_least(&mut self.labels, labels.len());
             let view = Uint8Array::new_with_byte_offset_and_length(&buffer, 0, labels.len() as u32);
             view.copy_from(labels);
-            (params, images, view)
+            let step = SharedStep {
+                params,
+                images,
+                labels: view,
+            };
+            (step, params_reused && images_reused && labels_reused)
         }
     }
 
@@ -173,23 +187,29 @@ mod web {
     }
 
     impl ReplyMemory {
-        /// `slot`'s buffer if it holds `layout`'s chunks and sum, else a new one; set pending.
-        pub fn for_step(slot: &mut Option<ReplyMemory>, layout: ReplyLayout) -> &ReplyMemory {
+        /// `slot`'s buffer if it holds `layout`'s chunks and sum (and `true`), else a new one;
+        /// set pending.
+        pub fn for_step(
+            slot: &mut Option<ReplyMemory>,
+            layout: ReplyLayout,
+        ) -> (&ReplyMemory, bool) {
             let fits = slot
                 .as_ref()
                 .is_some_and(|r| r.layout.dim == layout.dim && r.layout.room >= layout.room);
             if !fits {
+                *slot = None;
+            }
+            let reply = slot.get_or_insert_with(|| {
                 let buffer = SharedArrayBuffer::new(layout.bytes() as u32);
                 let state = Int32Array::new_with_byte_offset_and_length(&buffer, 0, 1);
-                *slot = Some(ReplyMemory {
+                ReplyMemory {
                     buffer,
                     layout,
                     state,
-                });
-            }
-            let reply = slot.as_ref().expect("set above");
+                }
+            });
             let _ = Atomics::store(&reply.state, STATE, ReplyState::Pending as i32);
-            reply
+            (reply, fits)
         }
 
         /// The state, after waiting up to `ms` for it to leave pending (this thread blocks:
