@@ -896,7 +896,11 @@ mod web {
             idle: &mut dyn FnMut(),
         ) -> Result<W::Part, StepError> {
             if W::CLAIMED && self.claims {
-                return self.run_claims(task, params, input, work, idle).await;
+                let result = self.run_claims(task, params, input, work, idle).await;
+                if result.is_err() {
+                    self.forget_shared();
+                }
+                return result;
             }
             let model = task.model();
             let parts = self.balance.slices(input.len());
@@ -944,6 +948,14 @@ mod web {
             Ok(total)
         }
 
+        /// After a claimed step failed: helpers may still be reading its batch or about to
+        /// write their answers, so the next step gets memory of its own (a late answer then
+        /// lands where nobody reads it).
+        fn forget_shared(&mut self) {
+            self.step = StepMemory::default();
+            self.helpers.iter_mut().for_each(|h| h.reply = None);
+        }
+
         /// A step whose chunks the workers claim as they come free ([`claimed_gradient`]), from
         /// a counter in a SharedArrayBuffer: the step ends within a chunk of every worker being
         /// done, instead of waiting for whichever one the machine slowed down
@@ -953,32 +965,13 @@ mod web {
         /// the chunks it summed, and the answers must cover the step once ([`Coverage`]).
         /// `idle` (the step's noise, and the next step's batch) runs right after the requests
         /// are posted, while they travel and the helpers copy the batch, so that at the end the
-        /// helpers wait for the training worker's last chunk only (+3 % with the shared memory,
-        /// paired, `benchmarks/shared-claims-ab.log`).
+        /// helpers wait for the training worker's last chunk only (+4 % over claims answered in
+        /// messages, paired, `benchmarks/shared-claims-ab.log`).
         /// The counter is new at every step: a helper still busy with a failed step's chunks
         /// cannot take this one's, and an answer is taken only if it answers this step's
-        /// request (a stale one, left by a step that failed here, marks no chunk).
+        /// request (a stale one, left by a step that failed here, marks no chunk); a failed
+        /// step's shared memory is not used again ([`Self::forget_shared`]).
         async fn run_claims<W: SliceWork>(
-            &mut self,
-            task: &Task,
-            params: &[f32],
-            input: &StepInput,
-            work: &W,
-            idle: &mut dyn FnMut(),
-        ) -> Result<W::Part, StepError> {
-            let result = self.claimed_step(task, params, input, work, idle).await;
-            if result.is_err() {
-                // Helpers may still be reading this step's batch or about to write their
-                // answers: the next step gets memory of its own (a late answer then lands
-                // where nobody reads it).
-                self.step = StepMemory::default();
-                self.helpers.iter_mut().for_each(|h| h.reply = None);
-            }
-            result
-        }
-
-        /// [`Self::run_claims`]'s step, which may leave helpers busy when it fails.
-        async fn claimed_step<W: SliceWork>(
             &mut self,
             task: &Task,
             params: &[f32],
@@ -1641,12 +1634,8 @@ mod web {
 
         /// A fixed slice's sum: clipped, or rounded with the stream it was sent.
         fn fixed(&self, req: &SliceRequest) -> Result<SlicePart, String> {
-            let Self {
-                model,
-                params,
-                images,
-                labels,
-            } = self;
+            let (model, params) = (&self.model, &self.params);
+            let (images, labels) = (&self.images, &self.labels);
             let Some(r) = &req.rounding else {
                 return slice_gradient(model, params, images, labels, req.clip)
                     .map(SlicePart::Clipped)
@@ -1675,15 +1664,17 @@ mod web {
             }
             let mut claims = Claims::new(counter);
             let mut claim = || claims.next();
-            let Self {
+            let (model, params) = (&self.model, &self.params);
+            let g = claimed_gradient(
                 model,
                 params,
-                images,
-                labels,
-            } = self;
-            let g = claimed_gradient(model, params, images, labels, req.clip, &mut claim)
-                .map_err(|e| e.to_string())?;
-            Ok((g, in_step(&claims.taken, labels.len())))
+                &self.images,
+                &self.labels,
+                req.clip,
+                &mut claim,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok((g, in_step(&claims.taken, self.labels.len())))
         }
     }
 
@@ -2072,8 +2063,14 @@ mod tests {
         audit.passed(Way::Fresh);
         assert!(audit.wanted(Way::SharedFresh) && audit.wanted(Way::SharedReused));
         audit.passed(Way::SharedFresh);
-        assert!(!audit.wanted(Way::SharedFresh), "new shared memory: checked once");
-        assert!(audit.wanted(Way::SharedReused), "reused shared memory: not yet");
+        assert!(
+            !audit.wanted(Way::SharedFresh),
+            "new shared memory: checked once"
+        );
+        assert!(
+            audit.wanted(Way::SharedReused),
+            "reused shared memory: not yet"
+        );
         audit.passed(Way::SharedReused);
         assert!(!audit.wanted(Way::SharedReused) && audit.wanted(Way::Reused));
     }

@@ -140,7 +140,7 @@ mod web {
 
     /// The memory a claimed step's parameters and batch are written to once, for every helper.
     /// It is written only between steps: every helper has answered the last step, or the step
-    /// failed and its memory was dropped (`HelperPool::run_claims`); a helper copies what it
+    /// failed and its memory was dropped (`HelperPool::forget_shared`); a helper copies what it
     /// reads before it computes.
     #[derive(Default)]
     pub struct StepMemory {
