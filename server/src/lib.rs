@@ -98,8 +98,13 @@ pub fn app(state: AppState) -> Router {
     let router = match state.static_dir.as_deref() {
         // The frontend is a single-page app: any other path (`/admin`) gets index.html and the
         // page routes itself.
-        Some(dir) => router
-            .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))),
+        Some(dir) => router.fallback_service(
+            Router::new()
+                .fallback_service(
+                    ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html"))),
+                )
+                .layer(middleware::map_response(revalidated)),
+        ),
         None => router,
     };
     router
@@ -133,6 +138,19 @@ async fn cross_origin_isolated(mut res: axum::response::Response) -> axum::respo
     h.insert(
         "cross-origin-embedder-policy",
         HeaderValue::from_static("require-corp"),
+    );
+    res
+}
+
+/// The pages' files are cached but revalidated at every load (`no-cache`: a 304 when unchanged,
+/// by their `last-modified`). Without it a browser guesses how long a file stays fresh, and
+/// `worker.js` and `worker_bg.wasm` keep their names from build to build: after a new
+/// deployment a tab could run an old module under new glue code. A cached module also keeps
+/// the code V8 compiled for it, which a fresh tab's workers would otherwise compile again.
+async fn revalidated(mut res: axum::response::Response) -> axum::response::Response {
+    res.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-cache"),
     );
     res
 }

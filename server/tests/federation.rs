@@ -1210,6 +1210,17 @@ async fn the_built_frontend_is_served_on_the_same_port_and_api_paths_stay_json()
         ),
         (Some("same-origin".into()), Some("require-corp".into()))
     );
+    // The pages' files are revalidated at every load: a new deployment is never mixed with
+    // a cached old `worker_bg.wasm`. The API's answers are not the pages' to say.
+    assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
+    let api = server
+        .started
+        .router
+        .clone()
+        .oneshot(Request::get("/api/health").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(api.headers().get("cache-control"), None);
     let (status, _, body) = get("/admin").await;
     assert_eq!(status, StatusCode::OK, "the page routes itself");
     assert!(body.contains("<title>fl-dp"));
