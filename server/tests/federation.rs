@@ -1190,37 +1190,34 @@ async fn the_built_frontend_is_served_on_the_same_port_and_api_paths_stay_json()
         ty.starts_with("text/html") && body.contains("<title>fl-dp"),
         "{ty} {body}"
     );
-    // Cross-origin isolated, so that a tab's workers may share a SharedArrayBuffer.
-    let res = server
-        .started
-        .router
-        .clone()
-        .oneshot(Request::get("/").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let header = |k: &str| {
-        res.headers()
-            .get(k)
-            .map(|v| v.to_str().unwrap().to_string())
+    // A response's headers `keys`, for `path`.
+    let headers = |path: &str, keys: [&'static str; 3]| {
+        let router = server.started.router.clone();
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        async move {
+            let res = router.oneshot(req).await.unwrap();
+            keys.map(|k| {
+                res.headers()
+                    .get(k)
+                    .map(|v| v.to_str().unwrap().to_string())
+            })
+        }
     };
+    let keys = [
+        "cross-origin-opener-policy",
+        "cross-origin-embedder-policy",
+        "cache-control",
+    ];
+    // Cross-origin isolated, so that a tab's workers may share a SharedArrayBuffer; and the
+    // pages' files revalidated at every load, so that a new deployment is never mixed with a
+    // cached old `worker_bg.wasm`. The API's answers are not the pages' to say.
+    let [coop, coep, cache] = headers("/", keys).await;
     assert_eq!(
-        (
-            header("cross-origin-opener-policy"),
-            header("cross-origin-embedder-policy")
-        ),
-        (Some("same-origin".into()), Some("require-corp".into()))
+        (coop.as_deref(), coep.as_deref(), cache.as_deref()),
+        (Some("same-origin"), Some("require-corp"), Some("no-cache"))
     );
-    // The pages' files are revalidated at every load: a new deployment is never mixed with
-    // a cached old `worker_bg.wasm`. The API's answers are not the pages' to say.
-    assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
-    let api = server
-        .started
-        .router
-        .clone()
-        .oneshot(Request::get("/api/health").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(api.headers().get("cache-control"), None);
+    let [.., api_cache] = headers("/api/health", keys).await;
+    assert_eq!(api_cache, None);
     let (status, _, body) = get("/admin").await;
     assert_eq!(status, StatusCode::OK, "the page routes itself");
     assert!(body.contains("<title>fl-dp"));
