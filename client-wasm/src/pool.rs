@@ -489,7 +489,9 @@ mod web {
     use wasm_bindgen::prelude::*;
     use web_sys::{ErrorEvent, MessageEvent, Worker};
 
-    use super::shared::{ReplyLayout, ReplyMemory, ReplyState, StepMemory, mark, write_reply};
+    use super::shared::{
+        ReplyLayout, ReplyMemory, ReplyState, SharedStep, StepMemory, mark, write_reply,
+    };
     use super::{
         Asked, Audit, Balance, Coverage, MAX_POOL_FAILURES, Way, check_claimed, check_same,
         check_same_rounded, helper_lost, in_step, slice_gradient_from, slice_rounded_from,
@@ -693,12 +695,7 @@ mod web {
             images: &[f32],
             labels: &[u8],
         ) -> Result<Asked, String> {
-            let asked = Asked {
-                seq: header.seq,
-                examples: labels.len(),
-                dim: params.len(),
-                clip: header.clip,
-            };
+            let asked = asked(header, labels.len(), params.len());
             let (buffers, reused) = Buffers::fill(self.spare.take(), params, images);
             self.sent = Sent {
                 reused,
@@ -761,12 +758,7 @@ mod web {
             self.worker
                 .post_message(&msg)
                 .map_err(|e| format!("its slice could not be posted: {e:?}"))?;
-            Ok(Asked {
-                seq: header.seq,
-                examples: labels.length() as usize,
-                dim,
-                clip: header.clip,
-            })
+            Ok(asked(header, labels.length() as usize, dim))
         }
 
         /// Waits until its reply buffer holds its answer: blocking for up to [`BLOCK_MS`],
@@ -804,8 +796,6 @@ mod web {
 
     /// A step's deadline for its helpers' answers ([`STEP_MS`]).
     type StepDeadline = futures::future::Fuse<Deadline>;
-
-    use super::shared::SharedStep;
 
     /// Why a helper that answers in shared memory sent a message instead: its failure's reason.
     fn failure_reason(data: &JsValue) -> String {
@@ -1066,7 +1056,7 @@ mod web {
             let own = work
                 .claimed(model, params, input, &mut claim)
                 .map_err(StepError::Local)?;
-            let of = self.helpers.len() + 1;
+            let of = self.workers();
             W::same(part, &own).map_err(|why| StepError::Helper(helper_lost(i + 1, of, &why)))?;
             self.helpers[i].audit.passed(way);
             Ok(())
@@ -1354,6 +1344,16 @@ mod web {
         })
     }
 
+    /// What `header` asks of a slice of `examples` examples and a model of `dim` parameters.
+    fn asked(header: &SliceRequest, examples: usize, dim: usize) -> Asked {
+        Asked {
+            seq: header.seq,
+            examples,
+            dim,
+            clip: header.clip,
+        }
+    }
+
     /// Request `seq` of a step of `task` with `input`'s clipping norm (and a distributed
     /// slice's rounding).
     fn request(
@@ -1452,6 +1452,13 @@ mod web {
                 Err(reason) => (failed(req.seq, reason), Payload::None),
             },
         };
+        post_answer(&reply, payload, images.as_ref());
+    }
+
+    /// Posts a helper's answer to its parent: the reply and its payload, whose arrays travel
+    /// (transferred, not copied) with `images`, the request's images' array given back for the
+    /// next slice ([`Buffers`]) when there is a sum.
+    fn post_answer(reply: &SliceReply, payload: Payload, images: Option<&js_sys::Float32Array>) {
         let msg = js_sys::Object::new();
         let set = |k: &str, v: &JsValue| {
             let _set = js_sys::Reflect::set(&msg, &k.into(), v);
@@ -1462,8 +1469,7 @@ mod web {
             Payload::Sum(sum) => {
                 set("sum", &sum);
                 transfer.push(&sum.buffer());
-                // The images' array goes back too, for the next slice ([`Buffers`]).
-                if let Some(images) = &images {
+                if let Some(images) = images {
                     set("images", images);
                     transfer.push(&images.buffer());
                 }
@@ -1499,12 +1505,7 @@ mod web {
                 write_reply(reply, layout, seq, &g, &chunks).map_err(failed)
             });
         if let Err((seq, reason)) = answered {
-            let msg = js_sys::Object::new();
-            let _set =
-                js_sys::Reflect::set(&msg, &"reply".into(), &failed(seq, reason).encode().into());
-            if let Err(e) = scope().post_message(&msg) {
-                web_sys::console::error_2(&"helper: postMessage failed".into(), &e);
-            }
+            post_answer(&failed(seq, reason), Payload::None, None);
             mark(reply, ReplyState::Failed);
         }
     }

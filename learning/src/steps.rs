@@ -497,6 +497,14 @@ mod tests {
         assert!(end.to_string().contains("no update"), "{end}");
     }
 
+    /// 40 MNIST-shaped examples of fixed pixels, 4 of each class.
+    fn shard_of_40() -> Dataset {
+        Dataset {
+            images: (0..40 * 784).map(|i| (i * 7 % 256) as u8).collect(),
+            labels: (0..40).map(|i| (i % 10) as u8).collect(),
+        }
+    }
+
     /// A pool samples the next step's batch while its helpers compute (after the step's noise):
     /// the same batches and the same model as a round that samples each after the step before,
     /// none past the round's last step or before the step's noise, and none taken after a
@@ -506,10 +514,7 @@ mod tests {
         use crate::client::{ClientPrivacy, Fit, start_fit};
         use crate::dpsgd::batch_gradient;
         use crate::task::MNIST;
-        let data = Dataset {
-            images: (0..40 * 784).map(|i| (i * 7 % 256) as u8).collect(),
-            labels: (0..40).map(|i| (i % 10) as u8).collect(),
-        };
+        let data = shard_of_40();
         let config = TrainConfig {
             local_epochs: 2,
             batching: crate::client::Batching::BatchSize(10),
@@ -587,10 +592,7 @@ mod tests {
         use crate::client::{ClientPrivacy, Fit, start_fit};
         use crate::dpsgd::batch_gradient;
         use crate::task::MNIST;
-        let data = Dataset {
-            images: (0..40 * 784).map(|i| (i * 7 % 256) as u8).collect(),
-            labels: (0..40).map(|i| (i % 10) as u8).collect(),
-        };
+        let data = shard_of_40();
         let config = TrainConfig {
             batching: crate::client::Batching::BatchSize(20),
             dp: Some(crate::client::DpSgdConfig {
