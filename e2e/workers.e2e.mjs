@@ -3,6 +3,8 @@
 //
 //   * the page is cross-origin isolated, so the two claim each step's chunks as they come free
 //     (a SharedArrayBuffer counter);
+//   * the tab warms its workers up once its shard is loaded: the helper starts before the first
+//     round, and nothing is spent or reported;
 //   * round 1 trains with both: its row in the tab's rounds table says "… samples/s on 2 workers";
 //   * the helper is then made to fail when it gets its next slice (its message handler throws, as a
 //     crashed worker would): the tab says which worker failed, the training worker computes that
@@ -62,6 +64,13 @@ try {
   await page.fill('#workers', '2');
   await page.click('#join');
   await waitFor('the tab to connect', async () => (await page.textContent('#connection')) === 'connected');
+  // Once its shard is loaded the tab warms its workers up (a throwaway round on a copy of its
+  // first examples, charged to no ledger): the helper starts before the first round, and
+  // nothing is spent or said.
+  await waitFor('the warm-up to start the helper', async () => workers.length === 2, 60_000, 50);
+  await page.waitForTimeout(1000);
+  assert.equal(await page.textContent('#epsilon'), 'ε = 0 (nothing released yet)', 'the warm-up spends nothing');
+  assert.equal((await page.textContent('ul.messages')).trim(), '', 'the warm-up says nothing');
   await server.api(`/api/admin/runs/${runId}/start`, { method: 'POST' });
 
   const speeds = () => page.locator('#rounds tbody td.speed').allTextContents();

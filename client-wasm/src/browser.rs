@@ -224,6 +224,8 @@ async fn join(
     post_privacy(&session);
     let cores = scope().navigator().hardware_concurrency();
     let mut workers = Workers::new(training_workers(req.workers, Some(cores)));
+    // The user's own files are loaded already: warm up now (a shard, once downloaded).
+    warm_up(&session, &mut workers).await;
     let mut attempt = 0u32;
     let mut backoff = FIRST_BACKOFF_MS;
     loop {
@@ -270,6 +272,20 @@ async fn join(
             }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF_MS);
+    }
+}
+
+/// Warms the workers up on the loaded data ([`crate::pool::warm_up`]), with the assigned
+/// shard's task (the user's own files: the first task's model, whose training code is the
+/// same), telling the user if the helpers failed.
+async fn warm_up(session: &Session, workers: &mut Workers) {
+    let Some(data) = session.data() else { return };
+    let task = session.task().unwrap_or(learning::task::TASKS[0]);
+    for message in crate::pool::warm_up(workers, task, data).await {
+        post(&WorkerToPage::Error {
+            message,
+            fatal: false,
+        });
     }
 }
 
@@ -381,6 +397,7 @@ async fn connection(
                     }
                     // The shard's records may have a ledger from an earlier run or tab.
                     post_privacy(session);
+                    warm_up(session, workers).await;
                 }
                 Action::Train(job) => {
                     let (release, stop) = train_round(session, *job, workers, rx).await;

@@ -39,6 +39,10 @@ use learning::dpsgd::{BatchGradient, CHUNK};
 use protocol::worker::SliceReply;
 
 pub mod shared;
+#[cfg(all(feature = "browser", target_arch = "wasm32"))]
+mod warm;
+#[cfg(all(feature = "browser", target_arch = "wasm32"))]
+pub use warm::warm_up;
 
 /// Helper pools a tab may lose in one join before it trains on its one worker for good.
 pub const MAX_POOL_FAILURES: u32 = 3;
@@ -1260,6 +1264,8 @@ mod web {
         pool: Option<HelperPool>,
         /// Pools lost in this join (a helper that failed, or helpers that would not start).
         failures: u32,
+        /// Whether they were warmed up ([`super::warm_up`]).
+        warmed: bool,
     }
 
     impl Workers {
@@ -1270,7 +1276,13 @@ mod web {
                 fixed_split: false,
                 pool: None,
                 failures: 0,
+                warmed: false,
             }
+        }
+
+        /// Whether a warm-up is due: true once per join.
+        pub fn warm_up_due(&mut self) -> bool {
+            !std::mem::replace(&mut self.warmed, true)
         }
 
         /// Workers whose local steps are split before they start (by [`Balance`]) even on a

@@ -467,6 +467,10 @@ impl Session {
     pub fn dataset(&self) -> Option<&str> {
         Some(&self.loaded.as_ref()?.fingerprint)
     }
+    /// The task of the shard the server assigned, if this page knows it.
+    pub fn task(&self) -> Option<&'static learning::Task> {
+        known_task(&self.assignment.as_ref()?.task).ok()
+    }
     /// The data trained on (the shard, or the user's files), once loaded.
     pub fn data(&self) -> Option<&Dataset> {
         Some(&self.loaded.as_ref()?.data)
