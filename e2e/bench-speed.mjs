@@ -47,7 +47,7 @@ try {
     for (let run = 0; run < runs; run++) {
       for (const workers of counts) {
         const r = await rounds(batch, workers, false);
-        console.log(`## batch ${batch}, ${workers} worker(s), run ${run + 1}, unwatched: rounds at ${r.speeds.join(', ')} samples/s; `
+        console.log(`## batch ${batch}, ${workers} worker(s), run ${run + 1}, unwatched: rounds 1–${r.speeds.length} at ${r.speeds.join(', ')} samples/s; `
           + `${r.seconds.map((s) => s.toFixed(2)).join(', ')} s`);
         by.get(workers).speeds.push(median(r.speeds));
         by.get(workers).seconds.push(median(r.seconds));
@@ -66,7 +66,7 @@ try {
     for (const workers of counts) {
       const r = await rounds(batch, workers, true);
       const key = `chromium-round-${batch}-${workers}w`;
-      console.log(`## batch ${batch}, ${workers} worker(s), watched: rounds at ${r.speeds.join(', ')} samples/s; `
+      console.log(`## batch ${batch}, ${workers} worker(s), watched: rounds 1–${r.speeds.length} at ${r.speeds.join(', ')} samples/s; `
         + `${r.fps.map((f) => f.toFixed(1)).join(', ')} frames/s; longest frame gaps ${r.gaps.map((g) => g.toFixed(0)).join(', ')} ms`);
       put(`${key}-watched-samples`, median(r.speeds).toFixed(0));
       put(`${key}-fps`, median(r.fps).toFixed(1));
@@ -118,9 +118,12 @@ async function rounds(batch, workers, watch) {
   await context.close();
   // A watched run may still be evaluating its last round; the next run starts after it.
   if (watch) await waitFor(`run ${id} to finish`, finished, 120_000);
+  // The tab lists its rounds newest first: in round order here (logs before 2026-12-04T20:00Z,
+  // "rounds at …", are newest first).
+  const rows = [...out.rows].reverse();
   return {
-    speeds: out.rows.map((r) => Number(r[5].split(' samples/s')[0].replace(/\D/g, ''))),
-    seconds: out.rows.map((r) => parseFloat(r[4])),
+    speeds: rows.map((r) => Number(r[5].split(' samples/s')[0].replace(/\D/g, ''))),
+    seconds: rows.map((r) => parseFloat(r[4])),
     fps: out.stats.map((s) => s.fps),
     gaps: out.stats.map((s) => s.maxGap),
   };
