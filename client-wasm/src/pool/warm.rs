@@ -3,7 +3,7 @@
 //!
 //! Why: V8 compiles a WebAssembly function with its baseline compiler when it is first called
 //! and optimises it in the background once it is hot, and a helper worker compiles the module
-//! anew when it starts (at the first round). In a fresh tab, the first round ran at 0.85 (1
+//! anew when it starts (it started at the first round). In a fresh tab, the first round ran at 0.85 (1
 //! worker) and 0.87 (2 workers) of the median of the next seven; warmed up, at 0.94 and 0.97
 //! (8 runs each, `benchmarks/warm-up-ab.log`). A tab usually sits idle between loading its data
 //! and the server's first round.
@@ -34,7 +34,7 @@ const BATCH: usize = 64;
 /// counted like a round's loss).
 pub async fn warm_up(workers: &mut Workers, task: &'static Task, data: &Dataset) -> Vec<String> {
     let mut notices = Vec::new();
-    if !workers.warm_up_due() || data.is_empty() {
+    if data.is_empty() || !workers.warm_up_due() {
         return notices;
     }
     if let Some(notice) = workers.prepare().await {
