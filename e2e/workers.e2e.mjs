@@ -65,7 +65,7 @@ try {
   await page.click('#join');
   await waitFor('the tab to connect', async () => (await page.textContent('#connection')) === 'connected');
   // Once its shard is loaded the tab warms its workers up (a throwaway round on a copy of its
-  // first examples, charged to no ledger): the helper starts before the first round, and
+  // first examples, charged to a throwaway ledger): the helper starts before the first round, and
   // nothing is spent or said.
   await waitFor('the warm-up to start the helper', async () => workers.length === 2, 60_000, 50);
   await page.waitForTimeout(1000);
