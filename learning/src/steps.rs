@@ -240,24 +240,43 @@ impl LocalSteps {
             self.pending = Some(ahead.input.len());
             return Some(ahead.input);
         }
-        let batch: Vec<usize> = match self.config.dp {
-            Some(_) => rng.poisson_sample(self.n, self.q),
+        let input = match self.config.dp {
+            Some(dp) => self.poisson_input(&dp, task, shard, rng),
             None => {
                 if self.step == 0 {
                     rng.shuffle(&mut self.order);
                 }
                 let b = self.config.expected_batch(self.n).round().max(1.0) as usize;
                 let start = (self.step as usize).saturating_mul(b).min(self.n);
-                self.order[start..start.saturating_add(b).min(self.n)].to_vec()
+                let batch = &self.order[start..start.saturating_add(b).min(self.n)];
+                let (images, labels) = task.batch(shard, batch);
+                StepInput {
+                    images,
+                    labels,
+                    clip: None,
+                }
             }
         };
-        self.pending = Some(batch.len());
+        self.pending = Some(input.len());
+        Some(input)
+    }
+
+    /// A DP step's input: a Poisson sample of the shard, clipped at C. The one place its draws
+    /// are made, whether at the step ([`Self::next_input`]) or ahead ([`Self::sample_ahead`]).
+    fn poisson_input(
+        &self,
+        dp: &DpSgdConfig,
+        task: &Task,
+        shard: &Dataset,
+        rng: &mut SecureRng,
+    ) -> StepInput {
+        let batch = rng.poisson_sample(self.n, self.q);
         let (images, labels) = task.batch(shard, &batch);
-        Some(StepInput {
+        StepInput {
             images,
             labels,
-            clip: self.config.dp.map(|d| d.max_grad_norm),
-        })
+            clip: Some(dp.max_grad_norm),
+        }
     }
 
     /// Takes the step whose examples [`Self::next_input`] gave out, with `g` the clipped sum of
@@ -308,14 +327,8 @@ impl LocalSteps {
         if !own || last || self.failed {
             return None;
         }
-        let batch = rng.poisson_sample(self.n, self.q);
-        let (images, labels) = task.batch(shard, &batch);
         Some(InputAhead {
-            input: StepInput {
-                images,
-                labels,
-                clip: Some(dp.max_grad_norm),
-            },
+            input: self.poisson_input(&dp, task, shard, rng),
             round: self.round,
             step: self.totals.steps + 1,
         })
