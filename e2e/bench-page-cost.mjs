@@ -20,6 +20,7 @@ try {
     shards: { scheme: { kind: 'iid' }, num_shards: 10, seed: 1 },
   };
   const created = await server.api('/api/admin/runs', { method: 'POST', body: JSON.stringify(config) });
+  if (created.status !== 201) throw new Error(`run not created: ${JSON.stringify(created)}`);
   const context = await browser.newContext();
   const page = await context.newPage();
   const cdp = await context.newCDPSession(page);
@@ -55,10 +56,10 @@ try {
   if (process.env.COUNT) console.log(JSON.stringify(await page.evaluate(() => self.__nv)));
   if (process.env.PROFILE) {
     const { profile } = await cdp.send('Profiler.stop');
-    const self = new Map(); const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+    const selfTime = new Map(); const byId = new Map(profile.nodes.map((n) => [n.id, n]));
     const dt = profile.timeDeltas; let total = 0;
-    profile.samples.forEach((id, i) => { const n = byId.get(id); const k = `${n.callFrame.functionName || '(anon)'} ${n.callFrame.url.split('/').pop()}:${n.callFrame.lineNumber}`; self.set(k, (self.get(k) ?? 0) + (dt[i] ?? 0)); total += dt[i] ?? 0; });
-    const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
+    profile.samples.forEach((id, i) => { const n = byId.get(id); const k = `${n.callFrame.functionName || '(anon)'} ${n.callFrame.url.split('/').pop()}:${n.callFrame.lineNumber}`; selfTime.set(k, (selfTime.get(k) ?? 0) + (dt[i] ?? 0)); total += dt[i] ?? 0; });
+    const top = [...selfTime.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
     console.log(`profile: ${(total / 1e6).toFixed(2)} s sampled`);
     for (const [k, v] of top) console.log(`  ${(v / 1e3).toFixed(1)} ms  ${k}`);
   }
@@ -66,6 +67,7 @@ try {
   const train = rows.reduce((s, r) => s + parseFloat(r[4]), 0);
   const d = (k) => (b[k] - a[k]);
   console.log(`wall ${d('Timestamp').toFixed(2)} s, training ${train.toFixed(2)} s; main thread: task ${d('TaskDuration').toFixed(3)} s, script ${d('ScriptDuration').toFixed(3)}, layout ${d('LayoutDuration').toFixed(3)} (${d('LayoutCount')}), style ${d('RecalcStyleDuration').toFixed(3)} (${d('RecalcStyleCount')}), nodes ${a.Nodes}->${b.Nodes}`);
-  console.log('speeds', rows.map((r) => r[5]).join(' | '));
+  // The tab lists its rounds newest first.
+  console.log(`rounds 1–${rows.length}:`, rows.map((r) => r[5]).reverse().join(' | '));
   await context.close();
 } finally { await browser.close(); await server.stop(); }
