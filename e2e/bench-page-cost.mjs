@@ -8,19 +8,12 @@
 // that two busy workers preempt: they bound its work, they do not measure its CPU
 // (benchmarks/thread-cpu.py does). Log: benchmarks/page-cost.log.
 //   SERVER_BIN=… [DIST=dist] node e2e/bench-page-cost.mjs
-import { launchChromium, startServer, waitFor } from './harness.mjs';
+import { createSpeedRun, launchChromium, startServer, waitFor } from './harness.mjs';
 const rounds = Number(process.env.ROUNDS ?? 6), workers = Number(process.env.WORKERS ?? 2);
 const server = await startServer(3000 + Math.floor(Math.random() * 1000));
 const browser = await launchChromium();
 try {
-  const config = {
-    name: 'pagecost', rounds, min_clients: 1, round_timeout_secs: 300,
-    local_epochs: 1, batching: { batch_size: 64 }, learning_rate: 0.5,
-    dp: { max_grad_norm: 1, noise_multiplier: 1.1, target_epsilon: null, delta: 1e-5 },
-    shards: { scheme: { kind: 'iid' }, num_shards: 10, seed: 1 },
-  };
-  const created = await server.api('/api/admin/runs', { method: 'POST', body: JSON.stringify(config) });
-  if (created.status !== 201) throw new Error(`run not created: ${JSON.stringify(created)}`);
+  const id = await createSpeedRun(server, { name: 'pagecost', rounds, batch: 64, learningRate: 0.5 });
   const context = await browser.newContext();
   const page = await context.newPage();
   const cdp = await context.newCDPSession(page);
@@ -35,7 +28,6 @@ try {
   await page.click('#join');
   await waitFor('shard', () => page.$('#histogram'), 120_000);
   const m = async () => Object.fromEntries((await cdp.send('Performance.getMetrics')).metrics.map((x) => [x.name, x.value]));
-  const id = created.body.run_id;
   await new Promise((r) => setTimeout(r, 1500));
   const a = await m();
   if (process.env.PROFILE) { await cdp.send('Profiler.enable'); await cdp.send('Profiler.setSamplingInterval', { interval: 100 }); await cdp.send('Profiler.start'); }

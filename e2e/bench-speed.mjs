@@ -15,7 +15,7 @@
 // BATCHES=64 (default 64,512) limits it to those batch sizes; ROUNDS (default 3) rounds a run;
 // HIDE=1 hides the page's body while unwatched rounds train.
 // Prints `key value` lines (read by bench-speed.sh) after a human-readable log.
-import { ROUNDS_LISTED, frameStats, launchChromium, recordFrames, startServer, stepRatesInWorker, trainingWindows, waitFor } from './harness.mjs';
+import { ROUNDS_LISTED, createSpeedRun, frameStats, launchChromium, recordFrames, startServer, stepRatesInWorker, trainingWindows, waitFor } from './harness.mjs';
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const results = [];
@@ -83,14 +83,9 @@ try {
 /** One run of ROUNDS (3) rounds for one tab joined with `workers`: per round, the tab's samples/s and
  * time; `watch`ed, also the page's frame rate and longest frame gap while it trained. */
 async function rounds(batch, workers, watch) {
-  const config = {
-    name: `speed-${batch}-${workers}`, rounds: roundsPerRun, min_clients: 1, round_timeout_secs: 300,
-    local_epochs: 1, batching: { batch_size: batch }, learning_rate: batch === 64 ? 0.5 : 2,
-    dp: { max_grad_norm: 1, noise_multiplier: 1.1, target_epsilon: null, delta: 1e-5 },
-    shards: { scheme: { kind: 'iid' }, num_shards: 10, seed: 1 },
-  };
-  const created = await server.api('/api/admin/runs', { method: 'POST', body: JSON.stringify(config) });
-  if (created.status !== 201) throw new Error(`run not created: ${JSON.stringify(created)}`);
+  const id = await createSpeedRun(server, {
+    name: `speed-${batch}-${workers}`, rounds: roundsPerRun, batch, learningRate: batch === 64 ? 0.5 : 2,
+  });
   const context = await browser.newContext();
   const page = await context.newPage();
   await page.goto(`${server.base}/`);
@@ -100,7 +95,6 @@ async function rounds(batch, workers, watch) {
   // HIDE=1: the page's body is not displayed while the rounds train (its DOM still updates, but
   // nothing is laid out or painted): how much the page's drawing costs the workers.
   if (process.env.HIDE === '1' && !watch) await page.evaluate(() => { document.body.style.display = 'none'; });
-  const id = created.body.run_id;
   const finished = async () => (await server.api(`/api/admin/runs/${id}`)).body?.run.status === 'finished';
   if (watch) await recordFrames(page);
   await server.api(`/api/admin/runs/${id}/start`, { method: 'POST' });

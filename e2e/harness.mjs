@@ -104,6 +104,23 @@ export function stepRatesInWorker(page, origin, cases) {
   }, { origin, cases });
 }
 
+/**
+ * Creates (not starts) the speed benchmarks' run on `server`: `rounds` DP rounds (σ 1.1, C 1,
+ * δ 1e-5) of one local epoch in batches of `batch` at `learningRate`, on an IID shard of 10.
+ * Returns its id; a run the server refuses is an error that says why.
+ */
+export async function createSpeedRun(server, { name, rounds, batch, learningRate }) {
+  const config = {
+    name, rounds, min_clients: 1, round_timeout_secs: 300,
+    local_epochs: 1, batching: { batch_size: batch }, learning_rate: learningRate,
+    dp: { max_grad_norm: 1, noise_multiplier: 1.1, target_epsilon: null, delta: 1e-5 },
+    shards: { scheme: { kind: 'iid' }, num_shards: 10, seed: 1 },
+  };
+  const created = await server.api('/api/admin/runs', { method: 'POST', body: JSON.stringify(config) });
+  if (created.status !== 201) throw new Error(`run not created: ${JSON.stringify(created)}`);
+  return created.body.run_id;
+}
+
 /** Starts recording `page`'s animation frames (their timestamps, in `window.frames_`). */
 export function recordFrames(page) {
   return page.evaluate(() => {
