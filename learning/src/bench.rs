@@ -240,8 +240,8 @@ fn step_products(config: &TinyCnnConfig, b: usize) -> Vec<Product> {
             1,
         ),
         product(
-            format!("per-example conv1 weights [{c1} × {p1}]·[{p1} × 9], b of them"),
-            (c1, p1, 9),
+            format!("per-example conv1 weights (transposed) [9 × {p1}]·[{p1} × {c1}], b of them"),
+            (9, p1, c1),
             [true, false],
             b,
         ),

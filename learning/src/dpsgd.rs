@@ -496,19 +496,34 @@ fn per_example_layers(
 /// Each example's convolution weight gradient `dz_iᵀ [c_out × n] · u_i [n × taps]`, from the
 /// batch's `dz [b · n, c_out]` and im2col `u [b · n, taps]` (channels last: an example's rows
 /// are contiguous).
+///
+/// Each product is computed as its transpose `u_iᵀ · dz_i [taps × c_out]` and then transposed
+/// back, because of how gemm allocates. gemm works on column-major results, so it swaps the
+/// operands of a row-major product: asked for `dz_iᵀ · u_i`, it sees 9 (taps) rows, not a multiple
+/// of its SIMD width, and copies (packs) the left operand into a buffer of 24 KB it allocates and
+/// frees at every call, eight times a chunk. The allocator put that buffer back at the same place
+/// call after call, within a cache line (mod 4 KB) of the chunk's live fc input, and steps ran
+/// up to 1.5× slower in a tab in stretches (`benchmarks/placement.log`). Asked for the
+/// transpose, gemm sees c_out = 16 rows read straight from `dz`, and allocates nothing large.
 fn per_example_weights(dz: &[f32], u: &[f32], c_out: usize, taps: usize, b: usize) -> PerExample {
     let len = c_out * taps;
     let mut values = vec![0.0; b * len];
     let n = dz.len().checked_div(c_out * b).unwrap_or(0);
     if n > 0 {
+        let mut transposed = vec![0.0; len];
         let examples = dz.chunks_exact(n * c_out).zip(u.chunks_exact(n * taps));
         for (out, (dz, u)) in values.chunks_exact_mut(len).zip(examples) {
             matmul(
-                MatMut::new(out, c_out, taps),
-                Mat::new(dz, n, c_out).t(),
-                Mat::new(u, n, taps),
+                MatMut::new(&mut transposed, taps, c_out),
+                Mat::new(u, n, taps).t(),
+                Mat::new(dz, n, c_out),
                 false,
             );
+            for (c, row) in out.chunks_exact_mut(taps).enumerate() {
+                for (t, v) in row.iter_mut().enumerate() {
+                    *v = transposed[t * c_out + c];
+                }
+            }
         }
     }
     PerExample { values, len }
