@@ -208,6 +208,7 @@ fn step_products(config: &TinyCnnConfig, b: usize) -> Vec<Product> {
         CONV2_USED * CONV2_USED,
         config.flat_features(),
     );
+    let wide = crate::model::wide_classes(k);
     let product =
         |name: String, (m, kk, n): (usize, usize, usize), [lhs_t, rhs_t]: [bool; 2], times| {
             Product {
@@ -224,13 +225,13 @@ fn step_products(config: &TinyCnnConfig, b: usize) -> Vec<Product> {
         product(
             format!("conv1 forward [b·{p1} × 9]·[9 × {c1}]"),
             (b * p1, 9, c1),
-            [false, true],
+            [false, false],
             1,
         ),
         product(
             format!("conv2 forward [b·{p2} × {}]·[{} × {c2}]", 9 * c1, 9 * c1),
             (b * p2, 9 * c1, c2),
-            [false, true],
+            [false, false],
             1,
         ),
         product(
@@ -252,8 +253,8 @@ fn step_products(config: &TinyCnnConfig, b: usize) -> Vec<Product> {
             1,
         ),
         product(
-            format!("logits [b × {f}]·[{f} × {k}]"),
-            (b, f, k),
+            format!("logits [b × {f}]·[{f} × {wide}] ({k} classes padded)"),
+            (b, f, wide),
             [false, false],
             1,
         ),

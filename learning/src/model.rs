@@ -144,13 +144,22 @@ impl TinyCnnConfig {
         layout.check_len(flat)?;
         let part = |i: usize| layout.slice(flat, i);
         let positions = FEATURE_SIDE * FEATURE_SIDE;
+        let conv1 = part(0).to_vec(); // one input channel: its taps are already last
+        let conv2 = taps_last(part(2), self.conv1_channels);
+        let fc = swap_outer(part(4), self.conv2_channels, positions, self.num_classes);
+        let (c1, c2, k) = (self.conv1_channels, self.conv2_channels, self.num_classes);
+        let unpacked = Unpacked {
+            conv1: swap_outer(&conv1, c1, conv1.len() / c1.max(1), 1),
+            conv2: swap_outer(&conv2, c2, conv2.len() / c2.max(1), 1),
+            fc_wide: widen_rows(&fc, k),
+        };
         Ok(Weights {
-            conv1: part(0).to_vec(), // one input channel: its taps are already last
             conv1_bias: part(1).to_vec(),
-            conv2: taps_last(part(2), self.conv1_channels),
+            conv2,
             conv2_bias: part(3).to_vec(),
-            fc: swap_outer(part(4), self.conv2_channels, positions, self.num_classes),
+            fc,
             fc_bias: part(5).to_vec(),
+            unpacked,
         })
     }
 
@@ -213,17 +222,74 @@ pub(crate) fn check_images(images: &[f32], batch: usize) -> Result<(), LearningE
     }
 }
 
-/// TinyCNN's parameters in the kernels' channels-last order ([`crate::kernels`]): conv weights
-/// `[c_out, 3, 3, c_in]` (taps in im2col's order), fc `[800, classes]` with its rows in the
-/// order `(y, x, c)` in which the pooled features come out. (burn's orders are `[c_out, c_in,
-/// 3, 3]` and rows `(c, y, x)`; a step's gradients go back to them, [`crate::dpsgd`].)
+/// TinyCNN's parameters in the kernels' channels-last orders ([`crate::kernels`]): conv
+/// weights with their taps in im2col's order `(y, x, c_in)`, fc's rows in the order `(y, x, c)`
+/// in which the pooled features come out. (burn's orders are `[c_out, c_in, 3, 3]` and rows
+/// `(c, y, x)`; a step's gradients go back to them, [`crate::dpsgd`].)
 pub(crate) struct Weights {
-    pub conv1: Vec<f32>,
     pub conv1_bias: Vec<f32>,
+    /// conv2's weights taps last, `[c2 × 9·c1]`: what the backward's routes multiply.
     pub conv2: Vec<f32>,
     pub conv2_bias: Vec<f32>,
+    /// fc's weights `[f × k]`: what `dL/dh2 = dz · fcᵀ` multiplies.
     pub fc: Vec<f32>,
     pub fc_bias: Vec<f32>,
+    /// The weights as the forward pass's matrix products read them.
+    pub unpacked: Unpacked,
+}
+
+/// The weights the forward pass's matrix products multiply, laid out so that gemm reads them in
+/// place. gemm computes column-major results, so it swaps the operands of our row-major
+/// products and works on their transposes; it copies (packs) its left operand first, into a
+/// buffer it allocates and frees at every call, unless that operand is column-major with a row
+/// count that is a multiple of its SIMD width (4 lanes of f32 in wasm, 8 or 16 natively). Made
+/// once a step, these copies spare every chunk of 8 examples three such buffers (in wasm 24 KB
+/// for the logits, 20 KB for conv2, 1 KB for conv1; the backward's products allocate at most a
+/// few hundred bytes). The allocator puts a per-call buffer back at the same place call after
+/// call, and in a tab one that lay at the offset within a page of a live buffer of the chunk
+/// slowed every step by up to a third, for rounds at a time (`benchmarks/placement.log`,
+/// `benchmarks/gemm-in-place.log`; `dpsgd::per_example_weights` avoids the same copy).
+pub(crate) struct Unpacked {
+    /// conv1's weights taps first, `[9 × c1]`.
+    conv1: Vec<f32>,
+    /// conv2's weights taps first, `[9·c1 × c2]`.
+    conv2: Vec<f32>,
+    /// fc's weights `[f × k]` with each row padded with zeros to [`wide_classes`] columns: the
+    /// logits' product sees one row per class, and 10 is not a multiple of a SIMD width.
+    fc_wide: Vec<f32>,
+}
+
+/// `fc [f × classes]` with each row padded with zeros to [`wide_classes`] columns.
+fn widen_rows(fc: &[f32], classes: usize) -> Vec<f32> {
+    let wide = wide_classes(classes);
+    let mut out = Vec::with_capacity(fc.len() / classes.max(1) * wide);
+    for row in fc.chunks_exact(classes.max(1)) {
+        out.extend_from_slice(row);
+        out.resize(out.len() + wide - classes, 0.0);
+    }
+    out
+}
+
+/// The classes rounded up to a multiple of 16: of every SIMD width gemm has ([`Unpacked`]).
+pub(crate) fn wide_classes(classes: usize) -> usize {
+    classes.next_multiple_of(16)
+}
+
+/// Logits `[b × k]` = `features [b × f] · fc [f × k]` + the bias of each class, computed over
+/// the zero-padded [`Unpacked::fc_wide`].
+fn logits(features: &[f32], w: &Weights, b: usize, f: usize, k: usize) -> Vec<f32> {
+    let wide = wide_classes(k);
+    let mut product = vec![0.0; b * wide];
+    matmul(
+        MatMut::new(&mut product, b, wide),
+        Mat::new(features, b, f),
+        Mat::new(&w.unpacked.fc_wide, f, wide),
+        false,
+    );
+    product
+        .chunks_exact(wide)
+        .flat_map(|row| row[..k].iter().zip(&w.fc_bias).map(|(v, bias)| bias + v))
+        .collect()
 }
 
 /// The forward pass, keeping what the written-out backward needs ([`crate::backward`]).
@@ -241,21 +307,14 @@ pub(crate) fn forward_kept(config: &TinyCnnConfig, w: &Weights, images: &[f32]) 
     // Only the outputs that reach the features ([`CONV1_USED`]).
     // conv1 [b·576 × 9] · [9 × c1] → [b, 24, 24, c1] → pool [b, 12, 12, c1]
     let u1 = im2col3(images, 1, b, IMAGE_SIDE, CONV1_USED);
-    let z1 = conv(&u1, &w.conv1, &w.conv1_bias);
+    let z1 = conv(&u1, &w.unpacked.conv1, &w.conv1_bias);
     let h1 = relu_pool(&z1, CONV1_USED, c1);
     // conv2 [b·100 × 9·c1] · [9·c1 × c2] → [b, 10, 10, c2] → pool [b, 5, 5, c2]
     let u2 = im2col3(&h1, c1, b, POOL1_USED, CONV2_USED);
-    let z2 = conv(&u2, &w.conv2, &w.conv2_bias);
+    let z2 = conv(&u2, &w.unpacked.conv2, &w.conv2_bias);
     let fc_input = relu_pool(&z2, CONV2_USED, c2);
     // fc [b × 800] · [800 × k], each example's features in (y, x, c) order as w.fc's rows.
-    let f = config.flat_features();
-    let mut logits = repeat_rows(&w.fc_bias, b);
-    matmul(
-        MatMut::new(&mut logits, b, k),
-        Mat::new(&fc_input, b, f),
-        Mat::new(&w.fc, f, k),
-        true,
-    );
+    let logits = logits(&fc_input, w, b, config.flat_features(), k);
     Kept {
         u1,
         z1,
@@ -276,17 +335,18 @@ fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
     out
 }
 
-/// A convolution of the batch from its im2col `cols` (`[n, taps]`): `cols · weightᵀ` plus each
-/// output channel's bias, `[n, c_out]`.
-fn conv(cols: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+/// A convolution of the batch from its im2col `cols` (`[n, taps]`) and its weights taps first
+/// (`[taps, c_out]`, [`Unpacked`]): `cols · weights` plus each output channel's bias,
+/// `[n, c_out]`.
+fn conv(cols: &[f32], taps_first: &[f32], bias: &[f32]) -> Vec<f32> {
     let c_out = bias.len();
-    let taps = weight.len() / c_out.max(1);
+    let taps = taps_first.len() / c_out.max(1);
     let n = cols.len() / taps.max(1);
     let mut out = repeat_rows(bias, n);
     matmul(
         MatMut::new(&mut out, n, c_out),
         Mat::new(cols, n, taps),
-        Mat::new(weight, c_out, taps).t(),
+        Mat::new(taps_first, taps, c_out),
         true,
     );
     out
@@ -696,8 +756,9 @@ mod tests {
             .map(|i| i as f32)
             .collect();
         let w = config.weights(&flat).expect("fits");
+        let c1 = config.conv1_channels;
         let parts = [
-            w.conv1,
+            swap_outer(&w.unpacked.conv1, 9, c1, 1),
             w.conv1_bias,
             w.conv2,
             w.conv2_bias,
