@@ -290,8 +290,9 @@ fn clipped_sum(
 }
 
 /// The plain gradient sum: no example's own gradient is needed, so conv1's weight gradient is
-/// one product over the whole batch, `dz1ᵀ [c1 × b·576] · u1 [b·576 × 9]`, and conv2's one sum
-/// along dz2's routes over the whole batch.
+/// one product over the whole batch, `dz1ᵀ [c1 × b·576] · u1 [b·576 × 9]` (as
+/// [`per_example_weights`] computes it for a batch of one), and conv2's one sum along dz2's
+/// routes over the whole batch.
 fn plain_sum(
     config: &TinyCnnConfig,
     w: &Weights,
@@ -498,13 +499,14 @@ fn per_example_layers(
 /// are contiguous).
 ///
 /// Each product is computed as its transpose `u_iᵀ · dz_i [taps × c_out]` and then transposed
-/// back, because of how gemm allocates. gemm works on column-major results, so it swaps the
-/// operands of a row-major product: asked for `dz_iᵀ · u_i`, it sees 9 (taps) rows, not a multiple
-/// of its SIMD width, and copies (packs) the left operand into a buffer of 24 KB it allocates and
-/// frees at every call, eight times a chunk. The allocator put that buffer back at the same place
-/// call after call, within a cache line (mod 4 KB) of the chunk's live fc input, and steps ran
-/// up to 1.5× slower in a tab in stretches (`benchmarks/placement.log`). Asked for the
-/// transpose, gemm sees c_out = 16 rows read straight from `dz`, and allocates nothing large.
+/// back, because of how gemm allocates ([`crate::model::InPlaceWeights`] gives its rule). Asked
+/// for `dz_iᵀ · u_i`, gemm sees 9 (taps) rows, not a multiple of its SIMD width, and copies
+/// the left operand into a buffer it allocates and frees at every call (24 KB in wasm, 32 KB
+/// natively), eight times a chunk. The allocator put that buffer back at the same place call
+/// after call, within a cache line (mod 4 KB) of the chunk's live fc input, and steps ran up to
+/// 1.5× slower in a tab for rounds at a time (`benchmarks/placement.log`). Asked for the
+/// transpose, gemm sees c_out rows read straight from `dz` (TinyCNN's 16, a multiple of every
+/// SIMD width) and allocates nothing large.
 fn per_example_weights(dz: &[f32], u: &[f32], c_out: usize, taps: usize, b: usize) -> PerExample {
     let len = c_out * taps;
     let mut values = vec![0.0; b * len];
@@ -637,9 +639,16 @@ mod tests {
     use crate::model::tensor_vec;
 
     fn setup(b: usize, seed: u64) -> (TinyCnnConfig, Vec<f32>, Vec<f32>, Vec<u8>) {
+        setup_with(TinyCnnConfig::new(), b, seed)
+    }
+
+    fn setup_with(
+        config: TinyCnnConfig,
+        b: usize,
+        seed: u64,
+    ) -> (TinyCnnConfig, Vec<f32>, Vec<f32>, Vec<u8>) {
         let device = Device::flex();
         device.seed(seed);
-        let config = TinyCnnConfig::new();
         let params = config.init(&device).to_flat();
         let mut rng = SecureRng::seeded(seed);
         let images: Vec<f32> = (0..b * 784).map(|_| rng.normal()).collect();
@@ -657,9 +666,10 @@ mod tests {
         let ad = Device::flex().autodiff();
         let model = config.from_flat(params, &ad).expect("len");
         let x = Tensor::<4>::from_data(TensorData::new(image.to_vec(), [1, 1, 28, 28]), &ad);
-        let mut onehot = vec![0f32; 10];
+        let k = config.num_classes;
+        let mut onehot = vec![0f32; k];
         onehot[label as usize] = 1.0;
-        let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [1, 10]), &ad);
+        let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [1, k]), &ad);
         let loss = (burn::tensor::activation::log_softmax(model.forward_burn(x), 1) * onehot)
             .sum()
             .neg();
@@ -737,6 +747,18 @@ mod tests {
     #[test]
     fn per_example_gradients_equal_batch_of_one_autodiff() {
         let (config, params, images, labels) = setup(5, 1);
+        assert_matches_autodiff(&config, &params, &images, &labels);
+    }
+
+    /// Channel and class counts that no SIMD width of gemm divides: its operand copies come
+    /// back (`model::InPlaceWeights`), and the gradients are still burn's.
+    #[test]
+    fn sizes_gemm_must_copy_still_give_burn_s_gradients() {
+        let odd = TinyCnnConfig::new()
+            .with_conv1_channels(6)
+            .with_conv2_channels(10)
+            .with_num_classes(17);
+        let (config, params, images, labels) = setup_with(odd, 3, 2);
         assert_matches_autodiff(&config, &params, &images, &labels);
     }
 

@@ -144,13 +144,13 @@ impl TinyCnnConfig {
         layout.check_len(flat)?;
         let part = |i: usize| layout.slice(flat, i);
         let positions = FEATURE_SIDE * FEATURE_SIDE;
-        let conv1 = part(0).to_vec(); // one input channel: its taps are already last
-        let conv2 = taps_last(part(2), self.conv1_channels);
-        let fc = swap_outer(part(4), self.conv2_channels, positions, self.num_classes);
         let (c1, c2, k) = (self.conv1_channels, self.conv2_channels, self.num_classes);
-        let unpacked = Unpacked {
-            conv1: swap_outer(&conv1, c1, conv1.len() / c1.max(1), 1),
-            conv2: swap_outer(&conv2, c2, conv2.len() / c2.max(1), 1),
+        let conv2 = taps_last(part(2), c1);
+        let fc = swap_outer(part(4), c2, positions, k);
+        let in_place = InPlaceWeights {
+            // One input channel: burn's `[c1, 1, 3, 3]` is `[c1 × 9]`, taps last already.
+            conv1: swap_outer(part(0), c1, 9, 1),
+            conv2: swap_outer(&conv2, c2, 9 * c1, 1),
             fc_wide: widen_rows(&fc, k),
         };
         Ok(Weights {
@@ -159,7 +159,7 @@ impl TinyCnnConfig {
             conv2_bias: part(3).to_vec(),
             fc,
             fc_bias: part(5).to_vec(),
-            unpacked,
+            in_place,
         })
     }
 
@@ -235,21 +235,25 @@ pub(crate) struct Weights {
     pub fc: Vec<f32>,
     pub fc_bias: Vec<f32>,
     /// The weights as the forward pass's matrix products read them.
-    pub unpacked: Unpacked,
+    pub in_place: InPlaceWeights,
 }
 
-/// The weights the forward pass's matrix products multiply, laid out so that gemm reads them in
-/// place. gemm computes column-major results, so it swaps the operands of our row-major
-/// products and works on their transposes; it copies (packs) its left operand first, into a
-/// buffer it allocates and frees at every call, unless that operand is column-major with a row
-/// count that is a multiple of its SIMD width (4 lanes of f32 in wasm, 8 or 16 natively). Made
-/// once a step, these copies spare every chunk of 8 examples three such buffers (in wasm 24 KB
-/// for the logits, 20 KB for conv2, 1 KB for conv1; the backward's products allocate at most a
-/// few hundred bytes). The allocator puts a per-call buffer back at the same place call after
-/// call, and in a tab one that lay at the offset within a page of a live buffer of the chunk
-/// slowed every step by up to a third, for rounds at a time (`benchmarks/placement.log`,
-/// `benchmarks/gemm-in-place.log`; `dpsgd::per_example_weights` avoids the same copy).
-pub(crate) struct Unpacked {
+/// The weights the forward pass's matrix products multiply, laid out so that gemm reads them
+/// where they are instead of copying them first. gemm computes column-major results, so it
+/// swaps the operands of our row-major products and works on their transposes. It copies
+/// ("packs") its left operand, of m rows, into a buffer it allocates and frees at every call
+/// when m ≤ 2·mc (its row block, at most 8 micro-rows) and either m is not a multiple of its
+/// SIMD width (4 lanes of f32 in wasm, 8 natively with FMA) or the operand is not column-major;
+/// a larger m is packed block by block into a buffer it keeps per thread. Made once a step,
+/// these layouts spare every chunk of 8 examples three per-call buffers (in wasm 24 KB for the
+/// logits, 20 KB for conv2, 1 KB for conv1), as long as the channel counts are multiples of 4
+/// (TinyCNN's 16 and 32; others still compute right, with the copies). The allocator puts a
+/// per-call buffer back at the same place call after call, and in a tab one that lay at the
+/// offset within a page of a live buffer of the chunk made steps up to 1.5× slower, for rounds
+/// at a time (`benchmarks/placement.log`, `benchmarks/gemm-in-place.log`;
+/// `dpsgd::per_example_weights` avoids the same copy). What is left of gemm's allocations in a
+/// step is a few hundred bytes a call.
+pub(crate) struct InPlaceWeights {
     /// conv1's weights taps first, `[9 × c1]`.
     conv1: Vec<f32>,
     /// conv2's weights taps first, `[9·c1 × c2]`.
@@ -270,26 +274,28 @@ fn widen_rows(fc: &[f32], classes: usize) -> Vec<f32> {
     out
 }
 
-/// The classes rounded up to a multiple of 16: of every SIMD width gemm has ([`Unpacked`]).
+/// The classes rounded up to a multiple of 16, and so of every SIMD width gemm has
+/// ([`InPlaceWeights`]).
 pub(crate) fn wide_classes(classes: usize) -> usize {
     classes.next_multiple_of(16)
 }
 
 /// Logits `[b × k]` = `features [b × f] · fc [f × k]` + the bias of each class, computed over
-/// the zero-padded [`Unpacked::fc_wide`].
-fn logits(features: &[f32], w: &Weights, b: usize, f: usize, k: usize) -> Vec<f32> {
+/// the zero-padded [`InPlaceWeights::fc_wide`].
+fn fc_logits(features: &[f32], w: &Weights, b: usize, f: usize, k: usize) -> Vec<f32> {
     let wide = wide_classes(k);
     let mut product = vec![0.0; b * wide];
     matmul(
         MatMut::new(&mut product, b, wide),
         Mat::new(features, b, f),
-        Mat::new(&w.unpacked.fc_wide, f, wide),
+        Mat::new(&w.in_place.fc_wide, f, wide),
         false,
     );
-    product
-        .chunks_exact(wide)
-        .flat_map(|row| row[..k].iter().zip(&w.fc_bias).map(|(v, bias)| bias + v))
-        .collect()
+    let mut logits = Vec::with_capacity(b * k);
+    for row in product.chunks_exact(wide.max(1)) {
+        logits.extend(row[..k].iter().zip(&w.fc_bias).map(|(v, bias)| bias + v));
+    }
+    logits
 }
 
 /// The forward pass, keeping what the written-out backward needs ([`crate::backward`]).
@@ -307,14 +313,14 @@ pub(crate) fn forward_kept(config: &TinyCnnConfig, w: &Weights, images: &[f32]) 
     // Only the outputs that reach the features ([`CONV1_USED`]).
     // conv1 [b·576 × 9] · [9 × c1] → [b, 24, 24, c1] → pool [b, 12, 12, c1]
     let u1 = im2col3(images, 1, b, IMAGE_SIDE, CONV1_USED);
-    let z1 = conv(&u1, &w.unpacked.conv1, &w.conv1_bias);
+    let z1 = conv(&u1, &w.in_place.conv1, &w.conv1_bias);
     let h1 = relu_pool(&z1, CONV1_USED, c1);
     // conv2 [b·100 × 9·c1] · [9·c1 × c2] → [b, 10, 10, c2] → pool [b, 5, 5, c2]
     let u2 = im2col3(&h1, c1, b, POOL1_USED, CONV2_USED);
-    let z2 = conv(&u2, &w.unpacked.conv2, &w.conv2_bias);
+    let z2 = conv(&u2, &w.in_place.conv2, &w.conv2_bias);
     let fc_input = relu_pool(&z2, CONV2_USED, c2);
     // fc [b × 800] · [800 × k], each example's features in (y, x, c) order as w.fc's rows.
-    let logits = logits(&fc_input, w, b, config.flat_features(), k);
+    let logits = fc_logits(&fc_input, w, b, config.flat_features(), k);
     Kept {
         u1,
         z1,
@@ -336,17 +342,17 @@ fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
 }
 
 /// A convolution of the batch from its im2col `cols` (`[n, taps]`) and its weights taps first
-/// (`[taps, c_out]`, [`Unpacked`]): `cols · weights` plus each output channel's bias,
+/// (`[taps, c_out]`, [`InPlaceWeights`]): `cols · weights` plus each output channel's bias,
 /// `[n, c_out]`.
-fn conv(cols: &[f32], taps_first: &[f32], bias: &[f32]) -> Vec<f32> {
+fn conv(cols: &[f32], weights: &[f32], bias: &[f32]) -> Vec<f32> {
     let c_out = bias.len();
-    let taps = taps_first.len() / c_out.max(1);
+    let taps = weights.len() / c_out.max(1);
     let n = cols.len() / taps.max(1);
     let mut out = repeat_rows(bias, n);
     matmul(
         MatMut::new(&mut out, n, c_out),
         Mat::new(cols, n, taps),
-        Mat::new(taps_first, taps, c_out),
+        Mat::new(weights, taps, c_out),
         true,
     );
     out
@@ -756,9 +762,24 @@ mod tests {
             .map(|i| i as f32)
             .collect();
         let w = config.weights(&flat).expect("fits");
-        let c1 = config.conv1_channels;
+        let (c1, c2, k) = (
+            config.conv1_channels,
+            config.conv2_channels,
+            config.num_classes,
+        );
+        assert_eq!(swap_outer(&w.in_place.conv2, 9 * c1, c2, 1), w.conv2);
+        let wide = wide_classes(k);
+        for (row, fc) in w
+            .in_place
+            .fc_wide
+            .chunks_exact(wide)
+            .zip(w.fc.chunks_exact(k))
+        {
+            assert_eq!(&row[..k], fc);
+            assert!(row[k..].iter().all(|v| *v == 0.0), "padded with zeros");
+        }
         let parts = [
-            swap_outer(&w.unpacked.conv1, 9, c1, 1),
+            swap_outer(&w.in_place.conv1, 9, c1, 1),
             w.conv1_bias,
             w.conv2,
             w.conv2_bias,
@@ -804,9 +825,19 @@ mod tests {
     /// and negative values alike; and refuses images that are not whole.
     #[test]
     fn the_forward_pass_equals_burn_s_layers() {
+        // TinyCNN's own sizes, and sizes none of gemm's SIMD widths divide (its copies return).
+        let odd = TinyCnnConfig::new()
+            .with_conv1_channels(6)
+            .with_conv2_channels(10)
+            .with_num_classes(17);
+        for config in [TinyCnnConfig::new(), odd] {
+            forward_equals_burn(&config);
+        }
+    }
+
+    fn forward_equals_burn(config: &TinyCnnConfig) {
         let device = Device::flex();
         device.seed(11);
-        let config = TinyCnnConfig::new();
         let model = config.init(&device);
         let images: Vec<f32> = (0..3 * IMAGE_PIXELS)
             .map(|i| {
