@@ -750,15 +750,11 @@ mod tests {
         assert_matches_autodiff(&config, &params, &images, &labels);
     }
 
-    /// Channel and class counts that no SIMD width of gemm divides: its operand copies come
-    /// back (`model::InPlaceWeights`), and the gradients are still burn's.
+    /// With sizes for which gemm copies its operands, the gradients are still burn's.
     #[test]
     fn sizes_gemm_must_copy_still_give_burn_s_gradients() {
-        let odd = TinyCnnConfig::new()
-            .with_conv1_channels(6)
-            .with_conv2_channels(10)
-            .with_num_classes(17);
-        let (config, params, images, labels) = setup_with(odd, 3, 2);
+        let sizes = TinyCnnConfig::sizes_gemm_must_copy();
+        let (config, params, images, labels) = setup_with(sizes, 3, 2);
         assert_matches_autodiff(&config, &params, &images, &labels);
     }
 

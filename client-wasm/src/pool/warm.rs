@@ -64,6 +64,7 @@ pub async fn warm_up(workers: &mut Workers, task: &'static Task, data: &Dataset)
 fn job(task: &'static Task, data: &Dataset) -> Result<TrainJob, String> {
     let n = data.len().min(EXAMPLES);
     let first: Vec<usize> = (0..n).collect();
+    let delta = 1.0 / (10.0 * n as f64);
     Ok(TrainJob {
         task,
         server_round: 0,
@@ -76,12 +77,12 @@ fn job(task: &'static Task, data: &Dataset) -> Result<TrainJob, String> {
             dp: Some(DpSgdConfig {
                 max_grad_norm: 1.0,
                 noise_multiplier: 1.0,
-                delta: 1.0 / (10.0 * n as f64),
+                delta,
                 distributed: None,
             }),
         },
         data: Arc::new(data.subset(&first)),
         fingerprint: String::new(),
-        privacy: ClientPrivacy::new(None, 1.0 / (10.0 * n as f64)).map_err(|e| e.to_string())?,
+        privacy: ClientPrivacy::new(None, delta).map_err(|e| e.to_string())?,
     })
 }
