@@ -833,9 +833,9 @@ mod tests {
     }
 
     /// The forward pass every evaluation and training step uses (im2col + one gemm per layer,
+    /// ReLU and pool on the host) gives burn's own layers' logits, on inputs with flat regions
     /// and negative values alike, with TinyCNN's sizes and with sizes for which gemm copies its
     /// operands; and refuses images that are not whole.
-    /// and negative values alike; and refuses images that are not whole.
     #[test]
     fn the_forward_pass_equals_burn_s_layers() {
         for config in [TinyCnnConfig::new(), TinyCnnConfig::sizes_gemm_must_copy()] {
